@@ -1,0 +1,19 @@
+"""vlmkit: chat with, fine-tune, export and serve vision-language models."""
+
+__version__ = "0.1.0"
+
+from vlmkit.errors import DataError, MediaError, VlmkitError
+from vlmkit.sample import Sample, to_sample
+
+__all__ = ["DataError", "MediaError", "Sample", "VlmkitError", "__version__", "load", "to_sample"]
+
+
+def load(model: str, **kwargs):
+    """Load a model folder, hub id or vlmkit checkpoint for chat and batch inference.
+
+    See `vlmkit.model.load` for the options; imported lazily so that `import vlmkit`
+    stays fast and torch is only imported when a model is needed.
+    """
+    from vlmkit.model import load as _load
+
+    return _load(model, **kwargs)

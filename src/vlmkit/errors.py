@@ -1,0 +1,18 @@
+"""One exception type for mistakes a user can fix.
+
+Every message is one line that names the file, line, request or option at fault
+and says what to do. The CLI prints it without a stack trace; anything else that
+escapes is a bug in vlmkit and keeps its traceback.
+"""
+
+
+class VlmkitError(Exception):
+    """A problem with the user's input, files or options (not a bug in vlmkit)."""
+
+
+class DataError(VlmkitError):
+    """A sample, dataset row or request that cannot be encoded as given."""
+
+
+class MediaError(VlmkitError):
+    """An image or video that cannot be read: missing, corrupt, unreachable or too large."""

@@ -1,0 +1,105 @@
+"""Qwen2-VL (Qwen/Qwen2-VL-*-Instruct): native-resolution ViT, 14px patches, 2x2 merge, M-RoPE."""
+
+from pathlib import Path
+
+from vlmkit.families import Family
+from vlmkit.families.qwen2_vl.template import QwenVLTemplate, render_qwen2_vl
+
+# The real tokenizer's added tokens, in id order from 151643.
+SPECIAL_TOKENS = (
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+)
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+# As shipped in the checkpoints' preprocessor_config.json.
+PREPROCESSOR_CONFIG = {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen2VLProcessor",
+    "min_pixels": 3136,
+    "max_pixels": 12845056,
+    "size": {"shortest_edge": 3136, "longest_edge": 12845056},
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": CLIP_MEAN,
+    "image_std": CLIP_STD,
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "resample": 3,
+    "rescale_factor": 1 / 255,
+}
+
+
+def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
+    """A ~0.2M-parameter (plus embeddings) Qwen2-VL: hidden 64, 4 heads -> head_dim 16 -> mrope [4, 2, 2]."""
+    return {
+        "model_type": "qwen2_vl",
+        "architectures": ["Qwen2VLForConditionalGeneration"],
+        "text_config": {
+            "model_type": "qwen2_vl_text",
+            "vocab_size": vocab_size,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 2, 2]},
+            "tie_word_embeddings": True,
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        "vision_config": {
+            "model_type": "qwen2_vl_vision",
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": 64,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "tie_word_embeddings": True,
+    }
+
+
+def load_template(model_dir, tokenizer, **settings) -> QwenVLTemplate:
+    return QwenVLTemplate.from_pretrained(model_dir, tokenizer, render=render_qwen2_vl, **settings)
+
+
+FAMILY = Family(
+    name="qwen2-vl",
+    model_type="qwen2_vl",
+    description="Qwen2-VL (2B/7B/72B): native-resolution images and video, M-RoPE",
+    folder=Path(__file__).parent,
+    special_tokens=SPECIAL_TOKENS,
+    first_special_id=151643,
+    eos_token="<|im_end|>",
+    pad_token="<|endoftext|>",
+    preprocessor_config=PREPROCESSOR_CONFIG,
+    load_template=load_template,
+    tiny_config=tiny_config,
+    supports=("image",),
+    aliases=("qwen2vl",),
+)

@@ -1,0 +1,99 @@
+"""Qwen3-VL (Qwen/Qwen3-VL-*-Instruct): 16px patches, DeepStack, interleaved M-RoPE, no default system prompt."""
+
+from pathlib import Path
+
+from vlmkit.families import Family
+from vlmkit.families.qwen2_5_vl import SPECIAL_TOKENS as QWEN2_5_VL_TOKENS
+from vlmkit.families.qwen2_vl.template import QwenVLTemplate, render_qwen3_vl
+
+SPECIAL_TOKENS = QWEN2_5_VL_TOKENS + (
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
+)
+# As shipped with Qwen3-VL-8B-Instruct.
+PREPROCESSOR_CONFIG = {
+    "image_processor_type": "Qwen2VLImageProcessorFast",
+    "processor_class": "Qwen3VLProcessor",
+    "size": {"shortest_edge": 65536, "longest_edge": 16777216},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "resample": 3,
+    "rescale_factor": 1 / 255,
+}
+
+
+def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
+    """Toy Qwen3-VL: 2 text layers (head_dim 16, interleaved mrope [4, 2, 2]), 2 ViT blocks, DeepStack at block 1."""
+    return {
+        "model_type": "qwen3_vl",
+        "architectures": ["Qwen3VLForConditionalGeneration"],
+        "text_config": {
+            "model_type": "qwen3_vl_text",
+            "vocab_size": vocab_size,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5000000.0,
+                "mrope_section": [4, 2, 2],
+                "mrope_interleaved": True,
+            },
+            "tie_word_embeddings": True,
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        "vision_config": {
+            "model_type": "qwen3_vl_vision",
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "out_hidden_size": 64,
+            "num_heads": 2,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 144,
+            "deepstack_visual_indexes": [1],
+        },
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "tie_word_embeddings": True,
+    }
+
+
+def load_template(model_dir, tokenizer, **settings) -> QwenVLTemplate:
+    return QwenVLTemplate.from_pretrained(model_dir, tokenizer, render=render_qwen3_vl, **settings)
+
+
+FAMILY = Family(
+    name="qwen3-vl",
+    model_type="qwen3_vl",
+    description="Qwen3-VL (2B-32B dense): 16px patches, DeepStack, 0-1000 grounding",
+    folder=Path(__file__).parent,
+    special_tokens=SPECIAL_TOKENS,
+    first_special_id=151643,
+    eos_token="<|im_end|>",
+    pad_token="<|endoftext|>",
+    preprocessor_config=PREPROCESSOR_CONFIG,
+    load_template=load_template,
+    tiny_config=tiny_config,
+    supports=("image",),
+    aliases=("qwen3vl",),
+)

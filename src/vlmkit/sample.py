@@ -1,0 +1,185 @@
+"""The one sample format every reader, chat turn and request is normalised to.
+
+A `Sample` holds `messages`, each `{"role": str, "content": [part, ...]}` where a part
+is one of
+
+    {"type": "text", "text": str}
+    {"type": "image", "image": SOURCE}
+    {"type": "video", "video": SOURCE}
+
+and SOURCE is whatever `vlmkit.media` can open (a path, an http(s) or `data:` URL,
+bytes, or a PIL image). Media sit in the content exactly where the model sees them,
+so the family templates never have to match placeholders against lists.
+
+`to_sample` accepts the two shapes users write by hand:
+
+- ms-swift / LLaMA-Factory rows: string contents with `<image>` / `<video>`
+  placeholders, the media listed in order under `images` / `videos`, an optional
+  top-level `system`;
+- OpenAI-style content parts (`text`, `image_url`, `video_url`, `image`, `video`).
+
+Other dataset formats (query/response, ShareGPT, ...) are converted to these by
+`vlmkit.data` before they get here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlmkit.errors import DataError
+
+ROLES = ("system", "user", "assistant", "tool")
+PLACEHOLDERS = {"<image>": "image", "<video>": "video"}
+_PLACEHOLDER_RE = re.compile(r"(<image>|<video>)")
+
+
+@dataclass
+class Sample:
+    """A normalised conversation. `where` names its origin (file:line, request) for errors."""
+
+    messages: list[dict[str, Any]]
+    objects: dict[str, Any] | None = None
+    where: str = "sample"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def media(self, kind: str) -> list[Any]:
+        """The sources of all parts of `kind` ("image" or "video"), in order of appearance."""
+        return [p[kind] for m in self.messages for p in m["content"] if p["type"] == kind]
+
+    def text(self, role: str | None = None) -> str:
+        """The text of all messages (of one role if given), media parts left out."""
+        return "".join(
+            p["text"] for m in self.messages if role in (None, m["role"]) for p in m["content"] if p["type"] == "text"
+        )
+
+    @property
+    def ends_with_assistant(self) -> bool:
+        return bool(self.messages) and self.messages[-1]["role"] == "assistant"
+
+
+def _resolve_path(source: Any, base_dirs: tuple[Path, ...]) -> Any:
+    """Relative local paths resolve against the first base folder that holds them."""
+    if not isinstance(source, str) or not source or "://" in source or source.startswith("data:"):
+        return source
+    path = Path(source).expanduser()
+    if path.is_absolute() or not base_dirs:
+        return str(path)
+    for base in base_dirs:
+        if (base / path).exists():
+            return str(base / path)
+    return str(base_dirs[0] / path)
+
+
+def _media_list(row: dict, key: str, where: str) -> list[Any]:
+    value = row.get(key)
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        return [value]
+    return list(value)
+
+
+def _split_placeholders(text: str, queues: dict[str, list], counts: dict[str, int], where: str) -> list[dict]:
+    parts: list[dict] = []
+    for piece in _PLACEHOLDER_RE.split(text):
+        if piece in PLACEHOLDERS:
+            kind = PLACEHOLDERS[piece]
+            counts[kind] += 1
+            if not queues[kind]:
+                continue  # counted; the mismatch is reported once all messages are read
+            parts.append({"type": kind, kind: queues[kind].pop(0)})
+        elif piece:
+            parts.append({"type": "text", "text": piece})
+    return parts
+
+
+def _url_of(value: Any) -> Any:
+    return value.get("url") if isinstance(value, dict) else value
+
+
+def _content_part(part: Any, where: str, index: int) -> dict:
+    """One OpenAI-style or vlmkit content part -> a vlmkit part."""
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if not isinstance(part, dict):
+        raise DataError(f"{where}: content part {index} is {type(part).__name__}; expected an object with a 'type'")
+    kind = part.get("type")
+    if kind == "text" or (kind is None and "text" in part):
+        return {"type": "text", "text": str(part.get("text", ""))}
+    if kind == "image_url" or (kind is None and "image_url" in part):
+        return {"type": "image", "image": _url_of(part.get("image_url"))}
+    if kind == "video_url" or (kind is None and "video_url" in part):
+        return {"type": "video", "video": _url_of(part.get("video_url"))}
+    if kind in ("image", "video") or (kind is None and ("image" in part or "video" in part)):
+        kind = kind or ("image" if "image" in part else "video")
+        source = part.get(kind, part.get("url", part.get("path")))
+        if source is None:
+            raise DataError(f"{where}: content part {index} of type '{kind}' has no '{kind}' source")
+        return {"type": kind, kind: source}
+    raise DataError(f"{where}: content part {index} has unsupported type {kind!r}; use text, image_url or video_url")
+
+
+def to_sample(
+    row: dict[str, Any],
+    where: str = "sample",
+    base_dirs: tuple[Path, ...] | list[Path] = (),
+    objects: dict[str, Any] | None = None,
+) -> Sample:
+    """Normalise a `messages` row (placeholders or content parts) to a `Sample`.
+
+    Raises `DataError` naming `where` for unknown roles, empty conversations, and
+    placeholder/media count mismatches.
+    """
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    base_dirs = tuple(Path(b) for b in base_dirs)
+    raw_messages = row.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise DataError(f"{where}: no 'messages' list (or it is empty)")
+
+    queues = {kind: _media_list(row, kind + "s", where) for kind in ("image", "video")}
+    listed = {kind: len(q) for kind, q in queues.items()}
+    counts = {"image": 0, "video": 0}
+    messages: list[dict] = []
+    if row.get("system"):
+        messages.append({"role": "system", "content": [{"type": "text", "text": str(row["system"])}]})
+
+    for i, message in enumerate(raw_messages):
+        if not isinstance(message, dict) or "role" not in message:
+            raise DataError(f"{where}: message {i} has no 'role'")
+        role = message["role"]
+        if role not in ROLES:
+            raise DataError(f"{where}: message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
+        content = message.get("content")
+        if content is None:
+            content = ""
+        if isinstance(content, str):
+            parts = _split_placeholders(content, queues, counts, where)
+        elif isinstance(content, list):
+            parts = []
+            for j, part in enumerate(content):
+                new = _content_part(part, f"{where}: message {i}", j)
+                if new["type"] == "text":
+                    parts.extend(_split_placeholders(new["text"], queues, counts, where))
+                else:
+                    parts.append(new)
+        else:
+            raise DataError(f"{where}: message {i} content is {type(content).__name__}; expected text or a list of parts")
+        messages.append({"role": role, "content": parts})
+
+    for kind in ("image", "video"):
+        if counts[kind] != listed[kind]:
+            raise DataError(
+                f"{where}: {counts[kind]} <{kind}> placeholder(s) in the messages but {listed[kind]} "
+                f"{kind}(s) listed in '{kind}s'; make them match"
+            )
+    for message in messages:
+        for part in message["content"]:
+            if part["type"] in ("image", "video"):
+                part[part["type"]] = _resolve_path(part[part["type"]], base_dirs)
+    if not any(m["role"] != "system" for m in messages):
+        raise DataError(f"{where}: the conversation has no user or assistant message")
+    return Sample(messages=messages, objects=objects if objects is not None else row.get("objects"), where=where)

