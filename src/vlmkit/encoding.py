@@ -54,16 +54,14 @@ def expand_tokens(
     out_ids: list[int] = []
     out_labels: list[int] = []
     previous = 0
-    for position, count in zip(positions, counts):
+    for position, count in zip(positions, counts, strict=True):
         out_ids += ids[previous:position] + [token_id] * count
         out_labels += labels[previous:position] + [IGNORE_INDEX] * count
         previous = position + 1
     return out_ids + ids[previous:], out_labels + labels[previous:]
 
 
-def pad_sequences(
-    sequences: list[torch.Tensor], value: int, side: str = "right"
-) -> torch.Tensor:
+def pad_sequences(sequences: list[torch.Tensor], value: int, side: str = "right") -> torch.Tensor:
     """Stack 1-D tensors of different lengths into (B, T_max), padding on `side`."""
     length = max(s.shape[0] for s in sequences)
     out = sequences[0].new_full((len(sequences), length), value)

@@ -52,7 +52,11 @@ class Sample:
     def text(self, role: str | None = None) -> str:
         """The text of all messages (of one role if given), media parts left out."""
         return "".join(
-            p["text"] for m in self.messages if role in (None, m["role"]) for p in m["content"] if p["type"] == "text"
+            p["text"]
+            for m in self.messages
+            if role in (None, m["role"])
+            for p in m["content"]
+            if p["type"] == "text"
         )
 
     @property
@@ -105,7 +109,9 @@ def _content_part(part: Any, where: str, index: int) -> dict:
     if isinstance(part, str):
         return {"type": "text", "text": part}
     if not isinstance(part, dict):
-        raise DataError(f"{where}: content part {index} is {type(part).__name__}; expected an object with a 'type'")
+        raise DataError(
+            f"{where}: content part {index} is {type(part).__name__}; expected an object with a 'type'"
+        )
     kind = part.get("type")
     if kind == "text" or (kind is None and "text" in part):
         return {"type": "text", "text": str(part.get("text", ""))}
@@ -119,7 +125,9 @@ def _content_part(part: Any, where: str, index: int) -> dict:
         if source is None:
             raise DataError(f"{where}: content part {index} of type '{kind}' has no '{kind}' source")
         return {"type": kind, kind: source}
-    raise DataError(f"{where}: content part {index} has unsupported type {kind!r}; use text, image_url or video_url")
+    raise DataError(
+        f"{where}: content part {index} has unsupported type {kind!r}; use text, image_url or video_url"
+    )
 
 
 def to_sample(
@@ -167,7 +175,9 @@ def to_sample(
                 else:
                     parts.append(new)
         else:
-            raise DataError(f"{where}: message {i} content is {type(content).__name__}; expected text or a list of parts")
+            raise DataError(
+                f"{where}: message {i} content is {type(content).__name__}; expected text or a list of parts"
+            )
         messages.append({"role": role, "content": parts})
 
     for kind in ("image", "video"):
@@ -182,4 +192,6 @@ def to_sample(
                 part[part["type"]] = _resolve_path(part[part["type"]], base_dirs)
     if not any(m["role"] != "system" for m in messages):
         raise DataError(f"{where}: the conversation has no user or assistant message")
-    return Sample(messages=messages, objects=objects if objects is not None else row.get("objects"), where=where)
+    return Sample(
+        messages=messages, objects=objects if objects is not None else row.get("objects"), where=where
+    )

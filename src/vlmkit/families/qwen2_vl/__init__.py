@@ -60,7 +60,7 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
             "num_key_value_heads": 2,
             "max_position_embeddings": 4096,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 2, 2]},
-            "tie_word_embeddings": True,
+            "tie_word_embeddings": False,
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
@@ -80,7 +80,7 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
         "video_token_id": ids["<|video_pad|>"],
         "vision_start_token_id": ids["<|vision_start|>"],
         "vision_end_token_id": ids["<|vision_end|>"],
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": False,
     }
 
 

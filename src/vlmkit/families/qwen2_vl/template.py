@@ -52,7 +52,9 @@ def _turn(role: str, body: str) -> list[Segment]:
     ]
 
 
-def render_qwen2_vl(messages: list[dict], add_generation_prompt: bool, where: str = "sample") -> list[Segment]:
+def render_qwen2_vl(
+    messages: list[dict], add_generation_prompt: bool, where: str = "sample"
+) -> list[Segment]:
     """Qwen2-VL / Qwen2.5-VL: a default system prompt when the first message is not a system one."""
     segments: list[Segment] = []
     if messages and messages[0]["role"] != "system":
@@ -64,7 +66,9 @@ def render_qwen2_vl(messages: list[dict], add_generation_prompt: bool, where: st
     return segments
 
 
-def render_qwen3_vl(messages: list[dict], add_generation_prompt: bool, where: str = "sample") -> list[Segment]:
+def render_qwen3_vl(
+    messages: list[dict], add_generation_prompt: bool, where: str = "sample"
+) -> list[Segment]:
     """Qwen3-VL Instruct: no default system prompt; assistant turns carry text only; tool results as user turns."""
     segments: list[Segment] = []
     for i, message in enumerate(messages):
@@ -77,7 +81,9 @@ def render_qwen3_vl(messages: list[dict], add_generation_prompt: bool, where: st
             first = i == 0 or messages[i - 1]["role"] != "tool"
             last = i == len(messages) - 1 or messages[i + 1]["role"] != "tool"
             body = "\n<tool_response>\n" + _content_text(message["content"], where) + "\n</tool_response>"
-            segments.append(Segment(("<|im_start|>user" if first else "") + body + ("<|im_end|>\n" if last else "")))
+            segments.append(
+                Segment(("<|im_start|>user" if first else "") + body + ("<|im_end|>\n" if last else ""))
+            )
         else:
             segments += _turn(role, _content_text(message["content"], where, media=role != "assistant"))
     if add_generation_prompt:
@@ -88,7 +94,9 @@ def render_qwen3_vl(messages: list[dict], add_generation_prompt: bool, where: st
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """The size the model sees: sides multiples of `factor`, area in [min_pixels, max_pixels], aspect kept."""
     if max(height, width) > 200 * min(height, width):
-        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.0f}:1 is over the 200:1 limit")
+        raise ValueError(
+            f"aspect ratio {max(height, width) / min(height, width):.0f}:1 is over the 200:1 limit"
+        )
     h = max(factor, round(height / factor) * factor)
     w = max(factor, round(width / factor) * factor)
     if h * w > max_pixels:
@@ -134,7 +142,9 @@ class QwenVLTemplate:
         vocab = tokenizer.get_vocab()
         self.image_token_id = vocab["<|image_pad|>"]
         self.video_token_id = vocab["<|video_pad|>"]
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else vocab["<|endoftext|>"]
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else vocab["<|endoftext|>"]
+        )
         self.stop_token_ids = [vocab["<|im_end|>"], vocab["<|endoftext|>"]]
 
     @classmethod
@@ -152,6 +162,11 @@ class QwenVLTemplate:
         config = json.loads((Path(model_dir) / "preprocessor_config.json").read_text())
         saved = read_settings(model_dir)
         size = config.get("size") or {}
+        default_min = saved.get("min_pixels") or size.get("shortest_edge") or config["min_pixels"]
+        default_max = saved.get("max_pixels") or size.get("longest_edge") or config["max_pixels"]
+        if min_pixels is None:
+            # Lowering only the maximum below the default minimum lowers the minimum with it.
+            min_pixels = min(default_min, max_pixels) if max_pixels is not None else default_min
         return cls(
             tokenizer,
             render,
@@ -160,8 +175,8 @@ class QwenVLTemplate:
             temporal_patch_size=config.get("temporal_patch_size", 2),
             image_mean=config["image_mean"],
             image_std=config["image_std"],
-            min_pixels=min_pixels or saved.get("min_pixels") or size.get("shortest_edge") or config["min_pixels"],
-            max_pixels=max_pixels or saved.get("max_pixels") or size.get("longest_edge") or config["max_pixels"],
+            min_pixels=min_pixels,
+            max_pixels=max_pixels or default_max,
             system=system if system is not None else saved.get("system"),
         )
 
@@ -180,12 +195,16 @@ class QwenVLTemplate:
 
     def render_text(self, sample: Sample, add_generation_prompt: bool = False) -> str:
         """The prompt text with one placeholder token per image, as the chat template writes it."""
-        return "".join(s.text for s in self.render(self._messages(sample), add_generation_prompt, sample.where))
+        return "".join(
+            s.text for s in self.render(self._messages(sample), add_generation_prompt, sample.where)
+        )
 
     # -- images ------------------------------------------------------------------------------------
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
-        return smart_resize(height, width, self.patch_size * self.merge_size, self.min_pixels, self.max_pixels)
+        return smart_resize(
+            height, width, self.patch_size * self.merge_size, self.min_pixels, self.max_pixels
+        )
 
     def process_image(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int]]:
         """RGB image -> (patches (gh*gw, 3*tps*ps*ps) float32, grid (1, gh, gw))."""
@@ -198,7 +217,9 @@ class QwenVLTemplate:
         gh, gw = height // ps, width // ps
         patches = pixels.reshape(3, gh // ms, ms, ps, gw // ms, ms, ps)
         patches = patches.transpose(1, 4, 2, 5, 0, 3, 6)  # (gh/ms, gw/ms, ms, ms, 3, ps, ps)
-        patches = np.repeat(patches[:, :, :, :, :, None], tps, axis=5)  # a still image fills every temporal slot
+        patches = np.repeat(
+            patches[:, :, :, :, :, None], tps, axis=5
+        )  # a still image fills every temporal slot
         return patches.reshape(gh * gw, 3 * tps * ps * ps), (1, gh, gw)
 
     # -- whole samples -----------------------------------------------------------------------------
@@ -227,7 +248,9 @@ class QwenVLTemplate:
                     raise DataError(f"{where}: {e}") from None
                 all_patches.append(patches)
                 grids.append(grid)
-                sizes.append(((image.height, image.width), (grid[1] * self.patch_size, grid[2] * self.patch_size)))
+                sizes.append(
+                    ((image.height, image.width), (grid[1] * self.patch_size, grid[2] * self.patch_size))
+                )
             counts = [t * h * w // self.merge_size**2 for t, h, w in grids]
             ids, labels = expand_tokens(ids, labels, self.image_token_id, counts)
             out["pixel_values"] = torch.from_numpy(np.concatenate(all_patches))
@@ -237,7 +260,9 @@ class QwenVLTemplate:
         mm_types = torch.zeros_like(input_ids, dtype=torch.int)
         mm_types[input_ids == self.image_token_id] = 1
         mm_types[input_ids == self.video_token_id] = 2
-        out.update(input_ids=input_ids, labels=torch.tensor(labels, dtype=torch.long), mm_token_type_ids=mm_types)
+        out.update(
+            input_ids=input_ids, labels=torch.tensor(labels, dtype=torch.long), mm_token_type_ids=mm_types
+        )
         return out
 
     def collate(self, encoded: list[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:

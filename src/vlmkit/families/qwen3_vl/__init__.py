@@ -52,7 +52,7 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
                 "mrope_section": [4, 2, 2],
                 "mrope_interleaved": True,
             },
-            "tie_word_embeddings": True,
+            "tie_word_embeddings": False,
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
@@ -74,7 +74,7 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
         "video_token_id": ids["<|video_pad|>"],
         "vision_start_token_id": ids["<|vision_start|>"],
         "vision_end_token_id": ids["<|vision_end|>"],
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": False,
     }
 
 

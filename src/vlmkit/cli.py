@@ -1,0 +1,184 @@
+"""The `vlmkit` command line. Each command is a thin function over the Python API.
+
+Heavy libraries (torch, transformers) are imported inside the commands, so `--help`
+and mistakes in options answer at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlmkit.errors import VlmkitError
+
+app = typer.Typer(
+    name="vlmkit",
+    help="Chat with, fine-tune, export and serve vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# Options shared by every command that loads a model.
+Model = Annotated[
+    str, typer.Option("--model", "-m", help="Model folder or hub id (e.g. Qwen/Qwen2-VL-2B-Instruct).")
+]
+DType = Annotated[
+    str, typer.Option(help="Weights dtype: auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32.")
+]
+Device = Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N.")]
+AttnImpl = Annotated[
+    str, typer.Option(help="Attention kernel: sdpa, eager, or flash_attention_2 (needs flash-attn).")
+]
+MinPixels = Annotated[
+    int | None,
+    typer.Option(
+        help="Smallest image area in pixels after resizing. Default: saved with the model, else the checkpoint's image-processor value."
+    ),
+]
+MaxPixels = Annotated[
+    int | None,
+    typer.Option(
+        help="Largest image area in pixels after resizing (fewer pixels = fewer image tokens). Default as --min-pixels."
+    ),
+]
+System = Annotated[
+    str | None, typer.Option(help="System prompt. Default: the one saved with the model, else the family's.")
+]
+
+
+@app.command("tiny-model")
+def tiny_model(
+    family: Annotated[str, typer.Argument(help="Model family: qwen2-vl, qwen2.5-vl or qwen3-vl.")],
+    output_dir: Annotated[Path, typer.Argument(help="New folder to write the model to.")],
+    small_vocab: Annotated[
+        bool,
+        typer.Option(
+            help="Train a 600-token BPE instead of rebuilding the real Qwen2 vocabulary (faster, but token ids differ from real checkpoints)."
+        ),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
+) -> None:
+    """Write a tiny randomly initialised model of FAMILY (real chat template, image-processor config and
+    special-token ids) to OUTPUT_DIR, for tests and trying vlmkit offline."""
+    from vlmkit.families import family_by_name
+    from vlmkit.tiny import build_tiny_model
+
+    path = build_tiny_model(family_by_name(family), output_dir, small_vocab=small_vocab, seed=seed)
+    typer.echo(f"wrote a tiny {family_by_name(family).name} model to {path}")
+
+
+@app.command("families")
+def families() -> None:
+    """List the supported model families and what each supports."""
+    from vlmkit.families import FAMILIES
+
+    for f in FAMILIES.values():
+        pre = f.preprocessor_config
+        size = pre.get("size", {})
+        typer.echo(
+            f"{f.name:<12} model_type={f.model_type:<11} inputs={'+'.join(f.supports):<12} "
+            f"patch={pre['patch_size']} merge={pre['merge_size']} "
+            f"pixels={size.get('shortest_edge')}..{size.get('longest_edge')}  {f.description}"
+        )
+
+
+@app.command("infer")
+def infer(
+    model: Model,
+    input: Annotated[
+        Path | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="Dataset file (.json/.jsonl, any supported format) for batch inference. Without it: interactive chat.",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where batch inference writes one JSON line per input row. Default: INPUT with .preds.jsonl.",
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows generated together in batch inference.")] = 8,
+    media_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Extra folder to resolve relative image paths against (after the dataset file's folder)."
+        ),
+    ] = None,
+    system: System = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens generated per reply.")] = 512,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic); > 0 samples.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with --temperature > 0).")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens; 0 = no limit.")] = 0,
+    repetition_penalty: Annotated[float, typer.Option(help="> 1 discourages repeating tokens.")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
+    min_pixels: MinPixels = None,
+    max_pixels: MaxPixels = None,
+    dtype: DType = "auto",
+    device: Device = "auto",
+    attn_impl: AttnImpl = "sdpa",
+) -> None:
+    """Chat with a model interactively, or run batch inference over a dataset file with --input.
+
+    In the chat, each <image> or <video> in your message asks for a path or URL; 'clear' resets the
+    history; 'exit', 'quit' or end of input leave. Piped input works, so chats can be scripted."""
+    from vlmkit.infer import run_batch, run_chat
+    from vlmkit.model import GenerationOptions, load
+
+    options = GenerationOptions(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+    options.kwargs()  # validate before the slow model load
+    if input is not None and not input.is_file():
+        raise VlmkitError(f"--input {input}: no such file")
+    vlm = load(
+        model,
+        dtype=dtype,
+        device=device,
+        attn_impl=attn_impl,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        system=system,
+    )
+    if input is None:
+        run_chat(vlm, options)
+        return
+    output = output or input.with_suffix(".preds.jsonl")
+    counts = run_batch(
+        vlm,
+        input,
+        output,
+        options,
+        batch_size=batch_size,
+        media_root=media_root,
+        progress=sys.stderr.isatty(),
+    )
+    typer.echo(f"wrote {counts['ok'] + counts['failed']} rows to {output} ({counts['failed']} failed)")
+
+
+def main() -> None:
+    """Entry point: user mistakes print one `error:` line and exit 2; bugs keep their traceback."""
+    try:
+        app()
+    except VlmkitError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Read dataset files into a `Dataset` of rows that become `Sample`s on access.
+
+Files are `.jsonl` (one object per line) or `.json` (a top-level array of objects, a
+single object, or JSON Lines saved as .json: detected from the text). Rows stay small
+dicts; media are never opened here, only their paths resolved when a row is converted.
+
+Locations in errors: `.jsonl` and JSON Lines rows are `file:LINE` (1-based). Rows of a
+JSON array are `file:LINE` with the line where the object starts, or `file:#INDEX`
+(0-based array index) when the array puts several objects on one line.
+
+A row that is not valid JSON (or not an object) goes to `Dataset.bad` and the others
+load; a row that is valid JSON but cannot be converted raises `DataError` when it is
+read (`Dataset.check()` converts all of them up front).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from vlmkit.data.formats import detect_format, row_to_sample
+from vlmkit.errors import DataError
+from vlmkit.sample import Sample
+
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false"}
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+class Row(NamedTuple):
+    """One stored row: its location, the parsed JSON object, its format and media folders."""
+
+    where: str
+    data: dict[str, Any]
+    format: str
+    base_dirs: tuple[Path, ...]
+
+
+def _parse_object(text: str, where: str) -> dict | DataError:
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        return DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
+    if not isinstance(row, dict):
+        return DataError(f"{where}: expected a JSON object, got {_JSON_TYPES.get(type(row), 'null')}")
+    return row
+
+
+def _json_lines(lines: Iterator[bytes | str], name: str) -> Iterator[tuple[str, dict | DataError]]:
+    for number, line in enumerate(lines, 1):
+        where = f"{name}:{number}"
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield where, DataError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})")
+                continue
+        if number == 1:
+            line = line.lstrip("\ufeff")
+        if line.strip():
+            yield where, _parse_object(line, where)
+
+
+def _read_jsonl(path: Path, name: str) -> Iterator[tuple[str, dict | DataError]]:
+    with open(path, "rb") as f:
+        yield from _json_lines(f, name)
+
+
+def _json_array(text: str, name: str) -> list[tuple[str, dict | DataError]]:
+    """Parse a top-level array object by object, keeping where each one starts."""
+    decoder = json.JSONDecoder()
+    items: list[tuple[int, Any]] = []  # (line where it starts, value)
+    index = _WHITESPACE.match(text, text.index("[") + 1).end()
+    line, counted = 1, 0
+    while text[index : index + 1] != "]":
+        line, counted = line + text.count("\n", counted, index), index
+        try:
+            value, index = decoder.raw_decode(text, index)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{name}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno}); the file is one JSON array, "
+                f"so none of it was read"
+            ) from None
+        items.append((line, value))
+        index = _WHITESPACE.match(text, index).end()
+        if text[index : index + 1] == ",":
+            index = _WHITESPACE.match(text, index + 1).end()
+        elif text[index : index + 1] != "]":
+            at = text.count("\n", 0, index) + 1
+            raise DataError(f"{name}:{at}: expected ',' or ']' after array item {len(items) - 1}")
+    if text[index + 1 :].strip():
+        raise DataError(f"{name}:{text.count(chr(10), 0, index) + 1}: text after the end of the JSON array")
+    distinct_lines = len({line for line, _ in items}) == len(items)
+    rows = []
+    for i, (line, value) in enumerate(items):
+        where = f"{name}:{line}" if distinct_lines else f"{name}:#{i}"
+        if not isinstance(value, dict):
+            value = DataError(f"{where}: expected a JSON object, got {_JSON_TYPES.get(type(value), 'null')}")
+        rows.append((where, value))
+    return rows
+
+
+def _read_json(path: Path, name: str) -> Iterator[tuple[str, dict | DataError]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    start = text.lstrip()[:1]
+    if not start:
+        return iter(())
+    if start == "[":
+        return iter(_json_array(text, name))
+    if start != "{":
+        raise DataError(
+            f"{name}: expected a JSON array of objects or JSON Lines, found {start!r} at the start"
+        )
+    try:
+        row = json.loads(text)
+        return iter([(f"{name}:{text.count(chr(10), 0, text.index('{')) + 1}", row)])  # one object
+    except json.JSONDecodeError as e:
+        lines = text.split("\n")  # not splitlines(): JSON strings may hold U+2028 and friends
+        first_lines = [line for line in lines[:5] if line.strip()]
+        if e.msg == "Extra data" or any(isinstance(_parse_object(s, ""), dict) for s in first_lines):
+            return _json_lines(iter(lines), name)
+        raise DataError(f"{name}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[str, dict | DataError]]:
+    """(where, row) for every row of a .json / .jsonl file; a row that is not a JSON object
+    comes as a `DataError` instead. Lazy for JSON Lines.
+
+    Raises `DataError` for a missing file, another extension, or a JSON array that does not parse.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: dataset file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path, str(path))
+    if suffix == ".json":
+        return _read_json(path, str(path))
+    raise DataError(f"{path}: unsupported dataset file type '{suffix}'; use .json or .jsonl")
+
+
+class Dataset:
+    """Rows of one or more files; `dataset[i]` converts row i to a `Sample` (or raises `DataError`).
+
+    Attributes: `path` (the file, or "a + b" for several), `format` (the detected format
+    name, "a+b" when files differ), `rows` (list of `Row`), `bad` (list of (where, reason)
+    for rows that were not JSON objects and so were left out).
+    """
+
+    def __init__(self, path: str, format: str, rows: list[Row], bad: list[tuple[str, str]] | None = None):
+        self.path = path
+        self.format = format
+        self.rows = rows
+        self.bad = bad if bad is not None else []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int | slice) -> Sample | Dataset:
+        if isinstance(index, slice):
+            return self.select(range(len(self))[index])
+        row = self.rows[index]
+        return row_to_sample(row.data, row.format, row.where, row.base_dirs)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.path!r}, format={self.format!r}, rows={len(self)}, bad={len(self.bad)})"
+
+    def select(self, indices: Sequence[int], keep_bad: bool = True) -> Dataset:
+        """A dataset of the rows at `indices`, in that order (repeats allowed)."""
+        return Dataset(
+            self.path, self.format, [self.rows[i] for i in indices], list(self.bad) if keep_bad else []
+        )
+
+    def check(self) -> list[tuple[str, str]]:
+        """(where, reason) for every row that cannot be converted, after the bad rows.
+
+        Media are not opened; local paths that do not exist are reported too.
+        """
+        problems = list(self.bad)
+        for row in self.rows:
+            try:
+                sample = row_to_sample(row.data, row.format, row.where, row.base_dirs)
+            except DataError as e:
+                problems.append((row.where, str(e).removeprefix(f"{row.where}: ")))
+                continue
+            for kind in ("image", "video"):
+                for source in sample.media(kind):
+                    if _is_local(source) and not Path(source).exists():
+                        tried = " and ".join(str(d) for d in row.base_dirs)
+                        problems.append(
+                            (row.where, f"{kind} not found: {source} (relative paths are tried in {tried})")
+                        )
+        return problems
+
+
+def _is_local(source: Any) -> bool:
+    return isinstance(source, str) and "://" not in source and not source.startswith("data:")
+
+
+def parse_spec(spec: str) -> tuple[Path, int | None]:
+    """`path` or `path#N` -> (path, N or None). A file whose name holds '#' is taken as is."""
+    if "#" not in spec or Path(spec).exists():
+        return Path(spec), None
+    name, _, count = spec.rpartition("#")
+    if not count.isdigit() or int(count) == 0:
+        raise DataError(f"{spec}: '#{count}' is not a row count; write PATH#N with N a positive integer")
+    return Path(name), int(count)
+
+
+def sample_indices(n_rows: int, n: int, seed: int = 42) -> list[int]:
+    """N row indices: a random subset without replacement when n <= n_rows, else every row
+    n // n_rows times in file order followed by a random subset for the remainder."""
+    rng = random.Random(seed)
+    if n <= n_rows:
+        return rng.sample(range(n_rows), n)
+    return list(range(n_rows)) * (n // n_rows) + rng.sample(range(n_rows), n % n_rows)
+
+
+def load_dataset(spec: str | Path, media_root: str | Path | None = None, seed: int = 42) -> Dataset:
+    """Read `spec` (`path` or `path#N`, N rows sampled with `seed`) into a `Dataset`.
+
+    Relative media paths resolve against the file's folder, then against `media_root`.
+    Raises `DataError` when the file cannot be read, has no valid rows, or its format is unknown.
+    """
+    path, n = parse_spec(str(spec))
+    base_dirs = (path.parent,)
+    if media_root is not None:
+        if not Path(media_root).is_dir():
+            raise DataError(f"media root {media_root}: not a folder")
+        base_dirs += (Path(media_root),)
+    rows: list[tuple[str, dict]] = []
+    bad: list[tuple[str, str]] = []
+    for where, row in read_rows(path):
+        if isinstance(row, DataError):
+            bad.append((where, str(row).removeprefix(f"{where}: ")))
+        else:
+            rows.append((where, row))
+    if not rows:
+        first = f"; {len(bad)} bad row(s), the first: {bad[0][0]}: {bad[0][1]}" if bad else ""
+        raise DataError(f"{path}: no dataset rows found{first}")
+    fmt = detect_format((row for _, row in rows), where=str(path))
+    dataset = Dataset(str(path), fmt, [Row(where, row, fmt, base_dirs) for where, row in rows], bad)
+    return dataset if n is None else dataset.select(sample_indices(len(dataset), n, seed))
+
+
+def load_datasets(specs: list[str], media_root: str | Path | None = None, seed: int = 42) -> Dataset:
+    """Several specs (each `path` or `path#N`) read with `load_dataset` and concatenated in order."""
+    if not specs:
+        raise DataError("no dataset given; pass one or more PATH or PATH#N")
+    parts = [load_dataset(spec, media_root, seed) for spec in specs]
+    if len(parts) == 1:
+        return parts[0]
+    return Dataset(
+        " + ".join(p.path for p in parts),
+        "+".join(dict.fromkeys(p.format for p in parts)),
+        [row for p in parts for row in p.rows],
+        [b for p in parts for b in p.bad],
+    )
+
+
+def split_dataset(dataset: Dataset, ratio: float, seed: int = 42) -> tuple[Dataset, Dataset]:
+    """(train, val): `ratio` of the rows (rounded up, at least 1 when ratio > 0) drawn at random
+    with `seed` for validation, the rest for training; both keep file order. `bad` stays on train."""
+    if not 0 <= ratio < 1:
+        raise DataError(f"--split-ratio {ratio}: expected a fraction in [0, 1), e.g. 0.05")
+    n_val = min(max(1, math.ceil(ratio * len(dataset))), len(dataset) - 1) if ratio > 0 else 0
+    if ratio > 0 and n_val < 1:
+        raise DataError(f"{dataset.path}: {len(dataset)} row(s) cannot be split into train and validation")
+    val = sorted(random.Random(seed).sample(range(len(dataset)), n_val))
+    chosen = set(val)
+    train = [i for i in range(len(dataset)) if i not in chosen]
+    return dataset.select(train), dataset.select(val, keep_bad=False)

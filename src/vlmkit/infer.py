@@ -1,0 +1,171 @@
+"""`vlmkit infer`: an interactive chat (like `swift infer`) and batch inference over a dataset file.
+
+Chat: type a message; each `<image>` / `<video>` in it asks for a path or URL. `clear`
+resets the history, `exit` / `quit` / end of input leave. Works with piped input.
+
+Batch: every row of a dataset file (any format `vlmkit.data` reads) becomes one output
+line, in input order: the input fields plus `response`. When a row ends with an
+assistant reply, that reply is the reference: it is kept as `labels` and the model
+answers the turns before it. A row that cannot be encoded gets an `error` field, and
+the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+from vlmkit.errors import VlmkitError
+from vlmkit.model import VLM, GenerationOptions
+from vlmkit.sample import Sample
+
+SEPARATOR = "-" * 50
+PROMPTS = {"<image>": "Input an image path or URL <<< ", "<video>": "Input a video path or URL <<< "}
+
+
+def _ask(prompt: str, stdin: TextIO, stdout: TextIO) -> str | None:
+    stdout.write(prompt)
+    stdout.flush()
+    line = stdin.readline()
+    if not line:
+        return None
+    line = line.rstrip("\n")
+    if stdin is not sys.stdin or not stdin.isatty():
+        stdout.write(line + "\n")  # echo piped input so transcripts read like a terminal session
+    return line
+
+
+def run_chat(
+    vlm: VLM,
+    options: GenerationOptions,
+    system: str | None = None,
+    stdin: TextIO = sys.stdin,
+    stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
+) -> None:
+    """The interactive loop; returns at `exit`, `quit` or end of input."""
+    chat = vlm.chat(system=system)
+    while True:
+        query = _ask("<<< ", stdin, stdout)
+        if query is None or query.strip() in ("exit", "quit"):
+            return
+        if query.strip() == "clear":
+            chat.clear()
+            stdout.write("History cleared.\n")
+            continue
+        if not query.strip():
+            continue
+        media: dict[str, list[str]] = {"<image>": [], "<video>": []}
+        for tag in sorted(media, key=query.find):
+            for _ in range(query.count(tag)):
+                answer = _ask(PROMPTS[tag], stdin, stdout)
+                if answer is None:
+                    return
+                media[tag].append(answer.strip())
+        try:
+            for piece in chat.stream(
+                query, images=media["<image>"], videos=media["<video>"], options=options
+            ):
+                stdout.write(piece)
+                stdout.flush()
+        except VlmkitError as e:
+            stderr.write(f"error: {e}\n")
+            stderr.flush()
+            continue
+        stdout.write(f"\n{SEPARATOR}\n")
+        stdout.flush()
+
+
+def split_reference(sample: Sample) -> tuple[Sample, str | None]:
+    """A sample ending with an assistant reply -> (the turns before it, the reply's text)."""
+    if not sample.ends_with_assistant:
+        return sample, None
+    last = sample.messages[-1]
+    reference = "".join(p.get("text", "") for p in last["content"] if p["type"] == "text")
+    return Sample(messages=sample.messages[:-1], objects=sample.objects, where=sample.where), reference
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run_batch(
+    vlm: VLM,
+    input_path: str | Path,
+    output_path: str | Path,
+    options: GenerationOptions,
+    batch_size: int = 8,
+    media_root: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Write one JSON line per input row to `output_path`; returns counts of ok and failed rows.
+
+    Output goes to `<output>.tmp` as it is produced and is renamed when the run ends, so an
+    existing file is never left half-overwritten.
+    """
+    from tqdm import tqdm
+
+    from vlmkit.data import read_dataset_rows
+
+    if batch_size < 1:
+        raise VlmkitError(f"--batch-size must be at least 1, got {batch_size}")
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.resolve() == input_path.resolve():
+        raise VlmkitError(f"--output {output_path} is the input file; choose another path")
+    rows = list(read_dataset_rows(input_path, media_root=media_root))
+    tmp = output_path.with_name(output_path.name + ".tmp")
+    counts = {"ok": 0, "failed": 0}
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        tmp.open("w", encoding="utf-8") as out,
+        tqdm(total=len(rows), disable=not progress, unit="row") as bar,
+    ):
+        for chunk in _batches(rows, batch_size):
+            results: list[dict[str, Any]] = [dict(row) if isinstance(row, dict) else {} for row, _ in chunk]
+            pending: list[tuple[int, dict]] = []
+            for i, (_row, sample) in enumerate(chunk):
+                try:
+                    if isinstance(sample, Exception):
+                        raise sample
+                    prompt, reference = split_reference(sample)
+                    if reference is not None:
+                        results[i]["labels"] = reference
+                    pending.append((i, vlm.encode(prompt)))
+                except VlmkitError as e:
+                    results[i]["error"] = str(e)
+            if pending:
+                replies = _generate_or_one_by_one(vlm, [e for _, e in pending], options)
+                for (i, _), reply in zip(pending, replies, strict=True):
+                    if isinstance(reply, Exception):
+                        results[i]["error"] = f"generation failed: {type(reply).__name__}: {reply}"
+                    else:
+                        results[i]["response"] = reply
+            for result in results:
+                counts["failed" if "error" in result else "ok"] += 1
+                out.write(json.dumps(result, ensure_ascii=False) + "\n")
+            out.flush()
+            bar.update(len(chunk))
+    tmp.replace(output_path)
+    return counts
+
+
+def _generate_or_one_by_one(
+    vlm: VLM, encoded: list[dict], options: GenerationOptions
+) -> list[str | Exception]:
+    """Generate for a batch; if the batch fails, retry each row alone so one bad row fails alone."""
+    try:
+        return list(vlm.generate_encoded(encoded, options))
+    except Exception as e:  # recorded on the row(s); the run continues
+        if len(encoded) == 1:
+            return [e]
+    results: list[str | Exception] = []
+    for item in encoded:
+        try:
+            results.append(vlm.generate_encoded([item], options)[0])
+        except Exception as e:  # recorded on the row; the run continues
+            results.append(e)
+    return results

@@ -1,0 +1,284 @@
+"""Load a checkpoint once; generate for batches, stream, and chat with history.
+
+    import vlmkit
+    vlm = vlmkit.load("Qwen/Qwen2-VL-2B-Instruct")          # or a local folder
+    chat = vlm.chat(system="Answer briefly.")
+    print(chat.send("What is in this picture?", images=["cat.jpg"]))
+    for piece in chat.stream("And its colour?"):
+        print(piece, end="", flush=True)
+    replies = vlm.generate([sample_a, sample_b], max_new_tokens=64)
+
+Every path goes through the family template (`template.encode`), the same code that
+training uses, with the resolution settings saved alongside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlmkit.errors import VlmkitError
+from vlmkit.families import Family, family_for_model_dir
+from vlmkit.sample import Sample, to_sample
+
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+ATTN_IMPLS = ("sdpa", "eager", "flash_attention_2")
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Sampling settings; temperature 0 means greedy decoding."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        if self.max_new_tokens < 1:
+            raise VlmkitError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
+            raise VlmkitError(
+                "generation options out of range: need temperature >= 0, 0 < top-p <= 1, top-k >= 0, "
+                "repetition-penalty > 0"
+            )
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+
+def _resolve_model_dir(model: str | Path) -> Path:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
+        raise VlmkitError(
+            f"--model {model}: no such folder (give a model folder or a hub id like Qwen/Qwen2-VL-2B-Instruct)"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt"])
+        )
+    except Exception as e:  # hub errors come in many types; the message is what matters
+        raise VlmkitError(
+            f"--model {model}: could not download from the hub ({type(e).__name__}: {e})"
+        ) from None
+
+
+def _torch_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise VlmkitError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise VlmkitError(f"--device {device}: choose one of {', '.join(DEVICES)} (or cuda:N)")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VlmkitError(
+            f"--device {device}: no CUDA GPU is visible to torch on this machine; use --device cpu"
+        )
+    return device
+
+
+def _check_attn(attn_impl: str) -> None:
+    if attn_impl not in ATTN_IMPLS:
+        raise VlmkitError(f"--attn-impl {attn_impl}: choose one of {', '.join(ATTN_IMPLS)}")
+    if attn_impl == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise VlmkitError(
+                "--attn-impl flash_attention_2 needs the flash-attn package (pip install vlmkit[flash]) "
+                "and a CUDA GPU; use --attn-impl sdpa"
+            )
+
+
+@dataclass
+class VLM:
+    """A loaded model with its tokenizer and family template."""
+
+    model: Any
+    tokenizer: Any
+    template: Any
+    family: Family
+    path: Path
+    device: str
+
+    def encode(self, sample: Sample, add_generation_prompt: bool = True) -> dict[str, Any]:
+        return self.template.encode(sample, add_generation_prompt=add_generation_prompt)
+
+    def _inputs(self, encoded: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.template.collate(encoded, padding_side="left")
+        batch.pop("labels")
+        dtype = self.model.dtype
+        return {
+            k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
+            for k, v in batch.items()
+        }
+
+    def _generate_kwargs(self, options: GenerationOptions) -> dict[str, Any]:
+        import torch
+
+        if options.seed is not None:
+            torch.manual_seed(options.seed)
+        return {
+            **options.kwargs(),
+            "eos_token_id": self.template.stop_token_ids,
+            "pad_token_id": self.template.pad_token_id,
+        }
+
+    def generate_encoded(self, encoded: list[dict[str, Any]], options: GenerationOptions) -> list[str]:
+        """Replies for already-encoded prompts (left-padded into one batch)."""
+        import torch
+
+        batch = self._inputs(encoded)
+        with torch.inference_mode():
+            output = self.model.generate(**batch, **self._generate_kwargs(options))
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def generate(
+        self, samples: list[Sample | dict], options: GenerationOptions | None = None, **kw
+    ) -> list[str]:
+        """One reply per sample (dicts are read as `messages` rows), generated as one batch."""
+        options = options or GenerationOptions(**kw)
+        samples = [
+            s if isinstance(s, Sample) else to_sample(s, where=f"sample {i}") for i, s in enumerate(samples)
+        ]
+        return self.generate_encoded([self.encode(s) for s in samples], options)
+
+    def stream(self, sample: Sample | dict, options: GenerationOptions | None = None, **kw) -> Iterator[str]:
+        """Yield the reply to one sample piece by piece as it is generated."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        options = options or GenerationOptions(**kw)
+        sample = sample if isinstance(sample, Sample) else to_sample(sample)
+        batch = self._inputs([self.encode(sample)])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**batch, **self._generate_kwargs(options), streamer=streamer)
+            except BaseException as e:  # re-raised in the caller's thread below
+                errors.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        yield from (piece for piece in streamer if piece)
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    def chat(self, system: str | None = None) -> Chat:
+        return Chat(self, system=system)
+
+
+@dataclass
+class Chat:
+    """A multi-turn conversation; a turn that fails (bad image, ...) leaves the history unchanged."""
+
+    vlm: VLM
+    system: str | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def _sample(self, text: str, images: list[Any], videos: list[Any]) -> Sample:
+        row: dict[str, Any] = {
+            "messages": [*self.messages, {"role": "user", "content": text}],
+            "images": list(images),
+            "videos": list(videos),
+        }
+        # Earlier turns are already in parts form; only the new turn's placeholders need media.
+        new = to_sample({**row, "messages": row["messages"][-1:]}, where="chat")
+        history = [*self.messages, *new.messages]
+        if self.system is not None:
+            history = [{"role": "system", "content": [{"type": "text", "text": self.system}]}, *history]
+        return Sample(messages=history, where="chat")
+
+    def _add_media_placeholders(self, text: str, images: list[Any], videos: list[Any]) -> str:
+        missing = len(images) - text.count("<image>")
+        text = "<image>" * max(missing, 0) + text
+        missing = len(videos) - text.count("<video>")
+        return "<video>" * max(missing, 0) + text
+
+    def stream(self, text: str, images: list[Any] = (), videos: list[Any] = (), **kw) -> Iterator[str]:
+        """Send a user turn and yield the reply as it is generated. Images without a `<image>` in the
+        text are put before it."""
+        text = self._add_media_placeholders(text, list(images), list(videos))
+        sample = self._sample(text, list(images), list(videos))
+        reply = []
+        for piece in self.vlm.stream(sample, **kw):
+            reply.append(piece)
+            yield piece
+        first = 1 if self.system is not None else 0
+        self.messages = sample.messages[first:] + [
+            {"role": "assistant", "content": [{"type": "text", "text": "".join(reply)}]}
+        ]
+
+    def send(self, text: str, images: list[Any] = (), videos: list[Any] = (), **kw) -> str:
+        return "".join(self.stream(text, images, videos, **kw))
+
+    def clear(self) -> None:
+        self.messages = []
+
+
+def load(
+    model: str | Path,
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    attn_impl: str = "sdpa",
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    system: str | None = None,
+) -> VLM:
+    """Load a model folder or hub id. Pixel limits and system prompt default to the ones saved with the
+    model (vlmkit.json), then to the checkpoint's image-processor config."""
+    import transformers
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+    model_dir = _resolve_model_dir(model)
+    family = family_for_model_dir(model_dir)
+    device = _device(device)
+    torch_dtype = _torch_dtype(dtype, device)
+    _check_attn(attn_impl)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template = family.load_template(
+        model_dir, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels, system=system
+    )
+    hf_model = AutoModelForImageTextToText.from_pretrained(
+        model_dir, dtype=torch_dtype, attn_implementation=attn_impl
+    )
+    hf_model.to(device).eval()
+    return VLM(
+        model=hf_model, tokenizer=tokenizer, template=template, family=family, path=model_dir, device=device
+    )

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny models built once per test session, images made on the spot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+if not SHARED.is_dir():  # CI clones the repo with shared/ beside it; a checkout may also carry it inside
+    SHARED = Path(__file__).resolve().parents[1] / "shared"
+PEERS = SHARED / "data" / "peers"
+CHAT_TEMPLATES = SHARED / "data" / "chat_templates"
+
+FAMILY_NAMES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Family name -> folder of a tiny model with the real Qwen2 vocabulary (built lazily)."""
+    from vlmkit.families import family_by_name
+    from vlmkit.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    built: dict[str, Path] = {}
+
+    class Lazy(dict):
+        def __missing__(self, name: str) -> Path:
+            path = build_tiny_model(family_by_name(name), root / name.replace(".", "_"))
+            built[name] = path
+            self[name] = path
+            return path
+
+    return Lazy()
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory) -> Path:
+    """A Qwen2-VL tiny model with the 600-token BPE: the fastest model to load."""
+    from vlmkit.families import family_by_name
+    from vlmkit.tiny import build_tiny_model
+
+    return build_tiny_model(
+        family_by_name("qwen2-vl"), tmp_path_factory.mktemp("small") / "m", small_vocab=True
+    )
+
+
+def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def image_file(tmp_path) -> Path:
+    path = tmp_path / "img.png"
+    random_image(60, 80).save(path)
+    return path
