@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from vlmkit.errors import VlmkitError
+from vlmkit.errors import DataError, VlmkitError
 from vlmkit.model import VLM, GenerationOptions
 from vlmkit.sample import Sample
 
@@ -88,6 +88,28 @@ def split_reference(sample: Sample) -> tuple[Sample, str | None]:
     return Sample(messages=sample.messages[:-1], objects=sample.objects, where=sample.where), reference
 
 
+def _input_rows(path: Path, media_root: str | Path | None) -> list[tuple[dict, Sample | DataError]]:
+    """Every row of `path` in file order as (raw row, Sample or the DataError that row raises)."""
+    from vlmkit.data import detect_format, read_rows, row_to_sample
+
+    rows = list(read_rows(path))
+    good = [row for _, row in rows if isinstance(row, dict)]
+    if not good:
+        raise DataError(f"{path}: no dataset rows found")
+    fmt = detect_format(good, where=str(path))
+    base_dirs = (path.parent,) + ((Path(media_root),) if media_root is not None else ())
+    out: list[tuple[dict, Sample | DataError]] = []
+    for where, row in rows:
+        if isinstance(row, DataError):
+            out.append(({}, row))
+            continue
+        try:
+            out.append((row, row_to_sample(row, fmt, where, base_dirs)))
+        except DataError as e:
+            out.append((row, e))
+    return out
+
+
 def _batches(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -109,14 +131,12 @@ def run_batch(
     """
     from tqdm import tqdm
 
-    from vlmkit.data import read_dataset_rows
-
     if batch_size < 1:
         raise VlmkitError(f"--batch-size must be at least 1, got {batch_size}")
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.resolve() == input_path.resolve():
         raise VlmkitError(f"--output {output_path} is the input file; choose another path")
-    rows = list(read_dataset_rows(input_path, media_root=media_root))
+    rows = list(_input_rows(input_path, media_root))
     tmp = output_path.with_name(output_path.name + ".tmp")
     counts = {"ok": 0, "failed": 0}
     output_path.parent.mkdir(parents=True, exist_ok=True)

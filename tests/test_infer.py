@@ -1,0 +1,141 @@
+"""`vlmkit infer` (chat and batch) and the Python API on tiny models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import PEERS, random_image
+
+import vlmkit
+from vlmkit.errors import VlmkitError
+from vlmkit.infer import run_batch
+from vlmkit.model import GenerationOptions
+
+
+def vlmkit_cli(*args: str, stdin: str = "", timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vlmkit", *args], input=stdin, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def vlm(small_model):
+    return vlmkit.load(str(small_model), max_pixels=20_000)
+
+
+def test_piped_chat_streams_a_reply_and_survives_a_missing_image(small_model, image_file, tmp_path):
+    script = f"<image>What is this?\n{image_file}\nclear\n<image>And this?\n{tmp_path / 'missing.png'}\nHi\nexit\n"
+    result = vlmkit_cli("infer", "--model", str(small_model), "--max-new-tokens", "8", stdin=script)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("Input an image path or URL <<< ") == 2
+    assert "History cleared." in out
+    # Two replies (first image turn and "Hi"), each closed by the separator; the failed turn has none.
+    assert out.count("-" * 50) == 2
+    reply = out.split("Input an image path or URL <<< ")[1].split("\n", 1)[1].split("-" * 50)[0]
+    assert reply.strip(), "the reply is empty"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: chat: image 1: file not found: {tmp_path / 'missing.png'}"]
+
+
+def test_chat_ends_at_end_of_input(small_model):
+    result = vlmkit_cli("infer", "--model", str(small_model), "--max-new-tokens", "2", stdin="Hello\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("-" * 50) == 1
+
+
+def test_missing_model_is_one_clear_error(tmp_path):
+    result = vlmkit_cli("infer", "--model", str(tmp_path / "nope"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: --model {tmp_path / 'nope'}: no such folder (give a model folder or a hub id like Qwen/Qwen2-VL-2B-Instruct)"
+
+
+def test_batch_inference_over_the_llamafactory_demo(tiny_models, tmp_path):
+    output = tmp_path / "preds.jsonl"
+    source = PEERS / "llamafactory" / "mllm_demo.json"
+    result = vlmkit_cli("infer", "--model", str(tiny_models["qwen2-vl"]), "--input", str(source), "--output",
+                        str(output), "--max-new-tokens", "4", "--max-pixels", "20000", "--batch-size", "4")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    inputs = json.loads(source.read_text())
+    assert len(rows) == len(inputs) == 6
+    for row, original in zip(rows, inputs, strict=True):
+        assert row["messages"] == original["messages"]  # input fields kept, in input order
+        assert row["labels"] == original["messages"][-1]["content"]
+        assert isinstance(row["response"], str) and "error" not in row
+    assert f"wrote 6 rows to {output} (0 failed)" in result.stdout
+    assert not (tmp_path / "preds.jsonl.tmp").exists()
+
+
+def test_batch_failed_rows_get_an_error_and_the_run_continues(vlm, tmp_path, image_file):
+    data = tmp_path / "in.jsonl"
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": "<image>Hi"}], "images": [str(image_file)]}),
+        "{not json",
+        json.dumps({"messages": [{"role": "user", "content": "<image>Hi"}], "images": ["gone.png"]}),
+        json.dumps({"messages": [{"role": "user", "content": "<image><image>Hi"}], "images": [str(image_file)]}),
+        json.dumps({"messages": [{"role": "user", "content": "Plain"}, {"role": "assistant", "content": "ref"}]}),
+    ]
+    data.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "out.jsonl"
+    counts = run_batch(vlm, data, output, GenerationOptions(max_new_tokens=3), batch_size=2, progress=False)
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert counts == {"ok": 2, "failed": 3}
+    assert [("error" in r) for r in rows] == [False, True, True, True, False]
+    assert rows[1]["error"].startswith(f"{data}:2: ")
+    assert rows[2]["error"] == f"{data}:3: image 1: file not found: {tmp_path / 'gone.png'}"
+    assert "2 <image> placeholder(s)" in rows[3]["error"]
+    assert rows[4]["labels"] == "ref" and isinstance(rows[4]["response"], str)
+
+
+def test_batch_refuses_to_overwrite_its_input(vlm, tmp_path):
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
+    with pytest.raises(VlmkitError, match="is the input file"):
+        run_batch(vlm, data, data, GenerationOptions(max_new_tokens=2), progress=False)
+    assert json.loads(data.read_text())["messages"][0]["content"] == "x"
+
+
+def test_batched_greedy_generation_equals_one_by_one(vlm):
+    samples = [
+        {"messages": [{"role": "user", "content": "<image>Describe it"}], "images": [random_image(40, 70, 1)]},
+        {"messages": [{"role": "user", "content": "A much longer text-only question, to force left padding"}]},
+        {"messages": [{"role": "user", "content": "<image>x<image>"}], "images": [random_image(90, 30, 2), random_image(28, 28)]},
+    ]
+    together = vlm.generate(samples, max_new_tokens=6)
+    alone = [vlm.generate([s], max_new_tokens=6)[0] for s in samples]
+    assert together == alone
+    assert len(set(alone)) > 1 or alone[0]  # replies are real text, not all empty
+
+
+def test_stream_equals_generate_and_chat_keeps_history(vlm):
+    sample = {"messages": [{"role": "user", "content": "<image>Hi"}], "images": [random_image(50, 50)]}
+    assert "".join(vlm.stream(sample, max_new_tokens=6)) == vlm.generate([sample], max_new_tokens=6)[0]
+    chat = vlm.chat(system="Be brief.")
+    first = chat.send("What is this?", images=[random_image(50, 50)], max_new_tokens=4)
+    chat.send("And now?", max_new_tokens=4)
+    assert [m["role"] for m in chat.messages] == ["user", "assistant", "user", "assistant"]
+    assert chat.messages[1]["content"][0]["text"] == first
+    assert chat.messages[0]["content"][0]["type"] == "image"
+    with pytest.raises(VlmkitError):
+        chat.send("<image>broken", images=["/nonexistent.png"], max_new_tokens=2)
+    assert len(chat.messages) == 4  # a failed turn leaves the history unchanged
+    chat.clear()
+    assert chat.messages == []
+
+
+def test_generation_options_are_validated():
+    with pytest.raises(VlmkitError, match="--max-new-tokens must be at least 1"):
+        GenerationOptions(max_new_tokens=0).kwargs()
+    with pytest.raises(VlmkitError, match="top-p"):
+        GenerationOptions(temperature=0.7, top_p=0).kwargs()
+    assert GenerationOptions(temperature=0.7).kwargs()["do_sample"] is True
+
+
+def test_sampling_with_a_seed_is_reproducible(vlm):
+    sample = {"messages": [{"role": "user", "content": "Tell me"}]}
+    a = vlm.generate([sample], max_new_tokens=8, temperature=1.0, seed=3)
+    b = vlm.generate([sample], max_new_tokens=8, temperature=1.0, seed=3)
+    assert a == b
