@@ -16,8 +16,9 @@ from vlmkit.model import GenerationOptions
 
 
 def vlmkit_cli(*args: str, stdin: str = "", timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlmkit", *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vlmkit", *args], input=stdin, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,9 @@ def vlm(small_model):
 
 
 def test_piped_chat_streams_a_reply_and_survives_a_missing_image(small_model, image_file, tmp_path):
-    script = f"<image>What is this?\n{image_file}\nclear\n<image>And this?\n{tmp_path / 'missing.png'}\nHi\nexit\n"
+    script = (
+        f"<image>What is this?\n{image_file}\nclear\n<image>And this?\n{tmp_path / 'missing.png'}\nHi\nexit\n"
+    )
     result = vlmkit_cli("infer", "--model", str(small_model), "--max-new-tokens", "8", stdin=script)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -49,14 +52,30 @@ def test_chat_ends_at_end_of_input(small_model):
 def test_missing_model_is_one_clear_error(tmp_path):
     result = vlmkit_cli("infer", "--model", str(tmp_path / "nope"))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: --model {tmp_path / 'nope'}: no such folder (give a model folder or a hub id like Qwen/Qwen2-VL-2B-Instruct)"
+    assert (
+        result.stderr.strip()
+        == f"error: --model {tmp_path / 'nope'}: no such folder (give a model folder or a hub id like Qwen/Qwen2-VL-2B-Instruct)"
+    )
 
 
 def test_batch_inference_over_the_llamafactory_demo(tiny_models, tmp_path):
     output = tmp_path / "preds.jsonl"
     source = PEERS / "llamafactory" / "mllm_demo.json"
-    result = vlmkit_cli("infer", "--model", str(tiny_models["qwen2-vl"]), "--input", str(source), "--output",
-                        str(output), "--max-new-tokens", "4", "--max-pixels", "20000", "--batch-size", "4")
+    result = vlmkit_cli(
+        "infer",
+        "--model",
+        str(tiny_models["qwen2-vl"]),
+        "--input",
+        str(source),
+        "--output",
+        str(output),
+        "--max-new-tokens",
+        "4",
+        "--max-pixels",
+        "20000",
+        "--batch-size",
+        "4",
+    )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     inputs = json.loads(source.read_text())
@@ -75,8 +94,12 @@ def test_batch_failed_rows_get_an_error_and_the_run_continues(vlm, tmp_path, ima
         json.dumps({"messages": [{"role": "user", "content": "<image>Hi"}], "images": [str(image_file)]}),
         "{not json",
         json.dumps({"messages": [{"role": "user", "content": "<image>Hi"}], "images": ["gone.png"]}),
-        json.dumps({"messages": [{"role": "user", "content": "<image><image>Hi"}], "images": [str(image_file)]}),
-        json.dumps({"messages": [{"role": "user", "content": "Plain"}, {"role": "assistant", "content": "ref"}]}),
+        json.dumps(
+            {"messages": [{"role": "user", "content": "<image><image>Hi"}], "images": [str(image_file)]}
+        ),
+        json.dumps(
+            {"messages": [{"role": "user", "content": "Plain"}, {"role": "assistant", "content": "ref"}]}
+        ),
     ]
     data.write_text("\n".join(lines) + "\n")
     output = tmp_path / "out.jsonl"
@@ -100,9 +123,19 @@ def test_batch_refuses_to_overwrite_its_input(vlm, tmp_path):
 
 def test_batched_greedy_generation_equals_one_by_one(vlm):
     samples = [
-        {"messages": [{"role": "user", "content": "<image>Describe it"}], "images": [random_image(40, 70, 1)]},
-        {"messages": [{"role": "user", "content": "A much longer text-only question, to force left padding"}]},
-        {"messages": [{"role": "user", "content": "<image>x<image>"}], "images": [random_image(90, 30, 2), random_image(28, 28)]},
+        {
+            "messages": [{"role": "user", "content": "<image>Describe it"}],
+            "images": [random_image(40, 70, 1)],
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "A much longer text-only question, to force left padding"}
+            ]
+        },
+        {
+            "messages": [{"role": "user", "content": "<image>x<image>"}],
+            "images": [random_image(90, 30, 2), random_image(28, 28)],
+        },
     ]
     together = vlm.generate(samples, max_new_tokens=6)
     alone = [vlm.generate([s], max_new_tokens=6)[0] for s in samples]
