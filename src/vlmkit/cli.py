@@ -89,7 +89,23 @@ def families() -> None:
 
 @app.command("infer")
 def infer(
-    model: Model,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model folder or hub id (e.g. Qwen/Qwen2-VL-2B-Instruct)."),
+    ] = None,
+    ckpt: Annotated[
+        Path | None,
+        typer.Option(
+            help="A vlmkit checkpoint (RUN/checkpoint-N): loads its base model and adapter with the run's own template and resolution settings."
+        ),
+    ] = None,
+    merge_lora: Annotated[
+        bool, typer.Option(help="Merge the LoRA adapter into the weights on load (faster generation).")
+    ] = False,
+    val: Annotated[
+        bool,
+        typer.Option(help="With --ckpt: batch inference over the run's validation set (from its args.json)."),
+    ] = False,
     input: Annotated[
         Path | None,
         typer.Option(
@@ -167,6 +183,52 @@ def infer(
         progress=sys.stderr.isatty(),
     )
     typer.echo(f"wrote {counts['ok'] + counts['failed']} rows to {output} ({counts['failed']} failed)")
+
+
+from vlmkit.train.command import sft_command  # noqa: E402  (a light module: options only)
+
+app.command("sft", context_settings={"help_option_names": ["-h", "--help"]})(sft_command)
+
+
+def _val_input(ckpt: Path | None, given: Path | None) -> Path:
+    """The validation file of the run that wrote `ckpt` (seed 000's --load_dataset_config)."""
+    import json
+
+    if ckpt is None or given is not None:
+        raise VlmkitError("--val needs --ckpt and no --input")
+    args_file = Path(ckpt).parent / "args.json"
+    if not args_file.is_file():
+        raise VlmkitError(f"--val: {args_file} not found; is {ckpt} a checkpoint of a vlmkit run?")
+    args = json.loads(args_file.read_text())
+    if not args.get("val_dataset"):
+        raise VlmkitError(
+            f"--val: the run {Path(ckpt).parent} had no --val-dataset (use --input FILE instead)"
+        )
+    if len(args["val_dataset"]) > 1 or "#" in args["val_dataset"][0]:
+        raise VlmkitError("--val supports a run with one plain --val-dataset file; pass --input FILE instead")
+    return Path(args["val_dataset"][0])
+
+
+@app.command("export")
+def export_command(
+    ckpt: Annotated[Path, typer.Option(help="The checkpoint to export (RUN/checkpoint-N).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="New folder to write.")],
+    merge_lora: Annotated[
+        bool,
+        typer.Option(
+            help="Fold the LoRA adapter into the base weights (a plain model folder). Without it, an adapter checkpoint is exported as an adapter."
+        ),
+    ] = False,
+    dtype: Annotated[
+        str, typer.Option(help="Weights dtype of the export: auto (the base model's), bf16, fp16, fp32.")
+    ] = "auto",
+) -> None:
+    """Export a checkpoint as a complete Hugging Face folder (safetensors weights, config, tokenizer,
+    image-processor config, chat template, vlmkit.json with the resolution settings)."""
+    from vlmkit.export import export
+
+    path = export(ckpt, output, merge_lora=merge_lora, dtype=dtype)
+    typer.echo(f"exported {ckpt} to {path}")
 
 
 def main() -> None:

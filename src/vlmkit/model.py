@@ -250,9 +250,47 @@ class Chat:
         self.messages = []
 
 
+def _load_weights(model_dir: Path, ckpt: Path | None, merge_lora: bool, **kwargs):
+    """The transformers model of `model_dir`, with the LoRA adapter of `ckpt` applied (and merged)."""
+    from transformers import AutoModelForImageTextToText
+
+    hf_model = AutoModelForImageTextToText.from_pretrained(model_dir, **kwargs)
+    if ckpt is not None and (ckpt / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        hf_model = PeftModel.from_pretrained(hf_model, ckpt)
+        if merge_lora:
+            hf_model = hf_model.merge_and_unload()
+    return hf_model
+
+
+def resolve_checkpoint(ckpt: str | Path) -> tuple[Path, Path, dict[str, Any]]:
+    """A vlmkit checkpoint -> (folder with the base weights, the checkpoint, its saved settings).
+
+    An adapter checkpoint names its base model in vlmkit.json; a full checkpoint is its own base.
+    """
+    from vlmkit.settings import read_settings
+    from vlmkit.train.run import check_checkpoint
+
+    ckpt = check_checkpoint(ckpt)
+    settings = read_settings(ckpt)
+    if not (ckpt / "adapter_config.json").is_file():
+        return ckpt, ckpt, settings
+    base = settings.get("base_model")
+    if not base:
+        import json
+
+        base = json.loads((ckpt / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise VlmkitError(f"--ckpt {ckpt}: the adapter does not name its base model; pass --model BASE")
+    return _resolve_model_dir(base), ckpt, settings
+
+
 def load(
-    model: str | Path,
+    model: str | Path | None = None,
     *,
+    ckpt: str | Path | None = None,
+    merge_lora: bool = False,
     dtype: str = "auto",
     device: str = "auto",
     attn_impl: str = "sdpa",
@@ -260,25 +298,33 @@ def load(
     max_pixels: int | None = None,
     system: str | None = None,
 ) -> VLM:
-    """Load a model folder or hub id. Pixel limits and system prompt default to the ones saved with the
-    model (vlmkit.json), then to the checkpoint's image-processor config."""
+    """Load a model folder or hub id, or a vlmkit checkpoint (`ckpt`: base model + LoRA adapter, or full
+    weights). Pixel limits and system prompt default to the ones saved with the model or checkpoint
+    (vlmkit.json), then to the checkpoint's image-processor config."""
     import transformers
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
+    from transformers import AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()
-    model_dir = _resolve_model_dir(model)
+    if (model is None) == (ckpt is None):
+        raise VlmkitError("give either --model or --ckpt")
+    if ckpt is not None:
+        model_dir, ckpt_dir, _ = resolve_checkpoint(ckpt)
+        files_dir = ckpt_dir  # tokenizer, image-processor config and settings saved with the checkpoint
+    else:
+        model_dir = files_dir = _resolve_model_dir(model)
+        ckpt_dir = None
     family = family_for_model_dir(model_dir)
     device = _device(device)
     torch_dtype = _torch_dtype(dtype, device)
     _check_attn(attn_impl)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(files_dir)
     template = family.load_template(
-        model_dir, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels, system=system
+        files_dir, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels, system=system
     )
-    hf_model = AutoModelForImageTextToText.from_pretrained(
-        model_dir, dtype=torch_dtype, attn_implementation=attn_impl
+    hf_model = _load_weights(
+        model_dir, ckpt_dir, merge_lora, dtype=torch_dtype, attn_implementation=attn_impl
     )
     hf_model.to(device).eval()
     return VLM(
-        model=hf_model, tokenizer=tokenizer, template=template, family=family, path=model_dir, device=device
+        model=hf_model, tokenizer=tokenizer, template=template, family=family, path=files_dir, device=device
     )

@@ -27,6 +27,9 @@ class Family:
     load_template(model_dir, tokenizer, **settings) -> a template object (see
     `vlmkit.families.qwen2_vl.template.QwenVLTemplate` for the interface).
     tiny_config(vocab_size, special_ids) -> the model's `config.json` dict at toy size.
+    module_groups: parameter-name prefixes of the parts users freeze or tune separately:
+    "vit" (vision tower), "aligner" (vision-to-text projector), "llm" (language model and
+    head). The longest matching prefix decides a parameter's group.
     """
 
     name: str
@@ -40,6 +43,7 @@ class Family:
     preprocessor_config: dict[str, Any]
     load_template: Callable[..., Any]
     tiny_config: Callable[[int, dict[str, int]], dict[str, Any]]
+    module_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     supports: tuple[str, ...] = ("image",)
     aliases: tuple[str, ...] = field(default=())
 

@@ -78,6 +78,11 @@ FAMILY = Family(
     preprocessor_config=PREPROCESSOR_CONFIG,
     load_template=load_template,
     tiny_config=tiny_config,
+    module_groups={
+        "vit": ("model.visual.",),
+        "aligner": ("model.visual.merger.",),
+        "llm": ("model.language_model.", "lm_head."),
+    },
     supports=("image",),
     aliases=("qwen2-5-vl", "qwen25-vl", "qwen2.5vl"),
 )

@@ -6,22 +6,28 @@ patch_size * merge_size within [min_pixels, max_pixels], normalised, and cut int
 patches laid out as the vision tower expects: `pixel_values` is (sum of h*w patches,
 3 * temporal_patch_size * patch_size**2) and each image becomes
 `grid_t * grid_h * grid_w / merge_size**2` `<|image_pad|>` tokens.
+
+`count_tokens` gives the length of `encode`'s `input_ids` from the image headers alone
+(no pixels decoded), and `fit_max_pixels` finds the largest `max_pixels` at which a
+sample fits a token budget; `encode(..., max_pixels=...)` then encodes it at that size.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, pad_sequences, tokenize_segments
-from vlmkit.errors import DataError
-from vlmkit.media import load_image
+from vlmkit.errors import DataError, MediaError
+from vlmkit.media import MediaPolicy, fetch_media, load_image
 from vlmkit.sample import Sample
 from vlmkit.settings import read_settings
 
@@ -108,6 +114,48 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         h = math.ceil(height * scale / factor) * factor
         w = math.ceil(width * scale / factor) * factor
     return h, w
+
+
+def _upright_size(image: Image.Image, header_only: bool = True) -> tuple[int, int]:
+    """(height, width) after the EXIF orientation is applied, as `load_image` returns it."""
+    width, height = image.size
+    if header_only and image.format == "PNG" and "exif" not in image.info:
+        return height, width  # Pillow's PNG getexif() decodes the whole image to look for a late eXIf chunk
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)  # 5-8 swap the sides
+
+
+def read_image_size(source: Any, where: str = "image", policy: MediaPolicy | None = None) -> tuple[int, int]:
+    """(height, width) of `source` as `load_image` would return it, from the file header only.
+
+    Local files are opened just far enough to read the size and EXIF orientation; URLs, data:
+    URLs and bytes are fetched as `load_image` fetches them, but not decoded either. Errors are
+    the MediaErrors `load_image` raises for a missing, unreadable or too large image.
+    """
+    policy = policy or MediaPolicy()
+    if isinstance(source, Image.Image):
+        return _upright_size(source, header_only=False)
+    data = fetch_media(source, where, policy)
+    if isinstance(data, Path) or (isinstance(source, str) and not source.startswith("data:")):
+        where = f"{where}: {data if isinstance(data, Path) else source}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+    except Image.DecompressionBombError:
+        limit = min(policy.max_image_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0))
+        raise MediaError(f"{where}: image is over the limit of {limit} pixels") from None
+    except Image.UnidentifiedImageError:
+        raise MediaError(f"{where}: not an image file (or not a format Pillow can read)") from None
+    except Exception as e:
+        raise MediaError(f"{where}: not a readable image ({' '.join(str(e).split())})") from None
+    with image:
+        if image.width * image.height > policy.max_image_pixels:
+            limit = policy.max_image_pixels
+            raise MediaError(
+                f"{where}: image is {image.width} x {image.height}, over the limit of {limit} pixels"
+            )
+        return _upright_size(image)
 
 
 class QwenVLTemplate:
@@ -201,14 +249,29 @@ class QwenVLTemplate:
 
     # -- images ------------------------------------------------------------------------------------
 
-    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+    def _max_pixels(self, max_pixels: int | None) -> int:
+        """A per-call `max_pixels` (None: the template's), checked against `min_pixels`."""
+        if max_pixels is None:
+            return self.max_pixels
+        if max_pixels < self.min_pixels:
+            raise DataError(f"max_pixels {max_pixels} is below min_pixels {self.min_pixels}")
+        return int(max_pixels)
+
+    def resized_size(self, height: int, width: int, max_pixels: int | None = None) -> tuple[int, int]:
         return smart_resize(
-            height, width, self.patch_size * self.merge_size, self.min_pixels, self.max_pixels
+            height, width, self.patch_size * self.merge_size, self.min_pixels, self._max_pixels(max_pixels)
         )
 
-    def process_image(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int]]:
+    def image_token_count(self, height: int, width: int, max_pixels: int | None = None) -> int:
+        """`<|image_pad|>` tokens for an upright image of height x width (ValueError past 200:1)."""
+        resized_h, resized_w = self.resized_size(height, width, max_pixels)
+        return (resized_h // self.patch_size) * (resized_w // self.patch_size) // self.merge_size**2
+
+    def process_image(
+        self, image: Image.Image, max_pixels: int | None = None
+    ) -> tuple[np.ndarray, tuple[int, int, int]]:
         """RGB image -> (patches (gh*gw, 3*tps*ps*ps) float32, grid (1, gh, gw))."""
-        height, width = self.resized_size(image.height, image.width)
+        height, width = self.resized_size(image.height, image.width, max_pixels)
         if (height, width) != (image.height, image.width):
             image = image.resize((width, height), Image.Resampling.BICUBIC)
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0  # (3, H, W)
@@ -224,13 +287,17 @@ class QwenVLTemplate:
 
     # -- whole samples -----------------------------------------------------------------------------
 
-    def encode(self, sample: Sample, add_generation_prompt: bool = False) -> dict[str, Any]:
+    def encode(
+        self, sample: Sample, add_generation_prompt: bool = False, max_pixels: int | None = None
+    ) -> dict[str, Any]:
         """Sample -> model inputs for one sequence.
 
         Returns input_ids, labels, mm_token_type_ids (T,), and when the sample has images
         pixel_values (N_patches, D) and image_grid_thw (n_images, 3); `image_sizes` lists
         ((orig_h, orig_w), (resized_h, resized_w)) per image for mapping boxes.
+        `max_pixels` overrides the template's for this call (e.g. from `fit_max_pixels`).
         """
+        max_pixels = self._max_pixels(max_pixels)
         if sample.media("video"):
             raise DataError(f"{sample.where}: video input is not supported by this version of vlmkit yet")
         segments = self.render(self._messages(sample), add_generation_prompt, sample.where)
@@ -243,7 +310,7 @@ class QwenVLTemplate:
                 where = f"{sample.where}: image {k + 1}"
                 image = load_image(source, where=where)
                 try:
-                    patches, grid = self.process_image(image)
+                    patches, grid = self.process_image(image, max_pixels)
                 except ValueError as e:
                     raise DataError(f"{where}: {e}") from None
                 all_patches.append(patches)
@@ -264,6 +331,70 @@ class QwenVLTemplate:
             input_ids=input_ids, labels=torch.tensor(labels, dtype=torch.long), mm_token_type_ids=mm_types
         )
         return out
+
+    def _measure(self, sample: Sample, add_generation_prompt: bool) -> tuple[int, list[tuple[str, int, int]]]:
+        """(tokens other than image pads, [(where, height, width) per image]) without decoding pixels."""
+        if sample.media("video"):
+            raise DataError(f"{sample.where}: video input is not supported by this version of vlmkit yet")
+        segments = self.render(self._messages(sample), add_generation_prompt, sample.where)
+        ids, _ = tokenize_segments(self.tokenizer, segments)
+        images = sample.media("image")
+        placeholders = ids.count(self.image_token_id)
+        if placeholders != len(images):
+            raise DataError(
+                f"{sample.where}: {placeholders} <|image_pad|> tokens in the text for {len(images)} images"
+            )
+        sizes = []
+        for k, source in enumerate(images):
+            where = f"{sample.where}: image {k + 1}"
+            sizes.append((where, *read_image_size(source, where=where)))
+        return len(ids) - placeholders, sizes
+
+    def _image_tokens(self, sizes: list[tuple[str, int, int]], max_pixels: int | None) -> int:
+        total = 0
+        for where, height, width in sizes:
+            try:
+                total += self.image_token_count(height, width, max_pixels)
+            except ValueError as e:
+                raise DataError(f"{where}: {e}") from None
+        return total
+
+    def count_tokens(
+        self, sample: Sample, max_pixels: int | None = None, add_generation_prompt: bool = False
+    ) -> int:
+        """`len(encode(sample, add_generation_prompt, max_pixels)["input_ids"])`, reading only image headers.
+
+        Raises what `encode` raises for a bad sample, a missing or unreadable image (a file whose
+        pixels are corrupt past a valid header is only caught by `encode`).
+        """
+        text_tokens, sizes = self._measure(sample, add_generation_prompt)
+        return text_tokens + self._image_tokens(sizes, self._max_pixels(max_pixels))
+
+    def fit_max_pixels(
+        self, sample: Sample, max_length: int, add_generation_prompt: bool = False
+    ) -> int | None:
+        """The largest max_pixels in [min_pixels, the template's max_pixels] at which `sample` has at
+        most `max_length` tokens; None when it does not fit even at min_pixels.
+
+        Bisection between min_pixels (fits) and the template's max_pixels (does not), on image sizes
+        read once from the headers. The returned value always fits; it is the largest that fits
+        because the token count never falls as max_pixels grows, except for images under two
+        patches thin, where smart_resize's side clamp can make a smaller limit cost more tokens.
+        """
+        text_tokens, sizes = self._measure(sample, add_generation_prompt)
+
+        def fits(max_pixels: int) -> bool:
+            return text_tokens + self._image_tokens(sizes, max_pixels) <= max_length
+
+        if fits(self.max_pixels):
+            return self.max_pixels
+        if not sizes or not fits(self.min_pixels):
+            return None
+        low, high = self.min_pixels, self.max_pixels  # fits(low), not fits(high)
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        return low
 
     def collate(self, encoded: list[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad a list of `encode` outputs into one batch (left padding for generation)."""

@@ -94,6 +94,11 @@ FAMILY = Family(
     preprocessor_config=PREPROCESSOR_CONFIG,
     load_template=load_template,
     tiny_config=tiny_config,
+    module_groups={
+        "vit": ("model.visual.",),
+        "aligner": ("model.visual.merger.", "model.visual.deepstack_merger_list."),
+        "llm": ("model.language_model.", "lm_head."),
+    },
     supports=("image",),
     aliases=("qwen3vl",),
 )

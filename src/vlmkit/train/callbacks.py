@@ -1,0 +1,154 @@
+"""The pieces vlmkit adds to transformers' Trainer: per-group learning rates, a progress bar with
+throughput, the run log and loss plot, and complete-or-absent checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer, TrainerCallback
+
+from vlmkit.settings import write_settings
+from vlmkit.train.run import COMPLETE_MARKER
+
+
+class VlmTrainer(Trainer):
+    """Trainer with optimizer parameter groups from `parameter_groups(model, decay_names)`."""
+
+    def __init__(self, *args, parameter_groups: Callable[..., list[dict[str, Any]]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._parameter_groups = parameter_groups
+
+    def create_optimizer(self, model=None):
+        model = self.model if model is None else model
+        if self.optimizer is None:
+            groups = self._parameter_groups(model, set(self.get_decay_parameter_names(model)))
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+class RunLog(TrainerCallback):
+    """Appends every log to train_log.jsonl, redraws loss.png, and shows a progress bar with loss, lr,
+    samples/s, tokens/s and ETA."""
+
+    def __init__(self, run_dir: Path, samples_per_step: int, progress: bool = True):
+        self.run_dir = run_dir
+        self.samples_per_step = samples_per_step
+        self.progress = progress
+        self.bar = None
+        self.start: tuple[float, int, int] | None = None
+        self.curves: dict[str, list[tuple[float, float]]] = {"train loss": [], "eval loss": []}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        from tqdm import tqdm
+
+        self.start = (time.perf_counter(), state.global_step, state.num_input_tokens_seen or 0)
+        self.bar = tqdm(
+            total=state.max_steps,
+            initial=state.global_step,
+            unit="step",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        # A resumed run keeps its curve up to the checkpoint and drops what came after it.
+        log = self.run_dir / "train_log.jsonl"
+        kept = [line for line in _read_log(log) if line.get("step", 0) <= state.global_step]
+        if log.is_file():
+            log.write_text("".join(json.dumps(line) + "\n" for line in kept))
+        for line in kept:
+            self._add_point(line)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def _add_point(self, logs: dict[str, Any]) -> None:
+        if "loss" in logs:
+            self.curves["train loss"].append((logs["step"], logs["loss"]))
+        if "eval_loss" in logs:
+            self.curves["eval loss"].append((logs["step"], logs["eval_loss"]))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+        if self.start is not None and state.global_step > self.start[1]:
+            elapsed = time.perf_counter() - self.start[0]
+            steps = state.global_step - self.start[1]
+            record["samples_per_second"] = round(steps * self.samples_per_step / elapsed, 3)
+            tokens = (state.num_input_tokens_seen or 0) - self.start[2]
+            if tokens:
+                record["tokens_per_second"] = round(tokens / elapsed, 1)
+        with (self.run_dir / "train_log.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        self._add_point(record)
+        if not self.progress:  # plain lines for logs and non-interactive runs
+            shown = {k: v for k, v in record.items() if k in _SHOWN}
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()),
+                  flush=True)
+        if self.bar is not None and "loss" in logs:
+            self.bar.set_postfix(
+                loss=f"{logs['loss']:.4f}",
+                lr=f"{logs.get('learning_rate', 0):.2e}",
+                samples_s=record.get("samples_per_second"),
+                tokens_s=record.get("tokens_per_second"),
+            )
+        if any(self.curves.values()):
+            from vlmkit.plots import save_line_plot
+
+            series = {name: points for name, points in self.curves.items() if points}
+            save_line_plot(series, self.run_dir / "loss.png", title="loss", xlabel="step", ylabel="loss")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class CompleteCheckpoints(TrainerCallback):
+    """Makes every checkpoint a loadable, self-describing folder, and marks it complete last.
+
+    Adds the image-processor config, the chat template and vlmkit.json (family, base model,
+    tuner, pixel limits, system prompt) to each checkpoint, then writes `vlmkit_complete`.
+    Also forces a save at the last step so a run always ends with a checkpoint.
+    """
+
+    def __init__(self, run_dir: Path, model_dir: Path, settings: dict[str, Any]):
+        self.run_dir = run_dir
+        self.model_dir = model_dir
+        self.settings = settings
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        checkpoint = self.run_dir / f"checkpoint-{state.global_step}"
+        for name in ("preprocessor_config.json", "chat_template.jinja"):
+            if (self.model_dir / name).is_file() and not (checkpoint / name).is_file():
+                shutil.copy(self.model_dir / name, checkpoint / name)
+        write_settings(checkpoint, {**self.settings, "step": state.global_step})
+        (checkpoint / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}) + "\n")
+
+
+_SHOWN = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "samples_per_second", "tokens_per_second")
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    return lines

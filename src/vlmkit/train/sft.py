@@ -1,0 +1,344 @@
+"""`vlmkit sft`: supervised fine-tuning, read top to bottom.
+
+    from vlmkit.train import SFTConfig, sft
+    run_dir = sft(SFTConfig(model="Qwen/Qwen2-VL-2B-Instruct", dataset=["train.jsonl"], tuner="lora"))
+
+Steps: resolve the model and template -> make (or resume) the run folder -> read and
+validate the datasets up front (bad rows skipped and written to bad_samples.jsonl; stop
+if too many) -> load the model, freeze and wrap it -> train with transformers' Trainer
+(DDP, DeepSpeed and FSDP come from it) -> save, and generate a few validation answers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlmkit.errors import VlmkitError
+from vlmkit.train.config import SFTConfig
+from vlmkit.train.run import new_run_dir, resolve_resume
+
+DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
+    "zero2": {
+        "zero_optimization": {
+            "stage": 2,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": "auto",
+        },
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+    },
+    "zero3": {
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": "auto",
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+    },
+}
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """Rows of a `vlmkit.data.Dataset` encoded on access (in DataLoader workers), never held decoded."""
+
+    def __init__(self, dataset, template, rows: list[int], max_pixels: dict[int, int] | None = None):
+        self.dataset = dataset
+        self.template = template
+        self.rows = rows
+        self.max_pixels = max_pixels or {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.rows[i]
+        sample = self.dataset[row]
+        if row in self.max_pixels:
+            encoded = self.template.encode(sample, max_pixels=self.max_pixels[row])
+        else:
+            encoded = self.template.encode(sample)
+        encoded.pop("image_sizes", None)
+        return encoded
+
+
+def _check_environment(config: SFTConfig) -> None:
+    if config.quant:
+        if not torch.cuda.is_available():
+            raise VlmkitError(
+                f"--quant {config.quant} (QLoRA) needs a CUDA GPU for bitsandbytes; this machine has "
+                "none. Use --tuner lora without --quant on CPU"
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise VlmkitError(f"--quant {config.quant} needs bitsandbytes: pip install 'vlmkit[qlora]'")
+    if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise VlmkitError(f"--deepspeed {config.deepspeed} needs DeepSpeed: pip install 'vlmkit[deepspeed]'")
+    if config.report_to not in ("auto", "none", "tensorboard"):
+        package = {"wandb": "wandb", "swanlab": "swanlab", "mlflow": "mlflow"}[config.report_to]
+        if importlib.util.find_spec(package) is None:
+            raise VlmkitError(f"--report-to {config.report_to} needs {package}: pip install {package}")
+
+
+def _report_to(config: SFTConfig) -> list[str]:
+    if config.report_to == "auto":
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    return [] if config.report_to == "none" else [config.report_to]
+
+
+def _training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir: str):
+    from transformers import TrainingArguments
+
+    fsdp_kwargs: dict[str, Any] = {}
+    if config.fsdp:
+        fsdp_kwargs = {"fsdp": f"{config.fsdp} auto_wrap", "fsdp_config": {"use_orig_params": True}}
+    workers = (
+        config.num_workers if config.num_workers is not None else (4 if torch.cuda.is_available() else 0)
+    )
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type=config.scheduler,
+        warmup_steps=config.warmup_ratio,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        bf16=torch_dtype == torch.bfloat16,
+        fp16=torch_dtype == torch.float16,
+        seed=config.seed,
+        data_seed=config.seed,
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        report_to=_report_to(config),
+        dataloader_num_workers=workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False,
+        label_names=["labels"],
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU use DDP over gloo
+        ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        deepspeed=DEEPSPEED_PRESETS[config.deepspeed] if config.deepspeed else None,
+        **fsdp_kwargs,
+    )
+
+
+def _make_run_dir(config: SFTConfig, resume_from: Path | None) -> Path:
+    """The run folder: the resumed checkpoint's run, or a new one made by the main process for all."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    if resume_from is not None:
+        return resume_from.parent
+    state = PartialState()
+    holder = [str(new_run_dir(config.output_dir, config.model)) if state.is_main_process else None]
+    if state.num_processes > 1:
+        broadcast_object_list(holder)
+    return Path(holder[0])
+
+
+def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is_main: bool):
+    """Check every row before training; returns (row indices, {row: max_pixels}) to train on."""
+    from vlmkit.data.check import check_dataset
+
+    report = check_dataset(
+        dataset,
+        template,
+        max_length=config.max_length,
+        truncation=config.truncation,
+        progress=config.progress and is_main,
+    )
+    if report.bad and is_main:
+        report.write_bad_samples(run_dir / f"bad_samples{'' if name == 'train' else '_' + name}.jsonl")
+    if is_main:
+        print(report.summary())
+    fraction = len(report.bad) / max(report.total, 1)
+    if fraction > config.max_bad_fraction:
+        raise VlmkitError(
+            f"{len(report.bad)} of {report.total} {name} rows are bad ({fraction:.1%} > --max-bad-fraction "
+            f"{config.max_bad_fraction:.1%}); see {run_dir / 'bad_samples.jsonl'} and fix them, or raise the limit"
+        )
+    if not report.good:
+        raise VlmkitError(f"no usable {name} rows left after validation; see {run_dir / 'bad_samples.jsonl'}")
+    return [good.index for good in report.good], {g.index: g.max_pixels for g in report.good if g.max_pixels}
+
+
+def sft(config: SFTConfig) -> Path:
+    """Fine-tune `config.model` on `config.dataset`; returns the run folder."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer, set_seed
+
+    from vlmkit.data import load_datasets, split_dataset
+    from vlmkit.families import family_for_model_dir
+    from vlmkit.model import _check_attn, _resolve_model_dir, _torch_dtype
+    from vlmkit.settings import write_settings
+    from vlmkit.train.callbacks import CompleteCheckpoints, RunLog, VlmTrainer
+    from vlmkit.train.tuning import apply_tuning, count_parameters, parameter_groups
+
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    config.validate()
+    _check_environment(config)
+    _check_attn(config.attn_impl)
+    set_seed(config.seed)
+    model_dir = _resolve_model_dir(config.model)
+    family = family_for_model_dir(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template = family.load_template(
+        model_dir, tokenizer, min_pixels=config.min_pixels, max_pixels=config.max_pixels, system=config.system
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype = _torch_dtype(config.dtype, device)
+
+    # The run folder (TrainingArguments first: it sets up the process group that the folder name is shared over).
+    resume_from = resolve_resume(config.resume, config.output_dir, config.model) if config.resume else None
+    train_data = load_datasets(config.dataset, media_root=config.media_root, seed=config.seed)
+    val_data = (
+        load_datasets(config.val_dataset, media_root=config.media_root, seed=config.seed)
+        if config.val_dataset
+        else None
+    )
+    if config.split_ratio:
+        train_data, val_data = split_dataset(train_data, config.split_ratio, seed=config.seed)
+    args = _training_arguments(config, torch_dtype, val_data is not None, output_dir=config.output_dir)
+    run_dir = _make_run_dir(config, resume_from)
+    args.output_dir = str(run_dir)
+    if hasattr(args, "logging_dir"):
+        args.logging_dir = str(run_dir / "runs")
+    is_main = args.process_index == 0
+    settings = {
+        "family": family.name,
+        "base_model": str(config.model if not Path(config.model).exists() else Path(model_dir).resolve()),
+        "tuner": config.tuner,
+        **template.settings,
+        "max_length": config.max_length,
+    }
+    if is_main:
+        (run_dir / "args.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        write_settings(run_dir, settings)
+
+    # Validate every row before any GPU hour is spent.
+    train_rows, train_pixels = _validate(train_data, template, config, run_dir, "train", is_main)
+    train_set = EncodedDataset(train_data, template, train_rows, train_pixels)
+    val_set = None
+    if val_data is not None:
+        val_rows, val_pixels = _validate(val_data, template, config, run_dir, "val", is_main)
+        val_set = EncodedDataset(val_data, template, val_rows, val_pixels)
+
+    # The model, frozen and wrapped as asked.
+    quantization = None
+    if config.quant:
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=config.quant == "4bit",
+            load_in_8bit=config.quant == "8bit",
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype,
+        )
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_dir, dtype=torch_dtype, attn_implementation=config.attn_impl, quantization_config=quantization
+    )
+    if config.quant:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.gradient_checkpointing
+        )
+    model = apply_tuning(model, config, family.module_groups)
+    trainable, total = count_parameters(model)
+    if is_main:
+        print(
+            f"run folder: {run_dir}\ntrainable parameters: {trainable:,} of {total:,} "
+            f"({100 * trainable / total:.2f}%), tuner={config.tuner}, train rows={len(train_set)}"
+            + (f", val rows={len(val_set)}" if val_set else "")
+        )
+
+    trainer = VlmTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=lambda batch: template.collate(batch, padding_side="right"),
+        processing_class=tokenizer,
+        parameter_groups=lambda m, decay: parameter_groups(m, config, family.module_groups, decay),
+        callbacks=[
+            RunLog(run_dir, config.batch_size * config.grad_accum * args.world_size, config.progress),
+            CompleteCheckpoints(run_dir, Path(model_dir), settings),
+        ],
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # RunLog shows progress and logs instead
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    if is_main and val_set is not None and config.eval_generate > 0:
+        _log_val_generations(
+            trainer.model,
+            tokenizer,
+            template,
+            family,
+            model_dir,
+            val_data,
+            val_rows,
+            config.eval_generate,
+            run_dir,
+        )
+    return run_dir
+
+
+def _log_val_generations(
+    model, tokenizer, template, family, model_dir, val_data, rows, n, run_dir: Path
+) -> None:
+    """Greedy answers for the first `n` validation rows, next to their references (log and console)."""
+    from vlmkit.infer import split_reference
+    from vlmkit.model import VLM, GenerationOptions
+
+    vlm = VLM(
+        model=model.eval(),
+        tokenizer=tokenizer,
+        template=template,
+        family=family,
+        path=Path(model_dir),
+        device=str(next(model.parameters()).device),
+    )
+    with (run_dir / "val_predictions.jsonl").open("w") as out:
+        for row in rows[:n]:
+            prompt, reference = split_reference(val_data[row])
+            reply = vlm.generate([prompt], GenerationOptions(max_new_tokens=64))[0]
+            out.write(
+                json.dumps(
+                    {"where": prompt.where, "response": reply, "labels": reference}, ensure_ascii=False
+                )
+                + "\n"
+            )
+            print(f"[val] {prompt.where}\n  reference: {reference}\n  response:  {reply}")
