@@ -8,8 +8,8 @@ from vlmkit.sample import Sample, to_sample
 __all__ = ["DataError", "MediaError", "Sample", "VlmkitError", "__version__", "load", "to_sample"]
 
 
-def load(model: str, **kwargs):
-    """Load a model folder, hub id or vlmkit checkpoint for chat and batch inference.
+def load(model: str | None = None, **kwargs):
+    """Load a model folder or hub id (or `ckpt=RUN/checkpoint-N`) for chat and batch inference.
 
     See `vlmkit.model.load` for the options; imported lazily so that `import vlmkit`
     stays fast and torch is only imported when a model is needed.

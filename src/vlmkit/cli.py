@@ -185,9 +185,13 @@ def infer(
     typer.echo(f"wrote {counts['ok'] + counts['failed']} rows to {output} ({counts['failed']} failed)")
 
 
+from vlmkit.data.commands import app as data_app  # noqa: E402
 from vlmkit.train.command import sft_command  # noqa: E402  (a light module: options only)
 
 app.command("sft", context_settings={"help_option_names": ["-h", "--help"]})(sft_command)
+app.add_typer(
+    data_app, name="data", help="Check a dataset before training, or preview rows as the model sees them."
+)
 
 
 def _val_input(ckpt: Path | None, given: Path | None) -> Path:

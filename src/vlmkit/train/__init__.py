@@ -12,7 +12,7 @@ def __getattr__(name: str):
 
         return SFTConfig
     if name == "sft":
-        from vlmkit.train.sft import sft
+        from vlmkit.train.finetune import sft
 
         return sft
     raise AttributeError(name)

@@ -12,6 +12,7 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
+from vlmkit.errors import VlmkitError
 from vlmkit.settings import write_settings
 from vlmkit.train.run import COMPLETE_MARKER
 
@@ -30,6 +31,26 @@ class VlmTrainer(Trainer):
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Load full weights through `from_pretrained`, which maps the saved (checkpoint-layout) names to the
+        model's. transformers 5's Trainer loads them by raw name, which for Qwen-VL models matches nothing and
+        only logs a warning, so a resumed full fine-tune would silently restart from the base weights."""
+        checkpoint = Path(resume_from_checkpoint)
+        if (
+            self.is_deepspeed_enabled
+            or self.is_fsdp_enabled
+            or (checkpoint / "adapter_config.json").is_file()
+        ):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target = self.accelerator.unwrap_model(self.model if model is None else model)
+        saved = type(target).from_pretrained(checkpoint, dtype=target.dtype).state_dict()
+        missing, unexpected = target.load_state_dict(saved, strict=False)
+        if missing or unexpected:
+            raise VlmkitError(
+                f"--resume {checkpoint}: its weights do not match the model "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]}); resume with the same --model"
+            )
 
 
 class RunLog(TrainerCallback):
@@ -91,8 +112,10 @@ class RunLog(TrainerCallback):
         self._add_point(record)
         if not self.progress:  # plain lines for logs and non-interactive runs
             shown = {k: v for k, v in record.items() if k in _SHOWN}
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()),
-                  flush=True)
+            print(
+                " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()),
+                flush=True,
+            )
         if self.bar is not None and "loss" in logs:
             self.bar.set_postfix(
                 loss=f"{logs['loss']:.4f}",
@@ -139,7 +162,16 @@ class CompleteCheckpoints(TrainerCallback):
         (checkpoint / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}) + "\n")
 
 
-_SHOWN = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "samples_per_second", "tokens_per_second")
+_SHOWN = (
+    "step",
+    "epoch",
+    "loss",
+    "eval_loss",
+    "learning_rate",
+    "grad_norm",
+    "samples_per_second",
+    "tokens_per_second",
+)
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:

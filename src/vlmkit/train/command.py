@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 _P = "Data"
@@ -261,12 +260,12 @@ def sft_command(
 
     Multi-GPU: `torchrun --nproc-per-node 4 -m vlmkit sft ...` or `accelerate launch -m vlmkit sft ...`."""
     from vlmkit.train.config import make_config, read_yaml_config
-    from vlmkit.train.sft import sft
+    from vlmkit.train.finetune import sft
 
     given = {
         name: value
         for name, value in ctx.params.items()
-        if name != "config" and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        if name != "config" and getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
     }
     from_file = read_yaml_config(config) if config is not None else {}
     defaults = {

@@ -145,7 +145,9 @@ def _training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_di
         disable_tqdm=True,
         ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU use DDP over gloo
-        ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_backend="gloo"
+        if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        else None,
         deepspeed=DEEPSPEED_PRESETS[config.deepspeed] if config.deepspeed else None,
         **fsdp_kwargs,
     )
@@ -176,8 +178,9 @@ def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is
         truncation=config.truncation,
         progress=config.progress and is_main,
     )
+    bad_file = run_dir / f"bad_samples{'' if name == 'train' else '_' + name}.jsonl"
     if report.bad and is_main:
-        report.write_bad_samples(run_dir / f"bad_samples{'' if name == 'train' else '_' + name}.jsonl")
+        report.write_bad_samples(bad_file)
     if is_main:
         print(report.summary())
     fraction = len(report.bad) / max(report.total, 1)
@@ -187,12 +190,13 @@ def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is
             f"{config.max_bad_fraction:.1%}); see {run_dir / 'bad_samples.jsonl'} and fix them, or raise the limit"
         )
     if not report.good:
-        raise VlmkitError(f"no usable {name} rows left after validation; see {run_dir / 'bad_samples.jsonl'}")
+        raise VlmkitError(f"no usable {name} rows left after validation; see {bad_file}")
     return [good.index for good in report.good], {g.index: g.max_pixels for g in report.good if g.max_pixels}
 
 
 def sft(config: SFTConfig) -> Path:
     """Fine-tune `config.model` on `config.dataset`; returns the run folder."""
+    import transformers
     from transformers import AutoModelForImageTextToText, AutoTokenizer, set_seed
 
     from vlmkit.data import load_datasets, split_dataset
@@ -201,8 +205,6 @@ def sft(config: SFTConfig) -> Path:
     from vlmkit.settings import write_settings
     from vlmkit.train.callbacks import CompleteCheckpoints, RunLog, VlmTrainer
     from vlmkit.train.tuning import apply_tuning, count_parameters, parameter_groups
-
-    import transformers
 
     transformers.utils.logging.disable_progress_bar()
     config.validate()

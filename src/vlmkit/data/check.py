@@ -1,0 +1,263 @@
+"""Check a dataset before training: every row converted, its media found, its length measured.
+
+    from vlmkit.data import load_datasets
+    from vlmkit.data.check import check_dataset
+
+    report = check_dataset(load_datasets(["train.jsonl"]), template, max_length=2048, truncation="shrink")
+    print(report.summary())
+    report.write_bad_samples("bad_samples.jsonl")
+    keep = dataset.select([g.index for g in report.good])  # g.max_pixels: None or the fitted limit
+
+A row is bad, with the first of these reasons that applies (`BadRow.kind` in brackets):
+it is not a JSON object [invalid JSON]; it cannot be converted to a Sample [bad row], or
+its `<image>` placeholders and listed images disagree [placeholder mismatch]; it has no
+assistant message with text to train on [no assistant reply]; a local image or video
+file does not exist [missing image / missing video]; an image header does not parse or
+the image is too large [unreadable image]; the template refuses it (video, 200:1 aspect
+ratio, ...) [cannot encode]; it has more than `max_length` tokens [too long].
+
+Over-long rows are never truncated (a cut through image tokens breaks the model
+inputs): with truncation="delete" they are bad; with "shrink" the row keeps its images
+at the largest `max_pixels` that fits (`QwenVLTemplate.fit_max_pixels`) and is bad only
+when even `min_pixels` does not fit. Rows are checked one at a time and images are
+opened only to read their headers, so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from tqdm import tqdm
+
+from vlmkit.data.formats import row_to_sample
+from vlmkit.data.readers import Dataset, Row
+from vlmkit.errors import DataError, MediaError, VlmkitError
+from vlmkit.sample import Sample
+
+TRUNCATIONS = ("delete", "shrink")
+
+
+class GoodRow(NamedTuple):
+    """A row to train on: `index` into `dataset.rows`, its token `length` as it will be encoded, and
+    `max_pixels`: None to encode at the template's limit, else the smaller limit that makes it fit."""
+
+    index: int
+    where: str
+    length: int
+    max_pixels: int | None
+
+
+class BadRow(NamedTuple):
+    """A row left out: where it is (file:line), why (one line), the reason's kind, and the parsed
+    row when it was a JSON object (None otherwise)."""
+
+    where: str
+    reason: str
+    kind: str
+    row: dict[str, Any] | None
+
+
+@dataclass
+class CheckReport:
+    """What `check_dataset` found. `good` is in dataset order, `bad` in file order (file:line).
+    `lengths` holds the token length of every row that could be measured, at the template's
+    max_pixels (over-long rows included, so a histogram shows them)."""
+
+    formats: dict[str, str]
+    max_length: int
+    truncation: str
+    good: list[GoodRow] = field(default_factory=list)
+    bad: list[BadRow] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.good) + len(self.bad)
+
+    @property
+    def bad_fraction(self) -> float:
+        return len(self.bad) / self.total if self.total else 0.0
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """min, mean, median, p95 (nearest rank) and max of `lengths`; empty when none was measured."""
+        if not self.lengths:
+            return {}
+        ordered = sorted(self.lengths)
+        return {
+            "min": ordered[0],
+            "mean": statistics.fmean(ordered),
+            "median": statistics.median(ordered),
+            "p95": ordered[math.ceil(0.95 * len(ordered)) - 1],
+            "max": ordered[-1],
+        }
+
+    def counts_by_kind(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for bad in self.bad:
+            counts[bad.kind] = counts.get(bad.kind, 0) + 1
+        return counts
+
+    def summary(self, examples: int = 5) -> str:
+        """Several lines for people: counts, formats, reasons, the first bad rows, length statistics."""
+        files = len(self.formats)
+        percent = f" ({100 * self.bad_fraction:.1f}%)" if self.bad else ""
+        lines = [
+            f"checked {self.total} rows in {files} file{'s' * (files != 1)}: "
+            f"{len(self.good)} good, {len(self.bad)} bad{percent}",
+            *(f"  {path}: {fmt} format" for path, fmt in self.formats.items()),
+        ]
+        if self.bad:
+            lines.append(
+                "bad rows by reason: " + ", ".join(f"{k} {n}" for k, n in self.counts_by_kind().items())
+            )
+            lines.append("first bad rows:")
+            lines += [f"  {bad.where}: {bad.reason}" for bad in self.bad[:examples]]
+            if len(self.bad) > examples:
+                lines.append(f"  ... and {len(self.bad) - examples} more")
+        shrunk = [g.max_pixels for g in self.good if g.max_pixels is not None]
+        if shrunk:
+            lines.append(
+                f"shrunk to fit --max-length {self.max_length}: {len(shrunk)} row{'s' * (len(shrunk) != 1)} "
+                f"(smallest max_pixels {min(shrunk)})"
+            )
+        if self.lengths:
+            s = self.stats
+            lines.append(
+                f"token lengths ({len(self.lengths)} rows, at the model's max_pixels): min {s['min']}, "
+                f"mean {s['mean']:.1f}, median {s['median']:g}, p95 {s['p95']}, max {s['max']}"
+            )
+        return "\n".join(lines)
+
+    def write_bad_samples(self, path: str | Path) -> Path:
+        """One JSON line per bad row: {"where", "kind", "reason", "row"}; written to a temporary file
+        and renamed, so a file from an earlier run is replaced only by a complete one."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for bad in self.bad:
+                line = {"where": bad.where, "kind": bad.kind, "reason": bad.reason, "row": bad.row}
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+def _reason(error: Exception, where: str) -> str:
+    return str(error).removeprefix(f"{where}: ")
+
+
+def _position(where: str, files: dict[str, int]) -> tuple[int, int]:
+    """Sort key in file order for `file:LINE` and `file:#INDEX` locations."""
+    path, _, line = where.rpartition(":")
+    line = line.removeprefix("#")
+    return files.get(path, len(files)), int(line) if line.isdigit() else 0
+
+
+def _has_reply(sample: Sample) -> bool:
+    return any(
+        m["role"] == "assistant" and any(p["type"] == "text" and p["text"].strip() for p in m["content"])
+        for m in sample.messages
+    )
+
+
+def _missing_media(sample: Sample, row: Row) -> tuple[str, str] | None:
+    """(kind, reason) for local media files that do not exist; None when all are there."""
+    missing = []
+    for kind in ("image", "video"):
+        for k, source in enumerate(sample.media(kind), 1):
+            local = isinstance(source, str) and "://" not in source and not source.startswith("data:")
+            if local and not Path(source).is_file():
+                missing.append((kind, f"{kind} {k} not found: {source}"))
+    if not missing:
+        return None
+    tried = " then ".join(str(d) for d in row.base_dirs)
+    hint = f" (relative paths are looked up in {tried})" if tried else ""
+    return f"missing {missing[0][0]}", "; ".join(reason for _, reason in missing) + hint
+
+
+def _check_row(
+    index: int, row: Row, template: Any, max_length: int, shrink: bool
+) -> tuple[GoodRow | BadRow, int | None]:
+    """(GoodRow or BadRow, length at the template's max_pixels or None when not measured)."""
+    where = row.where
+
+    def bad(reason: str, kind: str) -> BadRow:
+        return BadRow(where, reason, kind, row.data)
+
+    try:
+        sample = row_to_sample(row.data, row.format, where, row.base_dirs)
+    except DataError as e:
+        reason = _reason(e, where)
+        return bad(
+            reason, "placeholder mismatch" if "placeholder(s) in the messages" in reason else "bad row"
+        ), None
+    if not _has_reply(sample):
+        return bad(
+            "no assistant reply to train on; a training row needs an assistant message with text",
+            "no assistant reply",
+        ), None
+    missing = _missing_media(sample, row)
+    if missing:
+        return bad(missing[1], missing[0]), None
+    try:
+        length = template.count_tokens(sample)
+    except MediaError as e:
+        return bad(_reason(e, where), "unreadable image"), None
+    except DataError as e:
+        return bad(_reason(e, where), "cannot encode"), None
+    if length <= max_length:
+        return GoodRow(index, where, length, None), length
+    over = f"{length} tokens, over --max-length {max_length}"
+    has_images = bool(sample.media("image"))
+    if not shrink:
+        hint = " or use --truncation shrink to lower its image resolution" if has_images else ""
+        return bad(f"{over}; raise --max-length{hint}", "too long"), length
+    max_pixels = template.fit_max_pixels(sample, max_length)
+    if max_pixels is None:
+        if not has_images:
+            return bad(f"{over} without images to shrink; raise --max-length", "too long"), length
+        smallest = template.count_tokens(sample, max_pixels=template.min_pixels)
+        return (
+            bad(
+                f"{over}, and {smallest} even at --min-pixels {template.min_pixels}; raise --max-length",
+                "too long",
+            ),
+            length,
+        )
+    return GoodRow(index, where, template.count_tokens(sample, max_pixels=max_pixels), max_pixels), length
+
+
+def check_dataset(
+    dataset: Dataset, template: Any, max_length: int, truncation: str = "delete", progress: bool = True
+) -> CheckReport:
+    """Check every row of `dataset` (and list its unparsable `dataset.bad` rows) against `template`.
+
+    template: a family template (`QwenVLTemplate`: `count_tokens`, `fit_max_pixels`, pixel limits).
+    max_length: the most tokens a row may have; truncation: "delete" drops longer rows, "shrink"
+    lowers their image resolution to fit (see the module docstring). progress: a tqdm bar on stderr.
+    Raises `VlmkitError` for a bad `max_length` or `truncation`; problems with rows never raise.
+    """
+    if truncation not in TRUNCATIONS:
+        raise VlmkitError(f"--truncation {truncation}: choose one of {', '.join(TRUNCATIONS)}")
+    if max_length < 1:
+        raise VlmkitError(f"--max-length {max_length}: must be at least 1")
+    formats = {row.where.rpartition(":")[0]: row.format for row in dataset.rows}
+    report = CheckReport(formats=formats, max_length=max_length, truncation=truncation)
+    report.bad += [BadRow(where, reason, "invalid JSON", None) for where, reason in dataset.bad]
+    rows = tqdm(dataset.rows, desc="checking rows", unit="row", file=sys.stderr, disable=not progress)
+    for index, row in enumerate(rows):
+        result, length = _check_row(index, row, template, max_length, truncation == "shrink")
+        (report.good if isinstance(result, GoodRow) else report.bad).append(result)
+        if length is not None:
+            report.lengths.append(length)
+    files = {path: i for i, path in enumerate(formats)}
+    report.bad.sort(key=lambda bad: _position(bad.where, files))
+    return report

@@ -1,0 +1,209 @@
+"""`vlmkit data check` and `vlmkit data preview`: look at a dataset the way training will.
+
+Both load only the tokenizer and the family template of a model folder (no weights), so
+they answer in seconds on any machine.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vlmkit.errors import VlmkitError
+
+app = typer.Typer(
+    help="Check datasets and preview rows exactly as the model sees them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+# `--dataset a.json b.jsonl#100`: the values after the first one arrive as extra arguments.
+MANY_DATASETS = {"allow_extra_args": True}
+
+Model = Annotated[
+    str,
+    typer.Option("--model", "-m", help="Model folder (or hub id) whose tokenizer and template to use."),
+]
+Datasets = Annotated[
+    list[str],
+    typer.Option(
+        "--dataset",
+        "-d",
+        help="Dataset file(s), .json or .jsonl in any supported format; PATH#N samples N rows. "
+        "Repeat the flag or list several after one --dataset.",
+    ),
+]
+MediaRoot = Annotated[
+    Path | None,
+    typer.Option(
+        help="Extra folder to resolve relative media paths against (after the dataset file's folder)."
+    ),
+]
+MinPixels = Annotated[
+    int | None,
+    typer.Option(
+        help="Smallest image area after resizing. Default: saved with the model, else its image processor's."
+    ),
+]
+MaxPixels = Annotated[
+    int | None,
+    typer.Option(
+        help="Largest image area after resizing (fewer pixels = fewer image tokens). Default as --min-pixels."
+    ),
+]
+System = Annotated[
+    str | None, typer.Option(help="System prompt. Default: the one saved with the model, else the family's.")
+]
+
+
+def _datasets(ctx: typer.Context, dataset: list[str]) -> list[str]:
+    for extra in ctx.args:
+        if extra.startswith("-"):
+            raise VlmkitError(f"unknown option {extra}; see --help")
+    return [*dataset, *ctx.args]
+
+
+def load_template(model: str, min_pixels: int | None, max_pixels: int | None, system: str | None) -> Any:
+    """The family template of `model` with its tokenizer; the weights are not loaded."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    from vlmkit.families import family_for_model_dir
+    from vlmkit.model import _resolve_model_dir
+
+    transformers.utils.logging.disable_progress_bar()
+    model_dir = _resolve_model_dir(model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return family_for_model_dir(model_dir).load_template(
+        model_dir, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels, system=system
+    )
+
+
+@app.command("check", context_settings=MANY_DATASETS)
+def check(
+    ctx: typer.Context,
+    model: Model,
+    dataset: Datasets,
+    media_root: MediaRoot = None,
+    max_length: Annotated[
+        int, typer.Option(help="Most tokens per row, image tokens included (as training's --max-length).")
+    ] = 2048,
+    truncation: Annotated[
+        str,
+        typer.Option(
+            help="What to do with longer rows: delete (leave them out) or shrink (lower their image "
+            "resolution until they fit; left out only when --min-pixels does not fit). Rows are never cut."
+        ),
+    ] = "delete",
+    min_pixels: MinPixels = None,
+    max_pixels: MaxPixels = None,
+    system: System = None,
+    histogram: Annotated[
+        Path, typer.Option(help="PNG histogram of the token lengths, with --max-length marked.")
+    ] = Path("token_lengths.png"),
+    bad_samples: Annotated[
+        Path | None,
+        typer.Option(help="Write one JSON line per bad row (where, kind, reason, row) to this file."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Check every row of the dataset(s) as training will read it: JSON, format, placeholders, images
+    (headers only: missing or corrupt files), an assistant reply to learn, and the token length.
+
+    Prints the format of each file, counts per reason, the first bad rows (file:line and reason) and
+    token-length statistics, and writes a histogram of the lengths.
+
+    Exit status: 0 when every row is good, 1 when some rows are bad (so scripts can stop on it),
+    2 for a mistake in the options or an unreadable dataset file."""
+    from vlmkit.data import load_datasets
+    from vlmkit.data.check import check_dataset
+    from vlmkit.plots import save_histogram
+
+    data = load_datasets(_datasets(ctx, dataset), media_root=media_root)
+    template = load_template(model, min_pixels, max_pixels, system)
+    report = check_dataset(data, template, max_length, truncation, progress=progress and sys.stderr.isatty())
+    typer.echo(report.summary())
+    if report.lengths:
+        save_histogram(
+            report.lengths,
+            histogram,
+            f"Token lengths of {len(report.lengths)} rows",
+            f"tokens per row (images at max_pixels {template.max_pixels})",
+            vlines={"--max-length": max_length},
+        )
+        typer.echo(f"wrote the token-length histogram to {histogram}")
+    if bad_samples is not None:
+        report.write_bad_samples(bad_samples)
+        typer.echo(f"wrote {len(report.bad)} bad rows to {bad_samples}")
+    if report.bad:
+        raise typer.Exit(1)
+
+
+def format_tokens(template: Any, encoded: dict[str, Any], colour: bool = False) -> str:
+    """The decoded text of `encoded["input_ids"]`: each run of image pad tokens collapsed to
+    `<|image_pad|>×N [image k: grid (t, h, w) = ..., resized to H×W from H×W (h×w)]`, supervised text in [[...]]."""
+    tokenizer = template.tokenizer
+    ids, labels = encoded["input_ids"].tolist(), encoded["labels"].tolist()
+    grids = encoded.get("image_grid_thw")
+    sizes = encoded.get("image_sizes", [])
+    pad = tokenizer.convert_ids_to_tokens(template.image_token_id)
+    pieces, start, image = [], 0, 0
+    while start < len(ids):
+        end = start + 1
+        if ids[start] == template.image_token_id:
+            while end < len(ids) and ids[end] == template.image_token_id:
+                end += 1
+            (oh, ow), (rh, rw) = sizes[image]
+            t, h, w = grids[image].tolist()
+            pieces.append(
+                f"{pad}×{end - start} [image {image + 1}: grid (t, h, w) = ({t}, {h}, {w}), "
+                f"resized to {rh}×{rw} from {oh}×{ow} (h×w)]"
+            )
+            image += 1
+        else:
+            supervised = labels[start] != -100
+            while (
+                end < len(ids) and ids[end] != template.image_token_id and (labels[end] != -100) == supervised
+            ):
+                end += 1
+            text = tokenizer.decode(ids[start:end], skip_special_tokens=False)
+            if supervised:
+                text = typer.style(f"[[{text}]]", fg="green", bold=True) if colour else f"[[{text}]]"
+            pieces.append(text)
+        start = end
+    return "".join(pieces)
+
+
+@app.command("preview", context_settings=MANY_DATASETS)
+def preview(
+    ctx: typer.Context,
+    model: Model,
+    dataset: Datasets,
+    n: Annotated[int, typer.Option("-n", "--rows", help="How many rows to show, from the start.")] = 3,
+    media_root: MediaRoot = None,
+    min_pixels: MinPixels = None,
+    max_pixels: MaxPixels = None,
+    system: System = None,
+) -> None:
+    """Print the first rows exactly as the model sees them: the decoded input ids with each image's
+    run of pad tokens collapsed (count, grid and resized size), the supervised tokens in [[...]]
+    (green on a terminal), then the token count and the supervised-token count."""
+    from vlmkit.data import load_datasets
+
+    data = load_datasets(_datasets(ctx, dataset), media_root=media_root)
+    template = load_template(model, min_pixels, max_pixels, system)
+    colour = sys.stdout.isatty()
+    for index, row in enumerate(data.rows[:n]):
+        typer.echo(f"--- {row.where} ({row.format}) ---")
+        try:
+            encoded = template.encode(data[index])
+        except VlmkitError as e:
+            typer.echo(f"error: {e}")
+            continue
+        typer.echo(format_tokens(template, encoded, colour))
+        supervised = int((encoded["labels"] != -100).sum())
+        typer.echo(f"--- {len(encoded['input_ids'])} tokens, {supervised} supervised ---")

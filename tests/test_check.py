@@ -1,0 +1,320 @@
+"""Token counting from image headers, `check_dataset`, and the `vlmkit data` commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import FAMILY_NAMES, PEERS, random_image
+from PIL import Image
+from transformers import AutoTokenizer
+from typer.testing import CliRunner
+
+from vlmkit.data import load_dataset
+from vlmkit.data.check import check_dataset
+from vlmkit.data.commands import app
+from vlmkit.errors import DataError, MediaError, VlmkitError
+from vlmkit.families import family_for_model_dir
+from vlmkit.families.qwen2_vl.template import read_image_size
+from vlmkit.media import load_image
+from vlmkit.sample import to_sample
+
+
+def template_for(path, **settings):
+    return family_for_model_dir(path).load_template(path, AutoTokenizer.from_pretrained(path), **settings)
+
+
+@pytest.fixture(scope="module")
+def small(small_model):
+    return template_for(small_model)
+
+
+def image_row(*images, text="<image>What is it?", reply="A square."):
+    messages = [{"role": "user", "content": text}]
+    if reply is not None:
+        messages.append({"role": "assistant", "content": reply})
+    return {"messages": messages, "images": [str(i) for i in images]}
+
+
+# -- count_tokens / fit_max_pixels -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("max_pixels", [None, 3136, 40_000])
+def test_count_tokens_equals_encoded_length(tiny_models, tmp_path, name, max_pixels):
+    template = template_for(
+        tiny_models[name], min_pixels=3136 if name != "qwen3-vl" else 4096, max_pixels=300_000
+    )
+    max_pixels = max(max_pixels, template.min_pixels) if max_pixels else None
+    for k, (height, width) in enumerate([(28, 28), (300, 217), (50, 500), (1080, 1920), (17, 913)]):
+        path = tmp_path / f"{k}.png"
+        random_image(height, width, seed=k).save(path)
+        sample = to_sample(image_row(path, path, text="Compare <image> with <image>."))
+        encoded = template.encode(sample, max_pixels=max_pixels)
+        assert template.count_tokens(sample, max_pixels=max_pixels) == len(encoded["input_ids"])
+    text_only = to_sample({"messages": [{"role": "user", "content": "Hi"}]})
+    generation = template.encode(text_only, add_generation_prompt=True)
+    assert template.count_tokens(text_only, add_generation_prompt=True) == len(generation["input_ids"])
+
+
+def test_exif_rotated_jpeg_is_counted_upright(small, tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: the upright image is 200 high, 60 wide
+    random_image(60, 200).save(path, exif=exif.tobytes())
+    assert (
+        read_image_size(str(path)) == (200, 60) == (load_image(str(path)).height, load_image(str(path)).width)
+    )
+    sample = to_sample(image_row(path))
+    encoded = small.encode(sample, max_pixels=5000)
+    assert encoded["image_sizes"][0][0] == (200, 60)
+    assert small.count_tokens(sample, max_pixels=5000) == len(encoded["input_ids"])
+
+
+def test_count_tokens_reads_only_the_header(small, tmp_path):
+    path = tmp_path / "truncated.jpg"
+    random_image(300, 400).save(path, quality=95)
+    path.write_bytes(path.read_bytes()[:2000])  # the header parses; the pixels do not
+    sample = to_sample(image_row(path), where="r:1")
+    assert small.count_tokens(sample) > small.count_tokens(sample, max_pixels=3136)
+    with pytest.raises(MediaError, match="^r:1: image 1: .*truncated.jpg: not a readable image"):
+        small.encode(sample)
+
+
+def test_encode_takes_a_per_call_max_pixels(small, image_file):
+    sample = to_sample(image_row(image_file))
+    assert (
+        small.encode(sample)["input_ids"].tolist() == small.encode(sample, False, None)["input_ids"].tolist()
+    )
+    assert small.encode(sample, max_pixels=3136)["image_grid_thw"].tolist() == [[1, 2, 4]]  # 60x80 -> 28x56
+    with pytest.raises(DataError, match="max_pixels 1000 is below min_pixels 3136"):
+        small.count_tokens(sample, max_pixels=1000)
+
+
+def test_fit_max_pixels_is_the_largest_that_fits(small, tmp_path):
+    path = tmp_path / "big.png"
+    random_image(448, 448).save(path)
+    sample = to_sample(image_row(path))
+    full = small.count_tokens(sample)
+    assert small.fit_max_pixels(sample, full) == small.max_pixels  # fits already
+    fitted = small.fit_max_pixels(sample, full - 100)
+    assert small.min_pixels <= fitted < small.max_pixels
+    assert len(small.encode(sample, max_pixels=fitted)["input_ids"]) <= full - 100
+    assert small.count_tokens(sample, max_pixels=fitted + 1) > full - 100
+    at_least = small.count_tokens(sample, max_pixels=small.min_pixels)
+    assert small.fit_max_pixels(sample, at_least - 1) is None
+    assert (
+        small.fit_max_pixels(to_sample(image_row(text="Hi", reply="Hello")), 3) is None
+    )  # nothing to shrink
+
+
+# -- check_dataset -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """A .jsonl with one row of each kind; returns its path."""
+    random_image(56, 56).save(tmp_path / "small.png")
+    random_image(448, 448).save(tmp_path / "big.png")
+    (tmp_path / "corrupt.png").write_bytes(b"not a png")
+    lines = [
+        json.dumps(image_row("small.png")),
+        "{not json",
+        json.dumps(image_row("gone.png")),
+        json.dumps(image_row("corrupt.png")),
+        json.dumps(image_row("small.png", text="<image><image>Both?")),
+        json.dumps(image_row("small.png", reply=None)),
+        json.dumps(image_row("big.png")),  # 295 tokens: shrinks to fit 200
+        json.dumps(image_row("big.png", text="<image>" + "word " * 300)),  # too long even at min_pixels
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def expected_bad(path, last):
+    d = path.parent
+    return [
+        (f"{path}:2", "invalid JSON (Expecting property name enclosed in double quotes at column 2)"),
+        (f"{path}:3", f"image 1 not found: {d}/gone.png (relative paths are looked up in {d})"),
+        (f"{path}:4", f"image 1: {d}/corrupt.png: not an image file (or not a format Pillow can read)"),
+        (
+            f"{path}:5",
+            "2 <image> placeholder(s) in the messages but 1 image(s) listed in 'images'; make them match",
+        ),
+        (
+            f"{path}:6",
+            "no assistant reply to train on; a training row needs an assistant message with text",
+        ),
+        *last,
+    ]
+
+
+def lengths(template, dataset):
+    """Token lengths of the good row (line 1) and the two long ones (lines 7 and 8), from encode."""
+    return [len(template.encode(dataset[i])["input_ids"]) for i in (0, 5, 6)]
+
+
+def test_check_with_delete_reports_every_problem(small, mixed):
+    dataset = load_dataset(mixed)
+    short, long, longer = lengths(small, dataset)
+    assert short <= 200 < long < longer
+    report = check_dataset(dataset, small, max_length=200, truncation="delete", progress=False)
+    hint = "raise --max-length or use --truncation shrink to lower its image resolution"
+    assert [(b.where, b.reason) for b in report.bad] == expected_bad(
+        mixed,
+        [
+            (f"{mixed}:7", f"{long} tokens, over --max-length 200; {hint}"),
+            (f"{mixed}:8", f"{longer} tokens, over --max-length 200; {hint}"),
+        ],
+    )
+    assert [b.kind for b in report.bad] == [
+        "invalid JSON", "missing image", "unreadable image", "placeholder mismatch", "no assistant reply",
+        "too long", "too long",
+    ]  # fmt: skip
+    assert report.bad[2].row == image_row("corrupt.png") and report.bad[0].row is None
+    assert [(g.index, g.where, g.length, g.max_pixels) for g in report.good] == [
+        (0, f"{mixed}:1", short, None)
+    ]
+    assert report.total == 8 and report.bad_fraction == 7 / 8 and report.formats == {str(mixed): "messages"}
+    assert report.lengths == [short, long, longer]
+    assert report.stats == {
+        "min": short, "mean": (short + long + longer) / 3, "median": long, "p95": longer, "max": longer,
+    }  # fmt: skip
+
+
+def test_check_with_shrink_keeps_rows_that_fit_at_a_lower_resolution(small, mixed):
+    dataset = load_dataset(mixed)
+    short, long, longer = lengths(small, dataset)
+    report = check_dataset(dataset, small, max_length=200, truncation="shrink", progress=False)
+    at_min = small.count_tokens(dataset[6], max_pixels=small.min_pixels)
+    assert at_min > 200
+    assert [(b.where, b.reason) for b in report.bad] == expected_bad(
+        mixed,
+        [
+            (
+                f"{mixed}:8",
+                f"{longer} tokens, over --max-length 200, and {at_min} even at --min-pixels 3136; raise --max-length",
+            )
+        ],
+    )
+    kept = report.good[1]
+    assert (kept.index, kept.where) == (5, f"{mixed}:7") and kept.max_pixels < small.max_pixels
+    encoded = small.encode(dataset[kept.index], max_pixels=kept.max_pixels)
+    assert kept.length == len(encoded["input_ids"]) <= 200
+    summary = report.summary()
+    assert summary.startswith(
+        f"checked 8 rows in 1 file: 2 good, 6 bad (75.0%)\n  {mixed}: messages format\n"
+    )
+    assert (
+        "\nbad rows by reason: invalid JSON 1, missing image 1, unreadable image 1, placeholder mismatch 1, "
+        "no assistant reply 1, too long 1\nfirst bad rows:\n" in summary
+    )
+    assert f"\n  {mixed}:2: invalid JSON" in summary and "\n  ... and 1 more\n" in summary
+    assert f"\nshrunk to fit --max-length 200: 1 row (smallest max_pixels {kept.max_pixels})\n" in summary
+    mean = (short + long + longer) / 3
+    assert summary.endswith(
+        f"token lengths (3 rows, at the model's max_pixels): min {short}, mean {mean:.1f}, median {long}, "
+        f"p95 {longer}, max {longer}"
+    )
+
+
+def test_bad_samples_file(small, mixed, tmp_path):
+    report = check_dataset(load_dataset(mixed), small, max_length=200, progress=False)
+    out = report.write_bad_samples(tmp_path / "out" / "bad_samples.jsonl")
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["where"] for line in lines] == [b.where for b in report.bad]
+    assert lines[2] == {
+        "where": f"{mixed}:4", "kind": "unreadable image", "reason": report.bad[2].reason,
+        "row": image_row("corrupt.png"),
+    }  # fmt: skip
+    assert not (tmp_path / "out" / "bad_samples.jsonl.tmp").exists()
+
+
+def test_options_are_checked(small, mixed):
+    with pytest.raises(VlmkitError, match="--truncation cut: choose one of delete, shrink"):
+        check_dataset(load_dataset(mixed), small, 200, truncation="cut")
+
+
+def test_peer_data_all_good_and_missing_videos(small):
+    demo = check_dataset(load_dataset(PEERS / "llamafactory/mllm_demo.json"), small, 4096, progress=False)
+    assert demo.bad == [] and len(demo.good) == demo.total == 6
+    videos = check_dataset(
+        load_dataset(PEERS / "qwen3vl_finetune_demo/video.json"), small, 4096, progress=False
+    )
+    folder = PEERS / "qwen3vl_finetune_demo"
+    assert [(b.where.rsplit(":", 1)[1], b.kind, b.reason) for b in videos.bad] == [
+        (
+            line,
+            "missing video",
+            f"video 1 not found: {folder / name} (relative paths are looked up in {folder})",
+        )
+        for line, name in [
+            ("2", "v_7bUu05RIksU.mp4"),
+            ("15", "v_TpB_zMG3XBA.mp4"),
+            ("28", "v_rBMQFpHspmo.mp4"),
+        ]
+    ]
+
+
+# -- the commands --------------------------------------------------------------------------------------
+
+
+def test_check_command_exit_codes_and_files(small_model, mixed, tmp_path):
+    runner = CliRunner()
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(image_row("small.png")) + "\n")
+    histogram = tmp_path / "lengths.png"
+    args = ["check", "--model", str(small_model), "--histogram", str(histogram), "--max-length", "200"]
+    result = runner.invoke(app, [*args, "--dataset", str(good)])
+    assert result.exit_code == 0, result.output
+    assert f"  {good}: messages format" in result.output and Image.open(histogram).size == (800, 480)
+    bad_samples = tmp_path / "bad.jsonl"
+    result = runner.invoke(
+        app, [*args, "--dataset", str(good), str(mixed), "--bad-samples", str(bad_samples)]
+    )
+    assert result.exit_code == 1, result.output
+    assert "checked 9 rows in 2 files: 2 good, 7 bad" in result.output
+    assert len(bad_samples.read_text().splitlines()) == 7
+    result = runner.invoke(app, [*args, "--dataset", str(tmp_path / "nope.jsonl")])
+    assert isinstance(result.exception, VlmkitError) and "nope.jsonl: dataset file not found" in str(
+        result.exception
+    )
+
+
+def test_preview_marks_replies_and_collapses_image_tokens(tiny_models, tmp_path):
+    random_image(60, 80).save(tmp_path / "a.png")
+    (tmp_path / "d.json").write_text(json.dumps([image_row("a.png", reply="It is red.")]))
+    model = tiny_models["qwen2-vl"]
+    result = CliRunner().invoke(
+        app,
+        ["preview", "--model", str(model), "--dataset", str(tmp_path / "d.json"), "--max-pixels", "20000"],
+    )
+    assert result.exit_code == 0, result.output
+    sample = to_sample(image_row(tmp_path / "a.png", reply="It is red."))
+    encoded = template_for(model, max_pixels=20000).encode(sample)
+    t, h, w = encoded["image_grid_thw"][0].tolist()
+    (oh, ow), (rh, rw) = encoded["image_sizes"][0]
+    assert (
+        f"<|vision_start|><|image_pad|>×{h * w // 4} [image 1: grid (t, h, w) = ({t}, {h}, {w}), "
+        f"resized to {rh}×{rw} from {oh}×{ow} (h×w)]<|vision_end|>What is it?<|im_end|>"
+    ) in result.output
+    assert "<|im_start|>assistant\n[[It is red.<|im_end|>]]\n" in result.output
+    assert result.output.rstrip().endswith(f"--- {len(encoded['input_ids'])} tokens, 5 supervised ---")
+
+
+def test_long_rows_without_images_cannot_shrink(small, tmp_path):
+    path = tmp_path / "text.jsonl"
+    path.write_text(json.dumps(image_row(text="word " * 100)) + "\n")
+    dataset = load_dataset(path)
+    length = small.count_tokens(dataset[0])
+    for truncation in ("delete", "shrink"):
+        report = check_dataset(dataset, small, 20, truncation, progress=False)
+        assert [(b.where, b.reason) for b in report.bad] == [
+            (
+                f"{path}:1",
+                f"{length} tokens, over --max-length 20; raise --max-length"
+                if truncation == "delete"
+                else f"{length} tokens, over --max-length 20 without images to shrink; raise --max-length",
+            )
+        ]

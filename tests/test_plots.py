@@ -1,0 +1,83 @@
+"""PNG charts: they open, have the expected size, and their ink sits where the data is."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from vlmkit.plots import COLOURS, MARGINS, SIZE, nice_ticks, save_histogram, save_line_plot
+
+
+def pixels_of(path, colour) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) of the pixels painted exactly `colour`."""
+    image = np.asarray(Image.open(path).convert("RGB"))
+    return np.nonzero((image == np.asarray(colour, dtype=np.uint8)).all(-1))
+
+
+def test_nice_ticks():
+    assert nice_ticks(0, 100) == [0, 20, 40, 60, 80, 100]
+    assert nice_ticks(0.13, 0.97) == [0.2, 0.4, 0.6, 0.8]
+    assert nice_ticks(2043, 2049, 3) == [2044, 2046, 2048]
+    assert nice_ticks(5, 5) == [5]
+
+
+def test_rising_line_goes_up_from_left_to_right(tmp_path):
+    path = save_line_plot(
+        {"train": [(step, 0.5 * step) for step in range(100)]}, tmp_path / "loss.png", "Loss", "step", "loss"
+    )
+    image = Image.open(path)
+    assert image.format == "PNG" and image.size == SIZE
+    ys, xs = pixels_of(path, COLOURS[0])
+    line = xs < SIZE[0] - MARGINS[2] - 120  # leave out the legend's colour box at the top right
+    ys, xs = ys[line], xs[line]
+    left, right = ys[xs < xs.min() + 20].mean(), ys[xs > xs.max() - 20].mean()
+    assert left - right > 200  # image rows grow downwards: the line ends far above where it starts
+
+
+def test_falling_series_and_sparse_points_have_their_own_colours(tmp_path):
+    path = save_line_plot(
+        {"train": [(s, 3 - 0.02 * s) for s in range(100)], "eval": [(0, 3.1), (50, 2.2), (99, 1.2)]},
+        tmp_path / "loss.png",
+        "Loss",
+        "step",
+        "loss",
+    )
+    train_ys, train_xs = pixels_of(path, COLOURS[0])
+    eval_ys, eval_xs = pixels_of(path, COLOURS[1])
+    assert len(train_ys) and len(eval_ys)
+    keep = train_xs < SIZE[0] - MARGINS[2] - 120
+    train_ys, train_xs = train_ys[keep], train_xs[keep]
+    assert train_ys[train_xs < train_xs.min() + 20].mean() < train_ys[train_xs > train_xs.max() - 20].mean()
+
+
+def test_histogram_bars_sit_over_the_values(tmp_path):
+    values = [100] * 50 + [900] * 10
+    path = save_histogram(values, tmp_path / "h.png", "Token lengths", "tokens", vlines={"--max-length": 500})
+    assert Image.open(path).size == SIZE
+    ys, xs = pixels_of(path, COLOURS[0])
+    left, right, bottom = MARGINS[0], SIZE[0] - MARGINS[2], SIZE[1] - MARGINS[3]
+    plot_width = right - left
+    low_bar = xs < left + plot_width * 0.2
+    high_bar = xs > left + plot_width * 0.8
+    assert low_bar.any() and high_bar.any() and (low_bar | high_bar).all()
+    # 50 rows reach about five times as high as 10 rows.
+    low_height, high_height = bottom - ys[low_bar].min(), bottom - ys[high_bar].min()
+    assert 4 < low_height / high_height < 6
+    mark_ys, mark_xs = pixels_of(path, (214, 39, 40))
+    assert abs(np.median(mark_xs) - (left + plot_width / 2)) < plot_width * 0.05
+
+
+def test_empty_and_constant_data_still_draw(tmp_path):
+    assert Image.open(save_histogram([], tmp_path / "empty.png", "t", "x")).size == SIZE
+    assert Image.open(save_histogram([7, 7, 7], tmp_path / "same.png", "t", "x")).size == SIZE
+    assert Image.open(
+        save_line_plot({"a": [(1, float("nan")), (2, 1.0)]}, tmp_path / "one.png", "t", "x", "y")
+    )
+
+
+def test_write_is_atomic(tmp_path):
+    target = tmp_path / "sub" / "chart.png"
+    save_line_plot({"a": [(0, 0), (1, 1)]}, target, "t", "x", "y")
+    save_line_plot({"a": [(0, 1), (1, 0)]}, target, "t", "x", "y")  # replaces it
+    assert [p.name for p in target.parent.iterdir()] == ["chart.png"]
+    Image.open(target).verify()

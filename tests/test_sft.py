@@ -1,0 +1,474 @@
+"""`vlmkit sft`, checkpoints, resume, export and merge on tiny models (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PEERS, random_image
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText
+from typer.testing import CliRunner
+
+from vlmkit.errors import VlmkitError
+from vlmkit.train import SFTConfig, sft
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows)
+    )
+    return path
+
+
+def run(model: Path, dataset: list[str], tmp_path: Path, **kw) -> Path:
+    options = dict(
+        model=str(model),
+        dataset=dataset,
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        max_pixels=4000,
+        logging_steps=1,
+        save_steps=50,
+        progress=False,
+        num_workers=0,
+        report_to="none",
+        eval_generate=0,
+    )
+    return sft(SFTConfig(**{**options, **kw}))
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        random_image(40 + 10 * i, 50, seed=i).save(folder / f"{i}.png")
+    return folder
+
+
+def seed_rows(images: Path) -> dict[str, list[dict]]:
+    """Rows written as the seeds and peers write them (000: ms-swift; 002: Qwen-VL; 003: self-llm)."""
+    return {
+        "query-response": [
+            {"query": "<image>55555", "response": "66666", "images": [f"{images}/0.png"]},
+            {
+                "query": "eeeee<image>eeeee<image>eeeee",
+                "response": "fffff",
+                "history": [],
+                "images": [f"{images}/0.png", f"{images}/1.png"],
+            },
+            {
+                "query": "EEEEE",
+                "response": "FFFFF",
+                "history": [["query1", "response2"], ["query2", "response2"]],
+                "images": [],
+            },
+        ],
+        "qwen-vl-picture": [
+            {
+                "id": "identity_0",
+                "conversations": [
+                    {
+                        "from": "user",
+                        "value": f"Picture 1: <img>{images}/2.png</img>\nWhat breed is the dog?",
+                    },
+                    {"from": "assistant", "value": "A labrador."},
+                    {"from": "user", "value": "Box the checked shirt"},
+                    {"from": "assistant", "value": "<ref>checked shirt</ref><box>(588,499),(725,789)</box>"},
+                ],
+            },
+        ],
+        "vision-start": [
+            {
+                "id": "identity_1",
+                "conversations": [
+                    {"from": "user", "value": f"COCO Yes: <|vision_start|>{images}/1.png<|vision_end|>"},
+                    {
+                        "from": "assistant",
+                        "value": "A snow skier assessing the mountain before starting to ski",
+                    },
+                ],
+            },
+        ],
+        "openai-parts": [
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "What is it?"},
+                            {"type": "image_url", "image_url": {"url": f"file://{images}/0.png"}},
+                        ],
+                    },
+                    {"role": "assistant", "content": "A square."},
+                ]
+            },
+        ],
+    }
+
+
+@pytest.mark.parametrize("fmt", ["query-response", "qwen-vl-picture", "vision-start", "openai-parts"])
+def test_seed_formats_train(small_model, tmp_path, images, fmt):
+    data = write_jsonl(tmp_path / f"{fmt}.jsonl", seed_rows(images)[fmt])
+    run_dir = run(small_model, [str(data)], tmp_path)
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in log if "loss" in line] == [1, 2]
+    assert (run_dir / "checkpoint-2" / "adapter_model.safetensors").is_file()
+
+
+def test_peer_files_train(small_model, tmp_path):
+    # Qwen3-VL finetune demo: paths are relative to the folder that holds demo/, which the copy renamed.
+    root = tmp_path / "qwen"
+    root.mkdir()
+    (root / "demo").symlink_to(PEERS / "qwen3vl_finetune_demo")
+    run_dir = run(
+        small_model,
+        [
+            str(PEERS / "llamafactory" / "mllm_demo.json"),
+            str(PEERS / "qwen3vl_finetune_demo" / "single_images.json"),
+        ],
+        tmp_path,
+        media_root=str(root),
+        max_steps=3,
+    )
+    assert (run_dir / "checkpoint-3" / "vlmkit_complete").is_file()
+    assert not (run_dir / "bad_samples.jsonl").exists()
+
+
+def test_run_folder_layout_and_saved_settings(small_model, tmp_path, images):
+    data = write_jsonl(tmp_path / "d.jsonl", seed_rows(images)["query-response"])
+    run_dir = run(
+        small_model,
+        [str(data)],
+        tmp_path,
+        system="Be brief.",
+        max_pixels=3500,
+        split_ratio=0.34,
+        eval_steps=1,
+        eval_generate=1,
+    )
+    assert run_dir.parent == tmp_path / "out" / small_model.name and run_dir.name.startswith("v0-")
+    for name in ("args.json", "vlmkit.json", "train_log.jsonl", "loss.png", "val_predictions.jsonl"):
+        assert (run_dir / name).is_file(), name
+    settings = json.loads((run_dir / "checkpoint-2" / "vlmkit.json").read_text())
+    assert (
+        settings["max_pixels"] == 3500 and settings["system"] == "Be brief." and settings["tuner"] == "lora"
+    )
+    assert json.loads((run_dir / "args.json").read_text())["lr"] == 1e-4
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert any("eval_loss" in line for line in log)
+    assert any("samples_per_second" in line for line in log)
+
+    import vlmkit
+
+    vlm = vlmkit.load(ckpt=run_dir / "checkpoint-2")
+    assert vlm.template.max_pixels == 3500 and vlm.template.system == "Be brief."
+    assert isinstance(
+        vlm.generate([{"messages": [{"role": "user", "content": "hi"}]}], max_new_tokens=2)[0], str
+    )
+    second = run(small_model, [str(data)], tmp_path)
+    assert second.name.startswith("v1-")
+
+
+def test_bad_rows_are_skipped_reported_or_stop_training(small_model, tmp_path, images):
+    good = [
+        {
+            "messages": [{"role": "user", "content": "<image>hi"}, {"role": "assistant", "content": "yo"}],
+            "images": [f"{images}/0.png"],
+        }
+    ] * 9
+    data = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            *good,
+            {
+                "messages": [{"role": "user", "content": "<image>x"}, {"role": "assistant", "content": "y"}],
+                "images": ["missing.png"],
+            },
+        ],
+    )
+    with pytest.raises(VlmkitError, match=r"1 of 10 train rows are bad \(10.0% > --max-bad-fraction 1.0%\)"):
+        run(small_model, [str(data)], tmp_path)
+    run_dirs = list((tmp_path / "out" / small_model.name).iterdir())
+    assert len(run_dirs) == 1 and not list(run_dirs[0].glob("checkpoint-*"))  # stopped before training
+    bad = [json.loads(line) for line in (run_dirs[0] / "bad_samples.jsonl").read_text().splitlines()]
+    assert len(bad) == 1 and bad[0]["where"] == f"{data}:10" and "missing.png" in bad[0]["reason"]
+
+    run_dir = run(small_model, [str(data)], tmp_path, max_bad_fraction=0.2)
+    assert (run_dir / "checkpoint-2" / "vlmkit_complete").is_file()
+    assert (run_dir / "bad_samples.jsonl").is_file()
+
+
+def trained_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    name = (
+        "adapter_model.safetensors"
+        if (checkpoint / "adapter_model.safetensors").is_file()
+        else "model.safetensors"
+    )
+    return load_file(checkpoint / name)
+
+
+@pytest.mark.parametrize("tuner", ["lora", "full"])
+def test_resume_ends_with_the_same_weights(small_model, tmp_path, tuner):
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"<image>Q{i}"},
+                {"role": "assistant", "content": f"A{i % 3}"},
+            ],
+            "images": [f"{tmp_path}/{i % 2}.png"],
+        }
+        for i in range(12)
+    ]
+    for i in range(2):
+        random_image(30, 30, seed=i).save(tmp_path / f"{i}.png")
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    common = dict(
+        tuner=tuner,
+        max_steps=6,
+        save_steps=3,
+        save_total_limit=None,
+        batch_size=2,
+        lr=1e-3,
+        lora_dropout=0.1,
+        freeze_vit=False,
+        freeze_aligner=False,
+    )
+    run_dir = run(small_model, [str(data)], tmp_path, **common)
+    uninterrupted = trained_weights(run_dir / "checkpoint-6")
+    # Pretend the run died after step 3: drop what came later, then resume.
+    shutil.rmtree(run_dir / "checkpoint-6")
+    resumed_dir = run(small_model, [str(data)], tmp_path, resume="latest", **common)
+    assert resumed_dir == run_dir
+    resumed = trained_weights(run_dir / "checkpoint-6")
+    assert uninterrupted.keys() == resumed.keys()
+    for name in uninterrupted:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=0, atol=1e-6, msg=name)
+    steps = [
+        json.loads(line)["step"]
+        for line in (run_dir / "train_log.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the log was cut back to the checkpoint, not duplicated
+
+
+def test_incomplete_checkpoints_are_never_used(small_model, tmp_path, images):
+    data = write_jsonl(tmp_path / "d.jsonl", seed_rows(images)["query-response"])
+    run_dir = run(small_model, [str(data)], tmp_path, max_steps=2, save_steps=1, save_total_limit=None)
+    (run_dir / "checkpoint-2" / "vlmkit_complete").unlink()  # as if the save had been interrupted
+    from vlmkit.train.run import resolve_resume
+
+    assert resolve_resume("latest", tmp_path / "out", str(small_model)) == run_dir / "checkpoint-1"
+    import vlmkit
+
+    with pytest.raises(VlmkitError, match="checkpoint-2: this checkpoint is incomplete"):
+        vlmkit.load(ckpt=run_dir / "checkpoint-2")
+
+
+def test_full_tuning_trains_exactly_the_unfrozen_groups(small_model, tmp_path, images):
+    data = write_jsonl(tmp_path / "d.jsonl", seed_rows(images)["query-response"] * 3)
+    run_dir = run(
+        small_model,
+        [str(data)],
+        tmp_path,
+        tuner="full",
+        freeze_vit=True,
+        freeze_aligner=False,
+        lr=1e-2,
+        max_steps=3,
+        weight_decay=0.0,
+    )
+    before = load_file(small_model / "model.safetensors")
+    after = load_file(run_dir / "checkpoint-3" / "model.safetensors")
+    assert before.keys() == after.keys()
+    # Saved names follow the checkpoint layout: visual.* (tower and merger), model.* (language model).
+    groups = {"vit": 0, "aligner": 0, "llm": 0}
+    for name, tensor in before.items():
+        changed = not torch.equal(tensor, after[name])
+        if name.startswith("visual.merger."):
+            groups["aligner"] += 1
+            assert changed, name
+        elif name.startswith("visual."):
+            groups["vit"] += 1
+            assert not changed, name
+        elif name.startswith(("model.layers.", "lm_head.")):
+            groups["llm"] += 1
+            assert changed, name
+    assert min(groups.values()) > 0, groups
+
+
+def test_merged_export_equals_base_plus_adapter(small_model, tmp_path, images):
+    from peft import PeftModel
+
+    from vlmkit.export import export
+
+    data = write_jsonl(tmp_path / "d.jsonl", seed_rows(images)["query-response"] * 3)
+    run_dir = run(small_model, [str(data)], tmp_path, lr=5e-2, max_steps=4, lora_dropout=0.0)
+    checkpoint = run_dir / "checkpoint-4"
+    merged_dir = export(checkpoint, tmp_path / "merged", merge_lora=True)
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "chat_template.jinja",
+        "vlmkit.json",
+    ):
+        assert (merged_dir / name).is_file(), name
+    assert json.loads((merged_dir / "vlmkit.json").read_text())["max_pixels"] == 4000
+
+    import vlmkit
+
+    encoded = vlmkit.load(str(merged_dir)).template.collate(
+        [
+            vlmkit.load(str(merged_dir)).encode(
+                vlmkit.to_sample(
+                    {"messages": [{"role": "user", "content": "<image>hi"}], "images": [f"{images}/1.png"]}
+                )
+            )
+        ]
+    )
+    encoded.pop("labels")
+    with torch.no_grad():
+        merged = (
+            AutoModelForImageTextToText.from_pretrained(merged_dir, dtype=torch.float32)
+            .eval()(**encoded)
+            .logits
+        )
+        base = AutoModelForImageTextToText.from_pretrained(small_model, dtype=torch.float32).eval()
+        base_logits = base(**encoded).logits
+        adapted = PeftModel.from_pretrained(base, checkpoint).eval()(**encoded).logits
+    assert (merged - adapted).abs().max().item() < 1e-4
+    assert (merged - base_logits).abs().max().item() > 1e-3
+    with pytest.raises(VlmkitError, match="exists and is not empty"):
+        export(checkpoint, merged_dir, merge_lora=True)
+
+    adapter_dir = export(checkpoint, tmp_path / "adapter")
+    assert (adapter_dir / "adapter_config.json").is_file() and not (adapter_dir / "optimizer.pt").exists()
+
+
+def test_yaml_config_with_flag_override(small_model, tmp_path, images):
+    from vlmkit.cli import app
+
+    data = write_jsonl(tmp_path / "d.jsonl", seed_rows(images)["query-response"])
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model: {small_model}\ndataset: {data}\nlora-rank: 4\nmax_steps: 1\nlr: 0.5\n"
+        f"output-dir: {tmp_path / 'out'}\nreport-to: none\nmax-pixels: 4000\n"
+    )
+    result = CliRunner().invoke(app, ["sft", "--config", str(config), "--lr", "0.002", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    run_dir = next((tmp_path / "out" / small_model.name).iterdir())
+    args = json.loads((run_dir / "args.json").read_text())
+    assert args["lora_rank"] == 4 and args["lr"] == 0.002 and args["max_steps"] == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora_rnak: 4\n")
+    with pytest.raises(VlmkitError, match=f"--config {bad}: unknown option 'lora_rnak'"):
+        CliRunner().invoke(app, ["sft", "--config", str(bad)], catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"quant": "4bit"},
+            r"--quant 4bit \(QLoRA\) needs a CUDA GPU for bitsandbytes; this machine has none",
+        ),
+        ({"tuner": "adapter"}, "--tuner adapter: choose one of lora, full"),
+        ({"freeze_llm": True}, "leave nothing to train"),
+        ({"target_modules": "nope_proj"}, "--target-modules nope_proj: matches no Linear layer"),
+    ],
+)
+def test_bad_options_are_one_clear_error(small_model, tmp_path, images, options, message):
+    if options.get("quant") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    data = write_jsonl(tmp_path / "d.jsonl", seed_rows(images)["query-response"])
+    with pytest.raises(VlmkitError, match=message):
+        run(small_model, [str(data)], tmp_path, **options)
+
+
+def test_two_process_ddp_matches_one_process(small_model, tmp_path):
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Say {i}"},
+                {"role": "assistant", "content": f"number {i}"},
+            ]
+        }
+        for i in range(16)
+    ]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    common = [
+        "--model",
+        str(small_model),
+        "--dataset",
+        str(data),
+        "--max-steps",
+        "4",
+        "--logging-steps",
+        "1",
+        "--tuner",
+        "full",
+        "--lr",
+        "1e-3",
+        "--no-progress",
+        "--report-to",
+        "none",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "vlmkit",
+            "sft",
+            *common,
+            "--batch-size",
+            "1",
+            "--output-dir",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlmkit",
+            "sft",
+            *common,
+            "--batch-size",
+            "2",
+            "--output-dir",
+            str(tmp_path / "one"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+
+    def losses(root: Path) -> list[float]:
+        runs = list((root / small_model.name).iterdir())
+        assert len(runs) == 1  # both ranks share one run folder
+        lines = [json.loads(line) for line in (runs[0] / "train_log.jsonl").read_text().splitlines()]
+        return [line["loss"] for line in lines if "loss" in line]
+
+    assert len(losses(tmp_path / "two")) == 4
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
