@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import PEERS, random_image
 
 import vlmkit
@@ -172,3 +173,23 @@ def test_sampling_with_a_seed_is_reproducible(vlm):
     a = vlm.generate([sample], max_new_tokens=8, temperature=1.0, seed=3)
     b = vlm.generate([sample], max_new_tokens=8, temperature=1.0, seed=3)
     assert a == b
+
+
+def test_loading_options(small_model, monkeypatch):
+    from vlmkit.model import load
+
+    bf16 = load(str(small_model), dtype="bf16", device="cpu")
+    assert bf16.model.dtype == torch.bfloat16
+    assert isinstance(
+        bf16.generate([{"messages": [{"role": "user", "content": "hi"}]}], max_new_tokens=2)[0], str
+    )
+    with pytest.raises(VlmkitError, match="--dtype fp8: choose one of auto, bf16, fp16, fp32"):
+        load(str(small_model), dtype="fp8")
+    with pytest.raises(VlmkitError, match="--attn-impl flash: choose one of sdpa, eager, flash_attention_2"):
+        load(str(small_model), attn_impl="flash")
+    if not torch.cuda.is_available():
+        with pytest.raises(VlmkitError, match="--device cuda: no CUDA GPU is visible"):
+            load(str(small_model), device="cuda")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(VlmkitError, match=r"^--model Qwen/Not-A-Real-Model: could not download from the hub"):
+        load("Qwen/Not-A-Real-Model")
