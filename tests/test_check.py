@@ -15,8 +15,7 @@ from vlmkit.data.check import check_dataset
 from vlmkit.data.commands import app
 from vlmkit.errors import DataError, MediaError, VlmkitError
 from vlmkit.families import family_for_model_dir
-from vlmkit.families.qwen2_vl.template import read_image_size
-from vlmkit.media import load_image
+from vlmkit.media import load_image, read_image_size
 from vlmkit.sample import to_sample
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from vlmkit.errors import MediaError
 
@@ -62,9 +62,36 @@ def load_image(source: Any, where: str = "image", policy: MediaPolicy | None = N
     policy = policy or MediaPolicy()
     if isinstance(source, Image.Image):
         return _to_rgb(source)
+    image, where = _open_checked(source, where, policy)
+    with image:
+        try:
+            image.load()
+            return _to_rgb(image)
+        except Exception as e:
+            raise MediaError(f"{where}: not a readable image ({_one_line(e)})") from None
+
+
+def read_image_size(source: Any, where: str = "image", policy: MediaPolicy | None = None) -> tuple[int, int]:
+    """(height, width) of `source` as `load_image` would return it, from the file header only.
+
+    Local files are opened just far enough to read the size and EXIF orientation; URLs, data:
+    URLs and bytes are fetched as `load_image` fetches them, but not decoded. Errors are the
+    MediaErrors `load_image` raises for a missing, unreadable or too large image.
+    """
+    policy = policy or MediaPolicy()
+    if isinstance(source, Image.Image):
+        return _upright_size(source, header_only=False)
+    image, _ = _open_checked(source, where, policy)
+    with image:
+        return _upright_size(image)
+
+
+def _open_checked(source: Any, where: str, policy: MediaPolicy) -> tuple[Image.Image, str]:
+    """Fetch `source` and open it lazily (header only) under the pixel limit; returns the image and a
+    `where` that names the file or URL at fault."""
     data = fetch_media(source, where, policy)
     if isinstance(data, Path) or (isinstance(source, str) and not source.startswith("data:")):
-        where = f"{where}: {data if isinstance(data, Path) else source}"  # name the file or URL at fault
+        where = f"{where}: {data if isinstance(data, Path) else source}"
     try:
         with warnings.catch_warnings():  # our own pixel limit replaces Pillow's warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -76,16 +103,22 @@ def load_image(source: Any, where: str = "image", policy: MediaPolicy | None = N
         raise MediaError(f"{where}: not an image file (or not a format Pillow can read)") from None
     except Exception as e:
         raise MediaError(f"{where}: not a readable image ({_one_line(e)})") from None
-    with image:
-        width, height = image.size
-        if width * height > policy.max_image_pixels:
-            limit = policy.max_image_pixels
-            raise MediaError(f"{where}: image is {width} x {height}, over the limit of {limit} pixels")
-        try:
-            image.load()
-            return _to_rgb(image)
-        except Exception as e:
-            raise MediaError(f"{where}: not a readable image ({_one_line(e)})") from None
+    if image.width * image.height > policy.max_image_pixels:
+        image.close()
+        raise MediaError(
+            f"{where}: image is {image.width} x {image.height}, over the limit of "
+            f"{policy.max_image_pixels} pixels"
+        )
+    return image, where
+
+
+def _upright_size(image: Image.Image, header_only: bool = True) -> tuple[int, int]:
+    """(height, width) after the EXIF orientation is applied, as `load_image` returns it."""
+    width, height = image.size
+    if header_only and image.format == "PNG" and "exif" not in image.info:
+        return height, width  # Pillow's PNG getexif() decodes the whole image to look for a late eXIf chunk
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)  # 5-8 swap the sides
 
 
 def fetch_media(source: Any, where: str = "media", policy: MediaPolicy | None = None) -> bytes | Path:

@@ -98,7 +98,10 @@ def build_tiny_model(
 ) -> Path:
     """Write a tiny random `family` model to `output_dir`; returns the folder."""
     import torch
+    import transformers
     from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
+
+    transformers.utils.logging.disable_progress_bar()
 
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):

@@ -14,20 +14,18 @@ sample fits a token budget; `encode(..., max_pixels=...)` then encodes it at tha
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image
+from PIL import Image
 
 from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, pad_sequences, tokenize_segments
-from vlmkit.errors import DataError, MediaError
-from vlmkit.media import MediaPolicy, fetch_media, load_image
+from vlmkit.errors import DataError
+from vlmkit.media import load_image, read_image_size
 from vlmkit.sample import Sample
 from vlmkit.settings import read_settings
 
@@ -114,48 +112,6 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         h = math.ceil(height * scale / factor) * factor
         w = math.ceil(width * scale / factor) * factor
     return h, w
-
-
-def _upright_size(image: Image.Image, header_only: bool = True) -> tuple[int, int]:
-    """(height, width) after the EXIF orientation is applied, as `load_image` returns it."""
-    width, height = image.size
-    if header_only and image.format == "PNG" and "exif" not in image.info:
-        return height, width  # Pillow's PNG getexif() decodes the whole image to look for a late eXIf chunk
-    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)  # 5-8 swap the sides
-
-
-def read_image_size(source: Any, where: str = "image", policy: MediaPolicy | None = None) -> tuple[int, int]:
-    """(height, width) of `source` as `load_image` would return it, from the file header only.
-
-    Local files are opened just far enough to read the size and EXIF orientation; URLs, data:
-    URLs and bytes are fetched as `load_image` fetches them, but not decoded either. Errors are
-    the MediaErrors `load_image` raises for a missing, unreadable or too large image.
-    """
-    policy = policy or MediaPolicy()
-    if isinstance(source, Image.Image):
-        return _upright_size(source, header_only=False)
-    data = fetch_media(source, where, policy)
-    if isinstance(data, Path) or (isinstance(source, str) and not source.startswith("data:")):
-        where = f"{where}: {data if isinstance(data, Path) else source}"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
-    except Image.DecompressionBombError:
-        limit = min(policy.max_image_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0))
-        raise MediaError(f"{where}: image is over the limit of {limit} pixels") from None
-    except Image.UnidentifiedImageError:
-        raise MediaError(f"{where}: not an image file (or not a format Pillow can read)") from None
-    except Exception as e:
-        raise MediaError(f"{where}: not a readable image ({' '.join(str(e).split())})") from None
-    with image:
-        if image.width * image.height > policy.max_image_pixels:
-            limit = policy.max_image_pixels
-            raise MediaError(
-                f"{where}: image is {image.width} x {image.height}, over the limit of {limit} pixels"
-            )
-        return _upright_size(image)
 
 
 class QwenVLTemplate:
