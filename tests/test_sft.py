@@ -472,3 +472,47 @@ def test_two_process_ddp_matches_one_process(small_model, tmp_path):
 
     assert len(losses(tmp_path / "two")) == 4
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
+
+
+def test_cli_after_training_infer_ckpt_val_and_export(small_model, tmp_path, images):
+    from vlmkit.cli import app
+
+    rows = seed_rows(images)["query-response"]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    val = write_jsonl(tmp_path / "val.jsonl", rows[:2])
+    run_dir = run(small_model, [str(train)], tmp_path, val_dataset=[str(val)], eval_steps=1, max_pixels=3600)
+    checkpoint = run_dir / "checkpoint-2"
+    runner = CliRunner()
+
+    preds = tmp_path / "val_preds.jsonl"
+    result = runner.invoke(
+        app,
+        ["infer", "--ckpt", str(checkpoint), "--val", "--output", str(preds), "--max-new-tokens", "3"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert [line["labels"] for line in lines] == ["66666", "fffff"]
+    assert all(isinstance(line["response"], str) for line in lines)
+
+    chat = runner.invoke(
+        app,
+        ["infer", "--ckpt", str(checkpoint), "--merge-lora", "--max-new-tokens", "3"],
+        input=f"<image>What?\n{images}/0.png\nexit\n",
+        catch_exceptions=False,
+    )
+    assert chat.exit_code == 0 and chat.output.count("-" * 50) == 1, chat.output
+
+    with pytest.raises(VlmkitError, match="--val needs --ckpt and no --input"):
+        runner.invoke(app, ["infer", "--model", str(small_model), "--val"], catch_exceptions=False)
+    with pytest.raises(VlmkitError, match="give either --model or --ckpt"):
+        runner.invoke(app, ["infer", "--input", str(val)], catch_exceptions=False)
+
+    exported = runner.invoke(
+        app,
+        ["export", "--ckpt", str(checkpoint), "--merge-lora", "--output", str(tmp_path / "merged")],
+        catch_exceptions=False,
+    )
+    assert exported.exit_code == 0, exported.output
+    assert json.loads((tmp_path / "merged" / "vlmkit.json").read_text())["max_pixels"] == 3600
+    assert AutoModelForImageTextToText.from_pretrained(tmp_path / "merged") is not None

@@ -160,8 +160,12 @@ def infer(
     options.kwargs()  # validate before the slow model load
     if input is not None and not input.is_file():
         raise VlmkitError(f"--input {input}: no such file")
+    if val:
+        input = _val_input(ckpt, input)
     vlm = load(
         model,
+        ckpt=ckpt,
+        merge_lora=merge_lora,
         dtype=dtype,
         device=device,
         attn_impl=attn_impl,

@@ -42,11 +42,13 @@ def run_chat(
     vlm: VLM,
     options: GenerationOptions,
     system: str | None = None,
-    stdin: TextIO = sys.stdin,
-    stdout: TextIO = sys.stdout,
-    stderr: TextIO = sys.stderr,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
 ) -> None:
-    """The interactive loop; returns at `exit`, `quit` or end of input."""
+    """The interactive loop; returns at `exit`, `quit` or end of input. Streams default to the
+    process's standard ones at call time (so redirections made after import are honoured)."""
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     chat = vlm.chat(system=system)
     while True:
         query = _ask("<<< ", stdin, stdout)
