@@ -9,6 +9,7 @@ interrupted export never leaves a half folder.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -32,12 +33,11 @@ def export(ckpt: str | Path, output: str | Path, merge_lora: bool = False, dtype
         raise VlmkitError(f"--output {output} exists and is not empty; choose a new folder")
     model_dir, ckpt_dir, settings = resolve_checkpoint(ckpt)
     is_adapter = (ckpt_dir / "adapter_config.json").is_file()
-    torch_dtype = _torch_dtype(dtype, "cpu") if dtype != "auto" else torch.float32
-    if dtype == "auto":
-        import json
-
+    if dtype == "auto":  # keep the base model's dtype
         saved = json.loads((model_dir / "config.json").read_text()).get("dtype") or "float32"
         torch_dtype = getattr(torch, saved, torch.float32)
+    else:
+        torch_dtype = _torch_dtype(dtype, "cpu")
     model = _load_weights(model_dir, ckpt_dir, merge_lora, dtype=torch_dtype)
 
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}-{time.time_ns()}")
