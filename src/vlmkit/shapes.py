@@ -39,7 +39,7 @@ COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "
 SHAPES = ("square", "circle", "triangle")
 PLURALS = {"square": "squares", "circle": "circles", "triangle": "triangles"}
 COUNTS = (1, 2, 3, 4)
-QUESTION_TYPES = ("color", "count")
+QUESTION_TYPES = ("color", "count", "total")
 JSONL_NAME = "data.jsonl"
 
 
@@ -91,8 +91,18 @@ def _count_row(kind: str, answer: int, rng: random.Random) -> tuple[list[tuple[s
     return shapes, f"How many {PLURALS[kind]} are there?"
 
 
+def _total_row(kind: str, answer: int, rng: random.Random) -> tuple[list[tuple[str, str]], str]:
+    shapes = [(rng.choice(SHAPES), rng.choice(list(COLORS))) for _ in range(answer)]
+    return shapes, "How many shapes are there?"
+
+
 def make_shapes_dataset(
-    folder: str | Path, n_rows: int, seed: int, image_size: int = 112, grid: int = 4
+    folder: str | Path,
+    n_rows: int,
+    seed: int,
+    image_size: int = 112,
+    grid: int = 4,
+    questions: tuple[str, ...] = ("color", "count"),
 ) -> Path:
     """Write `n_rows` rows to `folder`/data.jsonl and their PNGs to `folder`/images/; returns the JSONL.
 
@@ -106,24 +116,16 @@ def make_shapes_dataset(
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    types = _balanced(QUESTION_TYPES, n_rows, rng)
-    n_color = types.count("color")
-    plan = {
-        "color": list(
-            zip(_balanced(SHAPES, n_color, rng), _balanced(tuple(COLORS), n_color, rng), strict=True)
-        ),
-        "count": list(
-            zip(
-                _balanced(SHAPES, n_rows - n_color, rng),
-                _balanced(COUNTS, n_rows - n_color, rng),
-                strict=True,
-            )
-        ),
-    }
+    types = _balanced(tuple(questions), n_rows, rng)
+    plan = {}
+    for q in questions:
+        n = types.count(q)
+        answers = _balanced(tuple(COLORS) if q == "color" else COUNTS, n, rng)
+        plan[q] = list(zip(_balanced(SHAPES, n, rng), answers, strict=True))
     lines = []
     for i, kind_of_question in enumerate(types):
         kind, answer = plan[kind_of_question].pop()
-        make_row = _color_row if kind_of_question == "color" else _count_row
+        make_row = {"color": _color_row, "count": _count_row, "total": _total_row}[kind_of_question]
         shapes, question = make_row(kind, answer, rng)
         rng.shuffle(shapes)
         cells = rng.sample(range(grid * grid), len(shapes))

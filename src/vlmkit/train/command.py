@@ -165,6 +165,13 @@ def sft_command(
     weight_decay: Annotated[
         float, typer.Option(help="AdamW weight decay (not on biases and norms).", rich_help_panel=_O)
     ] = 0.1,
+    adam_beta2: Annotated[
+        float,
+        typer.Option(
+            help="AdamW beta2; lower (0.95) adapts faster, which helps small or freshly initialised models.",
+            rich_help_panel=_O,
+        ),
+    ] = 0.999,
     max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm.", rich_help_panel=_O)] = 1.0,
     gradient_checkpointing: Annotated[
         bool,

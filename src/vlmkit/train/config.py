@@ -55,6 +55,7 @@ class SFTConfig:
     warmup_ratio: float = 0.05
     scheduler: str = "cosine"
     weight_decay: float = 0.1
+    adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     seed: int = 42
@@ -98,6 +99,7 @@ class SFTConfig:
             (self.batch_size > 0 and self.grad_accum > 0, "--batch-size and --grad-accum must be positive"),
             (self.lr > 0, f"--lr {self.lr}: must be positive"),
             (0 <= self.warmup_ratio < 1, f"--warmup-ratio {self.warmup_ratio}: must be in [0, 1)"),
+            (0 < self.adam_beta2 < 1, f"--adam-beta2 {self.adam_beta2}: must be in (0, 1)"),
             (self.epochs > 0 or self.max_steps > 0, "--epochs must be positive (or set --max-steps)"),
             (self.lora_rank > 0, f"--lora-rank {self.lora_rank}: must be positive"),
             (

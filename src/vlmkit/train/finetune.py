@@ -118,6 +118,7 @@ def _training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_di
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.lr,
         weight_decay=config.weight_decay,
+        adam_beta2=config.adam_beta2,
         max_grad_norm=config.max_grad_norm,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
