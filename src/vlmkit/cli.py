@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from vlmkit.errors import VlmkitError
+from vlmkit.options import AttnImpl, Device, DType, MaxPixels, MinPixels, System
 
 app = typer.Typer(
     name="vlmkit",
@@ -22,33 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-# Options shared by every command that loads a model.
-Model = Annotated[
-    str, typer.Option("--model", "-m", help="Model folder or hub id (e.g. Qwen/Qwen2-VL-2B-Instruct).")
-]
-DType = Annotated[
-    str, typer.Option(help="Weights dtype: auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32.")
-]
-Device = Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N.")]
-AttnImpl = Annotated[
-    str, typer.Option(help="Attention kernel: sdpa, eager, or flash_attention_2 (needs flash-attn).")
-]
-MinPixels = Annotated[
-    int | None,
-    typer.Option(
-        help="Smallest image area in pixels after resizing. Default: saved with the model, else the checkpoint's image-processor value."
-    ),
-]
-MaxPixels = Annotated[
-    int | None,
-    typer.Option(
-        help="Largest image area in pixels after resizing (fewer pixels = fewer image tokens). Default as --min-pixels."
-    ),
-]
-System = Annotated[
-    str | None, typer.Option(help="System prompt. Default: the one saved with the model, else the family's.")
-]
 
 
 @app.command("tiny-model")

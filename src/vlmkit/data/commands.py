@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from vlmkit.errors import VlmkitError
+from vlmkit.options import MaxPixels, MinPixels, System
 
 app = typer.Typer(
     help="Check datasets and preview rows exactly as the model sees them.",
@@ -42,21 +43,6 @@ MediaRoot = Annotated[
     typer.Option(
         help="Extra folder to resolve relative media paths against (after the dataset file's folder)."
     ),
-]
-MinPixels = Annotated[
-    int | None,
-    typer.Option(
-        help="Smallest image area after resizing. Default: saved with the model, else its image processor's."
-    ),
-]
-MaxPixels = Annotated[
-    int | None,
-    typer.Option(
-        help="Largest image area after resizing (fewer pixels = fewer image tokens). Default as --min-pixels."
-    ),
-]
-System = Annotated[
-    str | None, typer.Option(help="System prompt. Default: the one saved with the model, else the family's.")
 ]
 
 
