@@ -12,6 +12,7 @@ from vlmkit.data import load_dataset
 from vlmkit.shapes import (
     COLORS,
     COUNTS,
+    QUESTION_KINDS,
     chance_accuracy,
     make_shapes_dataset,
     normalize_answer,
@@ -24,9 +25,9 @@ def _rows(path):
 
 
 def test_same_seed_same_files_other_seed_other_files(tmp_path):
-    a = make_shapes_dataset(tmp_path / "a", 12, seed=3)
-    b = make_shapes_dataset(tmp_path / "b", 12, seed=3)
-    c = make_shapes_dataset(tmp_path / "c", 12, seed=4)
+    a = make_shapes_dataset(tmp_path / "a", 12, seed=3, questions=QUESTION_KINDS)
+    b = make_shapes_dataset(tmp_path / "b", 12, seed=3, questions=QUESTION_KINDS)
+    c = make_shapes_dataset(tmp_path / "c", 12, seed=4, questions=QUESTION_KINDS)
     assert a.read_text() == b.read_text()
     for row in _rows(a):
         name = row["images"][0]
@@ -55,7 +56,8 @@ def test_rows_are_messages_with_relative_images_and_load(tmp_path):
 
 
 def test_answers_are_balanced_within_each_question_type(tmp_path):
-    rows = _rows(make_shapes_dataset(tmp_path / "set", 400, seed=1))
+    questions = ("color", "count")
+    rows = _rows(make_shapes_dataset(tmp_path / "set", 400, seed=1, image_size=56, questions=questions))
     by_type: dict[str, Counter] = {"color": Counter(), "count": Counter()}
     for row in rows:
         question, answer = row["messages"][0]["content"], row["messages"][1]["content"]
@@ -71,16 +73,23 @@ def test_answers_are_balanced_within_each_question_type(tmp_path):
 
 
 def test_images_show_what_the_answer_says(tmp_path):
-    """The answer colour is in the picture; a count image has at least `answer` shapes' worth of colour."""
-    path = make_shapes_dataset(tmp_path / "set", 40, seed=2, image_size=84, grid=3)
+    """A colour image holds the answer's colour and 2-4 shapes of different colours (the distractors)."""
+    path = make_shapes_dataset(tmp_path / "set", 40, seed=2, questions=("color", "count"))
+    palette = set(COLORS.values())
     for row in _rows(path):
         question, answer = row["messages"][0]["content"], row["messages"][1]["content"]
         with Image.open(path.parent / row["images"][0]) as image:
-            colours = {c for _, c in image.getcolors(84 * 84)}
+            assert image.getpixel((0, 0)) in {(255, 255, 255)} | palette
+            colours = {c for _, c in image.getcolors(84 * 84)} & palette
         if "color" in question:
-            assert COLORS[answer] in colours
+            assert COLORS[answer] in colours and 2 <= len(colours) <= 4
         else:
-            assert len(colours & set(COLORS.values())) >= 1
+            assert colours
+
+
+def test_chance_accuracy_is_the_best_blind_guess():
+    questions = ["<image>What color is the square?"] * 3 + ["<image>How many circles are there?"] * 2
+    assert chance_accuracy(questions, ["red", "Red.", "blue", "1", "2"]) == 3 / 5
 
 
 def test_score_normalises_case_space_and_trailing_punctuation():
@@ -93,8 +102,19 @@ def test_score_normalises_case_space_and_trailing_punctuation():
         score([], [])
 
 
+def test_question_kinds_can_be_chosen(tmp_path):
+    rows = _rows(make_shapes_dataset(tmp_path / "t", 40, seed=0, questions=("total",)))
+    assert {r["messages"][0]["content"] for r in rows} == {"<image>How many shapes are there?"}
+    assert Counter(r["messages"][1]["content"] for r in rows) == {"1": 10, "2": 10, "3": 10, "4": 10}
+    rows = _rows(make_shapes_dataset(tmp_path / "c", 9, seed=0, image_size=56, grid=2))
+    assert all(r["messages"][0]["content"].startswith("<image>What color is the ") for r in rows)
+
+
 def test_bad_arguments_raise(tmp_path):
     with pytest.raises(ValueError, match="n_rows"):
         make_shapes_dataset(tmp_path / "x", 0, seed=0)
-    with pytest.raises(ValueError, match="grid"):
-        make_shapes_dataset(tmp_path / "x", 2, seed=0, grid=2)
+    with pytest.raises(ValueError, match="2x2 grid has fewer than the 6 cells"):
+        make_shapes_dataset(tmp_path / "x", 2, seed=0, grid=2, questions=("color", "count"))
+    with pytest.raises(ValueError, match="choose from color, count, total"):
+        make_shapes_dataset(tmp_path / "x", 2, seed=0, questions=("size",))
+    assert not (tmp_path / "x").exists()
