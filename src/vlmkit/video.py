@@ -1,0 +1,305 @@
+"""Sample frames from a video file, URL or list of frame images (family-neutral).
+
+`load_video` decodes with PyAV and never holds the whole video: it picks the frame
+indices first (`smart_nframes`, qwen-vl-utils' rule, then evenly spaced indices as
+`torch.linspace(0, total - 1, n).round()`), then seeks to the keyframe before each
+far-away index and decodes forward only to it. Memory is the sampled RGB frames plus
+the decoder's own buffers, whatever the length of the video (benchmarks/video_memory.py).
+
+Resizing the frames to a pixel budget is family-specific and is left to the template.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from vlmkit.errors import MediaError
+from vlmkit.media import MediaPolicy, fetch_media, load_image, read_image_size
+
+# Decode forward instead of seeking when the next sampled frame is at most this many seconds on.
+_SEEK_GAP_SECONDS = 2.0
+
+
+@dataclass
+class VideoFrames:
+    frames: list[Image.Image]  # RGB, in time order, at the video's own size
+    timestamps: list[float]  # seconds of each sampled frame from the start of the video
+    sample_fps: float  # sampled frames per second of video
+
+
+def smart_nframes(
+    total_frames: int,
+    video_fps: float,
+    *,
+    fps: float | None = 2.0,
+    nframes: int | None = None,
+    min_frames: int = 4,
+    max_frames: int = 768,
+    frame_factor: int = 2,
+) -> int:
+    """How many frames to sample from a video of `total_frames` at `video_fps` (qwen-vl-utils' rule).
+
+    `nframes` (which wins over `fps`) is rounded to a multiple of `frame_factor`; otherwise
+    duration * `fps` is clamped to [min_frames, max_frames] (rounded up and down to the factor).
+    Either way the result is at most the total, floored to the factor. Unlike qwen-vl-utils this
+    never raises for a short video: one with fewer than `frame_factor` frames gives all its frames
+    (the template pads them). `fps=None` and `nframes=None` take every frame, up to max_frames.
+    """
+    if total_frames < 1:
+        raise ValueError("the video has no frames")
+    if total_frames < frame_factor:
+        return total_frames
+    if nframes is not None:
+        n = max(frame_factor, round(nframes / frame_factor) * frame_factor)
+    else:
+        rate = fps if fps is not None else video_fps
+        low = math.ceil(min_frames / frame_factor) * frame_factor
+        high = math.floor(min(max_frames, total_frames) / frame_factor) * frame_factor
+        n = min(max(total_frames / video_fps * rate, low), high, total_frames)
+        n = max(frame_factor, math.floor(n / frame_factor) * frame_factor)
+    return min(n, math.floor(total_frames / frame_factor) * frame_factor)
+
+
+def sample_indices(total_frames: int, n: int) -> list[int]:
+    """`n` evenly spaced frame indices from 0 to total_frames - 1, both ends included."""
+    if n == 1:
+        return [0]
+    return [round(i * (total_frames - 1) / (n - 1)) for i in range(n)]
+
+
+def load_video(
+    source: Any,
+    where: str,
+    *,
+    fps: float | None = 2.0,
+    nframes: int | None = None,
+    min_frames: int = 4,
+    max_frames: int = 768,
+    frame_factor: int = 2,
+) -> VideoFrames:
+    """Sampled frames of `source`: a path, `file://` or http(s) URL, bytes, or a list of frames.
+
+    A video is sampled by `smart_nframes` (see there for fps / nframes / bounds). A list of frame
+    images (paths, URLs or PIL images) is taken as already sampled at `fps` frames per second
+    (2.0 when fps is None); with `nframes`, or more than `max_frames` frames, it is thinned to
+    that many evenly spaced frames. Every failure is a one-line MediaError naming `where`.
+    """
+    if isinstance(source, (list, tuple)):
+        return _from_frames(list(source), where, fps, nframes, max_frames)
+    if isinstance(source, Image.Image):
+        raise MediaError(f"{where}: a single image is not a video; give a list of frames or a video file")
+    with _local_copy(source, where) as (path, named):
+        return _decode(path, named, fps, nframes, min_frames, max_frames, frame_factor)
+
+
+@dataclass
+class VideoProbe:
+    """What `load_video` would return, known from headers alone: frame size and sampled times."""
+
+    height: int
+    width: int
+    timestamps: list[float]
+    sample_fps: float
+
+
+def probe_video(
+    source: Any,
+    where: str,
+    *,
+    fps: float | None = 2.0,
+    nframes: int | None = None,
+    min_frames: int = 4,
+    max_frames: int = 768,
+    frame_factor: int = 2,
+) -> VideoProbe:
+    """The size and sampled timestamps `load_video` gives for the same arguments, read from the
+    container header (or the first frame's image header) without decoding any pixels."""
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise MediaError(f"{where}: the list of frames is empty")
+        height, width = read_image_size(source[0], where=f"{where}: frame 1")
+        indices, rate = _frame_list_plan(len(source), fps, nframes, max_frames)
+        return VideoProbe(height, width, [i / rate for i in indices], rate * len(indices) / len(source))
+    if isinstance(source, Image.Image):
+        raise MediaError(f"{where}: a single image is not a video; give a list of frames or a video file")
+    with _local_copy(source, where) as (path, named), _open(path, named) as container:
+        stream = container.streams.video[0]
+        total, video_fps = _frame_count(container, stream, named)
+        n = smart_nframes(
+            total,
+            video_fps,
+            fps=fps,
+            nframes=nframes,
+            min_frames=min_frames,
+            max_frames=max_frames,
+            frame_factor=frame_factor,
+        )
+        indices = sample_indices(total, n)
+        return VideoProbe(
+            stream.height, stream.width, [i / video_fps for i in indices], n / total * video_fps
+        )
+
+
+@contextmanager
+def _local_copy(source: Any, where: str) -> Iterator[tuple[Path, str]]:
+    """(a local path for `source`, `where` naming it); fetched bytes go to a temp file, deleted after."""
+    data = fetch_media(source, where, MediaPolicy())
+    if isinstance(data, Path):
+        yield data, f"{where}: {data}"
+        return
+    named = f"{where}: {source}" if isinstance(source, str) else where
+    # PyAV seeks in a file far better than in a stream; fetched bytes are bounded by the media policy.
+    handle, tmp = tempfile.mkstemp(prefix="vlmkit-video-")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        del data
+        yield Path(tmp), named
+    finally:
+        os.unlink(tmp)
+
+
+def _frame_list_plan(
+    count: int, fps: float | None, nframes: int | None, max_frames: int
+) -> tuple[list[int], float]:
+    """(indices kept of a list of `count` frames, the list's frame rate)."""
+    rate = fps if fps is not None else 2.0
+    keep = min(count if nframes is None else max(nframes, 1), count, max_frames)
+    return (sample_indices(count, keep) if keep < count else list(range(count))), rate
+
+
+def _from_frames(
+    sources: list, where: str, fps: float | None, nframes: int | None, max_frames: int
+) -> VideoFrames:
+    if not sources:
+        raise MediaError(f"{where}: the list of frames is empty")
+    indices, rate = _frame_list_plan(len(sources), fps, nframes, max_frames)
+    frames = [load_image(sources[i], where=f"{where}: frame {i + 1}") for i in indices]
+    sizes = {f.size for f in frames}
+    if len(sizes) > 1:
+        raise MediaError(f"{where}: the frames differ in size ({sorted(sizes)}); give frames of one size")
+    return VideoFrames(frames, [i / rate for i in indices], rate * len(indices) / len(sources))
+
+
+def _av():
+    """PyAV, an optional dependency (the `video` extra)."""
+    try:
+        import av
+    except ImportError:
+        raise MediaError("video input needs PyAV: pip install 'vlmkit[video]' (or pip install av)") from None
+    return av
+
+
+def _open(path: Path, where: str):
+    av = _av()
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as e:
+        raise MediaError(f"{where}: not a readable video ({_reason(e)})") from None
+    if not container.streams.video:
+        container.close()
+        raise MediaError(f"{where}: the file has no video stream")
+    return container
+
+
+def _frame_count(container, stream, where: str) -> tuple[int, float]:
+    """(total frames, frames per second) from the header; packets are counted when it has no count."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    video_fps = float(rate) if rate else 0.0
+    if video_fps <= 0:
+        raise MediaError(f"{where}: the video does not state its frame rate")
+    total = stream.frames
+    if not total and stream.duration is not None and stream.time_base is not None:
+        total = round(float(stream.duration * stream.time_base) * video_fps)
+    if not total:
+        total = sum(1 for p in container.demux(stream) if p.size)  # no decoding; then rewind
+        container.seek(0, stream=stream)
+    if total < 1:
+        raise MediaError(f"{where}: the video has no frames")
+    return total, video_fps
+
+
+def _decode(
+    path: Path,
+    where: str,
+    fps: float | None,
+    nframes: int | None,
+    min_frames: int,
+    max_frames: int,
+    frame_factor: int,
+) -> VideoFrames:
+    av = _av()
+    with _open(path, where) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        total, video_fps = _frame_count(container, stream, where)
+        n = smart_nframes(
+            total,
+            video_fps,
+            fps=fps,
+            nframes=nframes,
+            min_frames=min_frames,
+            max_frames=max_frames,
+            frame_factor=frame_factor,
+        )
+        indices = sample_indices(total, n)
+        try:
+            frames = _seek_and_decode(container, stream, indices, video_fps)
+        except av.FFmpegError as e:
+            raise MediaError(f"{where}: the video is corrupt ({_reason(e)})") from None
+    if not frames:
+        raise MediaError(f"{where}: no frame could be decoded")
+    while len(frames) < len(indices):  # a header that overstates the frame count: repeat the last one
+        frames.append(frames[-1])
+    return VideoFrames(frames, [i / video_fps for i in indices], n / total * video_fps)
+
+
+def _seek_and_decode(container, stream, indices: list[int], video_fps: float) -> list[Image.Image]:
+    """RGB frames at `indices` (ascending, starting at 0), holding one decoded frame at a time.
+
+    A frame's index is (its presentation time - the first frame's) * fps; the first frame's time
+    is read, not taken from the header (AVI files often start at 1 while saying 0). For a target
+    more than _SEEK_GAP_SECONDS past the last decoded frame, seek to the keyframe before it;
+    otherwise decode forward.
+    """
+    time_base = float(stream.time_base)
+    origin = None  # pts of the first frame
+    out: list[Image.Image] = []
+    frames = None
+    position = -1  # index of the last decoded frame
+    last = None
+    for target in indices:
+        if frames is None or (origin is not None and target - position > _SEEK_GAP_SECONDS * video_fps):
+            offset = origin if origin is not None else stream.start_time or 0
+            container.seek(offset + int(target / video_fps / time_base), stream=stream, backward=True)
+            frames = container.decode(stream)
+        picked = None
+        for frame in frames:
+            last = frame
+            if frame.pts is None or origin is None and position >= 0:
+                position += 1  # no timestamps: count frames (never seeks again)
+            else:
+                origin = frame.pts if origin is None else origin
+                position = round((frame.pts - origin) * time_base * video_fps)
+            if position >= target:
+                picked = frame
+                break
+        if picked is None:  # past the last frame: the header's count was too high
+            if last is None:
+                break
+            picked = last
+        out.append(picked.to_image())
+    return out
+
+
+def _reason(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
