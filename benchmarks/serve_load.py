@@ -1,0 +1,154 @@
+"""Load test of `vlmkit serve`: many concurrent clients, every reply checked.
+
+    python benchmarks/serve_load.py --clients 64 --requests 512 --max-tokens 16
+
+Starts `vlmkit serve` on a free loopback port (a tiny small-vocabulary Qwen2-VL unless --model
+is given), asks each prompt once alone for its greedy reference reply, then sends --requests
+requests from --clients concurrent clients (the official `openai` async client), a quarter of
+them with an image as a data: URL, and checks every reply against its reference. Prints
+p50/p95 latency, requests/s and generated tokens/s, and a markdown row for RESULTS.md.
+Exits 1 when any reply is missing or wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+from PIL import Image
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, port: int, max_batch_size: int, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vlmkit", "serve", "--model", str(model), "--port", str(port),
+           "--served-model-name", "bench", "--log-level", "warning", "--max-batch-size", str(max_batch_size)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited:\n{log.read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    sys.exit("server did not start in 180 s")
+
+
+def prompts(count: int) -> list[list[dict]]:
+    """`count` distinct conversations; every fourth carries a small random image as a data: URL."""
+    out = []
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        content: list[dict] = [{"type": "text", "text": f"Question {i}: what do you see?"}]
+        if i % 4 == 0:
+            image = Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+            content.insert(0, {"type": "image_url", "image_url": {"url": url}})
+        out.append([{"role": "user", "content": content}])
+    return out
+
+
+async def run_load(base_url: str, clients: int, requests: int, max_tokens: int, n_prompts: int) -> dict:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=300)
+    conversations = prompts(n_prompts)
+
+    async def ask(messages):
+        reply = await client.chat.completions.create(model="bench", messages=messages, max_tokens=max_tokens)
+        return reply.choices[0].message.content, reply.usage.completion_tokens
+
+    references = [(await ask(m))[0] for m in conversations]
+    latencies: list[float] = []
+    wrong = tokens = 0
+    counter = iter(range(requests))
+
+    async def worker() -> None:
+        nonlocal wrong, tokens
+        for i in counter:
+            start = time.perf_counter()
+            text, used = await ask(conversations[i % n_prompts])
+            latencies.append(time.perf_counter() - start)
+            wrong += text != references[i % n_prompts]
+            tokens += used
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "wrong": wrong,
+        "wall_s": wall,
+        "p50_s": statistics.median(latencies),
+        "p95_s": latencies[int(0.95 * (len(latencies) - 1))],
+        "req_per_s": len(latencies) / wall,
+        "tokens_per_s": tokens / wall,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, help="model folder (default: a tiny small-vocab Qwen2-VL)")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=512)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--prompts", type=int, default=16, help="distinct conversations")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None:
+            from vlmkit.families import family_by_name
+            from vlmkit.tiny import build_tiny_model
+
+            model = build_tiny_model(family_by_name("qwen2-vl"), Path(tmp) / "tiny", small_vocab=True)
+        port = free_port()
+        proc = start_server(model, port, args.max_batch_size, Path(tmp) / "server.log")
+        try:
+            result = asyncio.run(
+                run_load(
+                    f"http://127.0.0.1:{port}/v1", args.clients, args.requests, args.max_tokens, args.prompts
+                )
+            )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(
+        f"{result['requests']} requests from {args.clients} clients, {result['wrong']} wrong; "
+        f"wall {result['wall_s']:.1f} s; latency p50 {result['p50_s'] * 1000:.0f} ms, "
+        f"p95 {result['p95_s'] * 1000:.0f} ms; {result['req_per_s']:.1f} requests/s, "
+        f"{result['tokens_per_s']:.0f} generated tokens/s"
+    )
+    print(
+        f"| {args.clients} | {result['requests']} | {args.max_tokens} | {args.max_batch_size} | "
+        f"{result['wrong']} | {result['p50_s'] * 1000:.0f} ms | {result['p95_s'] * 1000:.0f} ms | "
+        f"{result['req_per_s']:.1f} | {result['tokens_per_s']:.0f} |"
+    )
+    sys.exit(1 if result["wrong"] or result["requests"] != args.requests else 0)
+
+
+if __name__ == "__main__":
+    main()

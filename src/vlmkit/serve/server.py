@@ -1,0 +1,234 @@
+"""Load the model and its named LoRA adapters, and run the server (`vlmkit serve`).
+
+    from vlmkit.serve import serve
+    serve(ckpt="output/.../checkpoint-500", adapters={"latex": "runs/latex/checkpoint-200"}, port=8000)
+
+Each served name encodes with its own saved settings: an adapter that is a vlmkit checkpoint
+brings the pixel limits and system prompt of its run (vlmkit.json), exactly as
+`vlmkit infer --ckpt` would use them; options given to `serve` override them for every name.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from vlmkit.errors import VlmkitError
+from vlmkit.families import resolution_settings
+from vlmkit.media import MediaPolicy
+from vlmkit.model import VLM, load
+from vlmkit.train.run import _CHECKPOINT_RE, is_complete
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+def parse_adapters(values: list[str]) -> dict[str, Path]:
+    """`["name=path", ...]` (the --adapters option) -> {name: path}, each checked."""
+    adapters: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not _NAME.match(name) or not path:
+            raise VlmkitError(f"--adapters {value}: expected NAME=PATH (NAME of letters, digits, . _ - : /)")
+        if name in adapters:
+            raise VlmkitError(f"--adapters: the name {name!r} is given twice")
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise VlmkitError(f"--adapters {value}: no such folder")
+        if _CHECKPOINT_RE.match(folder.name) and not is_complete(folder):
+            raise VlmkitError(
+                f"--adapters {value}: this checkpoint is incomplete (its save was interrupted); use an earlier one"
+            )
+        if not (folder / "adapter_config.json").is_file():
+            raise VlmkitError(
+                f"--adapters {value}: {folder} has no adapter_config.json; give a LoRA checkpoint "
+                "(a full checkpoint is served with --model or --ckpt)"
+            )
+        adapters[name] = folder
+    return adapters
+
+
+def served_name(model: str | None, ckpt: str | Path | None) -> str:
+    """The default name of the main model: a hub id as given, else the folder's name."""
+    if ckpt is not None:
+        path = Path(ckpt)
+        return f"{path.parent.name}/{path.name}"
+    assert model is not None
+    return model if not Path(model).expanduser().exists() else Path(model).expanduser().resolve().name
+
+
+def load_served(
+    vlm: VLM,
+    main_name: str,
+    adapters: dict[str, Path],
+    template_settings: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str | None, str | None]]:
+    """Attach `adapters` to `vlm.model` as named peft adapters.
+
+    Returns ({served name: ServedModel}, {served name: peft adapter name or None for the base}).
+    """
+    from peft import PeftModel
+
+    from vlmkit.serve.app import ServedModel
+
+    models = {main_name: ServedModel(main_name, vlm.template, str(vlm.path))}
+    main_peft = "default" if isinstance(vlm.model, PeftModel) else None  # --ckpt of a LoRA run
+    peft_names: dict[str | None, str | None] = {main_name: main_peft}
+    for i, (name, folder) in enumerate(adapters.items()):
+        if name in models:
+            raise VlmkitError(f"--adapters {name}={folder}: {name!r} is already the main model's name")
+        peft_name = f"served_{i}"
+        try:
+            if isinstance(vlm.model, PeftModel):
+                vlm.model.load_adapter(str(folder), adapter_name=peft_name)
+            else:
+                vlm.model = PeftModel.from_pretrained(vlm.model, str(folder), adapter_name=peft_name)
+        except Exception as e:  # peft raises many types for an adapter that does not fit the model
+            raise VlmkitError(
+                f"--adapters {name}={folder}: cannot load it onto {main_name} ({type(e).__name__}: {e})"
+            ) from None
+        vlm.model.eval()
+        template = vlm.template
+        if (folder / "preprocessor_config.json").is_file():  # a vlmkit checkpoint: its run's settings
+            template = vlm.family.load_template(folder, vlm.tokenizer, **template_settings)
+        models[name] = ServedModel(name, template, str(folder), parent=main_name)
+        peft_names[name] = peft_name
+    return models, peft_names
+
+
+def serve(
+    model: str | None = None,
+    *,
+    ckpt: str | Path | None = None,
+    adapters: dict[str, Path] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    served_model_name: str | None = None,
+    allow_media_dir: list[Path] | None = None,
+    allow_private_urls: bool = False,
+    max_request_bytes: int = 16 * 2**20,
+    max_media_bytes: int = 32 * 2**20,
+    media_timeout: float = 10.0,
+    max_image_pixels: int = 64 * 2**20,
+    max_tokens: int = 512,
+    max_batch_size: int = 16,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    min_tiles: int | None = None,
+    max_tiles: int | None = None,
+    fps: float | None = None,
+    nframes: int | None = None,
+    max_frames: int | None = None,
+    video_max_pixels: int | None = None,
+    system: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: str = "auto",
+    device: str = "auto",
+    attn_impl: str = "sdpa",
+    log_level: str = "info",
+    backend: str = "transformers",
+) -> None:
+    """Load the model and serve it until interrupted (see `vlmkit serve --help` for the options)."""
+    import uvicorn
+
+    from vlmkit.serve.app import ServerConfig, create_app
+    from vlmkit.serve.engine import Engine
+
+    if not 1 <= port <= 65535:
+        raise VlmkitError(f"--port {port}: choose a port from 1 to 65535")
+    for folder in allow_media_dir or []:
+        if not Path(folder).is_dir():
+            raise VlmkitError(f"--allow-media-dir {folder}: no such folder")
+    for option, value in (
+        ("--max-request-bytes", max_request_bytes),
+        ("--max-media-bytes", max_media_bytes),
+        ("--max-tokens", max_tokens),
+        ("--max-batch-size", max_batch_size),
+    ):
+        if value < 1:
+            raise VlmkitError(f"{option} must be at least 1, got {value}")
+    if media_timeout <= 0:
+        raise VlmkitError(f"--media-timeout must be above 0, got {media_timeout}")
+    adapters = adapters or {}
+    settings = {"min_pixels": min_pixels, "max_pixels": max_pixels, "system": system}
+    video = {"fps": fps, "nframes": nframes, "max_frames": max_frames, "video_max_pixels": video_max_pixels}
+    tiles = {"min_tiles": min_tiles, "max_tiles": max_tiles}
+    if backend not in ("transformers", "vllm"):
+        raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
+    if backend == "vllm":
+        given = [k for k, v in {**video, **tiles}.items() if v is not None]
+        if given or trust_remote_code:
+            names = ", ".join("--" + k.replace("_", "-") for k in given + ["trust_remote_code"] * trust_remote_code)
+            raise VlmkitError(f"{names}: not passed on to vLLM yet; serve with --backend transformers")
+        _serve_vllm(
+            model, ckpt, adapters, settings, served_model_name, host, port, api_key, allow_media_dir, dtype
+        )
+        return
+    vlm = load(
+        model,
+        ckpt=ckpt,
+        dtype=dtype,
+        device=device,
+        attn_impl=attn_impl,
+        trust_remote_code=trust_remote_code,
+        **settings,
+        **video,
+        **tiles,
+    )
+    # Adapters that are vlmkit checkpoints load their own template with the same explicit options.
+    settings = {**settings, **video, **resolution_settings(vlm.family, **tiles)}
+    main_name = served_model_name or served_name(model, ckpt)
+    models, peft_names = load_served(vlm, main_name, adapters, settings)
+    policy = MediaPolicy(
+        timeout=media_timeout,
+        max_bytes=max_media_bytes,
+        allow_private_urls=allow_private_urls,
+        allow_local_files=bool(allow_media_dir),
+        media_dirs=tuple(Path(d) for d in allow_media_dir or ()),
+        max_image_pixels=max_image_pixels,
+    )
+    config = ServerConfig(
+        api_key=api_key,
+        max_request_bytes=max_request_bytes,
+        max_tokens=max_tokens,
+        max_tokens_limit=max(max_tokens, 4096),
+        policy=policy,
+    )
+    engine = Engine(vlm, peft_names, max_batch_rows=max_batch_size)
+    app = create_app(engine, models, config)
+    logging.getLogger("vlmkit.serve").setLevel(log_level.upper())
+    print(f"serving {', '.join(models)} on http://{host}:{port}/v1", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+
+
+def _serve_vllm(
+    model, ckpt, adapters, settings, served_model_name, host, port, api_key, allow_media_dir, dtype
+):
+    import shlex
+    import sys
+    import tempfile
+
+    from vlmkit.serve.vllm import run_vllm, translate
+
+    args = translate(
+        model,
+        ckpt,
+        adapters,
+        settings,
+        served_model_name or served_name(model, ckpt),
+        Path(tempfile.mkdtemp(prefix="vlmkit-vllm-")),
+        host=host,
+        port=port,
+        api_key=api_key,
+        allow_media_dir=allow_media_dir,
+        dtype=dtype,
+    )
+    print(
+        "warning: with --backend vllm, vLLM fetches media URLs itself: --allow-private-urls, --max-media-bytes, "
+        "--media-timeout, --max-image-pixels and --max-request-bytes do not apply",
+        file=sys.stderr,
+    )
+    print(f"running: {shlex.join(args)}", flush=True)
+    run_vllm(args)
