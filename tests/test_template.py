@@ -207,7 +207,12 @@ def test_saved_settings_travel_with_the_model(tiny_models, tmp_path):
     shutil.copytree(tiny_models["qwen2-vl"], folder)
     write_settings(folder, {"min_pixels": 1000, "max_pixels": 20_000, "system": "Trained prompt."})
     template, _ = load_template({"qwen2-vl": folder}, "qwen2-vl")
-    assert template.settings == {"min_pixels": 1000, "max_pixels": 20_000, "system": "Trained prompt."}
+    assert template.settings == {
+        "min_pixels": 1000,
+        "max_pixels": 20_000,
+        "system": "Trained prompt.",
+        **{"fps": 2.0, "nframes": None, "max_frames": 768, "video_max_pixels": 768 * 28 * 28},  # video defaults
+    }
     assert template.render_text(to_sample({"messages": [{"role": "user", "content": "x"}]})).startswith(
         "<|im_start|>system\nTrained prompt.<|im_end|>"
     )

@@ -16,3 +16,7 @@ class DataError(VlmkitError):
 
 class MediaError(VlmkitError):
     """An image or video that cannot be read: missing, corrupt, unreachable or too large."""
+
+
+class MediaTooLargeError(MediaError):
+    """Media over a size limit (bytes or pixels, e.g. a decompression bomb); `vlmkit serve` answers 413."""

@@ -17,17 +17,19 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from vlmkit.errors import MediaError
+from vlmkit.errors import MediaError, MediaTooLargeError
 
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_DATA_URL = re.compile(r"^data:image/[\w.+-]+(;[^,;]*)*;base64,", re.IGNORECASE)
+_DATA_URL = re.compile(r"^data:(image|video)/[\w.+-]+(;[^,;]*)*;base64,", re.IGNORECASE)
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
@@ -71,6 +73,54 @@ def load_image(source: Any, where: str = "image", policy: MediaPolicy | None = N
             raise MediaError(f"{where}: not a readable image ({_one_line(e)})") from None
 
 
+def load_image_resized(
+    source: Any,
+    target_size: Callable[[int, int], tuple[int, int]],
+    where: str = "image",
+    policy: MediaPolicy | None = None,
+    jpeg_draft: bool = False,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode `source` once and resize it (bicubic) to `target_size(height, width)` of the upright image.
+
+    Returns (pixels (H, W, 3) uint8 RGB, (original height, original width)); the pixels are those of
+    `load_image(source).resize(...)` without its intermediate copies. With `jpeg_draft`, a JPEG at
+    least twice the target size on both sides is decoded at a reduced DCT scale (1/2 .. 1/8, never
+    below twice the target) before the resize: 2-4x faster on large photos, a mean difference under
+    half a grey level (up to a few levels on edges), so not bit-exact with transformers.
+    `target_size` may raise ValueError (e.g. an aspect-ratio limit); it is passed on as it is.
+    """
+    policy = policy or MediaPolicy()
+    if isinstance(source, Image.Image):
+        image = _to_rgb(source)
+        return _resized_pixels(image, target_size(image.height, image.width)), (image.height, image.width)
+    image, where = _open_checked(source, where, policy)
+    with image:
+        if jpeg_draft and image.format == "JPEG":  # JPEG keeps its EXIF in the header: safe before decoding
+            height, width = _upright_size(image)
+            size = target_size(height, width)
+            swapped = (width, height) != image.size
+            stored_h, stored_w = (size[1], size[0]) if swapped else size
+            image.draft("RGB", (2 * stored_w, 2 * stored_h))
+        try:
+            image.load()
+        except Exception as e:
+            raise MediaError(f"{where}: not a readable image ({_one_line(e)})") from None
+        if not jpeg_draft or image.format != "JPEG":
+            height, width = _upright_size(image, header_only=False)
+            size = target_size(height, width)
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        plain = image.mode == "RGB" and "transparency" not in image.info and orientation == 1
+        return _resized_pixels(image if plain else _to_rgb(image), size), (height, width)
+
+
+def _resized_pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 of an RGB `image` resized to size = (H, W) with bicubic (no resize when equal)."""
+    height, width = size
+    if (height, width) != (image.height, image.width):
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(image)
+
+
 def read_image_size(source: Any, where: str = "image", policy: MediaPolicy | None = None) -> tuple[int, int]:
     """(height, width) of `source` as `load_image` would return it, from the file header only.
 
@@ -98,14 +148,14 @@ def _open_checked(source: Any, where: str, policy: MediaPolicy) -> tuple[Image.I
             image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     except Image.DecompressionBombError:
         limit = min(policy.max_image_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0))
-        raise MediaError(f"{where}: image is over the limit of {limit} pixels") from None
+        raise MediaTooLargeError(f"{where}: image is over the limit of {limit} pixels") from None
     except Image.UnidentifiedImageError:
         raise MediaError(f"{where}: not an image file (or not a format Pillow can read)") from None
     except Exception as e:
         raise MediaError(f"{where}: not a readable image ({_one_line(e)})") from None
     if image.width * image.height > policy.max_image_pixels:
         image.close()
-        raise MediaError(
+        raise MediaTooLargeError(
             f"{where}: image is {image.width} x {image.height}, over the limit of "
             f"{policy.max_image_pixels} pixels"
         )
@@ -129,7 +179,9 @@ def fetch_media(source: Any, where: str = "media", policy: MediaPolicy | None = 
     policy = policy or MediaPolicy()
     if isinstance(source, (bytes, bytearray)):
         if len(source) > policy.max_bytes:
-            raise MediaError(f"{where}: {len(source)} bytes is over the limit of {_size(policy.max_bytes)}")
+            raise MediaTooLargeError(
+                f"{where}: {len(source)} bytes is over the limit of {_size(policy.max_bytes)}"
+            )
         return bytes(source)
     if isinstance(source, Path):
         return _local_file(source, where, policy)
@@ -156,10 +208,10 @@ def fetch_media(source: Any, where: str = "media", policy: MediaPolicy | None = 
 def _decode_data_url(url: str, where: str, policy: MediaPolicy) -> bytes:
     header = _DATA_URL.match(url)
     if not header:
-        raise MediaError(f"{where}: malformed data: URL; expected data:image/<type>;base64,<data>")
+        raise MediaError(f"{where}: malformed data: URL; expected data:image/<type>;base64,<data> (or data:video/...)")
     payload = "".join(url[header.end() :].split())
     if len(payload) * 3 // 4 > policy.max_bytes:  # refuse before decoding
-        raise MediaError(f"{where}: data: URL is over the limit of {_size(policy.max_bytes)}")
+        raise MediaTooLargeError(f"{where}: data: URL is over the limit of {_size(policy.max_bytes)}")
     try:
         return base64.b64decode(payload, validate=True)
     except ValueError:

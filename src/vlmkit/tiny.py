@@ -82,12 +82,21 @@ def build_tokenizer(family: Family, small_vocab: bool = False):
     if not small_vocab and first_id != family.first_special_id:
         raise VlmkitError(f"qwen.tiktoken has {first_id} ranks, expected {family.first_special_id}")
     backend.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in family.special_tokens])
+    if family.bos_token is not None:  # Llama-style: the bos token goes before every text
+        from tokenizers import processors
+
+        bos = family.bos_token
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, backend.token_to_id(bos))]
+        )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=family.eos_token,
         pad_token=family.pad_token,
+        bos_token=family.bos_token,
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
+        extra_special_tokens=dict(family.tokenizer_extra),
     )
     tokenizer.chat_template = family.chat_template
     return tokenizer
@@ -102,7 +111,11 @@ def build_tiny_model(
     from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
 
     transformers.utils.logging.disable_progress_bar()
-
+    if family.remote_code:
+        raise VlmkitError(
+            f"{family.name} has no tiny model: its model is remote code shipped with the checkpoints, "
+            "which vlmkit cannot build offline; pick another family (vlmkit families)"
+        )
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise VlmkitError(f"{output_dir} exists and is not empty; choose a new folder")
@@ -117,6 +130,7 @@ def build_tiny_model(
     model.generation_config = GenerationConfig(
         eos_token_id=[ids[family.eos_token], ids[family.pad_token]],
         pad_token_id=ids[family.pad_token],
+        bos_token_id=ids.get(family.bos_token),
         do_sample=False,
     )
 
@@ -126,6 +140,8 @@ def build_tiny_model(
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "preprocessor_config.json").write_text(json.dumps(family.preprocessor_config, indent=2) + "\n")
+    if family.processor_config is not None:
+        (tmp / "processor_config.json").write_text(json.dumps(family.processor_config, indent=2) + "\n")
     if output_dir.exists():
         output_dir.rmdir()
     tmp.rename(output_dir)

@@ -30,6 +30,21 @@ class Family:
     module_groups: parameter-name prefixes of the parts users freeze or tune separately:
     "vit" (vision tower), "aligner" (vision-to-text projector), "llm" (language model and
     head). The longest matching prefix decides a parameter's group.
+    resolution_options: the resolution settings `load_template` takes (the `--min-pixels` /
+    `--max-pixels` kind, or `--min-tiles` / `--max-tiles`); others are refused (`resolution_settings`).
+    vision: one line for `vlmkit families` on how images become tokens.
+    tokenizer_extra: named tokens the tokenizer carries (transformers' `extra_special_tokens`).
+    processor_config: the checkpoint's `processor_config.json`, when it has one.
+    packing: the template has `packing_position_ids` (each sample's position ids on its own, text
+    row first) and the model honours them without an attention mask, so `vlmkit sft` can pack
+    samples (`vlmkit.train.packing`); False keeps packing off for the family.
+    box_format: how the family writes and reads grounding boxes (`vlmkit.grounding.BoxFormat`; from
+    the family folder's `boxes.py`), None for a family without grounding.
+    auto_class: the transformers auto class that loads the checkpoint's weights.
+    remote_code: the checkpoints run Python code shipped with them (`--trust-remote-code`); such a family
+    has no tiny model (`vlmkit tiny-model` refuses it) and is untested against real checkpoints.
+    train_refusal: None for a family `vlmkit sft` can train; else the one line saying why not and what
+    to do instead (the family is inference only).
     """
 
     name: str
@@ -46,16 +61,34 @@ class Family:
     module_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     supports: tuple[str, ...] = ("image",)
     aliases: tuple[str, ...] = field(default=())
+    box_format: Any = None
+    resolution_options: tuple[str, ...] = ("min_pixels", "max_pixels")
+    vision: str = ""
+    tokenizer_extra: dict[str, str] = field(default_factory=dict)
+    processor_config: dict[str, Any] | None = None
+    # The token a tiny model's tokenizer puts before every text, as Llama tokenizers do; None: nothing.
+    bos_token: str | None = None
+    packing: bool = False
+    auto_class: str = "AutoModelForImageTextToText"
+    remote_code: bool = False
+    train_refusal: str | None = None
 
     @property
     def chat_template(self) -> str:
-        return (self.folder / "chat_template.jinja").read_text()
+        path = self.folder / "chat_template.jinja"
+        if not path.is_file():  # e.g. a remote-code family: only vlmkit's own template renders its prompt
+            raise VlmkitError(f"{self.name} has no chat template file; use vlmkit's own serving and inference")
+        return path.read_text()
 
 
 def _families() -> dict[str, Family]:
-    from vlmkit.families import qwen2_5_vl, qwen2_vl, qwen3_vl
+    from vlmkit.families import internvl, llava, llava_next, qwen2_5_vl, qwen2_vl, qwen3_vl, qwen_vl
 
-    return {f.model_type: f for f in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY)}
+    return {
+        f.model_type: f
+        for f in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY, internvl.FAMILY, llava.FAMILY, llava_next.FAMILY)
+        + (qwen_vl.FAMILY,)
+    }
 
 
 FAMILIES: dict[str, Family] = _families()
@@ -93,3 +126,20 @@ def family_for_model_dir(model_dir: str | Path) -> Family:
     except json.JSONDecodeError as e:
         raise VlmkitError(f"{path}: not valid JSON ({e})") from None
     return family_for_config(config, where=str(path))
+
+
+def resolution_settings(family: Family, **given: Any) -> dict[str, Any]:
+    """The resolution options a user gave (None = not given), checked against the ones `family` takes.
+
+    `resolution_settings(f, min_pixels=None, max_pixels=None, min_tiles=None, max_tiles=2)` -> {"max_tiles": 2}
+    for a tiling family; a clear error naming the option for a family that has no such setting.
+    """
+    chosen = {name: value for name, value in given.items() if value is not None}
+    for name in chosen:
+        if name not in family.resolution_options:
+            takes = ", ".join("--" + n.replace("_", "-") for n in family.resolution_options) or "none"
+            raise VlmkitError(
+                f"--{name.replace('_', '-')} does not apply to {family.name} models "
+                f"(its resolution options: {takes}); leave it out"
+            )
+    return chosen

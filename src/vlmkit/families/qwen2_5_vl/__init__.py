@@ -3,8 +3,10 @@
 from pathlib import Path
 
 from vlmkit.families import Family
+from vlmkit.families.qwen2_5_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen2_vl import PREPROCESSOR_CONFIG as QWEN2_VL_PREPROCESSOR
 from vlmkit.families.qwen2_vl import SPECIAL_TOKENS as QWEN2_VL_TOKENS
+from vlmkit.families.qwen2_vl import VIDEO_DEFAULTS as QWEN2_VL_VIDEO
 from vlmkit.families.qwen2_vl.template import QwenVLTemplate, render_qwen2_vl
 
 SPECIAL_TOKENS = QWEN2_VL_TOKENS + (
@@ -18,6 +20,9 @@ SPECIAL_TOKENS = QWEN2_VL_TOKENS + (
     ("<|file_sep|>", False),
 )
 PREPROCESSOR_CONFIG = {**QWEN2_VL_PREPROCESSOR, "processor_class": "Qwen2_5_VLProcessor"}
+
+# Qwen2-VL's video rules, plus `second_per_grid_ts` (seconds per temporal patch) for its M-RoPE.
+VIDEO_DEFAULTS = {**QWEN2_VL_VIDEO, "second_per_grid_ts": True}
 
 
 def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
@@ -63,7 +68,14 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
 
 
 def load_template(model_dir, tokenizer, **settings) -> QwenVLTemplate:
-    return QwenVLTemplate.from_pretrained(model_dir, tokenizer, render=render_qwen2_vl, **settings)
+    return QwenVLTemplate.from_pretrained(
+        model_dir,
+        tokenizer,
+        render=render_qwen2_vl,
+        box_format=BOX_FORMAT,
+        video_defaults=VIDEO_DEFAULTS,
+        **settings,
+    )
 
 
 FAMILY = Family(
@@ -83,6 +95,8 @@ FAMILY = Family(
         "aligner": ("model.visual.merger.",),
         "llm": ("model.language_model.", "lm_head."),
     },
-    supports=("image",),
+    supports=("image", "video"),
+    packing=True,
+    box_format=BOX_FORMAT,
     aliases=("qwen2-5-vl", "qwen25-vl", "qwen2.5vl"),
 )

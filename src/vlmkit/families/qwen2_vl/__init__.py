@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from vlmkit.families import Family
+from vlmkit.families.qwen2_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen2_vl.template import QwenVLTemplate, render_qwen2_vl
 
 # The real tokenizer's added tokens, in id order from 151643.
@@ -42,6 +43,18 @@ PREPROCESSOR_CONFIG = {
     "do_resize": True,
     "resample": 3,
     "rescale_factor": 1 / 255,
+}
+
+# transformers' Qwen2VLVideoProcessor defaults with qwen-vl-utils' total-pixel cap (the checkpoints ship
+# no video_preprocessor_config.json): 128..768 tokens of 28x28 pixels per frame, and at most 90% of a
+# 128k context over the whole video (x2: two frames share a temporal patch).
+VIDEO_DEFAULTS = {
+    "fps": 2.0,
+    "min_frames": 4,
+    "max_frames": 768,
+    "video_min_pixels": 128 * 28 * 28,
+    "video_max_pixels": 768 * 28 * 28,
+    "video_total_pixels": 2 * int(128000 * 28 * 28 * 0.9),
 }
 
 
@@ -85,7 +98,14 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
 
 
 def load_template(model_dir, tokenizer, **settings) -> QwenVLTemplate:
-    return QwenVLTemplate.from_pretrained(model_dir, tokenizer, render=render_qwen2_vl, **settings)
+    return QwenVLTemplate.from_pretrained(
+        model_dir,
+        tokenizer,
+        render=render_qwen2_vl,
+        box_format=BOX_FORMAT,
+        video_defaults=VIDEO_DEFAULTS,
+        **settings,
+    )
 
 
 FAMILY = Family(
@@ -105,6 +125,8 @@ FAMILY = Family(
         "aligner": ("model.visual.merger.",),
         "llm": ("model.language_model.", "lm_head."),
     },
-    supports=("image",),
+    supports=("image", "video"),
+    packing=True,
+    box_format=BOX_FORMAT,
     aliases=("qwen2vl",),
 )

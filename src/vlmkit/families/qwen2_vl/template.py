@@ -25,7 +25,9 @@ from PIL import Image
 
 from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, pad_sequences, tokenize_segments
 from vlmkit.errors import DataError
-from vlmkit.media import load_image, read_image_size
+from vlmkit.families.qwen2_vl.video import VIDEO_SETTINGS, encode_videos, video_settings, video_token_delta
+from vlmkit.grounding import needs_boxes, write_for_family
+from vlmkit.media import load_image_resized, read_image_size
 from vlmkit.sample import Sample
 from vlmkit.settings import read_settings
 
@@ -117,6 +119,8 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
 class QwenVLTemplate:
     """Encodes `Sample`s for a Qwen-VL family checkpoint; see the module docstring for shapes."""
 
+    limit_option = "--max-pixels"  # the option `min_pixels` / `max_pixels` come from (messages)
+
     def __init__(
         self,
         tokenizer,
@@ -130,6 +134,17 @@ class QwenVLTemplate:
         min_pixels: int,
         max_pixels: int,
         system: str | None = None,
+        jpeg_draft: bool = False,
+        box_format=None,
+        fps: float | None = 2.0,
+        nframes: int | None = None,
+        min_frames: int = 4,
+        max_frames: int = 768,
+        video_min_pixels: int = 128 * 28 * 28,
+        video_max_pixels: int = 768 * 28 * 28,
+        video_total_pixels: int = 2 * int(128000 * 28 * 28 * 0.9),
+        video_timestamps: bool = False,
+        second_per_grid_ts: bool = False,
     ):
         if min_pixels > max_pixels:
             raise DataError(f"--min-pixels {min_pixels} is larger than --max-pixels {max_pixels}")
@@ -140,9 +155,34 @@ class QwenVLTemplate:
         self.temporal_patch_size = temporal_patch_size
         self.mean = np.asarray(image_mean, dtype=np.float32).reshape(3, 1, 1)
         self.std = np.asarray(image_std, dtype=np.float32).reshape(3, 1, 1)
+        # Normalised value of every uint8 level per channel, computed with the same float32 steps as
+        # transformers (rescale, then (x - mean) / std), so a table lookup gives identical values.
+        levels = np.arange(256, dtype=np.float32).reshape(1, 256, 1) / 255.0
+        self._normalised = ((levels - self.mean) / self.std).reshape(3, 256)  # (channel, level)
+        self.jpeg_draft = jpeg_draft
         self.min_pixels = int(min_pixels)
         self.max_pixels = int(max_pixels)
         self.system = system
+        # Video (see vlmkit.families.qwen2_vl.video): frame sampling and the per-frame pixel budget;
+        # Qwen3-VL writes timestamps per temporal group, Qwen2.5-VL passes second_per_grid_ts.
+        if fps is not None and fps <= 0:
+            raise DataError(f"--fps {fps}: must be above 0")
+        if nframes is not None and nframes < 1:
+            raise DataError(f"--nframes {nframes}: must be at least 1")
+        if max_frames < 1:
+            raise DataError(f"--max-frames {max_frames}: must be at least 1")
+        if video_max_pixels < video_min_pixels:
+            raise DataError(
+                f"--video-max-pixels {video_max_pixels} is below the video minimum of {video_min_pixels} pixels"
+            )
+        self.fps, self.nframes = fps, nframes
+        self.min_frames, self.max_frames = int(min_frames), int(max_frames)
+        self.video_min_pixels = int(video_min_pixels)
+        self.video_max_pixels = int(video_max_pixels)
+        self.video_total_pixels = int(video_total_pixels)
+        self.video_timestamps = video_timestamps
+        self.second_per_grid_ts = second_per_grid_ts
+        self.box_format = box_format  # vlmkit.grounding.BoxFormat: how boxes are written; None: left as text
         vocab = tokenizer.get_vocab()
         self.image_token_id = vocab["<|image_pad|>"]
         self.video_token_id = vocab["<|video_pad|>"]
@@ -160,6 +200,12 @@ class QwenVLTemplate:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         system: str | None = None,
+        box_format=None,
+        fps: float | None = None,
+        nframes: int | None = None,
+        max_frames: int | None = None,
+        video_max_pixels: int | None = None,
+        video_defaults: dict[str, Any] | None = None,
     ) -> QwenVLTemplate:
         """Numbers from the checkpoint's preprocessor_config.json; pixel limits and system prompt from, in
         order: the arguments, the vlmkit.json saved with a fine-tuned model, the preprocessor config."""
@@ -182,12 +228,19 @@ class QwenVLTemplate:
             min_pixels=min_pixels,
             max_pixels=max_pixels or default_max,
             system=system if system is not None else saved.get("system"),
+            **video_settings(model_dir, saved, video_defaults, fps, nframes, max_frames, video_max_pixels),
+            box_format=box_format,
         )
 
     @property
     def settings(self) -> dict[str, Any]:
         """What must travel with a model or run so that inference encodes as training did."""
-        return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "system": self.system}
+        return {
+            "min_pixels": self.min_pixels,
+            "max_pixels": self.max_pixels,
+            "system": self.system,
+            **{key: getattr(self, key) for key in VIDEO_SETTINGS},
+        }
 
     # -- text --------------------------------------------------------------------------------------
 
@@ -230,21 +283,87 @@ class QwenVLTemplate:
         height, width = self.resized_size(image.height, image.width, max_pixels)
         if (height, width) != (image.height, image.width):
             image = image.resize((width, height), Image.Resampling.BICUBIC)
-        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0  # (3, H, W)
-        pixels = (pixels - self.mean) / self.std
+        return self.patchify(np.asarray(image.convert("RGB")))
+
+    def load_resized(self, source: Any, where: str, max_pixels: int | None = None):
+        """Decode an image source once, resized to the model's size -> ((H, W, 3) uint8, (orig_h, orig_w))."""
+        limit = self._max_pixels(max_pixels)
+        try:
+            return load_image_resized(
+                source, lambda h, w: self.resized_size(h, w, limit), where, jpeg_draft=self.jpeg_draft
+            )
+        except ValueError as e:
+            raise DataError(f"{where}: {e}") from None
+
+    def patchify(self, pixels: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """Resized RGB (H, W, 3) uint8 -> (patches (gh*gw, 3*tps*ps*ps) float32, grid (1, gh, gw)).
+
+        Normalises by table lookup and writes each value straight into its patch slot (written into
+        `out` when given, e.g. a slice of a batch buffer): two passes over the output instead of the
+        six of float arithmetic followed by reshape copies, with identical values.
+        """
         ps, ms, tps = self.patch_size, self.merge_size, self.temporal_patch_size
+        height, width = pixels.shape[:2]
         gh, gw = height // ps, width // ps
-        patches = pixels.reshape(3, gh // ms, ms, ps, gw // ms, ms, ps)
-        patches = patches.transpose(1, 4, 2, 5, 0, 3, 6)  # (gh/ms, gw/ms, ms, ms, 3, ps, ps)
-        patches = np.repeat(
-            patches[:, :, :, :, :, None], tps, axis=5
-        )  # a still image fills every temporal slot
-        return patches.reshape(gh * gw, 3 * tps * ps * ps), (1, gh, gw)
+        blocks = pixels.reshape(gh // ms, ms, ps, gw // ms, ms, ps, 3)
+        blocks = blocks.transpose(0, 3, 1, 4, 6, 2, 5)  # (gh/ms, gw/ms, ms, ms, 3, ps, ps)
+        blocks = np.ascontiguousarray(blocks).reshape(gh * gw, 3, ps * ps)
+        if out is None:
+            out = np.empty((gh * gw, 3 * tps * ps * ps), dtype=np.float32)
+        slots = out.reshape(gh * gw, 3, tps, ps * ps)
+        for channel in range(3):
+            values = self._normalised[channel][blocks[:, channel]]  # (gh*gw, ps*ps)
+            for t in range(tps):  # a still image fills every temporal slot
+                slots[:, channel, t] = values
+        return out, (1, gh, gw)
+
+    def patchify_images(self, encoded: dict[str, Any]) -> dict[str, Any]:
+        """An `encode(..., patchify=False)` output -> the `encode` output: its `resized_images` list of
+        (H, W, 3) uint8 arrays becomes `pixel_values` (one buffer, no concatenation copy)."""
+        encoded = dict(encoded)
+        images = encoded.pop("resized_images", None)
+        if not images:
+            return encoded
+        ps, tps = self.patch_size, self.temporal_patch_size
+        counts = [(p.shape[0] // ps) * (p.shape[1] // ps) for p in images]
+        buffer = torch.empty(sum(counts), 3 * tps * ps * ps, dtype=torch.float32)
+        start = 0
+        for pixels, count in zip(images, counts, strict=True):
+            self.patchify(pixels, buffer[start : start + count].numpy())
+            start += count
+        encoded["pixel_values"] = buffer
+        return encoded
 
     # -- whole samples -----------------------------------------------------------------------------
 
+    def image_sizes(
+        self, sample: Sample, max_pixels: int | None = None
+    ) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """((orig_h, orig_w), (resized_h, resized_w)) per image of `sample`, from the headers, as `encode`
+        resizes them."""
+        sizes = []
+        for k, source in enumerate(sample.media("image")):
+            where = f"{sample.where}: image {k + 1}"
+            height, width = read_image_size(source, where=where)
+            try:
+                sizes.append(((height, width), self.resized_size(height, width, max_pixels)))
+            except ValueError as e:
+                raise DataError(f"{where}: {e}") from None
+        return sizes
+
+    def _with_objects(self, sample: Sample, max_pixels: int | None) -> Sample:
+        """`sample` with its grounding placeholders and box text written in this family's format, for
+        images at the size this call resizes them to (`vlmkit.grounding`)."""
+        if self.box_format is None or not needs_boxes(sample):
+            return sample
+        return write_for_family(sample, self.box_format, self.image_sizes(sample, max_pixels))
+
     def encode(
-        self, sample: Sample, add_generation_prompt: bool = False, max_pixels: int | None = None
+        self,
+        sample: Sample,
+        add_generation_prompt: bool = False,
+        max_pixels: int | None = None,
+        patchify: bool = True,
     ) -> dict[str, Any]:
         """Sample -> model inputs for one sequence.
 
@@ -252,33 +371,30 @@ class QwenVLTemplate:
         pixel_values (N_patches, D) and image_grid_thw (n_images, 3); `image_sizes` lists
         ((orig_h, orig_w), (resized_h, resized_w)) per image for mapping boxes.
         `max_pixels` overrides the template's for this call (e.g. from `fit_max_pixels`).
+        With `patchify=False` the images come as `resized_images`, a list of (H, W, 3) uint8 arrays
+        (8x smaller than pixel_values; what the encode cache stores) instead of `pixel_values`;
+        `patchify_images` finishes them.
         """
         max_pixels = self._max_pixels(max_pixels)
-        if sample.media("video"):
-            raise DataError(f"{sample.where}: video input is not supported by this version of vlmkit yet")
+        sample = self._with_objects(sample, max_pixels)
         segments = self.render(self._messages(sample), add_generation_prompt, sample.where)
         ids, labels = tokenize_segments(self.tokenizer, segments)
         out: dict[str, Any] = {}
         images = sample.media("image")
         if images:
-            all_patches, grids, sizes = [], [], []
+            resized, grids, sizes = [], [], []
             for k, source in enumerate(images):
-                where = f"{sample.where}: image {k + 1}"
-                image = load_image(source, where=where)
-                try:
-                    patches, grid = self.process_image(image, max_pixels)
-                except ValueError as e:
-                    raise DataError(f"{where}: {e}") from None
-                all_patches.append(patches)
-                grids.append(grid)
-                sizes.append(
-                    ((image.height, image.width), (grid[1] * self.patch_size, grid[2] * self.patch_size))
-                )
+                pixels, original = self.load_resized(source, f"{sample.where}: image {k + 1}", max_pixels)
+                resized.append(pixels)
+                grids.append((1, pixels.shape[0] // self.patch_size, pixels.shape[1] // self.patch_size))
+                sizes.append((original, pixels.shape[:2]))
             counts = [t * h * w // self.merge_size**2 for t, h, w in grids]
             ids, labels = expand_tokens(ids, labels, self.image_token_id, counts)
-            out["pixel_values"] = torch.from_numpy(np.concatenate(all_patches))
+            out["resized_images"] = resized
             out["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
             out["image_sizes"] = sizes
+        if sample.media("video"):
+            ids, labels = encode_videos(self, sample.media("video"), sample.where, ids, labels, out)
         input_ids = torch.tensor(ids, dtype=torch.long)
         mm_types = torch.zeros_like(input_ids, dtype=torch.int)
         mm_types[input_ids == self.image_token_id] = 1
@@ -286,12 +402,15 @@ class QwenVLTemplate:
         out.update(
             input_ids=input_ids, labels=torch.tensor(labels, dtype=torch.long), mm_token_type_ids=mm_types
         )
-        return out
+        return self.patchify_images(out) if patchify else out
 
-    def _measure(self, sample: Sample, add_generation_prompt: bool) -> tuple[int, list[tuple[str, int, int]]]:
-        """(tokens other than image pads, [(where, height, width) per image]) without decoding pixels."""
-        if sample.media("video"):
-            raise DataError(f"{sample.where}: video input is not supported by this version of vlmkit yet")
+    def _measure(
+        self, sample: Sample, add_generation_prompt: bool, max_pixels: int | None = None
+    ) -> tuple[int, list[tuple[str, int, int]]]:
+        """(tokens other than image pads, [(where, height, width) per image]) without decoding pixels.
+        Box text is written at `max_pixels` (None: the template's; resized-pixel boxes then have at
+        least as many digits as at any lower limit, so the count is an upper bound for those)."""
+        sample = self._with_objects(sample, max_pixels)
         segments = self.render(self._messages(sample), add_generation_prompt, sample.where)
         ids, _ = tokenize_segments(self.tokenizer, segments)
         images = sample.media("image")
@@ -304,7 +423,9 @@ class QwenVLTemplate:
         for k, source in enumerate(images):
             where = f"{sample.where}: image {k + 1}"
             sizes.append((where, *read_image_size(source, where=where)))
-        return len(ids) - placeholders, sizes
+        videos = sample.media("video")
+        extra = video_token_delta(self, videos, sample.where, ids) if videos else 0
+        return len(ids) - placeholders + extra, sizes
 
     def _image_tokens(self, sizes: list[tuple[str, int, int]], max_pixels: int | None) -> int:
         total = 0
@@ -323,7 +444,7 @@ class QwenVLTemplate:
         Raises what `encode` raises for a bad sample, a missing or unreadable image (a file whose
         pixels are corrupt past a valid header is only caught by `encode`).
         """
-        text_tokens, sizes = self._measure(sample, add_generation_prompt)
+        text_tokens, sizes = self._measure(sample, add_generation_prompt, max_pixels)
         return text_tokens + self._image_tokens(sizes, self._max_pixels(max_pixels))
 
     def fit_max_pixels(
@@ -352,6 +473,42 @@ class QwenVLTemplate:
             low, high = (middle, high) if fits(middle) else (low, middle)
         return low
 
+    def rope_positions(self, encoded: dict[str, Any]) -> torch.Tensor:
+        """M-RoPE positions (3, T) of one `encode` output on its own, as the model's `get_rope_index` computes
+        them (the rule is the same for images in Qwen2-VL, Qwen2.5-VL and Qwen3-VL): text advances all three
+        rows by 1; an image of llm grid (t, h, w) = grid_thw / (1, merge, merge) takes (t, h, w) positions
+        offset by the current position, which then advances by max(h, w). Used to pack samples."""
+        types = encoded["mm_token_type_ids"].tolist()
+        grids = iter(encoded.get("image_grid_thw", torch.empty(0, 3, dtype=torch.long)).tolist())
+        pieces: list[torch.Tensor] = []
+        current, start = 0, 0
+        while start < len(types):
+            end = start
+            while end < len(types) and types[end] == types[start]:
+                end += 1
+            if types[start] == 0:
+                pieces.append(torch.arange(current, current + end - start).expand(3, -1))
+                current += end - start
+            elif types[start] == 1:
+                t, h, w = next(grids)
+                h, w = h // self.merge_size, w // self.merge_size
+                grid = torch.stack(
+                    torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+                )  # (3, t, h, w)
+                pieces.append(grid.reshape(3, -1) + current)
+                current += max(h, w)
+            else:
+                raise DataError("video positions are not supported by this version of vlmkit yet")
+            start = end
+        return torch.cat(pieces, dim=1) if pieces else torch.zeros(3, 0, dtype=torch.long)  # (3, T)
+
+    def packing_position_ids(self, encoded: dict[str, Any]) -> torch.Tensor:
+        """Position ids (4, T) of one sample in a packed sequence, as transformers' Qwen-VL models take
+        them: row 0 the text positions 0..T-1 (their restarts mark the sample boundaries for the
+        attention mask and flash-attention's varlen path), rows 1-3 `rope_positions`."""
+        text = torch.arange(encoded["input_ids"].shape[0]).unsqueeze(0)  # (1, T)
+        return torch.cat([text, self.rope_positions(encoded)])  # (4, T)
+
     def collate(self, encoded: list[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad a list of `encode` outputs into one batch (left padding for generation)."""
         batch = {
@@ -366,4 +523,10 @@ class QwenVLTemplate:
         if with_images:
             batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
             batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_images])
+        with_videos = [e for e in encoded if "pixel_values_videos" in e]
+        if with_videos:
+            batch["pixel_values_videos"] = torch.cat([e["pixel_values_videos"] for e in with_videos])
+            batch["video_grid_thw"] = torch.cat([e["video_grid_thw"] for e in with_videos])
+            if self.second_per_grid_ts:
+                batch["second_per_grid_ts"] = torch.cat([e["second_per_grid_ts"] for e in with_videos])
         return batch

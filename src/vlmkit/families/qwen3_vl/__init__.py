@@ -5,6 +5,7 @@ from pathlib import Path
 from vlmkit.families import Family
 from vlmkit.families.qwen2_5_vl import SPECIAL_TOKENS as QWEN2_5_VL_TOKENS
 from vlmkit.families.qwen2_vl.template import QwenVLTemplate, render_qwen3_vl
+from vlmkit.families.qwen3_vl.boxes import BOX_FORMAT
 
 SPECIAL_TOKENS = QWEN2_5_VL_TOKENS + (
     ("<tool_response>", False),
@@ -28,6 +29,19 @@ PREPROCESSOR_CONFIG = {
     "do_resize": True,
     "resample": 3,
     "rescale_factor": 1 / 255,
+}
+
+# Qwen3-VL-8B-Instruct's video_preprocessor_config.json: size {shortest_edge: 4096, longest_edge:
+# 25165824} over all frames, fps 2, 4..768 frames; with transformers' per-frame cap of 768 tokens
+# (32x32 pixels each). Each temporal group is preceded by its time, "<1.2 seconds>".
+VIDEO_DEFAULTS = {
+    "fps": 2.0,
+    "min_frames": 4,
+    "max_frames": 768,
+    "video_min_pixels": 4096,
+    "video_max_pixels": 768 * 32 * 32,
+    "video_total_pixels": 25165824,
+    "video_timestamps": True,
 }
 
 
@@ -79,7 +93,14 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
 
 
 def load_template(model_dir, tokenizer, **settings) -> QwenVLTemplate:
-    return QwenVLTemplate.from_pretrained(model_dir, tokenizer, render=render_qwen3_vl, **settings)
+    return QwenVLTemplate.from_pretrained(
+        model_dir,
+        tokenizer,
+        render=render_qwen3_vl,
+        box_format=BOX_FORMAT,
+        video_defaults=VIDEO_DEFAULTS,
+        **settings,
+    )
 
 
 FAMILY = Family(
@@ -99,6 +120,8 @@ FAMILY = Family(
         "aligner": ("model.visual.merger.", "model.visual.deepstack_merger_list."),
         "llm": ("model.language_model.", "lm_head."),
     },
-    supports=("image",),
+    supports=("image", "video"),
+    packing=True,
+    box_format=BOX_FORMAT,
     aliases=("qwen3vl",),
 )
