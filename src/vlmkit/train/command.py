@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from vlmkit.options import TrustRemoteCode
+
 _P = "Data"
 _T = "Tuning"
 _O = "Optimisation"
@@ -53,6 +55,24 @@ def sft_command(
     max_length: Annotated[
         int, typer.Option(help="Longest sequence in tokens, image tokens included.", rich_help_panel=_P)
     ] = 2048,
+    packing: Annotated[
+        bool | None,
+        typer.Option(
+            "--packing/--no-packing",
+            help="Pack several rows into each sequence of up to --max-length tokens (no attention across rows, each row's own M-RoPE positions; padding-free with flash_attention_2); --batch-size then counts packed sequences. Default: on for families that support it (the Qwen-VL ones), off otherwise.",
+            rich_help_panel=_P,
+        ),
+    ] = None,
+    group_by_length: Annotated[
+        bool,
+        typer.Option(
+            "--group-by-length/--no-group-by-length",
+            help="Without packing: batch rows of similar token length together (random order of groups) to waste less "
+            "padding. Off by default: when length follows the answer (short vs long replies), batches of one length "
+            "are batches of one kind of answer, which can slow learning (measured on `vlmkit demo`).",
+            rich_help_panel=_P,
+        ),
+    ] = False,
     truncation: Annotated[
         str,
         typer.Option(
@@ -81,9 +101,48 @@ def sft_command(
             rich_help_panel=_P,
         ),
     ] = None,
+    min_tiles: Annotated[
+        int | None,
+        typer.Option(
+            help="Tiling families (InternVL): fewest tiles per image (default: the model's). Saved with the run.",
+            rich_help_panel=_P,
+        ),
+    ] = None,
+    max_tiles: Annotated[
+        int | None,
+        typer.Option(
+            help="Tiling families (InternVL): most tiles per image, thumbnail not counted (default: the model's, 12). Saved with the run.",
+            rich_help_panel=_P,
+        ),
+    ] = None,
     system: Annotated[
         str | None,
         typer.Option(help="System prompt for every row without one. Saved with the run.", rich_help_panel=_P),
+    ] = None,
+    fps: Annotated[
+        float | None,
+        typer.Option(
+            help="Video frames sampled per second of video (default: the model's, else 2). Saved with the run.",
+            rich_help_panel=_P,
+        ),
+    ] = None,
+    nframes: Annotated[
+        int | None,
+        typer.Option(
+            help="Sample exactly this many frames per video (even, at most the video's) instead of --fps. Saved with the run.",
+            rich_help_panel=_P,
+        ),
+    ] = None,
+    max_frames: Annotated[
+        int | None,
+        typer.Option(help="Most frames sampled from one video (default 768). Saved with the run.", rich_help_panel=_P),
+    ] = None,
+    video_max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            help="Largest area of one video frame after resizing (default: the family's). Saved with the run.",
+            rich_help_panel=_P,
+        ),
     ] = None,
     tuner: Annotated[
         str,
@@ -230,6 +289,7 @@ def sft_command(
     attn_impl: Annotated[
         str, typer.Option(help="sdpa, eager, or flash_attention_2.", rich_help_panel=_E)
     ] = "sdpa",
+    trust_remote_code: TrustRemoteCode = False,
     num_workers: Annotated[
         int | None,
         typer.Option(
@@ -237,6 +297,28 @@ def sft_command(
             rich_help_panel=_E,
         ),
     ] = None,
+    encode_cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache/--no-cache",
+            help="Keep encoded rows (tokens and resized images) on disk, keyed by the data, media files and encoding settings, so a second or resumed run does not re-encode. --no-cache encodes every row every epoch.",
+            rich_help_panel=_E,
+        ),
+    ] = True,
+    cache_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder of the encode cache (default: OUTPUT_DIR/encode_cache, shared by the runs in OUTPUT_DIR). Delete it to free the space.",
+            rich_help_panel=_E,
+        ),
+    ] = None,
+    encode_workers: Annotated[
+        int,
+        typer.Option(
+            help="Before training, fill the encode cache with this many processes (0: rows are encoded and cached by the DataLoader workers as training reads them).",
+            rich_help_panel=_E,
+        ),
+    ] = 0,
     deepspeed: Annotated[
         str | None,
         typer.Option(

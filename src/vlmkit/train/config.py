@@ -40,10 +40,18 @@ class SFTConfig:
     lora_dropout: float = 0.05
     quant: str | None = None
     max_length: int = 2048
+    packing: bool | None = None
+    group_by_length: bool = False
     truncation: str = "delete"
     max_bad_fraction: float = 0.01
     min_pixels: int | None = None
     max_pixels: int | None = None
+    min_tiles: int | None = None
+    max_tiles: int | None = None
+    fps: float | None = None
+    nframes: int | None = None
+    max_frames: int | None = None
+    video_max_pixels: int | None = None
     system: str | None = None
     epochs: float = 1.0
     max_steps: int = -1
@@ -64,8 +72,12 @@ class SFTConfig:
     save_total_limit: int | None = 2
     logging_steps: int = 5
     num_workers: int | None = None
+    encode_cache: bool = True
+    cache_dir: str | None = None
+    encode_workers: int = 0
     dtype: str = "auto"
     attn_impl: str = "sdpa"
+    trust_remote_code: bool = False
     deepspeed: str | None = None
     fsdp: str | None = None
     report_to: str = "auto"
@@ -102,6 +114,7 @@ class SFTConfig:
             (0 < self.adam_beta2 < 1, f"--adam-beta2 {self.adam_beta2}: must be in (0, 1)"),
             (self.epochs > 0 or self.max_steps > 0, "--epochs must be positive (or set --max-steps)"),
             (self.lora_rank > 0, f"--lora-rank {self.lora_rank}: must be positive"),
+            (self.encode_workers >= 0, f"--encode-workers {self.encode_workers}: must be 0 or more"),
             (
                 not (self.freeze_vit and self.freeze_aligner and self.freeze_llm),
                 "--freeze-vit, --freeze-aligner and --freeze-llm together leave nothing to train",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 
 from vlmkit.errors import VlmkitError
 from vlmkit.train.config import SFTConfig
+from vlmkit.train.packing import PackedDataset, collate_packed, pack_lengths, resolve_packing
 from vlmkit.train.run import new_run_dir, resolve_resume
 
 DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
@@ -57,13 +59,15 @@ DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """Rows of a `vlmkit.data.Dataset` encoded on access (in DataLoader workers), never held decoded."""
+    """Rows of a `vlmkit.data.Dataset` encoded on access (in DataLoader workers), never held decoded;
+    with an `EncodeCache`, read from it (and written to it on a miss) instead of encoded every epoch."""
 
-    def __init__(self, dataset, template, rows: list[int], max_pixels: dict[int, int] | None = None):
+    def __init__(self, dataset, template, rows: list[int], max_pixels: dict[int, int] | None = None, cache=None):
         self.dataset = dataset
         self.template = template
         self.rows = rows
         self.max_pixels = max_pixels or {}
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -71,7 +75,9 @@ class EncodedDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
         sample = self.dataset[row]
-        if row in self.max_pixels:
+        if self.cache is not None:
+            encoded = self.cache.encode(sample, self.max_pixels.get(row))
+        elif row in self.max_pixels:
             encoded = self.template.encode(sample, max_pixels=self.max_pixels[row])
         else:
             encoded = self.template.encode(sample)
@@ -142,6 +148,7 @@ def _training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_di
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         label_names=["labels"],
+        prediction_loss_only=True,  # evaluation reports the loss; logits are only kept where supervised
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         ddp_find_unused_parameters=False,
@@ -151,6 +158,39 @@ def _training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_di
         else None,
         deepspeed=DEEPSPEED_PRESETS[config.deepspeed] if config.deepspeed else None,
         **fsdp_kwargs,
+    )
+
+
+def _has_video(train_data, train_rows: list[int], val_data, val_rows: list[int]) -> bool:
+    return any(train_data[r].media("video") for r in train_rows) or any(
+        val_data[r].media("video") for r in val_rows
+    )
+
+
+def _batching(config: SFTConfig, template, train_set, train_lengths, val_set, val_lengths, is_main: bool):
+    """(train set, val set, train sampler or None, collator): packed sequences with --packing, else
+    padded batches, length-grouped with --group-by-length."""
+    from vlmkit.train.sampler import LengthGroupedSampler, collate_padded
+
+    if not config.packing:
+        sampler = (
+            LengthGroupedSampler(train_lengths, config.batch_size, config.seed) if config.group_by_length else None
+        )
+        return train_set, val_set, sampler, partial(collate_padded, template)
+    packs = pack_lengths(train_lengths, config.max_length)
+    if is_main:
+        fill = sum(train_lengths) / (len(packs) * config.max_length)
+        print(
+            f"packing: {len(train_lengths)} rows into {len(packs)} sequences of up to {config.max_length} "
+            f"tokens ({fill:.1%} full)"
+        )
+    train_set = PackedDataset(train_set, packs)
+    if val_set is not None:
+        val_set = PackedDataset(val_set, pack_lengths(val_lengths, config.max_length))
+    # flash-attention takes the whole batch as one padding-free row; SDPA/eager one padded row per pack.
+    padding_free = config.attn_impl == "flash_attention_2"
+    return train_set, val_set, None, partial(
+        collate_packed, template, padding_free=padding_free, capacity=config.max_length
     )
 
 
@@ -169,7 +209,7 @@ def _make_run_dir(config: SFTConfig, resume_from: Path | None) -> Path:
 
 
 def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is_main: bool):
-    """Check every row before training; returns (row indices, {row: max_pixels}) to train on."""
+    """Check every row before training; returns (row indices, {row: max_pixels}, token lengths) to train on."""
     from vlmkit.data.check import check_dataset
 
     report = check_dataset(
@@ -192,7 +232,11 @@ def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is
         )
     if not report.good:
         raise VlmkitError(f"no usable {name} rows left after validation; see {bad_file}")
-    return [good.index for good in report.good], {g.index: g.max_pixels for g in report.good if g.max_pixels}
+    return (
+        [good.index for good in report.good],
+        {g.index: g.max_pixels for g in report.good if g.max_pixels},
+        [good.length for good in report.good],
+    )
 
 
 def sft(config: SFTConfig) -> Path:
@@ -201,7 +245,7 @@ def sft(config: SFTConfig) -> Path:
     from transformers import AutoModelForImageTextToText, AutoTokenizer, set_seed
 
     from vlmkit.data import load_datasets, split_dataset
-    from vlmkit.families import family_for_model_dir
+    from vlmkit.families import family_for_model_dir, resolution_settings
     from vlmkit.model import _check_attn, _resolve_model_dir, _torch_dtype
     from vlmkit.settings import write_settings
     from vlmkit.train.callbacks import CompleteCheckpoints, RunLog, VlmTrainer
@@ -214,9 +258,22 @@ def sft(config: SFTConfig) -> Path:
     set_seed(config.seed)
     model_dir = _resolve_model_dir(config.model)
     family = family_for_model_dir(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if family.train_refusal is not None:
+        raise VlmkitError(f"--model {config.model}: {family.train_refusal}")
+    packing_requested = config.packing
+    config.packing, no_packing_reason = resolve_packing(config.packing, family, config.attn_impl)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=config.trust_remote_code)
     template = family.load_template(
-        model_dir, tokenizer, min_pixels=config.min_pixels, max_pixels=config.max_pixels, system=config.system
+        model_dir,
+        tokenizer,
+        min_pixels=config.min_pixels,
+        max_pixels=config.max_pixels,
+        system=config.system,
+        fps=config.fps,
+        nframes=config.nframes,
+        max_frames=config.max_frames,
+        video_max_pixels=config.video_max_pixels,
+        **resolution_settings(family, min_tiles=config.min_tiles, max_tiles=config.max_tiles),
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = _torch_dtype(config.dtype, device)
@@ -244,17 +301,37 @@ def sft(config: SFTConfig) -> Path:
         **template.settings,
         "max_length": config.max_length,
     }
+    if is_main and no_packing_reason:
+        print(f"packing off: {no_packing_reason}")
     if is_main:
         (run_dir / "args.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         write_settings(run_dir, settings)
 
     # Validate every row before any GPU hour is spent.
-    train_rows, train_pixels = _validate(train_data, template, config, run_dir, "train", is_main)
-    train_set = EncodedDataset(train_data, template, train_rows, train_pixels)
+    train_rows, train_pixels, train_lengths = _validate(train_data, template, config, run_dir, "train", is_main)
+    cache = None
+    if config.encode_cache:
+        from vlmkit.data.cache import open_training_cache
+
+        cache_dir = config.cache_dir or str(Path(config.output_dir) / "encode_cache")
+        cache = open_training_cache(
+            cache_dir, template, train_data, train_rows, train_pixels, config.encode_workers, is_main
+        )
+    train_set = EncodedDataset(train_data, template, train_rows, train_pixels, cache)
     val_set = None
     if val_data is not None:
-        val_rows, val_pixels = _validate(val_data, template, config, run_dir, "val", is_main)
-        val_set = EncodedDataset(val_data, template, val_rows, val_pixels)
+        val_rows, val_pixels, val_lengths = _validate(val_data, template, config, run_dir, "val", is_main)
+        val_set = EncodedDataset(val_data, template, val_rows, val_pixels, cache)
+    if config.packing and _has_video(train_data, train_rows, val_data, val_rows if val_set else []):
+        if packing_requested:
+            raise VlmkitError("--packing: the data has video rows, which cannot be packed yet; use --no-packing")
+        config.packing = False
+        if is_main:
+            print("packing off: the data has video rows, which cannot be packed yet")
+            (run_dir / "args.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    train_set, val_set, train_sampler, collate = _batching(
+        config, template, train_set, train_lengths, val_set, val_lengths if val_set else None, is_main
+    )
 
     # The model, frozen and wrapped as asked.
     quantization = None
@@ -269,7 +346,11 @@ def sft(config: SFTConfig) -> Path:
             bnb_4bit_compute_dtype=torch_dtype,
         )
     model = AutoModelForImageTextToText.from_pretrained(
-        model_dir, dtype=torch_dtype, attn_implementation=config.attn_impl, quantization_config=quantization
+        model_dir,
+        dtype=torch_dtype,
+        attn_implementation=config.attn_impl,
+        quantization_config=quantization,
+        trust_remote_code=config.trust_remote_code,
     )
     if config.quant:
         from peft import prepare_model_for_kbit_training
@@ -291,9 +372,10 @@ def sft(config: SFTConfig) -> Path:
         args=args,
         train_dataset=train_set,
         eval_dataset=val_set,
-        data_collator=lambda batch: template.collate(batch, padding_side="right"),
+        data_collator=collate,
         processing_class=tokenizer,
         parameter_groups=lambda m, decay: parameter_groups(m, config, family.module_groups, decay),
+        train_sampler=train_sampler,
         callbacks=[
             RunLog(run_dir, config.batch_size * config.grad_accum * args.world_size, config.progress),
             CompleteCheckpoints(run_dir, Path(model_dir), settings),
