@@ -193,7 +193,7 @@ def test_check_with_shrink_keeps_rows_that_fit_at_a_lower_resolution(small, mixe
         [
             (
                 f"{mixed}:8",
-                f"{longer} tokens, over --max-length 200, and {at_min} even at --min-pixels 3136; raise --max-length",
+                f"{longer} tokens, over --max-length 200, and {at_min} even at --max-pixels 3136; raise --max-length",
             )
         ],
     )
@@ -210,10 +210,10 @@ def test_check_with_shrink_keeps_rows_that_fit_at_a_lower_resolution(small, mixe
         "no assistant reply 1, too long 1\nfirst bad rows:\n" in summary
     )
     assert f"\n  {mixed}:2: invalid JSON" in summary and "\n  ... and 1 more\n" in summary
-    assert f"\nshrunk to fit --max-length 200: 1 row (smallest max_pixels {kept.max_pixels})\n" in summary
+    assert f"\nshrunk to fit --max-length 200: 1 row (smallest --max-pixels {kept.max_pixels})\n" in summary
     mean = (short + long + longer) / 3
     assert summary.endswith(
-        f"token lengths (3 rows, at the model's max_pixels): min {short}, mean {mean:.1f}, median {long}, "
+        f"token lengths (3 rows, at the model's resolution): min {short}, mean {mean:.1f}, median {long}, "
         f"p95 {longer}, max {longer}"
     )
 

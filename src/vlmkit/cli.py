@@ -13,7 +13,21 @@ from typing import Annotated
 import typer
 
 from vlmkit.errors import VlmkitError
-from vlmkit.options import AttnImpl, Device, DType, MaxPixels, MinPixels, System
+from vlmkit.options import (
+    AttnImpl,
+    Device,
+    DType,
+    Fps,
+    MaxFrames,
+    MaxPixels,
+    MaxTiles,
+    MinPixels,
+    MinTiles,
+    NFrames,
+    System,
+    TrustRemoteCode,
+    VideoMaxPixels,
+)
 
 app = typer.Typer(
     name="vlmkit",
@@ -27,7 +41,7 @@ app = typer.Typer(
 
 @app.command("tiny-model")
 def tiny_model(
-    family: Annotated[str, typer.Argument(help="Model family: qwen2-vl, qwen2.5-vl or qwen3-vl.")],
+    family: Annotated[str, typer.Argument(help="Model family, as `vlmkit families` lists them: qwen2-vl, qwen2.5-vl, qwen3-vl, internvl, ...")],
     output_dir: Annotated[Path, typer.Argument(help="New folder to write the model to.")],
     small_vocab: Annotated[
         bool,
@@ -54,10 +68,15 @@ def families() -> None:
     for f in FAMILIES.values():
         pre = f.preprocessor_config
         size = pre.get("size", {})
+        vision = f.vision or (
+            f"patch={pre.get('patch_size')} merge={pre.get('merge_size')} "
+            f"pixels={size.get('shortest_edge')}..{size.get('longest_edge')}"
+        )
+        options = " ".join("--" + o.replace("_", "-") for o in f.resolution_options) or "none"
+        grounding = f.box_format.space if f.box_format is not None else "none"
         typer.echo(
             f"{f.name:<12} model_type={f.model_type:<11} inputs={'+'.join(f.supports):<12} "
-            f"patch={pre['patch_size']} merge={pre['merge_size']} "
-            f"pixels={size.get('shortest_edge')}..{size.get('longest_edge')}  {f.description}"
+            f"grounding={grounding:<14} {vision}  (resolution options: {options})  {f.description}"
         )
 
 
@@ -112,9 +131,23 @@ def infer(
     seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
     min_pixels: MinPixels = None,
     max_pixels: MaxPixels = None,
+    min_tiles: MinTiles = None,
+    max_tiles: MaxTiles = None,
+    fps: Fps = None,
+    nframes: NFrames = None,
+    max_frames: MaxFrames = None,
+    video_max_pixels: VideoMaxPixels = None,
     dtype: DType = "auto",
     device: Device = "auto",
     attn_impl: AttnImpl = "sdpa",
+    draw: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder to save every input image to with the boxes of the model's reply drawn and labelled "
+            "(batch: rowNNNNN_imageK.png; chat: chatNNN_imageK.png)."
+        ),
+    ] = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Chat with a model interactively, or run batch inference over a dataset file with --input.
 
@@ -145,10 +178,17 @@ def infer(
         attn_impl=attn_impl,
         min_pixels=min_pixels,
         max_pixels=max_pixels,
+        min_tiles=min_tiles,
+        max_tiles=max_tiles,
         system=system,
+        fps=fps,
+        nframes=nframes,
+        max_frames=max_frames,
+        video_max_pixels=video_max_pixels,
+        trust_remote_code=trust_remote_code,
     )
     if input is None:
-        run_chat(vlm, options)
+        run_chat(vlm, options, draw_dir=draw)
         return
     output = output or input.with_suffix(".preds.jsonl")
     counts = run_batch(
@@ -159,6 +199,7 @@ def infer(
         batch_size=batch_size,
         media_root=media_root,
         progress=sys.stderr.isatty(),
+        draw_dir=draw,
     )
     typer.echo(f"wrote {counts['ok'] + counts['failed']} rows to {output} ({counts['failed']} failed)")
 
@@ -168,7 +209,7 @@ from vlmkit.train.command import sft_command  # noqa: E402  (a light module: opt
 
 app.command("sft", context_settings={"help_option_names": ["-h", "--help"]})(sft_command)
 app.add_typer(
-    data_app, name="data", help="Check a dataset before training, or preview rows as the model sees them."
+    data_app, name="data", help="Check a dataset before training, preview rows as the model sees them, or encode it into the encode cache."
 )
 
 
@@ -227,6 +268,107 @@ def export_command(
 
     path = export(ckpt, output, merge_lora=merge_lora, dtype=dtype)
     typer.echo(f"exported {ckpt} to {path}")
+
+
+@app.command("serve")
+def serve_command(
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model folder or hub id (e.g. Qwen/Qwen2-VL-2B-Instruct).")
+    ] = None,
+    ckpt: Annotated[
+        Path | None,
+        typer.Option(help="A vlmkit checkpoint (RUN/checkpoint-N), served with its run's template and settings."),
+    ] = None,
+    adapters: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=PATH of a LoRA checkpoint, served as model NAME (repeatable). Each vlmkit checkpoint keeps "
+            "its own run's pixel limits and system prompt."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Require 'Authorization: Bearer KEY' on every endpoint but /health (401 otherwise)."),
+    ] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="Name of the main model in /v1/models. Default: the hub id or folder name.")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="transformers (dynamic batching here), or vllm (runs `vllm serve`; GPU, vllm installed).")
+    ] = "transformers",
+    allow_media_dir: Annotated[
+        list[Path] | None,
+        typer.Option(help="Let clients name local files, only inside this folder (repeatable). Default: none."),
+    ] = None,
+    allow_private_urls: Annotated[
+        bool, typer.Option(help="Fetch media URLs on private, loopback and link-local addresses too.")
+    ] = False,
+    max_request_bytes: Annotated[int, typer.Option(help="Largest request body; larger ones get 413.")] = 16 * 2**20,
+    max_media_bytes: Annotated[int, typer.Option(help="Largest image or video fetched from a URL.")] = 32 * 2**20,
+    media_timeout: Annotated[float, typer.Option(help="Seconds allowed to fetch one media URL.")] = 10.0,
+    max_image_pixels: Annotated[
+        int, typer.Option(help="Largest image (width x height) decoded; larger ones get 413.")
+    ] = 64 * 2**20,
+    max_tokens: Annotated[int, typer.Option(help="max_tokens of a request that gives none.")] = 512,
+    max_batch_size: Annotated[int, typer.Option(help="Most sequences generated together.")] = 16,
+    min_pixels: MinPixels = None,
+    max_pixels: MaxPixels = None,
+    min_tiles: MinTiles = None,
+    max_tiles: MaxTiles = None,
+    fps: Fps = None,
+    nframes: NFrames = None,
+    max_frames: MaxFrames = None,
+    video_max_pixels: VideoMaxPixels = None,
+    system: System = None,
+    trust_remote_code: TrustRemoteCode = False,
+    dtype: DType = "auto",
+    device: Device = "auto",
+    attn_impl: AttnImpl = "sdpa",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve a model (and named LoRA adapters) behind the OpenAI chat API: POST /v1/chat/completions
+    (text, image_url, video_url; stream, n, max_tokens, temperature, top_p, stop, seed), GET /v1/models,
+    GET /health. Requests are batched dynamically; the model's saved template and pixel limits apply."""
+    import importlib.util
+
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        raise VlmkitError("vlmkit serve needs fastapi and uvicorn: pip install 'vlmkit[serve]'")
+    from vlmkit.serve import parse_adapters, serve
+
+    serve(
+        model,
+        ckpt=ckpt,
+        adapters=parse_adapters(adapters or []),
+        host=host,
+        port=port,
+        api_key=api_key,
+        served_model_name=served_model_name,
+        allow_media_dir=allow_media_dir,
+        allow_private_urls=allow_private_urls,
+        max_request_bytes=max_request_bytes,
+        max_media_bytes=max_media_bytes,
+        media_timeout=media_timeout,
+        max_image_pixels=max_image_pixels,
+        max_tokens=max_tokens,
+        max_batch_size=max_batch_size,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        min_tiles=min_tiles,
+        max_tiles=max_tiles,
+        fps=fps,
+        nframes=nframes,
+        max_frames=max_frames,
+        video_max_pixels=video_max_pixels,
+        system=system,
+        trust_remote_code=trust_remote_code,
+        dtype=dtype,
+        device=device,
+        attn_impl=attn_impl,
+        log_level=log_level,
+        backend=backend,
+    )
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from vlmkit.errors import VlmkitError
 from vlmkit.settings import write_settings
 
-CARRIED_FILES = ("preprocessor_config.json", "chat_template.jinja")
+CARRIED_FILES = ("preprocessor_config.json", "processor_config.json", "chat_template.jinja")
 
 
 def export(ckpt: str | Path, output: str | Path, merge_lora: bool = False, dtype: str = "auto") -> Path:

@@ -4,9 +4,11 @@ Chat: type a message; each `<image>` / `<video>` in it asks for a path or URL. `
 resets the history, `exit` / `quit` / end of input leave. Works with piped input.
 
 Batch: every row of a dataset file (any format `vlmkit.data` reads) becomes one output
-line, in input order: the input fields plus `response`. When a row ends with an
-assistant reply, that reply is the reference: it is kept as `labels` and the model
-answers the turns before it. A row that cannot be encoded gets an `error` field, and
+line, in input order: the input fields plus `response`, and `objects`: the boxes parsed out of
+the response in original-image pixels (`vlmkit.grounding`; an input `objects` is kept as
+`labels_objects`). With `draw_dir`, each row's images are saved there with those boxes drawn.
+When a row ends with an assistant reply, that reply is the reference: it is kept as `labels`
+and the model answers the turns before it. A row that cannot be encoded gets an `error` field, and
 the run goes on.
 """
 
@@ -45,9 +47,11 @@ def run_chat(
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    draw_dir: Path | None = None,
 ) -> None:
     """The interactive loop; returns at `exit`, `quit` or end of input. Streams default to the
-    process's standard ones at call time (so redirections made after import are honoured)."""
+    process's standard ones at call time (so redirections made after import are honoured). With
+    `draw_dir`, each reply's boxes are drawn on the conversation's images there."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     chat = vlm.chat(system=system)
     while True:
@@ -77,6 +81,8 @@ def run_chat(
             stderr.write(f"error: {e}\n")
             stderr.flush()
             continue
+        if draw_dir is not None:
+            _draw_chat_turn(vlm, chat, draw_dir, stdout)
         stdout.write(f"\n{SEPARATOR}\n")
         stdout.flush()
 
@@ -125,6 +131,7 @@ def run_batch(
     batch_size: int = 8,
     media_root: str | Path | None = None,
     progress: bool = True,
+    draw_dir: str | Path | None = None,
 ) -> dict[str, int]:
     """Write one JSON line per input row to `output_path`; returns counts of ok and failed rows.
 
@@ -146,7 +153,7 @@ def run_batch(
         tmp.open("w", encoding="utf-8") as out,
         tqdm(total=len(rows), disable=not progress, unit="row") as bar,
     ):
-        for chunk in _batches(rows, batch_size):
+        for start, chunk in zip(range(0, len(rows), batch_size), _batches(rows, batch_size), strict=True):
             results: list[dict[str, Any]] = [dict(row) if isinstance(row, dict) else {} for row, _ in chunk]
             pending: list[tuple[int, dict]] = []
             for i, (_row, sample) in enumerate(chunk):
@@ -156,16 +163,17 @@ def run_batch(
                     prompt, reference = split_reference(sample)
                     if reference is not None:
                         results[i]["labels"] = reference
-                    pending.append((i, vlm.encode(prompt)))
+                    pending.append((i, prompt, vlm.encode(prompt)))
                 except VlmkitError as e:
                     results[i]["error"] = str(e)
             if pending:
-                replies = _generate_or_one_by_one(vlm, [e for _, e in pending], options)
-                for (i, _), reply in zip(pending, replies, strict=True):
+                replies = _generate_or_one_by_one(vlm, [e for _, _, e in pending], options)
+                for (i, prompt, _), reply in zip(pending, replies, strict=True):
                     if isinstance(reply, Exception):
                         results[i]["error"] = f"generation failed: {type(reply).__name__}: {reply}"
                     else:
                         results[i]["response"] = reply
+                        _add_objects(vlm, prompt, reply, results[i], draw_dir, row_number=start + i)
             for result in results:
                 counts["failed" if "error" in result else "ok"] += 1
                 out.write(json.dumps(result, ensure_ascii=False) + "\n")
@@ -173,6 +181,45 @@ def run_batch(
             bar.update(len(chunk))
     tmp.replace(output_path)
     return counts
+
+
+def _add_objects(
+    vlm: VLM, prompt: Sample, reply: str, result: dict, draw_dir: str | Path | None, row_number: int
+) -> None:
+    """Put the reply's boxes on `result` as `objects` (an input `objects` moves to `labels_objects`) and
+    draw them when asked; a problem here is recorded on the row, not raised."""
+    from vlmkit.grounding import objects_in_reply
+
+    try:
+        objects = objects_in_reply(vlm.template, prompt, reply)
+        if "objects" in result:
+            result["labels_objects"] = result.pop("objects")
+        result["objects"] = objects
+        if draw_dir is not None:
+            from vlmkit.draw import save_drawn
+
+            save_drawn(prompt.media("image"), objects, Path(draw_dir), f"row{row_number + 1:05d}")
+    except VlmkitError as e:
+        result["error"] = f"boxes: {e}"
+
+
+def _draw_chat_turn(vlm: VLM, chat, draw_dir: Path, stdout: TextIO) -> None:
+    """Draw the last reply's boxes on the conversation's images (the prompt's last image by default)."""
+    from vlmkit.draw import save_drawn
+    from vlmkit.grounding import objects_in_reply
+
+    prompt = Sample(messages=chat.messages[:-1], where="chat")
+    reply = "".join(p.get("text", "") for p in chat.messages[-1]["content"] if p["type"] == "text")
+    if not prompt.media("image"):
+        return
+    turn = sum(m["role"] == "assistant" for m in chat.messages)
+    try:
+        objects = objects_in_reply(vlm.template, prompt, reply)
+        paths = save_drawn(prompt.media("image"), objects, Path(draw_dir), f"chat{turn:03d}")
+    except VlmkitError as e:
+        stdout.write(f"\n[boxes not drawn: {e}]")
+        return
+    stdout.write(f"\n[{len(objects)} box(es) drawn: {', '.join(map(str, paths))}]")
 
 
 def _generate_or_one_by_one(

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
-from vlmkit.families import Family, family_for_model_dir
+from vlmkit.families import Family, family_for_model_dir, resolution_settings
 from vlmkit.sample import Sample, to_sample
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -71,7 +71,11 @@ def _resolve_model_dir(model: str | Path) -> Path:
 
     try:
         return Path(
-            snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt"])
+            # *.py and *.tiktoken: a remote-code checkpoint's own code and vocabulary (Qwen-VL); they only
+            # run with --trust-remote-code
+            snapshot_download(
+                str(model), allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.py", "*.tiktoken"]
+            )
         )
     except Exception as e:  # hub errors come in many types; the message is what matters
         raise VlmkitError(
@@ -152,15 +156,30 @@ class VLM:
             "pad_token_id": self.template.pad_token_id,
         }
 
-    def generate_encoded(self, encoded: list[dict[str, Any]], options: GenerationOptions) -> list[str]:
-        """Replies for already-encoded prompts (left-padded into one batch)."""
+    def generate_encoded(
+        self, encoded: list[dict[str, Any]], options: GenerationOptions, **generate_kwargs: Any
+    ) -> list[str]:
+        """Replies for already-encoded prompts (left-padded into one batch). `generate_kwargs` go to
+        transformers' `generate` as they are (e.g. `stopping_criteria`, as `vlmkit serve` uses)."""
         import torch
 
         batch = self._inputs(encoded)
         with torch.inference_mode():
-            output = self.model.generate(**batch, **self._generate_kwargs(options))
+            output = self.model.generate(**batch, **self._generate_kwargs(options), **generate_kwargs)
         new_tokens = output[:, batch["input_ids"].shape[1] :]
-        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [self.decode(row.tolist()) for row in new_tokens]
+
+    def decode(self, token_ids: list[int]) -> str:
+        """A reply's text from its generated ids (special tokens dropped, the family's grounding tokens kept).
+        Ids from the first stop token on are dropped too: a tokenizer need not mark its stop tokens special."""
+        stops = set(self.template.stop_token_ids)
+        token_ids = next((token_ids[:i] for i, t in enumerate(token_ids) if t in stops), token_ids)
+        box_format = self.family.box_format
+        if box_format is not None and box_format.keep_tokens:  # grounding tokens stay in the reply
+            from vlmkit.grounding import decode_reply
+
+            return decode_reply(self.tokenizer, token_ids, box_format.keep_tokens)
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def generate(
         self, samples: list[Sample | dict], options: GenerationOptions | None = None, **kw
@@ -180,7 +199,7 @@ class VLM:
         options = options or GenerationOptions(**kw)
         sample = sample if isinstance(sample, Sample) else to_sample(sample)
         batch = self._inputs([self.encode(sample)])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = TextIteratorStreamer(_ReplyDecoder(self), skip_prompt=True)  # decodes as `decode` does
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -200,6 +219,17 @@ class VLM:
 
     def chat(self, system: str | None = None) -> Chat:
         return Chat(self, system=system)
+
+
+class _ReplyDecoder:
+    """The one thing transformers' streamers need of a tokenizer, `decode`, done as `VLM.decode` does it
+    (so a streamed reply keeps the family's grounding tokens, like a generated one)."""
+
+    def __init__(self, vlm: VLM):
+        self.vlm = vlm
+
+    def decode(self, token_ids, **kwargs) -> str:
+        return self.vlm.decode(list(token_ids))
 
 
 @dataclass
@@ -250,11 +280,14 @@ class Chat:
         self.messages = []
 
 
-def _load_weights(model_dir: Path, ckpt: Path | None, merge_lora: bool, **kwargs):
-    """The transformers model of `model_dir`, with the LoRA adapter of `ckpt` applied (and merged)."""
-    from transformers import AutoModelForImageTextToText
+def _load_weights(
+    model_dir: Path, ckpt: Path | None, merge_lora: bool, auto_class: str = "AutoModelForImageTextToText", **kwargs
+):
+    """The transformers model of `model_dir` (loaded by the family's `auto_class`), with the LoRA adapter of
+    `ckpt` applied (and merged)."""
+    import transformers
 
-    hf_model = AutoModelForImageTextToText.from_pretrained(model_dir, **kwargs)
+    hf_model = getattr(transformers, auto_class).from_pretrained(model_dir, **kwargs)
     if ckpt is not None and (ckpt / "adapter_config.json").is_file():
         from peft import PeftModel
 
@@ -296,11 +329,19 @@ def load(
     attn_impl: str = "sdpa",
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    min_tiles: int | None = None,
+    max_tiles: int | None = None,
     system: str | None = None,
+    fps: float | None = None,
+    nframes: int | None = None,
+    max_frames: int | None = None,
+    video_max_pixels: int | None = None,
+    trust_remote_code: bool = False,
 ) -> VLM:
     """Load a model folder or hub id, or a vlmkit checkpoint (`ckpt`: base model + LoRA adapter, or full
     weights). Pixel limits and system prompt default to the ones saved with the model or checkpoint
-    (vlmkit.json), then to the checkpoint's image-processor config."""
+    (vlmkit.json), then to the checkpoint's image-processor config. `trust_remote_code` lets transformers
+    run Python code shipped in the model folder (untested here); the family still comes from config.json."""
     import transformers
     from transformers import AutoTokenizer
 
@@ -314,15 +355,38 @@ def load(
         model_dir = files_dir = _resolve_model_dir(model)
         ckpt_dir = None
     family = family_for_model_dir(model_dir)
+    if family.remote_code and not trust_remote_code:
+        raise VlmkitError(
+            f"{model_dir}: {family.name} checkpoints run Python code shipped with the model; "
+            "pass --trust-remote-code (trust_remote_code=True) if you trust its source (untested in vlmkit)"
+        )
     device = _device(device)
     torch_dtype = _torch_dtype(dtype, device)
     _check_attn(attn_impl)
-    tokenizer = AutoTokenizer.from_pretrained(files_dir)
+    tokenizer = AutoTokenizer.from_pretrained(files_dir, trust_remote_code=trust_remote_code)
     template = family.load_template(
-        files_dir, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels, system=system
+        files_dir,
+        tokenizer,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        system=system,
+        fps=fps,
+        nframes=nframes,
+        max_frames=max_frames,
+        video_max_pixels=video_max_pixels,
+        **resolution_settings(family, min_tiles=min_tiles, max_tiles=max_tiles),
     )
+    # Remote code may not declare sdpa support, and transformers refuses an explicit request it cannot
+    # honour; left unset, transformers takes sdpa where the code supports it and eager otherwise.
+    attn = {} if family.remote_code and attn_impl == "sdpa" else {"attn_implementation": attn_impl}
     hf_model = _load_weights(
-        model_dir, ckpt_dir, merge_lora, dtype=torch_dtype, attn_implementation=attn_impl
+        model_dir,
+        ckpt_dir,
+        merge_lora,
+        auto_class=family.auto_class,
+        dtype=torch_dtype,
+        trust_remote_code=trust_remote_code,
+        **attn,
     )
     hf_model.to(device).eval()
     return VLM(

@@ -25,6 +25,48 @@ MaxPixels = Annotated[
         help="Largest image area in pixels after resizing (fewer pixels = fewer image tokens). Default as --min-pixels."
     ),
 ]
+MinTiles = Annotated[
+    int | None,
+    typer.Option(
+        help="Tiling families (InternVL): fewest 448 px tiles an image is cut into. Default: saved with the model, else the checkpoint's (1). Other families refuse it."
+    ),
+]
+MaxTiles = Annotated[
+    int | None,
+    typer.Option(
+        help="Tiling families (InternVL): most tiles per image, not counting the thumbnail (fewer tiles = fewer image tokens). Default: saved with the model, else the checkpoint's (12). Other families refuse it."
+    ),
+]
 System = Annotated[
     str | None, typer.Option(help="System prompt. Default: the one saved with the model, else the family's.")
+]
+Fps = Annotated[
+    float | None,
+    typer.Option(
+        help="Video frames sampled per second of video (within the family's min/max frame counts). Default: saved with the model, else 2."
+    ),
+]
+NFrames = Annotated[
+    int | None,
+    typer.Option(
+        help="Sample exactly this many frames per video instead of --fps (at most the video's; Qwen families round it to an even count)."
+    ),
+]
+MaxFrames = Annotated[
+    int | None,
+    typer.Option(help="Most frames sampled from one video. Default: saved with the model, else 768."),
+]
+VideoMaxPixels = Annotated[
+    int | None,
+    typer.Option(
+        help="Largest area of one video frame after resizing (frames also share a total-pixel budget). Default: the family's."
+    ),
+]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        help="Let transformers run Python code shipped with the checkpoint (auto_map in config.json) of a "
+        "supported family. Only for checkpoints you trust; untested (none can be loaded offline). Needed to "
+        "chat with Qwen-VL (first generation, e.g. Qwen/Qwen-VL-Chat; inference only)."
+    ),
 ]

@@ -13,7 +13,8 @@ it is not a JSON object [invalid JSON]; it cannot be converted to a Sample [bad 
 its `<image>` placeholders and listed images disagree [placeholder mismatch]; it has no
 assistant message with text to train on [no assistant reply]; a local image or video
 file does not exist [missing image / missing video]; an image header does not parse or
-the image is too large [unreadable image]; the template refuses it (video, 200:1 aspect
+the image is too large [unreadable image], or a video's container header does not
+[unreadable video]; the template refuses it (a family without video, 200:1 aspect
 ratio, ...) [cannot encode]; it has more than `max_length` tokens [too long].
 
 Over-long rows are never truncated (a cut through image tokens breaks the model
@@ -73,6 +74,7 @@ class CheckReport:
     formats: dict[str, str]
     max_length: int
     truncation: str
+    limit_option: str | None = "--max-pixels"  # what a GoodRow's max_pixels is, in messages
     good: list[GoodRow] = field(default_factory=list)
     bad: list[BadRow] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
@@ -126,12 +128,12 @@ class CheckReport:
         if shrunk:
             lines.append(
                 f"shrunk to fit --max-length {self.max_length}: {len(shrunk)} row{'s' * (len(shrunk) != 1)} "
-                f"(smallest max_pixels {min(shrunk)})"
+                f"(smallest {self.limit_option} {min(shrunk)})"
             )
         if self.lengths:
             s = self.stats
             lines.append(
-                f"token lengths ({len(self.lengths)} rows, at the model's max_pixels): min {s['min']}, "
+                f"token lengths ({len(self.lengths)} rows, at the model's resolution): min {s['min']}, "
                 f"mean {s['mean']:.1f}, median {s['median']:g}, p95 {s['p95']}, max {s['max']}"
             )
         return "\n".join(lines)
@@ -210,7 +212,8 @@ def _check_row(
     try:
         length = template.count_tokens(sample)
     except MediaError as e:
-        return bad(_reason(e, where), "unreadable image"), None
+        kind = "unreadable video" if f"{where}: video " in str(e) else "unreadable image"
+        return bad(_reason(e, where), kind), None
     except DataError as e:
         return bad(_reason(e, where), "cannot encode"), None
     if length <= max_length:
@@ -224,10 +227,12 @@ def _check_row(
     if max_pixels is None:
         if not has_images:
             return bad(f"{over} without images to shrink; raise --max-length", "too long"), length
+        if template.min_pixels is None:  # a family whose image size is fixed (LLaVA): nothing to shrink
+            return bad(f"{over}; this model's images have a fixed size, raise --max-length", "too long"), length
         smallest = template.count_tokens(sample, max_pixels=template.min_pixels)
         return (
             bad(
-                f"{over}, and {smallest} even at --min-pixels {template.min_pixels}; raise --max-length",
+                f"{over}, and {smallest} even at {template.limit_option} {template.min_pixels}; raise --max-length",
                 "too long",
             ),
             length,
@@ -250,7 +255,9 @@ def check_dataset(
     if max_length < 1:
         raise VlmkitError(f"--max-length {max_length}: must be at least 1")
     formats = {row.where.rpartition(":")[0]: row.format for row in dataset.rows}
-    report = CheckReport(formats=formats, max_length=max_length, truncation=truncation)
+    report = CheckReport(
+        formats=formats, max_length=max_length, truncation=truncation, limit_option=template.limit_option
+    )
     report.bad += [BadRow(where, reason, "invalid JSON", None) for where, reason in dataset.bad]
     rows = tqdm(dataset.rows, desc="checking rows", unit="row", file=sys.stderr, disable=not progress)
     for index, row in enumerate(rows):

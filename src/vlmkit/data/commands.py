@@ -13,10 +13,20 @@ from typing import Annotated, Any
 import typer
 
 from vlmkit.errors import VlmkitError
-from vlmkit.options import MaxPixels, MinPixels, System
+from vlmkit.options import (
+    Fps,
+    MaxFrames,
+    MaxPixels,
+    MaxTiles,
+    MinPixels,
+    MinTiles,
+    NFrames,
+    System,
+    VideoMaxPixels,
+)
 
 app = typer.Typer(
-    help="Check datasets and preview rows exactly as the model sees them.",
+    help="Check datasets, preview rows exactly as the model sees them, and encode them into the encode cache.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -53,19 +63,31 @@ def _datasets(ctx: typer.Context, dataset: list[str]) -> list[str]:
     return [*dataset, *ctx.args]
 
 
-def load_template(model: str, min_pixels: int | None, max_pixels: int | None, system: str | None) -> Any:
-    """The family template of `model` with its tokenizer; the weights are not loaded."""
+def load_template(
+    model: str,
+    min_pixels: int | None,
+    max_pixels: int | None,
+    system: str | None,
+    min_tiles: int | None = None,
+    max_tiles: int | None = None,
+    **video: Any,
+) -> Any:
+    """The family template of `model` with its tokenizer; the weights are not loaded. `video`: the
+    video settings (fps, nframes, max_frames, video_max_pixels) of families that read video;
+    min/max_tiles: the tile limits of tiling families (refused by the others)."""
     import transformers
     from transformers import AutoTokenizer
 
-    from vlmkit.families import family_for_model_dir
+    from vlmkit.families import family_for_model_dir, resolution_settings
     from vlmkit.model import _resolve_model_dir
 
     transformers.utils.logging.disable_progress_bar()
     model_dir = _resolve_model_dir(model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return family_for_model_dir(model_dir).load_template(
-        model_dir, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels, system=system
+    family = family_for_model_dir(model_dir)
+    tiles = resolution_settings(family, min_tiles=min_tiles, max_tiles=max_tiles)
+    return family.load_template(
+        model_dir, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels, system=system, **video, **tiles
     )
 
 
@@ -87,7 +109,13 @@ def check(
     ] = "delete",
     min_pixels: MinPixels = None,
     max_pixels: MaxPixels = None,
+    min_tiles: MinTiles = None,
+    max_tiles: MaxTiles = None,
     system: System = None,
+    fps: Fps = None,
+    nframes: NFrames = None,
+    max_frames: MaxFrames = None,
+    video_max_pixels: VideoMaxPixels = None,
     histogram: Annotated[
         Path, typer.Option(help="PNG histogram of the token lengths, with --max-length marked.")
     ] = Path("token_lengths.png"),
@@ -110,7 +138,18 @@ def check(
     from vlmkit.plots import save_histogram
 
     data = load_datasets(_datasets(ctx, dataset), media_root=media_root)
-    template = load_template(model, min_pixels, max_pixels, system)
+    template = load_template(
+        model,
+        min_pixels,
+        max_pixels,
+        system,
+        min_tiles=min_tiles,
+        max_tiles=max_tiles,
+        fps=fps,
+        nframes=nframes,
+        max_frames=max_frames,
+        video_max_pixels=video_max_pixels,
+    )
     report = check_dataset(data, template, max_length, truncation, progress=progress and sys.stderr.isatty())
     typer.echo(report.summary())
     if report.lengths:
@@ -118,7 +157,9 @@ def check(
             report.lengths,
             histogram,
             f"Token lengths of {len(report.lengths)} rows",
-            f"tokens per row (images at max_pixels {template.max_pixels})",
+            f"tokens per row (images at {template.limit_option} {template.max_pixels})"
+            if template.limit_option
+            else "tokens per row",
             vlines={"--max-length": max_length},
         )
         typer.echo(f"wrote the token-length histogram to {histogram}")
@@ -143,18 +184,24 @@ def format_tokens(template: Any, encoded: dict[str, Any], colour: bool = False) 
         if ids[start] == template.image_token_id:
             while end < len(ids) and ids[end] == template.image_token_id:
                 end += 1
-            (oh, ow), (rh, rw) = sizes[image]
-            t, h, w = grids[image].tolist()
-            pieces.append(
-                f"{pad}×{end - start} [image {image + 1}: grid (t, h, w) = ({t}, {h}, {w}), "
-                f"resized to {rh}×{rw} from {oh}×{ow} (h×w)]"
-            )
+            if "image_notes" in encoded:  # the family describes each run itself (InternVL: tiles)
+                pieces.append(f"{pad}×{end - start} [{encoded['image_notes'][image]}]")
+            else:
+                (oh, ow), (rh, rw) = sizes[image]
+                t, h, w = grids[image].tolist()
+                pieces.append(
+                    f"{pad}×{end - start} [image {image + 1}: grid (t, h, w) = ({t}, {h}, {w}), "
+                    f"resized to {rh}×{rw} from {oh}×{ow} (h×w)]"
+                )
             image += 1
+        elif ids[start] == template.video_token_id:  # one run per video (per frame group in Qwen3-VL)
+            while end < len(ids) and ids[end] == template.video_token_id:
+                end += 1
+            pieces.append(f"{tokenizer.convert_ids_to_tokens(template.video_token_id)}×{end - start}")
         else:
             supervised = labels[start] != -100
-            while (
-                end < len(ids) and ids[end] != template.image_token_id and (labels[end] != -100) == supervised
-            ):
+            media = (template.image_token_id, template.video_token_id)
+            while end < len(ids) and ids[end] not in media and (labels[end] != -100) == supervised:
                 end += 1
             text = tokenizer.decode(ids[start:end], skip_special_tokens=False)
             if supervised:
@@ -173,7 +220,13 @@ def preview(
     media_root: MediaRoot = None,
     min_pixels: MinPixels = None,
     max_pixels: MaxPixels = None,
+    min_tiles: MinTiles = None,
+    max_tiles: MaxTiles = None,
     system: System = None,
+    fps: Fps = None,
+    nframes: NFrames = None,
+    max_frames: MaxFrames = None,
+    video_max_pixels: VideoMaxPixels = None,
 ) -> None:
     """Print the first rows exactly as the model sees them: the decoded input ids with each image's
     run of pad tokens collapsed (count, grid and resized size), the supervised tokens in [[...]]
@@ -181,7 +234,18 @@ def preview(
     from vlmkit.data import load_datasets
 
     data = load_datasets(_datasets(ctx, dataset), media_root=media_root)
-    template = load_template(model, min_pixels, max_pixels, system)
+    template = load_template(
+        model,
+        min_pixels,
+        max_pixels,
+        system,
+        min_tiles=min_tiles,
+        max_tiles=max_tiles,
+        fps=fps,
+        nframes=nframes,
+        max_frames=max_frames,
+        video_max_pixels=video_max_pixels,
+    )
     colour = sys.stdout.isatty()
     for index, row in enumerate(data.rows[:n]):
         typer.echo(f"--- {row.where} ({row.format}) ---")
@@ -193,3 +257,66 @@ def preview(
         typer.echo(format_tokens(template, encoded, colour))
         supervised = int((encoded["labels"] != -100).sum())
         typer.echo(f"--- {len(encoded['input_ids'])} tokens, {supervised} supervised ---")
+
+
+@app.command("encode", context_settings=MANY_DATASETS)
+def encode(
+    ctx: typer.Context,
+    model: Model,
+    dataset: Datasets,
+    cache_dir: Annotated[
+        Path,
+        typer.Option(help="Encode cache folder; `vlmkit sft` reads OUTPUT_DIR/encode_cache (its --cache-dir)."),
+    ] = Path("output/encode_cache"),
+    workers: Annotated[int, typer.Option(help="Encoding processes (one core each).")] = 1,
+    media_root: MediaRoot = None,
+    max_length: Annotated[
+        int, typer.Option(help="As training's --max-length: rows over it are skipped or shrunk.")
+    ] = 2048,
+    truncation: Annotated[str, typer.Option(help="As training's --truncation: delete or shrink.")] = "delete",
+    min_pixels: MinPixels = None,
+    max_pixels: MaxPixels = None,
+    min_tiles: MinTiles = None,
+    max_tiles: MaxTiles = None,
+    system: System = None,
+    fps: Fps = None,
+    nframes: NFrames = None,
+    max_frames: MaxFrames = None,
+    video_max_pixels: VideoMaxPixels = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Encode the dataset(s) into the on-disk encode cache with several processes, ahead of training.
+
+    Rows are checked as `data check` checks them, then each good row not yet in the cache is
+    encoded (tokens, labels, images decoded once and resized) and stored. Run `vlmkit sft` with the
+    same model, data and encoding options and it reads these entries instead of encoding again.
+    Exit status 1 when some rows are bad (they are listed; the others are cached)."""
+    from vlmkit.data import load_datasets
+    from vlmkit.data.cache import encode_dataset
+    from vlmkit.data.check import check_dataset
+
+    if workers < 1:
+        raise VlmkitError(f"--workers {workers}: must be 1 or more")
+    data = load_datasets(_datasets(ctx, dataset), media_root=media_root)
+    template = load_template(
+        model,
+        min_pixels,
+        max_pixels,
+        system,
+        min_tiles=min_tiles,
+        max_tiles=max_tiles,
+        fps=fps,
+        nframes=nframes,
+        max_frames=max_frames,
+        video_max_pixels=video_max_pixels,
+    )
+    show = progress and sys.stderr.isatty()
+    report = check_dataset(data, template, max_length, truncation, progress=show)
+    rows = [g.index for g in report.good]
+    pixels = {g.index: g.max_pixels for g in report.good if g.max_pixels}
+    stats = encode_dataset(data, template, rows, pixels, workers=workers, cache_dir=cache_dir, progress=show)
+    typer.echo(f"{cache_dir}: {stats.summary()}")
+    for bad in report.bad[:5]:
+        typer.echo(f"bad row {bad.where}: {bad.reason}")
+    if report.bad or stats.failed:
+        raise typer.Exit(1)
