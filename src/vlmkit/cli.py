@@ -31,7 +31,8 @@ from vlmkit.options import (
 
 app = typer.Typer(
     name="vlmkit",
-    help="Chat with, fine-tune, export and serve vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL).",
+    help="Chat with, fine-tune, export and serve vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, "
+    "InternVL, LLaVA, LLaVA-NeXT).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
