@@ -46,13 +46,15 @@ TRUNCATIONS = ("delete", "shrink")
 
 
 class GoodRow(NamedTuple):
-    """A row to train on: `index` into `dataset.rows`, its token `length` as it will be encoded, and
-    `max_pixels`: None to encode at the template's limit, else the smaller limit that makes it fit."""
+    """A row to train on: `index` into `dataset.rows`, its token `length` as it will be encoded,
+    `max_pixels`: None to encode at the template's limit, else the smaller limit that makes it fit,
+    and whether it holds a video."""
 
     index: int
     where: str
     length: int
     max_pixels: int | None
+    has_video: bool = False
 
 
 class BadRow(NamedTuple):
@@ -217,7 +219,7 @@ def _check_row(
     except DataError as e:
         return bad(_reason(e, where), "cannot encode"), None
     if length <= max_length:
-        return GoodRow(index, where, length, None), length
+        return GoodRow(index, where, length, None, bool(sample.media("video"))), length
     over = f"{length} tokens, over --max-length {max_length}"
     has_images = bool(sample.media("image"))
     if not shrink:
@@ -237,7 +239,8 @@ def _check_row(
             ),
             length,
         )
-    return GoodRow(index, where, template.count_tokens(sample, max_pixels=max_pixels), max_pixels), length
+    length_fitted = template.count_tokens(sample, max_pixels=max_pixels)
+    return GoodRow(index, where, length_fitted, max_pixels, bool(sample.media("video"))), length
 
 
 def check_dataset(

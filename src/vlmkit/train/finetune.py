@@ -161,12 +161,6 @@ def _training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_di
     )
 
 
-def _has_video(train_data, train_rows: list[int], val_data, val_rows: list[int]) -> bool:
-    return any(train_data[r].media("video") for r in train_rows) or any(
-        val_data[r].media("video") for r in val_rows
-    )
-
-
 def _batching(config: SFTConfig, template, train_set, train_lengths, val_set, val_lengths, is_main: bool):
     """(train set, val set, train sampler or None, collator): packed sequences with --packing, else
     padded batches, length-grouped with --group-by-length."""
@@ -209,7 +203,8 @@ def _make_run_dir(config: SFTConfig, resume_from: Path | None) -> Path:
 
 
 def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is_main: bool):
-    """Check every row before training; returns (row indices, {row: max_pixels}, token lengths) to train on."""
+    """Check every row before training; returns (row indices, {row: max_pixels}, token lengths, whether any
+    row holds a video) to train on."""
     from vlmkit.data.check import check_dataset
 
     report = check_dataset(
@@ -236,6 +231,7 @@ def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is
         [good.index for good in report.good],
         {g.index: g.max_pixels for g in report.good if g.max_pixels},
         [good.length for good in report.good],
+        any(good.has_video for good in report.good),
     )
 
 
@@ -308,7 +304,9 @@ def sft(config: SFTConfig) -> Path:
         write_settings(run_dir, settings)
 
     # Validate every row before any GPU hour is spent.
-    train_rows, train_pixels, train_lengths = _validate(train_data, template, config, run_dir, "train", is_main)
+    train_rows, train_pixels, train_lengths, has_video = _validate(
+        train_data, template, config, run_dir, "train", is_main
+    )
     cache = None
     if config.encode_cache:
         from vlmkit.data.cache import open_training_cache
@@ -320,9 +318,10 @@ def sft(config: SFTConfig) -> Path:
     train_set = EncodedDataset(train_data, template, train_rows, train_pixels, cache)
     val_set = None
     if val_data is not None:
-        val_rows, val_pixels, val_lengths = _validate(val_data, template, config, run_dir, "val", is_main)
+        val_rows, val_pixels, val_lengths, val_video = _validate(val_data, template, config, run_dir, "val", is_main)
+        has_video = has_video or val_video
         val_set = EncodedDataset(val_data, template, val_rows, val_pixels, cache)
-    if config.packing and _has_video(train_data, train_rows, val_data, val_rows if val_set else []):
+    if config.packing and has_video:  # known from validation: no second pass over the rows
         if packing_requested:
             raise VlmkitError("--packing: the data has video rows, which cannot be packed yet; use --no-packing")
         config.packing = False
