@@ -133,20 +133,29 @@ def probe_video(
         raise MediaError(f"{where}: a single image is not a video; give a list of frames or a video file")
     with _local_copy(source, where) as (path, named), _open(path, named) as container:
         stream = container.streams.video[0]
-        total, video_fps = _frame_count(container, stream, named)
-        n = smart_nframes(
-            total,
-            video_fps,
-            fps=fps,
-            nframes=nframes,
-            min_frames=min_frames,
-            max_frames=max_frames,
-            frame_factor=frame_factor,
+        indices, total, video_fps = _frame_plan(
+            container, stream, named, fps, nframes, min_frames, max_frames, frame_factor
         )
-        indices = sample_indices(total, n)
         return VideoProbe(
-            stream.height, stream.width, [i / video_fps for i in indices], n / total * video_fps
+            stream.height, stream.width, [i / video_fps for i in indices], len(indices) / total * video_fps
         )
+
+
+def _frame_plan(
+    container, stream, where: str, fps, nframes, min_frames: int, max_frames: int, frame_factor: int
+) -> tuple[list[int], int, float]:
+    """(the sampled frame indices, the video's frame count, its fps): `smart_nframes` then `sample_indices`."""
+    total, video_fps = _frame_count(container, stream, where)
+    n = smart_nframes(
+        total,
+        video_fps,
+        fps=fps,
+        nframes=nframes,
+        min_frames=min_frames,
+        max_frames=max_frames,
+        frame_factor=frame_factor,
+    )
+    return sample_indices(total, n), total, video_fps
 
 
 @contextmanager
@@ -241,17 +250,9 @@ def _decode(
     with _open(path, where) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        total, video_fps = _frame_count(container, stream, where)
-        n = smart_nframes(
-            total,
-            video_fps,
-            fps=fps,
-            nframes=nframes,
-            min_frames=min_frames,
-            max_frames=max_frames,
-            frame_factor=frame_factor,
+        indices, total, video_fps = _frame_plan(
+            container, stream, where, fps, nframes, min_frames, max_frames, frame_factor
         )
-        indices = sample_indices(total, n)
         try:
             frames = _seek_and_decode(container, stream, indices, video_fps)
         except av.FFmpegError as e:
@@ -260,7 +261,7 @@ def _decode(
         raise MediaError(f"{where}: no frame could be decoded")
     while len(frames) < len(indices):  # a header that overstates the frame count: repeat the last one
         frames.append(frames[-1])
-    return VideoFrames(frames, [i / video_fps for i in indices], n / total * video_fps)
+    return VideoFrames(frames, [i / video_fps for i in indices], len(indices) / total * video_fps)
 
 
 def _seek_and_decode(container, stream, indices: list[int], video_fps: float) -> list[Image.Image]:
