@@ -441,7 +441,7 @@ def test_chat_draw_saves_the_turns_image_with_its_boxes(small_model, tmp_path, m
 
     random_image(100, 200).save(tmp_path / "a.png")
     reply = "<|box_start|>(100,200),(500,800)<|box_end|>"  # as a stream shows it: no ref tokens needed
-    monkeypatch.setattr(VLM, "stream", lambda self, sample, options=None, **kw: iter([reply]))
+    monkeypatch.setattr(VLM, "_stream", lambda self, batch, options, result=None, **kw: iter([reply]))
     vlm = vlmkit.load(str(small_model), max_pixels=20_000)
     stdout = io.StringIO()
     script = f"<image>Where is the cat?\n{tmp_path / 'a.png'}\nThanks\nexit\n"

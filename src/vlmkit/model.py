@@ -139,6 +139,10 @@ class VLM:
     def _inputs(self, encoded: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.template.collate(encoded, padding_side="left")
         batch.pop("labels")
+        return self.on_device(batch)
+
+    def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Tensors moved to the model's device, floating-point ones in its dtype."""
         dtype = self.model.dtype
         return {
             k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
@@ -193,19 +197,28 @@ class VLM:
 
     def stream(self, sample: Sample | dict, options: GenerationOptions | None = None, **kw) -> Iterator[str]:
         """Yield the reply to one sample piece by piece as it is generated."""
+        options = options or GenerationOptions(**kw)
+        sample = sample if isinstance(sample, Sample) else to_sample(sample)
+        yield from self._stream(self._inputs([self.encode(sample)]), options)
+
+    def _stream(
+        self, batch: dict[str, Any], options: GenerationOptions, result: dict | None = None, **generate_kwargs
+    ) -> Iterator[str]:
+        """Yield the reply to the `generate` inputs `batch` piece by piece; `generate`'s return value is put
+        in `result["output"]` once the reply is complete."""
         import torch
         from transformers import TextIteratorStreamer
 
-        options = options or GenerationOptions(**kw)
-        sample = sample if isinstance(sample, Sample) else to_sample(sample)
-        batch = self._inputs([self.encode(sample)])
         streamer = TextIteratorStreamer(_ReplyDecoder(self), skip_prompt=True)  # decodes as `decode` does
         errors: list[BaseException] = []
+        kwargs = {**self._generate_kwargs(options), **generate_kwargs}
 
         def run() -> None:
             try:
                 with torch.inference_mode():
-                    self.model.generate(**batch, **self._generate_kwargs(options), streamer=streamer)
+                    output = self.model.generate(**batch, **kwargs, streamer=streamer)
+                if result is not None:
+                    result["output"] = output
             except BaseException as e:  # re-raised in the caller's thread below
                 errors.append(e)
                 streamer.end()
@@ -217,8 +230,10 @@ class VLM:
         if errors:
             raise errors[0]
 
-    def chat(self, system: str | None = None) -> Chat:
-        return Chat(self, system=system)
+    def chat(self, system: str | None = None, reuse_cache: bool = True) -> Chat:
+        """A conversation; with `reuse_cache` each turn runs only what it adds through the model (see
+        `vlmkit.chat_cache`), otherwise the whole history every turn."""
+        return Chat(self, system=system, reuse_cache=reuse_cache)
 
 
 class _ReplyDecoder:
@@ -234,11 +249,19 @@ class _ReplyDecoder:
 
 @dataclass
 class Chat:
-    """A multi-turn conversation; a turn that fails (bad image, ...) leaves the history unchanged."""
+    """A multi-turn conversation; a turn that fails (bad image, ...) leaves the history unchanged.
+
+    Each turn is encoded in full (`template.encode`, as everywhere); with `reuse_cache` the model's keys and
+    values of the turns before are kept, so only the new tokens and new images run (`vlmkit.chat_cache`).
+    `tokens_run` and `images_run` count what the last turn put through the model."""
 
     vlm: VLM
     system: str | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
+    reuse_cache: bool = True
+    tokens_run: int = 0
+    images_run: int = 0
+    _cache: Any = field(default=None, repr=False)
 
     def _sample(self, text: str, images: list[Any], videos: list[Any]) -> Sample:
         row: dict[str, Any] = {
@@ -259,15 +282,43 @@ class Chat:
         missing = len(videos) - text.count("<video>")
         return "<video>" * max(missing, 0) + text
 
-    def stream(self, text: str, images: list[Any] = (), videos: list[Any] = (), **kw) -> Iterator[str]:
+    def stream(
+        self,
+        text: str,
+        images: list[Any] = (),
+        videos: list[Any] = (),
+        options: GenerationOptions | None = None,
+        **kw,
+    ) -> Iterator[str]:
         """Send a user turn and yield the reply as it is generated. Images without a `<image>` in the
         text are put before it."""
+        from vlmkit import chat_cache
+
+        options = options or GenerationOptions(**kw)
         text = self._add_media_placeholders(text, list(images), list(videos))
         sample = self._sample(text, list(images), list(videos))
+        encoded = self.vlm.encode(sample)
+        cache, self._cache = self._cache, None  # a turn that fails half-way leaves the cache unusable
+        reuse = self.reuse_cache and chat_cache.supported(self.vlm.template)
+        if reuse and cache is not None:
+            resume = chat_cache.resume_point(self.vlm.template, encoded, cache)
+            batch = chat_cache.prefill(self.vlm, encoded, cache, resume)
+        else:
+            resume = chat_cache.Resume(keep=0, first_image=0, videos=True)
+            batch = self.vlm._inputs([encoded])
+        self.tokens_run = len(encoded["input_ids"]) - resume.keep
+        split = chat_cache.supported(self.vlm.template)  # video frames are images to some families
+        self.images_run = (
+            len(self.vlm.template.split_media(encoded)[0]) if split else len(sample.media("image"))
+        ) - resume.first_image
+        result: dict[str, Any] = {}
+        extra = {"return_dict_in_generate": True} if reuse else {}
         reply = []
-        for piece in self.vlm.stream(sample, **kw):
+        for piece in self.vlm._stream(batch, options, result, **extra):
             reply.append(piece)
             yield piece
+        if reuse and "output" in result:
+            self._cache = chat_cache.after_turn(self.vlm.template, encoded, result["output"])
         first = 1 if self.system is not None else 0
         self.messages = sample.messages[first:] + [
             {"role": "assistant", "content": [{"type": "text", "text": "".join(reply)}]}
@@ -278,6 +329,7 @@ class Chat:
 
     def clear(self) -> None:
         self.messages = []
+        self._cache = None
 
 
 def _load_weights(

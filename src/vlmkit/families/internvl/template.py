@@ -439,6 +439,17 @@ class InternVLTemplate:
             batch["pixel_values"] = torch.cat(with_images)
         return batch
 
+    def split_media(self, encoded: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
+        """Per image, (its image tokens, its own pixel entries in `encode` form), and the entries of all
+        videos together (none: video frames are images here): what a chat turn that reuses the cached start of its conversation passes for the
+        media after that start (`vlmkit.chat_cache`)."""
+        images, start = [], 0
+        for tiles in encoded.get("image_tiles", []):
+            entries = {"pixel_values": encoded["pixel_values"][start : start + tiles], "image_tiles": [tiles]}
+            images.append((tiles * self.tokens_per_tile, entries))
+            start += tiles
+        return images, {}
+
 
 def _tokens_per_tile(model_dir: Path, tile_size: int) -> int:
     """(tile_size / patch_size)**2 * downsample_ratio**2 from config.json; else processor_config.json."""

@@ -292,3 +292,16 @@ class LlavaTemplate:
             sizes = torch.cat([e["original_sizes"] for e in with_images]).tolist()
             batch.update(self.vision.collate([e["pixel_values"] for e in with_images], sizes))
         return batch
+
+    def split_media(self, encoded: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
+        """Per image, (its image tokens, its own pixel entries in `encode` form), and the entries of all
+        videos together (none: images only): what a chat turn that reuses the cached start of its conversation passes for the
+        media after that start (`vlmkit.chat_cache`)."""
+        sizes = encoded.get("original_sizes", torch.empty(0, 2, dtype=torch.long))
+        return [
+            (
+                self.vision.token_count(height, width),
+                {"pixel_values": encoded["pixel_values"][k : k + 1], "original_sizes": sizes[k : k + 1]},
+            )
+            for k, (height, width) in enumerate(sizes.tolist())
+        ], {}

@@ -530,3 +530,16 @@ class QwenVLTemplate:
             if self.second_per_grid_ts:
                 batch["second_per_grid_ts"] = torch.cat([e["second_per_grid_ts"] for e in with_videos])
         return batch
+
+    def split_media(self, encoded: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
+        """Per image, (its image tokens, its own pixel entries in `encode` form), and the entries of all
+        videos together: what a chat turn that reuses the cached start of its conversation passes for the
+        media after that start (`vlmkit.chat_cache`)."""
+        images, start = [], 0
+        for grid in encoded.get("image_grid_thw", torch.empty(0, 3, dtype=torch.long)):
+            rows = int(grid.prod())
+            entries = {"pixel_values": encoded["pixel_values"][start : start + rows], "image_grid_thw": grid[None]}
+            images.append((rows // self.merge_size**2, entries))
+            start += rows
+        video_keys = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+        return images, {key: encoded[key] for key in video_keys if key in encoded}

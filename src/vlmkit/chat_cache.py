@@ -1,0 +1,172 @@
+"""Chat turns that reuse the model's KV cache of the turns before, instead of re-running the history.
+
+After each turn, `Chat` keeps the keys and values of the whole conversation so far (the prompt and the
+reply). The next turn is still encoded in full by the family template (one encoding path for training,
+batch inference and chat); then
+
+1. its token ids are compared with the cached ones and the longest common prefix is kept: a reply that
+   re-tokenises differently from how it was generated, or a history edited by hand, only shortens it;
+2. an image keeps its cached keys only if all of its tokens are in that prefix and its pixel inputs are
+   the ones the cache saw (another picture of the same size has the same placeholder tokens); otherwise
+   the prefix is cut back to where that image starts. Videos are kept or re-run all together;
+3. the cache is cropped to the prefix and the rest of the prompt is run through the model, with the pixel
+   inputs of the images in that rest only. Positions come from the whole conversation: Qwen M-RoPE
+   positions from the model's own `get_rope_index` over the full prompt (its `rope_deltas` set for the
+   reply), 1-D positions from the cache length;
+4. `generate` continues from that cache.
+
+A family whose template cannot split its pixel inputs per image (`split_media`; Qwen-VL's remote code)
+re-encodes the whole conversation every turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class TurnCache:
+    """What a chat keeps between turns."""
+
+    ids: list[int]  # the tokens whose keys and values `past` holds, from the start of the conversation
+    past: Any  # transformers Cache
+    images: list[bytes]  # digest of each image's pixel inputs, in conversation order
+    videos: bytes | None  # digest of all videos' pixel inputs (None: no video)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a turn picks up: keep `keep` cached tokens; run the rest with images `first_image`.. and,
+    when `videos`, the videos."""
+
+    keep: int
+    first_image: int
+    videos: bool
+
+
+def supported(template: Any) -> bool:
+    return hasattr(template, "split_media")
+
+
+def _digest(entries: dict[str, Any]) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for key in sorted(entries):
+        value = entries[key]
+        digest.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            digest.update(str((value.dtype, tuple(value.shape))).encode())
+            digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return digest.digest()
+
+
+def media_digests(template: Any, encoded: dict[str, Any]) -> tuple[list[bytes], bytes | None]:
+    images, videos = template.split_media(encoded)
+    return [_digest(entries) for _, entries in images], (_digest(videos) if videos else None)
+
+
+def resume_point(template: Any, encoded: dict[str, Any], cache: TurnCache) -> Resume:
+    """How much of `cache` the prompt `encoded` can keep (see the module docstring, steps 1-2)."""
+    ids = encoded["input_ids"]
+    cached = torch.tensor(cache.ids[: len(ids) - 1], dtype=ids.dtype)  # the last prompt token always runs
+    differs = (ids[: len(cached)] != cached).nonzero()
+    keep = int(differs[0]) if len(differs) else len(cached)
+
+    images, _ = template.split_media(encoded)
+    digests, videos_digest = media_digests(template, encoded)
+    image_positions = (ids == template.image_token_id).nonzero().flatten().tolist()
+    spans, start = [], 0  # (first token, last token) of each image
+    for count, _ in images:
+        spans.append((image_positions[start], image_positions[start + count - 1]))
+        start += count
+    for k, (first, last) in enumerate(spans):
+        if last >= keep or k >= len(cache.images) or cache.images[k] != digests[k]:
+            keep = min(keep, first)
+            break
+    video_token = getattr(template, "video_token_id", None)
+    video_positions = [] if video_token is None else (ids == video_token).nonzero().flatten().tolist()
+    if video_positions and (video_positions[-1] >= keep or videos_digest != cache.videos):
+        keep = min(keep, video_positions[0])
+    return Resume(
+        keep=keep,
+        first_image=sum(1 for _, last in spans if last < keep),
+        videos=bool(video_positions) and video_positions[0] >= keep,
+    )
+
+
+def _join(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-image pixel entries -> the entries of those images together, in `encode` form."""
+    joined: dict[str, Any] = {}
+    for key in parts[0] if parts else ():
+        values = [part[key] for part in parts]
+        joined[key] = torch.cat(values) if isinstance(values[0], torch.Tensor) else sum(values, [])
+    return joined
+
+
+def _rope_model(model: Any) -> Any:
+    """The inner transformers model that owns `get_rope_index` and `rope_deltas` (Qwen M-RoPE), or None."""
+    hf_model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(hf_model, "model", None)
+    return inner if hasattr(inner, "get_rope_index") else None
+
+
+def prefill(vlm: Any, encoded: dict[str, Any], cache: TurnCache, resume: Resume) -> dict[str, Any]:
+    """Crop `cache` to `resume.keep`, run the prompt's tokens after it (all but the last) through the model
+    with the pixel inputs of the media among them, and return the `generate` inputs that continue."""
+    template, ids = vlm.template, encoded["input_ids"]
+    length, keep = len(ids), resume.keep
+    past = cache.past
+    past.crop(keep - past.get_seq_length())  # a negative count: tokens to drop from the end
+    rope = _rope_model(vlm.model) if "mm_token_type_ids" in encoded else None
+    if rope is not None:
+        full = template.collate([encoded])
+        names = (
+            "mm_token_type_ids",
+            "image_grid_thw",
+            "video_grid_thw",
+            "second_per_grid_ts",
+            "attention_mask",
+        )
+        positions, rope_deltas = rope.get_rope_index(
+            full["input_ids"], **{k: full[k] for k in names if k in full}
+        )
+    if keep < length - 1:
+        suffix = {
+            key: value[keep : length - 1]
+            for key, value in encoded.items()
+            if isinstance(value, torch.Tensor) and value.shape[:1] == ids.shape
+        }
+        images, videos = template.split_media(encoded)
+        suffix.update(_join([entries for _, entries in images[resume.first_image :]]))
+        if resume.videos:
+            suffix.update(videos)
+        batch = template.collate([suffix], padding_side="left")
+        batch.pop("labels")
+        batch.pop("mm_token_type_ids", None)  # positions are given below
+        batch["attention_mask"] = torch.ones(1, length - 1, dtype=torch.long)
+        if rope is not None:
+            text = torch.arange(keep, length - 1).view(1, 1, -1)
+            batch["position_ids"] = torch.cat([text, positions[:, :, keep : length - 1].cpu()])
+        with torch.inference_mode():
+            vlm.model(**vlm.on_device(batch), past_key_values=past, use_cache=True, logits_to_keep=1)
+    if rope is not None:
+        rope.rope_deltas = rope_deltas  # what generate adds to text positions from here on
+    return {
+        "input_ids": ids[None].to(vlm.device),
+        "attention_mask": torch.ones(1, length, dtype=torch.long, device=vlm.device),
+        "past_key_values": past,
+    }
+
+
+def after_turn(template: Any, encoded: dict[str, Any], output: Any) -> TurnCache:
+    """The cache to keep from `generate`'s output (return_dict_in_generate) for the prompt `encoded`."""
+    past = output.past_key_values
+    images, videos = media_digests(template, encoded)
+    return TurnCache(
+        ids=output.sequences[0, : past.get_seq_length()].tolist(), past=past, images=images, videos=videos
+    )
