@@ -44,6 +44,19 @@ def test_pack_lengths_best_fit_prefers_the_fullest_pack():
     assert pack_lengths([6, 5, 4, 5], capacity=10) == [[0, 2], [1, 3]]
 
 
+def test_seeded_packing_mixes_rows_of_one_length_across_packs():
+    # rows of length 10 and 20 (think: two answers of different lengths); unseeded best-fit decreasing
+    # puts all the 20s together, the seeded order spreads both kinds over the packs, reproducibly
+    lengths = [10] * 60 + [20] * 60
+    assert all(len({lengths[i] for i in p}) == 1 for p in pack_lengths(lengths, capacity=100))
+    packs = pack_lengths(lengths, capacity=100, seed=3)
+    assert sorted(i for p in packs for i in p) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in p) <= 100 for p in packs)
+    assert sum(len({lengths[i] for i in p}) == 2 for p in packs) >= len(packs) // 2
+    assert pack_lengths(lengths, capacity=100, seed=3) == packs
+    assert pack_lengths(lengths, capacity=100, seed=4) != packs
+
+
 def test_pack_lengths_rejects_an_over_long_row():
     with pytest.raises(VlmkitError, match="row 1 has 12 tokens, more than the packing length 10"):
         pack_lengths([3, 12], capacity=10)

@@ -171,7 +171,7 @@ def _batching(config: SFTConfig, template, train_set, train_lengths, val_set, va
             LengthGroupedSampler(train_lengths, config.batch_size, config.seed) if config.group_by_length else None
         )
         return train_set, val_set, sampler, partial(collate_padded, template)
-    packs = pack_lengths(train_lengths, config.max_length)
+    packs = pack_lengths(train_lengths, config.max_length, seed=config.seed)
     if is_main:
         fill = sum(train_lengths) / (len(packs) * config.max_length)
         print(
