@@ -255,6 +255,37 @@ def test_decode_once_gives_the_pixels_of_load_then_resize(tmp_path):
     assert original == (300, 400) and np.array_equal(pixels, expected)
 
 
+def test_an_image_used_by_several_rows_is_decoded_once(tmp_path, monkeypatch):
+    from vlmkit import media
+
+    images = media._ResizedImages(max_bytes=150 * 200 * 3 * 2)  # room for two 150x200 images
+    monkeypatch.setattr(media, "RESIZED_IMAGES", images)
+    decodes = []
+    real_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: decodes.append(1) or real_load(self))
+    path = tmp_path / "p.jpg"
+    photo(300, 400, seed=5).save(path, quality=90)
+    first, original = load_image_resized(path, lambda h, w: (150, 200))
+    decoded = len(decodes)
+    again, original_again = load_image_resized(str(path), lambda h, w: (150, 200))
+    assert len(decodes) == decoded and again is first and original_again == original == (300, 400)
+    assert not again.flags.writeable  # shared between rows: nobody may change it
+    # other pixel limits, or the file rewritten, miss; the result is the exact decode every time
+    smaller, _ = load_image_resized(path, lambda h, w: (90, 120))
+    assert len(decodes) > decoded and smaller.shape == (90, 120, 3)
+    photo(300, 400, seed=6).save(path, quality=90)
+    os.utime(path, ns=(1, 1))  # a new modification time even on a coarse clock
+    changed, _ = load_image_resized(path, lambda h, w: (150, 200))
+    expected = np.asarray(load_image(path).resize((200, 150), Image.Resampling.BICUBIC))
+    assert np.array_equal(changed, expected) and not np.array_equal(changed, first)
+    assert images.used <= images.max_bytes and len(images.entries) == 2  # the least recent was dropped
+    monkeypatch.setattr(media, "RESIZED_IMAGES", media._ResizedImages(max_bytes=0))  # VLMKIT_IMAGE_CACHE_MB=0
+    assert (
+        load_image_resized(path, lambda h, w: (150, 200))[0]
+        is not load_image_resized(path, lambda h, w: (150, 200))[0]
+    )
+
+
 def test_jpeg_draft_is_close_to_a_full_decode_and_keeps_exif_orientation(tmp_path):
     path = tmp_path / "big.jpg"
     exif = Image.Exif()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vlmkit
-from tests.conftest import random_image
+from conftest import random_image
 from vlmkit import chat_cache
 from vlmkit.families import family_by_name
 

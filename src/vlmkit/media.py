@@ -11,12 +11,14 @@ import base64
 import http.client
 import io
 import ipaddress
+import os
 import re
 import socket
 import time
 import urllib.error
 import urllib.request
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +96,10 @@ def load_image_resized(
         image = _to_rgb(source)
         return _resized_pixels(image, target_size(image.height, image.width)), (image.height, image.width)
     image, where = _open_checked(source, where, policy)
+    key = _resized_key(image, target_size, jpeg_draft)
+    if key is not None and (hit := RESIZED_IMAGES.get(key)) is not None:
+        image.close()
+        return hit
     with image:
         if jpeg_draft and image.format == "JPEG":  # JPEG keeps its EXIF in the header: safe before decoding
             height, width = _upright_size(image)
@@ -110,7 +116,52 @@ def load_image_resized(
             size = target_size(height, width)
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
         plain = image.mode == "RGB" and "transparency" not in image.info and orientation == 1
-        return _resized_pixels(image if plain else _to_rgb(image), size), (height, width)
+        pixels = _resized_pixels(image if plain else _to_rgb(image), size)
+    if key is not None and key[-1] == size:  # the header told the size right (not so for a late-EXIF PNG)
+        pixels.setflags(write=False)
+        RESIZED_IMAGES.put(key, (pixels, (height, width)))
+    return pixels, (height, width)
+
+
+class _ResizedImages:
+    """Resized images of local files, least recently used dropped first beyond `max_bytes`: a dataset that
+    asks about one image in several rows (VQA, grounding) decodes it once per process. Keyed by the
+    file's path, size and modification time and the size resized to, so a changed file or other pixel
+    limits miss. `VLMKIT_IMAGE_CACHE_MB` sets the budget per process (default 64; 0 turns it off)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.used = 0
+        self.entries: OrderedDict[tuple, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
+
+    def get(self, key: tuple) -> tuple[np.ndarray, tuple[int, int]] | None:
+        hit = self.entries.get(key)
+        if hit is not None:
+            self.entries.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple, value: tuple[np.ndarray, tuple[int, int]]) -> None:
+        size = value[0].nbytes
+        if size > self.max_bytes or key in self.entries:
+            return
+        self.entries[key] = value
+        self.used += size
+        while self.used > self.max_bytes:
+            _, (dropped, _) = self.entries.popitem(last=False)
+            self.used -= dropped.nbytes
+
+
+RESIZED_IMAGES = _ResizedImages(int(float(os.environ.get("VLMKIT_IMAGE_CACHE_MB", "64")) * 2**20))
+
+
+def _resized_key(image: Image.Image, target_size: Callable, jpeg_draft: bool) -> tuple | None:
+    """The cache key of a local image file resized by `target_size` (its size from the header), or None."""
+    path = getattr(image, "filename", "")
+    if not path or RESIZED_IMAGES.max_bytes <= 0:
+        return None
+    stat = os.stat(path)
+    size = target_size(*_upright_size(image))
+    return (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, jpeg_draft, size)
 
 
 def _resized_pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -208,7 +259,9 @@ def fetch_media(source: Any, where: str = "media", policy: MediaPolicy | None = 
 def _decode_data_url(url: str, where: str, policy: MediaPolicy) -> bytes:
     header = _DATA_URL.match(url)
     if not header:
-        raise MediaError(f"{where}: malformed data: URL; expected data:image/<type>;base64,<data> (or data:video/...)")
+        raise MediaError(
+            f"{where}: malformed data: URL; expected data:image/<type>;base64,<data> (or data:video/...)"
+        )
     payload = "".join(url[header.end() :].split())
     if len(payload) * 3 // 4 > policy.max_bytes:  # refuse before decoding
         raise MediaTooLargeError(f"{where}: data: URL is over the limit of {_size(policy.max_bytes)}")
