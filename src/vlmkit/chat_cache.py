@@ -155,7 +155,7 @@ def prefill(vlm: Any, encoded: dict[str, Any], cache: TurnCache, resume: Resume)
         with torch.inference_mode():
             vlm.model(**vlm.on_device(batch), past_key_values=past, use_cache=True, logits_to_keep=1)
     if rope is not None:
-        rope.rope_deltas = rope_deltas  # what generate adds to text positions from here on
+        rope.rope_deltas = rope_deltas.to(vlm.device)  # what generate adds to text positions from here on
     return {
         "input_ids": ids[None].to(vlm.device),
         "attention_mask": torch.ones(1, length, dtype=torch.long, device=vlm.device),
