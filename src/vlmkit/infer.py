@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -149,23 +150,20 @@ def run_batch(
     tmp = output_path.with_name(output_path.name + ".tmp")
     counts = {"ok": 0, "failed": 0}
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    chunks = list(_batches(rows, batch_size))
     with (
         tmp.open("w", encoding="utf-8") as out,
         tqdm(total=len(rows), disable=not progress, unit="row") as bar,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmkit-encode") as encoder,
     ):
-        for start, chunk in zip(range(0, len(rows), batch_size), _batches(rows, batch_size), strict=True):
-            results: list[dict[str, Any]] = [dict(row) if isinstance(row, dict) else {} for row, _ in chunk]
-            pending: list[tuple[int, dict]] = []
-            for i, (_row, sample) in enumerate(chunk):
-                try:
-                    if isinstance(sample, Exception):
-                        raise sample
-                    prompt, reference = split_reference(sample)
-                    if reference is not None:
-                        results[i]["labels"] = reference
-                    pending.append((i, prompt, vlm.encode(prompt)))
-                except VlmkitError as e:
-                    results[i]["error"] = str(e)
+        # the next batch is read, decoded and encoded in a thread while this one generates (Pillow and
+        # torch release the GIL), so a CPU core or the GPU does not wait for image decoding
+        ahead = encoder.submit(_encode_batch, vlm, chunks[0]) if chunks else None
+        for index, chunk in enumerate(chunks):
+            results, pending = ahead.result()
+            if index + 1 < len(chunks):
+                ahead = encoder.submit(_encode_batch, vlm, chunks[index + 1])
+            start = index * batch_size
             if pending:
                 replies = _generate_or_one_by_one(vlm, [e for _, _, e in pending], options)
                 for (i, prompt, _), reply in zip(pending, replies, strict=True):
@@ -181,6 +179,24 @@ def run_batch(
             bar.update(len(chunk))
     tmp.replace(output_path)
     return counts
+
+
+def _encode_batch(vlm: VLM, chunk: list) -> tuple[list[dict[str, Any]], list[tuple[int, Sample, dict]]]:
+    """(output rows so far, [(index in chunk, prompt, encoded prompt)]) for a batch of input rows; a row
+    that cannot be read or encoded gets its `error` here."""
+    results: list[dict[str, Any]] = [dict(row) if isinstance(row, dict) else {} for row, _ in chunk]
+    pending: list[tuple[int, Sample, dict]] = []
+    for i, (_row, sample) in enumerate(chunk):
+        try:
+            if isinstance(sample, Exception):
+                raise sample
+            prompt, reference = split_reference(sample)
+            if reference is not None:
+                results[i]["labels"] = reference
+            pending.append((i, prompt, vlm.encode(prompt)))
+        except VlmkitError as e:
+            results[i]["error"] = str(e)
+    return results, pending
 
 
 def _add_objects(
