@@ -3,11 +3,13 @@
     python benchmarks/chat_turns.py --turns 8 --image-size 448 --repeats 3
 
 Builds a small-vocabulary tiny Qwen2-VL (or takes --model) and has the same conversation twice per
-repeat: every turn asks about one new image (--image-size square, random pixels) and the reply is
+repeat; with --width / --layers the tiny model's language model and vision tower are widened and
+deepened (random weights, the tiny tokenizer), so that prefill and the vision tower cost what they
+do in a real model relative to decoding: every turn asks about one new image (--image-size square, random pixels) and the reply is
 --max-new-tokens long (greedy). Reports per turn the tokens and images each mode puts through the
 model, and the median seconds per turn; checks that both modes give the same replies.
-Tiny models measure how the work grows with the history (prefill of every earlier turn and image),
-not a real model's speed.
+Measures how the work grows with the history (prefill of every earlier turn and image), not a real
+model's speed.
 """
 
 from __future__ import annotations
@@ -35,9 +37,35 @@ def conversation(vlm, reuse: bool, images: list[Image.Image], max_new_tokens: in
     return turns
 
 
+def widen(model_dir: Path, width: int, layers: int) -> None:
+    """Rewrite the tiny Qwen2-VL in `model_dir` with hidden size `width` and `layers` layers in both the
+    language model and the vision tower (64-wide heads), random weights."""
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = json.loads((model_dir / "config.json").read_text())
+    heads = width // 64
+    config["text_config"].update(
+        hidden_size=width, intermediate_size=3 * width, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2), layer_types=["full_attention"] * layers,
+    )  # fmt: skip
+    config["text_config"]["rope_parameters"]["mrope_section"] = [16, 8, 8]  # head_dim 64: 32 frequencies
+    config["vision_config"].update(depth=layers, embed_dim=width, num_heads=heads, hidden_size=width)
+    model_type = config.pop("model_type")
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(
+        AutoConfig.for_model(model_type, **config), dtype=torch.float32
+    )
+    model.save_pretrained(model_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="A model folder (default: a small-vocabulary tiny Qwen2-VL).")
+    parser.add_argument("--width", type=int, default=0, help="Widen the tiny model to this hidden size.")
+    parser.add_argument("--layers", type=int, default=8, help="Layers of the widened model (with --width).")
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=448)
     parser.add_argument("--max-pixels", type=int, default=200704)
@@ -57,6 +85,8 @@ def main() -> None:
             from vlmkit.tiny import build_tiny_model
 
             model = build_tiny_model(family_by_name("qwen2-vl"), Path(tmp) / "tiny", small_vocab=True)
+            if args.width:
+                widen(model, args.width, args.layers)
         vlm = vlmkit.load(str(model), device="cpu", dtype="fp32", max_pixels=args.max_pixels)
         rng = np.random.default_rng(0)
         size = args.image_size
@@ -74,7 +104,8 @@ def main() -> None:
         for mode in runs.values()
         for run in mode
     )
-    print(f"{args.turns} turns, one new {size}x{size} image each, {args.max_new_tokens} new tokens, "
+    shape = f"width {args.width}, {args.layers} layers" if args.width else "tiny"
+    print(f"model: {shape}; {args.turns} turns, one new {size}x{size} image each, {args.max_new_tokens} new tokens, "
           f"median of {args.repeats}; replies identical in both modes: {same}")  # fmt: skip
     print("| turn | tokens run, full / cached | images run, full / cached | seconds, full / cached |")
     print("| --- | --- | --- | --- |")
