@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_image
 
 import vlmkit
-from conftest import random_image
 from vlmkit import chat_cache
 from vlmkit.families import family_by_name
 
