@@ -78,7 +78,9 @@ def test_prefill_logits_equal_a_full_forward(models):
     chat.send("Look.", images=[random_image(84, 56, seed=4)], max_new_tokens=5)
     sample = chat._sample("<image>Now this.", [random_image(56, 112, seed=5)], [])
     encoded = vlm.encode(sample)
-    resume = chat_cache.resume_point(vlm.template, encoded, chat._cache)
+    resume = chat_cache.resume_point(
+        vlm.template, encoded, chat_cache.media_of(vlm.template, encoded), chat._cache
+    )
     assert 0 < resume.keep < len(encoded["input_ids"]) and resume.first_image == 1
     inputs = chat_cache.prefill(vlm, encoded, chat._cache, resume)
     with torch.inference_mode():

@@ -28,14 +28,23 @@ from typing import Any
 import torch
 
 
+@dataclass(frozen=True)
+class Media:
+    """A prompt's media as the cache compares them: per image its token count and a digest of its pixel
+    inputs, in conversation order, and one digest of all videos' inputs (None: no video)."""
+
+    image_tokens: list[int]
+    images: list[bytes]
+    videos: bytes | None
+
+
 @dataclass
 class TurnCache:
     """What a chat keeps between turns."""
 
     ids: list[int]  # the tokens whose keys and values `past` holds, from the start of the conversation
     past: Any  # transformers Cache
-    images: list[bytes]  # digest of each image's pixel inputs, in conversation order
-    videos: bytes | None  # digest of all videos' pixel inputs (None: no video)
+    media: Media  # of the prompt whose keys and values `past` holds
 
 
 @dataclass(frozen=True)
@@ -65,32 +74,34 @@ def _digest(entries: dict[str, Any]) -> bytes:
     return digest.digest()
 
 
-def media_digests(template: Any, encoded: dict[str, Any]) -> tuple[list[bytes], bytes | None]:
+def media_of(template: Any, encoded: dict[str, Any]) -> Media:
     images, videos = template.split_media(encoded)
-    return [_digest(entries) for _, entries in images], (_digest(videos) if videos else None)
+    return Media(
+        image_tokens=[count for count, _ in images],
+        images=[_digest(entries) for _, entries in images],
+        videos=_digest(videos) if videos else None,
+    )
 
 
-def resume_point(template: Any, encoded: dict[str, Any], cache: TurnCache) -> Resume:
-    """How much of `cache` the prompt `encoded` can keep (see the module docstring, steps 1-2)."""
+def resume_point(template: Any, encoded: dict[str, Any], media: Media, cache: TurnCache) -> Resume:
+    """How much of `cache` the prompt `encoded` (with `media`) can keep (the module docstring, steps 1-2)."""
     ids = encoded["input_ids"]
     cached = torch.tensor(cache.ids[: len(ids) - 1], dtype=ids.dtype)  # the last prompt token always runs
     differs = (ids[: len(cached)] != cached).nonzero()
     keep = int(differs[0]) if len(differs) else len(cached)
 
-    images, _ = template.split_media(encoded)
-    digests, videos_digest = media_digests(template, encoded)
     image_positions = (ids == template.image_token_id).nonzero().flatten().tolist()
     spans, start = [], 0  # (first token, last token) of each image
-    for count, _ in images:
+    for count in media.image_tokens:
         spans.append((image_positions[start], image_positions[start + count - 1]))
         start += count
     for k, (first, last) in enumerate(spans):
-        if last >= keep or k >= len(cache.images) or cache.images[k] != digests[k]:
+        if last >= keep or k >= len(cache.media.images) or cache.media.images[k] != media.images[k]:
             keep = min(keep, first)
             break
     video_token = getattr(template, "video_token_id", None)
     video_positions = [] if video_token is None else (ids == video_token).nonzero().flatten().tolist()
-    if video_positions and (video_positions[-1] >= keep or videos_digest != cache.videos):
+    if video_positions and (video_positions[-1] >= keep or media.videos != cache.media.videos):
         keep = min(keep, video_positions[0])
     return Resume(
         keep=keep,
@@ -163,10 +174,7 @@ def prefill(vlm: Any, encoded: dict[str, Any], cache: TurnCache, resume: Resume)
     }
 
 
-def after_turn(template: Any, encoded: dict[str, Any], output: Any) -> TurnCache:
-    """The cache to keep from `generate`'s output (return_dict_in_generate) for the prompt `encoded`."""
+def after_turn(media: Media, output: Any) -> TurnCache:
+    """The cache to keep from `generate`'s output (return_dict_in_generate) for a prompt with `media`."""
     past = output.past_key_values
-    images, videos = media_digests(template, encoded)
-    return TurnCache(
-        ids=output.sequences[0, : past.get_seq_length()].tolist(), past=past, images=images, videos=videos
-    )
+    return TurnCache(ids=output.sequences[0, : past.get_seq_length()].tolist(), past=past, media=media)

@@ -299,18 +299,20 @@ class Chat:
         sample = self._sample(text, list(images), list(videos))
         encoded = self.vlm.encode(sample)
         cache, self._cache = self._cache, None  # a turn that fails half-way leaves the cache unusable
-        reuse = self.reuse_cache and chat_cache.supported(self.vlm.template)
+        media = None
+        if chat_cache.supported(self.vlm.template):
+            media = chat_cache.media_of(self.vlm.template, encoded)
+        reuse = self.reuse_cache and media is not None
         if reuse and cache is not None:
-            resume = chat_cache.resume_point(self.vlm.template, encoded, cache)
+            resume = chat_cache.resume_point(self.vlm.template, encoded, media, cache)
             batch = chat_cache.prefill(self.vlm, encoded, cache, resume)
         else:
             resume = chat_cache.Resume(keep=0, first_image=0, videos=True)
             batch = self.vlm._inputs([encoded])
         self.tokens_run = len(encoded["input_ids"]) - resume.keep
-        split = chat_cache.supported(self.vlm.template)  # video frames are images to some families
-        self.images_run = (
-            len(self.vlm.template.split_media(encoded)[0]) if split else len(sample.media("image"))
-        ) - resume.first_image
+        # images put through the vision tower (video frames are images to some families)
+        images = len(media.image_tokens) if media is not None else len(sample.media("image"))
+        self.images_run = images - resume.first_image
         result: dict[str, Any] = {}
         extra = {"return_dict_in_generate": True} if reuse else {}
         reply = []
@@ -318,7 +320,7 @@ class Chat:
             reply.append(piece)
             yield piece
         if reuse and "output" in result:
-            self._cache = chat_cache.after_turn(self.vlm.template, encoded, result["output"])
+            self._cache = chat_cache.after_turn(media, result["output"])
         first = 1 if self.system is not None else 0
         self.messages = sample.messages[first:] + [
             {"role": "assistant", "content": [{"type": "text", "text": "".join(reply)}]}
