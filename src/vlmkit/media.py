@@ -14,6 +14,7 @@ import ipaddress
 import os
 import re
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -127,28 +128,32 @@ class _ResizedImages:
     """Resized images of local files, least recently used dropped first beyond `max_bytes`: a dataset that
     asks about one image in several rows (VQA, grounding) decodes it once per process. Keyed by the
     file's path, size and modification time and the size resized to, so a changed file or other pixel
-    limits miss. `VLMKIT_IMAGE_CACHE_MB` sets the budget per process (default 64; 0 turns it off)."""
+    limits miss. `VLMKIT_IMAGE_CACHE_MB` sets the budget per process (default 64; 0 turns it off).
+    Thread-safe (the server and batch inference encode in threads)."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.used = 0
         self.entries: OrderedDict[tuple, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
+        self.lock = threading.Lock()
 
     def get(self, key: tuple) -> tuple[np.ndarray, tuple[int, int]] | None:
-        hit = self.entries.get(key)
-        if hit is not None:
-            self.entries.move_to_end(key)
-        return hit
+        with self.lock:
+            hit = self.entries.get(key)
+            if hit is not None:
+                self.entries.move_to_end(key)
+            return hit
 
     def put(self, key: tuple, value: tuple[np.ndarray, tuple[int, int]]) -> None:
         size = value[0].nbytes
-        if size > self.max_bytes or key in self.entries:
-            return
-        self.entries[key] = value
-        self.used += size
-        while self.used > self.max_bytes:
-            _, (dropped, _) = self.entries.popitem(last=False)
-            self.used -= dropped.nbytes
+        with self.lock:
+            if size > self.max_bytes or key in self.entries:
+                return
+            self.entries[key] = value
+            self.used += size
+            while self.used > self.max_bytes:
+                _, (dropped, _) = self.entries.popitem(last=False)
+                self.used -= dropped.nbytes
 
 
 RESIZED_IMAGES = _ResizedImages(int(float(os.environ.get("VLMKIT_IMAGE_CACHE_MB", "64")) * 2**20))
