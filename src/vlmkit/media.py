@@ -97,11 +97,10 @@ def load_image_resized(
         image = _to_rgb(source)
         return _resized_pixels(image, target_size(image.height, image.width)), (image.height, image.width)
     image, where = _open_checked(source, where, policy)
-    key = _resized_key(image, target_size, jpeg_draft)
-    if key is not None and (hit := RESIZED_IMAGES.get(key)) is not None:
-        image.close()
-        return hit
     with image:
+        key = _resized_key(image, target_size, jpeg_draft)
+        if key is not None and (hit := RESIZED_IMAGES.get(key)) is not None:
+            return hit
         if jpeg_draft and image.format == "JPEG":  # JPEG keeps its EXIF in the header: safe before decoding
             height, width = _upright_size(image)
             size = target_size(height, width)
