@@ -160,3 +160,26 @@ def test_sampled_turns_with_a_seed_match_too(models):
             for text, images in TURNS[:3]
         ]
     assert replies[True] == replies[False]
+
+
+def test_a_turn_that_fails_while_generating_drops_the_cache(models, monkeypatch):
+    vlm = load(models, "qwen2-vl")
+    chat = vlm.chat()
+    chat.send("One.", images=[random_image(56, 56, seed=11)], max_new_tokens=4)
+    real_generate = type(vlm.model).generate
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(type(vlm.model), "generate", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        chat.send("Two.", max_new_tokens=4)
+    assert len(chat.messages) == 2  # the failed turn is not in the history
+    monkeypatch.setattr(type(vlm.model), "generate", real_generate)
+    reply = chat.send("Three.", max_new_tokens=6)
+    # the cache may hold a half-run turn: it is not trusted, the whole conversation runs again
+    assert chat.images_run == 1
+    reference = vlm.chat(reuse_cache=False)
+    reference.messages = list(chat.messages[:2])
+    assert chat.tokens_run == len(vlm.encode(reference._sample("Three.", [], []))["input_ids"])
+    assert reference.send("Three.", max_new_tokens=6) == reply
