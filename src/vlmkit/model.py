@@ -299,10 +299,9 @@ class Chat:
         sample = self._sample(text, list(images), list(videos))
         encoded = self.vlm.encode(sample)
         cache, self._cache = self._cache, None  # a turn that fails half-way leaves the cache unusable
-        media = None
-        if chat_cache.supported(self.vlm.template):
-            media = chat_cache.media_of(self.vlm.template, encoded)
-        reuse = self.reuse_cache and media is not None
+        split = chat_cache.supported(self.vlm.template)
+        reuse = self.reuse_cache and split
+        media = chat_cache.media_of(self.vlm.template, encoded) if reuse else None  # pixel digests: only to reuse
         if reuse and cache is not None:
             resume = chat_cache.resume_point(self.vlm.template, encoded, media, cache)
             batch = chat_cache.prefill(self.vlm, encoded, cache, resume)
@@ -311,7 +310,7 @@ class Chat:
             batch = self.vlm._inputs([encoded])
         self.tokens_run = len(encoded["input_ids"]) - resume.keep
         # images put through the vision tower (video frames are images to some families)
-        images = len(media.image_tokens) if media is not None else len(sample.media("image"))
+        images = len(self.vlm.template.split_media(encoded)[0]) if split else len(sample.media("image"))
         self.images_run = images - resume.first_image
         result: dict[str, Any] = {}
         extra = {"return_dict_in_generate": True} if reuse else {}
