@@ -57,3 +57,11 @@ def image_file(tmp_path) -> Path:
     path = tmp_path / "img.png"
     random_image(60, 80).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def scripted_model(tmp_path_factory) -> Path:
+    """A Qwen2-VL tiny model (real vocabulary) that replies `scripted.MULTILINE_CJK_REPLY` to anything."""
+    from scripted import MULTILINE_CJK_REPLY, build_scripted_model
+
+    return build_scripted_model("qwen2-vl", tmp_path_factory.mktemp("scripted") / "m", MULTILINE_CJK_REPLY)
