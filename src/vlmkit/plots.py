@@ -44,11 +44,14 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.ceil(low / step - 1e-9) * step
-    return [round(first + i * step, 12) for i in range(int((high - first) / step + 1e-9) + 1)]
+    digits = max(12, 3 - math.floor(math.log10(step)))  # tiny ranges (learning rates) keep their digits
+    return [round(first + i * step, digits) for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
 def _label(value: float, ticks: list[float]) -> str:
     step = ticks[1] - ticks[0] if len(ticks) > 1 else abs(value) or 1
+    if step < 1e-3:  # learning rates: 2.0e-05 reads better than 0.00002
+        return f"{value:.1e}"
     decimals = max(0, -math.floor(math.log10(step)))
     return f"{value:,.{decimals}f}"
 
