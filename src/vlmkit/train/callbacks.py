@@ -111,18 +111,7 @@ class VlmTrainer(Trainer):
             if not is_disk_full(e, run_dir):
                 raise
             checkpoint = run_dir / f"checkpoint-{self.state.global_step}"
-            if self.is_world_process_zero():
-                shutil.rmtree(checkpoint, ignore_errors=True)  # incomplete: never used, and its space is needed
-            complete = checkpoints(run_dir)
-            last = (
-                f"the last complete checkpoint is {complete[-1]}"
-                if complete
-                else "no checkpoint of this run is complete yet"
-            )
-            raise VlmkitError(
-                f"disk full while saving {checkpoint} (the partial folder was removed); {last}; free space on "
-                "that disk and run the same command with --resume latest"
-            ) from None
+            raise disk_full_error(run_dir, checkpoint, remove=self.is_world_process_zero()) from None
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Load full weights through `from_pretrained`, which maps the saved (checkpoint-layout) names to the
@@ -171,6 +160,27 @@ def is_disk_full(error: BaseException, folder: Path) -> bool:
                 return False
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def disk_full_error(run_dir: Path, checkpoint: Path | None, remove: bool = True) -> VlmkitError:
+    """The one line for a full disk: what was being written, the last complete checkpoint, how to resume.
+    `checkpoint`, the one being saved, is removed (when `remove`): it is incomplete, and its space is needed."""
+    if checkpoint is not None and remove:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    complete = checkpoints(run_dir)
+    last = (
+        f"the last complete checkpoint is {complete[-1]}"
+        if complete
+        else "no checkpoint of this run is complete yet"
+    )
+    writing = (
+        f"saving {checkpoint} (the partial folder was removed)"
+        if checkpoint is not None
+        else f"writing to {run_dir}"
+    )
+    return VlmkitError(
+        f"disk full while {writing}; {last}; free space on that disk and run the same command with --resume latest"
+    )
 
 
 def fingerprint(model: torch.nn.Module) -> dict[str, tuple[float, float]]:
@@ -271,8 +281,13 @@ class RunLog(TrainerCallback):
             tokens = (state.num_input_tokens_seen or 0) - self.start[2]
             if tokens:
                 record["tokens_per_second"] = round(tokens / elapsed, 1)
-        with (self.run_dir / "train_log.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with (self.run_dir / "train_log.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            if is_disk_full(e, self.run_dir):
+                raise disk_full_error(self.run_dir, None) from None
+            raise
         self._add_point(record)
         if not self.progress:  # plain lines for logs and non-interactive runs
             shown = {k: v for k, v in record.items() if k in _SHOWN}
@@ -337,13 +352,21 @@ class CompleteCheckpoints(TrainerCallback):
         if not state.is_world_process_zero:
             return
         checkpoint = self.run_dir / f"checkpoint-{state.global_step}"
+        try:
+            self._complete(checkpoint, state.global_step)
+        except OSError as e:
+            if is_disk_full(e, self.run_dir):
+                raise disk_full_error(self.run_dir, checkpoint) from None
+            raise
+        if self.keep is not None:
+            remove_old_checkpoints(self.run_dir, self.keep, checkpoint)
+
+    def _complete(self, checkpoint: Path, step: int) -> None:
         for name in ("preprocessor_config.json", "processor_config.json", "chat_template.jinja"):
             if (self.model_dir / name).is_file() and not (checkpoint / name).is_file():
                 shutil.copy(self.model_dir / name, checkpoint / name)
-        write_settings(checkpoint, {**self.settings, "step": state.global_step})
-        (checkpoint / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}) + "\n")
-        if self.keep is not None:
-            remove_old_checkpoints(self.run_dir, self.keep, checkpoint)
+        write_settings(checkpoint, {**self.settings, "step": step})
+        (checkpoint / COMPLETE_MARKER).write_text(json.dumps({"step": step}) + "\n")
 
 
 def remove_old_checkpoints(run_dir: Path, keep: int, newest: Path) -> None:

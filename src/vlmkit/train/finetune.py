@@ -133,8 +133,15 @@ class EncodedDataset(torch.utils.data.Dataset):
         where = self.dataset.rows[row].where
         reason = str(error).removeprefix(f"{where}: ")
         if self.bad_file is not None:
-            line = {"where": where, "kind": "failed while training", "reason": reason, "row": self.dataset.rows[row].data}
-            with open(self.bad_file, "a", encoding="utf-8") as f:  # one short append: whole lines across workers
+            line = {
+                "where": where,
+                "kind": "failed while training",
+                "reason": reason,
+                "row": self.dataset.rows[row].data,
+            }
+            with open(
+                self.bad_file, "a", encoding="utf-8"
+            ) as f:  # one short append: whole lines across workers
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
         print(f"skipped {where}: {reason} (listed in {self.bad_file})", file=sys.stderr, flush=True)
         if len(self.failed) > self.max_bad:
@@ -218,7 +225,9 @@ def _batching(config: SFTConfig, template, train_set, train_lengths, val_set, va
 
     if not config.packing:
         sampler = (
-            LengthGroupedSampler(train_lengths, config.batch_size, config.seed) if config.group_by_length else None
+            LengthGroupedSampler(train_lengths, config.batch_size, config.seed)
+            if config.group_by_length
+            else None
         )
         return train_set, val_set, sampler, partial(collate_padded, template)
     packs = pack_lengths(train_lengths, config.max_length, seed=config.seed)
@@ -233,8 +242,11 @@ def _batching(config: SFTConfig, template, train_set, train_lengths, val_set, va
         val_set = PackedDataset(val_set, pack_lengths(val_lengths, config.max_length))
     # flash-attention takes the whole batch as one padding-free row; SDPA/eager one padded row per pack.
     padding_free = config.attn_impl == "flash_attention_2"
-    return train_set, val_set, None, partial(
-        collate_packed, template, padding_free=padding_free, capacity=config.max_length
+    return (
+        train_set,
+        val_set,
+        None,
+        partial(collate_packed, template, padding_free=padding_free, capacity=config.max_length),
     )
 
 
@@ -379,7 +391,9 @@ def sft(config: SFTConfig) -> Path:
     )
     val_set = None
     if val_data is not None:
-        val_rows, val_pixels, val_lengths, val_video = _validate(val_data, template, config, run_dir, "val", is_main)
+        val_rows, val_pixels, val_lengths, val_video = _validate(
+            val_data, template, config, run_dir, "val", is_main
+        )
         has_video = has_video or val_video
         val_set = EncodedDataset(
             val_data,
@@ -392,7 +406,9 @@ def sft(config: SFTConfig) -> Path:
         )
     if config.packing and has_video:  # known from validation: no second pass over the rows
         if packing_requested:
-            raise VlmkitError("--packing: the data has video rows, which cannot be packed yet; use --no-packing")
+            raise VlmkitError(
+                "--packing: the data has video rows, which cannot be packed yet; use --no-packing"
+            )
         config.packing = False
         if is_main:
             print("packing off: the data has video rows, which cannot be packed yet")

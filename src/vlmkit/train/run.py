@@ -98,8 +98,16 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 def best_checkpoint(run_dir: Path) -> tuple[Path, float] | None:
     """(the complete checkpoint with the lowest eval loss logged at its step, that loss), or None when no
     checkpoint's step was evaluated."""
-    losses = {line["step"]: line["eval_loss"] for line in read_log(run_dir / "train_log.jsonl") if "eval_loss" in line}
-    scored = [(losses[step], path) for path in checkpoints(run_dir) if (step := int(path.name.split("-")[1])) in losses]
+    losses = {
+        line["step"]: line["eval_loss"]
+        for line in read_log(run_dir / "train_log.jsonl")
+        if "eval_loss" in line
+    }
+    scored = [
+        (losses[step], path)
+        for path in checkpoints(run_dir)
+        if (step := int(path.name.split("-")[1])) in losses
+    ]
     if not scored:
         return None
     loss, path = min(scored, key=lambda pair: pair[0])
