@@ -231,25 +231,25 @@ def test_a_kill_between_save_and_completion_marker_keeps_the_last_complete_check
 ):
     """transformers rotated checkpoints inside its save, before vlmkit wrote `vlmkit_complete`: with
     --save-total-limit 1 a kill in between left one unmarked checkpoint and nothing to resume from."""
-    import vlmkit.train.callbacks as callbacks
+    import vlmkit.train.checkpoints as checkpoints
 
     class Killed(Exception):
         pass
 
-    real_write_settings = callbacks.write_settings
+    real_write_settings = checkpoints.write_settings
 
     def killed_at_step_2(folder, settings):
         if settings["step"] == 2:
             raise Killed  # the process dies after the weights of checkpoint-2 are written, before its marker
         return real_write_settings(folder, settings)
 
-    monkeypatch.setattr(callbacks, "write_settings", killed_at_step_2)
+    monkeypatch.setattr(checkpoints, "write_settings", killed_at_step_2)
     with pytest.raises(Killed):
         run(small_model, data, max_steps=3, save_steps=1, save_total_limit=1)
     run_dir = next((data / "out" / small_model.name).iterdir())
     assert (run_dir / "checkpoint-1" / "vlmkit_complete").is_file()
     assert not (run_dir / "checkpoint-2" / "vlmkit_complete").exists()
-    monkeypatch.setattr(callbacks, "write_settings", real_write_settings)
+    monkeypatch.setattr(checkpoints, "write_settings", real_write_settings)
     assert run(small_model, data, max_steps=3, save_steps=1, save_total_limit=1, resume="latest") == run_dir
     # rotation ran after each marker: only the newest complete checkpoint is left
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-3"]

@@ -168,9 +168,7 @@ def sft_command(
     ] = None,
     max_frames: Annotated[
         int | None,
-        typer.Option(
-            help="Most frames sampled from one video (default 768). Saved with the run.", rich_help_panel=_P
-        ),
+        typer.Option(help="Most frames sampled from one video (default 768). Saved with the run.", rich_help_panel=_P),
     ] = None,
     video_max_pixels: Annotated[
         int | None,

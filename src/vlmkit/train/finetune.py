@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,13 @@ import torch
 
 from vlmkit.errors import VlmkitError
 from vlmkit.train.config import SFTConfig
+from vlmkit.train.encoded import EncodedDataset
 from vlmkit.train.packing import PackedDataset, collate_packed, pack_lengths, resolve_packing
 from vlmkit.train.run import (
-    best_checkpoint,
-    changed_args,
-    checkpoints,
+    check_resumed_args,
     lock_run_dir,
     new_run_dir,
+    print_result,
     resolve_resume,
     saved_args,
     write_val_rows,
@@ -67,88 +66,6 @@ DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
         "gradient_clipping": "auto",
     },
 }
-
-
-class EncodedDataset(torch.utils.data.Dataset):
-    """Rows of a `vlmkit.data.Dataset` encoded on access (in DataLoader workers), never held decoded;
-    with an `EncodeCache`, read from it (and written to it on a miss) instead of encoded every epoch.
-
-    A row that validation passed but that fails to encode while training (e.g. an image whose header is
-    fine but whose pixel data is truncated) is skipped: appended to `bad_file` and announced once, and
-    the next row that encodes takes its place. More than `max_bad` such rows (in one process; at least one
-    is always allowed) stop the run."""
-
-    def __init__(
-        self,
-        dataset,
-        template,
-        rows: list[int],
-        max_pixels: dict[int, int] | None = None,
-        cache=None,
-        bad_file: Path | None = None,
-        max_bad: int = 0,
-    ):
-        self.dataset = dataset
-        self.template = template
-        self.rows = rows
-        self.max_pixels = max_pixels or {}
-        self.cache = cache
-        self.bad_file = bad_file
-        self.max_bad = max_bad
-        self.failed: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def encode_row(self, i: int) -> dict[str, Any] | None:
-        """Row i encoded, or None when it fails (listed in `bad_file` the first time)."""
-        row = self.rows[i]
-        if row in self.failed:
-            return None
-        try:
-            sample = self.dataset[row]
-            if self.cache is not None:
-                encoded = self.cache.encode(sample, self.max_pixels.get(row))
-            elif row in self.max_pixels:
-                encoded = self.template.encode(sample, max_pixels=self.max_pixels[row])
-            else:
-                encoded = self.template.encode(sample)
-        except VlmkitError as e:
-            self._skip(row, e)
-            return None
-        encoded.pop("image_sizes", None)
-        return encoded
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        for k in range(len(self.rows)):
-            encoded = self.encode_row((i + k) % len(self.rows))
-            if encoded is not None:
-                return encoded
-        raise VlmkitError(f"no row could be encoded while training; see {self.bad_file}")
-
-    def _skip(self, row: int, error: Exception) -> None:
-        import sys
-
-        self.failed.add(row)
-        where = self.dataset.rows[row].where
-        reason = str(error).removeprefix(f"{where}: ")
-        if self.bad_file is not None:
-            line = {
-                "where": where,
-                "kind": "failed while training",
-                "reason": reason,
-                "row": self.dataset.rows[row].data,
-            }
-            with open(
-                self.bad_file, "a", encoding="utf-8"
-            ) as f:  # one short append: whole lines across workers
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
-        print(f"skipped {where}: {reason} (listed in {self.bad_file})", file=sys.stderr, flush=True)
-        if len(self.failed) > self.max_bad:
-            raise VlmkitError(
-                f"{len(self.failed)} rows failed while training (more than --max-bad-fraction allows); "
-                f"see {self.bad_file}; run `vlmkit data check` on the data and fix them"
-            )
 
 
 def _check_environment(config: SFTConfig) -> None:
@@ -225,9 +142,7 @@ def _batching(config: SFTConfig, template, train_set, train_lengths, val_set, va
 
     if not config.packing:
         sampler = (
-            LengthGroupedSampler(train_lengths, config.batch_size, config.seed)
-            if config.group_by_length
-            else None
+            LengthGroupedSampler(train_lengths, config.batch_size, config.seed) if config.group_by_length else None
         )
         return train_set, val_set, sampler, partial(collate_padded, template)
     packs = pack_lengths(train_lengths, config.max_length, seed=config.seed)
@@ -242,11 +157,8 @@ def _batching(config: SFTConfig, template, train_set, train_lengths, val_set, va
         val_set = PackedDataset(val_set, pack_lengths(val_lengths, config.max_length))
     # flash-attention takes the whole batch as one padding-free row; SDPA/eager one padded row per pack.
     padding_free = config.attn_impl == "flash_attention_2"
-    return (
-        train_set,
-        val_set,
-        None,
-        partial(collate_packed, template, padding_free=padding_free, capacity=config.max_length),
+    return train_set, val_set, None, partial(
+        collate_packed, template, padding_free=padding_free, capacity=config.max_length
     )
 
 
@@ -306,7 +218,8 @@ def sft(config: SFTConfig) -> Path:
     from vlmkit.families import family_for_model_dir, resolution_settings
     from vlmkit.model import _check_attn, _resolve_model_dir, _torch_dtype
     from vlmkit.settings import write_settings
-    from vlmkit.train.callbacks import ChangeCheck, CompleteCheckpoints, RunLog, VlmTrainer
+    from vlmkit.train.callbacks import ChangeCheck, RunLog, VlmTrainer
+    from vlmkit.train.checkpoints import CompleteCheckpoints
     from vlmkit.train.tuning import apply_tuning, count_parameters, parameter_groups
 
     transformers.utils.logging.disable_progress_bar()
@@ -391,9 +304,7 @@ def sft(config: SFTConfig) -> Path:
     )
     val_set = None
     if val_data is not None:
-        val_rows, val_pixels, val_lengths, val_video = _validate(
-            val_data, template, config, run_dir, "val", is_main
-        )
+        val_rows, val_pixels, val_lengths, val_video = _validate(val_data, template, config, run_dir, "val", is_main)
         has_video = has_video or val_video
         val_set = EncodedDataset(
             val_data,
@@ -406,16 +317,14 @@ def sft(config: SFTConfig) -> Path:
         )
     if config.packing and has_video:  # known from validation: no second pass over the rows
         if packing_requested:
-            raise VlmkitError(
-                "--packing: the data has video rows, which cannot be packed yet; use --no-packing"
-            )
+            raise VlmkitError("--packing: the data has video rows, which cannot be packed yet; use --no-packing")
         config.packing = False
         if is_main:
             print("packing off: the data has video rows, which cannot be packed yet")
             if resume_from is None:
                 (run_dir / "args.json").write_text(json.dumps(saved_args(config.to_dict()), indent=2) + "\n")
     if is_main and resume_from is not None:
-        _check_resumed_args(config, run_dir, resume_from)
+        check_resumed_args(config, run_dir, resume_from)
         write_settings(run_dir, settings)
     train_set, val_set, train_sampler, collate = _batching(
         config, template, train_set, train_lengths, val_set, val_lengths if val_set else None, is_main
@@ -497,43 +406,8 @@ def sft(config: SFTConfig) -> Path:
             run_dir,
         )
     if is_main:
-        _print_result(run_dir)
+        print_result(run_dir)
     return run_dir
-
-
-def _print_result(run_dir: Path) -> None:
-    """The last and the best checkpoint, and the command to chat with the one to use."""
-    import shlex
-
-    complete = checkpoints(run_dir)
-    if not complete:
-        return
-    best = best_checkpoint(run_dir)
-    print(f"last checkpoint: {complete[-1]}")
-    if best is not None:
-        print(f"best checkpoint: {best[0]} (eval loss {best[1]:.4f})")
-    chosen = best[0] if best is not None else complete[-1]
-    print(f"chat with it: vlmkit infer --ckpt {shlex.quote(str(chosen))}")
-
-
-def _check_resumed_args(config: SFTConfig, run_dir: Path, resume_from: Path) -> None:
-    """Refuse to resume with other training options than the run's args.json (one line listing them),
-    unless --allow-changed-args; then keep the old args.json beside the new one."""
-    args_file = run_dir / "args.json"
-    now = saved_args(config.to_dict())
-    before = json.loads(args_file.read_text()) if args_file.is_file() else {}
-    before = saved_args(before) if before else {}
-    changes = changed_args(before, now)
-    if changes and not config.allow_changed_args:
-        raise VlmkitError(
-            f"--resume {config.resume}: these options differ from the run's {args_file}: {'; '.join(changes)}; "
-            "resume with the run's options, start a new run, or pass --allow-changed-args to continue anyway"
-        )
-    if changes:
-        step = resume_from.name.split("-")[-1]
-        print(f"resuming with changed options (--allow-changed-args): {'; '.join(changes)}")
-        shutil.copy(args_file, run_dir / f"args.before-step-{step}.json")
-    args_file.write_text(json.dumps(now, indent=2) + "\n")
 
 
 def _log_val_generations(

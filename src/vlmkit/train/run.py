@@ -1,11 +1,13 @@
 """Run folders and checkpoints on disk.
 
 OUTPUT_DIR/<model-name>/v<N>-<YYYYMMDD-HHMMSS>/
-    args.json            the resolved SFTConfig
+    args.json            the resolved SFTConfig, local paths absolute (a resume must match it)
     vlmkit.json          family, base model, tuner, pixel limits, system prompt
     train_log.jsonl      one line per logging step (loss, lr, throughput) and eval
-    loss.png             the loss curve, redrawn as training runs
-    bad_samples.jsonl    rows left out, with file:line and reason
+    loss.png             loss, learning rate and grad norm, redrawn as training runs
+    bad_samples.jsonl    rows left out (up front, or failed while training), with file:line and reason
+    val_split.jsonl      with --split-ratio: the held-out rows, media paths absolute (`infer --val`)
+    .lock                held by the process training the run (its pid inside)
     checkpoint-<step>/   adapter or full weights, tokenizer, image-processor config,
                          vlmkit.json, optimizer/scheduler/RNG state, and last of all
                          `vlmkit_complete`, so an interrupted save never looks complete
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -246,3 +249,38 @@ def write_val_rows(dataset, path: Path) -> Path:
             lines.append(json.dumps(row, ensure_ascii=False) + "\n")
     path.write_text("".join(lines), encoding="utf-8")
     return path
+
+
+def print_result(run_dir: Path) -> None:
+    """The last and the best checkpoint, and the command to chat with the one to use."""
+    import shlex
+
+    complete = checkpoints(run_dir)
+    if not complete:
+        return
+    best = best_checkpoint(run_dir)
+    print(f"last checkpoint: {complete[-1]}")
+    if best is not None:
+        print(f"best checkpoint: {best[0]} (eval loss {best[1]:.4f})")
+    chosen = best[0] if best is not None else complete[-1]
+    print(f"chat with it: vlmkit infer --ckpt {shlex.quote(str(chosen))}")
+
+
+def check_resumed_args(config, run_dir: Path, resume_from: Path) -> None:
+    """Refuse to resume with other training options than the run's args.json (one line listing them),
+    unless --allow-changed-args; then keep the old args.json beside the new one."""
+    args_file = run_dir / "args.json"
+    now = saved_args(config.to_dict())
+    before = json.loads(args_file.read_text()) if args_file.is_file() else {}
+    before = saved_args(before) if before else {}
+    changes = changed_args(before, now)
+    if changes and not config.allow_changed_args:
+        raise VlmkitError(
+            f"--resume {config.resume}: these options differ from the run's {args_file}: {'; '.join(changes)}; "
+            "resume with the run's options, start a new run, or pass --allow-changed-args to continue anyway"
+        )
+    if changes:
+        step = resume_from.name.split("-")[-1]
+        print(f"resuming with changed options (--allow-changed-args): {'; '.join(changes)}")
+        shutil.copy(args_file, run_dir / f"args.before-step-{step}.json")
+    args_file.write_text(json.dumps(now, indent=2) + "\n")
