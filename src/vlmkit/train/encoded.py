@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,11 @@ from typing import Any
 import torch
 
 from vlmkit.errors import VlmkitError
+
+# How reading a row's media fails when the file changed or is damaged past its header: vlmkit's own
+# errors, and what PIL / PyAV raise underneath (OSError for truncated data, SyntaxError for a broken PNG,
+# EOFError for a cut GIF, ValueError for undecodable frames). Anything else is a bug and keeps its traceback.
+MEDIA_FAILURES = (VlmkitError, OSError, ValueError, EOFError, SyntaxError)
 
 
 class EncodedDataset(torch.utils.data.Dataset):
@@ -56,7 +62,9 @@ class EncodedDataset(torch.utils.data.Dataset):
                 encoded = self.template.encode(sample, max_pixels=self.max_pixels[row])
             else:
                 encoded = self.template.encode(sample)
-        except VlmkitError as e:
+        except MEDIA_FAILURES as e:
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise  # a full disk (writing the encode cache) is not the row's fault
             self._skip(row, e)
             return None
         encoded.pop("image_sizes", None)
