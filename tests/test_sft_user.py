@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -271,8 +272,9 @@ def test_a_second_process_on_the_same_run_is_refused_naming_the_holder(small_mod
         while not list((data / "out").glob("*/*/checkpoint-*/vlmkit_complete")):
             assert first.poll() is None and time.time() < deadline, "the first run did not save a checkpoint"
             time.sleep(0.2)
+        first.send_signal(signal.SIGSTOP)  # paused mid-run, lock held: the second process gets the CPU
         second = vlmkit_cli(*common, "--resume", "latest", cwd=data, timeout=120)
-        assert first.poll() is None  # still training, undisturbed
+        assert first.poll() is None  # still there, undisturbed
     finally:
         first.kill()
         first.wait()
