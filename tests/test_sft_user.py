@@ -285,7 +285,8 @@ def test_a_second_process_on_the_same_run_is_refused_naming_the_holder(small_mod
     ]
 
 
-def test_a_row_whose_image_data_is_truncated_is_skipped_and_listed(small_model, data):
+@pytest.mark.parametrize("packing", [False, True])
+def test_a_row_whose_image_data_is_truncated_is_skipped_and_listed(small_model, data, packing):
     from io import BytesIO
 
     buffer = BytesIO()
@@ -301,7 +302,7 @@ def test_a_row_whose_image_data_is_truncated_is_skipped_and_listed(small_model, 
         dataset=[str(data / "mixed.jsonl")],
         max_steps=3,
         batch_size=2,
-        packing=False,
+        packing=packing,
         max_bad_fraction=0.0,
     )
     assert (run_dir / "checkpoint-3" / "vlmkit_complete").is_file()
