@@ -81,3 +81,24 @@ def test_write_is_atomic(tmp_path):
     save_line_plot({"a": [(0, 1), (1, 0)]}, target, "t", "x", "y")  # replaces it
     assert [p.name for p in target.parent.iterdir()] == ["chart.png"]
     Image.open(target).verify()
+
+
+def test_panels_store_the_points_they_plot_and_draw_each_panel(tmp_path):
+    from vlmkit.plots import plotted_series, save_line_panels
+
+    panels = [
+        ("loss", {"train loss": [(1, 2.0), (2, 1.5)], "eval loss": [(2, 1.7)]}),
+        ("learning rate", {"learning rate": [(1, 1e-4), (2, 5e-5)]}),
+        ("grad norm", {"grad norm": [(1, 3.0), (2, float("nan"))]}),  # non-finite points are left out
+    ]
+    path = save_line_panels(panels, tmp_path / "loss.png", xlabel="step")
+    assert plotted_series(path) == {
+        "loss": {"train loss": [[1.0, 2.0], [2.0, 1.5]], "eval loss": [[2.0, 1.7]]},
+        "learning rate": {"learning rate": [[1.0, 1e-4], [2.0, 5e-5]]},
+        "grad norm": {"grad norm": [[1.0, 3.0]]},
+    }
+    image = Image.open(path)
+    height = image.height // 3
+    assert image.width == SIZE[0] and height == SIZE[1] * 2 // 3
+    ys, _ = pixels_of(path, COLOURS[0])
+    assert all(((ys >= i * height) & (ys < (i + 1) * height)).any() for i in range(3))  # ink in every panel

@@ -40,6 +40,7 @@ def run(model: Path, dataset: list[str], tmp_path: Path, **kw) -> Path:
         num_workers=0,
         report_to="none",
         eval_generate=0,
+        eval_max_new_tokens=8,  # a tiny random model never stops on its own
     )
     return sft(SFTConfig(**{**options, **kw}))
 

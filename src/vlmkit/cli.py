@@ -206,9 +206,9 @@ def infer(
 
 
 from vlmkit.data.commands import app as data_app  # noqa: E402
-from vlmkit.train.command import sft_command  # noqa: E402  (a light module: options only)
+from vlmkit.train.command import ManyValuesCommand, sft_command  # noqa: E402  (a light module: options only)
 
-app.command("sft", context_settings={"help_option_names": ["-h", "--help"]})(sft_command)
+app.command("sft", cls=ManyValuesCommand, context_settings={"help_option_names": ["-h", "--help"]})(sft_command)
 app.add_typer(
     data_app, name="data", help="Check a dataset before training, preview rows as the model sees them, or encode it into the encode cache."
 )
@@ -231,18 +231,22 @@ def demo(
 
 
 def _val_input(ckpt: Path | None, given: Path | None) -> Path:
-    """The validation file of the run that wrote `ckpt` (seed 000's --load_dataset_config)."""
+    """The validation file of the run that wrote `ckpt` (seed 000's --load_dataset_config): the rows that
+    --split-ratio held out (RUN/val_split.jsonl), else its --val-dataset (args.json keeps it absolute)."""
     import json
 
     if ckpt is None or given is not None:
         raise VlmkitError("--val needs --ckpt and no --input")
-    args_file = Path(ckpt).parent / "args.json"
+    run_dir = Path(ckpt).resolve().parent
+    args_file = run_dir / "args.json"
     if not args_file.is_file():
         raise VlmkitError(f"--val: {args_file} not found; is {ckpt} a checkpoint of a vlmkit run?")
+    if (run_dir / "val_split.jsonl").is_file():
+        return run_dir / "val_split.jsonl"
     args = json.loads(args_file.read_text())
     if not args.get("val_dataset"):
         raise VlmkitError(
-            f"--val: the run {Path(ckpt).parent} had no --val-dataset (use --input FILE instead)"
+            f"--val: the run {run_dir} had no --val-dataset or --split-ratio (use --input FILE instead)"
         )
     if len(args["val_dataset"]) > 1 or "#" in args["val_dataset"][0]:
         raise VlmkitError("--val supports a run with one plain --val-dataset file; pass --input FILE instead")

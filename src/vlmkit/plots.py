@@ -2,13 +2,17 @@
 
     save_histogram(lengths, "token_lengths.png", "Token lengths", "tokens", vlines={"--max-length": 2048})
     save_line_plot({"train": [(1, 2.3), (2, 2.1)], "eval": [(2, 2.2)]}, "loss.png", "Loss", "step", "loss")
+    save_line_panels([("loss", {"train loss": [...]}), ("learning rate", {...})], "loss.png", "step")
 
-Both write the file atomically (a temporary file renamed over the target), so a chart
+All write the file atomically (a temporary file renamed over the target), so a chart
 being redrawn during training is never seen half-written. Non-finite values are left out.
+Line plots also store the plotted points in the PNG as a `vlmkit-series` text chunk (JSON
+{title: {series: [[x, y], ...]}}), so the data behind a chart can be read back.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -40,11 +44,14 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.ceil(low / step - 1e-9) * step
-    return [round(first + i * step, 12) for i in range(int((high - first) / step + 1e-9) + 1)]
+    digits = max(12, 3 - math.floor(math.log10(step)))  # tiny ranges (learning rates) keep their digits
+    return [round(first + i * step, digits) for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
 def _label(value: float, ticks: list[float]) -> str:
     step = ticks[1] - ticks[0] if len(ticks) > 1 else abs(value) or 1
+    if step < 1e-3:  # learning rates: 2.0e-05 reads better than 0.00002
+        return f"{value:.1e}"
     decimals = max(0, -math.floor(math.log10(step)))
     return f"{value:,.{decimals}f}"
 
@@ -109,12 +116,28 @@ class _Chart:
         self._text((x - 4, top + 4), label, "rt", fill=MARK)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        self.image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-        return path
+        return _save_png(self.image, path)
+
+
+def _save_png(image: Image.Image, path: str | Path, series: dict | None = None) -> Path:
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    info = None
+    if series is not None:
+        info = PngInfo()
+        info.add_text("vlmkit-series", json.dumps(series))
+    image.save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+    return path
+
+
+def plotted_series(path: str | Path) -> dict[str, dict[str, list[list[float]]]]:
+    """The points a line plot drew, as stored in it: {title: {series name: [[x, y], ...]}}."""
+    with Image.open(path) as image:
+        return json.loads(image.text.get("vlmkit-series", "{}"))
 
 
 def save_histogram(
@@ -149,18 +172,17 @@ def save_histogram(
     return chart.save(path)
 
 
-def save_line_plot(
-    series: dict[str, list[tuple[float, float]]], path: str | Path, title: str, xlabel: str, ylabel: str
-) -> Path:
-    """One line per series (e.g. {"train": [(step, loss), ...], "eval": [...]}), each in its own colour,
-    with a legend; points are drawn as dots too when a series has few of them. Returns the path."""
-    clean = {
+def _clean(series: dict[str, list[tuple[float, float]]]) -> dict[str, list[tuple[float, float]]]:
+    return {
         name: sorted((float(x), float(y)) for x, y in points if math.isfinite(x) and math.isfinite(y))
         for name, points in series.items()
     }
+
+
+def _line_chart(clean, title: str, xlabel: str, ylabel: str, size=SIZE) -> _Chart:
     xs = [x for points in clean.values() for x, _ in points] or [0.0, 1.0]
     ys = [y for points in clean.values() for _, y in points] or [0.0, 1.0]
-    chart = _Chart(_padded(min(xs), max(xs)), _padded(min(ys), max(ys), 0.05), title, xlabel, ylabel)
+    chart = _Chart(_padded(min(xs), max(xs)), _padded(min(ys), max(ys), 0.05), title, xlabel, ylabel, size)
     right, top = chart.box[2], chart.box[1]
     for i, (name, points) in enumerate(clean.items()):
         colour = COLOURS[i % len(COLOURS)]
@@ -173,4 +195,29 @@ def save_line_plot(
         legend_y = top + 10 + 18 * i
         chart.draw.rectangle((right - 110, legend_y - 5, right - 100, legend_y + 5), fill=colour)
         chart._text((right - 94, legend_y), name, "lm")
-    return chart.save(path)
+    return chart
+
+
+def save_line_plot(
+    series: dict[str, list[tuple[float, float]]], path: str | Path, title: str, xlabel: str, ylabel: str
+) -> Path:
+    """One line per series (e.g. {"train": [(step, loss), ...], "eval": [...]}), each in its own colour,
+    with a legend; points are drawn as dots too when a series has few of them. Returns the path."""
+    clean = _clean(series)
+    chart = _line_chart(clean, title, xlabel, ylabel)
+    return _save_png(chart.image, path, {title: {name: [list(p) for p in pts] for name, pts in clean.items()}})
+
+
+def save_line_panels(
+    panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], path: str | Path, xlabel: str
+) -> Path:
+    """Line plots stacked top to bottom, one per (title, series) of `panels` (e.g. loss, learning rate,
+    grad norm), sharing `xlabel`. Returns the path."""
+    height = SIZE[1] * 2 // 3
+    image = Image.new("RGB", (SIZE[0], height * max(len(panels), 1)), BACKGROUND)
+    stored = {}
+    for i, (title, series) in enumerate(panels):
+        clean = _clean(series)
+        stored[title] = {name: [list(p) for p in pts] for name, pts in clean.items()}
+        image.paste(_line_chart(clean, title, xlabel, title, size=(SIZE[0], height)).image, (0, i * height))
+    return _save_png(image, path, stored)

@@ -1,10 +1,12 @@
-"""The pieces vlmkit adds to transformers' Trainer: per-group learning rates, a progress bar with
-throughput, the run log and loss plot, and complete-or-absent checkpoints."""
+"""The pieces vlmkit adds to transformers' Trainer: per-group learning rates, warm-up that never swallows
+a short run, a progress bar with throughput, the run log and loss plot, and a loud warning when training
+changed nothing. Checkpoint completion and rotation are in `vlmkit.train.checkpoints`."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +17,8 @@ from transformers import Trainer, TrainerCallback
 
 from vlmkit.encoding import IGNORE_INDEX
 from vlmkit.errors import VlmkitError
-from vlmkit.settings import write_settings
-from vlmkit.train.run import COMPLETE_MARKER
+from vlmkit.train.checkpoints import disk_full_error, is_disk_full
+from vlmkit.train.run import read_log
 from vlmkit.train.sampler import BatchStats
 
 
@@ -87,6 +89,29 @@ class VlmTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            wanted = self.args.get_warmup_steps(num_training_steps)
+            warmup = capped_warmup_steps(wanted, num_training_steps)
+            if warmup < wanted and self.is_world_process_zero():
+                print(
+                    f"warm-up: {warmup} of {num_training_steps} steps instead of {wanted} (at most a third of a run "
+                    "warms up, so that a short run still trains at --lr)"
+                )
+            self.args.warmup_steps = warmup  # a count (an int >= 1, or 0): the trainer uses it as it is
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """As the Trainer's, but a full disk ends the run with one line naming the last complete checkpoint."""
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as e:
+            run_dir = Path(self.args.output_dir)
+            if not is_disk_full(e, run_dir):
+                raise
+            checkpoint = run_dir / f"checkpoint-{self.state.global_step}"
+            raise disk_full_error(run_dir, checkpoint, remove=self.is_world_process_zero()) from None
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Load full weights through `from_pretrained`, which maps the saved (checkpoint-layout) names to the
         model's. transformers 5's Trainer loads them by raw name, which for Qwen-VL models matches nothing and
@@ -108,9 +133,63 @@ class VlmTrainer(Trainer):
             )
 
 
+def capped_warmup_steps(wanted: int, total: int) -> int:
+    """Warm-up steps for a run of `total` optimizer steps: `wanted`, but at most a third of the run.
+
+    Linear warm-up's first step has learning rate 0, so uncapped warm-up swallows a short run: with
+    --warmup-ratio 0.05 a 1-step run (a small dataset, one epoch) trains at lr 0 and changes nothing.
+    Runs of 1 and 2 steps get no warm-up and train at --lr from the first step."""
+    return min(wanted, total // 3)
+
+
+def fingerprint(model: torch.nn.Module, most: int = 2**20) -> dict[str, tuple[float, float]]:
+    """Per trainable parameter (with elements on this process): (sum, sum of squares) in float64 of at most
+    `most` evenly strided elements, so a full fine-tune's embedding is not copied whole. Any optimizer step
+    at a nonzero learning rate changes it (lora_B starts at exactly 0; Adam moves every element)."""
+    prints = {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad and param.numel():
+                flat = param.detach().reshape(-1)
+                values = flat[:: flat.numel() // most + 1].double()
+                prints[name] = (float(values.sum()), float(values.square().sum()))
+    return prints
+
+
+class ChangeCheck(TrainerCallback):
+    """Says loudly at the end when training changed none of the trainable weights (learning rate 0 through
+    warm-up or a schedule, no supervised tokens, ...): the checkpoint would silently equal the start."""
+
+    def __init__(self):
+        self.start: tuple[int, dict[str, tuple[float, float]]] | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and model is not None:
+            self.start = (state.global_step, fingerprint(model))
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.start is None or model is None or not self.start[1]:
+            return
+        start_step, before = self.start
+        if state.global_step <= start_step:
+            return  # nothing to train (resumed at the end)
+        after = fingerprint(model)
+        if any(after.get(name) != value for name, value in before.items()):
+            return
+        rates = [line["learning_rate"] for line in state.log_history if "learning_rate" in line]
+        shown = f"; logged learning rates: {', '.join(f'{r:.3g}' for r in rates[:5])}" if rates else ""
+        print(
+            f"\nWARNING: training ran {state.global_step - start_step} step(s) and changed none of the "
+            f"{len(before)} trainable tensors: the checkpoint equals the starting weights{shown}. Check "
+            "--lr, --warmup-ratio, --scheduler and that the rows have assistant replies to learn.\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 class RunLog(TrainerCallback):
-    """Appends every log to train_log.jsonl, redraws loss.png, and shows a progress bar with loss, lr,
-    samples/s, tokens/s and ETA."""
+    """Appends every log to train_log.jsonl, redraws loss.png (loss, learning rate, grad norm), and shows a
+    progress bar with loss, lr, samples/s, tokens/s and ETA, and a line per evaluation."""
 
     def __init__(self, run_dir: Path, samples_per_step: int, progress: bool = True):
         self.run_dir = run_dir
@@ -118,7 +197,7 @@ class RunLog(TrainerCallback):
         self.progress = progress
         self.bar = None
         self.start: tuple[float, int, int] | None = None
-        self.curves: dict[str, list[tuple[float, float]]] = {"train loss": [], "eval loss": []}
+        self.curves: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in _CURVES}
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -135,7 +214,7 @@ class RunLog(TrainerCallback):
         )
         # A resumed run keeps its curve up to the checkpoint and drops what came after it.
         log = self.run_dir / "train_log.jsonl"
-        kept = [line for line in _read_log(log) if line.get("step", 0) <= state.global_step]
+        kept = [line for line in read_log(log) if line.get("step", 0) <= state.global_step]
         if log.is_file():
             log.write_text("".join(json.dumps(line) + "\n" for line in kept))
         for line in kept:
@@ -146,10 +225,10 @@ class RunLog(TrainerCallback):
             self.bar.update(state.global_step - self.bar.n)
 
     def _add_point(self, logs: dict[str, Any]) -> None:
-        if "loss" in logs:
-            self.curves["train loss"].append((logs["step"], logs["loss"]))
-        if "eval_loss" in logs:
-            self.curves["eval loss"].append((logs["step"], logs["eval_loss"]))
+        for name, key in _CURVES:
+            value = logs.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.curves[name].append((logs["step"], float(value)))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -163,8 +242,13 @@ class RunLog(TrainerCallback):
             tokens = (state.num_input_tokens_seen or 0) - self.start[2]
             if tokens:
                 record["tokens_per_second"] = round(tokens / elapsed, 1)
-        with (self.run_dir / "train_log.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with (self.run_dir / "train_log.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            if is_disk_full(e, self.run_dir):
+                raise disk_full_error(self.run_dir, None) from None
+            raise
         self._add_point(record)
         if not self.progress:  # plain lines for logs and non-interactive runs
             shown = {k: v for k, v in record.items() if k in _SHOWN}
@@ -172,6 +256,8 @@ class RunLog(TrainerCallback):
                 " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()),
                 flush=True,
             )
+        elif self.bar is not None and "eval_loss" in logs:
+            self.bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
         if self.bar is not None and "loss" in logs:
             self.bar.set_postfix(
                 loss=f"{logs['loss']:.4f}",
@@ -180,45 +266,31 @@ class RunLog(TrainerCallback):
                 tokens_s=record.get("tokens_per_second"),
                 **{key: record[key] for key in ("padding_fraction", "fill_fraction") if key in record},
             )
-        if any(self.curves.values()):
-            from vlmkit.plots import save_line_plot
+        self._plot()
 
-            series = {name: points for name, points in self.curves.items() if points}
-            save_line_plot(series, self.run_dir / "loss.png", title="loss", xlabel="step", ylabel="loss")
+    def _plot(self) -> None:
+        from vlmkit.plots import save_line_panels
+
+        panels = [
+            ("loss", {name: self.curves[name] for name in ("train loss", "eval loss") if self.curves[name]}),
+            ("learning rate", {"learning rate": self.curves["learning rate"]}),
+            ("grad norm", {"grad norm": self.curves["grad norm"]}),
+        ]
+        panels = [(title, series) for title, series in panels if any(series.values())]
+        if panels:
+            save_line_panels(panels, self.run_dir / "loss.png", xlabel="step")
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.close()
 
 
-class CompleteCheckpoints(TrainerCallback):
-    """Makes every checkpoint a loadable, self-describing folder, and marks it complete last.
-
-    Adds the image-processor config, the chat template and vlmkit.json (family, base model,
-    tuner, pixel limits, system prompt) to each checkpoint, then writes `vlmkit_complete`.
-    Also forces a save at the last step so a run always ends with a checkpoint.
-    """
-
-    def __init__(self, run_dir: Path, model_dir: Path, settings: dict[str, Any]):
-        self.run_dir = run_dir
-        self.model_dir = model_dir
-        self.settings = settings
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps:
-            control.should_save = True
-
-    def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        checkpoint = self.run_dir / f"checkpoint-{state.global_step}"
-        for name in ("preprocessor_config.json", "processor_config.json", "chat_template.jinja"):
-            if (self.model_dir / name).is_file() and not (checkpoint / name).is_file():
-                shutil.copy(self.model_dir / name, checkpoint / name)
-        write_settings(checkpoint, {**self.settings, "step": state.global_step})
-        (checkpoint / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}) + "\n")
-
-
+_CURVES = (
+    ("train loss", "loss"),
+    ("eval loss", "eval_loss"),
+    ("learning rate", "learning_rate"),
+    ("grad norm", "grad_norm"),
+)
 _SHOWN = (
     "step",
     "epoch",
@@ -231,15 +303,3 @@ _SHOWN = (
     "padding_fraction",
     "fill_fraction",
 )
-
-
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-    return lines

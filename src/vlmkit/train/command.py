@@ -7,8 +7,41 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from vlmkit.options import TrustRemoteCode
+
+# Options that take several values after one flag, as `vlmkit data check` does: --dataset a.jsonl b.json#2000.
+MANY_VALUES = ("--dataset", "-d", "--val-dataset")
+
+
+def repeat_many_values(args: list[str]) -> list[str]:
+    """`--dataset a b --val-dataset c` -> `--dataset a --dataset b --val-dataset c`: every bare value after
+    one of MANY_VALUES repeats that flag (sft has no positional arguments, so a bare value has no other
+    meaning)."""
+    out: list[str] = []
+    flag = None
+    for arg in args:
+        if arg == "--":
+            flag = None
+            out.append(arg)
+        elif arg.startswith("-") and len(arg) > 1:
+            name = arg.split("=", 1)[0]
+            flag = name if name in MANY_VALUES else None
+            out.append(arg)
+        elif flag is not None and out and out[-1] != flag:
+            out += [flag, arg]
+        else:
+            out.append(arg)
+    return out
+
+
+class ManyValuesCommand(TyperCommand):
+    """The sft command, with several values accepted after --dataset and --val-dataset."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, repeat_many_values(args))
+
 
 _P = "Data"
 _T = "Tuning"
@@ -27,14 +60,14 @@ def sft_command(
         typer.Option(
             "--dataset",
             "-d",
-            help="Training file (.json/.jsonl, any supported format); PATH#N samples N rows. Repeat for several files.",
+            help="Training file(s) (.json/.jsonl, any supported format); PATH#N samples N rows. List several after one --dataset (--dataset a.jsonl b.json#2000) or repeat the flag.",
             rich_help_panel=_P,
         ),
     ] = None,
     val_dataset: Annotated[
         list[str] | None,
         typer.Option(
-            help="Validation file(s); eval loss every --eval-steps and sample answers at the end.",
+            help="Validation file(s), listed as for --dataset; eval loss every --eval-steps and sample answers at the end.",
             rich_help_panel=_P,
         ),
     ] = None,
@@ -171,7 +204,7 @@ def sft_command(
     target_modules: Annotated[
         str,
         typer.Option(
-            help="LoRA targets: all-linear (every Linear of the trained parts but the output head) or comma-separated layer names, e.g. q_proj,v_proj.",
+            help="LoRA targets: all-linear (also spelled ALL or all, as in ms-swift): every Linear layer of the parts that train (the language model by default; the vision tower and projector too with --no-freeze-vit / --no-freeze-aligner), never the output head; or comma-separated layer names, e.g. q_proj,v_proj.",
             rich_help_panel=_T,
         ),
     ] = "all-linear",
@@ -273,13 +306,25 @@ def sft_command(
             rich_help_panel=_S,
         ),
     ] = 3,
+    eval_max_new_tokens: Annotated[
+        int,
+        typer.Option(help="Longest answer --eval-generate writes, in tokens.", rich_help_panel=_S),
+    ] = 256,
     resume: Annotated[
         str | None,
         typer.Option(
-            help="Continue from a checkpoint folder, or 'latest' (newest complete checkpoint of the newest run of this model): same data order, RNG, optimizer and scheduler state.",
+            help="Continue from a checkpoint folder, or 'latest' (newest complete checkpoint of the newest run of this model): same data order, RNG, optimizer and scheduler state. Refused when the options that shape training (data, model, steps, learning rate, ...) differ from the run's args.json, unless --allow-changed-args.",
             rich_help_panel=_S,
         ),
     ] = None,
+    allow_changed_args: Annotated[
+        bool,
+        typer.Option(
+            "--allow-changed-args",
+            help="With --resume: continue although training options differ from the run's (the differences are printed, the old args.json is kept as args.before-step-N.json).",
+            rich_help_panel=_S,
+        ),
+    ] = False,
     dtype: Annotated[
         str,
         typer.Option(

@@ -83,6 +83,8 @@ class SFTConfig:
     report_to: str = "auto"
     resume: str | None = None
     eval_generate: int = 3
+    eval_max_new_tokens: int = 256
+    allow_changed_args: bool = False
     progress: bool = True
 
     def validate(self) -> SFTConfig:
@@ -113,6 +115,10 @@ class SFTConfig:
             (0 <= self.warmup_ratio < 1, f"--warmup-ratio {self.warmup_ratio}: must be in [0, 1)"),
             (0 < self.adam_beta2 < 1, f"--adam-beta2 {self.adam_beta2}: must be in (0, 1)"),
             (self.epochs > 0 or self.max_steps > 0, "--epochs must be positive (or set --max-steps)"),
+            (
+                self.eval_max_new_tokens > 0,
+                f"--eval-max-new-tokens {self.eval_max_new_tokens}: must be positive",
+            ),
             (self.lora_rank > 0, f"--lora-rank {self.lora_rank}: must be positive"),
             (self.encode_workers >= 0, f"--encode-workers {self.encode_workers}: must be 0 or more"),
             (

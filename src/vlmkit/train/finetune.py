@@ -22,8 +22,18 @@ import torch
 
 from vlmkit.errors import VlmkitError
 from vlmkit.train.config import SFTConfig
+from vlmkit.train.encoded import EncodedDataset
 from vlmkit.train.packing import PackedDataset, collate_packed, pack_lengths, resolve_packing
-from vlmkit.train.run import new_run_dir, resolve_resume
+from vlmkit.train.run import (
+    check_resumed_args,
+    lock_run_dir,
+    new_run_dir,
+    print_result,
+    resolve_resume,
+    saved_args,
+    write_val_rows,
+)
+from vlmkit.train.trackers import check_tracker, start_tracker, trainer_report_to
 
 DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
     "zero2": {
@@ -58,33 +68,6 @@ DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class EncodedDataset(torch.utils.data.Dataset):
-    """Rows of a `vlmkit.data.Dataset` encoded on access (in DataLoader workers), never held decoded;
-    with an `EncodeCache`, read from it (and written to it on a miss) instead of encoded every epoch."""
-
-    def __init__(self, dataset, template, rows: list[int], max_pixels: dict[int, int] | None = None, cache=None):
-        self.dataset = dataset
-        self.template = template
-        self.rows = rows
-        self.max_pixels = max_pixels or {}
-        self.cache = cache
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        row = self.rows[i]
-        sample = self.dataset[row]
-        if self.cache is not None:
-            encoded = self.cache.encode(sample, self.max_pixels.get(row))
-        elif row in self.max_pixels:
-            encoded = self.template.encode(sample, max_pixels=self.max_pixels[row])
-        else:
-            encoded = self.template.encode(sample)
-        encoded.pop("image_sizes", None)
-        return encoded
-
-
 def _check_environment(config: SFTConfig) -> None:
     if config.quant:
         if not torch.cuda.is_available():
@@ -96,16 +79,7 @@ def _check_environment(config: SFTConfig) -> None:
             raise VlmkitError(f"--quant {config.quant} needs bitsandbytes: pip install 'vlmkit[qlora]'")
     if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise VlmkitError(f"--deepspeed {config.deepspeed} needs DeepSpeed: pip install 'vlmkit[deepspeed]'")
-    if config.report_to not in ("auto", "none", "tensorboard"):
-        package = {"wandb": "wandb", "swanlab": "swanlab", "mlflow": "mlflow"}[config.report_to]
-        if importlib.util.find_spec(package) is None:
-            raise VlmkitError(f"--report-to {config.report_to} needs {package}: pip install {package}")
-
-
-def _report_to(config: SFTConfig) -> list[str]:
-    if config.report_to == "auto":
-        return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
-    return [] if config.report_to == "none" else [config.report_to]
+    check_tracker(config.report_to)
 
 
 def _training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir: str):
@@ -140,10 +114,10 @@ def _training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_di
         eval_steps=config.eval_steps,
         save_strategy="steps",
         save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
+        save_total_limit=None,  # CompleteCheckpoints rotates, after the new checkpoint is complete
         logging_steps=config.logging_steps,
         logging_first_step=True,
-        report_to=_report_to(config),
+        report_to=trainer_report_to(config.report_to),
         dataloader_num_workers=workers,
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
@@ -244,7 +218,8 @@ def sft(config: SFTConfig) -> Path:
     from vlmkit.families import family_for_model_dir, resolution_settings
     from vlmkit.model import _check_attn, _resolve_model_dir, _torch_dtype
     from vlmkit.settings import write_settings
-    from vlmkit.train.callbacks import CompleteCheckpoints, RunLog, VlmTrainer
+    from vlmkit.train.callbacks import ChangeCheck, RunLog, VlmTrainer
+    from vlmkit.train.checkpoints import CompleteCheckpoints
     from vlmkit.train.tuning import apply_tuning, count_parameters, parameter_groups
 
     transformers.utils.logging.disable_progress_bar()
@@ -290,6 +265,7 @@ def sft(config: SFTConfig) -> Path:
     if hasattr(args, "logging_dir"):
         args.logging_dir = str(run_dir / "runs")
     is_main = args.process_index == 0
+    run_lock = lock_run_dir(run_dir) if is_main else None  # noqa: F841  (held until training ends)
     settings = {
         "family": family.name,
         "base_model": str(config.model if not Path(config.model).exists() else Path(model_dir).resolve()),
@@ -299,9 +275,11 @@ def sft(config: SFTConfig) -> Path:
     }
     if is_main and no_packing_reason:
         print(f"packing off: {no_packing_reason}")
-    if is_main:
-        (run_dir / "args.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    if is_main and resume_from is None:
+        (run_dir / "args.json").write_text(json.dumps(saved_args(config.to_dict()), indent=2) + "\n")
         write_settings(run_dir, settings)
+    if is_main and config.split_ratio:
+        write_val_rows(val_data, run_dir / "val_split.jsonl")
 
     # Validate every row before any GPU hour is spent.
     train_rows, train_pixels, train_lengths, has_video = _validate(
@@ -315,19 +293,39 @@ def sft(config: SFTConfig) -> Path:
         cache = open_training_cache(
             cache_dir, template, train_data, train_rows, train_pixels, config.encode_workers, is_main
         )
-    train_set = EncodedDataset(train_data, template, train_rows, train_pixels, cache)
+    train_set = EncodedDataset(
+        train_data,
+        template,
+        train_rows,
+        train_pixels,
+        cache,
+        bad_file=run_dir / "bad_samples.jsonl",
+        max_bad=max(1, int(config.max_bad_fraction * len(train_data))),
+    )
     val_set = None
     if val_data is not None:
         val_rows, val_pixels, val_lengths, val_video = _validate(val_data, template, config, run_dir, "val", is_main)
         has_video = has_video or val_video
-        val_set = EncodedDataset(val_data, template, val_rows, val_pixels, cache)
+        val_set = EncodedDataset(
+            val_data,
+            template,
+            val_rows,
+            val_pixels,
+            cache,
+            bad_file=run_dir / "bad_samples_val.jsonl",
+            max_bad=max(1, int(config.max_bad_fraction * len(val_data))),
+        )
     if config.packing and has_video:  # known from validation: no second pass over the rows
         if packing_requested:
             raise VlmkitError("--packing: the data has video rows, which cannot be packed yet; use --no-packing")
         config.packing = False
         if is_main:
             print("packing off: the data has video rows, which cannot be packed yet")
-            (run_dir / "args.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            if resume_from is None:
+                (run_dir / "args.json").write_text(json.dumps(saved_args(config.to_dict()), indent=2) + "\n")
+    if is_main and resume_from is not None:
+        check_resumed_args(config, run_dir, resume_from)
+        write_settings(run_dir, settings)
     train_set, val_set, train_sampler, collate = _batching(
         config, template, train_set, train_lengths, val_set, val_lengths if val_set else None, is_main
     )
@@ -362,8 +360,9 @@ def sft(config: SFTConfig) -> Path:
     if is_main:
         print(
             f"run folder: {run_dir}\ntrainable parameters: {trainable:,} of {total:,} "
-            f"({100 * trainable / total:.2f}%), tuner={config.tuner}, train rows={len(train_set)}"
-            + (f", val rows={len(val_set)}" if val_set else "")
+            f"({100 * trainable / total:.2f}%), tuner={config.tuner}, train rows={len(train_rows)}"
+            + (f" (in {len(train_set)} packed sequences)" if config.packing else "")
+            + (f", val rows={len(val_rows)}" if val_set else "")
         )
 
     trainer = VlmTrainer(
@@ -377,13 +376,21 @@ def sft(config: SFTConfig) -> Path:
         train_sampler=train_sampler,
         callbacks=[
             RunLog(run_dir, config.batch_size * config.grad_accum * args.world_size, config.progress),
-            CompleteCheckpoints(run_dir, Path(model_dir), settings),
+            CompleteCheckpoints(run_dir, Path(model_dir), settings, keep=config.save_total_limit),
+            ChangeCheck(),
         ],
     )
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # RunLog shows progress and logs instead
+    finish_tracker = (
+        start_tracker(config.report_to, run_dir, run_dir.parent.name, saved_args(config.to_dict()))
+        if is_main
+        else None
+    )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if finish_tracker is not None:
+        finish_tracker()
 
     if is_main and val_set is not None and config.eval_generate > 0:
         _log_val_generations(
@@ -395,13 +402,16 @@ def sft(config: SFTConfig) -> Path:
             val_data,
             val_rows,
             config.eval_generate,
+            config.eval_max_new_tokens,
             run_dir,
         )
+    if is_main:
+        print_result(run_dir)
     return run_dir
 
 
 def _log_val_generations(
-    model, tokenizer, template, family, model_dir, val_data, rows, n, run_dir: Path
+    model, tokenizer, template, family, model_dir, val_data, rows, n, max_new_tokens: int, run_dir: Path
 ) -> None:
     """Greedy answers for the first `n` validation rows, next to their references (log and console)."""
     from vlmkit.infer import split_reference
@@ -418,7 +428,7 @@ def _log_val_generations(
     with (run_dir / "val_predictions.jsonl").open("w") as out:
         for row in rows[:n]:
             prompt, reference = split_reference(val_data[row])
-            reply = vlm.generate([prompt], GenerationOptions(max_new_tokens=64))[0]
+            reply = vlm.generate([prompt], GenerationOptions(max_new_tokens=max_new_tokens))[0]
             out.write(
                 json.dumps(
                     {"where": prompt.where, "response": reply, "labels": reference}, ensure_ascii=False

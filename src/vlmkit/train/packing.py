@@ -73,7 +73,14 @@ class PackedDataset(torch.utils.data.Dataset):
         return len(self.packs)
 
     def __getitem__(self, i: int) -> list[dict[str, Any]]:
-        return [self.dataset[j] for j in self.packs[i]]
+        """The pack's rows; a row that fails to encode is left out (`dataset.encode_row` lists it), and a
+        pack left empty is replaced by the next pack that is not."""
+        encode = getattr(self.dataset, "encode_row", self.dataset.__getitem__)
+        for k in range(len(self.packs)):
+            rows = [row for j in self.packs[(i + k) % len(self.packs)] if (row := encode(j)) is not None]
+            if rows:
+                return rows
+        return [self.dataset[self.packs[i][0]]]  # raises the dataset's own error
 
 
 def pack_row(template, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -1,11 +1,13 @@
 """Run folders and checkpoints on disk.
 
 OUTPUT_DIR/<model-name>/v<N>-<YYYYMMDD-HHMMSS>/
-    args.json            the resolved SFTConfig
+    args.json            the resolved SFTConfig, local paths absolute (a resume must match it)
     vlmkit.json          family, base model, tuner, pixel limits, system prompt
     train_log.jsonl      one line per logging step (loss, lr, throughput) and eval
-    loss.png             the loss curve, redrawn as training runs
-    bad_samples.jsonl    rows left out, with file:line and reason
+    loss.png             loss, learning rate and grad norm, redrawn as training runs
+    bad_samples.jsonl    rows left out (up front, or failed while training), with file:line and reason
+    val_split.jsonl      with --split-ratio: the held-out rows, media paths absolute (`infer --val`)
+    .lock                held by the process training the run (its pid inside)
     checkpoint-<step>/   adapter or full weights, tokenizer, image-processor config,
                          vlmkit.json, optimizer/scheduler/RNG state, and last of all
                          `vlmkit_complete`, so an interrupted save never looks complete
@@ -13,9 +15,12 @@ OUTPUT_DIR/<model-name>/v<N>-<YYYYMMDD-HHMMSS>/
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from vlmkit.errors import VlmkitError
 
@@ -80,6 +85,38 @@ def resolve_resume(resume: str, output_dir: str | Path, model: str) -> Path:
     raise VlmkitError(f"--resume latest: no complete checkpoint under {parent}")
 
 
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The lines of a train_log.jsonl (none if absent; a line cut by a crash is skipped)."""
+    if not path.is_file():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
+def best_checkpoint(run_dir: Path) -> tuple[Path, float] | None:
+    """(the complete checkpoint with the lowest eval loss logged at its step, that loss), or None when no
+    checkpoint's step was evaluated."""
+    losses = {
+        line["step"]: line["eval_loss"]
+        for line in read_log(run_dir / "train_log.jsonl")
+        if "eval_loss" in line
+    }
+    scored = [
+        (losses[step], path)
+        for path in checkpoints(run_dir)
+        if (step := int(path.name.split("-")[1])) in losses
+    ]
+    if not scored:
+        return None
+    loss, path = min(scored, key=lambda pair: pair[0])
+    return path, loss
+
+
 def check_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder that vlmkit wrote and finished writing; a clear error otherwise."""
     path = Path(path)
@@ -90,3 +127,160 @@ def check_checkpoint(path: str | Path) -> Path:
             f"--ckpt {path}: this checkpoint is incomplete (its save was interrupted); use an earlier one"
         )
     return path
+
+
+# Options that may change when a run is resumed: they do not change what is trained or in which order.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "resume",
+        "allow_changed_args",
+        "progress",
+        "num_workers",
+        "encode_cache",
+        "cache_dir",
+        "encode_workers",
+        "report_to",
+        "logging_steps",
+        "eval_steps",
+        "save_steps",
+        "save_total_limit",
+        "eval_generate",
+        "eval_max_new_tokens",
+        "max_bad_fraction",
+        "output_dir",
+        "attn_impl",
+        "gradient_checkpointing",
+        "trust_remote_code",
+    }
+)
+
+
+def _absolute(value: str | None) -> str | None:
+    """A local path (or PATH#N) made absolute; anything else (a hub id) as given."""
+    if not value:
+        return value
+    path, hash_, count = value.rpartition("#") if "#" in value else (value, "", "")
+    if Path(path).expanduser().exists():
+        return str(Path(path).expanduser().resolve()) + hash_ + count
+    return value
+
+
+def saved_args(options: dict[str, Any]) -> dict[str, Any]:
+    """The run's options as args.json keeps them: local paths absolute, so the run's files can be found
+    from any folder later (`vlmkit infer --ckpt ... --val`, `--resume`)."""
+    saved = dict(options)
+    for name in ("model", "media_root", "output_dir", "cache_dir", "resume"):
+        if name != "resume" or saved.get(name) != "latest":
+            saved[name] = _absolute(saved.get(name))
+    for name in ("dataset", "val_dataset"):
+        saved[name] = [_absolute(spec) for spec in saved.get(name) or []]
+    return saved
+
+
+def changed_args(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`name: old -> new` for each option that shapes training and differs (both as `saved_args` writes them)."""
+    return [
+        f"{name.replace('_', '-')}: {before.get(name)!r} -> {now.get(name)!r}"
+        for name in now
+        if name not in RESUME_MAY_CHANGE and name in before and before.get(name) != now.get(name)
+    ]
+
+
+def lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock on `run_dir` for the life of this process (the open file is returned; keep it).
+
+    A second process that trains into the same run (`--resume latest` while the first still runs) gets a
+    one-line error naming the holder. The lock is the kernel's (fcntl), so a killed process releases it."""
+    import fcntl
+    import os
+
+    handle = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise VlmkitError(
+            f"run folder {run_dir} is in use by another training process (pid {holder}); wait for it to end "
+            "or stop it, then resume"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _portable_row(sample) -> dict[str, Any] | None:
+    """A Sample as a `messages` row with absolute media paths; None when it holds in-memory media."""
+    import os
+
+    messages = []
+    for message in sample.messages:
+        content = []
+        for part in message["content"]:
+            kind = part["type"]
+            if kind in ("image", "video"):
+                source = part[kind]
+                if not isinstance(source, str):
+                    return None
+                if "://" not in source and not source.startswith("data:"):
+                    source = os.path.abspath(source)
+                part = {"type": kind, kind: source}
+            content.append(part)
+        messages.append({"role": message["role"], "content": content})
+    return {"messages": messages, **({"objects": sample.objects} if sample.objects else {})}
+
+
+def write_val_rows(dataset, path: Path) -> Path:
+    """Write the validation rows split off by --split-ratio as JSON Lines (`messages` with content parts,
+    media paths absolute, `objects` kept), so `vlmkit infer --ckpt RUN/checkpoint-N --val` finds them from
+    any folder. Rows that do not convert (reported by validation) or hold in-memory media are left out."""
+    from vlmkit.errors import DataError
+
+    lines = []
+    for i in range(len(dataset)):
+        try:
+            row = _portable_row(dataset[i])
+        except DataError:
+            continue
+        if row is not None:
+            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def print_result(run_dir: Path) -> None:
+    """The last and the best checkpoint, and the command to chat with the one to use."""
+    import shlex
+
+    complete = checkpoints(run_dir)
+    if not complete:
+        return
+    best = best_checkpoint(run_dir)
+    print(f"last checkpoint: {complete[-1]}")
+    if best is not None:
+        print(f"best checkpoint: {best[0]} (eval loss {best[1]:.4f})")
+    chosen = best[0] if best is not None else complete[-1]
+    print(f"chat with it: vlmkit infer --ckpt {shlex.quote(str(chosen))}")
+
+
+def check_resumed_args(config, run_dir: Path, resume_from: Path) -> None:
+    """Refuse to resume with other training options than the run's args.json (one line listing them),
+    unless --allow-changed-args; then keep the old args.json beside the new one."""
+    args_file = run_dir / "args.json"
+    now = saved_args(config.to_dict())
+    before = json.loads(args_file.read_text()) if args_file.is_file() else {}
+    before = saved_args(before) if before else {}
+    changes = changed_args(before, now)
+    if changes and not config.allow_changed_args:
+        raise VlmkitError(
+            f"--resume {config.resume}: these options differ from the run's {args_file}: {'; '.join(changes)}; "
+            "resume with the run's options, start a new run, or pass --allow-changed-args to continue anyway"
+        )
+    if changes:
+        step = resume_from.name.split("-")[-1]
+        print(f"resuming with changed options (--allow-changed-args): {'; '.join(changes)}")
+        shutil.copy(args_file, run_dir / f"args.before-step-{step}.json")
+    args_file.write_text(json.dumps(now, indent=2) + "\n")

@@ -7,12 +7,15 @@ is not counted as vision tower.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
 from vlmkit.errors import VlmkitError
 from vlmkit.train.config import SFTConfig
+
+ALL_LINEAR = ("all-linear", "all", "all_linear")
 
 
 def group_of(name: str, module_groups: dict[str, tuple[str, ...]]) -> str | None:
@@ -42,11 +45,12 @@ def lora_targets(
     model: torch.nn.Module, config: SFTConfig, module_groups: dict[str, tuple[str, ...]]
 ) -> list[str]:
     """Full names of the Linear layers LoRA wraps: those in unfrozen groups, matching --target-modules
-    (`all-linear`, or comma-separated name suffixes such as q_proj,v_proj). The output head is left out."""
+    (`all-linear`, spelled `ALL` / `all` in ms-swift, or comma-separated name suffixes such as q_proj,v_proj).
+    The output head is left out."""
     frozen = frozen_groups(config)
     wanted = (
         None
-        if config.target_modules == "all-linear"
+        if config.target_modules.strip().lower() in ALL_LINEAR
         else {t.strip() for t in config.target_modules.split(",")}
     )
     targets, suffixes = [], set()
@@ -85,7 +89,10 @@ def apply_tuning(model: torch.nn.Module, config: SFTConfig, module_groups: dict[
     )
     for param in model.parameters():
         param.requires_grad = False
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        # peft reads the model's deprecated `is_gradient_checkpointing` (transformers 5 warns on every run).
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def parameter_groups(
