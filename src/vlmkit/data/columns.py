@@ -77,7 +77,9 @@ def parse_columns(text: str | None) -> dict[str, str]:
     for item in text.split(","):
         field, sep, column = (s.strip() for s in item.partition("="))
         if not sep or not field or not column:
-            raise DataError(f"--columns {text}: write FIELD=COLUMN pairs separated by commas, e.g. image=img,response=answer")
+            raise DataError(
+                f"--columns {text}: write FIELD=COLUMN pairs separated by commas, e.g. image=img,response=answer"
+            )
         if field not in FIELDS:
             raise DataError(f"--columns {text}: unknown field {field!r}; fields: {', '.join(FIELDS)}")
         mapping[field] = column
@@ -85,7 +87,10 @@ def parse_columns(text: str | None) -> dict[str, str]:
 
 
 def detect_schema(
-    keys: Iterable[str], columns: dict[str, str] | None = None, prompt: str | None = None, where: str = "dataset"
+    keys: Iterable[str],
+    columns: dict[str, str] | None = None,
+    prompt: str | None = None,
+    where: str = "dataset",
 ) -> ColumnSchema | None:
     """The schema of rows with these column names, or None when there is no image or video column
     (and no --columns). `columns` (from --columns) wins; the other fields are found by `ALIASES`.
@@ -98,7 +103,9 @@ def detect_schema(
     columns = dict(columns or {})
     for field, column in columns.items():
         if column not in keys:
-            raise DataError(f"{where}: --columns {field}={column}: no column {column!r}; columns: {', '.join(keys)}")
+            raise DataError(
+                f"{where}: --columns {field}={column}: no column {column!r}; columns: {', '.join(keys)}"
+            )
     if not columns and not any(name in keys for name in ALIASES["image"] + ALIASES["video"]):
         return None
     used = set(columns.values())
@@ -115,7 +122,9 @@ def detect_schema(
     if "boxes" in ordered:
         name = "grounding"
         if "labels" not in ordered:
-            raise DataError(f"{where}: box column {ordered['boxes']!r} but no refs/labels column; name it with --columns labels=COLUMN")
+            raise DataError(
+                f"{where}: box column {ordered['boxes']!r} but no refs/labels column; name it with --columns labels=COLUMN"
+            )
     elif "query" in ordered and "response" in ordered:
         name = "vqa"
     elif ordered.get("response") in ("caption", "captions", "sentences"):
@@ -136,10 +145,12 @@ def detect_schema(
             )
         return ColumnSchema(name, ordered, None)
     if prompt is None and name not in DEFAULT_PROMPTS:
-        raise DataError(f"{where}: no question column; give the user turn with --prompt \"...\"")
+        raise DataError(f'{where}: no question column; give the user turn with --prompt "..."')
     if name == "grounding" and prompt is not None and "<ref-object>" not in prompt:
         raise DataError(f"--prompt {prompt!r}: a grounding prompt needs <ref-object> where each ref goes")
-    return ColumnSchema(name, ordered, prompt if prompt is not None else DEFAULT_PROMPTS[name], prompt is None)
+    return ColumnSchema(
+        name, ordered, prompt if prompt is not None else DEFAULT_PROMPTS[name], prompt is None
+    )
 
 
 def map_row(raw: dict[str, Any], schema: ColumnSchema) -> dict[str, Any]:
@@ -179,7 +190,9 @@ def _grounding(row: dict[str, Any], prompt: str, where: str) -> tuple[list[list[
     """(turns as [query, response] pairs, objects) of a grounding row."""
     boxes, labels = row.get("boxes"), row.get("labels")
     if not isinstance(boxes, (list, tuple)) or not boxes:
-        raise DataError(f"{where}: boxes is {'empty' if boxes in (None, [], ()) else type(boxes).__name__}; expected [x1, y1, x2, y2] or a list of them")
+        raise DataError(
+            f"{where}: boxes is {'empty' if boxes in (None, [], ()) else type(boxes).__name__}; expected [x1, y1, x2, y2] or a list of them"
+        )
     if all(isinstance(v, (int, float)) for v in boxes):
         boxes = [list(boxes)]
     refs = _texts(labels)
@@ -190,7 +203,11 @@ def _grounding(row: dict[str, Any], prompt: str, where: str) -> tuple[list[list[
     if len(boxes) != len(refs):
         raise DataError(f"{where}: {len(boxes)} boxes but {len(refs)} refs/labels; give one per box")
     for box in boxes:
-        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
+        if (
+            not isinstance(box, (list, tuple))
+            or len(box) != 4
+            or not all(isinstance(v, (int, float)) for v in box)
+        ):
             raise DataError(f"{where}: box {box!r} is not [x1, y1, x2, y2]")
     turns = [[prompt, "<bbox>"] for _ in boxes]
     return turns, {"ref": refs, "bbox": [list(b) for b in boxes], "bbox_type": "real"}

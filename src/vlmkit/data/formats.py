@@ -210,22 +210,17 @@ def _from_sharegpt(row: dict, where: str) -> dict:
     }
 
 
-def _from_columns(row: dict, where: str) -> dict:
-    return _from_query_response(to_query_response(row, where), where)
-
-
 CONVERTERS = {
     "messages": _from_messages,
     "sharegpt": _from_sharegpt,
     "query-response": _from_query_response,
     "alpaca": _from_alpaca,
-    **{name: _from_columns for name in SCHEMAS},  # rows already mapped by `columns.map_row`
 }
 
 
 # what follows each placeholder added to a row without any: LLaVA data writes "<image>\n",
 # ms-swift's _add_default_tags adds bare "<image>"
-TAG_SEPARATOR = {"messages": "", "sharegpt": "\n", "query-response": "", "alpaca": "", **dict.fromkeys(SCHEMAS, "")}
+TAG_SEPARATOR = {"messages": "", "sharegpt": "\n", "query-response": "", "alpaca": ""}
 
 
 def _add_missing_tags(row: dict, separator: str, where: str) -> dict:
@@ -276,21 +271,26 @@ def row_to_sample(
     Raises `DataError` naming `where` (file:line) with the reason. A top-level `id`
     is kept in `sample.extra["id"]`.
     """
-    if fmt not in CONVERTERS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(CONVERTERS)}")
+    if fmt not in CONVERTERS and fmt not in SCHEMAS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(CONVERTERS)}, {', '.join(SCHEMAS)}")
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    key = FORMAT_KEYS.get(fmt)
-    if key is not None and key not in row:
+    if fmt in SCHEMAS:  # a row of schema fields (`columns.map_row`): an ms-swift row from here on
+        row, fmt = to_query_response(row, where), "query-response"
+    key = FORMAT_KEYS[fmt]
+    if key not in row:
         raise DataError(
             f"{where}: no '{key}' key, but this file is in the {fmt} format (detected from its first rows); "
             f"keys found: {', '.join(row) or 'none'}; use one format per file"
         )
     messages_row = _add_missing_tags(CONVERTERS[fmt](row, where), TAG_SEPARATOR[fmt], where)
     messages_row = inline_media(messages_row, where)
+    for kind in ("images", "videos"):  # dataset values (Image dicts, bytes, base64) -> media sources
+        if isinstance(messages_row.get(kind), list):
+            messages_row[kind] = [media_source(v, tuple(base_dirs)) for v in messages_row[kind]]
     sample = to_sample(messages_row, where, tuple(base_dirs), objects=_objects(row, where))
     counts = {"image": 0, "video": 0}
-    for message in sample.messages:  # dataset values (Image dicts, bytes, base64) -> media sources
+    for message in sample.messages:  # and media given as content parts
         for part in message["content"]:
             if (kind := part["type"]) in counts:
                 counts[kind] += 1
@@ -299,6 +299,6 @@ def row_to_sample(
                     raise DataError(f"{where}: {kind} {counts[kind]} is empty (null); give bytes or a path")
     if "id" in row:
         sample.extra["id"] = row["id"]
-    if fmt in SCHEMAS and isinstance(row.get("response"), (list, tuple)):
-        sample.extra["references"] = to_query_response(row, where)["references"]
+    if "references" in row:  # several answers of a column dataset, kept for scoring
+        sample.extra["references"] = row["references"]
     return sample

@@ -85,7 +85,9 @@ def _datasets(what: str):
     try:
         import datasets
     except ImportError:
-        raise DataError(f"{what}: reading it needs the datasets library: pip install 'vlmkit[datasets]'") from None
+        raise DataError(
+            f"{what}: reading it needs the datasets library: pip install 'vlmkit[datasets]'"
+        ) from None
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     return datasets

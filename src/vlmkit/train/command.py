@@ -27,14 +27,16 @@ def sft_command(
         typer.Option(
             "--dataset",
             "-d",
-            help="Training file (.json/.jsonl, any supported format); PATH#N samples N rows. Repeat for several files.",
+            help="Training data: .json/.jsonl (any supported format), .parquet, .arrow, .csv/.tsv, a folder of "
+            "shards or save_to_disk, or a hub id hf::org/name[:subset][@split] (ms:: for ModelScope); "
+            "SOURCE#N samples N rows. Repeat for several.",
             rich_help_panel=_P,
         ),
     ] = None,
     val_dataset: Annotated[
         list[str] | None,
         typer.Option(
-            help="Validation file(s); eval loss every --eval-steps and sample answers at the end.",
+            help="Validation data (as --dataset); eval loss every --eval-steps and sample answers at the end.",
             rich_help_panel=_P,
         ),
     ] = None,
@@ -49,6 +51,22 @@ def sft_command(
         str | None,
         typer.Option(
             help="Extra folder for relative media paths (after each dataset file's folder).",
+            rich_help_panel=_P,
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="Column datasets (Parquet, CSV, hub): which column is which field, e.g. "
+            "image=img,query=question,response=answer, when the names are not recognised.",
+            rich_help_panel=_P,
+        ),
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="User turn for column datasets without a question column (e.g. 'COCO Yes:'); default by "
+            "schema (see `vlmkit data check`). Saved with the run.",
             rich_help_panel=_P,
         ),
     ] = None,
