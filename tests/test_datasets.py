@@ -472,10 +472,16 @@ def test_hub_ids_offline_fail_in_one_line_naming_a_local_copy(small_model, tmp_p
 def test_folder_of_shards_and_hub_copy_with_splits(tmp_path):
     folder = tmp_path / "LaTeX_OCR"  # the layout of `hf download --repo-type dataset --local-dir`
     write(latex_ocr(3), "parquet", folder / "data", "train-00000-of-00002")
-    write(latex_ocr(5)[3:], "parquet", folder / "data", "train-00001-of-00002")
+    second = latex_ocr(5)[3:]
+    second[1]["image"] = None
+    write(second, "parquet", folder / "data", "train-00001-of-00002")
     write(latex_ocr(1), "parquet", folder / "data", "test-00000-of-00001")
     assert len(load_dataset(folder)) == 5 and len(load_dataset(f"{folder}@test")) == 1
     assert len(load_dataset(f"{folder}@train#2")) == 2
+    # a bad row is named by its shard and its row there
+    assert load_dataset(folder).check() == [
+        (f"{folder}/data/train-00001-of-00002.parquet:#1", "the image is empty (null)")
+    ]
     with pytest.raises(
         DataError, match=r"LaTeX_OCR@validation: cannot read it .*Unknown split \"validation\""
     ):

@@ -264,14 +264,16 @@ def _json_dataset(path: Path, base_dirs: tuple[Path, ...], columns: dict | None,
 
 
 def _table_dataset(spec: str, source, extra_dirs: tuple[Path, ...], columns: dict | None, prompt: str | None) -> Dataset:
-    table, base_dirs = load_table(source, spec)
+    table, base_dirs, shards = load_table(source, spec)
     name = f"{source.hub}::{source.location}" if source.hub else source.location
     if table.num_rows == 0:
         raise DataError(f"{name}: no dataset rows found")
-    stored = TableRows(table, name, "", base_dirs + extra_dirs)
-    fmt, schema = choose_format([stored.raw(i) for i in range(min(PEEK_ROWS, len(stored)))], columns, prompt, name)
+    dirs = base_dirs + extra_dirs
+    stored = TableRows(table, name, "", dirs)
+    first = [stored.raw(i) for i in range(min(PEEK_ROWS, len(stored)))]
+    fmt, schema = choose_format(first, columns, prompt, name)
     convert = partial(map_row, schema=schema) if schema is not None else None
-    rows = TableRows(table, name, fmt, base_dirs + extra_dirs, convert)
+    rows = TableRows(table, name, fmt, dirs, convert, shards)
     return Dataset(name, fmt, rows, [], {name: schema.describe()} if schema is not None else {})
 
 

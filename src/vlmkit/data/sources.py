@@ -157,25 +157,63 @@ def _first_line(error: Exception) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-def load_table(source: Source, spec: str) -> tuple[Any, tuple[Path, ...]]:
-    """(the `datasets.Dataset` of `source`, the folders its relative media paths resolve against)."""
+def _parquet_shards(path: Path, source: Source, table: Any) -> tuple[tuple[str, int], ...]:
+    """(file, row count) of each Parquet shard of the folder `path`, in the order `datasets` read
+    them, so a row can be named by its shard; () when that cannot be known for sure."""
+    import pyarrow.parquet as pq
+
+    datasets = _datasets(str(path))
+    try:
+        files = datasets.load_dataset_builder(str(path), source.subset).config.data_files[str(table.split)]
+        files = [Path(str(f)) for f in files]
+        if not all(f.suffix == ".parquet" and f.is_file() for f in files):
+            return ()
+        counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    except Exception:  # any doubt: rows are named by their index in the split
+        return ()
+    if sum(counts) != table.num_rows:
+        return ()
+    return tuple((str(path / f.relative_to(path.resolve())), n) for f, n in zip(files, counts, strict=True))
+
+
+def load_table(source: Source, spec: str) -> tuple[Any, tuple[Path, ...], tuple[tuple[str, int], ...]]:
+    """(the `datasets.Dataset` of `source`, the folders its relative media paths resolve against,
+    the (file, rows) of its Parquet shards when it is a folder of them, else ())."""
     if source.hub:
-        return _load_hub(source, spec), ()
+        return _load_hub(source, spec), (), ()
     path = Path(source.location)
     table = _load_local(path, source, spec)
-    return table, ((path if path.is_dir() else path.parent),)
+    shards = _parquet_shards(path, source, table) if path.is_dir() and table.split is not None else ()
+    return table, ((path if path.is_dir() else path.parent),), shards if len(shards) > 1 else ()
 
 
 class TableRows(Sequence):
     """The rows of a `datasets.Dataset` as `Row`s, read on access; `convert(raw)` turns a stored
-    row into `Row.data` (a column mapping; it must not raise)."""
+    row into `Row.data` (a column mapping; it must not raise). Rows are located `name:#INDEX`, or
+    `SHARD_FILE:#INDEX_IN_SHARD` with `shards` ((file, rows) in table order)."""
 
-    def __init__(self, table: Any, name: str, format: str, base_dirs: tuple[Path, ...], convert: Any = None):
+    def __init__(
+        self,
+        table: Any,
+        name: str,
+        format: str,
+        base_dirs: tuple[Path, ...],
+        convert: Any = None,
+        shards: tuple[tuple[str, int], ...] = (),
+    ):
         self.table = table
         self.name = name
         self.format = format
         self.base_dirs = base_dirs
         self.convert = convert
+        self.shards = shards
+        self.shard_starts = list(np.cumsum([0] + [n for _, n in shards]))
+
+    def where(self, index: int) -> str:
+        if not self.shards:
+            return f"{self.name}:#{index}"
+        shard = bisect.bisect_right(self.shard_starts, index) - 1
+        return f"{self.shards[shard][0]}:#{index - int(self.shard_starts[shard])}"
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -201,7 +239,7 @@ class TableRows(Sequence):
 
     def _row(self, index: int, raw: dict[str, Any]) -> Row:
         data = self.convert(raw) if self.convert is not None else raw
-        return Row(f"{self.name}:#{index}", data, self.format, self.base_dirs)
+        return Row(self.where(index), data, self.format, self.base_dirs)
 
 
 class IndexedRows(Sequence):
