@@ -486,3 +486,27 @@ def test_folder_of_shards_and_hub_copy_with_splits(tmp_path):
         DataError, match=r"LaTeX_OCR@validation: cannot read it .*Unknown split \"validation\""
     ):
         load_dataset(f"{folder}@validation")
+
+
+@pytest.mark.parametrize(
+    ("row", "schema", "user", "reply", "references"),
+    [
+        # HuggingFaceM4/ChartQA: `query` is a question here, not ms-swift's query (no response/images)
+        ({"image": "a.png", "query": "Highest bar?", "label": ["2019"], "human_or_machine": 0}, "vqa", "Highest bar?", "2019", ["2019"]),
+        # VQAv2: ten annotators as dicts; the majority answer is trained on
+        ({"image": "a.png", "question": "Colour?", "answers": [{"answer": "red", "answer_id": 1}, {"answer": "blue"}, {"answer": "blue"}]}, "vqa", "Colour?", "blue", ["red", "blue", "blue"]),
+        # COCO Karpathy-style: several captions
+        ({"image": "a.png", "captions": ["A dog.", "A puppy."]}, "caption", PROMPTS["caption"], "A dog.", ["A dog.", "A puppy."]),
+        # a JSONL row of an image path and its text (LaTeX_OCR written out as JSON Lines)
+        ({"image": "a.png", "text": "x^2"}, "ocr", PROMPTS["ocr"], "x^2", None),
+    ],
+)  # fmt: skip
+def test_schemas_recognised_in_json_lines_too(tmp_path, row, schema, user, reply, references):
+    (tmp_path / "a.png").write_bytes(png(0))
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    dataset = load_dataset(tmp_path / "d.jsonl")
+    assert dataset.format == schema
+    sample = dataset[0]
+    assert sample.text("user") == user and sample.text("assistant") == reply
+    assert sample.media("image") == [str(tmp_path / "a.png")]
+    assert sample.extra.get("references") == references
