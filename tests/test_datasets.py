@@ -486,6 +486,9 @@ def test_folder_of_shards_and_hub_copy_with_splits(tmp_path):
         DataError, match=r"LaTeX_OCR@validation: cannot read it .*Unknown split \"validation\""
     ):
         load_dataset(f"{folder}@validation")
+    only_test = tmp_path / "only_test"  # no train split: the only one is read
+    write(latex_ocr(2), "parquet", only_test / "data", "test-00000-of-00001")
+    assert len(load_dataset(only_test)) == 2
 
 
 @pytest.mark.parametrize(

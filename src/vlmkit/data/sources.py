@@ -105,6 +105,19 @@ def _one_split(loaded: Any, split: str | None, name: str) -> Any:
     return loaded[split]
 
 
+def _load_split(datasets: Any, location: str, source: Source) -> Any:
+    """`datasets.load_dataset` of one split: the given one, else `train` (only that split is
+    downloaded and converted), else, for a dataset without a train split, all of them."""
+    if source.split is not None:
+        return datasets.load_dataset(location, source.subset, split=source.split)
+    try:
+        return datasets.load_dataset(location, source.subset, split="train")
+    except ValueError as e:
+        if "Unknown split" not in str(e):
+            raise
+    return datasets.load_dataset(location, source.subset)
+
+
 def _load_hub(source: Source, spec: str) -> Any:
     if source.hub == "ms":
         try:
@@ -118,7 +131,7 @@ def _load_hub(source: Source, spec: str) -> Any:
             raise DataError(f"{spec}: cannot load from ModelScope ({_first_line(e)})") from None
     datasets = _datasets(spec)
     try:
-        loaded = datasets.load_dataset(source.location, source.subset, split=source.split)
+        loaded = _load_split(datasets, source.location, source)
     except Exception as e:  # offline, unknown name, gated: one line that says what to do
         raise DataError(
             f"{spec}: cannot load from the Hugging Face Hub ({_first_line(e)}); without a network, copy it "
@@ -134,7 +147,7 @@ def _load_local(path: Path, source: Source, spec: str) -> Any:
         if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
             return _one_split(datasets.load_from_disk(str(path)), source.split, spec)
         if path.is_dir():
-            loaded = datasets.load_dataset(str(path), source.subset, split=source.split)
+            loaded = _load_split(datasets, str(path), source)
             return _one_split(loaded, source.split, spec)
         kind = TABLE_SUFFIXES[path.suffix.lower()]
         if kind == "arrow":
