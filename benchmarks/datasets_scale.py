@@ -4,13 +4,15 @@ Writes (once per size, cached in --workdir) an N-row Parquet file in the LaTeX_O
 `image` column of `datasets.Image` values (PNG bytes embedded, every row its own copy: no Parquet
 dictionary) and a `text` column. Then, each in a fresh process:
 
-- `vlmkit data check` on it with a tiny model: wall time and peak RSS (ru_maxrss of that process),
-  the first time (datasets converts the Parquet into its Arrow cache) and again (cache hit);
+- `vlmkit data check` on it with a tiny model: wall time and peak memory, the first time (datasets
+  converts the Parquet into its Arrow cache) and again (cache hit);
 - reading: `load_dataset` then every row converted to a Sample (what check and training do per
-  row), rows/s and peak RSS.
+  row): rows/s and peak memory.
 
-Flat memory means peak RSS does not grow with N: rows are read from the memory-mapped Arrow table
-one chunk at a time and images are never decoded up front.
+Peak memory is split into heap (RssAnon) and mapped files (RssFile: the memory-mapped Arrow cache,
+whose pages count as resident once read and are dropped by the kernel under pressure). Flat
+memory means the heap does not grow with N: rows are read from the memory-mapped table a chunk at a
+time and images are never decoded up front.
 
     python benchmarks/datasets_scale.py --rows 2000 20000 200000
 """
@@ -25,25 +27,47 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-READ = """
-import json, resource, sys, time
-from vlmkit.data import load_dataset, row_to_sample
+# Runs in a fresh process: samples its memory every 20 ms while it runs the CLI (`cli` mode) or
+# reads every row (`read` mode), then prints the peaks. RssAnon is the heap (what would grow if rows
+# were kept or decoded); RssFile is the memory-mapped Arrow cache and libraries, pages the kernel
+# drops under pressure; VmHWM is the kernel's peak of the two together.
+PROBE = """
+import json, sys, threading, time
+peak = {"RssAnon": 0, "RssFile": 0}
+def status():
+    return {l.split(":")[0]: int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(("Rss", "VmHWM"))}
+def sample():
+    while True:
+        now = status()
+        for key in peak:
+            peak[key] = max(peak[key], now[key])
+        time.sleep(0.02)
+threading.Thread(target=sample, daemon=True).start()
+mode, args = sys.argv[1], sys.argv[2:]
 start = time.perf_counter()
-data = load_dataset(sys.argv[1])
-loaded = time.perf_counter()
-n = 0
-for row in data.rows:
-    sample = row_to_sample(row.data, row.format, row.where, row.base_dirs)
-    n += len(sample.media("image"))
-end = time.perf_counter()
-print(json.dumps({"rows": len(data), "images": n, "load_s": loaded - start, "read_s": end - loaded,
-                  "rows_per_s": len(data) / (end - loaded),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+result = {}
+if mode == "cli":
+    from vlmkit.cli import main
+    sys.argv = ["vlmkit", *args]
+    try:
+        main()
+    except SystemExit as e:
+        result["code"] = e.code or 0
+else:
+    from vlmkit.data import load_dataset, row_to_sample
+    data = load_dataset(args[0])
+    loaded = time.perf_counter()
+    for row in data.rows:
+        row_to_sample(row.data, row.format, row.where, row.base_dirs)
+    result["rows_per_s"] = len(data) / (time.perf_counter() - loaded)
+time.sleep(0.05)
+result.update(wall_s=time.perf_counter() - start, anon_mb=peak["RssAnon"] / 1024,
+              file_mb=peak["RssFile"] / 1024, hwm_mb=status()["VmHWM"] / 1024)
+print("PROBE " + json.dumps(result))
 """
 
 
@@ -71,27 +95,13 @@ def write_parquet(path: Path, rows: int, side: int, pool: int = 256, batch: int 
     tmp.replace(path)
 
 
-# Peak RSS is read by a small parent process: a child's ru_maxrss starts from its parent's RSS at
-# fork (the kernel keeps the high-water mark across exec), and this script holds torch.
-WAIT = """
-import json, subprocess, sys
-process = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-out, err = process.communicate()
-import resource
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"code": process.returncode, "peak_kb": peak, "stdout": out, "stderr": err[-2000:]}))
-"""
-
-
-def measure(command: list[str], env: dict[str, str]) -> dict:
-    """Wall time, peak RSS (MB) and stdout of one process."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", WAIT, *command], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
-    result = json.loads(done.stdout)
-    if result["code"] not in (0, 1):
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result['stderr']}")
-    return {"wall_s": wall, "peak_rss_mb": result["peak_kb"] / 1024, "stdout": result["stdout"]}
+def measure(mode: str, args: list[str], env: dict[str, str]) -> dict:
+    """The PROBE figures of one fresh process."""
+    done = subprocess.run([sys.executable, "-c", PROBE, mode, *args], capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
+    if not lines or json.loads(lines[-1][6:]).get("code", 0) not in (0, 1):
+        raise RuntimeError(f"{mode} {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    return json.loads(lines[-1][6:])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -115,28 +125,22 @@ def main(argv: list[str] | None = None) -> dict:
         path = args.workdir / f"latex_ocr_{n}.parquet"
         if not path.exists():
             write_parquet(path, n, args.side)
-        check = [sys.executable, "-m", "vlmkit", "data", "check", "-m", str(model), "-d", str(path),
-                 "--no-progress", "--histogram", str(args.workdir / "h.png")]  # fmt: skip
+        check = ["data", "check", "-m", str(model), "-d", str(path), "--no-progress",
+                 "--histogram", str(args.workdir / "h.png")]  # fmt: skip
         shutil.rmtree(args.workdir / "hf_cache", ignore_errors=True)  # the first check builds the Arrow cache
-        first, again = measure(check, env), measure(check, env)
-        read = measure([sys.executable, "-c", READ, str(path)], env)
-        stats = json.loads(read["stdout"])
-        results[n] = {
-            "parquet_mb": path.stat().st_size / 2**20,
-            "check_first_s": first["wall_s"],
-            "check_first_rss_mb": first["peak_rss_mb"],
-            "check_s": again["wall_s"],
-            "check_rss_mb": again["peak_rss_mb"],
-            "read_rows_per_s": stats["rows_per_s"],
-            "read_rss_mb": stats["peak_rss_mb"],
-        }
+        first, again = measure("cli", check, env), measure("cli", check, env)
+        read = measure("read", [str(path)], env)
+        results[n] = {"parquet_mb": path.stat().st_size / 2**20, "check_first": first, "check": again, "read": read}
         print(json.dumps({"rows": n, **results[n]}), flush=True)
-    print("| rows | Parquet | data check (first: Arrow cache built) | data check (cached) | read rows/s | read peak RSS |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| rows | Parquet | data check, first (builds the Arrow cache) | data check, cached | read rows/s |")
+    print("| --- | --- | --- | --- | --- |")
     for n, r in results.items():
+        cells = [f"{r[k]['wall_s']:.0f} s, heap {r[k]['anon_mb']:.0f} MB, mapped {r[k]['file_mb']:.0f} MB"
+                 for k in ("check_first", "check")]  # fmt: skip
+        read = r["read"]
         print(
-            f"| {n:,} | {r['parquet_mb']:.0f} MB | {r['check_first_s']:.1f} s, {r['check_first_rss_mb']:.0f} MB "
-            f"| {r['check_s']:.1f} s, {r['check_rss_mb']:.0f} MB | {r['read_rows_per_s']:,.0f} | {r['read_rss_mb']:.0f} MB |"
+            f"| {n:,} | {r['parquet_mb']:.0f} MB | {cells[0]} | {cells[1]} | {read['rows_per_s']:,.0f} "
+            f"(heap {read['anon_mb']:.0f} MB) |"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
