@@ -513,3 +513,12 @@ def test_schemas_recognised_in_json_lines_too(tmp_path, row, schema, user, reply
     assert sample.text("user") == user and sample.text("assistant") == reply
     assert sample.media("image") == [str(tmp_path / "a.png")]
     assert sample.extra.get("references") == references
+
+
+def test_without_the_datasets_library_tables_fail_in_one_line_and_json_still_reads(tmp_path, monkeypatch):
+    source = write(latex_ocr(1), "parquet", tmp_path, "d")
+    jsonl = write_twin("ocr", latex_ocr(1), tmp_path / "twin")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
+    with pytest.raises(DataError, match=r"d.parquet: reading it needs the datasets library: pip install 'vlmkit\[datasets\]'"):
+        load_dataset(source)
+    assert load_dataset(jsonl)[0].text("assistant") == latex_ocr(1)[0]["text"]
