@@ -522,3 +522,17 @@ def test_without_the_datasets_library_tables_fail_in_one_line_and_json_still_rea
     with pytest.raises(DataError, match=r"d.parquet: reading it needs the datasets library: pip install 'vlmkit\[datasets\]'"):
         load_dataset(source)
     assert load_dataset(jsonl)[0].text("assistant") == latex_ocr(1)[0]["text"]
+
+
+def test_grounding_boxes_that_are_not_corners_are_refused(tmp_path):
+    rows = refcoco(2)
+    rows[1]["bbox"] = [40.0, 30.0, 12.0, 9.0]  # COCO [x, y, w, h]: x2 < x1
+    dataset = load_dataset(write(rows, "parquet", tmp_path, "g"))
+    assert dataset.check() == [
+        (
+            f"{tmp_path}/g.parquet:#1",
+            "box [40.0, 30.0, 12.0, 9.0] has x2 <= x1 or y2 <= y1; boxes are [x1, y1, x2, y2] in pixels "
+            "(convert COCO-style [x, y, width, height] first)",
+        )
+    ]
+    assert dataset[0].objects == {"ref": ["guy in red 0", "man on the left"], "bbox": [[4.0, 6.0, 30.0, 33.0]] * 2, "bbox_type": "real"}

@@ -209,6 +209,11 @@ def _grounding(row: dict[str, Any], prompt: str, where: str) -> tuple[list[list[
             or not all(isinstance(v, (int, float)) for v in box)
         ):
             raise DataError(f"{where}: box {box!r} is not [x1, y1, x2, y2]")
+        if box[2] <= box[0] or box[3] <= box[1]:  # COCO's [x, y, width, height] often fails this
+            raise DataError(
+                f"{where}: box {list(box)} has x2 <= x1 or y2 <= y1; boxes are [x1, y1, x2, y2] in pixels "
+                "(convert COCO-style [x, y, width, height] first)"
+            )
     turns = [[prompt, "<bbox>"] for _ in boxes]
     return turns, {"ref": refs, "bbox": [list(b) for b in boxes], "bbox_type": "real"}
 
