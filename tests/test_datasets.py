@@ -229,6 +229,9 @@ def test_sft_then_infer_input_on_each_schema(small_model, tmp_path, schema, kind
     assert len(lines) == 4 and all(
         "error" not in line and isinstance(line["response"], str) for line in lines
     )
+    if kind == "save_to_disk":  # without --output: beside the folder
+        cli("infer", "-m", small_model, "--input", source, "--max-new-tokens", "1")
+        assert len((tmp_path / f"{schema}.preds.jsonl").read_text().splitlines()) == 4
     if schema == "vqa":  # the reference trained on, and every answer for scoring
         assert lines[1]["labels"] == "$1.00" and lines[1]["references"] == ["$1.00", "1 dollars"]
     assert lines[0]["image"]["bytes"].startswith("<") and "bytes, sha256" in lines[0]["image"]["bytes"]

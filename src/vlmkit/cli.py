@@ -238,10 +238,12 @@ def demo(
 
 
 def _default_output(input: Path) -> Path:
-    """INPUT.preds.jsonl beside a dataset file; NAME.preds.jsonl here for a folder or hub id."""
-    if input.is_file():
-        return input.with_suffix(".preds.jsonl")
-    return Path(str(input).rstrip("/").replace("::", "_").replace("/", "_").split("#")[0] + ".preds.jsonl").resolve()
+    """INPUT.preds.jsonl beside a dataset file or folder; ORG_NAME.preds.jsonl here for a hub id."""
+    spec = str(input).split("#")[0]
+    if spec.startswith(("hf::", "ms::")):
+        return Path(spec[4:].split(":")[0].split("@")[0].replace("/", "_") + ".preds.jsonl")
+    path = Path(spec)
+    return path.with_suffix(".preds.jsonl") if path.is_file() else path.with_name(path.name + ".preds.jsonl")
 
 
 def _run_columns(ckpt: Path, columns: str | None, prompt: str | None) -> tuple[str | None, str | None]:
