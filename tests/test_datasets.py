@@ -539,3 +539,21 @@ def test_grounding_boxes_that_are_not_corners_are_refused(tmp_path):
         )
     ]
     assert dataset[0].objects == {"ref": ["guy in red 0", "man on the left"], "bbox": [[4.0, 6.0, 30.0, 33.0]] * 2, "bbox_type": "real"}
+
+
+def test_videos_as_dataset_values_encode_as_the_same_video_file(template, tmp_path):
+    pytest.importorskip("av")
+    from test_video import make_video
+
+    video = make_video(tmp_path / "clip.mp4", 8)
+    rows = [{"video": {"bytes": video.read_bytes(), "path": "/gone/clip.mp4"}, "caption": "It changes colour."}]
+    table = datasets.Dataset.from_list(rows)
+    table.to_parquet(tmp_path / "v.parquet")
+    dataset = load_dataset(tmp_path / "v.parquet")
+    assert dataset.format == "caption" and dataset[0].text("user") == "Describe the video."
+    assert dataset[0].media("video") == [video.read_bytes()]
+    twin = {"query": "Describe the video.", "response": "It changes colour.", "videos": [str(video)]}
+    (tmp_path / "twin.jsonl").write_text(json.dumps(twin) + "\n")
+    ours, theirs = template.encode(dataset[0]), template.encode(load_dataset(tmp_path / "twin.jsonl")[0])
+    for key in ("input_ids", "labels", "pixel_values_videos", "video_grid_thw"):
+        assert np.array_equal(np.asarray(ours[key]), np.asarray(theirs[key])), key

@@ -12,7 +12,7 @@ A schema maps vlmkit's fields to a dataset's columns. Recognised without flags, 
 wins over the names above). Fields: image, video, query, response, system, boxes, labels.
 
 Rows without a question column get the user turn `--prompt`, or the schema's default prompt
-(`DEFAULT_PROMPTS`). Several answers or captions in one row (a list) are all kept as
+(`DEFAULT_PROMPTS`; "video" for "image" when the rows have a video and no image). Several answers or captions in one row (a list) are all kept as
 `sample.extra["references"]`; training and the reference shown by `infer` use the most frequent of
 them (ties: the first), which is the first for DocVQA-style variants and the majority for VQAv2's
 ten annotators. Grounding rows become one turn per box: "Find <ref-object>" -> "<bbox>", boxes as
@@ -148,9 +148,12 @@ def detect_schema(
         raise DataError(f'{where}: no question column; give the user turn with --prompt "..."')
     if name == "grounding" and prompt is not None and "<ref-object>" not in prompt:
         raise DataError(f"--prompt {prompt!r}: a grounding prompt needs <ref-object> where each ref goes")
-    return ColumnSchema(
-        name, ordered, prompt if prompt is not None else DEFAULT_PROMPTS[name], prompt is None
-    )
+    if prompt is None:
+        prompt = DEFAULT_PROMPTS[name]
+        if "video" in ordered and "image" not in ordered:  # a video dataset: "Describe the video."
+            prompt = prompt.replace("image", "video")
+        return ColumnSchema(name, ordered, prompt, prompt_is_default=True)
+    return ColumnSchema(name, ordered, prompt)
 
 
 def map_row(raw: dict[str, Any], schema: ColumnSchema) -> dict[str, Any]:
