@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -106,3 +108,11 @@ def test_swift_plugin_gives_qwen_vl_utils_a_passing_torchvision_only(tmp_path, s
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.slow
+def test_datasets_scale_runs_at_a_small_size(tmp_path):
+    scale = _load("datasets_scale")
+    results = scale.main(["--rows", "300", "--workdir", str(tmp_path)])
+    r = results[300]
+    assert r["read"]["rows_per_s"] > 0 and 0 < r["check"]["anon_mb"] < 4096 and r["parquet_mb"] > 0

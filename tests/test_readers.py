@@ -489,8 +489,11 @@ def test_json_file_layouts(tmp_path):
 def test_missing_file_wrong_extension_and_empty(tmp_path):
     with pytest.raises(DataError, match="nope.jsonl: dataset file not found"):
         load_dataset(tmp_path / "nope.jsonl")
-    (tmp_path / "d.csv").write_text("a,b\n")
-    with pytest.raises(DataError, match=r"d.csv: unsupported dataset file type '.csv'; use .json or .jsonl"):
+    (tmp_path / "d.txt").write_text("a,b\n")
+    with pytest.raises(DataError, match=r"d.txt: unsupported dataset file type '.txt'; use .json, .jsonl, .parquet"):
+        load_dataset(tmp_path / "d.txt")
+    (tmp_path / "d.csv").write_text("a,b\n")  # a CSV with a header and no rows
+    with pytest.raises(DataError, match=r"d.csv: no dataset rows found"):
         load_dataset(tmp_path / "d.csv")
     (tmp_path / "e.jsonl").write_text("\n{oops\n")
     with pytest.raises(

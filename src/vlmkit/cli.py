@@ -15,6 +15,7 @@ import typer
 from vlmkit.errors import VlmkitError
 from vlmkit.options import (
     AttnImpl,
+    Columns,
     Device,
     DType,
     Fps,
@@ -24,6 +25,7 @@ from vlmkit.options import (
     MinPixels,
     MinTiles,
     NFrames,
+    Prompt,
     System,
     TrustRemoteCode,
     VideoMaxPixels,
@@ -105,7 +107,8 @@ def infer(
         typer.Option(
             "--input",
             "-i",
-            help="Dataset file (.json/.jsonl, any supported format) for batch inference. Without it: interactive chat.",
+            help="Dataset for batch inference, as sft's --dataset (a .json/.jsonl/.parquet/.arrow/.csv file, a "
+            "folder, or hf::org/name). Without it: interactive chat.",
         ),
     ] = None,
     output: Annotated[
@@ -123,6 +126,8 @@ def infer(
             help="Extra folder to resolve relative image paths against (after the dataset file's folder)."
         ),
     ] = None,
+    columns: Columns = None,
+    prompt: Prompt = None,
     system: System = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens generated per reply.")] = 512,
     temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic); > 0 samples.")] = 0.0,
@@ -154,6 +159,7 @@ def infer(
 
     In the chat, each <image> or <video> in your message asks for a path or URL; 'clear' resets the
     history; 'exit', 'quit' or end of input leave. Piped input works, so chats can be scripted."""
+    from vlmkit.data.columns import parse_columns
     from vlmkit.infer import run_batch, run_chat
     from vlmkit.model import GenerationOptions, load
 
@@ -166,10 +172,9 @@ def infer(
         seed=seed,
     )
     options.kwargs()  # validate before the slow model load
-    if input is not None and not input.is_file():
-        raise VlmkitError(f"--input {input}: no such file")
     if val:
         input = _val_input(ckpt, input)
+        columns, prompt = _run_columns(ckpt, columns, prompt)
     vlm = load(
         model,
         ckpt=ckpt,
@@ -191,7 +196,7 @@ def infer(
     if input is None:
         run_chat(vlm, options, draw_dir=draw)
         return
-    output = output or input.with_suffix(".preds.jsonl")
+    output = output or _default_output(input)
     counts = run_batch(
         vlm,
         input,
@@ -199,6 +204,8 @@ def infer(
         options,
         batch_size=batch_size,
         media_root=media_root,
+        columns=parse_columns(columns),
+        prompt=prompt,
         progress=sys.stderr.isatty(),
         draw_dir=draw,
     )
@@ -228,6 +235,23 @@ def demo(
     from vlmkit.demo import run_demo
 
     run_demo(output_dir, progress=progress)
+
+
+def _default_output(input: Path) -> Path:
+    """INPUT.preds.jsonl beside a dataset file or folder; ORG_NAME.preds.jsonl here for a hub id."""
+    spec = str(input).split("#")[0]
+    if spec.startswith(("hf::", "ms::")):
+        return Path(spec[4:].split(":")[0].split("@")[0].replace("/", "_") + ".preds.jsonl")
+    path = Path(spec)
+    return path.with_suffix(".preds.jsonl") if path.is_file() else path.with_name(path.name + ".preds.jsonl")
+
+
+def _run_columns(ckpt: Path, columns: str | None, prompt: str | None) -> tuple[str | None, str | None]:
+    """--columns and --prompt of the run that wrote `ckpt`, unless given here (they read its val data)."""
+    import json
+
+    args = json.loads((Path(ckpt).parent / "args.json").read_text())
+    return columns if columns is not None else args.get("columns"), prompt if prompt is not None else args.get("prompt")
 
 
 def _val_input(ckpt: Path | None, given: Path | None) -> Path:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
+from vlmkit.data.values import jsonable
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.model import VLM, GenerationOptions
 from vlmkit.sample import Sample
@@ -97,26 +98,29 @@ def split_reference(sample: Sample) -> tuple[Sample, str | None]:
     return Sample(messages=sample.messages[:-1], objects=sample.objects, where=sample.where), reference
 
 
-def _input_rows(path: Path, media_root: str | Path | None) -> list[tuple[dict, Sample | DataError]]:
-    """Every row of `path` in file order as (raw row, Sample or the DataError that row raises)."""
-    from vlmkit.data import detect_format, read_rows, row_to_sample
+def _input_rows(
+    spec: str, media_root: str | Path | None, columns: dict[str, str] | None = None, prompt: str | None = None
+) -> list[tuple[dict, Sample | DataError]]:
+    """Every row of the dataset `spec` (any source `vlmkit.data` reads) in order as (raw row, Sample or
+    the DataError that row raises); rows that are not JSON objects come with an empty dict."""
+    from vlmkit.data import load_dataset, row_to_sample
 
-    rows = list(read_rows(path))
-    good = [row for _, row in rows if isinstance(row, dict)]
-    if not good:
-        raise DataError(f"{path}: no dataset rows found")
-    fmt = detect_format(good, where=str(path))
-    base_dirs = (path.parent,) + ((Path(media_root),) if media_root is not None else ())
-    out: list[tuple[dict, Sample | DataError]] = []
-    for where, row in rows:
-        if isinstance(row, DataError):
-            out.append(({}, row))
-            continue
+    data = load_dataset(spec, media_root=media_root, columns=columns, prompt=prompt)
+    out: list[tuple[dict, Sample | DataError]] = [({}, DataError(f"{where}: {reason}")) for where, reason in data.bad]
+    for row in data.rows:
         try:
-            out.append((row, row_to_sample(row, fmt, where, base_dirs)))
+            out.append((row.data, row_to_sample(row.data, row.format, row.where, row.base_dirs)))
         except DataError as e:
-            out.append((row, e))
+            out.append((row.data, e))
+    if data.bad:  # keep file order: JSON rows are located file:LINE
+        out.sort(key=lambda item: _line(item))
     return out
+
+
+def _line(item: tuple[dict, Sample | DataError]) -> int:
+    where = item[1].where if isinstance(item[1], Sample) else str(item[1]).split(": ", 1)[0]
+    number = where.rpartition(":")[2].lstrip("#")
+    return int(number) if number.isdigit() else 0
 
 
 def _batches(items: list, size: int) -> Iterable[list]:
@@ -131,6 +135,8 @@ def run_batch(
     options: GenerationOptions,
     batch_size: int = 8,
     media_root: str | Path | None = None,
+    columns: dict[str, str] | None = None,
+    prompt: str | None = None,
     progress: bool = True,
     draw_dir: str | Path | None = None,
 ) -> dict[str, int]:
@@ -146,7 +152,7 @@ def run_batch(
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.resolve() == input_path.resolve():
         raise VlmkitError(f"--output {output_path} is the input file; choose another path")
-    rows = list(_input_rows(input_path, media_root))
+    rows = _input_rows(str(input_path), media_root, columns, prompt)
     tmp = output_path.with_name(output_path.name + ".tmp")
     counts = {"ok": 0, "failed": 0}
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +180,7 @@ def run_batch(
                         _add_objects(vlm, prompt, reply, results[i], draw_dir, row_number=start + i)
             for result in results:
                 counts["failed" if "error" in result else "ok"] += 1
-                out.write(json.dumps(result, ensure_ascii=False) + "\n")
+                out.write(json.dumps(result, ensure_ascii=False, default=jsonable) + "\n")  # bytes: described
             out.flush()
             bar.update(len(chunk))
     tmp.replace(output_path)
@@ -193,6 +199,8 @@ def _encode_batch(vlm: VLM, chunk: list) -> tuple[list[dict[str, Any]], list[tup
             prompt, reference = split_reference(sample)
             if reference is not None:
                 results[i]["labels"] = reference
+            if "references" in sample.extra:  # every answer of a column dataset, for scoring
+                results[i]["references"] = sample.extra["references"]
             pending.append((i, prompt, vlm.encode(prompt)))
         except VlmkitError as e:
             results[i]["error"] = str(e)

@@ -70,3 +70,19 @@ TrustRemoteCode = Annotated[
         "chat with Qwen-VL (first generation, e.g. Qwen/Qwen-VL-Chat; inference only)."
     ),
 ]
+Columns = Annotated[
+    str | None,
+    typer.Option(
+        help="Which dataset column is which field, for columns vlmkit does not recognise by name: e.g. "
+        "image=img,query=question,response=answer (fields: image, video, query, response, system, boxes, "
+        "labels). `vlmkit data check` shows the mapping it uses."
+    ),
+]
+Prompt = Annotated[
+    str | None,
+    typer.Option(
+        help="User turn for column datasets without a question column (seed 003: 'COCO Yes:'). Default by "
+        "schema: OCR 'Transcribe the text in the image.', caption 'Describe the image.', grounding "
+        "'Find <ref-object>'."
+    ),
+]

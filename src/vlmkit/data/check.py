@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from vlmkit.data.formats import row_to_sample
 from vlmkit.data.readers import Dataset, Row
+from vlmkit.data.values import jsonable
 from vlmkit.errors import DataError, MediaError, VlmkitError
 from vlmkit.sample import Sample
 
@@ -149,7 +150,7 @@ class CheckReport:
         with open(tmp, "w", encoding="utf-8") as f:
             for bad in self.bad:
                 line = {"where": bad.where, "kind": bad.kind, "reason": bad.reason, "row": bad.row}
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+                f.write(json.dumps(line, ensure_ascii=False, default=jsonable) + "\n")  # bytes: described
         os.replace(tmp, path)
         return path
 

@@ -14,6 +14,7 @@ import typer
 
 from vlmkit.errors import VlmkitError
 from vlmkit.options import (
+    Columns,
     Fps,
     MaxFrames,
     MaxPixels,
@@ -21,6 +22,7 @@ from vlmkit.options import (
     MinPixels,
     MinTiles,
     NFrames,
+    Prompt,
     System,
     VideoMaxPixels,
 )
@@ -44,8 +46,9 @@ Datasets = Annotated[
     typer.Option(
         "--dataset",
         "-d",
-        help="Dataset file(s), .json or .jsonl in any supported format; PATH#N samples N rows. "
-        "Repeat the flag or list several after one --dataset.",
+        help="Dataset(s): .json/.jsonl (any supported format), .parquet, .arrow, .csv/.tsv, a folder of "
+        "shards or save_to_disk, or a hub id hf::org/name[:subset][@split] (ms:: for ModelScope); "
+        "SOURCE#N samples N rows. Repeat the flag or list several after one --dataset.",
     ),
 ]
 MediaRoot = Annotated[
@@ -61,6 +64,17 @@ def _datasets(ctx: typer.Context, dataset: list[str]) -> list[str]:
         if extra.startswith("-"):
             raise VlmkitError(f"unknown option {extra}; see --help")
     return [*dataset, *ctx.args]
+
+
+def _load(ctx: typer.Context, dataset: list[str], media_root: Path | None, columns: str | None, prompt: str | None):
+    """The dataset(s) of the command line; prints the column schema of each source that has one."""
+    from vlmkit.data import load_datasets
+    from vlmkit.data.columns import parse_columns
+
+    data = load_datasets(_datasets(ctx, dataset), media_root=media_root, columns=parse_columns(columns), prompt=prompt)
+    for source, line in data.schemas.items():
+        typer.echo(f"{source}: {line}")
+    return data
 
 
 def load_template(
@@ -97,6 +111,8 @@ def check(
     model: Model,
     dataset: Datasets,
     media_root: MediaRoot = None,
+    columns: Columns = None,
+    prompt: Prompt = None,
     max_length: Annotated[
         int, typer.Option(help="Most tokens per row, image tokens included (as training's --max-length).")
     ] = 2048,
@@ -133,11 +149,10 @@ def check(
 
     Exit status: 0 when every row is good, 1 when some rows are bad (so scripts can stop on it),
     2 for a mistake in the options or an unreadable dataset file."""
-    from vlmkit.data import load_datasets
     from vlmkit.data.check import check_dataset
     from vlmkit.plots import save_histogram
 
-    data = load_datasets(_datasets(ctx, dataset), media_root=media_root)
+    data = _load(ctx, dataset, media_root, columns, prompt)
     template = load_template(
         model,
         min_pixels,
@@ -218,6 +233,8 @@ def preview(
     dataset: Datasets,
     n: Annotated[int, typer.Option("-n", "--rows", help="How many rows to show, from the start.")] = 3,
     media_root: MediaRoot = None,
+    columns: Columns = None,
+    prompt: Prompt = None,
     min_pixels: MinPixels = None,
     max_pixels: MaxPixels = None,
     min_tiles: MinTiles = None,
@@ -231,9 +248,7 @@ def preview(
     """Print the first rows exactly as the model sees them: the decoded input ids with each image's
     run of pad tokens collapsed (count, grid and resized size), the supervised tokens in [[...]]
     (green on a terminal), then the token count and the supervised-token count."""
-    from vlmkit.data import load_datasets
-
-    data = load_datasets(_datasets(ctx, dataset), media_root=media_root)
+    data = _load(ctx, dataset, media_root, columns, prompt)
     template = load_template(
         model,
         min_pixels,
@@ -270,6 +285,8 @@ def encode(
     ] = Path("output/encode_cache"),
     workers: Annotated[int, typer.Option(help="Encoding processes (one core each).")] = 1,
     media_root: MediaRoot = None,
+    columns: Columns = None,
+    prompt: Prompt = None,
     max_length: Annotated[
         int, typer.Option(help="As training's --max-length: rows over it are skipped or shrunk.")
     ] = 2048,
@@ -291,13 +308,12 @@ def encode(
     encoded (tokens, labels, images decoded once and resized) and stored. Run `vlmkit sft` with the
     same model, data and encoding options and it reads these entries instead of encoding again.
     Exit status 1 when some rows are bad (they are listed; the others are cached)."""
-    from vlmkit.data import load_datasets
     from vlmkit.data.cache import encode_dataset
     from vlmkit.data.check import check_dataset
 
     if workers < 1:
         raise VlmkitError(f"--workers {workers}: must be 1 or more")
-    data = load_datasets(_datasets(ctx, dataset), media_root=media_root)
+    data = _load(ctx, dataset, media_root, columns, prompt)
     template = load_template(
         model,
         min_pixels,

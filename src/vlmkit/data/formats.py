@@ -35,7 +35,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from vlmkit.data.columns import SCHEMAS, ColumnSchema, detect_schema, to_query_response
 from vlmkit.data.inline import has_media_tag, inline_media, message_texts
+from vlmkit.data.values import media_source
 from vlmkit.errors import DataError
 from vlmkit.sample import Sample, to_sample
 
@@ -83,9 +85,37 @@ def detect_format(rows: Iterable[dict], where: str = "dataset", peek: int = 20) 
         supported = ", ".join(f"{name} ('{key}')" for name, key in FORMAT_KEYS.items())
         raise DataError(
             f"{where}: unknown dataset format; keys found in the first rows: {', '.join(keys) or 'none'}; "
-            f"supported formats (marking key): {supported}"
+            f"supported formats (marking key): {supported}; or an image column with text/caption/answers/"
+            "boxes (name other columns with --columns image=COL,response=COL)"
         )
     return found.most_common(1)[0][0]
+
+
+def choose_format(
+    rows: list[dict], columns: dict[str, str] | None = None, prompt: str | None = None, where: str = "dataset"
+) -> tuple[str, ColumnSchema | None]:
+    """(format name, column schema or None) of a dataset from its first rows.
+
+    A conversation format (`FORMAT_KEYS`) wins unless --columns is given, or the rows are a question
+    column next to an image column (ChartQA's `query`, `label`, `image`: no ms-swift `response` or
+    `images`). Otherwise a column schema (`vlmkit.data.columns`); raises DataError when neither fits.
+    """
+    keys = list(dict.fromkeys(k for row in rows if isinstance(row, dict) for k in row))
+    conversation = None
+    if not columns:
+        found = [f for f in (row_format(r) for r in rows) if f is not None]
+        if found:
+            conversation = Counter(found).most_common(1)[0][0]
+        if conversation == "query-response" and not {"response", "images", "history"} & set(keys):
+            conversation = None if detect_schema(keys, where=where) is not None else conversation
+    if conversation is not None:
+        if prompt is not None:
+            raise DataError(f"{where}: --prompt is for datasets without a question column; this one is in the {conversation} format")
+        return conversation, None
+    schema = detect_schema(keys, columns, prompt, where)
+    if schema is None:
+        detect_format(rows, where)  # raises the unknown-format error
+    return schema.name, schema
 
 
 def _text(value: Any, where: str, what: str) -> Any:
@@ -241,10 +271,12 @@ def row_to_sample(
     Raises `DataError` naming `where` (file:line) with the reason. A top-level `id`
     is kept in `sample.extra["id"]`.
     """
-    if fmt not in CONVERTERS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(CONVERTERS)}")
+    if fmt not in CONVERTERS and fmt not in SCHEMAS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(CONVERTERS)}, {', '.join(SCHEMAS)}")
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if fmt in SCHEMAS:  # a row of schema fields (`columns.map_row`): an ms-swift row from here on
+        row, fmt = to_query_response(row, where), "query-response"
     key = FORMAT_KEYS[fmt]
     if key not in row:
         raise DataError(
@@ -253,7 +285,20 @@ def row_to_sample(
         )
     messages_row = _add_missing_tags(CONVERTERS[fmt](row, where), TAG_SEPARATOR[fmt], where)
     messages_row = inline_media(messages_row, where)
+    for kind in ("images", "videos"):  # dataset values (Image dicts, bytes, base64) -> media sources
+        if isinstance(messages_row.get(kind), list):
+            messages_row[kind] = [media_source(v, tuple(base_dirs)) for v in messages_row[kind]]
     sample = to_sample(messages_row, where, tuple(base_dirs), objects=_objects(row, where))
+    counts = {"image": 0, "video": 0}
+    for message in sample.messages:  # and media given as content parts
+        for part in message["content"]:
+            if (kind := part["type"]) in counts:
+                counts[kind] += 1
+                part[kind] = media_source(part[kind], tuple(base_dirs))
+                if part[kind] is None or part[kind] == "":
+                    raise DataError(f"{where}: {kind} {counts[kind]} is empty (null); give bytes or a path")
     if "id" in row:
         sample.extra["id"] = row["id"]
+    if "references" in row:  # several answers of a column dataset, kept for scoring
+        sample.extra["references"] = row["references"]
     return sample

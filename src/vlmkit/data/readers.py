@@ -20,24 +20,27 @@ import math
 import random
 import re
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from vlmkit.data.formats import detect_format, row_to_sample
+from vlmkit.data.columns import map_row
+from vlmkit.data.formats import choose_format, row_to_sample
+from vlmkit.data.sources import (
+    TABLE_SUFFIXES,
+    Row,
+    TableRows,
+    concat_rows,
+    load_table,
+    parse_source,
+    take_rows,
+)
 from vlmkit.errors import DataError
 from vlmkit.sample import Sample
 
+PEEK_ROWS = 20  # rows looked at to detect the format
 _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false"}
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
-
-
-class Row(NamedTuple):
-    """One stored row: its location, the parsed JSON object, its format and media folders."""
-
-    where: str
-    data: dict[str, Any]
-    format: str
-    base_dirs: tuple[Path, ...]
 
 
 def _parse_object(text: str, where: str) -> dict | DataError:
@@ -137,28 +140,40 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict | DataError]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: dataset file not found")
+        hint = f"; for a hub dataset write hf::{path} (or ms::{path})" if str(path).count("/") == 1 else ""
+        raise DataError(f"{path}: dataset file not found{hint}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _read_jsonl(path, str(path))
     if suffix == ".json":
         return _read_json(path, str(path))
-    raise DataError(f"{path}: unsupported dataset file type '{suffix}'; use .json or .jsonl")
+    raise DataError(
+        f"{path}: unsupported dataset file type '{suffix}'; use .json, .jsonl, .parquet, .arrow, .csv or .tsv"
+    )
 
 
 class Dataset:
     """Rows of one or more files; `dataset[i]` converts row i to a `Sample` (or raises `DataError`).
 
     Attributes: `path` (the file, or "a + b" for several), `format` (the detected format
-    name, "a+b" when files differ), `rows` (list of `Row`), `bad` (list of (where, reason)
-    for rows that were not JSON objects and so were left out).
+    name, "a+b" when files differ), `rows` (a sequence of `Row`: a list for JSON files, read on
+    access for tables), `bad` (list of (where, reason) for rows that were not JSON objects and
+    so were left out), `schemas` (source -> one line on its column schema, for sources that have one).
     """
 
-    def __init__(self, path: str, format: str, rows: list[Row], bad: list[tuple[str, str]] | None = None):
+    def __init__(
+        self,
+        path: str,
+        format: str,
+        rows: Sequence[Row],
+        bad: list[tuple[str, str]] | None = None,
+        schemas: dict[str, str] | None = None,
+    ):
         self.path = path
         self.format = format
         self.rows = rows
         self.bad = bad if bad is not None else []
+        self.schemas = schemas if schemas is not None else {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -179,7 +194,7 @@ class Dataset:
     def select(self, indices: Sequence[int], keep_bad: bool = True) -> Dataset:
         """A dataset of the rows at `indices`, in that order (repeats allowed)."""
         return Dataset(
-            self.path, self.format, [self.rows[i] for i in indices], list(self.bad) if keep_bad else []
+            self.path, self.format, take_rows(self.rows, indices), list(self.bad) if keep_bad else [], self.schemas
         )
 
     def check(self) -> list[tuple[str, str]]:
@@ -227,18 +242,10 @@ def sample_indices(n_rows: int, n: int, seed: int = 42) -> list[int]:
     return list(range(n_rows)) * (n // n_rows) + rng.sample(range(n_rows), n % n_rows)
 
 
-def load_dataset(spec: str | Path, media_root: str | Path | None = None, seed: int = 42) -> Dataset:
-    """Read `spec` (`path` or `path#N`, N rows sampled with `seed`) into a `Dataset`.
+JSON_SUFFIXES = (".json", ".jsonl")
 
-    Relative media paths resolve against the file's folder, then against `media_root`.
-    Raises `DataError` when the file cannot be read, has no valid rows, or its format is unknown.
-    """
-    path, n = parse_spec(str(spec))
-    base_dirs = (path.parent,)
-    if media_root is not None:
-        if not Path(media_root).is_dir():
-            raise DataError(f"media root {media_root}: not a folder")
-        base_dirs += (Path(media_root),)
+
+def _json_dataset(path: Path, base_dirs: tuple[Path, ...], columns: dict | None, prompt: str | None) -> Dataset:
     rows: list[tuple[str, dict]] = []
     bad: list[tuple[str, str]] = []
     for where, row in read_rows(path):
@@ -249,24 +256,97 @@ def load_dataset(spec: str | Path, media_root: str | Path | None = None, seed: i
     if not rows:
         first = f"; {len(bad)} bad row(s), the first: {bad[0][0]}: {bad[0][1]}" if bad else ""
         raise DataError(f"{path}: no dataset rows found{first}")
-    fmt = detect_format((row for _, row in rows), where=str(path))
-    dataset = Dataset(str(path), fmt, [Row(where, row, fmt, base_dirs) for where, row in rows], bad)
+    fmt, schema = choose_format([row for _, row in rows[:PEEK_ROWS]], columns, prompt, where=str(path))
+    if schema is not None:
+        rows = [(where, map_row(row, schema)) for where, row in rows]
+    schemas = {str(path): schema.describe()} if schema is not None else {}
+    return Dataset(str(path), fmt, [Row(where, row, fmt, base_dirs) for where, row in rows], bad, schemas)
+
+
+def _table_dataset(spec: str, source, extra_dirs: tuple[Path, ...], columns: dict | None, prompt: str | None) -> Dataset:
+    table, base_dirs, shards = load_table(source, spec)
+    name = f"{source.hub}::{source.location}" if source.hub else source.location
+    if table.num_rows == 0:
+        raise DataError(f"{name}: no dataset rows found")
+    dirs = base_dirs + extra_dirs
+    stored = TableRows(table, name, "", dirs)
+    first = [stored.raw(i) for i in range(min(PEEK_ROWS, len(stored)))]
+    fmt, schema = choose_format(first, columns, prompt, name)
+    convert = partial(map_row, schema=schema) if schema is not None else None
+    rows = TableRows(table, name, fmt, dirs, convert, shards)
+    return Dataset(name, fmt, rows, [], {name: schema.describe()} if schema is not None else {})
+
+
+def _json_folder(path: Path) -> list[Path]:
+    """The JSON / JSON Lines shards of a folder that holds no other dataset files, sorted; else []."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    data = [p for p in files if p.suffix.lower() in JSON_SUFFIXES + tuple(TABLE_SUFFIXES)]
+    if data and all(p.suffix.lower() in JSON_SUFFIXES for p in data):
+        return data
+    return []
+
+
+def load_dataset(
+    spec: str | Path,
+    media_root: str | Path | None = None,
+    seed: int = 42,
+    columns: dict[str, str] | None = None,
+    prompt: str | None = None,
+) -> Dataset:
+    """Read `spec` into a `Dataset`: a .json/.jsonl file, a table file (.parquet, .arrow, .csv,
+    .tsv), a folder of shards or a `save_to_disk` folder, or a hub id (`hf::org/name`); see
+    `vlmkit.data.sources` for `:subset`, `@split`, and `#N` (N rows sampled with `seed`).
+
+    Relative media paths resolve against the file's folder, then against `media_root`.
+    `columns` (from --columns) and `prompt` (from --prompt) describe column datasets
+    (`vlmkit.data.columns`). Raises `DataError` when the source cannot be read, has no valid
+    rows, or its format is unknown.
+    """
+    source = parse_source(str(spec))
+    path = Path(source.location)
+    extra_dirs: tuple[Path, ...] = ()
+    if media_root is not None:
+        if not Path(media_root).is_dir():
+            raise DataError(f"media root {media_root}: not a folder")
+        extra_dirs = (Path(media_root),)
+    shards = _json_folder(path) if source.hub is None and path.is_dir() else []
+    if source.hub is None and path.suffix.lower() in JSON_SUFFIXES or not (source.hub or path.exists()):
+        dataset = _json_dataset(path, (path.parent, *extra_dirs), columns, prompt)
+    elif shards:
+        parts = [_json_dataset(shard, (shard.parent, *extra_dirs), columns, prompt) for shard in shards]
+        dataset = _concat(parts)
+    elif source.hub is None and path.is_file() and path.suffix.lower() not in TABLE_SUFFIXES:
+        read_rows(path)  # raises the unsupported-type error
+        raise AssertionError(path)
+    else:
+        dataset = _table_dataset(str(spec), source, extra_dirs, columns, prompt)
+    n = source.count
     return dataset if n is None else dataset.select(sample_indices(len(dataset), n, seed))
 
 
-def load_datasets(specs: list[str], media_root: str | Path | None = None, seed: int = 42) -> Dataset:
-    """Several specs (each `path` or `path#N`) read with `load_dataset` and concatenated in order."""
-    if not specs:
-        raise DataError("no dataset given; pass one or more PATH or PATH#N")
-    parts = [load_dataset(spec, media_root, seed) for spec in specs]
+def _concat(parts: list[Dataset]) -> Dataset:
     if len(parts) == 1:
         return parts[0]
     return Dataset(
         " + ".join(p.path for p in parts),
         "+".join(dict.fromkeys(p.format for p in parts)),
-        [row for p in parts for row in p.rows],
+        concat_rows([p.rows for p in parts]),
         [b for p in parts for b in p.bad],
+        {k: v for p in parts for k, v in p.schemas.items()},
     )
+
+
+def load_datasets(
+    specs: list[str],
+    media_root: str | Path | None = None,
+    seed: int = 42,
+    columns: dict[str, str] | None = None,
+    prompt: str | None = None,
+) -> Dataset:
+    """Several specs read with `load_dataset` and concatenated in order."""
+    if not specs:
+        raise DataError("no dataset given; pass one or more PATH or PATH#N")
+    return _concat([load_dataset(spec, media_root, seed, columns, prompt) for spec in specs])
 
 
 def split_dataset(dataset: Dataset, ratio: float, seed: int = 42) -> tuple[Dataset, Dataset]:

@@ -60,14 +60,16 @@ def sft_command(
         typer.Option(
             "--dataset",
             "-d",
-            help="Training file(s) (.json/.jsonl, any supported format); PATH#N samples N rows. List several after one --dataset (--dataset a.jsonl b.json#2000) or repeat the flag.",
+            help="Training data: .json/.jsonl (any supported format), .parquet, .arrow, .csv/.tsv, a folder of "
+            "shards or save_to_disk, or a hub id hf::org/name[:subset][@split] (ms:: for ModelScope); "
+            "SOURCE#N samples N rows. List several after one --dataset (--dataset a.jsonl b.json#2000) or repeat the flag.",
             rich_help_panel=_P,
         ),
     ] = None,
     val_dataset: Annotated[
         list[str] | None,
         typer.Option(
-            help="Validation file(s), listed as for --dataset; eval loss every --eval-steps and sample answers at the end.",
+            help="Validation data, listed as for --dataset; eval loss every --eval-steps and sample answers at the end.",
             rich_help_panel=_P,
         ),
     ] = None,
@@ -82,6 +84,22 @@ def sft_command(
         str | None,
         typer.Option(
             help="Extra folder for relative media paths (after each dataset file's folder).",
+            rich_help_panel=_P,
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="Column datasets (Parquet, CSV, hub): which column is which field, e.g. "
+            "image=img,query=question,response=answer, when the names are not recognised.",
+            rich_help_panel=_P,
+        ),
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="User turn for column datasets without a question column (e.g. 'COCO Yes:'); default by "
+            "schema (see `vlmkit data check`). Saved with the run.",
             rich_help_panel=_P,
         ),
     ] = None,

@@ -29,6 +29,8 @@ class SFTConfig:
     val_dataset: list[str] = field(default_factory=list)
     split_ratio: float = 0.0
     media_root: str | None = None
+    columns: str | None = None
+    prompt: str | None = None
     output_dir: str = "output"
     tuner: str = "lora"
     freeze_vit: bool = True

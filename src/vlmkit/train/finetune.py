@@ -192,6 +192,8 @@ def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is
     if report.bad and is_main:
         report.write_bad_samples(bad_file)
     if is_main:
+        for source, line in dataset.schemas.items():
+            print(f"{source}: {line}")
         print(report.summary())
     fraction = len(report.bad) / max(report.total, 1)
     if fraction > config.max_bad_fraction:
@@ -215,6 +217,7 @@ def sft(config: SFTConfig) -> Path:
     from transformers import AutoModelForImageTextToText, AutoTokenizer, set_seed
 
     from vlmkit.data import load_datasets, split_dataset
+    from vlmkit.data.columns import parse_columns
     from vlmkit.families import family_for_model_dir, resolution_settings
     from vlmkit.model import _check_attn, _resolve_model_dir, _torch_dtype
     from vlmkit.settings import write_settings
@@ -251,12 +254,10 @@ def sft(config: SFTConfig) -> Path:
 
     # The run folder (TrainingArguments first: it sets up the process group that the folder name is shared over).
     resume_from = resolve_resume(config.resume, config.output_dir, config.model) if config.resume else None
-    train_data = load_datasets(config.dataset, media_root=config.media_root, seed=config.seed)
-    val_data = (
-        load_datasets(config.val_dataset, media_root=config.media_root, seed=config.seed)
-        if config.val_dataset
-        else None
-    )
+    columns = parse_columns(config.columns)
+    read = {"media_root": config.media_root, "seed": config.seed, "columns": columns, "prompt": config.prompt}
+    train_data = load_datasets(config.dataset, **read)
+    val_data = load_datasets(config.val_dataset, **read) if config.val_dataset else None
     if config.split_ratio:
         train_data, val_data = split_dataset(train_data, config.split_ratio, seed=config.seed)
     args = _training_arguments(config, torch_dtype, val_data is not None, output_dir=config.output_dir)
