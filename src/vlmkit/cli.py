@@ -149,6 +149,14 @@ def infer(
         ),
     ] = None,
     trust_remote_code: TrustRemoteCode = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Chat: do not print the model and resolution settings at start nor each image's sizes and token count.",
+        ),
+    ] = False,
 ) -> None:
     """Chat with a model interactively, or run batch inference over a dataset file with --input.
 
@@ -189,7 +197,7 @@ def infer(
         trust_remote_code=trust_remote_code,
     )
     if input is None:
-        run_chat(vlm, options, draw_dir=draw)
+        run_chat(vlm, options, draw_dir=draw, quiet=quiet)
         return
     output = output or input.with_suffix(".preds.jsonl")
     counts = run_batch(

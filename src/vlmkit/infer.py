@@ -49,6 +49,7 @@ def run_chat(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     draw_dir: Path | None = None,
+    quiet: bool = False,
 ) -> None:
     """The interactive loop; returns at `exit`, `quit` or end of input. Streams default to the
     process's standard ones at call time (so redirections made after import are honoured). With

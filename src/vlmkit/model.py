@@ -244,7 +244,8 @@ class _ReplyDecoder:
         self.vlm = vlm
 
     def decode(self, token_ids, **kwargs) -> str:
-        return self.vlm.decode(list(token_ids))
+        # after a newline the streamer decodes its last token alone, as a bare int
+        return self.vlm.decode([token_ids] if isinstance(token_ids, int) else list(token_ids))
 
 
 @dataclass
@@ -342,9 +343,15 @@ def _load_weights(
 
     hf_model = getattr(transformers, auto_class).from_pretrained(model_dir, **kwargs)
     if ckpt is not None and (ckpt / "adapter_config.json").is_file():
+        import warnings
+
         from peft import PeftModel
 
-        hf_model = PeftModel.from_pretrained(hf_model, ckpt)
+        with warnings.catch_warnings():
+            # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` on every load: its warning
+            # is about peft's code, not the user's checkpoint
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            hf_model = PeftModel.from_pretrained(hf_model, ckpt)
         if merge_lora:
             hf_model = hf_model.merge_and_unload()
     return hf_model
