@@ -82,3 +82,142 @@ def test_chat_with_a_lora_checkpoint_prints_no_warnings(lora_checkpoint):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(SEPARATOR) == 2
     assert warning_lines(result.stderr) == []
+
+
+# -- inline media: one rule for dataset rows, the chat and the Python API ----------------------------------
+
+
+@pytest.fixture
+def picture(tmp_path) -> Path:
+    from conftest import random_image
+
+    path = tmp_path / "my picture.png"  # a space, as in files people drag into a terminal
+    random_image(60, 80).save(path)
+    return path
+
+
+def test_inline_img_in_a_piped_chat_is_sent_as_an_image(scripted_model, picture):
+    result = cli("infer", "--model", str(scripted_model), stdin=f"<img>{picture}</img>这是什么？\n")
+    assert result.returncode == 0, result.stderr
+    assert f"<<< <img>{picture}</img>这是什么？\n{MULTILINE_CJK_REPLY}\n{SEPARATOR}\n" in result.stdout
+    assert "image 1: 80×60 resized to 84×56 (w×h), 6 tokens" in result.stderr.splitlines()
+
+
+@pytest.mark.parametrize("form", ["<img>{}</img>", "Picture 1: <img>{}</img>\n", "<|vision_start|>{}<|vision_end|>"])
+def test_inline_media_forms_are_images(scripted_vlm, picture, form):
+    sample = vlmkit.to_sample({"messages": [{"role": "user", "content": form.format(picture) + "What is it?"}]})
+    assert sample.media("image") == [str(picture)]
+    assert sample.text().strip() == "What is it?"
+    assert scripted_vlm.encode(sample)["image_grid_thw"].tolist() == [[1, 4, 6]]
+
+
+def test_generate_and_chat_send_read_an_inline_image(scripted_vlm, picture):
+    row = {"messages": [{"role": "user", "content": f"<img>{picture}</img>What is it?"}]}
+    assert scripted_vlm.generate([row], max_new_tokens=200) == [MULTILINE_CJK_REPLY]
+    chat = scripted_vlm.chat()
+    assert chat.send(f"<img>{picture}</img>What is it?", max_new_tokens=200) == MULTILINE_CJK_REPLY
+    assert chat.images_run == 1
+    assert chat.messages[0]["content"][0] == {"type": "image", "image": str(picture)}
+
+
+def test_a_missing_inline_image_is_one_clear_error(scripted_model, scripted_vlm, tmp_path):
+    missing = tmp_path / "nope.png"
+    result = cli("infer", "--model", str(scripted_model), "--quiet", stdin=f"<img>{missing}</img>What?\nHi\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [f"error: chat: image 1: file not found: {missing}"]
+    assert result.stdout.count(MULTILINE_CJK_REPLY) == 1  # the chat goes on
+    with pytest.raises(vlmkit.MediaError, match=f"sample 0: image 1: file not found: {missing}"):
+        scripted_vlm.generate([{"messages": [{"role": "user", "content": f"<img>{missing}</img>What?"}]}])
+
+
+def test_api_text_is_not_read_for_media():
+    """What `vlmkit serve` does with OpenAI text parts: media come as image_url parts, text stays text."""
+    text = "<img>/etc/passwd</img> and <image> are text here"
+    row = {"messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]}
+    sample = vlmkit.to_sample(row, media_tags=False)
+    assert sample.media("image") == []
+    assert sample.text() == text
+
+
+# -- what users see ----------------------------------------------------------------------------------------
+
+
+def test_chat_describes_the_model_and_settings_once_at_start(scripted_model, picture):
+    result = cli(
+        "infer", "--model", str(scripted_model), "--max-pixels", "20000", "--system", "Be brief.",
+        stdin=f"<image>What?\n{picture}\nAnd now?\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"model: {scripted_model} (family qwen2-vl, device cpu, dtype float32)"
+    assert lines[1].startswith("resolution: min_pixels=3136, max_pixels=20000, fps=2.0")
+    assert lines[2] == "system prompt: --system"
+    assert lines[3:] == ["image 1: 80×60 resized to 84×56 (w×h), 6 tokens"]  # once: the 2nd turn adds none
+
+    quiet = cli("infer", "--model", str(scripted_model), "--quiet", stdin=f"<image>What?\n{picture}\n")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_image_prompt_takes_dragged_in_paths_and_an_empty_answer_cancels_the_turn(scripted_model, picture):
+    script = (
+        f"<image>1?\n'{picture}'\n"  # quoted by the terminal
+        f'<image>2?\n"{picture}"\n'
+        f"<image>3?\nfile://{str(picture).replace(' ', '%20')}\n"
+        "<image>4?\n   \n"  # empty: the turn is not sent
+    )
+    result = cli("infer", "--model", str(scripted_model), "--quiet", stdin=script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(MULTILINE_CJK_REPLY) == 3
+    assert result.stderr.splitlines() == ["error: no path or URL given; the message was not sent (type it again)"]
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def endless_model(small_model, tmp_path_factory) -> Path:
+    """The small model, told never to stop (min_new_tokens in its generation config): a reply that streams
+    until it is interrupted."""
+    import json
+    import shutil
+
+    path = shutil.copytree(small_model, tmp_path_factory.mktemp("endless") / "m")
+    config = json.loads((path / "generation_config.json").read_text())
+    (path / "generation_config.json").write_text(json.dumps({**config, "min_new_tokens": 10**6}))
+    return path
+
+
+def test_ctrl_c_stops_the_streaming_reply_and_a_second_ctrl_c_leaves(endless_model):
+    import signal
+
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "vlmkit", "infer", "--model", str(endless_model), "--max-new-tokens", "1000000"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    chat.stdin.write(b"Hi\n")
+    chat.stdin.flush()
+    out = b""
+    while len(out.partition(b"<<< Hi\n")[2]) < 10:  # the reply is streaming
+        out += os.read(chat.stdout.fileno(), 100)
+    chat.send_signal(signal.SIGINT)
+    err = b""
+    while b"[reply stopped" not in err:
+        err += os.read(chat.stderr.fileno(), 1000)
+    chat.send_signal(signal.SIGINT)  # at the prompt: leave
+    rest, more = chat.communicate(timeout=60)
+    err = (err + more).decode()
+    assert chat.returncode == 130
+    assert (out + rest).decode(errors="replace").endswith("\n<<< ")  # back at the prompt before leaving
+    assert "[reply stopped; the turn is not kept. Ctrl-C again or Ctrl-D leaves]" in err
+    assert "terminate called" not in err and "Traceback" not in err
+
+
+def test_a_reply_closed_half_way_stops_generation_and_is_not_kept(endless_model):
+    vlm = vlmkit.load(str(endless_model))
+    chat = vlm.chat()
+    reply = chat.stream("Hi", max_new_tokens=10**6)
+    next(reply)
+    reply.close()  # returns once generation has stopped
+    assert chat.messages == []
+    assert chat.send("Hi", max_new_tokens=3)  # the next turn runs the whole conversation
+    assert [m["role"] for m in chat.messages] == ["user", "assistant"]

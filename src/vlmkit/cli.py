@@ -197,7 +197,7 @@ def infer(
         trust_remote_code=trust_remote_code,
     )
     if input is None:
-        run_chat(vlm, options, draw_dir=draw, quiet=quiet)
+        run_chat(vlm, options, draw_dir=draw, quiet=quiet, system_option=system)
         return
     output = output or input.with_suffix(".preds.jsonl")
     counts = run_batch(

@@ -41,6 +41,68 @@ def _ask(prompt: str, stdin: TextIO, stdout: TextIO) -> str | None:
     return line
 
 
+def media_answer(answer: str) -> str:
+    """A path or URL typed at the image prompt as people give them: a file dragged into a terminal comes
+    quoted ('...' or "...") when its name has spaces, or as a file:// URL (percent-encoded)."""
+    from urllib.parse import unquote, urlparse
+
+    answer = answer.strip()
+    if len(answer) >= 2 and answer[0] == answer[-1] and answer[0] in "'\"":
+        answer = answer[1:-1].strip()
+    if answer.startswith("file://"):
+        answer = unquote(urlparse(answer).path)
+    return answer
+
+
+def describe_model(vlm: VLM, system_option: str | None) -> list[str]:
+    """What the chat runs with, for people: the model, where it runs, the resolution settings in force and
+    where the system prompt comes from."""
+    from vlmkit.settings import SETTINGS_FILE, read_settings
+
+    settings = {k: v for k, v in vlm.template.settings.items() if k != "system" and v is not None}
+    if system_option is not None:
+        system = "--system"
+    elif vlm.template.system is not None and read_settings(vlm.path).get("system") is not None:
+        system = f"saved with the model ({vlm.path / SETTINGS_FILE})"
+    else:
+        system = "the family's default" if vlm.template.system is None else "given to load()"
+    dtype = str(vlm.model.dtype).removeprefix("torch.")
+    return [
+        f"model: {vlm.path} (family {vlm.family.name}, device {vlm.device}, dtype {dtype})",
+        "resolution: " + (", ".join(f"{k}={v}" for k, v in settings.items()) or "the family's fixed sizes"),
+        f"system prompt: {system}",
+    ]
+
+
+def describe_images(template: Any, encoded: dict[str, Any], first: int = 0) -> list[str]:
+    """One line per image of the encoded prompt from image `first` (0-based) on: its original and resized
+    size and how many tokens it became."""
+    token = getattr(template, "image_token_id", None)
+    if token is None:  # the family expands no image tokens itself (Qwen-VL's remote code)
+        return []
+    runs: list[int] = []  # tokens of each image, in order
+    previous = None
+    for t in encoded["input_ids"].tolist():
+        if t == token:
+            if previous == token:
+                runs[-1] += 1
+            else:
+                runs.append(1)
+        previous = t
+    sizes, notes = encoded.get("image_sizes"), encoded.get("image_notes") or []
+    lines = []
+    for k in range(first, len(runs)):
+        if isinstance(sizes, list) and k < len(sizes):
+            (oh, ow), (rh, rw) = sizes[k]
+            what = f"{ow}×{oh} resized to {rw}×{rh} (w×h), "
+        elif k < len(notes):
+            what = notes[k].split(": ", 1)[-1] + ", "
+        else:
+            what = ""
+        lines.append(f"image {k + 1}: {what}{runs[k]} tokens")
+    return lines
+
+
 def run_chat(
     vlm: VLM,
     options: GenerationOptions,
@@ -50,11 +112,25 @@ def run_chat(
     stderr: TextIO | None = None,
     draw_dir: Path | None = None,
     quiet: bool = False,
+    system_option: str | None = None,
 ) -> None:
     """The interactive loop; returns at `exit`, `quit` or end of input. Streams default to the
     process's standard ones at call time (so redirections made after import are honoured). With
-    `draw_dir`, each reply's boxes are drawn on the conversation's images there."""
+    `draw_dir`, each reply's boxes are drawn on the conversation's images there. Unless `quiet`, the model
+    and its settings (`system_option`: the --system given, if any) are described on stderr at start, and
+    each new image's sizes and token count before its reply.
+
+    Ctrl-C while a reply streams stops it: the turn is dropped from the history and the prompt comes back;
+    Ctrl-C at the prompt raises KeyboardInterrupt (the CLI exits 130)."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+
+    def note(lines: list[str]) -> None:
+        if lines and not quiet:
+            stdout.flush()
+            stderr.write("".join(line + "\n" for line in lines))
+            stderr.flush()
+
+    note(describe_model(vlm, system_option))
     chat = vlm.chat(system=system)
     while True:
         query = _ask("<<< ", stdin, stdout)
@@ -66,27 +142,50 @@ def run_chat(
             continue
         if not query.strip():
             continue
-        media: dict[str, list[str]] = {"<image>": [], "<video>": []}
-        for tag in sorted(media, key=query.find):
-            for _ in range(query.count(tag)):
-                answer = _ask(PROMPTS[tag], stdin, stdout)
-                if answer is None:
-                    return
-                media[tag].append(answer.strip())
+        media = _ask_media(query, stdin, stdout)
+        if media is None:
+            return
+        if not media:
+            stderr.write("error: no path or URL given; the message was not sent (type it again)\n")
+            continue
+        before = len(Sample(messages=chat.messages, where="chat").media("image"))
+        reply = None
         try:
-            for piece in chat.stream(
-                query, images=media["<image>"], videos=media["<video>"], options=options
-            ):
+            reply = chat.stream(query, images=media["<image>"], videos=media["<video>"], options=options)
+            note(describe_images(vlm.template, chat.prompt, first=before))
+            for piece in reply:
                 stdout.write(piece)
                 stdout.flush()
         except VlmkitError as e:
             stderr.write(f"error: {e}\n")
             stderr.flush()
             continue
+        except KeyboardInterrupt:
+            if reply is not None:
+                reply.close()  # stops generation (see VLM._stream)
+            stdout.write("\n")
+            stderr.write("[reply stopped; the turn is not kept. Ctrl-C again or Ctrl-D leaves]\n")
+            stderr.flush()
+            continue
         if draw_dir is not None:
             _draw_chat_turn(vlm, chat, draw_dir, stdout)
         stdout.write(f"\n{SEPARATOR}\n")
         stdout.flush()
+
+
+def _ask_media(query: str, stdin: TextIO, stdout: TextIO) -> dict[str, list[str]] | None:
+    """A path or URL asked for each `<image>` / `<video>` of `query`, in order; {} when an answer is empty
+    (the turn is cancelled), None at end of input."""
+    media: dict[str, list[str]] = {"<image>": [], "<video>": []}
+    for tag in sorted(media, key=query.find):
+        for _ in range(query.count(tag)):
+            answer = _ask(PROMPTS[tag], stdin, stdout)
+            if answer is None:
+                return None
+            if not media_answer(answer):
+                return {}
+            media[tag].append(media_answer(answer))
+    return media
 
 
 def split_reference(sample: Sample) -> tuple[Sample, str | None]:

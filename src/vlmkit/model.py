@@ -205,19 +205,23 @@ class VLM:
         self, batch: dict[str, Any], options: GenerationOptions, result: dict | None = None, **generate_kwargs
     ) -> Iterator[str]:
         """Yield the reply to the `generate` inputs `batch` piece by piece; `generate`'s return value is put
-        in `result["output"]` once the reply is complete."""
+        in `result["output"]` once the reply is complete. Closing the iterator, or an exception such as
+        KeyboardInterrupt (Ctrl-C) while it waits for a piece, stops generation at the next token and waits
+        for the generating thread to end (a thread left inside torch aborts the process at exit)."""
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         streamer = TextIteratorStreamer(_ReplyDecoder(self), skip_prompt=True)  # decodes as `decode` does
         errors: list[BaseException] = []
-        kwargs = {**self._generate_kwargs(options), **generate_kwargs}
+        cancel = threading.Event()
+        stopping = StoppingCriteriaList([*generate_kwargs.pop("stopping_criteria", []), _Cancelled(cancel)])
+        kwargs = {**self._generate_kwargs(options), **generate_kwargs, "stopping_criteria": stopping}
 
         def run() -> None:
             try:
                 with torch.inference_mode():
                     output = self.model.generate(**batch, **kwargs, streamer=streamer)
-                if result is not None:
+                if result is not None and not cancel.is_set():
                     result["output"] = output
             except BaseException as e:  # re-raised in the caller's thread below
                 errors.append(e)
@@ -225,8 +229,13 @@ class VLM:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        yield from (piece for piece in streamer if piece)
-        thread.join()
+        try:
+            yield from (piece for piece in streamer if piece)
+        except BaseException:  # KeyboardInterrupt, GeneratorExit (the caller stopped reading), ...
+            cancel.set()
+            _join(thread)
+            raise
+        _join(thread)
         if errors:
             raise errors[0]
 
@@ -234,6 +243,27 @@ class VLM:
         """A conversation; with `reuse_cache` each turn runs only what it adds through the model (see
         `vlmkit.chat_cache`), otherwise the whole history every turn."""
         return Chat(self, system=system, reuse_cache=reuse_cache)
+
+
+class _Cancelled:
+    """A stopping criterion that ends generation (every sequence) once `event` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _join(thread: threading.Thread) -> None:
+    """Wait for `thread`; a Ctrl-C meanwhile does not cut the wait short (the thread is about to stop)."""
+    while thread.is_alive():
+        try:
+            thread.join()
+        except KeyboardInterrupt:
+            pass
 
 
 class _ReplyDecoder:
@@ -254,7 +284,8 @@ class Chat:
 
     Each turn is encoded in full (`template.encode`, as everywhere); with `reuse_cache` the model's keys and
     values of the turns before are kept, so only the new tokens and new images run (`vlmkit.chat_cache`).
-    `tokens_run` and `images_run` count what the last turn put through the model."""
+    `tokens_run` and `images_run` count what the last turn put through the model; `prompt` is its encoding
+    (`template.encode`: token ids, pixel inputs, per-image sizes)."""
 
     vlm: VLM
     system: str | None = None
@@ -262,6 +293,7 @@ class Chat:
     reuse_cache: bool = True
     tokens_run: int = 0
     images_run: int = 0
+    prompt: dict[str, Any] | None = field(default=None, repr=False)  # the last turn's encoded prompt
     _cache: Any = field(default=None, repr=False)
 
     def _sample(self, text: str, images: list[Any], videos: list[Any]) -> Sample:
@@ -291,8 +323,10 @@ class Chat:
         options: GenerationOptions | None = None,
         **kw,
     ) -> Iterator[str]:
-        """Send a user turn and yield the reply as it is generated. Images without a `<image>` in the
-        text are put before it."""
+        """Send a user turn and return an iterator over the reply as it is generated. Images without a
+        `<image>` in the text are put before it. The turn is encoded at once (a bad image raises here, and
+        `prompt` then holds the encoded turn); it joins the history when its reply is complete, so a reply
+        cut short (Ctrl-C, or the iterator closed) leaves the history as it was."""
         from vlmkit import chat_cache
 
         options = options or GenerationOptions(**kw)
@@ -309,17 +343,23 @@ class Chat:
         else:
             resume = chat_cache.Resume(keep=0, first_image=0, videos=True)
             batch = self.vlm._inputs([encoded])
+        self.prompt = encoded
         self.tokens_run = len(encoded["input_ids"]) - resume.keep
         # images put through the vision tower (video frames are images to some families)
         images = len(self.vlm.template.split_media(encoded)[0]) if split else len(sample.media("image"))
         self.images_run = images - resume.first_image
+        return self._reply(sample, batch, options, media if reuse else None)
+
+    def _reply(self, sample: Sample, batch: dict[str, Any], options: GenerationOptions, media: Any) -> Iterator[str]:
+        from vlmkit import chat_cache
+
         result: dict[str, Any] = {}
-        extra = {"return_dict_in_generate": True} if reuse else {}
+        extra = {"return_dict_in_generate": True} if media is not None else {}
         reply = []
         for piece in self.vlm._stream(batch, options, result, **extra):
             reply.append(piece)
             yield piece
-        if reuse and "output" in result:
+        if media is not None and "output" in result:
             self._cache = chat_cache.after_turn(media, result["output"])
         first = 1 if self.system is not None else 0
         self.messages = sample.messages[first:] + [

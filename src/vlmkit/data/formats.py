@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vlmkit.data.inline import has_media_tag, inline_media, message_texts
+from vlmkit.data.inline import has_media_tag, message_texts
 from vlmkit.errors import DataError
 from vlmkit.sample import Sample, to_sample
 
@@ -252,7 +252,6 @@ def row_to_sample(
             f"keys found: {', '.join(row) or 'none'}; use one format per file"
         )
     messages_row = _add_missing_tags(CONVERTERS[fmt](row, where), TAG_SEPARATOR[fmt], where)
-    messages_row = inline_media(messages_row, where)
     sample = to_sample(messages_row, where, tuple(base_dirs), objects=_objects(row, where))
     if "id" in row:
         sample.extra["id"] = row["id"]
