@@ -382,6 +382,11 @@ def serve_command(
 
 def main() -> None:
     """Entry point: user mistakes print one `error:` line and exit 2; bugs keep their traceback."""
+    from vlmkit.peer_env import command_encodes, ignored_variable_warnings
+
+    if command_encodes(sys.argv[1:]):
+        for line in ignored_variable_warnings():
+            typer.echo(line, err=True)
     try:
         app()
     except VlmkitError as e:

@@ -15,6 +15,8 @@ the run goes on.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -236,10 +238,10 @@ def run_batch(
 ) -> dict[str, int]:
     """Write one JSON line per input row to `output_path`; returns counts of ok and failed rows.
 
-    Output goes to `<output>.tmp` as it is produced and is renamed when the run ends, so an
-    existing file is never left half-overwritten.
+    Output goes to a temporary file of this process beside `output_path` (`<output>.<random>.tmp`) as it is
+    produced and replaces `output_path` when the run ends, so an existing file is never left half-overwritten;
+    two runs writing the same output both complete, and the file is whole: the one that ends last.
     """
-    from tqdm import tqdm
 
     if batch_size < 1:
         raise VlmkitError(f"--batch-size must be at least 1, got {batch_size}")
@@ -247,13 +249,35 @@ def run_batch(
     if output_path.resolve() == input_path.resolve():
         raise VlmkitError(f"--output {output_path} is the input file; choose another path")
     rows = list(_input_rows(input_path, media_root))
-    tmp = output_path.with_name(output_path.name + ".tmp")
     counts = {"ok": 0, "failed": 0}
     output_path.parent.mkdir(parents=True, exist_ok=True)
     chunks = list(_batches(rows, batch_size))
+    tmp = output_path.with_name(f"{output_path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with tmp.open("x", encoding="utf-8") as out:
+            _write_batches(vlm, chunks, out, options, batch_size, progress, draw_dir, counts)
+        tmp.replace(output_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return counts
+
+
+def _write_batches(
+    vlm: VLM,
+    chunks: list[list],
+    out: TextIO,
+    options: GenerationOptions,
+    batch_size: int,
+    progress: bool,
+    draw_dir: str | Path | None,
+    counts: dict[str, int],
+) -> None:
+    """Generate for `chunks` of input rows and write one JSON line per row to `out`."""
+    from tqdm import tqdm
+
+    rows = sum(len(chunk) for chunk in chunks)
     with (
-        tmp.open("w", encoding="utf-8") as out,
-        tqdm(total=len(rows), disable=not progress, unit="row") as bar,
+        tqdm(total=rows, disable=not progress, unit="row") as bar,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmkit-encode") as encoder,
     ):
         # the next batch is read, decoded and encoded in a thread while this one generates (Pillow and
@@ -277,8 +301,6 @@ def run_batch(
                 out.write(json.dumps(result, ensure_ascii=False) + "\n")
             out.flush()
             bar.update(len(chunk))
-    tmp.replace(output_path)
-    return counts
 
 
 def _encode_batch(vlm: VLM, chunk: list) -> tuple[list[dict[str, Any]], list[tuple[int, Sample, dict]]]:

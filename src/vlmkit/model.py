@@ -63,9 +63,16 @@ def _resolve_model_dir(model: str | Path) -> Path:
     path = Path(model).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
+    # a hub id is exactly `org/name`; anything else, or a path whose first folder exists here, is a path
+    looks_like_path = (
+        path.exists()
+        or str(model).startswith(("./", "../", "/", "~", "."))
+        or str(model).count("/") != 1
+        or Path(str(model).split("/")[0]).expanduser().is_dir()
+    )
+    if looks_like_path:
         raise VlmkitError(
-            f"--model {model}: no such folder (give a model folder or a hub id like Qwen/Qwen2-VL-2B-Instruct)"
+            f"no such folder: {model} (--model takes a model folder or a hub id like Qwen/Qwen2-VL-2B-Instruct)"
         )
     from huggingface_hub import snapshot_download
 
@@ -78,9 +85,40 @@ def _resolve_model_dir(model: str | Path) -> Path:
             )
         )
     except Exception as e:  # hub errors come in many types; the message is what matters
+        message = " ".join(str(e).split())  # hub errors span lines
         raise VlmkitError(
-            f"--model {model}: could not download from the hub ({type(e).__name__}: {e})"
+            f"--model {model}: no such local folder, and no download from the hub ({type(e).__name__}: {message})"
         ) from None
+
+
+def check_weights(model_dir: Path) -> None:
+    """Refuse, with one line, a model folder without weights or with a safetensors file cut short (an
+    interrupted download or copy): transformers would fail deep inside with a traceback."""
+    import json
+    import struct
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files and not any(model_dir.glob("pytorch_model*.bin")):
+        raise VlmkitError(
+            f"{model_dir}: no model weights (*.safetensors or pytorch_model*.bin); the folder is incomplete: "
+            "download or copy the model again"
+        )
+    for file in files:
+        size = file.stat().st_size
+        try:
+            with file.open("rb") as f:
+                (header_size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(header_size)) if 8 + header_size <= size else None
+        except (struct.error, ValueError):
+            header = None
+        ends = [t["data_offsets"][1] for k, t in (header or {}).items() if k != "__metadata__"]
+        expected = 8 + header_size + max(ends, default=0) if header is not None else None
+        if expected != size:
+            raise VlmkitError(
+                f"{file}: truncated or corrupt safetensors file ({size:,} bytes"
+                + (f", its header says {expected:,})" if expected else ")")
+                + "; download or copy it again"
+            )
 
 
 def _torch_dtype(dtype: str, device: str):
@@ -356,6 +394,7 @@ class Chat:
         result: dict[str, Any] = {}
         extra = {"return_dict_in_generate": True} if media is not None else {}
         reply = []
+        # closing this iterator half-way drops the one of `_stream` with it, which stops generating
         for piece in self.vlm._stream(batch, options, result, **extra):
             reply.append(piece)
             yield piece
@@ -463,10 +502,7 @@ def load(
     device = _device(device)
     torch_dtype = _torch_dtype(dtype, device)
     _check_attn(attn_impl)
-    tokenizer = AutoTokenizer.from_pretrained(files_dir, trust_remote_code=trust_remote_code)
-    template = family.load_template(
-        files_dir,
-        tokenizer,
+    settings = dict(
         min_pixels=min_pixels,
         max_pixels=max_pixels,
         system=system,
@@ -476,6 +512,17 @@ def load(
         video_max_pixels=video_max_pixels,
         **resolution_settings(family, min_tiles=min_tiles, max_tiles=max_tiles),
     )
+    check_weights(model_dir)
+    if ckpt_dir is not None and ckpt_dir != model_dir:
+        check_weights(ckpt_dir)  # the adapter's weights
+    tokenizer = AutoTokenizer.from_pretrained(files_dir, trust_remote_code=trust_remote_code)
+    try:
+        template = family.load_template(files_dir, tokenizer, **settings)
+    except FileNotFoundError as e:
+        raise VlmkitError(
+            f"{files_dir}: {Path(e.filename or '?').name} not found; the model folder is incomplete: copy that "
+            "file from the original checkpoint"
+        ) from None
     # Remote code may not declare sdpa support, and transformers refuses an explicit request it cannot
     # honour; left unset, transformers takes sdpa where the code supports it and eager otherwise.
     attn = {} if family.remote_code and attn_impl == "sdpa" else {"attn_implementation": attn_impl}
