@@ -255,7 +255,7 @@ def test_an_incomplete_model_folder_is_one_clear_error(small_model, tmp_path, da
     weights = folder / "model.safetensors"
     if damage == "no weights":
         weights.unlink()
-        expected = f"error: {folder}: no model weights (*.safetensors or pytorch_model*.bin); the folder is incomplete"
+        expected = f"error: {folder}: no model weights (*.safetensors or *.bin); the folder is incomplete"
     elif damage == "truncated weights":
         size = weights.stat().st_size
         with weights.open("r+b") as f:

@@ -98,9 +98,9 @@ def check_weights(model_dir: Path) -> None:
     import struct
 
     files = sorted(model_dir.glob("*.safetensors"))
-    if not files and not any(model_dir.glob("pytorch_model*.bin")):
+    if not files and not any(model_dir.glob("*.bin")):
         raise VlmkitError(
-            f"{model_dir}: no model weights (*.safetensors or pytorch_model*.bin); the folder is incomplete: "
+            f"{model_dir}: no model weights (*.safetensors or *.bin); the folder is incomplete: "
             "download or copy the model again"
         )
     for file in files:
