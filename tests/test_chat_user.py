@@ -240,6 +240,7 @@ def test_a_reply_closed_half_way_stops_generation_and_is_not_kept(endless_model)
     reply.close()  # returns once generation has stopped
     assert threading.active_count() == threads
     assert chat.messages == []
+    vlm.model.generation_config.min_new_tokens = None  # a normal reply from here on
     assert chat.send("Hi", max_new_tokens=3)  # the next turn runs the whole conversation
     assert [m["role"] for m in chat.messages] == ["user", "assistant"]
 
