@@ -324,7 +324,9 @@ def test_ms_swift_variables_are_named_once_with_the_flag_that_does_their_job(sma
     assert chat.stderr.splitlines() == expected  # once, not per turn
     data = tmp_path / "d.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Ho"}]}\n')
-    check = cli("data", "check", "--model", str(small_model), "--dataset", str(data), env=env)
+    check = cli(
+        "data", "check", "--model", str(small_model), "--dataset", str(data), "--histogram", str(tmp_path / "h.png"), env=env
+    )
     assert check.returncode == 0, check.stderr
     assert check.stderr.splitlines()[:4] == expected
     assert cli("families", env=env).stderr == ""  # a command that encodes nothing says nothing
