@@ -86,7 +86,7 @@ def test_prefill_logits_equal_a_full_forward(models):
     with torch.inference_mode():
         # the last prompt token, positioned from the cache length and the rope_deltas prefill set
         cached = vlm.model(
-            input_ids=inputs["input_ids"][:, -1:], past_key_values=inputs["past_key_values"]
+            input_ids=inputs["input_ids"][:, -1:], **{chat_cache.CACHE: inputs[chat_cache.CACHE]}
         ).logits[0, -1]
         full = vlm.model(**vlm._inputs([encoded])).logits[0, -1]
     torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-4)

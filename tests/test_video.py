@@ -375,7 +375,7 @@ def test_chat_asks_for_a_video_and_survives_a_missing_one(models):
     vlm = vlmkit.load(str(models["qwen2-vl"]), nframes=4, video_max_pixels=12_000, device="cpu", dtype="fp32")
     stdin = io.StringIO(f"<video>What happens?\n{DEMO / '4.mp4'}\n<video>And here?\n/nope.mp4\nexit\n")
     stdout, stderr = io.StringIO(), io.StringIO()
-    run_chat(vlm, GenerationOptions(max_new_tokens=3), stdin=stdin, stdout=stdout, stderr=stderr)
+    run_chat(vlm, GenerationOptions(max_new_tokens=3), stdin=stdin, stdout=stdout, stderr=stderr, quiet=True)
     assert stdout.getvalue().count("Input a video path or URL <<< ") == 2
     assert stdout.getvalue().count(SEPARATOR) == 1  # the first turn answered, the second refused
     assert stderr.getvalue() == "error: chat: video 2: file not found: /nope.mp4\n"  # 2nd of the chat

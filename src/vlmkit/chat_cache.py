@@ -26,6 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import transformers
+from packaging.version import Version
+
+# transformers 5.24 renamed the cache argument and output field `past_key_values` to `cache`; the old name
+# still works there but warns on every use
+CACHE = "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -164,17 +170,17 @@ def prefill(vlm: Any, encoded: dict[str, Any], cache: TurnCache, resume: Resume)
             text = torch.arange(keep, length - 1).view(1, 1, -1)
             batch["position_ids"] = torch.cat([text, positions[:, :, keep : length - 1].cpu()])
         with torch.inference_mode():
-            vlm.model(**vlm.on_device(batch), past_key_values=past, use_cache=True, logits_to_keep=1)
+            vlm.model(**vlm.on_device(batch), **{CACHE: past}, use_cache=True, logits_to_keep=1)
     if rope is not None:
         rope.rope_deltas = rope_deltas.to(vlm.device)  # what generate adds to text positions from here on
     return {
         "input_ids": ids[None].to(vlm.device),
         "attention_mask": torch.ones(1, length, dtype=torch.long, device=vlm.device),
-        "past_key_values": past,
+        CACHE: past,
     }
 
 
 def after_turn(media: Media, output: Any) -> TurnCache:
     """The cache to keep from `generate`'s output (return_dict_in_generate) for a prompt with `media`."""
-    past = output.past_key_values
+    past = getattr(output, CACHE)
     return TurnCache(ids=output.sequences[0, : past.get_seq_length()].tolist(), past=past, media=media)

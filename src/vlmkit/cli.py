@@ -154,6 +154,14 @@ def infer(
         ),
     ] = None,
     trust_remote_code: TrustRemoteCode = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Chat: do not print the model and resolution settings at start nor each image's sizes and token count.",
+        ),
+    ] = False,
 ) -> None:
     """Chat with a model interactively, or run batch inference over a dataset file with --input.
 
@@ -194,7 +202,7 @@ def infer(
         trust_remote_code=trust_remote_code,
     )
     if input is None:
-        run_chat(vlm, options, draw_dir=draw)
+        run_chat(vlm, options, draw_dir=draw, quiet=quiet, system_option=system)
         return
     output = output or _default_output(input)
     counts = run_batch(
@@ -402,6 +410,11 @@ def serve_command(
 
 def main() -> None:
     """Entry point: user mistakes print one `error:` line and exit 2; bugs keep their traceback."""
+    from vlmkit.peer_env import command_encodes, ignored_variable_warnings
+
+    if command_encodes(sys.argv[1:]):
+        for line in ignored_variable_warnings():
+            typer.echo(line, err=True)
     try:
         app()
     except VlmkitError as e:

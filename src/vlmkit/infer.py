@@ -15,6 +15,8 @@ the run goes on.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vlmkit.data.values import jsonable
+from vlmkit.describe import describe_images, describe_model
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.model import VLM, GenerationOptions
 from vlmkit.sample import Sample
@@ -42,6 +45,19 @@ def _ask(prompt: str, stdin: TextIO, stdout: TextIO) -> str | None:
     return line
 
 
+def media_answer(answer: str) -> str:
+    """A path or URL typed at the image prompt as people give them: a file dragged into a terminal comes
+    quoted ('...' or "...") when its name has spaces, or as a file:// URL (percent-encoded)."""
+    from urllib.parse import unquote, urlparse
+
+    answer = answer.strip()
+    if len(answer) >= 2 and answer[0] == answer[-1] and answer[0] in "'\"":
+        answer = answer[1:-1].strip()
+    if answer.startswith("file://"):
+        answer = unquote(urlparse(answer).path)
+    return answer
+
+
 def run_chat(
     vlm: VLM,
     options: GenerationOptions,
@@ -50,11 +66,26 @@ def run_chat(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     draw_dir: Path | None = None,
+    quiet: bool = False,
+    system_option: str | None = None,
 ) -> None:
     """The interactive loop; returns at `exit`, `quit` or end of input. Streams default to the
     process's standard ones at call time (so redirections made after import are honoured). With
-    `draw_dir`, each reply's boxes are drawn on the conversation's images there."""
+    `draw_dir`, each reply's boxes are drawn on the conversation's images there. Unless `quiet`, the model
+    and its settings (`system_option`: the --system given, if any) are described on stderr at start, and
+    each new image's sizes and token count before its reply.
+
+    Ctrl-C while a reply streams stops it: the turn is dropped from the history and the prompt comes back;
+    Ctrl-C at the prompt raises KeyboardInterrupt (the CLI exits 130)."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+
+    def note(lines: list[str]) -> None:
+        if lines and not quiet:
+            stdout.flush()
+            stderr.write("".join(line + "\n" for line in lines))
+            stderr.flush()
+
+    note(describe_model(vlm, system_option))
     chat = vlm.chat(system=system)
     while True:
         query = _ask("<<< ", stdin, stdout)
@@ -66,27 +97,50 @@ def run_chat(
             continue
         if not query.strip():
             continue
-        media: dict[str, list[str]] = {"<image>": [], "<video>": []}
-        for tag in sorted(media, key=query.find):
-            for _ in range(query.count(tag)):
-                answer = _ask(PROMPTS[tag], stdin, stdout)
-                if answer is None:
-                    return
-                media[tag].append(answer.strip())
+        media = _ask_media(query, stdin, stdout)
+        if media is None:
+            return
+        if not media:
+            stderr.write("error: no path or URL given; the message was not sent (type it again)\n")
+            continue
+        before = len(Sample(messages=chat.messages, where="chat").media("image"))
+        reply = None
         try:
-            for piece in chat.stream(
-                query, images=media["<image>"], videos=media["<video>"], options=options
-            ):
+            reply = chat.stream(query, images=media["<image>"], videos=media["<video>"], options=options)
+            note(describe_images(vlm.template, chat.prompt, first=before))
+            for piece in reply:
                 stdout.write(piece)
                 stdout.flush()
         except VlmkitError as e:
             stderr.write(f"error: {e}\n")
             stderr.flush()
             continue
+        except KeyboardInterrupt:
+            if reply is not None:
+                reply.close()  # stops generation (see VLM._stream)
+            stdout.write("\n")
+            stderr.write("[reply stopped; the turn is not kept. Ctrl-C again or Ctrl-D leaves]\n")
+            stderr.flush()
+            continue
         if draw_dir is not None:
             _draw_chat_turn(vlm, chat, draw_dir, stdout)
         stdout.write(f"\n{SEPARATOR}\n")
         stdout.flush()
+
+
+def _ask_media(query: str, stdin: TextIO, stdout: TextIO) -> dict[str, list[str]] | None:
+    """A path or URL asked for each `<image>` / `<video>` of `query`, in order; {} when an answer is empty
+    (the turn is cancelled), None at end of input."""
+    media: dict[str, list[str]] = {"<image>": [], "<video>": []}
+    for tag in sorted(media, key=query.find):
+        for _ in range(query.count(tag)):
+            answer = _ask(PROMPTS[tag], stdin, stdout)
+            if answer is None:
+                return None
+            if not media_answer(answer):
+                return {}
+            media[tag].append(media_answer(answer))
+    return media
 
 
 def split_reference(sample: Sample) -> tuple[Sample, str | None]:
@@ -142,10 +196,10 @@ def run_batch(
 ) -> dict[str, int]:
     """Write one JSON line per input row to `output_path`; returns counts of ok and failed rows.
 
-    Output goes to `<output>.tmp` as it is produced and is renamed when the run ends, so an
-    existing file is never left half-overwritten.
+    Output goes to a temporary file of this process beside `output_path` (`<output>.<random>.tmp`) as it is
+    produced and replaces `output_path` when the run ends, so an existing file is never left half-overwritten;
+    two runs writing the same output both complete, and the file is whole: the one that ends last.
     """
-    from tqdm import tqdm
 
     if batch_size < 1:
         raise VlmkitError(f"--batch-size must be at least 1, got {batch_size}")
@@ -153,13 +207,35 @@ def run_batch(
     if output_path.resolve() == input_path.resolve():
         raise VlmkitError(f"--output {output_path} is the input file; choose another path")
     rows = _input_rows(str(input_path), media_root, columns, prompt)
-    tmp = output_path.with_name(output_path.name + ".tmp")
     counts = {"ok": 0, "failed": 0}
     output_path.parent.mkdir(parents=True, exist_ok=True)
     chunks = list(_batches(rows, batch_size))
+    tmp = output_path.with_name(f"{output_path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with tmp.open("x", encoding="utf-8") as out:
+            _write_batches(vlm, chunks, out, options, batch_size, progress, draw_dir, counts)
+        tmp.replace(output_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return counts
+
+
+def _write_batches(
+    vlm: VLM,
+    chunks: list[list],
+    out: TextIO,
+    options: GenerationOptions,
+    batch_size: int,
+    progress: bool,
+    draw_dir: str | Path | None,
+    counts: dict[str, int],
+) -> None:
+    """Generate for `chunks` of input rows and write one JSON line per row to `out`."""
+    from tqdm import tqdm
+
+    rows = sum(len(chunk) for chunk in chunks)
     with (
-        tmp.open("w", encoding="utf-8") as out,
-        tqdm(total=len(rows), disable=not progress, unit="row") as bar,
+        tqdm(total=rows, disable=not progress, unit="row") as bar,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmkit-encode") as encoder,
     ):
         # the next batch is read, decoded and encoded in a thread while this one generates (Pillow and
@@ -183,8 +259,6 @@ def run_batch(
                 out.write(json.dumps(result, ensure_ascii=False, default=jsonable) + "\n")  # bytes: described
             out.flush()
             bar.update(len(chunk))
-    tmp.replace(output_path)
-    return counts
 
 
 def _encode_batch(vlm: VLM, chunk: list) -> tuple[list[dict[str, Any]], list[tuple[int, Sample, dict]]]:

@@ -63,9 +63,16 @@ def _resolve_model_dir(model: str | Path) -> Path:
     path = Path(model).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
+    # a hub id is exactly `org/name`; anything else, or a path whose first folder exists here, is a path
+    looks_like_path = (
+        path.exists()
+        or str(model).startswith(("./", "../", "/", "~", "."))
+        or str(model).count("/") != 1
+        or Path(str(model).split("/")[0]).expanduser().is_dir()
+    )
+    if looks_like_path:
         raise VlmkitError(
-            f"--model {model}: no such folder (give a model folder or a hub id like Qwen/Qwen2-VL-2B-Instruct)"
+            f"no such folder: {model} (--model takes a model folder or a hub id like Qwen/Qwen2-VL-2B-Instruct)"
         )
     from huggingface_hub import snapshot_download
 
@@ -78,9 +85,40 @@ def _resolve_model_dir(model: str | Path) -> Path:
             )
         )
     except Exception as e:  # hub errors come in many types; the message is what matters
+        message = " ".join(str(e).split())  # hub errors span lines
         raise VlmkitError(
-            f"--model {model}: could not download from the hub ({type(e).__name__}: {e})"
+            f"--model {model}: no such local folder, and no download from the hub ({type(e).__name__}: {message})"
         ) from None
+
+
+def check_weights(model_dir: Path) -> None:
+    """Refuse, with one line, a model folder without weights or with a safetensors file cut short (an
+    interrupted download or copy): transformers would fail deep inside with a traceback."""
+    import json
+    import struct
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files and not any(model_dir.glob("*.bin")):
+        raise VlmkitError(
+            f"{model_dir}: no model weights (*.safetensors or *.bin); the folder is incomplete: "
+            "download or copy the model again"
+        )
+    for file in files:
+        size = file.stat().st_size
+        try:
+            with file.open("rb") as f:
+                (header_size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(header_size)) if 8 + header_size <= size else None
+        except (struct.error, ValueError):
+            header = None
+        ends = [t["data_offsets"][1] for k, t in (header or {}).items() if k != "__metadata__"]
+        expected = 8 + header_size + max(ends, default=0) if header is not None else None
+        if expected != size:
+            raise VlmkitError(
+                f"{file}: truncated or corrupt safetensors file ({size:,} bytes"
+                + (f", its header says {expected:,})" if expected else ")")
+                + "; download or copy it again"
+            )
 
 
 def _torch_dtype(dtype: str, device: str):
@@ -205,19 +243,23 @@ class VLM:
         self, batch: dict[str, Any], options: GenerationOptions, result: dict | None = None, **generate_kwargs
     ) -> Iterator[str]:
         """Yield the reply to the `generate` inputs `batch` piece by piece; `generate`'s return value is put
-        in `result["output"]` once the reply is complete."""
+        in `result["output"]` once the reply is complete. Closing the iterator, or an exception such as
+        KeyboardInterrupt (Ctrl-C) while it waits for a piece, stops generation at the next token and waits
+        for the generating thread to end (a thread left inside torch aborts the process at exit)."""
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         streamer = TextIteratorStreamer(_ReplyDecoder(self), skip_prompt=True)  # decodes as `decode` does
         errors: list[BaseException] = []
-        kwargs = {**self._generate_kwargs(options), **generate_kwargs}
+        cancel = threading.Event()
+        stopping = StoppingCriteriaList([*generate_kwargs.pop("stopping_criteria", []), _Cancelled(cancel)])
+        kwargs = {**self._generate_kwargs(options), **generate_kwargs, "stopping_criteria": stopping}
 
         def run() -> None:
             try:
                 with torch.inference_mode():
                     output = self.model.generate(**batch, **kwargs, streamer=streamer)
-                if result is not None:
+                if result is not None and not cancel.is_set():
                     result["output"] = output
             except BaseException as e:  # re-raised in the caller's thread below
                 errors.append(e)
@@ -225,8 +267,13 @@ class VLM:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        yield from (piece for piece in streamer if piece)
-        thread.join()
+        try:
+            yield from (piece for piece in streamer if piece)
+        except BaseException:  # KeyboardInterrupt, GeneratorExit (the caller stopped reading), ...
+            cancel.set()
+            _join(thread)
+            raise
+        _join(thread)
         if errors:
             raise errors[0]
 
@@ -234,6 +281,27 @@ class VLM:
         """A conversation; with `reuse_cache` each turn runs only what it adds through the model (see
         `vlmkit.chat_cache`), otherwise the whole history every turn."""
         return Chat(self, system=system, reuse_cache=reuse_cache)
+
+
+class _Cancelled:
+    """A stopping criterion that ends generation (every sequence) once `event` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _join(thread: threading.Thread) -> None:
+    """Wait for `thread`; a Ctrl-C meanwhile does not cut the wait short (the thread is about to stop)."""
+    while thread.is_alive():
+        try:
+            thread.join()
+        except KeyboardInterrupt:
+            pass
 
 
 class _ReplyDecoder:
@@ -244,7 +312,8 @@ class _ReplyDecoder:
         self.vlm = vlm
 
     def decode(self, token_ids, **kwargs) -> str:
-        return self.vlm.decode(list(token_ids))
+        # after a newline the streamer decodes its last token alone, as a bare int
+        return self.vlm.decode([token_ids] if isinstance(token_ids, int) else list(token_ids))
 
 
 @dataclass
@@ -253,7 +322,8 @@ class Chat:
 
     Each turn is encoded in full (`template.encode`, as everywhere); with `reuse_cache` the model's keys and
     values of the turns before are kept, so only the new tokens and new images run (`vlmkit.chat_cache`).
-    `tokens_run` and `images_run` count what the last turn put through the model."""
+    `tokens_run` and `images_run` count what the last turn put through the model; `prompt` is its encoding
+    (`template.encode`: token ids, pixel inputs, per-image sizes)."""
 
     vlm: VLM
     system: str | None = None
@@ -261,6 +331,7 @@ class Chat:
     reuse_cache: bool = True
     tokens_run: int = 0
     images_run: int = 0
+    prompt: dict[str, Any] | None = field(default=None, repr=False)  # the last turn's encoded prompt
     _cache: Any = field(default=None, repr=False)
 
     def _sample(self, text: str, images: list[Any], videos: list[Any]) -> Sample:
@@ -290,8 +361,10 @@ class Chat:
         options: GenerationOptions | None = None,
         **kw,
     ) -> Iterator[str]:
-        """Send a user turn and yield the reply as it is generated. Images without a `<image>` in the
-        text are put before it."""
+        """Send a user turn and return an iterator over the reply as it is generated. Images without a
+        `<image>` in the text are put before it. The turn is encoded at once (a bad image raises here, and
+        `prompt` then holds the encoded turn); it joins the history when its reply is complete, so a reply
+        cut short (Ctrl-C, or the iterator closed) leaves the history as it was."""
         from vlmkit import chat_cache
 
         options = options or GenerationOptions(**kw)
@@ -308,17 +381,24 @@ class Chat:
         else:
             resume = chat_cache.Resume(keep=0, first_image=0, videos=True)
             batch = self.vlm._inputs([encoded])
+        self.prompt = encoded
         self.tokens_run = len(encoded["input_ids"]) - resume.keep
         # images put through the vision tower (video frames are images to some families)
         images = len(self.vlm.template.split_media(encoded)[0]) if split else len(sample.media("image"))
         self.images_run = images - resume.first_image
+        return self._reply(sample, batch, options, media if reuse else None)
+
+    def _reply(self, sample: Sample, batch: dict[str, Any], options: GenerationOptions, media: Any) -> Iterator[str]:
+        from vlmkit import chat_cache
+
         result: dict[str, Any] = {}
-        extra = {"return_dict_in_generate": True} if reuse else {}
+        extra = {"return_dict_in_generate": True} if media is not None else {}
         reply = []
+        # closing this iterator half-way drops the one of `_stream` with it, which stops generating
         for piece in self.vlm._stream(batch, options, result, **extra):
             reply.append(piece)
             yield piece
-        if reuse and "output" in result:
+        if media is not None and "output" in result:
             self._cache = chat_cache.after_turn(media, result["output"])
         first = 1 if self.system is not None else 0
         self.messages = sample.messages[first:] + [
@@ -342,9 +422,15 @@ def _load_weights(
 
     hf_model = getattr(transformers, auto_class).from_pretrained(model_dir, **kwargs)
     if ckpt is not None and (ckpt / "adapter_config.json").is_file():
+        import warnings
+
         from peft import PeftModel
 
-        hf_model = PeftModel.from_pretrained(hf_model, ckpt)
+        with warnings.catch_warnings():
+            # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` on every load: its warning
+            # is about peft's code, not the user's checkpoint
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            hf_model = PeftModel.from_pretrained(hf_model, ckpt)
         if merge_lora:
             hf_model = hf_model.merge_and_unload()
     return hf_model
@@ -416,10 +502,7 @@ def load(
     device = _device(device)
     torch_dtype = _torch_dtype(dtype, device)
     _check_attn(attn_impl)
-    tokenizer = AutoTokenizer.from_pretrained(files_dir, trust_remote_code=trust_remote_code)
-    template = family.load_template(
-        files_dir,
-        tokenizer,
+    settings = dict(
         min_pixels=min_pixels,
         max_pixels=max_pixels,
         system=system,
@@ -429,6 +512,17 @@ def load(
         video_max_pixels=video_max_pixels,
         **resolution_settings(family, min_tiles=min_tiles, max_tiles=max_tiles),
     )
+    check_weights(model_dir)
+    if ckpt_dir is not None and ckpt_dir != model_dir:
+        check_weights(ckpt_dir)  # the adapter's weights
+    tokenizer = AutoTokenizer.from_pretrained(files_dir, trust_remote_code=trust_remote_code)
+    try:
+        template = family.load_template(files_dir, tokenizer, **settings)
+    except FileNotFoundError as e:
+        raise VlmkitError(
+            f"{files_dir}: {Path(e.filename or '?').name} not found; the model folder is incomplete: copy that "
+            "file from the original checkpoint"
+        ) from None
     # Remote code may not declare sdpa support, and transformers refuses an explicit request it cannot
     # honour; left unset, transformers takes sdpa where the code supports it and eager otherwise.
     attn = {} if family.remote_code and attn_impl == "sdpa" else {"attn_implementation": attn_impl}

@@ -18,6 +18,11 @@ so the family templates never have to match placeholders against lists.
   top-level `system`;
 - OpenAI-style content parts (`text`, `image_url`, `video_url`, `image`, `video`).
 
+Inline media, one rule everywhere a person writes text for vlmkit (dataset rows, the chat, `chat.send`,
+`vlm.generate`): `<img>SRC</img>` (also `Picture N: <img>SRC</img>`) and `<|vision_start|>SRC<|vision_end|>`
+in a text are the image or video SRC at that place, as `vlmkit.data.inline` reads them. Only the OpenAI
+API (`vlmkit serve`) passes `media_tags=False`: its text parts are text, and its media come as parts.
+
 Other dataset formats (query/response, ShareGPT, ...) are converted to these by
 `vlmkit.data` before they get here.
 """
@@ -135,9 +140,12 @@ def to_sample(
     where: str = "sample",
     base_dirs: tuple[Path, ...] | list[Path] = (),
     objects: dict[str, Any] | None = None,
+    media_tags: bool = True,
 ) -> Sample:
     """Normalise a `messages` row (placeholders or content parts) to a `Sample`.
 
+    With `media_tags` (the default), `<image>` / `<video>` placeholders and inline media tags in the text
+    are media (the module docstring); without, all text is text.
     Raises `DataError` naming `where` for unknown roles, empty conversations, and
     placeholder/media count mismatches.
     """
@@ -147,6 +155,12 @@ def to_sample(
     raw_messages = row.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise DataError(f"{where}: no 'messages' list (or it is empty)")
+    if media_tags:
+        from vlmkit.data.inline import inline_media  # here: vlmkit.data imports this module
+
+        lists = {key: _media_list(row, key, where) for key in ("images", "videos")}
+        row = inline_media({**row, **lists}, where)
+        raw_messages = row["messages"]
 
     queues = {kind: _media_list(row, kind + "s", where) for kind in ("image", "video")}
     listed = {kind: len(q) for kind, q in queues.items()}
@@ -165,13 +179,15 @@ def to_sample(
         if content is None:
             content = ""
         if isinstance(content, str):
-            parts = _split_placeholders(content, queues, counts, where)
-        elif isinstance(content, list):
+            content = [content]
+        if isinstance(content, list):
             parts = []
             for j, part in enumerate(content):
                 new = _content_part(part, f"{where}: message {i}", j)
-                if new["type"] == "text":
+                if new["type"] == "text" and media_tags:
                     parts.extend(_split_placeholders(new["text"], queues, counts, where))
+                elif new["type"] == "text":
+                    parts.extend([new] if new["text"] else [])
                 else:
                     parts.append(new)
         else:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.data.columns import SCHEMAS, ColumnSchema, detect_schema, to_query_response
-from vlmkit.data.inline import has_media_tag, inline_media, message_texts
+from vlmkit.data.inline import has_media_tag, message_texts
 from vlmkit.data.values import media_source
 from vlmkit.errors import DataError
 from vlmkit.sample import Sample, to_sample
@@ -284,7 +284,6 @@ def row_to_sample(
             f"keys found: {', '.join(row) or 'none'}; use one format per file"
         )
     messages_row = _add_missing_tags(CONVERTERS[fmt](row, where), TAG_SEPARATOR[fmt], where)
-    messages_row = inline_media(messages_row, where)
     for kind in ("images", "videos"):  # dataset values (Image dicts, bytes, base64) -> media sources
         if isinstance(messages_row.get(kind), list):
             messages_row[kind] = [media_source(v, tuple(base_dirs)) for v in messages_row[kind]]

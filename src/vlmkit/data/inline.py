@@ -1,6 +1,8 @@
 """Media written inline in message text -> `<image>` / `<video>` placeholders plus listed paths.
 
-Recognised in every dataset format, in order of appearance:
+Recognised by `vlmkit.sample.to_sample` in every text a person writes for vlmkit (rows of every dataset
+format, chat messages, `chat.send`, `vlm.generate`; not OpenAI API requests, whose media come as parts), in
+order of appearance:
 
 - Qwen-VL / MindFormers `Picture 1: <img>PATH</img>`: an image; the `Picture N: `
   label is dropped (it is how Qwen-VL numbers images, not content);

@@ -248,7 +248,9 @@ def _prepare(
             400, "messages: the last message is from the assistant; end with a user turn", param="messages"
         )
     try:
-        sample = to_sample({"messages": [m.model_dump() for m in chat.messages]}, where="request")
+        sample = to_sample(  # API text is text: media come as image_url / video_url parts
+            {"messages": [m.model_dump() for m in chat.messages]}, where="request", media_tags=False
+        )
         sample = _fetch_media(sample, config.policy)
         encoded = served.template.encode(sample, add_generation_prompt=True)
     except MediaTooLargeError as e:
