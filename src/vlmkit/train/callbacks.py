@@ -4,7 +4,6 @@ throughput, the run log and loss plot, and complete-or-absent checkpoints."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,8 @@ from transformers import Trainer, TrainerCallback
 
 from vlmkit.encoding import IGNORE_INDEX
 from vlmkit.errors import VlmkitError
+from vlmkit.families import family_by_name
+from vlmkit.processor_files import write_processor_files
 from vlmkit.settings import write_settings
 from vlmkit.train.run import COMPLETE_MARKER
 from vlmkit.train.sampler import BatchStats
@@ -203,6 +204,7 @@ class CompleteCheckpoints(TrainerCallback):
         self.run_dir = run_dir
         self.model_dir = model_dir
         self.settings = settings
+        self.family = family_by_name(settings["family"])
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
@@ -212,9 +214,8 @@ class CompleteCheckpoints(TrainerCallback):
         if not state.is_world_process_zero:
             return
         checkpoint = self.run_dir / f"checkpoint-{state.global_step}"
-        for name in ("preprocessor_config.json", "processor_config.json", "chat_template.jinja"):
-            if (self.model_dir / name).is_file() and not (checkpoint / name).is_file():
-                shutil.copy(self.model_dir / name, checkpoint / name)
+        # the base model's processor files, with the limits this run trains at (for plain transformers)
+        write_processor_files(self.family, [self.model_dir], checkpoint, self.settings)
         write_settings(checkpoint, {**self.settings, "step": state.global_step})
         (checkpoint / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}) + "\n")
 

@@ -451,6 +451,14 @@ class InternVLTemplate:
         return images, {}
 
 
+def processor_limits(name: str, config: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """`Family.processor_limits`: the run's tile limits as the image processor reads them."""
+    if name != "preprocessor_config.json":
+        return config
+    limits = {"min_patches": settings.get("min_tiles"), "max_patches": settings.get("max_tiles")}
+    return dict(config) | {k: int(v) for k, v in limits.items() if v is not None}
+
+
 def _tokens_per_tile(model_dir: Path, tile_size: int) -> int:
     """(tile_size / patch_size)**2 * downsample_ratio**2 from config.json; else processor_config.json."""
     config_file = model_dir / "config.json"
