@@ -17,6 +17,11 @@ the image is too large [unreadable image], or a video's container header does no
 [unreadable video]; the template refuses it (a family without video, 200:1 aspect
 ratio, ...) [cannot encode]; it has more than `max_length` tokens [too long].
 
+Text that writes a control or media token (`<|im_end|>`, `<|image_pad|>`, ...) is not refused: every
+template tokenizes a row's text as text (`vlmkit.encoding.mark_text`), so such a row trains on the
+characters, never on a forged turn or image. The report counts these rows and names the first, as
+they usually mean a dataset was saved with a chat template already applied.
+
 Over-long rows are never truncated (a cut through image tokens breaks the model
 inputs): with truncation="delete" they are bad; with "shrink" the row keeps its images
 at the largest `max_pixels` that fits (`QwenVLTemplate.fit_max_pixels`) and is bad only
@@ -39,6 +44,7 @@ from tqdm import tqdm
 
 from vlmkit.data.formats import row_to_sample
 from vlmkit.data.readers import Dataset, Row
+from vlmkit.encoding import control_token_pattern
 from vlmkit.errors import DataError, MediaError, VlmkitError
 from vlmkit.sample import Sample
 
@@ -80,6 +86,7 @@ class CheckReport:
     good: list[GoodRow] = field(default_factory=list)
     bad: list[BadRow] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    typed_tokens: list[tuple[str, str]] = field(default_factory=list)  # (where, token) of rows writing one
 
     @property
     def total(self) -> int:
@@ -126,6 +133,13 @@ class CheckReport:
             lines += [f"  {bad.where}: {bad.reason}" for bad in self.bad[:examples]]
             if len(self.bad) > examples:
                 lines.append(f"  ... and {len(self.bad) - examples} more")
+        if self.typed_tokens:
+            where, token = self.typed_tokens[0]
+            n = len(self.typed_tokens)
+            lines.append(
+                f"{n} row{'s' * (n != 1)} write control tokens in their text (first: {where}: {token}); "
+                "they are trained as plain text, not as the template's tokens"
+            )
         shrunk = [g.max_pixels for g in self.good if g.max_pixels is not None]
         if shrunk:
             lines.append(
@@ -187,10 +201,21 @@ def _missing_media(sample: Sample, row: Row) -> tuple[str, str] | None:
     return f"missing {missing[0][0]}", "; ".join(reason for _, reason in missing) + hint
 
 
+def _typed_token(sample: Sample, pattern) -> str | None:
+    """The first control token written in the text of `sample`, or None."""
+    for message in sample.messages:
+        for part in message["content"]:
+            found = pattern.search(part["text"]) if part["type"] == "text" and pattern else None
+            if found:
+                return found[0]
+    return None
+
+
 def _check_row(
-    index: int, row: Row, template: Any, max_length: int, shrink: bool
+    index: int, row: Row, template: Any, max_length: int, shrink: bool, report: CheckReport, pattern=None
 ) -> tuple[GoodRow | BadRow, int | None]:
-    """(GoodRow or BadRow, length at the template's max_pixels or None when not measured)."""
+    """(GoodRow or BadRow, length at the template's max_pixels or None when not measured); a row whose
+    text writes a control token (`pattern`) is noted in `report.typed_tokens`."""
     where = row.where
 
     def bad(reason: str, kind: str) -> BadRow:
@@ -203,6 +228,9 @@ def _check_row(
         return bad(
             reason, "placeholder mismatch" if "placeholder(s) in the messages" in reason else "bad row"
         ), None
+    typed = _typed_token(sample, pattern)
+    if typed is not None:
+        report.typed_tokens.append((where, typed))
     if not _has_reply(sample):
         return bad(
             "no assistant reply to train on; a training row needs an assistant message with text",
@@ -262,9 +290,11 @@ def check_dataset(
         formats=formats, max_length=max_length, truncation=truncation, limit_option=template.limit_option
     )
     report.bad += [BadRow(where, reason, "invalid JSON", None) for where, reason in dataset.bad]
+    box_format = getattr(template, "box_format", None)
+    pattern = control_token_pattern(template.tokenizer, box_format.keep_tokens if box_format else ())
     rows = tqdm(dataset.rows, desc="checking rows", unit="row", file=sys.stderr, disable=not progress)
     for index, row in enumerate(rows):
-        result, length = _check_row(index, row, template, max_length, truncation == "shrink")
+        result, length = _check_row(index, row, template, max_length, truncation == "shrink", report, pattern)
         (report.good if isinstance(result, GoodRow) else report.bad).append(result)
         if length is not None:
             report.lengths.append(length)

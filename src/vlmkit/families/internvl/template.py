@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX, Segment, pad_sequences, tokenize_segments
+from vlmkit.encoding import IGNORE_INDEX, Segment, mark_text, pad_sequences, tokenize_segments
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.families.internvl.boxes import BOX_FORMAT
 from vlmkit.grounding import needs_boxes, write_for_family
@@ -318,7 +318,7 @@ class InternVLTemplate:
         """
         max_tiles = self._max_tiles(max_pixels)
         sample = self._with_objects(sample)
-        messages = self._messages(sample)
+        messages = mark_text(self._messages(sample))
         tiles: list[np.ndarray] = []
         counts: list[int] = []
         notes: list[str] = []  # one per run of <IMG_CONTEXT>, for `vlmkit data preview`
@@ -350,7 +350,7 @@ class InternVLTemplate:
                         f"Frame{i + 1}: {IMAGE_CONTEXT}" for i in range(len(frames))
                     )
         segments = render_internvl(messages, add_generation_prompt, frame_text)
-        ids, labels = tokenize_segments(self.tokenizer, segments)
+        ids, labels = tokenize_segments(self.tokenizer, segments, self.box_format.keep_tokens)
         self._placeholders(ids, len(counts), sample.where)
         ids, labels = self._expand(ids, labels, counts)
         out: dict[str, Any] = {
@@ -382,7 +382,7 @@ class InternVLTemplate:
         """(tokens other than image spans, [(where, height, width) per image]) without decoding pixels;
         video frames (one tile each, whatever the tile limit) count as text tokens here."""
         sample = self._with_objects(sample)
-        messages = self._messages(sample)
+        messages = mark_text(self._messages(sample))
         frame_text: dict[int, str] = {}
         frames = videos = 0
         for message in messages:
@@ -393,7 +393,7 @@ class InternVLTemplate:
                     frame_text[id(part)] = "\n".join(f"Frame{i + 1}: {IMAGE_CONTEXT}" for i in range(n))
                     frames += n
         ids, _ = tokenize_segments(
-            self.tokenizer, render_internvl(messages, add_generation_prompt, frame_text)
+            self.tokenizer, render_internvl(messages, add_generation_prompt, frame_text), self.box_format.keep_tokens
         )
         images = sample.media("image")
         self._placeholders(ids, len(images) + frames, sample.where)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, pad_sequences, tokenize_segments
+from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, mark_text, pad_sequences, tokenize_segments
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.media import load_image, read_image_size
 from vlmkit.sample import Sample
@@ -215,7 +215,7 @@ class LlavaTemplate:
         if sample.media("video"):
             raise DataError(f"{sample.where}: {self.family} takes images only; video input is not supported")
         segments = self.render(
-            self._messages(sample), add_generation_prompt, sample.where, self.tokenizer.eos_token
+            mark_text(self._messages(sample)), add_generation_prompt, sample.where, self.tokenizer.eos_token
         )
         ids, labels = tokenize_segments(self.tokenizer, segments)
         if ids.count(self.image_token_id) != len(sample.media("image")):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, pad_sequences, tokenize_segments
+from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, mark_text, pad_sequences, tokenize_segments
 from vlmkit.errors import DataError
 from vlmkit.families.qwen2_vl.video import VIDEO_SETTINGS, encode_videos, video_settings, video_token_delta
 from vlmkit.grounding import needs_boxes, write_for_family
@@ -279,6 +279,11 @@ class QwenVLTemplate:
             messages = [{"role": "system", "content": [{"type": "text", "text": self.system}]}, *messages]
         return messages
 
+    @property
+    def _live_tokens(self) -> tuple[str, ...]:
+        """Special tokens that stay live in user text: the grounding tokens the box writer puts there."""
+        return self.box_format.keep_tokens if self.box_format is not None else ()
+
     def render_text(self, sample: Sample, add_generation_prompt: bool = False) -> str:
         """The prompt text with one placeholder token per image, as the chat template writes it."""
         return "".join(
@@ -406,8 +411,8 @@ class QwenVLTemplate:
         """
         max_pixels = self._max_pixels(max_pixels)
         sample = self._with_objects(sample, max_pixels)
-        segments = self.render(self._messages(sample), add_generation_prompt, sample.where)
-        ids, labels = tokenize_segments(self.tokenizer, segments)
+        segments = self.render(mark_text(self._messages(sample)), add_generation_prompt, sample.where)
+        ids, labels = tokenize_segments(self.tokenizer, segments, self._live_tokens)
         out: dict[str, Any] = {}
         images = sample.media("image")
         if images:
@@ -440,8 +445,8 @@ class QwenVLTemplate:
         Box text is written at `max_pixels` (None: the template's; resized-pixel boxes then have at
         least as many digits as at any lower limit, so the count is an upper bound for those)."""
         sample = self._with_objects(sample, max_pixels)
-        segments = self.render(self._messages(sample), add_generation_prompt, sample.where)
-        ids, _ = tokenize_segments(self.tokenizer, segments)
+        segments = self.render(mark_text(self._messages(sample)), add_generation_prompt, sample.where)
+        ids, _ = tokenize_segments(self.tokenizer, segments, self._live_tokens)
         images = sample.media("image")
         placeholders = ids.count(self.image_token_id)
         if placeholders != len(images):
