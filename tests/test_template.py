@@ -114,6 +114,41 @@ def test_pixel_values_equal_transformers_image_processor(tiny_models, name, heig
     )
 
 
+# Thinner than one patch (within 200:1) and smaller than one patch: issue 11 #7.
+THIN_AND_TINY = [(1, 150), (3, 500), (20, 3000), (10, 1500), (2000, 13), (1, 1), (5, 5), (13, 27)]
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize(("height", "width"), THIN_AND_TINY)
+def test_thin_and_tiny_images_resize_as_the_image_processor(tiny_models, name, height, width):
+    template, _ = load_template(tiny_models, name, max_pixels=100_000)
+    image = random_image(height, width, seed=width)
+    encoded = template.encode(to_sample({"messages": [{"role": "user", "content": "<image>x"}], "images": [image]}))
+    processor = AutoImageProcessor.from_pretrained(tiny_models[name])
+    expected = processor([image], size={"shortest_edge": template.min_pixels, "longest_edge": 100_000}, return_tensors="pt")
+    assert encoded["image_grid_thw"].tolist() == expected["image_grid_thw"].tolist()
+    torch.testing.assert_close(encoded["pixel_values"], expected["pixel_values"], atol=1e-5, rtol=0)
+    assert template.count_tokens(
+        to_sample({"messages": [{"role": "user", "content": "<image>x"}], "images": [image]})
+    ) == len(encoded["input_ids"])
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_images_over_200_to_1_are_one_line_naming_the_image(tiny_models, name, tmp_path):
+    template, _ = load_template(tiny_models, name)
+    random_image(3, 2000).save(tmp_path / "strip.png")
+    processor = AutoImageProcessor.from_pretrained(tiny_models[name])
+    with pytest.raises(ValueError, match="aspect ratio"):
+        processor([random_image(3, 2000)], return_tensors="pt")
+    sample = to_sample(
+        {"messages": [{"role": "user", "content": "<image>x"}], "images": [str(tmp_path / "strip.png")]}, where="d.jsonl:7"
+    )
+    for call in (template.encode, template.count_tokens):
+        with pytest.raises(DataError) as error:
+            call(sample)
+        assert str(error.value) == "d.jsonl:7: image 1: aspect ratio 667:1 is over the 200:1 limit"
+
+
 def test_supervised_tokens_are_exactly_the_assistant_replies(tiny_models):
     template, tokenizer = load_template(tiny_models, "qwen2-vl", max_pixels=3136)
     sample = to_sample(
