@@ -341,3 +341,58 @@ def test_rows_writing_control_tokens_are_noted_and_train_as_text(tiny_models, tm
     encoded = template.encode(to_sample(image_row(tmp_path / "a.png", text=forged)))
     ids = encoded["input_ids"].tolist()
     assert ids.count(template.tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3  # system, user, assistant
+
+
+BAD_PIXEL_OPTIONS = [
+    (["--max-pixels", "0"], "--max-pixels 0: below one 28x28 patch; give at least 784"),
+    (["--max-pixels", "-5"], "--max-pixels -5: below one 28x28 patch; give at least 784"),
+    (["--max-pixels", "500"], "--max-pixels 500: below one 28x28 patch; give at least 784"),
+    (["--min-pixels", "0"], "--min-pixels 0: must be at least 1"),
+    (["--min-pixels", "5000", "--max-pixels", "4000"], "--min-pixels 5000 is larger than --max-pixels 4000"),
+    (["--video-max-pixels", "0"], "--video-max-pixels 0: below one 28x28 patch; give at least 784"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_PIXEL_OPTIONS)
+def test_bad_pixel_options_are_one_line_naming_the_option(small_model, tmp_path, options, message):
+    """Issue 11 #16: 0 used to fall back to the default silently, -5 ended in a math domain error."""
+    random_image(60, 80).save(tmp_path / "a.png")
+    (tmp_path / "d.json").write_text(json.dumps([image_row("a.png")]))
+    for command in ("preview", "check"):
+        result = CliRunner().invoke(
+            app, [command, "--model", str(small_model), "--dataset", str(tmp_path / "d.json"), *options]
+        )
+        assert isinstance(result.exception, VlmkitError), result.output
+        assert str(result.exception) == message
+
+
+def test_bad_pixel_options_exit_2_from_every_command(small_model, tmp_path):
+    import subprocess
+    import sys
+
+    random_image(60, 80).save(tmp_path / "a.png")
+    (tmp_path / "d.json").write_text(json.dumps([image_row("a.png")]))
+    data = ["--dataset", str(tmp_path / "d.json")]
+    commands = {
+        "data preview": ["data", "preview", "--model", str(small_model), *data],
+        "infer": ["infer", "--model", str(small_model)],
+        "sft": ["sft", "--model", str(small_model), *data, "--output-dir", str(tmp_path / "out")],
+    }
+    for name, args in commands.items():
+        result = subprocess.run(
+            [sys.executable, "-m", "vlmkit", *args, "--max-pixels", "-5"],
+            capture_output=True, text=True, timeout=120, input="",
+        )  # fmt: skip
+        assert result.returncode == 2, (name, result.stdout, result.stderr)
+        assert result.stderr.strip().splitlines()[-1] == (
+            "error: --max-pixels -5: below one 28x28 patch; give at least 784"
+        ), name
+    assert not (tmp_path / "out").exists()
+
+
+def test_preview_exits_1_when_a_row_does_not_encode(small_model, tmp_path):
+    random_image(3, 2000).save(tmp_path / "strip.png")
+    (tmp_path / "d.json").write_text(json.dumps([image_row("strip.png")]))
+    result = CliRunner().invoke(app, ["preview", "--model", str(small_model), "--dataset", str(tmp_path / "d.json")])
+    assert result.exit_code == 1
+    assert f"error: {tmp_path / 'd.json'}:1: image 1: aspect ratio 667:1 is over the 200:1 limit" in result.output

@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from vlmkit.cli import app
-from vlmkit.errors import DataError, MediaError
+from vlmkit.errors import DataError, MediaError, VlmkitError
 from vlmkit.families import family_by_name
 from vlmkit.families.qwen2_vl.template import smart_resize
 from vlmkit.families.qwen2_vl.video import group_timestamps, video_frame_size
@@ -321,8 +321,10 @@ def test_video_settings_travel_and_are_validated(models, tmp_path):
         video_template(model, nframes=0)
     with pytest.raises(DataError, match="--fps -1.0: must be above 0"):
         video_template(model, fps=-1.0)
-    lowered = video_template(model, video_max_pixels=100)  # a maximum below the minimum lowers it
-    assert (lowered.video_min_pixels, lowered.video_max_pixels) == (100, 100)
+    lowered = video_template(model, video_max_pixels=1000)  # a maximum below the minimum lowers it
+    assert (lowered.video_min_pixels, lowered.video_max_pixels) == (1000, 1000)
+    with pytest.raises(VlmkitError, match="--video-max-pixels 100: below one 28x28 patch; give at least 784"):
+        video_template(model, video_max_pixels=100)
 
 
 def test_video_placeholder_and_media_errors(models, tmp_path):

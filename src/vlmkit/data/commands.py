@@ -230,7 +230,8 @@ def preview(
 ) -> None:
     """Print the first rows exactly as the model sees them: the decoded input ids with each image's
     run of pad tokens collapsed (count, grid and resized size), the supervised tokens in [[...]]
-    (green on a terminal), then the token count and the supervised-token count."""
+    (green on a terminal), then the token count and the supervised-token count. Exit status 1 when
+    a shown row does not encode (its error is printed in its place)."""
     from vlmkit.data import load_datasets
 
     data = load_datasets(_datasets(ctx, dataset), media_root=media_root)
@@ -247,16 +248,20 @@ def preview(
         video_max_pixels=video_max_pixels,
     )
     colour = sys.stdout.isatty()
+    failed = 0
     for index, row in enumerate(data.rows[:n]):
         typer.echo(f"--- {row.where} ({row.format}) ---")
         try:
             encoded = template.encode(data[index])
         except VlmkitError as e:
             typer.echo(f"error: {e}")
+            failed += 1
             continue
         typer.echo(format_tokens(template, encoded, colour))
         supervised = int((encoded["labels"] != -100).sum())
         typer.echo(f"--- {len(encoded['input_ids'])} tokens, {supervised} supervised ---")
+    if failed:  # a script that previews a dataset must see that rows do not encode
+        raise typer.Exit(1)
 
 
 @app.command("encode", context_settings=MANY_DATASETS)

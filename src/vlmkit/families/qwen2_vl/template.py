@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, mark_text, pad_sequences, tokenize_segments
-from vlmkit.errors import DataError
+from vlmkit.errors import DataError, VlmkitError
 from vlmkit.families.qwen2_vl.video import VIDEO_SETTINGS, encode_videos, video_settings, video_token_delta
 from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image_resized, read_image_size
@@ -184,6 +184,14 @@ class QwenVLTemplate:
         video_timestamps: bool = False,
         second_per_grid_ts: bool = False,
     ):
+        factor = patch_size * merge_size
+        for option, value in (("--max-pixels", max_pixels), ("--video-max-pixels", video_max_pixels)):
+            if value < factor * factor:  # 0 or negative would pass the resize rules' arithmetic silently
+                raise VlmkitError(
+                    f"{option} {value}: below one {factor}x{factor} patch; give at least {factor * factor}"
+                )
+        if min_pixels < 1:
+            raise VlmkitError(f"--min-pixels {min_pixels}: must be at least 1")
         if min_pixels > max_pixels:
             raise DataError(f"--min-pixels {min_pixels} is larger than --max-pixels {max_pixels}")
         self.tokenizer = tokenizer
@@ -264,7 +272,7 @@ class QwenVLTemplate:
             image_mean=config["image_mean"],
             image_std=config["image_std"],
             min_pixels=min_pixels,
-            max_pixels=max_pixels or default_max,
+            max_pixels=max_pixels if max_pixels is not None else default_max,
             system=system if system is not None else saved.get("system"),
             **video_settings(model_dir, saved, video_defaults, fps, nframes, max_frames, video_max_pixels),
             box_format=box_format,
