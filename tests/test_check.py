@@ -396,3 +396,52 @@ def test_preview_exits_1_when_a_row_does_not_encode(small_model, tmp_path):
     result = CliRunner().invoke(app, ["preview", "--model", str(small_model), "--dataset", str(tmp_path / "d.json")])
     assert result.exit_code == 1
     assert f"error: {tmp_path / 'd.json'}:1: image 1: aspect ratio 667:1 is over the 200:1 limit" in result.output
+
+
+def test_cut_short_images_are_bad_rows_in_check_and_sft(small_model, tmp_path, monkeypatch):
+    """Issue 12 #8: a header that reads fine over truncated pixel data passed the check ("301 good")
+    and stopped training; the check decodes every image now, and sft's validation is the same check."""
+    from vlmkit.train import SFTConfig, sft
+
+    monkeypatch.chdir(tmp_path)
+    for i in range(4):
+        random_image(200, 300, seed=i).save(tmp_path / f"{i}.jpg", quality=90)
+    random_image(200, 300).save(tmp_path / "whole.png")
+    for name in ("0.jpg", "whole.png"):  # keep the header, cut the pixel data
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / f"cut-{name}").write_bytes(data[: len(data) // 2])
+    rows = [image_row(f"{i}.jpg") for i in range(4)] * 2 + [image_row("cut-0.jpg"), image_row("cut-whole.png")]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["check", "--model", str(small_model), "--dataset", "d.jsonl"])
+    assert result.exit_code == 1, result.output
+    assert "checked 10 rows in 1 file: 8 good, 2 bad (20.0%)" in result.output
+    assert "bad rows by reason: unreadable image 2" in result.output
+    assert "d.jsonl:9: image 1: " in result.output and "its pixel data is cut short or corrupt" in result.output
+    headers_only = CliRunner().invoke(
+        app, ["check", "--model", str(small_model), "--dataset", "d.jsonl", "--no-decode-images"]
+    )
+    assert "10 good, 0 bad" in headers_only.output
+    run_dir = sft(
+        SFTConfig(model=str(small_model), dataset=["d.jsonl"], output_dir="out", max_steps=3, batch_size=4,
+                  max_pixels=4000, max_bad_fraction=0.5, progress=False, num_workers=0, report_to="none",
+                  eval_generate=0, save_steps=50)
+    )  # fmt: skip
+    assert (run_dir / "checkpoint-3").is_dir()
+    bad = [json.loads(line)["where"] for line in (run_dir / "bad_samples.jsonl").read_text().splitlines()]
+    assert [where.rpartition(":")[2] for where in bad] == ["9", "10"]
+
+
+def test_a_huge_row_is_too_long_without_being_tokenized(small_model, tmp_path, monkeypatch):
+    """Issue 12 #10: a 50 MB line made the check peak at 12.8 GB; text beyond what --max-length tokens
+    can spell is refused before tokenizing (a 5 MB row here; the 50 MB figure is in the report)."""
+    monkeypatch.chdir(tmp_path)
+    huge = {"messages": [{"role": "user", "content": "word " * 1_000_000}, {"role": "assistant", "content": "x"}]}
+    (tmp_path / "d.jsonl").write_text(
+        json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "ok"}]})
+        + "\n" + json.dumps(huge) + "\n"
+    )  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["check", "--model", str(small_model), "--dataset", "d.jsonl", "--max-length", "1024"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "first bad rows:\n  d.jsonl:2: 5000001 characters of text, more than 1024 tokens can hold; " in result.output

@@ -123,10 +123,17 @@ def check(
         Path | None,
         typer.Option(help="Write one JSON line per bad row (where, kind, reason, row) to this file."),
     ] = None,
+    decode_images: Annotated[
+        bool,
+        typer.Option(
+            help="Decode every image to find truncated or corrupt pixel data (about 10 ms a photo); "
+            "--no-decode-images reads headers only."
+        ),
+    ] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Check every row of the dataset(s) as training will read it: JSON, format, placeholders, images
-    (headers only: missing or corrupt files), an assistant reply to learn, and the token length.
+    (missing, corrupt or cut-short files), an assistant reply to learn, and the token length.
 
     Prints the format of each file, counts per reason, the first bad rows (file:line and reason) and
     token-length statistics, and writes a histogram of the lengths.
@@ -150,7 +157,9 @@ def check(
         max_frames=max_frames,
         video_max_pixels=video_max_pixels,
     )
-    report = check_dataset(data, template, max_length, truncation, progress=progress and sys.stderr.isatty())
+    report = check_dataset(
+        data, template, max_length, truncation, progress=progress and sys.stderr.isatty(), decode_images=decode_images
+    )
     typer.echo(report.summary())
     if report.lengths:
         save_histogram(
@@ -316,7 +325,8 @@ def encode(
         video_max_pixels=video_max_pixels,
     )
     show = progress and sys.stderr.isatty()
-    report = check_dataset(data, template, max_length, truncation, progress=show)
+    # encoding decodes every image anyway, and lists the ones that fail
+    report = check_dataset(data, template, max_length, truncation, progress=show, decode_images=False)
     rows = [g.index for g in report.good]
     pixels = {g.index: g.max_pixels for g in report.good if g.max_pixels}
     stats = encode_dataset(data, template, rows, pixels, workers=workers, cache_dir=cache_dir, progress=show)
