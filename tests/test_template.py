@@ -149,6 +149,50 @@ def test_images_over_200_to_1_are_one_line_naming_the_image(tiny_models, name, t
         assert str(error.value) == "d.jsonl:7: image 1: aspect ratio 667:1 is over the 200:1 limit"
 
 
+def seed_003_row(path, height: int, width: int) -> dict:
+    """Seed 003's message, as qwen-vl-utils' `process_vision_info` reads it."""
+    image = {"type": "image", "image": str(path), "resized_height": height, "resized_width": width}
+    return {
+        "messages": [
+            {"role": "user", "content": [image, {"type": "text", "text": "COCO Yes:"}]},
+            {"role": "assistant", "content": "A cat."},
+        ]
+    }
+
+
+@pytest.mark.parametrize(("height", "width", "expected"), [(280, 280, (280, 280)), (300, 250, (308, 252))])
+def test_seed_003_resized_height_and_width_are_honoured(tiny_models, tmp_path, height, width, expected):
+    """Issue 11 #10: qwen-vl-utils resizes such an image to that size rounded to the factor (aspect not
+    kept), then the processor sees it; vlmkit gives the same grid and pixels, and counts them."""
+    from PIL import Image
+
+    template, _ = load_template(tiny_models, "qwen2-vl", max_pixels=200_000)
+    image = random_image(480, 640)
+    image.save(tmp_path / "coco.png")
+    sample = to_sample(seed_003_row(tmp_path / "coco.png", height, width))
+    encoded = template.encode(sample)
+    assert encoded["image_sizes"][0] == ((480, 640), expected)
+    resized = image.resize(expected[::-1], Image.Resampling.BICUBIC)  # what qwen-vl-utils hands the processor
+    reference = AutoImageProcessor.from_pretrained(tiny_models["qwen2-vl"])([resized], return_tensors="pt")
+    assert encoded["image_grid_thw"].tolist() == reference["image_grid_thw"].tolist()
+    torch.testing.assert_close(encoded["pixel_values"], reference["pixel_values"], atol=1e-5, rtol=0)
+    assert template.count_tokens(sample) == len(encoded["input_ids"])
+
+
+def test_resized_size_is_refused_where_a_family_cannot_honour_it(tiny_models, tmp_path):
+    random_image(60, 80).save(tmp_path / "a.png")
+    row = seed_003_row(tmp_path / "a.png", 280, 280)
+    template, _ = load_template(tiny_models, "internvl")
+    with pytest.raises(DataError, match="resized_height/resized_width on an image apply to the Qwen2-VL families"):
+        template.encode(to_sample(row))
+    row["messages"][0]["content"][0].pop("resized_width")
+    with pytest.raises(DataError, match="resized_height and resized_width must both be given"):
+        to_sample(row)
+    row["messages"][0]["content"][0] |= {"resized_width": 280, "max_pixels": 1000}
+    with pytest.raises(DataError, match="a per-image max_pixels is not supported; use --max-pixels"):
+        to_sample(row)
+
+
 def test_supervised_tokens_are_exactly_the_assistant_replies(tiny_models):
     template, tokenizer = load_template(tiny_models, "qwen2-vl", max_pixels=3136)
     sample = to_sample(

@@ -33,7 +33,7 @@ from vlmkit.errors import DataError, VlmkitError
 from vlmkit.families.internvl.boxes import BOX_FORMAT
 from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image, read_image_size
-from vlmkit.sample import Sample
+from vlmkit.sample import Sample, refuse_requested_sizes
 from vlmkit.settings import read_settings
 
 IMAGE_START, IMAGE_END, IMAGE_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
@@ -374,6 +374,7 @@ class InternVLTemplate:
 
     def _with_objects(self, sample: Sample) -> Sample:
         """`sample` with grounding placeholders and box text written as InternVL writes them."""
+        refuse_requested_sizes(sample, "InternVL")
         if not needs_boxes(sample):
             return sample
         return write_for_family(sample, self.box_format, self.image_sizes(sample))

@@ -24,7 +24,7 @@ from PIL import Image
 from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, mark_text, pad_sequences, tokenize_segments
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.media import load_image, read_image_size
-from vlmkit.sample import Sample
+from vlmkit.sample import Sample, refuse_requested_sizes
 from vlmkit.settings import read_settings
 
 IMAGE_TOKEN = "<image>"
@@ -214,6 +214,7 @@ class LlavaTemplate:
     def _tokens(self, sample: Sample, add_generation_prompt: bool) -> tuple[list[int], list[int]]:
         if sample.media("video"):
             raise DataError(f"{sample.where}: {self.family} takes images only; video input is not supported")
+        refuse_requested_sizes(sample, self.family)
         segments = self.render(
             mark_text(self._messages(sample)), add_generation_prompt, sample.where, self.tokenizer.eos_token
         )

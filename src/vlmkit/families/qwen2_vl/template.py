@@ -336,12 +336,22 @@ class QwenVLTemplate:
             image = image.resize((width, height), Image.Resampling.BICUBIC)
         return self.patchify(np.asarray(image.convert("RGB")))
 
-    def load_resized(self, source: Any, where: str, max_pixels: int | None = None):
+    def target_size(
+        self, height: int, width: int, max_pixels: int | None = None, requested: tuple[int, int] | None = None
+    ) -> tuple[int, int]:
+        """The size an image of height x width is resized to; an image part's `requested` size
+        (qwen-vl-utils' resized_height/resized_width) replaces its own, rounded to the factor within the
+        limits as the image processor then does (aspect ratio not kept, as in qwen-vl-utils)."""
+        return self.resized_size(*(requested or (height, width)), max_pixels)
+
+    def load_resized(
+        self, source: Any, where: str, max_pixels: int | None = None, requested: tuple[int, int] | None = None
+    ):
         """Decode an image source once, resized to the model's size -> ((H, W, 3) uint8, (orig_h, orig_w))."""
         limit = self._max_pixels(max_pixels)
         try:
             return load_image_resized(
-                source, lambda h, w: self.resized_size(h, w, limit), where, jpeg_draft=self.jpeg_draft
+                source, lambda h, w: self.target_size(h, w, limit, requested), where, jpeg_draft=self.jpeg_draft
             )
         except ValueError as e:
             raise DataError(f"{where}: {e}") from None
@@ -393,11 +403,11 @@ class QwenVLTemplate:
         """((orig_h, orig_w), (resized_h, resized_w)) per image of `sample`, from the headers, as `encode`
         resizes them."""
         sizes = []
-        for k, source in enumerate(sample.media("image")):
+        for k, (source, requested) in enumerate(zip(sample.media("image"), sample.requested_sizes(), strict=True)):
             where = f"{sample.where}: image {k + 1}"
             height, width = read_image_size(source, where=where)
             try:
-                sizes.append(((height, width), self.resized_size(height, width, max_pixels)))
+                sizes.append(((height, width), self.target_size(height, width, max_pixels, requested)))
             except ValueError as e:
                 raise DataError(f"{where}: {e}") from None
         return sizes
@@ -434,8 +444,8 @@ class QwenVLTemplate:
         images = sample.media("image")
         if images:
             resized, grids, sizes = [], [], []
-            for k, source in enumerate(images):
-                pixels, original = self.load_resized(source, f"{sample.where}: image {k + 1}", max_pixels)
+            for k, (source, requested) in enumerate(zip(images, sample.requested_sizes(), strict=True)):
+                pixels, original = self.load_resized(source, f"{sample.where}: image {k + 1}", max_pixels, requested)
                 resized.append(pixels)
                 grids.append((1, pixels.shape[0] // self.patch_size, pixels.shape[1] // self.patch_size))
                 sizes.append((original, pixels.shape[:2]))
@@ -471,9 +481,10 @@ class QwenVLTemplate:
                 f"{sample.where}: {placeholders} <|image_pad|> tokens in the text for {len(images)} images"
             )
         sizes = []
-        for k, source in enumerate(images):
+        for k, (source, requested) in enumerate(zip(images, sample.requested_sizes(), strict=True)):
             where = f"{sample.where}: image {k + 1}"
-            sizes.append((where, *read_image_size(source, where=where)))
+            size = read_image_size(source, where=where)
+            sizes.append((where, *(requested or size)))  # a requested size stands for the image's own
         videos = sample.media("video")
         extra = video_token_delta(self, videos, sample.where, ids) if videos else 0
         return len(ids) - placeholders + extra, sizes
