@@ -220,6 +220,36 @@ def test_supervised_tokens_are_exactly_the_assistant_replies(tiny_models):
     )
 
 
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_the_newline_after_the_end_token_is_not_supervised(tiny_models, name):
+    """Issue 11 #15b (README: what is supervised): each reply is trained up to and with `<|im_end|>`;
+    the template's newline after it is not (ms-swift supervises it: one token more per reply)."""
+    template, tokenizer = load_template(tiny_models, name)
+    sample = to_sample(
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                      {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Bye"}]}
+    )  # fmt: skip
+    encoded = template.encode(sample)
+    ids, labels = encoded["input_ids"].tolist(), encoded["labels"].tolist()
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    supervised_ends = [i for i, (t, label) in enumerate(zip(ids, labels, strict=True)) if t == end and label == end]
+    assert len(supervised_ends) == 2
+    for i in supervised_ends:
+        if i + 1 < len(ids):
+            assert tokenizer.decode([ids[i + 1]]) == "\n" and labels[i + 1] == -100
+
+
+def test_qwen_vl_picture_rows_keep_the_newline_after_the_image(tiny_models, tmp_path):
+    from vlmkit.data import row_to_sample
+
+    random_image(56, 56).save(tmp_path / "a.png")
+    row = {"conversations": [{"from": "user", "value": "Picture 1: <img>a.png</img>\nWhat is it?"},
+                             {"from": "assistant", "value": "A square."}]}  # fmt: skip
+    template, tokenizer = load_template(tiny_models, "qwen2-vl", max_pixels=3136)
+    encoded = template.encode(row_to_sample(row, "sharegpt", "qwen_vl.json:1", base_dirs=[tmp_path]))
+    assert "<|image_pad|><|vision_end|>\nWhat is it?<|im_end|>" in tokenizer.decode(encoded["input_ids"].tolist())
+
+
 def test_generation_prompt_has_no_supervised_tokens(tiny_models):
     template, _ = load_template(tiny_models, "qwen3-vl")
     encoded = template.encode(
