@@ -432,6 +432,67 @@ def test_batch_infer_writes_objects_and_draws(small_model, tmp_path, monkeypatch
     assert drawn.getpixel((120, 240)) == PALETTE[0]
 
 
+def test_batch_infer_draws_the_reference_boxes_beside_the_predicted_ones(small_model, tmp_path, monkeypatch):
+    """Issue 11: `--draw` shows the row's own `objects` (another colour, a legend) next to the reply's."""
+    from typer.testing import CliRunner
+
+    from vlmkit.cli import app
+    from vlmkit.draw import REFERENCE_COLOUR
+    from vlmkit.model import VLM
+
+    Image.new("RGB", (400, 300), (255, 255, 255)).save(tmp_path / "a.png")
+    row = {"query": "Find <ref-object>", "response": "<bbox>", "images": ["a.png"],
+           "objects": {"ref": ["猫"], "bbox": [[0.05, 0.1, 0.25, 0.5]], "bbox_type": "norm1"}}  # fmt: skip
+    (tmp_path / "data.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n")
+    reply = "<|object_ref_start|>猫<|object_ref_end|><|box_start|>(500,400),(900,900)<|box_end|>"
+    monkeypatch.setattr(VLM, "generate_encoded", lambda self, encoded, options, **kw: [reply] * len(encoded))
+    result = CliRunner().invoke(
+        app, ["infer", "--model", str(small_model), "--input", str(tmp_path / "data.jsonl"),
+              "--output", str(tmp_path / "p.jsonl"), "--draw", str(tmp_path / "drawn")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    drawn = Image.open(tmp_path / "drawn" / "row00001_image0.png").convert("RGB")
+    assert drawn.getpixel((20, 60)) == REFERENCE_COLOUR  # reference left edge: x = 0.05 * 400, y in 30..150
+    assert drawn.getpixel((200, 200)) == PALETTE[0]  # predicted left edge: x = 500/1000 * 400
+    assert drawn.getpixel((2, 298)) == (0, 0, 0)  # the legend's panel, bottom-left
+
+
+def test_cjk_labels_draw_real_glyphs():
+    from vlmkit.draw import cjk_font_path
+
+    if cjk_font_path() is None:
+        pytest.skip("no font with CJK glyphs installed (apt-get install fonts-noto-cjk)")
+    image = Image.new("RGB", (300, 200), (255, 255, 255))
+
+    def tag(label):
+        drawn = draw_boxes(image, [{"ref": label, "bbox": [50, 100, 250, 190]}])
+        return drawn.crop((50, 70, 120, 100)).tobytes()
+
+    assert tag("中文") != tag("国家")  # an empty-box (tofu) font draws both the same
+    assert tag("中文") != tag("ab")
+
+
+def test_without_a_cjk_font_labels_fall_back_and_warn_once(monkeypatch):
+    import warnings
+
+    from vlmkit import draw
+
+    monkeypatch.setattr(draw, "cjk_font_path", lambda: None)
+    draw._warn_no_cjk_font.cache_clear()
+    image = Image.new("RGB", (300, 200), (255, 255, 255))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        draw_boxes(image, [{"ref": "cat", "bbox": [50, 100, 250, 190]}])
+        assert caught == []  # a Latin label needs no CJK font
+        for _ in range(2):
+            draw_boxes(image, [{"ref": "猫", "bbox": [50, 100, 250, 190]}])
+    assert [str(w.message) for w in caught] == [
+        "no font with CJK glyphs found: CJK labels are drawn as empty boxes; install one "
+        "(Debian/Ubuntu: apt-get install fonts-noto-cjk)"
+    ]
+    draw._warn_no_cjk_font.cache_clear()
+
+
 def test_chat_draw_saves_the_turns_image_with_its_boxes(small_model, tmp_path, monkeypatch):
     import io
 

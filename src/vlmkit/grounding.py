@@ -391,6 +391,24 @@ def parse_reply(
     ]
 
 
+def reference_objects(template, sample: Sample) -> list[dict[str, Any]]:
+    """The row's own `objects` (the reference answer) as `parse_reply` gives a reply's boxes:
+    `[{"ref", "bbox": [x1, y1, x2, y2] in original-image pixels, "image_id"}]`, one per box; [] for a
+    row without objects or images, or a family without grounding."""
+    objects = parse_objects(sample.objects, sample.where)
+    if objects is None or getattr(template, "box_format", None) is None or not sample.media("image"):
+        return []
+    originals = [original for original, _ in template.image_sizes(sample)]
+    out = []
+    for k, (group, image_id) in enumerate(zip(objects.boxes, objects.image_ids, strict=True)):
+        if image_id < len(originals):
+            ref = objects.refs[k] if k < len(objects.refs) else None
+            for box in group:
+                pixels = _to_pixels(box, objects.bbox_type, originals[image_id])
+                out.append({"ref": ref, "bbox": [round(v, 2) for v in pixels], "image_id": image_id})
+    return out
+
+
 def decode_reply(tokenizer, ids, keep_tokens: tuple[str, ...]) -> str:
     """Decode generated ids as `skip_special_tokens=True` does, but keep `keep_tokens` (grounding markup
     such as `<|box_start|>`, which the real tokenizers mark special)."""
