@@ -47,6 +47,8 @@ _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 LITERAL_REF = r"<\|object_ref_start\|>(?P<ref>.*?)<\|object_ref_end\|>|<ref>(?P<ref2>.*?)</ref>"
 LITERAL_BOX = r"<\|box_start\|>(?P<box>.*?)<\|box_end\|>|<box>(?P<box2>.*?)</box>"
 _LITERAL_RE = re.compile(rf"(?P<r>{LITERAL_REF})|(?P<b>{LITERAL_BOX})", re.S)
+# The tokens of that markup: dataset text may write them (a data convention, rewritten per family).
+LITERAL_TOKENS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>")
 
 Box = list[float]  # [x1, y1, x2, y2]
 Size = tuple[int, int]  # (height, width)

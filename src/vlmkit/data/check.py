@@ -49,6 +49,7 @@ from vlmkit.data.formats import row_to_sample
 from vlmkit.data.readers import Dataset, Row
 from vlmkit.encoding import control_token_pattern
 from vlmkit.errors import DataError, MediaError, VlmkitError
+from vlmkit.grounding import LITERAL_TOKENS
 from vlmkit.media import verify_image
 from vlmkit.sample import Sample
 
@@ -342,7 +343,8 @@ def check_dataset(
     )
     report.bad += [BadRow(where, reason, "invalid JSON", None) for where, reason in dataset.bad]
     box_format = getattr(template, "box_format", None)
-    pattern = control_token_pattern(template.tokenizer, box_format.keep_tokens if box_format else ())
+    live = (box_format.keep_tokens if box_format else ()) + LITERAL_TOKENS  # grounding markup is data
+    pattern = control_token_pattern(template.tokenizer, live)
     rows = tqdm(dataset.rows, desc="checking rows", unit="row", file=sys.stderr, disable=not progress)
     for index, row in enumerate(rows):
         result, length = _check_row(
