@@ -246,7 +246,7 @@ def test_changing_max_pixels_moves_the_written_box_with_the_image(tiny_models, c
     encoded = template.encode(sample, max_pixels=50_176)
     assert encoded["image_sizes"][0][1] == (168, 252)  # sqrt(307200 / 50176) = 2.474 -> 6 x 9 patches of 28
     text = template.tokenizer.decode(encoded["input_ids"].tolist())
-    assert 'Find {"bbox_2d": [54, 48, 93, 126], "label": "guy in red"}' in text
+    assert 'Find {"bbox_2d": [54, 48, 93, 126]}<|im_end|>' in text
 
 
 def test_qwen_vl_picture_row_trains_qwen2_5_vl_with_absolute_coordinates(tiny_models, tmp_path):
@@ -432,6 +432,67 @@ def test_batch_infer_writes_objects_and_draws(small_model, tmp_path, monkeypatch
     assert drawn.getpixel((120, 240)) == PALETTE[0]
 
 
+def test_batch_infer_draws_the_reference_boxes_beside_the_predicted_ones(small_model, tmp_path, monkeypatch):
+    """Issue 11: `--draw` shows the row's own `objects` (another colour, a legend) next to the reply's."""
+    from typer.testing import CliRunner
+
+    from vlmkit.cli import app
+    from vlmkit.draw import REFERENCE_COLOUR
+    from vlmkit.model import VLM
+
+    Image.new("RGB", (400, 300), (255, 255, 255)).save(tmp_path / "a.png")
+    row = {"query": "Find <ref-object>", "response": "<bbox>", "images": ["a.png"],
+           "objects": {"ref": ["猫"], "bbox": [[0.05, 0.1, 0.25, 0.5]], "bbox_type": "norm1"}}  # fmt: skip
+    (tmp_path / "data.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n")
+    reply = "<|object_ref_start|>猫<|object_ref_end|><|box_start|>(500,400),(900,900)<|box_end|>"
+    monkeypatch.setattr(VLM, "generate_encoded", lambda self, encoded, options, **kw: [reply] * len(encoded))
+    result = CliRunner().invoke(
+        app, ["infer", "--model", str(small_model), "--input", str(tmp_path / "data.jsonl"),
+              "--output", str(tmp_path / "p.jsonl"), "--draw", str(tmp_path / "drawn")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    drawn = Image.open(tmp_path / "drawn" / "row00001_image0.png").convert("RGB")
+    assert drawn.getpixel((20, 60)) == REFERENCE_COLOUR  # reference left edge: x = 0.05 * 400, y in 30..150
+    assert drawn.getpixel((200, 200)) == PALETTE[0]  # predicted left edge: x = 500/1000 * 400
+    assert drawn.getpixel((2, 298)) == (0, 0, 0)  # the legend's panel, bottom-left
+
+
+def test_cjk_labels_draw_real_glyphs():
+    from vlmkit.draw import cjk_font_path
+
+    if cjk_font_path() is None:
+        pytest.skip("no font with CJK glyphs installed (apt-get install fonts-noto-cjk)")
+    image = Image.new("RGB", (300, 200), (255, 255, 255))
+
+    def tag(label):
+        drawn = draw_boxes(image, [{"ref": label, "bbox": [50, 100, 250, 190]}])
+        return drawn.crop((50, 70, 120, 100)).tobytes()
+
+    assert tag("中文") != tag("国家")  # an empty-box (tofu) font draws both the same
+    assert tag("中文") != tag("ab")
+
+
+def test_without_a_cjk_font_labels_fall_back_and_warn_once(monkeypatch):
+    import warnings
+
+    from vlmkit import draw
+
+    monkeypatch.setattr(draw, "cjk_font_path", lambda: None)
+    draw._warn_no_cjk_font.cache_clear()
+    image = Image.new("RGB", (300, 200), (255, 255, 255))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        draw_boxes(image, [{"ref": "cat", "bbox": [50, 100, 250, 190]}])
+        assert caught == []  # a Latin label needs no CJK font
+        for _ in range(2):
+            draw_boxes(image, [{"ref": "猫", "bbox": [50, 100, 250, 190]}])
+    assert [str(w.message) for w in caught] == [
+        "no font with CJK glyphs found: CJK labels are drawn as empty boxes; install one "
+        "(Debian/Ubuntu: apt-get install fonts-noto-cjk)"
+    ]
+    draw._warn_no_cjk_font.cache_clear()
+
+
 def test_chat_draw_saves_the_turns_image_with_its_boxes(small_model, tmp_path, monkeypatch):
     import io
 
@@ -470,6 +531,55 @@ def test_internvl_writes_ref_and_box_tags_on_the_original_image(tiny_models, coc
     assert "Find <ref>the man</ref><|im_end|>" in prompt
     sample = row_to_sample(rows[1], "query-response", "s:1")
     assert template.count_tokens(sample) == len(encoded[1]["input_ids"])
+
+
+# The box of `Find <bbox>` in each family's form, without the label that is the answer.
+PROMPT_BOX = {
+    "qwen2-vl": "Find <|box_start|>(216,283),(367,748)<|box_end|><|im_end|>",
+    "qwen2.5-vl": 'Find {"bbox_2d": [109, 103, 185, 272]}<|im_end|>',
+    "qwen3-vl": 'Find {"bbox_2d": [216, 283, 367, 748]}<|im_end|>',
+    "internvl": "Find <box>[[216, 283, 367, 748]]</box><|im_end|>",
+}
+
+
+@pytest.mark.parametrize("family", list(PROMPT_BOX))
+def test_a_bbox_in_the_prompt_carries_the_box_only(tiny_models, coco_like, family):
+    """Seed 000's `Find <bbox>` -> `<ref-object>`: the prompt must not hold the answer (issue 11 #3)."""
+    settings = {} if family == "internvl" else {"max_pixels": 200_704}
+    template = template_of(tiny_models[family], family, **settings)
+    sample = row_to_sample({**SEED_000[0], "images": [str(coco_like)]}, "query-response", "s:0")
+    encoded = template.encode(sample)
+    prompt = template.tokenizer.decode(encoded["input_ids"].tolist())
+    assert PROMPT_BOX[family] in prompt
+    assert prompt.count("guy in red") == 1  # in the supervised reply only
+    assert "guy in red" in supervised_text(template, encoded)
+
+
+def test_a_bbox_in_a_reply_keeps_its_label(tiny_models, coco_like):
+    template = template_of(tiny_models["qwen3-vl"], "qwen3-vl", max_pixels=200_704)
+    row = {"query": "Find <ref-object>", "response": "<bbox>", "images": [str(coco_like)],
+           "objects": SEED_000[0]["objects"]}
+    encoded = template.encode(row_to_sample(row, "query-response", "s:0"))
+    assert supervised_text(template, encoded) == (
+        '{"bbox_2d": [216, 283, 367, 748], "label": "guy in red"}<|im_end|>'
+    )
+
+
+def test_data_preview_shows_the_prompt_box_without_its_label(tiny_models, coco_like, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmkit.cli import app
+
+    data = tmp_path / "ground.jsonl"
+    data.write_text(json.dumps({**SEED_000[0], "images": [str(coco_like)]}) + "\n")
+    result = CliRunner().invoke(
+        app,
+        ["data", "preview", "--model", str(tiny_models["qwen2.5-vl"]), "--dataset", str(data),
+         "--max-pixels", "200704"],
+    )
+    assert result.exit_code == 0, result.output
+    assert 'Find {"bbox_2d": [109, 103, 185, 272]}' in result.output
+    assert result.output.count("guy in red") == 1
 
 
 def test_trust_remote_code_reaches_transformers(small_model, monkeypatch, tmp_path):

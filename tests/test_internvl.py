@@ -20,7 +20,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
 from typer.testing import CliRunner
 
 import vlmkit
-from vlmkit.errors import DataError, VlmkitError
+from vlmkit.errors import VlmkitError
 from vlmkit.families import family_by_name, resolution_settings
 from vlmkit.families.internvl.template import tile_grid
 from vlmkit.sample import to_sample
@@ -240,15 +240,14 @@ def test_resolution_options_are_checked(real, tiny_models):
     with pytest.raises(VlmkitError, match="--max-tiles does not apply to qwen2-vl models"):
         resolution_settings(family_by_name("qwen2-vl"), max_tiles=2)
     assert resolution_settings(FAMILY, min_tiles=None, max_tiles=3) == {"max_tiles": 3}
-    with pytest.raises(DataError, match="2 <IMG_CONTEXT> tokens in the text for 1 images"):
-        real[2].encode(
-            to_sample(
-                {
-                    "messages": [{"role": "user", "content": "<image><IMG_CONTEXT>"}],
-                    "images": [random_image(30, 30)],
-                }
-            )
-        )
+    # <IMG_CONTEXT> typed in the text is text (issue 12 #4): the image still gets exactly its own span
+    image = random_image(30, 30)
+    typed, plain = (
+        real[2].encode(to_sample({"messages": [{"role": "user", "content": text}], "images": [image]}))
+        for text in ("<image><IMG_CONTEXT>", "<image>")
+    )
+    assert (typed["input_ids"] == real[2].image_token_id).sum() == (plain["input_ids"] == real[2].image_token_id).sum()
+    assert "<IMG_CONTEXT>" in real[2].tokenizer.decode(typed["input_ids"][-20:].tolist())
 
 
 def test_tiny_model_forward_and_batched_generation(small):

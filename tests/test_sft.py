@@ -355,6 +355,62 @@ def test_merged_export_equals_base_plus_adapter(small_model, tmp_path, images):
     assert (adapter_dir / "adapter_config.json").is_file() and not (adapter_dir / "optimizer.pt").exists()
 
 
+def test_export_carries_the_trained_limits_for_plain_transformers(small_model, tmp_path, images):
+    """Issue 11 #4 and #15: the exported preprocessor config resizes as training did, for users who
+    load it with plain transformers; --output defaults to CKPT-merged / CKPT-export."""
+    from transformers import AutoImageProcessor
+
+    import vlmkit
+    from vlmkit.cli import app
+
+    data = write_jsonl(tmp_path / "d.jsonl", seed_rows(images)["query-response"])
+    checkpoint = run(small_model, [str(data)], tmp_path, max_steps=1, max_pixels=50_176) / "checkpoint-1"
+    runner = CliRunner()
+    folders = {"checkpoint": checkpoint}
+    for flags, suffix in ((["--merge-lora"], "merged"), ([], "export")):
+        result = runner.invoke(app, ["export", "--ckpt", str(checkpoint), *flags])
+        assert result.exit_code == 0, result.output
+        folders[suffix] = checkpoint.with_name(f"checkpoint-1-{suffix}")
+        assert str(folders[suffix]) in result.output
+    big = random_image(1080, 1920)
+    sample = vlmkit.to_sample({"messages": [{"role": "user", "content": "<image>hi"}], "images": [big]})
+    trained = vlmkit.load(str(folders["merged"])).encode(sample)["image_grid_thw"].tolist()
+    assert trained == [[1, 12, 20]]  # 1080x1920 under 50176 pixels: 168x280 (the base allows 12845056)
+    for name, folder in folders.items():
+        config = json.loads((folder / "preprocessor_config.json").read_text())
+        assert config["max_pixels"] == config["size"]["longest_edge"] == 50_176, name
+        plain = AutoImageProcessor.from_pretrained(folder)(images=[big], return_tensors="pt")
+        assert plain["image_grid_thw"].tolist() == trained, name
+
+    # an export never overwrites a folder silently
+    again = runner.invoke(app, ["export", "--ckpt", str(checkpoint), "--merge-lora"])
+    assert isinstance(again.exception, VlmkitError)  # `main` prints it as one `error:` line, exit 2
+    assert str(again.exception) == (
+        f"--output {folders['merged']} exists and is not empty; choose a new folder or pass --force"
+    )
+    forced = runner.invoke(app, ["export", "--ckpt", str(checkpoint), "--merge-lora", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert (folders["merged"] / "model.safetensors").is_file()
+
+
+def test_internvl_export_carries_the_trained_tile_limits(tiny_models, tmp_path):
+    from transformers import AutoImageProcessor
+
+    from vlmkit.export import export
+
+    (tmp_path / "imgs").mkdir()
+    random_image(60, 80).save(tmp_path / "imgs" / "0.png")
+    row = {"messages": [{"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": "red"}],
+           "images": [str(tmp_path / "imgs" / "0.png")]}
+    data = write_jsonl(tmp_path / "d.jsonl", [row])
+    run_dir = run(tiny_models["internvl"], [str(data)], tmp_path, max_steps=1, max_pixels=None, max_tiles=2)
+    exported = export(run_dir / "checkpoint-1", merge_lora=True)
+    assert exported == run_dir / "checkpoint-1-merged"
+    config = json.loads((exported / "preprocessor_config.json").read_text())
+    assert (config["min_patches"], config["max_patches"]) == (1, 2)
+    assert AutoImageProcessor.from_pretrained(exported).max_patches == 2
+
+
 def test_yaml_config_with_flag_override(small_model, tmp_path, images):
     from vlmkit.cli import app
 
@@ -517,3 +573,20 @@ def test_cli_after_training_infer_ckpt_val_and_export(small_model, tmp_path, ima
     assert exported.exit_code == 0, exported.output
     assert json.loads((tmp_path / "merged" / "vlmkit.json").read_text())["max_pixels"] == 3600
     assert AutoModelForImageTextToText.from_pretrained(tmp_path / "merged") is not None
+
+
+def test_video_processor_configs_get_the_run_s_frame_limits():
+    from vlmkit.families import family_by_name
+    from vlmkit.processor_files import with_limits
+
+    settings = {"min_pixels": 3136, "max_pixels": 50_176, "fps": 1.0, "max_frames": 16, "video_max_pixels": 40_000}
+    video = {"size": {"shortest_edge": 100_352, "longest_edge": 602_112}, "fps": 2.0, "max_frames": 768}
+    name = "video_preprocessor_config.json"
+    qwen2 = with_limits(family_by_name("qwen2-vl"), name, video, settings)
+    assert qwen2["size"] == {"shortest_edge": 40_000, "longest_edge": 40_000}
+    assert (qwen2["max_pixels"], qwen2["fps"], qwen2["max_frames"]) == (40_000, 1.0, 16)
+    # Qwen3-VL's video size is over all frames, not per frame: only fps and frame count change
+    qwen3 = with_limits(family_by_name("qwen3-vl"), name, video, settings)
+    assert qwen3["size"] == video["size"] and (qwen3["fps"], qwen3["max_frames"]) == (1.0, 16)
+    nested = with_limits(family_by_name("qwen2-vl"), "processor_config.json", {"image_processor": {}}, settings)
+    assert nested["image_processor"]["size"] == {"shortest_edge": 3136, "longest_edge": 50_176}

@@ -114,6 +114,85 @@ def test_pixel_values_equal_transformers_image_processor(tiny_models, name, heig
     )
 
 
+# Thinner than one patch (within 200:1) and smaller than one patch: issue 11 #7.
+THIN_AND_TINY = [(1, 150), (3, 500), (20, 3000), (10, 1500), (2000, 13), (1, 1), (5, 5), (13, 27)]
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize(("height", "width"), THIN_AND_TINY)
+def test_thin_and_tiny_images_resize_as_the_image_processor(tiny_models, name, height, width):
+    template, _ = load_template(tiny_models, name, max_pixels=100_000)
+    image = random_image(height, width, seed=width)
+    encoded = template.encode(to_sample({"messages": [{"role": "user", "content": "<image>x"}], "images": [image]}))
+    processor = AutoImageProcessor.from_pretrained(tiny_models[name])
+    expected = processor([image], size={"shortest_edge": template.min_pixels, "longest_edge": 100_000}, return_tensors="pt")
+    assert encoded["image_grid_thw"].tolist() == expected["image_grid_thw"].tolist()
+    torch.testing.assert_close(encoded["pixel_values"], expected["pixel_values"], atol=1e-5, rtol=0)
+    assert template.count_tokens(
+        to_sample({"messages": [{"role": "user", "content": "<image>x"}], "images": [image]})
+    ) == len(encoded["input_ids"])
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_images_over_200_to_1_are_one_line_naming_the_image(tiny_models, name, tmp_path):
+    template, _ = load_template(tiny_models, name)
+    random_image(3, 2000).save(tmp_path / "strip.png")
+    processor = AutoImageProcessor.from_pretrained(tiny_models[name])
+    with pytest.raises(ValueError, match="aspect ratio"):
+        processor([random_image(3, 2000)], return_tensors="pt")
+    sample = to_sample(
+        {"messages": [{"role": "user", "content": "<image>x"}], "images": [str(tmp_path / "strip.png")]}, where="d.jsonl:7"
+    )
+    for call in (template.encode, template.count_tokens):
+        with pytest.raises(DataError) as error:
+            call(sample)
+        assert str(error.value) == "d.jsonl:7: image 1: aspect ratio 667:1 is over the 200:1 limit"
+
+
+def seed_003_row(path, height: int, width: int) -> dict:
+    """Seed 003's message, as qwen-vl-utils' `process_vision_info` reads it."""
+    image = {"type": "image", "image": str(path), "resized_height": height, "resized_width": width}
+    return {
+        "messages": [
+            {"role": "user", "content": [image, {"type": "text", "text": "COCO Yes:"}]},
+            {"role": "assistant", "content": "A cat."},
+        ]
+    }
+
+
+@pytest.mark.parametrize(("height", "width", "expected"), [(280, 280, (280, 280)), (300, 250, (308, 252))])
+def test_seed_003_resized_height_and_width_are_honoured(tiny_models, tmp_path, height, width, expected):
+    """Issue 11 #10: qwen-vl-utils resizes such an image to that size rounded to the factor (aspect not
+    kept), then the processor sees it; vlmkit gives the same grid and pixels, and counts them."""
+    from PIL import Image
+
+    template, _ = load_template(tiny_models, "qwen2-vl", max_pixels=200_000)
+    image = random_image(480, 640)
+    image.save(tmp_path / "coco.png")
+    sample = to_sample(seed_003_row(tmp_path / "coco.png", height, width))
+    encoded = template.encode(sample)
+    assert encoded["image_sizes"][0] == ((480, 640), expected)
+    resized = image.resize(expected[::-1], Image.Resampling.BICUBIC)  # what qwen-vl-utils hands the processor
+    reference = AutoImageProcessor.from_pretrained(tiny_models["qwen2-vl"])([resized], return_tensors="pt")
+    assert encoded["image_grid_thw"].tolist() == reference["image_grid_thw"].tolist()
+    torch.testing.assert_close(encoded["pixel_values"], reference["pixel_values"], atol=1e-5, rtol=0)
+    assert template.count_tokens(sample) == len(encoded["input_ids"])
+
+
+def test_resized_size_is_refused_where_a_family_cannot_honour_it(tiny_models, tmp_path):
+    random_image(60, 80).save(tmp_path / "a.png")
+    row = seed_003_row(tmp_path / "a.png", 280, 280)
+    template, _ = load_template(tiny_models, "internvl")
+    with pytest.raises(DataError, match="resized_height/resized_width on an image apply to the Qwen2-VL families"):
+        template.encode(to_sample(row))
+    row["messages"][0]["content"][0].pop("resized_width")
+    with pytest.raises(DataError, match="resized_height and resized_width must both be given"):
+        to_sample(row)
+    row["messages"][0]["content"][0] |= {"resized_width": 280, "max_pixels": 1000}
+    with pytest.raises(DataError, match="a per-image max_pixels is not supported; use --max-pixels"):
+        to_sample(row)
+
+
 def test_supervised_tokens_are_exactly_the_assistant_replies(tiny_models):
     template, tokenizer = load_template(tiny_models, "qwen2-vl", max_pixels=3136)
     sample = to_sample(
@@ -139,6 +218,36 @@ def test_supervised_tokens_are_exactly_the_assistant_replies(tiny_models):
     assert all(
         label in (-100, token) for label, token in zip(labels, encoded["input_ids"].tolist(), strict=True)
     )
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_the_newline_after_the_end_token_is_not_supervised(tiny_models, name):
+    """Issue 11 #15b (README: what is supervised): each reply is trained up to and with `<|im_end|>`;
+    the template's newline after it is not (ms-swift supervises it: one token more per reply)."""
+    template, tokenizer = load_template(tiny_models, name)
+    sample = to_sample(
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                      {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Bye"}]}
+    )  # fmt: skip
+    encoded = template.encode(sample)
+    ids, labels = encoded["input_ids"].tolist(), encoded["labels"].tolist()
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    supervised_ends = [i for i, (t, label) in enumerate(zip(ids, labels, strict=True)) if t == end and label == end]
+    assert len(supervised_ends) == 2
+    for i in supervised_ends:
+        if i + 1 < len(ids):
+            assert tokenizer.decode([ids[i + 1]]) == "\n" and labels[i + 1] == -100
+
+
+def test_qwen_vl_picture_rows_keep_the_newline_after_the_image(tiny_models, tmp_path):
+    from vlmkit.data import row_to_sample
+
+    random_image(56, 56).save(tmp_path / "a.png")
+    row = {"conversations": [{"from": "user", "value": "Picture 1: <img>a.png</img>\nWhat is it?"},
+                             {"from": "assistant", "value": "A square."}]}  # fmt: skip
+    template, tokenizer = load_template(tiny_models, "qwen2-vl", max_pixels=3136)
+    encoded = template.encode(row_to_sample(row, "sharegpt", "qwen_vl.json:1", base_dirs=[tmp_path]))
+    assert "<|image_pad|><|vision_end|>\nWhat is it?<|im_end|>" in tokenizer.decode(encoded["input_ids"].tolist())
 
 
 def test_generation_prompt_has_no_supervised_tokens(tiny_models):

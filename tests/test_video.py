@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from vlmkit.cli import app
-from vlmkit.errors import DataError, MediaError
+from vlmkit.errors import DataError, MediaError, VlmkitError
 from vlmkit.families import family_by_name
 from vlmkit.families.qwen2_vl.template import smart_resize
 from vlmkit.families.qwen2_vl.video import group_timestamps, video_frame_size
@@ -321,8 +321,10 @@ def test_video_settings_travel_and_are_validated(models, tmp_path):
         video_template(model, nframes=0)
     with pytest.raises(DataError, match="--fps -1.0: must be above 0"):
         video_template(model, fps=-1.0)
-    lowered = video_template(model, video_max_pixels=100)  # a maximum below the minimum lowers it
-    assert (lowered.video_min_pixels, lowered.video_max_pixels) == (100, 100)
+    lowered = video_template(model, video_max_pixels=1000)  # a maximum below the minimum lowers it
+    assert (lowered.video_min_pixels, lowered.video_max_pixels) == (1000, 1000)
+    with pytest.raises(VlmkitError, match="--video-max-pixels 100: below one 28x28 patch; give at least 784"):
+        video_template(model, video_max_pixels=100)
 
 
 def test_video_placeholder_and_media_errors(models, tmp_path):
@@ -422,6 +424,49 @@ def test_data_check_accepts_video_rows(models, video_demo, tmp_path):
     assert "4 rows in 1 file: 2 good, 2 bad" in result.output
     assert "missing video 1" in result.output and "unreadable video 1" in result.output
     assert "videos.json:2: video 1 not found" in result.output
+
+
+def video_row(video) -> dict:
+    return {
+        "messages": [{"role": "user", "content": "<video>What happens?"}, {"role": "assistant", "content": "x"}],
+        "videos": [video],
+    }
+
+
+def test_check_and_sft_refuse_up_front_the_videos_that_stop_training(models, tmp_path):
+    """Issue 11 #8: a .jpg given as a video and a frame list of mixed sizes passed the check, then
+    stopped `vlmkit sft` half-way. Both are bad rows now, in `data check` and in sft's validation."""
+    from vlmkit.train import SFTConfig, sft
+
+    Image.new("RGB", (64, 48), "red").save(tmp_path / "photo.jpg")
+    for i, size in enumerate([(64, 48), (64, 48), (80, 48), (64, 48)]):
+        Image.new("RGB", size, (i * 60, 0, 0)).save(tmp_path / f"f{i}.png")
+    make_video(tmp_path / "ok.mp4", 8)
+    rows = [video_row(str(tmp_path / "ok.mp4"))] * 6 + [
+        video_row(str(tmp_path / "photo.jpg")),
+        video_row([str(tmp_path / f"f{i}.png") for i in range(4)]),
+    ]
+    data = tmp_path / "videos.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = str(models["qwen2-vl"])
+    result = CliRunner().invoke(
+        app, ["data", "check", "-m", model, "-d", str(data), "--nframes", "4",
+              "--histogram", str(tmp_path / "h.png"), "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "checked 8 rows in 1 file: 6 good, 2 bad" in result.output
+    assert f"videos.jsonl:7: video 1: {tmp_path / 'photo.jpg'}: a still image, not a video" in result.output
+    assert (
+        "videos.jsonl:8: video 1: the frames differ in size (64x48, 80x48, w x h); give frames of one size"
+    ) in result.output
+    run_dir = sft(
+        SFTConfig(model=model, dataset=[str(data)], output_dir=str(tmp_path / "out"), max_steps=2, nframes=4,
+                  max_pixels=4000, max_bad_fraction=0.5, progress=False, num_workers=0, report_to="none",
+                  eval_generate=0, save_steps=50)
+    )  # fmt: skip
+    assert (run_dir / "checkpoint-2").is_dir()
+    bad = [json.loads(line) for line in (run_dir / "bad_samples.jsonl").read_text().splitlines()]
+    assert [b["where"].rpartition(":")[2] for b in bad] == ["7", "8"]
 
 
 def test_infer_batch_with_video_rows(models, video_demo, tmp_path):

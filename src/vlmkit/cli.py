@@ -288,7 +288,14 @@ def _val_input(ckpt: Path | None, given: Path | None) -> Path:
 @app.command("export")
 def export_command(
     ckpt: Annotated[Path, typer.Option(help="The checkpoint to export (RUN/checkpoint-N).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="New folder to write.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="New folder to write. Default: beside the checkpoint, CKPT-merged (with --merge-lora) or CKPT-export.",
+        ),
+    ] = None,
     merge_lora: Annotated[
         bool,
         typer.Option(
@@ -298,12 +305,16 @@ def export_command(
     dtype: Annotated[
         str, typer.Option(help="Weights dtype of the export: auto (the base model's), bf16, fp16, fp32.")
     ] = "auto",
+    force: Annotated[
+        bool, typer.Option(help="Replace the output folder if it exists and is not empty.")
+    ] = False,
 ) -> None:
     """Export a checkpoint as a complete Hugging Face folder (safetensors weights, config, tokenizer,
-    image-processor config, chat template, vlmkit.json with the resolution settings)."""
+    image-processor config with the trained resolution limits, chat template, vlmkit.json with the
+    resolution settings)."""
     from vlmkit.export import export
 
-    path = export(ckpt, output, merge_lora=merge_lora, dtype=dtype)
+    path = export(ckpt, output, merge_lora=merge_lora, dtype=dtype, force=force)
     typer.echo(f"exported {ckpt} to {path}")
 
 

@@ -2,7 +2,8 @@
 
 With `--merge-lora` the adapter is folded into the base weights; without it an adapter
 checkpoint is exported as an adapter folder. Either way the folder carries the tokenizer,
-image-processor config, chat template and vlmkit.json (pixel limits, system prompt), but
+image-processor config (with the limits the run trained with written in, so plain transformers and
+vLLM resize as training did), chat template and vlmkit.json (pixel limits, system prompt), but
 no optimizer or trainer state. It is written next to OUTPUT and renamed into place, so an
 interrupted export never leaves a half folder.
 """
@@ -16,22 +17,34 @@ import time
 from pathlib import Path
 
 from vlmkit.errors import VlmkitError
+from vlmkit.processor_files import write_processor_files
 from vlmkit.settings import write_settings
 
-CARRIED_FILES = ("preprocessor_config.json", "processor_config.json", "chat_template.jinja")
+
+def default_output(ckpt: str | Path, merge_lora: bool) -> Path:
+    """Where an export goes without --output: beside the checkpoint, CKPT-merged or CKPT-export."""
+    ckpt = Path(ckpt).resolve()
+    return ckpt.with_name(f"{ckpt.name}-{'merged' if merge_lora else 'export'}")
 
 
-def export(ckpt: str | Path, output: str | Path, merge_lora: bool = False, dtype: str = "auto") -> Path:
-    """Write `ckpt` (a vlmkit checkpoint) to the new folder `output`; returns it."""
+def export(
+    ckpt: str | Path, output: str | Path | None = None, merge_lora: bool = False, dtype: str = "auto",
+    force: bool = False,
+) -> Path:
+    """Write `ckpt` (a vlmkit checkpoint) to the new folder `output` (default: `default_output`); returns
+    it. An existing non-empty `output` is refused unless `force`, which replaces it once the new folder
+    is complete."""
     import torch
     from transformers import AutoTokenizer
 
+    from vlmkit.families import family_by_name, family_for_model_dir
     from vlmkit.model import _load_weights, _torch_dtype, resolve_checkpoint
 
-    output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise VlmkitError(f"--output {output} exists and is not empty; choose a new folder")
+    output = Path(output) if output is not None else default_output(ckpt, merge_lora)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not force:
+        raise VlmkitError(f"--output {output} exists and is not empty; choose a new folder or pass --force")
     model_dir, ckpt_dir, settings = resolve_checkpoint(ckpt)
+    family = family_by_name(settings["family"]) if settings.get("family") else family_for_model_dir(model_dir)
     is_adapter = (ckpt_dir / "adapter_config.json").is_file()
     if dtype == "auto":  # keep the base model's dtype
         saved = json.loads((model_dir / "config.json").read_text()).get("dtype") or "float32"
@@ -45,19 +58,21 @@ def export(ckpt: str | Path, output: str | Path, merge_lora: bool = False, dtype
     try:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(ckpt_dir).save_pretrained(tmp)
-        for name in CARRIED_FILES:
-            for source in (ckpt_dir / name, model_dir / name):
-                if source.is_file():
-                    shutil.copy(source, tmp / name)
-                    break
+        write_processor_files(family, [ckpt_dir, model_dir], tmp, settings)
         kept = {k: v for k, v in settings.items() if k not in ("step", "tuner")}
         if is_adapter and not merge_lora:
             kept["tuner"] = "lora"
         else:
             kept.pop("base_model", None)
         write_settings(tmp, {**kept, "exported_from": str(Path(ckpt_dir).resolve())})
-        if output.exists():
-            output.rmdir()
+        if output.is_dir() and not output.is_symlink():
+            # with --force the old folder goes only now, when the new one is complete
+            if force:
+                shutil.rmtree(output)
+            else:
+                output.rmdir()
+        elif output.exists() or output.is_symlink():
+            output.unlink()
         tmp.rename(output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

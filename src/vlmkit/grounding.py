@@ -6,7 +6,8 @@ Dataset rows carry `objects` (ms-swift's format)::
 
 with `<ref-object>` / `<bbox>` placeholders in the text, filled in order: the k-th `<ref-object>`
 becomes the family's text for `ref[k]`, the k-th `<bbox>` the family's text for `bbox[k]` (labelled
-with `ref[k]` where the family writes labels), measured on image `image_id[k]` (default 0).
+with `ref[k]` where the family writes labels, in replies only: a prompt's box carries no label),
+measured on image `image_id[k]` (default 0).
 `bbox_type` is "real" (pixels of the original, upright image; the default) or "norm1" (0-1).
 ms-swift 2.x's list form `[{"caption": .., "bbox": .., "bbox_type": .., "image": 0}, ...]` is read
 too, and a `bbox` entry may be a list of boxes (one placeholder, several boxes).
@@ -46,6 +47,8 @@ _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 LITERAL_REF = r"<\|object_ref_start\|>(?P<ref>.*?)<\|object_ref_end\|>|<ref>(?P<ref2>.*?)</ref>"
 LITERAL_BOX = r"<\|box_start\|>(?P<box>.*?)<\|box_end\|>|<box>(?P<box2>.*?)</box>"
 _LITERAL_RE = re.compile(rf"(?P<r>{LITERAL_REF})|(?P<b>{LITERAL_BOX})", re.S)
+# The tokens of that markup: dataset text may write them (a data convention, rewritten per family).
+LITERAL_TOKENS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>")
 
 Box = list[float]  # [x1, y1, x2, y2]
 Size = tuple[int, int]  # (height, width)
@@ -297,7 +300,7 @@ def write_for_family(sample: Sample, box_format: BoxFormat, sizes: list[tuple[Si
             to_family(_to_pixels(b, bbox_type, original), box_format.space, original, resized) for b in group
         ]
 
-    def placeholder(match: re.Match) -> str:
+    def placeholder(match: re.Match, role: str) -> str:
         if objects is None:
             raise DataError(f"{sample.where}: {match[0]} in the text but the row has no 'objects'")
         if match[0] == REF_PLACEHOLDER:
@@ -314,7 +317,9 @@ def write_for_family(sample: Sample, box_format: BoxFormat, sizes: list[tuple[Si
             raise DataError(
                 f"{sample.where}: {k + 1} <bbox> placeholders but {len(objects.boxes)} bbox(es) in objects"
             )
-        label = objects.refs[k] if k < len(objects.refs) else None
+        # Only a reply names what it boxes: a `<bbox>` in a prompt ("Find <bbox>" -> "<ref-object>")
+        # carries the box alone, or the model learns to copy the answer from the question.
+        label = objects.refs[k] if k < len(objects.refs) and role == "assistant" else None
         boxes = family_boxes(objects.boxes[k], objects.image_ids[k], objects.bbox_type, f"bbox {k}")
         return box_format.write_boxes(boxes, label)
 
@@ -362,7 +367,7 @@ def write_for_family(sample: Sample, box_format: BoxFormat, sizes: list[tuple[Si
                 text = part["text"]
                 if _LITERAL_RE.search(text):  # literal markup first: the placeholders' text may hold tags
                     text = literal(text, image_id)
-                text = _PLACEHOLDER_RE.sub(placeholder, text)
+                text = _PLACEHOLDER_RE.sub(lambda m, role=message["role"]: placeholder(m, role), text)
                 part = {"type": "text", "text": text}
             content.append(part)
         messages.append({**message, "content": content})
@@ -386,6 +391,24 @@ def parse_reply(
         {"ref": ref, "bbox": from_family(box, box_format.space, original, resized), "image_id": k}
         for ref, box in box_format.parse(text)
     ]
+
+
+def reference_objects(template, sample: Sample) -> list[dict[str, Any]]:
+    """The row's own `objects` (the reference answer) as `parse_reply` gives a reply's boxes:
+    `[{"ref", "bbox": [x1, y1, x2, y2] in original-image pixels, "image_id"}]`, one per box; [] for a
+    row without objects or images, or a family without grounding."""
+    objects = parse_objects(sample.objects, sample.where)
+    if objects is None or getattr(template, "box_format", None) is None or not sample.media("image"):
+        return []
+    originals = [original for original, _ in template.image_sizes(sample)]
+    out = []
+    for k, (group, image_id) in enumerate(zip(objects.boxes, objects.image_ids, strict=True)):
+        if image_id < len(originals):
+            ref = objects.refs[k] if k < len(objects.refs) else None
+            for box in group:
+                pixels = _to_pixels(box, objects.bbox_type, originals[image_id])
+                out.append({"ref": ref, "bbox": [round(v, 2) for v in pixels], "image_id": image_id})
+    return out
 
 
 def decode_reply(tokenizer, ids, keep_tokens: tuple[str, ...]) -> str:

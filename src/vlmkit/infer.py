@@ -286,7 +286,7 @@ def _add_objects(
 ) -> None:
     """Put the reply's boxes on `result` as `objects` (an input `objects` moves to `labels_objects`) and
     draw them when asked; a problem here is recorded on the row, not raised."""
-    from vlmkit.grounding import objects_in_reply
+    from vlmkit.grounding import objects_in_reply, reference_objects
 
     try:
         objects = objects_in_reply(vlm.template, prompt, reply)
@@ -296,7 +296,8 @@ def _add_objects(
         if draw_dir is not None:
             from vlmkit.draw import save_drawn
 
-            save_drawn(prompt.media("image"), objects, Path(draw_dir), f"row{row_number + 1:05d}")
+            reference = reference_objects(vlm.template, prompt)  # the row's own boxes, drawn beside
+            save_drawn(prompt.media("image"), objects, Path(draw_dir), f"row{row_number + 1:05d}", reference)
     except VlmkitError as e:
         result["error"] = f"boxes: {e}"
 

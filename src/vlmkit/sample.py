@@ -54,6 +54,17 @@ class Sample:
         """The sources of all parts of `kind` ("image" or "video"), in order of appearance."""
         return [p[kind] for m in self.messages for p in m["content"] if p["type"] == kind]
 
+    def requested_sizes(self) -> list[tuple[int, int] | None]:
+        """Per image, in `media("image")` order: the (height, width) its part asks for with qwen-vl-utils'
+        `resized_height` / `resized_width`, or None. Families that resize by pixel limits honour it
+        (rounded to their factor within the limits); the others refuse it (`refuse_requested_sizes`)."""
+        return [
+            (p["resized_height"], p["resized_width"]) if "resized_height" in p else None
+            for m in self.messages
+            for p in m["content"]
+            if p["type"] == "image"
+        ]
+
     def text(self, role: str | None = None) -> str:
         """The text of all messages (of one role if given), media parts left out."""
         return "".join(
@@ -67,6 +78,32 @@ class Sample:
     @property
     def ends_with_assistant(self) -> bool:
         return bool(self.messages) and self.messages[-1]["role"] == "assistant"
+
+
+def refuse_requested_sizes(sample: Sample, family: str) -> None:
+    """A DataError when an image of `sample` asks for its own size, which `family` cannot give it."""
+    if any(size is not None for size in sample.requested_sizes()):
+        raise DataError(
+            f"{sample.where}: resized_height/resized_width on an image apply to the Qwen2-VL families only; "
+            f"{family} sizes images itself, remove them"
+        )
+
+
+def _requested_size(part: dict, where: str) -> dict:
+    """qwen-vl-utils' per-image `resized_height` / `resized_width` (both, whole numbers > 0), checked;
+    its per-image pixel limits are refused rather than ignored."""
+    for key in ("min_pixels", "max_pixels"):
+        if key in part:
+            raise DataError(
+                f"{where}: a per-image {key} is not supported; use --{key.replace('_', '-')} "
+                "(or resized_height/resized_width for one image)"
+            )
+    given = {k: part[k] for k in ("resized_height", "resized_width") if k in part}
+    if not given:
+        return {}
+    if len(given) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in given.values()):
+        raise DataError(f"{where}: resized_height and resized_width must both be given, as whole numbers above 0")
+    return given
 
 
 def _resolve_path(source: Any, base_dirs: tuple[Path, ...]) -> Any:
@@ -129,7 +166,13 @@ def _content_part(part: Any, where: str, index: int) -> dict:
         source = part.get(kind, part.get("url", part.get("path")))
         if source is None:
             raise DataError(f"{where}: content part {index} of type '{kind}' has no '{kind}' source")
-        return {"type": kind, kind: source}
+        size = _requested_size(part, f"{where}: content part {index}")
+        if size and kind == "video":
+            raise DataError(
+                f"{where}: content part {index}: resized_height/resized_width are not supported on a video; "
+                "use --video-max-pixels"
+            )
+        return {"type": kind, kind: source, **size}
     raise DataError(
         f"{where}: content part {index} has unsupported type {kind!r}; use text, image_url or video_url"
     )

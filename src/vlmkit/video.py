@@ -126,8 +126,12 @@ def probe_video(
     if isinstance(source, (list, tuple)):
         if not source:
             raise MediaError(f"{where}: the list of frames is empty")
-        height, width = read_image_size(source[0], where=f"{where}: frame 1")
         indices, rate = _frame_list_plan(len(source), fps, nframes, max_frames)
+        # every kept frame's header: frames of different sizes stop `load_video`, so they stop here too
+        sizes = {read_image_size(source[i], where=f"{where}: frame {i + 1}") for i in indices}
+        if len(sizes) > 1:
+            raise MediaError(_mixed_sizes(where, {(w, h) for h, w in sizes}))
+        height, width = sizes.pop()
         return VideoProbe(height, width, [i / rate for i in indices], rate * len(indices) / len(source))
     if isinstance(source, Image.Image):
         raise MediaError(f"{where}: a single image is not a video; give a list of frames or a video file")
@@ -195,8 +199,18 @@ def _from_frames(
     frames = [load_image(sources[i], where=f"{where}: frame {i + 1}") for i in indices]
     sizes = {f.size for f in frames}
     if len(sizes) > 1:
-        raise MediaError(f"{where}: the frames differ in size ({sorted(sizes)}); give frames of one size")
+        raise MediaError(_mixed_sizes(where, sizes))
     return VideoFrames(frames, [i / rate for i in indices], rate * len(indices) / len(sources))
+
+
+def _mixed_sizes(where: str, sizes: set[tuple[int, int]]) -> str:
+    """The error for a frame list of several (width, height) sizes."""
+    shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
+    return f"{where}: the frames differ in size ({shown}, w x h); give frames of one size"
+
+
+# FFmpeg's demuxers of still images: such a file opens as a one-frame "video" that cannot be seeked.
+_STILL_IMAGE_FORMATS = ("image2",)
 
 
 def _av():
@@ -217,6 +231,9 @@ def _open(path: Path, where: str):
     if not container.streams.video:
         container.close()
         raise MediaError(f"{where}: the file has no video stream")
+    if container.format.name in _STILL_IMAGE_FORMATS or container.format.name.endswith("_pipe"):
+        container.close()
+        raise MediaError(f"{where}: a still image, not a video; list it under images (or give a list of frames)")
     return container
 
 

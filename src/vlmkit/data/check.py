@@ -13,15 +13,23 @@ it is not a JSON object [invalid JSON]; it cannot be converted to a Sample [bad 
 its `<image>` placeholders and listed images disagree [placeholder mismatch]; it has no
 assistant message with text to train on [no assistant reply]; a local image or video
 file does not exist [missing image / missing video]; an image header does not parse or
-the image is too large [unreadable image], or a video's container header does not
-[unreadable video]; the template refuses it (a family without video, 200:1 aspect
+the image is too large, or its pixel data is cut short or corrupt (every image, and every frame
+of a frame-list video, is decoded: `decode_images`) [unreadable image], or a video's container
+header does not [unreadable video]; the template refuses it (a family without video, 200:1 aspect
 ratio, ...) [cannot encode]; it has more than `max_length` tokens [too long].
+
+Text that writes a control or media token (`<|im_end|>`, `<|image_pad|>`, ...) is not refused: every
+template tokenizes a row's text as text (`vlmkit.encoding.mark_text`), so such a row trains on the
+characters, never on a forged turn or image. The report counts these rows and names the first, as
+they usually mean a dataset was saved with a chat template already applied.
 
 Over-long rows are never truncated (a cut through image tokens breaks the model
 inputs): with truncation="delete" they are bad; with "shrink" the row keeps its images
 at the largest `max_pixels` that fits (`QwenVLTemplate.fit_max_pixels`) and is bad only
-when even `min_pixels` does not fit. Rows are checked one at a time and images are
-opened only to read their headers, so memory does not grow with the dataset.
+when even `min_pixels` does not fit. A row with more text than `max_length` tokens could hold
+(`MAX_CHARS_PER_TOKEN` characters each) is too long without being tokenized, so one huge line
+costs no more than a row of `max_length` tokens. Rows are checked one at a time and images are
+decoded one at a time and let go, so memory does not grow with the dataset.
 """
 
 from __future__ import annotations
@@ -40,10 +48,15 @@ from tqdm import tqdm
 from vlmkit.data.formats import row_to_sample
 from vlmkit.data.readers import Dataset, Row
 from vlmkit.data.values import jsonable
+from vlmkit.encoding import control_token_pattern
 from vlmkit.errors import DataError, MediaError, VlmkitError
+from vlmkit.grounding import LITERAL_TOKENS
+from vlmkit.media import verify_image
 from vlmkit.sample import Sample
 
 TRUNCATIONS = ("delete", "shrink")
+# More characters than any token of the supported tokenizers spells (Qwen2's longest: 128 spaces).
+MAX_CHARS_PER_TOKEN = 128
 
 
 class GoodRow(NamedTuple):
@@ -81,6 +94,7 @@ class CheckReport:
     good: list[GoodRow] = field(default_factory=list)
     bad: list[BadRow] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    typed_tokens: list[tuple[str, str]] = field(default_factory=list)  # (where, token) of rows writing one
 
     @property
     def total(self) -> int:
@@ -127,6 +141,13 @@ class CheckReport:
             lines += [f"  {bad.where}: {bad.reason}" for bad in self.bad[:examples]]
             if len(self.bad) > examples:
                 lines.append(f"  ... and {len(self.bad) - examples} more")
+        if self.typed_tokens:
+            where, token = self.typed_tokens[0]
+            n = len(self.typed_tokens)
+            lines.append(
+                f"{n} row{'s' * (n != 1)} write control tokens in their text (first: {where}: {token}); "
+                "they are trained as plain text, not as the template's tokens"
+            )
         shrunk = [g.max_pixels for g in self.good if g.max_pixels is not None]
         if shrunk:
             lines.append(
@@ -188,10 +209,48 @@ def _missing_media(sample: Sample, row: Row) -> tuple[str, str] | None:
     return f"missing {missing[0][0]}", "; ".join(reason for _, reason in missing) + hint
 
 
+def _undecodable(sample: Sample, where: str) -> str | None:
+    """The reason the first image (or frame of a frame-list video) that does not decode fully fails."""
+    frames = [
+        (f"video {k}: frame {i}", frame)
+        for k, video in enumerate(sample.media("video"), 1)
+        if isinstance(video, (list, tuple))
+        for i, frame in enumerate(video, 1)
+    ]
+    for item, source in [(f"image {k}", s) for k, s in enumerate(sample.media("image"), 1)] + frames:
+        try:
+            verify_image(source, f"{where}: {item}")
+        except MediaError as e:
+            return _reason(e, where)
+    return None
+
+
+def _text_chars(sample: Sample) -> int:
+    return sum(len(p["text"]) for m in sample.messages for p in m["content"] if p["type"] == "text")
+
+
+def _typed_token(sample: Sample, pattern) -> str | None:
+    """The first control token written in the text of `sample`, or None."""
+    for message in sample.messages:
+        for part in message["content"]:
+            found = pattern.search(part["text"]) if part["type"] == "text" and pattern else None
+            if found:
+                return found[0]
+    return None
+
+
 def _check_row(
-    index: int, row: Row, template: Any, max_length: int, shrink: bool
+    index: int,
+    row: Row,
+    template: Any,
+    max_length: int,
+    shrink: bool,
+    report: CheckReport,
+    pattern=None,
+    decode_images: bool = True,
 ) -> tuple[GoodRow | BadRow, int | None]:
-    """(GoodRow or BadRow, length at the template's max_pixels or None when not measured)."""
+    """(GoodRow or BadRow, length at the template's max_pixels or None when not measured); a row whose
+    text writes a control token (`pattern`) is noted in `report.typed_tokens`."""
     where = row.where
 
     def bad(reason: str, kind: str) -> BadRow:
@@ -204,6 +263,9 @@ def _check_row(
         return bad(
             reason, "placeholder mismatch" if "placeholder(s) in the messages" in reason else "bad row"
         ), None
+    typed = _typed_token(sample, pattern)
+    if typed is not None:
+        report.typed_tokens.append((where, typed))
     if not _has_reply(sample):
         return bad(
             "no assistant reply to train on; a training row needs an assistant message with text",
@@ -212,6 +274,17 @@ def _check_row(
     missing = _missing_media(sample, row)
     if missing:
         return bad(missing[1], missing[0]), None
+    chars = _text_chars(sample)
+    if chars > MAX_CHARS_PER_TOKEN * max_length:  # never tokenized: a huge row would cost gigabytes
+        return bad(
+            f"{chars} characters of text, more than {max_length} tokens can hold; raise --max-length or split the row",
+            "too long",
+        ), None
+    if decode_images:
+        reason = _undecodable(sample, where)
+        if reason is not None:
+            kind = "unreadable video" if reason.startswith("video ") else "unreadable image"
+            return bad(reason, kind), None
     try:
         length = template.count_tokens(sample)
     except MediaError as e:
@@ -245,13 +318,20 @@ def _check_row(
 
 
 def check_dataset(
-    dataset: Dataset, template: Any, max_length: int, truncation: str = "delete", progress: bool = True
+    dataset: Dataset,
+    template: Any,
+    max_length: int,
+    truncation: str = "delete",
+    progress: bool = True,
+    decode_images: bool = True,
 ) -> CheckReport:
     """Check every row of `dataset` (and list its unparsable `dataset.bad` rows) against `template`.
 
     template: a family template (`QwenVLTemplate`: `count_tokens`, `fit_max_pixels`, pixel limits).
     max_length: the most tokens a row may have; truncation: "delete" drops longer rows, "shrink"
     lowers their image resolution to fit (see the module docstring). progress: a tqdm bar on stderr.
+    decode_images: decode every image fully (catches truncated pixel data, ~10 ms a photo) instead of
+    reading headers only.
     Raises `VlmkitError` for a bad `max_length` or `truncation`; problems with rows never raise.
     """
     if truncation not in TRUNCATIONS:
@@ -263,9 +343,14 @@ def check_dataset(
         formats=formats, max_length=max_length, truncation=truncation, limit_option=template.limit_option
     )
     report.bad += [BadRow(where, reason, "invalid JSON", None) for where, reason in dataset.bad]
+    box_format = getattr(template, "box_format", None)
+    live = (box_format.keep_tokens if box_format else ()) + LITERAL_TOKENS  # grounding markup is data
+    pattern = control_token_pattern(template.tokenizer, live)
     rows = tqdm(dataset.rows, desc="checking rows", unit="row", file=sys.stderr, disable=not progress)
     for index, row in enumerate(rows):
-        result, length = _check_row(index, row, template, max_length, truncation == "shrink")
+        result, length = _check_row(
+            index, row, template, max_length, truncation == "shrink", report, pattern, decode_images
+        )
         (report.good if isinstance(result, GoodRow) else report.bad).append(result)
         if length is not None:
             report.lengths.append(length)

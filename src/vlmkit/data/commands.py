@@ -139,10 +139,17 @@ def check(
         Path | None,
         typer.Option(help="Write one JSON line per bad row (where, kind, reason, row) to this file."),
     ] = None,
+    decode_images: Annotated[
+        bool,
+        typer.Option(
+            help="Decode every image to find truncated or corrupt pixel data (about 10 ms a photo); "
+            "--no-decode-images reads headers only."
+        ),
+    ] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Check every row of the dataset(s) as training will read it: JSON, format, placeholders, images
-    (headers only: missing or corrupt files), an assistant reply to learn, and the token length.
+    (missing, corrupt or cut-short files), an assistant reply to learn, and the token length.
 
     Prints the format of each file, counts per reason, the first bad rows (file:line and reason) and
     token-length statistics, and writes a histogram of the lengths.
@@ -165,7 +172,9 @@ def check(
         max_frames=max_frames,
         video_max_pixels=video_max_pixels,
     )
-    report = check_dataset(data, template, max_length, truncation, progress=progress and sys.stderr.isatty())
+    report = check_dataset(
+        data, template, max_length, truncation, progress=progress and sys.stderr.isatty(), decode_images=decode_images
+    )
     typer.echo(report.summary())
     if report.lengths:
         save_histogram(
@@ -247,7 +256,8 @@ def preview(
 ) -> None:
     """Print the first rows exactly as the model sees them: the decoded input ids with each image's
     run of pad tokens collapsed (count, grid and resized size), the supervised tokens in [[...]]
-    (green on a terminal), then the token count and the supervised-token count."""
+    (green on a terminal), then the token count and the supervised-token count. Exit status 1 when
+    a shown row does not encode (its error is printed in its place)."""
     data = _load(ctx, dataset, media_root, columns, prompt)
     template = load_template(
         model,
@@ -262,16 +272,20 @@ def preview(
         video_max_pixels=video_max_pixels,
     )
     colour = sys.stdout.isatty()
+    failed = 0
     for index, row in enumerate(data.rows[:n]):
         typer.echo(f"--- {row.where} ({row.format}) ---")
         try:
             encoded = template.encode(data[index])
         except VlmkitError as e:
             typer.echo(f"error: {e}")
+            failed += 1
             continue
         typer.echo(format_tokens(template, encoded, colour))
         supervised = int((encoded["labels"] != -100).sum())
         typer.echo(f"--- {len(encoded['input_ids'])} tokens, {supervised} supervised ---")
+    if failed:  # a script that previews a dataset must see that rows do not encode
+        raise typer.Exit(1)
 
 
 @app.command("encode", context_settings=MANY_DATASETS)
@@ -327,7 +341,8 @@ def encode(
         video_max_pixels=video_max_pixels,
     )
     show = progress and sys.stderr.isatty()
-    report = check_dataset(data, template, max_length, truncation, progress=show)
+    # encoding decodes every image anyway, and lists the ones that fail
+    report = check_dataset(data, template, max_length, truncation, progress=show, decode_images=False)
     rows = [g.index for g in report.good]
     pixels = {g.index: g.max_pixels for g in report.good if g.max_pixels}
     stats = encode_dataset(data, template, rows, pixels, workers=workers, cache_dir=cache_dir, progress=show)

@@ -45,6 +45,9 @@ class Family:
     has no tiny model (`vlmkit tiny-model` refuses it) and is untested against real checkpoints.
     train_refusal: None for a family `vlmkit sft` can train; else the one line saying why not and what
     to do instead (the family is inference only).
+    processor_limits: (file name, its config, vlmkit.json settings) -> the config with the settings'
+    resolution limits written the way transformers' processors read them, for checkpoints and exports
+    (`vlmkit.processor_files`); None keeps the files as they are.
     """
 
     name: str
@@ -72,6 +75,7 @@ class Family:
     auto_class: str = "AutoModelForImageTextToText"
     remote_code: bool = False
     train_refusal: str | None = None
+    processor_limits: Callable[[str, dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def chat_template(self) -> str:

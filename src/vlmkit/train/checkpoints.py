@@ -17,6 +17,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from vlmkit.errors import VlmkitError
+from vlmkit.families import family_by_name
+from vlmkit.processor_files import write_processor_files
 from vlmkit.settings import write_settings
 from vlmkit.train.run import COMPLETE_MARKER, best_checkpoint, checkpoints
 
@@ -59,9 +61,8 @@ class CompleteCheckpoints(TrainerCallback):
             remove_old_checkpoints(self.run_dir, self.keep, checkpoint)
 
     def _complete(self, checkpoint: Path, step: int) -> None:
-        for name in ("preprocessor_config.json", "processor_config.json", "chat_template.jinja"):
-            if (self.model_dir / name).is_file() and not (checkpoint / name).is_file():
-                shutil.copy(self.model_dir / name, checkpoint / name)
+        # the base model's processor files, with the limits this run trains at (for plain transformers)
+        write_processor_files(family_by_name(self.settings["family"]), [self.model_dir], checkpoint, self.settings)
         write_settings(checkpoint, {**self.settings, "step": step})
         (checkpoint / COMPLETE_MARKER).write_text(json.dumps({"step": step}) + "\n")
 

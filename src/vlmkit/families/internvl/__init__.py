@@ -4,7 +4,7 @@ from pathlib import Path
 
 from vlmkit.families import Family
 from vlmkit.families.internvl.boxes import BOX_FORMAT
-from vlmkit.families.internvl.template import InternVLTemplate
+from vlmkit.families.internvl.template import InternVLTemplate, processor_limits
 from vlmkit.families.qwen2_5_vl import SPECIAL_TOKENS as QWEN2_5_VL_TOKENS
 
 # The -hf checkpoints' tokenizer is Qwen2.5-VL's (added tokens 151643..151664) with
@@ -109,6 +109,7 @@ FAMILY = Family(
     pad_token="<|endoftext|>",
     preprocessor_config=PREPROCESSOR_CONFIG,
     load_template=load_template,
+    processor_limits=processor_limits,
     tiny_config=tiny_config,
     module_groups={
         "vit": ("model.vision_tower.",),

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX, Segment, pad_sequences, tokenize_segments
+from vlmkit.encoding import IGNORE_INDEX, Segment, mark_text, pad_sequences, tokenize_segments
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.families.internvl.boxes import BOX_FORMAT
 from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image, read_image_size
-from vlmkit.sample import Sample
+from vlmkit.sample import Sample, refuse_requested_sizes
 from vlmkit.settings import read_settings
 
 IMAGE_START, IMAGE_END, IMAGE_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
@@ -318,7 +318,7 @@ class InternVLTemplate:
         """
         max_tiles = self._max_tiles(max_pixels)
         sample = self._with_objects(sample)
-        messages = self._messages(sample)
+        messages = mark_text(self._messages(sample))
         tiles: list[np.ndarray] = []
         counts: list[int] = []
         notes: list[str] = []  # one per run of <IMG_CONTEXT>, for `vlmkit data preview`
@@ -350,7 +350,7 @@ class InternVLTemplate:
                         f"Frame{i + 1}: {IMAGE_CONTEXT}" for i in range(len(frames))
                     )
         segments = render_internvl(messages, add_generation_prompt, frame_text)
-        ids, labels = tokenize_segments(self.tokenizer, segments)
+        ids, labels = tokenize_segments(self.tokenizer, segments, self.box_format.keep_tokens)
         self._placeholders(ids, len(counts), sample.where)
         ids, labels = self._expand(ids, labels, counts)
         out: dict[str, Any] = {
@@ -374,6 +374,7 @@ class InternVLTemplate:
 
     def _with_objects(self, sample: Sample) -> Sample:
         """`sample` with grounding placeholders and box text written as InternVL writes them."""
+        refuse_requested_sizes(sample, "InternVL")
         if not needs_boxes(sample):
             return sample
         return write_for_family(sample, self.box_format, self.image_sizes(sample))
@@ -382,7 +383,7 @@ class InternVLTemplate:
         """(tokens other than image spans, [(where, height, width) per image]) without decoding pixels;
         video frames (one tile each, whatever the tile limit) count as text tokens here."""
         sample = self._with_objects(sample)
-        messages = self._messages(sample)
+        messages = mark_text(self._messages(sample))
         frame_text: dict[int, str] = {}
         frames = videos = 0
         for message in messages:
@@ -393,7 +394,7 @@ class InternVLTemplate:
                     frame_text[id(part)] = "\n".join(f"Frame{i + 1}: {IMAGE_CONTEXT}" for i in range(n))
                     frames += n
         ids, _ = tokenize_segments(
-            self.tokenizer, render_internvl(messages, add_generation_prompt, frame_text)
+            self.tokenizer, render_internvl(messages, add_generation_prompt, frame_text), self.box_format.keep_tokens
         )
         images = sample.media("image")
         self._placeholders(ids, len(images) + frames, sample.where)
@@ -449,6 +450,14 @@ class InternVLTemplate:
             images.append((tiles * self.tokens_per_tile, entries))
             start += tiles
         return images, {}
+
+
+def processor_limits(name: str, config: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """`Family.processor_limits`: the run's tile limits as the image processor reads them."""
+    if name != "preprocessor_config.json":
+        return config
+    limits = {"min_patches": settings.get("min_tiles"), "max_patches": settings.get("max_tiles")}
+    return dict(config) | {k: int(v) for k, v in limits.items() if v is not None}
 
 
 def _tokens_per_tile(model_dir: Path, tile_size: int) -> int:

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, pad_sequences, tokenize_segments
+from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, mark_text, pad_sequences, tokenize_segments
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.media import load_image, read_image_size
-from vlmkit.sample import Sample
+from vlmkit.sample import Sample, refuse_requested_sizes
 from vlmkit.settings import read_settings
 
 IMAGE_TOKEN = "<image>"
@@ -214,8 +214,9 @@ class LlavaTemplate:
     def _tokens(self, sample: Sample, add_generation_prompt: bool) -> tuple[list[int], list[int]]:
         if sample.media("video"):
             raise DataError(f"{sample.where}: {self.family} takes images only; video input is not supported")
+        refuse_requested_sizes(sample, self.family)
         segments = self.render(
-            self._messages(sample), add_generation_prompt, sample.where, self.tokenizer.eos_token
+            mark_text(self._messages(sample)), add_generation_prompt, sample.where, self.tokenizer.eos_token
         )
         ids, labels = tokenize_segments(self.tokenizer, segments)
         if ids.count(self.image_token_id) != len(sample.media("image")):

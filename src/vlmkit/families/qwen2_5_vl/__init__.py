@@ -7,7 +7,7 @@ from vlmkit.families.qwen2_5_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen2_vl import PREPROCESSOR_CONFIG as QWEN2_VL_PREPROCESSOR
 from vlmkit.families.qwen2_vl import SPECIAL_TOKENS as QWEN2_VL_TOKENS
 from vlmkit.families.qwen2_vl import VIDEO_DEFAULTS as QWEN2_VL_VIDEO
-from vlmkit.families.qwen2_vl.template import QwenVLTemplate, render_qwen2_vl
+from vlmkit.families.qwen2_vl.template import QwenVLTemplate, processor_limits, render_qwen2_vl
 
 SPECIAL_TOKENS = QWEN2_VL_TOKENS + (
     ("<tool_call>", False),
@@ -89,6 +89,7 @@ FAMILY = Family(
     pad_token="<|endoftext|>",
     preprocessor_config=PREPROCESSOR_CONFIG,
     load_template=load_template,
+    processor_limits=processor_limits,
     tiny_config=tiny_config,
     module_groups={
         "vit": ("model.visual.",),

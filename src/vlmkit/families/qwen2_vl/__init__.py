@@ -4,7 +4,7 @@ from pathlib import Path
 
 from vlmkit.families import Family
 from vlmkit.families.qwen2_vl.boxes import BOX_FORMAT
-from vlmkit.families.qwen2_vl.template import QwenVLTemplate, render_qwen2_vl
+from vlmkit.families.qwen2_vl.template import QwenVLTemplate, processor_limits, render_qwen2_vl
 
 # The real tokenizer's added tokens, in id order from 151643.
 SPECIAL_TOKENS = (
@@ -119,6 +119,7 @@ FAMILY = Family(
     pad_token="<|endoftext|>",
     preprocessor_config=PREPROCESSOR_CONFIG,
     load_template=load_template,
+    processor_limits=processor_limits,
     tiny_config=tiny_config,
     module_groups={
         "vit": ("model.visual.",),

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, pad_sequences, tokenize_segments
-from vlmkit.errors import DataError
+from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, mark_text, pad_sequences, tokenize_segments
+from vlmkit.errors import DataError, VlmkitError
 from vlmkit.families.qwen2_vl.video import VIDEO_SETTINGS, encode_videos, video_settings, video_token_delta
 from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image_resized, read_image_size
@@ -97,14 +97,23 @@ def render_qwen3_vl(
     return segments
 
 
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """The size the model sees: sides multiples of `factor`, area in [min_pixels, max_pixels], aspect kept."""
+def smart_resize(
+    height: int, width: int, factor: int, min_pixels: int, max_pixels: int, thin_side_floor: bool = False
+) -> tuple[int, int]:
+    """The size the model sees: sides multiples of `factor`, area in [min_pixels, max_pixels], aspect kept.
+
+    Images follow transformers' Qwen2-VL image processor (5.24, both backends): a side under half a
+    `factor` rounds to 0 and the min_pixels branch scales it up. `thin_side_floor=True` first raises
+    each rounded side to at least `factor`, as qwen-vl-utils does (vlmkit's video frames follow it).
+    ValueError over 200:1 (the processor raises there too).
+    """
     if max(height, width) > 200 * min(height, width):
         raise ValueError(
             f"aspect ratio {max(height, width) / min(height, width):.0f}:1 is over the 200:1 limit"
         )
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
+    floor = factor if thin_side_floor else 0
+    h = max(floor, round(height / factor) * factor)
+    w = max(floor, round(width / factor) * factor)
     if h * w > max_pixels:
         scale = math.sqrt(height * width / max_pixels)
         h = max(factor, math.floor(height / scale / factor) * factor)
@@ -114,6 +123,35 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         h = math.ceil(height * scale / factor) * factor
         w = math.ceil(width * scale / factor) * factor
     return h, w
+
+
+def _with_pixel_limits(config: dict[str, Any], low: int | None, high: int | None) -> dict[str, Any]:
+    """A Qwen image/video processor config with min/max pixels written both ways transformers 5.24 reads
+    them: `min_pixels`/`max_pixels` (which win when present) and `size` {shortest_edge, longest_edge}."""
+    config, size = dict(config), dict(config.get("size") or {})
+    if high is not None:
+        config["max_pixels"] = size["longest_edge"] = int(high)
+        low = min(low if low is not None else size.get("shortest_edge", high), high)
+    if low is not None:
+        config["min_pixels"] = size["shortest_edge"] = int(low)
+    config["size"] = size
+    return config
+
+
+def processor_limits(
+    name: str, config: dict[str, Any], settings: dict[str, Any], video_pixels_per_frame: bool = True
+) -> dict[str, Any]:
+    """`Family.processor_limits` of the Qwen families: the image limits into preprocessor_config.json;
+    fps, max frames and (where the video processor's size is per frame, not Qwen3-VL) the frame pixel
+    limit into video_preprocessor_config.json."""
+    if name == "preprocessor_config.json":
+        return _with_pixel_limits(config, settings.get("min_pixels"), settings.get("max_pixels"))
+    if name != "video_preprocessor_config.json":
+        return config
+    config = dict(config) | {k: settings[k] for k in ("fps", "max_frames") if settings.get(k) is not None}
+    if video_pixels_per_frame and settings.get("video_max_pixels") is not None:
+        config = _with_pixel_limits(config, None, settings["video_max_pixels"])
+    return config
 
 
 class QwenVLTemplate:
@@ -146,6 +184,14 @@ class QwenVLTemplate:
         video_timestamps: bool = False,
         second_per_grid_ts: bool = False,
     ):
+        factor = patch_size * merge_size
+        for option, value in (("--max-pixels", max_pixels), ("--video-max-pixels", video_max_pixels)):
+            if value < factor * factor:  # 0 or negative would pass the resize rules' arithmetic silently
+                raise VlmkitError(
+                    f"{option} {value}: below one {factor}x{factor} patch; give at least {factor * factor}"
+                )
+        if min_pixels < 1:
+            raise VlmkitError(f"--min-pixels {min_pixels}: must be at least 1")
         if min_pixels > max_pixels:
             raise DataError(f"--min-pixels {min_pixels} is larger than --max-pixels {max_pixels}")
         self.tokenizer = tokenizer
@@ -226,7 +272,7 @@ class QwenVLTemplate:
             image_mean=config["image_mean"],
             image_std=config["image_std"],
             min_pixels=min_pixels,
-            max_pixels=max_pixels or default_max,
+            max_pixels=max_pixels if max_pixels is not None else default_max,
             system=system if system is not None else saved.get("system"),
             **video_settings(model_dir, saved, video_defaults, fps, nframes, max_frames, video_max_pixels),
             box_format=box_format,
@@ -249,6 +295,11 @@ class QwenVLTemplate:
         if self.system is not None and (not messages or messages[0]["role"] != "system"):
             messages = [{"role": "system", "content": [{"type": "text", "text": self.system}]}, *messages]
         return messages
+
+    @property
+    def _live_tokens(self) -> tuple[str, ...]:
+        """Special tokens that stay live in user text: the grounding tokens the box writer puts there."""
+        return self.box_format.keep_tokens if self.box_format is not None else ()
 
     def render_text(self, sample: Sample, add_generation_prompt: bool = False) -> str:
         """The prompt text with one placeholder token per image, as the chat template writes it."""
@@ -285,12 +336,22 @@ class QwenVLTemplate:
             image = image.resize((width, height), Image.Resampling.BICUBIC)
         return self.patchify(np.asarray(image.convert("RGB")))
 
-    def load_resized(self, source: Any, where: str, max_pixels: int | None = None):
+    def target_size(
+        self, height: int, width: int, max_pixels: int | None = None, requested: tuple[int, int] | None = None
+    ) -> tuple[int, int]:
+        """The size an image of height x width is resized to; an image part's `requested` size
+        (qwen-vl-utils' resized_height/resized_width) replaces its own, rounded to the factor within the
+        limits as the image processor then does (aspect ratio not kept, as in qwen-vl-utils)."""
+        return self.resized_size(*(requested or (height, width)), max_pixels)
+
+    def load_resized(
+        self, source: Any, where: str, max_pixels: int | None = None, requested: tuple[int, int] | None = None
+    ):
         """Decode an image source once, resized to the model's size -> ((H, W, 3) uint8, (orig_h, orig_w))."""
         limit = self._max_pixels(max_pixels)
         try:
             return load_image_resized(
-                source, lambda h, w: self.resized_size(h, w, limit), where, jpeg_draft=self.jpeg_draft
+                source, lambda h, w: self.target_size(h, w, limit, requested), where, jpeg_draft=self.jpeg_draft
             )
         except ValueError as e:
             raise DataError(f"{where}: {e}") from None
@@ -342,11 +403,11 @@ class QwenVLTemplate:
         """((orig_h, orig_w), (resized_h, resized_w)) per image of `sample`, from the headers, as `encode`
         resizes them."""
         sizes = []
-        for k, source in enumerate(sample.media("image")):
+        for k, (source, requested) in enumerate(zip(sample.media("image"), sample.requested_sizes(), strict=True)):
             where = f"{sample.where}: image {k + 1}"
             height, width = read_image_size(source, where=where)
             try:
-                sizes.append(((height, width), self.resized_size(height, width, max_pixels)))
+                sizes.append(((height, width), self.target_size(height, width, max_pixels, requested)))
             except ValueError as e:
                 raise DataError(f"{where}: {e}") from None
         return sizes
@@ -377,14 +438,14 @@ class QwenVLTemplate:
         """
         max_pixels = self._max_pixels(max_pixels)
         sample = self._with_objects(sample, max_pixels)
-        segments = self.render(self._messages(sample), add_generation_prompt, sample.where)
-        ids, labels = tokenize_segments(self.tokenizer, segments)
+        segments = self.render(mark_text(self._messages(sample)), add_generation_prompt, sample.where)
+        ids, labels = tokenize_segments(self.tokenizer, segments, self._live_tokens)
         out: dict[str, Any] = {}
         images = sample.media("image")
         if images:
             resized, grids, sizes = [], [], []
-            for k, source in enumerate(images):
-                pixels, original = self.load_resized(source, f"{sample.where}: image {k + 1}", max_pixels)
+            for k, (source, requested) in enumerate(zip(images, sample.requested_sizes(), strict=True)):
+                pixels, original = self.load_resized(source, f"{sample.where}: image {k + 1}", max_pixels, requested)
                 resized.append(pixels)
                 grids.append((1, pixels.shape[0] // self.patch_size, pixels.shape[1] // self.patch_size))
                 sizes.append((original, pixels.shape[:2]))
@@ -411,8 +472,8 @@ class QwenVLTemplate:
         Box text is written at `max_pixels` (None: the template's; resized-pixel boxes then have at
         least as many digits as at any lower limit, so the count is an upper bound for those)."""
         sample = self._with_objects(sample, max_pixels)
-        segments = self.render(self._messages(sample), add_generation_prompt, sample.where)
-        ids, _ = tokenize_segments(self.tokenizer, segments)
+        segments = self.render(mark_text(self._messages(sample)), add_generation_prompt, sample.where)
+        ids, _ = tokenize_segments(self.tokenizer, segments, self._live_tokens)
         images = sample.media("image")
         placeholders = ids.count(self.image_token_id)
         if placeholders != len(images):
@@ -420,9 +481,10 @@ class QwenVLTemplate:
                 f"{sample.where}: {placeholders} <|image_pad|> tokens in the text for {len(images)} images"
             )
         sizes = []
-        for k, source in enumerate(images):
+        for k, (source, requested) in enumerate(zip(images, sample.requested_sizes(), strict=True)):
             where = f"{sample.where}: image {k + 1}"
-            sizes.append((where, *read_image_size(source, where=where)))
+            size = read_image_size(source, where=where)
+            sizes.append((where, *(requested or size)))  # a requested size stands for the image's own
         videos = sample.media("video")
         extra = video_token_delta(self, videos, sample.where, ids) if videos else 0
         return len(ids) - placeholders + extra, sizes

@@ -82,7 +82,12 @@ def video_frame_size(template, height: int, width: int, n_frames: int) -> tuple[
     )
     frame_max = min(frame_max, template.video_max_pixels)  # only differs when min and max are close
     return smart_resize(
-        height, width, template.patch_size * template.merge_size, template.video_min_pixels, frame_max
+        height,
+        width,
+        template.patch_size * template.merge_size,
+        template.video_min_pixels,
+        frame_max,
+        thin_side_floor=True,  # qwen-vl-utils' rule for frames
     )
 
 

@@ -1,10 +1,11 @@
 """Qwen3-VL (Qwen/Qwen3-VL-*-Instruct): 16px patches, DeepStack, interleaved M-RoPE, no default system prompt."""
 
+import functools
 from pathlib import Path
 
 from vlmkit.families import Family
 from vlmkit.families.qwen2_5_vl import SPECIAL_TOKENS as QWEN2_5_VL_TOKENS
-from vlmkit.families.qwen2_vl.template import QwenVLTemplate, render_qwen3_vl
+from vlmkit.families.qwen2_vl.template import QwenVLTemplate, processor_limits, render_qwen3_vl
 from vlmkit.families.qwen3_vl.boxes import BOX_FORMAT
 
 SPECIAL_TOKENS = QWEN2_5_VL_TOKENS + (
@@ -114,6 +115,7 @@ FAMILY = Family(
     pad_token="<|endoftext|>",
     preprocessor_config=PREPROCESSOR_CONFIG,
     load_template=load_template,
+    processor_limits=functools.partial(processor_limits, video_pixels_per_frame=False),
     tiny_config=tiny_config,
     module_groups={
         "vit": ("model.visual.",),

@@ -32,7 +32,7 @@ from vlmkit.encoding import IGNORE_INDEX, pad_sequences
 from vlmkit.errors import DataError, MediaError
 from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image, read_image_size
-from vlmkit.sample import Sample
+from vlmkit.sample import Sample, refuse_requested_sizes
 from vlmkit.settings import read_settings
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -135,6 +135,7 @@ class QwenVLChatTemplate:
 
     def render_text(self, sample: Sample, add_generation_prompt: bool = False) -> str:
         """The prompt text exactly as Qwen-VL-Chat's `make_context` writes it."""
+        refuse_requested_sizes(sample, "Qwen-VL")
         sources = [
             self.image_source(s, where=f"{sample.where}: image {k + 1}")
             for k, s in enumerate(sample.media("image"))
