@@ -140,7 +140,9 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
             )
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health():
+        if not engine.alive:  # a supervisor polling /health restarts the server
+            return error_response(503, _engine_down(engine), "server_error")
         return {"status": "ok", "queued": len(engine.queue), "batches": engine.batches}
 
     @app.get("/v1/models")
@@ -162,6 +164,8 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         check_key(request)
+        if not engine.alive:
+            raise APIError(503, _engine_down(engine), "server_error")
         body = await _read_body(request, config.max_request_bytes)
         chat = _parse(body)
         name = chat.model or default_model
@@ -195,6 +199,10 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
         return await _complete(job, request_id, name)
 
     return app
+
+
+def _engine_down(engine: Engine) -> str:
+    return f"the generation thread has stopped ({engine.failure or 'not running'}); restart the server"
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

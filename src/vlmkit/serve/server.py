@@ -160,7 +160,9 @@ def serve(
     if backend == "vllm":
         given = [k for k, v in {**video, **tiles}.items() if v is not None]
         if given or trust_remote_code:
-            names = ", ".join("--" + k.replace("_", "-") for k in given + ["trust_remote_code"] * trust_remote_code)
+            names = ", ".join(
+                "--" + k.replace("_", "-") for k in given + ["trust_remote_code"] * trust_remote_code
+            )
             raise VlmkitError(f"{names}: not passed on to vLLM yet; serve with --backend transformers")
         _serve_vllm(
             model, ckpt, adapters, settings, served_model_name, host, port, api_key, allow_media_dir, dtype
@@ -196,11 +198,22 @@ def serve(
         max_tokens_limit=max(max_tokens, 4096),
         policy=policy,
     )
-    engine = Engine(vlm, peft_names, max_batch_rows=max_batch_size)
+    server: uvicorn.Server | None = None
+
+    def engine_failed() -> None:  # from the engine thread: stop serving, so the process exits non-zero
+        if server is not None:
+            server.should_exit = True
+
+    engine = Engine(vlm, peft_names, max_batch_rows=max_batch_size, on_failure=engine_failed)
     app = create_app(engine, models, config)
     logging.getLogger("vlmkit.serve").setLevel(log_level.upper())
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False)
+    )
     print(f"serving {', '.join(models)} on http://{host}:{port}/v1", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    server.run()
+    if engine.failure is not None:
+        raise VlmkitError(f"the generation thread stopped ({engine.failure}); the server exited, restart it")
 
 
 def _serve_vllm(
