@@ -107,3 +107,22 @@ def test_a_dead_engine_fails_health_and_the_server_exits_non_zero(small_model, m
     with pytest.raises(VlmkitError, match="generation thread stopped .*a bug in the batcher.*restart it"):
         serve(str(small_model), port=free_port(), log_level="error")
     assert time.monotonic() - start < 60
+
+
+# -- 2. API text is text ---------------------------------------------------------------------------------
+
+
+def test_placeholder_words_in_api_text_are_plain_text(client, small_model):
+    """`<image>` in a request's text used to be read as a dataset placeholder (400: an `images` list the
+    API does not have); it is the user's text, tokenized as text."""
+    import vlmkit
+    from vlmkit.sample import Sample
+
+    text = "What does <image> mean in HTML, and <video>?"
+    for content in (text, [{"type": "text", "text": text}]):
+        reply = client.chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": content}], max_tokens=2
+        )
+        assert reply.choices[0].finish_reason in ("stop", "length")
+    sample = Sample(messages=[{"role": "user", "content": [{"type": "text", "text": text}]}])
+    assert reply.usage.prompt_tokens == len(vlmkit.load(str(small_model)).encode(sample)["input_ids"])

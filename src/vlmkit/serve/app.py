@@ -28,10 +28,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vlmkit.errors import MediaTooLargeError, VlmkitError
+from vlmkit.errors import DataError, MediaTooLargeError, VlmkitError
 from vlmkit.media import MediaPolicy, fetch_media, load_image
 from vlmkit.model import GenerationOptions
-from vlmkit.sample import Sample, to_sample
+from vlmkit.sample import ROLES, Sample, _content_part
 from vlmkit.serve.engine import Engine, Job
 
 log = logging.getLogger("vlmkit.serve")
@@ -256,7 +256,7 @@ def _prepare(
             400, "messages: the last message is from the assistant; end with a user turn", param="messages"
         )
     try:
-        sample = to_sample({"messages": [m.model_dump() for m in chat.messages]}, where="request")
+        sample = request_sample(chat.messages)
         sample = _fetch_media(sample, config.policy)
         encoded = served.template.encode(sample, add_generation_prompt=True)
     except MediaTooLargeError as e:
@@ -267,6 +267,24 @@ def _prepare(
         max_new_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p, seed=chat.seed
     )
     return encoded, options, tuple(stop)
+
+
+def request_sample(messages: list[Message]) -> Sample:
+    """The request's messages as a Sample. API text is text: unlike a dataset row's it is not scanned for
+    `<image>` / `<video>` placeholders (the API has no `images` list; media come as content parts)."""
+    out = []
+    for i, message in enumerate(messages):
+        if message.role not in ROLES:
+            raise DataError(
+                f"request: message {i} has role {message.role!r}; expected one of {', '.join(ROLES)}"
+            )
+        content = "" if message.content is None else message.content
+        raw = [content] if isinstance(content, str) else content
+        parts = [_content_part(part, f"request: message {i}", j) for j, part in enumerate(raw)]
+        out.append({"role": message.role, "content": [p for p in parts if p["type"] != "text" or p["text"]]})
+    if not any(m["role"] != "system" for m in out):
+        raise DataError("request: the conversation has no user or assistant message")
+    return Sample(messages=out, where="request")
 
 
 def _fetch_media(sample: Sample, policy: MediaPolicy) -> Sample:
