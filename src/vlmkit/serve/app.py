@@ -15,53 +15,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+import anyio
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vlmkit.errors import DataError, MediaTooLargeError, VlmkitError
-from vlmkit.media import MediaPolicy, fetch_media, load_image
-from vlmkit.model import GenerationOptions
-from vlmkit.sample import ROLES, Sample, _content_part
-from vlmkit.serve.engine import Engine, Job
+from vlmkit.serve.engine import ENGINE_STOPPED, Engine, Job
+from vlmkit.serve.request import APIError, ServerConfig, has_media, parse, prepare
+
+__all__ = ["APIError", "ServedModel", "ServerConfig", "create_app"]
 
 log = logging.getLogger("vlmkit.serve")
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: str
-    content: str | list[Any] | None = None
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class ChatRequest(BaseModel):
-    """The fields of OpenAI's chat-completion request that vlmkit reads; others are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = None
-    messages: list[Message] = Field(min_length=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
 
 
 @dataclass
@@ -74,26 +47,6 @@ class ServedModel:
     parent: str | None = None
 
 
-@dataclass
-class ServerConfig:
-    api_key: str | None = None
-    max_request_bytes: int = 16 * 2**20
-    max_tokens: int = 512  # default when a request gives none
-    max_tokens_limit: int = 4096
-    max_n: int = 8
-    policy: MediaPolicy = field(
-        default_factory=lambda: MediaPolicy(allow_private_urls=False, allow_local_files=False)
-    )
-
-
-class APIError(Exception):
-    def __init__(
-        self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-
-
 def error_response(status: int, message: str, type_: str, param=None, code=None) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
@@ -104,6 +57,8 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
     `engine` must know the same names. The engine is started and stopped with the app."""
     default_model = next(iter(models))
     created = int(time.time())
+    media_workers = anyio.CapacityLimiter(config.media_workers)
+    text_workers = anyio.CapacityLimiter(8)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -111,7 +66,15 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
         yield
         engine.stop()
 
-    app = FastAPI(title="vlmkit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    # No slash redirects: Starlette builds their Location from the Host header (an open redirect).
+    app = FastAPI(
+        title="vlmkit",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
@@ -128,6 +91,7 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
         return error_response(500, "internal server error (see the server log)", "server_error")
 
     def check_key(request: Request) -> None:
+        check_browser(request, config)
         if config.api_key is None:
             return
         given = request.headers.get("authorization", "")
@@ -140,12 +104,14 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
             )
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
+        check_browser(request, config)
         if not engine.alive:  # a supervisor polling /health restarts the server
             return error_response(503, _engine_down(engine), "server_error")
         return {"status": "ok", "queued": len(engine.queue), "batches": engine.batches}
 
     @app.get("/v1/models")
+    @app.get("/v1/models/", include_in_schema=False)
     async def list_models(request: Request) -> dict[str, Any]:
         check_key(request)
         data = [
@@ -167,7 +133,7 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
         if not engine.alive:
             raise APIError(503, _engine_down(engine), "server_error")
         body = await _read_body(request, config.max_request_bytes)
-        chat = _parse(body)
+        chat = parse(body)
         name = chat.model or default_model
         if name not in models:
             raise APIError(
@@ -176,7 +142,11 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
                 param="model",
                 code="model_not_found",
             )
-        encoded, options, stop = await run_in_threadpool(_prepare, chat, models[name], config)
+        # Media fetches wait on slow servers: they get their own workers, so text-only requests never queue behind them.
+        limiter = media_workers if has_media(chat) else text_workers
+        encoded, options, stop = await anyio.to_thread.run_sync(
+            prepare, chat, models[name].template, config, limiter=limiter
+        )
         job = Job(
             adapter=name,
             encoded=encoded,
@@ -196,9 +166,54 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        return await _complete(job, request_id, name)
+        return await _complete(job, request_id, name, request)
 
     return app
+
+
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback_name(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_browser(request: Request, config: ServerConfig) -> None:
+    """Refuse what a web page can make a browser send to a keyless server: a Host that is not loopback
+    (DNS rebinding, when bound to loopback), and POSTs from another origin or that are not JSON (CSRF;
+    a browser sends those without asking the server first)."""
+    if config.loopback_only:
+        host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+        if not is_loopback_name(host):
+            raise APIError(
+                421,
+                f"Host {host!r} is not a loopback name; this keyless server answers only localhost "
+                "(start it with --api-key to serve other names)",
+                code="misdirected_request",
+            )
+    if config.api_key is not None or request.method != "POST":
+        return
+    origin = request.headers.get("origin")
+    if origin is not None and not is_loopback_name(urlsplit(origin).hostname or ""):
+        raise APIError(
+            403,
+            f"Origin {origin!r} is another site; this keyless server refuses requests from web pages "
+            "(start it with --api-key to allow them)",
+            code="forbidden_origin",
+        )
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise APIError(
+            415,
+            f"Content-Type {media_type or 'none'!r}: send the body as JSON with 'Content-Type: application/json'",
+            code="unsupported_media_type",
+        )
 
 
 def _engine_down(engine: Engine) -> str:
@@ -217,94 +232,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise too_big
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _parse(body: bytes) -> ChatRequest:
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"request body is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "request body must be a JSON object")
-    try:
-        return ChatRequest.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        param = ".".join(str(p) for p in first["loc"])
-        raise APIError(400, f"{param}: {first['msg']}", param=param) from None
-
-
-def _prepare(
-    chat: ChatRequest, served: ServedModel, config: ServerConfig
-) -> tuple[dict[str, Any], GenerationOptions, tuple[str, ...]]:
-    """Check the sampling options, read the media under the server's policy and encode the prompt with
-    the served model's template. Runs in a worker thread (media fetching blocks)."""
-    if chat.n > config.max_n:
-        raise APIError(400, f"n: {chat.n} is over this server's limit of {config.max_n}", param="n")
-    max_tokens = chat.max_completion_tokens or chat.max_tokens or config.max_tokens
-    if max_tokens > config.max_tokens_limit:
-        raise APIError(
-            400,
-            f"max_tokens: {max_tokens} is over this server's limit of {config.max_tokens_limit}",
-            param="max_tokens",
-        )
-    stop = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or [])
-    if len(stop) > 4 or not all(stop):
-        raise APIError(400, "stop: give up to 4 non-empty strings", param="stop")
-    if chat.messages[-1].role == "assistant":
-        raise APIError(
-            400, "messages: the last message is from the assistant; end with a user turn", param="messages"
-        )
-    try:
-        sample = request_sample(chat.messages)
-        sample = _fetch_media(sample, config.policy)
-        encoded = served.template.encode(sample, add_generation_prompt=True)
-    except MediaTooLargeError as e:
-        raise APIError(413, str(e), param="messages") from None
-    except VlmkitError as e:  # DataError, MediaError: the request's fault
-        raise APIError(400, str(e), param="messages") from None
-    options = GenerationOptions(
-        max_new_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p, seed=chat.seed
-    )
-    return encoded, options, tuple(stop)
-
-
-def request_sample(messages: list[Message]) -> Sample:
-    """The request's messages as a Sample. API text is text: unlike a dataset row's it is not scanned for
-    `<image>` / `<video>` placeholders (the API has no `images` list; media come as content parts)."""
-    out = []
-    for i, message in enumerate(messages):
-        if message.role not in ROLES:
-            raise DataError(
-                f"request: message {i} has role {message.role!r}; expected one of {', '.join(ROLES)}"
-            )
-        content = "" if message.content is None else message.content
-        raw = [content] if isinstance(content, str) else content
-        parts = [_content_part(part, f"request: message {i}", j) for j, part in enumerate(raw)]
-        out.append({"role": message.role, "content": [p for p in parts if p["type"] != "text" or p["text"]]})
-    if not any(m["role"] != "system" for m in out):
-        raise DataError("request: the conversation has no user or assistant message")
-    return Sample(messages=out, where="request")
-
-
-def _fetch_media(sample: Sample, policy: MediaPolicy) -> Sample:
-    """The sample with every image opened and every video fetched under `policy` (the template then
-    never reads a client-given path or URL itself)."""
-    messages, counts = [], {"image": 0, "video": 0}
-    for message in sample.messages:
-        parts = []
-        for part in message["content"]:
-            kind = part["type"]
-            if kind in counts:
-                counts[kind] += 1
-                where = f"{sample.where}: {kind} {counts[kind]}"
-                if kind == "image":
-                    part = {"type": "image", "image": load_image(part["image"], where, policy)}
-                else:
-                    part = {"type": "video", "video": fetch_media(part["video"], where, policy)}
-            parts.append(part)
-        messages.append({**message, "content": parts})
-    return Sample(messages=messages, objects=sample.objects, where=sample.where)
 
 
 def _chunk(request_id: str, created: int, model: str, choices: list[dict], usage: dict | None = None) -> str:
@@ -351,9 +278,24 @@ def _delta(index: int, delta: dict, finish: str | None = None) -> dict:
     return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
 
 
-async def _complete(job: Job, request_id: str, model: str) -> JSONResponse:
+async def _cancel_when_gone(request: Request, job: Job) -> None:
+    """Mark `job` cancelled when its client disconnects (the body is read: the next message is the end)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancelled = True
+
+
+async def _complete(job: Job, request_id: str, model: str, request: Request) -> JSONResponse:
     texts: dict[int, str] = {}
     finishes: dict[int, str] = {}
+    watcher = asyncio.create_task(_cancel_when_gone(request, job))
+    try:
+        return await _reply(job, request_id, model, texts, finishes)
+    finally:
+        watcher.cancel()
+
+
+async def _reply(job: Job, request_id: str, model: str, texts: dict, finishes: dict) -> JSONResponse:
     while True:
         event = await job.events.get()
         if event[0] == "delta":
@@ -364,7 +306,7 @@ async def _complete(job: Job, request_id: str, model: str) -> JSONResponse:
             usage = event[1]
             break
         else:
-            raise APIError(500, event[1], "server_error")
+            raise APIError(503 if event[1] == ENGINE_STOPPED else 500, event[1], "server_error")
     choices = [
         {
             "index": i,

@@ -28,7 +28,9 @@ from vlmkit.model import VLM, GenerationOptions
 
 log = logging.getLogger("vlmkit.serve")
 
-_FAILED = "the server's generation thread has stopped (see the server log); the server is shutting down"
+ENGINE_STOPPED = (
+    "the server's generation thread has stopped (see the server log); the server is shutting down"
+)
 # A job joins a batch only while its longest prompt is at most twice its shortest plus this many tokens.
 _PADDING_SLACK = 256
 
@@ -169,7 +171,7 @@ class Engine:
     def submit(self, job: Job) -> None:
         with self.ready:
             if self.failure is not None:
-                job.emit("error", _FAILED)
+                job.emit("error", ENGINE_STOPPED)
                 return
             self.queue.append(job)
             self.ready.notify()
@@ -243,7 +245,7 @@ class Engine:
             self.failure = reason
             queued, self.queue = self.running + list(self.queue), deque()
         for job in queued:
-            job.emit("error", _FAILED)
+            job.emit("error", ENGINE_STOPPED)
         if self.on_failure is not None:
             self.on_failure()
 

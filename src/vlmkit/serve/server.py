@@ -113,6 +113,9 @@ def serve(
     media_timeout: float = 10.0,
     max_image_pixels: int = 64 * 2**20,
     max_tokens: int = 512,
+    max_total_tokens: int = 8192,
+    max_prompt_tokens: int | None = None,
+    max_video_frames: int = 128,
     max_batch_size: int = 16,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
@@ -133,9 +136,13 @@ def serve(
     """Load the model and serve it until interrupted (see `vlmkit serve --help` for the options)."""
     import uvicorn
 
-    from vlmkit.serve.app import ServerConfig, create_app
+    from vlmkit.serve.app import ServerConfig, create_app, is_loopback_name
     from vlmkit.serve.engine import Engine
 
+    if api_key is not None and not api_key.strip():
+        raise VlmkitError(
+            "--api-key is empty, which would protect nothing; give a key, or leave the option out"
+        )
     if not 1 <= port <= 65535:
         raise VlmkitError(f"--port {port}: choose a port from 1 to 65535")
     for folder in allow_media_dir or []:
@@ -145,6 +152,10 @@ def serve(
         ("--max-request-bytes", max_request_bytes),
         ("--max-media-bytes", max_media_bytes),
         ("--max-tokens", max_tokens),
+        ("--max-total-tokens", max_total_tokens),
+        ("--max-prompt-tokens", max_prompt_tokens or 1),
+        ("--max-video-frames", max_video_frames),
+        ("--max-image-pixels", max_image_pixels),
         ("--max-batch-size", max_batch_size),
     ):
         if value < 1:
@@ -196,7 +207,11 @@ def serve(
         max_request_bytes=max_request_bytes,
         max_tokens=max_tokens,
         max_tokens_limit=max(max_tokens, 4096),
+        max_total_tokens=max_total_tokens,
+        max_prompt_tokens=max_prompt_tokens or context_length(vlm),
+        max_video_frames=max_video_frames,
         policy=policy,
+        loopback_only=api_key is None and is_loopback_name(host),
     )
     server: uvicorn.Server | None = None
 
@@ -214,6 +229,13 @@ def serve(
     server.run()
     if engine.failure is not None:
         raise VlmkitError(f"the generation thread stopped ({engine.failure}); the server exited, restart it")
+
+
+def context_length(vlm: VLM) -> int:
+    """The language model's context length from its config (32768 if the config does not say)."""
+    config = vlm.model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(getattr(text, "max_position_embeddings", None) or 32768)
 
 
 def _serve_vllm(
