@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from test_serve import NAME, start_server, stop_server, user
+from PIL import Image
+from test_serve import NAME, data_url, image_part, start_server, stop_server, user
 
 from vlmkit.errors import VlmkitError
 
@@ -28,6 +29,8 @@ def server(small_model, hostile_media, tmp_path_factory):
         "--served-model-name", NAME,
         "--allow-media-dir", str(hostile_media),
         "--max-tokens", "8",
+        "--max-image-pixels", "1000000",
+        "--max-video-frames", "4",
         log=log,
     )  # fmt: skip
     yield url
@@ -126,3 +129,76 @@ def test_placeholder_words_in_api_text_are_plain_text(client, small_model):
         assert reply.choices[0].finish_reason in ("stop", "length")
     sample = Sample(messages=[{"role": "user", "content": [{"type": "text", "text": text}]}])
     assert reply.usage.prompt_tokens == len(vlmkit.load(str(small_model)).encode(sample)["input_ids"])
+
+
+# -- 3. budgets per request --------------------------------------------------------------------------
+
+
+def mp4_data_url(frames: int, size: int, rate: int = 4) -> str:
+    import base64
+    import io
+
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(
+                np.full((size, size, 3), i * 20 % 256, np.uint8), format="rgb24"
+            )
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return "data:video/mp4;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def video_part(url: str) -> dict:
+    return {"type": "video_url", "video_url": {"url": url}}
+
+
+def big_image_url(side: int) -> str:
+    """A side x side bilevel PNG: a few KB of file, side**2 pixels once decoded."""
+    return data_url(Image.new("1", (side, side)))
+
+
+def test_every_budget_is_refused_naming_its_flag(client):
+    """Each budget is a 400/413 in OpenAI's shape naming the limit and its flag; refused before the work."""
+    cases = [
+        # 4,500 prompt tokens: over the model's context (4096, from its config), the default budget
+        ("long text", dict(messages=user("word " * 1500)), openai.BadRequestError,
+         "the prompt is 45.. tokens, over this server's limit of 4096 tokens per request .--max-prompt-tokens."),
+        # 1000 x 1000 is under --max-image-pixels, but 1,296 tokens each: 4 are over the prompt budget
+        ("many large images", dict(messages=user("x", *[image_part(big_image_url(1000))] * 4)),
+         openai.BadRequestError, "limit of 4096 tokens per request .--max-prompt-tokens."),
+        ("image over the pixel limit", dict(messages=user("x", image_part(big_image_url(1001)))),
+         openai.APIStatusError, "image is 1001 x 1001, over this server's limit of 1000000 pixels .--max-image-pixels."),
+        ("video frames over the pixel limit", dict(messages=user("x", video_part(mp4_data_url(4, 1008)))),
+         openai.APIStatusError, "each video frame is 1008 x 1008, over this server's limit of 1000000 pixels"),
+        ("too many frames", dict(messages=user("x", video_part(mp4_data_url(40, 56)))),
+         openai.APIStatusError, "20 sampled frames, over this server's limit of 4 frames per video .--max-video-frames."),
+        ("n x max_tokens", dict(messages=user("x"), n=3, max_tokens=4000), openai.BadRequestError,
+         "n x max_tokens: 3 x 4000 = 12000 is over this server's limit of 8192 tokens per request .--max-total-tokens."),
+    ]  # fmt: skip
+    for name, request, error, message in cases:
+        with pytest.raises(error, match=message) as caught:
+            client.chat.completions.create(model=NAME, **{"max_tokens": 2, **request})
+        assert caught.value.status_code in (400, 413), name
+        assert set(caught.value.body) == {"message", "type", "param", "code"}, name
+    still = client.chat.completions.create(
+        model=NAME, messages=user("x", video_part(mp4_data_url(8, 56))), max_tokens=2
+    )
+    assert still.usage.prompt_tokens > 20  # a short video is within every limit
+
+
+def test_an_abandoned_request_stops_generating(server, client):
+    """A non-streamed request whose client has gone stops at its next token: the next request does not wait
+    for thousands of tokens nobody will read."""
+    body = {"model": NAME, "messages": user("long"), "max_tokens": 4000, "n": 2}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server}/v1/chat/completions", json=body, timeout=1.5)
+    start = time.monotonic()
+    reply = client.chat.completions.create(model=NAME, messages=user("ping"), max_tokens=2)
+    assert reply.choices[0].message.content is not None
+    assert time.monotonic() - start < 15  # 2 x 4000 tokens take minutes on this model
