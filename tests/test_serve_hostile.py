@@ -4,6 +4,8 @@ driven with the official `openai` client and raw HTTP."""
 from __future__ import annotations
 
 import concurrent.futures
+import socketserver
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +33,8 @@ def server(small_model, hostile_media, tmp_path_factory):
         "--max-tokens", "8",
         "--max-image-pixels", "1000000",
         "--max-video-frames", "4",
+        "--allow-private-urls",  # for the local slow media server below
+        "--media-timeout", "2",
         log=log,
     )  # fmt: skip
     yield url
@@ -202,3 +206,61 @@ def test_an_abandoned_request_stops_generating(server, client):
     reply = client.chat.completions.create(model=NAME, messages=user("ping"), max_tokens=2)
     assert reply.choices[0].message.content is not None
     assert time.monotonic() - start < 15  # 2 x 4000 tokens take minutes on this model
+
+
+# -- 4. slow media servers ---------------------------------------------------------------------------
+
+
+class _TrickledHeaders(socketserver.BaseRequestHandler):
+    """Answers any request with one byte of response headers every 0.2 s, for up to a minute."""
+
+    connections = 0
+
+    def handle(self):
+        type(self).connections += 1
+        self.request.recv(65536)
+        header = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n" + b"X-Slow: " + b"a" * 10_000
+        try:
+            for byte in header[:300]:
+                self.request.sendall(bytes([byte]))
+                time.sleep(0.2)
+        except OSError:
+            pass  # the client gave up
+
+
+@pytest.fixture(scope="module")
+def slow_media():
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _TrickledHeaders)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/cat.png"
+    server.shutdown()
+
+
+def test_a_server_that_trickles_headers_is_cut_at_the_media_timeout(client, slow_media):
+    start = time.monotonic()
+    with pytest.raises(openai.BadRequestError, match="could not fetch .*cat.png: timed out after 2 s"):
+        client.chat.completions.create(model=NAME, messages=user("x", image_part(slow_media)), max_tokens=2)
+    assert time.monotonic() - start < 10  # was: as long as the server kept trickling
+
+
+def test_slow_media_never_holds_up_text_only_requests(server, client, slow_media):
+    """45 requests whose media server trickles used to fill the one thread pool every request is prepared
+    in, and a text-only request waited for them."""
+    body = {"model": NAME, "messages": user("x", image_part(slow_media)), "max_tokens": 2}
+    _TrickledHeaders.connections = 0
+    with concurrent.futures.ThreadPoolExecutor(45) as pool:
+        slow = [
+            pool.submit(httpx.post, f"{server}/v1/chat/completions", json=body, timeout=120)
+            for _ in range(45)
+        ]
+        while _TrickledHeaders.connections < 8:  # the media workers are all busy (and every worker, before)
+            time.sleep(0.1)
+        time.sleep(2.0)  # the other requests arrive meanwhile
+        start = time.monotonic()
+        reply = client.chat.completions.create(model=NAME, messages=user("ping"), max_tokens=2)
+        waited = time.monotonic() - start
+        statuses = [f.result().status_code for f in slow]
+    assert reply.choices[0].message.content is not None
+    assert waited < 8, f"a text-only request waited {waited:.1f} s behind slow media fetches"
+    assert statuses == [400] * 45
