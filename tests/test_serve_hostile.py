@@ -4,6 +4,8 @@ driven with the official `openai` client and raw HTTP."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import socket
 import socketserver
 import threading
 import time
@@ -13,7 +15,7 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-from test_serve import NAME, data_url, image_part, start_server, stop_server, user
+from test_serve import NAME, data_url, free_port, image_part, start_server, stop_server, user
 
 from vlmkit.errors import VlmkitError
 
@@ -264,3 +266,137 @@ def test_slow_media_never_holds_up_text_only_requests(server, client, slow_media
     assert reply.choices[0].message.content is not None
     assert waited < 8, f"a text-only request waited {waited:.1f} s behind slow media fetches"
     assert statuses == [400] * 45
+
+
+# -- 5. browsers, DNS rebinding, the URL filter, idle connections ----------------------------------------
+
+
+def raw_post(server: str, body: bytes, **headers: str) -> httpx.Response:
+    return httpx.post(f"{server}/v1/chat/completions", content=body, headers=headers, timeout=60)
+
+
+def test_a_keyless_loopback_server_refuses_what_web_pages_can_send(server):
+    """A page on another site can make a browser POST text/plain with its Origin (CSRF), or reach the
+    server under the page's own host name (DNS rebinding); none of those is answered."""
+    body = json.dumps({"model": NAME, "messages": user("hi"), "max_tokens": 2}).encode()
+    json_type = {"Content-Type": "application/json"}
+    cases = [
+        ({**json_type, "Host": "attacker.example"}, 421, "Host 'attacker.example' is not a loopback name"),
+        ({**json_type, "Host": "attacker.example:8000"}, 421, "not a loopback name"),
+        ({**json_type, "Origin": "http://attacker.example"}, 403, "Origin 'http://attacker.example' is another site"),
+        ({"Content-Type": "text/plain"}, 415, "Content-Type 'text/plain': send the body as JSON"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "send the body as JSON"),
+    ]  # fmt: skip
+    for headers, status, message in cases:
+        response = raw_post(server, body, **headers)
+        assert response.status_code == status, (headers, response.text)
+        assert message in response.json()["error"]["message"], headers
+    assert httpx.get(f"{server}/health", headers={"Host": "rebind.attacker.example"}).status_code == 421
+    for headers in (json_type, {**json_type, "Origin": "http://localhost:3000", "Host": "localhost"}):
+        assert raw_post(server, body, **headers).status_code == 200, headers
+    listed = httpx.get(f"{server}/v1/models/", headers={"Host": "127.0.0.1"})
+    assert listed.status_code == 200 and "location" not in listed.headers  # was: a redirect built from Host
+    assert [m["id"] for m in listed.json()["data"]] == [NAME]
+
+
+def test_an_empty_api_key_is_refused(small_model):
+    from typer.testing import CliRunner
+
+    from vlmkit.cli import app
+
+    with pytest.raises(VlmkitError, match="--api-key is empty, which would protect nothing"):
+        CliRunner().invoke(
+            app, ["serve", "--model", str(small_model), "--api-key", ""], catch_exceptions=False
+        )
+
+
+def test_the_url_filter_vets_the_address_before_any_connection():
+    from vlmkit.errors import MediaError
+    from vlmkit.media import MediaPolicy, fetch_media
+
+    policy = MediaPolicy(allow_private_urls=False, allow_local_files=False, timeout=2)
+    for host in ("[::127.0.0.1]", "[::ffff:0:7f00:1]", "[64:ff9b::a9fe:a9fe]", "[2002:7f00:1::]", "[fec0::1]",
+                 "[::ffff:127.0.0.1]", "127.0.0.1", "169.254.169.254", "0.0.0.0"):  # fmt: skip
+        with pytest.raises(MediaError, match="not a public address"):
+            fetch_media(f"http://{host}/a.png", "image 1", policy)
+    # An open and a closed loopback port are refused alike, and nothing connects to the open one.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.5)
+        open_port = listener.getsockname()[1]
+        errors = []
+        for port in (open_port, free_port()):
+            with pytest.raises(MediaError) as caught:
+                fetch_media(f"http://127.0.0.1:{port}/a.png", "image 1", policy)
+            errors.append(str(caught.value).replace(str(port), "PORT"))
+        assert errors[0] == errors[1]
+        with pytest.raises(TimeoutError):
+            listener.accept()
+
+
+def test_idle_and_slow_header_connections_are_closed(server):
+    """Connections that never finish a request are closed (each holds a file descriptor)."""
+    port = int(server.rsplit(":", 1)[1])
+
+    def seconds_until_closed(trickle: bytes) -> float:
+        start = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.settimeout(0.5)
+            for byte in trickle:
+                sock.sendall(bytes([byte]))
+                try:
+                    if sock.recv(1024) == b"":
+                        return time.monotonic() - start
+                except TimeoutError:
+                    pass
+                except OSError:
+                    return time.monotonic() - start
+            return float("inf")
+
+    idle = b"\0" * 0  # sends nothing: waits in recv
+    slow = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        waits = list(pool.map(seconds_until_closed, [idle + b" " * 60, slow]))
+    assert all(wait < 20 for wait in waits), waits
+
+
+# -- 6. malformed bodies are 400 in OpenAI's shape, not 500 ------------------------------------------------
+
+
+def test_malformed_bodies_and_paths_are_clean_400s(server, client, hostile_media):
+    (hostile_media / "loop").symlink_to(hostile_media / "loop")
+    chat = {"model": NAME, "max_tokens": 2, "messages": user("hi")}
+    image = lambda path: json.dumps({**chat, "messages": user("x", image_part(path))}).encode()  # noqa: E731
+    cases = [
+        ("deep nesting", b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        ("5001-digit integer", b'{"messages": [], "max_tokens": 1' + b"0" * 5000 + b"}", "not valid JSON"),
+        ("lone surrogate", b'{"messages": [{"role": "user", "content": "\\ud800 hi"}]}', "unpaired UTF-16 surrogate"),
+        ("seed over 64 bits", json.dumps({**chat, "seed": 2**64}).encode(), "seed"),
+        ("seed under 64 bits", json.dumps({**chat, "seed": -(2**63) - 1}).encode(), "seed"),
+        ("UTF-16 body", json.dumps(chat).encode("utf-16"), "not UTF-8"),
+        ("UTF-16-LE body", json.dumps(chat).encode("utf-16-le"), "not valid JSON"),
+        ("BOM", b"\xef\xbb\xbf" + json.dumps(chat).encode(), "byte-order mark"),
+        ("NUL in a path", image(f"{hostile_media}/a\0b.png"), "not a usable path"),
+        ("5000-character name", image(f"{hostile_media}/{'n' * 5000}.png"), "not a usable path"),
+        ("symlink loop", image(f"{hostile_media}/loop"), "not a usable path"),
+    ]  # fmt: skip
+    with httpx.Client(timeout=60) as session:
+        for name, body, message in cases:
+            response = session.post(
+                f"{server}/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
+            )
+            assert response.status_code == 400, (name, response.text[:300])
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"} and message in error["message"], name
+            assert "\n" not in error["message"] and len(error["message"]) < 1000, name
+    # A request h11 cannot parse is answered in the same shape (uvicorn's own answer is plain text).
+    with socket.create_connection(("127.0.0.1", int(server.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+        reply = reply.decode()
+    assert reply.startswith("HTTP/1.1 400") and '"type": "invalid_request_error"' in reply
+    still = client.chat.completions.create(model=NAME, messages=user("still there?"), max_tokens=2)
+    assert still.choices[0].finish_reason in ("stop", "length")

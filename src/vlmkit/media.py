@@ -280,13 +280,16 @@ def _decode_data_url(url: str, where: str, policy: MediaPolicy) -> bytes:
 def _local_file(path: Path, where: str, policy: MediaPolicy) -> Path:
     if not policy.allow_local_files:
         raise MediaError(f"{where}: local files are not allowed here ({path}); send an http(s) or data: URL")
-    if policy.media_dirs:
-        resolved = path.resolve()  # follows symlinks and `..` before the check
-        if not any(resolved.is_relative_to(Path(d).resolve()) for d in policy.media_dirs):
-            raise MediaError(f"{where}: {path} is outside the allowed media directories")
-        path = resolved
-    if not path.is_file():
-        raise MediaError(f"{where}: file not found: {path}")
+    try:
+        if policy.media_dirs:
+            resolved = path.resolve()  # follows symlinks and `..` before the check
+            if not any(resolved.is_relative_to(Path(d).resolve()) for d in policy.media_dirs):
+                raise MediaError(f"{where}: {path} is outside the allowed media directories")
+            path = resolved
+        if not path.is_file():
+            raise MediaError(f"{where}: file not found: {path}")
+    except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, a name too long, a symlink loop
+        raise MediaError(f"{where}: not a usable path {str(path)[:200]!r} ({_one_line(e)[:200]})") from None
     return path
 
 

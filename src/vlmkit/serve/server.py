@@ -138,6 +138,7 @@ def serve(
 
     from vlmkit.serve.app import ServerConfig, create_app, is_loopback_name
     from vlmkit.serve.engine import Engine
+    from vlmkit.serve.protocol import TimedH11Protocol
 
     if api_key is not None and not api_key.strip():
         raise VlmkitError(
@@ -223,12 +224,30 @@ def serve(
     app = create_app(engine, models, config)
     logging.getLogger("vlmkit.serve").setLevel(log_level.upper())
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False)
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            server_header=False,
+            http=TimedH11Protocol,  # a deadline for request headers, and malformed requests in OpenAI's shape
+            timeout_keep_alive=5,  # idle keep-alive connections are closed (they hold file descriptors)
+            h11_max_incomplete_event_size=64 * 1024,  # request line and headers
+            limit_concurrency=_connection_limit(),
+        )
     )
     print(f"serving {', '.join(models)} on http://{host}:{port}/v1", flush=True)
     server.run()
     if engine.failure is not None:
         raise VlmkitError(f"the generation thread stopped ({engine.failure}); the server exited, restart it")
+
+
+def _connection_limit() -> int:
+    """Connections served at once (503 beyond): half the open-files limit, so /health stays reachable."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(32, min(1000, soft // 2)) if soft != resource.RLIM_INFINITY else 1000
 
 
 def context_length(vlm: VLM) -> int:
