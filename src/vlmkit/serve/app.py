@@ -29,8 +29,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vlmkit import __version__
 from vlmkit.serve.engine import ENGINE_STOPPED, Engine, Job
-from vlmkit.serve.request import APIError, ServerConfig, has_media, parse, prepare
+from vlmkit.serve.request import APIError, ChatRequest, ServerConfig, has_media, parse, prepare
 
 __all__ = ["APIError", "ServedModel", "ServerConfig", "create_app"]
 
@@ -127,7 +128,13 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
         ]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions")
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> dict[str, Any]:
+        """The API's OpenAPI schema (behind the API key), for clients and schema fuzzers."""
+        check_key(request)
+        return openapi_schema(app)
+
+    @app.post("/v1/chat/completions", openapi_extra=_CHAT_BODY)
     async def chat_completions(request: Request):
         check_key(request)
         if not engine.alive:
@@ -169,6 +176,28 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
         return await _complete(job, request_id, name, request)
 
     return app
+
+
+# The handler reads the body itself (size limit first, then strict JSON), so its schema is given here.
+_CHAT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
+    }
+}
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title="vlmkit", version=__version__, routes=app.routes)
+        request = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(request.pop("$defs", {}))
+        components["ChatRequest"] = request
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")

@@ -161,6 +161,10 @@ def serve(
     ):
         if value < 1:
             raise VlmkitError(f"{option} must be at least 1, got {value}")
+    if max_tokens > max_total_tokens:
+        raise VlmkitError(
+            f"--max-tokens {max_tokens} is over --max-total-tokens {max_total_tokens}; every request would be refused"
+        )
     if media_timeout <= 0:
         raise VlmkitError(f"--media-timeout must be above 0, got {media_timeout}")
     adapters = adapters or {}
