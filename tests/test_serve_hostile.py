@@ -400,3 +400,70 @@ def test_malformed_bodies_and_paths_are_clean_400s(server, client, hostile_media
     assert reply.startswith("HTTP/1.1 400") and '"type": "invalid_request_error"' in reply
     still = client.chat.completions.create(model=NAME, messages=user("still there?"), max_tokens=2)
     assert still.choices[0].finish_reason in ("stop", "length")
+
+
+# -- 7. a bounded fuzz run against the published schema ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_fuzzed_request_bodies_never_get_a_5xx(server):
+    """A few hundred bodies built from the published schema's fields with random (often wrong) values and
+    random JSON; every answer is a 2xx or 4xx in OpenAI's shape. Generation is kept short: max_tokens is
+    either tiny or invalid."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    schema = httpx.get(f"{server}/openapi.json").json()
+    fields = sorted(schema["components"]["schemas"]["ChatRequest"]["properties"])
+    leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    anything = st.recursive(leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)  # fmt: skip
+    part = st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "image_url", "video_url", "image", "audio", "x"])},
+        optional={
+            "text": anything,
+            "image_url": anything | st.fixed_dictionaries({"url": st.text(max_size=30)}),
+        },
+    )
+    message = st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "assistant", "tool", "robot"]) | anything},
+        optional={"content": st.text(max_size=40) | st.lists(part, max_size=3) | anything},
+    )
+    valid_messages = st.lists(
+        st.fixed_dictionaries({"role": st.just("user"), "content": st.text(min_size=1, max_size=40)}),
+        min_size=1,
+        max_size=2,
+    )
+    values = {
+        "messages": valid_messages | st.lists(message, max_size=3) | anything,
+        "max_tokens": st.integers(1, 3) | st.integers(max_value=0) | st.integers(min_value=10**5) | anything,
+        "max_completion_tokens": st.none() | st.integers(-5, 3),
+        "n": st.integers(-2, 3) | anything,
+        "stream": st.booleans() | anything,
+        "seed": st.integers() | anything,
+    }
+    field_values = {name: values.get(name, anything) for name in fields}
+    messages = field_values.pop("messages")
+    request = st.fixed_dictionaries({"messages": messages}, optional=field_values).map(
+        lambda d: {"max_tokens": 2, **d}
+    )
+    bodies = request.map(json.dumps) | anything.map(json.dumps) | st.text(max_size=50)
+
+    statuses = []
+
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(bodies)
+    def one(body: str):
+        response = httpx.post(
+            f"{server}/v1/chat/completions",
+            content=body.encode("utf-8", "surrogatepass"),
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        )
+        statuses.append(response.status_code)
+        assert response.status_code < 500, (body[:300], response.text[:300])
+        if response.status_code >= 400:
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+    one()
+    assert len(statuses) == 300 and any(s == 200 for s in statuses)
