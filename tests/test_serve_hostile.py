@@ -3,6 +3,7 @@ driven with the official `openai` client and raw HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import socket
@@ -467,3 +468,34 @@ def test_fuzzed_request_bodies_never_get_a_5xx(server):
 
     one()
     assert len(statuses) == 300 and any(s == 200 for s in statuses)
+
+
+def test_a_request_abandoned_in_the_queue_ends_its_handler(small_model):
+    """A job whose client left while it was queued is skipped, and its handler is told so: it used to wait
+    for ever (one task leaked per such request, and a graceful shutdown never ended)."""
+    import vlmkit
+    from vlmkit.model import GenerationOptions
+    from vlmkit.serve.engine import CLIENT_GONE, Engine, Job
+    from vlmkit.serve.request import Message, request_sample
+
+    vlm = vlmkit.load(str(small_model))
+
+    async def run() -> tuple:
+        loop = asyncio.get_running_loop()
+        encoded = vlm.encode(request_sample([Message(role="user", content="hi")]))
+        gone = Job(
+            None, encoded, GenerationOptions(max_new_tokens=2), 1, (), loop, asyncio.Queue(), cancelled=True
+        )
+        kept = Job(None, encoded, GenerationOptions(max_new_tokens=2), 1, (), loop, asyncio.Queue())
+        engine = Engine(vlm, {None: None})
+        engine.submit(gone)
+        engine.submit(kept)
+        engine.start()
+        first = await asyncio.wait_for(gone.events.get(), 30)
+        events = [await asyncio.wait_for(kept.events.get(), 30) for _ in range(3)]
+        engine.stop()
+        return first, events
+
+    first, events = asyncio.run(run())
+    assert first == ("error", CLIENT_GONE)
+    assert [e[0] for e in events] == ["delta", "finish", "done"]

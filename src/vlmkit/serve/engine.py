@@ -31,6 +31,7 @@ log = logging.getLogger("vlmkit.serve")
 ENGINE_STOPPED = (
     "the server's generation thread has stopped (see the server log); the server is shutting down"
 )
+CLIENT_GONE = "the client disconnected before generation began"
 # A job joins a batch only while its longest prompt is at most twice its shortest plus this many tokens.
 _PADDING_SLACK = 256
 
@@ -224,6 +225,9 @@ class Engine:
             self._fail(f"{type(e).__name__}: {e}")
 
     def _run_batch(self, batch: list[Job]) -> None:
+        for job in batch:
+            if job.cancelled:  # its client left while it was queued; end its handler, which may still wait
+                job.emit("error", CLIENT_GONE)
         live = [job for job in batch if not job.cancelled]
         if not live:
             return
