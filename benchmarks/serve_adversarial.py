@@ -182,7 +182,7 @@ def main(args) -> None:
             model = build_tiny_model(family_by_name("qwen2-vl"), Path(tmp) / "tiny", small_vocab=True)
         port = free_port()
         proc = start_server(model, port, args.max_batch_size, Path(tmp) / "server.log",
-                            "--allow-private-urls", "--media-timeout", "2", "--log-level", "info")  # fmt: skip
+                            "--allow-private-urls", "--media-timeout", "2")  # fmt: skip
         try:
             r = asyncio.run(run_adversarial(f"http://127.0.0.1:{port}", args.clients, args.requests, slow_url))
             rss = _peak_rss_mb(proc.pid)
