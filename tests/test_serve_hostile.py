@@ -247,6 +247,7 @@ def test_a_server_that_trickles_headers_is_cut_at_the_media_timeout(client, slow
     assert time.monotonic() - start < 10  # was: as long as the server kept trickling
 
 
+@pytest.mark.slow  # ~13 s: 45 fetches of 2 s each, 8 at a time
 def test_slow_media_never_holds_up_text_only_requests(server, client, slow_media):
     """45 requests whose media server trickles used to fill the one thread pool every request is prepared
     in, and a text-only request waited for them."""
