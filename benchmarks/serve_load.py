@@ -1,6 +1,11 @@
 """Load test of `vlmkit serve`: many concurrent clients, every reply checked.
 
     python benchmarks/serve_load.py --clients 64 --requests 512 --max-tokens 16
+    python benchmarks/serve_load.py --profile adversarial --clients 8 --requests 64
+
+The adversarial profile (see `run_adversarial`) sends short greedy text requests while heavy and
+hostile ones run beside them, and reports the short requests' p50/p95 against their p50/p95 alone,
+the server's peak RSS, unexpected answers (errors) and wrong replies.
 
 Starts `vlmkit serve` on a free loopback port (a tiny small-vocabulary Qwen2-VL unless --model
 is given), asks each prompt once alone for its greedy reference reply, then sends --requests
@@ -36,9 +41,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, port: int, max_batch_size: int, log: Path) -> subprocess.Popen:
+def start_server(model: Path, port: int, max_batch_size: int, log: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vlmkit", "serve", "--model", str(model), "--port", str(port),
-           "--served-model-name", "bench", "--log-level", "warning", "--max-batch-size", str(max_batch_size)]  # fmt: skip
+           "--served-model-name", "bench", "--log-level", "warning", "--max-batch-size", str(max_batch_size),
+           *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -116,7 +122,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=16, help="distinct conversations")
     parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--profile", choices=["plain", "adversarial"], default="plain")
     args = parser.parse_args()
+    if args.profile == "adversarial":
+        from serve_adversarial import main as adversarial
+
+        adversarial(args)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model

@@ -4,7 +4,6 @@ HTTP tests use a ThreadingHTTPServer on 127.0.0.1; nothing leaves the machine.
 """
 
 import base64
-import http.client
 import io
 import os
 import socket
@@ -283,19 +282,26 @@ def test_private_urls_refused(server):
 def test_private_redirect_target_refused(server, monkeypatch):
     """A public first hop that redirects to a private host is refused at the second hop."""
     pretend_public(server, monkeypatch)
-    monkeypatch.setattr(media._PublicHTTPConnection, "connect", http.client.HTTPConnection.connect)
     url = f"http://public.test:{port_of(server)}/to-loopback"
     message = load_error(url, MediaPolicy(allow_private_urls=False))
     assert f"could not fetch {url} (redirected to {server}/img.png): 127.0.0.1 is at 127.0.0.1" in message
 
 
-def test_connected_address_is_checked(server, monkeypatch):
-    """DNS that says public at check time but connects to loopback (rebinding) is still refused."""
-    pretend_public(server, monkeypatch)
-    message = load_error(
-        f"http://public.test:{port_of(server)}/img.png", MediaPolicy(allow_private_urls=False)
-    )
-    assert "public.test is at 127.0.0.1, not a public address" in message
+def test_connection_goes_to_the_vetted_address(monkeypatch):
+    """DNS that says public at check time and loopback later (rebinding) cannot redirect the connection:
+    the host is resolved once and that vetted address is connected to."""
+    answers = iter([["8.8.8.8"], ["127.0.0.1"]])
+    monkeypatch.setattr(media, "_resolve", lambda host, port: next(answers))
+    connected = []
+
+    def connect(address, *args, **kwargs):
+        connected.append(address)
+        raise ConnectionRefusedError("no network in tests")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    message = load_error("http://rebind.test:8080/img.png", MediaPolicy(allow_private_urls=False))
+    assert "could not fetch http://rebind.test:8080/img.png" in message
+    assert connected == [("8.8.8.8", 8080)]
 
 
 def port_of(server: str) -> int:
@@ -312,7 +318,7 @@ def pretend_public(server, monkeypatch):
     )
 
     def connect(address, *args, **kwargs):
-        if address[0] == "public.test":
+        if address[0] == "8.8.8.8":  # the vetted address of public.test: the test server stands in for it
             address = ("127.0.0.1", port_of(server))
         return real_connect(address, *args, **kwargs)
 

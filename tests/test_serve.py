@@ -320,6 +320,16 @@ def test_auth_is_enforced_everywhere_but_health(server, client):
     still_answers(client)
 
 
+def test_openapi_schema_is_published_behind_the_key(server):
+    assert httpx.get(f"{server}/openapi.json").status_code == 401
+    schema = httpx.get(f"{server}/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
+    body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/ChatRequest"}
+    fields = schema["components"]["schemas"]["ChatRequest"]["properties"]
+    assert {"messages", "n", "max_tokens", "temperature", "seed", "stream"} <= set(fields)
+    assert "Message" in schema["components"]["schemas"]
+
+
 # -- refusals: each one a status code, OpenAI's error shape, and a server that still answers ----------
 
 

@@ -357,9 +357,21 @@ def serve_command(
     max_media_bytes: Annotated[int, typer.Option(help="Largest image or video fetched from a URL.")] = 32 * 2**20,
     media_timeout: Annotated[float, typer.Option(help="Seconds allowed to fetch one media URL.")] = 10.0,
     max_image_pixels: Annotated[
-        int, typer.Option(help="Largest image (width x height) decoded; larger ones get 413.")
+        int, typer.Option(help="Largest image or video frame (width x height) decoded; larger ones get 413.")
     ] = 64 * 2**20,
     max_tokens: Annotated[int, typer.Option(help="max_tokens of a request that gives none.")] = 512,
+    max_total_tokens: Annotated[
+        int, typer.Option(help="Most tokens one request may ask to generate, n x max_tokens (400 beyond).")
+    ] = 8192,
+    max_prompt_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Most prompt tokens (text and media) of one request (400 beyond). Default: the model's context length."
+        ),
+    ] = None,
+    max_video_frames: Annotated[
+        int, typer.Option(help="Most frames sampled from one video of a request (413 beyond).")
+    ] = 128,
     max_batch_size: Annotated[int, typer.Option(help="Most sequences generated together.")] = 16,
     min_pixels: MinPixels = None,
     max_pixels: MaxPixels = None,
@@ -400,6 +412,9 @@ def serve_command(
         media_timeout=media_timeout,
         max_image_pixels=max_image_pixels,
         max_tokens=max_tokens,
+        max_total_tokens=max_total_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+        max_video_frames=max_video_frames,
         max_batch_size=max_batch_size,
         min_pixels=min_pixels,
         max_pixels=max_pixels,

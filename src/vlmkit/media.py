@@ -8,6 +8,7 @@ local path, so a future `load_video` can share the fetching and policy rules wit
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import io
 import ipaddress
@@ -40,10 +41,11 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 class MediaPolicy:
     """What `load_image` / `fetch_media` may read. The defaults suit the CLI and training.
 
-    A server facing untrusted clients should set `allow_private_urls=False` (URLs whose host
-    resolves to a non-public address are refused, re-checked on every redirect and against the
-    address actually connected to; such fetches ignore proxy environment variables) and either
-    `allow_local_files=False` or `media_dirs`. `timeout` bounds a whole fetch, redirects included.
+    A server facing untrusted clients should set `allow_private_urls=False` (the host of every hop is
+    resolved once, refused unless every address is public, IPv4 embedded in IPv6 included, and then
+    that very address is connected to: no connection is made to a refused address; such fetches ignore
+    proxy environment variables) and either `allow_local_files=False` or `media_dirs`. `timeout` bounds
+    a whole fetch: connect, headers and body of every hop, redirects included.
     """
 
     timeout: float = 10.0
@@ -300,13 +302,16 @@ def _decode_data_url(url: str, where: str, policy: MediaPolicy) -> bytes:
 def _local_file(path: Path, where: str, policy: MediaPolicy) -> Path:
     if not policy.allow_local_files:
         raise MediaError(f"{where}: local files are not allowed here ({path}); send an http(s) or data: URL")
-    if policy.media_dirs:
-        resolved = path.resolve()  # follows symlinks and `..` before the check
-        if not any(resolved.is_relative_to(Path(d).resolve()) for d in policy.media_dirs):
-            raise MediaError(f"{where}: {path} is outside the allowed media directories")
-        path = resolved
-    if not path.is_file():
-        raise MediaError(f"{where}: file not found: {path}")
+    try:
+        if policy.media_dirs:
+            resolved = path.resolve()  # follows symlinks and `..` before the check
+            if not any(resolved.is_relative_to(Path(d).resolve()) for d in policy.media_dirs):
+                raise MediaError(f"{where}: {path} is outside the allowed media directories")
+            path = resolved
+        if not path.is_file():
+            raise MediaError(f"{where}: file not found: {path}")
+    except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, a name too long, a symlink loop
+        raise MediaError(f"{where}: not a usable path {str(path)[:200]!r} ({_one_line(e)[:200]})") from None
     return path
 
 
@@ -315,19 +320,19 @@ class _FetchError(Exception):
 
 
 def _fetch(url: str, where: str, policy: MediaPolicy) -> bytes:
-    """GET `url`, following at most `policy.max_redirects` redirects, each hop checked."""
-    handlers: list[Any] = [_NoRedirects()]
-    if not policy.allow_private_urls:
-        handlers += [urllib.request.ProxyHandler({}), _PublicHTTPHandler(), _PublicHTTPSHandler()]
+    """GET `url`, following at most `policy.max_redirects` redirects, each hop checked, all within one
+    deadline of `policy.timeout` seconds (connect, headers and body of every hop together)."""
+    deadline = _Deadline(policy.timeout)
+    vet = not policy.allow_private_urls
+    handlers: list[Any] = [_NoRedirects(), _DeadlineHTTPHandler(deadline, vet), _DeadlineHTTPSHandler(deadline, vet)]
+    if vet:
+        handlers.append(urllib.request.ProxyHandler({}))  # a proxy would connect where we cannot vet
     opener = urllib.request.build_opener(*handlers)
-    deadline = time.monotonic() + policy.timeout
     current = url
     try:
         for _ in range(policy.max_redirects + 1):
-            if not policy.allow_private_urls:
-                _check_public_host(current)
             try:
-                with opener.open(current, timeout=max(deadline - time.monotonic(), 0.001)) as response:
+                with opener.open(current, timeout=deadline.left()) as response:
                     return _read_limited(response, deadline, policy)
             except urllib.error.HTTPError as e:
                 e.close()
@@ -340,55 +345,110 @@ def _fetch(url: str, where: str, policy: MediaPolicy) -> bytes:
         raise _FetchError(f"more than {policy.max_redirects} redirects")
     except _FetchError as e:
         reason = str(e)
-    except urllib.error.URLError as e:
-        timed_out = isinstance(e.reason, TimeoutError)
-        reason = f"timed out after {policy.timeout:g} s" if timed_out else _one_line(e.reason)
-    except TimeoutError:
-        reason = f"timed out after {policy.timeout:g} s"
-    except (OSError, ValueError, http.client.HTTPException) as e:
-        reason = _one_line(e)
+    except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
+        cause = e.reason if isinstance(e, urllib.error.URLError) else e
+        reason = _one_line(cause)
+        if isinstance(cause, _FetchError):
+            reason = str(cause)
+        elif deadline.expired() or isinstance(cause, TimeoutError):
+            reason = f"timed out after {policy.timeout:g} s"
+    finally:
+        deadline.cancel()
     hop = f" (redirected to {current})" if current != url else ""
     raise MediaError(f"{where}: could not fetch {url}{hop}: {reason}")
 
 
-def _read_limited(response: Any, deadline: float, policy: MediaPolicy) -> bytes:
+def _read_limited(response: Any, deadline: _Deadline, policy: MediaPolicy) -> bytes:
     too_big = f"response is over the limit of {_size(policy.max_bytes)}"
     length = response.headers.get("Content-Length", "")
     if length.isdigit() and int(length) > policy.max_bytes:
         raise _FetchError(too_big)
     chunks, size = [], 0
-    while chunk := response.read1(65536):  # one recv at a time, so the deadline is checked often
+    while chunk := response.read1(65536):
         size += len(chunk)
         if size > policy.max_bytes:
             raise _FetchError(too_big)
-        if time.monotonic() > deadline:
-            raise _FetchError(f"timed out after {policy.timeout:g} s")
         chunks.append(chunk)
+    if deadline.expired():  # the watchdog closed the socket: what was read may be cut short
+        raise _FetchError(f"timed out after {policy.timeout:g} s")
     return b"".join(chunks)
+
+
+class _Deadline:
+    """One deadline for a whole fetch. Socket timeouts bound each read, not their sum (a server that sends
+    a header byte a second never trips them), so a timer shuts every socket of the fetch down at the end."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.timers: list[threading.Timer] = []
+
+    def left(self) -> float:
+        return max(self.end - time.monotonic(), 0.001)
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end
+
+    def guard(self, sock: socket.socket) -> None:
+        timer = threading.Timer(self.left(), _shut, (sock,))
+        timer.daemon = True
+        timer.start()
+        self.timers.append(timer)
+
+    def cancel(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once
+    except OSError:
+        pass
 
 
 def _resolve(host: str, port: int) -> list[str]:
     return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
-def _check_public_host(url: str) -> None:
-    parts = urlsplit(url)
-    if not parts.hostname:
-        raise _FetchError("the URL has no host")
+def _vetted_address(host: str, port: int) -> str:
+    """Resolve `host` once and check every address it has; the caller connects to the address returned,
+    so DNS that answers otherwise later cannot send the connection elsewhere. Nothing is connected to
+    before the check, so refusals do not tell open ports from closed ones."""
     try:
-        addresses = _resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        addresses = _resolve(host, port)
     except socket.gaierror as e:
-        raise _FetchError(f"cannot resolve {parts.hostname} ({e.strerror})") from None
+        raise _FetchError(f"cannot resolve {host} ({e.strerror})") from None
     for address in addresses:
-        _check_public_address(parts.hostname, address)
+        _check_public_address(host, address)
+    return addresses[0]
+
+
+# IPv6 ranges that carry an IPv4 address in their last 32 bits: IPv4-compatible (::a.b.c.d), IPv4-mapped,
+# IPv4-translated (SIIT) and NAT64 (well-known and local-use prefixes). 6to4 and Teredo are handled by
+# `ipaddress` itself.
+_EMBEDS_IPV4 = tuple(
+    ipaddress.ip_network(n) for n in ("::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48")
+)
 
 
 def _check_public_address(host: str, address: str) -> None:
-    ip = ipaddress.ip_address(address)
-    if ip.version == 6 and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    if not ip.is_global or ip.is_multicast:  # private, loopback, link-local, reserved, unspecified...
-        raise _FetchError(f"{host} is at {address}, not a public address; only public URLs are allowed here")
+    ip = ipaddress.ip_address(address.split("%")[0])
+    embedded: list[ipaddress.IPv4Address] = []
+    if ip.version == 6:
+        if ip.is_site_local:  # fec0::/10, deprecated but still routed inside some sites
+            embedded.append(ipaddress.IPv4Address("0.0.0.0"))
+        if any(ip in net for net in _EMBEDS_IPV4):
+            embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.sixtofour is not None:
+            embedded.append(ip.sixtofour)
+        if ip.teredo is not None:
+            embedded.extend(ip.teredo)
+    for candidate in (ip, *embedded):
+        if not candidate.is_global or candidate.is_multicast:  # private, loopback, link-local, reserved...
+            raise _FetchError(
+                f"{host} is at {address}, not a public address; only public URLs are allowed here"
+            )
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -398,28 +458,55 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-class _PublicHTTPConnection(http.client.HTTPConnection):
-    """Checks the address actually connected to, so DNS that changes after the check is caught."""
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    """Connects to a vetted address (when `vet`) and puts its socket under the fetch's deadline."""
 
-    def connect(self):
-        super().connect()
-        _check_public_address(self.host, self.sock.getpeername()[0])
+    def __init__(self, *args: Any, deadline: _Deadline, vet: bool, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.deadline, self.vet = deadline, vet
+
+    def connect(self) -> None:
+        if not self.vet:
+            super().connect()
+        else:
+            address = _vetted_address(self.host, self.port)
+            self.sock = socket.create_connection((address, self.port), timeout=self.deadline.left())
+        self.deadline.guard(self.sock)
 
 
-class _PublicHTTPSConnection(http.client.HTTPSConnection):
-    def connect(self):
-        super().connect()
-        _check_public_address(self.host, self.sock.getpeername()[0])
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, vet: bool, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.deadline, self.vet = deadline, vet
+
+    def connect(self) -> None:
+        if not self.vet:
+            super().connect()
+            self.deadline.guard(self.sock)
+            return
+        address = _vetted_address(self.host, self.port)
+        raw = socket.create_connection((address, self.port), timeout=self.deadline.left())
+        self.deadline.guard(raw)
+        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # the certificate names the host
 
 
-class _PublicHTTPHandler(urllib.request.HTTPHandler):
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline, vet: bool):
+        super().__init__()
+        self.deadline, self.vet = deadline, vet
+
     def http_open(self, req):
-        return self.do_open(_PublicHTTPConnection, req)
+        return self.do_open(functools.partial(_DeadlineHTTPConnection, deadline=self.deadline, vet=self.vet), req)
 
 
-class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline, vet: bool):
+        super().__init__()
+        self.deadline, self.vet = deadline, vet
+
     def https_open(self, req):
-        return self.do_open(_PublicHTTPSConnection, req, context=self._context)
+        connection = functools.partial(_DeadlineHTTPSConnection, deadline=self.deadline, vet=self.vet)
+        return self.do_open(connection, req, context=self._context)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -15,53 +15,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+import anyio
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vlmkit.errors import MediaTooLargeError, VlmkitError
-from vlmkit.media import MediaPolicy, fetch_media, load_image
-from vlmkit.model import GenerationOptions
-from vlmkit.sample import Sample, to_sample
-from vlmkit.serve.engine import Engine, Job
+from vlmkit import __version__
+from vlmkit.serve.engine import ENGINE_STOPPED, Engine, Job
+from vlmkit.serve.request import APIError, ChatRequest, ServerConfig, has_media, parse, prepare
+
+__all__ = ["APIError", "ServedModel", "ServerConfig", "create_app"]
 
 log = logging.getLogger("vlmkit.serve")
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: str
-    content: str | list[Any] | None = None
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class ChatRequest(BaseModel):
-    """The fields of OpenAI's chat-completion request that vlmkit reads; others are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = None
-    messages: list[Message] = Field(min_length=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
 
 
 @dataclass
@@ -74,26 +48,6 @@ class ServedModel:
     parent: str | None = None
 
 
-@dataclass
-class ServerConfig:
-    api_key: str | None = None
-    max_request_bytes: int = 16 * 2**20
-    max_tokens: int = 512  # default when a request gives none
-    max_tokens_limit: int = 4096
-    max_n: int = 8
-    policy: MediaPolicy = field(
-        default_factory=lambda: MediaPolicy(allow_private_urls=False, allow_local_files=False)
-    )
-
-
-class APIError(Exception):
-    def __init__(
-        self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-
-
 def error_response(status: int, message: str, type_: str, param=None, code=None) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
@@ -104,6 +58,8 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
     `engine` must know the same names. The engine is started and stopped with the app."""
     default_model = next(iter(models))
     created = int(time.time())
+    media_workers = anyio.CapacityLimiter(config.media_workers)
+    text_workers = anyio.CapacityLimiter(8)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -111,7 +67,15 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
         yield
         engine.stop()
 
-    app = FastAPI(title="vlmkit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    # No slash redirects: Starlette builds their Location from the Host header (an open redirect).
+    app = FastAPI(
+        title="vlmkit",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
@@ -128,6 +92,7 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
         return error_response(500, "internal server error (see the server log)", "server_error")
 
     def check_key(request: Request) -> None:
+        check_browser(request, config)
         if config.api_key is None:
             return
         given = request.headers.get("authorization", "")
@@ -140,10 +105,14 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
             )
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health(request: Request):
+        check_browser(request, config)
+        if not engine.alive:  # a supervisor polling /health restarts the server
+            return error_response(503, _engine_down(engine), "server_error")
         return {"status": "ok", "queued": len(engine.queue), "batches": engine.batches}
 
     @app.get("/v1/models")
+    @app.get("/v1/models/", include_in_schema=False)
     async def list_models(request: Request) -> dict[str, Any]:
         check_key(request)
         data = [
@@ -159,11 +128,19 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
         ]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions")
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> dict[str, Any]:
+        """The API's OpenAPI schema (behind the API key), for clients and schema fuzzers."""
+        check_key(request)
+        return openapi_schema(app)
+
+    @app.post("/v1/chat/completions", openapi_extra=_CHAT_BODY)
     async def chat_completions(request: Request):
         check_key(request)
+        if not engine.alive:
+            raise APIError(503, _engine_down(engine), "server_error")
         body = await _read_body(request, config.max_request_bytes)
-        chat = _parse(body)
+        chat = parse(body)
         name = chat.model or default_model
         if name not in models:
             raise APIError(
@@ -172,7 +149,11 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
                 param="model",
                 code="model_not_found",
             )
-        encoded, options, stop = await run_in_threadpool(_prepare, chat, models[name], config)
+        # Media fetches wait on slow servers: they get their own workers, so text-only requests never queue behind them.
+        limiter = media_workers if has_media(chat) else text_workers
+        encoded, options, stop = await anyio.to_thread.run_sync(
+            prepare, chat, models[name].template, config, limiter=limiter
+        )
         job = Job(
             adapter=name,
             encoded=encoded,
@@ -192,9 +173,80 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        return await _complete(job, request_id, name)
+        return await _complete(job, request_id, name, request)
 
     return app
+
+
+# The handler reads the body itself (size limit first, then strict JSON), so its schema is given here.
+_CHAT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
+    }
+}
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title="vlmkit", version=__version__, routes=app.routes)
+        request = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(request.pop("$defs", {}))
+        components["ChatRequest"] = request
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback_name(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_browser(request: Request, config: ServerConfig) -> None:
+    """Refuse what a web page can make a browser send to a keyless server: a Host that is not loopback
+    (DNS rebinding, when bound to loopback), and POSTs from another origin or that are not JSON (CSRF;
+    a browser sends those without asking the server first)."""
+    if config.loopback_only:
+        host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+        if not is_loopback_name(host):
+            raise APIError(
+                421,
+                f"Host {host!r} is not a loopback name; this keyless server answers only localhost "
+                "(start it with --api-key to serve other names)",
+                code="misdirected_request",
+            )
+    if config.api_key is not None or request.method != "POST":
+        return
+    origin = request.headers.get("origin")
+    if origin is not None and not is_loopback_name(urlsplit(origin).hostname or ""):
+        raise APIError(
+            403,
+            f"Origin {origin!r} is another site; this keyless server refuses requests from web pages "
+            "(start it with --api-key to allow them)",
+            code="forbidden_origin",
+        )
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise APIError(
+            415,
+            f"Content-Type {media_type or 'none'!r}: send the body as JSON with 'Content-Type: application/json'",
+            code="unsupported_media_type",
+        )
+
+
+def _engine_down(engine: Engine) -> str:
+    return f"the generation thread has stopped ({engine.failure or 'not running'}); restart the server"
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -209,78 +261,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise too_big
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _parse(body: bytes) -> ChatRequest:
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"request body is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "request body must be a JSON object")
-    try:
-        return ChatRequest.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        param = ".".join(str(p) for p in first["loc"])
-        raise APIError(400, f"{param}: {first['msg']}", param=param) from None
-
-
-def _prepare(
-    chat: ChatRequest, served: ServedModel, config: ServerConfig
-) -> tuple[dict[str, Any], GenerationOptions, tuple[str, ...]]:
-    """Check the sampling options, read the media under the server's policy and encode the prompt with
-    the served model's template. Runs in a worker thread (media fetching blocks)."""
-    if chat.n > config.max_n:
-        raise APIError(400, f"n: {chat.n} is over this server's limit of {config.max_n}", param="n")
-    max_tokens = chat.max_completion_tokens or chat.max_tokens or config.max_tokens
-    if max_tokens > config.max_tokens_limit:
-        raise APIError(
-            400,
-            f"max_tokens: {max_tokens} is over this server's limit of {config.max_tokens_limit}",
-            param="max_tokens",
-        )
-    stop = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or [])
-    if len(stop) > 4 or not all(stop):
-        raise APIError(400, "stop: give up to 4 non-empty strings", param="stop")
-    if chat.messages[-1].role == "assistant":
-        raise APIError(
-            400, "messages: the last message is from the assistant; end with a user turn", param="messages"
-        )
-    try:
-        sample = to_sample(  # API text is text: media come as image_url / video_url parts
-            {"messages": [m.model_dump() for m in chat.messages]}, where="request", media_tags=False
-        )
-        sample = _fetch_media(sample, config.policy)
-        encoded = served.template.encode(sample, add_generation_prompt=True)
-    except MediaTooLargeError as e:
-        raise APIError(413, str(e), param="messages") from None
-    except VlmkitError as e:  # DataError, MediaError: the request's fault
-        raise APIError(400, str(e), param="messages") from None
-    options = GenerationOptions(
-        max_new_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p, seed=chat.seed
-    )
-    return encoded, options, tuple(stop)
-
-
-def _fetch_media(sample: Sample, policy: MediaPolicy) -> Sample:
-    """The sample with every image opened and every video fetched under `policy` (the template then
-    never reads a client-given path or URL itself)."""
-    messages, counts = [], {"image": 0, "video": 0}
-    for message in sample.messages:
-        parts = []
-        for part in message["content"]:
-            kind = part["type"]
-            if kind in counts:
-                counts[kind] += 1
-                where = f"{sample.where}: {kind} {counts[kind]}"
-                if kind == "image":
-                    part = {"type": "image", "image": load_image(part["image"], where, policy)}
-                else:
-                    part = {"type": "video", "video": fetch_media(part["video"], where, policy)}
-            parts.append(part)
-        messages.append({**message, "content": parts})
-    return Sample(messages=messages, objects=sample.objects, where=sample.where)
 
 
 def _chunk(request_id: str, created: int, model: str, choices: list[dict], usage: dict | None = None) -> str:
@@ -327,9 +307,24 @@ def _delta(index: int, delta: dict, finish: str | None = None) -> dict:
     return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
 
 
-async def _complete(job: Job, request_id: str, model: str) -> JSONResponse:
+async def _cancel_when_gone(request: Request, job: Job) -> None:
+    """Mark `job` cancelled when its client disconnects (the body is read: the next message is the end)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancelled = True
+
+
+async def _complete(job: Job, request_id: str, model: str, request: Request) -> JSONResponse:
     texts: dict[int, str] = {}
     finishes: dict[int, str] = {}
+    watcher = asyncio.create_task(_cancel_when_gone(request, job))
+    try:
+        return await _reply(job, request_id, model, texts, finishes)
+    finally:
+        watcher.cancel()
+
+
+async def _reply(job: Job, request_id: str, model: str, texts: dict, finishes: dict) -> JSONResponse:
     while True:
         event = await job.events.get()
         if event[0] == "delta":
@@ -340,7 +335,7 @@ async def _complete(job: Job, request_id: str, model: str) -> JSONResponse:
             usage = event[1]
             break
         else:
-            raise APIError(500, event[1], "server_error")
+            raise APIError(503 if event[1] == ENGINE_STOPPED else 500, event[1], "server_error")
     choices = [
         {
             "index": i,

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,8 +28,15 @@ from vlmkit.model import VLM, GenerationOptions
 
 log = logging.getLogger("vlmkit.serve")
 
+ENGINE_STOPPED = (
+    "the server's generation thread has stopped (see the server log); the server is shutting down"
+)
+CLIENT_GONE = "the client disconnected before generation began"
+# A job joins a batch only while its longest prompt is at most twice its shortest plus this many tokens.
+_PADDING_SLACK = 256
 
-@dataclass
+
+@dataclass(eq=False)  # compared by identity: the queue removes jobs, and `==` on tensor dicts raises
 class Job:
     """One chat-completion request: `n` rows of the same encoded prompt.
 
@@ -44,7 +52,11 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
     stream: bool = False
-    cancelled: bool = False
+    cancelled: bool = False  # the client went away: its rows end at the next token
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.encoded["input_ids"].shape[0])
 
     @property
     def batch_key(self) -> tuple:
@@ -117,7 +129,9 @@ class Engine:
 
     `adapters` maps served adapter names to peft adapter names on `vlm.model` (None: the base
     model, with adapters disabled; the key None may map to a peft adapter when the main model
-    is a LoRA checkpoint).
+    is a LoRA checkpoint). A request that fails gets an error and the worker goes on; should the
+    worker thread itself end (a bug), `failure` says why, every queued and later job gets an
+    error, and `on_failure` is called (the server then exits non-zero so a supervisor restarts it).
     """
 
     def __init__(
@@ -126,14 +140,18 @@ class Engine:
         adapters: dict[str | None, str | None],
         max_batch_rows: int = 16,
         batch_wait: float = 0.005,
+        on_failure: Callable[[], None] | None = None,
     ):
         self.vlm = vlm
         self.adapters = adapters
         self.max_batch_rows = max_batch_rows
         self.batch_wait = batch_wait
+        self.on_failure = on_failure
         self.queue: deque[Job] = deque()
         self.ready = threading.Condition()
         self.stopping = False
+        self.failure: str | None = None
+        self.running: list[Job] = []  # the batch being generated
         self.batches = 0
         self.thread = threading.Thread(target=self._run, name="vlmkit-serve-engine", daemon=True)
 
@@ -144,10 +162,18 @@ class Engine:
         with self.ready:
             self.stopping = True
             self.ready.notify_all()
-        self.thread.join(timeout=30)
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        return self.failure is None and self.thread.is_alive()
 
     def submit(self, job: Job) -> None:
         with self.ready:
+            if self.failure is not None:
+                job.emit("error", ENGINE_STOPPED)
+                return
             self.queue.append(job)
             self.ready.notify()
 
@@ -165,36 +191,67 @@ class Engine:
                 if rows >= self.max_batch_rows or left <= 0:
                     break
                 self.ready.wait(left)
-            for job in batch:
-                self.queue.remove(job)
+            taken = {id(job) for job in batch}
+            self.queue = deque(job for job in self.queue if id(job) not in taken)
             return batch
 
     def _compatible(self) -> tuple[list[Job], int]:
+        """The oldest job and the queued jobs that can share its `generate` call: same adapter and
+        sampling settings, and a prompt of comparable length (left padding a short prompt to a long one
+        would make every short request wait for the long prefill and pay for its padding)."""
         first = self.queue[0]
         batch, rows = [first], first.n
+        shortest = longest = first.prompt_tokens
         for job in list(self.queue)[1:]:
-            if job.batch_key == first.batch_key and rows + job.n <= self.max_batch_rows:
+            low, high = min(shortest, job.prompt_tokens), max(longest, job.prompt_tokens)
+            if (
+                job.batch_key == first.batch_key
+                and rows + job.n <= self.max_batch_rows
+                and high <= 2 * low + _PADDING_SLACK
+            ):
                 batch.append(job)
                 rows += job.n
+                shortest, longest = low, high
         return batch, rows
 
     def _run(self) -> None:
-        while (batch := self._take_batch()) is not None:
-            live = [job for job in batch if not job.cancelled]
-            if not live:
-                continue
-            try:
-                self._generate(live)
-            except Exception:  # a bug or out of memory: retry each job alone, so one bad job fails alone
-                log.exception("batch of %d requests failed", len(live))
-                for job in live:
-                    if len(live) > 1 and not job.stream:  # streamed text cannot be taken back: no retry
-                        try:
-                            self._generate([job])
-                            continue
-                        except Exception:
-                            log.exception("request failed on its own too")
-                    job.emit("error", "generation failed (see the server log)")
+        try:
+            while (batch := self._take_batch()) is not None:
+                self.running = batch
+                self._run_batch(batch)
+                self.running = []
+        except BaseException as e:  # a bug in the loop itself: fail loudly rather than hang every client
+            log.exception("the engine thread stopped")
+            self._fail(f"{type(e).__name__}: {e}")
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        for job in batch:
+            if job.cancelled:  # its client left while it was queued; end its handler, which may still wait
+                job.emit("error", CLIENT_GONE)
+        live = [job for job in batch if not job.cancelled]
+        if not live:
+            return
+        try:
+            self._generate(live)
+        except Exception:  # a bug or out of memory: retry each job alone, so one bad job fails alone
+            log.exception("batch of %d requests failed", len(live))
+            for job in live:
+                if len(live) > 1 and not job.stream:  # streamed text cannot be taken back: no retry
+                    try:
+                        self._generate([job])
+                        continue
+                    except Exception:
+                        log.exception("request failed on its own too")
+                job.emit("error", "generation failed (see the server log)")
+
+    def _fail(self, reason: str) -> None:
+        with self.ready:
+            self.failure = reason
+            queued, self.queue = self.running + list(self.queue), deque()
+        for job in queued:
+            job.emit("error", ENGINE_STOPPED)
+        if self.on_failure is not None:
+            self.on_failure()
 
     def _generate(self, jobs: list[Job]) -> None:
         rows = [_Row(job, choice) for job in jobs for choice in range(job.n)]

@@ -113,6 +113,9 @@ def serve(
     media_timeout: float = 10.0,
     max_image_pixels: int = 64 * 2**20,
     max_tokens: int = 512,
+    max_total_tokens: int = 8192,
+    max_prompt_tokens: int | None = None,
+    max_video_frames: int = 128,
     max_batch_size: int = 16,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
@@ -133,9 +136,14 @@ def serve(
     """Load the model and serve it until interrupted (see `vlmkit serve --help` for the options)."""
     import uvicorn
 
-    from vlmkit.serve.app import ServerConfig, create_app
+    from vlmkit.serve.app import ServerConfig, create_app, is_loopback_name
     from vlmkit.serve.engine import Engine
+    from vlmkit.serve.protocol import TimedH11Protocol
 
+    if api_key is not None and not api_key.strip():
+        raise VlmkitError(
+            "--api-key is empty, which would protect nothing; give a key, or leave the option out"
+        )
     if not 1 <= port <= 65535:
         raise VlmkitError(f"--port {port}: choose a port from 1 to 65535")
     for folder in allow_media_dir or []:
@@ -145,10 +153,18 @@ def serve(
         ("--max-request-bytes", max_request_bytes),
         ("--max-media-bytes", max_media_bytes),
         ("--max-tokens", max_tokens),
+        ("--max-total-tokens", max_total_tokens),
+        ("--max-prompt-tokens", max_prompt_tokens or 1),
+        ("--max-video-frames", max_video_frames),
+        ("--max-image-pixels", max_image_pixels),
         ("--max-batch-size", max_batch_size),
     ):
         if value < 1:
             raise VlmkitError(f"{option} must be at least 1, got {value}")
+    if max_tokens > max_total_tokens:
+        raise VlmkitError(
+            f"--max-tokens {max_tokens} is over --max-total-tokens {max_total_tokens}; every request would be refused"
+        )
     if media_timeout <= 0:
         raise VlmkitError(f"--media-timeout must be above 0, got {media_timeout}")
     adapters = adapters or {}
@@ -160,7 +176,9 @@ def serve(
     if backend == "vllm":
         given = [k for k, v in {**video, **tiles}.items() if v is not None]
         if given or trust_remote_code:
-            names = ", ".join("--" + k.replace("_", "-") for k in given + ["trust_remote_code"] * trust_remote_code)
+            names = ", ".join(
+                "--" + k.replace("_", "-") for k in given + ["trust_remote_code"] * trust_remote_code
+            )
             raise VlmkitError(f"{names}: not passed on to vLLM yet; serve with --backend transformers")
         _serve_vllm(
             model, ckpt, adapters, settings, served_model_name, host, port, api_key, allow_media_dir, dtype
@@ -194,13 +212,53 @@ def serve(
         max_request_bytes=max_request_bytes,
         max_tokens=max_tokens,
         max_tokens_limit=max(max_tokens, 4096),
+        max_total_tokens=max_total_tokens,
+        max_prompt_tokens=max_prompt_tokens or context_length(vlm),
+        max_video_frames=max_video_frames,
         policy=policy,
+        loopback_only=api_key is None and is_loopback_name(host),
     )
-    engine = Engine(vlm, peft_names, max_batch_rows=max_batch_size)
+    server: uvicorn.Server | None = None
+
+    def engine_failed() -> None:  # from the engine thread: stop serving, so the process exits non-zero
+        if server is not None:
+            server.should_exit = True
+
+    engine = Engine(vlm, peft_names, max_batch_rows=max_batch_size, on_failure=engine_failed)
     app = create_app(engine, models, config)
     logging.getLogger("vlmkit.serve").setLevel(log_level.upper())
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            server_header=False,
+            http=TimedH11Protocol,  # a deadline for request headers, and malformed requests in OpenAI's shape
+            timeout_keep_alive=5,  # idle keep-alive connections are closed (they hold file descriptors)
+            h11_max_incomplete_event_size=64 * 1024,  # request line and headers
+            limit_concurrency=_connection_limit(),
+        )
+    )
     print(f"serving {', '.join(models)} on http://{host}:{port}/v1", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    server.run()
+    if engine.failure is not None:
+        raise VlmkitError(f"the generation thread stopped ({engine.failure}); the server exited, restart it")
+
+
+def _connection_limit() -> int:
+    """Connections served at once (503 beyond): half the open-files limit, so /health stays reachable."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(32, min(1000, soft // 2)) if soft != resource.RLIM_INFINITY else 1000
+
+
+def context_length(vlm: VLM) -> int:
+    """The language model's context length from its config (32768 if the config does not say)."""
+    config = vlm.model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(getattr(text, "max_position_embeddings", None) or 32768)
 
 
 def _serve_vllm(

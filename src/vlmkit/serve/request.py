@@ -1,0 +1,265 @@
+"""From a chat-completion request body to an encoded prompt, under the server's limits (`vlmkit serve`).
+
+`parse` turns the body into a `ChatRequest` (strict UTF-8 JSON; every malformed body is a 400);
+`prepare` checks the sampling options and the budgets, fetches the media under the server's
+`MediaPolicy` and encodes the prompt with the served model's template. Every refusal is an
+`APIError` whose one-line message names the field or the limit and its flag.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vlmkit.errors import DataError, MediaTooLargeError, VlmkitError
+from vlmkit.media import MediaPolicy, fetch_media, read_image_size
+from vlmkit.model import GenerationOptions
+from vlmkit.sample import ROLES, Sample, _content_part
+
+_SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[Any] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The fields of OpenAI's chat-completion request that vlmkit reads; others are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=_SEED_RANGE[0], le=_SEED_RANGE[1])
+
+
+@dataclass
+class ServerConfig:
+    """The server's key and per-request limits (each has a `vlmkit serve` flag, named in its refusals)."""
+
+    api_key: str | None = None
+    max_request_bytes: int = 16 * 2**20
+    max_tokens: int = 512  # default when a request gives none
+    max_tokens_limit: int = 4096
+    max_n: int = 8
+    max_total_tokens: int = 8192  # n x max_tokens
+    max_prompt_tokens: int = 32768
+    max_video_frames: int = 128
+    media_workers: int = 8  # requests fetching media at once; text-only requests never wait for them
+    policy: MediaPolicy = field(
+        default_factory=lambda: MediaPolicy(allow_private_urls=False, allow_local_files=False)
+    )
+    loopback_only: bool = (
+        False  # keyless on a loopback address: refuse other Host names and browsers' requests
+    )
+
+
+class APIError(Exception):
+    def __init__(
+        self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+
+def parse(body: bytes) -> ChatRequest:
+    """The request body as a ChatRequest; APIError 400 for anything but a JSON object in UTF-8."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        raise APIError(400, "request body starts with a byte-order mark; send JSON in UTF-8 without one")
+    try:
+        text = body.decode("utf-8")  # strict: UTF-16/32 bodies are refused, never guessed into mojibake
+    except UnicodeDecodeError as e:
+        raise APIError(
+            400, f"request body is not UTF-8 ({e.reason} at byte {e.start}); send JSON in UTF-8"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise APIError(400, f"request body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise APIError(400, "request body is not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise APIError(400, f"request body is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object")
+    if "\\u" in text and _has_lone_surrogate(data):  # only a \u escape can make one
+        raise APIError(400, "request body has an unpaired UTF-16 surrogate (\\ud800-\\udfff) in a string")
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(p) for p in first["loc"])
+        raise APIError(400, f"{param}: {first['msg']}", param=param) from None
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Whether any string (or key) of parsed JSON holds an unpaired surrogate, which no tokenizer takes."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if _LONE_SURROGATE.search(value):
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+def has_media(chat: ChatRequest) -> bool:
+    """Whether any message has a part other than text (such requests fetch media, in their own pool)."""
+    return any(
+        isinstance(m.content, list)
+        and any(
+            not (isinstance(p, str) or (isinstance(p, dict) and p.get("type") == "text")) for p in m.content
+        )
+        for m in chat.messages
+    )
+
+
+def prepare(
+    chat: ChatRequest, template: Any, config: ServerConfig
+) -> tuple[dict[str, Any], GenerationOptions, tuple[str, ...]]:
+    """Check the sampling options and budgets, read the media under the server's policy and encode the
+    prompt with `template`. Runs in a worker thread (media fetching blocks)."""
+    if chat.n > config.max_n:
+        raise APIError(400, f"n: {chat.n} is over this server's limit of {config.max_n}", param="n")
+    max_tokens = chat.max_completion_tokens or chat.max_tokens or config.max_tokens
+    if max_tokens > config.max_tokens_limit:
+        raise APIError(
+            400,
+            f"max_tokens: {max_tokens} is over this server's limit of {config.max_tokens_limit}",
+            param="max_tokens",
+        )
+    if chat.n * max_tokens > config.max_total_tokens:
+        raise APIError(
+            400,
+            f"n x max_tokens: {chat.n} x {max_tokens} = {chat.n * max_tokens} is over this server's limit of "
+            f"{config.max_total_tokens} tokens per request (--max-total-tokens); ask for fewer",
+            param="max_tokens",
+        )
+    stop = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or [])
+    if len(stop) > 4 or not all(stop):
+        raise APIError(400, "stop: give up to 4 non-empty strings", param="stop")
+    if chat.messages[-1].role == "assistant":
+        raise APIError(
+            400, "messages: the last message is from the assistant; end with a user turn", param="messages"
+        )
+    try:
+        sample = fetch_sample_media(request_sample(chat.messages), template, config)
+        prompt = template.count_tokens(
+            sample, add_generation_prompt=True
+        )  # from headers: refuse before decoding
+        _check_prompt(prompt, config)
+        encoded = template.encode(sample, add_generation_prompt=True)
+    except MediaTooLargeError as e:
+        raise APIError(413, str(e), param="messages") from None
+    except VlmkitError as e:  # DataError, MediaError: the request's fault
+        raise APIError(400, str(e), param="messages") from None
+    _check_prompt(len(encoded["input_ids"]), config)
+    options = GenerationOptions(
+        max_new_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p, seed=chat.seed
+    )
+    return encoded, options, tuple(stop)
+
+
+def _check_prompt(tokens: int, config: ServerConfig) -> None:
+    if tokens > config.max_prompt_tokens:
+        raise APIError(
+            400,
+            f"messages: the prompt is {tokens} tokens, over this server's limit of {config.max_prompt_tokens} "
+            "tokens per request (--max-prompt-tokens); send less text or smaller media",
+            param="messages",
+            code="context_length_exceeded",
+        )
+
+
+def request_sample(messages: list[Message]) -> Sample:
+    """The request's messages as a Sample. API text is text: unlike a dataset row's it is not scanned for
+    `<image>` / `<video>` placeholders (the API has no `images` list; media come as content parts)."""
+    out = []
+    for i, message in enumerate(messages):
+        if message.role not in ROLES:
+            raise DataError(
+                f"request: message {i} has role {message.role!r}; expected one of {', '.join(ROLES)}"
+            )
+        content = "" if message.content is None else message.content
+        raw = [content] if isinstance(content, str) else content
+        parts = [_content_part(part, f"request: message {i}", j) for j, part in enumerate(raw)]
+        out.append({"role": message.role, "content": [p for p in parts if p["type"] != "text" or p["text"]]})
+    if not any(m["role"] != "system" for m in out):
+        raise DataError("request: the conversation has no user or assistant message")
+    return Sample(messages=out, where="request")
+
+
+def fetch_sample_media(sample: Sample, template: Any, config: ServerConfig) -> Sample:
+    """The sample with every image and video fetched under the server's policy (bytes, or a checked local
+    path) and checked against the pixel and frame limits from its header, before anything is decoded:
+    the template then never reads a client-given path or URL itself."""
+    policy = config.policy
+    headers_only = replace(policy, max_image_pixels=2**62)  # the size is checked below, naming the flag
+    messages, counts = [], {"image": 0, "video": 0}
+    for message in sample.messages:
+        parts = []
+        for part in message["content"]:
+            kind = part["type"]
+            if kind in counts:
+                counts[kind] += 1
+                where = f"{sample.where}: {kind} {counts[kind]}"
+                data = fetch_media(part[kind], where, policy)
+                if kind == "image":
+                    height, width = read_image_size(data, where, headers_only)
+                    _check_pixels(height, width, where, "image", policy)
+                else:
+                    _check_video(data, where, template, config)
+                part = {"type": kind, kind: data}
+            parts.append(part)
+        messages.append({**message, "content": parts})
+    return Sample(messages=messages, objects=sample.objects, where=sample.where)
+
+
+def _check_pixels(height: int, width: int, where: str, what: str, policy: MediaPolicy) -> None:
+    if height * width > policy.max_image_pixels:
+        raise MediaTooLargeError(
+            f"{where}: {what} is {width} x {height}, over this server's limit of {policy.max_image_pixels} "
+            "pixels (--max-image-pixels)"
+        )
+
+
+def _check_video(data: Any, where: str, template: Any, config: ServerConfig) -> None:
+    """Frame size and sampled frame count from the container header, as the template samples it."""
+    from vlmkit.video import probe_video
+
+    probe = probe_video(
+        data,
+        where,
+        fps=getattr(template, "fps", 2.0),
+        nframes=getattr(template, "nframes", None),
+        max_frames=getattr(template, "max_frames", 768),
+    )
+    _check_pixels(probe.height, probe.width, where, "each video frame", config.policy)
+    if len(probe.timestamps) > config.max_video_frames:
+        raise MediaTooLargeError(
+            f"{where}: the video gives {len(probe.timestamps)} sampled frames, over this server's limit of "
+            f"{config.max_video_frames} frames per video (--max-video-frames); send a shorter video"
+        )
