@@ -89,6 +89,20 @@ def readme_blocks(text: str) -> list[Block]:
 BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
 RUN_BLOCKS = [b for b in BLOCKS if b.lang in RUN and b.skip_reason is None]
 
+# Blocks that a known, open defect breaks: a line of the block -> the defect. Each is a strict xfail, so the
+# test turns red (XPASS) when the fix lands; then delete the entry.
+KNOWN_DEFECTS = {
+    "printf '<video>What happens?\\nclip.mp4\\nexit\\n' | vlmkit infer --model tiny-qwen25 --fps 1": (
+        "issue 11 #1: the chat crashes when a streamed reply contains a newline (the tiny model's reply has one)"
+    ),
+}
+
+
+def block_param(block: Block):
+    defects = [reason for line, reason in KNOWN_DEFECTS.items() if line in block.code]
+    marks = [pytest.mark.xfail(strict=True, reason="; ".join(defects))] if defects else []
+    return pytest.param(block, id=f"README.md:{block.line}", marks=marks)
+
 
 def test_every_readme_block_is_run_or_marked():
     problems = []
@@ -151,6 +165,8 @@ SUBSTITUTIONS = [
         lambda ws: newest_checkpoint(ws, "output/Qwen2-VL-7B-Instruct/v0-*"),
     ),
     (r"/path/to/LLaMA-Factory/data", lambda ws: str(PEERS / "llamafactory")),
+    # The encode example's 8 processes are for a bigger machine than CI's 2 cores.
+    (r"(?<=--workers )8\b|(?<=--encode-workers )8\b", lambda ws: "2"),
     # No network in tests; another developer's server may hold port 8000.
     (r"https://example\.com/cat\.jpg", lambda ws: data_url(ws.dir / "cat.jpg")),
     (r"(?<=--port )8000\b|(?<=localhost:)8000\b|(?<=127\.0\.0\.1:)8000\b", lambda ws: str(ws.port)),
@@ -328,7 +344,7 @@ def run_block(block: Block, ws: Workspace) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", RUN_BLOCKS, ids=[f"README.md:{b.line}" for b in RUN_BLOCKS])
+@pytest.mark.parametrize("block", [block_param(b) for b in RUN_BLOCKS])
 def test_readme_block_runs(block, readme_ws):
     printed = run_block(block, readme_ws)
     if "vlmkit demo" in block.code:  # the demo ends with the table the README shows after it
@@ -341,3 +357,17 @@ def test_readme_block_runs(block, readme_ws):
         rows = [json.loads(line) for line in (readme_ws.dir / "preds.jsonl").read_text().splitlines()]
         assert len(rows) == 4 and all(r["response"] == CHAT_REPLY for r in rows)
         assert [r["labels"] for r in rows] == [CHAT_REPLY, "A tall photo."] * 2
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True, reason="issue 11 #5: warm-up swallows the README's LoRA run; every lora_B stays 0"
+)
+def test_readme_lora_example_trains_the_adapter(readme_ws):
+    """The `vlmkit sft ... --tuner lora ... --epochs 1 --batch-size 2 --grad-accum 8` block on a small train.jsonl
+    (run above): the adapter it saved must have learnt something."""
+    from safetensors.torch import load_file
+
+    ckpt = readme_ws.dir / newest_checkpoint(readme_ws, "output/Qwen2-VL-7B-Instruct/v0-*")
+    weights = load_file(ckpt / "adapter_model.safetensors")
+    assert max(w.abs().max().item() for name, w in weights.items() if "lora_B" in name) > 0
