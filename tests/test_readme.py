@@ -357,6 +357,12 @@ def test_readme_block_runs(block, readme_ws):
         rows = [json.loads(line) for line in (readme_ws.dir / "preds.jsonl").read_text().splitlines()]
         assert len(rows) == 4 and all(r["response"] == CHAT_REPLY for r in rows)
         assert [r["labels"] for r in rows] == [CHAT_REPLY, "A tall photo."] * 2
+    if "--val --output val_preds.jsonl" in block.code:  # the run's validation rows, then a plain HF folder
+        rows = [json.loads(line) for line in (readme_ws.dir / "val_preds.jsonl").read_text().splitlines()]
+        assert [r["labels"] for r in rows] == [CHAT_REPLY, "A tall photo."]
+        assert (readme_ws.dir / "qwen2vl-latex" / "config.json").is_file()
+    if "/v1/chat/completions" in block.code and block.lang == "bash":  # curl got a completion
+        assert '"chat.completion"' in printed, printed[-3000:]
 
 
 @pytest.mark.slow
