@@ -446,6 +446,34 @@ def test_seed003_lora_with_the_seeds_settings_logged_to_swanlab_offline(small_mo
 
 # -- seed 004: InternVL-Chat LoRA with ms-swift ------------------------------------------------------------
 
+SEED004_REPLY = "我是一个人工智能助手，旨在通过自然语言处理和机器学习技术来帮助用户解决问题和完成任务。"
+
+
+@pytest.mark.slow
+def test_seed004_internvl_chat_text_then_clear_then_image(tmp_path):
+    """`swift infer --model_type internvl-chat-v1_5 --max_length 4096` -> `vlmkit infer --model M --max-tiles 6`
+    with the seed's turns: a text question, `clear`, a question about an image (`<image>` asks for its path)."""
+    model = scripted("internvl", tmp_path / "m", SEED004_REPLY)
+    random_image(300, 420, seed=41).save(tmp_path / "cat.png")
+    typed = "你是谁\nclear\n<image>描述这张图片\ncat.png\nexit\n"
+    done = vlmkit(
+        "infer",
+        "--model",
+        str(model),
+        "--max-tiles",
+        "6",
+        "--max-new-tokens",
+        "100",
+        cwd=tmp_path,
+        stdin=typed,
+    )
+    lines = done.stdout.splitlines()
+    assert lines.count(SEED004_REPLY) == 2 or done.stdout.count(SEED004_REPLY + "\n" + "-" * 50) == 2, (
+        done.stdout
+    )
+    assert "Input an image path or URL <<< cat.png" in done.stdout
+    assert "error" not in done.stderr.lower(), done.stderr
+
 
 @pytest.fixture(scope="module")
 def internvl_lora(tmp_path_factory, tiny_models):
