@@ -39,6 +39,10 @@ class DemoRecipe:
     warmup_ratio: float = 0.05
 
 
+# `vlmkit demo --quick`: the same steps at toy size, to check an install (the figures mean nothing).
+QUICK_RECIPE = DemoRecipe(train_rows=64, test_rows=16, max_steps=8, batch_size=8)
+
+
 def _accuracy(vlm, dataset, batch_size: int = 32) -> tuple[float, list[tuple[str, str, str]]]:
     """Greedy held-out accuracy; also returns (question, answer, reference) triples."""
     from vlmkit.infer import split_reference
