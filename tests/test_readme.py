@@ -91,11 +91,7 @@ RUN_BLOCKS = [b for b in BLOCKS if b.lang in RUN and b.skip_reason is None]
 
 # Blocks that a known, open defect breaks: a line of the block -> the defect. Each is a strict xfail, so the
 # test turns red (XPASS) when the fix lands; then delete the entry.
-KNOWN_DEFECTS = {
-    "printf '<video>What happens?\\nclip.mp4\\nexit\\n' | vlmkit infer --model tiny-qwen25 --fps 1": (
-        "issue 11 #1: the chat crashes when a streamed reply contains a newline (the tiny model's reply has one)"
-    ),
-}
+KNOWN_DEFECTS: dict[str, str] = {}
 
 
 def block_param(block: Block):
@@ -366,9 +362,6 @@ def test_readme_block_runs(block, readme_ws):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="issue 11 #5: warm-up swallows the README's LoRA run; every lora_B stays 0"
-)
 def test_readme_lora_example_trains_the_adapter(readme_ws):
     """The `vlmkit sft ... --tuner lora ... --epochs 1 --batch-size 2 --grad-accum 8` block on a small train.jsonl
     (run above): the adapter it saved must have learnt something."""

@@ -94,7 +94,6 @@ LATEX = [r"\frac{a}{b}+c^{2}", r"\sqrt{x^{2}+y^{2}}", r"\int_{0}^{1} f(x)\,dx", 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 11 #1: chat crashes when a streamed reply contains a newline")
 def test_seed000_chat_prints_each_multiline_cjk_reply_in_full(scripted_model, tmp_path):
     """`swift infer` -> `vlmkit infer --model M`: text, two images, one image, clear, video."""
     from scripted import MULTILINE_CJK_REPLY
@@ -110,11 +109,6 @@ def test_seed000_chat_prints_each_multiline_cjk_reply_in_full(scripted_model, tm
     assert "error" not in done.stderr.lower(), done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 #2: inline <img>PATH</img> in a chat message is sent as plain text; "
-    "issue 11 #1: chat.send/stream crash when the reply contains a newline",
-)
 def test_seed000_python_inline_img_query_then_streamed_follow_up(scripted_model, tmp_path):
     """The seed's Python example: `inference(model, template, '<img>URL</img>距离各城市多远？')`, then a streamed
     follow-up on the same history; the seed's replies are multi-line, as the scripted model's."""
@@ -171,9 +165,6 @@ def test_seed000_latex_ocr_lora_then_infer_on_val(latex_run):
     assert all(isinstance(p["response"], str) and "error" not in p for p in preds)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 11 #11: --val fails when run from another folder (relative paths in args.json)"
-)
 def test_seed000_infer_on_val_from_another_folder(latex_run, tmp_path):
     work, ckpt = latex_run
     vlmkit(
@@ -229,9 +220,6 @@ def test_seed000_grounding_rows_check_and_boxes_come_back_in_original_pixels(tmp
     assert len(list((tmp_path / "drawn").glob("*.png"))) == 3
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 11 #3: a <bbox> in a prompt carries the label on Qwen2.5-VL/Qwen3-VL"
-)
 def test_seed000_find_bbox_prompt_carries_only_the_box(tiny_models, tmp_path):
     random_image(480, 640, seed=4).save(tmp_path / "COCO_train2014_000000001507.jpg")
     write_jsonl(tmp_path / "refcoco.jsonl", refcoco_rows()[:1])
@@ -306,10 +294,6 @@ def test_seed001_lora_merge_export_loads_and_infers(paddlemix_lora):
     assert len(read_jsonl(work / "preds.jsonl")) == 12
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 #4: an export keeps the base checkpoint's pixel limits in its preprocessor config",
-)
 def test_seed001_export_resizes_in_plain_transformers_as_trained(paddlemix_lora):
     """A user who never runs vlmkit again: plain AutoImageProcessor on the export gives vlmkit's grid."""
     from transformers import AutoImageProcessor
@@ -424,7 +408,6 @@ def test_seed003_held_out_captions_predicted_next_to_references(scripted_model, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 11 #6: --report-to swanlab crashes at the start of training")
 def test_seed003_lora_with_the_seeds_settings_logged_to_swanlab_offline(small_model, tmp_path):
     coco_caption_json(tmp_path, 20)
     swanlog = tmp_path / "swanlog"
@@ -505,7 +488,6 @@ def test_seed004_internvl_lora_merge_then_infer(internvl_lora):
     assert preds[0]["labels"] == "一只小猫咪的特写照片，编号0。"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 #15: vlmkit export needs --output (default CKPT-merged)")
 def test_seed004_export_without_output_writes_ckpt_merged(internvl_lora):
     work, ckpt = internvl_lora
     vlmkit("export", "--ckpt", str(ckpt), "--merge-lora", cwd=work)
@@ -514,7 +496,6 @@ def test_seed004_export_without_output_writes_ckpt_merged(internvl_lora):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 11 #14: --target-modules ALL (ms-swift's spelling) is an error")
 def test_seed004_lora_target_modules_all(tiny_models, internvl_lora, tmp_path):
     work, _ = internvl_lora
     vlmkit("sft", "--model", str(tiny_models["internvl"]), "--dataset", "coco.jsonl", "--max-tiles", "2",
