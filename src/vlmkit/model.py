@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -422,18 +423,24 @@ def _load_weights(
 
     hf_model = getattr(transformers, auto_class).from_pretrained(model_dir, **kwargs)
     if ckpt is not None and (ckpt / "adapter_config.json").is_file():
-        import warnings
-
         from peft import PeftModel
 
-        with warnings.catch_warnings():
-            # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` on every load: its warning
-            # is about peft's code, not the user's checkpoint
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        with peft_quietly():
             hf_model = PeftModel.from_pretrained(hf_model, ckpt)
         if merge_lora:
             hf_model = hf_model.merge_and_unload()
     return hf_model
+
+
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Around a peft wrap or adapter load: peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`
+    every time, and its FutureWarning is about peft's code, not the user's model or checkpoint."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
 
 
 def resolve_checkpoint(ckpt: str | Path) -> tuple[Path, Path, dict[str, Any]]:

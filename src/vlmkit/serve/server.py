@@ -70,6 +70,7 @@ def load_served(
     """
     from peft import PeftModel
 
+    from vlmkit.model import peft_quietly
     from vlmkit.serve.app import ServedModel
 
     models = {main_name: ServedModel(main_name, vlm.template, str(vlm.path))}
@@ -80,10 +81,11 @@ def load_served(
             raise VlmkitError(f"--adapters {name}={folder}: {name!r} is already the main model's name")
         peft_name = f"served_{i}"
         try:
-            if isinstance(vlm.model, PeftModel):
-                vlm.model.load_adapter(str(folder), adapter_name=peft_name)
-            else:
-                vlm.model = PeftModel.from_pretrained(vlm.model, str(folder), adapter_name=peft_name)
+            with peft_quietly():
+                if isinstance(vlm.model, PeftModel):
+                    vlm.model.load_adapter(str(folder), adapter_name=peft_name)
+                else:
+                    vlm.model = PeftModel.from_pretrained(vlm.model, str(folder), adapter_name=peft_name)
         except Exception as e:  # peft raises many types for an adapter that does not fit the model
             raise VlmkitError(
                 f"--adapters {name}={folder}: cannot load it onto {main_name} ({type(e).__name__}: {e})"

@@ -7,12 +7,12 @@ is not counted as vision tower.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 
 from vlmkit.errors import VlmkitError
+from vlmkit.model import peft_quietly
 from vlmkit.train.config import SFTConfig
 
 ALL_LINEAR = ("all-linear", "all", "all_linear")
@@ -89,9 +89,7 @@ def apply_tuning(model: torch.nn.Module, config: SFTConfig, module_groups: dict[
     )
     for param in model.parameters():
         param.requires_grad = False
-    with warnings.catch_warnings():
-        # peft reads the model's deprecated `is_gradient_checkpointing` (transformers 5 warns on every run).
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with peft_quietly():
         return get_peft_model(model, lora)
 
 
