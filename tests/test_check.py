@@ -447,3 +447,15 @@ def test_a_huge_row_is_too_long_without_being_tokenized(small_model, tmp_path, m
     )
     assert result.exit_code == 1, result.output
     assert "first bad rows:\n  d.jsonl:2: 5000001 characters of text, more than 1024 tokens can hold; " in result.output
+
+
+def test_a_dataset_given_by_a_relative_path_finds_its_relative_images(small_model, tmp_path, monkeypatch):
+    """`--dataset data/train.jsonl` run from the folder above, rows naming `images/a.png` beside the file: the
+    image is found (a relative path was once resolved against the dataset folder twice, then three times)."""
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    random_image(60, 80).save(tmp_path / "data" / "images" / "a.png")
+    (tmp_path / "data" / "train.jsonl").write_text(json.dumps(image_row("images/a.png")) + "\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["check", "--model", str(small_model), "--dataset", "data/train.jsonl"])
+    assert result.exit_code == 0, result.output
+    assert "1 good, 0 bad" in result.output

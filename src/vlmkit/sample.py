@@ -106,8 +106,9 @@ def _requested_size(part: dict, where: str) -> dict:
     return given
 
 
-def _resolve_path(source: Any, base_dirs: tuple[Path, ...]) -> Any:
-    """Relative local paths resolve against the first base folder that holds them."""
+def resolve_path(source: Any, base_dirs: tuple[Path, ...]) -> Any:
+    """Relative local paths resolve against the first base folder that holds them (else the first), made
+    absolute, so that resolving a resolved path again (readers, then `to_sample`) changes nothing."""
     if not isinstance(source, str) or not source or "://" in source or source.startswith("data:"):
         return source
     path = Path(source).expanduser()
@@ -115,8 +116,8 @@ def _resolve_path(source: Any, base_dirs: tuple[Path, ...]) -> Any:
         return str(path)
     for base in base_dirs:
         if (base / path).exists():
-            return str(base / path)
-    return str(base_dirs[0] / path)
+            return str((base / path).absolute())
+    return str((base_dirs[0] / path).absolute())
 
 
 def _media_list(row: dict, key: str, where: str) -> list[Any]:
@@ -248,7 +249,7 @@ def to_sample(
     for message in messages:
         for part in message["content"]:
             if part["type"] in ("image", "video"):
-                part[part["type"]] = _resolve_path(part[part["type"]], base_dirs)
+                part[part["type"]] = resolve_path(part[part["type"]], base_dirs)
     if not any(m["role"] != "system" for m in messages):
         raise DataError(f"{where}: the conversation has no user or assistant message")
     return Sample(

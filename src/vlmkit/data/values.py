@@ -23,6 +23,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from vlmkit.sample import resolve_path
+
 _BASE64 = re.compile(r"[A-Za-z0-9+/\r\n]+={0,2}")
 # File signatures of the image and video formats Pillow and PyAV read: (offset, bytes).
 _SIGNATURES = (
@@ -44,17 +46,6 @@ def decode_base64(text: str) -> bytes | None:
     except (binascii.Error, ValueError):
         return None
     return data if _is_media(data) else None
-
-
-def resolve_path(path: str, base_dirs: tuple[Path, ...]) -> str:
-    """Relative local paths resolve against the first base folder that holds them (else the first)."""
-    resolved = Path(path).expanduser()
-    if resolved.is_absolute() or not base_dirs:
-        return str(resolved)
-    for base in base_dirs:
-        if (base / resolved).exists():
-            return str(base / resolved)
-    return str(base_dirs[0] / resolved)
 
 
 def media_source(value: Any, base_dirs: tuple[Path, ...] = ()) -> Any:
