@@ -220,6 +220,19 @@ def make_readme_files(ws: Workspace) -> None:
     (d / "run.yaml").write_text(
         f"model: {ws.models / 'Qwen2-VL-7B-Instruct'}\ndataset: [train.jsonl]\ntuner: lora\nmax_steps: 2\n"
     )
+    import datasets
+    import pandas as pd
+
+    for i in range(4):
+        random_image(40, 120, seed=10 + i).save(d / f"formula{i}.png")
+        random_image(96, 128, seed=20 + i).save(d / f"coco{i}.jpg")
+    latex = datasets.Dataset.from_list(  # AI-ModelScope/LaTeX_OCR: image, text
+        [{"image": str(d / f"formula{i}.png"), "text": f"\\frac{{{i}}}{{x}}"} for i in range(4)]
+    ).cast_column("image", datasets.Image())
+    latex.to_parquet(d / "latex_ocr.parquet")
+    pd.DataFrame(  # seed 003's data2csv.py: image_path, caption
+        {"image_path": [str(d / f"coco{i}.jpg") for i in range(4)], "caption": [f"A photo {i}." for i in range(4)]}
+    ).to_csv(d / "coco-2024-dataset.csv", index=False)
     boxes = next(
         b for b in BLOCKS if b.lang == "json" and '"objects"' in b.code
     )  # the Grounding section's row
