@@ -1,0 +1,213 @@
+"""`vlmkit eval`: metrics against their reference definitions on fixed inputs, and the command end to end
+(scripted models whose answers are known, so the scores are known exactly)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import datasets
+import numpy as np
+import pytest
+from conftest import random_image
+from scripted import build_scripted_model
+from typer.testing import CliRunner
+
+from vlmkit.cli import app
+from vlmkit.errors import VlmkitError
+from vlmkit.eval.metrics import (
+    Row,
+    aggregate,
+    anls,
+    bleu4,
+    bootstrap_interval,
+    box_iou,
+    cer,
+    choice,
+    choice_letter,
+    exact_match,
+    iou,
+    iou_at_50,
+    ned,
+    normalize_vqa,
+    relaxed_accuracy,
+    rouge_l,
+    vqa_accuracy,
+    wer,
+)
+
+
+def cli(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    random_image(48, 64, seed=seed).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def parquet(rows: list[dict], path) -> str:
+    datasets.Dataset.from_list(rows).cast_column("image", datasets.Image()).to_parquet(path)
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+
+
+# -- metrics on fixed inputs (expected values worked out by hand from each metric's definition) ------
+
+
+def test_exact_match_and_vqa_accuracy_with_the_vqav2_normalisation():
+    assert exact_match(Row("  The Cat. ", ["the cat"])).value == 1.0
+    assert exact_match(Row("", ["cat"])).value == 0.0
+    # VQAv2: number words -> digits, articles and punctuation dropped, contractions restored
+    assert normalize_vqa("Two dogs!") == "2 dogs"
+    assert normalize_vqa("the dont") == "don't"
+    assert normalize_vqa("1,000") == "1000"
+    # 3 of 10 annotators said "2": leave-one-out subsets drop a match 3 times (2/3) and a non-match 7 times (1)
+    ten = ["2"] * 3 + ["3"] * 7
+    assert vqa_accuracy(Row("two", ten)).value == pytest.approx((3 * 2 / 3 + 7 * 1) / 10)
+    assert vqa_accuracy(Row("2", ["2"] + ["3"] * 9)).value == pytest.approx(9 * (1 / 3) / 10)
+    assert vqa_accuracy(Row("3", ["3"] * 10)).value == 1.0
+    assert vqa_accuracy(Row("", ten)).value == 0.0  # empty prediction
+    assert vqa_accuracy(Row("A dog.", ["dog"])).value == 1.0  # one reference: match after normalising
+
+
+def test_anls_relaxed_accuracy_and_edit_distances():
+    # ANLS: 1 - lev/max_len under 0.5, else 0; the best of several references
+    assert anls(Row("helo", ["hello"])).value == pytest.approx(1 - 1 / 5)
+    assert anls(Row("abc", ["xyz"])).value == 0.0
+    assert anls(Row("Hello ", ["xyz", "hello"])).value == 1.0
+    assert anls(Row("", ["abc"])).value == 0.0
+    # ChartQA: within 5% of a number (a trailing % is /100); text must match
+    assert relaxed_accuracy(Row("10.4", ["10"])).value == 1.0
+    assert relaxed_accuracy(Row("10.6", ["10"])).value == 0.0
+    assert relaxed_accuracy(Row("12%", ["0.12"])).value == 1.0
+    assert relaxed_accuracy(Row("Yes", ["yes"])).value == 1.0
+    assert relaxed_accuracy(Row("0", ["0"])).value == 1.0  # a 0 reference is compared as text
+    # CER/WER: edits of the closest reference / its length; corpus value = sum of edits / sum of lengths
+    assert cer(Row("abd", ["abc"])).stats == [1, 3]
+    assert cer(Row("", ["abcd"])).value == 1.0
+    assert wer(Row("a b d", ["x", "a b c"])).stats == [1, 3]
+    assert aggregate("cer", np.array([[1, 3], [0, 7]], dtype=float)) == pytest.approx(0.1)
+    assert ned(Row("abcd", ["abxy"])).value == pytest.approx(0.5)
+    import jiwer
+
+    assert cer(Row("kitten sat", ["sitting sat"])).value == pytest.approx(
+        jiwer.cer("sitting sat", "kitten sat")
+    )
+
+
+def test_bleu_and_rouge_l_against_their_reference_implementations():
+    import sacrebleu
+
+    hyps = ["the cat sat on the mat", "a dog runs in the park", ""]
+    refs = [["the cat is on the mat", "a cat sat on a mat"], ["a dog is running in a park"], ["an empty one"]]
+    stats = np.array([bleu4(Row(h, r)).stats for h, r in zip(hyps, refs, strict=True)], dtype=float)
+    streams = [[r[0] for r in refs], [r[1] if len(r) > 1 else None for r in refs]]
+    assert aggregate("bleu4", stats) == pytest.approx(sacrebleu.corpus_bleu(hyps, streams).score / 100)
+    # ROUGE-L (pycocoevalcap): LCS "cat on mat" = 3 of 4 candidate words, 3 of 6 reference words,
+    # F = (1 + 1.2^2) P R / (R + 1.2^2 P)
+    p, r = 3 / 4, 3 / 6
+    assert rouge_l(Row("a cat on mat", ["the cat is on the mat"])).value == pytest.approx(
+        (1 + 1.44) * p * r / (r + 1.44 * p)
+    )
+    assert rouge_l(Row("", ["a cat"])).value == 0.0
+
+
+def test_grounding_iou_boxes_outside_the_image_and_unparsed_replies():
+    assert box_iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
+    # a predicted box past the image's edge is not clipped: IoU of the boxes as given
+    assert box_iou([50, 50, 70, 70], [60, 60, 100, 100]) == pytest.approx(100 / (400 + 1600 - 100))
+    assert box_iou([200, 200, 300, 300], [0, 0, 10, 10]) == 0.0
+    hit = Row(
+        "<box>", [], predicted_boxes=[[0, 0, 10, 10], [90, 90, 99, 99]], reference_boxes=[[1, 1, 10, 10]]
+    )
+    assert iou(hit).value == pytest.approx(81 / 100)  # the reply's first box
+    assert iou_at_50(hit).value == 1.0
+    miss = Row("I cannot see it", [], predicted_boxes=[], reference_boxes=[[1, 1, 10, 10]])
+    assert iou(miss).value == 0.0 and not iou(miss).parsed
+
+
+def test_multiple_choice_letter_extraction():
+    for reply, letter in [
+        ("B", "B"), ("(C) a dog", "C"), ("D. cat", "D"), ("The answer is (A).", "A"), ("Answer: E", "E"),
+        ("I think option B is right", "B"), ("I do not know", None), ("", None),
+    ]:  # fmt: skip
+        assert choice_letter(reply) == letter, reply
+    assert choice(Row("The answer is B", ["B"])).value == 1.0
+    unparsed = choice(Row("no idea", ["B"]))
+    assert unparsed.value == 0.0 and not unparsed.parsed
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_value():
+    stats = np.array([[1.0]] * 30 + [[0.0]] * 10)
+    low, high = bootstrap_interval("exact_match", stats)
+    assert low < 0.75 < high and (low, high) == bootstrap_interval("exact_match", stats)
+    assert bootstrap_interval("exact_match", np.array([[1.0]] * 5)) == (1.0, 1.0)
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+def test_eval_predictions_file_scores_rows_and_counts_failed_and_unparsed(tmp_path):
+    lines = [
+        {"query": "How many?", "response": "two", "references": ["2", "2", "2", "3"]},
+        {"query": "Colour?", "response": "red", "references": ["blue", "blue"]},
+        {"query": "Broken", "error": "row 3: image not found"},
+        {"query": "Empty", "response": "", "references": ["cat", "cat"]},
+    ]
+    given = tmp_path / "preds.jsonl"
+    given.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = cli("eval", "--predictions", given, "--output", tmp_path / "out").output
+    assert "vqa_accuracy" in out and "several short reference answers" in out
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    scores = metrics["models"]["preds"]
+    assert scores["failed"] == 1 and scores["rows"] == 4
+    # row 1: leaving out a "2" leaves 2 matches (2/3, three times), leaving out the "3" leaves 3 (1)
+    assert scores["scores"]["vqa_accuracy"]["value"] == pytest.approx((3 * 2 / 3 + 1) / 4 / 3)
+    scored = [json.loads(x) for x in (tmp_path / "out" / "preds.predictions.jsonl").read_text().splitlines()]
+    assert [x.get("scores", {}).get("vqa_accuracy") for x in scored] == [0.75, 0.0, None, 0.0]
+    assert given.read_text() == "".join(json.dumps(x) + "\n" for x in lines)  # the given file is untouched
+    assert "| vqa_accuracy" in (tmp_path / "out" / "report.md").read_text()
+    # the same folder again is refused, so nothing written is overwritten
+    with pytest.raises(VlmkitError, match="already holds an evaluation"):
+        cli("eval", "--predictions", given, "--output", tmp_path / "out")
+
+
+def test_eval_two_models_side_by_side_on_a_vqa_parquet(tmp_path):
+    rows = [
+        {"question": f"What is shown {i}?", "answers": ["a red cat", "red cat"], "image": {"bytes": png(i)}}
+        for i in range(3)
+    ]
+    data = parquet(rows, tmp_path / "vqa.parquet")
+    right = build_scripted_model("qwen2-vl", tmp_path / "right", "red cat")
+    wrong = build_scripted_model("qwen2-vl", tmp_path / "wrong", "a blue dog")
+    out = cli(
+        "eval",
+        "--model",
+        right,
+        "--model",
+        wrong,
+        "--dataset",
+        data,
+        "--output",
+        tmp_path / "ev",
+        "--max-new-tokens",
+        8,
+    ).output
+    table = out[out.index("metric ") :]
+    assert "right" in table.splitlines()[0] and "wrong" in table.splitlines()[0]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["metrics"] == ["vqa_accuracy", "anls"]
+    assert metrics["models"]["right"]["scores"]["anls"]["value"] == 1.0
+    assert metrics["models"]["wrong"]["scores"]["anls"]["value"] == 0.0
+    assert metrics["models"]["right"]["failed"] == 0
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "## right" in report and "## wrong" in report and "](images/right_row00001.png)" in report
+    assert (tmp_path / "ev" / "images" / "right_row00001.png").is_file()
