@@ -109,6 +109,7 @@ def eval_command(
             f"--output {output} already holds an evaluation (metrics.json); choose another folder"
         )
     names = None if metric.strip() == "auto" else metric_names(metric)
+    _check_eval_extra()
     output.mkdir(parents=True, exist_ok=True)
 
     taken: set[str] = set()
@@ -165,6 +166,15 @@ def eval_command(
     (output / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     report = write_report(output, str(dataset or "predictions"), results, names, reason, images, questions)
     typer.echo(f"wrote {output / 'metrics.json'} and {report}")
+
+
+def _check_eval_extra() -> None:
+    """Refuse before any model loads when the metric libraries are missing."""
+    import importlib.util
+
+    missing = [name for name in ("rapidfuzz", "jiwer", "sacrebleu") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise VlmkitError(f"vlmkit eval needs {', '.join(missing)}: pip install 'vlmkit[eval]'")
 
 
 def _last_image(sample: Any) -> Any:
