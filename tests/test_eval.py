@@ -211,3 +211,39 @@ def test_eval_two_models_side_by_side_on_a_vqa_parquet(tmp_path):
     report = (tmp_path / "ev" / "report.md").read_text()
     assert "## right" in report and "## wrong" in report and "](images/right_row00001.png)" in report
     assert (tmp_path / "ev" / "images" / "right_row00001.png").is_file()
+
+
+def test_eval_refcoco_parquet_asks_each_box_alone_and_scores_iou(tmp_path):
+    # images 64 x 48; Qwen2-VL writes boxes on a 0-1000 grid: (0,0),(500,500) is [0, 0, 32, 24] in pixels
+    rows = [
+        {"image": {"bytes": png(0)}, "bbox": [0.0, 0.0, 32.0, 24.0], "refs": ["left cat", "cat on the left"]},
+        {"image": {"bytes": png(1)}, "bbox": [32.0, 24.0, 64.0, 48.0], "refs": ["right cat"]},
+    ]
+    data = parquet(rows, tmp_path / "refcoco.parquet")
+    boxes = build_scripted_model(
+        "qwen2-vl",
+        tmp_path / "boxes",
+        "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(0,0),(500,500)<|box_end|>",
+    )
+    words = build_scripted_model("qwen2-vl", tmp_path / "words", "I see a cat")
+    out = cli(
+        "eval", "-m", boxes, "-m", words, "-d", data, "-o", tmp_path / "ev", "--max-new-tokens", 24
+    ).output
+    assert "metrics: iou@0.5, iou (rows have reference boxes (grounding))" in out
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]
+    # three asked turns (two refs of row 1, one of row 2); the box hits row 1's twice and misses row 2's
+    assert metrics["boxes"]["rows"] == 3 and metrics["boxes"]["scores"]["iou@0.5"]["value"] == pytest.approx(
+        2 / 3
+    )
+    assert metrics["boxes"]["scores"]["iou@0.5"]["unparsed"] == 0
+    assert (
+        metrics["words"]["scores"]["iou"]["value"] == 0.0
+        and metrics["words"]["scores"]["iou"]["unparsed"] == 3
+    )
+    lines = [json.loads(x) for x in (tmp_path / "ev" / "boxes.predictions.jsonl").read_text().splitlines()]
+    assert [x["turn"] for x in lines] == [1, 2, 1]
+    assert lines[0]["objects"][0]["bbox"] == [0.0, 0.0, 32.0, 24.0]
+    assert lines[2]["reference_boxes"] == [[32.0, 24.0, 64.0, 48.0]]
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "green: reference box, red: predicted box" in report
+    assert (tmp_path / "ev" / "images" / "boxes_row00001.png").is_file()

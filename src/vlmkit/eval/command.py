@@ -146,9 +146,11 @@ def eval_command(
         images[label] = [_image_of_line(line, given.parent) for line in lines]
         questions[label] = [str(line.get("query", "")) for line in lines]
 
-    results, reason = [], ""
+    results, reason = [], "given with --metric"
     for label, source, path in to_score:
-        result, names, reason = score_predictions(path, names, schema, label, source)
+        result, chosen, why = score_predictions(path, names, schema, label, source)
+        if names is None:  # auto: chosen from the first model's rows, then the same for all
+            names, reason = chosen, why
         results.append(result)
     typer.echo(f"metrics: {', '.join(names)} ({reason})")
     table = text_table(results, names)
