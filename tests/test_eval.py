@@ -245,5 +245,5 @@ def test_eval_refcoco_parquet_asks_each_box_alone_and_scores_iou(tmp_path):
     assert lines[0]["objects"][0]["bbox"] == [0.0, 0.0, 32.0, 24.0]
     assert lines[2]["reference_boxes"] == [[32.0, 24.0, 64.0, 48.0]]
     report = (tmp_path / "ev" / "report.md").read_text()
-    assert "green: reference box, red: predicted box" in report
+    assert "green: reference box, red: predicted box" in report and 'question: "Find left cat"' in report
     assert (tmp_path / "ev" / "images" / "boxes_row00001.png").is_file()

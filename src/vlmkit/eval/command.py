@@ -124,9 +124,7 @@ def eval_command(
         if schema:
             typer.echo(f"{dataset}: {schema}")
         row_images = [_last_image(sample) for _, sample in rows]
-        row_questions = [
-            sample.text("user") if not isinstance(sample, Exception) else "" for _, sample in rows
-        ]
+        row_questions = [_question(sample) for _, sample in rows]
         for model_name, checkpoint in models:
             label = model_label(model_name, checkpoint, taken)
             path = output / f"{file_stem(label)}.predictions.jsonl"
@@ -177,6 +175,19 @@ def _check_eval_extra() -> None:
     missing = [name for name in ("rapidfuzz", "jiwer", "sacrebleu") if importlib.util.find_spec(name) is None]
     if missing:
         raise VlmkitError(f"vlmkit eval needs {', '.join(missing)}: pip install 'vlmkit[eval]'")
+
+
+def _question(sample: Any) -> str:
+    """The user text of a prompt with its `<ref-object>`s filled in, for the report."""
+    from vlmkit.grounding import REF_PLACEHOLDER, parse_objects
+
+    if isinstance(sample, Exception):
+        return ""
+    text = sample.text("user")
+    objects = parse_objects(sample.objects, sample.where) if sample.objects else None
+    for ref in objects.refs if objects else []:
+        text = text.replace(REF_PLACEHOLDER, ref, 1)
+    return text
 
 
 def _last_image(sample: Any) -> Any:

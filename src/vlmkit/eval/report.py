@@ -87,6 +87,8 @@ def _row_block(
 ) -> str:
     picture = _picture(image, line, out_dir, f"{stem}_row{number:05d}")
     references = line.get("references") or ([line["labels"]] if "labels" in line else [])
+    if line.get("reference_boxes"):  # grounding: the boxes, not the "<bbox>" placeholder
+        references = line["reference_boxes"]
     parts = [f"**row {number}** · {metric} = {line['scores'][metric]:.3f}", ""]
     if picture:
         parts += [f"![row {number}]({picture})", ""]
