@@ -186,8 +186,8 @@ def test_eval_two_models_side_by_side_on_a_vqa_parquet(tmp_path):
         for i in range(3)
     ]
     data = parquet(rows, tmp_path / "vqa.parquet")
-    right = build_scripted_model("qwen2-vl", tmp_path / "right", "red cat")
-    wrong = build_scripted_model("qwen2-vl", tmp_path / "wrong", "a blue dog")
+    right = build_scripted_model("qwen2-vl", tmp_path / "right", "red cat", small_vocab=True)
+    wrong = build_scripted_model("qwen2-vl", tmp_path / "wrong", "a blue dog", small_vocab=True)
     out = cli(
         "eval",
         "--model",
@@ -224,8 +224,9 @@ def test_eval_refcoco_parquet_asks_each_box_alone_and_scores_iou(tmp_path):
         "qwen2-vl",
         tmp_path / "boxes",
         "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(0,0),(500,500)<|box_end|>",
+        small_vocab=True,
     )
-    words = build_scripted_model("qwen2-vl", tmp_path / "words", "I see a cat")
+    words = build_scripted_model("qwen2-vl", tmp_path / "words", "I see a cat", small_vocab=True)
     out = cli(
         "eval", "-m", boxes, "-m", words, "-d", data, "-o", tmp_path / "ev", "--max-new-tokens", 24
     ).output
