@@ -248,3 +248,49 @@ def test_eval_refcoco_parquet_asks_each_box_alone_and_scores_iou(tmp_path):
     report = (tmp_path / "ev" / "report.md").read_text()
     assert "green: reference box, red: predicted box" in report and 'question: "Find left cat"' in report
     assert (tmp_path / "ev" / "images" / "boxes_row00001.png").is_file()
+
+
+def test_eval_base_and_checkpoints_of_a_run_on_a_latex_ocr_parquet(tmp_path, monkeypatch):
+    # seed 000's task: LaTeX OCR (AI-ModelScope/LaTeX_OCR schema: image, text); base vs its fine-tuned checkpoints
+    texts = [f"\\frac{{{i}}}{{x^{{2}}}} + \\alpha_{i}" for i in range(3)]
+    rows = [{"image": {"bytes": png(i)}, "text": t} for i, t in enumerate(texts)]
+    data = parquet(rows, tmp_path / "latex_ocr.parquet")
+    base = build_scripted_model("qwen2-vl", tmp_path / "base", texts[0], small_vocab=True)
+    monkeypatch.chdir(tmp_path)
+    cli("sft", "-m", base, "--dataset", data, "--max-steps", 2, "--save-steps", 1, "--output-dir", "run",
+        "--no-progress", "--report-to", "none", "--max-pixels", 3136)  # fmt: skip
+    first, second = sorted(tmp_path.glob("run/*/*/checkpoint-*"))
+    out = cli(
+        "eval",
+        "--model",
+        base,
+        "--ckpt",
+        first,
+        "--ckpt",
+        second,
+        "-d",
+        data,
+        "-o",
+        "ev",
+        "--max-new-tokens",
+        40,
+    ).output
+    assert "ocr schema" in out and "metrics: cer, exact_match (OCR schema (image + text))" in out
+    header = out[out.index("metric ") :].splitlines()[0].split()
+    assert header == [
+        "metric",
+        "base",
+        f"{first.parent.name}/checkpoint-1",
+        f"{first.parent.name}/checkpoint-2",
+    ]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]
+    # the scripted reply is row 1's text: rows 2 and 3 differ from it in 2 characters each (the two digits)
+    expected_cer = (0 + 2 + 2) / sum(len(t) for t in texts)
+    for label in header[1:]:
+        assert metrics[label]["scores"]["cer"]["value"] == pytest.approx(expected_cer)
+        assert metrics[label]["scores"]["exact_match"]["value"] == pytest.approx(1 / 3)
+    assert {p.name for p in (tmp_path / "ev").glob("*.jsonl")} == {
+        "base.predictions.jsonl",
+        f"{first.parent.name}_checkpoint-1.predictions.jsonl",
+        f"{first.parent.name}_checkpoint-2.predictions.jsonl",
+    }
