@@ -25,6 +25,7 @@ from vlmkit.eval.metrics import (
     cer,
     choice,
     choice_letter,
+    cider_d,
     exact_match,
     iou,
     iou_at_50,
@@ -118,6 +119,26 @@ def test_bleu_and_rouge_l_against_their_reference_implementations():
         (1 + 1.44) * p * r / (r + 1.44 * p)
     )
     assert rouge_l(Row("", ["a cat"])).value == 0.0
+
+
+def test_cider_d_equals_pycocoevalcap():
+    # expected: pycocoevalcap 1.2 `CiderScorer(n=4, sigma=6.0)` on these rows (already lowercase words), run
+    # once outside the suite (the wheel is 100 MB, with Java); its mean was 1.616565891700956
+    rows = [
+        Row(
+            "a red square on a table",
+            ["a red square on a wooden table", "a small red square", "red box on a table"],
+        ),
+        Row("two dogs play on the beach", ["two dogs running on a beach", "dogs playing in the sand"]),
+        Row("", ["a man rides a horse"]),  # empty prediction
+        Row(
+            "a man riding a horse on a beach",
+            ["a man rides a horse", "a person on a horse near the sea", "a horse and rider on the beach"],
+        ),
+    ]
+    values = [s.value for s in cider_d(rows)]
+    assert values == pytest.approx([4.07420059705994, 1.5142640983727451, 0.0, 0.8777988713711381], abs=1e-12)
+    assert aggregate("cider", np.array([[v] for v in values])) == pytest.approx(1.616565891700956, abs=1e-12)
 
 
 def test_grounding_iou_boxes_outside_the_image_and_unparsed_replies():
@@ -294,3 +315,22 @@ def test_eval_base_and_checkpoints_of_a_run_on_a_latex_ocr_parquet(tmp_path, mon
         f"{first.parent.name}_checkpoint-1.predictions.jsonl",
         f"{first.parent.name}_checkpoint-2.predictions.jsonl",
     }
+
+
+def test_eval_coco_caption_parquet_picks_caption_metrics(tmp_path):
+    # modelscope/coco_2014_caption schema: image_id, caption, image
+    captions = ["a red square on a wooden table", "a blue circle on the grass", "a red square near a cup"]
+    rows = [{"image_id": 100 + i, "caption": c, "image": {"bytes": png(i)}} for i, c in enumerate(captions)]
+    data = parquet(rows, tmp_path / "coco.parquet")
+    model = build_scripted_model(
+        "qwen2-vl", tmp_path / "m", "a red square on a wooden table", small_vocab=True
+    )
+    out = cli("eval", "-m", model, "-d", data, "-o", tmp_path / "ev", "--max-new-tokens", 20).output
+    assert "metrics: cider, bleu4, rouge_l (long references (captions))" in out
+    scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]["m"]["scores"]
+    lines = [json.loads(x) for x in (tmp_path / "ev" / "m.predictions.jsonl").read_text().splitlines()]
+    assert lines[0]["scores"]["rouge_l"] == 1.0 and lines[0]["scores"]["bleu4"] == pytest.approx(1.0)
+    reference = cider_d([Row("a red square on a wooden table", [c]) for c in captions])
+    assert scores["cider"]["value"] == pytest.approx(np.mean([s.value for s in reference]))
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert report.index("### Best rows") < report.index("row 1**") < report.index("### Worst rows")

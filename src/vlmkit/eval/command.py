@@ -63,8 +63,8 @@ def eval_command(
         str,
         typer.Option(
             help="auto (picked from the references: boxes -> iou@0.5,iou; OCR -> cer; several short answers -> "
-            "vqa_accuracy,anls; long ones -> bleu4,rouge_l; letters -> choice) or names: exact_match, "
-            "vqa_accuracy, anls, relaxed_accuracy, cer, wer, ned, bleu4, rouge_l, iou, iou@0.5, choice."
+            "vqa_accuracy,anls; long ones -> cider,bleu4,rouge_l; letters -> choice) or names: exact_match, "
+            "vqa_accuracy, anls, relaxed_accuracy, cer, wer, ned, bleu4, rouge_l, cider, iou, iou@0.5, choice."
         ),
     ] = "auto",
     output: Annotated[

@@ -18,6 +18,7 @@ Definitions (each tested against its reference on fixed inputs in tests/test_eva
     ned             normalised edit distance (Levenshtein / length of the longer string), mean of rows
     bleu4           sacrebleu's corpus BLEU (13a tokens, several references), as a fraction 0-1
     rouge_l         pycocoevalcap's ROUGE-L: LCS precision and recall, max over references, F with beta 1.2
+    cider           pycocoevalcap's CIDEr-D (`cider_d`; idf from the references of all rows, so a corpus metric)
     iou, iou@0.5    IoU of the reply's first box with the reference box (pixels of the original image; no
                     box in the reply is IoU 0 and counted unparsed), and the share of rows with IoU >= 0.5
     choice          multiple choice: the letter the reply picks (see `choice_letter`) == the reference letter
@@ -28,6 +29,7 @@ Lower is better for cer, wer and ned; `LOWER_IS_BETTER` lists them.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -245,6 +247,46 @@ def rouge_l(row: Row, beta: float = 1.2) -> Score:
     return Score(value, [value])
 
 
+def _ngrams(tokens: list[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def cider_d(rows: list[Row], sigma: float = 6.0) -> list[Score]:
+    """CIDEr-D of each row, as pycocoevalcap's `Cider` computes it (a corpus metric: the idf of each n-gram
+    comes from all rows' references). Per n = 1..4: tf-idf vectors, the reply's clipped to each reference's,
+    cosine, times exp(-delta^2 / (2 sigma^2)) where delta is the difference in length as pycocoevalcap
+    measures it (its number of bigrams); the mean over n and over references, times 10. Text is tokenized
+    by `_tokens` (lowercase words, punctuation dropped), close to the PTB tokenizer pycocoevalcap runs first."""
+    texts = [([_tokens(r) for r in row.references], _tokens(row.prediction)) for row in rows]
+    document_frequency: Counter = Counter()
+    for references, _ in texts:
+        document_frequency.update({g for ref in references for n in range(1, 5) for g in _ngrams(ref, n)})
+    log_rows = np.log(float(len(rows))) if rows else 0.0
+
+    def vectors(tokens: list[str]) -> tuple[list[dict], list[float], int]:
+        vecs = [{g: c * (log_rows - np.log(max(1.0, document_frequency[g]))) for g, c in _ngrams(tokens, n).items()} for n in range(1, 5)]  # fmt: skip
+        return (
+            vecs,
+            [float(np.sqrt(sum(v * v for v in vec.values()))) for vec in vecs],
+            max(len(tokens) - 1, 0),
+        )
+
+    scores = []
+    for references, prediction in texts:
+        vec, norm, length = vectors(prediction)
+        total = np.zeros(4)
+        for reference in references:
+            ref_vec, ref_norm, ref_length = vectors(reference)
+            penalty = np.exp(-((length - ref_length) ** 2) / (2 * sigma**2))
+            for n in range(4):
+                dot = sum(min(v, ref_vec[n].get(g, 0.0)) * ref_vec[n].get(g, 0.0) for g, v in vec[n].items())
+                cosine = dot / (norm[n] * ref_norm[n]) if norm[n] and ref_norm[n] else dot
+                total[n] += cosine * penalty
+        value = float(total.mean() / max(len(references), 1) * 10.0)
+        scores.append(Score(value, [value]))
+    return scores
+
+
 def box_iou(a: Box, b: Box) -> float:
     """IoU of two [x1, y1, x2, y2] boxes in the same pixels; boxes are not clipped to the image."""
     width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -305,6 +347,8 @@ METRICS: dict[str, Callable[[Row], Score]] = {
     "iou@0.5": iou_at_50,
     "choice": choice,
 }
+# Metrics whose row values depend on all rows (CIDEr's idf): a function of the list of rows.
+CORPUS_METRICS: dict[str, Callable[[list[Row]], list[Score]]] = {"cider": cider_d}
 LOWER_IS_BETTER = {"cer", "wer", "ned"}
 _RATIO_OF_SUMS = {"cer", "wer"}
 
@@ -336,9 +380,10 @@ def bootstrap_interval(
 def metric_names(text: str) -> list[str]:
     """`cer,wer` -> ["cer", "wer"]; VlmkitError naming --metric for an unknown name."""
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in METRICS]
+    known = [*METRICS, *CORPUS_METRICS]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise VlmkitError(
-            f"--metric: unknown metric {', '.join(unknown) or repr(text)}; choose from auto, {', '.join(METRICS)}"
+            f"--metric: unknown metric {', '.join(unknown) or repr(text)}; choose from auto, {', '.join(known)}"
         )
     return names

@@ -125,7 +125,8 @@ def write_report(
         scored = [(i, line) for i, line in enumerate(lines) if "scores" in line]
         lower = result.scores[metric]["lower_is_better"]
         scored.sort(key=lambda item: item[1]["scores"][metric], reverse=not lower)
-        best, worst = scored[:SHOWN_ROWS], scored[SHOWN_ROWS:][-SHOWN_ROWS:][::-1]
+        shown = min(SHOWN_ROWS, (len(scored) + 1) // 2)  # few rows: split between best and worst
+        best, worst = scored[:shown], scored[shown:][-SHOWN_ROWS:][::-1]
         text += [f"## {result.label}", "", f"Predictions: `{result.predictions.name}`.", ""]
         if result.failures:
             text += [f"{result.failed} failed row(s), first: " + "; ".join(result.failures), ""]

@@ -16,7 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from vlmkit.eval.metrics import LOWER_IS_BETTER, METRICS, Row, aggregate, bootstrap_interval, choice_letter
+from vlmkit.eval.metrics import (
+    CORPUS_METRICS,
+    LOWER_IS_BETTER,
+    METRICS,
+    Row,
+    Score,
+    aggregate,
+    bootstrap_interval,
+    choice_letter,
+)
 from vlmkit.eval.rows import metric_row
 
 
@@ -57,7 +66,7 @@ def choose_metrics(rows: list[Row], schema: str | None) -> tuple[list[str], str]
     words = statistics.median(len(ref.split()) for ref in references)
     several = statistics.mean(len(r.references) for r in rows) > 1
     if words >= 5 or (schema is not None and schema.startswith("caption ")):
-        return ["bleu4", "rouge_l"], "long references (captions)"
+        return ["cider", "bleu4", "rouge_l"], "long references (captions)"
     if several:
         return ["vqa_accuracy", "anls"], "several short reference answers per row (VQA)"
     return ["exact_match", "anls"], "one short reference answer per row"
@@ -78,9 +87,7 @@ def score_predictions(
         names, reason = choose_metrics(rows, schema)
     failures = [f"line {i + 1}: {r}" for i, r in enumerate(parsed) if isinstance(r, str)]
     result = Result(label, source, path, rows=len(predictions), failed=len(failures), failures=failures[:5])
-    per_row: dict[str, list] = {
-        name: [METRICS[name](r) if isinstance(r, Row) else None for r in parsed] for name in names
-    }
+    per_row = {name: _row_scores(name, parsed) for name in names}
     for name, scores in per_row.items():
         stats = np.array([s.stats for s in scores if s is not None], dtype=float)
         low, high = bootstrap_interval(name, stats)
@@ -99,6 +106,14 @@ def score_predictions(
             out.write(json.dumps(prediction, ensure_ascii=False) + "\n")
     tmp.replace(path)
     return result, names, reason
+
+
+def _row_scores(name: str, parsed: list[Row | str]) -> list[Score | None]:
+    """Metric `name` of each row (None for a row that cannot be scored)."""
+    if name in CORPUS_METRICS:
+        scores = iter(CORPUS_METRICS[name]([r for r in parsed if isinstance(r, Row)]))
+        return [next(scores) if isinstance(r, Row) else None for r in parsed]
+    return [METRICS[name](r) if isinstance(r, Row) else None for r in parsed]
 
 
 def model_label(model: str | None, ckpt: Path | None, taken: set[str]) -> str:
