@@ -119,6 +119,10 @@ def test_bleu_and_rouge_l_against_their_reference_implementations():
         (1 + 1.44) * p * r / (r + 1.44 * p)
     )
     assert rouge_l(Row("", ["a cat"])).value == 0.0
+    # pycocoevalcap 1.2 `Rouge().calc_score([candidate], references)`, run once outside the suite
+    several = ["a man rides a horse", "a person on a horse near the sea", "a horse and rider on the beach"]
+    assert rouge_l(Row("a man riding a horse on a beach", several)).value == pytest.approx(0.6421052631578947)
+    assert rouge_l(Row("two dogs play", ["dogs play", "two cats"])).value == pytest.approx(0.8299319727891156)
 
 
 def test_cider_d_equals_pycocoevalcap():
