@@ -274,6 +274,35 @@ def test_eval_refcoco_parquet_asks_each_box_alone_and_scores_iou(tmp_path):
     assert "green: reference box, red: predicted box" in report and 'question: "Find left cat"' in report
     assert (tmp_path / "ev" / "images" / "boxes_row00001.png").is_file()
 
+    # `vlmkit infer --input` on an ms-swift grounding row, then `eval --predictions`: the answered (last)
+    # turn's box is the reference, not the first box of the row's objects
+    (tmp_path / "0.png").write_bytes(png(0))
+    row = {
+        "history": [["Find <ref-object>", "<bbox>"]],
+        "query": "Find <ref-object>",
+        "response": "<bbox>",
+        "images": ["0.png"],
+        "objects": {
+            "ref": ["right cat", "left cat"],
+            "bbox": [[32, 24, 64, 48], [0, 0, 32, 24]],
+            "bbox_type": "real",
+        },
+    }
+    (tmp_path / "ground.jsonl").write_text(json.dumps(row) + "\n")
+    cli(
+        "infer",
+        "-m",
+        boxes,
+        "--input",
+        tmp_path / "ground.jsonl",
+        "--output",
+        tmp_path / "ground.preds.jsonl",
+    )
+    out = cli("eval", "--predictions", tmp_path / "ground.preds.jsonl", "-o", tmp_path / "ev2").output
+    scores = json.loads((tmp_path / "ev2" / "metrics.json").read_text())["models"]["ground.preds"]["scores"]
+    assert scores["iou"]["value"] == 1.0, out
+    assert "](images/ground.preds_row00001.png)" in (tmp_path / "ev2" / "report.md").read_text()
+
 
 def test_eval_base_and_checkpoints_of_a_run_on_a_latex_ocr_parquet(tmp_path, monkeypatch):
     # seed 000's task: LaTeX OCR (AI-ModelScope/LaTeX_OCR schema: image, text); base vs its fine-tuned checkpoints

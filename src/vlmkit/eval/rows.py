@@ -123,13 +123,17 @@ def references_of(prediction: dict[str, Any]) -> list[str]:
 
 
 def reference_boxes_of(prediction: dict[str, Any]) -> list[list[float]]:
-    """`reference_boxes` (written by eval), else the boxes of the input's `objects` (`labels_objects`)."""
+    """`reference_boxes` (written by eval), else the boxes of the answered turn in the input's `objects`
+    (`labels_objects`, as `vlmkit infer --input` keeps them)."""
     if prediction.get("reference_boxes"):
         return [list(map(float, b)) for b in prediction["reference_boxes"]]
     objects = parse_objects(prediction.get("labels_objects")) if prediction.get("labels_objects") else None
     if objects is None or objects.bbox_type != "real":
         return []
-    return [box for group in objects.boxes for box in group]
+    # the answered turn is the last: its boxes are the last `<bbox>`es of the row (as many as in `labels`)
+    asked = str(prediction.get("labels", "")).count(BOX_PLACEHOLDER)
+    groups = objects.boxes[-asked:] if asked else objects.boxes
+    return [box for group in groups for box in group]
 
 
 def metric_row(prediction: dict[str, Any]) -> Row | str:
