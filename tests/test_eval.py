@@ -367,3 +367,31 @@ def test_eval_coco_caption_parquet_picks_caption_metrics(tmp_path):
     assert scores["cider"]["value"] == pytest.approx(np.mean([s.value for s in reference]))
     report = (tmp_path / "ev" / "report.md").read_text()
     assert report.index("### Best rows") < report.index("row 1**") < report.index("### Worst rows")
+
+
+def test_eval_multiple_choice_predictions_and_option_mistakes(tmp_path):
+    lines = [
+        {"response": "The answer is (B).", "labels": "B"},
+        {"response": "C. a dog", "labels": "C"},
+        {"response": "I am not sure.", "labels": "A"},  # no letter: a miss, counted unparsed
+        {"response": "D", "labels": "A"},
+    ]
+    given = tmp_path / "mc.jsonl"
+    given.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = cli("eval", "--predictions", given, "-o", tmp_path / "ev").output
+    assert "metrics: choice (references are option letters (multiple choice))" in out
+    scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]["mc"]["scores"]["choice"]
+    assert scores["value"] == 0.5 and scores["unparsed"] == 1
+    assert "unparsed  1" in out
+    for args, message in [
+        (["--predictions", given, "--metric", "bleu,cer", "-o", tmp_path / "x"], "unknown metric bleu"),
+        (["--model", tmp_path, "-o", tmp_path / "y"], "need --dataset"),
+        (["-o", tmp_path / "z"], "give --model, --ckpt or --predictions"),
+        (["--predictions", tmp_path / "missing.jsonl", "-o", tmp_path / "w"], "missing.jsonl not found"),
+    ]:
+        with pytest.raises(VlmkitError, match=message):
+            cli("eval", *args)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"response": "a", "labels": "a"}\n{not json\n')
+    with pytest.raises(VlmkitError, match=r"bad.jsonl:2: not a JSON line"):
+        cli("eval", "--predictions", bad, "-o", tmp_path / "v")

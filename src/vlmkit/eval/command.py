@@ -95,6 +95,7 @@ def eval_command(
     from vlmkit.data.columns import parse_columns
     from vlmkit.eval.metrics import metric_names
     from vlmkit.eval.report import text_table, write_report
+    from vlmkit.eval.rows import read_predictions
     from vlmkit.eval.run import file_stem, model_label, score_predictions
 
     models: list[tuple[str | None, Path | None]] = [(m, None) for m in model or []] + [
@@ -110,6 +111,7 @@ def eval_command(
         )
     names = None if metric.strip() == "auto" else metric_names(metric)
     _check_eval_extra()
+    given_lines = {given: read_predictions(given) for given in predictions or []}  # checked before any work
     output.mkdir(parents=True, exist_ok=True)
 
     taken: set[str] = set()
@@ -136,11 +138,9 @@ def eval_command(
     for given in predictions or []:
         label = model_label(str(given.with_suffix("")), None, taken)
         path = output / f"{file_stem(label)}.predictions.jsonl"
-        if not given.is_file():
-            raise VlmkitError(f"--predictions {given} not found")
         shutil.copyfile(given, path)  # scores are added to the copy; the given file stays as it is
         to_score.append((label, str(given), path))
-        lines = [json.loads(x) for x in given.read_text(encoding="utf-8").splitlines() if x.strip()]
+        lines = given_lines[given]
         images[label] = [_image_of_line(line, given.parent) for line in lines]
         questions[label] = [str(line.get("query", "")) for line in lines]
 
