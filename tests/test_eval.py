@@ -395,3 +395,26 @@ def test_eval_multiple_choice_predictions_and_option_mistakes(tmp_path):
     bad.write_text('{"response": "a", "labels": "a"}\n{not json\n')
     with pytest.raises(VlmkitError, match=r"bad.jsonl:2: not a JSON line"):
         cli("eval", "--predictions", bad, "-o", tmp_path / "v")
+
+
+def test_sft_eval_metric_scores_generated_answers_at_each_eval(tmp_path, monkeypatch):
+    rows = [
+        {"question": f"What is it {i}?", "answers": ["red cat", "a red cat"], "image": {"bytes": png(i)}}
+        for i in range(4)
+    ]
+    data = parquet(rows, tmp_path / "vqa.parquet")
+    model = build_scripted_model("qwen2-vl", tmp_path / "m", "red cat", small_vocab=True)
+    monkeypatch.chdir(tmp_path)
+    out = cli("sft", "-m", model, "--dataset", data, "--val-dataset", data, "--max-steps", 2, "--eval-steps", 1,
+              "--eval-metric", "exact_match,anls", "--eval-metric-rows", 3, "--eval-generate", 0, "--output-dir", "run",
+              "--no-progress", "--report-to", "none", "--max-pixels", 3136).output  # fmt: skip
+    log = [json.loads(x) for x in next(tmp_path.glob("run/*/*/train_log.jsonl")).read_text().splitlines()]
+    scored = [x for x in log if "eval_exact_match" in x]
+    assert [x["step"] for x in scored] == [1, 2]
+    assert all(
+        x["eval_exact_match"] == 1.0 and x["eval_anls"] == 1.0 and x["eval_generated_rows"] == 3
+        for x in scored
+    )
+    assert "eval_exact_match=1" in out
+    with pytest.raises(VlmkitError, match="--eval-metric: unknown metric bleu"):
+        cli("sft", "-m", model, "--dataset", data, "--val-dataset", data, "--eval-metric", "bleu")

@@ -377,13 +377,13 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
-def metric_names(text: str) -> list[str]:
-    """`cer,wer` -> ["cer", "wer"]; VlmkitError naming --metric for an unknown name."""
+def metric_names(text: str, option: str = "--metric") -> list[str]:
+    """`cer,wer` -> ["cer", "wer"]; VlmkitError naming `option` for an unknown name."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     known = [*METRICS, *CORPUS_METRICS]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise VlmkitError(
-            f"--metric: unknown metric {', '.join(unknown) or repr(text)}; choose from auto, {', '.join(known)}"
+            f"{option}: unknown metric {', '.join(unknown) or repr(text)}; choose from auto, {', '.join(known)}"
         )
     return names

@@ -44,20 +44,33 @@ def supervised_loss(model, inputs: dict[str, Any], num_items_in_batch=None) -> t
 
 class VlmTrainer(Trainer):
     """Trainer with optimizer parameter groups from `parameter_groups(model, decay_names)`, an optional
-    training-order sampler (length grouping), and padding / fill fractions from the collator's
-    `batch_stats` added to the training logs."""
+    training-order sampler (length grouping), padding / fill fractions from the collator's
+    `batch_stats` added to the training logs, and optional metrics of generated answers at each eval."""
 
     def __init__(
         self,
         *args,
         parameter_groups: Callable[..., list[dict[str, Any]]],
         train_sampler: torch.utils.data.Sampler | None = None,
+        generated_metrics: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self._parameter_groups = parameter_groups
         self._train_sampler = train_sampler
+        self._generated_metrics = generated_metrics
         self.batch_stats = BatchStats()
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        """Eval loss, then (`sft --eval-metric`) the metrics of generated answers, logged like it."""
+        metrics = super().evaluate(*args, **kwargs)
+        if self._generated_metrics is not None and self.is_world_process_zero():
+            training = self.model.training
+            scores = self._generated_metrics(self.model.eval())
+            self.model.train(training)
+            self.log(scores)
+            metrics.update(scores)
+        return metrics
 
     def _get_train_sampler(self, train_dataset=None):
         if self._train_sampler is not None:
@@ -167,7 +180,7 @@ class RunLog(TrainerCallback):
             f.write(json.dumps(record) + "\n")
         self._add_point(record)
         if not self.progress:  # plain lines for logs and non-interactive runs
-            shown = {k: v for k, v in record.items() if k in _SHOWN}
+            shown = {k: v for k, v in record.items() if k in _SHOWN or _is_generated_metric(k)}
             print(
                 " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()),
                 flush=True,
@@ -217,6 +230,11 @@ class CompleteCheckpoints(TrainerCallback):
                 shutil.copy(self.model_dir / name, checkpoint / name)
         write_settings(checkpoint, {**self.settings, "step": state.global_step})
         (checkpoint / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}) + "\n")
+
+
+def _is_generated_metric(key: str) -> bool:
+    """`eval_NAME` of `sft --eval-metric` (not the Trainer's eval_runtime and eval_*_per_second)."""
+    return key.startswith("eval_") and not key.endswith(("_runtime", "_per_second"))
 
 
 _SHOWN = (

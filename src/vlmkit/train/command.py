@@ -291,6 +291,17 @@ def sft_command(
             rich_help_panel=_S,
         ),
     ] = 3,
+    eval_metric: Annotated[
+        str | None,
+        typer.Option(
+            help="At each evaluation, also generate answers for the first --eval-metric-rows validation rows and "
+            "score them with these `vlmkit eval` metrics (e.g. exact_match, anls, cer, iou@0.5); logged as eval_NAME.",
+            rich_help_panel=_S,
+        ),
+    ] = None,
+    eval_metric_rows: Annotated[
+        int, typer.Option(help="Validation rows answered and scored for --eval-metric.", rich_help_panel=_S)
+    ] = 64,
     resume: Annotated[
         str | None,
         typer.Option(

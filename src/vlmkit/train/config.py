@@ -85,6 +85,8 @@ class SFTConfig:
     report_to: str = "auto"
     resume: str | None = None
     eval_generate: int = 3
+    eval_metric: str | None = None
+    eval_metric_rows: int = 64
     progress: bool = True
 
     def validate(self) -> SFTConfig:
@@ -129,6 +131,15 @@ class SFTConfig:
         for ok, message in checks:
             if not ok:
                 raise VlmkitError(message)
+        if self.eval_metric:
+            from vlmkit.eval.metrics import metric_names
+
+            # an unknown name fails here, before the model loads
+            metric_names(self.eval_metric, "--eval-metric")
+            if not (self.val_dataset or self.split_ratio):
+                raise VlmkitError("--eval-metric scores validation rows: give --val-dataset or --split-ratio")
+            if self.eval_metric_rows < 1:
+                raise VlmkitError(f"--eval-metric-rows {self.eval_metric_rows}: must be at least 1")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -367,6 +367,9 @@ def sft(config: SFTConfig) -> Path:
             + (f", val rows={len(val_set)}" if val_set else "")
         )
 
+    generated_metrics = None  # --eval-metric
+    if is_main and val_set is not None and config.eval_metric:
+        generated_metrics = _generated_metrics(tokenizer, template, family, model_dir, val_data, val_rows, config)
     trainer = VlmTrainer(
         model=model,
         args=args,
@@ -376,6 +379,7 @@ def sft(config: SFTConfig) -> Path:
         processing_class=tokenizer,
         parameter_groups=lambda m, decay: parameter_groups(m, config, family.module_groups, decay),
         train_sampler=train_sampler,
+        generated_metrics=generated_metrics,
         callbacks=[
             RunLog(run_dir, config.batch_size * config.grad_accum * args.world_size, config.progress),
             CompleteCheckpoints(run_dir, Path(model_dir), settings),
@@ -399,6 +403,23 @@ def sft(config: SFTConfig) -> Path:
             run_dir,
         )
     return run_dir
+
+
+def _generated_metrics(tokenizer, template, family, model_dir, val_data, rows, config):
+    """`--eval-metric`: model -> {"eval_NAME": value} on the first --eval-metric-rows validation rows."""
+    from vlmkit.eval.during_training import score_generated
+    from vlmkit.eval.metrics import metric_names
+    from vlmkit.model import VLM
+
+    names = metric_names(config.eval_metric, "--eval-metric")
+    samples = [val_data[row] for row in rows[: config.eval_metric_rows]]
+
+    def score(model) -> dict[str, float]:
+        device = str(next(model.parameters()).device)
+        vlm = VLM(model=model, tokenizer=tokenizer, template=template, family=family, path=Path(model_dir), device=device)  # fmt: skip
+        return score_generated(vlm, samples, names, batch_size=config.batch_size)
+
+    return score
 
 
 def _log_val_generations(
