@@ -391,6 +391,13 @@ def test_eval_multiple_choice_predictions_and_option_mistakes(tmp_path):
     ]:
         with pytest.raises(VlmkitError, match=message):
             cli("eval", *args)
+    # rows without references: counted as failed, the table says "-" and metrics.json holds null, not NaN
+    unscored = tmp_path / "unscored.jsonl"
+    unscored.write_text('{"response": "a"}\n')
+    out = cli("eval", "--predictions", unscored, "-o", tmp_path / "u").output
+    assert "exact_match  -" in out
+    text = (tmp_path / "u" / "metrics.json").read_text()
+    assert "NaN" not in text and json.loads(text)["models"]["unscored"]["failed"] == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"response": "a", "labels": "a"}\n{not json\n')
     with pytest.raises(VlmkitError, match=r"bad.jsonl:2: not a JSON line"):

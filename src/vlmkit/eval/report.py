@@ -8,7 +8,6 @@ the references.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ REFERENCE_COLOUR, PREDICTED_COLOUR = (0, 170, 0), (230, 0, 0)
 
 def _cell(score: dict[str, Any]) -> str:
     value, (low, high) = score["value"], score["ci95"]
-    if math.isnan(value):
+    if value is None:  # no row could be scored
         return "-"
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 

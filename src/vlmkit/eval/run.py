@@ -9,6 +9,7 @@ that can be read for no box or option letter is scored as a miss and counted as 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,8 +93,8 @@ def score_predictions(
         stats = np.array([s.stats for s in scores if s is not None], dtype=float)
         low, high = bootstrap_interval(name, stats)
         result.scores[name] = {
-            "value": aggregate(name, stats),
-            "ci95": [low, high],
+            "value": _number(aggregate(name, stats)),  # null when no row could be scored
+            "ci95": [_number(low), _number(high)],
             "scored": len(stats),
             "unparsed": sum(1 for s in scores if s is not None and not s.parsed),
             "lower_is_better": name in LOWER_IS_BETTER,
@@ -106,6 +107,10 @@ def score_predictions(
             out.write(json.dumps(prediction, ensure_ascii=False) + "\n")
     tmp.replace(path)
     return result, names, reason
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def _row_scores(name: str, parsed: list[Row | str]) -> list[Score | None]:
