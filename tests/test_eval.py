@@ -423,5 +423,6 @@ def test_sft_eval_metric_scores_generated_answers_at_each_eval(tmp_path, monkeyp
         for x in scored
     )
     assert "eval_exact_match=1" in out
+    assert next(tmp_path.glob("run/*/*/metrics.png")).stat().st_size > 0
     with pytest.raises(VlmkitError, match="--eval-metric: unknown metric bleu"):
         cli("sft", "-m", model, "--dataset", data, "--val-dataset", data, "--eval-metric", "bleu")

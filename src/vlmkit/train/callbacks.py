@@ -132,6 +132,7 @@ class RunLog(TrainerCallback):
         self.bar = None
         self.start: tuple[float, int, int] | None = None
         self.curves: dict[str, list[tuple[float, float]]] = {"train loss": [], "eval loss": []}
+        self.metric_curves: dict[str, list[tuple[float, float]]] = {}  # sft --eval-metric: eval_NAME
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -163,6 +164,9 @@ class RunLog(TrainerCallback):
             self.curves["train loss"].append((logs["step"], logs["loss"]))
         if "eval_loss" in logs:
             self.curves["eval loss"].append((logs["step"], logs["eval_loss"]))
+        for key, value in logs.items():
+            if _is_generated_metric(key) and key not in ("eval_loss", "eval_generated_rows") and isinstance(value, (int, float)):
+                self.metric_curves.setdefault(key[len("eval_") :], []).append((logs["step"], value))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -198,6 +202,10 @@ class RunLog(TrainerCallback):
 
             series = {name: points for name, points in self.curves.items() if points}
             save_line_plot(series, self.run_dir / "loss.png", title="loss", xlabel="step", ylabel="loss")
+        if self.metric_curves:
+            from vlmkit.plots import save_line_plot
+
+            save_line_plot(self.metric_curves, self.run_dir / "metrics.png", title="eval metrics", xlabel="step", ylabel="value")
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
