@@ -414,7 +414,7 @@ def test_sft_eval_metric_scores_generated_answers_at_each_eval(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     out = cli("sft", "-m", model, "--dataset", data, "--val-dataset", data, "--max-steps", 2, "--eval-steps", 1,
               "--eval-metric", "exact_match,anls", "--eval-metric-rows", 3, "--eval-generate", 0, "--output-dir", "run",
-              "--no-progress", "--report-to", "none", "--max-pixels", 3136).output  # fmt: skip
+              "--no-progress", "--report-to", "tensorboard", "--max-pixels", 3136).output  # fmt: skip
     log = [json.loads(x) for x in next(tmp_path.glob("run/*/*/train_log.jsonl")).read_text().splitlines()]
     scored = [x for x in log if "eval_exact_match" in x]
     assert [x["step"] for x in scored] == [1, 2]
@@ -424,5 +424,9 @@ def test_sft_eval_metric_scores_generated_answers_at_each_eval(tmp_path, monkeyp
     )
     assert "eval_exact_match=1" in out
     assert next(tmp_path.glob("run/*/*/metrics.png")).stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(tmp_path.glob("run/*/*/runs/*")))).Reload()
+    assert [e.value for e in events.Scalars("eval/exact_match")] == [1.0, 1.0]  # the tracker got them too
     with pytest.raises(VlmkitError, match="--eval-metric: unknown metric bleu"):
         cli("sft", "-m", model, "--dataset", data, "--val-dataset", data, "--eval-metric", "bleu")
