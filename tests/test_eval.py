@@ -434,3 +434,29 @@ def test_sft_eval_metric_scores_generated_answers_at_each_eval(tmp_path, monkeyp
 
     events = EventAccumulator(str(next(tmp_path.glob("run/*/*/runs/*")))).Reload()
     assert [e.value for e in events.Scalars("eval/exact_match")] == [1.0, 1.0]  # the tracker got them too
+
+
+def test_sft_save_best_keeps_the_best_scored_checkpoint_besides_the_last(tmp_path, monkeypatch):
+    rows = [{"question": "What is it?", "answers": ["red cat"], "image": {"bytes": png(i)}} for i in range(2)]
+    data = parquet(rows, tmp_path / "vqa.parquet")
+    model = build_scripted_model("qwen2-vl", tmp_path / "m", "red cat", small_vocab=True)
+    monkeypatch.chdir(tmp_path)
+    common = ["-m", model, "--dataset", data, "--val-dataset", data, "--max-steps", 3, "--eval-steps", 1,
+              "--save-steps", 1, "--eval-metric", "anls", "--eval-metric-rows", 2, "--eval-generate", 0,
+              "--no-progress", "--report-to", "none", "--max-pixels", 3136]  # fmt: skip
+    out = cli("sft", *common, "--save-best", "--output-dir", "best").output
+    run = next(tmp_path.glob("best/*/*"))
+    # every eval scores 1.0: the first stays the best (a later one must beat it); the last is kept too
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-3"]
+    best = json.loads((run / "best_checkpoint.json").read_text())
+    assert best == {"checkpoint": "checkpoint-1", "step": 1, "metric": "anls", "value": 1.0}
+    assert f"best checkpoint: {run.relative_to(tmp_path) / 'checkpoint-1'} (anls 1)" in out
+    cli("sft", *common, "--output-dir", "plain")
+    plain = next(tmp_path.glob("plain/*/*"))
+    assert sorted(p.name for p in plain.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    for extra, message in [
+        (["--save-steps", 3, "--eval-steps", 2], "must be a multiple of --eval-steps"),
+        (["--save-total-limit", 1], "--save-total-limit 2 or more"),
+    ]:
+        with pytest.raises(VlmkitError, match=message):
+            cli("sft", *common, "--save-best", *extra)

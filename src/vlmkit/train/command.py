@@ -302,6 +302,14 @@ def sft_command(
     eval_metric_rows: Annotated[
         int, typer.Option(help="Validation rows answered and scored for --eval-metric.", rich_help_panel=_S)
     ] = 64,
+    save_best: Annotated[
+        bool,
+        typer.Option(
+            help="Keep the checkpoint with the best score of the first --eval-metric (besides the last); "
+            "its name is written to best_checkpoint.json in the run folder.",
+            rich_help_panel=_S,
+        ),
+    ] = False,
     resume: Annotated[
         str | None,
         typer.Option(

@@ -87,6 +87,7 @@ class SFTConfig:
     eval_generate: int = 3
     eval_metric: str | None = None
     eval_metric_rows: int = 64
+    save_best: bool = False
     progress: bool = True
 
     def validate(self) -> SFTConfig:
@@ -140,6 +141,16 @@ class SFTConfig:
                 raise VlmkitError("--eval-metric scores validation rows: give --val-dataset or --split-ratio")
             if self.eval_metric_rows < 1:
                 raise VlmkitError(f"--eval-metric-rows {self.eval_metric_rows}: must be at least 1")
+        if self.save_best:
+            if not self.eval_metric:
+                raise VlmkitError("--save-best keeps the best checkpoint by --eval-metric: give --eval-metric NAME")
+            if self.save_steps % self.eval_steps:
+                raise VlmkitError(
+                    f"--save-best: --save-steps {self.save_steps} must be a multiple of --eval-steps {self.eval_steps} "
+                    "(a checkpoint is kept only where it was scored)"
+                )
+            if self.save_total_limit is not None and self.save_total_limit < 2:
+                raise VlmkitError("--save-best needs --save-total-limit 2 or more (the best and the last checkpoint)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

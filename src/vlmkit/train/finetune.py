@@ -141,6 +141,7 @@ def _training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_di
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
+        **_best_checkpoint_kwargs(config),
         logging_steps=config.logging_steps,
         logging_first_step=True,
         report_to=_report_to(config),
@@ -402,7 +403,38 @@ def sft(config: SFTConfig) -> Path:
             config.eval_generate,
             run_dir,
         )
+    if is_main and config.save_best:
+        _write_best_checkpoint(trainer.state, run_dir, config)
     return run_dir
+
+
+def _best_checkpoint_kwargs(config: SFTConfig) -> dict[str, Any]:
+    """--save-best: the Trainer tracks the first --eval-metric and keeps its best checkpoint from rotation."""
+    if not config.save_best:
+        return {}
+    from vlmkit.eval.metrics import LOWER_IS_BETTER, metric_names
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # only the main process scores: others lack the metric
+        raise VlmkitError("--save-best runs on one process for now; drop it for multi-process training")
+    first = metric_names(config.eval_metric, "--eval-metric")[0]
+    return {"metric_for_best_model": f"eval_{first}", "greater_is_better": first not in LOWER_IS_BETTER}
+
+
+def _write_best_checkpoint(state, run_dir: Path, config: SFTConfig) -> None:
+    """run_dir/best_checkpoint.json: {"checkpoint", "step", "metric", "value"} of the best scored checkpoint."""
+    from vlmkit.eval.metrics import metric_names
+
+    if state.best_model_checkpoint is None:
+        print("--save-best: no checkpoint was saved at a scored step")
+        return
+    best = {
+        "checkpoint": Path(state.best_model_checkpoint).name,
+        "step": state.best_global_step,
+        "metric": metric_names(config.eval_metric, "--eval-metric")[0],
+        "value": state.best_metric,
+    }
+    (run_dir / "best_checkpoint.json").write_text(json.dumps(best) + "\n")
+    print(f"best checkpoint: {run_dir / best['checkpoint']} ({best['metric']} {best['value']:.4g})")
 
 
 def _generated_metrics(tokenizer, template, family, model_dir, val_data, rows, config):
