@@ -201,6 +201,11 @@ def test_eval_predictions_file_scores_rows_and_counts_failed_and_unparsed(tmp_pa
     assert [x.get("scores", {}).get("vqa_accuracy") for x in scored] == [0.75, 0.0, None, 0.0]
     assert given.read_text() == "".join(json.dumps(x) + "\n" for x in lines)  # the given file is untouched
     assert "| vqa_accuracy" in (tmp_path / "out" / "report.md").read_text()
+    # the Python API gives what metrics.json holds
+    from vlmkit.eval import evaluate
+
+    summary = evaluate(predictions=[given], output=tmp_path / "py", echo=lambda line: None)
+    assert summary == json.loads((tmp_path / "py" / "metrics.json").read_text())
     # the same folder again is refused, so nothing written is overwritten
     with pytest.raises(VlmkitError, match="already holds an evaluation"):
         cli("eval", "--predictions", given, "--output", tmp_path / "out")
