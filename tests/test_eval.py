@@ -439,6 +439,10 @@ def test_sft_eval_metric_scores_generated_answers_at_each_eval(tmp_path, monkeyp
 
     events = EventAccumulator(str(next(tmp_path.glob("run/*/*/runs/*")))).Reload()
     assert [e.value for e in events.Scalars("eval/exact_match")] == [1.0, 1.0]  # the tracker got them too
+    # and a prediction table: the rows as Markdown text, each with its image
+    table = events.Tensors("eval/predictions/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "| 1 | What is it 0? | red cat | red cat / a red cat |" in table
+    assert "eval/prediction_1" in events.Tags()["images"] and "eval/prediction_4" not in events.Tags()["images"]
 
 
 def test_sft_save_best_keeps_the_best_scored_checkpoint_besides_the_last(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ answered in batches by `VLM.generate`, and scored with the same metric functions
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,11 +16,27 @@ from vlmkit.eval.metrics import CORPUS_METRICS, METRICS, Row, aggregate
 from vlmkit.sample import Sample
 
 
+@dataclass
+class Example:
+    """One answered validation row, for the prediction table logged to trackers."""
+
+    image: Any  # the prompt's last image source, or None
+    question: str
+    prediction: str
+    references: list[str]
+
+
 def score_generated(
-    vlm: Any, samples: list[Sample], names: list[str], batch_size: int = 8, max_new_tokens: int = 64
+    vlm: Any,
+    samples: list[Sample],
+    names: list[str],
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    examples: list[Example] | None = None,
 ) -> dict[str, float]:
     """Answer `samples` (each ending with its reference reply) and score them: {"eval_NAME": value}.
-    A row that cannot be encoded or generated is left out; `eval_generated_rows` says how many counted."""
+    A row that cannot be encoded or generated is left out; `eval_generated_rows` says how many counted.
+    Each answered row is appended to `examples` when given."""
     from vlmkit.errors import VlmkitError
     from vlmkit.eval.rows import asked_turns
     from vlmkit.grounding import objects_in_reply
@@ -39,6 +56,11 @@ def score_generated(
             references = sample.extra.get("references") or ([reference] if reference is not None else [])
             boxes = [o["bbox"] for o in objects_in_reply(vlm.template, prompt, reply)]
             rows.append(Row(reply, list(references), boxes, raw.get("reference_boxes", [])))
+            if examples is not None:
+                images = prompt.media("image")
+                examples.append(
+                    Example(images[-1] if images else None, prompt.text("user"), reply, list(references))
+                )
     scores: dict[str, float] = {"eval_generated_rows": float(len(rows))}
     for name in names:
         if name in CORPUS_METRICS:
@@ -48,3 +70,45 @@ def score_generated(
         stats = np.array([s.stats for s in row_scores], dtype=float)
         scores[f"eval_{name}"] = aggregate(name, stats)
     return scores
+
+
+TABLE_ROWS = 4  # rows of the prediction table (with their images) logged at each eval
+
+
+def log_prediction_table(callbacks: list, step: int, examples: list[Example]) -> None:
+    """Log the first `TABLE_ROWS` examples (image, question, prediction, references) to the trackers among
+    the Trainer's `callbacks`: TensorBoard (a Markdown table as text, each image with the row in its tag)."""
+    from transformers.integrations import TensorBoardCallback
+
+    shown = examples[:TABLE_ROWS]
+    for callback in callbacks:
+        writer = getattr(callback, "tb_writer", None) if isinstance(callback, TensorBoardCallback) else None
+        if writer is None or not shown:
+            continue
+        lines = ["| row | question | prediction | references |", "|---|---|---|---|"]
+        for k, example in enumerate(shown):
+            cells = [example.question, example.prediction, " / ".join(example.references)]
+            lines.append(
+                f"| {k + 1} | " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+            )
+        writer.add_text("eval/predictions", "\n".join(lines), step)
+        for k, example in enumerate(shown):
+            picture = _picture(example.image)
+            if picture is not None:
+                writer.add_image(f"eval/prediction_{k + 1}", picture, step, dataformats="HWC")
+        writer.flush()
+
+
+def _picture(source: Any):
+    """An HWC uint8 array of an image source, or None when it cannot be opened."""
+    from vlmkit.errors import VlmkitError
+    from vlmkit.media import load_image
+
+    if source is None:
+        return None
+    try:
+        image = load_image(source, where="prediction table").convert("RGB")
+    except (VlmkitError, OSError):
+        return None
+    image.thumbnail((256, 256))
+    return np.asarray(image)

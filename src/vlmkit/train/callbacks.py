@@ -52,7 +52,7 @@ class VlmTrainer(Trainer):
         *args,
         parameter_groups: Callable[..., list[dict[str, Any]]],
         train_sampler: torch.utils.data.Sampler | None = None,
-        generated_metrics: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+        generated_metrics: Callable[[torch.nn.Module, int, list], dict[str, float]] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -66,7 +66,8 @@ class VlmTrainer(Trainer):
         metrics = super().evaluate(*args, **kwargs)
         if self._generated_metrics is not None and self.is_world_process_zero():
             training = self.model.training
-            scores = self._generated_metrics(self.model.eval())
+            step, callbacks = self.state.global_step, self.callback_handler.callbacks
+            scores = self._generated_metrics(self.model.eval(), step, callbacks)
             self.model.train(training)
             self.log(scores)
             metrics.update(scores)

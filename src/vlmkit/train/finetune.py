@@ -439,17 +439,21 @@ def _write_best_checkpoint(state, run_dir: Path, config: SFTConfig) -> None:
 
 def _generated_metrics(tokenizer, template, family, model_dir, val_data, rows, config):
     """`--eval-metric`: model -> {"eval_NAME": value} on the first --eval-metric-rows validation rows."""
-    from vlmkit.eval.during_training import score_generated
+    from vlmkit.eval.during_training import log_prediction_table, score_generated
     from vlmkit.eval.metrics import metric_names
     from vlmkit.model import VLM
 
     names = metric_names(config.eval_metric, "--eval-metric")
     samples = [val_data[row] for row in rows[: config.eval_metric_rows]]
 
-    def score(model) -> dict[str, float]:
+    def score(model, step: int, callbacks: list) -> dict[str, float]:
+        """Scores of this eval; the first answers go to the trackers as a prediction table."""
         device = str(next(model.parameters()).device)
         vlm = VLM(model=model, tokenizer=tokenizer, template=template, family=family, path=Path(model_dir), device=device)  # fmt: skip
-        return score_generated(vlm, samples, names, batch_size=config.batch_size)
+        examples: list = []
+        scores = score_generated(vlm, samples, names, batch_size=config.batch_size, examples=examples)
+        log_prediction_table(callbacks, step, examples)
+        return scores
 
     return score
 
