@@ -57,7 +57,7 @@ def eval_command(
     metric: Annotated[
         str,
         typer.Option(
-            help="auto (picked from the references: boxes -> iou@0.5,iou; OCR -> cer; several short answers -> "
+            help="auto (picked from the references: boxes -> iou@0.5,iou; OCR -> cer; 3+ short answers -> "
             "vqa_accuracy,anls; long ones -> cider,bleu4,rouge_l; letters -> choice) or names: exact_match, "
             "vqa_accuracy, anls, relaxed_accuracy, cer, wer, ned, bleu4, rouge_l, cider, iou, iou@0.5, choice."
         ),

@@ -11,7 +11,8 @@ Definitions (each tested against its reference on fixed inputs in tests/test_eva
     exact_match     normalised reply == any reference (case, surrounding/inner whitespace, a final period)
     vqa_accuracy    VQAv2's official answer normalisation (punctuation, digits, articles, contractions) and
                     accuracy: the mean over the leave-one-out subsets of the references of
-                    min(#matches / 3, 1); with one reference, 1 when it matches
+                    min(#matches / 3, 1); with one reference, 1 when it matches. Defined for VQAv2's and
+                    TextVQA's ten answers: with two references a right answer scores at most 1/3
     anls            DocVQA's ANLS: max over references of 1 - normalised Levenshtein, 0 when >= 0.5
     relaxed_accuracy ChartQA: numbers within 5% of the reference (a trailing % read as /100), text exact
     cer, wer        character / word error rate of the closest reference (jiwer), summed over the corpus
