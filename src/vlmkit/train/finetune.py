@@ -439,8 +439,9 @@ def _write_best_checkpoint(state, run_dir: Path, config: SFTConfig) -> None:
 
 def _generated_metrics(tokenizer, template, family, model_dir, val_data, rows, config):
     """`--eval-metric`: model -> {"eval_NAME": value} on the first --eval-metric-rows validation rows."""
-    from vlmkit.eval.during_training import log_prediction_table, score_generated
+    from vlmkit.eval.during_training import score_generated
     from vlmkit.eval.metrics import metric_names
+    from vlmkit.eval.trackers import log_prediction_table
     from vlmkit.model import VLM
 
     names = metric_names(config.eval_metric, "--eval-metric")
