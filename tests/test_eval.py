@@ -442,7 +442,9 @@ def test_sft_eval_metric_scores_generated_answers_at_each_eval(tmp_path, monkeyp
     # and a prediction table: the rows as Markdown text, each with its image
     table = events.Tensors("eval/predictions/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "| 1 | What is it 0? | red cat | red cat / a red cat |" in table
-    assert "eval/prediction_1" in events.Tags()["images"] and "eval/prediction_4" not in events.Tags()["images"]
+    assert (
+        "eval/prediction_1" in events.Tags()["images"] and "eval/prediction_4" not in events.Tags()["images"]
+    )
 
 
 def test_sft_save_best_keeps_the_best_scored_checkpoint_besides_the_last(tmp_path, monkeypatch):
@@ -469,3 +471,36 @@ def test_sft_save_best_keeps_the_best_scored_checkpoint_besides_the_last(tmp_pat
     ]:
         with pytest.raises(VlmkitError, match=message):
             cli("sft", *common, "--save-best", *extra)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tracker", ["wandb", "mlflow"])  # swanlab: see the note below
+def test_sft_eval_metric_prediction_table_reaches_each_tracker_offline(tmp_path, monkeypatch, tracker):
+    pytest.importorskip(tracker)
+    rows = [
+        {"question": f"What is it {i}?", "answers": ["red cat"], "image": {"bytes": png(i)}} for i in range(2)
+    ]
+    data = parquet(rows, tmp_path / "vqa.parquet")
+    model = build_scripted_model("qwen2-vl", tmp_path / "m", "red cat", small_vocab=True)
+    monkeypatch.chdir(tmp_path)
+    # each tracker's own offline setting (their environment variables, not vlmkit's)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    cli("sft", "-m", model, "--dataset", data, "--val-dataset", data, "--max-steps", 1, "--eval-steps", 1,
+        "--eval-metric", "exact_match", "--eval-generate", 0, "--output-dir", "run", "--no-progress",
+        "--report-to", tracker, "--max-pixels", 3136)  # fmt: skip
+    if tracker == "wandb":
+        tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/eval/predictions_*.table.json"))
+        table = json.loads(tables[0].read_text())
+        assert table["columns"] == ["image", "question", "prediction", "references"]
+        assert table["data"][0][1:] == ["What is it 0?", "red cat", "red cat"]
+    else:
+        (artifact,) = tmp_path.glob("mlruns/*/*/artifacts/eval_predictions/step_1.json")
+        table = json.loads(artifact.read_text())
+        assert table["columns"] == ["row", "question", "prediction", "references"]
+        assert table["data"][0] == [1, "What is it 0?", "red cat", "red cat"]
+        assert list(tmp_path.glob("mlruns/*/*/artifacts/eval_predictions/step_1_row1.png"))
+    # swanlab is not tested: transformers 5.24's SwanLabCallback calls swanlab.get_run(), which raises
+    # "No active Run" in swanlab 0.10 instead of returning None, so `--report-to swanlab` fails before any step
