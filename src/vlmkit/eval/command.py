@@ -58,7 +58,8 @@ def eval_command(
         str,
         typer.Option(
             help="auto (picked from the references: boxes -> iou@0.5,iou; OCR -> cer; 3+ short answers -> "
-            "vqa_accuracy,anls; 2 -> anls,exact_match; long ones -> cider,bleu4,rouge_l; letters -> choice) or names: exact_match, "
+            "vqa_accuracy,anls; 2 -> anls,exact_match; long ones -> cider,bleu4,rouge_l; letters -> choice) "
+            "or names: exact_match, "
             "vqa_accuracy, anls, relaxed_accuracy, cer, wer, ned, bleu4, rouge_l, cider, iou, iou@0.5, choice."
         ),
     ] = "auto",

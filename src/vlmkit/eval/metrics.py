@@ -265,7 +265,12 @@ def cider_d(rows: list[Row], sigma: float = 6.0) -> list[Score]:
     log_rows = np.log(float(len(rows))) if rows else 0.0
 
     def vectors(tokens: list[str]) -> tuple[list[dict], list[float], int]:
-        vecs = [{g: c * (log_rows - np.log(max(1.0, document_frequency[g]))) for g, c in _ngrams(tokens, n).items()} for n in range(1, 5)]  # fmt: skip
+        idf = {
+            g: log_rows - np.log(max(1.0, document_frequency[g]))
+            for n in range(1, 5)
+            for g in _ngrams(tokens, n)
+        }
+        vecs = [{g: c * idf[g] for g, c in _ngrams(tokens, n).items()} for n in range(1, 5)]
         return (
             vecs,
             [float(np.sqrt(sum(v * v for v in vec.values()))) for vec in vecs],

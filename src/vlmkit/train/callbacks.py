@@ -166,7 +166,8 @@ class RunLog(TrainerCallback):
         if "eval_loss" in logs:
             self.curves["eval loss"].append((logs["step"], logs["eval_loss"]))
         for key, value in logs.items():
-            if _is_generated_metric(key) and key not in ("eval_loss", "eval_generated_rows") and isinstance(value, (int, float)):
+            plotted = _is_generated_metric(key) and key not in ("eval_loss", "eval_generated_rows")
+            if plotted and isinstance(value, (int, float)):
                 self.metric_curves.setdefault(key[len("eval_") :], []).append((logs["step"], value))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -206,7 +207,8 @@ class RunLog(TrainerCallback):
         if self.metric_curves:
             from vlmkit.plots import save_line_plot
 
-            save_line_plot(self.metric_curves, self.run_dir / "metrics.png", title="eval metrics", xlabel="step", ylabel="value")
+            path = self.run_dir / "metrics.png"
+            save_line_plot(self.metric_curves, path, title="eval metrics", xlabel="step", ylabel="value")
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:

@@ -143,11 +143,11 @@ class SFTConfig:
                 raise VlmkitError(f"--eval-metric-rows {self.eval_metric_rows}: must be at least 1")
         if self.save_best:
             if not self.eval_metric:
-                raise VlmkitError("--save-best keeps the best checkpoint by --eval-metric: give --eval-metric NAME")
+                raise VlmkitError("--save-best keeps the best checkpoint by --eval-metric; give --eval-metric NAME")
             if self.save_steps % self.eval_steps:
                 raise VlmkitError(
-                    f"--save-best: --save-steps {self.save_steps} must be a multiple of --eval-steps {self.eval_steps} "
-                    "(a checkpoint is kept only where it was scored)"
+                    f"--save-best: --save-steps {self.save_steps} must be a multiple of --eval-steps "
+                    f"{self.eval_steps} (a checkpoint is kept only where it was scored)"
                 )
             if self.save_total_limit is not None and self.save_total_limit < 2:
                 raise VlmkitError("--save-best needs --save-total-limit 2 or more (the best and the last checkpoint)")
