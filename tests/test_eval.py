@@ -504,3 +504,21 @@ def test_sft_eval_metric_prediction_table_reaches_each_tracker_offline(tmp_path,
         assert list(tmp_path.glob("mlruns/*/*/artifacts/eval_predictions/step_1_row1.png"))
     # swanlab is not tested: transformers 5.24's SwanLabCallback calls swanlab.get_run(), which raises
     # "No active Run" in swanlab 0.10 instead of returning None, so `--report-to swanlab` fails before any step
+
+
+def test_grounding_rows_with_0_1_boxes_are_failed_rows_not_wrong_scores():
+    from vlmkit.errors import DataError
+    from vlmkit.eval.rows import asked_turns
+    from vlmkit.sample import to_sample
+
+    row = {
+        "messages": [
+            {"role": "user", "content": "<image>Find <ref-object>"},
+            {"role": "assistant", "content": "<bbox>"},
+        ],
+        "images": [random_image(48, 64)],
+        "objects": {"ref": ["cat"], "bbox": [[0.1, 0.1, 0.5, 0.5]], "bbox_type": "norm1"},
+    }
+    sample = to_sample(row)
+    ((_, result),) = asked_turns(row, sample)
+    assert isinstance(result, DataError) and "bbox_type real" in str(result)
