@@ -221,9 +221,11 @@ def infer(
 
 
 from vlmkit.data.commands import app as data_app  # noqa: E402
+from vlmkit.eval.command import eval_command  # noqa: E402  (a light module: options only)
 from vlmkit.train.command import ManyValuesCommand, sft_command  # noqa: E402  (a light module: options only)
 
 app.command("sft", cls=ManyValuesCommand, context_settings={"help_option_names": ["-h", "--help"]})(sft_command)
+app.command("eval")(eval_command)
 app.add_typer(
     data_app, name="data", help="Check a dataset before training, preview rows as the model sees them, or encode it into the encode cache."
 )

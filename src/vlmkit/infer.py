@@ -193,8 +193,11 @@ def run_batch(
     prompt: str | None = None,
     progress: bool = True,
     draw_dir: str | Path | None = None,
+    rows: list[tuple[dict, Sample | DataError]] | None = None,
 ) -> dict[str, int]:
     """Write one JSON line per input row to `output_path`; returns counts of ok and failed rows.
+    `rows`: (raw row, Sample or its DataError) already read from `input_path` (`vlmkit eval` splits
+    grounding rows into one row per box); by default the rows are read here.
 
     Output goes to a temporary file of this process beside `output_path` (`<output>.<random>.tmp`) as it is
     produced and replaces `output_path` when the run ends, so an existing file is never left half-overwritten;
@@ -206,7 +209,7 @@ def run_batch(
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.resolve() == input_path.resolve():
         raise VlmkitError(f"--output {output_path} is the input file; choose another path")
-    rows = _input_rows(str(input_path), media_root, columns, prompt)
+    rows = rows if rows is not None else _input_rows(str(input_path), media_root, columns, prompt)
     counts = {"ok": 0, "failed": 0}
     output_path.parent.mkdir(parents=True, exist_ok=True)
     chunks = list(_batches(rows, batch_size))

@@ -46,20 +46,34 @@ def supervised_loss(model, inputs: dict[str, Any], num_items_in_batch=None) -> t
 
 class VlmTrainer(Trainer):
     """Trainer with optimizer parameter groups from `parameter_groups(model, decay_names)`, an optional
-    training-order sampler (length grouping), and padding / fill fractions from the collator's
-    `batch_stats` added to the training logs."""
+    training-order sampler (length grouping), padding / fill fractions from the collator's
+    `batch_stats` added to the training logs, and optional metrics of generated answers at each eval."""
 
     def __init__(
         self,
         *args,
         parameter_groups: Callable[..., list[dict[str, Any]]],
         train_sampler: torch.utils.data.Sampler | None = None,
+        generated_metrics: Callable[[torch.nn.Module, int, list], dict[str, float]] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self._parameter_groups = parameter_groups
         self._train_sampler = train_sampler
+        self._generated_metrics = generated_metrics
         self.batch_stats = BatchStats()
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        """Eval loss, then (`sft --eval-metric`) the metrics of generated answers, logged like it."""
+        metrics = super().evaluate(*args, **kwargs)
+        if self._generated_metrics is not None and self.is_world_process_zero():
+            training = self.model.training
+            step, callbacks = self.state.global_step, self.callback_handler.callbacks
+            scores = self._generated_metrics(self.model.eval(), step, callbacks)
+            self.model.train(training)
+            self.log(scores)
+            metrics.update(scores)
+        return metrics
 
     def _get_train_sampler(self, train_dataset=None):
         if self._train_sampler is not None:
@@ -198,6 +212,7 @@ class RunLog(TrainerCallback):
         self.bar = None
         self.start: tuple[float, int, int] | None = None
         self.curves: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in _CURVES}
+        self.metric_curves: dict[str, list[tuple[float, float]]] = {}  # sft --eval-metric: eval_NAME
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -229,6 +244,10 @@ class RunLog(TrainerCallback):
             value = logs.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.curves[name].append((logs["step"], float(value)))
+        for key, value in logs.items():
+            plotted = _is_generated_metric(key) and key not in ("eval_loss", "eval_generated_rows")
+            if plotted and isinstance(value, (int, float)):
+                self.metric_curves.setdefault(key[len("eval_") :], []).append((logs["step"], value))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -251,7 +270,7 @@ class RunLog(TrainerCallback):
             raise
         self._add_point(record)
         if not self.progress:  # plain lines for logs and non-interactive runs
-            shown = {k: v for k, v in record.items() if k in _SHOWN}
+            shown = {k: v for k, v in record.items() if k in _SHOWN or _is_generated_metric(k)}
             print(
                 " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()),
                 flush=True,
@@ -279,6 +298,11 @@ class RunLog(TrainerCallback):
         panels = [(title, series) for title, series in panels if any(series.values())]
         if panels:
             save_line_panels(panels, self.run_dir / "loss.png", xlabel="step")
+        if self.metric_curves:
+            from vlmkit.plots import save_line_plot
+
+            path = self.run_dir / "metrics.png"
+            save_line_plot(self.metric_curves, path, title="eval metrics", xlabel="step", ylabel="value")
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
@@ -291,6 +315,13 @@ _CURVES = (
     ("learning rate", "learning_rate"),
     ("grad norm", "grad_norm"),
 )
+
+
+def _is_generated_metric(key: str) -> bool:
+    """`eval_NAME` of `sft --eval-metric` (not the Trainer's eval_runtime and eval_*_per_second)."""
+    return key.startswith("eval_") and not key.endswith(("_runtime", "_per_second"))
+
+
 _SHOWN = (
     "step",
     "epoch",

@@ -35,11 +35,21 @@ class CompleteCheckpoints(TrainerCallback):
     with a checkpoint.
     """
 
-    def __init__(self, run_dir: Path, model_dir: Path, settings: dict[str, Any], keep: int | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        model_dir: Path,
+        settings: dict[str, Any],
+        keep: int | None = None,
+        best_by: tuple[str, bool] | None = None,
+    ):
+        """`best_by`: (logged key, lower is better) of `sft --save-best`'s metric, whose best checkpoint
+        rotation keeps too (besides the best by eval loss)."""
         self.run_dir = run_dir
         self.model_dir = model_dir
         self.settings = settings
         self.keep = keep
+        self.best_by = best_by
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
@@ -58,7 +68,7 @@ class CompleteCheckpoints(TrainerCallback):
                 raise disk_full_error(self.run_dir, checkpoint) from None
             raise
         if self.keep is not None:
-            remove_old_checkpoints(self.run_dir, self.keep, checkpoint)
+            remove_old_checkpoints(self.run_dir, self.keep, checkpoint, self.best_by)
 
     def _complete(self, checkpoint: Path, step: int) -> None:
         # the base model's processor files, with the limits this run trains at (for plain transformers)
@@ -67,12 +77,14 @@ class CompleteCheckpoints(TrainerCallback):
         (checkpoint / COMPLETE_MARKER).write_text(json.dumps({"step": step}) + "\n")
 
 
-def remove_old_checkpoints(run_dir: Path, keep: int, newest: Path) -> None:
+def remove_old_checkpoints(
+    run_dir: Path, keep: int, newest: Path, best_by: tuple[str, bool] | None = None
+) -> None:
     """Delete complete checkpoints older than the newest `keep` (never `newest`, never the best by eval
-    loss), and incomplete ones older than `newest` (leftovers of an interrupted save)."""
+    loss or by `best_by`), and incomplete ones older than `newest` (leftovers of an interrupted save)."""
     complete = checkpoints(run_dir)
-    best = best_checkpoint(run_dir)
-    kept = set(complete[-max(keep, 1) :]) | {newest} | ({best[0]} if best else set())
+    bests = [best_checkpoint(run_dir)] + ([best_checkpoint(run_dir, *best_by)] if best_by else [])
+    kept = set(complete[-max(keep, 1) :]) | {newest} | {best[0] for best in bests if best}
     step = int(newest.name.split("-")[1])
     for folder in run_dir.glob("checkpoint-*"):
         if not folder.is_dir() or folder in kept:

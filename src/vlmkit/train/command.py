@@ -328,6 +328,25 @@ def sft_command(
         int,
         typer.Option(help="Longest answer --eval-generate writes, in tokens.", rich_help_panel=_S),
     ] = 256,
+    eval_metric: Annotated[
+        str | None,
+        typer.Option(
+            help="At each evaluation, also generate answers for the first --eval-metric-rows validation rows and "
+            "score them with these `vlmkit eval` metrics (e.g. exact_match, anls, cer, iou@0.5); logged as eval_NAME.",
+            rich_help_panel=_S,
+        ),
+    ] = None,
+    eval_metric_rows: Annotated[
+        int, typer.Option(help="Validation rows answered and scored for --eval-metric.", rich_help_panel=_S)
+    ] = 64,
+    save_best: Annotated[
+        bool,
+        typer.Option(
+            help="Keep the checkpoint with the best score of the first --eval-metric (besides the last); "
+            "its name is written to best_checkpoint.json in the run folder.",
+            rich_help_panel=_S,
+        ),
+    ] = False,
     resume: Annotated[
         str | None,
         typer.Option(

@@ -87,6 +87,9 @@ class SFTConfig:
     eval_generate: int = 3
     eval_max_new_tokens: int = 256
     allow_changed_args: bool = False
+    eval_metric: str | None = None
+    eval_metric_rows: int = 64
+    save_best: bool = False
     progress: bool = True
 
     def validate(self) -> SFTConfig:
@@ -135,6 +138,25 @@ class SFTConfig:
         for ok, message in checks:
             if not ok:
                 raise VlmkitError(message)
+        if self.eval_metric:
+            from vlmkit.eval.metrics import metric_names
+
+            # an unknown name fails here, before the model loads
+            metric_names(self.eval_metric, "--eval-metric")
+            if not (self.val_dataset or self.split_ratio):
+                raise VlmkitError("--eval-metric scores validation rows: give --val-dataset or --split-ratio")
+            if self.eval_metric_rows < 1:
+                raise VlmkitError(f"--eval-metric-rows {self.eval_metric_rows}: must be at least 1")
+        if self.save_best:
+            if not self.eval_metric:
+                raise VlmkitError("--save-best keeps the best checkpoint by --eval-metric; give --eval-metric NAME")
+            if self.save_steps % self.eval_steps:
+                raise VlmkitError(
+                    f"--save-best: --save-steps {self.save_steps} must be a multiple of --eval-steps "
+                    f"{self.eval_steps} (a checkpoint is kept only where it was scored)"
+                )
+            if self.save_total_limit is not None and self.save_total_limit < 2:
+                raise VlmkitError("--save-best needs --save-total-limit 2 or more (the best and the last checkpoint)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -115,6 +115,7 @@ def _training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_di
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=None,  # CompleteCheckpoints rotates, after the new checkpoint is complete
+        **_best_checkpoint_kwargs(config),
         logging_steps=config.logging_steps,
         logging_first_step=True,
         report_to=trainer_report_to(config.report_to),
@@ -366,6 +367,9 @@ def sft(config: SFTConfig) -> Path:
             + (f", val rows={len(val_rows)}" if val_set else "")
         )
 
+    generated_metrics = None  # --eval-metric
+    if is_main and val_set is not None and config.eval_metric:
+        generated_metrics = _generated_metrics(tokenizer, template, family, model_dir, val_data, val_rows, config)
     trainer = VlmTrainer(
         model=model,
         args=args,
@@ -375,9 +379,12 @@ def sft(config: SFTConfig) -> Path:
         processing_class=tokenizer,
         parameter_groups=lambda m, decay: parameter_groups(m, config, family.module_groups, decay),
         train_sampler=train_sampler,
+        generated_metrics=generated_metrics,
         callbacks=[
             RunLog(run_dir, config.batch_size * config.grad_accum * args.world_size, config.progress),
-            CompleteCheckpoints(run_dir, Path(model_dir), settings, keep=config.save_total_limit),
+            CompleteCheckpoints(
+                run_dir, Path(model_dir), settings, keep=config.save_total_limit, best_by=_save_best_by(config)
+            ),
             ChangeCheck(),
         ],
     )
@@ -406,9 +413,70 @@ def sft(config: SFTConfig) -> Path:
             config.eval_max_new_tokens,
             run_dir,
         )
+    if is_main and config.save_best:
+        _write_best_checkpoint(trainer.state, run_dir, config)
     if is_main:
         print_result(run_dir)
     return run_dir
+
+
+def _save_best_by(config: SFTConfig) -> tuple[str, bool] | None:
+    """--save-best: (the logged key of the first --eval-metric, lower is better), or None."""
+    if not config.save_best:
+        return None
+    from vlmkit.eval.metrics import LOWER_IS_BETTER, metric_names
+
+    first = metric_names(config.eval_metric, "--eval-metric")[0]
+    return f"eval_{first}", first in LOWER_IS_BETTER
+
+
+def _best_checkpoint_kwargs(config: SFTConfig) -> dict[str, Any]:
+    """--save-best: the Trainer tracks the first --eval-metric (rotation keeps its best: CompleteCheckpoints)."""
+    if (best_by := _save_best_by(config)) is None:
+        return {}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # only the main process scores: others lack the metric
+        raise VlmkitError("--save-best runs on one process for now; drop it for multi-process training")
+    key, lower_is_better = best_by
+    return {"metric_for_best_model": key, "greater_is_better": not lower_is_better}
+
+
+def _write_best_checkpoint(state, run_dir: Path, config: SFTConfig) -> None:
+    """run_dir/best_checkpoint.json: {"checkpoint", "step", "metric", "value"} of the best scored checkpoint."""
+    from vlmkit.eval.metrics import metric_names
+
+    if state.best_model_checkpoint is None:
+        print("--save-best: no checkpoint was saved at a scored step")
+        return
+    best = {
+        "checkpoint": Path(state.best_model_checkpoint).name,
+        "step": state.best_global_step,
+        "metric": metric_names(config.eval_metric, "--eval-metric")[0],
+        "value": state.best_metric,
+    }
+    (run_dir / "best_checkpoint.json").write_text(json.dumps(best) + "\n")
+    print(f"best checkpoint: {run_dir / best['checkpoint']} ({best['metric']} {best['value']:.4g})")
+
+
+def _generated_metrics(tokenizer, template, family, model_dir, val_data, rows, config):
+    """`--eval-metric`: model -> {"eval_NAME": value} on the first --eval-metric-rows validation rows."""
+    from vlmkit.eval.during_training import score_generated
+    from vlmkit.eval.metrics import metric_names
+    from vlmkit.eval.trackers import log_prediction_table
+    from vlmkit.model import VLM
+
+    names = metric_names(config.eval_metric, "--eval-metric")
+    samples = [val_data[row] for row in rows[: config.eval_metric_rows]]
+
+    def score(model, step: int, callbacks: list) -> dict[str, float]:
+        """Scores of this eval; the first answers go to the trackers as a prediction table."""
+        device = str(next(model.parameters()).device)
+        vlm = VLM(model=model, tokenizer=tokenizer, template=template, family=family, path=Path(model_dir), device=device)  # fmt: skip
+        examples: list = []
+        scores = score_generated(vlm, samples, names, batch_size=config.batch_size, examples=examples)
+        log_prediction_table(callbacks, step, examples)
+        return scores
+
+    return score
 
 
 def _log_val_generations(

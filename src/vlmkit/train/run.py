@@ -98,23 +98,22 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def best_checkpoint(run_dir: Path) -> tuple[Path, float] | None:
-    """(the complete checkpoint with the lowest eval loss logged at its step, that loss), or None when no
-    checkpoint's step was evaluated."""
-    losses = {
-        line["step"]: line["eval_loss"]
-        for line in read_log(run_dir / "train_log.jsonl")
-        if "eval_loss" in line
-    }
+def best_checkpoint(
+    run_dir: Path, key: str = "eval_loss", lower_is_better: bool = True
+) -> tuple[Path, float] | None:
+    """(the complete checkpoint with the best `key` (the eval loss, or an `--eval-metric`'s eval_NAME) logged
+    at its step, that value), or None when no checkpoint's step was evaluated."""
+    values = {line["step"]: line[key] for line in read_log(run_dir / "train_log.jsonl") if line.get(key) is not None}
     scored = [
-        (losses[step], path)
+        (values[step], path)
         for path in checkpoints(run_dir)
-        if (step := int(path.name.split("-")[1])) in losses
+        if (step := int(path.name.split("-")[1])) in values
     ]
     if not scored:
         return None
-    loss, path = min(scored, key=lambda pair: pair[0])
-    return path, loss
+    pick = min if lower_is_better else max
+    value, path = pick(scored, key=lambda pair: pair[0])
+    return path, value
 
 
 def check_checkpoint(path: str | Path) -> Path:

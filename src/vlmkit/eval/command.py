@@ -1,0 +1,114 @@
+"""`vlmkit eval`: answer a dataset with one or more models (or take existing predictions files), score the
+answers with the task's metrics and write DIR/LABEL.predictions.jsonl (each row with its scores),
+DIR/metrics.json and DIR/report.md; the side-by-side table is printed too.
+
+Inference is `vlmkit infer --input`'s (`vlmkit.infer.run_batch`: same encoding, batching and error rows),
+greedy. A light module: heavy imports happen inside the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlmkit.options import (
+    AttnImpl,
+    Columns,
+    Device,
+    DType,
+    MaxPixels,
+    MinPixels,
+    Prompt,
+    System,
+    TrustRemoteCode,
+)
+
+
+def eval_command(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", "-m", help="Model folder or hub id to evaluate. Repeat for several (one column each)."
+        ),
+    ] = None,
+    ckpt: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A vlmkit checkpoint (RUN/checkpoint-N) to evaluate, with its run's settings. Repeat for several."
+        ),
+    ] = None,
+    predictions: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Score an existing predictions file (JSONL as `vlmkit infer --input` writes: response, "
+            "references or labels, objects; reference_boxes or labels_objects for grounding) without a model."
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="Dataset to answer, as sft's --dataset (file, folder, hf::org/name). Needed with --model/--ckpt.",
+        ),
+    ] = None,
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="auto (picked from the references: boxes -> iou@0.5,iou; OCR -> cer; 3+ short answers -> "
+            "vqa_accuracy,anls; 2 -> anls,exact_match; long ones -> cider,bleu4,rouge_l; letters -> choice) "
+            "or names: exact_match, "
+            "vqa_accuracy, anls, relaxed_accuracy, cer, wer, ned, bleu4, rouge_l, cider, iou, iou@0.5, choice."
+        ),
+    ] = "auto",
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Folder for predictions, metrics.json and report.md (a new one)."
+        ),
+    ] = Path("eval"),
+    batch_size: Annotated[int, typer.Option(help="Rows generated together.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens generated per answer.")] = 256,
+    media_root: Annotated[
+        Path | None, typer.Option(help="Extra folder to resolve relative image paths against.")
+    ] = None,
+    columns: Columns = None,
+    prompt: Prompt = None,
+    system: System = None,
+    min_pixels: MinPixels = None,
+    max_pixels: MaxPixels = None,
+    dtype: DType = "auto",
+    device: Device = "auto",
+    attn_impl: AttnImpl = "sdpa",
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Score models on a dataset with the task's metrics: one table, side by side (base vs fine-tuned).
+
+    Rows that fail (unreadable, not encodable, generation error) are counted as failed and left out of the
+    metrics; replies with no readable box or option letter are scored as misses and counted as unparsed."""
+    from vlmkit.data.columns import parse_columns
+    from vlmkit.eval.evaluate import evaluate
+
+    evaluate(
+        dataset,
+        models=model or [],
+        ckpts=ckpt or [],
+        predictions=predictions or [],
+        metric=metric,
+        output=output,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        media_root=media_root,
+        columns=parse_columns(columns),
+        prompt=prompt,
+        system=system,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        dtype=dtype,
+        device=device,
+        attn_impl=attn_impl,
+        trust_remote_code=trust_remote_code,
+        echo=typer.echo,
+    )

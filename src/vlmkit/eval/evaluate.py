@@ -1,0 +1,183 @@
+"""`vlmkit eval` as a Python function: answer a dataset with models or checkpoints (or take predictions
+files), score the answers, write DIR/LABEL.predictions.jsonl, DIR/metrics.json and DIR/report.md.
+
+    from vlmkit.eval import evaluate
+    summary = evaluate("val.parquet", models=["base"], ckpts=["runs/x/checkpoint-100"], output="eval/ocr")
+    summary["models"]["base"]["scores"]["cer"]["value"]
+
+Inference is `vlmkit infer --input`'s (`vlmkit.infer.run_batch`: same encoding, batching and error rows),
+greedy.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from vlmkit.errors import VlmkitError
+
+
+def evaluate(
+    dataset: str | None = None,
+    *,
+    models: Iterable[str | Path] = (),
+    ckpts: Iterable[str | Path] = (),
+    predictions: Iterable[str | Path] = (),
+    metric: str = "auto",
+    output: str | Path = "eval",
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    media_root: str | Path | None = None,
+    columns: dict[str, str] | None = None,
+    prompt: str | None = None,
+    system: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    attn_impl: str = "sdpa",
+    trust_remote_code: bool = False,
+    echo: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Evaluate `models` and `ckpts` on `dataset` and/or score `predictions` files; returns what
+    metrics.json holds ({"dataset", "metrics", "metric_choice", "models": {label: {...}}}). `echo` gets
+    the lines the command prints (schema, progress, the table)."""
+    from vlmkit.eval.metrics import metric_names
+    from vlmkit.eval.report import text_table, write_report
+    from vlmkit.eval.rows import read_predictions
+    from vlmkit.eval.run import file_stem, model_label, score_predictions
+
+    output = Path(output)
+    predictions = [Path(p) for p in predictions]
+    pairs: list[tuple[str | None, Path | None]] = [(str(m), None) for m in models] + [
+        (None, Path(c)) for c in ckpts
+    ]
+    if not pairs and not predictions:
+        raise VlmkitError("give --model, --ckpt or --predictions (what to evaluate)")
+    if pairs and dataset is None:
+        raise VlmkitError("--model/--ckpt need --dataset (the rows to answer)")
+    if (output / "metrics.json").exists():
+        raise VlmkitError(
+            f"--output {output} already holds an evaluation (metrics.json); choose another folder"
+        )
+    names = None if metric.strip() == "auto" else metric_names(metric)
+    _check_eval_extra()
+    given_lines = {given: read_predictions(given) for given in predictions}  # checked before any work
+    output.mkdir(parents=True, exist_ok=True)
+
+    taken: set[str] = set()
+    to_score: list[tuple[str, str, Path]] = []  # (label, source, predictions file in output)
+    images: dict[str, list[Any]] = {}
+    questions: dict[str, list[str]] = {}
+    schema = None
+    if pairs:
+        from vlmkit.eval.rows import read_dataset
+
+        rows, schema = read_dataset(dataset, media_root, columns, prompt)
+        if schema:
+            echo(f"{dataset}: {schema}")
+        row_images = [_last_image(sample) for _, sample in rows]
+        row_questions = [_question(sample) for _, sample in rows]
+        for model_name, checkpoint in pairs:
+            label = model_label(model_name, checkpoint, taken)
+            path = output / f"{file_stem(label)}.predictions.jsonl"
+            counts = _predict(model_name, checkpoint, dataset, rows, path, batch_size, max_new_tokens, system,
+                              min_pixels, max_pixels, dtype, device, attn_impl, trust_remote_code)  # fmt: skip
+            echo(f"{label}: answered {counts['ok']} rows ({counts['failed']} failed) -> {path}")
+            to_score.append((label, str(checkpoint or model_name), path))
+            images[label], questions[label] = row_images, row_questions
+    for given in predictions:
+        label = model_label(str(given.with_suffix("")), None, taken)
+        path = output / f"{file_stem(label)}.predictions.jsonl"
+        shutil.copyfile(given, path)  # scores are added to the copy; the given file stays as it is
+        to_score.append((label, str(given), path))
+        lines = given_lines[given]
+        images[label] = [_image_of_line(line, given.parent) for line in lines]
+        questions[label] = [str(line.get("query", "")) for line in lines]
+
+    results, reason = [], "given with --metric"
+    for label, source, path in to_score:
+        result, chosen, why = score_predictions(path, names, schema, label, source)
+        if names is None:  # auto: chosen from the first model's rows, then the same for all
+            names, reason = chosen, why
+        results.append(result)
+    echo(f"metrics: {', '.join(names)} ({reason})")
+    table = text_table(results, names)
+    echo(table)
+    for result in results:
+        if result.failed:
+            print(f"warning: {result.label}: {result.failed} of {result.rows} rows failed and are not scored "
+                  f"(first: {result.failures[0]})", file=sys.stderr)  # fmt: skip
+    summary = {
+        "dataset": dataset,
+        "metrics": names,
+        "metric_choice": reason,
+        "models": {r.label: r.to_json() for r in results},
+    }
+    (output / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    report = write_report(output, str(dataset or "predictions"), results, names, reason, images, questions)
+    echo(f"wrote {output / 'metrics.json'} and {report}")
+    return summary
+
+
+def _check_eval_extra() -> None:
+    """Refuse before any model loads when the metric libraries are missing."""
+    import importlib.util
+
+    missing = [name for name in ("rapidfuzz", "jiwer", "sacrebleu") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise VlmkitError(f"vlmkit eval needs {', '.join(missing)}: pip install 'vlmkit[eval]'")
+
+
+def _question(sample: Any) -> str:
+    """The user text of a prompt with its `<ref-object>`s filled in, for the report."""
+    from vlmkit.grounding import REF_PLACEHOLDER, parse_objects
+
+    if isinstance(sample, Exception):
+        return ""
+    text = sample.text("user")
+    objects = parse_objects(sample.objects, sample.where) if sample.objects else None
+    for ref in objects.refs if objects else []:
+        text = text.replace(REF_PLACEHOLDER, ref, 1)
+    return text
+
+
+def _last_image(sample: Any) -> Any:
+    if isinstance(sample, Exception):
+        return None
+    found = sample.media("image")
+    return found[-1] if found else None
+
+
+def _image_of_line(line: dict, folder: Path) -> Any:
+    """The image path of a predictions line (`images`: paths relative to the file's folder), or None."""
+    found = line.get("images")
+    first = found[-1] if isinstance(found, list) and found else found
+    if isinstance(first, dict):
+        first = first.get("path")
+    if not isinstance(first, str):
+        return None
+    path = Path(first) if Path(first).is_absolute() else folder / first
+    return path if path.is_file() else None
+
+
+def _predict(model, checkpoint, dataset, rows, path, batch_size, max_new_tokens, system, min_pixels, max_pixels,
+             dtype, device, attn_impl, trust_remote_code) -> dict[str, int]:  # fmt: skip
+    """Load one model, answer `rows` through `vlmkit infer`'s batch path into `path`, free the model."""
+    from vlmkit.infer import run_batch
+    from vlmkit.model import GenerationOptions, load
+
+    vlm = load(model, ckpt=checkpoint, dtype=dtype, device=device, attn_impl=attn_impl, min_pixels=min_pixels,
+               max_pixels=max_pixels, system=system, trust_remote_code=trust_remote_code)  # fmt: skip
+    options = GenerationOptions(max_new_tokens=max_new_tokens)  # greedy: scores repeat run to run
+    counts = run_batch(
+        vlm, dataset, path, options, batch_size=batch_size, progress=sys.stderr.isatty(), rows=rows
+    )
+    del vlm
+    gc.collect()
+    return counts

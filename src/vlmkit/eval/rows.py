@@ -1,0 +1,150 @@
+"""The rows `vlmkit eval` asks and scores: dataset rows as prompts with their references, and prediction
+lines (as `vlmkit infer --input` writes them) as metric `Row`s.
+
+A grounding row asks several boxes in turns ("Find <ref-object>" -> "<bbox>", one turn per box or per
+referring expression). Answered as one conversation, the model would see the earlier reference boxes in
+its history, so eval asks each turn alone (the row's images, that turn's question) and keeps that turn's
+boxes as `reference_boxes`, in pixels of the original image.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vlmkit.errors import DataError, VlmkitError
+from vlmkit.eval.metrics import Row
+from vlmkit.grounding import BOX_PLACEHOLDER, REF_PLACEHOLDER, parse_objects
+from vlmkit.sample import Sample
+
+ReadRow = tuple[dict, Sample | DataError]
+
+
+def read_dataset(
+    spec: str, media_root: str | Path | None, columns: dict[str, str] | None, prompt: str | None
+) -> tuple[list[ReadRow], str | None]:
+    """(rows in file order, one per asked turn, as `vlmkit.infer.run_batch` takes them; the column schema
+    line of the dataset or None)."""
+    from vlmkit.data import load_dataset, row_to_sample
+
+    data = load_dataset(spec, media_root=media_root, columns=columns, prompt=prompt)
+    out: list[ReadRow] = [({}, DataError(f"{where}: {reason}")) for where, reason in data.bad]
+    for row in data.rows:
+        try:
+            sample = row_to_sample(row.data, row.format, row.where, row.base_dirs)
+            out.extend(asked_turns(row.data, sample))
+        except DataError as e:
+            out.append((row.data, e))
+    schema = next(iter(data.schemas.values()), None)
+    return out, schema
+
+
+def _text(message: dict) -> str:
+    return "".join(p.get("text", "") for p in message["content"] if p["type"] == "text")
+
+
+def asked_turns(raw: dict, sample: Sample) -> list[ReadRow]:
+    """A row with grounding `objects` -> one (raw row + `reference_boxes`, single-turn sample) per
+    assistant turn; any other row is returned as it is (the model answers its last turn)."""
+    objects = parse_objects(sample.objects, sample.where) if sample.objects else None
+    if objects is None:
+        return [(raw, sample)]
+    system = [m for m in sample.messages if m["role"] == "system"]
+    earlier_media: list[dict] = []
+    refs_seen = boxes_seen = 0
+    user: dict | None = None
+    out: list[ReadRow] = []
+    for message in (m for m in sample.messages if m["role"] != "system"):
+        text = _text(message)
+        if message["role"] == "user":
+            user, user_refs, user_boxes = message, refs_seen, boxes_seen
+            media_before = list(earlier_media)
+            earlier_media += [p for p in message["content"] if p["type"] in ("image", "video")]
+        refs_seen += text.count(REF_PLACEHOLDER)
+        boxes_seen += text.count(BOX_PLACEHOLDER)
+        if message["role"] != "assistant" or user is None:
+            continue
+        answer_boxes = range(boxes_seen - text.count(BOX_PLACEHOLDER), boxes_seen)
+        if objects.bbox_type != "real" and len(answer_boxes):
+            return [
+                (
+                    raw,
+                    DataError(
+                        f"{sample.where}: eval reads reference boxes in pixels (bbox_type real), not {objects.bbox_type}"
+                    ),
+                )
+            ]
+        turn_objects = {
+            "ref": objects.refs[user_refs:refs_seen],
+            "bbox": objects.boxes[user_boxes:boxes_seen],
+            "bbox_type": objects.bbox_type,
+            "image_id": objects.image_ids[user_boxes:boxes_seen],
+        }
+        asked = Sample(
+            messages=[*system, {"role": "user", "content": media_before + user["content"]}, message],
+            objects=turn_objects,
+            where=f"{sample.where} turn {len(out) + 1}",
+            extra=sample.extra,
+        )
+        reference_boxes = [box for k in answer_boxes for box in objects.boxes[k]]
+        out.append(({**raw, "turn": len(out) + 1, "reference_boxes": reference_boxes}, asked))
+        user = None
+    return out or [(raw, sample)]
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """The lines of a predictions file; VlmkitError naming the file and line of one that is not JSON."""
+    if not path.is_file():
+        raise VlmkitError(f"--predictions {path} not found")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise VlmkitError(
+                f"{path}:{number}: not a JSON line ({e.msg}); expected one prediction per line"
+            ) from None
+        if not isinstance(row, dict):
+            raise VlmkitError(f"{path}:{number}: expected a JSON object with response and references/labels")
+        rows.append(row)
+    return rows
+
+
+def references_of(prediction: dict[str, Any]) -> list[str]:
+    """A prediction line's reference answers: `references` (all answers of a column dataset) or `labels`."""
+    references = prediction.get("references")
+    if isinstance(references, list) and references:
+        return [str(r) for r in references]
+    labels = prediction.get("labels")
+    return [str(labels)] if isinstance(labels, str) else []
+
+
+def reference_boxes_of(prediction: dict[str, Any]) -> list[list[float]]:
+    """`reference_boxes` (written by eval), else the boxes of the answered turn in the input's `objects`
+    (`labels_objects`, as `vlmkit infer --input` keeps them)."""
+    if prediction.get("reference_boxes"):
+        return [list(map(float, b)) for b in prediction["reference_boxes"]]
+    objects = parse_objects(prediction.get("labels_objects")) if prediction.get("labels_objects") else None
+    if objects is None or objects.bbox_type != "real":
+        return []
+    # the answered turn is the last: its boxes are the last `<bbox>`es of the row (as many as in `labels`)
+    asked = str(prediction.get("labels", "")).count(BOX_PLACEHOLDER)
+    groups = objects.boxes[-asked:] if asked else objects.boxes
+    return [box for group in groups for box in group]
+
+
+def metric_row(prediction: dict[str, Any]) -> Row | str:
+    """A prediction line -> a metric `Row`, or why it cannot be scored (an `error`, no response/reference)."""
+    if "error" in prediction:
+        return str(prediction["error"])
+    if not isinstance(prediction.get("response"), str):
+        return "no response"
+    reference_boxes = reference_boxes_of(prediction)
+    references = references_of(prediction)
+    if not references and not reference_boxes:
+        return "no reference (references, labels or reference_boxes)"
+    predicted = [o["bbox"] for o in prediction.get("objects") or [] if isinstance(o, dict) and "bbox" in o]
+    return Row(prediction["response"], references, predicted_boxes=predicted, reference_boxes=reference_boxes)

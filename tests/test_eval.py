@@ -1,0 +1,524 @@
+"""`vlmkit eval`: metrics against their reference definitions on fixed inputs, and the command end to end
+(scripted models whose answers are known, so the scores are known exactly)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+
+import datasets
+import numpy as np
+import pytest
+from conftest import random_image
+from scripted import build_scripted_model
+from typer.testing import CliRunner
+
+from vlmkit.cli import app
+from vlmkit.errors import VlmkitError
+from vlmkit.eval.metrics import (
+    Row,
+    aggregate,
+    anls,
+    bleu4,
+    bootstrap_interval,
+    box_iou,
+    cer,
+    choice,
+    choice_letter,
+    cider_d,
+    exact_match,
+    iou,
+    iou_at_50,
+    ned,
+    normalize_vqa,
+    relaxed_accuracy,
+    rouge_l,
+    vqa_accuracy,
+    wer,
+)
+
+
+def cli(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    random_image(48, 64, seed=seed).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def parquet(rows: list[dict], path) -> str:
+    datasets.Dataset.from_list(rows).cast_column("image", datasets.Image()).to_parquet(path)
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+
+
+# -- metrics on fixed inputs (expected values worked out by hand from each metric's definition) ------
+
+
+def test_exact_match_and_vqa_accuracy_with_the_vqav2_normalisation():
+    assert exact_match(Row("  The Cat. ", ["the cat"])).value == 1.0
+    assert exact_match(Row("", ["cat"])).value == 0.0
+    # VQAv2: number words -> digits, articles and punctuation dropped, contractions restored
+    assert normalize_vqa("Two dogs!") == "2 dogs"
+    assert normalize_vqa("the dont") == "don't"
+    assert normalize_vqa("1,000") == "1000"
+    # 3 of 10 annotators said "2": leave-one-out subsets drop a match 3 times (2/3) and a non-match 7 times (1)
+    ten = ["2"] * 3 + ["3"] * 7
+    assert vqa_accuracy(Row("two", ten)).value == pytest.approx((3 * 2 / 3 + 7 * 1) / 10)
+    assert vqa_accuracy(Row("2", ["2"] + ["3"] * 9)).value == pytest.approx(9 * (1 / 3) / 10)
+    assert vqa_accuracy(Row("3", ["3"] * 10)).value == 1.0
+    assert vqa_accuracy(Row("", ten)).value == 0.0  # empty prediction
+    assert vqa_accuracy(Row("A dog.", ["dog"])).value == 1.0  # one reference: match after normalising
+
+
+def test_anls_relaxed_accuracy_and_edit_distances():
+    # ANLS: 1 - lev/max_len under 0.5, else 0; the best of several references
+    assert anls(Row("helo", ["hello"])).value == pytest.approx(1 - 1 / 5)
+    assert anls(Row("abc", ["xyz"])).value == 0.0
+    assert anls(Row("Hello ", ["xyz", "hello"])).value == 1.0
+    assert anls(Row("", ["abc"])).value == 0.0
+    # ChartQA: within 5% of a number (a trailing % is /100); text must match
+    assert relaxed_accuracy(Row("10.4", ["10"])).value == 1.0
+    assert relaxed_accuracy(Row("10.6", ["10"])).value == 0.0
+    assert relaxed_accuracy(Row("12%", ["0.12"])).value == 1.0
+    assert relaxed_accuracy(Row("Yes", ["yes"])).value == 1.0
+    assert relaxed_accuracy(Row("0", ["0"])).value == 1.0  # a 0 reference is compared as text
+    # CER/WER: edits of the closest reference / its length; corpus value = sum of edits / sum of lengths
+    assert cer(Row("abd", ["abc"])).stats == [1, 3]
+    assert cer(Row("", ["abcd"])).value == 1.0
+    assert wer(Row("a b d", ["x", "a b c"])).stats == [1, 3]
+    assert aggregate("cer", np.array([[1, 3], [0, 7]], dtype=float)) == pytest.approx(0.1)
+    assert ned(Row("abcd", ["abxy"])).value == pytest.approx(0.5)
+    import jiwer
+
+    assert cer(Row("kitten sat", ["sitting sat"])).value == pytest.approx(
+        jiwer.cer("sitting sat", "kitten sat")
+    )
+
+
+def test_bleu_and_rouge_l_against_their_reference_implementations():
+    import sacrebleu
+
+    hyps = ["the cat sat on the mat", "a dog runs in the park", ""]
+    refs = [["the cat is on the mat", "a cat sat on a mat"], ["a dog is running in a park"], ["an empty one"]]
+    stats = np.array([bleu4(Row(h, r)).stats for h, r in zip(hyps, refs, strict=True)], dtype=float)
+    streams = [[r[0] for r in refs], [r[1] if len(r) > 1 else None for r in refs]]
+    assert aggregate("bleu4", stats) == pytest.approx(sacrebleu.corpus_bleu(hyps, streams).score / 100)
+    # ROUGE-L (pycocoevalcap): LCS "cat on mat" = 3 of 4 candidate words, 3 of 6 reference words,
+    # F = (1 + 1.2^2) P R / (R + 1.2^2 P)
+    p, r = 3 / 4, 3 / 6
+    assert rouge_l(Row("a cat on mat", ["the cat is on the mat"])).value == pytest.approx(
+        (1 + 1.44) * p * r / (r + 1.44 * p)
+    )
+    assert rouge_l(Row("", ["a cat"])).value == 0.0
+    # pycocoevalcap 1.2 `Rouge().calc_score([candidate], references)`, run once outside the suite
+    several = ["a man rides a horse", "a person on a horse near the sea", "a horse and rider on the beach"]
+    assert rouge_l(Row("a man riding a horse on a beach", several)).value == pytest.approx(0.6421052631578947)
+    assert rouge_l(Row("two dogs play", ["dogs play", "two cats"])).value == pytest.approx(0.8299319727891156)
+
+
+def test_cider_d_equals_pycocoevalcap():
+    # expected: pycocoevalcap 1.2 `CiderScorer(n=4, sigma=6.0)` on these rows (already lowercase words), run
+    # once outside the suite (the wheel is 100 MB, with Java); its mean was 1.616565891700956
+    rows = [
+        Row(
+            "a red square on a table",
+            ["a red square on a wooden table", "a small red square", "red box on a table"],
+        ),
+        Row("two dogs play on the beach", ["two dogs running on a beach", "dogs playing in the sand"]),
+        Row("", ["a man rides a horse"]),  # empty prediction
+        Row(
+            "a man riding a horse on a beach",
+            ["a man rides a horse", "a person on a horse near the sea", "a horse and rider on the beach"],
+        ),
+    ]
+    values = [s.value for s in cider_d(rows)]
+    assert values == pytest.approx([4.07420059705994, 1.5142640983727451, 0.0, 0.8777988713711381], abs=1e-12)
+    assert aggregate("cider", np.array([[v] for v in values])) == pytest.approx(1.616565891700956, abs=1e-12)
+
+
+def test_grounding_iou_boxes_outside_the_image_and_unparsed_replies():
+    assert box_iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
+    # a predicted box past the image's edge is not clipped: IoU of the boxes as given
+    assert box_iou([50, 50, 70, 70], [60, 60, 100, 100]) == pytest.approx(100 / (400 + 1600 - 100))
+    assert box_iou([200, 200, 300, 300], [0, 0, 10, 10]) == 0.0
+    hit = Row(
+        "<box>", [], predicted_boxes=[[0, 0, 10, 10], [90, 90, 99, 99]], reference_boxes=[[1, 1, 10, 10]]
+    )
+    assert iou(hit).value == pytest.approx(81 / 100)  # the reply's first box
+    assert iou_at_50(hit).value == 1.0
+    miss = Row("I cannot see it", [], predicted_boxes=[], reference_boxes=[[1, 1, 10, 10]])
+    assert iou(miss).value == 0.0 and not iou(miss).parsed
+
+
+def test_multiple_choice_letter_extraction():
+    for reply, letter in [
+        ("B", "B"), ("(C) a dog", "C"), ("D. cat", "D"), ("The answer is (A).", "A"), ("Answer: E", "E"),
+        ("I think option B is right", "B"), ("I do not know", None), ("", None),
+    ]:  # fmt: skip
+        assert choice_letter(reply) == letter, reply
+    assert choice(Row("The answer is B", ["B"])).value == 1.0
+    unparsed = choice(Row("no idea", ["B"]))
+    assert unparsed.value == 0.0 and not unparsed.parsed
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_value():
+    stats = np.array([[1.0]] * 30 + [[0.0]] * 10)
+    low, high = bootstrap_interval("exact_match", stats)
+    assert low < 0.75 < high and (low, high) == bootstrap_interval("exact_match", stats)
+    assert bootstrap_interval("exact_match", np.array([[1.0]] * 5)) == (1.0, 1.0)
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+def test_eval_predictions_file_scores_rows_and_counts_failed_and_unparsed(tmp_path):
+    lines = [
+        {"query": "How many?", "response": "two", "references": ["2", "2", "2", "3"]},
+        {"query": "Colour?", "response": "red", "references": ["blue", "blue", "navy"]},
+        {"query": "Broken", "error": "row 3: image not found"},
+        {"query": "Empty", "response": "", "references": ["cat", "cat", "cat"]},
+    ]
+    given = tmp_path / "preds.jsonl"
+    given.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = cli("eval", "--predictions", given, "--output", tmp_path / "out").output
+    assert "vqa_accuracy" in out and "several short reference answers" in out
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    scores = metrics["models"]["preds"]
+    assert scores["failed"] == 1 and scores["rows"] == 4
+    # row 1: leaving out a "2" leaves 2 matches (2/3, three times), leaving out the "3" leaves 3 (1)
+    assert scores["scores"]["vqa_accuracy"]["value"] == pytest.approx((3 * 2 / 3 + 1) / 4 / 3)
+    scored = [json.loads(x) for x in (tmp_path / "out" / "preds.predictions.jsonl").read_text().splitlines()]
+    assert [x.get("scores", {}).get("vqa_accuracy") for x in scored] == [0.75, 0.0, None, 0.0]
+    assert given.read_text() == "".join(json.dumps(x) + "\n" for x in lines)  # the given file is untouched
+    assert "| vqa_accuracy" in (tmp_path / "out" / "report.md").read_text()
+    # the Python API gives what metrics.json holds
+    from vlmkit.eval import evaluate
+
+    summary = evaluate(predictions=[given], output=tmp_path / "py", echo=lambda line: None)
+    assert summary == json.loads((tmp_path / "py" / "metrics.json").read_text())
+    # the same folder again is refused, so nothing written is overwritten
+    with pytest.raises(VlmkitError, match="already holds an evaluation"):
+        cli("eval", "--predictions", given, "--output", tmp_path / "out")
+
+
+def test_eval_two_models_side_by_side_on_a_vqa_parquet(tmp_path):
+    rows = [
+        {"question": f"What is shown {i}?", "answers": ["a red cat", "red cat"], "image": {"bytes": png(i)}}
+        for i in range(3)
+    ]
+    data = parquet(rows, tmp_path / "vqa.parquet")
+    right = build_scripted_model("qwen2-vl", tmp_path / "right", "red cat", small_vocab=True)
+    wrong = build_scripted_model("qwen2-vl", tmp_path / "wrong", "a blue dog", small_vocab=True)
+    out = cli(
+        "eval",
+        "--model",
+        right,
+        "--model",
+        wrong,
+        "--dataset",
+        data,
+        "--output",
+        tmp_path / "ev",
+        "--max-new-tokens",
+        8,
+    ).output
+    table = out[out.index("metric ") :]
+    assert "right" in table.splitlines()[0] and "wrong" in table.splitlines()[0]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["metrics"] == ["anls", "exact_match"]  # two accepted variants: DocVQA-style
+    assert metrics["models"]["right"]["scores"]["anls"]["value"] == 1.0
+    assert metrics["models"]["wrong"]["scores"]["anls"]["value"] == 0.0
+    assert metrics["models"]["right"]["failed"] == 0
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "## right" in report and "## wrong" in report and "](images/right_row00001.png)" in report
+    assert (tmp_path / "ev" / "images" / "right_row00001.png").is_file()
+
+
+def test_eval_refcoco_parquet_asks_each_box_alone_and_scores_iou(tmp_path):
+    # images 64 x 48; Qwen2-VL writes boxes on a 0-1000 grid: (0,0),(500,500) is [0, 0, 32, 24] in pixels
+    rows = [
+        {"image": {"bytes": png(0)}, "bbox": [0.0, 0.0, 32.0, 24.0], "refs": ["left cat", "cat on the left"]},
+        {"image": {"bytes": png(1)}, "bbox": [32.0, 24.0, 64.0, 48.0], "refs": ["right cat"]},
+    ]
+    data = parquet(rows, tmp_path / "refcoco.parquet")
+    boxes = build_scripted_model(
+        "qwen2-vl",
+        tmp_path / "boxes",
+        "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(0,0),(500,500)<|box_end|>",
+        small_vocab=True,
+    )
+    words = build_scripted_model("qwen2-vl", tmp_path / "words", "I see a cat", small_vocab=True)
+    out = cli(
+        "eval", "-m", boxes, "-m", words, "-d", data, "-o", tmp_path / "ev", "--max-new-tokens", 24
+    ).output
+    assert "metrics: iou@0.5, iou (rows have reference boxes (grounding))" in out
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]
+    # three asked turns (two refs of row 1, one of row 2); the box hits row 1's twice and misses row 2's
+    assert metrics["boxes"]["rows"] == 3 and metrics["boxes"]["scores"]["iou@0.5"]["value"] == pytest.approx(
+        2 / 3
+    )
+    assert metrics["boxes"]["scores"]["iou@0.5"]["unparsed"] == 0
+    assert (
+        metrics["words"]["scores"]["iou"]["value"] == 0.0
+        and metrics["words"]["scores"]["iou"]["unparsed"] == 3
+    )
+    lines = [json.loads(x) for x in (tmp_path / "ev" / "boxes.predictions.jsonl").read_text().splitlines()]
+    assert [x["turn"] for x in lines] == [1, 2, 1]
+    assert lines[0]["objects"][0]["bbox"] == [0.0, 0.0, 32.0, 24.0]
+    assert lines[2]["reference_boxes"] == [[32.0, 24.0, 64.0, 48.0]]
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "green: reference box, red: predicted box" in report and 'question: "Find left cat"' in report
+    assert (tmp_path / "ev" / "images" / "boxes_row00001.png").is_file()
+
+    # `vlmkit infer --input` on an ms-swift grounding row, then `eval --predictions`: the answered (last)
+    # turn's box is the reference, not the first box of the row's objects
+    (tmp_path / "0.png").write_bytes(png(0))
+    row = {
+        "history": [["Find <ref-object>", "<bbox>"]],
+        "query": "Find <ref-object>",
+        "response": "<bbox>",
+        "images": ["0.png"],
+        "objects": {
+            "ref": ["right cat", "left cat"],
+            "bbox": [[32, 24, 64, 48], [0, 0, 32, 24]],
+            "bbox_type": "real",
+        },
+    }
+    (tmp_path / "ground.jsonl").write_text(json.dumps(row) + "\n")
+    cli(
+        "infer",
+        "-m",
+        boxes,
+        "--input",
+        tmp_path / "ground.jsonl",
+        "--output",
+        tmp_path / "ground.preds.jsonl",
+    )
+    out = cli("eval", "--predictions", tmp_path / "ground.preds.jsonl", "-o", tmp_path / "ev2").output
+    scores = json.loads((tmp_path / "ev2" / "metrics.json").read_text())["models"]["ground.preds"]["scores"]
+    assert scores["iou"]["value"] == 1.0, out
+    assert "](images/ground.preds_row00001.png)" in (tmp_path / "ev2" / "report.md").read_text()
+
+
+def test_eval_base_and_checkpoints_of_a_run_on_a_latex_ocr_parquet(tmp_path, monkeypatch):
+    # seed 000's task: LaTeX OCR (AI-ModelScope/LaTeX_OCR schema: image, text); base vs its fine-tuned checkpoints
+    texts = [f"\\frac{{{i}}}{{x^{{2}}}} + \\alpha_{i}" for i in range(3)]
+    rows = [{"image": {"bytes": png(i)}, "text": t} for i, t in enumerate(texts)]
+    data = parquet(rows, tmp_path / "latex_ocr.parquet")
+    base = build_scripted_model("qwen2-vl", tmp_path / "base", texts[0], small_vocab=True)
+    monkeypatch.chdir(tmp_path)
+    cli("sft", "-m", base, "--dataset", data, "--max-steps", 2, "--save-steps", 1, "--output-dir", "run",
+        "--no-progress", "--report-to", "none", "--max-pixels", 3136)  # fmt: skip
+    first, second = sorted(tmp_path.glob("run/*/*/checkpoint-*"))
+    out = cli(
+        "eval",
+        "--model",
+        base,
+        "--ckpt",
+        first,
+        "--ckpt",
+        second,
+        "-d",
+        data,
+        "-o",
+        "ev",
+        "--max-new-tokens",
+        40,
+    ).output
+    assert "ocr schema" in out and "metrics: cer, exact_match (OCR schema (image + text))" in out
+    header = out[out.index("metric ") :].splitlines()[0].split()
+    assert header == [
+        "metric",
+        "base",
+        f"{first.parent.name}/checkpoint-1",
+        f"{first.parent.name}/checkpoint-2",
+    ]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]
+    # the scripted reply is row 1's text: rows 2 and 3 differ from it in 2 characters each (the two digits)
+    expected_cer = (0 + 2 + 2) / sum(len(t) for t in texts)
+    for label in header[1:]:
+        assert metrics[label]["scores"]["cer"]["value"] == pytest.approx(expected_cer)
+        assert metrics[label]["scores"]["exact_match"]["value"] == pytest.approx(1 / 3)
+    assert {p.name for p in (tmp_path / "ev").glob("*.jsonl")} == {
+        "base.predictions.jsonl",
+        f"{first.parent.name}_checkpoint-1.predictions.jsonl",
+        f"{first.parent.name}_checkpoint-2.predictions.jsonl",
+    }
+
+
+def test_eval_coco_caption_parquet_picks_caption_metrics(tmp_path):
+    # modelscope/coco_2014_caption schema: image_id, caption, image
+    captions = ["a red square on a wooden table", "a blue circle on the grass", "a red square near a cup"]
+    rows = [{"image_id": 100 + i, "caption": c, "image": {"bytes": png(i)}} for i, c in enumerate(captions)]
+    data = parquet(rows, tmp_path / "coco.parquet")
+    model = build_scripted_model(
+        "qwen2-vl", tmp_path / "m", "a red square on a wooden table", small_vocab=True
+    )
+    out = cli("eval", "-m", model, "-d", data, "-o", tmp_path / "ev", "--max-new-tokens", 20).output
+    assert "metrics: cider, bleu4, rouge_l (long references (captions))" in out
+    scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]["m"]["scores"]
+    lines = [json.loads(x) for x in (tmp_path / "ev" / "m.predictions.jsonl").read_text().splitlines()]
+    assert lines[0]["scores"]["rouge_l"] == 1.0 and lines[0]["scores"]["bleu4"] == pytest.approx(1.0)
+    reference = cider_d([Row("a red square on a wooden table", [c]) for c in captions])
+    assert scores["cider"]["value"] == pytest.approx(np.mean([s.value for s in reference]))
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert report.index("### Best rows") < report.index("row 1**") < report.index("### Worst rows")
+
+
+def test_eval_multiple_choice_predictions_and_option_mistakes(tmp_path):
+    lines = [
+        {"response": "The answer is (B).", "labels": "B"},
+        {"response": "C. a dog", "labels": "C"},
+        {"response": "I am not sure.", "labels": "A"},  # no letter: a miss, counted unparsed
+        {"response": "D", "labels": "A"},
+    ]
+    given = tmp_path / "mc.jsonl"
+    given.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = cli("eval", "--predictions", given, "-o", tmp_path / "ev").output
+    assert "metrics: choice (references are option letters (multiple choice))" in out
+    scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]["mc"]["scores"]["choice"]
+    assert scores["value"] == 0.5 and scores["unparsed"] == 1
+    assert "unparsed  1" in out
+    for args, message in [
+        (["--predictions", given, "--metric", "bleu,cer", "-o", tmp_path / "x"], "unknown metric bleu"),
+        (["--model", tmp_path, "-o", tmp_path / "y"], "need --dataset"),
+        (["-o", tmp_path / "z"], "give --model, --ckpt or --predictions"),
+        (["--predictions", tmp_path / "missing.jsonl", "-o", tmp_path / "w"], "missing.jsonl not found"),
+    ]:
+        with pytest.raises(VlmkitError, match=message):
+            cli("eval", *args)
+    # rows without references: counted as failed, the table says "-" and metrics.json holds null, not NaN
+    unscored = tmp_path / "unscored.jsonl"
+    unscored.write_text('{"response": "a"}\n')
+    out = cli("eval", "--predictions", unscored, "-o", tmp_path / "u").output
+    assert "exact_match  -" in out
+    text = (tmp_path / "u" / "metrics.json").read_text()
+    assert "NaN" not in text and json.loads(text)["models"]["unscored"]["failed"] == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"response": "a", "labels": "a"}\n{not json\n')
+    with pytest.raises(VlmkitError, match=r"bad.jsonl:2: not a JSON line"):
+        cli("eval", "--predictions", bad, "-o", tmp_path / "v")
+
+
+def test_sft_eval_metric_scores_generated_answers_at_each_eval(tmp_path, monkeypatch):
+    rows = [
+        {"question": f"What is it {i}?", "answers": ["red cat", "a red cat"], "image": {"bytes": png(i)}}
+        for i in range(4)
+    ]
+    data = parquet(rows, tmp_path / "vqa.parquet")
+    model = build_scripted_model("qwen2-vl", tmp_path / "m", "red cat", small_vocab=True)
+    monkeypatch.chdir(tmp_path)
+    tracker = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"  # the `train` extra
+    out = cli("sft", "-m", model, "--dataset", data, "--val-dataset", data, "--max-steps", 2, "--eval-steps", 1,
+              "--eval-metric", "exact_match,anls", "--eval-metric-rows", 3, "--eval-generate", 0, "--output-dir", "run",
+              "--no-progress", "--report-to", tracker, "--max-pixels", 3136).output  # fmt: skip
+    log = [json.loads(x) for x in next(tmp_path.glob("run/*/*/train_log.jsonl")).read_text().splitlines()]
+    scored = [x for x in log if "eval_exact_match" in x]
+    assert [x["step"] for x in scored] == [1, 2]
+    assert all(
+        x["eval_exact_match"] == 1.0 and x["eval_anls"] == 1.0 and x["eval_generated_rows"] == 3
+        for x in scored
+    )
+    assert "eval_exact_match=1" in out
+    assert next(tmp_path.glob("run/*/*/metrics.png")).stat().st_size > 0
+    with pytest.raises(VlmkitError, match="--eval-metric: unknown metric bleu"):
+        cli("sft", "-m", model, "--dataset", data, "--val-dataset", data, "--eval-metric", "bleu")
+    if tracker == "none":
+        return
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(tmp_path.glob("run/*/*/runs/*")))).Reload()
+    assert [e.value for e in events.Scalars("eval/exact_match")] == [1.0, 1.0]  # the tracker got them too
+    # and a prediction table: the rows as Markdown text, each with its image
+    table = events.Tensors("eval/predictions/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "| 1 | What is it 0? | red cat | red cat / a red cat |" in table
+    assert (
+        "eval/prediction_1" in events.Tags()["images"] and "eval/prediction_4" not in events.Tags()["images"]
+    )
+
+
+def test_sft_save_best_keeps_the_best_scored_checkpoint_besides_the_last(tmp_path, monkeypatch):
+    rows = [{"question": "What is it?", "answers": ["red cat"], "image": {"bytes": png(i)}} for i in range(2)]
+    data = parquet(rows, tmp_path / "vqa.parquet")
+    model = build_scripted_model("qwen2-vl", tmp_path / "m", "red cat", small_vocab=True)
+    monkeypatch.chdir(tmp_path)
+    common = ["-m", model, "--dataset", data, "--val-dataset", data, "--max-steps", 3, "--eval-steps", 1,
+              "--save-steps", 1, "--eval-metric", "anls", "--eval-metric-rows", 2, "--eval-generate", 0,
+              "--no-progress", "--report-to", "none", "--max-pixels", 3136]  # fmt: skip
+    out = cli("sft", *common, "--save-best", "--output-dir", "best").output
+    run = next(tmp_path.glob("best/*/*"))
+    # every eval scores 1.0: the first stays the best (a later one must beat it); the last is kept too
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-3"]
+    best = json.loads((run / "best_checkpoint.json").read_text())
+    assert best == {"checkpoint": "checkpoint-1", "step": 1, "metric": "anls", "value": 1.0}
+    assert f"best checkpoint: {run.relative_to(tmp_path) / 'checkpoint-1'} (anls 1)" in out
+    cli("sft", *common, "--output-dir", "plain")
+    plain = next(tmp_path.glob("plain/*/*"))
+    assert sorted(p.name for p in plain.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    for extra, message in [
+        (["--save-steps", 3, "--eval-steps", 2], "must be a multiple of --eval-steps"),
+        (["--save-total-limit", 1], "--save-total-limit 2 or more"),
+    ]:
+        with pytest.raises(VlmkitError, match=message):
+            cli("sft", *common, "--save-best", *extra)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tracker", ["wandb", "mlflow"])  # swanlab: see the note below
+def test_sft_eval_metric_prediction_table_reaches_each_tracker_offline(tmp_path, monkeypatch, tracker):
+    pytest.importorskip(tracker)
+    rows = [
+        {"question": f"What is it {i}?", "answers": ["red cat"], "image": {"bytes": png(i)}} for i in range(2)
+    ]
+    data = parquet(rows, tmp_path / "vqa.parquet")
+    model = build_scripted_model("qwen2-vl", tmp_path / "m", "red cat", small_vocab=True)
+    monkeypatch.chdir(tmp_path)
+    # each tracker's own offline setting (their environment variables, not vlmkit's)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    cli("sft", "-m", model, "--dataset", data, "--val-dataset", data, "--max-steps", 1, "--eval-steps", 1,
+        "--eval-metric", "exact_match", "--eval-generate", 0, "--output-dir", "run", "--no-progress",
+        "--report-to", tracker, "--max-pixels", 3136)  # fmt: skip
+    if tracker == "wandb":
+        tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/eval/predictions_*.table.json"))
+        table = json.loads(tables[0].read_text())
+        assert table["columns"] == ["image", "question", "prediction", "references"]
+        assert table["data"][0][1:] == ["What is it 0?", "red cat", "red cat"]
+    else:
+        (artifact,) = tmp_path.glob("mlruns/*/*/artifacts/eval_predictions/step_1.json")
+        table = json.loads(artifact.read_text())
+        assert table["columns"] == ["row", "question", "prediction", "references"]
+        assert table["data"][0] == [1, "What is it 0?", "red cat", "red cat"]
+        assert list(tmp_path.glob("mlruns/*/*/artifacts/eval_predictions/step_1_row1.png"))
+    # swanlab is not tested: transformers 5.24's SwanLabCallback calls swanlab.get_run(), which raises
+    # "No active Run" in swanlab 0.10 instead of returning None, so `--report-to swanlab` fails before any step
+
+
+def test_grounding_rows_with_0_1_boxes_are_failed_rows_not_wrong_scores():
+    from vlmkit.errors import DataError
+    from vlmkit.eval.rows import asked_turns
+    from vlmkit.sample import to_sample
+
+    row = {
+        "messages": [
+            {"role": "user", "content": "<image>Find <ref-object>"},
+            {"role": "assistant", "content": "<bbox>"},
+        ],
+        "images": [random_image(48, 64)],
+        "objects": {"ref": ["cat"], "bbox": [[0.1, 0.1, 0.5, 0.5]], "bbox_type": "norm1"},
+    }
+    sample = to_sample(row)
+    ((_, result),) = asked_turns(row, sample)
+    assert isinstance(result, DataError) and "bbox_type real" in str(result)
