@@ -34,7 +34,12 @@ def trainer_report_to(report_to: str) -> list[str]:
 def start_tracker(report_to: str, run_dir: Path, project: str, options: dict[str, Any]):
     """Start the tracker run where transformers' callback cannot: SwanLab >= 0.10 raises from
     `swanlab.get_run()` before `swanlab.init()`, which crashed its callback at the first step. Returns a
-    function that finishes the tracker run (or None)."""
+    function that finishes the tracker run (or None): W&B's callback starts its run but never finishes it,
+    leaving the flush of an offline run's history to interpreter exit (a test once read it empty)."""
+    if report_to == "wandb":
+        import wandb
+
+        return wandb.finish
     if report_to != "swanlab":
         return None
     import swanlab
