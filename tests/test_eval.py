@@ -558,7 +558,9 @@ def test_benchmark_presets_on_local_copies_in_their_hub_schemas(tmp_path):
     assert "metrics: anls (the docvqa benchmark's metric)" in out
     scores = metrics["models"]["twelve"]
     # two sampled rows (seed 42) of three: ANLS is 1 for "12" and 0 for "13" (edit distance 1/2, not < 0.5)
-    lines = [json.loads(x) for x in (tmp_path / "docvqa" / "twelve.predictions.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(x) for x in (tmp_path / "docvqa" / "twelve.predictions.jsonl").read_text().splitlines()
+    ]
     assert scores["rows"] == 2 and metrics["benchmark"] == "docvqa"
     assert scores["scores"]["anls"]["value"] == pytest.approx(np.mean([x["scores"]["anls"] for x in lines]))
     assert {x["references"][0] for x in lines} <= {"12", "13"} and len(lines) == 2
@@ -572,7 +574,9 @@ def test_benchmark_presets_on_local_copies_in_their_hub_schemas(tmp_path):
     assert metrics["models"]["twelve"]["scores"]["relaxed_accuracy"]["value"] == 0.5
 
     # TextVQA: ten annotators, 3 said "12" -> VQA accuracy (3 * 2/3 + 7) / 10
-    _, metrics = run("textvqa", parquet([textvqa_row(0, ["12"] * 3 + ["11"] * 7)], tmp_path / "textvqa.parquet"))
+    _, metrics = run(
+        "textvqa", parquet([textvqa_row(0, ["12"] * 3 + ["11"] * 7)], tmp_path / "textvqa.parquet")
+    )
     assert metrics["models"]["twelve"]["scores"]["vqa_accuracy"]["value"] == pytest.approx(0.9)
 
 

@@ -162,7 +162,9 @@ def _benchmark(name, path, dataset, answering, columns, prompt):  # -> Benchmark
     if dataset is not None:
         raise VlmkitError("--benchmark and --dataset both name the rows to answer; give one")
     if columns or prompt is not None:
-        raise VlmkitError(f"--benchmark {preset.name} sets its own columns and prompt; drop --columns/--prompt")
+        raise VlmkitError(
+            f"--benchmark {preset.name} sets its own columns and prompt; drop --columns/--prompt"
+        )
     if not answering:
         raise VlmkitError("--benchmark needs --model or --ckpt (the models to evaluate)")
     return preset
