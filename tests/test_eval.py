@@ -548,13 +548,22 @@ def test_benchmark_presets_on_local_copies_in_their_hub_schemas(tmp_path):
                   "--max-new-tokens", 4, *extra).output  # fmt: skip
         return out, json.loads((tmp_path / name / "metrics.json").read_text())
 
-    # DocVQA: a local copy of the hub repo's folder (validation and test shards): @validation picks the split
-    folder = tmp_path / "DocVQA"
-    folder.mkdir()
+    # DocVQA: a local copy of the hub repo (`hf download lmms-lab/DocVQA`): two subsets, two splits each;
+    # the preset reads subset DocVQA, split validation
+    repo = tmp_path / "DocVQA"
+    for subset in ("DocVQA", "InfographicVQA"):
+        (repo / subset).mkdir(parents=True)
+        parquet([docvqa_row(9, ["x"])], repo / subset / "test-00000-of-00001.parquet")
+    parquet([docvqa_row(9, ["x"])] * 3, repo / "InfographicVQA" / "validation-00000-of-00001.parquet")
     parquet([docvqa_row(0, ["12", "twelve"]), docvqa_row(1, ["13"]), docvqa_row(2, ["12"])],
-            folder / "validation-00000-of-00001.parquet")  # fmt: skip
-    parquet([docvqa_row(9, [])], folder / "test-00000-of-00001.parquet")
-    out, metrics = run("docvqa", f"{folder}@validation", "--limit", 2)
+            repo / "DocVQA" / "validation-00000-of-00001.parquet")  # fmt: skip
+    configs = "".join(
+        f"- config_name: {s}\n  data_files:\n  - split: validation\n    path: {s}/validation-*\n"
+        f"  - split: test\n    path: {s}/test-*\n"
+        for s in ("DocVQA", "InfographicVQA")
+    )
+    (repo / "README.md").write_text(f"---\nconfigs:\n{configs}---\n")
+    out, metrics = run("docvqa", repo, "--limit", 2)
     assert "metrics: anls (the docvqa benchmark's metric)" in out
     scores = metrics["models"]["twelve"]
     # two sampled rows (seed 42) of three: ANLS is 1 for "12" and 0 for "13" (edit distance 1/2, not < 0.5)

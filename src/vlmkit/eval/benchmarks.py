@@ -3,8 +3,9 @@ Hugging Face Hub, how a stored row becomes a question (the prompt the benchmark'
 setups use: lmms-eval's, which Qwen2-VL and others report with), and the metric.
 
 Each preset reads the hub dataset through `vlmkit.data.sources` (`hf::org/name:subset@split`), or a
-local copy (`--benchmark-path FILE_OR_DIR`, read as `--dataset` reads it: a Parquet file, a folder of
-shards, a `save_to_disk` folder; `DIR@validation` picks a split). The columns each preset reads are
+local copy (`--benchmark-path FILE_OR_DIR`: a Parquet file, a `save_to_disk` folder, or a folder of shards
+such as `hf download REPO --repo-type dataset --local-dir DIR` makes, read with the preset's subset
+and split unless `DIR@SPLIT` names another). The columns each preset reads are
 the hub schema written on it (`Benchmark.schema`); a local copy must have the same columns.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vlmkit.data.columns import DEFAULT_PROMPTS
@@ -175,6 +176,12 @@ def read_benchmark(
 
     spec = path if path is not None else benchmark.source
     source = parse_source(spec)
+    if path is not None and Path(source.location).is_dir():
+        # a local copy of the hub repo (`hf download ... --local-dir DIR`): the preset's split, and its
+        # subset when the folder's README declares subsets (configs) as the hub's does
+        hub = parse_source(benchmark.source)
+        subset = hub.subset if (Path(source.location) / "README.md").is_file() else None
+        source = replace(source, subset=source.subset or subset, split=source.split or hub.split)
     if source.count is not None:
         limit = source.count if limit is None else min(limit, source.count)
     table, base_dirs, shards = load_table(source, spec)
