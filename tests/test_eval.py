@@ -6,6 +6,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
+import subprocess
+import sys
 
 import datasets
 import numpy as np
@@ -649,3 +652,17 @@ def test_benchmark_list_and_option_mistakes(tmp_path):
     ]:
         with pytest.raises(VlmkitError, match=message):
             cli("eval", "-m", "nothing", "-o", tmp_path / "ev", *extra)
+    # the hub cannot be reached here: one line naming the local-copy option
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "eval", "-m", "nothing", "--benchmark", "textvqa", "-o", tmp_path / "ev"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(
+        "error: hf::lmms-lab/textvqa@validation: cannot load from the Hugging Face Hub"
+    )
+    assert (
+        "hf download lmms-lab/textvqa --repo-type dataset --local-dir DIR) and pass --benchmark-path DIR"
+        in (result.stderr)
+    )

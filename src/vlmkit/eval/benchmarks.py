@@ -184,7 +184,10 @@ def read_benchmark(
         source = replace(source, subset=source.subset or subset, split=source.split or hub.split)
     if source.count is not None:
         limit = source.count if limit is None else min(limit, source.count)
-    table, base_dirs, shards = load_table(source, spec)
+    try:
+        table, base_dirs, shards = load_table(source, spec)
+    except DataError as e:  # offline: the local copy is passed to --benchmark-path, not --dataset
+        raise DataError(str(e).replace("pass --dataset DIR", "pass --benchmark-path DIR")) from None
     extra = (Path(media_root),) if media_root is not None else ()
     stored = TableRows(table, spec, benchmark.format, base_dirs + extra, shards=shards)
     if limit is not None and limit < len(stored):
