@@ -649,6 +649,7 @@ def test_benchmark_list_and_option_mistakes(tmp_path):
         (["--benchmark", "docvqa", "--dataset", "x.parquet"], "give one"),
         (["--benchmark", "docvqa", "--prompt", "Hi"], "sets its own columns and prompt"),
         (["--benchmark-path", "x.parquet"], "name the benchmark too"),
+        (["--dataset", "x.parquet#5", "--limit", 2], "give the row count once"),
     ]:
         with pytest.raises(VlmkitError, match=message):
             cli("eval", "-m", "nothing", "-o", tmp_path / "ev", *extra)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterable
@@ -69,7 +70,11 @@ def evaluate(
     if pairs and dataset is None and preset is None:
         raise VlmkitError("--model/--ckpt need --dataset or --benchmark (the rows to answer)")
     if limit is not None and dataset is not None:
+        if re.search(r"#\d+$", dataset):
+            raise VlmkitError(f"--limit {limit} and --dataset {dataset}: give the row count once")
         dataset = f"{dataset}#{limit}"  # sampled as DATASET#N is
+    elif limit is not None and preset is None:
+        raise VlmkitError("--limit samples the rows of --dataset or --benchmark; give one of them")
     if (output / "metrics.json").exists():
         raise VlmkitError(
             f"--output {output} already holds an evaluation (metrics.json); choose another folder"
@@ -77,7 +82,7 @@ def evaluate(
     names = None if metric.strip() == "auto" else metric_names(metric)
     if names is None and preset is not None:
         names, preset_reason = metric_names(preset.metric), f"the {preset.name} benchmark's metric"
-    _check_eval_extra()
+    _check_eval_extra(names)
     given_lines = {given: read_predictions(given) for given in predictions}  # checked before any work
     output.mkdir(parents=True, exist_ok=True)
 
@@ -170,11 +175,19 @@ def _benchmark(name, path, dataset, answering, columns, prompt):  # -> Benchmark
     return preset
 
 
-def _check_eval_extra() -> None:
-    """Refuse before any model loads when the metric libraries are missing."""
+# the libraries of the `eval` extra each metric needs; the others are plain Python
+EXTRA_LIBRARIES = {"anls": ("rapidfuzz",), "cer": ("jiwer", "rapidfuzz"), "wer": ("jiwer", "rapidfuzz"),
+                   "ned": ("rapidfuzz",), "bleu4": ("sacrebleu",)}  # fmt: skip
+
+
+def _check_eval_extra(names: list[str] | None) -> None:
+    """Refuse before any model loads when the libraries of the metrics (`None`: auto, any) are missing."""
     import importlib.util
 
-    missing = [name for name in ("rapidfuzz", "jiwer", "sacrebleu") if importlib.util.find_spec(name) is None]
+    needed = ("rapidfuzz", "jiwer", "sacrebleu")
+    if names is not None:
+        needed = tuple(dict.fromkeys(lib for name in names for lib in EXTRA_LIBRARIES.get(name, ())))
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise VlmkitError(f"vlmkit eval needs {', '.join(missing)}: pip install 'vlmkit[eval]'")
 
