@@ -667,3 +667,22 @@ def test_benchmark_list_and_option_mistakes(tmp_path):
         "hf download lmms-lab/textvqa --repo-type dataset --local-dir DIR) and pass --benchmark-path DIR"
         in (result.stderr)
     )
+
+
+def test_eval_extra_is_needed_only_by_the_metrics_that_use_it(tmp_path, monkeypatch):
+    # `vlmkit demo` scores with exact_match through eval on an install without the eval extra
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "rapidfuzz" else real(name, *a)
+    )
+    (tmp_path / "p.jsonl").write_text(json.dumps({"response": "red", "labels": "red"}) + "\n")
+    out = cli(
+        "eval", "--predictions", tmp_path / "p.jsonl", "--metric", "exact_match", "-o", tmp_path / "a"
+    ).output
+    assert "exact_match  1.000" in out
+    with pytest.raises(VlmkitError, match=r"vlmkit eval needs rapidfuzz: pip install 'vlmkit\[eval\]'"):
+        cli("eval", "--predictions", tmp_path / "p.jsonl", "--metric", "anls", "-o", tmp_path / "b")
+    with pytest.raises(VlmkitError, match="needs rapidfuzz"):  # auto may pick any metric
+        cli("eval", "--predictions", tmp_path / "p.jsonl", "-o", tmp_path / "c")
