@@ -477,7 +477,7 @@ def test_sft_save_best_keeps_the_best_scored_checkpoint_besides_the_last(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tracker", ["wandb", "mlflow"])  # swanlab: see the note below
+@pytest.mark.parametrize("tracker", ["wandb", "mlflow", "swanlab"])
 def test_sft_eval_metric_prediction_table_reaches_each_tracker_offline(tmp_path, monkeypatch, tracker):
     pytest.importorskip(tracker)
     rows = [
@@ -491,10 +491,26 @@ def test_sft_eval_metric_prediction_table_reaches_each_tracker_offline(tmp_path,
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("SWANLAB_MODE", "offline")
+    monkeypatch.setenv("SWANLAB_LOG_DIR", str(tmp_path / "swanlog"))
     cli("sft", "-m", model, "--dataset", data, "--val-dataset", data, "--max-steps", 1, "--eval-steps", 1,
         "--eval-metric", "exact_match", "--eval-generate", 0, "--output-dir", "run", "--no-progress",
         "--report-to", tracker, "--max-pixels", 3136)  # fmt: skip
-    if tracker == "wandb":
+    if tracker == "swanlab":  # captioned images in the run's log (a LevelDB log of protobuf records)
+        from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+        from test_trackers import leveldb_log_records
+
+        (log_file,) = tmp_path.glob("swanlog/run-*/run-*.swanlab")
+        records = [Record.FromString(data) for data in leveldb_log_records(log_file, header=7)]
+        (media,) = [r.media for r in records if r.HasField("media") and r.media.key == "eval/predictions"]
+        assert media.step == 1
+        assert [item.caption for item in media.value.items] == [
+            f"Q: What is it {i}?\nprediction: red cat\nreferences: red cat" for i in range(2)
+        ]
+        assert all(
+            (log_file.parent / "media" / "image" / item.filename).is_file() for item in media.value.items
+        )
+    elif tracker == "wandb":
         tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/eval/predictions_*.table.json"))
         table = json.loads(tables[0].read_text())
         assert table["columns"] == ["image", "question", "prediction", "references"]
@@ -505,8 +521,6 @@ def test_sft_eval_metric_prediction_table_reaches_each_tracker_offline(tmp_path,
         assert table["columns"] == ["row", "question", "prediction", "references"]
         assert table["data"][0] == [1, "What is it 0?", "red cat", "red cat"]
         assert list(tmp_path.glob("mlruns/*/*/artifacts/eval_predictions/step_1_row1.png"))
-    # swanlab is not tested: transformers 5.24's SwanLabCallback calls swanlab.get_run(), which raises
-    # "No active Run" in swanlab 0.10 instead of returning None, so `--report-to swanlab` fails before any step
 
 
 def test_grounding_rows_with_0_1_boxes_are_failed_rows_not_wrong_scores():
