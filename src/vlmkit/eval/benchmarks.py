@@ -65,7 +65,9 @@ def short_answer_row(answers_column: str) -> Callable[[dict[str, Any], str], dic
 
 def refcoco_row(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """RefCOCO: one box (COCO [x, y, width, height] -> [x1, y1, x2, y2] pixels), asked once per
-    referring expression in `answer` with vlmkit's grounding prompt (the family's ref/box markup)."""
+    referring expression in `answer` (as lmms-eval's refcoco_bbox_rec explodes them). The prompt is
+    vlmkit's grounding prompt in the family's own ref/box markup (how Qwen-VL models are asked and
+    fine-tuned), not lmms-eval's generic one, which asks for 0-1 floats the family box parsers do not read."""
     box = _column(raw, "bbox", where)
     if isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box):
         x, y, w, h = box
