@@ -460,8 +460,13 @@ def test_sft_save_best_keeps_the_best_scored_checkpoint_besides_the_last(tmp_pat
               "--no-progress", "--report-to", "none", "--max-pixels", 3136]  # fmt: skip
     out = cli("sft", *common, "--save-best", "--output-dir", "best").output
     run = next(tmp_path.glob("best/*/*"))
-    # every eval scores 1.0: the first stays the best (a later one must beat it); the last is kept too
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-3"]
+    # every eval scores 1.0: the first stays the best (a later one must beat it) and is kept besides the
+    # newest --save-total-limit (2) checkpoints, as the best by eval loss is (here the last: it falls)
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == [
+        "checkpoint-1",
+        "checkpoint-2",
+        "checkpoint-3",
+    ]
     best = json.loads((run / "best_checkpoint.json").read_text())
     assert best == {"checkpoint": "checkpoint-1", "step": 1, "metric": "anls", "value": 1.0}
     assert f"best checkpoint: {run.relative_to(tmp_path) / 'checkpoint-1'} (anls 1)" in out
