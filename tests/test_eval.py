@@ -586,6 +586,7 @@ def test_benchmark_presets_on_local_copies_in_their_hub_schemas(tmp_path):
     )
     (repo / "README.md").write_text(f"---\nconfigs:\n{configs}---\n")
     out, metrics = run("docvqa", repo, "--limit", 2)
+    assert f"docvqa: 2 rows sampled (seed 42) of the 3 of {repo}\n" in out
     assert "metrics: anls (the docvqa benchmark's metric)" in out
     scores = metrics["models"]["twelve"]
     # two sampled rows (seed 42) of three: ANLS is 1 for "12" and 0 for "13" (edit distance 1/2, not < 0.5)

@@ -192,8 +192,10 @@ def read_benchmark(
         raise DataError(str(e).replace("pass --dataset DIR", "pass --benchmark-path DIR")) from None
     extra = (Path(media_root),) if media_root is not None else ()
     stored = TableRows(table, spec, benchmark.format, base_dirs + extra, shards=shards)
+    line = f"{benchmark.name}: {len(stored)} rows of {spec}"
     if limit is not None and limit < len(stored):
         stored = take_rows(stored, sorted(sample_indices(len(stored), limit)))
+        line = f"{benchmark.name}: {len(stored)} rows sampled (seed 42) of the {table.num_rows} of {spec}"
     out: list[tuple[dict, Any]] = []
     left_out = 0
     for row in stored:
@@ -206,7 +208,6 @@ def read_benchmark(
             out.extend(asked_turns(fields, sample))
         except DataError as e:
             out.append(({}, e))
-    line = f"{benchmark.name}: {len(stored)} rows of {spec}"
     if left_out:
         line += f" ({left_out} left out: {benchmark.note})"
     return out, line

@@ -64,8 +64,9 @@ def eval_command(
     benchmark_path: Annotated[
         Path | None,
         typer.Option(
-            help="A local copy of the --benchmark's rows (a Parquet file or a folder of shards in the hub "
-            "schema; FOLDER@validation picks a split), instead of the hub."
+            help="A local copy of the --benchmark's rows in its hub schema, instead of the hub: a Parquet "
+            "file, or the folder `hf download REPO --repo-type dataset --local-dir DIR` makes (read with the "
+            "preset's subset and split; DIR@SPLIT for another)."
         ),
     ] = None,
     limit: Annotated[
