@@ -604,6 +604,10 @@ def test_benchmark_presets_on_local_copies_in_their_hub_schemas(tmp_path):
              for i, a in enumerate(["12.5", "20"])]  # fmt: skip
     _, metrics = run("chartqa", parquet(chart, tmp_path / "chartqa.parquet"))
     assert metrics["models"]["twelve"]["scores"]["relaxed_accuracy"]["value"] == 0.5
+    # --limit with --dataset samples as DATASET#N does
+    cli("eval", "-m", twelve, "--dataset", tmp_path / "chartqa.parquet", "--limit", 1, "-o", tmp_path / "lim",
+        "--max-new-tokens", 4)  # fmt: skip
+    assert json.loads((tmp_path / "lim" / "metrics.json").read_text())["models"]["twelve"]["rows"] == 1
 
     # TextVQA: ten annotators, 3 said "12" -> VQA accuracy (3 * 2/3 + 7) / 10
     _, metrics = run(
@@ -670,6 +674,7 @@ def test_benchmark_list_and_option_mistakes(tmp_path):
         (["--benchmark", "docvqa", "--prompt", "Hi"], "sets its own columns and prompt"),
         (["--benchmark-path", "x.parquet"], "name the benchmark too"),
         (["--dataset", "x.parquet#5", "--limit", 2], "give the row count once"),
+        (["--benchmark", "docvqa", "--limit", 0], "--limit 0: give a positive number"),
     ]:
         with pytest.raises(VlmkitError, match=message):
             cli("eval", "-m", "nothing", "-o", tmp_path / "ev", *extra)
