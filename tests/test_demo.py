@@ -21,3 +21,14 @@ def test_demo_runs_end_to_end_and_records_its_figures(tmp_path, capsys):
     checkpoint = next(run_dir.iterdir()) / "checkpoint-2"
     assert (checkpoint / "vlmkit_complete").is_file()
     assert json.loads((checkpoint / "vlmkit.json").read_text())["max_pixels"] == 84 * 84
+    # before/after are `vlmkit eval`'s: the base model and the checkpoint side by side, exact match
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    assert metrics["metrics"] == ["exact_match"]
+    base, tuned = metrics["models"].values()
+    assert base["source"] == str(root / "model") and tuned["source"] == str(checkpoint)
+    assert [base["scores"]["exact_match"]["value"], tuned["scores"]["exact_match"]["value"]] == [
+        figures["before"],
+        figures["after"],
+    ]
+    assert base["rows"] == tuned["rows"] == 8 and (root / "eval" / "report.md").is_file()
+    assert "metrics: exact_match (given with --metric)" in out

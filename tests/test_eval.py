@@ -6,6 +6,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
+import subprocess
+import sys
 
 import datasets
 import numpy as np
@@ -457,8 +460,13 @@ def test_sft_save_best_keeps_the_best_scored_checkpoint_besides_the_last(tmp_pat
               "--no-progress", "--report-to", "none", "--max-pixels", 3136]  # fmt: skip
     out = cli("sft", *common, "--save-best", "--output-dir", "best").output
     run = next(tmp_path.glob("best/*/*"))
-    # every eval scores 1.0: the first stays the best (a later one must beat it); the last is kept too
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-3"]
+    # every eval scores 1.0: the first stays the best (a later one must beat it) and is kept besides the
+    # newest --save-total-limit (2) checkpoints, as the best by eval loss is (here the last: it falls)
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == [
+        "checkpoint-1",
+        "checkpoint-2",
+        "checkpoint-3",
+    ]
     best = json.loads((run / "best_checkpoint.json").read_text())
     assert best == {"checkpoint": "checkpoint-1", "step": 1, "metric": "anls", "value": 1.0}
     assert f"best checkpoint: {run.relative_to(tmp_path) / 'checkpoint-1'} (anls 1)" in out
@@ -474,7 +482,7 @@ def test_sft_save_best_keeps_the_best_scored_checkpoint_besides_the_last(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tracker", ["wandb", "mlflow"])  # swanlab: see the note below
+@pytest.mark.parametrize("tracker", ["wandb", "mlflow", "swanlab"])
 def test_sft_eval_metric_prediction_table_reaches_each_tracker_offline(tmp_path, monkeypatch, tracker):
     pytest.importorskip(tracker)
     rows = [
@@ -488,10 +496,26 @@ def test_sft_eval_metric_prediction_table_reaches_each_tracker_offline(tmp_path,
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("SWANLAB_MODE", "offline")
+    monkeypatch.setenv("SWANLAB_LOG_DIR", str(tmp_path / "swanlog"))
     cli("sft", "-m", model, "--dataset", data, "--val-dataset", data, "--max-steps", 1, "--eval-steps", 1,
         "--eval-metric", "exact_match", "--eval-generate", 0, "--output-dir", "run", "--no-progress",
         "--report-to", tracker, "--max-pixels", 3136)  # fmt: skip
-    if tracker == "wandb":
+    if tracker == "swanlab":  # captioned images in the run's log (a LevelDB log of protobuf records)
+        from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+        from test_trackers import leveldb_log_records
+
+        (log_file,) = tmp_path.glob("swanlog/run-*/run-*.swanlab")
+        records = [Record.FromString(data) for data in leveldb_log_records(log_file, header=7)]
+        (media,) = [r.media for r in records if r.HasField("media") and r.media.key == "eval/predictions"]
+        assert media.step == 1
+        assert [item.caption for item in media.value.items] == [
+            f"Q: What is it {i}?\nprediction: red cat\nreferences: red cat" for i in range(2)
+        ]
+        assert all(
+            (log_file.parent / "media" / "image" / item.filename).is_file() for item in media.value.items
+        )
+    elif tracker == "wandb":
         tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/eval/predictions_*.table.json"))
         table = json.loads(tables[0].read_text())
         assert table["columns"] == ["image", "question", "prediction", "references"]
@@ -502,8 +526,6 @@ def test_sft_eval_metric_prediction_table_reaches_each_tracker_offline(tmp_path,
         assert table["columns"] == ["row", "question", "prediction", "references"]
         assert table["data"][0] == [1, "What is it 0?", "red cat", "red cat"]
         assert list(tmp_path.glob("mlruns/*/*/artifacts/eval_predictions/step_1_row1.png"))
-    # swanlab is not tested: transformers 5.24's SwanLabCallback calls swanlab.get_run(), which raises
-    # "No active Run" in swanlab 0.10 instead of returning None, so `--report-to swanlab` fails before any step
 
 
 def test_grounding_rows_with_0_1_boxes_are_failed_rows_not_wrong_scores():
@@ -522,3 +544,170 @@ def test_grounding_rows_with_0_1_boxes_are_failed_rows_not_wrong_scores():
     sample = to_sample(row)
     ((_, result),) = asked_turns(row, sample)
     assert isinstance(result, DataError) and "bbox_type real" in str(result)
+
+
+# -- benchmark presets: small local sets in each benchmark's hub schema, read through --benchmark-path ------
+
+
+def docvqa_row(i: int, answers: list[str]) -> dict:  # lmms-lab/DocVQA, subset DocVQA
+    return {"questionId": str(50000 + i), "question": f"What is the total {i}?", "question_types": ["table/list"],
+            "image": {"bytes": png(i)}, "docId": 14000 + i, "ucsf_document_id": f"jzhd{i:04d}",
+            "ucsf_document_page_no": "1", "answers": answers, "data_split": "val"}  # fmt: skip
+
+
+def textvqa_row(i: int, answers: list[str]) -> dict:  # lmms-lab/textvqa
+    return {"image_id": f"{i:016x}", "question_id": 34602 + i, "question": f"what number is on it {i}?",
+            "question_tokens": ["what", "number"], "image": {"bytes": png(i)}, "image_width": 64,
+            "image_height": 48, "flickr_original_url": "", "flickr_300k_url": "", "answers": answers,
+            "image_classes": ["Sign"], "set_name": "val", "ocr_tokens": ["12"]}  # fmt: skip
+
+
+def test_benchmark_presets_on_local_copies_in_their_hub_schemas(tmp_path):
+    twelve = build_scripted_model("qwen2-vl", tmp_path / "twelve", "12", small_vocab=True)
+
+    def run(name, path, *extra):
+        out = cli("eval", "-m", twelve, "--benchmark", name, "--benchmark-path", path, "-o", tmp_path / name,
+                  "--max-new-tokens", 4, *extra).output  # fmt: skip
+        return out, json.loads((tmp_path / name / "metrics.json").read_text())
+
+    # DocVQA: a local copy of the hub repo (`hf download lmms-lab/DocVQA`): two subsets, two splits each;
+    # the preset reads subset DocVQA, split validation
+    repo = tmp_path / "DocVQA"
+    for subset in ("DocVQA", "InfographicVQA"):
+        (repo / subset).mkdir(parents=True)
+        parquet([docvqa_row(9, ["x"])], repo / subset / "test-00000-of-00001.parquet")
+    parquet([docvqa_row(9, ["x"])] * 3, repo / "InfographicVQA" / "validation-00000-of-00001.parquet")
+    parquet([docvqa_row(0, ["12", "twelve"]), docvqa_row(1, ["13"]), docvqa_row(2, ["12"])],
+            repo / "DocVQA" / "validation-00000-of-00001.parquet")  # fmt: skip
+    configs = "".join(
+        f"- config_name: {s}\n  data_files:\n  - split: validation\n    path: {s}/validation-*\n"
+        f"  - split: test\n    path: {s}/test-*\n"
+        for s in ("DocVQA", "InfographicVQA")
+    )
+    (repo / "README.md").write_text(f"---\nconfigs:\n{configs}---\n")
+    out, metrics = run("docvqa", repo, "--limit", 2)
+    assert f"docvqa: 2 rows sampled (seed 42) of the 3 of {repo}\n" in out
+    assert "metrics: anls (the docvqa benchmark's metric)" in out
+    scores = metrics["models"]["twelve"]
+    # two sampled rows (seed 42) of three: ANLS is 1 for "12" and 0 for "13" (edit distance 1/2, not < 0.5)
+    lines = [
+        json.loads(x) for x in (tmp_path / "docvqa" / "twelve.predictions.jsonl").read_text().splitlines()
+    ]
+    assert scores["rows"] == 2 and metrics["benchmark"] == "docvqa"
+    assert scores["scores"]["anls"]["value"] == pytest.approx(np.mean([x["scores"]["anls"] for x in lines]))
+    assert {x["references"][0] for x in lines} <= {"12", "13"} and len(lines) == 2
+    assert all(x["scores"]["anls"] == float(x["references"][0] == "12") for x in lines)
+    assert lines[0]["query"].endswith("?\nAnswer the question using a single word or phrase.")
+
+    # ChartQA (one string answer): 12 is within 5% of 12.5, not of 20
+    chart = [{"type": "human_test", "question": f"Value {i}?", "answer": a, "image": {"bytes": png(i)}}
+             for i, a in enumerate(["12.5", "20"])]  # fmt: skip
+    _, metrics = run("chartqa", parquet(chart, tmp_path / "chartqa.parquet"))
+    assert metrics["models"]["twelve"]["scores"]["relaxed_accuracy"]["value"] == 0.5
+    # --limit with --dataset samples as DATASET#N does
+    cli("eval", "-m", twelve, "--dataset", tmp_path / "chartqa.parquet", "--limit", 1, "-o", tmp_path / "lim",
+        "--max-new-tokens", 4)  # fmt: skip
+    assert json.loads((tmp_path / "lim" / "metrics.json").read_text())["models"]["twelve"]["rows"] == 1
+
+    # TextVQA: ten annotators, 3 said "12" -> VQA accuracy (3 * 2/3 + 7) / 10
+    _, metrics = run(
+        "textvqa", parquet([textvqa_row(0, ["12"] * 3 + ["11"] * 7)], tmp_path / "textvqa.parquet")
+    )
+    assert metrics["models"]["twelve"]["scores"]["vqa_accuracy"]["value"] == pytest.approx(0.9)
+
+
+def test_benchmark_refcoco_converts_coco_boxes_and_mmmu_asks_lettered_options(tmp_path):
+    # RefCOCO (lmms-lab/RefCOCO): bbox is COCO [x, y, width, height]; images 64 x 48
+    refcoco = [
+        {"question_id": str(i), "image": {"bytes": png(i)}, "question": "Please carefully observe the area...",
+         "answer": refs, "segmentation": [0.0] * 8, "bbox": bbox, "iscrowd": 0, "file_name": f"COCO_{i}.jpg"}
+        for i, (refs, bbox) in enumerate([(["left cat", "cat on the left"], [0.0, 0.0, 32.0, 24.0]),
+                                          (["right cat"], [32.0, 24.0, 32.0, 24.0])])
+    ]  # fmt: skip
+    boxes = build_scripted_model(
+        "qwen2-vl",
+        tmp_path / "boxes",
+        "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(0,0),(500,500)<|box_end|>",
+        small_vocab=True,
+    )
+    cli("eval", "-m", boxes, "--benchmark", "refcoco", "--benchmark-path", parquet(refcoco, tmp_path / "r.parquet"),
+        "-o", tmp_path / "ref", "--max-new-tokens", 24)  # fmt: skip
+    scores = json.loads((tmp_path / "ref" / "metrics.json").read_text())["models"]["boxes"]
+    assert scores["rows"] == 3 and scores["scores"]["iou@0.5"]["value"] == pytest.approx(2 / 3)
+    lines = [json.loads(x) for x in (tmp_path / "ref" / "boxes.predictions.jsonl").read_text().splitlines()]
+    assert lines[2]["reference_boxes"] == [[32.0, 24.0, 64.0, 48.0]]  # corners, not x, y, w, h
+
+    # MMMU (lmms-lab/MMMU): options a Python list literal, images image_1..image_7, open questions left out
+    def mmmu(i, answer, kind="multiple-choice"):
+        row = {"id": f"validation_Art_{i}", "question": f"Which is larger in <image 2>? ({i})",
+               "options": "['10', '12', '14']", "explanation": "", "img_type": "['Charts']", "answer": answer,
+               "topic_difficulty": "Easy", "question_type": kind, "subfield": "Art"}  # fmt: skip
+        row.update({f"image_{k}": {"bytes": png(k)} if k <= 2 else None for k in range(1, 8)})
+        return row
+
+    table = datasets.Dataset.from_list([mmmu(0, "B"), mmmu(1, "C"), mmmu(2, "12", "open")])
+    for k in range(1, 8):
+        table = table.cast_column(f"image_{k}", datasets.Image())
+    table.to_parquet(tmp_path / "mmmu.parquet")
+    letter = build_scripted_model("qwen2-vl", tmp_path / "letter", "B", small_vocab=True)
+    out = cli("eval", "-m", letter, "--benchmark", "mmmu", "--benchmark-path", tmp_path / "mmmu.parquet",
+              "-o", tmp_path / "mmmu", "--max-new-tokens", 4).output  # fmt: skip
+    assert "(1 left out: open questions are left out)" in out
+    scores = json.loads((tmp_path / "mmmu" / "metrics.json").read_text())["models"]["letter"]
+    assert scores["rows"] == 2 and scores["scores"]["choice"]["value"] == 0.5
+    line = json.loads((tmp_path / "mmmu" / "letter.predictions.jsonl").read_text().splitlines()[0])
+    assert line["query"] == (
+        "Which is larger in <image 2>? (0)\nA. 10\nB. 12\nC. 14\n\n"
+        "Answer with the option's letter from the given choices directly."
+    )
+    assert len(line["image"]) == 1  # only the image the question names
+
+
+def test_benchmark_list_and_option_mistakes(tmp_path):
+    out = cli("eval", "--list-benchmarks").output
+    for name in ("docvqa", "chartqa", "textvqa", "refcoco", "mmmu"):
+        assert f"\n{name} " in out
+    assert "hf::lmms-lab/DocVQA:DocVQA@validation" in out
+    for extra, message in [
+        (["--benchmark", "vqav9"], "unknown; benchmarks: docvqa"),
+        (["--benchmark", "docvqa", "--dataset", "x.parquet"], "give one"),
+        (["--benchmark", "docvqa", "--prompt", "Hi"], "sets its own columns and prompt"),
+        (["--benchmark-path", "x.parquet"], "name the benchmark too"),
+        (["--dataset", "x.parquet#5", "--limit", 2], "give the row count once"),
+        (["--benchmark", "docvqa", "--limit", 0], "--limit 0: give a positive number"),
+    ]:
+        with pytest.raises(VlmkitError, match=message):
+            cli("eval", "-m", "nothing", "-o", tmp_path / "ev", *extra)
+    # the hub cannot be reached here: one line naming the local-copy option
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "eval", "-m", "nothing", "--benchmark", "textvqa", "-o", tmp_path / "ev"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(
+        "error: hf::lmms-lab/textvqa@validation: cannot load from the Hugging Face Hub"
+    )
+    assert (
+        "hf download lmms-lab/textvqa --repo-type dataset --local-dir DIR) and pass --benchmark-path DIR"
+        in (result.stderr)
+    )
+
+
+def test_eval_extra_is_needed_only_by_the_metrics_that_use_it(tmp_path, monkeypatch):
+    # `vlmkit demo` scores with exact_match through eval on an install without the eval extra
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "rapidfuzz" else real(name, *a)
+    )
+    (tmp_path / "p.jsonl").write_text(json.dumps({"response": "red", "labels": "red"}) + "\n")
+    out = cli(
+        "eval", "--predictions", tmp_path / "p.jsonl", "--metric", "exact_match", "-o", tmp_path / "a"
+    ).output
+    assert "exact_match  1.000" in out
+    with pytest.raises(VlmkitError, match=r"vlmkit eval needs rapidfuzz: pip install 'vlmkit\[eval\]'"):
+        cli("eval", "--predictions", tmp_path / "p.jsonl", "--metric", "anls", "-o", tmp_path / "b")
+    with pytest.raises(VlmkitError, match="needs rapidfuzz"):  # auto may pick any metric
+        cli("eval", "--predictions", tmp_path / "p.jsonl", "-o", tmp_path / "c")

@@ -2,11 +2,11 @@
 
 1. build a tiny random Qwen2-VL (`vlmkit tiny-model`),
 2. generate a coloured-shapes dataset it can learn (`vlmkit.shapes`),
-3. measure held-out accuracy (chance level: the model has learnt nothing),
-4. fine-tune it with `vlmkit sft`,
-5. measure again from the saved checkpoint (`vlmkit infer --ckpt` path),
-6. chat with the result about one held-out image,
-and print a before/after table with the run folder and loss plot.
+3. fine-tune it with `vlmkit sft`,
+4. score the base model and the saved checkpoint on the held-out rows with `vlmkit eval`
+   (exact_match; one side-by-side table, DIR/eval/report.md),
+5. chat with the result about one held-out image,
+and print a before/after line with the run folder and loss plot.
 """
 
 from __future__ import annotations
@@ -43,19 +43,18 @@ class DemoRecipe:
 QUICK_RECIPE = DemoRecipe(train_rows=64, test_rows=16, max_steps=8, batch_size=8)
 
 
-def _accuracy(vlm, dataset, batch_size: int = 32) -> tuple[float, list[tuple[str, str, str]]]:
-    """Greedy held-out accuracy; also returns (question, answer, reference) triples."""
-    from vlmkit.infer import split_reference
-    from vlmkit.model import GenerationOptions
-    from vlmkit.shapes import score
+def _held_out_accuracy(model_dir: Path, checkpoint: Path, test_file: Path, output: Path, pixels: int):
+    """(accuracy before, after, predictions file of the checkpoint): `vlmkit eval` of the base model and
+    the checkpoint on the held-out rows, exact match, greedy, answers of at most 4 tokens."""
+    from vlmkit.eval import evaluate
 
-    prompts, references = zip(*(split_reference(dataset[i]) for i in range(len(dataset))), strict=True)
-    answers: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = [vlm.encode(p) for p in prompts[start : start + batch_size]]
-        answers += vlm.generate_encoded(batch, GenerationOptions(max_new_tokens=4))
-    triples = [(p.text("user"), a.strip(), r) for p, a, r in zip(prompts, answers, references, strict=True)]
-    return score(answers, list(references)), triples
+    summary = evaluate(
+        str(test_file), models=[model_dir], ckpts=[checkpoint], metric="exact_match", output=output,
+        batch_size=32, max_new_tokens=4, min_pixels=pixels, max_pixels=pixels,
+    )  # fmt: skip
+    base, tuned = summary["models"].values()  # in the order given: the model, then the checkpoint
+    value = [r["scores"]["exact_match"]["value"] or 0.0 for r in (base, tuned)]  # null: no row scored
+    return value[0], value[1], output / tuned["predictions"]
 
 
 def run_demo(
@@ -76,23 +75,19 @@ def run_demo(
     started = time.perf_counter()
     say = print
 
-    say(f"[1/6] building a tiny Qwen2-VL in {root / 'model'}")
+    say(f"[1/5] building a tiny Qwen2-VL in {root / 'model'}")
     model_dir = build_tiny_model(family_by_name("qwen2-vl"), root / "model", small_vocab=True)
-    say(f"[2/6] generating {recipe.train_rows} training and {recipe.test_rows} held-out shape images")
+    say(f"[2/5] generating {recipe.train_rows} training and {recipe.test_rows} held-out shape images")
     shape = {"image_size": recipe.image_size, "grid": recipe.grid, "questions": recipe.questions}
     train_file = make_shapes_dataset(root / "data" / "train", recipe.train_rows, seed=0, **shape)
     test_file = make_shapes_dataset(root / "data" / "test", recipe.test_rows, seed=1, **shape)
-    test = load_dataset(test_file)
     rows = [json.loads(line) for line in Path(test_file).read_text().splitlines()]
     chance = chance_accuracy(
         [r["messages"][0]["content"] for r in rows], [r["messages"][1]["content"] for r in rows]
     )
 
-    say("[3/6] measuring held-out accuracy before training")
     pixels = recipe.image_size**2
-    before, _ = _accuracy(vlmkit.load(str(model_dir), min_pixels=pixels, max_pixels=pixels), test)
-
-    say(f"[4/6] fine-tuning with vlmkit sft ({recipe.max_steps} steps, batch {recipe.batch_size})")
+    say(f"[3/5] fine-tuning with vlmkit sft ({recipe.max_steps} steps, batch {recipe.batch_size})")
     train_started = time.perf_counter()
     run_dir = sft(
         SFTConfig(
@@ -122,14 +117,14 @@ def run_demo(
     train_seconds = time.perf_counter() - train_started
     checkpoint = run_dir / f"checkpoint-{recipe.max_steps}"
 
-    say(f"[5/6] measuring held-out accuracy of {checkpoint}")
-    tuned = vlmkit.load(ckpt=checkpoint)
-    after, triples = _accuracy(tuned, test)
+    say(f"[4/5] vlmkit eval: held-out accuracy of the base model and {checkpoint}")
+    before, after, _ = _held_out_accuracy(model_dir, checkpoint, test_file, root / "eval", pixels)
 
-    say("[6/6] chatting with the fine-tuned model about a held-out image")
+    say("[5/5] chatting with the fine-tuned model about a held-out image")
+    test = load_dataset(test_file)
     image = test[0].media("image")[0]
-    question = triples[0][0]
-    reply = tuned.chat().send(question, images=[image], max_new_tokens=4)
+    question = test[0].text("user")
+    reply = vlmkit.load(ckpt=checkpoint).chat().send(question, images=[image], max_new_tokens=4)
     total = time.perf_counter() - started
 
     figures = {
@@ -140,6 +135,7 @@ def run_demo(
         "total_seconds": round(total, 1),
         "run_dir": str(run_dir),
         "test_rows": len(test),
+        "eval_dir": str(root / "eval"),
     }
     (root / "demo_results.json").write_text(json.dumps(figures, indent=2) + "\n")
     say("")
@@ -151,6 +147,7 @@ def run_demo(
         f"   (chance {chance:.1%})"
     )
     say(f"  training: {train_seconds:.0f} s; whole demo: {total:.0f} s")
+    say(f"  eval report (every answer, best and worst rows): {root / 'eval' / 'report.md'}")
     say(f"  run folder: {run_dir}  (loss curve: {run_dir / 'loss.png'})")
     say(f"  try it:  vlmkit infer --ckpt {checkpoint}")
     return figures

@@ -54,6 +54,27 @@ def eval_command(
             help="Dataset to answer, as sft's --dataset (file, folder, hf::org/name). Needed with --model/--ckpt.",
         ),
     ] = None,
+    benchmark: Annotated[
+        str | None,
+        typer.Option(
+            help="A standard benchmark instead of --dataset, with its hub rows, prompt and metric: docvqa, "
+            "chartqa, textvqa, refcoco, mmmu (see --list-benchmarks). Read from the Hugging Face Hub."
+        ),
+    ] = None,
+    benchmark_path: Annotated[
+        Path | None,
+        typer.Option(
+            help="A local copy of the --benchmark's rows in its hub schema, instead of the hub: a Parquet "
+            "file, or the folder `hf download REPO --repo-type dataset --local-dir DIR` makes (read with the "
+            "preset's subset and split; DIR@SPLIT for another)."
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Answer N rows sampled from the dataset or benchmark (seed 42).")
+    ] = None,
+    list_benchmarks: Annotated[
+        bool, typer.Option("--list-benchmarks", help="List the --benchmark presets and exit.")
+    ] = False,
     metric: Annotated[
         str,
         typer.Option(
@@ -88,6 +109,11 @@ def eval_command(
 
     Rows that fail (unreadable, not encodable, generation error) are counted as failed and left out of the
     metrics; replies with no readable box or option letter are scored as misses and counted as unparsed."""
+    if list_benchmarks:
+        from vlmkit.eval.benchmarks import benchmark_table
+
+        typer.echo(benchmark_table())
+        return
     from vlmkit.data.columns import parse_columns
     from vlmkit.eval.evaluate import evaluate
 
@@ -96,6 +122,9 @@ def eval_command(
         models=model or [],
         ckpts=ckpt or [],
         predictions=predictions or [],
+        benchmark=benchmark,
+        benchmark_path=benchmark_path,
+        limit=limit,
         metric=metric,
         output=output,
         batch_size=batch_size,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterable
@@ -28,6 +29,9 @@ def evaluate(
     models: Iterable[str | Path] = (),
     ckpts: Iterable[str | Path] = (),
     predictions: Iterable[str | Path] = (),
+    benchmark: str | None = None,
+    benchmark_path: str | Path | None = None,
+    limit: int | None = None,
     metric: str = "auto",
     output: str | Path = "eval",
     batch_size: int = 8,
@@ -44,9 +48,10 @@ def evaluate(
     trust_remote_code: bool = False,
     echo: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """Evaluate `models` and `ckpts` on `dataset` and/or score `predictions` files; returns what
-    metrics.json holds ({"dataset", "metrics", "metric_choice", "models": {label: {...}}}). `echo` gets
-    the lines the command prints (schema, progress, the table)."""
+    """Evaluate `models` and `ckpts` on `dataset` (or a `benchmark` preset, `vlmkit.eval.benchmarks`,
+    read from `benchmark_path` when given) and/or score `predictions` files; `limit`: N rows sampled.
+    Returns what metrics.json holds ({"dataset", "metrics", "metric_choice", "models": {label: {...}}}).
+    `echo` gets the lines the command prints (schema, progress, the table)."""
     from vlmkit.eval.metrics import metric_names
     from vlmkit.eval.report import text_table, write_report
     from vlmkit.eval.rows import read_predictions
@@ -59,14 +64,25 @@ def evaluate(
     ]
     if not pairs and not predictions:
         raise VlmkitError("give --model, --ckpt or --predictions (what to evaluate)")
-    if pairs and dataset is None:
-        raise VlmkitError("--model/--ckpt need --dataset (the rows to answer)")
+    preset = _benchmark(benchmark, benchmark_path, dataset, bool(pairs), columns, prompt)
+    if limit is not None and limit < 1:
+        raise VlmkitError(f"--limit {limit}: give a positive number of rows")
+    if pairs and dataset is None and preset is None:
+        raise VlmkitError("--model/--ckpt need --dataset or --benchmark (the rows to answer)")
+    if limit is not None and dataset is not None:
+        if re.search(r"#\d+$", dataset):
+            raise VlmkitError(f"--limit {limit} and --dataset {dataset}: give the row count once")
+        dataset = f"{dataset}#{limit}"  # sampled as DATASET#N is
+    elif limit is not None and preset is None:
+        raise VlmkitError("--limit samples the rows of --dataset or --benchmark; give one of them")
     if (output / "metrics.json").exists():
         raise VlmkitError(
             f"--output {output} already holds an evaluation (metrics.json); choose another folder"
         )
     names = None if metric.strip() == "auto" else metric_names(metric)
-    _check_eval_extra()
+    if names is None and preset is not None:
+        names, preset_reason = metric_names(preset.metric), f"the {preset.name} benchmark's metric"
+    _check_eval_extra(names)
     given_lines = {given: read_predictions(given) for given in predictions}  # checked before any work
     output.mkdir(parents=True, exist_ok=True)
 
@@ -78,9 +94,16 @@ def evaluate(
     if pairs:
         from vlmkit.eval.rows import read_dataset
 
-        rows, schema = read_dataset(dataset, media_root, columns, prompt)
-        if schema:
-            echo(f"{dataset}: {schema}")
+        if preset is not None:
+            from vlmkit.eval.benchmarks import read_benchmark
+
+            rows, line = read_benchmark(preset, _str(benchmark_path), limit, media_root)
+            dataset = str(benchmark_path or preset.source)
+            echo(line)
+        else:
+            rows, schema = read_dataset(dataset, media_root, columns, prompt)
+            if schema:
+                echo(f"{dataset}: {schema}")
         row_images = [_last_image(sample) for _, sample in rows]
         row_questions = [_question(sample) for _, sample in rows]
         for model_name, checkpoint in pairs:
@@ -101,6 +124,8 @@ def evaluate(
         questions[label] = [str(line.get("query", "")) for line in lines]
 
     results, reason = [], "given with --metric"
+    if preset is not None and metric.strip() == "auto":
+        reason = preset_reason
     for label, source, path in to_score:
         result, chosen, why = score_predictions(path, names, schema, label, source)
         if names is None:  # auto: chosen from the first model's rows, then the same for all
@@ -115,6 +140,7 @@ def evaluate(
                   f"(first: {result.failures[0]})", file=sys.stderr)  # fmt: skip
     summary = {
         "dataset": dataset,
+        **({"benchmark": preset.name} if preset is not None else {}),
         "metrics": names,
         "metric_choice": reason,
         "models": {r.label: r.to_json() for r in results},
@@ -125,11 +151,43 @@ def evaluate(
     return summary
 
 
-def _check_eval_extra() -> None:
-    """Refuse before any model loads when the metric libraries are missing."""
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _benchmark(name, path, dataset, answering, columns, prompt):  # -> Benchmark | None
+    """The --benchmark preset, checked against the options it replaces."""
+    if name is None:
+        if path is not None:
+            raise VlmkitError("--benchmark-path is a local copy of a --benchmark; name the benchmark too")
+        return None
+    from vlmkit.eval.benchmarks import get_benchmark
+
+    preset = get_benchmark(name)
+    if dataset is not None:
+        raise VlmkitError("--benchmark and --dataset both name the rows to answer; give one")
+    if columns or prompt is not None:
+        raise VlmkitError(
+            f"--benchmark {preset.name} sets its own columns and prompt; drop --columns/--prompt"
+        )
+    if not answering:
+        raise VlmkitError("--benchmark needs --model or --ckpt (the models to evaluate)")
+    return preset
+
+
+# the libraries of the `eval` extra each metric needs; the others are plain Python
+EXTRA_LIBRARIES = {"anls": ("rapidfuzz",), "cer": ("jiwer", "rapidfuzz"), "wer": ("jiwer", "rapidfuzz"),
+                   "ned": ("rapidfuzz",), "bleu4": ("sacrebleu",)}  # fmt: skip
+
+
+def _check_eval_extra(names: list[str] | None) -> None:
+    """Refuse before any model loads when the libraries of the metrics (`None`: auto, any) are missing."""
     import importlib.util
 
-    missing = [name for name in ("rapidfuzz", "jiwer", "sacrebleu") if importlib.util.find_spec(name) is None]
+    needed = ("rapidfuzz", "jiwer", "sacrebleu")
+    if names is not None:
+        needed = tuple(dict.fromkeys(lib for name in names for lib in EXTRA_LIBRARIES.get(name, ())))
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise VlmkitError(f"vlmkit eval needs {', '.join(missing)}: pip install 'vlmkit[eval]'")
 

@@ -7,8 +7,8 @@ validation rows (image, question, prediction, references) go to every tracker th
     mlflow       a table artifact `eval_predictions/step_N.json` and the images beside it
 
 Each tracker is found among the Trainer's callbacks (transformers' own integrations) and logged to
-only once it has started its run. TensorBoard, W&B (offline) and MLflow (file store) are tested; SwanLab is
-not: with transformers 5.24 and swanlab 0.10, transformers' SwanLabCallback fails before the first step.
+only once it has started its run. Each is tested offline (TensorBoard, W&B offline, SwanLab offline, MLflow
+file store; tests/test_eval.py).
 """
 
 from __future__ import annotations
