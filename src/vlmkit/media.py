@@ -458,36 +458,30 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-class _DeadlineHTTPConnection(http.client.HTTPConnection):
-    """Connects to a vetted address (when `vet`) and puts its socket under the fetch's deadline."""
+class _DeadlineConnection:
+    """Mixed into http.client's connections: the socket goes to a vetted address (when `vet`) and is under the
+    fetch's deadline before anything is sent or read on it, the TLS handshake of HTTPS included."""
 
     def __init__(self, *args: Any, deadline: _Deadline, vet: bool, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.deadline, self.vet = deadline, vet
+        self._create_connection = self._open_socket  # what http.client's `connect` opens its socket with
 
-    def connect(self) -> None:
-        if not self.vet:
-            super().connect()
-        else:
-            address = _vetted_address(self.host, self.port)
-            self.sock = socket.create_connection((address, self.port), timeout=self.deadline.left())
-        self.deadline.guard(self.sock)
+    def _open_socket(self, address: tuple[str, int], timeout: Any = None, source_address: Any = None) -> socket.socket:
+        host, port = address
+        if self.vet:
+            host = _vetted_address(host, port)  # HTTPS still checks the certificate against the URL's host
+        sock = socket.create_connection((host, port), timeout=self.deadline.left(), source_address=source_address)
+        self.deadline.guard(sock)
+        return sock
 
 
-class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, deadline: _Deadline, vet: bool, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.deadline, self.vet = deadline, vet
+class _DeadlineHTTPConnection(_DeadlineConnection, http.client.HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        if not self.vet:
-            super().connect()
-            self.deadline.guard(self.sock)
-            return
-        address = _vetted_address(self.host, self.port)
-        raw = socket.create_connection((address, self.port), timeout=self.deadline.left())
-        self.deadline.guard(raw)
-        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # the certificate names the host
+
+class _DeadlineHTTPSConnection(_DeadlineConnection, http.client.HTTPSConnection):
+    pass
 
 
 class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
