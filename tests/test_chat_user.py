@@ -234,11 +234,12 @@ def test_a_reply_closed_half_way_stops_generation_and_is_not_kept(endless_model)
 
     vlm = vlmkit.load(str(endless_model))
     chat = vlm.chat()
-    threads = threading.active_count()
+    before = set(threading.enumerate())  # threads left by earlier tests may end meanwhile: compare sets
     reply = chat.stream("Hi", max_new_tokens=10**6)
     next(reply)
+    assert set(threading.enumerate()) - before  # generation runs in its own thread
     reply.close()  # returns once generation has stopped
-    assert threading.active_count() == threads
+    assert not set(threading.enumerate()) - before
     assert chat.messages == []
     vlm.model.generation_config.min_new_tokens = None  # a normal reply from here on
     assert chat.send("Hi", max_new_tokens=3)  # the next turn runs the whole conversation
