@@ -6,7 +6,7 @@ rank best/worst rows) and `stats`, the numbers the dataset aggregate is made of.
 of rows (`stats = [value]`), or a ratio of sums for corpus metrics (CER: edits / reference characters),
 or BLEU's corpus formula; the same stats give a seeded bootstrap confidence interval.
 
-Definitions (each tested against its reference on fixed inputs in tests/test_eval.py):
+Definitions (each tested against its reference on fixed inputs in tests/integration/test_eval.py):
 
     exact_match     normalised reply == any reference (case, surrounding/inner whitespace, a final period)
     vqa_accuracy    VQAv2's official answer normalisation (punctuation, digits, articles, contractions) and

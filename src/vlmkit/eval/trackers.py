@@ -8,7 +8,7 @@ validation rows (image, question, prediction, references) go to every tracker th
 
 Each tracker is found among the Trainer's callbacks (transformers' own integrations) and logged to
 only once it has started its run. Each is tested offline (TensorBoard, W&B offline, SwanLab offline, MLflow
-file store; tests/test_eval.py).
+file store; tests/integration/test_eval.py).
 """
 
 from __future__ import annotations

@@ -560,7 +560,7 @@ def test_sft_trains_on_video_rows_and_saves_the_video_settings(small_model, tmp_
 def test_sampling_a_long_1080p_video_holds_only_the_sampled_frames(tmp_path):
     """A small version of benchmarks/video_memory.py: 100 1080p frames (620 MB decoded); sampling 8
     must cost about the 8 RGB frames (50 MB) plus the decoder, far below the whole video."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     try:
         import video_memory
     finally:

@@ -288,7 +288,7 @@ def test_a_second_process_on_the_same_run_is_refused_naming_the_holder(small_mod
 @pytest.mark.parametrize("packing", [False, True])
 def test_a_row_whose_image_data_is_truncated_is_skipped_and_listed(small_model, data, packing, monkeypatch):
     """A row whose image fails while training (the up-front check decodes every image and lists such a row
-    before training, tests/test_check.py; here the file goes bad after that check, as on a changing disk,
+    before training, tests/integration/test_check.py; here the file goes bad after that check, as on a changing disk,
     simulated by skipping the check's decode) is skipped and listed; the run completes."""
     from io import BytesIO
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import pytest
 from conftest import PEERS, random_image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 RUN = {"bash", "python"}  # blocks a user runs
 SHOWN = {"text", "json"}  # blocks of output or data shown to the reader

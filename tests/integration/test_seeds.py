@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from conftest import PEERS, random_image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
