@@ -56,11 +56,34 @@ def tiny_model(
 ) -> None:
     """Write a tiny randomly initialised model of FAMILY (real chat template, image-processor config and
     special-token ids) to OUTPUT_DIR, for tests and trying vlmkit offline."""
-    from vlmkit.families import family_by_name
+    from vlmkit.families import family_by_name, family_for_model_dir
     from vlmkit.tiny import build_tiny_model
 
-    path = build_tiny_model(family_by_name(family), output_dir, small_vocab=small_vocab, seed=seed)
-    typer.echo(f"wrote a tiny {family_by_name(family).name} model to {path}")
+    wanted = family_by_name(family)
+    path = build_tiny_model(wanted, output_dir, small_vocab=small_vocab, seed=seed)
+    written = family_for_model_dir(path)
+    if written is wanted:
+        typer.echo(f"wrote a tiny {wanted.name} model to {path}")
+    else:  # an original checkpoint layout, as published (Qwen-VL)
+        typer.echo(f"wrote a tiny {wanted.name} model in its original layout ({written.name}) to {path}; "
+                   f"`vlmkit convert --model {path} --output DIR` makes the {wanted.name} folder")  # fmt: skip
+
+
+@app.command("convert")
+def convert(
+    model: Annotated[Path, typer.Option(help="Checkpoint folder in its original (remote-code) layout.")],
+    output: Annotated[Path, typer.Option(help="New folder to write the converted model to.")],
+) -> None:
+    """Convert an original remote-code checkpoint (Qwen-VL / Qwen-VL-Chat) into the layout every vlmkit
+    command loads without remote code (tokenizer, image config and generation config included)."""
+    from vlmkit.families import family_for_model_dir
+
+    source = family_for_model_dir(model)
+    if source.convert_checkpoint is None:
+        raise VlmkitError(f"--model {model}: a {source.name} folder needs no conversion; use it as it is")
+    path = source.convert_checkpoint(model, output)
+    target = family_for_model_dir(path)
+    typer.echo(f"wrote a {target.name} model converted from {source.name} to {path}")
 
 
 @app.command("families")
