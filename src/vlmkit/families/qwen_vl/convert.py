@@ -18,6 +18,8 @@ import torch
 
 from vlmkit.errors import VlmkitError
 
+ENDOFTEXT_ID = 151643  # <|endoftext|> of the Qwen vocabulary (qwen.tiktoken has 151,643 ranks)
+
 # (original, native) name pairs for tensors that are only renamed; {i} is a layer index.
 VISION_RENAMES = [
     ("transformer.visual.conv1.weight", "model.visual.patch_embed.weight"),
@@ -151,6 +153,9 @@ def native_config(original: dict, where: str = "config.json") -> dict:
             },
             "initializer_range": original.get("initializer_range", 0.02),
             "tie_word_embeddings": False,
+            # <|endoftext|>, as the tokenizer says (transformers' Trainer otherwise rewrites the configs)
+            "eos_token_id": ENDOFTEXT_ID,
+            "pad_token_id": ENDOFTEXT_ID,
         },
         "vision_config": visual,
         "image_start_token_id": start,

@@ -33,6 +33,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.qwen2 import Qwen2Config, Qwen2Model
 
 MODEL_TYPE = "qwen_vl"
@@ -274,7 +275,7 @@ class QwenVLForConditionalGeneration(QwenVLPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """input_ids (B, T), pixel_values (N, 3, H, W) for the N images of the batch in order -> logits
@@ -289,9 +290,7 @@ class QwenVLForConditionalGeneration(QwenVLPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        hidden = outputs.last_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
+        hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)  # all, last n, or a mask
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
