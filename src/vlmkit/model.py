@@ -502,9 +502,15 @@ def load(
         ckpt_dir = None
     family = family_for_model_dir(model_dir)
     if family.remote_code and not trust_remote_code:
+        convert = (
+            f"; or convert it to run without it: vlmkit convert --model {model_dir} --output DIR"
+            if family.convert_checkpoint is not None
+            else ""
+        )
         raise VlmkitError(
             f"{model_dir}: {family.name} checkpoints run Python code shipped with the model; "
             "pass --trust-remote-code (trust_remote_code=True) if you trust its source (untested in vlmkit)"
+            + convert
         )
     device = _device(device)
     torch_dtype = _torch_dtype(dtype, device)

@@ -120,3 +120,39 @@ def test_tokenizer_is_qwen_vocabulary_with_the_real_special_ids(native, qwen_vl_
     assert {t: tokenizer.convert_tokens_to_ids(t) for t in expected} == expected
     config = json.loads((qwen_vl_models["native"] / "config.json").read_text())
     assert (config["image_start_token_id"], config["image_token_id"]) == (IMG_START, IMG_PAD)
+
+
+def test_an_original_folder_points_to_convert(qwen_vl_models, tmp_path):
+    from typer.testing import CliRunner
+
+    import vlmkit
+    from vlmkit.cli import app
+    from vlmkit.errors import VlmkitError
+
+    original = qwen_vl_models["original"]
+    with pytest.raises(VlmkitError, match=f"vlmkit convert --model {original} --output DIR"):
+        vlmkit.load(str(original))
+    result = CliRunner().invoke(
+        app, ["convert", "--model", str(qwen_vl_models["native"]), "--output", str(tmp_path / "x")]
+    )
+    assert isinstance(result.exception, VlmkitError) and "qwen-vl folder needs no conversion" in str(
+        result.exception
+    )
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(
+        app, ["convert", "--model", str(original), "--output", str(tmp_path / "full")]
+    )
+    assert isinstance(result.exception, VlmkitError) and "exists and is not empty" in str(result.exception)
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
+
+
+def test_inputs_past_the_original_training_length_warn(native, caplog):
+    """Past 2048 tokens the original changes RoPE at inference and vlmkit does not: said, not silent."""
+    ids = torch.full((1, 2049), 100)
+    with torch.no_grad():
+        native.model(input_ids=ids[:, :2048], logits_to_keep=1)
+    assert "dynamic NTK" not in caplog.text
+    with torch.no_grad():
+        native.model(input_ids=ids, logits_to_keep=1)
+    assert "Qwen-VL past 2048 tokens" in caplog.text

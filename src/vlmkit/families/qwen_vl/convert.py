@@ -161,6 +161,7 @@ def native_config(original: dict, where: str = "config.json") -> dict:
         "image_start_token_id": start,
         "image_end_token_id": start + 1,
         "image_token_id": start + 2,
+        "seq_length": original.get("seq_length", 2048),
         "tie_word_embeddings": False,
     }
 

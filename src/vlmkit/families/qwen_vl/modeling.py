@@ -35,7 +35,9 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.qwen2 import Qwen2Config, Qwen2Model
+from transformers.utils import logging
 
+logger = logging.get_logger(__name__)
 MODEL_TYPE = "qwen_vl"
 VISION_DEFAULTS = {
     "image_size": 448, "patch_size": 14, "width": 1664, "layers": 48, "heads": 16, "mlp_ratio": 4.9231,
@@ -57,6 +59,7 @@ class QwenVLConfig(PreTrainedConfig):
         image_token_id: int = 151859,
         image_start_token_id: int = 151857,
         image_end_token_id: int = 151858,
+        seq_length: int = 2048,
         tie_word_embeddings: bool = False,
         **kwargs,
     ):
@@ -67,6 +70,7 @@ class QwenVLConfig(PreTrainedConfig):
         self.image_token_id = image_token_id
         self.image_start_token_id = image_start_token_id
         self.image_end_token_id = image_end_token_id
+        self.seq_length = seq_length  # the original's training length; past it, see the module docstring
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
     def get_text_config(self, *args, **kwargs):
@@ -241,6 +245,16 @@ class QwenVLModel(QwenVLPreTrainedModel):
     def forward(self, input_ids=None, pixel_values=None, inputs_embeds=None, **kwargs):
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, pixel_values)
+        mask = kwargs.get("attention_mask")
+        length = (
+            mask.shape[-1] if isinstance(mask, torch.Tensor) and mask.ndim == 2 else inputs_embeds.shape[1]
+        )
+        if not self.training and length > self.config.seq_length:
+            logger.warning_once(
+                f"Qwen-VL past {self.config.seq_length} tokens: the original remote code stretches RoPE (dynamic "
+                "NTK) and scales attention by log-n there at inference; vlmkit's implementation does not, so "
+                "replies to such long inputs may differ from the original's"
+            )
         return self.language_model(inputs_embeds=inputs_embeds, **kwargs)
 
 
