@@ -101,7 +101,7 @@ def families() -> None:
         options = " ".join("--" + o.replace("_", "-") for o in f.resolution_options) or "none"
         grounding = f.box_format.space if f.box_format is not None else "none"
         typer.echo(
-            f"{f.name:<12} model_type={f.model_type:<11} inputs={'+'.join(f.supports):<12} "
+            f"{f.name:<14} model_type={f.model_type:<11} inputs={'+'.join(f.supports):<12} "
             f"grounding={grounding:<14} {vision}  (resolution options: {options})  {f.description}"
         )
 

@@ -156,3 +156,16 @@ def test_inputs_past_the_original_training_length_warn(native, caplog):
     with torch.no_grad():
         native.model(input_ids=ids, logits_to_keep=1)
     assert "Qwen-VL past 2048 tokens" in caplog.text
+
+
+def test_families_says_what_runs_qwen_vl_and_against_what_it_was_checked():
+    from typer.testing import CliRunner
+
+    from vlmkit.cli import app
+
+    lines = CliRunner().invoke(app, ["families"]).output.splitlines()
+    native = next(line for line in lines if line.startswith("qwen-vl "))
+    assert "model_type=qwen_vl " in native and "vlmkit convert" in native
+    assert "logits match the original remote code (transformers 4.40.2) to 1e-4" in native
+    remote = next(line for line in lines if line.startswith("qwen-vl-remote "))
+    assert "model_type=qwen " in remote and "inference only" in remote
