@@ -134,7 +134,8 @@ def convert_checkpoint(model_dir: str | Path, output_dir: str | Path) -> Path:
     tmp = _fresh_folder(output_dir)
     model.save_pretrained(tmp)
     build_tokenizer(model_dir / "qwen.tiktoken").save_pretrained(tmp)
-    (tmp / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2) + "\n")
+    image = {**PREPROCESSOR_CONFIG, "image_size": config.vision_config["image_size"]}  # visual.py's transform
+    (tmp / "preprocessor_config.json").write_text(json.dumps(image, indent=2) + "\n")
     return _finish(tmp, output_dir)
 
 

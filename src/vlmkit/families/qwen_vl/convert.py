@@ -187,7 +187,7 @@ def original_config(native: dict) -> dict:
         "max_position_embeddings": text["max_position_embeddings"],
         "no_bias": True, "num_attention_heads": heads, "num_hidden_layers": text["num_hidden_layers"],
         "onnx_safe": None, "rotary_emb_base": text["rope_parameters"]["rope_theta"], "rotary_pct": 1.0,
-        "scale_attn_weights": True, "seq_length": 2048, "tie_word_embeddings": False,
+        "scale_attn_weights": True, "seq_length": native.get("seq_length", 2048), "tie_word_embeddings": False,
         "tokenizer_type": "QWenTokenizer", "use_cache": True, "use_dynamic_ntk": True, "use_flash_attn": False,
         "use_logn_attn": True,
         "visual": {**vision, "image_start_id": native["image_start_token_id"]},
