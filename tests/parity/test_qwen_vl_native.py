@@ -169,3 +169,22 @@ def test_families_says_what_runs_qwen_vl_and_against_what_it_was_checked():
     assert "logits match the original remote code (transformers 4.40.2) to 1e-4" in native
     remote = next(line for line in lines if line.startswith("qwen-vl-remote "))
     assert "model_type=qwen " in remote and "inference only" in remote
+
+
+def test_converted_copy_is_made_once_beside_the_original(qwen_vl_models, capsys):
+    """For conversion on load: `<original>-vlmkit`, reused while the original is unchanged."""
+    import os
+
+    from vlmkit.families.qwen_vl.checkpoint import converted_copy, fingerprint
+
+    original = qwen_vl_models["original"]
+    copy = converted_copy(original)
+    assert copy == original.resolve().with_name("original-vlmkit") and "converting" in capsys.readouterr().err
+    assert converted_copy(original) == copy and "using" in capsys.readouterr().err
+    assert torch.equal(load_file(str(copy / "model.safetensors"))["lm_head.weight"],
+                       load_file(str(qwen_vl_models["native"] / "model.safetensors"))["lm_head.weight"])  # fmt: skip
+    before = fingerprint(original)
+    stat = (original / "config.json").stat()
+    os.utime(original / "config.json", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert fingerprint(original) != before  # the next load converts again
+    os.utime(original / "config.json", ns=(stat.st_atime_ns, stat.st_mtime_ns))

@@ -10,9 +10,11 @@ image as `<img>` + the path's bytes padded with `<imgpad>` to 256 tokens + `</im
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import torch
 
 from vlmkit.errors import VlmkitError
 from vlmkit.families.qwen_vl import convert
+from vlmkit.settings import write_settings
 
 FIRST_SPECIAL_ID = 151643
 # The remote tokenizer's special tokens in its order (all special there too; a reply's grounding tags are
@@ -74,8 +77,8 @@ def _generation_config():
     return GenerationConfig(eos_token_id=[151645, 151643], pad_token_id=151643, do_sample=False)
 
 
-def _fresh_folder(output_dir: Path) -> Path:
-    if output_dir.exists() and any(output_dir.iterdir()):
+def _fresh_folder(output_dir: Path, force: bool = False) -> Path:
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not force:
         raise VlmkitError(f"{output_dir} exists and is not empty; choose a new folder")
     tmp = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}-{time.time_ns()}")
     tmp.mkdir(parents=True)
@@ -83,10 +86,50 @@ def _fresh_folder(output_dir: Path) -> Path:
 
 
 def _finish(tmp: Path, output_dir: Path) -> Path:
-    if output_dir.exists():
-        output_dir.rmdir()
-    tmp.rename(output_dir)  # an interrupted write never leaves a half folder under the asked name
+    """Put the complete folder `tmp` at `output_dir` (replacing what is there only now: an interrupted
+    write never leaves a half folder under the asked name)."""
+    if output_dir.is_dir() and not output_dir.is_symlink():
+        shutil.rmtree(output_dir)
+    elif output_dir.exists() or output_dir.is_symlink():
+        output_dir.unlink()
+    tmp.rename(output_dir)
     return output_dir
+
+
+def fingerprint(source: Path) -> str:
+    """Changes when the source's config, weights or vocabulary change (names, sizes, modification times)."""
+    digest = hashlib.sha256(b"qwen-vl conversion 1")
+    for path in sorted(source.iterdir()):
+        if path.is_file() and path.suffix in (".json", ".safetensors", ".bin", ".tiktoken"):
+            stat = path.stat()
+            digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def converted_copy(source: Path) -> Path:
+    """The `qwen_vl` copy of an original folder beside it (`<source>-vlmkit`), made once and remade when the
+    source changes; a line on stderr says which (for conversion on load)."""
+    from vlmkit.settings import read_settings
+
+    source = Path(source).resolve()
+    output = source.with_name(source.name + "-vlmkit")
+    made = read_settings(output).get("converted_from", {}) if (output / "config.json").is_file() else {}
+    if made.get("fingerprint") == fingerprint(source):
+        print(
+            f"using {output} (converted from the original Qwen-VL checkpoint {source})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return output
+    if not os.access(source.parent, os.W_OK):
+        raise VlmkitError(
+            f"{source} is an original Qwen-VL checkpoint and {source.parent} is not writable for its converted "
+            f"copy; run `vlmkit convert --model {source} --output DIR` and pass --model DIR"
+        )
+    print(
+        f"converting the original Qwen-VL checkpoint {source} to {output} (once)", file=sys.stderr, flush=True
+    )
+    return convert_checkpoint(source, output, force=True)
 
 
 def read_original_weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -102,8 +145,9 @@ def read_original_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     raise VlmkitError(f"{model_dir}: no model*.safetensors or pytorch_model*.bin weights")
 
 
-def convert_checkpoint(model_dir: str | Path, output_dir: str | Path) -> Path:
-    """An original Qwen-VL / Qwen-VL-Chat folder -> a `qwen_vl` folder every vlmkit command loads."""
+def convert_checkpoint(model_dir: str | Path, output_dir: str | Path, force: bool = False) -> Path:
+    """An original Qwen-VL / Qwen-VL-Chat folder -> a `qwen_vl` folder every vlmkit command loads; an
+    existing non-empty `output_dir` is refused unless `force` (then replaced once the new one is complete)."""
     import transformers
 
     from vlmkit.families.qwen_vl.modeling import QwenVLConfig, QwenVLForConditionalGeneration
@@ -131,11 +175,14 @@ def convert_checkpoint(model_dir: str | Path, output_dir: str | Path) -> Path:
             f"{model_dir}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     model.generation_config = _generation_config()
-    tmp = _fresh_folder(output_dir)
+    tmp = _fresh_folder(output_dir, force)
     model.save_pretrained(tmp)
     build_tokenizer(model_dir / "qwen.tiktoken").save_pretrained(tmp)
     image = {**PREPROCESSOR_CONFIG, "image_size": config.vision_config["image_size"]}  # visual.py's transform
     (tmp / "preprocessor_config.json").write_text(json.dumps(image, indent=2) + "\n")
+    write_settings(
+        tmp, {"converted_from": {"path": str(model_dir.resolve()), "fingerprint": fingerprint(model_dir)}}
+    )
     return _finish(tmp, output_dir)
 
 
