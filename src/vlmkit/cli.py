@@ -73,6 +73,7 @@ def tiny_model(
 def convert(
     model: Annotated[Path, typer.Option(help="Checkpoint folder in its original (remote-code) layout.")],
     output: Annotated[Path, typer.Option(help="New folder to write the converted model to.")],
+    force: Annotated[bool, typer.Option(help="Replace the output folder if it exists and is not empty.")] = False,
 ) -> None:
     """Convert an original remote-code checkpoint (Qwen-VL / Qwen-VL-Chat) into the layout every vlmkit
     command loads without remote code (tokenizer, image config and generation config included)."""
@@ -81,7 +82,7 @@ def convert(
     source = family_for_model_dir(model)
     if source.convert_checkpoint is None:
         raise VlmkitError(f"--model {model}: a {source.name} folder needs no conversion; use it as it is")
-    path = source.convert_checkpoint(model, output)
+    path = source.convert_checkpoint(model, output, force=force)
     target = family_for_model_dir(path)
     typer.echo(f"wrote a {target.name} model converted from {source.name} to {path}")
 

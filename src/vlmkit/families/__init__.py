@@ -53,7 +53,7 @@ class Family:
     `family_for_config`), so before any checkpoint of it loads.
     write_tiny_model: (output_dir, seed) -> folder, for a family whose tiny model is not built from
     `tiny_config` (e.g. written in an original checkpoint layout to convert).
-    convert_checkpoint: (model_dir, output_dir) -> folder, for an original layout that `vlmkit convert`
+    convert_checkpoint: (model_dir, output_dir, force) -> folder, for an original layout that `vlmkit convert`
     turns into a family vlmkit loads natively; None where there is nothing to convert.
     """
 
@@ -85,7 +85,7 @@ class Family:
     processor_limits: Callable[[str, dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
     register_classes: Callable[[], None] | None = None
     write_tiny_model: Callable[[Path, int], Path] | None = None
-    convert_checkpoint: Callable[[Path, Path], Path] | None = None
+    convert_checkpoint: Callable[..., Path] | None = None
 
     @property
     def chat_template(self) -> str:
