@@ -15,6 +15,7 @@ import typer
 
 from vlmkit.options import (
     AttnImpl,
+    Backend,
     Columns,
     Device,
     DType,
@@ -22,7 +23,9 @@ from vlmkit.options import (
     MinPixels,
     Prompt,
     System,
+    TensorParallelSize,
     TrustRemoteCode,
+    VllmArg,
 )
 
 
@@ -104,6 +107,9 @@ def eval_command(
     device: Device = "auto",
     attn_impl: AttnImpl = "sdpa",
     trust_remote_code: TrustRemoteCode = False,
+    backend: Backend = "transformers",
+    tensor_parallel_size: TensorParallelSize = 1,
+    vllm_arg: VllmArg = None,
 ) -> None:
     """Score models on a dataset with the task's metrics: one table, side by side (base vs fine-tuned).
 
@@ -139,5 +145,8 @@ def eval_command(
         device=device,
         attn_impl=attn_impl,
         trust_remote_code=trust_remote_code,
+        backend=backend,
+        tensor_parallel_size=tensor_parallel_size,
+        vllm_args=vllm_arg,
         echo=typer.echo,
     )
