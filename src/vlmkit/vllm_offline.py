@@ -13,7 +13,10 @@ same code as with the transformers backend. What differs, and how it is kept equ
   stop tokens, which are also vLLM's `stop_token_ids`).
 
 Rows vLLM could not encode as training did (videos, per-image resized_height/resized_width) get an
-`error` field, as unreadable rows do. Unverified on a GPU here: the engine arguments are tested,
+`error` field, as unreadable rows do; so does a row vLLM itself refuses (e.g. more images than its
+`limit_mm_per_prompt`, which `--vllm-arg` raises). One difference remains: vLLM tokenizes the rendered
+text itself, so a special-token string typed in a user's text (`<|im_end|>`) becomes that token, where
+vlmkit's own encoding keeps user text as text. Unverified on a GPU here: the engine arguments are tested,
 vLLM itself is not installed on the test machines.
 """
 
