@@ -183,6 +183,11 @@ def plan_vllm(
     else:
         model_dir = files_dir = _resolve_model_dir(model)
     family = family_for_model_dir(model_dir)
+    if family.remote_code:
+        raise VlmkitError(
+            f"{model_dir}: {family.name} checkpoints run Python code shipped with the model, which vlmkit does "
+            "not pass on to vLLM yet; use --backend transformers --trust-remote-code"
+        )
     tokenizer = AutoTokenizer.from_pretrained(files_dir)
     effective = family.load_template(files_dir, tokenizer, **settings).settings
     for name, folder in adapters.items():

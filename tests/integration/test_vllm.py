@@ -344,3 +344,9 @@ def test_eval_vllm_answers_through_the_offline_engine(small_model, fake_vllm, tm
     (model,) = metrics["models"].values()
     assert model["rows"] == 3 and model["failed"] == 2  # the video row, and the row with no reference
     assert model["scores"]["exact_match"]["value"] == 1.0  # the row with a reference, answered "a square"
+
+
+def test_remote_code_families_are_refused_for_vllm(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen", "visual": {"image_size": 448}}))
+    with pytest.raises(VlmkitError, match="qwen-vl checkpoints run Python code .* not pass on to vLLM yet"):
+        plan_vllm(str(tmp_path), None, {}, NONE, NAME)
