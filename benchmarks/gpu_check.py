@@ -166,25 +166,27 @@ def memory(ran: Ran) -> str:
 # -- inputs ---------------------------------------------------------------------------------------------
 
 
-def build_model(work: Path, dry_run: bool) -> Path:
-    """The check's model folder: the tiny test model (dry run), else the 0.5B-shaped one in bf16."""
+def build_model(work: Path, dry_run: bool, device: str = "cuda") -> Path:
+    """The check's model folder: the tiny test model (dry run), else the 0.5B-shaped one in bf16 (built on
+    `device` by benchmarks/gpu.py's builder, the family's tiny config grown to CHECK_SHAPE)."""
     from vlmkit.families import family_by_name
     from vlmkit.tiny import build_tiny_model
 
-    folder = build_tiny_model(family_by_name("qwen2-vl"), work / "model", small_vocab=dry_run)
+    family = family_by_name("qwen2-vl")
+    folder = build_tiny_model(family, work / "model", small_vocab=dry_run)
     if dry_run:
         return folder
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoTokenizer
 
-    config = AutoConfig.from_pretrained(folder).to_dict()
-    config["text_config"].update(CHECK_SHAPE["text"])
-    config["vision_config"].update(CHECK_SHAPE["vision"])
-    config["tie_word_embeddings"] = CHECK_SHAPE["tie_word_embeddings"]
-    model_type = config.pop("model_type")
-    torch.manual_seed(0)
-    model = AutoModelForImageTextToText.from_config(AutoConfig.for_model(model_type, **config), dtype=torch.bfloat16)
+    spec = importlib.util.spec_from_file_location("bench_gpu", HERE.parent / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    gpu.SHAPES["check"] = CHECK_SHAPE
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = gpu.build_model(family, tokenizer, "check", device, torch.bfloat16, "sdpa")
     model.save_pretrained(folder)  # replaces the tiny weights and config; tokenizer and processor files stay
+    del model
     return folder
 
 
