@@ -71,11 +71,14 @@ class VllmPlan:
 
     `engine_args`: keyword arguments of `vllm.LLM` (= `vllm serve` flags); `adapters`: LoRA adapters
     by name (a LoRA --ckpt is one of them, named `main_adapter`); `settings`: the encoding settings
-    the transformers backend would use (min_pixels, max_pixels, system, ...)."""
+    the transformers backend would use (min_pixels, max_pixels, system, ...), those of `template`, which
+    renders prompts for the offline engine with `tokenizer`."""
 
     model_dir: Path
     files_dir: Path
     family: Family
+    tokenizer: Any
+    template: Any
     settings: dict[str, Any]
     adapters: dict[str, Path]
     main_adapter: str | None
@@ -189,7 +192,8 @@ def plan_vllm(
             "not pass on to vLLM yet; use --backend transformers --trust-remote-code"
         )
     tokenizer = AutoTokenizer.from_pretrained(files_dir)
-    effective = family.load_template(files_dir, tokenizer, **settings).settings
+    template = family.load_template(files_dir, tokenizer, **settings)
+    effective = template.settings
     for name, folder in adapters.items():
         if (folder / "preprocessor_config.json").is_file():
             own = family.load_template(folder, tokenizer, **settings).settings
@@ -224,6 +228,8 @@ def plan_vllm(
         model_dir=model_dir,
         files_dir=files_dir,
         family=family,
+        tokenizer=tokenizer,
+        template=template,
         settings=effective,
         adapters=adapters,
         main_adapter=main_adapter,

@@ -97,15 +97,6 @@ def vllm_prompt(vlm: VLM, sample: Sample, add_generation_prompt: bool = True) ->
     return prompt
 
 
-def template_only(plan: VllmPlan, settings: dict[str, Any]) -> VLM:
-    """The run's tokenizer and template (with the `settings` options given) in a VLM without weights."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(plan.files_dir)
-    template = plan.family.load_template(plan.files_dir, tokenizer, **settings)
-    return VLM(model=None, tokenizer=tokenizer, template=template, family=plan.family, path=plan.files_dir, device="vllm")
-
-
 def lora_request(plan: VllmPlan) -> tuple[str, int, str] | None:
     """(name, id, path) of the LoRARequest for a LoRA --ckpt, else None."""
     if plan.main_adapter is None:
@@ -135,7 +126,8 @@ def load_vllm(
     plan = plan_vllm(
         model, ckpt, {}, settings, name, dtype=dtype, tensor_parallel_size=tensor_parallel_size, vllm_args=vllm_args
     )  # checked before vLLM is imported, so mistakes answer on any machine
-    vlm = template_only(plan, settings)
+    vlm = VLM(model=None, tokenizer=plan.tokenizer, template=plan.template, family=plan.family, path=plan.files_dir,
+              device="vllm")  # the run's tokenizer and template, no weights
     if importlib.util.find_spec("vllm") is None:
         raise VlmkitError(VLLM_MISSING)
     from vllm import LLM
