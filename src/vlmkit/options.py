@@ -65,19 +65,6 @@ ENCODING_OPTIONS: dict[str, Any] = {
             f"{_SAVED}. Saved with a run."
         ),
     ],
-    "min_tiles": Annotated[
-        int | None,
-        typer.Option(
-            help=f"Tiling families (InternVL): fewest 448 px tiles an image is cut into. {_SAVED} (1). Saved with a run."
-        ),
-    ],
-    "max_tiles": Annotated[
-        int | None,
-        typer.Option(
-            help="Tiling families (InternVL): most tiles per image, not counting the thumbnail (fewer tiles = "
-            f"fewer image tokens). {_SAVED} (12). Saved with a run."
-        ),
-    ],
     "fps": Annotated[
         float | None,
         typer.Option(
@@ -101,6 +88,19 @@ ENCODING_OPTIONS: dict[str, Any] = {
         typer.Option(
             help="Largest area of one video frame after resizing (frames also share a total-pixel budget). "
             "Default: the family's. Saved with a run."
+        ),
+    ],
+    "min_tiles": Annotated[
+        int | None,
+        typer.Option(
+            help=f"Tiling families (InternVL): fewest 448 px tiles an image is cut into. {_SAVED} (1). Saved with a run."
+        ),
+    ],
+    "max_tiles": Annotated[
+        int | None,
+        typer.Option(
+            help="Tiling families (InternVL): most tiles per image, not counting the thumbnail (fewer tiles = "
+            f"fewer image tokens). {_SAVED} (12). Saved with a run."
         ),
     ],
     "system": Annotated[

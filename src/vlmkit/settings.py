@@ -59,12 +59,12 @@ class EncodingSettings:
 
     min_pixels: int | None = None
     max_pixels: int | None = None
-    min_tiles: int | None = None
-    max_tiles: int | None = None
     fps: float | None = None
     nframes: int | None = None
     max_frames: int | None = None
     video_max_pixels: int | None = None
+    min_tiles: int | None = None
+    max_tiles: int | None = None
     system: str | None = None
 
     def given(self) -> dict[str, Any]:
