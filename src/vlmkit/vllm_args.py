@@ -29,9 +29,13 @@ from typing import Any
 
 from vlmkit.errors import VlmkitError
 from vlmkit.families import Family
+from vlmkit.settings import EncodingSettings, encoding_settings
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
 DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+# The encoding settings the plan passes on (the chat template's system prompt, the processor's pixel
+# limits); the vLLM backend refuses the others rather than run with settings it dropped.
+VLLM_PASSES = ("min_pixels", "max_pixels", "system")
 
 _TRANSLATED = "vlmkit sets it from the model and the run"
 # Engine options a --vllm-arg may not set: each would make vLLM encode or answer otherwise than the
@@ -154,7 +158,7 @@ def plan_vllm(
     model: str | None,
     ckpt: str | Path | None,
     adapters: dict[str, Path],
-    settings: dict[str, Any],
+    encoding: EncodingSettings | dict[str, Any] | None,
     served_model_name: str,
     *,
     dtype: str = "auto",
@@ -168,35 +172,28 @@ def plan_vllm(
     whose run saved other settings than the main model's is refused rather than served wrongly.
     A LoRA --ckpt becomes an adapter named `served_model_name` on its base model.
     """
-    from transformers import AutoTokenizer
+    from vlmkit.loader import load_template, load_tokenizer_and_template, resolve_model
 
-    from vlmkit.families import family_for_model_dir
-    from vlmkit.model import _resolve_model_dir, resolve_checkpoint
-
+    if not isinstance(encoding, EncodingSettings):
+        encoding = encoding_settings(**(encoding or {}))
     if dtype not in DTYPES:
         raise VlmkitError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     for option, size in (("--tensor-parallel-size", tensor_parallel_size), ("--data-parallel-size", data_parallel_size)):
         if size < 1:
             raise VlmkitError(f"{option} must be at least 1, got {size}")
     passed_on = parse_vllm_args(vllm_args or [])
-    if (model is None) == (ckpt is None):
-        raise VlmkitError("give either --model or --ckpt")
-    if ckpt is not None:
-        model_dir, files_dir, _ = resolve_checkpoint(ckpt)
-    else:
-        model_dir = files_dir = _resolve_model_dir(model)
-    family = family_for_model_dir(model_dir)
+    files = resolve_model(model, ckpt)
+    model_dir, files_dir, family = files.model_dir, files.files_dir, files.family
     if family.remote_code:
         raise VlmkitError(
             f"{model_dir}: {family.name} checkpoints run Python code shipped with the model, which vlmkit does "
             "not pass on to vLLM yet; use --backend transformers --trust-remote-code"
         )
-    tokenizer = AutoTokenizer.from_pretrained(files_dir)
-    template = family.load_template(files_dir, tokenizer, **settings)
+    tokenizer, template = load_tokenizer_and_template(files, encoding)
     effective = template.settings
     for name, folder in adapters.items():
         if (folder / "preprocessor_config.json").is_file():
-            own = family.load_template(folder, tokenizer, **settings).settings
+            own = load_template(folder, tokenizer, family, encoding).settings
             if own != effective:
                 diff = ", ".join(
                     f"{k}={own[k]!r} (served: {effective[k]!r})" for k in own if own[k] != effective[k]

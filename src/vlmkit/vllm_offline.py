@@ -29,6 +29,7 @@ from typing import Any
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.model import VLM, GenerationOptions
 from vlmkit.sample import Sample
+from vlmkit.settings import EncodingSettings
 from vlmkit.vllm_args import VLLM_MISSING, VllmPlan
 
 
@@ -111,20 +112,19 @@ def load_vllm(
     dtype: str = "auto",
     tensor_parallel_size: int = 1,
     vllm_args: list[str] | None = None,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    system: str | None = None,
+    encoding: EncodingSettings | None = None,
 ) -> VllmVLM:
-    """Open vLLM's offline engine on a model or vlmkit checkpoint (GPU, vllm installed).
+    """Open vLLM's offline engine on a model or vlmkit checkpoint (GPU, vllm installed). `encoding`: the
+    settings given (only VLLM_PASSES are passed on; refuse the others first, `refuse_for_vllm`).
     VlmkitError with one line when vLLM is missing or the model cannot be run as trained."""
     import importlib.util
 
     from vlmkit.vllm_args import plan_vllm
 
+    encoding = encoding or EncodingSettings()
     name = Path(str(ckpt)).name if ckpt is not None else "model"
-    settings = {"min_pixels": min_pixels, "max_pixels": max_pixels, "system": system}
     plan = plan_vllm(
-        model, ckpt, {}, settings, name, dtype=dtype, tensor_parallel_size=tensor_parallel_size, vllm_args=vllm_args
+        model, ckpt, {}, encoding, name, dtype=dtype, tensor_parallel_size=tensor_parallel_size, vllm_args=vllm_args
     )  # checked before vLLM is imported, so mistakes answer on any machine
     vlm = VLM(model=None, tokenizer=plan.tokenizer, template=plan.template, family=plan.family, path=plan.files_dir,
               device="vllm")  # the run's tokenizer and template, no weights
