@@ -350,3 +350,11 @@ def test_remote_code_families_are_refused_for_vllm(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen", "visual": {"image_size": 448}}))
     with pytest.raises(VlmkitError, match="qwen-vl checkpoints run Python code .* not pass on to vLLM yet"):
         plan_vllm(str(tmp_path), None, {}, NONE, NAME)
+
+
+def test_eval_vllm_takes_one_model_per_run(small_model, adapter, tmp_path, capsys):
+    code, _, stderr = run_cli(
+        ["eval", "--backend", "vllm", "--model", str(small_model), "--ckpt", str(adapter), "--dataset", "d.jsonl"],
+        capsys,
+    )
+    assert code == 2 and stderr.strip().startswith("error: --backend vllm answers with one --model/--ckpt per run")

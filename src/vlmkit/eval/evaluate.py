@@ -77,6 +77,13 @@ def evaluate(
                         **{k: v for k, v in encoding.given().items() if k not in VLLM_PASSES},
                         trust_remote_code=trust_remote_code)  # fmt: skip
         vllm = {"tensor_parallel_size": tensor_parallel_size, "vllm_args": vllm_args}
+        models, ckpts = list(models), list(ckpts)
+        if len(models) + len(ckpts) > 1:  # vllm-project/vllm#3281, #21073: a second engine runs out of memory
+            raise VlmkitError(
+                "--backend vllm answers with one --model/--ckpt per run: vLLM does not free the GPU between "
+                "engines in one process; run vlmkit eval once per model, then compare the runs with "
+                "vlmkit eval --predictions A.predictions.jsonl --predictions B.predictions.jsonl"
+            )
     output = Path(output)
     predictions = [Path(p) for p in predictions]
     pairs: list[tuple[str | None, Path | None]] = [(str(m), None) for m in models] + [
