@@ -39,21 +39,17 @@ def register_classes() -> None:
     register()
 
 
-def load_native_template(model_dir, tokenizer, system: str | None = None, **resolution):
-    """The template of a `qwen_vl` folder; resolution options are refused (images are 448x448)."""
-    from vlmkit.families import resolution_settings
+def load_native_template(model_dir, tokenizer, system: str | None = None):
+    """The template of a `qwen_vl` folder (images are 448x448: no resolution options)."""
     from vlmkit.families.qwen_vl.native_template import QwenVLTemplate
 
-    resolution_settings(FAMILY, **resolution)
     return QwenVLTemplate.from_pretrained(model_dir, tokenizer, REPLY_BOX_FORMAT, system=system)
 
 
-def load_remote_template(model_dir, tokenizer, system: str | None = None, **resolution):
+def load_remote_template(model_dir, tokenizer, system: str | None = None):
     """The prompt template of an original Qwen-VL-Chat folder run through its remote code."""
-    from vlmkit.families import resolution_settings
     from vlmkit.families.qwen_vl.template import QwenVLChatTemplate
 
-    resolution_settings(REMOTE_FAMILY, **resolution)
     return QwenVLChatTemplate.from_pretrained(model_dir, tokenizer, REPLY_BOX_FORMAT, system=system)
 
 
@@ -68,7 +64,7 @@ FAMILY = Family(
     eos_token="<|endoftext|>",
     pad_token="<|endoftext|>",
     preprocessor_config={},
-    load_template=load_native_template,
+    make_template=load_native_template,
     tiny_config=tiny_config,
     # Qwen-VL's own fine-tuning (--fix_vit) freezes the ViT but trains the resampler (attn_pool).
     module_groups={
@@ -79,7 +75,6 @@ FAMILY = Family(
     supports=("image",),
     aliases=("qwen-vl-chat", "qwenvl"),
     box_format=REPLY_BOX_FORMAT,
-    resolution_options=(),
     vision="448x448 (resized, aspect not kept), 256 tokens per image (resampler)",
     register_classes=register_classes,
     write_tiny_model=lambda output_dir, seed: write_tiny_original(output_dir, seed=seed),
@@ -96,13 +91,12 @@ REMOTE_FAMILY = Family(
     eos_token="<|endoftext|>",
     pad_token="<|endoftext|>",
     preprocessor_config={},
-    load_template=load_remote_template,
+    make_template=load_remote_template,
     tiny_config=tiny_config,
     module_groups={"vit": ("transformer.visual.",), "llm": ("transformer.", "lm_head.")},
     supports=("image",),
     aliases=("qwen-vl-original",),
     box_format=REPLY_BOX_FORMAT,
-    resolution_options=(),
     vision="448x448 (the remote code resizes), 256 tokens per image",
     auto_class="AutoModelForCausalLM",
     remote_code=True,
