@@ -364,7 +364,7 @@ def test_seed002_qwen_vl_rows_fine_tune_with_frozen_vit_and_predict_in_batches(
     assert all(p["labels"] == "<ref>格子衬衫</ref><box>(588,499),(725,789)</box>" for p in preds)
 
 
-@pytest.mark.slow  # 70 s of CPU (4 min 17 s wall on the shared machine): 2 trainings, 3 predictions, export, serve
+@pytest.mark.slow  # ~70 s of CPU (1m52s-4m45s wall on the shared 2-core machine): 2 sft, 3 infer, export, serve
 def test_seed002_on_qwen_vl_itself_lora_and_full_with_frozen_vit_predict_export_serve(qwen_vl_models, tmp_path):
     """Seed 002 on a (tiny) Qwen-VL, not a stand-in family: its original checkpoint converted (`vlmkit convert`,
     done by the fixture), stage-3 full fine-tuning and LoRA with the ViT frozen on `Picture 1: <img>` rows with
