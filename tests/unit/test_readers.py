@@ -365,7 +365,7 @@ def test_peer_llamafactory_mllm_video_demo():
     assert not (folder / "1.mp4").exists() and (folder / "2.avi").exists()
     problems = ds.check()
     assert len(problems) == 1 and problems[0][0].endswith("mllm_video_demo.json:2")
-    assert problems[0][1].startswith(f"video not found: {folder / '1.mp4'}")
+    assert problems[0][1].startswith(f"video 1 not found: {folder / '1.mp4'}")
 
 
 @needs_peers

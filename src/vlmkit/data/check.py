@@ -52,7 +52,7 @@ from vlmkit.encoding import control_token_pattern
 from vlmkit.errors import DataError, MediaError, VlmkitError
 from vlmkit.grounding import LITERAL_TOKENS
 from vlmkit.media import verify_image
-from vlmkit.sample import Sample
+from vlmkit.sample import Sample, missing_media
 
 TRUNCATIONS = ("delete", "shrink")
 # More characters than any token of the supported tokenizers spells (Qwen2's longest: 128 spaces).
@@ -194,21 +194,6 @@ def _has_reply(sample: Sample) -> bool:
     )
 
 
-def _missing_media(sample: Sample, row: Row) -> tuple[str, str] | None:
-    """(kind, reason) for local media files that do not exist; None when all are there."""
-    missing = []
-    for kind in ("image", "video"):
-        for k, source in enumerate(sample.media(kind), 1):
-            local = isinstance(source, str) and "://" not in source and not source.startswith("data:")
-            if local and not Path(source).is_file():
-                missing.append((kind, f"{kind} {k} not found: {source}"))
-    if not missing:
-        return None
-    tried = " then ".join(str(d) for d in row.base_dirs)
-    hint = f" (relative paths are looked up in {tried})" if tried else ""
-    return f"missing {missing[0][0]}", "; ".join(reason for _, reason in missing) + hint
-
-
 def _undecodable(sample: Sample, where: str) -> str | None:
     """The reason the first image (or frame of a frame-list video) that does not decode fully fails."""
     frames = [
@@ -271,9 +256,9 @@ def _check_row(
             "no assistant reply to train on; a training row needs an assistant message with text",
             "no assistant reply",
         ), None
-    missing = _missing_media(sample, row)
+    missing = missing_media(sample, row.base_dirs)
     if missing:
-        return bad(missing[1], missing[0]), None
+        return bad(missing[1], f"missing {missing[0]}"), None
     chars = _text_chars(sample)
     if chars > MAX_CHARS_PER_TOKEN * max_length:  # never tokenized: a huge row would cost gigabytes
         return bad(

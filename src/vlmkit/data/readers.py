@@ -36,7 +36,7 @@ from vlmkit.data.sources import (
     take_rows,
 )
 from vlmkit.errors import DataError
-from vlmkit.sample import Sample
+from vlmkit.sample import Sample, missing_media
 
 PEEK_ROWS = 20  # rows looked at to detect the format
 _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false"}
@@ -209,18 +209,10 @@ class Dataset:
             except DataError as e:
                 problems.append((row.where, str(e).removeprefix(f"{row.where}: ")))
                 continue
-            for kind in ("image", "video"):
-                for source in sample.media(kind):
-                    if _is_local(source) and not Path(source).exists():
-                        tried = " and ".join(str(d) for d in row.base_dirs)
-                        problems.append(
-                            (row.where, f"{kind} not found: {source} (relative paths are tried in {tried})")
-                        )
+            missing = missing_media(sample, row.base_dirs)
+            if missing is not None:
+                problems.append((row.where, missing[1]))
         return problems
-
-
-def _is_local(source: Any) -> bool:
-    return isinstance(source, str) and "://" not in source and not source.startswith("data:")
 
 
 def parse_spec(spec: str) -> tuple[Path, int | None]:

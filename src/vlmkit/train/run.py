@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
+from vlmkit.sample import is_local_path
 
 COMPLETE_MARKER = "vlmkit_complete"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -224,7 +225,7 @@ def _portable_row(sample) -> dict[str, Any] | None:
                 source = part[kind]
                 if not isinstance(source, str):
                     return None
-                if "://" not in source and not source.startswith("data:"):
+                if is_local_path(source):
                     source = os.path.abspath(source)
                 part = {"type": kind, kind: source}
             content.append(part)
