@@ -155,26 +155,12 @@ def split_reference(sample: Sample) -> tuple[Sample, str | None]:
 def _input_rows(
     spec: str, media_root: str | Path | None, columns: dict[str, str] | None = None, prompt: str | None = None
 ) -> list[tuple[dict, Sample | DataError]]:
-    """Every row of the dataset `spec` (any source `vlmkit.data` reads) in order as (raw row, Sample or
-    the DataError that row raises); rows that are not JSON objects come with an empty dict."""
-    from vlmkit.data import load_dataset, row_to_sample
+    """Every row of the dataset `spec` (any source `vlmkit.data` reads) in order as (the row with the
+    dataset's own columns, Sample or the DataError that row raises)."""
+    from vlmkit.data import load_dataset
+    from vlmkit.data.readers import samples_in_order
 
-    data = load_dataset(spec, media_root=media_root, columns=columns, prompt=prompt)
-    out: list[tuple[dict, Sample | DataError]] = [({}, DataError(f"{where}: {reason}")) for where, reason in data.bad]
-    for row in data.rows:
-        try:
-            out.append((row.data, row_to_sample(row.data, row.format, row.where, row.base_dirs)))
-        except DataError as e:
-            out.append((row.data, e))
-    if data.bad:  # keep file order: JSON rows are located file:LINE
-        out.sort(key=lambda item: _line(item))
-    return out
-
-
-def _line(item: tuple[dict, Sample | DataError]) -> int:
-    where = item[1].where if isinstance(item[1], Sample) else str(item[1]).split(": ", 1)[0]
-    number = where.rpartition(":")[2].lstrip("#")
-    return int(number) if number.isdigit() else 0
+    return list(samples_in_order(load_dataset(spec, media_root=media_root, columns=columns, prompt=prompt)))
 
 
 def _batches(items: list, size: int) -> Iterable[list]:

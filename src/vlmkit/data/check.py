@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 from tqdm import tqdm
 
 from vlmkit.data.formats import row_to_sample
-from vlmkit.data.readers import Dataset, Row
+from vlmkit.data.readers import Dataset, Row, file_position
 from vlmkit.data.values import jsonable
 from vlmkit.encoding import control_token_pattern
 from vlmkit.errors import DataError, MediaError, VlmkitError
@@ -178,13 +178,6 @@ class CheckReport:
 
 def _reason(error: Exception, where: str) -> str:
     return str(error).removeprefix(f"{where}: ")
-
-
-def _position(where: str, files: dict[str, int]) -> tuple[int, int]:
-    """Sort key in file order for `file:LINE` and `file:#INDEX` locations."""
-    path, _, line = where.rpartition(":")
-    line = line.removeprefix("#")
-    return files.get(path, len(files)), int(line) if line.isdigit() else 0
 
 
 def _has_reply(sample: Sample) -> bool:
@@ -340,5 +333,5 @@ def check_dataset(
         if length is not None:
             report.lengths.append(length)
     files = {path: i for i, path in enumerate(formats)}
-    report.bad.sort(key=lambda bad: _position(bad.where, files))
+    report.bad.sort(key=lambda bad: file_position(bad.where, files))
     return report

@@ -26,16 +26,16 @@ def read_dataset(
 ) -> tuple[list[ReadRow], str | None]:
     """(rows in file order, one per asked turn, as `vlmkit.infer.run_batch` takes them; the column schema
     line of the dataset or None)."""
-    from vlmkit.data import load_dataset, row_to_sample
+    from vlmkit.data import load_dataset
+    from vlmkit.data.readers import samples_in_order
 
     data = load_dataset(spec, media_root=media_root, columns=columns, prompt=prompt)
-    out: list[ReadRow] = [({}, DataError(f"{where}: {reason}")) for where, reason in data.bad]
-    for row in data.rows:
+    out: list[ReadRow] = []
+    for raw, sample in samples_in_order(data):
         try:
-            sample = row_to_sample(row.data, row.format, row.where, row.base_dirs)
-            out.extend(asked_turns(row.data, sample))
-        except DataError as e:
-            out.append((row.data, e))
+            out.extend([(raw, sample)] if isinstance(sample, DataError) else asked_turns(raw, sample))
+        except DataError as e:  # boxes that do not parse
+            out.append((raw, e))
     schema = next(iter(data.schemas.values()), None)
     return out, schema
 
