@@ -183,6 +183,10 @@ def infer(
     if val:
         input = _val_input(ckpt, input)
         columns, prompt = _run_columns(ckpt, columns, prompt)
+    if input is not None:
+        from vlmkit.batch_output import join_ranks
+
+        join_ranks()  # under torchrun: before the model loads, so each rank takes its own GPU
     vlm = load(
         model,
         ckpt=ckpt,
@@ -217,7 +221,10 @@ def infer(
         progress=sys.stderr.isatty(),
         draw_dir=draw,
     )
-    typer.echo(f"wrote {counts['ok'] + counts['failed']} rows to {output} ({counts['failed']} failed)")
+    from vlmkit.batch_output import is_main_process
+
+    if is_main_process():  # one line for a torchrun run, not one per rank
+        typer.echo(f"wrote {counts['ok'] + counts['failed']} rows to {output} ({counts['failed']} failed)")
 
 
 from vlmkit.data.commands import app as data_app  # noqa: E402
