@@ -51,7 +51,11 @@ def evaluate(
     """Evaluate `models` and `ckpts` on `dataset` (or a `benchmark` preset, `vlmkit.eval.benchmarks`,
     read from `benchmark_path` when given) and/or score `predictions` files; `limit`: N rows sampled.
     Returns what metrics.json holds ({"dataset", "metrics", "metric_choice", "models": {label: {...}}}).
-    `echo` gets the lines the command prints (schema, progress, the table)."""
+    `echo` gets the lines the command prints (schema, progress, the table).
+
+    Under `torchrun --nproc-per-node N -m vlmkit eval ...` every rank answers a share of the rows
+    (`vlmkit.infer.run_batch`); rank 0 alone prints, scores and writes, and the other ranks return {}."""
+    from vlmkit.batch_output import is_main_process
     from vlmkit.eval.metrics import metric_names
     from vlmkit.eval.report import text_table, write_report
     from vlmkit.eval.rows import read_predictions
@@ -84,6 +88,9 @@ def evaluate(
         names, preset_reason = metric_names(preset.metric), f"the {preset.name} benchmark's metric"
     _check_eval_extra(names)
     given_lines = {given: read_predictions(given) for given in predictions}  # checked before any work
+    main = is_main_process()
+    if not main:
+        echo = _silent
     output.mkdir(parents=True, exist_ok=True)
 
     taken: set[str] = set()
@@ -114,6 +121,8 @@ def evaluate(
             echo(f"{label}: answered {counts['ok']} rows ({counts['failed']} failed) -> {path}")
             to_score.append((label, str(checkpoint or model_name), path))
             images[label], questions[label] = row_images, row_questions
+    if not main:  # this rank's share of the rows is answered; rank 0 scores all of them
+        return {}
     for given in predictions:
         label = model_label(str(given.with_suffix("")), None, taken)
         path = output / f"{file_stem(label)}.predictions.jsonl"
@@ -149,6 +158,10 @@ def evaluate(
     report = write_report(output, str(dataset or "predictions"), results, names, reason, images, questions)
     echo(f"wrote {output / 'metrics.json'} and {report}")
     return summary
+
+
+def _silent(*_: Any) -> None:
+    return None
 
 
 def _str(value: Any) -> str | None:
@@ -227,9 +240,11 @@ def _image_of_line(line: dict, folder: Path) -> Any:
 def _predict(model, checkpoint, dataset, rows, path, batch_size, max_new_tokens, system, min_pixels, max_pixels,
              dtype, device, attn_impl, trust_remote_code) -> dict[str, int]:  # fmt: skip
     """Load one model, answer `rows` through `vlmkit infer`'s batch path into `path`, free the model."""
+    from vlmkit.batch_output import join_ranks
     from vlmkit.infer import run_batch
     from vlmkit.model import GenerationOptions, load
 
+    join_ranks()  # under torchrun: before the model loads, so each rank takes its own GPU
     vlm = load(model, ckpt=checkpoint, dtype=dtype, device=device, attn_impl=attn_impl, min_pixels=min_pixels,
                max_pixels=max_pixels, system=system, trust_remote_code=trust_remote_code)  # fmt: skip
     options = GenerationOptions(max_new_tokens=max_new_tokens)  # greedy: scores repeat run to run
