@@ -3,7 +3,7 @@ output shared by the processes of a data-parallel run.
 
     OUTPUT.partial/run.json           what the rows answer: input (and its size and time), row count, model,
                                       generation options; a rerun that differs is refused
-    OUTPUT.partial/part-R-PID.jsonl   {"index": I, "row": {...}} per answered input row I, written by rank R
+    OUTPUT.partial/part-R-PID-X.jsonl {"index": I, "row": {...}} per answered input row I, written by rank R
                                       (process PID) in increasing I, flushed batch by batch
 
 When every input row has its line, they are written to OUTPUT in input order (a temporary file beside it,
@@ -25,6 +25,7 @@ import fcntl
 import heapq
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from datetime import timedelta
@@ -40,10 +41,10 @@ RUN_FILE = "run.json"
 GROUP_TIMEOUT = timedelta(hours=24)
 
 
-def join_ranks() -> tuple[int, int]:
+def join_ranks(device: str = "auto") -> tuple[int, int]:
     """(rank, world size) of this process: under torchrun (its WORLD_SIZE, RANK and LOCAL_RANK) the process
-    joins a gloo group (once) and, on a GPU machine, takes the GPU of its LOCAL_RANK before a model loads
-    there; (0, 1) for a plain run."""
+    joins a gloo group (once) and, for --device auto or cuda on a GPU machine, takes the GPU of its
+    LOCAL_RANK before a model loads there (cuda:N and cpu are left as given); (0, 1) for a plain run."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
@@ -51,8 +52,14 @@ def join_ranks() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device in ("auto", "cuda") and torch.cuda.is_available():
+            if local_rank >= torch.cuda.device_count():
+                raise VlmkitError(
+                    f"torchrun process {local_rank} of this machine has no GPU of its own ({torch.cuda.device_count()} "
+                    "visible); give --nproc-per-node at most the GPU count, or --device cuda:0 to share one"
+                )
+            torch.cuda.set_device(local_rank)
         dist.init_process_group("gloo", timeout=GROUP_TIMEOUT)
     return dist.get_rank(), dist.get_world_size()
 
@@ -131,7 +138,9 @@ class PartialOutput:
         left, answered, error = _broadcast(found, self.world)
         if error is not None:
             raise VlmkitError(error)
-        self.part = (self.folder / f"part-{self.rank}-{os.getpid()}.jsonl").open("a", encoding="utf-8")
+        # a new file per run and rank (a pid may come again, in a container), so each file's indices rise
+        name = f"part-{self.rank}-{os.getpid()}-{secrets.token_hex(4)}.jsonl"
+        self.part = (self.folder / name).open("x", encoding="utf-8")
         return left[self.rank :: self.world], answered
 
     def _start(self) -> set[int]:
@@ -167,7 +176,8 @@ class PartialOutput:
 
     def write(self, index: int, row: dict[str, Any]) -> None:
         assert self.part is not None
-        line = json.dumps({"index": index, "row": row}, ensure_ascii=False, default=jsonable)  # bytes: described
+        # bytes (embedded images) are described, not written
+        line = json.dumps({"index": index, "row": row}, ensure_ascii=False, default=jsonable)
         self.part.write(line + "\n")
 
     def flush(self) -> None:

@@ -186,7 +186,7 @@ def infer(
     if input is not None:
         from vlmkit.batch_output import join_ranks
 
-        join_ranks()  # under torchrun: before the model loads, so each rank takes its own GPU
+        join_ranks(device)  # under torchrun: before the model loads, so each rank takes its own GPU
     vlm = load(
         model,
         ckpt=ckpt,

@@ -9,7 +9,8 @@ the response in original-image pixels (`vlmkit.grounding`; an input `objects` is
 `labels_objects`). With `draw_dir`, each row's images are saved there with those boxes drawn.
 When a row ends with an assistant reply, that reply is the reference: it is kept as `labels`
 and the model answers the turns before it. A row that cannot be encoded gets an `error` field, and
-the run goes on.
+the run goes on. Rows go to a resumable `<output>.partial/` first (`vlmkit.batch_output`): a stopped run
+is finished by the same call, and under torchrun the processes share the rows and write one output.
 """
 
 from __future__ import annotations

@@ -244,7 +244,7 @@ def _predict(model, checkpoint, dataset, rows, path, batch_size, max_new_tokens,
     from vlmkit.infer import run_batch
     from vlmkit.model import GenerationOptions, load
 
-    join_ranks()  # under torchrun: before the model loads, so each rank takes its own GPU
+    join_ranks(device)  # under torchrun: before the model loads, so each rank takes its own GPU
     vlm = load(model, ckpt=checkpoint, dtype=dtype, device=device, attn_impl=attn_impl, min_pixels=min_pixels,
                max_pixels=max_pixels, system=system, trust_remote_code=trust_remote_code)  # fmt: skip
     options = GenerationOptions(max_new_tokens=max_new_tokens)  # greedy: scores repeat run to run
