@@ -2,7 +2,7 @@
 output shared by the processes of a data-parallel run.
 
     OUTPUT.partial/run.json           what the rows answer: input (and its size and time), row count, model,
-                                      generation options; a rerun that differs is refused
+                                      encoding settings, generation options; a rerun that differs is refused
     OUTPUT.partial/part-R-PID-X.jsonl {"index": I, "row": {...}} per answered input row I, written by rank R
                                       (process PID) in increasing I, flushed batch by batch
 
@@ -91,16 +91,18 @@ def partial_folder(output: Path) -> Path:
     return output.with_name(output.name + PARTIAL_SUFFIX)
 
 
-def input_description(spec: str, rows: int, model: str, options: Any) -> dict[str, Any]:
-    """What run.json records: a rerun resumes only when all of it is the same."""
+def input_description(spec: str, rows: int, model: str, encoding: dict[str, Any], options: Any) -> dict[str, Any]:
+    """What run.json records: a rerun resumes only when all of it is the same. `encoding`: the template's
+    settings (pixel limits, system prompt, video sampling); `options`: the GenerationOptions."""
     path = Path(spec.split("#")[0]) if not spec.startswith(("hf::", "ms::")) else None
     stamp = None
     if path is not None and path.is_file():
         stat = path.stat()
         stamp = f"{stat.st_size} bytes, modified {stat.st_mtime_ns}"
         spec = str(Path(spec).resolve())
-    return {"input": spec, "input_file": stamp, "rows": rows, "model": model,
-            "generation": dataclasses.asdict(options)}  # fmt: skip
+    description = {"input": spec, "input_file": stamp, "rows": rows, "model": model, "encoding": encoding,
+                   "generation": dataclasses.asdict(options)}  # fmt: skip
+    return json.loads(json.dumps(description, default=str))  # as run.json reads back, to compare
 
 
 class PartialOutput:

@@ -202,7 +202,7 @@ def run_batch(
         raise VlmkitError(f"--output {output_path} is the input file; choose another path")
     rows = rows if rows is not None else _input_rows(str(input_path), media_root, columns, prompt)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    description = input_description(str(input_path), len(rows), str(vlm.path), options)
+    description = input_description(str(input_path), len(rows), str(vlm.path), vlm.template.settings, options)
     with PartialOutput(output_path, description) as partial:
         mine, answered = partial.rows_to_answer()
         if answered and partial.rank == 0:

@@ -233,6 +233,9 @@ def test_batch_resumes_after_an_interruption_and_refuses_another_runs_rows(vlm, 
         run_batch(vlm, other, output, options, batch_size=2, progress=False)
     with pytest.raises(VlmkitError, match=r"\(generation was .*max_new_tokens': 4.*now .*max_new_tokens': 5"):
         run_batch(vlm, data, output, GenerationOptions(max_new_tokens=5), batch_size=2, progress=False)
+    with monkeypatch.context() as other_pixels, pytest.raises(VlmkitError, match=r"\(encoding was .*'max_pixels': 20000"):
+        other_pixels.setattr(vlm.template, "max_pixels", 12_544)  # another --max-pixels
+        run_batch(vlm, data, output, options, batch_size=2, progress=False)
 
     calls.clear()
     monkeypatch.setattr(vlm, "generate_encoded", lambda e, o: calls.append(len(e)) or generate(e, o))

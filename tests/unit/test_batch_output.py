@@ -16,7 +16,7 @@ def test_a_torn_last_line_is_answered_again_and_rows_answered_twice_are_written_
     data = tmp_path / "in.jsonl"
     data.write_text("{}\n" * 5)
     output = tmp_path / "out.jsonl"
-    description = input_description(str(data), 5, "model", GenerationOptions())
+    description = input_description(str(data), 5, "model", {"max_pixels": 3136}, GenerationOptions())
     with PartialOutput(output, description) as partial:
         assert partial.rows_to_answer() == ([0, 1, 2, 3, 4], 0)
         for i in (0, 1, 3):
@@ -39,7 +39,7 @@ def test_a_torn_last_line_is_answered_again_and_rows_answered_twice_are_written_
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path):
     data = tmp_path / "in.jsonl"
     data.write_text("{}\n")
-    description = input_description(str(data), 1, "model", GenerationOptions())
+    description = input_description(str(data), 1, "model", {"max_pixels": 3136}, GenerationOptions())
     with PartialOutput(tmp_path / "out.jsonl", description) as first:
         first.rows_to_answer()
         with pytest.raises(VlmkitError, match=r"out.jsonl is being written by another vlmkit run"):
