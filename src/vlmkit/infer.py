@@ -19,12 +19,15 @@ import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from vlmkit.describe import describe_images, describe_model
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.model import VLM, GenerationOptions
 from vlmkit.sample import Sample
+
+if TYPE_CHECKING:
+    from vlmkit.batch_output import PartialOutput
 
 SEPARATOR = "-" * 50
 PROMPTS = {"<image>": "Input an image path or URL <<< ", "<video>": "Input a video path or URL <<< "}
@@ -222,7 +225,7 @@ def _write_batches(
     vlm: VLM,
     chunks: Iterator[list],
     rows: int,
-    partial,
+    partial: PartialOutput,
     options: GenerationOptions,
     progress: bool,
     draw_dir: str | Path | None,
