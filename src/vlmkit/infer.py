@@ -152,17 +152,6 @@ def split_reference(sample: Sample) -> tuple[Sample, str | None]:
     return Sample(messages=sample.messages[:-1], objects=sample.objects, where=sample.where), reference
 
 
-def _input_rows(
-    spec: str, media_root: str | Path | None, columns: dict[str, str] | None = None, prompt: str | None = None
-) -> list[tuple[dict, Sample | DataError]]:
-    """Every row of the dataset `spec` (any source `vlmkit.data` reads) in order as (the row with the
-    dataset's own columns, Sample or the DataError that row raises)."""
-    from vlmkit.data import load_dataset
-    from vlmkit.data.readers import samples_in_order
-
-    return list(samples_in_order(load_dataset(spec, media_root=media_root, columns=columns, prompt=prompt)))
-
-
 def _batches(items: Iterable, size: int) -> Iterator[list]:
     batch: list = []
     for item in items:
@@ -203,15 +192,23 @@ def run_batch(
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.resolve() == input_path.resolve():
         raise VlmkitError(f"--output {output_path} is the input file; choose another path")
-    rows = rows if rows is not None else _input_rows(str(input_path), media_root, columns, prompt)
+    from vlmkit.data import load_dataset
+    from vlmkit.data.readers import samples_in_order
+
+    dataset = None
+    if rows is None:  # converted as they are answered: memory does not grow with the dataset
+        dataset = load_dataset(str(input_path), media_root=media_root, columns=columns, prompt=prompt)
+    count = len(rows) if rows is not None else len(dataset) + len(dataset.bad)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    description = input_description(str(input_path), len(rows), str(vlm.path), vlm.template.settings, options)
+    description = input_description(str(input_path), count, str(vlm.path), vlm.template.settings, options)
     with PartialOutput(output_path, description) as partial:
         mine, answered = partial.rows_to_answer()
         if answered and partial.rank == 0:
-            print(f"resuming {partial.folder}: {answered} of {len(rows)} rows were answered before; answering "
-                  f"the other {len(rows) - answered}", file=sys.stderr)  # fmt: skip
-        chunks = _batches(((i, *rows[i]) for i in mine), batch_size)
+            print(f"resuming {partial.folder}: {answered} of {count} rows were answered before; answering "
+                  f"the other {count - answered}", file=sys.stderr)  # fmt: skip
+        wanted = set(mine)
+        numbered = enumerate(samples_in_order(dataset) if rows is None else rows)
+        chunks = _batches(((i, *row) for i, row in numbered if i in wanted), batch_size)
         try:
             _write_batches(vlm, chunks, len(mine), partial, options, progress and partial.rank == 0, draw_dir)
         except KeyboardInterrupt:

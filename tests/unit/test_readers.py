@@ -580,7 +580,6 @@ def test_batch_inference_and_eval_answer_rows_in_file_order_bad_lines_in_place(t
     shards, before)."""
     from vlmkit.data.readers import samples_in_order
     from vlmkit.eval.rows import read_dataset
-    from vlmkit.infer import _input_rows
 
     folder = tmp_path / "shards"
     folder.mkdir()
@@ -592,5 +591,4 @@ def test_batch_inference_and_eval_answer_rows_in_file_order_bad_lines_in_place(t
         return [raw.get("query") or str(sample).split(": ")[0] for raw, sample in rows]
 
     assert names(samples_in_order(load_dataset(folder))) == expected
-    assert names(_input_rows(str(folder), None)) == expected
     assert names(read_dataset(str(folder), None, None, None)[0]) == expected
