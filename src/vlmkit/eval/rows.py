@@ -9,7 +9,6 @@ boxes as `reference_boxes`, in pixels of the original image.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -94,21 +93,17 @@ def asked_turns(raw: dict, sample: Sample) -> list[ReadRow]:
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """The lines of a predictions file; VlmkitError naming the file and line of one that is not JSON."""
+    """The rows of a predictions file (JSON Lines as `vlmkit infer --input` writes, or a JSON array), read by
+    the dataset readers; VlmkitError naming the file and line of one that is not a JSON object."""
+    from vlmkit.data import read_rows
+
     if not path.is_file():
         raise VlmkitError(f"--predictions {path} not found")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise VlmkitError(
-                f"{path}:{number}: not a JSON line ({e.msg}); expected one prediction per line"
-            ) from None
-        if not isinstance(row, dict):
-            raise VlmkitError(f"{path}:{number}: expected a JSON object with response and references/labels")
+    for _, row in read_rows(path):
+        if isinstance(row, DataError):
+            raise VlmkitError(f"{row}; expected one prediction (a JSON object with response and "
+                              "references/labels) per line") from None  # fmt: skip
         rows.append(row)
     return rows
 
