@@ -41,13 +41,19 @@ RUN_FILE = "run.json"
 GROUP_TIMEOUT = timedelta(hours=24)
 
 
-def join_ranks(device: str = "auto") -> tuple[int, int]:
+def join_ranks(device: str = "auto", backend: str = "transformers") -> tuple[int, int]:
     """(rank, world size) of this process: under torchrun (its WORLD_SIZE, RANK and LOCAL_RANK) the process
     joins a gloo group (once) and, for --device auto or cuda on a GPU machine, takes the GPU of its
-    LOCAL_RANK before a model loads there (cuda:N and cpu are left as given); (0, 1) for a plain run."""
+    LOCAL_RANK before a model loads there (cuda:N and cpu are left as given); (0, 1) for a plain run.
+    The vLLM backend under torchrun is refused: its engine places itself on the GPUs (untested here)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
+    if backend == "vllm":
+        raise VlmkitError(
+            "--backend vllm under torchrun: vLLM spreads one engine over the GPUs itself (--tensor-parallel-size); "
+            "run it as one process, or use the transformers backend under torchrun"
+        )
     import torch
     import torch.distributed as dist
 
