@@ -53,3 +53,9 @@ def test_more_torchrun_processes_than_gpus_is_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(VlmkitError, match=r"^torchrun process 1 of this machine has no GPU of its own \(1 visible\)"):
         join_ranks("auto")
+
+
+def test_the_vllm_backend_under_torchrun_is_one_line(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(VlmkitError, match=r"^--backend vllm under torchrun: vLLM spreads one engine over the GPUs"):
+        join_ranks("auto", "vllm")
