@@ -61,6 +61,14 @@ class GenerationOptions:
 
 
 def _resolve_model_dir(model: str | Path) -> Path:
+    """The model folder of a path or hub id; a checkpoint in an original layout vlmkit converts (OpenGVLab's
+    remote-code InternVL) becomes its converted copy (`vlmkit.families.native_model_dir`)."""
+    from vlmkit.families import native_model_dir
+
+    return native_model_dir(_find_model_dir(model))
+
+
+def _find_model_dir(model: str | Path) -> Path:
     path = Path(model).expanduser()
     if path.is_dir():
         return path

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from vlmkit.families import Family
+from vlmkit.families import Family, OriginalLayout
 from vlmkit.families.internvl.boxes import BOX_FORMAT
 from vlmkit.families.internvl.template import InternVLTemplate, processor_limits
 from vlmkit.families.qwen2_5_vl import SPECIAL_TOKENS as QWEN2_5_VL_TOKENS
@@ -94,6 +94,39 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
     }
 
 
+def _convert(source, output, force: bool = False) -> Path:
+    from vlmkit.families.internvl.convert import convert_checkpoint
+
+    return convert_checkpoint(source, output, force=force)
+
+
+def _converted_copy(source: Path) -> Path:
+    from vlmkit.families.internvl.convert import converted_copy
+
+    return converted_copy(source)
+
+
+def _build_tiny_remote(output_dir, seed: int = 0, llm: str = "internlm2") -> Path:
+    from vlmkit.families.internvl.remote import build_tiny_remote
+
+    return build_tiny_remote(output_dir, llm=llm, seed=seed)
+
+
+# OpenGVLab's own (remote-code) checkpoints, converted to this family's -hf layout.
+REMOTE_LAYOUT = OriginalLayout(
+    name="internvl-remote",
+    model_type="internvl_chat",
+    convert=_convert,
+    converted_copy=_converted_copy,
+    build_tiny=_build_tiny_remote,
+    checkpoints="InternVL-Chat-V1.5, Mini-InternVL-Chat-2B/4B-V1.5, InternVL2, InternVL2.5 (non -hf; InternLM2/Qwen2/Llama LLMs)",
+    verified=(
+        "logits and greedy ids equal OpenGVLab's InternVLChatModel (transformers 4.45.2) on a tiny V1.5-layout "
+        "checkpoint (tests/parity/vectors/internvl_remote_*.json)"
+    ),
+)
+
+
 def load_template(model_dir, tokenizer, **settings) -> InternVLTemplate:
     return InternVLTemplate.from_pretrained(model_dir, tokenizer, **settings)
 
@@ -126,4 +159,5 @@ FAMILY = Family(
     ),
     tokenizer_extra=TOKENIZER_EXTRA,
     processor_config=PROCESSOR_CONFIG,
+    original_layouts=(REMOTE_LAYOUT,),
 )
