@@ -1,0 +1,140 @@
+"""OpenGVLab's remote-code InternVL checkpoints: `vlmkit convert` against the original InternVLChatModel.
+
+The reference vectors (vectors/internvl_remote_internlm2.json; how they were made: vectors/README.md) are
+OpenGVLab's own model code (transformers 4.45.2) run on the tiny InternVL-Chat-V1.5-layout checkpoint that
+`vlmkit tiny-model internvl-remote --seed 0` writes: the prompt its `chat()` builds and its token ids,
+the logits of one forward pass, and greedy ids. Here the same checkpoint (byte-identical, checked by
+sha256) is converted, loaded with plain transformers (InternVLForConditionalGeneration, no remote code)
+and through vlmkit's own template, and must give the same ids, logits to 1e-4 (fp32) and the same greedy ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoTokenizer
+from typer.testing import CliRunner
+
+import vlmkit
+from vlmkit.cli import app
+from vlmkit.model import GenerationOptions
+from vlmkit.sample import to_sample
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "internvl_remote_internlm2.json").read_text())
+IMAGE_MEAN, IMAGE_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> tuple[Path, Path]:
+    """(the tiny original-layout checkpoint, its conversion), both made through the CLI."""
+    root = tmp_path_factory.mktemp("internvl_remote")
+    runner = CliRunner()
+    built = runner.invoke(app, ["tiny-model", "internvl-remote", str(root / "remote"), "--seed", "0"])
+    assert built.exit_code == 0, built.output
+    done = runner.invoke(app, ["convert", "--model", str(root / "remote"), "--output", str(root / "hf")])
+    assert done.exit_code == 0, done.output
+    assert f"converted {root / 'remote'} to {root / 'hf'}" in done.output
+    return root / "remote", root / "hf"
+
+
+def image_448() -> Image.Image:
+    """The reference script's image: tests/conftest.py random_image(448, 448, seed=0)."""
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (448, 448, 3), dtype=np.uint8))
+
+
+def with_image_span(ids_without_span: list[int], context_id: int, start_id: int, tokens: int) -> list[int]:
+    out = []
+    for token in ids_without_span:
+        out.append(token)
+        if token == start_id:
+            out += [context_id] * tokens
+    return out
+
+
+def assert_logits_match(logits: torch.Tensor, reference: dict) -> None:
+    """(T, V) logits against the recorded ones: whole rows at 1e-4, every row's sums at 1e-4 per entry."""
+    assert list(logits.shape) == reference["shape"]
+    for position, row in reference["rows"].items():
+        torch.testing.assert_close(logits[int(position)], torch.tensor(row), atol=1e-4, rtol=0)
+    tolerance = 1e-4 * logits.shape[-1]
+    torch.testing.assert_close(logits.sum(-1), torch.tensor(reference["row_sum"]), atol=tolerance, rtol=0)
+    torch.testing.assert_close(logits.abs().sum(-1), torch.tensor(reference["row_abs_sum"]), atol=tolerance, rtol=0)
+
+
+def test_tiny_checkpoint_is_the_one_the_vectors_were_made_on(converted):
+    remote, _ = converted
+    digest = hashlib.sha256((remote / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == VECTORS["checkpoint"]["model_safetensors_sha256"]
+    assert json.loads((remote / "config.json").read_text()) == VECTORS["checkpoint"]["config"]
+
+
+@pytest.mark.parametrize(
+    "case", ["image_448_seed0", pytest.param("randn_3_tiles_seed1", marks=pytest.mark.slow)]  # 3 tiles: ~7 s
+)
+def test_converted_model_matches_the_original_code(converted, case):
+    """Plain transformers on the converted folder: the reference ids in, the reference logits and greedy ids out."""
+    _, hf = converted
+    reference = VECTORS["cases"][case]
+    tokenizer = AutoTokenizer.from_pretrained(hf)
+    model = AutoModelForImageTextToText.from_pretrained(hf, dtype=torch.float32).eval()
+    assert not model.config.tie_word_embeddings
+    assert not torch.equal(model.lm_head.weight, model.get_input_embeddings().weight)
+    if case == "image_448_seed0":
+        x = torch.from_numpy(np.array(image_448())).permute(2, 0, 1).float() / 255.0
+        pixels = ((x - torch.tensor(IMAGE_MEAN).view(3, 1, 1)) / torch.tensor(IMAGE_STD).view(3, 1, 1))[None]
+    else:
+        pixels = torch.randn(3, 3, 448, 448, generator=torch.Generator().manual_seed(1))
+    ids = with_image_span(
+        reference["input_ids_without_image_span"],
+        tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        tokenizer.convert_tokens_to_ids("<img>"),
+        model.config.image_seq_length * pixels.shape[0],
+    )
+    assert len(ids) == reference["input_length"]
+    input_ids = torch.tensor([ids])
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, pixel_values=pixels).logits[0]
+        generated = model.generate(
+            input_ids=input_ids,
+            pixel_values=pixels,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=VECTORS["max_new_tokens"],
+            do_sample=False,
+            eos_token_id=VECTORS["eos_token_id"],
+        )
+    assert_logits_match(logits, reference["logits"])
+    assert generated[0, len(ids) :].tolist() == reference["generated_ids"]
+
+
+def test_vlmkit_prompt_and_pixels_are_the_original_chat(converted):
+    """vlmkit.load on the remote-code folder itself (converted on load): the prompt `chat()` builds (default
+    system message, `<|im_end|>` turns without newline, `<s>` first), the same pixels and logits."""
+    remote, hf = converted
+    reference = VECTORS["cases"]["image_448_seed0"]
+    vlm = vlmkit.load(remote, dtype="fp32", device="cpu")
+    assert vlm.path == remote.with_name("remote-vlmkit-hf")
+    sample = to_sample({"messages": [{"role": "user", "content": "<image>" + VECTORS["question"]}], "images": [image_448()]})
+    encoded = vlm.encode(sample)
+    ids = encoded["input_ids"].tolist()
+    context = vlm.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    assert [i for i in ids if i != context] == reference["input_ids_without_image_span"]
+    assert len(ids) == reference["input_length"]
+    text = vlm.template.render_text(sample, add_generation_prompt=True)
+    assert text == "<s>" + reference["query"].replace("<img><IMG_CONTEXT>*N</img>", "<IMG_CONTEXT>")  # <s>: the tokenizer's
+    pixels = encoded["pixel_values"]
+    assert pixels.shape == (1, 3, 448, 448)  # one tile, no thumbnail, as dynamic_preprocess gives a 448 px square
+    # sums of 602k float32 values: equal up to summation order
+    assert float(pixels.sum()) == pytest.approx(reference["pixel_values_sum"], rel=1e-6)
+    assert float(pixels.abs().sum()) == pytest.approx(reference["pixel_values_abs_sum"], rel=1e-6)
+    batch = vlm.on_device(vlm._inputs([encoded]))
+    with torch.no_grad():
+        logits = vlm.model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
+    assert_logits_match(logits, reference["logits"])
+    replies = vlm.generate_encoded([encoded], GenerationOptions(max_new_tokens=VECTORS["max_new_tokens"]))
+    assert replies == [vlm.decode(reference["generated_ids"])]
