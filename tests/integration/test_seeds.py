@@ -459,7 +459,8 @@ def test_seed004_internvl_chat_text_then_clear_then_image(tmp_path):
 @pytest.fixture(scope="module")
 def internvl_lora(tmp_path_factory, tiny_models):
     """`swift sft --model_type internvl-chat-v1_5 --dataset coco-en-2-mini --max_length 4096` on ms-swift's
-    custom rows (one image each). The remote-code v1.5 checkpoint is issue 17; a tiny `-hf` InternVL stands in."""
+    custom rows (one image each), on a tiny `-hf` InternVL (the remote-code V1.5 folder itself:
+    test_seed004_remote_code_internvl_chat_v1_5_chat_lora_merge_infer_serve)."""
     work = tmp_path_factory.mktemp("seed004")
     rows = []
     for i in range(8):

@@ -112,6 +112,18 @@ def test_converted_model_matches_the_original_code(converted, case):
     assert generated[0, len(ids) :].tolist() == reference["generated_ids"]
 
 
+def test_written_chat_template_renders_the_original_prompt(converted):
+    """The converted folder's chat template (for transformers / vLLM users) writes what `chat()` writes,
+    one `<IMG_CONTEXT>` per image that InternVLProcessor expands."""
+    _, hf = converted
+    tokenizer = AutoTokenizer.from_pretrained(hf)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": VECTORS["question"]}]}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == VECTORS["cases"]["image_448_seed0"]["query"].replace("<img><IMG_CONTEXT>*N</img>", "<IMG_CONTEXT>")
+    assert tokenizer("x")["input_ids"][0] == tokenizer.convert_tokens_to_ids("<s>")  # InternLM2's <s> first
+    assert (tokenizer.start_image_token, tokenizer.context_image_token) == ("<img>", "<IMG_CONTEXT>")
+
+
 def test_vlmkit_prompt_and_pixels_are_the_original_chat(converted):
     """vlmkit.load on the remote-code folder itself (converted on load): the prompt `chat()` builds (default
     system message, `<|im_end|>` turns without newline, `<s>` first), the same pixels and logits."""
