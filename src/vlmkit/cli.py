@@ -110,6 +110,11 @@ def families() -> None:
             f"{f.name:<12} model_type={f.model_type:<11} inputs={'+'.join(f.supports):<12} "
             f"grounding={grounding:<14} {vision}  (resolution options: {options})  {f.description}"
         )
+        for layout in f.original_layouts:  # checkpoints vlmkit converts to this family (vlmkit convert)
+            typer.echo(
+                f"  {layout.name:<10} model_type={layout.model_type}: {layout.checkpoints}; converted to {f.name} "
+                f"by `vlmkit convert` or on load; every command works on them; verified: {layout.verified}"
+            )
 
 
 @app.command("infer")

@@ -1,8 +1,9 @@
 """OpenGVLab's remote-code InternVL checkpoints: `vlmkit convert` against the original InternVLChatModel.
 
-The reference vectors (vectors/internvl_remote_internlm2.json; how they were made: vectors/README.md) are
-OpenGVLab's own model code (transformers 4.45.2) run on the tiny InternVL-Chat-V1.5-layout checkpoint that
-`vlmkit tiny-model internvl-remote --seed 0` writes: the prompt its `chat()` builds and its token ids,
+The reference vectors (vectors/internvl_remote_{internlm2,qwen2}.json; how they were made: vectors/README.md) are
+OpenGVLab's own model code (transformers 4.45.2) run on the tiny original-layout checkpoints that
+`vlmkit tiny-model internvl-remote` (V1.5: InternLM2) and `internvl2-remote` (InternVL2-1B: Qwen2) write with
+--seed 0: the prompt its `chat()` builds and its token ids,
 the logits of one forward pass, and greedy ids. Here the same checkpoint (byte-identical, checked by
 sha256) is converted, loaded with plain transformers (InternVLForConditionalGeneration, no remote code)
 and through vlmkit's own template, and must give the same ids, logits to 1e-4 (fp32) and the same greedy ids.
@@ -26,21 +27,29 @@ from vlmkit.cli import app
 from vlmkit.model import GenerationOptions
 from vlmkit.sample import to_sample
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "internvl_remote_internlm2.json").read_text())
+# language model -> (tiny-model name, the recorded vectors)
+LAYOUTS = {"internlm2": "internvl-remote", "qwen2": "internvl2-remote"}
+VECTORS = {
+    llm: json.loads((Path(__file__).parent / "vectors" / f"internvl_remote_{llm}.json").read_text()) for llm in LAYOUTS
+}
 IMAGE_MEAN, IMAGE_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> tuple[Path, Path]:
-    """(the tiny original-layout checkpoint, its conversion), both made through the CLI."""
-    root = tmp_path_factory.mktemp("internvl_remote")
+@pytest.fixture(
+    scope="module",
+    # InternVL-Chat-V1.5's layout in the fast tier; InternVL2-1B's (Qwen2) in the slow one (~25 s more)
+    params=["internlm2", pytest.param("qwen2", marks=pytest.mark.slow)],
+)
+def converted(tmp_path_factory, request) -> tuple[Path, Path, dict]:
+    """(the tiny original-layout checkpoint, its conversion, the reference vectors), made through the CLI."""
+    root = tmp_path_factory.mktemp(f"internvl_remote_{request.param}")
     runner = CliRunner()
-    built = runner.invoke(app, ["tiny-model", "internvl-remote", str(root / "remote"), "--seed", "0"])
+    built = runner.invoke(app, ["tiny-model", LAYOUTS[request.param], str(root / "remote"), "--seed", "0"])
     assert built.exit_code == 0, built.output
     done = runner.invoke(app, ["convert", "--model", str(root / "remote"), "--output", str(root / "hf")])
     assert done.exit_code == 0, done.output
     assert f"converted {root / 'remote'} to {root / 'hf'}" in done.output
-    return root / "remote", root / "hf"
+    return root / "remote", root / "hf", VECTORS[request.param]
 
 
 def image_448() -> Image.Image:
@@ -68,10 +77,10 @@ def assert_logits_match(logits: torch.Tensor, reference: dict) -> None:
 
 
 def test_tiny_checkpoint_is_the_one_the_vectors_were_made_on(converted):
-    remote, _ = converted
+    remote, _, vectors = converted
     digest = hashlib.sha256((remote / "model.safetensors").read_bytes()).hexdigest()
-    assert digest == VECTORS["checkpoint"]["model_safetensors_sha256"]
-    assert json.loads((remote / "config.json").read_text()) == VECTORS["checkpoint"]["config"]
+    assert digest == vectors["checkpoint"]["model_safetensors_sha256"]
+    assert json.loads((remote / "config.json").read_text()) == vectors["checkpoint"]["config"]
 
 
 @pytest.mark.parametrize(
@@ -79,8 +88,8 @@ def test_tiny_checkpoint_is_the_one_the_vectors_were_made_on(converted):
 )
 def test_converted_model_matches_the_original_code(converted, case):
     """Plain transformers on the converted folder: the reference ids in, the reference logits and greedy ids out."""
-    _, hf = converted
-    reference = VECTORS["cases"][case]
+    _, hf, vectors = converted
+    reference = vectors["cases"][case]
     tokenizer = AutoTokenizer.from_pretrained(hf)
     model = AutoModelForImageTextToText.from_pretrained(hf, dtype=torch.float32).eval()
     assert not model.config.tie_word_embeddings
@@ -104,9 +113,9 @@ def test_converted_model_matches_the_original_code(converted, case):
             input_ids=input_ids,
             pixel_values=pixels,
             attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=VECTORS["max_new_tokens"],
+            max_new_tokens=vectors["max_new_tokens"],
             do_sample=False,
-            eos_token_id=VECTORS["eos_token_id"],
+            eos_token_id=vectors["eos_token_id"],
         )
     assert_logits_match(logits, reference["logits"])
     assert generated[0, len(ids) :].tolist() == reference["generated_ids"]
@@ -115,30 +124,34 @@ def test_converted_model_matches_the_original_code(converted, case):
 def test_written_chat_template_renders_the_original_prompt(converted):
     """The converted folder's chat template (for transformers / vLLM users) writes what `chat()` writes,
     one `<IMG_CONTEXT>` per image that InternVLProcessor expands."""
-    _, hf = converted
+    _, hf, vectors = converted
     tokenizer = AutoTokenizer.from_pretrained(hf)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": VECTORS["question"]}]}]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": vectors["question"]}]}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert text == VECTORS["cases"]["image_448_seed0"]["query"].replace("<img><IMG_CONTEXT>*N</img>", "<IMG_CONTEXT>")
-    assert tokenizer("x")["input_ids"][0] == tokenizer.convert_tokens_to_ids("<s>")  # InternLM2's <s> first
+    assert text == vectors["cases"]["image_448_seed0"]["query"].replace("<img><IMG_CONTEXT>*N</img>", "<IMG_CONTEXT>")
+    bos = json.loads((hf / "vlmkit.json").read_text())["bos"]  # InternLM2's <s>, put first by its tokenizer
+    assert bos == ("<s>" if vectors["template"] == "internlm2-chat" else None)
+    if bos:
+        assert tokenizer("x")["input_ids"][0] == tokenizer.convert_tokens_to_ids(bos)
     assert (tokenizer.start_image_token, tokenizer.context_image_token) == ("<img>", "<IMG_CONTEXT>")
 
 
 def test_vlmkit_prompt_and_pixels_are_the_original_chat(converted):
     """vlmkit.load on the remote-code folder itself (converted on load): the prompt `chat()` builds (default
     system message, `<|im_end|>` turns without newline, `<s>` first), the same pixels and logits."""
-    remote, hf = converted
-    reference = VECTORS["cases"]["image_448_seed0"]
+    remote, hf, vectors = converted
+    reference = vectors["cases"]["image_448_seed0"]
     vlm = vlmkit.load(remote, dtype="fp32", device="cpu")
     assert vlm.path == remote.with_name("remote-vlmkit-hf")
-    sample = to_sample({"messages": [{"role": "user", "content": "<image>" + VECTORS["question"]}], "images": [image_448()]})
+    sample = to_sample({"messages": [{"role": "user", "content": "<image>" + vectors["question"]}], "images": [image_448()]})
     encoded = vlm.encode(sample)
     ids = encoded["input_ids"].tolist()
     context = vlm.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     assert [i for i in ids if i != context] == reference["input_ids_without_image_span"]
     assert len(ids) == reference["input_length"]
     text = vlm.template.render_text(sample, add_generation_prompt=True)
-    assert text == "<s>" + reference["query"].replace("<img><IMG_CONTEXT>*N</img>", "<IMG_CONTEXT>")  # <s>: the tokenizer's
+    bos = "<s>" if vectors["template"] == "internlm2-chat" else ""  # the original's tokenizer adds it
+    assert text == bos + reference["query"].replace("<img><IMG_CONTEXT>*N</img>", "<IMG_CONTEXT>")
     pixels = encoded["pixel_values"]
     assert pixels.shape == (1, 3, 448, 448)  # one tile, no thumbnail, as dynamic_preprocess gives a 448 px square
     # sums of 602k float32 values: equal up to summation order
@@ -148,5 +161,5 @@ def test_vlmkit_prompt_and_pixels_are_the_original_chat(converted):
     with torch.no_grad():
         logits = vlm.model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
     assert_logits_match(logits, reference["logits"])
-    replies = vlm.generate_encoded([encoded], GenerationOptions(max_new_tokens=VECTORS["max_new_tokens"]))
+    replies = vlm.generate_encoded([encoded], GenerationOptions(max_new_tokens=vectors["max_new_tokens"]))
     assert replies == [vlm.decode(reference["generated_ids"])]

@@ -112,17 +112,38 @@ def _build_tiny_remote(output_dir, seed: int = 0, llm: str = "internlm2") -> Pat
     return build_tiny_remote(output_dir, llm=llm, seed=seed)
 
 
-# OpenGVLab's own (remote-code) checkpoints, converted to this family's -hf layout.
-REMOTE_LAYOUT = OriginalLayout(
-    name="internvl-remote",
-    model_type="internvl_chat",
-    convert=_convert,
-    converted_copy=_converted_copy,
-    build_tiny=_build_tiny_remote,
-    checkpoints="InternVL-Chat-V1.5, Mini-InternVL-Chat-2B/4B-V1.5, InternVL2, InternVL2.5 (non -hf; InternLM2/Qwen2/Llama LLMs)",
-    verified=(
-        "logits and greedy ids equal OpenGVLab's InternVLChatModel (transformers 4.45.2) on a tiny V1.5-layout "
-        "checkpoint (tests/parity/vectors/internvl_remote_*.json)"
+def _build_tiny_remote_qwen2(output_dir, seed: int = 0) -> Path:
+    return _build_tiny_remote(output_dir, seed=seed, llm="qwen2")
+
+
+# OpenGVLab's own (remote-code) checkpoints, converted to this family's -hf layout. Two toy builds of
+# the one layout: V1.5's (InternViT-6B style + InternLM2) and InternVL2-1B's (InternViT-300M + Qwen2).
+_VECTORS = "tests/parity/vectors/internvl_remote_{}.json"
+_CHECKPOINTS = (
+    "InternVL-Chat-V1.5, Mini-InternVL-Chat-2B-V1.5, InternVL2 and InternVL2.5 with InternLM2, Qwen2 or Llama "
+    "language models (non -hf repos; not the Phi-3 ones: Mini-InternVL-Chat-4B-V1.5, InternVL2-4B)"
+)
+REMOTE_LAYOUTS = (
+    OriginalLayout(
+        name="internvl-remote",
+        model_type="internvl_chat",
+        convert=_convert,
+        converted_copy=_converted_copy,
+        build_tiny=_build_tiny_remote,
+        checkpoints=_CHECKPOINTS,
+        verified=(
+            "logits (1e-4, fp32) and greedy ids equal OpenGVLab's InternVLChatModel (transformers 4.45.2) on a tiny "
+            "InternVL-Chat-V1.5-layout checkpoint (InternViT-6B style, InternLM2; " + _VECTORS.format("internlm2") + ")"
+        ),
+    ),
+    OriginalLayout(
+        name="internvl2-remote",
+        model_type="internvl_chat",
+        convert=_convert,
+        converted_copy=_converted_copy,
+        build_tiny=_build_tiny_remote_qwen2,
+        checkpoints="the InternVL2-1B layout (InternViT-300M style, Qwen2, internvl2_5 prompt)",
+        verified="as internvl-remote, on a tiny InternVL2-1B-layout checkpoint (" + _VECTORS.format("qwen2") + ")",
     ),
 )
 
@@ -159,5 +180,5 @@ FAMILY = Family(
     ),
     tokenizer_extra=TOKENIZER_EXTRA,
     processor_config=PROCESSOR_CONFIG,
-    original_layouts=(REMOTE_LAYOUT,),
+    original_layouts=REMOTE_LAYOUTS,
 )
