@@ -73,3 +73,11 @@ def test_converted_copy_is_reused_then_made_again_when_the_source_changes(tmp_pa
     assert "converting the remote-code checkpoint" in capsys.readouterr().err
     assert json.loads((converted / "preprocessor_config.json").read_text())["max_patches"] == 6
     assert json.loads((converted / "vlmkit.json").read_text())["max_tiles"] == 6
+
+
+def test_families_lists_the_remote_code_checkpoints_and_what_was_verified():
+    lines = CliRunner().invoke(app, ["families"], catch_exceptions=False).output.splitlines()
+    remote = next(line for line in lines if line.strip().startswith("internvl-remote "))
+    assert "model_type=internvl_chat" in remote and "InternVL-Chat-V1.5" in remote and "not the Phi-3 ones" in remote
+    assert "vlmkit convert" in remote and "internvl_remote_internlm2.json" in remote
+    assert any(line.strip().startswith("internvl2-remote ") and "internvl_remote_qwen2.json" in line for line in lines)
