@@ -163,3 +163,23 @@ def test_vlmkit_prompt_and_pixels_are_the_original_chat(converted):
     assert_logits_match(logits, reference["logits"])
     replies = vlm.generate_encoded([encoded], GenerationOptions(max_new_tokens=vectors["max_new_tokens"]))
     assert replies == [vlm.decode(reference["generated_ids"])]
+
+
+SPM = Path(__file__).parent / "vectors" / "internlm2_spm"
+
+
+@pytest.mark.parametrize("dummy_prefix", ["0", "1"])
+def test_internlm2_sentencepiece_tokenizer_equals_the_original(dummy_prefix, tmp_path):
+    """InternVL-Chat-V1.5 ships only InternLM2's tokenizer.model: the converted fast tokenizer gives the ids
+    OpenGVLab's InternLM2Tokenizer gives (recorded; vectors/README.md), with and without sentencepiece's
+    dummy prefix, on prompts with added tokens, CJK, emoji (byte fallback), runs of spaces and newlines;
+    replies without special tokens decode back to their text."""
+    from vlmkit.families.internvl.convert import _load_tokenizer
+
+    reference = json.loads((SPM / "reference_ids.json").read_text())
+    tokenizer = _load_tokenizer(SPM / f"add_dummy_prefix_{dummy_prefix}")
+    expected = reference["by_add_dummy_prefix"][dummy_prefix]
+    for text, ids in zip(reference["texts"], expected["ids"], strict=True):
+        assert tokenizer(text)["input_ids"] == ids, text
+        if "<" not in text:
+            assert tokenizer.decode(ids[1:], skip_special_tokens=True) == text

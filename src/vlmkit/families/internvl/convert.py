@@ -53,15 +53,17 @@ def fingerprint(source: Path) -> str:
 
 
 def _load_tokenizer(source: Path):
-    """The source's tokenizer without its remote code: tokenizer.json when there is one; else the
-    sentencepiece tokenizer.model read as a Llama tokenizer (what InternLM2's tokenizer is)."""
-    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
+    """The source's tokenizer without its remote code: tokenizer.json when there is one; else InternLM2's
+    sentencepiece tokenizer.model (`spm_tokenizer.py`)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from vlmkit.families.internvl.spm_tokenizer import sentencepiece_tokenizer
 
     # Not AutoTokenizer: it follows the checkpoint's auto_map to the remote code and asks to run it.
     if (source / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(source)
     if (source / "tokenizer.model").is_file():
-        return LlamaTokenizer.from_pretrained(source)
+        return sentencepiece_tokenizer(source)
     raise VlmkitError(f"{source}: no tokenizer.json or tokenizer.model; copy the tokenizer files from the original checkpoint")
 
 
