@@ -128,11 +128,15 @@ def test_written_chat_template_renders_the_original_prompt(converted):
     tokenizer = AutoTokenizer.from_pretrained(hf)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": vectors["question"]}]}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert text == vectors["cases"]["image_448_seed0"]["query"].replace("<img><IMG_CONTEXT>*N</img>", "<IMG_CONTEXT>")
     bos = json.loads((hf / "vlmkit.json").read_text())["bos"]  # InternLM2's <s>, put first by its tokenizer
     assert bos == ("<s>" if vectors["template"] == "internlm2-chat" else None)
-    if bos:
-        assert tokenizer("x")["input_ids"][0] == tokenizer.convert_tokens_to_ids(bos)
+    query = vectors["cases"]["image_448_seed0"]["query"]
+    assert text == (bos or "") + query.replace("<img><IMG_CONTEXT>*N</img>", "<IMG_CONTEXT>")
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert [i for i in ids if i != tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")] == [
+        i for i in vectors["cases"]["image_448_seed0"]["input_ids_without_image_span"]
+        if i not in tokenizer.convert_tokens_to_ids(["<img>", "</img>"])
+    ]  # one <s>, as the original's tokenizer(query) gives
     assert (tokenizer.start_image_token, tokenizer.context_image_token) == ("<img>", "<IMG_CONTEXT>")
 
 
@@ -183,3 +187,21 @@ def test_internlm2_sentencepiece_tokenizer_equals_the_original(dummy_prefix, tmp
         assert tokenizer(text)["input_ids"] == ids, text
         if "<" not in text:
             assert tokenizer.decode(ids[1:], skip_special_tokens=True) == text
+
+
+def test_vllm_backend_gets_the_original_prompt_format(converted, tmp_path):
+    """`vlmkit serve --backend vllm --model REMOTE_FOLDER`: vLLM serves the converted copy with a chat template
+    that renders what vlmkit's template encodes (the original conversation format, not the -hf one)."""
+    from vlmkit.serve.vllm import translate
+
+    remote, _, vectors = converted
+    args = translate(str(remote), None, {}, {"system": None}, "internvl", tmp_path / "t", port=8123)
+    flags = {a: args[i + 1] for i, a in enumerate(args) if a.startswith("--") and i + 1 < len(args)}
+    assert Path(args[2]) == remote.with_name("remote-vlmkit-hf")
+    vlm = vlmkit.load(remote, dtype="fp32", device="cpu")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": vectors["question"]}]}]
+    rendered = vlm.tokenizer.apply_chat_template(
+        messages, chat_template=Path(flags["--chat-template"]).read_text(), tokenize=False, add_generation_prompt=True
+    )
+    sample = to_sample({"messages": [{"role": "user", "content": "<image>" + vectors["question"]}], "images": [image_448()]})
+    assert rendered == vlm.template.render_text(sample, add_generation_prompt=True)

@@ -69,6 +69,8 @@ class Family:
     (`vlmkit.processor_files`); None keeps the files as they are.
     original_layouts: checkpoints of the family in another layout that vlmkit converts to this one
     (`OriginalLayout`: `vlmkit convert`, conversion on load, `vlmkit tiny-model NAME`).
+    chat_template_for: (the template's settings) -> the Jinja chat template that renders what the template
+    encodes with them (vLLM's); None: `chat_template` whatever the settings.
     """
 
     name: str
@@ -98,6 +100,7 @@ class Family:
     train_refusal: str | None = None
     processor_limits: Callable[[str, dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
     original_layouts: tuple[OriginalLayout, ...] = ()
+    chat_template_for: Callable[[dict[str, Any]], str] | None = None
 
     @property
     def chat_template(self) -> str:

@@ -27,9 +27,11 @@ LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-
 DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def chat_template_with_system(family: Family, system: str | None) -> str:
-    """The family's chat template; with `system`, that prompt is inserted when a request has none."""
-    template = family.chat_template
+def chat_template_with_system(family: Family, system: str | None, settings: dict[str, Any] | None = None) -> str:
+    """The family's chat template (for these template settings, where the family's depends on them); with
+    `system`, that prompt is inserted when a request has none."""
+    chosen = family.chat_template_for(settings or {}) if family.chat_template_for is not None else None
+    template = chosen or family.chat_template
     if system is None:
         return template
     default = json.dumps([{"role": "system", "content": system}])
@@ -95,7 +97,7 @@ def vllm_command(
         raise VlmkitError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     template_dir.mkdir(parents=True, exist_ok=True)
     template_file = template_dir / "chat_template.jinja"
-    template_file.write_text(chat_template_with_system(family, settings.get("system")))
+    template_file.write_text(chat_template_with_system(family, settings.get("system"), settings))
     pixels = {k: settings[k] for k in ("min_pixels", "max_pixels") if settings.get(k) is not None}
     args = [
         "vllm", "serve", str(model_dir),

@@ -148,6 +148,16 @@ REMOTE_LAYOUTS = (
 )
 
 
+def _chat_template_for(settings: dict) -> str | None:
+    """A converted OpenGVLab checkpoint's prompt format (turns ending in `<|im_end|>` alone, `<s>` left to the
+    tokenizer) as a chat template; None (the -hf template) for the -hf format."""
+    if "turn_end" not in settings:
+        return None
+    from vlmkit.families.internvl.remote_names import chat_template
+
+    return chat_template(settings["turn_end"], settings.get("system"), settings.get("bos"))
+
+
 def load_template(model_dir, tokenizer, **settings) -> InternVLTemplate:
     return InternVLTemplate.from_pretrained(model_dir, tokenizer, **settings)
 
@@ -181,4 +191,5 @@ FAMILY = Family(
     tokenizer_extra=TOKENIZER_EXTRA,
     processor_config=PROCESSOR_CONFIG,
     original_layouts=REMOTE_LAYOUTS,
+    chat_template_for=_chat_template_for,
 )

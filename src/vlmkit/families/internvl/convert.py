@@ -167,7 +167,7 @@ def _write_files(source: Path, output: Path, config: dict[str, Any], native: dic
         clean_up_tokenization_spaces=False,
         extra_special_tokens=dict(IMAGE_TOKENS),  # the names InternVLProcessor reads
     )
-    tokenizer.chat_template = chat_template(turn_end, system)
+    tokenizer.chat_template = chat_template(turn_end, system, bos)
     tokenizer.save_pretrained(output)
     (output / "chat_template.jinja").write_text(tokenizer.chat_template)
     tile = native["vision_config"]["image_size"][0]

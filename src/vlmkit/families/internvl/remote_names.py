@@ -235,19 +235,23 @@ def _llm_tensor(name: str, tensor, llm: dict[str, Any]) -> dict[str, Any]:
     return {f"{layer}{_INTERNLM2_LAYER_NAMES[module]}.{leaf}": tensor}
 
 
-def chat_template(turn_end: str, system: str) -> str:
-    """A Jinja chat template for the converted folder (transformers / vLLM users): the original
-    conversation's chatml turns, its default system message when the conversation has none, one
-    `<IMG_CONTEXT>` + newline per image (InternVLProcessor expands it to the tile tokens). The `<s>` of
-    InternLM2 is left to the tokenizer, which adds it."""
+def chat_template(turn_end: str, system: str | None, bos: str | None = None) -> str:
+    """A Jinja chat template for the converted folder (transformers / vLLM users): `bos` (InternLM2's `<s>`,
+    first in the text as chat templates write it: `apply_chat_template` and vLLM add no special tokens), the
+    original conversation's chatml turns, `system` when the conversation has no system message (none at
+    all when None), one `<IMG_CONTEXT>` + newline per image (InternVLProcessor expands it to the tile tokens)."""
     end = json.dumps(turn_end)
+    default = json.dumps(system) if system is not None else "none"
     return (
+        (json.dumps(bos).join(["{{ ", " }}"]) if bos else "")
+        +
         "{%- macro text(content) -%}{%- if content is string -%}{{ content }}{%- else -%}"
         "{%- for part in content -%}{%- if part['type'] == 'image' -%}{{ '" + IMAGE_CONTEXT + "\\n' }}"
+        "{%- elif part['type'] == 'video' -%}{{ '<video>\\n' }}"
         "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}{%- endmacro -%}"
         "{%- if messages and messages[0]['role'] == 'system' -%}{%- set system = text(messages[0]['content']) -%}"
-        "{%- set messages = messages[1:] -%}{%- else -%}{%- set system = " + json.dumps(system) + " -%}{%- endif -%}"
-        "{{ '<|im_start|>system\\n' + system + " + end + " }}"
+        "{%- set messages = messages[1:] -%}{%- else -%}{%- set system = " + default + " -%}{%- endif -%}"
+        "{%- if system is not none -%}{{ '<|im_start|>system\\n' + system + " + end + " }}{%- endif -%}"
         "{%- for message in messages -%}{{ '<|im_start|>' + message['role'] + '\\n' + text(message['content']) + "
         + end + " }}{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
