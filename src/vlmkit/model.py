@@ -88,9 +88,11 @@ def _find_model_dir(model: str | Path) -> Path:
     try:
         return Path(
             # *.py and *.tiktoken: a remote-code checkpoint's own code and vocabulary (Qwen-VL); they only
-            # run with --trust-remote-code
+            # run with --trust-remote-code. *.model: InternLM2's sentencepiece vocabulary (InternVL-Chat-V1.5,
+            # converted on load).
             snapshot_download(
-                str(model), allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.py", "*.tiktoken"]
+                str(model),
+                allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.py", "*.tiktoken", "*.model"],
             )
         )
     except Exception as e:  # hub errors come in many types; the message is what matters
