@@ -44,7 +44,7 @@ app = typer.Typer(
 
 @app.command("tiny-model")
 def tiny_model(
-    family: Annotated[str, typer.Argument(help="Model family, as `vlmkit families` lists them: qwen2-vl, qwen2.5-vl, qwen3-vl, internvl, ...; or an original layout: internvl-remote (OpenGVLab's InternVL-Chat-V1.5 layout).")],
+    family: Annotated[str, typer.Argument(help="Model family, as `vlmkit families` lists them: qwen2-vl, qwen2.5-vl, qwen3-vl, internvl, ...; or an original (remote-code) layout, for `vlmkit convert`: internvl-remote (OpenGVLab's InternVL-Chat-V1.5: InternLM2), internvl2-remote (InternVL2-1B: Qwen2), always with the 600-token BPE.")],
     output_dir: Annotated[Path, typer.Argument(help="New folder to write the model to.")],
     small_vocab: Annotated[
         bool,
