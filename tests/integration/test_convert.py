@@ -81,3 +81,32 @@ def test_families_lists_the_remote_code_checkpoints_and_what_was_verified():
     assert "model_type=internvl_chat" in remote and "InternVL-Chat-V1.5" in remote and "not the Phi-3 ones" in remote
     assert "vlmkit convert" in remote and "internvl_remote_internlm2.json" in remote
     assert any(line.strip().startswith("internvl2-remote ") and "internvl_remote_qwen2.json" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_folder_with_only_internlm2_tokenizer_model_converts_and_chats(tmp_path):
+    """InternVL-Chat-V1.5 as published: InternLM2's sentencepiece tokenizer.model, no tokenizer.json. ~25 s."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import random_image
+
+    source = tmp_path / "InternVL-Chat-V1-5"
+    assert CliRunner().invoke(app, ["tiny-model", "internvl-remote", str(source)]).exit_code == 0
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (source / name).unlink()
+    spm = Path(__file__).resolve().parents[1] / "parity" / "vectors" / "internlm2_spm" / "add_dummy_prefix_1"
+    shutil.copy(spm / "tokenizer.model", source)
+    shutil.copy(spm / "tokenizer_config.json", source)
+    random_image(448, 448).save(tmp_path / "cat.png")
+    done = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "infer", "--model", str(source), "--max-new-tokens", "3"],
+        input="<image>Describe this image.\ncat.png\nexit\n", capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "image 1: 1 tile(s) of 448×448" in done.stderr + done.stdout and "-" * 50 in done.stdout
+    converted = tmp_path / "InternVL-Chat-V1-5-vlmkit-hf"
+    saved = json.loads((converted / "vlmkit.json").read_text())
+    assert (saved["bos"], saved["turn_end"]) == ("<s>", "<|im_end|>")
+    assert json.loads((converted / "config.json").read_text())["image_token_id"] == 402  # tokenizer_config's <IMG_CONTEXT>

@@ -123,6 +123,12 @@ def convert_checkpoint(source: str | Path, output: str | Path, force: bool = Fal
     missing = [t for t in IMAGE_TOKENS.values() if t not in vocab]
     if missing:
         raise VlmkitError(f"{source}: the tokenizer has no {', '.join(missing)}; not an InternVL chat checkpoint")
+    rows = config["llm_config"]["vocab_size"]
+    if len(tokenizer) > rows:
+        raise VlmkitError(
+            f"{source}: the tokenizer has {len(tokenizer)} tokens, more than the language model's {rows} embedding "
+            "rows; the tokenizer files do not belong to these weights"
+        )
     native = native_config(config, vocab[IMAGE_CONTEXT])
 
     # Write into a sibling temp folder and rename, so an interrupted conversion never leaves half a model.
