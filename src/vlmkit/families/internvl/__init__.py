@@ -142,8 +142,8 @@ REMOTE_LAYOUTS = (
         convert=_convert,
         converted_copy=_converted_copy,
         build_tiny=_build_tiny_remote_qwen2,
-        checkpoints="the InternVL2-1B layout (InternViT-300M style, Qwen2, internvl2_5 prompt)",
-        verified="as internvl-remote, on a tiny InternVL2-1B-layout checkpoint (" + _VECTORS.format("qwen2") + ")",
+        checkpoints="the 1B layout of InternVL2 / InternVL2.5 (InternViT-300M style, Qwen2; toy with the internvl2_5 prompt)",
+        verified="as internvl-remote, on a tiny checkpoint of that layout (" + _VECTORS.format("qwen2") + ")",
     ),
 )
 
