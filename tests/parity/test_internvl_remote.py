@@ -192,10 +192,11 @@ def test_internlm2_sentencepiece_tokenizer_equals_the_original(dummy_prefix, tmp
 def test_vllm_backend_gets_the_original_prompt_format(converted, tmp_path):
     """`vlmkit serve --backend vllm --model REMOTE_FOLDER`: vLLM serves the converted copy with a chat template
     that renders what vlmkit's template encodes (the original conversation format, not the -hf one)."""
-    from vlmkit.serve.vllm import translate
+    from vlmkit.vllm_args import plan_vllm, serve_command_line
 
     remote, _, vectors = converted
-    args = translate(str(remote), None, {}, {"system": None}, "internvl", tmp_path / "t", port=8123)
+    plan = plan_vllm(str(remote), None, {}, None, "internvl")
+    args = serve_command_line(plan, served_model_name="internvl", template_dir=tmp_path / "t", port=8123)
     flags = {a: args[i + 1] for i, a in enumerate(args) if a.startswith("--") and i + 1 < len(args)}
     assert Path(args[2]) == remote.with_name("remote-vlmkit-hf")
     vlm = vlmkit.load(remote, dtype="fp32", device="cpu")
