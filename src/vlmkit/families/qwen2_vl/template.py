@@ -15,7 +15,6 @@ sample fits a token budget; `encode(..., max_pixels=...)` then encodes it at tha
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from PIL import Image
 
 from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, mark_text, pad_sequences, tokenize_segments
 from vlmkit.errors import DataError, VlmkitError
+from vlmkit.families.qwen2_vl.resize import smart_resize
 from vlmkit.families.qwen2_vl.video import VIDEO_SETTINGS, encode_videos, video_settings, video_token_delta
 from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image_resized, read_image_size
@@ -95,34 +95,6 @@ def render_qwen3_vl(
     if add_generation_prompt:
         segments.append(Segment("<|im_start|>assistant\n"))
     return segments
-
-
-def smart_resize(
-    height: int, width: int, factor: int, min_pixels: int, max_pixels: int, thin_side_floor: bool = False
-) -> tuple[int, int]:
-    """The size the model sees: sides multiples of `factor`, area in [min_pixels, max_pixels], aspect kept.
-
-    Images follow transformers' Qwen2-VL image processor (5.24, both backends): a side under half a
-    `factor` rounds to 0 and the min_pixels branch scales it up. `thin_side_floor=True` first raises
-    each rounded side to at least `factor`, as qwen-vl-utils does (vlmkit's video frames follow it).
-    ValueError over 200:1 (the processor raises there too).
-    """
-    if max(height, width) > 200 * min(height, width):
-        raise ValueError(
-            f"aspect ratio {max(height, width) / min(height, width):.0f}:1 is over the 200:1 limit"
-        )
-    floor = factor if thin_side_floor else 0
-    h = max(floor, round(height / factor) * factor)
-    w = max(floor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        scale = math.sqrt(height * width / max_pixels)
-        h = max(factor, math.floor(height / scale / factor) * factor)
-        w = max(factor, math.floor(width / scale / factor) * factor)
-    elif h * w < min_pixels:
-        scale = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * scale / factor) * factor
-        w = math.ceil(width * scale / factor) * factor
-    return h, w
 
 
 def _with_pixel_limits(config: dict[str, Any], low: int | None, high: int | None) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from PIL import Image
 
 from vlmkit.encoding import IGNORE_INDEX
 from vlmkit.errors import DataError
+from vlmkit.families.qwen2_vl.resize import smart_resize
 from vlmkit.video import VideoProbe, load_video, probe_video
 
 # The template settings that travel in vlmkit.json (see `QwenVLTemplate.settings`).
@@ -74,8 +75,6 @@ def video_settings(
 
 def video_frame_size(template, height: int, width: int, n_frames: int) -> tuple[int, int]:
     """(height, width) every one of `n_frames` frames of height x width is resized to."""
-    from vlmkit.families.qwen2_vl.template import smart_resize
-
     frame_max = max(
         min(template.video_max_pixels, template.video_total_pixels // n_frames),
         int(template.video_min_pixels * 1.05),
