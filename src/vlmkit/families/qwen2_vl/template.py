@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, mark_text, pad_sequences, tokenize_segments
+from vlmkit.encoding import (
+    Segment,
+    collate_tokens,
+    expand_tokens,
+    mark_text,
+    tokenize_segments,
+)
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.families.qwen2_vl.resize import smart_resize
 from vlmkit.families.qwen2_vl.video import VIDEO_SETTINGS, encode_videos, video_settings, video_token_delta
@@ -130,6 +136,7 @@ class QwenVLTemplate:
     """Encodes `Sample`s for a Qwen-VL family checkpoint; see the module docstring for shapes."""
 
     limit_option = "--max-pixels"  # the option `min_pixels` / `max_pixels` come from (messages)
+    compact_images = True  # `encode(..., patchify=False)` + `patchify_images` (the encode cache's form)
 
     def __init__(
         self,
@@ -258,6 +265,17 @@ class QwenVLTemplate:
             "max_pixels": self.max_pixels,
             "system": self.system,
             **{key: getattr(self, key) for key in VIDEO_SETTINGS},
+        }
+
+    @property
+    def video_sampling(self) -> dict[str, Any]:
+        """How `vlmkit.video` samples a video's frames for this template (qwen-vl-utils' rule)."""
+        return {
+            "fps": self.fps,
+            "nframes": self.nframes,
+            "min_frames": self.min_frames,
+            "max_frames": self.max_frames,
+            "frame_factor": self.temporal_patch_size,
         }
 
     # -- text --------------------------------------------------------------------------------------
@@ -545,14 +563,7 @@ class QwenVLTemplate:
 
     def collate(self, encoded: list[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad a list of `encode` outputs into one batch (left padding for generation)."""
-        batch = {
-            "input_ids": pad_sequences([e["input_ids"] for e in encoded], self.pad_token_id, padding_side),
-            "attention_mask": pad_sequences(
-                [torch.ones_like(e["input_ids"]) for e in encoded], 0, padding_side
-            ),
-            "labels": pad_sequences([e["labels"] for e in encoded], IGNORE_INDEX, padding_side),
-            "mm_token_type_ids": pad_sequences([e["mm_token_type_ids"] for e in encoded], 0, padding_side),
-        }
+        batch = collate_tokens(encoded, self.pad_token_id, padding_side, {"mm_token_type_ids": 0})
         with_images = [e for e in encoded if "pixel_values" in e]
         if with_images:
             batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
@@ -564,6 +575,12 @@ class QwenVLTemplate:
             if self.second_per_grid_ts:
                 batch["second_per_grid_ts"] = torch.cat([e["second_per_grid_ts"] for e in with_videos])
         return batch
+
+    def describe_image(self, encoded: dict[str, Any], k: int) -> str:
+        """Image `k` of an `encode` output for people: its patch grid and its model and original size."""
+        (oh, ow), (rh, rw) = encoded["image_sizes"][k]
+        t, h, w = encoded["image_grid_thw"][k].tolist()
+        return f"image {k + 1}: grid (t, h, w) = ({t}, {h}, {w}), resized to {rh}×{rw} from {oh}×{ow} (h×w)"
 
     def split_media(self, encoded: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
         """Per image, (its image tokens, its own pixel entries in `encode` form), and the entries of all

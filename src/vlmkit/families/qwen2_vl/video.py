@@ -100,16 +100,6 @@ def group_timestamps(timestamps: list[float], temporal_patch_size: int) -> list[
     ]
 
 
-def _sampling(template) -> dict[str, Any]:
-    return {
-        "fps": template.fps,
-        "nframes": template.nframes,
-        "min_frames": template.min_frames,
-        "max_frames": template.max_frames,
-        "frame_factor": template.temporal_patch_size,
-    }
-
-
 def video_replacement(template, grid: tuple[int, int, int], timestamps: list[float]) -> list[int]:
     """The token ids that replace one video's `<|video_pad|>` placeholder."""
     t, h, w = grid
@@ -178,7 +168,7 @@ def encode_videos(
     all_patches, grids, replacements, seconds = [], [], [], []
     for k, source in enumerate(videos):
         item = f"{where}: video {k + 1}"
-        video = load_video(source, item, **_sampling(template))
+        video = load_video(source, item, **template.video_sampling)
         probe = VideoProbe(video.frames[0].height, video.frames[0].width, video.timestamps, video.sample_fps)
         try:
             grid = _grid(template, probe)
@@ -206,7 +196,7 @@ def video_token_delta(template, videos: list[Any], where: str, ids: list[int]) -
     total = 0
     for k, source in enumerate(videos):
         item = f"{where}: video {k + 1}"
-        probe = probe_video(source, item, **_sampling(template))
+        probe = probe_video(source, item, **template.video_sampling)
         try:
             grid = _grid(template, probe)
         except ValueError as e:
