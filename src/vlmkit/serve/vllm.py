@@ -5,7 +5,7 @@ command line that keeps what peers lose:
 
 - the chat template is the family's own, with the system prompt saved with the model or run
   (or given with --system) put first when a request has none;
-- the pixel limits go to the image processor as `--mm-processor-kwargs`;
+- the family's image-processor settings (e.g. pixel limits) go to vLLM as `--mm-processor-kwargs`;
 - LoRA adapters are passed as `--lora-modules`; adapters vLLM cannot apply (on the vision tower
   or projector, DoRA, `modules_to_save`, non-LoRA peft types) are refused before vLLM starts,
   never silently dropped.
@@ -96,7 +96,7 @@ def vllm_command(
     template_dir.mkdir(parents=True, exist_ok=True)
     template_file = template_dir / "chat_template.jinja"
     template_file.write_text(chat_template_with_system(family, settings.get("system")))
-    pixels = {k: settings[k] for k in ("min_pixels", "max_pixels") if settings.get(k) is not None}
+    processor_kwargs = family.vllm_processor_kwargs(settings) if family.vllm_processor_kwargs else {}
     args = [
         "vllm", "serve", str(model_dir),
         "--served-model-name", served_model_name,
@@ -104,7 +104,7 @@ def vllm_command(
         "--port", str(port),
         "--dtype", DTYPES[dtype],
         "--chat-template", str(template_file),
-        "--mm-processor-kwargs", json.dumps(pixels),
+        "--mm-processor-kwargs", json.dumps(processor_kwargs),
     ]  # fmt: skip
     if api_key is not None:
         args += ["--api-key", api_key]

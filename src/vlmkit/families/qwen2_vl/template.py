@@ -132,6 +132,11 @@ def processor_limits(
     return config
 
 
+def vllm_processor_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """`Family.vllm_processor_kwargs` of the Qwen families: the image pixel limits, for vLLM's processor."""
+    return {k: settings[k] for k in ("min_pixels", "max_pixels") if settings.get(k) is not None}
+
+
 class QwenVLTemplate:
     """Encodes `Sample`s for a Qwen-VL family checkpoint; see the module docstring for shapes."""
 
