@@ -179,7 +179,7 @@ def collate_tokens(
     """The padding core of every template's `collate`: `encode` outputs -> input_ids, attention_mask (1 on
     real tokens), labels (IGNORE_INDEX on padding), each (B, T_max), padded on `padding_side` (left for
     generation); `token_inputs` names the family's other per-token inputs with their padding value
-    (e.g. {"mm_token_type_ids": 0}). The template adds its pixel inputs."""
+    (e.g. token type ids padded with 0). The template adds its pixel inputs."""
     batch = {
         "input_ids": pad_sequences([e["input_ids"] for e in encoded], pad_token_id, padding_side),
         "attention_mask": pad_sequences([torch.ones_like(e["input_ids"]) for e in encoded], 0, padding_side),

@@ -94,14 +94,19 @@ class Template(Protocol):
         tokens; None when it does not fit even at `min_pixels` or the image size is fixed."""
         ...
 
-    def image_sizes(self, sample: Sample, max_pixels: int | None = None) -> list[tuple[tuple[int, int], ...]]:
-        """((orig_h, orig_w), (model_h, model_w)) per image of `sample`, from the headers, as `encode`
-        resizes them (what grounding boxes are mapped between)."""
-        ...
-
     def describe_image(self, encoded: dict[str, Any], k: int) -> str:
         """One line on image `k` (0-based) of an `encode` output for people (`vlmkit data preview`):
         e.g. its grid or tiles and its original and model size."""
+        ...
+
+
+@runtime_checkable
+class Grounds(Protocol):
+    """What a template whose `box_format` is not None also has (`vlmkit.grounding`)."""
+
+    def image_sizes(self, sample: Sample, max_pixels: int | None = None) -> list[tuple[tuple[int, int], ...]]:
+        """((orig_h, orig_w), (model_h, model_w)) per image of `sample`, from the headers, as `encode`
+        resizes them (what grounding boxes are mapped between)."""
         ...
 
 
