@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from peft import PeftModel
 
 # The `collate` outputs `get_rope_index` takes besides input_ids.
 _ROPE_INPUTS = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask")
@@ -40,6 +39,8 @@ class MropePositions:
 def mrope_chat_positions(model: Any, template: Any, encoded: dict[str, Any]) -> MropePositions:
     """`Family.chat_positions` of the Qwen-VL families: `model` (a transformers Qwen-VL model, or peft's
     wrapper of one), `encoded` a whole chat prompt from `template.encode`."""
+    from peft import PeftModel  # imported on use: loading the family registry stays light
+
     hf_model = model.get_base_model() if isinstance(model, PeftModel) else model
     rope_model = hf_model.model  # the inner model owns get_rope_index and rope_deltas
     full = template.collate([encoded])
