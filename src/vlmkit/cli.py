@@ -13,23 +13,8 @@ from typing import Annotated
 import typer
 
 from vlmkit.errors import VlmkitError
-from vlmkit.options import (
-    AttnImpl,
-    Columns,
-    Device,
-    DType,
-    Fps,
-    MaxFrames,
-    MaxPixels,
-    MaxTiles,
-    MinPixels,
-    MinTiles,
-    NFrames,
-    Prompt,
-    System,
-    TrustRemoteCode,
-    VideoMaxPixels,
-)
+from vlmkit.options import AttnImpl, Columns, Device, DType, Prompt, TrustRemoteCode, with_encoding_options
+from vlmkit.settings import EncodingSettings
 
 app = typer.Typer(
     name="vlmkit",
@@ -84,6 +69,7 @@ def families() -> None:
 
 
 @app.command("infer")
+@with_encoding_options()
 def infer(
     model: Annotated[
         str | None,
@@ -128,21 +114,13 @@ def infer(
     ] = None,
     columns: Columns = None,
     prompt: Prompt = None,
-    system: System = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens generated per reply.")] = 512,
     temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic); > 0 samples.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with --temperature > 0).")] = 1.0,
     top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens; 0 = no limit.")] = 0,
     repetition_penalty: Annotated[float, typer.Option(help="> 1 discourages repeating tokens.")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
-    min_pixels: MinPixels = None,
-    max_pixels: MaxPixels = None,
-    min_tiles: MinTiles = None,
-    max_tiles: MaxTiles = None,
-    fps: Fps = None,
-    nframes: NFrames = None,
-    max_frames: MaxFrames = None,
-    video_max_pixels: VideoMaxPixels = None,
+    encoding: EncodingSettings = EncodingSettings(),
     dtype: DType = "auto",
     device: Device = "auto",
     attn_impl: AttnImpl = "sdpa",
@@ -190,19 +168,11 @@ def infer(
         dtype=dtype,
         device=device,
         attn_impl=attn_impl,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
-        min_tiles=min_tiles,
-        max_tiles=max_tiles,
-        system=system,
-        fps=fps,
-        nframes=nframes,
-        max_frames=max_frames,
-        video_max_pixels=video_max_pixels,
+        encoding=encoding,
         trust_remote_code=trust_remote_code,
     )
     if input is None:
-        run_chat(vlm, options, draw_dir=draw, quiet=quiet, system_option=system)
+        run_chat(vlm, options, draw_dir=draw, quiet=quiet, system_option=encoding.system)
         return
     output = output or _default_output(input)
     counts = run_batch(
@@ -328,6 +298,7 @@ def export_command(
 
 
 @app.command("serve")
+@with_encoding_options()
 def serve_command(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model folder or hub id (e.g. Qwen/Qwen2-VL-2B-Instruct).")
@@ -382,15 +353,7 @@ def serve_command(
         int, typer.Option(help="Most frames sampled from one video of a request (413 beyond).")
     ] = 128,
     max_batch_size: Annotated[int, typer.Option(help="Most sequences generated together.")] = 16,
-    min_pixels: MinPixels = None,
-    max_pixels: MaxPixels = None,
-    min_tiles: MinTiles = None,
-    max_tiles: MaxTiles = None,
-    fps: Fps = None,
-    nframes: NFrames = None,
-    max_frames: MaxFrames = None,
-    video_max_pixels: VideoMaxPixels = None,
-    system: System = None,
+    encoding: EncodingSettings = EncodingSettings(),
     trust_remote_code: TrustRemoteCode = False,
     dtype: DType = "auto",
     device: Device = "auto",
@@ -425,15 +388,7 @@ def serve_command(
         max_prompt_tokens=max_prompt_tokens,
         max_video_frames=max_video_frames,
         max_batch_size=max_batch_size,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
-        min_tiles=min_tiles,
-        max_tiles=max_tiles,
-        fps=fps,
-        nframes=nframes,
-        max_frames=max_frames,
-        video_max_pixels=video_max_pixels,
-        system=system,
+        encoding=encoding,
         trust_remote_code=trust_remote_code,
         dtype=dtype,
         device=device,

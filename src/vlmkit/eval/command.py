@@ -13,19 +13,11 @@ from typing import Annotated
 
 import typer
 
-from vlmkit.options import (
-    AttnImpl,
-    Columns,
-    Device,
-    DType,
-    MaxPixels,
-    MinPixels,
-    Prompt,
-    System,
-    TrustRemoteCode,
-)
+from vlmkit.options import AttnImpl, Columns, Device, DType, Prompt, TrustRemoteCode, with_encoding_options
+from vlmkit.settings import EncodingSettings
 
 
+@with_encoding_options()
 def eval_command(
     model: Annotated[
         list[str] | None,
@@ -97,9 +89,7 @@ def eval_command(
     ] = None,
     columns: Columns = None,
     prompt: Prompt = None,
-    system: System = None,
-    min_pixels: MinPixels = None,
-    max_pixels: MaxPixels = None,
+    encoding: EncodingSettings = EncodingSettings(),
     dtype: DType = "auto",
     device: Device = "auto",
     attn_impl: AttnImpl = "sdpa",
@@ -132,9 +122,7 @@ def eval_command(
         media_root=media_root,
         columns=parse_columns(columns),
         prompt=prompt,
-        system=system,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
+        encoding=encoding,
         dtype=dtype,
         device=device,
         attn_impl=attn_impl,

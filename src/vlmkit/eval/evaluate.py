@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
+from vlmkit.settings import EncodingSettings, encoding_settings
 
 
 def evaluate(
@@ -39,24 +40,25 @@ def evaluate(
     media_root: str | Path | None = None,
     columns: dict[str, str] | None = None,
     prompt: str | None = None,
-    system: str | None = None,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
+    encoding: EncodingSettings | None = None,
     dtype: str = "auto",
     device: str = "auto",
     attn_impl: str = "sdpa",
     trust_remote_code: bool = False,
     echo: Callable[[str], Any] = print,
+    **encoding_options: Any,
 ) -> dict[str, Any]:
     """Evaluate `models` and `ckpts` on `dataset` (or a `benchmark` preset, `vlmkit.eval.benchmarks`,
     read from `benchmark_path` when given) and/or score `predictions` files; `limit`: N rows sampled.
     Returns what metrics.json holds ({"dataset", "metrics", "metric_choice", "models": {label: {...}}}).
-    `echo` gets the lines the command prints (schema, progress, the table)."""
+    `echo` gets the lines the command prints (schema, progress, the table). `encoding` (or its fields as
+    keyword arguments: `max_pixels=...`) applies to every model and checkpoint, over their saved settings."""
     from vlmkit.eval.metrics import metric_names
     from vlmkit.eval.report import text_table, write_report
     from vlmkit.eval.rows import read_predictions
     from vlmkit.eval.run import file_stem, model_label, score_predictions
 
+    encoding = encoding_settings(encoding, **encoding_options)
     output = Path(output)
     predictions = [Path(p) for p in predictions]
     pairs: list[tuple[str | None, Path | None]] = [(str(m), None) for m in models] + [
@@ -109,8 +111,8 @@ def evaluate(
         for model_name, checkpoint in pairs:
             label = model_label(model_name, checkpoint, taken)
             path = output / f"{file_stem(label)}.predictions.jsonl"
-            counts = _predict(model_name, checkpoint, dataset, rows, path, batch_size, max_new_tokens, system,
-                              min_pixels, max_pixels, dtype, device, attn_impl, trust_remote_code)  # fmt: skip
+            counts = _predict(model_name, checkpoint, dataset, rows, path, batch_size, max_new_tokens, encoding,
+                              dtype, device, attn_impl, trust_remote_code)  # fmt: skip
             echo(f"{label}: answered {counts['ok']} rows ({counts['failed']} failed) -> {path}")
             to_score.append((label, str(checkpoint or model_name), path))
             images[label], questions[label] = row_images, row_questions
@@ -224,14 +226,14 @@ def _image_of_line(line: dict, folder: Path) -> Any:
     return path if path.is_file() else None
 
 
-def _predict(model, checkpoint, dataset, rows, path, batch_size, max_new_tokens, system, min_pixels, max_pixels,
-             dtype, device, attn_impl, trust_remote_code) -> dict[str, int]:  # fmt: skip
+def _predict(model, checkpoint, dataset, rows, path, batch_size, max_new_tokens, encoding, dtype, device, attn_impl,
+             trust_remote_code) -> dict[str, int]:  # fmt: skip
     """Load one model, answer `rows` through `vlmkit infer`'s batch path into `path`, free the model."""
     from vlmkit.infer import run_batch
     from vlmkit.model import GenerationOptions, load
 
-    vlm = load(model, ckpt=checkpoint, dtype=dtype, device=device, attn_impl=attn_impl, min_pixels=min_pixels,
-               max_pixels=max_pixels, system=system, trust_remote_code=trust_remote_code)  # fmt: skip
+    vlm = load(model, ckpt=checkpoint, dtype=dtype, device=device, attn_impl=attn_impl, encoding=encoding,
+               trust_remote_code=trust_remote_code)  # fmt: skip
     options = GenerationOptions(max_new_tokens=max_new_tokens)  # greedy: scores repeat run to run
     counts = run_batch(
         vlm, dataset, path, options, batch_size=batch_size, progress=sys.stderr.isatty(), rows=rows

@@ -1,6 +1,7 @@
 """The template interface: what every family's template gives shared code.
 
-A family's `load_template(model_dir, tokenizer, ...)` returns an object of this shape. Training, batch
+`Family.load_template(model_dir, tokenizer, encoding)` (the family's `make_template`) returns an object of
+this shape. Training, batch
 inference, chat, serving and the data commands use only what is written here; anything else on a
 template is the family's own business. Optional capabilities are not discovered on the template
 (`hasattr`): they are declared here with a "none" value (a family without grounding has

@@ -22,8 +22,12 @@ from typing import Any
 
 from vlmkit.errors import VlmkitError
 from vlmkit.families import Family
+from vlmkit.settings import EncodingSettings, encoding_settings
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
+# The encoding settings `vllm_command` passes on (the chat template's system prompt, the processor's pixel
+# limits); `vlmkit serve --backend vllm` refuses the others rather than serve with settings it dropped.
+VLLM_PASSES = ("min_pixels", "max_pixels", "system")
 DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -133,7 +137,7 @@ def translate(
     model: str | None,
     ckpt: str | Path | None,
     adapters: dict[str, Path],
-    settings: dict[str, Any],
+    encoding: EncodingSettings | dict[str, Any] | None,
     served_model_name: str,
     template_dir: Path,
     **options: Any,
@@ -144,21 +148,17 @@ def translate(
     whose run saved other settings than the main model's is refused rather than served wrongly.
     A LoRA --ckpt is served as an adapter named `served_model_name` on its base model.
     """
-    from transformers import AutoTokenizer
+    from vlmkit.loader import load_template, load_tokenizer_and_template, resolve_model
 
-    from vlmkit.families import family_for_model_dir
-    from vlmkit.model import _resolve_model_dir, resolve_checkpoint
-
-    if ckpt is not None:
-        model_dir, files_dir, _ = resolve_checkpoint(ckpt)
-    else:
-        model_dir = files_dir = _resolve_model_dir(model)
-    family = family_for_model_dir(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(files_dir)
-    effective = family.load_template(files_dir, tokenizer, **settings).settings
+    if not isinstance(encoding, EncodingSettings):
+        encoding = encoding_settings(**(encoding or {}))
+    files = resolve_model(model, ckpt)
+    model_dir, files_dir, family = files.model_dir, files.files_dir, files.family
+    tokenizer, template = load_tokenizer_and_template(files, encoding)
+    effective = template.settings
     for name, folder in adapters.items():
         if (folder / "preprocessor_config.json").is_file():
-            own = family.load_template(folder, tokenizer, **settings).settings
+            own = load_template(folder, tokenizer, family, encoding).settings
             if own != effective:
                 diff = ", ".join(
                     f"{k}={own[k]!r} (served: {effective[k]!r})" for k in own if own[k] != effective[k]

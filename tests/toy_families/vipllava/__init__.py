@@ -6,7 +6,7 @@ FAMILY)`, the one registry line) to show that a non-Qwen family needs only its f
 
 from pathlib import Path
 
-from vlmkit.families import Family, resolution_settings
+from vlmkit.families import Family
 
 from .template import VipLlavaTemplate
 
@@ -60,8 +60,9 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
     }
 
 
-def load_template(model_dir, tokenizer, system: str | None = None, **resolution) -> VipLlavaTemplate:
-    resolution_settings(FAMILY, **resolution)  # any resolution option is refused: the size is fixed
+def make_template(model_dir, tokenizer, system: str | None = None) -> VipLlavaTemplate:
+    """Its only encoding option is the system prompt (`encoding_options`' default); `Family.load_template`
+    refuses the others (resolution limits, video sampling) before calling this."""
     return VipLlavaTemplate.from_pretrained(model_dir, tokenizer, system=system)
 
 
@@ -75,7 +76,7 @@ FAMILY = Family(
     eos_token="</s>",
     pad_token="<pad>",
     preprocessor_config=PREPROCESSOR_CONFIG,
-    load_template=load_template,
+    make_template=make_template,
     tiny_config=tiny_config,
     module_groups={
         "vit": ("model.vision_tower.",),
@@ -83,6 +84,5 @@ FAMILY = Family(
         "llm": ("model.language_model.", "lm_head."),
     },
     supports=("image",),
-    resolution_options=(),
     vision=f"{TINY_IMAGE_SIZE} px square, {(TINY_IMAGE_SIZE // PATCH_SIZE) ** 2} tokens per image",
 )
