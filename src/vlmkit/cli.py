@@ -13,7 +13,18 @@ from typing import Annotated
 import typer
 
 from vlmkit.errors import VlmkitError
-from vlmkit.options import AttnImpl, Columns, Device, DType, Prompt, TrustRemoteCode, with_encoding_options
+from vlmkit.options import (
+    AttnImpl,
+    Backend,
+    Columns,
+    Device,
+    DType,
+    Prompt,
+    TensorParallelSize,
+    TrustRemoteCode,
+    VllmArg,
+    with_encoding_options,
+)
 from vlmkit.settings import EncodingSettings
 
 app = typer.Typer(
@@ -132,6 +143,9 @@ def infer(
         ),
     ] = None,
     trust_remote_code: TrustRemoteCode = False,
+    backend: Backend = "transformers",
+    tensor_parallel_size: TensorParallelSize = 1,
+    vllm_arg: VllmArg = None,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -148,6 +162,7 @@ def infer(
     from vlmkit.data.columns import parse_columns
     from vlmkit.infer import run_batch, run_chat
     from vlmkit.model import GenerationOptions, load
+    from vlmkit.vllm_args import refuse_vllm_options
 
     options = GenerationOptions(
         max_new_tokens=max_new_tokens,
@@ -161,16 +176,36 @@ def infer(
     if val:
         input = _val_input(ckpt, input)
         columns, prompt = _run_columns(ckpt, columns, prompt)
-    vlm = load(
-        model,
-        ckpt=ckpt,
-        merge_lora=merge_lora,
-        dtype=dtype,
-        device=device,
-        attn_impl=attn_impl,
-        encoding=encoding,
-        trust_remote_code=trust_remote_code,
-    )
+    if backend not in ("transformers", "vllm"):
+        raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
+    refuse_vllm_options(backend, tensor_parallel_size, vllm_arg)
+    if backend == "vllm":
+        from vlmkit.vllm_args import VLLM_PASSES
+        from vlmkit.vllm_offline import load_vllm, refuse_for_vllm
+
+        if input is None:
+            raise VlmkitError("--backend vllm runs batch inference (--input FILE); to chat, use vlmkit serve --backend vllm")
+        refuse_for_vllm(
+            merge_lora=merge_lora, device=None if device == "auto" else device,
+            attn_impl=None if attn_impl == "sdpa" else attn_impl,
+            **{k: v for k, v in encoding.given().items() if k not in VLLM_PASSES},
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        vlm = load_vllm(
+            model, ckpt=ckpt, dtype=dtype, tensor_parallel_size=tensor_parallel_size, vllm_args=vllm_arg,
+            encoding=encoding,
+        )  # fmt: skip
+    else:
+        vlm = load(
+            model,
+            ckpt=ckpt,
+            merge_lora=merge_lora,
+            dtype=dtype,
+            device=device,
+            attn_impl=attn_impl,
+            encoding=encoding,
+            trust_remote_code=trust_remote_code,
+        )
     if input is None:
         run_chat(vlm, options, draw_dir=draw, quiet=quiet, system_option=encoding.system)
         return
@@ -326,6 +361,11 @@ def serve_command(
     backend: Annotated[
         str, typer.Option(help="transformers (dynamic batching here), or vllm (runs `vllm serve`; GPU, vllm installed).")
     ] = "transformers",
+    tensor_parallel_size: TensorParallelSize = 1,
+    data_parallel_size: Annotated[
+        int, typer.Option(help="With --backend vllm: copies of the model serving requests (vLLM data parallelism).")
+    ] = 1,
+    vllm_arg: VllmArg = None,
     allow_media_dir: Annotated[
         list[Path] | None,
         typer.Option(help="Let clients name local files, only inside this folder (repeatable). Default: none."),
@@ -395,6 +435,9 @@ def serve_command(
         attn_impl=attn_impl,
         log_level=log_level,
         backend=backend,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+        vllm_args=vllm_arg,
     )
 
 

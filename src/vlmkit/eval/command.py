@@ -13,7 +13,18 @@ from typing import Annotated
 
 import typer
 
-from vlmkit.options import AttnImpl, Columns, Device, DType, Prompt, TrustRemoteCode, with_encoding_options
+from vlmkit.options import (
+    AttnImpl,
+    Backend,
+    Columns,
+    Device,
+    DType,
+    Prompt,
+    TensorParallelSize,
+    TrustRemoteCode,
+    VllmArg,
+    with_encoding_options,
+)
 from vlmkit.settings import EncodingSettings
 
 
@@ -94,6 +105,9 @@ def eval_command(
     device: Device = "auto",
     attn_impl: AttnImpl = "sdpa",
     trust_remote_code: TrustRemoteCode = False,
+    backend: Backend = "transformers",
+    tensor_parallel_size: TensorParallelSize = 1,
+    vllm_arg: VllmArg = None,
 ) -> None:
     """Score models on a dataset with the task's metrics: one table, side by side (base vs fine-tuned).
 
@@ -127,5 +141,8 @@ def eval_command(
         device=device,
         attn_impl=attn_impl,
         trust_remote_code=trust_remote_code,
+        backend=backend,
+        tensor_parallel_size=tensor_parallel_size,
+        vllm_args=vllm_arg,
         echo=typer.echo,
     )
