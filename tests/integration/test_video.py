@@ -570,3 +570,23 @@ def test_sampling_a_long_1080p_video_holds_only_the_sampled_frames(tmp_path):
     result = video_memory.measure(path, nframes=8)
     assert result["frames"] == 8
     assert result["delta_mb"] < 200, result  # the whole video decoded would be 100 * 6.2 = 620 MB
+
+
+def test_serve_counts_a_videos_frames_as_its_family_samples_them(tmp_path):
+    """`vlmkit serve`'s --max-video-frames check samples with the template's own rule: InternVL takes any
+    frame count (5 with --nframes 5), not Qwen's even counts (4), so a 5-frame video is over a limit of 4."""
+    from vlmkit.errors import MediaTooLargeError
+    from vlmkit.families.internvl.template import InternVLTemplate
+    from vlmkit.serve.request import ServerConfig, _check_video
+    from vlmkit.tiny import build_tokenizer
+
+    video = make_video(tmp_path / "clip.mp4", 30)
+    tokenizer = build_tokenizer(family_by_name("internvl"), small_vocab=True)
+    template = InternVLTemplate(
+        tokenizer, tile_size=28, tokens_per_tile=4, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        min_tiles=1, max_tiles=1, nframes=5,
+    )  # fmt: skip
+    assert template._video_frame_count(str(video), "clip") == 5
+    with pytest.raises(MediaTooLargeError, match="gives 5 sampled frames"):
+        _check_video(str(video), "request", template, ServerConfig(max_video_frames=4))
+    _check_video(str(video), "request", template, ServerConfig(max_video_frames=5))
