@@ -22,6 +22,7 @@ from conftest import PEERS
 from PIL import Image
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
+from videos import colour, make_video
 
 from vlmkit.cli import app
 from vlmkit.errors import DataError, MediaError, VlmkitError
@@ -35,32 +36,10 @@ DEMO = PEERS / "llamafactory" / "mllm_demo_data"
 PEER_VIDEOS = [DEMO / "3.mp4", DEMO / "4.mp4", DEMO / "2.avi"]
 
 
-def colour(i: int) -> tuple[int, int, int]:
-    """The colour of frame i (< 256): its two base-16 digits, 16 levels apart, in red and green."""
-    return ((i % 16) * 16 + 8, (i // 16) * 16 + 8, 128)
-
-
 def frame_index(image: Image.Image, count: int) -> int:
     """Which frame (0..count-1) a decoded image shows, by its mean colour."""
     mean = np.asarray(image, dtype=np.float32).reshape(-1, 3).mean(0)
     return int(np.argmin([np.abs(mean - colour(i)).sum() for i in range(count)]))
-
-
-def make_video(path: Path, count: int, fps: int = 10, size=(48, 64), gop: int = 10, codec="libx264") -> Path:
-    """`count` frames of colour(i) at `fps`, a keyframe every `gop` frames."""
-    height, width = size
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"g": str(gop), "qp": "0"} if codec == "libx264" else {"g": str(gop)}
-        for i in range(count):
-            pixels = np.full((height, width, 3), colour(i), dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def all_frames(path: Path) -> list[np.ndarray]:
