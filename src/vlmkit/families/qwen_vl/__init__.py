@@ -17,6 +17,7 @@ from pathlib import Path
 
 from vlmkit.errors import VlmkitError
 from vlmkit.families import Family
+from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 from vlmkit.families.qwen_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen_vl.checkpoint import (
     FIRST_SPECIAL_ID,
@@ -105,4 +106,5 @@ REMOTE_FAMILY = Family(
         "an original Qwen-VL checkpoint runs remote code, which vlmkit does not train; convert it first "
         "(vlmkit convert --model PATH --output DIR) and train the converted folder"
     ),
+    tiny_vocabulary=qwen2_vocabulary,
 )
