@@ -211,8 +211,8 @@ def write_tiny_original(output_dir: str | Path, seed: int = 0) -> Path:
     or copy in Qwen-VL-Chat's remote code to run the original)."""
     from safetensors.torch import save_file
 
+    from vlmkit.families.qwen2_vl.vocab import qwen_vocab_file
     from vlmkit.families.qwen_vl.modeling import QwenVLConfig, QwenVLForConditionalGeneration
-    from vlmkit.tiny import qwen_vocab_file
 
     output_dir = Path(output_dir)
     native = {"text_config": TINY_TEXT, "vision_config": TINY_VISION, "image_start_token_id": 151857,
