@@ -92,6 +92,8 @@ class QwenVLTemplate:
     max_pixels = None
     limit_option = None
     video_token_id = None
+    video_sampling = None  # images only
+    compact_images = False  # the encode cache stores `encode`'s own output
 
     def __init__(self, tokenizer, box_format, image_config: dict[str, Any], system: str | None = None):
         self.tokenizer = tokenizer
