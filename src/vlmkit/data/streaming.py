@@ -1,0 +1,225 @@
+"""Dataset rows read as a stream (`vlmkit sft --streaming`): nothing is loaded, counted or decoded up front.
+
+    stream = open_stream(["big.parquet", "hf::org/name@train#5000"])
+    for index, row in stream.rows(start=1000, step=4, offset=1):   # rows 1001, 1005, 1009, ...
+        row.where, row.data                                          # "big.parquet:#1001", {...}
+
+Sources are the `--dataset` values of `vlmkit.data.sources` and JSON/JSONL files (or folders of them).
+JSON files are read line by line by vlmkit's own reader; tables, folders of shards and hub datasets
+through `datasets` streaming (`IterableDataset`, read as Arrow batches, media left as stored), a
+`save_to_disk` folder or `.arrow` file memory-mapped. Rows come in stored order; `index` counts across
+the sources one after another. `SOURCE#N` streams the first N rows (not N sampled at random: a stream
+has no length to sample from). A row that is not a JSON object comes with a `DataError` as its data.
+
+`rows(start, step, offset)` gives the rows `index >= start` with `index % step == offset`: one reader
+of `step` (a process or DataLoader worker) reads its own rows; rows before `start` and the other
+readers' rows are skipped as whole Arrow batches or parsed lines, never converted or decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from vlmkit.data.columns import ColumnSchema, map_row
+from vlmkit.data.formats import choose_format
+from vlmkit.data.readers import JSON_SUFFIXES, PEEK_ROWS, _json_folder, read_rows
+from vlmkit.data.sources import (
+    ITER_CHUNK,
+    TABLE_SUFFIXES,
+    Row,
+    Source,
+    _datasets,
+    _first_line,
+    _one_split,
+    parse_source,
+)
+from vlmkit.errors import DataError
+
+# One stored batch: (index of its first row in the part, [(where, raw row or DataError), ...]) made on demand.
+Batches = Iterator[tuple[int, int, Callable[[list[int]], list[tuple[str, Any]]]]]
+
+
+@dataclass(frozen=True)
+class StreamPart:
+    """One source: its name, detected format and column schema, media folders, row limit (#N), and
+    `batches()`, which yields (first row, row count, take) per stored batch; take(offsets) reads rows."""
+
+    name: str
+    format: str
+    schema: ColumnSchema | None
+    base_dirs: tuple[Path, ...]
+    count: int | None
+    batches: Callable[[], Batches]
+
+
+def _json_batches(path: Path) -> Batches:
+    rows, start = read_rows(path), 0
+    while chunk := list(islice(rows, ITER_CHUNK)):
+        yield start, len(chunk), partial(_pick, chunk)
+        start += len(chunk)
+
+
+def _pick(chunk: list, offsets: list[int]) -> list:
+    return [chunk[i] for i in offsets]
+
+
+def _table_batches(table: Any, name: str) -> Batches:
+    """Arrow batches of a `datasets.IterableDataset`; take(offsets) converts only the rows asked for."""
+    start = 0
+    batches = table.with_format("arrow").iter(batch_size=ITER_CHUNK)
+    try:
+        for batch in batches:
+            yield start, batch.num_rows, partial(_take_arrow, batch, name, start)
+            start += batch.num_rows
+    finally:
+        batches.close()  # a stream stopped early: let `datasets` close its files now, not at exit
+
+
+def _take_arrow(batch: Any, name: str, start: int, offsets: list[int]) -> list[tuple[str, Any]]:
+    raws = batch.take(offsets).to_pylist()
+    return [(f"{name}:#{start + i}", raw) for i, raw in zip(offsets, raws, strict=True)]
+
+
+def _stream_table(source: Source, spec: str) -> Any:
+    """The `datasets.IterableDataset` of a table source (one split), read lazily."""
+    datasets = _datasets(spec)
+    if source.hub == "ms":
+        raise DataError(
+            f"{spec}: ModelScope datasets are not streamed; download it and pass the folder, or drop --streaming"
+        )
+    split = source.split or "train"
+    try:
+        if source.hub:
+            return datasets.load_dataset(source.location, source.subset, split=split, streaming=True)
+        path = Path(source.location)
+        if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+            return _one_split(datasets.load_from_disk(str(path)), source.split, spec).to_iterable_dataset()
+        if path.is_dir():
+            loaded = datasets.load_dataset(str(path), source.subset, streaming=True)
+            return _one_split(loaded, source.split, spec)
+        kind = TABLE_SUFFIXES[path.suffix.lower()]
+        if kind == "arrow":
+            try:
+                return datasets.Dataset.from_file(str(path)).to_iterable_dataset()  # memory-mapped
+            except Exception:  # an Arrow IPC *file* rather than the stream datasets writes
+                pass
+        options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+        return datasets.load_dataset(kind, data_files=str(path), split="train", streaming=True, **options)
+    except DataError:
+        raise
+    except Exception as e:  # offline, unknown name, a corrupt file: one line that says what to do
+        if source.hub:
+            raise DataError(
+                f"{spec}: cannot stream from the Hugging Face Hub ({_first_line(e)}); without a network, copy it "
+                f"where there is one (hf download {source.location} --repo-type dataset --local-dir DIR) and "
+                "pass --dataset DIR"
+            ) from None
+        raise DataError(f"{spec}: cannot read it as a dataset ({_first_line(e)})") from None
+
+
+def _peek(batches: Batches) -> list[Any]:
+    """The first PEEK_ROWS stored rows (JSON objects only), to detect the format."""
+    found: list[Any] = []
+    for _, n, take in batches:
+        found += [raw for _, raw in take(list(range(n))) if isinstance(raw, dict)]
+        if len(found) >= PEEK_ROWS:
+            break
+    if hasattr(batches, "close"):
+        batches.close()
+    return found[:PEEK_ROWS]
+
+
+def _part(name, batches, count, base_dirs, columns, prompt) -> StreamPart:
+    first = _peek(batches())
+    if not first:
+        raise DataError(f"{name}: no dataset rows found")
+    fmt, schema = choose_format(first, columns, prompt, name)
+    return StreamPart(name, fmt, schema, base_dirs, count, batches)
+
+
+def open_stream(
+    specs: list[str],
+    media_root: str | Path | None = None,
+    columns: dict[str, str] | None = None,
+    prompt: str | None = None,
+) -> RowStream:
+    """A `RowStream` of `specs` (as `--dataset` takes them); the first rows of each are read to detect its
+    format. Raises `DataError` for a source that cannot be opened or has no rows."""
+    if not specs:
+        raise DataError("no dataset given; pass one or more PATH or PATH#N")
+    extra: tuple[Path, ...] = ()
+    if media_root is not None:
+        if not Path(media_root).is_dir():
+            raise DataError(f"media root {media_root}: not a folder")
+        extra = (Path(media_root),)
+    parts = []
+    for spec in specs:
+        source = parse_source(str(spec))
+        path = Path(source.location)
+        json_files = _json_folder(path) if source.hub is None and path.is_dir() else []
+        if source.hub is None and (path.suffix.lower() in JSON_SUFFIXES or not path.exists()):
+            read_rows(path)  # a missing file or another type: the reader's one-line error, now
+            json_files = [path]
+        if json_files:
+            if source.count is not None and len(json_files) > 1:
+                raise DataError(
+                    f"{spec}: #N on a folder of JSON files is not streamed; give the files one by one"
+                )
+            for file in json_files:
+                batches = partial(_json_batches, file)
+                parts.append(_part(str(file), batches, source.count, (file.parent, *extra), columns, prompt))
+            continue
+        if source.hub is None and path.is_file() and path.suffix.lower() not in TABLE_SUFFIXES:
+            read_rows(path)  # raises the unsupported-type error
+        table = _stream_table(source, str(spec))
+        name = f"{source.hub}::{source.location}" if source.hub else source.location
+        dirs = () if source.hub else ((path if path.is_dir() else path.parent),)
+        parts.append(
+            _part(name, partial(_table_batches, table, name), source.count, dirs + extra, columns, prompt)
+        )
+    return RowStream(parts)
+
+
+class RowStream:
+    """Rows of several `StreamPart`s one after another, read on demand (see the module docstring)."""
+
+    def __init__(self, parts: list[StreamPart]):
+        self.parts = parts
+
+    @property
+    def schemas(self) -> dict[str, str]:
+        return {p.name: p.schema.describe() for p in self.parts if p.schema is not None}
+
+    def describe(self) -> str:
+        return " + ".join(
+            f"{p.name}{f' (first {p.count} rows)' if p.count else ''}: {p.format}" for p in self.parts
+        )
+
+    def rows(self, start: int = 0, step: int = 1, offset: int = 0) -> Iterator[tuple[int, Row]]:
+        """(index, Row) for rows index >= start with index % step == offset, in stored order; a row
+        that is not a JSON object has a `DataError` as its data."""
+        base = 0  # index of the part's first row
+        for part in self.parts:
+            convert = partial(map_row, schema=part.schema) if part.schema is not None else None
+            read = 0
+            batches = part.batches()
+            for first, n, take in batches:
+                if part.count is not None:
+                    n = min(n, part.count - first)
+                wanted = [
+                    i for i in range(max(0, start - base - first), n) if (base + first + i) % step == offset
+                ]
+                for i, (where, raw) in zip(wanted, take(wanted) if wanted else [], strict=True):
+                    data = convert(raw) if convert is not None and isinstance(raw, dict) else raw
+                    yield base + first + i, Row(where, data, part.format, part.base_dirs)
+                read = first + n
+                if part.count is not None and read >= part.count:
+                    break
+            if hasattr(batches, "close"):
+                batches.close()
+            base += read
