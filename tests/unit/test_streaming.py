@@ -85,6 +85,34 @@ def test_stream_reads_each_reader_s_rows_from_a_start(tmp_path):
     assert stream.parts[0].format == "ocr" and stream.parts[1].format == "messages"
 
 
+def test_streamed_rows_are_the_rows_read_without_streaming(tmp_path):
+    """Each source kind (Parquet shards in a folder, an Arrow file, a save_to_disk folder, a CSV, JSONL) streams
+    the rows `load_dataset` reads, with the same locations, format and converted values."""
+    import datasets
+
+    from vlmkit.data import load_dataset
+
+    ocr = datasets.Dataset.from_parquet(str(write_ocr_parquet(tmp_path / "ocr.parquet", 9)))
+    (tmp_path / "shards").mkdir()
+    for k in range(2):
+        ocr.shard(2, k, contiguous=True).to_parquet(
+            str(tmp_path / "shards" / f"train-0000{k}-of-00002.parquet")
+        )
+    ocr.save_to_disk(str(tmp_path / "saved"))
+    arrow = next((tmp_path / "saved").glob("*.arrow"))
+    (tmp_path / "caps.csv").write_text(
+        "image_path,caption\n" + "".join(f"{i}.png,photo {i}\n" for i in range(5))
+    )
+    for spec in ["shards", "saved", str(arrow), "caps.csv", str(write_jsonl(tmp_path / "d.jsonl", 4))]:
+        spec = str(tmp_path / spec)
+        stored = load_dataset(spec)
+        streamed = [row for _, row in open_stream([spec]).rows()]
+        assert [(r.where, r.format, r.data) for r in streamed if isinstance(r.data, dict)] == [
+            (r.where, r.format, r.data) for r in stored.rows
+        ], spec
+        assert stored.schemas == open_stream([spec]).schemas
+
+
 def test_readers_take_every_row_once_per_pass(template, tmp_path, monkeypatch):
     """2 processes x 2 DataLoader workers: the four readers' rows over one pass are all rows, each once."""
     monkeypatch.setattr(TrainingStream, "_encode", where_of)
