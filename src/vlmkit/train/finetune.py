@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from vlmkit.errors import VlmkitError
+from vlmkit.quantized import check_training
 from vlmkit.train.config import SFTConfig
 from vlmkit.train.encoded import EncodedDataset
 from vlmkit.train.packing import PackedDataset, collate_packed, pack_lengths, resolve_packing
@@ -241,6 +242,7 @@ def sft(config: SFTConfig) -> Path:
     model_dir, family = files.model_dir, files.family
     if family.train_refusal is not None:
         raise VlmkitError(f"--model {config.model}: {family.train_refusal}")
+    check_training(model_dir, f"--model {config.model}", config.tuner, config.quant)  # GPTQ / AWQ checkpoints
     packing_requested = config.packing
     config.packing, no_packing_reason = resolve_packing(config.packing, family, config.attn_impl)
     tokenizer, template = loader.load_tokenizer_and_template(files, config.encoding, config.trust_remote_code)
