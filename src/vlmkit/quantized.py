@@ -9,9 +9,10 @@ vlmkit infers, trains LoRA adapters (the quantized weights stay frozen: `--tuner
 refused) and exports the adapter; merging LoRA into quantized weights is refused (the result would need
 dequantizing), so `export --merge-lora` and `infer --merge-lora` say to keep the adapter instead.
 
-gptqmodel's torch kernels run on CPU, but its releases need newer torch than vlmkit's CPU test machines
-have, so here only the refusals are tested; loading, inference and LoRA on a GPTQ checkpoint are in the
-GPU check.
+gptqmodel has torch kernels that run on CPU, but it cannot be imported on vlmkit's CPU test machines: it
+imports torchvision at import time (no CPU build of torchvision there), and its newest release needs torch
+2.14. So here only the refusals are tested; loading, inference, LoRA and the adapter export on a GPTQ/AWQ
+checkpoint belong to the GPU check.
 """
 
 from __future__ import annotations

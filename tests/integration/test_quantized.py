@@ -1,7 +1,8 @@
 """GPTQ / AWQ checkpoints (seed 000's `qwen2-vl-7b-instruct-gptq-int4`): without their backend, `infer`, `sft`
 and `export` refuse in one line naming the missing package and the vlmkit extra; with it, what cannot work
 (full tuning, --quant on top, merging LoRA into quantized weights) is refused. Loading and LoRA on a real
-GPTQ checkpoint need gptqmodel, which this CPU machine cannot install (it needs newer torch): GPU check."""
+GPTQ checkpoint need gptqmodel, which cannot be imported on these CPU machines (it imports torchvision, which
+has no CPU build here): GPU check."""
 
 from __future__ import annotations
 
