@@ -40,7 +40,8 @@ from vlmkit.data.sources import (
 )
 from vlmkit.errors import DataError
 
-# One stored batch: (index of its first row in the part, [(where, raw row or DataError), ...]) made on demand.
+# Stored batches: (index of the batch's first row in the part, its row count, take), where take(offsets) reads
+# those rows of the batch as [(where, raw row or DataError), ...].
 Batches = Iterator[tuple[int, int, Callable[[list[int]], list[tuple[str, Any]]]]]
 
 
