@@ -37,6 +37,7 @@ def sft(small_model: Path, data: Path, out: Path, *extra: str) -> str:
     return result.output
 
 
+@pytest.mark.slow  # two short sft runs: 24 s on the shared 2-core machine
 def test_streaming_resume_trains_the_rows_of_an_uninterrupted_run(small_model, tmp_path):
     data = write_ocr_parquet(tmp_path / "latex_ocr.parquet", 12)
     options = ["--max-steps", "6", "--save-steps", "3", "--save-total-limit", "5", "--batch-size", "2"]
@@ -64,7 +65,7 @@ def test_streaming_resume_trains_the_rows_of_an_uninterrupted_run(small_model, t
                            catch_exceptions=False)  # fmt: skip
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # two torchrun processes and one plain run: 60-106 s on the shared machine
 def test_streaming_two_processes_train_as_one_with_both_batches(small_model, tmp_path):
     """torchrun with 2 gloo processes of batch 1: process r reads rows i % 2 == r, so each step trains rows
     2s and 2s+1, as one process of batch 2 does; the losses are equal (a row read twice or skipped would not be)."""
