@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from ocr_parquet import write_ocr_parquet
 from safetensors.torch import load_file
 from typer.testing import CliRunner
-from unit.test_streaming import write_ocr_parquet
 
 from vlmkit.cli import app
 from vlmkit.errors import VlmkitError

@@ -3,41 +3,18 @@ row twice per pass, packed per window, and resumed at the row after the last one
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_image
+from ocr_parquet import write_ocr_parquet
 
 from vlmkit.data.streaming import open_stream
 from vlmkit.errors import VlmkitError
 from vlmkit.families import family_by_name
 from vlmkit.train import SFTConfig, streaming
 from vlmkit.train.streaming import TrainingStream, collate_stream
-
-
-def png(seed: int, height: int = 28) -> bytes:
-    buffer = io.BytesIO()
-    random_image(height, 40, seed=seed).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def write_ocr_parquet(path: Path, n: int, bad: tuple[int, ...] = (), cut: tuple[int, ...] = ()) -> Path:
-    """LaTeX_OCR's schema (`image` as datasets.Image bytes, `text`); rows in `bad` hold bytes that are no image,
-    rows in `cut` a PNG cut short (its header reads, its pixels do not)."""
-    import datasets
-
-    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
-    images = [{"bytes": png(i, 28 + 4 * (i % 3)), "path": None} for i in range(n)]
-    for i in bad:
-        images[i]["bytes"] = b"not an image"
-    for i in cut:
-        images[i]["bytes"] = images[i]["bytes"][:120]
-    texts = [f"x^{i} " * (1 + i % 4) for i in range(n)]
-    datasets.Dataset.from_dict({"image": images, "text": texts}, features=features).to_parquet(str(path))
-    return path
 
 
 def write_jsonl(path: Path, n: int) -> Path:
