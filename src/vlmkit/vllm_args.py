@@ -90,9 +90,11 @@ class VllmPlan:
     engine_args: dict[str, Any]
 
 
-def chat_template_with_system(family: Family, system: str | None) -> str:
-    """The family's chat template; with `system`, that prompt is inserted when a request has none."""
-    template = family.chat_template
+def chat_template_with_system(family: Family, system: str | None, settings: dict[str, Any] | None = None) -> str:
+    """The family's chat template (for these template settings, where the family's depends on them: a converted
+    OpenGVLab InternVL's prompt format); with `system`, that prompt is inserted when a request has none."""
+    chosen = family.chat_template_for(settings or {}) if family.chat_template_for is not None else None
+    template = chosen or family.chat_template
     if system is None:
         return template
     default = json.dumps([{"role": "system", "content": system}])
@@ -266,7 +268,7 @@ def serve_command_line(
     With a LoRA --ckpt, the base is served under its folder name and the run under `served_model_name`."""
     template_dir.mkdir(parents=True, exist_ok=True)
     template_file = template_dir / "chat_template.jinja"
-    template_file.write_text(chat_template_with_system(plan.family, plan.settings.get("system")))
+    template_file.write_text(chat_template_with_system(plan.family, plan.settings.get("system"), plan.settings))
     base_name = plan.model_dir.name if plan.main_adapter is not None else served_model_name
     args = [
         "vllm", "serve", plan.engine_args["model"],

@@ -67,22 +67,30 @@ def tile_grid(height: int, width: int, tile_size: int, min_tiles: int, max_tiles
     return best
 
 
-def _turn(role: str, body: str) -> list[Segment]:
-    """`<|im_start|>role\\n...<|im_end|>\\n`; assistant text and its end token are supervised."""
-    return [
-        Segment(f"<|im_start|>{role}\n"),
-        Segment(body + "<|im_end|>", role == "assistant"),
-        Segment("\n"),
-    ]
+# How a turn ends: `<|im_end|>\n` in the -hf checkpoints (and OpenGVLab's internvl2_5 conversation);
+# `<|im_end|>` alone in the internlm2-chat / Hermes-2 conversations of InternVL-Chat-V1.5 and InternVL2.
+TURN_END = "<|im_end|>\n"
+
+
+def _turn(role: str, body: str, turn_end: str = TURN_END) -> list[Segment]:
+    """`<|im_start|>role\\n...` + turn_end; assistant text and its end token are supervised."""
+    end_token = turn_end.rstrip("\n")
+    segments = [Segment(f"<|im_start|>{role}\n"), Segment(body + end_token, role == "assistant")]
+    return segments + ([Segment(turn_end[len(end_token) :])] if turn_end != end_token else [])
 
 
 def render_internvl(
-    messages: list[dict], add_generation_prompt: bool, media_text: dict[str, str] | None = None
+    messages: list[dict],
+    add_generation_prompt: bool,
+    media_text: dict[str, str] | None = None,
+    turn_end: str = TURN_END,
+    bos: str | None = None,
 ) -> list[Segment]:
     """The chat template's text as segments. `media_text` overrides the text of a media part
-    by id(part) (encode puts one `<IMG_CONTEXT>` per video frame there)."""
+    by id(part) (encode puts one `<IMG_CONTEXT>` per video frame there); `bos` (InternLM2's `<s>`)
+    goes first, where the original tokenizer puts it."""
     media_text = media_text or {}
-    segments: list[Segment] = []
+    segments: list[Segment] = [Segment(bos)] if bos else []
     for message in messages:
         body = []
         for part in message["content"]:
@@ -91,7 +99,7 @@ def render_internvl(
             else:
                 default = IMAGE_CONTEXT if part["type"] == "image" else VIDEO
                 body.append(media_text.get(id(part), default) + "\n")
-        segments += _turn(message["role"], "".join(body))
+        segments += _turn(message["role"], "".join(body), turn_end)
     if add_generation_prompt:
         segments.append(Segment("<|im_start|>assistant\n"))
     return segments
@@ -118,6 +126,8 @@ class InternVLTemplate:
         fps: float | None = None,
         nframes: int | None = 8,
         max_frames: int = 32,
+        turn_end: str = TURN_END,
+        bos: str | None = None,
     ):
         if min_tiles < 1 or max_tiles < 1:
             raise VlmkitError(f"--min-tiles {min_tiles} / --max-tiles {max_tiles}: both must be at least 1")
@@ -134,15 +144,19 @@ class InternVLTemplate:
         self.fps = fps
         self.nframes = nframes
         self.max_frames = max_frames
+        self.turn_end = turn_end
+        self.bos = bos
         vocab = tokenizer.get_vocab()
         self.image_token_id = vocab[IMAGE_CONTEXT]
         self.image_start_id = vocab[IMAGE_START]
         self.image_end_id = vocab[IMAGE_END]
         self.video_token_id = None  # video frames are images here (<IMG_CONTEXT> runs)
-        self.pad_token_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else vocab["<|endoftext|>"]
-        )
-        self.stop_token_ids = [vocab["<|im_end|>"], vocab["<|endoftext|>"]]
+        # Qwen2 tokenizers end a text with <|endoftext|>; InternLM2's has none (its eos is </s>).
+        ends = [t for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else vocab[ends[-1]]
+        self.stop_token_ids = [vocab[t] for t in ends]
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in self.stop_token_ids:
+            self.stop_token_ids.append(tokenizer.eos_token_id)
 
     @classmethod
     def from_pretrained(
@@ -187,6 +201,9 @@ class InternVLTemplate:
             min_tiles=min_tiles,
             max_tiles=max_tiles,
             system=system if system is not None else saved.get("system"),
+            # the prompt format of a checkpoint converted from OpenGVLab's layout (convert.py)
+            turn_end=saved.get("turn_end", TURN_END),
+            bos=saved.get("bos"),
             **video,
         )
 
@@ -200,7 +217,12 @@ class InternVLTemplate:
             "fps": self.fps,
             "nframes": self.nframes,
             "max_frames": self.max_frames,
-        }
+        } | self.prompt_format
+
+    @property
+    def prompt_format(self) -> dict[str, Any]:
+        """The original conversation format of a converted OpenGVLab checkpoint; {} for the -hf one."""
+        return {"turn_end": self.turn_end, "bos": self.bos} if (self.turn_end, self.bos) != (TURN_END, None) else {}
 
     # The names shared code uses for the per-row resolution limit (here: tiles per image).
     @property
@@ -221,7 +243,7 @@ class InternVLTemplate:
 
     def render_text(self, sample: Sample, add_generation_prompt: bool = False) -> str:
         """The prompt text with one placeholder per image or video, as the chat template writes it."""
-        return "".join(s.text for s in render_internvl(self._messages(sample), add_generation_prompt))
+        return "".join(s.text for s in render_internvl(self._messages(sample), add_generation_prompt, None, self.turn_end, self.bos))
 
     # -- images ------------------------------------------------------------------------------------
 
@@ -351,7 +373,7 @@ class InternVLTemplate:
                     frame_text[id(part)] = "\n".join(
                         f"Frame{i + 1}: {IMAGE_CONTEXT}" for i in range(len(frames))
                     )
-        segments = render_internvl(messages, add_generation_prompt, frame_text)
+        segments = render_internvl(messages, add_generation_prompt, frame_text, self.turn_end, self.bos)
         ids, labels = tokenize_segments(self.tokenizer, segments, self.box_format.keep_tokens)
         self._placeholders(ids, len(counts), sample.where)
         ids, labels = self._expand(ids, labels, counts)
@@ -396,7 +418,9 @@ class InternVLTemplate:
                     frame_text[id(part)] = "\n".join(f"Frame{i + 1}: {IMAGE_CONTEXT}" for i in range(n))
                     frames += n
         ids, _ = tokenize_segments(
-            self.tokenizer, render_internvl(messages, add_generation_prompt, frame_text), self.box_format.keep_tokens
+            self.tokenizer,
+            render_internvl(messages, add_generation_prompt, frame_text, self.turn_end, self.bos),
+            self.box_format.keep_tokens,
         )
         images = sample.media("image")
         self._placeholders(ids, len(images) + frames, sample.where)
