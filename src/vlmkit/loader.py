@@ -304,6 +304,11 @@ def load_weights(
     the CPU: the caller moves it."""
     import transformers
 
+    from vlmkit.quantized import check_quantized
+
+    check_quantized(
+        files.model_dir, str(files.model_dir), merge_lora=merge_lora and adapter and files.is_adapter
+    )
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **from_pretrained}
     if dtype is not None:
         kwargs["dtype"] = dtype

@@ -163,6 +163,8 @@ SUBSTITUTIONS = [
     (r"/path/to/LLaMA-Factory/data", lambda ws: str(PEERS / "llamafactory")),
     # The encode example's 8 processes are for a bigger machine than CI's 2 cores.
     (r"(?<=--workers )8\b|(?<=--encode-workers )8\b", lambda ws: "2"),
+    # A streamed run's 2000 steps: 2 show it trains (the tiny data loops over its 4 rows either way).
+    (r"(?<=--streaming --max-steps )2000\b", lambda ws: "2"),
     # No network in tests; another developer's server may hold port 8000.
     (r"https://example\.com/cat\.jpg", lambda ws: data_url(ws.dir / "cat.jpg")),
     (r"(?<=--port )8000\b|(?<=localhost:)8000\b|(?<=127\.0\.0\.1:)8000\b", lambda ws: str(ws.port)),

@@ -105,6 +105,17 @@ def sft_command(
             rich_help_panel=_P,
         ),
     ] = None,
+    streaming: Annotated[
+        bool,
+        typer.Option(
+            "--streaming",
+            help="Read the training rows as training goes (for data too big to check up front; needs --max-steps): "
+            "rows in stored order, split across processes and DataLoader workers, checked and packed as they come, "
+            "bad ones skipped and listed; SOURCE#N streams the first N rows; --resume continues after the last "
+            "row trained. No encode cache, --val-dataset or --split-ratio.",
+            rich_help_panel=_P,
+        ),
+    ] = False,
     max_length: Annotated[
         int, typer.Option(help="Longest sequence in tokens, image tokens included.", rich_help_panel=_P)
     ] = 2048,

@@ -32,6 +32,7 @@ class SFTConfig:
     media_root: str | None = None
     columns: str | None = None
     prompt: str | None = None
+    streaming: bool = False
     output_dir: str = "output"
     tuner: str = "lora"
     freeze_vit: bool = True
@@ -139,6 +140,13 @@ class SFTConfig:
         for ok, message in checks:
             if not ok:
                 raise VlmkitError(message)
+        if self.streaming:  # rows are read as training goes: nothing that needs them all up front
+            if self.max_steps <= 0:
+                raise VlmkitError("--streaming needs --max-steps: a stream has no length to count epochs in")
+            for given, option in ((self.val_dataset or self.split_ratio, "--val-dataset/--split-ratio"),
+                                  (self.group_by_length, "--group-by-length")):  # fmt: skip
+                if given:
+                    raise VlmkitError(f"{option} needs every row up front; drop it with --streaming")
         if self.eval_metric:
             from vlmkit.eval.metrics import metric_names
 

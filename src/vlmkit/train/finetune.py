@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from vlmkit.errors import VlmkitError
+from vlmkit.quantized import check_training
 from vlmkit.train.config import SFTConfig
 from vlmkit.train.encoded import EncodedDataset
 from vlmkit.train.packing import PackedDataset, collate_packed, pack_lengths, resolve_packing
@@ -241,6 +242,7 @@ def sft(config: SFTConfig) -> Path:
     model_dir, family = files.model_dir, files.family
     if family.train_refusal is not None:
         raise VlmkitError(f"--model {config.model}: {family.train_refusal}")
+    check_training(model_dir, f"--model {config.model}", config.tuner, config.quant)  # GPTQ / AWQ checkpoints
     packing_requested = config.packing
     config.packing, no_packing_reason = resolve_packing(config.packing, family, config.attn_impl)
     tokenizer, template = loader.load_tokenizer_and_template(files, config.encoding, config.trust_remote_code)
@@ -251,7 +253,12 @@ def sft(config: SFTConfig) -> Path:
     resume_from = resolve_resume(config.resume, config.output_dir, config.model) if config.resume else None
     columns = parse_columns(config.columns)
     read = {"media_root": config.media_root, "seed": config.seed, "columns": columns, "prompt": config.prompt}
-    train_data = load_datasets(config.dataset, **read)
+    if config.streaming:  # read as training goes (vlmkit.train.streaming); opened here to detect its format
+        from vlmkit.data.streaming import open_stream
+
+        train_data = open_stream(config.dataset, config.media_root, columns, config.prompt)
+    else:
+        train_data = load_datasets(config.dataset, **read)
     val_data = load_datasets(config.val_dataset, **read) if config.val_dataset else None
     if config.split_ratio:
         train_data, val_data = split_dataset(train_data, config.split_ratio, seed=config.seed)
@@ -277,54 +284,65 @@ def sft(config: SFTConfig) -> Path:
     if is_main and config.split_ratio:
         write_val_rows(val_data, run_dir / "val_split.jsonl")
 
-    # Validate every row before any GPU hour is spent.
-    train_rows, train_pixels, train_lengths, has_video = _validate(
-        train_data, template, config, run_dir, "train", is_main
-    )
-    cache = None
-    if config.encode_cache:
-        from vlmkit.data.cache import open_training_cache
+    if config.streaming:  # rows checked, packed and encoded as training reads them
+        from vlmkit.train.streaming import streaming_batches
 
-        cache_dir = config.cache_dir or str(Path(config.output_dir) / "encode_cache")
-        cache = open_training_cache(
-            cache_dir, template, train_data, train_rows, train_pixels, config.encode_workers, is_main
+        if is_main and resume_from is not None:
+            check_resumed_args(config, run_dir, resume_from)
+            write_settings(run_dir, settings)
+        train_set, collate, stream_options = streaming_batches(
+            config, template, train_data, args, run_dir, resume_from, is_main
         )
-    train_set = EncodedDataset(
-        train_data,
-        template,
-        train_rows,
-        train_pixels,
-        cache,
-        bad_file=run_dir / "bad_samples.jsonl",
-        max_bad=max(1, int(config.max_bad_fraction * len(train_data))),
-    )
-    val_set = None
-    if val_data is not None:
-        val_rows, val_pixels, val_lengths, val_video = _validate(val_data, template, config, run_dir, "val", is_main)
-        has_video = has_video or val_video
-        val_set = EncodedDataset(
-            val_data,
+        val_set = train_sampler = train_rows = None
+    else:
+        # Validate every row before any GPU hour is spent.
+        train_rows, train_pixels, train_lengths, has_video = _validate(
+            train_data, template, config, run_dir, "train", is_main
+        )
+        cache = None
+        if config.encode_cache:
+            from vlmkit.data.cache import open_training_cache
+
+            cache_dir = config.cache_dir or str(Path(config.output_dir) / "encode_cache")
+            cache = open_training_cache(
+                cache_dir, template, train_data, train_rows, train_pixels, config.encode_workers, is_main
+            )
+        train_set = EncodedDataset(
+            train_data,
             template,
-            val_rows,
-            val_pixels,
+            train_rows,
+            train_pixels,
             cache,
-            bad_file=run_dir / "bad_samples_val.jsonl",
-            max_bad=max(1, int(config.max_bad_fraction * len(val_data))),
+            bad_file=run_dir / "bad_samples.jsonl",
+            max_bad=max(1, int(config.max_bad_fraction * len(train_data))),
         )
-    if config.packing and has_video:  # known from validation: no second pass over the rows
-        if packing_requested:
-            raise VlmkitError("--packing: the data has video rows, which cannot be packed yet; use --no-packing")
-        config.packing = False
-        if is_main:
-            print("packing off: the data has video rows, which cannot be packed yet")
-            if resume_from is None:
-                (run_dir / "args.json").write_text(json.dumps(saved_args(config.to_dict()), indent=2) + "\n")
-    if is_main and resume_from is not None:
-        check_resumed_args(config, run_dir, resume_from)
-        write_settings(run_dir, settings)
-    train_set, val_set, train_sampler, collate = _batching(
-        config, template, train_set, train_lengths, val_set, val_lengths if val_set else None, is_main
-    )
+        val_set = None
+        if val_data is not None:
+            val_rows, val_pixels, val_lengths, val_video = _validate(val_data, template, config, run_dir, "val", is_main)
+            has_video = has_video or val_video
+            val_set = EncodedDataset(
+                val_data,
+                template,
+                val_rows,
+                val_pixels,
+                cache,
+                bad_file=run_dir / "bad_samples_val.jsonl",
+                max_bad=max(1, int(config.max_bad_fraction * len(val_data))),
+            )
+        if config.packing and has_video:  # known from validation: no second pass over the rows
+            if packing_requested:
+                raise VlmkitError("--packing: the data has video rows, which cannot be packed yet; use --no-packing")
+            config.packing = False
+            if is_main:
+                print("packing off: the data has video rows, which cannot be packed yet")
+                if resume_from is None:
+                    (run_dir / "args.json").write_text(json.dumps(saved_args(config.to_dict()), indent=2) + "\n")
+        if is_main and resume_from is not None:
+            check_resumed_args(config, run_dir, resume_from)
+            write_settings(run_dir, settings)
+        train_set, val_set, train_sampler, collate = _batching(
+            config, template, train_set, train_lengths, val_set, val_lengths if val_set else None, is_main
+        )
 
     # The model, frozen and wrapped as asked.
     quantization = None
@@ -356,15 +374,19 @@ def sft(config: SFTConfig) -> Path:
     if is_main:
         print(
             f"run folder: {run_dir}\ntrainable parameters: {trainable:,} of {total:,} "
-            f"({100 * trainable / total:.2f}%), tuner={config.tuner}, train rows={len(train_rows)}"
-            + (f" (in {len(train_set)} packed sequences)" if config.packing else "")
+            f"({100 * trainable / total:.2f}%), tuner={config.tuner}, "
+            + (f"train rows={len(train_rows)}" if train_rows is not None else "train rows streamed")
+            + (f" (in {len(train_set)} packed sequences)" if config.packing and train_rows is not None else "")
             + (f", val rows={len(val_rows)}" if val_set else "")
         )
 
     generated_metrics = None  # --eval-metric
     if is_main and val_set is not None and config.eval_metric:
         generated_metrics = _generated_metrics(tokenizer, template, family, model_dir, val_data, val_rows, config)
-    trainer = VlmTrainer(
+    if config.streaming:
+        from vlmkit.train.streaming import StreamingTrainer
+    trainer = (StreamingTrainer if config.streaming else VlmTrainer)(
+        **(stream_options if config.streaming else {}),
         model=model,
         args=args,
         train_dataset=train_set,

@@ -1,0 +1,169 @@
+"""`sft --streaming`'s data path: rows read as a stream, split across processes and DataLoader workers with no
+row twice per pass, packed per window, and resumed at the row after the last one trained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from ocr_parquet import write_ocr_parquet
+
+from vlmkit.data.streaming import open_stream
+from vlmkit.errors import VlmkitError
+from vlmkit.families import family_by_name
+from vlmkit.train import SFTConfig, streaming
+from vlmkit.train.streaming import TrainingStream, collate_stream
+
+
+def write_jsonl(path: Path, n: int) -> Path:
+    rows = [
+        {"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"n{i}"}]}
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from vlmkit.tiny import build_tiny_model
+
+    model_dir = build_tiny_model(
+        family_by_name("qwen2-vl"), tmp_path_factory.mktemp("m") / "m", small_vocab=True
+    )
+    return family_by_name("qwen2-vl").load_template(
+        model_dir, AutoTokenizer.from_pretrained(model_dir), max_pixels=4000
+    )
+
+
+def where_of(self, row, max_pixels):  # stands in for encoding: the rows' locations are what is checked here
+    return {"where": row.where}
+
+
+def wheres(items) -> list[list[str]]:
+    return [[e["where"] for e in group] for group, _ in items]
+
+
+def test_stream_reads_each_reader_s_rows_from_a_start(tmp_path):
+    parquet = write_ocr_parquet(tmp_path / "ocr.parquet", 600)
+    stream = open_stream([f"{parquet}#300", str(write_jsonl(tmp_path / "d.jsonl", 5))])
+    everything = [(i, row.where) for i, row in stream.rows()]
+    assert [w for _, w in everything[:2]] == [f"{parquet}:#0", f"{parquet}:#1"]
+    assert len(everything) == 306 and everything[300][1].endswith("d.jsonl:1")  # #N: the first N rows
+    assert isinstance(list(stream.rows())[-1][1].data, Exception)  # "not json": a bad row, not an error
+    for start, step, offset in [(0, 3, 2), (299, 4, 1), (257, 2, 0)]:
+        assert [(i, r.where) for i, r in stream.rows(start, step, offset)] == [
+            (i, w) for i, w in everything if i >= start and i % step == offset
+        ]
+    assert stream.parts[0].format == "ocr" and stream.parts[1].format == "messages"
+
+
+def test_streamed_rows_are_the_rows_read_without_streaming(tmp_path):
+    """Each source kind (Parquet shards in a folder, an Arrow file, a save_to_disk folder, a CSV, JSONL) streams
+    the rows `load_dataset` reads, with the same locations, format and converted values."""
+    import datasets
+
+    from vlmkit.data import load_dataset
+
+    ocr = datasets.Dataset.from_parquet(str(write_ocr_parquet(tmp_path / "ocr.parquet", 9)))
+    (tmp_path / "shards").mkdir()
+    for k in range(2):
+        ocr.shard(2, k, contiguous=True).to_parquet(
+            str(tmp_path / "shards" / f"train-0000{k}-of-00002.parquet")
+        )
+    ocr.save_to_disk(str(tmp_path / "saved"))
+    arrow = next((tmp_path / "saved").glob("*.arrow"))
+    (tmp_path / "caps.csv").write_text(
+        "image_path,caption\n" + "".join(f"{i}.png,photo {i}\n" for i in range(5))
+    )
+    for spec in ["shards", "saved", str(arrow), "caps.csv", str(write_jsonl(tmp_path / "d.jsonl", 4))]:
+        spec = str(tmp_path / spec)
+        stored = load_dataset(spec)
+        streamed = [row for _, row in open_stream([spec]).rows()]
+        assert [(r.where, r.format, r.data) for r in streamed if isinstance(r.data, dict)] == [
+            (r.where, r.format, r.data) for r in stored.rows
+        ], spec
+        assert stored.schemas == open_stream([spec]).schemas
+
+
+def test_readers_take_every_row_once_per_pass(template, tmp_path, monkeypatch):
+    """2 processes x 2 DataLoader workers: the four readers' rows over one pass are all rows, each once."""
+    monkeypatch.setattr(TrainingStream, "_encode", where_of)
+    monkeypatch.setattr(streaming, "WINDOW", 5)
+    stream = open_stream([str(write_ocr_parquet(tmp_path / "ocr.parquet", 37))])
+    seen = []
+    for rank in range(2):
+        data = TrainingStream(
+            stream,
+            template,
+            max_length=300,
+            truncation="delete",
+            capacity=300,
+            rank=rank,
+            world_size=2,
+            seed=1,
+        )
+        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2)
+        for _, (group, (reader, position)) in zip(range(40), loader, strict=False):
+            if position[0] == 0:  # the first pass over the data
+                seen += [(reader, e["where"]) for e in group]
+    rows = [w for _, w in seen]
+    assert sorted(rows) == sorted(f"{tmp_path / 'ocr.parquet'}:#{i}" for i in range(37))  # all, none twice
+    for reader, where in seen:
+        assert int(where.rpartition("#")[2]) % 4 == reader  # process r, worker w read rows i % 4 == 2r + w
+
+
+@pytest.mark.parametrize("capacity", [None, 160])
+def test_a_resumed_stream_trains_the_rows_of_an_uninterrupted_one(template, tmp_path, monkeypatch, capacity):
+    """Stopped after any item (mid-window, at a window's end, in the second pass), a stream started at that
+    item's position yields what the uninterrupted stream yields next."""
+    monkeypatch.setattr(TrainingStream, "_encode", where_of)
+    monkeypatch.setattr(streaming, "WINDOW", 4)
+    stream = open_stream([str(write_ocr_parquet(tmp_path / "ocr.parquet", 11))])
+    options = dict(max_length=160, truncation="delete", capacity=capacity, rank=0, world_size=1, seed=3)
+    whole = list(zip(range(30), TrainingStream(stream, template, **options), strict=False))
+    whole = [item for _, item in whole]
+    assert len({w for group in wheres(whole) for w in group}) == 11  # every row, and a second pass
+    for stop in (1, 2, 5, 9, 17):
+        position = whole[stop - 1][1][1]
+        resumed = TrainingStream(stream, template, **options, start={0: position})
+        rest = [item for _, item in zip(range(30 - stop), resumed, strict=False)]
+        assert wheres(rest) == wheres(whole[stop:]), stop
+
+
+def test_bad_rows_are_skipped_listed_and_stop_the_run_past_the_limit(template, tmp_path):
+    stream = open_stream([str(write_ocr_parquet(tmp_path / "ocr.parquet", 12, bad=(3,), cut=(5,)))])
+    bad_file = tmp_path / "bad.jsonl"
+    data = TrainingStream(stream, template, max_length=300, truncation="delete", capacity=None, rank=0,
+                          world_size=1, seed=0, bad_file=bad_file, max_bad_fraction=0.01)  # fmt: skip
+    items = [item for _, item in zip(range(10), data, strict=False)]
+    assert len(items) == 10 and all(len(group) == 1 and group[0]["input_ids"].ndim == 1 for group, _ in items)
+    lines = [json.loads(x) for x in bad_file.read_text().splitlines()]
+    assert [(line["where"].rpartition(":")[2], line["kind"]) for line in lines] == [
+        ("#3", "unreadable image"),  # found by the row's check (its header)
+        ("#5", "failed while training"),  # found when encoded
+    ]
+    batch = collate_stream(lambda rows: {"n": len(rows)}, False, items[:2])
+    assert batch == {"n": 2, "stream_position": {0: items[1][1][1]}}
+    worse = open_stream([str(write_ocr_parquet(tmp_path / "worse.parquet", 12, bad=(1, 2)))])
+    data = TrainingStream(worse, template, max_length=300, truncation="delete", capacity=None, rank=0,
+                          world_size=1, seed=0, bad_file=bad_file, max_bad_fraction=0.0)  # fmt: skip
+    with pytest.raises(VlmkitError, match="2 of .* rows read by one reader are bad"):
+        list(zip(range(11), data, strict=False))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "--streaming needs --max-steps"),
+        ({"max_steps": 5, "split_ratio": 0.1}, "--val-dataset/--split-ratio needs every row up front"),
+        ({"max_steps": 5, "group_by_length": True}, "--group-by-length needs every row up front"),
+    ],
+)
+def test_streaming_refuses_what_needs_every_row_up_front(options, message):
+    with pytest.raises(VlmkitError, match=message):
+        SFTConfig(model="m", dataset=["d.parquet"], streaming=True, **options).validate()
