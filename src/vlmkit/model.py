@@ -319,6 +319,9 @@ def load(
     attn_impl: str = "sdpa",
     encoding: EncodingSettings | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
     **encoding_options: Any,
 ) -> VLM:
     """Load a model folder or hub id, or a vlmkit checkpoint (`ckpt`: base model + LoRA adapter, or full
@@ -326,12 +329,17 @@ def load(
     fields as keyword arguments: `min_pixels=...`, `system=...`) defaults to the settings saved with the model
     or checkpoint (vlmkit.json), then to the checkpoint's image-processor config. `trust_remote_code` lets
     transformers run Python code shipped in the model folder (untested here); the family still comes from
-    config.json."""
-    from vlmkit import loader
+    config.json. `device_map` (auto, balanced, sequential, or {module: device}), with `max_memory` ("0=20GiB,
+    cpu=60GiB" or {device: size}) and `offload_folder`, spreads the model over GPUs, CPU and disk
+    (`vlmkit.placement`) instead of putting it on `device`."""
+    from vlmkit import loader, placement
 
     encoding = encoding_settings(encoding, **encoding_options)
     files = loader.resolve_model(model, ckpt)
     loader.check_trust(files, trust_remote_code)
+    if device_map is not None and device != "auto":
+        raise VlmkitError(f"--device {device} and --device-map {device_map}: give one (--device-map places the layers)")
+    placed = placement.from_pretrained_placement(device_map, max_memory, offload_folder)
     device = loader.pick_device(device)
     torch_dtype = loader.torch_dtype(dtype, device)
     loader.check_attn(attn_impl)
@@ -341,9 +349,14 @@ def load(
         loader.check_weights(files.ckpt_dir)  # the adapter's weights
     tokenizer, template = loader.load_tokenizer_and_template(files, encoding, trust_remote_code)
     hf_model = loader.load_weights(
-        files, dtype=torch_dtype, attn_impl=attn_impl, trust_remote_code=trust_remote_code, merge_lora=merge_lora
+        files, dtype=torch_dtype, attn_impl=attn_impl, trust_remote_code=trust_remote_code, merge_lora=merge_lora,
+        **placed,
     )
-    hf_model.to(device).eval()
+    if placed:  # accelerate placed the layers; its hooks move each layer's inputs
+        device = placement.input_device(hf_model)
+    else:
+        hf_model.to(device)
+    hf_model.eval()
     return VLM(
         model=hf_model, tokenizer=tokenizer, template=template, family=files.family, path=files.files_dir,
         device=device,

@@ -13,7 +13,18 @@ from typing import Annotated
 
 import typer
 
-from vlmkit.options import AttnImpl, Columns, Device, DType, Prompt, TrustRemoteCode, with_encoding_options
+from vlmkit.options import (
+    AttnImpl,
+    Columns,
+    Device,
+    DeviceMap,
+    DType,
+    MaxMemory,
+    OffloadFolder,
+    Prompt,
+    TrustRemoteCode,
+    with_encoding_options,
+)
 from vlmkit.settings import EncodingSettings
 
 
@@ -92,6 +103,9 @@ def eval_command(
     encoding: EncodingSettings = EncodingSettings(),
     dtype: DType = "auto",
     device: Device = "auto",
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    offload_folder: OffloadFolder = None,
     attn_impl: AttnImpl = "sdpa",
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
@@ -125,6 +139,9 @@ def eval_command(
         encoding=encoding,
         dtype=dtype,
         device=device,
+        device_map=device_map,
+        max_memory=max_memory,
+        offload_folder=offload_folder,
         attn_impl=attn_impl,
         trust_remote_code=trust_remote_code,
         echo=typer.echo,
