@@ -361,6 +361,22 @@ def sft_command(
             rich_help_panel=_E,
         ),
     ] = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option(
+            help="LoRA on a model larger than one GPU (naive model parallel, one process): auto, balanced, "
+            "balanced_low_0, sequential or a JSON {module: GPU index}, as for `vlmkit infer`; every layer must "
+            "fit on a GPU (no CPU or disk offload). Not with torchrun, --deepspeed or --fsdp.",
+            rich_help_panel=_E,
+        ),
+    ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="With --device-map: most memory per GPU, e.g. 0=30GiB,1=40GiB (leave room for activations).",
+            rich_help_panel=_E,
+        ),
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show progress bars.", rich_help_panel=_S)
     ] = True,

@@ -83,6 +83,8 @@ class SFTConfig:
     trust_remote_code: bool = False
     deepspeed: str | None = None
     fsdp: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
     report_to: str = "auto"
     resume: str | None = None
     eval_generate: int = 3
@@ -105,6 +107,13 @@ class SFTConfig:
             (self.deepspeed in DEEPSPEED, f"--deepspeed {self.deepspeed}: choose zero2 or zero3"),
             (self.fsdp in FSDP, f"--fsdp {self.fsdp}: choose full_shard or shard_grad_op"),
             (not (self.deepspeed and self.fsdp), "--deepspeed and --fsdp cannot be combined; pick one"),
+            (
+                not (self.device_map and (self.deepspeed or self.fsdp)),
+                f"--device-map and --{'deepspeed' if self.deepspeed else 'fsdp'}: both place the model; "
+                "--device-map splits one copy over the GPUs of one process (naive model parallel), DeepSpeed "
+                "and FSDP shard it over processes: pick one",
+            ),
+            (self.max_memory is None or self.device_map, "--max-memory limits --device-map; give --device-map too"),
             (
                 self.report_to in REPORT_TO,
                 f"--report-to {self.report_to}: choose one of {', '.join(REPORT_TO)}",

@@ -79,6 +79,12 @@ def _check_environment(config: SFTConfig) -> None:
             raise VlmkitError(f"--quant {config.quant} needs bitsandbytes: pip install 'vlmkit[qlora]'")
     if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise VlmkitError(f"--deepspeed {config.deepspeed} needs DeepSpeed: pip install 'vlmkit[deepspeed]'")
+    if config.device_map and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise VlmkitError(
+            f"--device-map: this is process {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']} "
+            "(torchrun / accelerate launch); --device-map splits the model over the GPUs of one process: run "
+            "`vlmkit sft --device-map ...` without a launcher, or drop --device-map for data-parallel training"
+        )
     check_tracker(config.report_to)
 
 
@@ -217,7 +223,7 @@ def sft(config: SFTConfig) -> Path:
     import transformers
     from transformers import set_seed
 
-    from vlmkit import loader
+    from vlmkit import loader, placement
     from vlmkit.data import load_datasets, split_dataset
     from vlmkit.data.columns import parse_columns
     from vlmkit.settings import write_settings
@@ -239,6 +245,7 @@ def sft(config: SFTConfig) -> Path:
     tokenizer, template = loader.load_tokenizer_and_template(files, config.encoding, config.trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = loader.torch_dtype(config.dtype, device)
+    placed = placement.from_pretrained_placement(config.device_map, config.max_memory)
 
     # The run folder (TrainingArguments first: it sets up the process group that the folder name is shared over).
     resume_from = resolve_resume(config.resume, config.output_dir, config.model) if config.resume else None
@@ -337,7 +344,13 @@ def sft(config: SFTConfig) -> Path:
         attn_impl=config.attn_impl,
         trust_remote_code=config.trust_remote_code,
         quantization_config=quantization,
+        **placed,
     )
+    if placed:
+        placement.check_trainable(model)
+        if len(set(getattr(model, "hf_device_map", {}).values())) == 1:
+            # all on one device: the Trainer places it as any model (it warns about a device map otherwise)
+            del model.hf_device_map
     if config.quant:
         from peft import prepare_model_for_kbit_training
 
