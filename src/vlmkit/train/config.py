@@ -8,6 +8,7 @@ line override the file. The resolved config is saved as `args.json` in the run f
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,12 @@ class SFTConfig:
         for ok, message in checks:
             if not ok:
                 raise VlmkitError(message)
+        if self.device_map and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun / accelerate launch
+            raise VlmkitError(
+                f"--device-map: this is process {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']} "
+                "(torchrun / accelerate launch); --device-map splits the model over the GPUs of one process: run "
+                "`vlmkit sft --device-map ...` without a launcher, or drop --device-map for data-parallel training"
+            )
         if self.eval_metric:
             from vlmkit.eval.metrics import metric_names
 

@@ -79,12 +79,6 @@ def _check_environment(config: SFTConfig) -> None:
             raise VlmkitError(f"--quant {config.quant} needs bitsandbytes: pip install 'vlmkit[qlora]'")
     if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise VlmkitError(f"--deepspeed {config.deepspeed} needs DeepSpeed: pip install 'vlmkit[deepspeed]'")
-    if config.device_map and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise VlmkitError(
-            f"--device-map: this is process {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']} "
-            "(torchrun / accelerate launch); --device-map splits the model over the GPUs of one process: run "
-            "`vlmkit sft --device-map ...` without a launcher, or drop --device-map for data-parallel training"
-        )
     check_tracker(config.report_to)
 
 

@@ -1,0 +1,122 @@
+"""`--device-map` / `--max-memory`: a model split over devices (here the CPU and the disk, the only devices a
+CPU machine has) answers as the unsplit model does; `vlmkit sft --device-map` trains as without it, and is
+refused where it cannot work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from scripted import MULTILINE_CJK_REPLY
+
+import vlmkit
+
+SEPARATOR = "-" * 50
+
+
+def cli(*args: str, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vlmkit", *args], input=stdin, capture_output=True, text=True, timeout=180,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def cpu_and_disk(model_dir: Path) -> str:
+    """A --max-memory that leaves the CPU room for about 90% of the weights: the rest goes to disk."""
+    size = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    return f"cpu={int(0.9 * size)},disk=10GB"
+
+
+def test_a_model_split_over_cpu_and_disk_gives_the_unsplit_logits_and_replies(small_model, tmp_path):
+    whole = vlmkit.load(str(small_model), device="cpu")
+    split = vlmkit.load(
+        str(small_model), device_map="auto", max_memory=cpu_and_disk(small_model), offload_folder=tmp_path / "off"
+    )
+    assert set(split.model.hf_device_map.values()) == {"cpu", "disk"}
+    assert split.device == "cpu"
+    row = {"messages": [{"role": "user", "content": "What colour is the sky?"}]}
+    batch = whole.template.collate([whole.encode(vlmkit.sample.to_sample(row))], padding_side="left")
+    batch.pop("labels")
+    with torch.inference_mode():
+        assert torch.equal(whole.model(**batch).logits, split.model(**batch).logits)
+    assert split.generate([row], max_new_tokens=12) == whole.generate([row], max_new_tokens=12)
+    split_chat, whole_chat = split.chat(), whole.chat()  # two turns: the second reuses the first's cache
+    for text in ("Hi", "And again?"):
+        assert split_chat.send(text, max_new_tokens=6) == whole_chat.send(text, max_new_tokens=6)
+
+
+@pytest.mark.slow  # loads the real-vocabulary scripted model split over CPU and disk: ~12 s on 2 cores
+def test_infer_device_map_auto_chats_through_the_cli(scripted_model):
+    result = cli(
+        "infer", "--model", str(scripted_model), "--device-map", "auto", "--max-memory", cpu_and_disk(scripted_model),
+        "--quiet", stdin="Hi\n你好\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    turn = f"{MULTILINE_CJK_REPLY}\n{SEPARATOR}\n"
+    assert result.stdout == f"<<< Hi\n{turn}<<< 你好\n{turn}<<< "
+    assert "modules on cpu" in result.stderr and " on disk " in result.stderr
+    assert [line for line in result.stderr.splitlines() if "warn" in line.lower()] == []
+
+
+def test_device_and_device_map_together_are_refused(small_model):
+    result = cli("infer", "--model", str(small_model), "--device", "cpu", "--device-map", "auto")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: --device cpu and --device-map auto: give one (--device-map places the layers)"
+    )
+
+
+@pytest.fixture(scope="module")
+def two_rows(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("data") / "d.jsonl"
+    data.write_text(
+        '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Ho"}]}\n'
+        '{"messages": [{"role": "user", "content": "Yo"}, {"role": "assistant", "content": "Hey there"}]}\n'
+    )
+    return data
+
+
+def sft(model: Path, data: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return cli(
+        "sft", "--model", str(model), "--dataset", str(data), "--output-dir", str(out), "--max-steps", "2",
+        "--save-steps", "2", "--logging-steps", "1", "--no-progress", "--report-to", "none", *extra, env=env,
+    )  # fmt: skip
+
+
+def losses(stdout: str) -> list[str]:
+    return [word for line in stdout.splitlines() for word in line.split() if word.startswith(("loss=", "grad_norm="))]
+
+
+@pytest.mark.slow  # two 2-step LoRA runs: ~25 s on 2 cores
+def test_sft_with_a_device_map_trains_as_without(small_model, two_rows, tmp_path):
+    plain = sft(small_model, two_rows, tmp_path / "plain")
+    mapped = sft(small_model, two_rows, tmp_path / "mapped", "--device-map", "auto")
+    assert plain.returncode == 0 and mapped.returncode == 0, mapped.stderr
+    assert len(losses(mapped.stdout)) == 4 and losses(mapped.stdout) == losses(plain.stdout)
+    assert [line for line in mapped.stderr.splitlines() if "warn" in line.lower()] == []
+    assert list((tmp_path / "mapped").glob("*/v0-*/checkpoint-2/adapter_model.safetensors"))
+
+
+def test_sft_device_map_under_torchrun_is_refused_before_any_run_folder(small_model, two_rows, tmp_path):
+    result = sft(small_model, two_rows, tmp_path / "out", "--device-map", "auto", env={"WORLD_SIZE": "2", "RANK": "0"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: --device-map: this is process 0 of 2 (torchrun / accelerate launch); --device-map splits the model "
+        "over the GPUs of one process: run `vlmkit sft --device-map ...` without a launcher, or drop --device-map "
+        "for data-parallel training"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # reads the data and loads the model before it can see where the layers went: ~10 s
+def test_sft_refuses_layers_offloaded_to_cpu_or_disk(small_model, two_rows, tmp_path):
+    result = sft(small_model, two_rows, tmp_path / "out", "--device-map", "auto", "--max-memory", cpu_and_disk(small_model))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --device-map: training cannot update layers offloaded to cpu and disk; give the GPUs more "
+        "--max-memory, use more GPUs, or --quant 4bit"
+    )
