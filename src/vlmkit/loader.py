@@ -310,6 +310,10 @@ def load_weights(
     if adapter and files.is_adapter:
         from peft import PeftModel
 
+        from vlmkit.placement import check_adapter_fits
+
+        check_adapter_fits(hf_model, files.ckpt_dir)
+
         with peft_quietly():
             hf_model = PeftModel.from_pretrained(hf_model, files.ckpt_dir)
         if merge_lora:

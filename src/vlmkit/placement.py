@@ -139,13 +139,27 @@ def describe(model: Any) -> str:
     )
 
 
-def check_trainable(model: Any) -> None:
-    """LoRA on a device-mapped model trains only where every layer really sits on a device: layers that
-    accelerate offloads (to the CPU beside GPUs, or to disk) are placeholders filled at each forward pass."""
+def offloaded_devices(model: Any) -> list[str]:
+    """Where accelerate offloaded layers of `model` to (placeholders filled at each forward pass): "disk", and
+    "cpu" beside GPUs. A model wholly on the CPU is not offloaded: its layers really are there."""
     devices = set(getattr(model, "hf_device_map", {}).values())
-    offloaded = sorted(str(d) for d in devices if d == "disk" or (d == "cpu" and len(devices) > 1))
-    if offloaded:
+    return sorted(str(d) for d in devices if d == "disk" or (d == "cpu" and len(devices) > 1))
+
+
+def check_trainable(model: Any) -> None:
+    """LoRA on a device-mapped model trains only where every layer really sits on a device."""
+    if offloaded := offloaded_devices(model):
         raise VlmkitError(
             f"--device-map: training cannot update layers offloaded to {' and '.join(offloaded)}; give the GPUs "
             "more --max-memory, use more GPUs, or --quant 4bit"
+        )
+
+
+def check_adapter_fits(model: Any, ckpt_dir: Any) -> None:
+    """peft cannot put a LoRA adapter onto offloaded layers (it fails deep inside with a KeyError)."""
+    if offloaded := offloaded_devices(model):
+        raise VlmkitError(
+            f"--device-map: the LoRA adapter of {ckpt_dir} cannot be applied to layers offloaded to "
+            f"{' and '.join(offloaded)}; give the GPUs more --max-memory, or export the checkpoint with "
+            "--merge-lora (without --device-map) and load the merged folder"
         )

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from scripted import MULTILINE_CJK_REPLY
 
 import vlmkit
+from vlmkit.errors import VlmkitError
+from vlmkit.export import export
 
 SEPARATOR = "-" * 50
 
@@ -91,14 +94,25 @@ def losses(stdout: str) -> list[str]:
     return [word for line in stdout.splitlines() for word in line.split() if word.startswith(("loss=", "grad_norm="))]
 
 
-@pytest.mark.slow  # two 2-step LoRA runs: ~25 s on 2 cores
-def test_sft_with_a_device_map_trains_as_without(small_model, two_rows, tmp_path):
+@pytest.mark.slow  # two 2-step LoRA runs and three exports: ~30 s on 2 cores
+def test_sft_with_a_device_map_trains_as_without_and_exports_the_same_weights(small_model, two_rows, tmp_path):
     plain = sft(small_model, two_rows, tmp_path / "plain")
     mapped = sft(small_model, two_rows, tmp_path / "mapped", "--device-map", "auto")
     assert plain.returncode == 0 and mapped.returncode == 0, mapped.stderr
     assert len(losses(mapped.stdout)) == 4 and losses(mapped.stdout) == losses(plain.stdout)
     assert [line for line in mapped.stderr.splitlines() if "warn" in line.lower()] == []
-    assert list((tmp_path / "mapped").glob("*/v0-*/checkpoint-2/adapter_model.safetensors"))
+    checkpoint = next((tmp_path / "mapped").glob("*/v0-*/checkpoint-2"))
+
+    # export: merged on a device-mapped model = merged without; an adapter onto offloaded layers is refused
+    plain_export = export(checkpoint, tmp_path / "plain-export", merge_lora=True)
+    mapped_export = export(checkpoint, tmp_path / "mapped-export", merge_lora=True, device_map="auto")
+    plain_weights = load_file(plain_export / "model.safetensors")
+    mapped_weights = load_file(mapped_export / "model.safetensors")
+    assert plain_weights.keys() == mapped_weights.keys()
+    assert all(torch.equal(plain_weights[k], mapped_weights[k]) for k in plain_weights)
+    with pytest.raises(VlmkitError, match="cannot be applied to layers offloaded to cpu and disk"):
+        export(checkpoint, tmp_path / "x", merge_lora=True, device_map="auto", max_memory=cpu_and_disk(small_model))
+    assert not (tmp_path / "x").exists()
 
 
 def test_sft_device_map_under_torchrun_is_refused_before_any_run_folder(small_model, two_rows, tmp_path):
