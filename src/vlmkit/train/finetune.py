@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from vlmkit.errors import VlmkitError
+from vlmkit.train.arguments import save_best_by, training_arguments
 from vlmkit.train.config import SFTConfig
 from vlmkit.train.encoded import EncodedDataset
 from vlmkit.train.packing import PackedDataset, collate_packed, pack_lengths, resolve_packing
@@ -34,39 +34,7 @@ from vlmkit.train.run import (
     saved_args,
     write_val_rows,
 )
-from vlmkit.train.trackers import check_tracker, start_tracker, trainer_report_to
-
-DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
-    "zero2": {
-        "zero_optimization": {
-            "stage": 2,
-            "overlap_comm": True,
-            "contiguous_gradients": True,
-            "reduce_bucket_size": "auto",
-        },
-        "bf16": {"enabled": "auto"},
-        "fp16": {"enabled": "auto"},
-        "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-    },
-    "zero3": {
-        "zero_optimization": {
-            "stage": 3,
-            "overlap_comm": True,
-            "contiguous_gradients": True,
-            "reduce_bucket_size": "auto",
-            "stage3_prefetch_bucket_size": "auto",
-            "stage3_param_persistence_threshold": "auto",
-            "stage3_gather_16bit_weights_on_model_save": True,
-        },
-        "bf16": {"enabled": "auto"},
-        "fp16": {"enabled": "auto"},
-        "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-    },
-}
+from vlmkit.train.trackers import check_tracker, start_tracker
 
 
 def _check_environment(config: SFTConfig) -> None:
@@ -81,60 +49,6 @@ def _check_environment(config: SFTConfig) -> None:
     if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise VlmkitError(f"--deepspeed {config.deepspeed} needs DeepSpeed: pip install 'vlmkit[deepspeed]'")
     check_tracker(config.report_to)
-
-
-def _training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir: str):
-    from transformers import TrainingArguments
-
-    fsdp_kwargs: dict[str, Any] = {}
-    if config.fsdp:
-        fsdp_kwargs = {"fsdp": f"{config.fsdp} auto_wrap", "fsdp_config": {"use_orig_params": True}}
-    workers = (
-        config.num_workers if config.num_workers is not None else (4 if torch.cuda.is_available() else 0)
-    )
-    return TrainingArguments(
-        output_dir=output_dir,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.lr,
-        weight_decay=config.weight_decay,
-        adam_beta2=config.adam_beta2,
-        max_grad_norm=config.max_grad_norm,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        lr_scheduler_type=config.scheduler,
-        warmup_steps=config.warmup_ratio,
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-        bf16=torch_dtype == torch.bfloat16,
-        fp16=torch_dtype == torch.float16,
-        seed=config.seed,
-        data_seed=config.seed,
-        eval_strategy="steps" if has_val else "no",
-        eval_steps=config.eval_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=None,  # CompleteCheckpoints rotates, after the new checkpoint is complete
-        **_best_checkpoint_kwargs(config),
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        report_to=trainer_report_to(config.report_to),
-        dataloader_num_workers=workers,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        remove_unused_columns=False,
-        label_names=["labels"],
-        prediction_loss_only=True,  # evaluation reports the loss; logits are only kept where supervised
-        include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True,
-        ddp_find_unused_parameters=False,
-        use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU use DDP over gloo
-        ddp_backend="gloo"
-        if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        else None,
-        deepspeed=DEEPSPEED_PRESETS[config.deepspeed] if config.deepspeed else None,
-        **fsdp_kwargs,
-    )
 
 
 def _batching(config: SFTConfig, template, train_set, train_lengths, val_set, val_lengths, is_main: bool):
@@ -306,7 +220,7 @@ def _start_run(config: SFTConfig, base: _Base) -> _Run:
     val_data = load_datasets(config.val_dataset, **read) if config.val_dataset else None
     if config.split_ratio:
         train_data, val_data = split_dataset(train_data, config.split_ratio, seed=config.seed)
-    args = _training_arguments(config, base.torch_dtype, val_data is not None, output_dir=config.output_dir)
+    args = training_arguments(config, base.torch_dtype, val_data is not None, output_dir=config.output_dir)
     run_dir = _make_run_dir(config, resume_from)
     args.output_dir = str(run_dir)
     if hasattr(args, "logging_dir"):
@@ -467,7 +381,7 @@ def _make_trainer(config: SFTConfig, base: _Base, run: _Run, sets: _Sets, model)
         callbacks=[
             RunLog(run.dir, config.batch_size * config.grad_accum * run.args.world_size, config.progress),
             CompleteCheckpoints(
-                run.dir, Path(model_dir), run.settings, keep=config.save_total_limit, best_by=_save_best_by(config)
+                run.dir, Path(model_dir), run.settings, keep=config.save_total_limit, best_by=save_best_by(config)
             ),
             ChangeCheck(),
         ],
@@ -508,26 +422,6 @@ def _after_training(config: SFTConfig, base: _Base, run: _Run, sets: _Sets, trai
     if config.save_best:
         _write_best_checkpoint(trainer.state, run.dir, config)
     print_result(run.dir)
-
-
-def _save_best_by(config: SFTConfig) -> tuple[str, bool] | None:
-    """--save-best: (the logged key of the first --eval-metric, lower is better), or None."""
-    if not config.save_best:
-        return None
-    from vlmkit.eval.metrics import LOWER_IS_BETTER, metric_names
-
-    first = metric_names(config.eval_metric, "--eval-metric")[0]
-    return f"eval_{first}", first in LOWER_IS_BETTER
-
-
-def _best_checkpoint_kwargs(config: SFTConfig) -> dict[str, Any]:
-    """--save-best: the Trainer tracks the first --eval-metric (rotation keeps its best: CompleteCheckpoints)."""
-    if (best_by := _save_best_by(config)) is None:
-        return {}
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # only the main process scores: others lack the metric
-        raise VlmkitError("--save-best runs on one process for now; drop it for multi-process training")
-    key, lower_is_better = best_by
-    return {"metric_for_best_model": key, "greater_is_better": not lower_is_better}
 
 
 def _write_best_checkpoint(state, run_dir: Path, config: SFTConfig) -> None:
