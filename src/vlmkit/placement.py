@@ -131,10 +131,12 @@ def input_device(model: Any) -> str:
 
 
 def describe(model: Any) -> str:
-    """One line on where the modules went: `device map: 3 modules on GPU 0, 2 on cpu, 4 on disk`."""
+    """One line on where the modules went: `device map: 3 modules on GPU 0, 2 modules on cpu`."""
     counts = Counter(getattr(model, "hf_device_map", {}).values())
-    parts = [f"{n} on {'GPU ' + str(d) if isinstance(d, int) else d}" for d, n in counts.items()]
-    return "device map: " + (", ".join(parts).replace(" on ", " modules on ", 1) or "one device") + (
+    parts = [
+        f"{n} module{'s' * (n != 1)} on {'GPU ' + str(d) if isinstance(d, int) else d}" for d, n in counts.items()
+    ]
+    return "device map: " + (", ".join(parts) or "one device") + (
         " (disk-offloaded layers are read from disk at every step: slow)" if "disk" in counts else ""
     )
 

@@ -4,6 +4,7 @@ refused where it cannot work."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,6 +64,35 @@ def test_infer_device_map_auto_chats_through_the_cli(scripted_model):
     assert result.stdout == f"<<< Hi\n{turn}<<< 你好\n{turn}<<< "
     assert "modules on cpu" in result.stderr and " on disk " in result.stderr
     assert [line for line in result.stderr.splitlines() if "warn" in line.lower()] == []
+
+
+def test_eval_with_a_split_model_scores_as_the_unsplit_one(small_model, tmp_path):
+    from vlmkit.eval.evaluate import evaluate
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text(
+        '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Ho"}]}\n'
+        '{"messages": [{"role": "user", "content": "Yo"}, {"role": "assistant", "content": "Hey"}]}\n'
+    )
+    whole = evaluate(str(data), models=[str(small_model)], output=tmp_path / "whole", max_new_tokens=6, echo=str)
+    split = evaluate(
+        str(data), models=[str(small_model)], output=tmp_path / "split", max_new_tokens=6, echo=str,
+        device_map="auto", max_memory=cpu_and_disk(small_model),
+    )  # fmt: skip
+    replies = [
+        [json.loads(line)["response"] for line in next((tmp_path / run).glob("*.predictions.jsonl")).open()]
+        for run in ("whole", "split")
+    ]
+    assert len(replies[0]) == 2 and replies[0] == replies[1]
+    assert whole["models"] == split["models"]
+
+
+def test_serve_device_map_with_the_vllm_backend_is_refused(small_model):
+    from vlmkit.serve import serve
+
+    with pytest.raises(VlmkitError) as e:
+        serve(str(small_model), backend="vllm", device_map="auto")
+    assert str(e.value) == "--device-map is for --backend transformers; vLLM spreads a model over GPUs itself"
 
 
 def test_device_and_device_map_together_are_refused(small_model):

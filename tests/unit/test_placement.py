@@ -63,7 +63,7 @@ def test_inputs_go_to_the_first_gpu_and_the_summary_counts_modules():
     assert input_device(model) == "cuda:0"
     assert input_device(Mapped({"": "cpu"})) == "cpu"
     assert describe(Mapped({"a": "cpu", "b": "disk", "c": "disk"})) == (
-        "device map: 1 modules on cpu, 2 on disk (disk-offloaded layers are read from disk at every step: slow)"
+        "device map: 1 module on cpu, 2 modules on disk (disk-offloaded layers are read from disk at every step: slow)"
     )
 
 
