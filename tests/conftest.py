@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,34 @@ def scripted_model(tmp_path_factory) -> Path:
     from scripted import MULTILINE_CJK_REPLY, build_scripted_model
 
     return build_scripted_model("qwen2-vl", tmp_path_factory.mktemp("scripted") / "m", MULTILINE_CJK_REPLY)
+
+
+@pytest.fixture(scope="session")
+def adapter(small_model, tmp_path_factory) -> Path:
+    """A LoRA checkpoint of a few large steps, trained with its own pixel limit and system prompt."""
+    from vlmkit.train import SFTConfig, sft
+
+    root = tmp_path_factory.mktemp("adapter")
+    rows = [
+        {"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "zz zz zz"}]}
+    ] * 4
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = sft(
+        SFTConfig(
+            model=str(small_model),
+            dataset=[str(data)],
+            output_dir=str(root / "out"),
+            max_steps=4,
+            lr=0.3,
+            max_pixels=4000,
+            system="Be brief.",
+            save_steps=50,
+            logging_steps=1,
+            progress=False,
+            num_workers=0,
+            report_to="none",
+            eval_generate=0,
+        )
+    )
+    return run_dir / "checkpoint-4"

@@ -15,6 +15,7 @@ import typer
 from vlmkit.errors import VlmkitError
 from vlmkit.options import (
     AttnImpl,
+    Backend,
     Columns,
     Device,
     DeviceMap,
@@ -22,7 +23,9 @@ from vlmkit.options import (
     MaxMemory,
     OffloadFolder,
     Prompt,
+    TensorParallelSize,
     TrustRemoteCode,
+    VllmArg,
     with_encoding_options,
 )
 from vlmkit.settings import EncodingSettings
@@ -146,6 +149,9 @@ def infer(
         ),
     ] = None,
     trust_remote_code: TrustRemoteCode = False,
+    backend: Backend = "transformers",
+    tensor_parallel_size: TensorParallelSize = 1,
+    vllm_arg: VllmArg = None,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -162,6 +168,7 @@ def infer(
     from vlmkit.data.columns import parse_columns
     from vlmkit.infer import run_batch, run_chat
     from vlmkit.model import GenerationOptions, load
+    from vlmkit.vllm_args import refuse_vllm_options
 
     options = GenerationOptions(
         max_new_tokens=max_new_tokens,
@@ -175,23 +182,47 @@ def infer(
     if val:
         input = _val_input(ckpt, input)
         columns, prompt = _run_columns(ckpt, columns, prompt)
-    vlm = load(
-        model,
-        ckpt=ckpt,
-        merge_lora=merge_lora,
-        dtype=dtype,
-        device=device,
-        attn_impl=attn_impl,
-        encoding=encoding,
-        trust_remote_code=trust_remote_code,
-        device_map=device_map,
-        max_memory=max_memory,
-        offload_folder=offload_folder,
-    )
-    if device_map is not None:
-        from vlmkit.placement import describe
+    if backend not in ("transformers", "vllm"):
+        raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
+    refuse_vllm_options(backend, tensor_parallel_size, vllm_arg)
+    if input is not None:
+        from vlmkit.batch_output import join_ranks
 
-        typer.echo(describe(vlm.model), err=True)
+        join_ranks(device, backend)  # under torchrun: before the model loads, so each rank takes its own GPU
+    if backend == "vllm":
+        from vlmkit.vllm_args import VLLM_PASSES
+        from vlmkit.vllm_offline import load_vllm, refuse_for_vllm
+
+        if input is None:
+            raise VlmkitError("--backend vllm runs batch inference (--input FILE); to chat, use vlmkit serve --backend vllm")
+        refuse_for_vllm(
+            merge_lora=merge_lora, device=None if device == "auto" else device, device_map=device_map,
+            attn_impl=None if attn_impl == "sdpa" else attn_impl,
+            **{k: v for k, v in encoding.given().items() if k not in VLLM_PASSES},
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        vlm = load_vllm(
+            model, ckpt=ckpt, dtype=dtype, tensor_parallel_size=tensor_parallel_size, vllm_args=vllm_arg,
+            encoding=encoding,
+        )  # fmt: skip
+    else:
+        vlm = load(
+            model,
+            ckpt=ckpt,
+            merge_lora=merge_lora,
+            dtype=dtype,
+            device=device,
+            attn_impl=attn_impl,
+            encoding=encoding,
+            trust_remote_code=trust_remote_code,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
+        )
+        if device_map is not None:
+            from vlmkit.placement import describe
+
+            typer.echo(describe(vlm.model), err=True)
     if input is None:
         run_chat(vlm, options, draw_dir=draw, quiet=quiet, system_option=encoding.system)
         return
@@ -208,7 +239,10 @@ def infer(
         progress=sys.stderr.isatty(),
         draw_dir=draw,
     )
-    typer.echo(f"wrote {counts['ok'] + counts['failed']} rows to {output} ({counts['failed']} failed)")
+    from vlmkit.batch_output import is_main_process
+
+    if is_main_process():  # one line for a torchrun run, not one per rank
+        typer.echo(f"wrote {counts['ok'] + counts['failed']} rows to {output} ({counts['failed']} failed)")
 
 
 from vlmkit.data.commands import app as data_app  # noqa: E402
@@ -353,6 +387,11 @@ def serve_command(
     backend: Annotated[
         str, typer.Option(help="transformers (dynamic batching here), or vllm (runs `vllm serve`; GPU, vllm installed).")
     ] = "transformers",
+    tensor_parallel_size: TensorParallelSize = 1,
+    data_parallel_size: Annotated[
+        int, typer.Option(help="With --backend vllm: copies of the model serving requests (vLLM data parallelism).")
+    ] = 1,
+    vllm_arg: VllmArg = None,
     allow_media_dir: Annotated[
         list[Path] | None,
         typer.Option(help="Let clients name local files, only inside this folder (repeatable). Default: none."),
@@ -428,6 +467,9 @@ def serve_command(
         attn_impl=attn_impl,
         log_level=log_level,
         backend=backend,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+        vllm_args=vllm_arg,
     )
 
 

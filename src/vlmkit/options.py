@@ -72,6 +72,24 @@ Prompt = Annotated[
         "'Find <ref-object>'."
     ),
 ]
+Backend = Annotated[
+    str,
+    typer.Option(
+        help="transformers (here), or vllm: vLLM's engine with the same template, pixel limits and LoRA "
+        "adapter (GPU, vllm installed; what it cannot apply is refused)."
+    ),
+]
+TensorParallelSize = Annotated[
+    int, typer.Option(help="With --backend vllm: GPUs one model is split across (vLLM tensor parallelism).")
+]
+VllmArg = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="With --backend vllm: KEY=VALUE for a vLLM engine option vlmkit does not translate (repeatable; "
+        "e.g. gpu-memory-utilization=0.8, max-model-len=8192, limit-mm-per-prompt='{\"image\": 4}'). "
+        "Options that would override the template, pixel limits, LoRA setup or dtype are refused."
+    ),
+]
 
 
 # -- encoding options: one per `EncodingSettings` field, in its order ------------------------------------

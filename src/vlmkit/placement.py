@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -109,6 +110,11 @@ def from_pretrained_placement(
         if max_memory is not None or offload_folder is not None:
             raise VlmkitError("--max-memory and --offload-folder place layers for --device-map; give --device-map too")
         return {}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun / accelerate launch
+        raise VlmkitError(
+            f"--device-map: this is process {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']} (torchrun); "
+            "every process would spread its own copy over all the GPUs: run without torchrun, or drop --device-map"
+        )
     placement = parse_device_map(device_map)
     memory = parse_max_memory(max_memory)
     if isinstance(placement, dict) and memory is not None:

@@ -59,7 +59,7 @@ def test_full_checkpoint_is_its_own_base(small_model):
 
 def test_inference_does_not_import_training():
     code = (
-        "import sys, vlmkit.model, vlmkit.loader, vlmkit.infer, vlmkit.export, vlmkit.serve.server, vlmkit.serve.vllm;"
+        "import sys, vlmkit.model, vlmkit.loader, vlmkit.infer, vlmkit.export, vlmkit.serve.server, vlmkit.vllm_args, vlmkit.vllm_offline;"
         "print([m for m in sys.modules if m.startswith('vlmkit.train')])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

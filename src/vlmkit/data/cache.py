@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from vlmkit.errors import VlmkitError
+from vlmkit.sample import is_local_path
 
 # Bump when what `encode` returns changes in a way the template's source code does not show.
 ENCODING_VERSION = 1
@@ -122,9 +123,7 @@ def _json_default(value: Any) -> Any:
 
 def _media_stamp(source: Any) -> str:
     """Size and modification time of a local media file; '' for anything else (keyed by its content)."""
-    if isinstance(source, Path) or (
-        isinstance(source, str) and "://" not in source and not source.startswith("data:")
-    ):
+    if isinstance(source, Path) or is_local_path(source):
         path = Path(source)
     elif isinstance(source, str) and source.startswith("file://"):
         path = Path(source[len("file://") :])

@@ -46,13 +46,13 @@ from typing import Any, NamedTuple
 from tqdm import tqdm
 
 from vlmkit.data.formats import row_to_sample
-from vlmkit.data.readers import Dataset, Row
+from vlmkit.data.readers import Dataset, Row, file_position
 from vlmkit.data.values import jsonable
 from vlmkit.encoding import control_token_pattern
 from vlmkit.errors import DataError, MediaError, VlmkitError
 from vlmkit.grounding import LITERAL_TOKENS
 from vlmkit.media import verify_image
-from vlmkit.sample import Sample
+from vlmkit.sample import Sample, missing_media
 
 TRUNCATIONS = ("delete", "shrink")
 # More characters than any token of the supported tokenizers spells (Qwen2's longest: 128 spaces).
@@ -180,33 +180,11 @@ def _reason(error: Exception, where: str) -> str:
     return str(error).removeprefix(f"{where}: ")
 
 
-def _position(where: str, files: dict[str, int]) -> tuple[int, int]:
-    """Sort key in file order for `file:LINE` and `file:#INDEX` locations."""
-    path, _, line = where.rpartition(":")
-    line = line.removeprefix("#")
-    return files.get(path, len(files)), int(line) if line.isdigit() else 0
-
-
 def _has_reply(sample: Sample) -> bool:
     return any(
         m["role"] == "assistant" and any(p["type"] == "text" and p["text"].strip() for p in m["content"])
         for m in sample.messages
     )
-
-
-def _missing_media(sample: Sample, row: Row) -> tuple[str, str] | None:
-    """(kind, reason) for local media files that do not exist; None when all are there."""
-    missing = []
-    for kind in ("image", "video"):
-        for k, source in enumerate(sample.media(kind), 1):
-            local = isinstance(source, str) and "://" not in source and not source.startswith("data:")
-            if local and not Path(source).is_file():
-                missing.append((kind, f"{kind} {k} not found: {source}"))
-    if not missing:
-        return None
-    tried = " then ".join(str(d) for d in row.base_dirs)
-    hint = f" (relative paths are looked up in {tried})" if tried else ""
-    return f"missing {missing[0][0]}", "; ".join(reason for _, reason in missing) + hint
 
 
 def _undecodable(sample: Sample, where: str) -> str | None:
@@ -271,9 +249,9 @@ def _check_row(
             "no assistant reply to train on; a training row needs an assistant message with text",
             "no assistant reply",
         ), None
-    missing = _missing_media(sample, row)
+    missing = missing_media(sample, row.base_dirs)
     if missing:
-        return bad(missing[1], missing[0]), None
+        return bad(missing[1], f"missing {missing[0]}"), None
     chars = _text_chars(sample)
     if chars > MAX_CHARS_PER_TOKEN * max_length:  # never tokenized: a huge row would cost gigabytes
         return bad(
@@ -355,5 +333,5 @@ def check_dataset(
         if length is not None:
             report.lengths.append(length)
     files = {path: i for i, path in enumerate(formats)}
-    report.bad.sort(key=lambda bad: _position(bad.where, files))
+    report.bad.sort(key=lambda bad: file_position(bad.where, files))
     return report

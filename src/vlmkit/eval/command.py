@@ -15,6 +15,7 @@ import typer
 
 from vlmkit.options import (
     AttnImpl,
+    Backend,
     Columns,
     Device,
     DeviceMap,
@@ -22,7 +23,9 @@ from vlmkit.options import (
     MaxMemory,
     OffloadFolder,
     Prompt,
+    TensorParallelSize,
     TrustRemoteCode,
+    VllmArg,
     with_encoding_options,
 )
 from vlmkit.settings import EncodingSettings
@@ -108,6 +111,9 @@ def eval_command(
     offload_folder: OffloadFolder = None,
     attn_impl: AttnImpl = "sdpa",
     trust_remote_code: TrustRemoteCode = False,
+    backend: Backend = "transformers",
+    tensor_parallel_size: TensorParallelSize = 1,
+    vllm_arg: VllmArg = None,
 ) -> None:
     """Score models on a dataset with the task's metrics: one table, side by side (base vs fine-tuned).
 
@@ -144,5 +150,8 @@ def eval_command(
         offload_folder=offload_folder,
         attn_impl=attn_impl,
         trust_remote_code=trust_remote_code,
+        backend=backend,
+        tensor_parallel_size=tensor_parallel_size,
+        vllm_args=vllm_arg,
         echo=typer.echo,
     )

@@ -48,6 +48,9 @@ def evaluate(
     offload_folder: str | Path | None = None,
     attn_impl: str = "sdpa",
     trust_remote_code: bool = False,
+    backend: str = "transformers",
+    tensor_parallel_size: int = 1,
+    vllm_args: list[str] | None = None,
     echo: Callable[[str], Any] = print,
     **encoding_options: Any,
 ) -> dict[str, Any]:
@@ -56,13 +59,40 @@ def evaluate(
     Returns what metrics.json holds ({"dataset", "metrics", "metric_choice", "models": {label: {...}}}).
     `echo` gets the lines the command prints (schema, progress, the table). `encoding` (or its fields as
     keyword arguments: `max_pixels=...`) applies to every model and checkpoint, over their saved settings;
-    `device_map`, `max_memory`, `offload_folder` place each one as `vlmkit.load` does."""
+    `device_map`, `max_memory`, `offload_folder` place each one as `vlmkit.load` does.
+    With `backend` "vllm", models answer through vLLM's offline engine (`vlmkit.vllm_offline`;
+    `tensor_parallel_size`, `vllm_args`).
+
+    Under `torchrun --nproc-per-node N -m vlmkit eval ...` every rank answers a share of the rows
+    (`vlmkit.infer.run_batch`); rank 0 alone prints, scores and writes, and the other ranks return {}."""
+    from vlmkit.batch_output import is_main_process
     from vlmkit.eval.metrics import metric_names
     from vlmkit.eval.report import text_table, write_report
     from vlmkit.eval.rows import read_predictions
     from vlmkit.eval.run import file_stem, model_label, score_predictions
+    from vlmkit.vllm_args import refuse_vllm_options
 
     encoding = encoding_settings(encoding, **encoding_options)
+    if backend not in ("transformers", "vllm"):
+        raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
+    refuse_vllm_options(backend, tensor_parallel_size, vllm_args)
+    vllm = None
+    if backend == "vllm":
+        from vlmkit.vllm_args import VLLM_PASSES
+        from vlmkit.vllm_offline import refuse_for_vllm
+
+        refuse_for_vllm(device=None if device == "auto" else device, attn_impl=None if attn_impl == "sdpa" else attn_impl,
+                        device_map=device_map,
+                        **{k: v for k, v in encoding.given().items() if k not in VLLM_PASSES},
+                        trust_remote_code=trust_remote_code)  # fmt: skip
+        vllm = {"tensor_parallel_size": tensor_parallel_size, "vllm_args": vllm_args}
+        models, ckpts = list(models), list(ckpts)
+        if len(models) + len(ckpts) > 1:  # vllm-project/vllm#3281, #21073: a second engine runs out of memory
+            raise VlmkitError(
+                "--backend vllm answers with one --model/--ckpt per run: vLLM does not free the GPU between "
+                "engines in one process; run vlmkit eval once per model, then compare the runs with "
+                "vlmkit eval --predictions A.predictions.jsonl --predictions B.predictions.jsonl"
+            )
     output = Path(output)
     predictions = [Path(p) for p in predictions]
     pairs: list[tuple[str | None, Path | None]] = [(str(m), None) for m in models] + [
@@ -90,6 +120,9 @@ def evaluate(
         names, preset_reason = metric_names(preset.metric), f"the {preset.name} benchmark's metric"
     _check_eval_extra(names)
     given_lines = {given: read_predictions(given) for given in predictions}  # checked before any work
+    main = is_main_process()
+    if not main:
+        echo = _silent
     output.mkdir(parents=True, exist_ok=True)
 
     taken: set[str] = set()
@@ -117,10 +150,12 @@ def evaluate(
             path = output / f"{file_stem(label)}.predictions.jsonl"
             placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
             counts = _predict(model_name, checkpoint, dataset, rows, path, batch_size, max_new_tokens, encoding,
-                              dtype, device, attn_impl, trust_remote_code, placement)  # fmt: skip
+                              dtype, device, attn_impl, trust_remote_code, vllm, placement)  # fmt: skip
             echo(f"{label}: answered {counts['ok']} rows ({counts['failed']} failed) -> {path}")
             to_score.append((label, str(checkpoint or model_name), path))
             images[label], questions[label] = row_images, row_questions
+    if not main:  # this rank's share of the rows is answered; rank 0 scores all of them
+        return {}
     for given in predictions:
         label = model_label(str(given.with_suffix("")), None, taken)
         path = output / f"{file_stem(label)}.predictions.jsonl"
@@ -156,6 +191,10 @@ def evaluate(
     report = write_report(output, str(dataset or "predictions"), results, names, reason, images, questions)
     echo(f"wrote {output / 'metrics.json'} and {report}")
     return summary
+
+
+def _silent(*_: Any) -> None:
+    return None
 
 
 def _str(value: Any) -> str | None:
@@ -232,13 +271,21 @@ def _image_of_line(line: dict, folder: Path) -> Any:
 
 
 def _predict(model, checkpoint, dataset, rows, path, batch_size, max_new_tokens, encoding, dtype, device, attn_impl,
-             trust_remote_code, placement) -> dict[str, int]:  # fmt: skip
-    """Load one model, answer `rows` through `vlmkit infer`'s batch path into `path`, free the model."""
+             trust_remote_code, vllm, placement) -> dict[str, int]:  # fmt: skip
+    """Load one model (with vLLM when `vllm` holds its options), answer `rows` through `vlmkit infer`'s
+    batch path into `path`, free the model."""
+    from vlmkit.batch_output import join_ranks
     from vlmkit.infer import run_batch
     from vlmkit.model import GenerationOptions, load
 
-    vlm = load(model, ckpt=checkpoint, dtype=dtype, device=device, attn_impl=attn_impl, encoding=encoding,
-               trust_remote_code=trust_remote_code, **placement)  # fmt: skip
+    join_ranks(device, "vllm" if vllm is not None else "transformers")  # under torchrun: before the model loads
+    if vllm is not None:
+        from vlmkit.vllm_offline import load_vllm
+
+        vlm = load_vllm(model, ckpt=checkpoint, dtype=dtype, encoding=encoding, **vllm)
+    else:
+        vlm = load(model, ckpt=checkpoint, dtype=dtype, device=device, attn_impl=attn_impl, encoding=encoding,
+                   trust_remote_code=trust_remote_code, **placement)  # fmt: skip
     options = GenerationOptions(max_new_tokens=max_new_tokens)  # greedy: scores repeat run to run
     counts = run_batch(
         vlm, dataset, path, options, batch_size=batch_size, progress=sys.stderr.isatty(), rows=rows

@@ -20,6 +20,7 @@ from vlmkit.loader import CHECKPOINT_RE, is_complete, load_template
 from vlmkit.media import MediaPolicy
 from vlmkit.model import VLM, load
 from vlmkit.settings import EncodingSettings, encoding_settings
+from vlmkit.vllm_args import refuse_vllm_options
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -129,11 +130,15 @@ def serve(
     attn_impl: str = "sdpa",
     log_level: str = "info",
     backend: str = "transformers",
+    tensor_parallel_size: int = 1,
+    data_parallel_size: int = 1,
+    vllm_args: list[str] | None = None,
     **encoding_options: Any,
 ) -> None:
     """Load the model and serve it until interrupted (see `vlmkit serve --help` for the options).
     `encoding` (or its fields as keyword arguments) applies to the model and to every adapter that is a
-    vlmkit checkpoint, over their saved settings."""
+    vlmkit checkpoint, over their saved settings. `tensor_parallel_size`, `data_parallel_size` and
+    `vllm_args` (KEY=VALUE) are for backend "vllm"."""
     import uvicorn
 
     from vlmkit.serve.app import ServerConfig, create_app, is_loopback_name
@@ -173,8 +178,9 @@ def serve(
         raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
     if backend == "vllm" and device_map is not None:
         raise VlmkitError("--device-map is for --backend transformers; vLLM spreads a model over GPUs itself")
+    refuse_vllm_options(backend, tensor_parallel_size, vllm_args, data_parallel_size)
     if backend == "vllm":
-        from vlmkit.serve.vllm import VLLM_PASSES
+        from vlmkit.vllm_args import VLLM_PASSES
 
         given = [k for k in encoding.given() if k not in VLLM_PASSES]
         if given or trust_remote_code:
@@ -183,8 +189,9 @@ def serve(
             )
             raise VlmkitError(f"{names}: not passed on to vLLM yet; serve with --backend transformers")
         _serve_vllm(
-            model, ckpt, adapters, encoding, served_model_name, host, port, api_key, allow_media_dir, dtype
-        )
+            model, ckpt, adapters, encoding, served_model_name, host, port, api_key, allow_media_dir, dtype,
+            tensor_parallel_size, data_parallel_size, vllm_args,
+        )  # fmt: skip
         return
     vlm = load(
         model, ckpt=ckpt, dtype=dtype, device=device, attn_impl=attn_impl, encoding=encoding,
@@ -261,26 +268,35 @@ def context_length(vlm: VLM) -> int:
 
 
 def _serve_vllm(
-    model, ckpt, adapters, encoding, served_model_name, host, port, api_key, allow_media_dir, dtype
-):
+    model, ckpt, adapters, encoding, served_model_name, host, port, api_key, allow_media_dir, dtype,
+    tensor_parallel_size, data_parallel_size, vllm_args,
+):  # fmt: skip
     import shlex
     import sys
     import tempfile
 
-    from vlmkit.serve.vllm import run_vllm, translate
+    from vlmkit.vllm_args import plan_vllm, run_vllm, serve_command_line
 
-    args = translate(
+    name = served_model_name or served_name(model, ckpt)
+    plan = plan_vllm(
         model,
         ckpt,
         adapters,
         encoding,
-        served_model_name or served_name(model, ckpt),
-        Path(tempfile.mkdtemp(prefix="vlmkit-vllm-")),
+        name,
+        dtype=dtype,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+        vllm_args=vllm_args,
+    )
+    args = serve_command_line(
+        plan,
+        served_model_name=name,
+        template_dir=Path(tempfile.mkdtemp(prefix="vlmkit-vllm-")),
         host=host,
         port=port,
         api_key=api_key,
         allow_media_dir=allow_media_dir,
-        dtype=dtype,
     )
     print(
         "warning: with --backend vllm, vLLM fetches media URLs itself: --allow-private-urls, --max-media-bytes, "

@@ -46,6 +46,13 @@ def _check_environment(config: SFTConfig) -> None:
             )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise VlmkitError(f"--quant {config.quant} needs bitsandbytes: pip install 'vlmkit[qlora]'")
+    if config.fsdp and not torch.cuda.is_available():
+        # accelerate (under the Trainer) turns FSDP on only for GPU-like devices; on CPU the model would be
+        # wrapped in DDP instead and --fsdp silently do nothing (checked: accelerate 1.15, torchrun on gloo)
+        raise VlmkitError(
+            f"--fsdp {config.fsdp} needs CUDA GPUs: on CPU, accelerate trains with DDP instead and the model "
+            "is not sharded; leave --fsdp out (torchrun then runs DDP over gloo)"
+        )
     if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise VlmkitError(f"--deepspeed {config.deepspeed} needs DeepSpeed: pip install 'vlmkit[deepspeed]'")
     check_tracker(config.report_to)
