@@ -95,6 +95,18 @@ def test_serve_device_map_with_the_vllm_backend_is_refused(small_model):
     assert str(e.value) == "--device-map is for --backend transformers; vLLM spreads a model over GPUs itself"
 
 
+def test_infer_and_eval_with_the_vllm_backend_refuse_device_map(small_model, tmp_path):
+    from vlmkit.eval.evaluate import evaluate
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "Hi"}]}\n')
+    result = cli("infer", "--model", str(small_model), "--backend", "vllm", "--device-map", "auto", "--input", str(data))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --device-map: not passed on to vLLM (yet); use --backend transformers"
+    with pytest.raises(VlmkitError, match="^--device-map: not passed on to vLLM"):
+        evaluate(str(data), models=[str(small_model)], backend="vllm", device_map="auto", output=tmp_path / "e")
+
+
 def test_device_and_device_map_together_are_refused(small_model):
     result = cli("infer", "--model", str(small_model), "--device", "cpu", "--device-map", "auto")
     assert result.returncode == 2

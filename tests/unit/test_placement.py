@@ -87,3 +87,14 @@ def test_sft_device_map_with_deepspeed_or_fsdp_is_refused(engine):
     )
     with pytest.raises(VlmkitError, match="--max-memory limits --device-map; give --device-map too"):
         SFTConfig(model="m", dataset=["d.jsonl"], max_memory="0=20GiB").validate()
+
+
+def test_device_map_under_torchrun_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(VlmkitError) as e:
+        from_pretrained_placement("auto")
+    assert str(e.value) == (
+        "--device-map: this is process 1 of 2 (torchrun); every process would spread its own copy over all the "
+        "GPUs: run without torchrun, or drop --device-map"
+    )
