@@ -43,7 +43,7 @@ app = typer.Typer(
 
 @app.command("tiny-model")
 def tiny_model(
-    family: Annotated[str, typer.Argument(help="Model family, as `vlmkit families` lists them: qwen2-vl, qwen2.5-vl, qwen3-vl, internvl, ...")],
+    family: Annotated[str, typer.Argument(help="Model family, as `vlmkit families` lists them: qwen2-vl, qwen2.5-vl, qwen3-vl, internvl, ...; or an original (remote-code) layout, for `vlmkit convert`: internvl-remote (OpenGVLab's InternVL-Chat-V1.5: InternLM2), internvl2-remote (InternVL2-1B: Qwen2), always with the 600-token BPE.")],
     output_dir: Annotated[Path, typer.Argument(help="New folder to write the model to.")],
     small_vocab: Annotated[
         bool,
@@ -55,11 +55,40 @@ def tiny_model(
 ) -> None:
     """Write a tiny randomly initialised model of FAMILY (real chat template, image-processor config and
     special-token ids) to OUTPUT_DIR, for tests and trying vlmkit offline."""
-    from vlmkit.families import family_by_name
+    from vlmkit.families import family_by_name, original_layout
     from vlmkit.tiny import build_tiny_model
 
+    layout = original_layout(family)
+    if layout is not None:  # a checkpoint as its authors ship it (remote code), for `vlmkit convert`
+        path = layout.build_tiny(output_dir, seed=seed)
+        typer.echo(f"wrote a tiny {layout.name} checkpoint (original layout, remote code not included) to {path}")
+        return
     path = build_tiny_model(family_by_name(family), output_dir, small_vocab=small_vocab, seed=seed)
     typer.echo(f"wrote a tiny {family_by_name(family).name} model to {path}")
+
+
+@app.command("convert")
+def convert_command(
+    model: Annotated[Path, typer.Option(help="The checkpoint folder in its original layout (e.g. OpenGVLab's InternVL-Chat-V1-5).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="New folder for the converted model.")],
+    force: Annotated[bool, typer.Option(help="Replace the output folder if it exists and is not empty.")] = False,
+) -> None:
+    """Convert a remote-code checkpoint (OpenGVLab's InternVL: model_type internvl_chat) into the
+    transformers-native layout (InternVLForConditionalGeneration, as the -hf repos), with tokenizer, chat
+    template, image-processor config and vlmkit.json, so every vlmkit command, plain transformers and vLLM
+    load it without --trust-remote-code. (vlmkit infer/sft/serve --model also convert on load, once, into
+    MODEL-vlmkit-hf beside it.)"""
+    from vlmkit.families import original_layout, read_model_config
+
+    model_type = read_model_config(model).get("model_type")
+    layout = original_layout(model_type) if isinstance(model_type, str) else None
+    if layout is None:
+        raise VlmkitError(
+            f"{model}/config.json: model_type {model_type!r} has no conversion; vlmkit converts OpenGVLab's "
+            "remote-code InternVL checkpoints (internvl_chat)"
+        )
+    path = layout.convert(model, output, force=force)
+    typer.echo(f"converted {model} to {path}")
 
 
 @app.command("families")
@@ -80,6 +109,11 @@ def families() -> None:
             f"{f.name:<12} model_type={f.model_type:<11} inputs={'+'.join(f.supports):<12} "
             f"grounding={grounding:<14} {vision}  (resolution options: {options})  {f.description}"
         )
+        for layout in f.original_layouts:  # checkpoints vlmkit converts to this family (vlmkit convert)
+            typer.echo(
+                f"  {layout.name:<10} model_type={layout.model_type}: {layout.checkpoints}; converted to {f.name} "
+                f"by `vlmkit convert` or on load; every command works on them; verified: {layout.verified}"
+            )
 
 
 @app.command("infer")

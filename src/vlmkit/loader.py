@@ -58,7 +58,15 @@ class ModelFiles:
 
 
 def resolve_model_dir(model: str | Path) -> Path:
-    """A local model folder, or a hub id (`org/name`) downloaded to the hub cache; one clear line otherwise."""
+    """A local model folder, or a hub id (`org/name`) downloaded to the hub cache; one clear line otherwise.
+    A checkpoint in an original layout vlmkit converts (OpenGVLab's remote-code InternVL) becomes its
+    converted copy (`vlmkit.families.native_model_dir`): every command loads through here."""
+    from vlmkit.families import native_model_dir
+
+    return native_model_dir(_find_model_dir(model))
+
+
+def _find_model_dir(model: str | Path) -> Path:
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -78,9 +86,11 @@ def resolve_model_dir(model: str | Path) -> Path:
     try:
         return Path(
             # *.py and *.tiktoken: a remote-code checkpoint's own code and vocabulary (Qwen-VL); they only
-            # run with --trust-remote-code
+            # run with --trust-remote-code. *.model: InternLM2's sentencepiece vocabulary (InternVL-Chat-V1.5,
+            # converted on load).
             snapshot_download(
-                str(model), allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.py", "*.tiktoken"]
+                str(model),
+                allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.py", "*.tiktoken", "*.model"],
             )
         )
     except Exception as e:  # hub errors come in many types; the message is what matters

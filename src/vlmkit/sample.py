@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmkit.errors import DataError
+from vlmkit.errors import DataError, PlaceholderError
 
 ROLES = ("system", "user", "assistant", "tool")
 PLACEHOLDERS = {"<image>": "image", "<video>": "video"}
@@ -265,7 +265,7 @@ def to_sample(
 
     for kind in ("image", "video"):
         if counts[kind] != listed[kind]:
-            raise DataError(
+            raise PlaceholderError(
                 f"{where}: {counts[kind]} <{kind}> placeholder(s) in the messages but {listed[kind]} "
                 f"{kind}(s) listed in '{kind}s'; make them match"
             )

@@ -9,7 +9,8 @@ peers lose:
 - the chat template is the family's own, with the system prompt saved with the model or run
   (or given with --system) put first when a request has none (offline, vlmkit renders each prompt
   with that template itself);
-- the pixel limits go to vLLM's image processor as `mm_processor_kwargs`;
+- the family's image-processor settings (e.g. pixel limits) go to vLLM's processor as `mm_processor_kwargs`
+  (`Family.vllm_processor_kwargs`);
 - LoRA adapters get vLLM's LoRA setup; adapters vLLM cannot apply (on the vision tower or
   projector, DoRA, `modules_to_save`, non-LoRA peft types) are refused before vLLM starts, never
   silently dropped;
@@ -89,9 +90,11 @@ class VllmPlan:
     engine_args: dict[str, Any]
 
 
-def chat_template_with_system(family: Family, system: str | None) -> str:
-    """The family's chat template; with `system`, that prompt is inserted when a request has none."""
-    template = family.chat_template
+def chat_template_with_system(family: Family, system: str | None, settings: dict[str, Any] | None = None) -> str:
+    """The family's chat template (for these template settings, where the family's depends on them: a converted
+    OpenGVLab InternVL's prompt format); with `system`, that prompt is inserted when a request has none."""
+    chosen = family.chat_template_for(settings or {}) if family.chat_template_for is not None else None
+    template = chosen or family.chat_template
     if system is None:
         return template
     default = json.dumps([{"role": "system", "content": system}])
@@ -206,12 +209,12 @@ def plan_vllm(
     if files_dir != model_dir:  # a LoRA checkpoint: the run is an adapter on its base model
         adapters = {served_model_name: files_dir, **adapters}
         main_adapter = served_model_name
-    pixels = {k: effective[k] for k in ("min_pixels", "max_pixels") if effective.get(k) is not None}
+    processor_kwargs = family.vllm_processor_kwargs(effective) if family.vllm_processor_kwargs else {}
     engine_args: dict[str, Any] = {
         "model": str(model_dir),
         "dtype": DTYPES[dtype],
         "tensor_parallel_size": tensor_parallel_size,
-        "mm_processor_kwargs": pixels,
+        "mm_processor_kwargs": processor_kwargs,
     }
     if data_parallel_size > 1:
         engine_args["data_parallel_size"] = data_parallel_size
@@ -265,7 +268,7 @@ def serve_command_line(
     With a LoRA --ckpt, the base is served under its folder name and the run under `served_model_name`."""
     template_dir.mkdir(parents=True, exist_ok=True)
     template_file = template_dir / "chat_template.jinja"
-    template_file.write_text(chat_template_with_system(plan.family, plan.settings.get("system")))
+    template_file.write_text(chat_template_with_system(plan.family, plan.settings.get("system"), plan.settings))
     base_name = plan.model_dir.name if plan.main_adapter is not None else served_model_name
     args = [
         "vllm", "serve", plan.engine_args["model"],

@@ -556,7 +556,7 @@ def test_grounding_boxes_that_are_not_corners_are_refused(tmp_path):
 
 def test_videos_as_dataset_values_encode_as_the_same_video_file(template, tmp_path):
     pytest.importorskip("av")
-    from test_video import make_video
+    from videos import make_video
 
     video = make_video(tmp_path / "clip.mp4", 8)
     rows = [{"video": {"bytes": video.read_bytes(), "path": "/gone/clip.mp4"}, "caption": "It changes colour."}]

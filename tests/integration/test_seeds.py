@@ -19,6 +19,7 @@ A step blocked by a known defect of issue 11 is its own test marked
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
@@ -458,7 +459,8 @@ def test_seed004_internvl_chat_text_then_clear_then_image(tmp_path):
 @pytest.fixture(scope="module")
 def internvl_lora(tmp_path_factory, tiny_models):
     """`swift sft --model_type internvl-chat-v1_5 --dataset coco-en-2-mini --max_length 4096` on ms-swift's
-    custom rows (one image each). The remote-code v1.5 checkpoint is issue 17; a tiny `-hf` InternVL stands in."""
+    custom rows (one image each), on a tiny `-hf` InternVL (the remote-code V1.5 folder itself:
+    test_seed004_remote_code_internvl_chat_v1_5_chat_lora_merge_infer_serve)."""
     work = tmp_path_factory.mktemp("seed004")
     rows = []
     for i in range(8):
@@ -505,3 +507,64 @@ def test_seed004_lora_target_modules_all(tiny_models, internvl_lora, tmp_path):
     targets = json.loads((ckpt / "adapter_config.json").read_text())["target_modules"]
     names = targets if isinstance(targets, list) else re.findall(r"[\w.]+_proj", targets)
     assert {"q_proj", "down_proj"} <= {name.rsplit(".", 1)[-1] for name in names}
+
+
+@pytest.mark.slow
+def test_seed004_remote_code_internvl_chat_v1_5_chat_lora_merge_infer_serve(tmp_path):
+    """Seed 004 on its own checkpoint kind: an OpenGVLab remote-code InternVL-Chat-V1.5-layout folder
+    (tiny, InternLM2) passed as it is to `vlmkit infer` (chat), `sft` (LoRA on the language model and the
+    vision tower: `--no-freeze-vit --target-modules ...`), `export --merge-lora`, `infer --input` and `serve`.
+    It is converted on load once, beside itself (MODEL-vlmkit-hf), with one line saying so. ~150 s wall
+    (38 s CPU) on the shared 2-core machine."""
+    import httpx
+    from test_serve import start_server, stop_server
+
+    model = tmp_path / "InternVL-Chat-V1-5"
+    vlmkit("tiny-model", "internvl-remote", str(model), cwd=tmp_path)
+    random_image(300, 420, seed=41).save(tmp_path / "cat.png")
+    chat = vlmkit("infer", "--model", str(model), "--max-tiles", "2", "--max-new-tokens", "4", cwd=tmp_path,
+                  stdin="你是谁\nclear\n<image>描述这张图片\ncat.png\nexit\n")  # fmt: skip
+    converted = tmp_path / "InternVL-Chat-V1-5-vlmkit-hf"
+    assert f"converting the remote-code checkpoint {model}" in chat.stderr and str(converted) in chat.stderr
+    assert chat.stdout.count("-" * 50) == 2 and "Input an image path or URL <<< cat.png" in chat.stdout
+
+    rows = []
+    for i in range(4):
+        random_image(200 + 20 * i, 300, seed=40 + i).save(tmp_path / f"{i}.jpg")
+        rows.append({"query": "描述这张图片", "response": f"一只小猫咪的特写照片，编号{i}。", "images": [f"{i}.jpg"]})
+    write_jsonl(tmp_path / "coco.jsonl", rows)
+    vision_and_llm = "q_proj,v_proj,projection_layer,fc1,fc2"  # InternViT's attention and MLP, the LLM's q/v
+    train = vlmkit("sft", "--model", str(model), "--dataset", "coco.jsonl", "--max-tiles", "2", "--no-freeze-vit",
+                   "--target-modules", vision_and_llm, "--max-steps", "2", "--lr", "1e-2", "--output-dir", "output",
+                   cwd=tmp_path)  # fmt: skip
+    assert f"using {converted}" in train.stderr  # converted once, reused
+    ckpt = checkpoints(tmp_path / "output")[-1]
+    assert lora_b_max(ckpt) > 0
+    from safetensors.torch import load_file
+
+    adapter = load_file(ckpt / "adapter_model.safetensors")
+    trained_vit = [n for n, w in adapter.items() if "vision_tower" in n and "lora_B" in n and w.abs().max() > 0]
+    assert any("projection_layer" in n for n in trained_vit) and any("fc1" in n for n in trained_vit)
+    assert json.loads((ckpt / "vlmkit.json").read_text())["turn_end"] == "<|im_end|>"  # V1.5's prompt travels
+
+    merged = tmp_path / "merged"
+    vlmkit("export", "--ckpt", str(ckpt), "--merge-lora", "--output", str(merged), cwd=tmp_path)
+    saved = json.loads((merged / "vlmkit.json").read_text())
+    assert (saved["turn_end"], saved["bos"], saved["max_tiles"]) == ("<|im_end|>", "<s>", 2)
+    vlmkit("infer", "--model", str(merged), "--input", "coco.jsonl", "--output", "preds.jsonl",
+           "--max-new-tokens", "4", cwd=tmp_path)  # fmt: skip
+    preds = read_jsonl(tmp_path / "preds.jsonl")
+    assert len(preds) == 4 and all("error" not in p for p in preds)
+    assert preds[0]["labels"] == "一只小猫咪的特写照片，编号0。"
+
+    proc, url = start_server("--model", str(merged), "--max-tokens", "4", log=tmp_path / "serve.log")
+    try:
+        image = base64.b64encode((tmp_path / "0.jpg").read_bytes()).decode()
+        content = [{"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{image}"}},
+                   {"type": "text", "text": "描述这张图片"}]  # fmt: skip
+        body = {"model": "merged", "messages": [{"role": "user", "content": content}], "max_tokens": 4}
+        reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    finally:
+        stop_server(proc)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"] == preds[0]["response"]

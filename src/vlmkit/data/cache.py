@@ -241,7 +241,7 @@ class EncodeCache:
         self.write_failed = False
         # Templates with a compact stored form (resized uint8 images, patchified on read) use it; others
         # (e.g. tiling families) are stored as their `encode` output, float pixel values included.
-        self.compact = callable(getattr(template, "patchify_images", None))
+        self.compact = template.compact_images
 
     def key(self, sample, max_pixels: int | None = None) -> str:
         return sample_key(sample, self.fingerprint, max_pixels)

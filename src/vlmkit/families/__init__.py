@@ -18,14 +18,33 @@ from vlmkit.errors import VlmkitError
 
 
 @dataclass(frozen=True)
+class OriginalLayout:
+    """A family's checkpoints as their authors ship them (remote code), which vlmkit converts.
+
+    name: what `vlmkit tiny-model NAME` takes; model_type: their `config.json` model_type.
+    convert(source, output, force) writes the family's native folder; converted_copy(source) returns
+    the converted copy used on load (made once, with a line on stderr); build_tiny(output, seed) writes
+    a toy checkpoint in the original layout. checkpoints / verified: one line each for `vlmkit families`.
+    """
+
+    name: str
+    model_type: str
+    convert: Callable[..., Path]
+    converted_copy: Callable[[Path], Path]
+    build_tiny: Callable[..., Path]
+    checkpoints: str
+    verified: str
+
+
+@dataclass(frozen=True)
 class Family:
     """What shared code needs to know about a model family.
 
     name: how users write it (`qwen2-vl`); model_type: `config.json`'s `model_type`.
     special_tokens: (token, special) pairs in the real tokenizer's order, starting at
     `first_special_id`; `special=False` tokens are kept when decoding.
-    make_template(model_dir, tokenizer, **settings) -> a template object (see
-    `vlmkit.families.qwen2_vl.template.QwenVLTemplate` for the interface); `settings` are only fields of
+    make_template(model_dir, tokenizer, **settings) -> a template object (the interface:
+    `vlmkit.families.interface.Template`); `settings` are only fields of
     `vlmkit.settings.EncodingSettings` named in `encoding_options`. Callers use `Family.load_template`,
     which refuses the others first.
     tiny_config(vocab_size, special_ids) -> the model's `config.json` dict at toy size.
@@ -50,6 +69,20 @@ class Family:
     processor_limits: (file name, its config, vlmkit.json settings) -> the config with the settings'
     resolution limits written the way transformers' processors read them, for checkpoints and exports
     (`vlmkit.processor_files`); None keeps the files as they are.
+    original_layouts: checkpoints of the family in another layout that vlmkit converts to this one
+    (`OriginalLayout`: `vlmkit convert`, conversion on load, `vlmkit tiny-model NAME`).
+    chat_template_for: (the template's settings) -> the Jinja chat template that renders what the template
+    encodes with them (vLLM's); None: `chat_template` whatever the settings.
+
+    chat_cache: the template can split an `encode` output per image (`interface.SplitsMedia`), so a chat
+    turn reuses the model's cache of the turns before (`vlmkit.chat_cache`); False re-encodes every turn.
+    chat_positions(model, template, encoded) -> the position ids of a chat prompt that continues a cache,
+    for families whose positions are not plain 1-D (`vlmkit.chat_cache.ChatPositions`); None: 1-D
+    positions from the cache length.
+    vllm_processor_kwargs(settings) -> the `--mm-processor-kwargs` of `vlmkit serve --backend vllm` for
+    the template settings; None: {} (vLLM's processor defaults).
+    tiny_vocabulary() -> the `tokenizers.Tokenizer` (before special tokens) of the family's tiny models,
+    whose size is `first_special_id` (the real checkpoints' ids); None: only `--small-vocab` tiny models.
     """
 
     name: str
@@ -78,6 +111,12 @@ class Family:
     remote_code: bool = False
     train_refusal: str | None = None
     processor_limits: Callable[[str, dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+    original_layouts: tuple[OriginalLayout, ...] = ()
+    chat_template_for: Callable[[dict[str, Any]], str] | None = None
+    chat_cache: bool = False
+    chat_positions: Callable[[Any, Any, dict[str, Any]], Any] | None = None
+    vllm_processor_kwargs: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    tiny_vocabulary: Callable[[], Any] | None = None
 
     def load_template(self, model_dir: str | Path, tokenizer: Any, encoding: Any = None, **options: Any) -> Any:
         """The family's template of `model_dir` with `encoding` (a `vlmkit.settings.EncodingSettings`, or its
@@ -128,6 +167,25 @@ def family_by_name(name: str) -> Family:
     raise VlmkitError(f"unknown model family {name!r}; known families: {known}")
 
 
+def original_layout(name_or_model_type: str) -> OriginalLayout | None:
+    """The original layout named `name_or_model_type` (tiny-model name or config.json model_type), if any."""
+    for family in FAMILIES.values():
+        for layout in family.original_layouts:
+            if name_or_model_type in (layout.name, layout.model_type):
+                return layout
+    return None
+
+
+def native_model_dir(model_dir: Path) -> Path:
+    """`model_dir`, or for a checkpoint in an original layout vlmkit converts, its converted copy."""
+    try:
+        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return model_dir  # family_for_model_dir says what is wrong with it
+    layout = original_layout(model_type) if isinstance(model_type, str) else None
+    return layout.converted_copy(model_dir) if layout is not None else model_dir
+
+
 def family_for_config(config: dict[str, Any], where: str = "config.json") -> Family:
     """The family of a checkpoint, from its `config.json` contents."""
     model_type = config.get("model_type")
@@ -137,15 +195,19 @@ def family_for_config(config: dict[str, Any], where: str = "config.json") -> Fam
     raise VlmkitError(f"{where}: model_type {model_type!r} is not a supported family (supported: {known})")
 
 
-def family_for_model_dir(model_dir: str | Path) -> Family:
+def read_model_config(model_dir: str | Path) -> dict[str, Any]:
+    """The checkpoint's config.json contents; a clear error when it is missing or not JSON."""
     path = Path(model_dir) / "config.json"
     try:
-        config = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         raise VlmkitError(f"{model_dir}: no config.json; is this a model folder?") from None
     except json.JSONDecodeError as e:
         raise VlmkitError(f"{path}: not valid JSON ({e})") from None
-    return family_for_config(config, where=str(path))
+
+
+def family_for_model_dir(model_dir: str | Path) -> Family:
+    return family_for_config(read_model_config(model_dir), where=str(Path(model_dir) / "config.json"))
 
 
 def resolution_settings(family: Family, **given: Any) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-from vlmkit.families import Family
+from vlmkit.families import Family, OriginalLayout
 from vlmkit.families.internvl.boxes import BOX_FORMAT
 from vlmkit.families.internvl.template import InternVLTemplate, processor_limits
 from vlmkit.families.qwen2_5_vl import SPECIAL_TOKENS as QWEN2_5_VL_TOKENS
+from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 
 # The -hf checkpoints' tokenizer is Qwen2.5-VL's (added tokens 151643..151664) with
 # InternVL's tokens added after it: <img> = 151665, </img> = 151666, <IMG_CONTEXT> = 151667.
@@ -94,6 +95,70 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
     }
 
 
+def _convert(source, output, force: bool = False) -> Path:
+    from vlmkit.families.internvl.convert import convert_checkpoint
+
+    return convert_checkpoint(source, output, force=force)
+
+
+def _converted_copy(source: Path) -> Path:
+    from vlmkit.families.internvl.convert import converted_copy
+
+    return converted_copy(source)
+
+
+def _build_tiny_remote(output_dir, seed: int = 0, llm: str = "internlm2") -> Path:
+    from vlmkit.families.internvl.remote import build_tiny_remote
+
+    return build_tiny_remote(output_dir, llm=llm, seed=seed)
+
+
+def _build_tiny_remote_qwen2(output_dir, seed: int = 0) -> Path:
+    return _build_tiny_remote(output_dir, seed=seed, llm="qwen2")
+
+
+# OpenGVLab's own (remote-code) checkpoints, converted to this family's -hf layout. Two toy builds of
+# the one layout: V1.5's (InternViT-6B style + InternLM2) and InternVL2-1B's (InternViT-300M + Qwen2).
+_VECTORS = "tests/parity/vectors/internvl_remote_{}.json"
+_CHECKPOINTS = (
+    "InternVL-Chat-V1.5, Mini-InternVL-Chat-2B-V1.5, InternVL2 and InternVL2.5 with InternLM2, Qwen2 or Llama "
+    "language models (non -hf repos; not the Phi-3 ones: Mini-InternVL-Chat-4B-V1.5, InternVL2-4B)"
+)
+REMOTE_LAYOUTS = (
+    OriginalLayout(
+        name="internvl-remote",
+        model_type="internvl_chat",
+        convert=_convert,
+        converted_copy=_converted_copy,
+        build_tiny=_build_tiny_remote,
+        checkpoints=_CHECKPOINTS,
+        verified=(
+            "logits (1e-4, fp32) and greedy ids equal OpenGVLab's InternVLChatModel (transformers 4.45.2) on a tiny "
+            "InternVL-Chat-V1.5-layout checkpoint (InternViT-6B style, InternLM2; " + _VECTORS.format("internlm2") + ")"
+        ),
+    ),
+    OriginalLayout(
+        name="internvl2-remote",
+        model_type="internvl_chat",
+        convert=_convert,
+        converted_copy=_converted_copy,
+        build_tiny=_build_tiny_remote_qwen2,
+        checkpoints="the 1B layout of InternVL2 / InternVL2.5 (InternViT-300M style, Qwen2; toy with the internvl2_5 prompt)",
+        verified="as internvl-remote, on a tiny checkpoint of that layout (" + _VECTORS.format("qwen2") + ")",
+    ),
+)
+
+
+def _chat_template_for(settings: dict) -> str | None:
+    """A converted OpenGVLab checkpoint's prompt format (turns ending in `<|im_end|>` alone, `<s>` left to the
+    tokenizer) as a chat template; None (the -hf template) for the -hf format."""
+    if "turn_end" not in settings:
+        return None
+    from vlmkit.families.internvl.remote_names import chat_template
+
+    return chat_template(settings["turn_end"], settings.get("system"), settings.get("bos"))
+
+
 def load_template(model_dir, tokenizer, **settings) -> InternVLTemplate:
     return InternVLTemplate.from_pretrained(model_dir, tokenizer, **settings)
 
@@ -126,4 +191,8 @@ FAMILY = Family(
     ),
     tokenizer_extra=TOKENIZER_EXTRA,
     processor_config=PROCESSOR_CONFIG,
+    original_layouts=REMOTE_LAYOUTS,
+    chat_template_for=_chat_template_for,
+    chat_cache=True,
+    tiny_vocabulary=qwen2_vocabulary,  # InternVL's language model here is Qwen2.5's
 )

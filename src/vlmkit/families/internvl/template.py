@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX, Segment, mark_text, pad_sequences, tokenize_segments
+from vlmkit.encoding import IGNORE_INDEX, Segment, collate_tokens, mark_text, tokenize_segments
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.families.internvl.boxes import BOX_FORMAT
 from vlmkit.grounding import needs_boxes, write_for_family
@@ -67,22 +67,30 @@ def tile_grid(height: int, width: int, tile_size: int, min_tiles: int, max_tiles
     return best
 
 
-def _turn(role: str, body: str) -> list[Segment]:
-    """`<|im_start|>role\\n...<|im_end|>\\n`; assistant text and its end token are supervised."""
-    return [
-        Segment(f"<|im_start|>{role}\n"),
-        Segment(body + "<|im_end|>", role == "assistant"),
-        Segment("\n"),
-    ]
+# How a turn ends: `<|im_end|>\n` in the -hf checkpoints (and OpenGVLab's internvl2_5 conversation);
+# `<|im_end|>` alone in the internlm2-chat / Hermes-2 conversations of InternVL-Chat-V1.5 and InternVL2.
+TURN_END = "<|im_end|>\n"
+
+
+def _turn(role: str, body: str, turn_end: str = TURN_END) -> list[Segment]:
+    """`<|im_start|>role\\n...` + turn_end; assistant text and its end token are supervised."""
+    end_token = turn_end.rstrip("\n")
+    segments = [Segment(f"<|im_start|>{role}\n"), Segment(body + end_token, role == "assistant")]
+    return segments + ([Segment(turn_end[len(end_token) :])] if turn_end != end_token else [])
 
 
 def render_internvl(
-    messages: list[dict], add_generation_prompt: bool, media_text: dict[str, str] | None = None
+    messages: list[dict],
+    add_generation_prompt: bool,
+    media_text: dict[str, str] | None = None,
+    turn_end: str = TURN_END,
+    bos: str | None = None,
 ) -> list[Segment]:
     """The chat template's text as segments. `media_text` overrides the text of a media part
-    by id(part) (encode puts one `<IMG_CONTEXT>` per video frame there)."""
+    by id(part) (encode puts one `<IMG_CONTEXT>` per video frame there); `bos` (InternLM2's `<s>`)
+    goes first, where the original tokenizer puts it."""
     media_text = media_text or {}
-    segments: list[Segment] = []
+    segments: list[Segment] = [Segment(bos)] if bos else []
     for message in messages:
         body = []
         for part in message["content"]:
@@ -91,7 +99,7 @@ def render_internvl(
             else:
                 default = IMAGE_CONTEXT if part["type"] == "image" else VIDEO
                 body.append(media_text.get(id(part), default) + "\n")
-        segments += _turn(message["role"], "".join(body))
+        segments += _turn(message["role"], "".join(body), turn_end)
     if add_generation_prompt:
         segments.append(Segment("<|im_start|>assistant\n"))
     return segments
@@ -102,6 +110,7 @@ class InternVLTemplate:
 
     box_format = BOX_FORMAT  # grounding text, 0-1000 of the original image (`vlmkit.grounding`)
     limit_option = "--max-tiles"  # what `min_pixels` / `max_pixels` count here, as users set it
+    compact_images = False  # the encode cache stores `encode`'s own output
 
     def __init__(
         self,
@@ -117,6 +126,8 @@ class InternVLTemplate:
         fps: float | None = None,
         nframes: int | None = 8,
         max_frames: int = 32,
+        turn_end: str = TURN_END,
+        bos: str | None = None,
     ):
         if min_tiles < 1 or max_tiles < 1:
             raise VlmkitError(f"--min-tiles {min_tiles} / --max-tiles {max_tiles}: both must be at least 1")
@@ -133,15 +144,19 @@ class InternVLTemplate:
         self.fps = fps
         self.nframes = nframes
         self.max_frames = max_frames
+        self.turn_end = turn_end
+        self.bos = bos
         vocab = tokenizer.get_vocab()
         self.image_token_id = vocab[IMAGE_CONTEXT]
         self.image_start_id = vocab[IMAGE_START]
         self.image_end_id = vocab[IMAGE_END]
         self.video_token_id = None  # video frames are images here (<IMG_CONTEXT> runs)
-        self.pad_token_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else vocab["<|endoftext|>"]
-        )
-        self.stop_token_ids = [vocab["<|im_end|>"], vocab["<|endoftext|>"]]
+        # Qwen2 tokenizers end a text with <|endoftext|>; InternLM2's has none (its eos is </s>).
+        ends = [t for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else vocab[ends[-1]]
+        self.stop_token_ids = [vocab[t] for t in ends]
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in self.stop_token_ids:
+            self.stop_token_ids.append(tokenizer.eos_token_id)
 
     @classmethod
     def from_pretrained(
@@ -186,6 +201,9 @@ class InternVLTemplate:
             min_tiles=min_tiles,
             max_tiles=max_tiles,
             system=system if system is not None else saved.get("system"),
+            # the prompt format of a checkpoint converted from OpenGVLab's layout (convert.py)
+            turn_end=saved.get("turn_end", TURN_END),
+            bos=saved.get("bos"),
             **video,
         )
 
@@ -199,7 +217,12 @@ class InternVLTemplate:
             "fps": self.fps,
             "nframes": self.nframes,
             "max_frames": self.max_frames,
-        }
+        } | self.prompt_format
+
+    @property
+    def prompt_format(self) -> dict[str, Any]:
+        """The original conversation format of a converted OpenGVLab checkpoint; {} for the -hf one."""
+        return {"turn_end": self.turn_end, "bos": self.bos} if (self.turn_end, self.bos) != (TURN_END, None) else {}
 
     # The names shared code uses for the per-row resolution limit (here: tiles per image).
     @property
@@ -220,7 +243,7 @@ class InternVLTemplate:
 
     def render_text(self, sample: Sample, add_generation_prompt: bool = False) -> str:
         """The prompt text with one placeholder per image or video, as the chat template writes it."""
-        return "".join(s.text for s in render_internvl(self._messages(sample), add_generation_prompt))
+        return "".join(s.text for s in render_internvl(self._messages(sample), add_generation_prompt, None, self.turn_end, self.bos))
 
     # -- images ------------------------------------------------------------------------------------
 
@@ -258,21 +281,29 @@ class InternVLTemplate:
             tiles = np.concatenate([tiles, thumbnail[None]])
         return np.ascontiguousarray(tiles)
 
-    def _video_options(self) -> dict[str, Any]:
-        return {"fps": self.fps, "nframes": self.nframes, "max_frames": self.max_frames, "frame_factor": 1}
+    @property
+    def video_sampling(self) -> dict[str, Any]:
+        """How `vlmkit.video` samples a video's frames for this template (any count: frames are images)."""
+        return {
+            "fps": self.fps,
+            "nframes": self.nframes,
+            "min_frames": 4,
+            "max_frames": self.max_frames,
+            "frame_factor": 1,
+        }
 
     def _video_frames(self, source: Any, where: str) -> list[Image.Image]:
         """The sampled frames of a video, each resized to one tile (as InternVL's video processor does)."""
         from vlmkit.video import load_video
 
-        video = load_video(source, where, **self._video_options())
+        video = load_video(source, where, **self.video_sampling)
         size = self.tile_size
         return [frame.convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for frame in video.frames]
 
     def _video_frame_count(self, source: Any, where: str) -> int:
         from vlmkit.video import probe_video
 
-        return len(probe_video(source, where, **self._video_options()).timestamps)
+        return len(probe_video(source, where, **self.video_sampling).timestamps)
 
     # -- whole samples -----------------------------------------------------------------------------
 
@@ -342,7 +373,7 @@ class InternVLTemplate:
                     frame_text[id(part)] = "\n".join(
                         f"Frame{i + 1}: {IMAGE_CONTEXT}" for i in range(len(frames))
                     )
-        segments = render_internvl(messages, add_generation_prompt, frame_text)
+        segments = render_internvl(messages, add_generation_prompt, frame_text, self.turn_end, self.bos)
         ids, labels = tokenize_segments(self.tokenizer, segments, self.box_format.keep_tokens)
         self._placeholders(ids, len(counts), sample.where)
         ids, labels = self._expand(ids, labels, counts)
@@ -387,7 +418,9 @@ class InternVLTemplate:
                     frame_text[id(part)] = "\n".join(f"Frame{i + 1}: {IMAGE_CONTEXT}" for i in range(n))
                     frames += n
         ids, _ = tokenize_segments(
-            self.tokenizer, render_internvl(messages, add_generation_prompt, frame_text), self.box_format.keep_tokens
+            self.tokenizer,
+            render_internvl(messages, add_generation_prompt, frame_text, self.turn_end, self.bos),
+            self.box_format.keep_tokens,
         )
         images = sample.media("image")
         self._placeholders(ids, len(images) + frames, sample.where)
@@ -421,17 +454,15 @@ class InternVLTemplate:
 
     def collate(self, encoded: list[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad a list of `encode` outputs into one batch (left padding for generation)."""
-        batch = {
-            "input_ids": pad_sequences([e["input_ids"] for e in encoded], self.pad_token_id, padding_side),
-            "attention_mask": pad_sequences(
-                [torch.ones_like(e["input_ids"]) for e in encoded], 0, padding_side
-            ),
-            "labels": pad_sequences([e["labels"] for e in encoded], IGNORE_INDEX, padding_side),
-        }
+        batch = collate_tokens(encoded, self.pad_token_id, padding_side)
         with_images = [e["pixel_values"] for e in encoded if "pixel_values" in e]
         if with_images:
             batch["pixel_values"] = torch.cat(with_images)
         return batch
+
+    def describe_image(self, encoded: dict[str, Any], k: int) -> str:
+        """Image `k` of an `encode` output for people: its tiles and sizes (`encode`'s image_notes)."""
+        return encoded["image_notes"][k]
 
     def split_media(self, encoded: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
         """Per image, (its image tokens, its own pixel entries in `encode` form), and the entries of all

@@ -1,0 +1,218 @@
+"""Convert an OpenGVLab remote-code InternVL checkpoint into transformers' native InternVL folder.
+
+`convert_checkpoint(source, output)` is `vlmkit convert`: it writes a folder that
+`InternVLForConditionalGeneration` loads without remote code (weights renamed as `remote_names.py`
+says, shard by shard in the source dtype), with the tokenizer (InternVL's image tokens named the
+way `InternVLProcessor` reads them), a chat template of the original conversation format,
+`preprocessor_config.json` / `processor_config.json` (tiles and tokens per tile from the source
+config) and vlmkit.json (family, prompt format, default system message, tile limits, and what it
+was converted from).
+
+`converted_copy(source)` is the conversion on load (`vlmkit infer/sft/serve --model SOURCE`): the
+converted folder lives next to the source, `<source>-vlmkit-hf`, is made once (one line on
+stderr says so), and is made again when the source's config or weights change (their sizes and
+modification times are its fingerprint, kept in its vlmkit.json).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vlmkit.errors import VlmkitError
+from vlmkit.families import read_model_config
+from vlmkit.families.internvl.remote_names import (
+    CONVERSATIONS,
+    chat_template,
+    check_convertible,
+    convert_tensor,
+    is_remote_checkpoint,
+    native_config,
+)
+from vlmkit.families.internvl.template import IMAGE_CONTEXT, IMAGE_END, IMAGE_START
+
+CONVERTED_SUFFIX = "-vlmkit-hf"
+CONVERSION_VERSION = 1  # bump when the output changes, so cached copies are made again
+IMAGE_TOKENS = {"start_image_token": IMAGE_START, "end_image_token": IMAGE_END, "context_image_token": IMAGE_CONTEXT}
+
+
+def fingerprint(source: Path) -> str:
+    """Changes when the source's config, weights or tokenizer change (names, sizes, modification times)."""
+    digest = hashlib.sha256(f"conversion {CONVERSION_VERSION}".encode())
+    for path in sorted(source.iterdir()):
+        if path.is_file() and path.suffix in (".json", ".safetensors", ".model", ".txt"):
+            stat = path.stat()
+            digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _load_tokenizer(source: Path):
+    """The source's tokenizer without its remote code: tokenizer.json when there is one; else InternLM2's
+    sentencepiece tokenizer.model (`spm_tokenizer.py`)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from vlmkit.families.internvl.spm_tokenizer import sentencepiece_tokenizer
+
+    # Not AutoTokenizer: it follows the checkpoint's auto_map to the remote code and asks to run it.
+    if (source / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(source)
+    if (source / "tokenizer.model").is_file():
+        return sentencepiece_tokenizer(source)
+    raise VlmkitError(f"{source}: no tokenizer.json or tokenizer.model; copy the tokenizer files from the original checkpoint")
+
+
+def _convert_weights(source: Path, output: Path, config: dict[str, Any]) -> set[str]:
+    """Rename every tensor of every safetensors file (same file names, index rewritten); the new names."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    files = sorted(source.glob("*.safetensors"))
+    if not files:
+        raise VlmkitError(f"{source}: no *.safetensors weights (vlmkit converts safetensors checkpoints only)")
+    names: dict[str, str] = {}
+    for file in files:
+        converted = {}
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                converted |= convert_tensor(name, f.get_tensor(name), config)
+        save_file(converted, output / file.name, metadata={"format": "pt"})
+        names |= dict.fromkeys(converted, file.name)
+    index = source / "model.safetensors.index.json"
+    if index.is_file():
+        meta = json.loads(index.read_text()).get("metadata", {})
+        (output / index.name).write_text(json.dumps({"metadata": meta, "weight_map": names}, indent=2) + "\n")
+    return set(names)
+
+
+def _check_names(native: dict[str, Any], names: set[str], source: Path) -> None:
+    """Refuse a conversion whose tensors do not match the native model's parameters one to one."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.for_model(**native)
+    with torch.device("meta"):
+        expected = set(AutoModelForImageTextToText.from_config(config).state_dict())
+    missing, unexpected = sorted(expected - names), sorted(names - expected)
+    if missing or unexpected:
+        raise VlmkitError(
+            f"{source}: the converted weights do not fit transformers' InternVL "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); this checkpoint's layout is not supported"
+        )
+
+
+def convert_checkpoint(source: str | Path, output: str | Path, force: bool = False) -> Path:
+    """Write the native-layout copy of the remote-code checkpoint `source` to `output`; returns it."""
+    source, output = Path(source).expanduser(), Path(output).expanduser()
+    config = read_model_config(source)
+    if not is_remote_checkpoint(config):
+        raise VlmkitError(
+            f"{source}/config.json: model_type {config.get('model_type')!r} is not an OpenGVLab remote-code "
+            "InternVL checkpoint (internvl_chat); nothing to convert"
+        )
+    check_convertible(config, f"{source}/config.json")
+    if output.exists() and any(output.iterdir()) and not force:
+        raise VlmkitError(f"{output} exists and is not empty; choose a new folder or pass --force")
+    tokenizer = _load_tokenizer(source)
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in IMAGE_TOKENS.values() if t not in vocab]
+    if missing:
+        raise VlmkitError(f"{source}: the tokenizer has no {', '.join(missing)}; not an InternVL chat checkpoint")
+    rows = config["llm_config"]["vocab_size"]
+    if len(tokenizer) > rows:
+        raise VlmkitError(
+            f"{source}: the tokenizer has {len(tokenizer)} tokens, more than the language model's {rows} embedding "
+            "rows; the tokenizer files do not belong to these weights"
+        )
+    native = native_config(config, vocab[IMAGE_CONTEXT])
+
+    # Write into a sibling temp folder and rename, so an interrupted conversion never leaves half a model.
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    tmp.mkdir(parents=True)
+    try:
+        _check_names(native, _convert_weights(source, tmp, config), source)
+        _write_files(source, tmp, config, native, tokenizer)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if output.exists():
+        shutil.rmtree(output)
+    tmp.rename(output)
+    return output
+
+
+def _write_files(source: Path, output: Path, config: dict[str, Any], native: dict[str, Any], tokenizer) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    from vlmkit.families.internvl import PREPROCESSOR_CONFIG
+    from vlmkit.settings import write_settings
+
+    conversation = CONVERSATIONS[config["template"]]
+    system = config.get("system_message", conversation["system"])
+    turn_end = conversation["turn_end"]
+    added = tokenizer("", add_special_tokens=True)["input_ids"]
+    bos = tokenizer.convert_ids_to_tokens(added[0]) if added else None  # InternLM2 puts <s> before every text
+    (output / "config.json").write_text(json.dumps(native, indent=2) + "\n")
+    stop = [tokenizer.convert_tokens_to_ids(turn_end.strip())]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
+        stop.append(tokenizer.eos_token_id)
+    generation = {"eos_token_id": stop, "pad_token_id": native["text_config"].get("pad_token_id"), "do_sample": False}
+    (output / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer,
+        bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token,
+        pad_token=tokenizer.pad_token,
+        unk_token=tokenizer.unk_token,
+        model_max_length=tokenizer.model_max_length,
+        clean_up_tokenization_spaces=False,
+        extra_special_tokens=dict(IMAGE_TOKENS),  # the names InternVLProcessor reads
+    )
+    tokenizer.chat_template = chat_template(turn_end, system, bos)
+    tokenizer.save_pretrained(output)
+    (output / "chat_template.jinja").write_text(tokenizer.chat_template)
+    tile = native["vision_config"]["image_size"][0]
+    tiles = {"min_patches": config.get("min_dynamic_patch", 1), "max_patches": config.get("max_dynamic_patch", 12)}
+    if not config.get("dynamic_image_size", False):
+        tiles = {"min_patches": 1, "max_patches": 1}
+    preprocessor = PREPROCESSOR_CONFIG | {"size": {"height": tile, "width": tile}} | tiles
+    (output / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    processor = {"processor_class": "InternVLProcessor", "image_seq_length": native["image_seq_length"]}
+    (output / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+    write_settings(
+        output,
+        {
+            "family": "internvl",
+            "system": system,
+            "turn_end": turn_end,
+            "bos": bos,
+            "min_tiles": tiles["min_patches"],
+            "max_tiles": tiles["max_patches"],
+            "converted_from": {"path": str(source.resolve()), "template": config["template"], "fingerprint": fingerprint(source)},
+        },
+    )
+
+
+def converted_copy(source: Path) -> Path:
+    """The native copy of a remote-code checkpoint beside it (`<source>-vlmkit-hf`), made or refreshed."""
+    from vlmkit.settings import read_settings
+
+    source = source.resolve()
+    output = source.with_name(source.name + CONVERTED_SUFFIX)
+    made = read_settings(output).get("converted_from", {}) if (output / "config.json").is_file() else {}
+    if made.get("fingerprint") == fingerprint(source):
+        print(f"using {output} (converted from the remote-code checkpoint {source})", file=sys.stderr, flush=True)
+        return output
+    if not os.access(source.parent, os.W_OK):
+        raise VlmkitError(
+            f"{source} is an OpenGVLab remote-code InternVL checkpoint and {source.parent} is not writable for its "
+            f"converted copy; run `vlmkit convert --model {source} --output DIR` and pass --model DIR"
+        )
+    print(f"converting the remote-code checkpoint {source} to transformers' InternVL layout in {output} (once)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return convert_checkpoint(source, output, force=True)

@@ -1,0 +1,112 @@
+"""`vlmkit convert` and conversion on load: what is refused (one line, nothing written) and when a
+converted copy is reused or made again. Parity of the converted model: tests/parity/test_internvl_remote.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vlmkit.cli import app
+from vlmkit.errors import VlmkitError
+from vlmkit.families import native_model_dir
+from vlmkit.families.internvl.remote import LLMS, remote_config
+
+
+def config_only(folder: Path, **changes) -> Path:
+    """A folder with only the tiny remote checkpoint's config.json, changed as given (refusals come first)."""
+    folder.mkdir(parents=True)
+    config = remote_config("internlm2", 600, dict.fromkeys(LLMS["internlm2"]["specials"], 1))
+    for key, value in changes.items():
+        if key == "llm_architecture":
+            config["llm_config"]["architectures"] = [value]
+        else:
+            config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "changes, says",
+    [
+        ({"ps_version": "v1"}, "ps_version 'v1'"),
+        ({"llm_architecture": "Phi3ForCausalLM"}, "Phi3ForCausalLM is not converted"),
+        ({"template": "vicuna_v1.1"}, "conversation template 'vicuna_v1.1' is not supported"),
+        ({"model_type": "qwen2_vl"}, "model_type 'qwen2_vl' has no conversion"),
+    ],
+)
+def test_unsupported_checkpoints_are_refused_in_one_line(tmp_path, changes, says):
+    source = config_only(tmp_path / "src", **changes)
+    done = CliRunner().invoke(app, ["convert", "--model", str(source), "--output", str(tmp_path / "out")])
+    assert isinstance(done.exception, VlmkitError), done.output  # `main` prints it as one `error:` line, exit 2
+    assert says in str(done.exception) and "\n" not in str(done.exception)
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_kept_without_force(tmp_path):
+    source = config_only(tmp_path / "src")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep")
+    done = CliRunner().invoke(app, ["convert", "--model", str(source), "--output", str(tmp_path / "out")])
+    assert isinstance(done.exception, VlmkitError) and "exists and is not empty" in str(done.exception)
+    assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
+
+
+@pytest.mark.slow
+def test_converted_copy_is_reused_then_made_again_when_the_source_changes(tmp_path, capsys):
+    """~25 s: two conversions."""
+    source = tmp_path / "InternVL-Chat-V1-5"
+    assert CliRunner().invoke(app, ["tiny-model", "internvl-remote", str(source)]).exit_code == 0
+    converted = native_model_dir(source)
+    assert converted == tmp_path / "InternVL-Chat-V1-5-vlmkit-hf"
+    assert "converting the remote-code checkpoint" in capsys.readouterr().err
+    assert native_model_dir(source) == converted
+    assert capsys.readouterr().err.startswith(f"using {converted}")
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps(config | {"max_dynamic_patch": 6}))
+    os.utime(source / "config.json", ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert native_model_dir(source) == converted
+    assert "converting the remote-code checkpoint" in capsys.readouterr().err
+    assert json.loads((converted / "preprocessor_config.json").read_text())["max_patches"] == 6
+    assert json.loads((converted / "vlmkit.json").read_text())["max_tiles"] == 6
+
+
+def test_families_lists_the_remote_code_checkpoints_and_what_was_verified():
+    lines = CliRunner().invoke(app, ["families"], catch_exceptions=False).output.splitlines()
+    remote = next(line for line in lines if line.strip().startswith("internvl-remote "))
+    assert "model_type=internvl_chat" in remote and "InternVL-Chat-V1.5" in remote and "not the Phi-3 ones" in remote
+    assert "vlmkit convert" in remote and "internvl_remote_internlm2.json" in remote
+    assert any(line.strip().startswith("internvl2-remote ") and "internvl_remote_qwen2.json" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_folder_with_only_internlm2_tokenizer_model_converts_and_chats(tmp_path):
+    """InternVL-Chat-V1.5 as published: InternLM2's sentencepiece tokenizer.model, no tokenizer.json. ~25 s."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import random_image
+
+    source = tmp_path / "InternVL-Chat-V1-5"
+    assert CliRunner().invoke(app, ["tiny-model", "internvl-remote", str(source)]).exit_code == 0
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (source / name).unlink()
+    spm = Path(__file__).resolve().parents[1] / "parity" / "vectors" / "internlm2_spm" / "add_dummy_prefix_1"
+    shutil.copy(spm / "tokenizer.model", source)
+    shutil.copy(spm / "tokenizer_config.json", source)
+    random_image(448, 448).save(tmp_path / "cat.png")
+    done = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "infer", "--model", str(source), "--max-new-tokens", "3"],
+        input="<image>Describe this image.\ncat.png\nexit\n", capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "image 1: 1 tile(s) of 448×448" in done.stderr + done.stdout and "-" * 50 in done.stdout
+    converted = tmp_path / "InternVL-Chat-V1-5-vlmkit-hf"
+    saved = json.loads((converted / "vlmkit.json").read_text())
+    assert (saved["bos"], saved["turn_end"]) == ("<s>", "<|im_end|>")
+    assert json.loads((converted / "config.json").read_text())["image_token_id"] == 402  # tokenizer_config's <IMG_CONTEXT>

@@ -1,0 +1,66 @@
+"""Two tiny InternLM2-style sentencepiece tokenizers and what OpenGVLab's InternLM2Tokenizer makes of some texts.
+
+NOT run by the test suite (needs the `sentencepiece` package and the original tokenization_internlm2.py;
+see ../README.md). Run from this folder:
+
+    PYTHONPATH=/work/wt/ref_tf445:/path/to/sentencepiece python make_vectors.py /path/to/InternVL/internvl_chat
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import sentencepiece as spm
+
+CORPUS = [
+    "What color is the square? The square is red.",
+    "Describe this image. A photo of a cat sitting on a mat.",
+    "你好，世界。这是一只猫。",
+    "Hello world! system user assistant",
+    "one two three 1 2 3 (x) [y]",
+] * 20
+TEXTS = [
+    "<|im_start|>system\nYou are helpful.<|im_end|><|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\n"
+    "Describe this image.<|im_end|><|im_start|>assistant\n",
+    "Hello world",
+    " leading space",
+    "你好，世界。这是一只猫🐱",
+    "a\n\nb  c\t d",
+    "<|im_end|>x",
+    "<|im_end|> x",
+    "The square is red. 1452 + 45304 = 46766",
+    "trailing space ",
+]
+
+
+def main(internvl_chat: str) -> None:
+    Path("corpus.txt").write_text("\n".join(CORPUS))
+    code = Path(internvl_chat) / "internvl/model/internlm2/tokenization_internlm2.py"
+    spec = importlib.util.spec_from_file_location("tokenization_internlm2", code)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = {}
+    for dummy in (0, 1):
+        folder = Path(f"add_dummy_prefix_{dummy}")
+        folder.mkdir(exist_ok=True)
+        # byte-fallback BPE with identity normalization and <unk>, <s>, </s> at 0, 1, 2, as InternLM2's model
+        spm.SentencePieceTrainer.train(
+            input="corpus.txt", model_prefix=str(folder / "tokenizer"), vocab_size=400, model_type="bpe",
+            character_coverage=1.0, byte_fallback=True, add_dummy_prefix=bool(dummy), unk_id=0, bos_id=1, eos_id=2,
+            pad_id=-1, user_defined_symbols=["<|im_start|>", "<|im_end|>"], remove_extra_whitespaces=False,
+            normalization_rule_name="identity", minloglevel=2,
+        )  # fmt: skip
+        (folder / "tokenizer.vocab").unlink()
+        # tokenizer_config.json (written by hand, as InternLM2's lists its added tokens) must already be there
+        tokenizer = module.InternLM2Tokenizer.from_pretrained(folder)
+        ids = [tokenizer(text).input_ids for text in TEXTS]
+        out[str(dummy)] = {"ids": ids, "decoded": [tokenizer.decode(i[1:], skip_special_tokens=True) for i in ids]}
+    Path("corpus.txt").unlink()
+    Path("reference_ids.json").write_text(
+        json.dumps({"texts": TEXTS, "by_add_dummy_prefix": out}, ensure_ascii=False, indent=1) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
