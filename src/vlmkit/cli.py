@@ -18,7 +18,10 @@ from vlmkit.options import (
     Backend,
     Columns,
     Device,
+    DeviceMap,
     DType,
+    MaxMemory,
+    OffloadFolder,
     Prompt,
     TensorParallelSize,
     TrustRemoteCode,
@@ -179,6 +182,9 @@ def infer(
     encoding: EncodingSettings = EncodingSettings(),
     dtype: DType = "auto",
     device: Device = "auto",
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    offload_folder: OffloadFolder = None,
     attn_impl: AttnImpl = "sdpa",
     draw: Annotated[
         Path | None,
@@ -235,7 +241,7 @@ def infer(
         if input is None:
             raise VlmkitError("--backend vllm runs batch inference (--input FILE); to chat, use vlmkit serve --backend vllm")
         refuse_for_vllm(
-            merge_lora=merge_lora, device=None if device == "auto" else device,
+            merge_lora=merge_lora, device=None if device == "auto" else device, device_map=device_map,
             attn_impl=None if attn_impl == "sdpa" else attn_impl,
             **{k: v for k, v in encoding.given().items() if k not in VLLM_PASSES},
             trust_remote_code=trust_remote_code,
@@ -254,7 +260,14 @@ def infer(
             attn_impl=attn_impl,
             encoding=encoding,
             trust_remote_code=trust_remote_code,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
         )
+        if device_map is not None:
+            from vlmkit.placement import describe
+
+            typer.echo(describe(vlm.model), err=True)
     if input is None:
         run_chat(vlm, options, draw_dir=draw, quiet=quiet, system_option=encoding.system)
         return
@@ -374,13 +387,19 @@ def export_command(
     force: Annotated[
         bool, typer.Option(help="Replace the output folder if it exists and is not empty.")
     ] = False,
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    offload_folder: OffloadFolder = None,
 ) -> None:
     """Export a checkpoint as a complete Hugging Face folder (safetensors weights, config, tokenizer,
     image-processor config with the trained resolution limits, chat template, vlmkit.json with the
     resolution settings)."""
     from vlmkit.export import export
 
-    path = export(ckpt, output, merge_lora=merge_lora, dtype=dtype, force=force)
+    path = export(
+        ckpt, output, merge_lora=merge_lora, dtype=dtype, force=force, device_map=device_map,
+        max_memory=max_memory, offload_folder=offload_folder,
+    )
     typer.echo(f"exported {ckpt} to {path}")
 
 
@@ -449,6 +468,9 @@ def serve_command(
     trust_remote_code: TrustRemoteCode = False,
     dtype: DType = "auto",
     device: Device = "auto",
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    offload_folder: OffloadFolder = None,
     attn_impl: AttnImpl = "sdpa",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -484,6 +506,9 @@ def serve_command(
         trust_remote_code=trust_remote_code,
         dtype=dtype,
         device=device,
+        device_map=device_map,
+        max_memory=max_memory,
+        offload_folder=offload_folder,
         attn_impl=attn_impl,
         log_level=log_level,
         backend=backend,

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from vlmkit.errors import VlmkitError
 from vlmkit.processor_files import write_processor_files
@@ -29,18 +30,21 @@ def default_output(ckpt: str | Path, merge_lora: bool) -> Path:
 
 def export(
     ckpt: str | Path, output: str | Path | None = None, merge_lora: bool = False, dtype: str = "auto",
-    force: bool = False,
+    force: bool = False, device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, Any] | None = None, offload_folder: str | Path | None = None,
 ) -> Path:
     """Write `ckpt` (a vlmkit checkpoint) to the new folder `output` (default: `default_output`); returns
     it. An existing non-empty `output` is refused unless `force`, which replaces it once the new folder
-    is complete."""
+    is complete. `device_map`, `max_memory`, `offload_folder`: load (and merge) a model larger than the
+    memory at hand across GPUs, CPU and disk (`vlmkit.placement`)."""
     import torch
 
-    from vlmkit import loader
+    from vlmkit import loader, placement
 
     output = Path(output) if output is not None else default_output(ckpt, merge_lora)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not force:
         raise VlmkitError(f"--output {output} exists and is not empty; choose a new folder or pass --force")
+    placed = placement.from_pretrained_placement(device_map, max_memory, offload_folder)
     files = loader.resolve_model(ckpt=ckpt)
     model_dir, ckpt_dir, settings, family, is_adapter = (
         files.model_dir, files.ckpt_dir, files.settings, files.family, files.is_adapter
@@ -50,7 +54,7 @@ def export(
         torch_dtype = getattr(torch, saved, torch.float32)
     else:
         torch_dtype = loader.torch_dtype(dtype, "cpu")
-    model = loader.load_weights(files, dtype=torch_dtype, merge_lora=merge_lora)
+    model = loader.load_weights(files, dtype=torch_dtype, merge_lora=merge_lora, **placed)
 
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}-{time.time_ns()}")
     tmp.mkdir(parents=True)

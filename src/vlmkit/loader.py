@@ -300,8 +300,11 @@ def load_weights(
     """The transformers model of `files` through its family's `auto_class`, with the checkpoint's LoRA
     adapter applied (`adapter`; and merged with `merge_lora`). `dtype`: a torch dtype, None for the
     checkpoint's; `attn_impl` None leaves transformers' choice; `from_pretrained`: further arguments of
-    `from_pretrained` (quantization_config, ...; device placement belongs here too). The model stays on
-    the CPU: the caller moves it."""
+    `from_pretrained` (quantization_config, ...; device placement belongs here too: `device_map`,
+    `max_memory`, `offload_folder` from `vlmkit.placement`). Without a `device_map` the model stays on the
+    CPU: the caller moves it."""
+    import logging
+
     import transformers
 
     from vlmkit.quantized import check_quantized
@@ -316,9 +319,21 @@ def load_weights(
     # honour; left unset, transformers takes sdpa where the code supports it and eager otherwise.
     if attn_impl is not None and not (files.family.remote_code and attn_impl == "sdpa"):
         kwargs["attn_implementation"] = attn_impl
-    hf_model = getattr(transformers, files.family.auto_class).from_pretrained(files.model_dir, **kwargs)
+    # accelerate warns that offloaded parameters sit on the meta device: that is what offloading means here
+    # (`vlmkit.placement.describe` says where the layers went)
+    offload_log = logging.getLogger("accelerate.big_modeling")
+    level = offload_log.level
+    offload_log.setLevel(logging.ERROR)
+    try:
+        hf_model = getattr(transformers, files.family.auto_class).from_pretrained(files.model_dir, **kwargs)
+    finally:
+        offload_log.setLevel(level)
     if adapter and files.is_adapter:
         from peft import PeftModel
+
+        from vlmkit.placement import check_adapter_fits
+
+        check_adapter_fits(hf_model, files.ckpt_dir)
 
         with peft_quietly():
             hf_model = PeftModel.from_pretrained(hf_model, files.ckpt_dir)

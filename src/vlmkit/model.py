@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmkit.errors import VlmkitError
 from vlmkit.families import Family
 from vlmkit.sample import Sample, to_sample
 from vlmkit.settings import EncodingSettings, check_encoding, encoding_settings
+
+if TYPE_CHECKING:
+    from vlmkit.chat import Chat
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,10 @@ class VLM:
             raise errors[0]
 
     def chat(self, system: str | None = None, reuse_cache: bool = True) -> Chat:
-        """A conversation; with `reuse_cache` each turn runs only what it adds through the model (see
-        `vlmkit.chat_cache`), otherwise the whole history every turn."""
+        """A conversation (`vlmkit.chat.Chat`); with `reuse_cache` each turn runs only what it adds through
+        the model (see `vlmkit.chat_cache`), otherwise the whole history every turn."""
+        from vlmkit.chat import Chat
+
         return Chat(self, system=system, reuse_cache=reuse_cache)
 
 
@@ -212,103 +217,6 @@ class _ReplyDecoder:
         return self.vlm.decode([token_ids] if isinstance(token_ids, int) else list(token_ids))
 
 
-@dataclass
-class Chat:
-    """A multi-turn conversation; a turn that fails (bad image, ...) leaves the history unchanged.
-
-    Each turn is encoded in full (`template.encode`, as everywhere); with `reuse_cache` the model's keys and
-    values of the turns before are kept, so only the new tokens and new images run (`vlmkit.chat_cache`).
-    `tokens_run` and `images_run` count what the last turn put through the model; `prompt` is its encoding
-    (`template.encode`: token ids, pixel inputs, per-image sizes)."""
-
-    vlm: VLM
-    system: str | None = None
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    reuse_cache: bool = True
-    tokens_run: int = 0
-    images_run: int = 0
-    prompt: dict[str, Any] | None = field(default=None, repr=False)  # the last turn's encoded prompt
-    _cache: Any = field(default=None, repr=False)
-
-    def _sample(self, text: str, images: list[Any], videos: list[Any]) -> Sample:
-        row: dict[str, Any] = {
-            "messages": [*self.messages, {"role": "user", "content": text}],
-            "images": list(images),
-            "videos": list(videos),
-        }
-        # Earlier turns are already in parts form; only the new turn's placeholders need media.
-        new = to_sample({**row, "messages": row["messages"][-1:]}, where="chat")
-        history = [*self.messages, *new.messages]
-        if self.system is not None:
-            history = [{"role": "system", "content": [{"type": "text", "text": self.system}]}, *history]
-        return Sample(messages=history, where="chat")
-
-    def _add_media_placeholders(self, text: str, images: list[Any], videos: list[Any]) -> str:
-        missing = len(images) - text.count("<image>")
-        text = "<image>" * max(missing, 0) + text
-        missing = len(videos) - text.count("<video>")
-        return "<video>" * max(missing, 0) + text
-
-    def stream(
-        self,
-        text: str,
-        images: list[Any] = (),
-        videos: list[Any] = (),
-        options: GenerationOptions | None = None,
-        **kw,
-    ) -> Iterator[str]:
-        """Send a user turn and return an iterator over the reply as it is generated. Images without a
-        `<image>` in the text are put before it. The turn is encoded at once (a bad image raises here, and
-        `prompt` then holds the encoded turn); it joins the history when its reply is complete, so a reply
-        cut short (Ctrl-C, or the iterator closed) leaves the history as it was."""
-        from vlmkit import chat_cache
-
-        options = options or GenerationOptions(**kw)
-        text = self._add_media_placeholders(text, list(images), list(videos))
-        sample = self._sample(text, list(images), list(videos))
-        encoded = self.vlm.encode(sample)
-        cache, self._cache = self._cache, None  # a turn that fails half-way leaves the cache unusable
-        split = chat_cache.supported(self.vlm.family)
-        reuse = self.reuse_cache and split
-        media = chat_cache.media_of(self.vlm.template, encoded) if reuse else None  # pixel digests: only to reuse
-        if reuse and cache is not None:
-            resume = chat_cache.resume_point(self.vlm.template, encoded, media, cache)
-            batch = chat_cache.prefill(self.vlm, encoded, cache, resume)
-        else:
-            resume = chat_cache.Resume(keep=0, first_image=0, videos=True)
-            batch = self.vlm._inputs([encoded])
-        self.prompt = encoded
-        self.tokens_run = len(encoded["input_ids"]) - resume.keep
-        # images put through the vision tower (video frames are images to some families)
-        images = len(self.vlm.template.split_media(encoded)[0]) if split else len(sample.media("image"))
-        self.images_run = images - resume.first_image
-        return self._reply(sample, batch, options, media if reuse else None)
-
-    def _reply(self, sample: Sample, batch: dict[str, Any], options: GenerationOptions, media: Any) -> Iterator[str]:
-        from vlmkit import chat_cache
-
-        result: dict[str, Any] = {}
-        extra = {"return_dict_in_generate": True} if media is not None else {}
-        reply = []
-        # closing this iterator half-way drops the one of `_stream` with it, which stops generating
-        for piece in self.vlm._stream(batch, options, result, **extra):
-            reply.append(piece)
-            yield piece
-        if media is not None and "output" in result:
-            self._cache = chat_cache.after_turn(media, result["output"])
-        first = 1 if self.system is not None else 0
-        self.messages = sample.messages[first:] + [
-            {"role": "assistant", "content": [{"type": "text", "text": "".join(reply)}]}
-        ]
-
-    def send(self, text: str, images: list[Any] = (), videos: list[Any] = (), **kw) -> str:
-        return "".join(self.stream(text, images, videos, **kw))
-
-    def clear(self) -> None:
-        self.messages = []
-        self._cache = None
-
-
 def load(
     model: str | Path | None = None,
     *,
@@ -319,6 +227,9 @@ def load(
     attn_impl: str = "sdpa",
     encoding: EncodingSettings | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
     **encoding_options: Any,
 ) -> VLM:
     """Load a model folder or hub id, or a vlmkit checkpoint (`ckpt`: base model + LoRA adapter, or full
@@ -326,12 +237,17 @@ def load(
     fields as keyword arguments: `min_pixels=...`, `system=...`) defaults to the settings saved with the model
     or checkpoint (vlmkit.json), then to the checkpoint's image-processor config. `trust_remote_code` lets
     transformers run Python code shipped in the model folder (untested here); the family still comes from
-    config.json."""
-    from vlmkit import loader
+    config.json. `device_map` (auto, balanced, sequential, or {module: device}), with `max_memory` ("0=20GiB,
+    cpu=60GiB" or {device: size}) and `offload_folder`, spreads the model over GPUs, CPU and disk
+    (`vlmkit.placement`) instead of putting it on `device`."""
+    from vlmkit import loader, placement
 
     encoding = encoding_settings(encoding, **encoding_options)
     files = loader.resolve_model(model, ckpt)
     loader.check_trust(files, trust_remote_code)
+    if device_map is not None and device != "auto":
+        raise VlmkitError(f"--device {device} and --device-map {device_map}: give one (--device-map places the layers)")
+    placed = placement.from_pretrained_placement(device_map, max_memory, offload_folder)
     device = loader.pick_device(device)
     torch_dtype = loader.torch_dtype(dtype, device)
     loader.check_attn(attn_impl)
@@ -341,9 +257,14 @@ def load(
         loader.check_weights(files.ckpt_dir)  # the adapter's weights
     tokenizer, template = loader.load_tokenizer_and_template(files, encoding, trust_remote_code)
     hf_model = loader.load_weights(
-        files, dtype=torch_dtype, attn_impl=attn_impl, trust_remote_code=trust_remote_code, merge_lora=merge_lora
+        files, dtype=torch_dtype, attn_impl=attn_impl, trust_remote_code=trust_remote_code, merge_lora=merge_lora,
+        **placed,
     )
-    hf_model.to(device).eval()
+    if placed:  # accelerate placed the layers; its hooks move each layer's inputs
+        device = placement.input_device(hf_model)
+    else:
+        hf_model.to(device)
+    hf_model.eval()
     return VLM(
         model=hf_model, tokenizer=tokenizer, template=template, family=files.family, path=files.files_dir,
         device=device,

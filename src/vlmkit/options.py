@@ -11,6 +11,7 @@ import copy
 import functools
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import typer
@@ -23,6 +24,29 @@ DType = Annotated[
 Device = Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N.")]
 AttnImpl = Annotated[
     str, typer.Option(help="Attention kernel: sdpa, eager, or flash_attention_2 (needs flash-attn).")
+]
+DeviceMap = Annotated[
+    str | None,
+    typer.Option(
+        help="Spread the model over devices with accelerate's big-model loading (for models larger than one "
+        "GPU): auto or balanced (evenly over the GPUs), balanced_low_0, sequential (fill GPU 0 first); layers "
+        "that do not fit go to the CPU, then to disk. Or a JSON object (or .json file) {module name: GPU index, "
+        "\"cpu\" or \"disk\"}. Replaces --device.",
+    ),
+]
+MaxMemory = Annotated[
+    str | None,
+    typer.Option(
+        help="With --device-map auto/balanced/sequential: most memory per device, e.g. 0=20GiB,1=20GiB,cpu=60GiB "
+        "(or a JSON object); layers beyond go to the next device, and to disk last. Default: what is free.",
+    ),
+]
+OffloadFolder = Annotated[
+    Path | None,
+    typer.Option(
+        help="With --device-map: folder for layers offloaded to disk that must be re-saved (another dtype than "
+        "the checkpoint's, or not safetensors). Default: a temporary folder, removed at exit.",
+    ),
 ]
 TrustRemoteCode = Annotated[
     bool,

@@ -43,6 +43,9 @@ def evaluate(
     encoding: EncodingSettings | None = None,
     dtype: str = "auto",
     device: str = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
     attn_impl: str = "sdpa",
     trust_remote_code: bool = False,
     backend: str = "transformers",
@@ -55,7 +58,8 @@ def evaluate(
     read from `benchmark_path` when given) and/or score `predictions` files; `limit`: N rows sampled.
     Returns what metrics.json holds ({"dataset", "metrics", "metric_choice", "models": {label: {...}}}).
     `echo` gets the lines the command prints (schema, progress, the table). `encoding` (or its fields as
-    keyword arguments: `max_pixels=...`) applies to every model and checkpoint, over their saved settings.
+    keyword arguments: `max_pixels=...`) applies to every model and checkpoint, over their saved settings;
+    `device_map`, `max_memory`, `offload_folder` place each one as `vlmkit.load` does.
     With `backend` "vllm", models answer through vLLM's offline engine (`vlmkit.vllm_offline`;
     `tensor_parallel_size`, `vllm_args`).
 
@@ -78,6 +82,7 @@ def evaluate(
         from vlmkit.vllm_offline import refuse_for_vllm
 
         refuse_for_vllm(device=None if device == "auto" else device, attn_impl=None if attn_impl == "sdpa" else attn_impl,
+                        device_map=device_map,
                         **{k: v for k, v in encoding.given().items() if k not in VLLM_PASSES},
                         trust_remote_code=trust_remote_code)  # fmt: skip
         vllm = {"tensor_parallel_size": tensor_parallel_size, "vllm_args": vllm_args}
@@ -143,8 +148,9 @@ def evaluate(
         for model_name, checkpoint in pairs:
             label = model_label(model_name, checkpoint, taken)
             path = output / f"{file_stem(label)}.predictions.jsonl"
+            placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
             counts = _predict(model_name, checkpoint, dataset, rows, path, batch_size, max_new_tokens, encoding,
-                              dtype, device, attn_impl, trust_remote_code, vllm)  # fmt: skip
+                              dtype, device, attn_impl, trust_remote_code, vllm, placement)  # fmt: skip
             echo(f"{label}: answered {counts['ok']} rows ({counts['failed']} failed) -> {path}")
             to_score.append((label, str(checkpoint or model_name), path))
             images[label], questions[label] = row_images, row_questions
@@ -265,7 +271,7 @@ def _image_of_line(line: dict, folder: Path) -> Any:
 
 
 def _predict(model, checkpoint, dataset, rows, path, batch_size, max_new_tokens, encoding, dtype, device, attn_impl,
-             trust_remote_code, vllm) -> dict[str, int]:  # fmt: skip
+             trust_remote_code, vllm, placement) -> dict[str, int]:  # fmt: skip
     """Load one model (with vLLM when `vllm` holds its options), answer `rows` through `vlmkit infer`'s
     batch path into `path`, free the model."""
     from vlmkit.batch_output import join_ranks
@@ -279,7 +285,7 @@ def _predict(model, checkpoint, dataset, rows, path, batch_size, max_new_tokens,
         vlm = load_vllm(model, ckpt=checkpoint, dtype=dtype, encoding=encoding, **vllm)
     else:
         vlm = load(model, ckpt=checkpoint, dtype=dtype, device=device, attn_impl=attn_impl, encoding=encoding,
-                   trust_remote_code=trust_remote_code)  # fmt: skip
+                   trust_remote_code=trust_remote_code, **placement)  # fmt: skip
     options = GenerationOptions(max_new_tokens=max_new_tokens)  # greedy: scores repeat run to run
     counts = run_batch(
         vlm, dataset, path, options, batch_size=batch_size, progress=sys.stderr.isatty(), rows=rows

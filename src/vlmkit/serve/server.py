@@ -124,6 +124,9 @@ def serve(
     trust_remote_code: bool = False,
     dtype: str = "auto",
     device: str = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
     attn_impl: str = "sdpa",
     log_level: str = "info",
     backend: str = "transformers",
@@ -173,6 +176,8 @@ def serve(
     encoding = encoding_settings(encoding, **encoding_options)
     if backend not in ("transformers", "vllm"):
         raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
+    if backend == "vllm" and device_map is not None:
+        raise VlmkitError("--device-map is for --backend transformers; vLLM spreads a model over GPUs itself")
     refuse_vllm_options(backend, tensor_parallel_size, vllm_args, data_parallel_size)
     if backend == "vllm":
         from vlmkit.vllm_args import VLLM_PASSES
@@ -190,8 +195,13 @@ def serve(
         return
     vlm = load(
         model, ckpt=ckpt, dtype=dtype, device=device, attn_impl=attn_impl, encoding=encoding,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=trust_remote_code, device_map=device_map, max_memory=max_memory,
+        offload_folder=offload_folder,
     )
+    if device_map is not None:
+        from vlmkit.placement import describe
+
+        print(describe(vlm.model), flush=True)
     # Adapters that are vlmkit checkpoints load their own template with the same explicit options.
     main_name = served_model_name or served_name(model, ckpt)
     models, peft_names = load_served(vlm, main_name, adapters, encoding)

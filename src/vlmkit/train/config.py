@@ -8,6 +8,7 @@ line override the file. The resolved config is saved as `args.json` in the run f
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,8 @@ class SFTConfig:
     trust_remote_code: bool = False
     deepspeed: str | None = None
     fsdp: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
     report_to: str = "auto"
     resume: str | None = None
     eval_generate: int = 3
@@ -106,6 +109,13 @@ class SFTConfig:
             (self.deepspeed in DEEPSPEED, f"--deepspeed {self.deepspeed}: choose zero2 or zero3"),
             (self.fsdp in FSDP, f"--fsdp {self.fsdp}: choose full_shard or shard_grad_op"),
             (not (self.deepspeed and self.fsdp), "--deepspeed and --fsdp cannot be combined; pick one"),
+            (
+                not (self.device_map and (self.deepspeed or self.fsdp)),
+                f"--device-map and --{'deepspeed' if self.deepspeed else 'fsdp'}: both place the model; "
+                "--device-map splits one copy over the GPUs of one process (naive model parallel), DeepSpeed "
+                "and FSDP shard it over processes: pick one",
+            ),
+            (self.max_memory is None or self.device_map, "--max-memory limits --device-map; give --device-map too"),
             (
                 self.report_to in REPORT_TO,
                 f"--report-to {self.report_to}: choose one of {', '.join(REPORT_TO)}",
@@ -147,6 +157,12 @@ class SFTConfig:
                                   (self.group_by_length, "--group-by-length")):  # fmt: skip
                 if given:
                     raise VlmkitError(f"{option} needs every row up front; drop it with --streaming")
+        if self.device_map and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun / accelerate launch
+            raise VlmkitError(
+                f"--device-map: this is process {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']} "
+                "(torchrun / accelerate launch); --device-map splits the model over the GPUs of one process: run "
+                "`vlmkit sft --device-map ...` without a launcher, or drop --device-map for data-parallel training"
+            )
         if self.eval_metric:
             from vlmkit.eval.metrics import metric_names
 

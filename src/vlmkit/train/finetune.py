@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import torch
 
 from vlmkit.errors import VlmkitError
 from vlmkit.quantized import check_training
+from vlmkit.train.arguments import save_best_by, training_arguments
 from vlmkit.train.config import SFTConfig
 from vlmkit.train.encoded import EncodedDataset
 from vlmkit.train.packing import PackedDataset, collate_packed, pack_lengths, resolve_packing
@@ -34,39 +35,7 @@ from vlmkit.train.run import (
     saved_args,
     write_val_rows,
 )
-from vlmkit.train.trackers import check_tracker, start_tracker, trainer_report_to
-
-DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
-    "zero2": {
-        "zero_optimization": {
-            "stage": 2,
-            "overlap_comm": True,
-            "contiguous_gradients": True,
-            "reduce_bucket_size": "auto",
-        },
-        "bf16": {"enabled": "auto"},
-        "fp16": {"enabled": "auto"},
-        "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-    },
-    "zero3": {
-        "zero_optimization": {
-            "stage": 3,
-            "overlap_comm": True,
-            "contiguous_gradients": True,
-            "reduce_bucket_size": "auto",
-            "stage3_prefetch_bucket_size": "auto",
-            "stage3_param_persistence_threshold": "auto",
-            "stage3_gather_16bit_weights_on_model_save": True,
-        },
-        "bf16": {"enabled": "auto"},
-        "fp16": {"enabled": "auto"},
-        "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-    },
-}
+from vlmkit.train.trackers import check_tracker, start_tracker
 
 
 def _check_environment(config: SFTConfig) -> None:
@@ -88,60 +57,6 @@ def _check_environment(config: SFTConfig) -> None:
     if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise VlmkitError(f"--deepspeed {config.deepspeed} needs DeepSpeed: pip install 'vlmkit[deepspeed]'")
     check_tracker(config.report_to)
-
-
-def _training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir: str):
-    from transformers import TrainingArguments
-
-    fsdp_kwargs: dict[str, Any] = {}
-    if config.fsdp:
-        fsdp_kwargs = {"fsdp": f"{config.fsdp} auto_wrap", "fsdp_config": {"use_orig_params": True}}
-    workers = (
-        config.num_workers if config.num_workers is not None else (4 if torch.cuda.is_available() else 0)
-    )
-    return TrainingArguments(
-        output_dir=output_dir,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.lr,
-        weight_decay=config.weight_decay,
-        adam_beta2=config.adam_beta2,
-        max_grad_norm=config.max_grad_norm,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        lr_scheduler_type=config.scheduler,
-        warmup_steps=config.warmup_ratio,
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-        bf16=torch_dtype == torch.bfloat16,
-        fp16=torch_dtype == torch.float16,
-        seed=config.seed,
-        data_seed=config.seed,
-        eval_strategy="steps" if has_val else "no",
-        eval_steps=config.eval_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=None,  # CompleteCheckpoints rotates, after the new checkpoint is complete
-        **_best_checkpoint_kwargs(config),
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        report_to=trainer_report_to(config.report_to),
-        dataloader_num_workers=workers,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        remove_unused_columns=False,
-        label_names=["labels"],
-        prediction_loss_only=True,  # evaluation reports the loss; logits are only kept where supervised
-        include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True,
-        ddp_find_unused_parameters=False,
-        use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU use DDP over gloo
-        ddp_backend="gloo"
-        if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        else None,
-        deepspeed=DEEPSPEED_PRESETS[config.deepspeed] if config.deepspeed else None,
-        **fsdp_kwargs,
-    )
 
 
 def _batching(config: SFTConfig, template, train_set, train_lengths, val_set, val_lengths, is_main: bool):
@@ -220,36 +135,94 @@ def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is
     )
 
 
+@dataclass
+class _Base:
+    """The model to fine-tune, before its weights load."""
+
+    files: Any  # loader.ModelFiles
+    tokenizer: Any
+    template: Any
+    torch_dtype: Any
+    placed: dict[str, Any]  # from_pretrained's placement arguments (--device-map), {} without
+    packing_requested: bool | None  # --packing as given (config.packing is then resolved)
+    no_packing_reason: str | None
+
+
+@dataclass
+class _Run:
+    """The run folder (made, locked, args.json and vlmkit.json written) and the rows read for it."""
+
+    dir: Path
+    args: Any  # TrainingArguments
+    is_main: bool
+    resume_from: Path | None
+    settings: dict[str, Any]
+    train_data: Any
+    val_data: Any
+    lock: Any  # held until training ends
+
+
+@dataclass
+class _Sets:
+    """The validated rows, as the Trainer takes them."""
+
+    train_set: Any
+    val_set: Any
+    train_sampler: Any
+    collate: Any
+    train_rows: list[int] | None  # None when streamed
+    val_rows: list[int]
+    stream_options: dict[str, Any] = field(default_factory=dict)  # StreamingTrainer's, with --streaming
+
+
 def sft(config: SFTConfig) -> Path:
     """Fine-tune `config.model` on `config.dataset`; returns the run folder."""
     import transformers
     from transformers import set_seed
 
     from vlmkit import loader
-    from vlmkit.data import load_datasets, split_dataset
-    from vlmkit.data.columns import parse_columns
-    from vlmkit.settings import write_settings
-    from vlmkit.train.callbacks import ChangeCheck, RunLog, VlmTrainer
-    from vlmkit.train.checkpoints import CompleteCheckpoints
-    from vlmkit.train.tuning import apply_tuning, count_parameters, parameter_groups
 
     transformers.utils.logging.disable_progress_bar()
     config.validate()
     _check_environment(config)
     loader.check_attn(config.attn_impl)
     set_seed(config.seed)
+    base = _resolve_base(config)
+    run = _start_run(config, base)
+    sets = _training_sets(config, base, run)  # every row validated before any GPU hour is spent
+    model = _load_model(config, base)
+    _print_run_summary(config, model, run, sets)
+    trainer = _make_trainer(config, base, run, sets, model)
+    _train(config, run, trainer)
+    _after_training(config, base, run, sets, trainer)
+    return run.dir
+
+
+def _resolve_base(config: SFTConfig) -> _Base:
+    """The model files, family checks, packing, tokenizer, template, dtype and placement."""
+    from vlmkit import loader, placement
+
     files = loader.resolve_model(config.model)
-    model_dir, family = files.model_dir, files.family
-    if family.train_refusal is not None:
-        raise VlmkitError(f"--model {config.model}: {family.train_refusal}")
-    check_training(model_dir, f"--model {config.model}", config.tuner, config.quant)  # GPTQ / AWQ checkpoints
+    if files.family.train_refusal is not None:
+        raise VlmkitError(f"--model {config.model}: {files.family.train_refusal}")
+    check_training(files.model_dir, f"--model {config.model}", config.tuner, config.quant)  # GPTQ / AWQ checkpoints
     packing_requested = config.packing
-    config.packing, no_packing_reason = resolve_packing(config.packing, family, config.attn_impl)
+    config.packing, no_packing_reason = resolve_packing(config.packing, files.family, config.attn_impl)
     tokenizer, template = loader.load_tokenizer_and_template(files, config.encoding, config.trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = loader.torch_dtype(config.dtype, device)
+    placed = placement.from_pretrained_placement(config.device_map, config.max_memory)
+    return _Base(files, tokenizer, template, torch_dtype, placed, packing_requested, no_packing_reason)
 
-    # The run folder (TrainingArguments first: it sets up the process group that the folder name is shared over).
+
+def _start_run(config: SFTConfig, base: _Base) -> _Run:
+    """Read the data, then make (or resume) the run folder and write the run's args and settings.
+
+    TrainingArguments come before the folder: they set up the process group its name is shared over."""
+    from vlmkit.data import load_datasets, split_dataset
+    from vlmkit.data.columns import parse_columns
+    from vlmkit.settings import write_settings
+
     resume_from = resolve_resume(config.resume, config.output_dir, config.model) if config.resume else None
     columns = parse_columns(config.columns)
     read = {"media_root": config.media_root, "seed": config.seed, "columns": columns, "prompt": config.prompt}
@@ -262,89 +235,109 @@ def sft(config: SFTConfig) -> Path:
     val_data = load_datasets(config.val_dataset, **read) if config.val_dataset else None
     if config.split_ratio:
         train_data, val_data = split_dataset(train_data, config.split_ratio, seed=config.seed)
-    args = _training_arguments(config, torch_dtype, val_data is not None, output_dir=config.output_dir)
+    args = training_arguments(config, base.torch_dtype, val_data is not None, output_dir=config.output_dir)
     run_dir = _make_run_dir(config, resume_from)
     args.output_dir = str(run_dir)
     if hasattr(args, "logging_dir"):
         args.logging_dir = str(run_dir / "runs")
     is_main = args.process_index == 0
-    run_lock = lock_run_dir(run_dir) if is_main else None  # noqa: F841  (held until training ends)
+    run_lock = lock_run_dir(run_dir) if is_main else None
+    model_dir = base.files.model_dir
     settings = {
-        "family": family.name,
+        "family": base.files.family.name,
         "base_model": str(config.model if not Path(config.model).exists() else Path(model_dir).resolve()),
         "tuner": config.tuner,
-        **template.settings,
+        **base.template.settings,
         "max_length": config.max_length,
     }
-    if is_main and no_packing_reason:
-        print(f"packing off: {no_packing_reason}")
+    if is_main and base.no_packing_reason:
+        print(f"packing off: {base.no_packing_reason}")
     if is_main and resume_from is None:
         (run_dir / "args.json").write_text(json.dumps(saved_args(config.to_dict()), indent=2) + "\n")
         write_settings(run_dir, settings)
     if is_main and config.split_ratio:
         write_val_rows(val_data, run_dir / "val_split.jsonl")
+    return _Run(run_dir, args, is_main, resume_from, settings, train_data, val_data, run_lock)
 
-    if config.streaming:  # rows checked, packed and encoded as training reads them
-        from vlmkit.train.streaming import streaming_batches
 
-        if is_main and resume_from is not None:
-            check_resumed_args(config, run_dir, resume_from)
-            write_settings(run_dir, settings)
-        train_set, collate, stream_options = streaming_batches(
-            config, template, train_data, args, run_dir, resume_from, is_main
+def _training_sets(config: SFTConfig, base: _Base, run: _Run) -> _Sets:
+    """Validate every row (bad ones skipped and listed), open the encode cache, and batch: packed or padded."""
+    from vlmkit.settings import write_settings
+
+    template, run_dir, is_main = base.template, run.dir, run.is_main
+    if config.streaming:
+        return _streamed_set(config, base, run)
+    train_rows, train_pixels, train_lengths, has_video = _validate(
+        run.train_data, template, config, run_dir, "train", is_main
+    )
+    cache = None
+    if config.encode_cache:
+        from vlmkit.data.cache import open_training_cache
+
+        cache_dir = config.cache_dir or str(Path(config.output_dir) / "encode_cache")
+        cache = open_training_cache(
+            cache_dir, template, run.train_data, train_rows, train_pixels, config.encode_workers, is_main
         )
-        val_set = train_sampler = train_rows = None
-    else:
-        # Validate every row before any GPU hour is spent.
-        train_rows, train_pixels, train_lengths, has_video = _validate(
-            train_data, template, config, run_dir, "train", is_main
+    train_set = EncodedDataset(
+        run.train_data,
+        template,
+        train_rows,
+        train_pixels,
+        cache,
+        bad_file=run_dir / "bad_samples.jsonl",
+        max_bad=max(1, int(config.max_bad_fraction * len(run.train_data))),
+    )
+    val_set, val_rows, val_lengths = None, [], None
+    if run.val_data is not None:
+        val_rows, val_pixels, val_lengths, val_video = _validate(
+            run.val_data, template, config, run_dir, "val", is_main
         )
-        cache = None
-        if config.encode_cache:
-            from vlmkit.data.cache import open_training_cache
-
-            cache_dir = config.cache_dir or str(Path(config.output_dir) / "encode_cache")
-            cache = open_training_cache(
-                cache_dir, template, train_data, train_rows, train_pixels, config.encode_workers, is_main
-            )
-        train_set = EncodedDataset(
-            train_data,
+        has_video = has_video or val_video
+        val_set = EncodedDataset(
+            run.val_data,
             template,
-            train_rows,
-            train_pixels,
+            val_rows,
+            val_pixels,
             cache,
-            bad_file=run_dir / "bad_samples.jsonl",
-            max_bad=max(1, int(config.max_bad_fraction * len(train_data))),
+            bad_file=run_dir / "bad_samples_val.jsonl",
+            max_bad=max(1, int(config.max_bad_fraction * len(run.val_data))),
         )
-        val_set = None
-        if val_data is not None:
-            val_rows, val_pixels, val_lengths, val_video = _validate(val_data, template, config, run_dir, "val", is_main)
-            has_video = has_video or val_video
-            val_set = EncodedDataset(
-                val_data,
-                template,
-                val_rows,
-                val_pixels,
-                cache,
-                bad_file=run_dir / "bad_samples_val.jsonl",
-                max_bad=max(1, int(config.max_bad_fraction * len(val_data))),
-            )
-        if config.packing and has_video:  # known from validation: no second pass over the rows
-            if packing_requested:
-                raise VlmkitError("--packing: the data has video rows, which cannot be packed yet; use --no-packing")
-            config.packing = False
-            if is_main:
-                print("packing off: the data has video rows, which cannot be packed yet")
-                if resume_from is None:
-                    (run_dir / "args.json").write_text(json.dumps(saved_args(config.to_dict()), indent=2) + "\n")
-        if is_main and resume_from is not None:
-            check_resumed_args(config, run_dir, resume_from)
-            write_settings(run_dir, settings)
-        train_set, val_set, train_sampler, collate = _batching(
-            config, template, train_set, train_lengths, val_set, val_lengths if val_set else None, is_main
-        )
+    if config.packing and has_video:  # known from validation: no second pass over the rows
+        if base.packing_requested:
+            raise VlmkitError("--packing: the data has video rows, which cannot be packed yet; use --no-packing")
+        config.packing = False
+        if is_main:
+            print("packing off: the data has video rows, which cannot be packed yet")
+            if run.resume_from is None:
+                (run_dir / "args.json").write_text(json.dumps(saved_args(config.to_dict()), indent=2) + "\n")
+    if is_main and run.resume_from is not None:
+        check_resumed_args(config, run_dir, run.resume_from)
+        write_settings(run_dir, run.settings)
+    train_set, val_set, train_sampler, collate = _batching(
+        config, template, train_set, train_lengths, val_set, val_lengths if val_set else None, is_main
+    )
+    return _Sets(train_set, val_set, train_sampler, collate, train_rows, val_rows)
 
-    # The model, frozen and wrapped as asked.
+
+def _streamed_set(config: SFTConfig, base: _Base, run: _Run) -> _Sets:
+    """--streaming: rows checked, packed and encoded as training reads them (`vlmkit.train.streaming`)."""
+    from vlmkit.settings import write_settings
+    from vlmkit.train.streaming import streaming_batches
+
+    if run.is_main and run.resume_from is not None:
+        check_resumed_args(config, run.dir, run.resume_from)
+        write_settings(run.dir, run.settings)
+    train_set, collate, stream_options = streaming_batches(
+        config, base.template, run.train_data, run.args, run.dir, run.resume_from, run.is_main
+    )
+    return _Sets(train_set, None, None, collate, None, [], stream_options)
+
+
+def _load_model(config: SFTConfig, base: _Base):
+    """The weights (quantized with --quant, placed with --device-map), frozen and wrapped as asked."""
+    from vlmkit import loader, placement
+    from vlmkit.train.tuning import apply_tuning
+
     quantization = None
     if config.quant:
         from transformers import BitsAndBytesConfig
@@ -354,106 +347,117 @@ def sft(config: SFTConfig) -> Path:
             load_in_8bit=config.quant == "8bit",
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch_dtype,
+            bnb_4bit_compute_dtype=base.torch_dtype,
         )
     model = loader.load_weights(
-        files,
-        dtype=torch_dtype,
+        base.files,
+        dtype=base.torch_dtype,
         attn_impl=config.attn_impl,
         trust_remote_code=config.trust_remote_code,
         quantization_config=quantization,
+        **base.placed,
     )
+    if base.placed:
+        placement.check_trainable(model)
+        if len(set(getattr(model, "hf_device_map", {}).values())) == 1:
+            # all on one device: the Trainer places it as any model (it warns about a device map otherwise)
+            del model.hf_device_map
     if config.quant:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.gradient_checkpointing
         )
-    model = apply_tuning(model, config, family.module_groups)
+    return apply_tuning(model, config, base.files.family.module_groups)
+
+
+def _print_run_summary(config: SFTConfig, model, run: _Run, sets: _Sets) -> None:
+    """The run folder, trainable parameters and row counts (main process)."""
+    from vlmkit.train.tuning import count_parameters
+
     trainable, total = count_parameters(model)
-    if is_main:
+    if run.is_main:
         print(
-            f"run folder: {run_dir}\ntrainable parameters: {trainable:,} of {total:,} "
+            f"run folder: {run.dir}\ntrainable parameters: {trainable:,} of {total:,} "
             f"({100 * trainable / total:.2f}%), tuner={config.tuner}, "
-            + (f"train rows={len(train_rows)}" if train_rows is not None else "train rows streamed")
-            + (f" (in {len(train_set)} packed sequences)" if config.packing and train_rows is not None else "")
-            + (f", val rows={len(val_rows)}" if val_set else "")
+            + (f"train rows={len(sets.train_rows)}" if sets.train_rows is not None else "train rows streamed")
+            + (f" (in {len(sets.train_set)} packed sequences)" if config.packing and sets.train_rows is not None else "")
+            + (f", val rows={len(sets.val_rows)}" if sets.val_set else "")
         )
 
+
+def _make_trainer(config: SFTConfig, base: _Base, run: _Run, sets: _Sets, model):
+    """transformers' Trainer with vlmkit's run log, complete-checkpoint saving and change check."""
+    from transformers.trainer_callback import PrinterCallback
+
+    from vlmkit.train.callbacks import ChangeCheck, RunLog, VlmTrainer
+    from vlmkit.train.checkpoints import CompleteCheckpoints
+    from vlmkit.train.tuning import parameter_groups
+
+    family, model_dir = base.files.family, base.files.model_dir
     generated_metrics = None  # --eval-metric
-    if is_main and val_set is not None and config.eval_metric:
-        generated_metrics = _generated_metrics(tokenizer, template, family, model_dir, val_data, val_rows, config)
+    if run.is_main and sets.val_set is not None and config.eval_metric:
+        generated_metrics = _generated_metrics(
+            base.tokenizer, base.template, family, model_dir, run.val_data, sets.val_rows, config
+        )
+    trainer_class = VlmTrainer
     if config.streaming:
-        from vlmkit.train.streaming import StreamingTrainer
-    trainer = (StreamingTrainer if config.streaming else VlmTrainer)(
-        **(stream_options if config.streaming else {}),
+        from vlmkit.train.streaming import StreamingTrainer as trainer_class
+    trainer = trainer_class(
+        **sets.stream_options,
         model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=val_set,
-        data_collator=collate,
-        processing_class=tokenizer,
+        args=run.args,
+        train_dataset=sets.train_set,
+        eval_dataset=sets.val_set,
+        data_collator=sets.collate,
+        processing_class=base.tokenizer,
         parameter_groups=lambda m, decay: parameter_groups(m, config, family.module_groups, decay),
-        train_sampler=train_sampler,
+        train_sampler=sets.train_sampler,
         generated_metrics=generated_metrics,
         callbacks=[
-            RunLog(run_dir, config.batch_size * config.grad_accum * args.world_size, config.progress),
+            RunLog(run.dir, config.batch_size * config.grad_accum * run.args.world_size, config.progress),
             CompleteCheckpoints(
-                run_dir, Path(model_dir), settings, keep=config.save_total_limit, best_by=_save_best_by(config)
+                run.dir, Path(model_dir), run.settings, keep=config.save_total_limit, best_by=save_best_by(config)
             ),
             ChangeCheck(),
         ],
     )
-    from transformers.trainer_callback import PrinterCallback
-
     trainer.remove_callback(PrinterCallback)  # RunLog shows progress and logs instead
+    return trainer
+
+
+def _train(config: SFTConfig, run: _Run, trainer) -> None:
+    """Train (resuming from the checkpoint when given), with the experiment tracker open on the main process."""
     finish_tracker = (
-        start_tracker(config.report_to, run_dir, run_dir.parent.name, saved_args(config.to_dict()))
-        if is_main
+        start_tracker(config.report_to, run.dir, run.dir.parent.name, saved_args(config.to_dict()))
+        if run.is_main
         else None
     )
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
     if finish_tracker is not None:
         finish_tracker()
 
-    if is_main and val_set is not None and config.eval_generate > 0:
+
+def _after_training(config: SFTConfig, base: _Base, run: _Run, sets: _Sets, trainer) -> None:
+    """On the main process: a few validation answers, the best checkpoint's name, the result lines."""
+    if not run.is_main:
+        return
+    if sets.val_set is not None and config.eval_generate > 0:
         _log_val_generations(
             trainer.model,
-            tokenizer,
-            template,
-            family,
-            model_dir,
-            val_data,
-            val_rows,
+            base.tokenizer,
+            base.template,
+            base.files.family,
+            base.files.model_dir,
+            run.val_data,
+            sets.val_rows,
             config.eval_generate,
             config.eval_max_new_tokens,
-            run_dir,
+            run.dir,
         )
-    if is_main and config.save_best:
-        _write_best_checkpoint(trainer.state, run_dir, config)
-    if is_main:
-        print_result(run_dir)
-    return run_dir
-
-
-def _save_best_by(config: SFTConfig) -> tuple[str, bool] | None:
-    """--save-best: (the logged key of the first --eval-metric, lower is better), or None."""
-    if not config.save_best:
-        return None
-    from vlmkit.eval.metrics import LOWER_IS_BETTER, metric_names
-
-    first = metric_names(config.eval_metric, "--eval-metric")[0]
-    return f"eval_{first}", first in LOWER_IS_BETTER
-
-
-def _best_checkpoint_kwargs(config: SFTConfig) -> dict[str, Any]:
-    """--save-best: the Trainer tracks the first --eval-metric (rotation keeps its best: CompleteCheckpoints)."""
-    if (best_by := _save_best_by(config)) is None:
-        return {}
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # only the main process scores: others lack the metric
-        raise VlmkitError("--save-best runs on one process for now; drop it for multi-process training")
-    key, lower_is_better = best_by
-    return {"metric_for_best_model": key, "greater_is_better": not lower_is_better}
+    if config.save_best:
+        _write_best_checkpoint(trainer.state, run.dir, config)
+    print_result(run.dir)
 
 
 def _write_best_checkpoint(state, run_dir: Path, config: SFTConfig) -> None:

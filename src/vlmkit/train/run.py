@@ -114,6 +114,8 @@ RESUME_MAY_CHANGE = frozenset(
         "encode_cache",
         "cache_dir",
         "encode_workers",
+        "device_map",  # where the layers sit, not what they compute
+        "max_memory",
         "report_to",
         "logging_steps",
         "eval_steps",
