@@ -97,3 +97,19 @@ def adapter(small_model, tmp_path_factory) -> Path:
         )
     )
     return run_dir / "checkpoint-4"
+
+
+@pytest.fixture(scope="session")
+def qwen_vl_models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny Qwen-VL as users make it: `vlmkit tiny-model qwen-vl` (the original remote-code layout, seed 0,
+    the checkpoint of tests/parity/vectors/qwen_vl) then `vlmkit convert`: {"original": .., "native": ..}."""
+    from typer.testing import CliRunner
+
+    from vlmkit.cli import app
+
+    root = tmp_path_factory.mktemp("qwen_vl")
+    for args in (["tiny-model", "qwen-vl", str(root / "original")],
+                 ["convert", "--model", str(root / "original"), "--output", str(root / "native")]):  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (args, result.output, result.exception)
+    return {"original": root / "original", "native": root / "native"}

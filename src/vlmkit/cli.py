@@ -55,7 +55,7 @@ def tiny_model(
 ) -> None:
     """Write a tiny randomly initialised model of FAMILY (real chat template, image-processor config and
     special-token ids) to OUTPUT_DIR, for tests and trying vlmkit offline."""
-    from vlmkit.families import family_by_name, original_layout
+    from vlmkit.families import family_by_name, family_for_model_dir, original_layout
     from vlmkit.tiny import build_tiny_model
 
     layout = original_layout(family)
@@ -63,8 +63,14 @@ def tiny_model(
         path = layout.build_tiny(output_dir, seed=seed)
         typer.echo(f"wrote a tiny {layout.name} checkpoint (original layout, remote code not included) to {path}")
         return
-    path = build_tiny_model(family_by_name(family), output_dir, small_vocab=small_vocab, seed=seed)
-    typer.echo(f"wrote a tiny {family_by_name(family).name} model to {path}")
+    wanted = family_by_name(family)
+    path = build_tiny_model(wanted, output_dir, small_vocab=small_vocab, seed=seed)
+    written = family_for_model_dir(path)
+    if written is wanted:
+        typer.echo(f"wrote a tiny {wanted.name} model to {path}")
+    else:  # an original checkpoint layout, as published (Qwen-VL)
+        typer.echo(f"wrote a tiny {wanted.name} model in its original layout ({written.name}) to {path}; "
+                   f"`vlmkit convert --model {path} --output DIR` makes the {wanted.name} folder")  # fmt: skip
 
 
 @app.command("convert")
@@ -78,17 +84,22 @@ def convert_command(
     template, image-processor config and vlmkit.json, so every vlmkit command, plain transformers and vLLM
     load it without --trust-remote-code. (vlmkit infer/sft/serve --model also convert on load, once, into
     MODEL-vlmkit-hf beside it.)"""
-    from vlmkit.families import original_layout, read_model_config
+    from vlmkit.families import family_for_model_dir, original_layout, read_model_config
 
     model_type = read_model_config(model).get("model_type")
     layout = original_layout(model_type) if isinstance(model_type, str) else None
-    if layout is None:
+    if layout is not None:
+        path = layout.convert(model, output, force=force)
+        typer.echo(f"converted {model} to {path}")
+        return
+    source = family_for_model_dir(model)  # a family whose original layout converts by itself (Qwen-VL)
+    if source.convert_checkpoint is None:
         raise VlmkitError(
             f"{model}/config.json: model_type {model_type!r} has no conversion; vlmkit converts OpenGVLab's "
-            "remote-code InternVL checkpoints (internvl_chat)"
+            "remote-code InternVL checkpoints (internvl_chat) and Qwen-VL's (qwen)"
         )
-    path = layout.convert(model, output, force=force)
-    typer.echo(f"converted {model} to {path}")
+    path = source.convert_checkpoint(model, output, force=force)
+    typer.echo(f"wrote a {family_for_model_dir(path).name} model converted from {source.name} to {path}")
 
 
 @app.command("families")
@@ -106,7 +117,7 @@ def families() -> None:
         options = " ".join("--" + o.replace("_", "-") for o in f.resolution_options) or "none"
         grounding = f.box_format.space if f.box_format is not None else "none"
         typer.echo(
-            f"{f.name:<12} model_type={f.model_type:<11} inputs={'+'.join(f.supports):<12} "
+            f"{f.name:<14} model_type={f.model_type:<11} inputs={'+'.join(f.supports):<12} "
             f"grounding={grounding:<14} {vision}  (resolution options: {options})  {f.description}"
         )
         for layout in f.original_layouts:  # checkpoints vlmkit converts to this family (vlmkit convert)

@@ -266,9 +266,15 @@ def check_attn(attn_impl: str) -> None:
 
 def check_trust(files: ModelFiles, trust_remote_code: bool) -> None:
     if files.family.remote_code and not trust_remote_code:
+        convert = (
+            f"; or convert it to run without it: vlmkit convert --model {files.model_dir} --output DIR"
+            if files.family.convert_checkpoint is not None
+            else ""
+        )
         raise VlmkitError(
             f"{files.model_dir}: {files.family.name} checkpoints run Python code shipped with the model; "
             "pass --trust-remote-code (trust_remote_code=True) if you trust its source (untested in vlmkit)"
+            + convert
         )
 
 

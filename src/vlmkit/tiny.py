@@ -91,6 +91,10 @@ def build_tiny_model(
     from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
 
     transformers.utils.logging.disable_progress_bar()
+    if family.write_tiny_model is not None:
+        if small_vocab:
+            raise VlmkitError(f"{family.name}'s tiny model keeps the real vocabulary; leave out --small-vocab")
+        return family.write_tiny_model(Path(output_dir), seed)
     if family.remote_code:
         raise VlmkitError(
             f"{family.name} has no tiny model: its model is remote code shipped with the checkpoints, "

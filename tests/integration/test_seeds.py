@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import PEERS, random_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -362,6 +363,62 @@ def test_seed002_qwen_vl_rows_fine_tune_with_frozen_vit_and_predict_in_batches(
     preds = read_jsonl(tmp_path / "preds.jsonl")
     assert len(preds) == 3 and all("error" not in p for p in preds)
     assert all(p["labels"] == "<ref>格子衬衫</ref><box>(588,499),(725,789)</box>" for p in preds)
+
+
+@pytest.mark.slow  # ~70 s of CPU (1m52s-4m45s wall on the shared 2-core machine): 2 sft, 3 infer, export, serve
+def test_seed002_on_qwen_vl_itself_lora_and_full_with_frozen_vit_predict_export_serve(qwen_vl_models, tmp_path):
+    """Seed 002 on a (tiny) Qwen-VL, not a stand-in family: its original checkpoint converted (`vlmkit convert`,
+    done by the fixture), stage-3 full fine-tuning and LoRA with the ViT frozen on `Picture 1: <img>` rows with
+    <ref>/<box>, batched prediction, a merged export served over the OpenAI API."""
+    import base64
+
+    import httpx
+    from safetensors.torch import load_file
+    from test_serve import start_server, stop_server
+
+    model = qwen_vl_models["native"]
+    (tmp_path / "train.json").write_text(json.dumps(qwen_vl_conversations(tmp_path, 2), ensure_ascii=False))
+    vlmkit("sft", "--model", str(model), "--dataset", "train.json", "--tuner", "full", "--freeze-vit",
+           "--no-freeze-aligner", "--max-steps", "1", "--lr", "1e-3", "--output-dir", "full", cwd=tmp_path)  # fmt: skip
+    before = load_file(model / "model.safetensors")
+    after = load_file(checkpoints(tmp_path / "full")[-1] / "model.safetensors")
+    changed = {name for name, w in before.items() if not torch.equal(after[name], w)}
+    vit = {n for n in before if n.startswith("model.visual.") and ".resampler." not in n}
+    # the ViT is frozen, the resampler (the aligner) and the language model train, as Qwen-VL's --fix_vit does
+    assert not changed & vit, sorted(changed & vit)
+    assert {n for n in before if ".resampler." in n and not n.endswith("pos_embed")} <= changed
+    assert {n for n in before if n.startswith("model.language_model.")} <= changed
+
+    vlmkit("sft", "--model", str(model), "--dataset", "train.json", "--freeze-vit", "--max-steps", "1",
+           "--lr", "1e-2", "--output-dir", "lora", cwd=tmp_path)  # fmt: skip
+    lora = checkpoints(tmp_path / "lora")[-1]
+    rows = qwen_vl_conversations(tmp_path, 3)
+    for i, row in enumerate(rows):  # prompts of different lengths, so that batching pads
+        row["conversations"][0]["value"] += " 请详细回答。" * i
+    (tmp_path / "test.json").write_text(json.dumps(rows, ensure_ascii=False))
+    for batch in ("3", "1"):
+        vlmkit("infer", "--ckpt", str(lora), "--input", "test.json", "--output", f"b{batch}.jsonl",
+               "--batch-size", batch, "--max-new-tokens", "4", cwd=tmp_path)  # fmt: skip
+    batched, single = read_jsonl(tmp_path / "b3.jsonl"), read_jsonl(tmp_path / "b1.jsonl")
+    assert [p["response"] for p in batched] == [p["response"] for p in single]
+    assert all(p["labels"] == "<ref>格子衬衫</ref><box>(588,499),(725,789)</box>" for p in batched)
+
+    vlmkit("export", "--ckpt", str(lora), "--merge-lora", "--output", "merged", cwd=tmp_path)
+    question = [{"role": "user", "content": "Picture 1: <img>assets/demo0.jpeg</img>\n图中的狗是什么品种？"}]
+    (tmp_path / "one.json").write_text(json.dumps([{"messages": question}], ensure_ascii=False))
+    vlmkit("infer", "--model", "merged", "--input", "one.json", "--output", "one.jsonl", "--max-new-tokens", "4",
+           cwd=tmp_path)  # fmt: skip
+    image = "data:image/jpeg;base64," + base64.b64encode((tmp_path / "assets" / "demo0.jpeg").read_bytes()).decode()
+    proc, url = start_server("--model", str(tmp_path / "merged"), log=tmp_path / "server.log")
+    try:
+        reply = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+            "model": "merged", "max_tokens": 4, "temperature": 0, "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "\n图中的狗是什么品种？"}]}],
+        })  # fmt: skip
+    finally:
+        stop_server(proc)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"] == read_jsonl(tmp_path / "one.jsonl")[0]["response"]
 
 
 # -- seed 003: transformers + peft Qwen2-VL LoRA on a COCO caption CSV, SwanLab ---------------------------

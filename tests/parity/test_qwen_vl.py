@@ -25,7 +25,7 @@ from vlmkit.families import family_by_name, family_for_config, family_for_model_
 from vlmkit.families.qwen_vl.template import QwenVLChatTemplate, render_qwen_vl_chat
 from vlmkit.sample import Sample, to_sample
 
-FAMILY = family_by_name("qwen-vl")
+FAMILY = family_by_name("qwen-vl-remote")
 SYS = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>"
 
 # -- a stand-in for Qwen-VL-Chat's remote code -------------------------------------------------------
@@ -302,21 +302,22 @@ def test_family_resolves_from_model_type_qwen(tmp_path):
     assert family_for_model_dir(tmp_path) is FAMILY
     assert family_for_config({"model_type": "qwen"}) is FAMILY
     assert FAMILY.auto_class == "AutoModelForCausalLM" and FAMILY.remote_code
-    with pytest.raises(VlmkitError, match="qwen-vl has no chat template file"):  # e.g. for the vLLM backend
+    with pytest.raises(VlmkitError, match="qwen-vl-remote has no chat template file"):  # e.g. for the vLLM backend
         _ = FAMILY.chat_template
 
 
 def test_families_lists_it_as_untested_remote_code():
     result = CliRunner().invoke(app, ["families"])
     assert result.exit_code == 0
-    line = next(line for line in result.output.splitlines() if line.startswith("qwen-vl "))
-    assert "model_type=qwen " in line and "remote code, inference only, untested" in line
+    line = next(line for line in result.output.splitlines() if line.startswith("qwen-vl-remote "))
+    assert "model_type=qwen " in line and "remote code: inference only, untested" in line
+    assert "vlmkit convert" in line
 
 
 def test_tiny_model_refuses(tmp_path):
-    result = CliRunner().invoke(app, ["tiny-model", "qwen-vl", str(tmp_path / "m")])
+    result = CliRunner().invoke(app, ["tiny-model", "qwen-vl-remote", str(tmp_path / "m")])
     assert isinstance(result.exception, VlmkitError)  # `vlmkit` prints it as one `error:` line
-    assert "qwen-vl has no tiny model" in str(result.exception)
+    assert "qwen-vl-remote has no tiny model" in str(result.exception)
     assert not (tmp_path / "m").exists()
 
 
@@ -342,8 +343,8 @@ def test_sft_refuses_with_one_line(standin, tmp_path):
     )
     assert isinstance(result.exception, VlmkitError)  # `vlmkit` prints it as one `error:` line
     message = str(result.exception)
-    assert "\n" not in message and message.startswith(f"--model {standin}: Qwen-VL (first generation)")
-    assert "train Qwen2-VL or Qwen2.5-VL on the same data instead" in message
+    assert "\n" not in message and message.startswith(f"--model {standin}: an original Qwen-VL checkpoint")
+    assert "convert it first (vlmkit convert --model PATH --output DIR)" in message
     assert not (tmp_path / "out").exists()
 
 
@@ -355,7 +356,7 @@ def test_load_without_trust_remote_code_is_refused(standin):
 
     with pytest.raises(VlmkitError, match="pass --trust-remote-code"):
         vlmkit.load(standin)
-    with pytest.raises(VlmkitError, match="--max-pixels does not apply to qwen-vl"):  # images are 448x448
+    with pytest.raises(VlmkitError, match="--max-pixels does not apply to qwen-vl-remote"):  # images are 448x448
         vlmkit.load(standin, trust_remote_code=True, max_pixels=200_000)
 
 

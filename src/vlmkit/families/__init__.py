@@ -69,6 +69,13 @@ class Family:
     processor_limits: (file name, its config, vlmkit.json settings) -> the config with the settings'
     resolution limits written the way transformers' processors read them, for checkpoints and exports
     (`vlmkit.processor_files`); None keeps the files as they are.
+    register_classes: for a model transformers does not ship (vlmkit's own implementation), makes its
+    auto classes know the model type; called once when the family is looked up (`family_by_name`,
+    `family_for_config`), so before any checkpoint of it loads.
+    write_tiny_model: (output_dir, seed) -> folder, for a family whose tiny model is not built from
+    `tiny_config` (e.g. written in an original checkpoint layout to convert).
+    convert_checkpoint: (model_dir, output_dir, force) -> folder, for an original layout that `vlmkit convert`
+    turns into a family vlmkit loads natively; None where there is nothing to convert.
     original_layouts: checkpoints of the family in another layout that vlmkit converts to this one
     (`OriginalLayout`: `vlmkit convert`, conversion on load, `vlmkit tiny-model NAME`).
     chat_template_for: (the template's settings) -> the Jinja chat template that renders what the template
@@ -111,6 +118,9 @@ class Family:
     remote_code: bool = False
     train_refusal: str | None = None
     processor_limits: Callable[[str, dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+    register_classes: Callable[[], None] | None = None
+    write_tiny_model: Callable[[Path, int], Path] | None = None
+    convert_checkpoint: Callable[..., Path] | None = None
     original_layouts: tuple[OriginalLayout, ...] = ()
     chat_template_for: Callable[[dict[str, Any]], str] | None = None
     chat_cache: bool = False
@@ -146,11 +156,17 @@ def _families() -> dict[str, Family]:
     return {
         f.model_type: f
         for f in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY, internvl.FAMILY, llava.FAMILY, llava_next.FAMILY)
-        + (qwen_vl.FAMILY,)
+        + (qwen_vl.FAMILY, qwen_vl.REMOTE_FAMILY)
     }
 
 
 FAMILIES: dict[str, Family] = _families()
+
+
+def _registered(family: Family) -> Family:
+    if family.register_classes is not None:
+        family.register_classes()
+    return family
 
 
 def _norm(name: str) -> str:
@@ -162,7 +178,7 @@ def family_by_name(name: str) -> Family:
     wanted = _norm(name)
     for family in FAMILIES.values():
         if wanted in {_norm(family.name), _norm(family.model_type), *map(_norm, family.aliases)}:
-            return family
+            return _registered(family)
     known = ", ".join(f.name for f in FAMILIES.values())
     raise VlmkitError(f"unknown model family {name!r}; known families: {known}")
 
@@ -190,7 +206,7 @@ def family_for_config(config: dict[str, Any], where: str = "config.json") -> Fam
     """The family of a checkpoint, from its `config.json` contents."""
     model_type = config.get("model_type")
     if model_type in FAMILIES:
-        return FAMILIES[model_type]
+        return _registered(FAMILIES[model_type])
     known = ", ".join(FAMILIES)
     raise VlmkitError(f"{where}: model_type {model_type!r} is not a supported family (supported: {known})")
 
