@@ -1,8 +1,19 @@
-"""Shared fixtures: tiny models built once per test session, images made on the spot."""
+"""Shared fixtures: tiny models built once per test session, images made on the spot.
+
+The README's test command runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`: each test
+file stays in one worker, so a module's fixtures are built once and README blocks run in order). The
+session models are built once for both workers (`built_once`), and each worker and the vlmkit processes
+its tests start use one thread, so two workers share two cores instead of fighting over them.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
+
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # read by torch (and numpy's BLAS) at import, below
 
 import numpy as np
 import pytest
@@ -17,19 +28,36 @@ CHAT_TEMPLATES = SHARED / "data" / "chat_templates"
 FAMILY_NAMES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """`build(folder)` run once per test run, even with several xdist workers: they share one folder
+    beside their own temporary roots, and a file lock makes the others wait for the first to finish.
+    The folder must be read-only to the tests (every session model is)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name) / "m")
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "shared-models"
+    root.mkdir(exist_ok=True)
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Family name -> folder of a tiny model with the real Qwen2 vocabulary (built lazily)."""
     from vlmkit.families import family_by_name
     from vlmkit.tiny import build_tiny_model
 
-    root = tmp_path_factory.mktemp("tiny")
-    built: dict[str, Path] = {}
-
     class Lazy(dict):
         def __missing__(self, name: str) -> Path:
-            path = build_tiny_model(family_by_name(name), root / name.replace(".", "_"))
-            built[name] = path
+            path = built_once(
+                tmp_path_factory, "tiny-" + name.replace(".", "_"),
+                lambda folder: build_tiny_model(family_by_name(name), folder),
+            )  # fmt: skip
             self[name] = path
             return path
 
@@ -42,8 +70,8 @@ def small_model(tmp_path_factory) -> Path:
     from vlmkit.families import family_by_name
     from vlmkit.tiny import build_tiny_model
 
-    return build_tiny_model(
-        family_by_name("qwen2-vl"), tmp_path_factory.mktemp("small") / "m", small_vocab=True
+    return built_once(
+        tmp_path_factory, "small", lambda folder: build_tiny_model(family_by_name("qwen2-vl"), folder, small_vocab=True)
     )
 
 
@@ -64,4 +92,6 @@ def scripted_model(tmp_path_factory) -> Path:
     """A Qwen2-VL tiny model (real vocabulary) that replies `scripted.MULTILINE_CJK_REPLY` to anything."""
     from scripted import MULTILINE_CJK_REPLY, build_scripted_model
 
-    return build_scripted_model("qwen2-vl", tmp_path_factory.mktemp("scripted") / "m", MULTILINE_CJK_REPLY)
+    return built_once(
+        tmp_path_factory, "scripted", lambda folder: build_scripted_model("qwen2-vl", folder, MULTILINE_CJK_REPLY)
+    )
