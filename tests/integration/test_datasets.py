@@ -6,6 +6,7 @@ written as ms-swift JSONL."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 
 datasets = pytest.importorskip("datasets")
 
+import vlmkit  # noqa: E402
 from vlmkit.cli import app  # noqa: E402
 from vlmkit.data import load_dataset  # noqa: E402
 from vlmkit.data.cache import sample_key  # noqa: E402
@@ -146,6 +148,13 @@ def cli(*args: str) -> str:
     return result.output
 
 
+def replies_to(vlm, source, max_new_tokens: int) -> list[str]:
+    """The greedy replies of `vlm` to the questions of the dataset `source` (each row without its reply)."""
+    data = load_dataset(source)
+    prompts = [dataclasses.replace(data[i], messages=data[i].messages[:-1]) for i in range(len(data))]
+    return vlm.generate(prompts, max_new_tokens=max_new_tokens)
+
+
 def assert_same_encoding(template, dataset, twin):
     assert len(dataset) == len(twin)
     for i in range(len(dataset)):
@@ -226,9 +235,9 @@ def test_sft_then_infer_input_on_each_schema(small_model, tmp_path, schema, kind
     preds = tmp_path / "preds.jsonl"
     cli("infer", "-m", small_model, "--input", source, "--output", preds, "--max-new-tokens", "2")
     lines = [json.loads(line) for line in preds.read_text().splitlines()]
-    assert len(lines) == 4 and all(
-        "error" not in line and isinstance(line["response"], str) for line in lines
-    )
+    assert len(lines) == 4 and not any("error" in line for line in lines)
+    # each reply is the model's own greedy reply to that row's question (Python API, rows read by vlmkit)
+    assert [line["response"] for line in lines] == replies_to(vlmkit.load(str(small_model)), source, 2)
     if kind == "save_to_disk":  # without --output: beside the folder
         cli("infer", "-m", small_model, "--input", source, "--max-new-tokens", "1")
         assert len((tmp_path / f"{schema}.preds.jsonl").read_text().splitlines()) == 4
@@ -349,7 +358,8 @@ def test_seed_000_latex_ocr_parquet_sft_then_infer_ckpt_val(small_model, tmp_pat
     cli("infer", "--ckpt", checkpoint, "--val", "--output", "val_preds.jsonl", "--max-new-tokens", "3")
     lines = [json.loads(line) for line in Path("val_preds.jsonl").read_text().splitlines()]
     assert [line["labels"] for line in lines] == [r["text"] for r in latex_ocr(2)]
-    assert all(line["query"] == PROMPTS["ocr"] and isinstance(line["response"], str) for line in lines)
+    assert all(line["query"] == PROMPTS["ocr"] for line in lines)
+    assert [line["response"] for line in lines] == replies_to(vlmkit.load(ckpt=str(checkpoint)), val, 3)
 
 
 def test_media_values_bytes_base64_lists_and_relative_paths_encode_alike(template, tmp_path):
