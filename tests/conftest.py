@@ -80,6 +80,18 @@ def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
+def greedy_replies(vlm, source: str | Path, max_new_tokens: int) -> list[str]:
+    """The greedy replies of `vlm` (a `vlmkit.load`) to the rows of the dataset `source`, each without its
+    last (assistant) turn, through the Python API: what `vlmkit infer --input` must write, row by row."""
+    import dataclasses
+
+    from vlmkit.data import load_dataset
+
+    data = load_dataset(str(source))
+    prompts = [dataclasses.replace(data[i], messages=data[i].messages[:-1]) for i in range(len(data))]
+    return vlm.generate(prompts, max_new_tokens=max_new_tokens)
+
+
 @pytest.fixture
 def image_file(tmp_path) -> Path:
     path = tmp_path / "img.png"

@@ -6,7 +6,6 @@ written as ms-swift JSONL."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import json
 import os
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import random_image
+from conftest import greedy_replies, random_image
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
@@ -148,13 +147,6 @@ def cli(*args: str) -> str:
     return result.output
 
 
-def replies_to(vlm, source, max_new_tokens: int) -> list[str]:
-    """The greedy replies of `vlm` to the questions of the dataset `source` (each row without its reply)."""
-    data = load_dataset(source)
-    prompts = [dataclasses.replace(data[i], messages=data[i].messages[:-1]) for i in range(len(data))]
-    return vlm.generate(prompts, max_new_tokens=max_new_tokens)
-
-
 def assert_same_encoding(template, dataset, twin):
     assert len(dataset) == len(twin)
     for i in range(len(dataset)):
@@ -237,7 +229,7 @@ def test_sft_then_infer_input_on_each_schema(small_model, tmp_path, schema, kind
     lines = [json.loads(line) for line in preds.read_text().splitlines()]
     assert len(lines) == 4 and not any("error" in line for line in lines)
     # each reply is the model's own greedy reply to that row's question (Python API, rows read by vlmkit)
-    assert [line["response"] for line in lines] == replies_to(vlmkit.load(str(small_model)), source, 2)
+    assert [line["response"] for line in lines] == greedy_replies(vlmkit.load(str(small_model)), source, 2)
     if kind == "save_to_disk":  # without --output: beside the folder
         cli("infer", "-m", small_model, "--input", source, "--max-new-tokens", "1")
         assert len((tmp_path / f"{schema}.preds.jsonl").read_text().splitlines()) == 4
@@ -359,7 +351,7 @@ def test_seed_000_latex_ocr_parquet_sft_then_infer_ckpt_val(small_model, tmp_pat
     lines = [json.loads(line) for line in Path("val_preds.jsonl").read_text().splitlines()]
     assert [line["labels"] for line in lines] == [r["text"] for r in latex_ocr(2)]
     assert all(line["query"] == PROMPTS["ocr"] for line in lines)
-    assert [line["response"] for line in lines] == replies_to(vlmkit.load(ckpt=str(checkpoint)), val, 3)
+    assert [line["response"] for line in lines] == greedy_replies(vlmkit.load(ckpt=str(checkpoint)), val, 3)
 
 
 def test_media_values_bytes_base64_lists_and_relative_paths_encode_alike(template, tmp_path):

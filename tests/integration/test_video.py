@@ -360,11 +360,10 @@ def test_tiny_models_train_step_and_generate_on_video(models, family):
     visual = [p.grad for n, p in vlm.model.named_parameters() if "visual" in n and p.grad is not None]
     assert visual and any(g.abs().sum() > 0 for g in visual)  # the video reached the vision tower
     vlm.model.eval()
-    prompt = video_sample(str(DEMO / "2.avi"), answer=None)
-    replies = vlm.generate([prompt, video_sample(str(DEMO / "4.mp4"), answer=None)], max_new_tokens=3)
-    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
-    alone = vlm.generate([prompt], max_new_tokens=3)
-    assert alone[0] == replies[0]  # batched (left-padded) video generation equals one by one
+    prompts = [video_sample(str(DEMO / "2.avi"), answer=None), video_sample(str(DEMO / "4.mp4"), answer=None)]
+    replies = vlm.generate(prompts, max_new_tokens=3)
+    # batched (left-padded) video generation equals one by one
+    assert replies == [vlm.generate([prompt], max_new_tokens=3)[0] for prompt in prompts]
 
 
 def test_chat_asks_for_a_video_and_survives_a_missing_one(models):
