@@ -8,6 +8,7 @@ its tests start use one thread, so two workers share two cores instead of fighti
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -29,21 +30,20 @@ FAMILY_NAMES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
 
 
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
-    """`build(folder)` run once per test run, even with several xdist workers: they share one folder
-    beside their own temporary roots, and a file lock makes the others wait for the first to finish.
-    The folder must be read-only to the tests (every session model is)."""
+    """`build(folder)` (a new folder -> the path of what it made there) run once per test run, even with
+    several xdist workers: they share one folder beside their own temporary roots, and a file lock makes
+    the others wait for the first to finish. What it makes must be read-only to the tests."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return build(tmp_path_factory.mktemp(name) / "m")
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp().parent / "shared-models"
     root.mkdir(exist_ok=True)
-    folder, done = root / name, root / f"{name}.done"
+    done = root / f"{name}.done"  # holds the path `build` returned
     with FileLock(str(root / f"{name}.lock")):
         if not done.exists():
-            build(folder)
-            done.touch()
-    return folder
+            done.write_text(str(build(root / name)))
+    return Path(done.read_text())
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +107,37 @@ def scripted_model(tmp_path_factory) -> Path:
     return built_once(
         tmp_path_factory, "scripted", lambda folder: build_scripted_model("qwen2-vl", folder, MULTILINE_CJK_REPLY)
     )
+
+
+@pytest.fixture(scope="session")
+def adapter(small_model, tmp_path_factory) -> Path:
+    """A LoRA checkpoint of a few large steps, trained with its own pixel limit and system prompt."""
+    from vlmkit.train import SFTConfig, sft
+
+    def train(root: Path) -> Path:
+        root.mkdir(parents=True)
+        rows = [
+            {"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "zz zz zz"}]}
+        ] * 4
+        data = root / "train.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        run_dir = sft(
+            SFTConfig(
+                model=str(small_model),
+                dataset=[str(data)],
+                output_dir=str(root / "out"),
+                max_steps=4,
+                lr=0.3,
+                max_pixels=4000,
+                system="Be brief.",
+                save_steps=50,
+                logging_steps=1,
+                progress=False,
+                num_workers=0,
+                report_to="none",
+                eval_generate=0,
+            )
+        )
+        return run_dir / "checkpoint-4"
+
+    return built_once(tmp_path_factory, "adapter", train)

@@ -15,21 +15,17 @@ import typer
 from vlmkit.errors import VlmkitError
 from vlmkit.options import (
     AttnImpl,
+    Backend,
     Columns,
     Device,
     DType,
-    Fps,
-    MaxFrames,
-    MaxPixels,
-    MaxTiles,
-    MinPixels,
-    MinTiles,
-    NFrames,
     Prompt,
-    System,
+    TensorParallelSize,
     TrustRemoteCode,
-    VideoMaxPixels,
+    VllmArg,
+    with_encoding_options,
 )
+from vlmkit.settings import EncodingSettings
 
 app = typer.Typer(
     name="vlmkit",
@@ -84,6 +80,7 @@ def families() -> None:
 
 
 @app.command("infer")
+@with_encoding_options()
 def infer(
     model: Annotated[
         str | None,
@@ -128,21 +125,13 @@ def infer(
     ] = None,
     columns: Columns = None,
     prompt: Prompt = None,
-    system: System = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens generated per reply.")] = 512,
     temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic); > 0 samples.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with --temperature > 0).")] = 1.0,
     top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens; 0 = no limit.")] = 0,
     repetition_penalty: Annotated[float, typer.Option(help="> 1 discourages repeating tokens.")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
-    min_pixels: MinPixels = None,
-    max_pixels: MaxPixels = None,
-    min_tiles: MinTiles = None,
-    max_tiles: MaxTiles = None,
-    fps: Fps = None,
-    nframes: NFrames = None,
-    max_frames: MaxFrames = None,
-    video_max_pixels: VideoMaxPixels = None,
+    encoding: EncodingSettings = EncodingSettings(),
     dtype: DType = "auto",
     device: Device = "auto",
     attn_impl: AttnImpl = "sdpa",
@@ -154,6 +143,9 @@ def infer(
         ),
     ] = None,
     trust_remote_code: TrustRemoteCode = False,
+    backend: Backend = "transformers",
+    tensor_parallel_size: TensorParallelSize = 1,
+    vllm_arg: VllmArg = None,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -170,6 +162,7 @@ def infer(
     from vlmkit.data.columns import parse_columns
     from vlmkit.infer import run_batch, run_chat
     from vlmkit.model import GenerationOptions, load
+    from vlmkit.vllm_args import refuse_vllm_options
 
     options = GenerationOptions(
         max_new_tokens=max_new_tokens,
@@ -183,26 +176,38 @@ def infer(
     if val:
         input = _val_input(ckpt, input)
         columns, prompt = _run_columns(ckpt, columns, prompt)
-    vlm = load(
-        model,
-        ckpt=ckpt,
-        merge_lora=merge_lora,
-        dtype=dtype,
-        device=device,
-        attn_impl=attn_impl,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
-        min_tiles=min_tiles,
-        max_tiles=max_tiles,
-        system=system,
-        fps=fps,
-        nframes=nframes,
-        max_frames=max_frames,
-        video_max_pixels=video_max_pixels,
-        trust_remote_code=trust_remote_code,
-    )
+    if backend not in ("transformers", "vllm"):
+        raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
+    refuse_vllm_options(backend, tensor_parallel_size, vllm_arg)
+    if backend == "vllm":
+        from vlmkit.vllm_args import VLLM_PASSES
+        from vlmkit.vllm_offline import load_vllm, refuse_for_vllm
+
+        if input is None:
+            raise VlmkitError("--backend vllm runs batch inference (--input FILE); to chat, use vlmkit serve --backend vllm")
+        refuse_for_vllm(
+            merge_lora=merge_lora, device=None if device == "auto" else device,
+            attn_impl=None if attn_impl == "sdpa" else attn_impl,
+            **{k: v for k, v in encoding.given().items() if k not in VLLM_PASSES},
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        vlm = load_vllm(
+            model, ckpt=ckpt, dtype=dtype, tensor_parallel_size=tensor_parallel_size, vllm_args=vllm_arg,
+            encoding=encoding,
+        )  # fmt: skip
+    else:
+        vlm = load(
+            model,
+            ckpt=ckpt,
+            merge_lora=merge_lora,
+            dtype=dtype,
+            device=device,
+            attn_impl=attn_impl,
+            encoding=encoding,
+            trust_remote_code=trust_remote_code,
+        )
     if input is None:
-        run_chat(vlm, options, draw_dir=draw, quiet=quiet, system_option=system)
+        run_chat(vlm, options, draw_dir=draw, quiet=quiet, system_option=encoding.system)
         return
     output = output or _default_output(input)
     counts = run_batch(
@@ -328,6 +333,7 @@ def export_command(
 
 
 @app.command("serve")
+@with_encoding_options()
 def serve_command(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model folder or hub id (e.g. Qwen/Qwen2-VL-2B-Instruct).")
@@ -355,6 +361,11 @@ def serve_command(
     backend: Annotated[
         str, typer.Option(help="transformers (dynamic batching here), or vllm (runs `vllm serve`; GPU, vllm installed).")
     ] = "transformers",
+    tensor_parallel_size: TensorParallelSize = 1,
+    data_parallel_size: Annotated[
+        int, typer.Option(help="With --backend vllm: copies of the model serving requests (vLLM data parallelism).")
+    ] = 1,
+    vllm_arg: VllmArg = None,
     allow_media_dir: Annotated[
         list[Path] | None,
         typer.Option(help="Let clients name local files, only inside this folder (repeatable). Default: none."),
@@ -382,15 +393,7 @@ def serve_command(
         int, typer.Option(help="Most frames sampled from one video of a request (413 beyond).")
     ] = 128,
     max_batch_size: Annotated[int, typer.Option(help="Most sequences generated together.")] = 16,
-    min_pixels: MinPixels = None,
-    max_pixels: MaxPixels = None,
-    min_tiles: MinTiles = None,
-    max_tiles: MaxTiles = None,
-    fps: Fps = None,
-    nframes: NFrames = None,
-    max_frames: MaxFrames = None,
-    video_max_pixels: VideoMaxPixels = None,
-    system: System = None,
+    encoding: EncodingSettings = EncodingSettings(),
     trust_remote_code: TrustRemoteCode = False,
     dtype: DType = "auto",
     device: Device = "auto",
@@ -425,21 +428,16 @@ def serve_command(
         max_prompt_tokens=max_prompt_tokens,
         max_video_frames=max_video_frames,
         max_batch_size=max_batch_size,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
-        min_tiles=min_tiles,
-        max_tiles=max_tiles,
-        fps=fps,
-        nframes=nframes,
-        max_frames=max_frames,
-        video_max_pixels=video_max_pixels,
-        system=system,
+        encoding=encoding,
         trust_remote_code=trust_remote_code,
         dtype=dtype,
         device=device,
         attn_impl=attn_impl,
         log_level=log_level,
         backend=backend,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+        vllm_args=vllm_arg,
     )
 
 

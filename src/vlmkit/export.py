@@ -35,29 +35,28 @@ def export(
     it. An existing non-empty `output` is refused unless `force`, which replaces it once the new folder
     is complete."""
     import torch
-    from transformers import AutoTokenizer
 
-    from vlmkit.families import family_by_name, family_for_model_dir
-    from vlmkit.model import _load_weights, _torch_dtype, resolve_checkpoint
+    from vlmkit import loader
 
     output = Path(output) if output is not None else default_output(ckpt, merge_lora)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not force:
         raise VlmkitError(f"--output {output} exists and is not empty; choose a new folder or pass --force")
-    model_dir, ckpt_dir, settings = resolve_checkpoint(ckpt)
-    family = family_by_name(settings["family"]) if settings.get("family") else family_for_model_dir(model_dir)
-    is_adapter = (ckpt_dir / "adapter_config.json").is_file()
+    files = loader.resolve_model(ckpt=ckpt)
+    model_dir, ckpt_dir, settings, family, is_adapter = (
+        files.model_dir, files.ckpt_dir, files.settings, files.family, files.is_adapter
+    )
     if dtype == "auto":  # keep the base model's dtype
         saved = json.loads((model_dir / "config.json").read_text()).get("dtype") or "float32"
         torch_dtype = getattr(torch, saved, torch.float32)
     else:
-        torch_dtype = _torch_dtype(dtype, "cpu")
-    model = _load_weights(model_dir, ckpt_dir, merge_lora, dtype=torch_dtype)
+        torch_dtype = loader.torch_dtype(dtype, "cpu")
+    model = loader.load_weights(files, dtype=torch_dtype, merge_lora=merge_lora)
 
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}-{time.time_ns()}")
     tmp.mkdir(parents=True)
     try:
         model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(ckpt_dir).save_pretrained(tmp)
+        loader.load_tokenizer(files).save_pretrained(tmp)
         write_processor_files(family, [ckpt_dir, model_dir], tmp, settings)
         kept = {k: v for k, v in settings.items() if k not in ("step", "tuner")}
         if is_adapter and not merge_lora:

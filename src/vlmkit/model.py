@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
-from vlmkit.families import Family, family_for_model_dir, resolution_settings
+from vlmkit.families import Family
 from vlmkit.sample import Sample, to_sample
-
-DTYPES = ("auto", "bf16", "fp16", "fp32")
-DEVICES = ("auto", "cpu", "cuda")
-ATTN_IMPLS = ("sdpa", "eager", "flash_attention_2")
+from vlmkit.settings import EncodingSettings, check_encoding, encoding_settings
 
 
 @dataclass(frozen=True)
@@ -58,107 +54,6 @@ class GenerationOptions:
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
-
-
-def _resolve_model_dir(model: str | Path) -> Path:
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    # a hub id is exactly `org/name`; anything else, or a path whose first folder exists here, is a path
-    looks_like_path = (
-        path.exists()
-        or str(model).startswith(("./", "../", "/", "~", "."))
-        or str(model).count("/") != 1
-        or Path(str(model).split("/")[0]).expanduser().is_dir()
-    )
-    if looks_like_path:
-        raise VlmkitError(
-            f"no such folder: {model} (--model takes a model folder or a hub id like Qwen/Qwen2-VL-2B-Instruct)"
-        )
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(
-            # *.py and *.tiktoken: a remote-code checkpoint's own code and vocabulary (Qwen-VL); they only
-            # run with --trust-remote-code
-            snapshot_download(
-                str(model), allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.py", "*.tiktoken"]
-            )
-        )
-    except Exception as e:  # hub errors come in many types; the message is what matters
-        message = " ".join(str(e).split())  # hub errors span lines
-        raise VlmkitError(
-            f"--model {model}: no such local folder, and no download from the hub ({type(e).__name__}: {message})"
-        ) from None
-
-
-def check_weights(model_dir: Path) -> None:
-    """Refuse, with one line, a model folder without weights or with a safetensors file cut short (an
-    interrupted download or copy): transformers would fail deep inside with a traceback."""
-    import json
-    import struct
-
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files and not any(model_dir.glob("*.bin")):
-        raise VlmkitError(
-            f"{model_dir}: no model weights (*.safetensors or *.bin); the folder is incomplete: "
-            "download or copy the model again"
-        )
-    for file in files:
-        size = file.stat().st_size
-        try:
-            with file.open("rb") as f:
-                (header_size,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(header_size)) if 8 + header_size <= size else None
-        except (struct.error, ValueError):
-            header = None
-        ends = [t["data_offsets"][1] for k, t in (header or {}).items() if k != "__metadata__"]
-        expected = 8 + header_size + max(ends, default=0) if header is not None else None
-        if expected != size:
-            raise VlmkitError(
-                f"{file}: truncated or corrupt safetensors file ({size:,} bytes"
-                + (f", its header says {expected:,})" if expected else ")")
-                + "; download or copy it again"
-            )
-
-
-def _torch_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype not in DTYPES:
-        raise VlmkitError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-
-
-def _device(device: str) -> str:
-    import torch
-
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise VlmkitError(f"--device {device}: choose one of {', '.join(DEVICES)} (or cuda:N)")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VlmkitError(
-            f"--device {device}: no CUDA GPU is visible to torch on this machine; use --device cpu"
-        )
-    return device
-
-
-def _check_attn(attn_impl: str) -> None:
-    if attn_impl not in ATTN_IMPLS:
-        raise VlmkitError(f"--attn-impl {attn_impl}: choose one of {', '.join(ATTN_IMPLS)}")
-    if attn_impl == "flash_attention_2":
-        import importlib.util
-
-        if importlib.util.find_spec("flash_attn") is None:
-            raise VlmkitError(
-                "--attn-impl flash_attention_2 needs the flash-attn package (pip install vlmkit[flash]) "
-                "and a CUDA GPU; use --attn-impl sdpa"
-            )
 
 
 @dataclass
@@ -414,57 +309,6 @@ class Chat:
         self._cache = None
 
 
-def _load_weights(
-    model_dir: Path, ckpt: Path | None, merge_lora: bool, auto_class: str = "AutoModelForImageTextToText", **kwargs
-):
-    """The transformers model of `model_dir` (loaded by the family's `auto_class`), with the LoRA adapter of
-    `ckpt` applied (and merged)."""
-    import transformers
-
-    hf_model = getattr(transformers, auto_class).from_pretrained(model_dir, **kwargs)
-    if ckpt is not None and (ckpt / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        with peft_quietly():
-            hf_model = PeftModel.from_pretrained(hf_model, ckpt)
-        if merge_lora:
-            hf_model = hf_model.merge_and_unload()
-    return hf_model
-
-
-@contextmanager
-def peft_quietly() -> Iterator[None]:
-    """Around a peft wrap or adapter load: peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`
-    every time, and its FutureWarning is about peft's code, not the user's model or checkpoint."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-        yield
-
-
-def resolve_checkpoint(ckpt: str | Path) -> tuple[Path, Path, dict[str, Any]]:
-    """A vlmkit checkpoint -> (folder with the base weights, the checkpoint, its saved settings).
-
-    An adapter checkpoint names its base model in vlmkit.json; a full checkpoint is its own base.
-    """
-    from vlmkit.settings import read_settings
-    from vlmkit.train.run import check_checkpoint
-
-    ckpt = check_checkpoint(ckpt)
-    settings = read_settings(ckpt)
-    if not (ckpt / "adapter_config.json").is_file():
-        return ckpt, ckpt, settings
-    base = settings.get("base_model")
-    if not base:
-        import json
-
-        base = json.loads((ckpt / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base:
-        raise VlmkitError(f"--ckpt {ckpt}: the adapter does not name its base model; pass --model BASE")
-    return _resolve_model_dir(base), ckpt, settings
-
-
 def load(
     model: str | Path | None = None,
     *,
@@ -473,76 +317,34 @@ def load(
     dtype: str = "auto",
     device: str = "auto",
     attn_impl: str = "sdpa",
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    min_tiles: int | None = None,
-    max_tiles: int | None = None,
-    system: str | None = None,
-    fps: float | None = None,
-    nframes: int | None = None,
-    max_frames: int | None = None,
-    video_max_pixels: int | None = None,
+    encoding: EncodingSettings | None = None,
     trust_remote_code: bool = False,
+    **encoding_options: Any,
 ) -> VLM:
     """Load a model folder or hub id, or a vlmkit checkpoint (`ckpt`: base model + LoRA adapter, or full
-    weights). Pixel limits and system prompt default to the ones saved with the model or checkpoint
-    (vlmkit.json), then to the checkpoint's image-processor config. `trust_remote_code` lets transformers
-    run Python code shipped in the model folder (untested here); the family still comes from config.json."""
-    import transformers
-    from transformers import AutoTokenizer
+    weights; a run folder: its newest checkpoint). `encoding` (`vlmkit.settings.EncodingSettings`, or its
+    fields as keyword arguments: `min_pixels=...`, `system=...`) defaults to the settings saved with the model
+    or checkpoint (vlmkit.json), then to the checkpoint's image-processor config. `trust_remote_code` lets
+    transformers run Python code shipped in the model folder (untested here); the family still comes from
+    config.json."""
+    from vlmkit import loader
 
-    transformers.utils.logging.disable_progress_bar()
-    if (model is None) == (ckpt is None):
-        raise VlmkitError("give either --model or --ckpt")
-    if ckpt is not None:
-        model_dir, ckpt_dir, _ = resolve_checkpoint(ckpt)
-        files_dir = ckpt_dir  # tokenizer, image-processor config and settings saved with the checkpoint
-    else:
-        model_dir = files_dir = _resolve_model_dir(model)
-        ckpt_dir = None
-    family = family_for_model_dir(model_dir)
-    if family.remote_code and not trust_remote_code:
-        raise VlmkitError(
-            f"{model_dir}: {family.name} checkpoints run Python code shipped with the model; "
-            "pass --trust-remote-code (trust_remote_code=True) if you trust its source (untested in vlmkit)"
-        )
-    device = _device(device)
-    torch_dtype = _torch_dtype(dtype, device)
-    _check_attn(attn_impl)
-    settings = dict(
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
-        system=system,
-        fps=fps,
-        nframes=nframes,
-        max_frames=max_frames,
-        video_max_pixels=video_max_pixels,
-        **resolution_settings(family, min_tiles=min_tiles, max_tiles=max_tiles),
-    )
-    check_weights(model_dir)
-    if ckpt_dir is not None and ckpt_dir != model_dir:
-        check_weights(ckpt_dir)  # the adapter's weights
-    tokenizer = AutoTokenizer.from_pretrained(files_dir, trust_remote_code=trust_remote_code)
-    try:
-        template = family.load_template(files_dir, tokenizer, **settings)
-    except FileNotFoundError as e:
-        raise VlmkitError(
-            f"{files_dir}: {Path(e.filename or '?').name} not found; the model folder is incomplete: copy that "
-            "file from the original checkpoint"
-        ) from None
-    # Remote code may not declare sdpa support, and transformers refuses an explicit request it cannot
-    # honour; left unset, transformers takes sdpa where the code supports it and eager otherwise.
-    attn = {} if family.remote_code and attn_impl == "sdpa" else {"attn_implementation": attn_impl}
-    hf_model = _load_weights(
-        model_dir,
-        ckpt_dir,
-        merge_lora,
-        auto_class=family.auto_class,
-        dtype=torch_dtype,
-        trust_remote_code=trust_remote_code,
-        **attn,
+    encoding = encoding_settings(encoding, **encoding_options)
+    files = loader.resolve_model(model, ckpt)
+    loader.check_trust(files, trust_remote_code)
+    device = loader.pick_device(device)
+    torch_dtype = loader.torch_dtype(dtype, device)
+    loader.check_attn(attn_impl)
+    check_encoding(files.family, encoding)  # before the slow part
+    loader.check_weights(files.model_dir)
+    if files.ckpt_dir is not None and files.ckpt_dir != files.model_dir:
+        loader.check_weights(files.ckpt_dir)  # the adapter's weights
+    tokenizer, template = loader.load_tokenizer_and_template(files, encoding, trust_remote_code)
+    hf_model = loader.load_weights(
+        files, dtype=torch_dtype, attn_impl=attn_impl, trust_remote_code=trust_remote_code, merge_lora=merge_lora
     )
     hf_model.to(device).eval()
     return VLM(
-        model=hf_model, tokenizer=tokenizer, template=template, family=family, path=files_dir, device=device
+        model=hf_model, tokenizer=tokenizer, template=template, family=files.family, path=files.files_dir,
+        device=device,
     )

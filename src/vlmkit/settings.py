@@ -1,4 +1,5 @@
-"""`vlmkit.json`: the encoding settings that travel with a fine-tuned model, run or export.
+"""Encoding settings: `EncodingSettings` (what every command and the Python API take), the one check of
+them against a family, and `vlmkit.json` (the settings that travel with a fine-tuned model, run or export).
 
 Peers lose these (a model trained at one resolution or system prompt is served with
 another). vlmkit writes them next to every checkpoint it saves and reads them back
@@ -8,6 +9,7 @@ whenever that folder is loaded; explicit options still win.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +39,66 @@ def write_settings(folder: str | Path, settings: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
     return path
+
+
+@dataclass(frozen=True)
+class EncodingSettings:
+    """How images, videos and the system prompt become tokens: every command and the Python API take this.
+
+    None means "not given": the value saved with the model or run (vlmkit.json) applies, else the
+    checkpoint's (its image-processor config) or the family's default. Each field is one CLI option
+    (`--min-pixels`, ...), declared once in `vlmkit.options.ENCODING_OPTIONS`; a family takes the fields
+    named in its `encoding_options` and refuses the others (`check_encoding`).
+
+    min_pixels / max_pixels: smallest / largest image area in pixels after resizing (Qwen families).
+    min_tiles / max_tiles: fewest / most 448 px tiles an image is cut into, thumbnail not counted (InternVL).
+    fps: video frames sampled per second of video; nframes: exactly this many frames instead (they replace
+    each other); max_frames: most frames per video; video_max_pixels: largest area of one video frame.
+    system: the system prompt put before every conversation that has none.
+    """
+
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    fps: float | None = None
+    nframes: int | None = None
+    max_frames: int | None = None
+    video_max_pixels: int | None = None
+    min_tiles: int | None = None
+    max_tiles: int | None = None
+    system: str | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The fields that were set, by name: `EncodingSettings(max_tiles=2).given() == {"max_tiles": 2}`."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+ENCODING_FIELDS = tuple(f.name for f in fields(EncodingSettings))
+RESOLUTION_FIELDS = ("min_pixels", "max_pixels", "min_tiles", "max_tiles")  # what `vlmkit families` lists
+
+
+def encoding_settings(encoding: EncodingSettings | None = None, **options: Any) -> EncodingSettings:
+    """The one conversion from the keyword arguments the Python API keeps accepting (`min_pixels=...`) to
+    `EncodingSettings`; `encoding` and keyword arguments may be combined (a keyword wins over the same field)."""
+    unknown = sorted(set(options) - set(ENCODING_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown encoding setting(s) {', '.join(unknown)}; known: {', '.join(ENCODING_FIELDS)}")
+    base = encoding or EncodingSettings()
+    return replace(base, **{k: v for k, v in options.items() if v is not None})
+
+
+def option_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def check_encoding(family: Any, encoding: EncodingSettings) -> dict[str, Any]:
+    """The given settings as keyword arguments for `family`'s template, after refusing, with one line, any
+    option the family does not take (`family.encoding_options`). The one place options are refused."""
+    given = encoding.given()
+    for name in given:
+        if name not in family.encoding_options:
+            takes = " ".join(option_name(n) for n in family.encoding_options) or "none"
+            raise VlmkitError(
+                f"{option_name(name)} does not apply to {family.name} models (its encoding options: {takes}); "
+                "leave it out"
+            )
+    return given

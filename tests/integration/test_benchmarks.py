@@ -41,6 +41,29 @@ def test_gpu_toy_runs_every_case_on_cpu(tmp_path):
     assert "| toy | full, packed |" in results["table"]
 
 
+@pytest.mark.slow
+def test_gpu_check_dry_run_walks_every_path(tmp_path):
+    """benchmarks/gpu_check.py --dry-run (~25 s): the CPU-runnable paths run at toy size, and each GPU-only
+    path gets as far as vlmkit's one-line refusal on CPU, so no option the GPU check uses can rot."""
+    gpu_check = _load("gpu_check")
+    out = tmp_path / "check.json"
+    results = gpu_check.main(["--dry-run", "--json", str(out), "--work-dir", str(tmp_path / "work")])
+    assert json.loads(out.read_text())["paths"] == results["paths"]
+    paths = results["paths"]
+    assert list(paths) == list(gpu_check.PATHS)
+    assert [line.split(":")[0] for line in results["lines"]] == list(gpu_check.PATHS)
+    assert not [p for p, r in paths.items() if r["status"] == "fail"], results["lines"]
+    assert paths["bf16"]["status"] == "ok" and paths["bf16"]["tokens_per_s"] > 0
+    assert paths["packing-flash"]["status"] == "ok" and paths["packing-flash"]["relative_difference"] < 1e-5
+    assert paths["transformers"]["status"] == "ok"
+    for path in ("qlora", "fsdp", "vllm-offline", "vllm-served"):
+        assert paths[path]["status"] == "skip" and "vlmkit refuses it here" in paths[path]["text"] or (
+            "vlmkit says: error: --backend vllm needs vLLM" in paths[path]["text"]
+        ), paths[path]
+    if paths["device-map"]["status"] == "ok":  # once vlmkit has --device-map: the same replies on CPU
+        assert paths["device-map"]["equal"] == paths["device-map"]["rows"]
+
+
 def test_gpu_model_flops_counts_each_part():
     gpu = _load("gpu")
     text = SimpleNamespace(num_hidden_layers=2, hidden_size=8)

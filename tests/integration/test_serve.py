@@ -7,7 +7,6 @@ import concurrent.futures
 import http.server
 import io
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -61,37 +60,6 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-
-
-@pytest.fixture(scope="module")
-def adapter(small_model, tmp_path_factory) -> Path:
-    """A LoRA checkpoint of a few large steps, trained with its own pixel limit and system prompt."""
-    from vlmkit.train import SFTConfig, sft
-
-    root = tmp_path_factory.mktemp("adapter")
-    rows = [
-        {"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "zz zz zz"}]}
-    ] * 4
-    data = root / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run_dir = sft(
-        SFTConfig(
-            model=str(small_model),
-            dataset=[str(data)],
-            output_dir=str(root / "out"),
-            max_steps=4,
-            lr=0.3,
-            max_pixels=4000,
-            system="Be brief.",
-            save_steps=50,
-            logging_steps=1,
-            progress=False,
-            num_workers=0,
-            report_to="none",
-            eval_generate=0,
-        )
-    )
-    return run_dir / "checkpoint-4"
 
 
 @pytest.fixture(scope="module")
@@ -568,58 +536,3 @@ def test_cli_refuses_bad_adapters_before_loading(small_model, tmp_path):
             CliRunner().invoke(
                 app, ["serve", "--model", str(small_model), "--adapters", value], catch_exceptions=False
             )
-
-
-def test_vllm_command_keeps_template_settings_and_adapters(adapter, small_model, tmp_path):
-    from vlmkit.serve.vllm import translate
-
-    args = translate(None, adapter, {}, {"min_pixels": None, "max_pixels": None, "system": None},
-                     "brief-run", tmp_path / "t", port=8123, api_key="k")  # fmt: skip
-    flags = {a: args[i + 1] for i, a in enumerate(args) if a.startswith("--") and i + 1 < len(args)}
-    assert args[:2] == ["vllm", "serve"] and Path(args[2]).resolve() == small_model.resolve()
-    assert json.loads(flags["--mm-processor-kwargs"])["max_pixels"] == 4000
-    assert flags["--lora-modules"] == f"brief-run={adapter.resolve()}" and flags["--max-lora-rank"] == "8"
-    assert flags["--api-key"] == "k" and flags["--host"] == "127.0.0.1"
-    # The chat template vLLM gets renders exactly what vlmkit's template encodes, system prompt included.
-    tuned = vlmkit.load(ckpt=adapter)
-    messages = [{"role": "user", "content": "Hello"}]
-    rendered = tuned.tokenizer.apply_chat_template(
-        messages,
-        chat_template=Path(flags["--chat-template"]).read_text(),
-        tokenize=False,
-        add_generation_prompt=True,
-    )
-    assert "Be brief." in rendered
-    assert rendered == tuned.template.render_text(
-        to_sample({"messages": messages}), add_generation_prompt=True
-    )
-
-
-def test_vllm_refuses_what_it_cannot_serve(adapter, small_model, tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    from vlmkit.serve.vllm import run_vllm, translate
-
-    none = {"min_pixels": None, "max_pixels": None, "system": None}
-    # The adapter's run used max_pixels 4000 and its own system prompt; vLLM has one setting for all.
-    with pytest.raises(VlmkitError, match="--adapters brief=.*its run used other settings: max_pixels=4000"):
-        translate(str(small_model), None, {"brief": adapter}, none, NAME, tmp_path / "t")
-    vision = tmp_path / "vision"
-    shutil.copytree(adapter, vision)
-    weights = load_file(vision / "adapter_model.safetensors")
-    some = next(iter(weights.values()))
-    weights["base_model.model.model.visual.blocks.0.attn.qkv.lora_A.weight"] = some.clone()
-    save_file(weights, vision / "adapter_model.safetensors")
-    (vision / "preprocessor_config.json").unlink()  # no saved settings: only the vision LoRA is at fault
-    with pytest.raises(VlmkitError, match="LoRA on the vision tower .* cannot be served by vLLM"):
-        translate(str(small_model), None, {"v": vision}, none, NAME, tmp_path / "t")
-    if shutil.which("vllm") is None:
-        with pytest.raises(VlmkitError, match="--backend vllm needs vLLM on a GPU machine"):
-            run_vllm(translate(str(small_model), None, {}, none, NAME, tmp_path / "t"))
-
-
-def test_vllm_backend_refuses_options_it_does_not_pass_on(small_model):
-    from vlmkit.serve import serve
-
-    with pytest.raises(VlmkitError, match="--fps, --max-tiles: not passed on to vLLM yet"):
-        serve(str(small_model), backend="vllm", fps=1.0, max_tiles=2)

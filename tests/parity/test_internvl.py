@@ -233,7 +233,7 @@ def test_data_check_names_the_tile_option_when_shrinking(real, tmp_path):
 
 def test_resolution_options_are_checked(real, tiny_models):
     path, tokenizer, _ = real
-    with pytest.raises(VlmkitError, match="--max-pixels does not apply to InternVL models"):
+    with pytest.raises(VlmkitError, match="--max-pixels does not apply to internvl models"):
         FAMILY.load_template(path, tokenizer, max_pixels=100_000)
     with pytest.raises(VlmkitError, match="--min-tiles 4 is larger than --max-tiles 2"):
         FAMILY.load_template(path, tokenizer, min_tiles=4, max_tiles=2)
@@ -361,7 +361,7 @@ def test_sft_lora_and_full_then_export_and_infer(small, tmp_path):
     assert AutoModelForImageTextToText.from_pretrained(merged).config.model_type == "internvl"
     reloaded = vlmkit.load(str(merged))
     assert reloaded.template.max_tiles == 2
-    with pytest.raises(VlmkitError, match="--max-pixels does not apply to InternVL"):
+    with pytest.raises(VlmkitError, match="--max-pixels does not apply to internvl"):
         runner.invoke(app, ["infer", "--model", str(merged), "--max-pixels", "1000"], catch_exceptions=False)
 
 

@@ -13,19 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from vlmkit.errors import VlmkitError
-from vlmkit.options import (
-    Columns,
-    Fps,
-    MaxFrames,
-    MaxPixels,
-    MaxTiles,
-    MinPixels,
-    MinTiles,
-    NFrames,
-    Prompt,
-    System,
-    VideoMaxPixels,
-)
+from vlmkit.options import Columns, Prompt, with_encoding_options
+from vlmkit.settings import EncodingSettings
 
 app = typer.Typer(
     help="Check datasets, preview rows exactly as the model sees them, and encode them into the encode cache.",
@@ -77,35 +66,15 @@ def _load(ctx: typer.Context, dataset: list[str], media_root: Path | None, colum
     return data
 
 
-def load_template(
-    model: str,
-    min_pixels: int | None,
-    max_pixels: int | None,
-    system: str | None,
-    min_tiles: int | None = None,
-    max_tiles: int | None = None,
-    **video: Any,
-) -> Any:
-    """The family template of `model` with its tokenizer; the weights are not loaded. `video`: the
-    video settings (fps, nframes, max_frames, video_max_pixels) of families that read video;
-    min/max_tiles: the tile limits of tiling families (refused by the others)."""
-    import transformers
-    from transformers import AutoTokenizer
+def load_template(model: str, encoding: EncodingSettings) -> Any:
+    """The family template of `model` with its tokenizer; the weights are not loaded."""
+    from vlmkit.loader import load_tokenizer_and_template, resolve_model
 
-    from vlmkit.families import family_for_model_dir, resolution_settings
-    from vlmkit.model import _resolve_model_dir
-
-    transformers.utils.logging.disable_progress_bar()
-    model_dir = _resolve_model_dir(model)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    family = family_for_model_dir(model_dir)
-    tiles = resolution_settings(family, min_tiles=min_tiles, max_tiles=max_tiles)
-    return family.load_template(
-        model_dir, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels, system=system, **video, **tiles
-    )
+    return load_tokenizer_and_template(resolve_model(model), encoding)[1]
 
 
 @app.command("check", context_settings=MANY_DATASETS)
+@with_encoding_options()
 def check(
     ctx: typer.Context,
     model: Model,
@@ -123,15 +92,7 @@ def check(
             "resolution until they fit; left out only when --min-pixels does not fit). Rows are never cut."
         ),
     ] = "delete",
-    min_pixels: MinPixels = None,
-    max_pixels: MaxPixels = None,
-    min_tiles: MinTiles = None,
-    max_tiles: MaxTiles = None,
-    system: System = None,
-    fps: Fps = None,
-    nframes: NFrames = None,
-    max_frames: MaxFrames = None,
-    video_max_pixels: VideoMaxPixels = None,
+    encoding: EncodingSettings = EncodingSettings(),
     histogram: Annotated[
         Path, typer.Option(help="PNG histogram of the token lengths, with --max-length marked.")
     ] = Path("token_lengths.png"),
@@ -160,18 +121,7 @@ def check(
     from vlmkit.plots import save_histogram
 
     data = _load(ctx, dataset, media_root, columns, prompt)
-    template = load_template(
-        model,
-        min_pixels,
-        max_pixels,
-        system,
-        min_tiles=min_tiles,
-        max_tiles=max_tiles,
-        fps=fps,
-        nframes=nframes,
-        max_frames=max_frames,
-        video_max_pixels=video_max_pixels,
-    )
+    template = load_template(model, encoding)
     report = check_dataset(
         data, template, max_length, truncation, progress=progress and sys.stderr.isatty(), decode_images=decode_images
     )
@@ -236,6 +186,7 @@ def format_tokens(template: Any, encoded: dict[str, Any], colour: bool = False) 
 
 
 @app.command("preview", context_settings=MANY_DATASETS)
+@with_encoding_options()
 def preview(
     ctx: typer.Context,
     model: Model,
@@ -244,33 +195,14 @@ def preview(
     media_root: MediaRoot = None,
     columns: Columns = None,
     prompt: Prompt = None,
-    min_pixels: MinPixels = None,
-    max_pixels: MaxPixels = None,
-    min_tiles: MinTiles = None,
-    max_tiles: MaxTiles = None,
-    system: System = None,
-    fps: Fps = None,
-    nframes: NFrames = None,
-    max_frames: MaxFrames = None,
-    video_max_pixels: VideoMaxPixels = None,
+    encoding: EncodingSettings = EncodingSettings(),
 ) -> None:
     """Print the first rows exactly as the model sees them: the decoded input ids with each image's
     run of pad tokens collapsed (count, grid and resized size), the supervised tokens in [[...]]
     (green on a terminal), then the token count and the supervised-token count. Exit status 1 when
     a shown row does not encode (its error is printed in its place)."""
     data = _load(ctx, dataset, media_root, columns, prompt)
-    template = load_template(
-        model,
-        min_pixels,
-        max_pixels,
-        system,
-        min_tiles=min_tiles,
-        max_tiles=max_tiles,
-        fps=fps,
-        nframes=nframes,
-        max_frames=max_frames,
-        video_max_pixels=video_max_pixels,
-    )
+    template = load_template(model, encoding)
     colour = sys.stdout.isatty()
     failed = 0
     for index, row in enumerate(data.rows[:n]):
@@ -289,6 +221,7 @@ def preview(
 
 
 @app.command("encode", context_settings=MANY_DATASETS)
+@with_encoding_options()
 def encode(
     ctx: typer.Context,
     model: Model,
@@ -305,15 +238,7 @@ def encode(
         int, typer.Option(help="As training's --max-length: rows over it are skipped or shrunk.")
     ] = 2048,
     truncation: Annotated[str, typer.Option(help="As training's --truncation: delete or shrink.")] = "delete",
-    min_pixels: MinPixels = None,
-    max_pixels: MaxPixels = None,
-    min_tiles: MinTiles = None,
-    max_tiles: MaxTiles = None,
-    system: System = None,
-    fps: Fps = None,
-    nframes: NFrames = None,
-    max_frames: MaxFrames = None,
-    video_max_pixels: VideoMaxPixels = None,
+    encoding: EncodingSettings = EncodingSettings(),
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Encode the dataset(s) into the on-disk encode cache with several processes, ahead of training.
@@ -328,18 +253,7 @@ def encode(
     if workers < 1:
         raise VlmkitError(f"--workers {workers}: must be 1 or more")
     data = _load(ctx, dataset, media_root, columns, prompt)
-    template = load_template(
-        model,
-        min_pixels,
-        max_pixels,
-        system,
-        min_tiles=min_tiles,
-        max_tiles=max_tiles,
-        fps=fps,
-        nframes=nframes,
-        max_frames=max_frames,
-        video_max_pixels=video_max_pixels,
-    )
+    template = load_template(model, encoding)
     show = progress and sys.stderr.isatty()
     # encoding decodes every image anyway, and lists the ones that fail
     report = check_dataset(data, template, max_length, truncation, progress=show, decode_images=False)

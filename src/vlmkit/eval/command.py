@@ -15,17 +15,20 @@ import typer
 
 from vlmkit.options import (
     AttnImpl,
+    Backend,
     Columns,
     Device,
     DType,
-    MaxPixels,
-    MinPixels,
     Prompt,
-    System,
+    TensorParallelSize,
     TrustRemoteCode,
+    VllmArg,
+    with_encoding_options,
 )
+from vlmkit.settings import EncodingSettings
 
 
+@with_encoding_options()
 def eval_command(
     model: Annotated[
         list[str] | None,
@@ -97,13 +100,14 @@ def eval_command(
     ] = None,
     columns: Columns = None,
     prompt: Prompt = None,
-    system: System = None,
-    min_pixels: MinPixels = None,
-    max_pixels: MaxPixels = None,
+    encoding: EncodingSettings = EncodingSettings(),
     dtype: DType = "auto",
     device: Device = "auto",
     attn_impl: AttnImpl = "sdpa",
     trust_remote_code: TrustRemoteCode = False,
+    backend: Backend = "transformers",
+    tensor_parallel_size: TensorParallelSize = 1,
+    vllm_arg: VllmArg = None,
 ) -> None:
     """Score models on a dataset with the task's metrics: one table, side by side (base vs fine-tuned).
 
@@ -132,12 +136,13 @@ def eval_command(
         media_root=media_root,
         columns=parse_columns(columns),
         prompt=prompt,
-        system=system,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
+        encoding=encoding,
         dtype=dtype,
         device=device,
         attn_impl=attn_impl,
         trust_remote_code=trust_remote_code,
+        backend=backend,
+        tensor_parallel_size=tensor_parallel_size,
+        vllm_args=vllm_arg,
         echo=typer.echo,
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
+from vlmkit.settings import EncodingSettings, encoding_settings
 
 
 def evaluate(
@@ -39,24 +40,50 @@ def evaluate(
     media_root: str | Path | None = None,
     columns: dict[str, str] | None = None,
     prompt: str | None = None,
-    system: str | None = None,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
+    encoding: EncodingSettings | None = None,
     dtype: str = "auto",
     device: str = "auto",
     attn_impl: str = "sdpa",
     trust_remote_code: bool = False,
+    backend: str = "transformers",
+    tensor_parallel_size: int = 1,
+    vllm_args: list[str] | None = None,
     echo: Callable[[str], Any] = print,
+    **encoding_options: Any,
 ) -> dict[str, Any]:
     """Evaluate `models` and `ckpts` on `dataset` (or a `benchmark` preset, `vlmkit.eval.benchmarks`,
     read from `benchmark_path` when given) and/or score `predictions` files; `limit`: N rows sampled.
     Returns what metrics.json holds ({"dataset", "metrics", "metric_choice", "models": {label: {...}}}).
-    `echo` gets the lines the command prints (schema, progress, the table)."""
+    `echo` gets the lines the command prints (schema, progress, the table). `encoding` (or its fields as
+    keyword arguments: `max_pixels=...`) applies to every model and checkpoint, over their saved settings.
+    With `backend` "vllm", models answer through vLLM's offline engine (`vlmkit.vllm_offline`;
+    `tensor_parallel_size`, `vllm_args`)."""
     from vlmkit.eval.metrics import metric_names
     from vlmkit.eval.report import text_table, write_report
     from vlmkit.eval.rows import read_predictions
     from vlmkit.eval.run import file_stem, model_label, score_predictions
+    from vlmkit.vllm_args import refuse_vllm_options
 
+    encoding = encoding_settings(encoding, **encoding_options)
+    if backend not in ("transformers", "vllm"):
+        raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
+    refuse_vllm_options(backend, tensor_parallel_size, vllm_args)
+    vllm = None
+    if backend == "vllm":
+        from vlmkit.vllm_args import VLLM_PASSES
+        from vlmkit.vllm_offline import refuse_for_vllm
+
+        refuse_for_vllm(device=None if device == "auto" else device, attn_impl=None if attn_impl == "sdpa" else attn_impl,
+                        **{k: v for k, v in encoding.given().items() if k not in VLLM_PASSES},
+                        trust_remote_code=trust_remote_code)  # fmt: skip
+        vllm = {"tensor_parallel_size": tensor_parallel_size, "vllm_args": vllm_args}
+        models, ckpts = list(models), list(ckpts)
+        if len(models) + len(ckpts) > 1:  # vllm-project/vllm#3281, #21073: a second engine runs out of memory
+            raise VlmkitError(
+                "--backend vllm answers with one --model/--ckpt per run: vLLM does not free the GPU between "
+                "engines in one process; run vlmkit eval once per model, then compare the runs with "
+                "vlmkit eval --predictions A.predictions.jsonl --predictions B.predictions.jsonl"
+            )
     output = Path(output)
     predictions = [Path(p) for p in predictions]
     pairs: list[tuple[str | None, Path | None]] = [(str(m), None) for m in models] + [
@@ -109,8 +136,8 @@ def evaluate(
         for model_name, checkpoint in pairs:
             label = model_label(model_name, checkpoint, taken)
             path = output / f"{file_stem(label)}.predictions.jsonl"
-            counts = _predict(model_name, checkpoint, dataset, rows, path, batch_size, max_new_tokens, system,
-                              min_pixels, max_pixels, dtype, device, attn_impl, trust_remote_code)  # fmt: skip
+            counts = _predict(model_name, checkpoint, dataset, rows, path, batch_size, max_new_tokens, encoding,
+                              dtype, device, attn_impl, trust_remote_code, vllm)  # fmt: skip
             echo(f"{label}: answered {counts['ok']} rows ({counts['failed']} failed) -> {path}")
             to_score.append((label, str(checkpoint or model_name), path))
             images[label], questions[label] = row_images, row_questions
@@ -224,14 +251,20 @@ def _image_of_line(line: dict, folder: Path) -> Any:
     return path if path.is_file() else None
 
 
-def _predict(model, checkpoint, dataset, rows, path, batch_size, max_new_tokens, system, min_pixels, max_pixels,
-             dtype, device, attn_impl, trust_remote_code) -> dict[str, int]:  # fmt: skip
-    """Load one model, answer `rows` through `vlmkit infer`'s batch path into `path`, free the model."""
+def _predict(model, checkpoint, dataset, rows, path, batch_size, max_new_tokens, encoding, dtype, device, attn_impl,
+             trust_remote_code, vllm) -> dict[str, int]:  # fmt: skip
+    """Load one model (with vLLM when `vllm` holds its options), answer `rows` through `vlmkit infer`'s
+    batch path into `path`, free the model."""
     from vlmkit.infer import run_batch
     from vlmkit.model import GenerationOptions, load
 
-    vlm = load(model, ckpt=checkpoint, dtype=dtype, device=device, attn_impl=attn_impl, min_pixels=min_pixels,
-               max_pixels=max_pixels, system=system, trust_remote_code=trust_remote_code)  # fmt: skip
+    if vllm is not None:
+        from vlmkit.vllm_offline import load_vllm
+
+        vlm = load_vllm(model, ckpt=checkpoint, dtype=dtype, encoding=encoding, **vllm)
+    else:
+        vlm = load(model, ckpt=checkpoint, dtype=dtype, device=device, attn_impl=attn_impl, encoding=encoding,
+                   trust_remote_code=trust_remote_code)  # fmt: skip
     options = GenerationOptions(max_new_tokens=max_new_tokens)  # greedy: scores repeat run to run
     counts = run_batch(
         vlm, dataset, path, options, batch_size=batch_size, progress=sys.stderr.isatty(), rows=rows

@@ -24,14 +24,16 @@ class Family:
     name: how users write it (`qwen2-vl`); model_type: `config.json`'s `model_type`.
     special_tokens: (token, special) pairs in the real tokenizer's order, starting at
     `first_special_id`; `special=False` tokens are kept when decoding.
-    load_template(model_dir, tokenizer, **settings) -> a template object (see
-    `vlmkit.families.qwen2_vl.template.QwenVLTemplate` for the interface).
+    make_template(model_dir, tokenizer, **settings) -> a template object (see
+    `vlmkit.families.qwen2_vl.template.QwenVLTemplate` for the interface); `settings` are only fields of
+    `vlmkit.settings.EncodingSettings` named in `encoding_options`. Callers use `Family.load_template`,
+    which refuses the others first.
     tiny_config(vocab_size, special_ids) -> the model's `config.json` dict at toy size.
     module_groups: parameter-name prefixes of the parts users freeze or tune separately:
     "vit" (vision tower), "aligner" (vision-to-text projector), "llm" (language model and
     head). The longest matching prefix decides a parameter's group.
-    resolution_options: the resolution settings `load_template` takes (the `--min-pixels` /
-    `--max-pixels` kind, or `--min-tiles` / `--max-tiles`); others are refused (`resolution_settings`).
+    encoding_options: the `EncodingSettings` fields the family's template takes (its resolution limits,
+    video sampling, system prompt); the others are refused (`vlmkit.settings.check_encoding`).
     vision: one line for `vlmkit families` on how images become tokens.
     tokenizer_extra: named tokens the tokenizer carries (transformers' `extra_special_tokens`).
     processor_config: the checkpoint's `processor_config.json`, when it has one.
@@ -59,13 +61,13 @@ class Family:
     eos_token: str
     pad_token: str
     preprocessor_config: dict[str, Any]
-    load_template: Callable[..., Any]
+    make_template: Callable[..., Any]
     tiny_config: Callable[[int, dict[str, int]], dict[str, Any]]
     module_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     supports: tuple[str, ...] = ("image",)
     aliases: tuple[str, ...] = field(default=())
     box_format: Any = None
-    resolution_options: tuple[str, ...] = ("min_pixels", "max_pixels")
+    encoding_options: tuple[str, ...] = ("system",)
     vision: str = ""
     tokenizer_extra: dict[str, str] = field(default_factory=dict)
     processor_config: dict[str, Any] | None = None
@@ -76,6 +78,20 @@ class Family:
     remote_code: bool = False
     train_refusal: str | None = None
     processor_limits: Callable[[str, dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+
+    def load_template(self, model_dir: str | Path, tokenizer: Any, encoding: Any = None, **options: Any) -> Any:
+        """The family's template of `model_dir` with `encoding` (a `vlmkit.settings.EncodingSettings`, or its
+        fields as keyword arguments); an option the family does not take is refused with one line."""
+        from vlmkit.settings import check_encoding, encoding_settings
+
+        return self.make_template(model_dir, tokenizer, **check_encoding(self, encoding_settings(encoding, **options)))
+
+    @property
+    def resolution_options(self) -> tuple[str, ...]:
+        """The resolution limits among `encoding_options` (what `vlmkit families` lists)."""
+        from vlmkit.settings import RESOLUTION_FIELDS
+
+        return tuple(name for name in self.encoding_options if name in RESOLUTION_FIELDS)
 
     @property
     def chat_template(self) -> str:
@@ -133,17 +149,8 @@ def family_for_model_dir(model_dir: str | Path) -> Family:
 
 
 def resolution_settings(family: Family, **given: Any) -> dict[str, Any]:
-    """The resolution options a user gave (None = not given), checked against the ones `family` takes.
+    """The options a user gave (None = not given), checked against the ones `family` takes
+    (`vlmkit.settings.check_encoding`): `resolution_settings(f, min_tiles=None, max_tiles=2)` -> {"max_tiles": 2}."""
+    from vlmkit.settings import check_encoding, encoding_settings
 
-    `resolution_settings(f, min_pixels=None, max_pixels=None, min_tiles=None, max_tiles=2)` -> {"max_tiles": 2}
-    for a tiling family; a clear error naming the option for a family that has no such setting.
-    """
-    chosen = {name: value for name, value in given.items() if value is not None}
-    for name in chosen:
-        if name not in family.resolution_options:
-            takes = ", ".join("--" + n.replace("_", "-") for n in family.resolution_options) or "none"
-            raise VlmkitError(
-                f"--{name.replace('_', '-')} does not apply to {family.name} models "
-                f"(its resolution options: {takes}); leave it out"
-            )
-    return chosen
+    return check_encoding(family, encoding_settings(**given))

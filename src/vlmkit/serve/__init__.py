@@ -4,8 +4,8 @@
     serve("Qwen/Qwen2-VL-2B-Instruct", adapters={"latex": Path("runs/.../checkpoint-200")}, port=8000)
 
 app.py: routes, schema and errors; engine.py: the queue and dynamic batcher; server.py: loading
-and adapters; vllm.py: the `--backend vllm` command line. FastAPI and uvicorn are imported only
-when a server is built (pip install vlmkit[serve]).
+and adapters. `--backend vllm` is translated by vlmkit.vllm_args (shared with `vlmkit infer`). FastAPI
+and uvicorn are imported only when a server is built (pip install vlmkit[serve]).
 """
 
 from vlmkit.serve.server import parse_adapters, serve

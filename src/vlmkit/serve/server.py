@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
-from vlmkit.families import resolution_settings
+from vlmkit.loader import CHECKPOINT_RE, is_complete, load_template
 from vlmkit.media import MediaPolicy
 from vlmkit.model import VLM, load
-from vlmkit.train.run import _CHECKPOINT_RE, is_complete
+from vlmkit.settings import EncodingSettings, encoding_settings
+from vlmkit.vllm_args import refuse_vllm_options
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -36,7 +37,7 @@ def parse_adapters(values: list[str]) -> dict[str, Path]:
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise VlmkitError(f"--adapters {value}: no such folder")
-        if _CHECKPOINT_RE.match(folder.name) and not is_complete(folder):
+        if CHECKPOINT_RE.match(folder.name) and not is_complete(folder):
             raise VlmkitError(
                 f"--adapters {value}: this checkpoint is incomplete (its save was interrupted); use an earlier one"
             )
@@ -62,7 +63,7 @@ def load_served(
     vlm: VLM,
     main_name: str,
     adapters: dict[str, Path],
-    template_settings: dict[str, Any],
+    encoding: EncodingSettings | None = None,
 ) -> tuple[dict[str, Any], dict[str | None, str | None]]:
     """Attach `adapters` to `vlm.model` as named peft adapters.
 
@@ -70,7 +71,7 @@ def load_served(
     """
     from peft import PeftModel
 
-    from vlmkit.model import peft_quietly
+    from vlmkit.loader import peft_quietly
     from vlmkit.serve.app import ServedModel
 
     models = {main_name: ServedModel(main_name, vlm.template, str(vlm.path))}
@@ -93,7 +94,7 @@ def load_served(
         vlm.model.eval()
         template = vlm.template
         if (folder / "preprocessor_config.json").is_file():  # a vlmkit checkpoint: its run's settings
-            template = vlm.family.load_template(folder, vlm.tokenizer, **template_settings)
+            template = load_template(folder, vlm.tokenizer, vlm.family, encoding)
         models[name] = ServedModel(name, template, str(folder), parent=main_name)
         peft_names[name] = peft_name
     return models, peft_names
@@ -119,23 +120,22 @@ def serve(
     max_prompt_tokens: int | None = None,
     max_video_frames: int = 128,
     max_batch_size: int = 16,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    min_tiles: int | None = None,
-    max_tiles: int | None = None,
-    fps: float | None = None,
-    nframes: int | None = None,
-    max_frames: int | None = None,
-    video_max_pixels: int | None = None,
-    system: str | None = None,
+    encoding: EncodingSettings | None = None,
     trust_remote_code: bool = False,
     dtype: str = "auto",
     device: str = "auto",
     attn_impl: str = "sdpa",
     log_level: str = "info",
     backend: str = "transformers",
+    tensor_parallel_size: int = 1,
+    data_parallel_size: int = 1,
+    vllm_args: list[str] | None = None,
+    **encoding_options: Any,
 ) -> None:
-    """Load the model and serve it until interrupted (see `vlmkit serve --help` for the options)."""
+    """Load the model and serve it until interrupted (see `vlmkit serve --help` for the options).
+    `encoding` (or its fields as keyword arguments) applies to the model and to every adapter that is a
+    vlmkit checkpoint, over their saved settings. `tensor_parallel_size`, `data_parallel_size` and
+    `vllm_args` (KEY=VALUE) are for backend "vllm"."""
     import uvicorn
 
     from vlmkit.serve.app import ServerConfig, create_app, is_loopback_name
@@ -170,37 +170,31 @@ def serve(
     if media_timeout <= 0:
         raise VlmkitError(f"--media-timeout must be above 0, got {media_timeout}")
     adapters = adapters or {}
-    settings = {"min_pixels": min_pixels, "max_pixels": max_pixels, "system": system}
-    video = {"fps": fps, "nframes": nframes, "max_frames": max_frames, "video_max_pixels": video_max_pixels}
-    tiles = {"min_tiles": min_tiles, "max_tiles": max_tiles}
+    encoding = encoding_settings(encoding, **encoding_options)
     if backend not in ("transformers", "vllm"):
         raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
+    refuse_vllm_options(backend, tensor_parallel_size, vllm_args, data_parallel_size)
     if backend == "vllm":
-        given = [k for k, v in {**video, **tiles}.items() if v is not None]
+        from vlmkit.vllm_args import VLLM_PASSES
+
+        given = [k for k in encoding.given() if k not in VLLM_PASSES]
         if given or trust_remote_code:
             names = ", ".join(
                 "--" + k.replace("_", "-") for k in given + ["trust_remote_code"] * trust_remote_code
             )
             raise VlmkitError(f"{names}: not passed on to vLLM yet; serve with --backend transformers")
         _serve_vllm(
-            model, ckpt, adapters, settings, served_model_name, host, port, api_key, allow_media_dir, dtype
-        )
+            model, ckpt, adapters, encoding, served_model_name, host, port, api_key, allow_media_dir, dtype,
+            tensor_parallel_size, data_parallel_size, vllm_args,
+        )  # fmt: skip
         return
     vlm = load(
-        model,
-        ckpt=ckpt,
-        dtype=dtype,
-        device=device,
-        attn_impl=attn_impl,
+        model, ckpt=ckpt, dtype=dtype, device=device, attn_impl=attn_impl, encoding=encoding,
         trust_remote_code=trust_remote_code,
-        **settings,
-        **video,
-        **tiles,
     )
     # Adapters that are vlmkit checkpoints load their own template with the same explicit options.
-    settings = {**settings, **video, **resolution_settings(vlm.family, **tiles)}
     main_name = served_model_name or served_name(model, ckpt)
-    models, peft_names = load_served(vlm, main_name, adapters, settings)
+    models, peft_names = load_served(vlm, main_name, adapters, encoding)
     policy = MediaPolicy(
         timeout=media_timeout,
         max_bytes=max_media_bytes,
@@ -264,26 +258,35 @@ def context_length(vlm: VLM) -> int:
 
 
 def _serve_vllm(
-    model, ckpt, adapters, settings, served_model_name, host, port, api_key, allow_media_dir, dtype
-):
+    model, ckpt, adapters, encoding, served_model_name, host, port, api_key, allow_media_dir, dtype,
+    tensor_parallel_size, data_parallel_size, vllm_args,
+):  # fmt: skip
     import shlex
     import sys
     import tempfile
 
-    from vlmkit.serve.vllm import run_vllm, translate
+    from vlmkit.vllm_args import plan_vllm, run_vllm, serve_command_line
 
-    args = translate(
+    name = served_model_name or served_name(model, ckpt)
+    plan = plan_vllm(
         model,
         ckpt,
         adapters,
-        settings,
-        served_model_name or served_name(model, ckpt),
-        Path(tempfile.mkdtemp(prefix="vlmkit-vllm-")),
+        encoding,
+        name,
+        dtype=dtype,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+        vllm_args=vllm_args,
+    )
+    args = serve_command_line(
+        plan,
+        served_model_name=name,
+        template_dir=Path(tempfile.mkdtemp(prefix="vlmkit-vllm-")),
         host=host,
         port=port,
         api_key=api_key,
         allow_media_dir=allow_media_dir,
-        dtype=dtype,
     )
     print(
         "warning: with --backend vllm, vLLM fetches media URLs itself: --allow-private-urls, --max-media-bytes, "

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 from typer.core import TyperCommand
 
-from vlmkit.options import TrustRemoteCode
+from vlmkit.options import TrustRemoteCode, with_encoding_options
+from vlmkit.settings import EncodingSettings
 
 # Options that take several values after one flag, as `vlmkit data check` does: --dataset a.jsonl b.json#2000.
 MANY_VALUES = ("--dataset", "-d", "--val-dataset")
@@ -50,6 +51,7 @@ _S = "Saving and logging"
 _E = "Engine"
 
 
+@with_encoding_options(panel=_P)
 def sft_command(
     ctx: typer.Context,
     model: Annotated[
@@ -138,63 +140,7 @@ def sft_command(
             rich_help_panel=_P,
         ),
     ] = 0.01,
-    min_pixels: Annotated[
-        int | None,
-        typer.Option(
-            help="Smallest image area after resizing (default: the model's). Saved with the run.",
-            rich_help_panel=_P,
-        ),
-    ] = None,
-    max_pixels: Annotated[
-        int | None,
-        typer.Option(
-            help="Largest image area after resizing (default: the model's). Saved with the run.",
-            rich_help_panel=_P,
-        ),
-    ] = None,
-    min_tiles: Annotated[
-        int | None,
-        typer.Option(
-            help="Tiling families (InternVL): fewest tiles per image (default: the model's). Saved with the run.",
-            rich_help_panel=_P,
-        ),
-    ] = None,
-    max_tiles: Annotated[
-        int | None,
-        typer.Option(
-            help="Tiling families (InternVL): most tiles per image, thumbnail not counted (default: the model's, 12). Saved with the run.",
-            rich_help_panel=_P,
-        ),
-    ] = None,
-    system: Annotated[
-        str | None,
-        typer.Option(help="System prompt for every row without one. Saved with the run.", rich_help_panel=_P),
-    ] = None,
-    fps: Annotated[
-        float | None,
-        typer.Option(
-            help="Video frames sampled per second of video (default: the model's, else 2). Saved with the run.",
-            rich_help_panel=_P,
-        ),
-    ] = None,
-    nframes: Annotated[
-        int | None,
-        typer.Option(
-            help="Sample exactly this many frames per video (even, at most the video's) instead of --fps. Saved with the run.",
-            rich_help_panel=_P,
-        ),
-    ] = None,
-    max_frames: Annotated[
-        int | None,
-        typer.Option(help="Most frames sampled from one video (default 768). Saved with the run.", rich_help_panel=_P),
-    ] = None,
-    video_max_pixels: Annotated[
-        int | None,
-        typer.Option(
-            help="Largest area of one video frame after resizing (default: the family's). Saved with the run.",
-            rich_help_panel=_P,
-        ),
-    ] = None,
+    encoding: EncodingSettings = EncodingSettings(),  # the encoding options, saved with the run (vlmkit.json)
     tuner: Annotated[
         str,
         typer.Option(help="lora (adapters on the trained parts' Linear layers) or full.", rich_help_panel=_T),

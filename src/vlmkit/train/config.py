@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
+from vlmkit.settings import ENCODING_FIELDS, EncodingSettings
 
 TUNERS = ("lora", "full")
 TRUNCATION = ("delete", "shrink")
@@ -159,11 +160,18 @@ class SFTConfig:
                 raise VlmkitError("--save-best needs --save-total-limit 2 or more (the best and the last checkpoint)")
         return self
 
+    @property
+    def encoding(self) -> EncodingSettings:
+        """The encoding fields above as one `EncodingSettings` (flat here: YAML keys, args.json and the
+        keyword arguments of `SFTConfig(...)` name them one by one)."""
+        return EncodingSettings(**{name: getattr(self, name) for name in ENCODING_FIELDS})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(SFTConfig)}
+assert set(ENCODING_FIELDS) <= set(FIELDS), "SFTConfig needs a field for every EncodingSettings field"
 
 
 def read_yaml_config(path: str | Path) -> dict[str, Any]:

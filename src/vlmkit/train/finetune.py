@@ -77,6 +77,13 @@ def _check_environment(config: SFTConfig) -> None:
             )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise VlmkitError(f"--quant {config.quant} needs bitsandbytes: pip install 'vlmkit[qlora]'")
+    if config.fsdp and not torch.cuda.is_available():
+        # accelerate (under the Trainer) turns FSDP on only for GPU-like devices; on CPU the model would be
+        # wrapped in DDP instead and --fsdp silently do nothing (checked: accelerate 1.15, torchrun on gloo)
+        raise VlmkitError(
+            f"--fsdp {config.fsdp} needs CUDA GPUs: on CPU, accelerate trains with DDP instead and the model "
+            "is not sharded; leave --fsdp out (torchrun then runs DDP over gloo)"
+        )
     if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise VlmkitError(f"--deepspeed {config.deepspeed} needs DeepSpeed: pip install 'vlmkit[deepspeed]'")
     check_tracker(config.report_to)
@@ -215,12 +222,11 @@ def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is
 def sft(config: SFTConfig) -> Path:
     """Fine-tune `config.model` on `config.dataset`; returns the run folder."""
     import transformers
-    from transformers import AutoModelForImageTextToText, AutoTokenizer, set_seed
+    from transformers import set_seed
 
+    from vlmkit import loader
     from vlmkit.data import load_datasets, split_dataset
     from vlmkit.data.columns import parse_columns
-    from vlmkit.families import family_for_model_dir, resolution_settings
-    from vlmkit.model import _check_attn, _resolve_model_dir, _torch_dtype
     from vlmkit.settings import write_settings
     from vlmkit.train.callbacks import ChangeCheck, RunLog, VlmTrainer
     from vlmkit.train.checkpoints import CompleteCheckpoints
@@ -229,29 +235,17 @@ def sft(config: SFTConfig) -> Path:
     transformers.utils.logging.disable_progress_bar()
     config.validate()
     _check_environment(config)
-    _check_attn(config.attn_impl)
+    loader.check_attn(config.attn_impl)
     set_seed(config.seed)
-    model_dir = _resolve_model_dir(config.model)
-    family = family_for_model_dir(model_dir)
+    files = loader.resolve_model(config.model)
+    model_dir, family = files.model_dir, files.family
     if family.train_refusal is not None:
         raise VlmkitError(f"--model {config.model}: {family.train_refusal}")
     packing_requested = config.packing
     config.packing, no_packing_reason = resolve_packing(config.packing, family, config.attn_impl)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=config.trust_remote_code)
-    template = family.load_template(
-        model_dir,
-        tokenizer,
-        min_pixels=config.min_pixels,
-        max_pixels=config.max_pixels,
-        system=config.system,
-        fps=config.fps,
-        nframes=config.nframes,
-        max_frames=config.max_frames,
-        video_max_pixels=config.video_max_pixels,
-        **resolution_settings(family, min_tiles=config.min_tiles, max_tiles=config.max_tiles),
-    )
+    tokenizer, template = loader.load_tokenizer_and_template(files, config.encoding, config.trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = _torch_dtype(config.dtype, device)
+    torch_dtype = loader.torch_dtype(config.dtype, device)
 
     # The run folder (TrainingArguments first: it sets up the process group that the folder name is shared over).
     resume_from = resolve_resume(config.resume, config.output_dir, config.model) if config.resume else None
@@ -344,12 +338,12 @@ def sft(config: SFTConfig) -> Path:
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch_dtype,
         )
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_dir,
+    model = loader.load_weights(
+        files,
         dtype=torch_dtype,
-        attn_implementation=config.attn_impl,
-        quantization_config=quantization,
+        attn_impl=config.attn_impl,
         trust_remote_code=config.trust_remote_code,
+        quantization_config=quantization,
     )
     if config.quant:
         from peft import prepare_model_for_kbit_training

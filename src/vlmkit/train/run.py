@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
+from vlmkit.loader import CHECKPOINT_RE, COMPLETE_MARKER, checkpoints, is_complete  # noqa: F401  (re-exported)
 
-COMPLETE_MARKER = "vlmkit_complete"
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _RUN_RE = re.compile(r"^v(\d+)-")
 
 
@@ -46,18 +45,6 @@ def new_run_dir(output_dir: str | Path, model: str) -> Path:
             return run
         except FileExistsError:  # another run started in the same second
             time.sleep(1)
-
-
-def is_complete(checkpoint: Path) -> bool:
-    return (checkpoint / COMPLETE_MARKER).is_file()
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    found = [
-        (int(m.group(1)), p) for p in run_dir.iterdir() if (m := _CHECKPOINT_RE.match(p.name)) and p.is_dir()
-    ]
-    return [p for _, p in sorted(found) if is_complete(p)]
 
 
 def resolve_resume(resume: str, output_dir: str | Path, model: str) -> Path:
@@ -114,18 +101,6 @@ def best_checkpoint(
     pick = min if lower_is_better else max
     value, path = pick(scored, key=lambda pair: pair[0])
     return path, value
-
-
-def check_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder that vlmkit wrote and finished writing; a clear error otherwise."""
-    path = Path(path)
-    if not path.is_dir():
-        raise VlmkitError(f"--ckpt {path}: no such folder")
-    if _CHECKPOINT_RE.match(path.name) and not is_complete(path):
-        raise VlmkitError(
-            f"--ckpt {path}: this checkpoint is incomplete (its save was interrupted); use an earlier one"
-        )
-    return path
 
 
 # Options that may change when a run is resumed: they do not change what is trained or in which order.

@@ -108,7 +108,7 @@ FAMILY = Family(
     eos_token="<|im_end|>",
     pad_token="<|endoftext|>",
     preprocessor_config=PREPROCESSOR_CONFIG,
-    load_template=load_template,
+    make_template=load_template,
     processor_limits=processor_limits,
     tiny_config=tiny_config,
     module_groups={
@@ -119,7 +119,7 @@ FAMILY = Family(
     supports=("image", "video"),
     aliases=("internvl3", "internvl2.5", "internvl-hf"),
     box_format=BOX_FORMAT,
-    resolution_options=("min_tiles", "max_tiles"),
+    encoding_options=("min_tiles", "max_tiles", "fps", "nframes", "max_frames", "system"),
     vision=(
         f"{TILE_SIZE}px tiles, {PREPROCESSOR_CONFIG['min_patches']}..{PREPROCESSOR_CONFIG['max_patches']} "
         f"tiles + thumbnail, {PROCESSOR_CONFIG['image_seq_length']} tokens/tile"

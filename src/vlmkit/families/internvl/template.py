@@ -154,19 +154,12 @@ class InternVLTemplate:
         fps: float | None = None,
         nframes: int | None = None,
         max_frames: int | None = None,
-        **other: Any,
     ) -> InternVLTemplate:
         """Numbers from the checkpoint's preprocessor_config.json and config.json (or, in a checkpoint
         folder without config.json, processor_config.json's image_seq_length). Tile limits, system prompt
         and video sampling from, in order: the arguments, the vlmkit.json saved with the model, the
         preprocessor config (tiles) or InternVL's own demo (8 frames per video, at most 32).
-        Options of other families (min_pixels, video_max_pixels, ...) are refused when given."""
-        given = [name for name, value in other.items() if value is not None]
-        if given:
-            raise VlmkitError(
-                f"--{given[0].replace('_', '-')} does not apply to InternVL models "
-                "(they take --min-tiles / --max-tiles); leave it out"
-            )
+        Options of other families (min_pixels, video_max_pixels, ...) are refused by `Family.load_template`."""
         model_dir = Path(model_dir)
         config = json.loads((model_dir / "preprocessor_config.json").read_text())
         saved = read_settings(model_dir)

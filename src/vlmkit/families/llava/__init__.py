@@ -91,11 +91,8 @@ def make_vision(config: dict) -> ClipCrop:
     return ClipCrop.from_config(config, PATCH_SIZE)
 
 
-def load_template(model_dir, tokenizer, system: str | None = None, **resolution) -> LlavaTemplate:
+def load_template(model_dir, tokenizer, system: str | None = None) -> LlavaTemplate:
     """The template of a llava folder; a resolution option (`min_pixels=...`) is refused: the size is fixed."""
-    from vlmkit.families import resolution_settings  # defined after the registry that imports this module
-
-    resolution_settings(FAMILY, **resolution)
     return LlavaTemplate.from_pretrained(
         model_dir, tokenizer, render_llava_1_5, make_vision, family="llava", system=system
     )
@@ -112,7 +109,7 @@ FAMILY = Family(
     pad_token="<pad>",
     bos_token="<s>",
     preprocessor_config=PREPROCESSOR_CONFIG,
-    load_template=load_template,
+    make_template=load_template,
     tiny_config=tiny_config,
     module_groups={
         "vit": ("model.vision_tower.",),
@@ -120,7 +117,6 @@ FAMILY = Family(
         "llm": ("model.language_model.", "lm_head."),
     },
     supports=("image",),
-    resolution_options=(),
     vision=make_vision(PREPROCESSOR_CONFIG).describe(),
     tokenizer_extra={"image_token": "<image>"},
     processor_config=PROCESSOR_CONFIG,

@@ -72,11 +72,8 @@ def make_vision(config: dict) -> AnyRes:
     return AnyRes.from_config(config, PATCH_SIZE)
 
 
-def load_template(model_dir, tokenizer, system: str | None = None, **resolution) -> LlavaTemplate:
+def load_template(model_dir, tokenizer, system: str | None = None) -> LlavaTemplate:
     """The template of a llava_next folder; a resolution option (`max_pixels=...`) is refused."""
-    from vlmkit.families import resolution_settings  # defined after the registry that imports this module
-
-    resolution_settings(FAMILY, **resolution)
     return LlavaTemplate.from_pretrained(
         model_dir, tokenizer, render_llava_next_mistral, make_vision, family="llava-next", system=system
     )
@@ -93,7 +90,7 @@ FAMILY = Family(
     pad_token="<pad>",
     bos_token="<s>",
     preprocessor_config=PREPROCESSOR_CONFIG,
-    load_template=load_template,
+    make_template=load_template,
     tiny_config=tiny_config,
     module_groups={
         "vit": ("model.vision_tower.",),
@@ -102,7 +99,6 @@ FAMILY = Family(
         "llm": ("model.language_model.", "lm_head."),
     },
     supports=("image",),
-    resolution_options=(),
     vision=make_vision(PREPROCESSOR_CONFIG).describe(),
     tokenizer_extra={"image_token": "<image>"},
     processor_config=PROCESSOR_CONFIG,

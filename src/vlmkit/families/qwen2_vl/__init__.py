@@ -118,7 +118,7 @@ FAMILY = Family(
     eos_token="<|im_end|>",
     pad_token="<|endoftext|>",
     preprocessor_config=PREPROCESSOR_CONFIG,
-    load_template=load_template,
+    make_template=load_template,
     processor_limits=processor_limits,
     tiny_config=tiny_config,
     module_groups={
@@ -127,6 +127,7 @@ FAMILY = Family(
         "llm": ("model.language_model.", "lm_head."),
     },
     supports=("image", "video"),
+    encoding_options=("min_pixels", "max_pixels", "fps", "nframes", "max_frames", "video_max_pixels", "system"),
     packing=True,
     box_format=BOX_FORMAT,
     aliases=("qwen2vl",),

@@ -114,7 +114,7 @@ FAMILY = Family(
     eos_token="<|im_end|>",
     pad_token="<|endoftext|>",
     preprocessor_config=PREPROCESSOR_CONFIG,
-    load_template=load_template,
+    make_template=load_template,
     processor_limits=functools.partial(processor_limits, video_pixels_per_frame=False),
     tiny_config=tiny_config,
     module_groups={
@@ -123,6 +123,7 @@ FAMILY = Family(
         "llm": ("model.language_model.", "lm_head."),
     },
     supports=("image", "video"),
+    encoding_options=("min_pixels", "max_pixels", "fps", "nframes", "max_frames", "video_max_pixels", "system"),
     packing=True,
     box_format=BOX_FORMAT,
     aliases=("qwen3vl",),

@@ -31,11 +31,8 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
     )
 
 
-def load_template(model_dir, tokenizer, system: str | None = None, **resolution) -> QwenVLChatTemplate:
+def load_template(model_dir, tokenizer, system: str | None = None) -> QwenVLChatTemplate:
     """The prompt template of a Qwen-VL-Chat folder; resolution options are refused (images are 448x448)."""
-    from vlmkit.families import resolution_settings  # defined after the registry that imports this module
-
-    resolution_settings(FAMILY, **resolution)
     return QwenVLChatTemplate.from_pretrained(model_dir, tokenizer, REPLY_BOX_FORMAT, system=system)
 
 
@@ -49,13 +46,12 @@ FAMILY = Family(
     eos_token="<|endoftext|>",
     pad_token="<|endoftext|>",
     preprocessor_config={},
-    load_template=load_template,
+    make_template=load_template,
     tiny_config=tiny_config,
     module_groups={"vit": ("transformer.visual.",), "llm": ("transformer.", "lm_head.")},
     supports=("image",),
     aliases=("qwen-vl-chat", "qwenvl"),
     box_format=REPLY_BOX_FORMAT,
-    resolution_options=(),
     vision="448x448 (the remote code resizes), 256 tokens per image",
     auto_class="AutoModelForCausalLM",
     remote_code=True,

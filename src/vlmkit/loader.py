@@ -1,0 +1,306 @@
+"""Find a model and load it: the one path from `--model` / `--ckpt` to tokenizer, template and weights.
+
+    files = resolve_model(model="Qwen/Qwen2-VL-2B-Instruct")        # or ckpt="runs/.../checkpoint-40"
+    tokenizer, template = load_tokenizer_and_template(files, EncodingSettings(max_pixels=200_704))
+    model = load_weights(files, dtype=torch.bfloat16)                # the family's auto class (+ LoRA)
+
+Every command goes through here (infer, sft, export, data, serve, the vLLM translation), so a model
+folder, a hub id, a checkpoint and a run folder are found, checked and loaded the same way everywhere.
+Checkpoint resolution lives here, not in training: inference never imports `vlmkit.train`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlmkit.errors import VlmkitError
+from vlmkit.families import Family, family_by_name, family_for_model_dir
+from vlmkit.settings import EncodingSettings, read_settings
+
+COMPLETE_MARKER = "vlmkit_complete"  # written into a checkpoint folder once its save has finished
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+ATTN_IMPLS = ("sdpa", "eager", "flash_attention_2")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a model's parts are.
+
+    model_dir: the base weights (a model folder; for a full checkpoint, the checkpoint itself).
+    files_dir: tokenizer, image-processor config and vlmkit.json (the checkpoint's own when there is one).
+    ckpt_dir: the vlmkit checkpoint (LoRA adapter or full weights), None for a plain model folder.
+    family: the model family (from the saved settings, else config.json).
+    settings: the checkpoint's saved settings (vlmkit.json), {} for a plain model folder.
+    """
+
+    model_dir: Path
+    files_dir: Path
+    ckpt_dir: Path | None
+    family: Family
+    settings: dict[str, Any]
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.ckpt_dir is not None and (self.ckpt_dir / "adapter_config.json").is_file()
+
+
+# -- finding the folders ----------------------------------------------------------------------------
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """A local model folder, or a hub id (`org/name`) downloaded to the hub cache; one clear line otherwise."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    # a hub id is exactly `org/name`; anything else, or a path whose first folder exists here, is a path
+    looks_like_path = (
+        path.exists()
+        or str(model).startswith(("./", "../", "/", "~", "."))
+        or str(model).count("/") != 1
+        or Path(str(model).split("/")[0]).expanduser().is_dir()
+    )
+    if looks_like_path:
+        raise VlmkitError(
+            f"no such folder: {model} (--model takes a model folder or a hub id like Qwen/Qwen2-VL-2B-Instruct)"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            # *.py and *.tiktoken: a remote-code checkpoint's own code and vocabulary (Qwen-VL); they only
+            # run with --trust-remote-code
+            snapshot_download(
+                str(model), allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.py", "*.tiktoken"]
+            )
+        )
+    except Exception as e:  # hub errors come in many types; the message is what matters
+        message = " ".join(str(e).split())  # hub errors span lines
+        raise VlmkitError(
+            f"--model {model}: no such local folder, and no download from the hub ({type(e).__name__}: {message})"
+        ) from None
+
+
+def is_complete(checkpoint: Path) -> bool:
+    return (checkpoint / COMPLETE_MARKER).is_file()
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    found = [
+        (int(m.group(1)), p) for p in run_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()
+    ]
+    return [p for _, p in sorted(found) if is_complete(p)]
+
+
+def check_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder that vlmkit wrote and finished writing; a run folder (RUN, holding checkpoint-N
+    folders) gives its newest complete checkpoint. A clear error otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise VlmkitError(f"--ckpt {path}: no such folder")
+    if CHECKPOINT_RE.match(path.name) and not is_complete(path):
+        raise VlmkitError(
+            f"--ckpt {path}: this checkpoint is incomplete (its save was interrupted); use an earlier one"
+        )
+    if not CHECKPOINT_RE.match(path.name) and not (path / "config.json").is_file():
+        if any(CHECKPOINT_RE.match(p.name) for p in path.iterdir()):  # a run folder
+            complete = checkpoints(path)
+            if not complete:
+                raise VlmkitError(f"--ckpt {path}: this run has no complete checkpoint yet")
+            return complete[-1]
+    return path
+
+
+def resolve_checkpoint(ckpt: str | Path) -> tuple[Path, Path, dict[str, Any]]:
+    """A vlmkit checkpoint -> (folder with the base weights, the checkpoint, its saved settings).
+
+    An adapter checkpoint names its base model in vlmkit.json; a full checkpoint is its own base.
+    """
+    ckpt = check_checkpoint(ckpt)
+    settings = read_settings(ckpt)
+    if not (ckpt / "adapter_config.json").is_file():
+        return ckpt, ckpt, settings
+    base = settings.get("base_model")
+    if not base:
+        base = json.loads((ckpt / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise VlmkitError(f"--ckpt {ckpt}: the adapter does not name its base model; pass --model BASE")
+    return resolve_model_dir(base), ckpt, settings
+
+
+def resolve_model(model: str | Path | None = None, ckpt: str | Path | None = None) -> ModelFiles:
+    """`--model` (a folder or hub id) or `--ckpt` (a vlmkit checkpoint or run folder) -> its `ModelFiles`."""
+    if (model is None) == (ckpt is None):
+        raise VlmkitError("give either --model or --ckpt")
+    if ckpt is not None:
+        model_dir, ckpt_dir, settings = resolve_checkpoint(ckpt)
+        family = family_by_name(settings["family"]) if settings.get("family") else family_for_model_dir(model_dir)
+        return ModelFiles(model_dir, ckpt_dir, ckpt_dir, family, settings)
+    model_dir = resolve_model_dir(model)
+    return ModelFiles(model_dir, model_dir, None, family_for_model_dir(model_dir), {})
+
+
+def check_weights(model_dir: Path) -> None:
+    """Refuse, with one line, a model folder without weights or with a safetensors file cut short (an
+    interrupted download or copy): transformers would fail deep inside with a traceback."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files and not any(model_dir.glob("*.bin")):
+        raise VlmkitError(
+            f"{model_dir}: no model weights (*.safetensors or *.bin); the folder is incomplete: "
+            "download or copy the model again"
+        )
+    for file in files:
+        size = file.stat().st_size
+        try:
+            with file.open("rb") as f:
+                (header_size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(header_size)) if 8 + header_size <= size else None
+        except (struct.error, ValueError):
+            header = None
+        ends = [t["data_offsets"][1] for k, t in (header or {}).items() if k != "__metadata__"]
+        expected = 8 + header_size + max(ends, default=0) if header is not None else None
+        if expected != size:
+            raise VlmkitError(
+                f"{file}: truncated or corrupt safetensors file ({size:,} bytes"
+                + (f", its header says {expected:,})" if expected else ")")
+                + "; download or copy it again"
+            )
+
+
+# -- tokenizer and template -------------------------------------------------------------------------
+
+
+def load_tokenizer(files: ModelFiles, trust_remote_code: bool = False) -> Any:
+    import transformers
+    from transformers import AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+    return AutoTokenizer.from_pretrained(files.files_dir, trust_remote_code=trust_remote_code)
+
+
+def load_template(
+    files: ModelFiles | Path, tokenizer: Any, family: Family, encoding: EncodingSettings | None = None
+) -> Any:
+    """`family`'s template of a folder (`ModelFiles.files_dir`, or an adapter folder) with `encoding`
+    given > saved with the folder (vlmkit.json) > the checkpoint's defaults; refuses options `family` does
+    not take (`vlmkit.settings.check_encoding`)."""
+    folder = files.files_dir if isinstance(files, ModelFiles) else Path(files)
+    try:
+        return family.load_template(folder, tokenizer, encoding)
+    except FileNotFoundError as e:
+        raise VlmkitError(
+            f"{folder}: {Path(e.filename or '?').name} not found; the model folder is incomplete: copy that "
+            "file from the original checkpoint"
+        ) from None
+
+
+def load_tokenizer_and_template(
+    files: ModelFiles, encoding: EncodingSettings | None = None, trust_remote_code: bool = False
+) -> tuple[Any, Any]:
+    """The tokenizer and family template of `files` (no weights: `vlmkit data` answers in seconds)."""
+    tokenizer = load_tokenizer(files, trust_remote_code)
+    return tokenizer, load_template(files, tokenizer, files.family, encoding)
+
+
+# -- weights ----------------------------------------------------------------------------------------
+
+
+def torch_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise VlmkitError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise VlmkitError(f"--device {device}: choose one of {', '.join(DEVICES)} (or cuda:N)")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VlmkitError(
+            f"--device {device}: no CUDA GPU is visible to torch on this machine; use --device cpu"
+        )
+    return device
+
+
+def check_attn(attn_impl: str) -> None:
+    if attn_impl not in ATTN_IMPLS:
+        raise VlmkitError(f"--attn-impl {attn_impl}: choose one of {', '.join(ATTN_IMPLS)}")
+    if attn_impl == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise VlmkitError(
+                "--attn-impl flash_attention_2 needs the flash-attn package (pip install vlmkit[flash]) "
+                "and a CUDA GPU; use --attn-impl sdpa"
+            )
+
+
+def check_trust(files: ModelFiles, trust_remote_code: bool) -> None:
+    if files.family.remote_code and not trust_remote_code:
+        raise VlmkitError(
+            f"{files.model_dir}: {files.family.name} checkpoints run Python code shipped with the model; "
+            "pass --trust-remote-code (trust_remote_code=True) if you trust its source (untested in vlmkit)"
+        )
+
+
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Around a peft wrap or adapter load: peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`
+    every time, and its FutureWarning is about peft's code, not the user's model or checkpoint."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
+
+
+def load_weights(
+    files: ModelFiles,
+    *,
+    dtype: Any = None,
+    attn_impl: str | None = None,
+    trust_remote_code: bool = False,
+    adapter: bool = True,
+    merge_lora: bool = False,
+    **from_pretrained: Any,
+) -> Any:
+    """The transformers model of `files` through its family's `auto_class`, with the checkpoint's LoRA
+    adapter applied (`adapter`; and merged with `merge_lora`). `dtype`: a torch dtype, None for the
+    checkpoint's; `attn_impl` None leaves transformers' choice; `from_pretrained`: further arguments of
+    `from_pretrained` (quantization_config, ...; device placement belongs here too). The model stays on
+    the CPU: the caller moves it."""
+    import transformers
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **from_pretrained}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    # Remote code may not declare sdpa support, and transformers refuses an explicit request it cannot
+    # honour; left unset, transformers takes sdpa where the code supports it and eager otherwise.
+    if attn_impl is not None and not (files.family.remote_code and attn_impl == "sdpa"):
+        kwargs["attn_implementation"] = attn_impl
+    hf_model = getattr(transformers, files.family.auto_class).from_pretrained(files.model_dir, **kwargs)
+    if adapter and files.is_adapter:
+        from peft import PeftModel
+
+        with peft_quietly():
+            hf_model = PeftModel.from_pretrained(hf_model, files.ckpt_dir)
+        if merge_lora:
+            hf_model = hf_model.merge_and_unload()
+    return hf_model
