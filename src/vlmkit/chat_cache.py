@@ -10,20 +10,20 @@ batch inference and chat); then
    the ones the cache saw (another picture of the same size has the same placeholder tokens); otherwise
    the prefix is cut back to where that image starts. Videos are kept or re-run all together;
 3. the cache is cropped to the prefix and the rest of the prompt is run through the model, with the pixel
-   inputs of the images in that rest only. Positions come from the whole conversation: Qwen M-RoPE
-   positions from the model's own `get_rope_index` over the full prompt (its `rope_deltas` set for the
-   reply), 1-D positions from the cache length;
+   inputs of the images in that rest only. Positions come from the whole conversation: a family whose
+   positions are not plain 1-D gives them (`Family.chat_positions`, e.g. M-RoPE from the model's own
+   rule over the full prompt, set up for the reply too); 1-D positions come from the cache length;
 4. `generate` continues from that cache.
 
-A family whose template cannot split its pixel inputs per image (`split_media`; Qwen-VL's remote code)
-re-encodes the whole conversation every turn.
+A family whose template cannot split its pixel inputs per image (`Family.chat_cache` False: its template
+has no `split_media`) re-encodes the whole conversation every turn.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import transformers
@@ -63,8 +63,19 @@ class Resume:
     videos: bool
 
 
-def supported(template: Any) -> bool:
-    return hasattr(template, "split_media")
+class ChatPositions(Protocol):
+    """What `Family.chat_positions(model, template, encoded)` returns: the positions of a whole prompt."""
+
+    def place(self, batch: dict[str, Any], start: int, end: int) -> None:
+        """Set the position inputs of `batch`, the prompt's tokens start..end-1 run on their own."""
+
+    def before_generate(self, device: Any) -> None:
+        """Leave on the model what `generate` needs to continue the positions."""
+
+
+def supported(family: Any) -> bool:
+    """Whether chat turns of `family` can reuse the cache of the turns before (`Family.chat_cache`)."""
+    return family.chat_cache
 
 
 def _digest(entries: dict[str, Any]) -> bytes:
@@ -105,7 +116,7 @@ def resume_point(template: Any, encoded: dict[str, Any], media: Media, cache: Tu
         if last >= keep or k >= len(cache.media.images) or cache.media.images[k] != media.images[k]:
             keep = min(keep, first)
             break
-    video_token = getattr(template, "video_token_id", None)
+    video_token = template.video_token_id
     video_positions = [] if video_token is None else (ids == video_token).nonzero().flatten().tolist()
     if video_positions and (video_positions[-1] >= keep or media.videos != cache.media.videos):
         keep = min(keep, video_positions[0])
@@ -125,13 +136,6 @@ def _join(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return joined
 
 
-def _rope_model(model: Any) -> Any:
-    """The inner transformers model that owns `get_rope_index` and `rope_deltas` (Qwen M-RoPE), or None."""
-    hf_model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(hf_model, "model", None)
-    return inner if hasattr(inner, "get_rope_index") else None
-
-
 def prefill(vlm: Any, encoded: dict[str, Any], cache: TurnCache, resume: Resume) -> dict[str, Any]:
     """Crop `cache` to `resume.keep`, run the prompt's tokens after it (all but the last) through the model
     with the pixel inputs of the media among them, and return the `generate` inputs that continue."""
@@ -139,19 +143,8 @@ def prefill(vlm: Any, encoded: dict[str, Any], cache: TurnCache, resume: Resume)
     length, keep = len(ids), resume.keep
     past = cache.past
     past.crop(keep - past.get_seq_length())  # a negative count: tokens to drop from the end
-    rope = _rope_model(vlm.model) if "mm_token_type_ids" in encoded else None
-    if rope is not None:
-        full = template.collate([encoded])
-        names = (
-            "mm_token_type_ids",
-            "image_grid_thw",
-            "video_grid_thw",
-            "second_per_grid_ts",
-            "attention_mask",
-        )
-        positions, rope_deltas = rope.get_rope_index(
-            full["input_ids"], **{k: full[k] for k in names if k in full}
-        )
+    family = vlm.family
+    positions = family.chat_positions(vlm.model, template, encoded) if family.chat_positions else None
     if keep < length - 1:
         suffix = {
             key: value[keep : length - 1]
@@ -164,15 +157,13 @@ def prefill(vlm: Any, encoded: dict[str, Any], cache: TurnCache, resume: Resume)
             suffix.update(videos)
         batch = template.collate([suffix], padding_side="left")
         batch.pop("labels")
-        batch.pop("mm_token_type_ids", None)  # positions are given below
         batch["attention_mask"] = torch.ones(1, length - 1, dtype=torch.long)
-        if rope is not None:
-            text = torch.arange(keep, length - 1).view(1, 1, -1)
-            batch["position_ids"] = torch.cat([text, positions[:, :, keep : length - 1].cpu()])
+        if positions is not None:
+            positions.place(batch, keep, length - 1)
         with torch.inference_mode():
             vlm.model(**vlm.on_device(batch), **{CACHE: past}, use_cache=True, logits_to_keep=1)
-    if rope is not None:
-        rope.rope_deltas = rope_deltas.to(vlm.device)  # what generate adds to text positions from here on
+    if positions is not None:
+        positions.before_generate(vlm.device)
     return {
         "input_ids": ids[None].to(vlm.device),
         "attention_mask": torch.ones(1, length, dtype=torch.long, device=vlm.device),

@@ -179,6 +179,10 @@ def infer(
     if backend not in ("transformers", "vllm"):
         raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
     refuse_vllm_options(backend, tensor_parallel_size, vllm_arg)
+    if input is not None:
+        from vlmkit.batch_output import join_ranks
+
+        join_ranks(device, backend)  # under torchrun: before the model loads, so each rank takes its own GPU
     if backend == "vllm":
         from vlmkit.vllm_args import VLLM_PASSES
         from vlmkit.vllm_offline import load_vllm, refuse_for_vllm
@@ -222,7 +226,10 @@ def infer(
         progress=sys.stderr.isatty(),
         draw_dir=draw,
     )
-    typer.echo(f"wrote {counts['ok'] + counts['failed']} rows to {output} ({counts['failed']} failed)")
+    from vlmkit.batch_output import is_main_process
+
+    if is_main_process():  # one line for a torchrun run, not one per rank
+        typer.echo(f"wrote {counts['ok'] + counts['failed']} rows to {output} ({counts['failed']} failed)")
 
 
 from vlmkit.data.commands import app as data_app  # noqa: E402

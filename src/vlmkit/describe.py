@@ -31,8 +31,8 @@ def describe_model(vlm: VLM, system_option: str | None) -> list[str]:
 def describe_images(template: Any, encoded: dict[str, Any], first: int = 0) -> list[str]:
     """One line per image of the encoded prompt from image `first` (0-based) on: its original and resized
     size and how many tokens it became."""
-    token = getattr(template, "image_token_id", None)
-    if token is None:  # the family expands no image tokens itself (Qwen-VL's remote code)
+    token = template.image_token_id
+    if token is None:  # the family expands no image tokens itself (a remote-code model does)
         return []
     runs: list[int] = []  # tokens of each image, in order
     previous = None

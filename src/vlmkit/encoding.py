@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -167,3 +168,23 @@ def pad_sequences(sequences: list[torch.Tensor], value: int, side: str = "right"
         else:
             out[i, length - s.shape[0] :] = s
     return out
+
+
+def collate_tokens(
+    encoded: list[dict[str, Any]],
+    pad_token_id: int,
+    padding_side: str = "right",
+    token_inputs: dict[str, int] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The padding core of every template's `collate`: `encode` outputs -> input_ids, attention_mask (1 on
+    real tokens), labels (IGNORE_INDEX on padding), each (B, T_max), padded on `padding_side` (left for
+    generation); `token_inputs` names the family's other per-token inputs with their padding value
+    (e.g. token type ids padded with 0). The template adds its pixel inputs."""
+    batch = {
+        "input_ids": pad_sequences([e["input_ids"] for e in encoded], pad_token_id, padding_side),
+        "attention_mask": pad_sequences([torch.ones_like(e["input_ids"]) for e in encoded], 0, padding_side),
+        "labels": pad_sequences([e["labels"] for e in encoded], IGNORE_INDEX, padding_side),
+    }
+    for key, value in (token_inputs or {}).items():
+        batch[key] = pad_sequences([e[key] for e in encoded], value, padding_side)
+    return batch

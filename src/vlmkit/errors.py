@@ -14,8 +14,17 @@ class DataError(VlmkitError):
     """A sample, dataset row or request that cannot be encoded as given."""
 
 
+class PlaceholderError(DataError):
+    """A row whose `<image>` / `<video>` placeholders do not match its listed media."""
+
+
 class MediaError(VlmkitError):
-    """An image or video that cannot be read: missing, corrupt, unreachable or too large."""
+    """An image or video that cannot be read: missing, corrupt, unreachable or too large.
+
+    media: "image", or "video" for an error raised while reading a video (`vlmkit.video`), frames included.
+    """
+
+    media = "image"
 
 
 class MediaTooLargeError(MediaError):

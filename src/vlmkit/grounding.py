@@ -398,7 +398,7 @@ def reference_objects(template, sample: Sample) -> list[dict[str, Any]]:
     `[{"ref", "bbox": [x1, y1, x2, y2] in original-image pixels, "image_id"}]`, one per box; [] for a
     row without objects or images, or a family without grounding."""
     objects = parse_objects(sample.objects, sample.where)
-    if objects is None or getattr(template, "box_format", None) is None or not sample.media("image"):
+    if objects is None or template.box_format is None or not sample.media("image"):
         return []
     originals = [original for original, _ in template.image_sizes(sample)]
     out = []
@@ -427,7 +427,7 @@ def objects_in_reply(
 ) -> list[dict[str, Any]]:
     """The boxes of a reply to `sample` (the prompt) as `parse_reply` gives them, using the family
     template's box format and its resize of the sample's images; [] for a family without grounding."""
-    box_format = getattr(template, "box_format", None)  # templates of families without grounding have none
+    box_format = template.box_format  # None for a family without grounding
     if box_format is None or not sample.media("image"):
         return []
     return parse_reply(reply, box_format, template.image_sizes(sample, max_pixels))

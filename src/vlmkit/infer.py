@@ -9,25 +9,25 @@ the response in original-image pixels (`vlmkit.grounding`; an input `objects` is
 `labels_objects`). With `draw_dir`, each row's images are saved there with those boxes drawn.
 When a row ends with an assistant reply, that reply is the reference: it is kept as `labels`
 and the model answers the turns before it. A row that cannot be encoded gets an `error` field, and
-the run goes on.
+the run goes on. Rows go to a resumable `<output>.partial/` first (`vlmkit.batch_output`): a stopped run
+is finished by the same call, and under torchrun the processes share the rows and write one output.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from vlmkit.data.values import jsonable
 from vlmkit.describe import describe_images, describe_model
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.model import VLM, GenerationOptions
 from vlmkit.sample import Sample
+
+if TYPE_CHECKING:
+    from vlmkit.batch_output import PartialOutput
 
 SEPARATOR = "-" * 50
 PROMPTS = {"<image>": "Input an image path or URL <<< ", "<video>": "Input a video path or URL <<< "}
@@ -152,34 +152,15 @@ def split_reference(sample: Sample) -> tuple[Sample, str | None]:
     return Sample(messages=sample.messages[:-1], objects=sample.objects, where=sample.where), reference
 
 
-def _input_rows(
-    spec: str, media_root: str | Path | None, columns: dict[str, str] | None = None, prompt: str | None = None
-) -> list[tuple[dict, Sample | DataError]]:
-    """Every row of the dataset `spec` (any source `vlmkit.data` reads) in order as (raw row, Sample or
-    the DataError that row raises); rows that are not JSON objects come with an empty dict."""
-    from vlmkit.data import load_dataset, row_to_sample
-
-    data = load_dataset(spec, media_root=media_root, columns=columns, prompt=prompt)
-    out: list[tuple[dict, Sample | DataError]] = [({}, DataError(f"{where}: {reason}")) for where, reason in data.bad]
-    for row in data.rows:
-        try:
-            out.append((row.data, row_to_sample(row.data, row.format, row.where, row.base_dirs)))
-        except DataError as e:
-            out.append((row.data, e))
-    if data.bad:  # keep file order: JSON rows are located file:LINE
-        out.sort(key=lambda item: _line(item))
-    return out
-
-
-def _line(item: tuple[dict, Sample | DataError]) -> int:
-    where = item[1].where if isinstance(item[1], Sample) else str(item[1]).split(": ", 1)[0]
-    number = where.rpartition(":")[2].lstrip("#")
-    return int(number) if number.isdigit() else 0
-
-
-def _batches(items: list, size: int) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def run_batch(
@@ -195,60 +176,75 @@ def run_batch(
     draw_dir: str | Path | None = None,
     rows: list[tuple[dict, Sample | DataError]] | None = None,
 ) -> dict[str, int]:
-    """Write one JSON line per input row to `output_path`; returns counts of ok and failed rows.
-    `rows`: (raw row, Sample or its DataError) already read from `input_path` (`vlmkit eval` splits
-    grounding rows into one row per box); by default the rows are read here.
+    """Write one JSON line per input row to `output_path`, in input order; returns counts of ok and failed
+    rows (of the whole output, on every rank). `rows`: (raw row, Sample or its DataError) already read from
+    `input_path` (`vlmkit eval` splits grounding rows into one row per box); by default they are read here.
 
-    Output goes to a temporary file of this process beside `output_path` (`<output>.<random>.tmp`) as it is
-    produced and replaces `output_path` when the run ends, so an existing file is never left half-overwritten;
-    two runs writing the same output both complete, and the file is whole: the one that ends last.
+    Rows are written as they are answered to `<output>.partial/` (`vlmkit.batch_output`), which becomes
+    `output_path` when every row is there: an existing file is never left half-overwritten, a run that
+    stops is resumed by the same call (only the rows not yet answered), and under torchrun the ranks share
+    the rows and write one output.
     """
+    from vlmkit.batch_output import PartialOutput, input_description
 
     if batch_size < 1:
         raise VlmkitError(f"--batch-size must be at least 1, got {batch_size}")
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.resolve() == input_path.resolve():
         raise VlmkitError(f"--output {output_path} is the input file; choose another path")
-    rows = rows if rows is not None else _input_rows(str(input_path), media_root, columns, prompt)
-    counts = {"ok": 0, "failed": 0}
+    from vlmkit.data import load_dataset
+    from vlmkit.data.readers import samples_in_order
+
+    dataset = None
+    if rows is None:  # converted as they are answered: memory does not grow with the dataset
+        dataset = load_dataset(str(input_path), media_root=media_root, columns=columns, prompt=prompt)
+    count = len(rows) if rows is not None else len(dataset) + len(dataset.bad)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    chunks = list(_batches(rows, batch_size))
-    tmp = output_path.with_name(f"{output_path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("x", encoding="utf-8") as out:
-            _write_batches(vlm, chunks, out, options, batch_size, progress, draw_dir, counts)
-        tmp.replace(output_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return counts
+    description = input_description(str(input_path), count, str(vlm.path), vlm.template.settings, options)
+    with PartialOutput(output_path, description) as partial:
+        mine, answered = partial.rows_to_answer()
+        if answered and partial.rank == 0:
+            print(f"resuming {partial.folder}: {answered} of {count} rows were answered before; answering "
+                  f"the other {count - answered}", file=sys.stderr)  # fmt: skip
+        wanted = set(mine)
+        numbered = enumerate(samples_in_order(dataset) if rows is None else rows)
+        chunks = _batches(((i, *row) for i, row in numbered if i in wanted), batch_size)
+        try:
+            _write_batches(vlm, chunks, len(mine), partial, options, progress and partial.rank == 0, draw_dir)
+        except KeyboardInterrupt:
+            print(f"\nstopped; the rows answered so far are kept in {partial.folder}: run the same command "
+                  "again to answer the others", file=sys.stderr)  # fmt: skip
+            raise
+        return partial.finish()
 
 
 def _write_batches(
     vlm: VLM,
-    chunks: list[list],
-    out: TextIO,
+    chunks: Iterator[list],
+    rows: int,
+    partial: PartialOutput,
     options: GenerationOptions,
-    batch_size: int,
     progress: bool,
     draw_dir: str | Path | None,
-    counts: dict[str, int],
 ) -> None:
-    """Generate for `chunks` of input rows and write one JSON line per row to `out`."""
+    """Generate for `chunks` of (input index, raw row, Sample or DataError) and write one row per input row
+    to `partial` (`vlmkit.batch_output.PartialOutput`), flushed after each batch."""
     from tqdm import tqdm
 
-    rows = sum(len(chunk) for chunk in chunks)
     with (
         tqdm(total=rows, disable=not progress, unit="row") as bar,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmkit-encode") as encoder,
     ):
         # the next batch is read, decoded and encoded in a thread while this one generates (Pillow and
         # torch release the GIL), so a CPU core or the GPU does not wait for image decoding
-        ahead = encoder.submit(_encode_batch, vlm, chunks[0]) if chunks else None
-        for index, chunk in enumerate(chunks):
+        chunk = next(chunks, None)
+        ahead = encoder.submit(_encode_batch, vlm, chunk) if chunk is not None else None
+        while chunk is not None:
             results, pending = ahead.result()
-            if index + 1 < len(chunks):
-                ahead = encoder.submit(_encode_batch, vlm, chunks[index + 1])
-            start = index * batch_size
+            indices = [index for index, _, _ in chunk]
+            chunk = next(chunks, None)
+            if chunk is not None:
+                ahead = encoder.submit(_encode_batch, vlm, chunk)
             if pending:
                 replies = _generate_or_one_by_one(vlm, [e for _, _, e in pending], options)
                 for (i, prompt, _), reply in zip(pending, replies, strict=True):
@@ -256,20 +252,19 @@ def _write_batches(
                         results[i]["error"] = f"generation failed: {type(reply).__name__}: {reply}"
                     else:
                         results[i]["response"] = reply
-                        _add_objects(vlm, prompt, reply, results[i], draw_dir, row_number=start + i)
-            for result in results:
-                counts["failed" if "error" in result else "ok"] += 1
-                out.write(json.dumps(result, ensure_ascii=False, default=jsonable) + "\n")  # bytes: described
-            out.flush()
-            bar.update(len(chunk))
+                        _add_objects(vlm, prompt, reply, results[i], draw_dir, row_number=indices[i])
+            for index, result in zip(indices, results, strict=True):
+                partial.write(index, result)
+            partial.flush()
+            bar.update(len(indices))
 
 
 def _encode_batch(vlm: VLM, chunk: list) -> tuple[list[dict[str, Any]], list[tuple[int, Sample, dict]]]:
     """(output rows so far, [(index in chunk, prompt, encoded prompt)]) for a batch of input rows; a row
     that cannot be read or encoded gets its `error` here."""
-    results: list[dict[str, Any]] = [dict(row) if isinstance(row, dict) else {} for row, _ in chunk]
+    results: list[dict[str, Any]] = [dict(row) if isinstance(row, dict) else {} for _, row, _ in chunk]
     pending: list[tuple[int, Sample, dict]] = []
-    for i, (_row, sample) in enumerate(chunk):
+    for i, (_, _row, sample) in enumerate(chunk):
         try:
             if isinstance(sample, Exception):
                 raise sample

@@ -268,7 +268,7 @@ class Chat:
         sample = self._sample(text, list(images), list(videos))
         encoded = self.vlm.encode(sample)
         cache, self._cache = self._cache, None  # a turn that fails half-way leaves the cache unusable
-        split = chat_cache.supported(self.vlm.template)
+        split = chat_cache.supported(self.vlm.family)
         reuse = self.reuse_cache and split
         media = chat_cache.media_of(self.vlm.template, encoded) if reuse else None  # pixel digests: only to reuse
         if reuse and cache is not None:

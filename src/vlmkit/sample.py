@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmkit.errors import DataError
+from vlmkit.errors import DataError, PlaceholderError
 
 ROLES = ("system", "user", "assistant", "tool")
 PLACEHOLDERS = {"<image>": "image", "<video>": "video"}
@@ -106,10 +106,33 @@ def _requested_size(part: dict, where: str) -> dict:
     return given
 
 
+def is_local_path(source: Any) -> bool:
+    """Whether a media source names a file of this machine: a non-empty string that is neither a URL
+    (`scheme://...`) nor a `data:` URL. Bytes, PIL images and URLs are not."""
+    return isinstance(source, str) and bool(source) and "://" not in source and not source.startswith("data:")
+
+
+def missing_media(sample: Sample, base_dirs: tuple[Path, ...] = ()) -> tuple[str, str] | None:
+    """(kind of the first missing file, reason naming every missing one) for the local media files of
+    `sample` that do not exist; None when all are there. `base_dirs`: where relative paths were looked up
+    (named in the reason). Nothing is opened."""
+    missing = [
+        (kind, f"{kind} {k} not found: {source}")
+        for kind in ("image", "video")
+        for k, source in enumerate(sample.media(kind), 1)
+        if is_local_path(source) and not Path(source).is_file()
+    ]
+    if not missing:
+        return None
+    tried = " then ".join(str(d) for d in base_dirs)
+    hint = f" (relative paths are looked up in {tried})" if tried else ""
+    return missing[0][0], "; ".join(reason for _, reason in missing) + hint
+
+
 def resolve_path(source: Any, base_dirs: tuple[Path, ...]) -> Any:
     """Relative local paths resolve against the first base folder that holds them (else the first), made
     absolute, so that resolving a resolved path again (readers, then `to_sample`) changes nothing."""
-    if not isinstance(source, str) or not source or "://" in source or source.startswith("data:"):
+    if not is_local_path(source):
         return source
     path = Path(source).expanduser()
     if path.is_absolute() or not base_dirs:
@@ -242,7 +265,7 @@ def to_sample(
 
     for kind in ("image", "video"):
         if counts[kind] != listed[kind]:
-            raise DataError(
+            raise PlaceholderError(
                 f"{where}: {counts[kind]} <{kind}> placeholder(s) in the messages but {listed[kind]} "
                 f"{kind}(s) listed in '{kind}s'; make them match"
             )

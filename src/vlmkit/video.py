@@ -11,6 +11,7 @@ Resizing the frames to a pixel budget is family-specific and is left to the temp
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -34,6 +35,20 @@ class VideoFrames:
     frames: list[Image.Image]  # RGB, in time order, at the video's own size
     timestamps: list[float]  # seconds of each sampled frame from the start of the video
     sample_fps: float  # sampled frames per second of video
+
+
+def _video_errors(function):
+    """A MediaError raised while reading a video (a frame of it included) says so: `MediaError.media`."""
+
+    @functools.wraps(function)
+    def reading_video(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except MediaError as e:
+            e.media = "video"
+            raise
+
+    return reading_video
 
 
 def smart_nframes(
@@ -76,6 +91,7 @@ def sample_indices(total_frames: int, n: int) -> list[int]:
     return [round(i * (total_frames - 1) / (n - 1)) for i in range(n)]
 
 
+@_video_errors
 def load_video(
     source: Any,
     where: str,
@@ -111,6 +127,7 @@ class VideoProbe:
     sample_fps: float
 
 
+@_video_errors
 def probe_video(
     source: Any,
     where: str,

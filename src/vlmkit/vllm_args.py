@@ -9,7 +9,8 @@ peers lose:
 - the chat template is the family's own, with the system prompt saved with the model or run
   (or given with --system) put first when a request has none (offline, vlmkit renders each prompt
   with that template itself);
-- the pixel limits go to vLLM's image processor as `mm_processor_kwargs`;
+- the family's image-processor settings (e.g. pixel limits) go to vLLM's processor as `mm_processor_kwargs`
+  (`Family.vllm_processor_kwargs`);
 - LoRA adapters get vLLM's LoRA setup; adapters vLLM cannot apply (on the vision tower or
   projector, DoRA, `modules_to_save`, non-LoRA peft types) are refused before vLLM starts, never
   silently dropped;
@@ -206,12 +207,12 @@ def plan_vllm(
     if files_dir != model_dir:  # a LoRA checkpoint: the run is an adapter on its base model
         adapters = {served_model_name: files_dir, **adapters}
         main_adapter = served_model_name
-    pixels = {k: effective[k] for k in ("min_pixels", "max_pixels") if effective.get(k) is not None}
+    processor_kwargs = family.vllm_processor_kwargs(effective) if family.vllm_processor_kwargs else {}
     engine_args: dict[str, Any] = {
         "model": str(model_dir),
         "dtype": DTYPES[dtype],
         "tensor_parallel_size": tensor_parallel_size,
-        "mm_processor_kwargs": pixels,
+        "mm_processor_kwargs": processor_kwargs,
     }
     if data_parallel_size > 1:
         engine_args["data_parallel_size"] = data_parallel_size

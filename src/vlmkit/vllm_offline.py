@@ -66,6 +66,11 @@ class VllmVLM:
     def family(self) -> Any:
         return self.vlm.family
 
+    @property
+    def path(self) -> Path:
+        """The model's files (a resumed batch output checks it is the same model)."""
+        return self.vlm.path
+
     def encode(self, sample: Sample, add_generation_prompt: bool = True) -> dict[str, Any]:
         """A vLLM prompt: {"prompt": text, "multi_modal_data": {"image": [PIL images]}} (images left out when none)."""
         return vllm_prompt(self.vlm, sample, add_generation_prompt)

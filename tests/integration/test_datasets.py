@@ -235,7 +235,18 @@ def test_sft_then_infer_input_on_each_schema(small_model, tmp_path, schema, kind
         assert len((tmp_path / f"{schema}.preds.jsonl").read_text().splitlines()) == 4
     if schema == "vqa":  # the reference trained on, and every answer for scoring
         assert lines[1]["labels"] == "$1.00" and lines[1]["references"] == ["$1.00", "1 dollars"]
+    # every row keeps the dataset's own columns (ids, answers, ...) as a JSON Lines row keeps its fields
+    rows = SCHEMAS[schema](4)
+    for row, line in zip(rows, lines, strict=True):
+        assert {k: v for k, v in line.items() if k != "image"} == {
+            **{k: v for k, v in row.items() if k != "image"},
+            **{k: line[k] for k in ("response", "labels", "references", "objects") if k in line},
+            **({"query": PROMPTS[schema]} if schema in PROMPTS else {}),  # the user turn asked
+        }
+    assert set(lines[0]["image"]) == {"bytes", "path"}  # a datasets Image, its bytes described
     assert lines[0]["image"]["bytes"].startswith("<") and "bytes, sha256" in lines[0]["image"]["bytes"]
+    if schema == "caption":
+        assert [line["image_id"] for line in lines] == [100, 101, 102, 103]
 
 
 def test_seed_003_csv_of_image_paths_with_its_prompt(small_model, template, tmp_path):
@@ -318,7 +329,9 @@ def test_seed_003_csv_of_image_paths_with_its_prompt(small_model, template, tmp_
         "2",
     )
     lines = [json.loads(line) for line in preds.read_text().splitlines()]
-    assert [line["labels"] for line in lines] == captions and lines[0]["image"] == str(paths[0])
+    assert [line["labels"] for line in lines] == captions and lines[0]["image_path"] == str(paths[0])
+    assert set(lines[0]) == {"image_path", "caption", "query", "labels", "response", "objects"}
+    assert [line["caption"] for line in lines] == captions and lines[0]["query"] == "COCO Yes:"
 
 
 @pytest.mark.slow
@@ -545,7 +558,7 @@ def test_grounding_boxes_that_are_not_corners_are_refused(tmp_path):
 
 def test_videos_as_dataset_values_encode_as_the_same_video_file(template, tmp_path):
     pytest.importorskip("av")
-    from test_video import make_video
+    from videos import make_video
 
     video = make_video(tmp_path / "clip.mp4", 8)
     rows = [{"video": {"bytes": video.read_bytes(), "path": "/gone/clip.mp4"}, "caption": "It changes colour."}]

@@ -409,7 +409,7 @@ def test_eval_multiple_choice_predictions_and_option_mistakes(tmp_path):
     assert "NaN" not in text and json.loads(text)["models"]["unscored"]["failed"] == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"response": "a", "labels": "a"}\n{not json\n')
-    with pytest.raises(VlmkitError, match=r"bad.jsonl:2: not a JSON line"):
+    with pytest.raises(VlmkitError, match=r"bad.jsonl:2: invalid JSON \(.*; expected one prediction \(a JSON object"):
         cli("eval", "--predictions", bad, "-o", tmp_path / "v")
 
 

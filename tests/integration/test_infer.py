@@ -201,3 +201,92 @@ def test_loading_options(small_model, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(VlmkitError, match=r"^--model Qwen/Not-A-Real-Model: no such local folder, and no download from the hub"):
         load("Qwen/Not-A-Real-Model")
+
+
+def image_rows(folder, n: int):
+    """`n` JSON Lines rows, each with its own image and an id, in `folder`/in.jsonl."""
+    rows = []
+    for i in range(n):
+        random_image(40, 56, seed=i).save(folder / f"{i}.png")
+        rows.append({"id": i, "query": f"<image>Row {i}: what is this?", "images": [str(folder / f"{i}.png")]})
+    data = folder / "in.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+def test_batch_resumes_after_an_interruption_and_refuses_another_runs_rows(vlm, tmp_path, monkeypatch):
+    data, output = image_rows(tmp_path, 7), tmp_path / "out.jsonl"
+    options = GenerationOptions(max_new_tokens=4)
+    clean = tmp_path / "clean.jsonl"
+    run_batch(vlm, data, clean, options, batch_size=2, progress=False)
+    output.write_text("an earlier output, kept until the new one is whole\n")
+
+    generate, calls = vlm.generate_encoded, []
+
+    def interrupted(encoded, options):  # Ctrl-C while the third batch generates
+        calls.append(len(encoded))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return generate(encoded, options)
+
+    monkeypatch.setattr(vlm, "generate_encoded", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(vlm, data, output, options, batch_size=2, progress=False)
+    assert output.read_text() == "an earlier output, kept until the new one is whole\n"
+    partial = tmp_path / "out.jsonl.partial"
+    # another input, or other generation options, cannot finish these rows: one line, nothing touched
+    other = tmp_path / "other.jsonl"
+    other.write_text(data.read_text())
+    with pytest.raises(VlmkitError, match=r"^\S+out.jsonl.partial holds the partial output of another run \(input was"):
+        run_batch(vlm, other, output, options, batch_size=2, progress=False)
+    with pytest.raises(VlmkitError, match=r"\(generation was .*max_new_tokens': 4.*now .*max_new_tokens': 5"):
+        run_batch(vlm, data, output, GenerationOptions(max_new_tokens=5), batch_size=2, progress=False)
+    with monkeypatch.context() as other_pixels, pytest.raises(VlmkitError, match=r"\(encoding was .*'max_pixels': 20000"):
+        other_pixels.setattr(vlm.template, "max_pixels", 12_544)  # another --max-pixels
+        run_batch(vlm, data, output, options, batch_size=2, progress=False)
+
+    calls.clear()
+    monkeypatch.setattr(vlm, "generate_encoded", lambda e, o: calls.append(len(e)) or generate(e, o))
+    counts = run_batch(vlm, data, output, options, batch_size=2, progress=False)
+    assert calls == [2, 1]  # only rows 4, 5 and 6 were answered again
+    assert counts == {"ok": 7, "failed": 0} and output.read_text() == clean.read_text()
+    assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == list(range(7))
+    assert not partial.exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_one_process_after_a_rank_is_killed_and_rerun(small_model, tmp_path):
+    """`torchrun --nproc-per-node 2 -m vlmkit infer --input ...` (gloo on CPU): one output in input order,
+    equal to a one-process run row for row; a rank killed mid-way, then the same command again, answers
+    only the rows left and duplicates none. About 30 s (two torchrun launches on 2 CPU cores)."""
+    import os
+    import signal
+    import time
+
+    data = image_rows(tmp_path, 16)
+    args = ["-m", "vlmkit", "infer", "-m", str(small_model), "--input", str(data), "--max-new-tokens", "24",
+            "--batch-size", "2"]  # fmt: skip
+    one = tmp_path / "one.jsonl"
+    run_batch(vlmkit.load(str(small_model)), data, one, GenerationOptions(max_new_tokens=24), 2, progress=False)
+    two, partial = tmp_path / "two.jsonl", tmp_path / "two.jsonl.partial"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *args, "-o", str(two)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and launch.poll() is None and time.monotonic() < deadline:
+        for part in partial.glob("part-1-*.jsonl"):  # rank 1's rows, in a file named by its pid
+            if part.read_text().count("\n") >= 2:
+                killed = int(part.stem.split("-")[2])
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.01)
+    _, stderr = launch.communicate(timeout=120)
+    assert killed is not None and launch.returncode != 0, stderr[-2000:]
+    answered = sum(p.read_text().count("\n") for p in partial.glob("part-*.jsonl"))
+    assert 2 <= answered < 16 and not two.exists()  # stopped mid-way, nothing written to the output
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming {partial}: " in rerun.stderr and rerun.stdout.count(f"wrote 16 rows to {two}") == 1
+    assert two.read_text().splitlines() == one.read_text().splitlines()
+    assert not partial.exists()

@@ -22,6 +22,7 @@ from conftest import PEERS, greedy_replies
 from PIL import Image
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
+from videos import colour, make_video
 
 import vlmkit
 from vlmkit.cli import app
@@ -36,32 +37,10 @@ DEMO = PEERS / "llamafactory" / "mllm_demo_data"
 PEER_VIDEOS = [DEMO / "3.mp4", DEMO / "4.mp4", DEMO / "2.avi"]
 
 
-def colour(i: int) -> tuple[int, int, int]:
-    """The colour of frame i (< 256): its two base-16 digits, 16 levels apart, in red and green."""
-    return ((i % 16) * 16 + 8, (i // 16) * 16 + 8, 128)
-
-
 def frame_index(image: Image.Image, count: int) -> int:
     """Which frame (0..count-1) a decoded image shows, by its mean colour."""
     mean = np.asarray(image, dtype=np.float32).reshape(-1, 3).mean(0)
     return int(np.argmin([np.abs(mean - colour(i)).sum() for i in range(count)]))
-
-
-def make_video(path: Path, count: int, fps: int = 10, size=(48, 64), gop: int = 10, codec="libx264") -> Path:
-    """`count` frames of colour(i) at `fps`, a keyframe every `gop` frames."""
-    height, width = size
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"g": str(gop), "qp": "0"} if codec == "libx264" else {"g": str(gop)}
-        for i in range(count):
-            pixels = np.full((height, width, 3), colour(i), dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def all_frames(path: Path) -> list[np.ndarray]:
@@ -574,3 +553,23 @@ def test_sampling_a_long_1080p_video_holds_only_the_sampled_frames(tmp_path):
     result = video_memory.measure(path, nframes=8)
     assert result["frames"] == 8
     assert result["delta_mb"] < 200, result  # the whole video decoded would be 100 * 6.2 = 620 MB
+
+
+def test_serve_counts_a_videos_frames_as_its_family_samples_them(tmp_path):
+    """`vlmkit serve`'s --max-video-frames check samples with the template's own rule: InternVL takes any
+    frame count (5 with --nframes 5), not Qwen's even counts (4), so a 5-frame video is over a limit of 4."""
+    from vlmkit.errors import MediaTooLargeError
+    from vlmkit.families.internvl.template import InternVLTemplate
+    from vlmkit.serve.request import ServerConfig, _check_video
+    from vlmkit.tiny import build_tokenizer
+
+    video = make_video(tmp_path / "clip.mp4", 30)
+    tokenizer = build_tokenizer(family_by_name("internvl"), small_vocab=True)
+    template = InternVLTemplate(
+        tokenizer, tile_size=28, tokens_per_tile=4, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        min_tiles=1, max_tiles=1, nframes=5,
+    )  # fmt: skip
+    assert template._video_frame_count(str(video), "clip") == 5
+    with pytest.raises(MediaTooLargeError, match="gives 5 sampled frames"):
+        _check_video(str(video), "request", template, ServerConfig(max_video_frames=4))
+    _check_video(str(video), "request", template, ServerConfig(max_video_frames=5))

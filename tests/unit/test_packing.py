@@ -359,7 +359,7 @@ def test_sft_help_shows_the_batching_options():
 
 @pytest.mark.slow
 def test_sft_with_video_rows_does_not_pack(small_model, tmp_path):
-    from test_video import make_video
+    from videos import make_video
 
     from vlmkit.train import SFTConfig, sft
 

@@ -365,7 +365,7 @@ def test_peer_llamafactory_mllm_video_demo():
     assert not (folder / "1.mp4").exists() and (folder / "2.avi").exists()
     problems = ds.check()
     assert len(problems) == 1 and problems[0][0].endswith("mllm_video_demo.json:2")
-    assert problems[0][1].startswith(f"video not found: {folder / '1.mp4'}")
+    assert problems[0][1].startswith(f"video 1 not found: {folder / '1.mp4'}")
 
 
 @needs_peers
@@ -572,3 +572,23 @@ def test_rows_are_not_mutated_by_conversion(tmp_path):
     assert parts(ds[0], 0) == parts(ds[0], 0) == [("image", str(tmp_path / "x.png")), ("text", "\nHi")]
     assert ds.rows[0].data == row
     assert row_to_sample(row, "sharegpt", "here").where == "here"
+
+
+def test_batch_inference_and_eval_answer_rows_in_file_order_bad_lines_in_place(tmp_path):
+    """`infer --input` and `eval` write one output row per input row in input order: a line that is not
+    JSON keeps its place, in its own shard of a folder (it came first, or sorted by line number across
+    shards, before)."""
+    from vlmkit.data.readers import samples_in_order
+    from vlmkit.eval.rows import read_dataset
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"query": "a1"}\nnot json\n{"query": "a3"}\n')
+    (folder / "b.jsonl").write_text('{"query": "b1"}\n[1]\n{"query": "b3"}\n')
+    expected = ["a1", f"{folder / 'a.jsonl'}:2", "a3", "b1", f"{folder / 'b.jsonl'}:2", "b3"]
+
+    def names(rows):
+        return [raw.get("query") or str(sample).split(": ")[0] for raw, sample in rows]
+
+    assert names(samples_in_order(load_dataset(folder))) == expected
+    assert names(read_dataset(str(folder), None, None, None)[0]) == expected

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from vlmkit.errors import VlmkitError
+from vlmkit.sample import is_local_path
 
 # Bump when what `encode` returns changes in a way the template's source code does not show.
 ENCODING_VERSION = 1
@@ -122,9 +123,7 @@ def _json_default(value: Any) -> Any:
 
 def _media_stamp(source: Any) -> str:
     """Size and modification time of a local media file; '' for anything else (keyed by its content)."""
-    if isinstance(source, Path) or (
-        isinstance(source, str) and "://" not in source and not source.startswith("data:")
-    ):
+    if isinstance(source, Path) or is_local_path(source):
         path = Path(source)
     elif isinstance(source, str) and source.startswith("file://"):
         path = Path(source[len("file://") :])
@@ -242,7 +241,7 @@ class EncodeCache:
         self.write_failed = False
         # Templates with a compact stored form (resized uint8 images, patchified on read) use it; others
         # (e.g. tiling families) are stored as their `encode` output, float pixel values included.
-        self.compact = callable(getattr(template, "patchify_images", None))
+        self.compact = template.compact_images
 
     def key(self, sample, max_pixels: int | None = None) -> str:
         return sample_key(sample, self.fingerprint, max_pixels)

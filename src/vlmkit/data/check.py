@@ -25,7 +25,7 @@ they usually mean a dataset was saved with a chat template already applied.
 
 Over-long rows are never truncated (a cut through image tokens breaks the model
 inputs): with truncation="delete" they are bad; with "shrink" the row keeps its images
-at the largest `max_pixels` that fits (`QwenVLTemplate.fit_max_pixels`) and is bad only
+at the largest `max_pixels` that fits (the template's `fit_max_pixels`) and is bad only
 when even `min_pixels` does not fit. A row with more text than `max_length` tokens could hold
 (`MAX_CHARS_PER_TOKEN` characters each) is too long without being tokenized, so one huge line
 costs no more than a row of `max_length` tokens. Rows are checked one at a time and images are
@@ -46,13 +46,13 @@ from typing import Any, NamedTuple
 from tqdm import tqdm
 
 from vlmkit.data.formats import row_to_sample
-from vlmkit.data.readers import Dataset, Row
+from vlmkit.data.readers import Dataset, Row, file_position
 from vlmkit.data.values import jsonable
 from vlmkit.encoding import control_token_pattern
-from vlmkit.errors import DataError, MediaError, VlmkitError
+from vlmkit.errors import DataError, MediaError, PlaceholderError, VlmkitError
 from vlmkit.grounding import LITERAL_TOKENS
 from vlmkit.media import verify_image
-from vlmkit.sample import Sample
+from vlmkit.sample import Sample, missing_media
 
 TRUNCATIONS = ("delete", "shrink")
 # More characters than any token of the supported tokenizers spells (Qwen2's longest: 128 spaces).
@@ -180,13 +180,6 @@ def _reason(error: Exception, where: str) -> str:
     return str(error).removeprefix(f"{where}: ")
 
 
-def _position(where: str, files: dict[str, int]) -> tuple[int, int]:
-    """Sort key in file order for `file:LINE` and `file:#INDEX` locations."""
-    path, _, line = where.rpartition(":")
-    line = line.removeprefix("#")
-    return files.get(path, len(files)), int(line) if line.isdigit() else 0
-
-
 def _has_reply(sample: Sample) -> bool:
     return any(
         m["role"] == "assistant" and any(p["type"] == "text" and p["text"].strip() for p in m["content"])
@@ -194,34 +187,20 @@ def _has_reply(sample: Sample) -> bool:
     )
 
 
-def _missing_media(sample: Sample, row: Row) -> tuple[str, str] | None:
-    """(kind, reason) for local media files that do not exist; None when all are there."""
-    missing = []
-    for kind in ("image", "video"):
-        for k, source in enumerate(sample.media(kind), 1):
-            local = isinstance(source, str) and "://" not in source and not source.startswith("data:")
-            if local and not Path(source).is_file():
-                missing.append((kind, f"{kind} {k} not found: {source}"))
-    if not missing:
-        return None
-    tried = " then ".join(str(d) for d in row.base_dirs)
-    hint = f" (relative paths are looked up in {tried})" if tried else ""
-    return f"missing {missing[0][0]}", "; ".join(reason for _, reason in missing) + hint
-
-
-def _undecodable(sample: Sample, where: str) -> str | None:
-    """The reason the first image (or frame of a frame-list video) that does not decode fully fails."""
+def _undecodable(sample: Sample, where: str) -> tuple[str, str] | None:
+    """(kind, reason) of the first image (or frame of a frame-list video) that does not decode fully."""
     frames = [
-        (f"video {k}: frame {i}", frame)
+        ("unreadable video", f"video {k}: frame {i}", frame)
         for k, video in enumerate(sample.media("video"), 1)
         if isinstance(video, (list, tuple))
         for i, frame in enumerate(video, 1)
     ]
-    for item, source in [(f"image {k}", s) for k, s in enumerate(sample.media("image"), 1)] + frames:
+    images = [("unreadable image", f"image {k}", s) for k, s in enumerate(sample.media("image"), 1)]
+    for kind, item, source in images + frames:
         try:
             verify_image(source, f"{where}: {item}")
         except MediaError as e:
-            return _reason(e, where)
+            return kind, _reason(e, where)
     return None
 
 
@@ -259,10 +238,7 @@ def _check_row(
     try:
         sample = row_to_sample(row.data, row.format, where, row.base_dirs)
     except DataError as e:
-        reason = _reason(e, where)
-        return bad(
-            reason, "placeholder mismatch" if "placeholder(s) in the messages" in reason else "bad row"
-        ), None
+        return bad(_reason(e, where), "placeholder mismatch" if isinstance(e, PlaceholderError) else "bad row"), None
     typed = _typed_token(sample, pattern)
     if typed is not None:
         report.typed_tokens.append((where, typed))
@@ -271,9 +247,9 @@ def _check_row(
             "no assistant reply to train on; a training row needs an assistant message with text",
             "no assistant reply",
         ), None
-    missing = _missing_media(sample, row)
+    missing = missing_media(sample, row.base_dirs)
     if missing:
-        return bad(missing[1], missing[0]), None
+        return bad(missing[1], f"missing {missing[0]}"), None
     chars = _text_chars(sample)
     if chars > MAX_CHARS_PER_TOKEN * max_length:  # never tokenized: a huge row would cost gigabytes
         return bad(
@@ -281,15 +257,13 @@ def _check_row(
             "too long",
         ), None
     if decode_images:
-        reason = _undecodable(sample, where)
-        if reason is not None:
-            kind = "unreadable video" if reason.startswith("video ") else "unreadable image"
-            return bad(reason, kind), None
+        undecodable = _undecodable(sample, where)
+        if undecodable is not None:
+            return bad(undecodable[1], undecodable[0]), None
     try:
         length = template.count_tokens(sample)
     except MediaError as e:
-        kind = "unreadable video" if f"{where}: video " in str(e) else "unreadable image"
-        return bad(_reason(e, where), kind), None
+        return bad(_reason(e, where), f"unreadable {e.media}"), None
     except DataError as e:
         return bad(_reason(e, where), "cannot encode"), None
     if length <= max_length:
@@ -303,7 +277,7 @@ def _check_row(
     if max_pixels is None:
         if not has_images:
             return bad(f"{over} without images to shrink; raise --max-length", "too long"), length
-        if template.min_pixels is None:  # a family whose image size is fixed (LLaVA): nothing to shrink
+        if template.limit_option is None:  # the checkpoint fixes the image size: nothing to shrink
             return bad(f"{over}; this model's images have a fixed size, raise --max-length", "too long"), length
         smallest = template.count_tokens(sample, max_pixels=template.min_pixels)
         return (
@@ -327,7 +301,8 @@ def check_dataset(
 ) -> CheckReport:
     """Check every row of `dataset` (and list its unparsable `dataset.bad` rows) against `template`.
 
-    template: a family template (`QwenVLTemplate`: `count_tokens`, `fit_max_pixels`, pixel limits).
+    template: a family template (`vlmkit.families.interface.Template`: `count_tokens`, `fit_max_pixels`,
+    its resolution limits).
     max_length: the most tokens a row may have; truncation: "delete" drops longer rows, "shrink"
     lowers their image resolution to fit (see the module docstring). progress: a tqdm bar on stderr.
     decode_images: decode every image fully (catches truncated pixel data, ~10 ms a photo) instead of
@@ -343,7 +318,7 @@ def check_dataset(
         formats=formats, max_length=max_length, truncation=truncation, limit_option=template.limit_option
     )
     report.bad += [BadRow(where, reason, "invalid JSON", None) for where, reason in dataset.bad]
-    box_format = getattr(template, "box_format", None)
+    box_format = template.box_format
     live = (box_format.keep_tokens if box_format else ()) + LITERAL_TOKENS  # grounding markup is data
     pattern = control_token_pattern(template.tokenizer, live)
     rows = tqdm(dataset.rows, desc="checking rows", unit="row", file=sys.stderr, disable=not progress)
@@ -355,5 +330,5 @@ def check_dataset(
         if length is not None:
             report.lengths.append(length)
     files = {path: i for i, path in enumerate(formats)}
-    report.bad.sort(key=lambda bad: _position(bad.where, files))
+    report.bad.sort(key=lambda bad: file_position(bad.where, files))
     return report

@@ -146,11 +146,9 @@ def check(
 
 def format_tokens(template: Any, encoded: dict[str, Any], colour: bool = False) -> str:
     """The decoded text of `encoded["input_ids"]`: each run of image pad tokens collapsed to
-    `<|image_pad|>×N [image k: grid (t, h, w) = ..., resized to H×W from H×W (h×w)]`, supervised text in [[...]]."""
+    `<|image_pad|>×N [the template's `describe_image` line]`, supervised text in [[...]]."""
     tokenizer = template.tokenizer
     ids, labels = encoded["input_ids"].tolist(), encoded["labels"].tolist()
-    grids = encoded.get("image_grid_thw")
-    sizes = encoded.get("image_sizes", [])
     pad = tokenizer.convert_ids_to_tokens(template.image_token_id)
     pieces, start, image = [], 0, 0
     while start < len(ids):
@@ -158,17 +156,9 @@ def format_tokens(template: Any, encoded: dict[str, Any], colour: bool = False) 
         if ids[start] == template.image_token_id:
             while end < len(ids) and ids[end] == template.image_token_id:
                 end += 1
-            if "image_notes" in encoded:  # the family describes each run itself (InternVL: tiles)
-                pieces.append(f"{pad}×{end - start} [{encoded['image_notes'][image]}]")
-            else:
-                (oh, ow), (rh, rw) = sizes[image]
-                t, h, w = grids[image].tolist()
-                pieces.append(
-                    f"{pad}×{end - start} [image {image + 1}: grid (t, h, w) = ({t}, {h}, {w}), "
-                    f"resized to {rh}×{rw} from {oh}×{ow} (h×w)]"
-                )
+            pieces.append(f"{pad}×{end - start} [{template.describe_image(encoded, image)}]")
             image += 1
-        elif ids[start] == template.video_token_id:  # one run per video (per frame group in Qwen3-VL)
+        elif ids[start] == template.video_token_id:  # one run per video (or per frame group)
             while end < len(ids) and ids[end] == template.video_token_id:
                 end += 1
             pieces.append(f"{tokenizer.convert_ids_to_tokens(template.video_token_id)}×{end - start}")

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vlmkit.errors import DataError
+from vlmkit.errors import DataError, PlaceholderError
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".wmv", ".m4v", ".mpeg", ".mpg", ".ts"}
 _INLINE_RE = re.compile(
@@ -101,7 +101,7 @@ def inline_media(row: dict, where: str) -> dict:
     messages = [{**m, "content": rewrite(m["content"])} for m in row["messages"]]
     for kind in ("image", "video"):
         if placeholders[kind] != listed[kind]:
-            raise DataError(
+            raise PlaceholderError(
                 f"{where}: {placeholders[kind]} <{kind}> placeholder(s) in the messages but {listed[kind]} "
                 f"{kind}(s) listed in '{kind}s' (inline tags aside); make them match"
             )

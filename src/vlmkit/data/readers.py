@@ -36,7 +36,7 @@ from vlmkit.data.sources import (
     take_rows,
 )
 from vlmkit.errors import DataError
-from vlmkit.sample import Sample
+from vlmkit.sample import Sample, missing_media
 
 PEEK_ROWS = 20  # rows looked at to detect the format
 _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false"}
@@ -209,18 +209,48 @@ class Dataset:
             except DataError as e:
                 problems.append((row.where, str(e).removeprefix(f"{row.where}: ")))
                 continue
-            for kind in ("image", "video"):
-                for source in sample.media(kind):
-                    if _is_local(source) and not Path(source).exists():
-                        tried = " and ".join(str(d) for d in row.base_dirs)
-                        problems.append(
-                            (row.where, f"{kind} not found: {source} (relative paths are tried in {tried})")
-                        )
+            missing = missing_media(sample, row.base_dirs)
+            if missing is not None:
+                problems.append((row.where, missing[1]))
         return problems
 
 
-def _is_local(source: Any) -> bool:
-    return isinstance(source, str) and "://" not in source and not source.startswith("data:")
+def file_position(where: str, files: dict[str, int]) -> tuple[int, int]:
+    """Sort key in file order for `file:LINE` and `file:#INDEX` locations; `files`: file -> its order."""
+    path, _, line = where.rpartition(":")
+    line = line.removeprefix("#")
+    return files.get(path, len(files)), int(line) if line.isdigit() else 0
+
+
+def samples_in_order(dataset: Dataset) -> Iterator[tuple[dict, Sample | DataError]]:
+    """Every row of `dataset` as (the row with the dataset's own columns, its Sample or the DataError it
+    raises), converted one at a time (a table is read as it goes) and in file order: a row that is not a
+    JSON object (`dataset.bad`) comes at its place, as ({}, its DataError). The rows that batch inference
+    (`vlmkit infer --input`) and `vlmkit eval` answer, one output row each."""
+    if not dataset.bad:
+        yield from map(_converted, dataset.rows)
+        return
+    files: dict[str, int] = {}
+    for row in dataset.rows:  # rows with bad lines are JSON files: a list, in memory
+        files.setdefault(row.where.rpartition(":")[0], len(files))
+    located = [(row.where, row) for row in dataset.rows] + [
+        (where, ({}, DataError(f"{where}: {reason}"))) for where, reason in dataset.bad
+    ]
+    located.sort(key=lambda item: file_position(item[0], files))
+    for _, item in located:
+        yield _converted(item) if isinstance(item, Row) else item
+
+
+def _converted(row: Row) -> tuple[dict, Sample | DataError]:
+    stored = row.data
+    if row.stored is not None:  # a column row: its columns, and the question asked unless a column holds it
+        query = row.data.get("query")
+        asked = {"query": query} if query is not None and query not in row.stored.values() else {}
+        stored = {**row.stored, **asked}
+    try:
+        return stored, row_to_sample(row.data, row.format, row.where, row.base_dirs)
+    except DataError as e:
+        return stored, e
 
 
 def parse_spec(spec: str) -> tuple[Path, int | None]:
@@ -257,10 +287,10 @@ def _json_dataset(path: Path, base_dirs: tuple[Path, ...], columns: dict | None,
         first = f"; {len(bad)} bad row(s), the first: {bad[0][0]}: {bad[0][1]}" if bad else ""
         raise DataError(f"{path}: no dataset rows found{first}")
     fmt, schema = choose_format([row for _, row in rows[:PEEK_ROWS]], columns, prompt, where=str(path))
-    if schema is not None:
-        rows = [(where, map_row(row, schema)) for where, row in rows]
-    schemas = {str(path): schema.describe()} if schema is not None else {}
-    return Dataset(str(path), fmt, [Row(where, row, fmt, base_dirs) for where, row in rows], bad, schemas)
+    if schema is None:
+        return Dataset(str(path), fmt, [Row(where, row, fmt, base_dirs) for where, row in rows], bad)
+    mapped = [Row(where, map_row(row, schema), fmt, base_dirs, row) for where, row in rows]
+    return Dataset(str(path), fmt, mapped, bad, {str(path): schema.describe()})
 
 
 def _table_dataset(spec: str, source, extra_dirs: tuple[Path, ...], columns: dict | None, prompt: str | None) -> Dataset:

@@ -32,12 +32,14 @@ ITER_CHUNK = 256  # rows read from the table at a time when iterating
 
 
 class Row(NamedTuple):
-    """One stored row: its location, the row as a dict, its format and media folders."""
+    """One stored row: its location, the row as a dict, its format and media folders; `stored`: the row
+    with the dataset's own columns when `data` is their column-schema mapping (else None)."""
 
     where: str
     data: dict[str, Any]
     format: str
     base_dirs: tuple[Path, ...]
+    stored: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -251,8 +253,9 @@ class TableRows(Sequence):
                 yield self._row(start + offset, raw)
 
     def _row(self, index: int, raw: dict[str, Any]) -> Row:
-        data = self.convert(raw) if self.convert is not None else raw
-        return Row(self.where(index), data, self.format, self.base_dirs)
+        if self.convert is None:
+            return Row(self.where(index), raw, self.format, self.base_dirs)
+        return Row(self.where(index), self.convert(raw), self.format, self.base_dirs, raw)
 
 
 class IndexedRows(Sequence):

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vlmkit.sample import resolve_path
+from vlmkit.sample import is_local_path, resolve_path
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/\r\n]+={0,2}")
 # File signatures of the image and video formats Pillow and PyAV read: (offset, bytes).
@@ -60,7 +60,7 @@ def media_source(value: Any, base_dirs: tuple[Path, ...] = ()) -> Any:
         value = value.get("path")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
-    if not isinstance(value, str) or not value or "://" in value or value.startswith("data:"):
+    if not is_local_path(value):
         return value
     if len(value) >= 16 and "." not in value[-6:] and (data := decode_base64(value)) is not None:
         return data

@@ -57,7 +57,11 @@ def evaluate(
     `echo` gets the lines the command prints (schema, progress, the table). `encoding` (or its fields as
     keyword arguments: `max_pixels=...`) applies to every model and checkpoint, over their saved settings.
     With `backend` "vllm", models answer through vLLM's offline engine (`vlmkit.vllm_offline`;
-    `tensor_parallel_size`, `vllm_args`)."""
+    `tensor_parallel_size`, `vllm_args`).
+
+    Under `torchrun --nproc-per-node N -m vlmkit eval ...` every rank answers a share of the rows
+    (`vlmkit.infer.run_batch`); rank 0 alone prints, scores and writes, and the other ranks return {}."""
+    from vlmkit.batch_output import is_main_process
     from vlmkit.eval.metrics import metric_names
     from vlmkit.eval.report import text_table, write_report
     from vlmkit.eval.rows import read_predictions
@@ -111,6 +115,9 @@ def evaluate(
         names, preset_reason = metric_names(preset.metric), f"the {preset.name} benchmark's metric"
     _check_eval_extra(names)
     given_lines = {given: read_predictions(given) for given in predictions}  # checked before any work
+    main = is_main_process()
+    if not main:
+        echo = _silent
     output.mkdir(parents=True, exist_ok=True)
 
     taken: set[str] = set()
@@ -141,6 +148,8 @@ def evaluate(
             echo(f"{label}: answered {counts['ok']} rows ({counts['failed']} failed) -> {path}")
             to_score.append((label, str(checkpoint or model_name), path))
             images[label], questions[label] = row_images, row_questions
+    if not main:  # this rank's share of the rows is answered; rank 0 scores all of them
+        return {}
     for given in predictions:
         label = model_label(str(given.with_suffix("")), None, taken)
         path = output / f"{file_stem(label)}.predictions.jsonl"
@@ -176,6 +185,10 @@ def evaluate(
     report = write_report(output, str(dataset or "predictions"), results, names, reason, images, questions)
     echo(f"wrote {output / 'metrics.json'} and {report}")
     return summary
+
+
+def _silent(*_: Any) -> None:
+    return None
 
 
 def _str(value: Any) -> str | None:
@@ -255,9 +268,11 @@ def _predict(model, checkpoint, dataset, rows, path, batch_size, max_new_tokens,
              trust_remote_code, vllm) -> dict[str, int]:  # fmt: skip
     """Load one model (with vLLM when `vllm` holds its options), answer `rows` through `vlmkit infer`'s
     batch path into `path`, free the model."""
+    from vlmkit.batch_output import join_ranks
     from vlmkit.infer import run_batch
     from vlmkit.model import GenerationOptions, load
 
+    join_ranks(device, "vllm" if vllm is not None else "transformers")  # under torchrun: before the model loads
     if vllm is not None:
         from vlmkit.vllm_offline import load_vllm
 

@@ -9,7 +9,6 @@ boxes as `reference_boxes`, in pixels of the original image.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,16 @@ def read_dataset(
 ) -> tuple[list[ReadRow], str | None]:
     """(rows in file order, one per asked turn, as `vlmkit.infer.run_batch` takes them; the column schema
     line of the dataset or None)."""
-    from vlmkit.data import load_dataset, row_to_sample
+    from vlmkit.data import load_dataset
+    from vlmkit.data.readers import samples_in_order
 
     data = load_dataset(spec, media_root=media_root, columns=columns, prompt=prompt)
-    out: list[ReadRow] = [({}, DataError(f"{where}: {reason}")) for where, reason in data.bad]
-    for row in data.rows:
+    out: list[ReadRow] = []
+    for raw, sample in samples_in_order(data):
         try:
-            sample = row_to_sample(row.data, row.format, row.where, row.base_dirs)
-            out.extend(asked_turns(row.data, sample))
-        except DataError as e:
-            out.append((row.data, e))
+            out.extend([(raw, sample)] if isinstance(sample, DataError) else asked_turns(raw, sample))
+        except DataError as e:  # boxes that do not parse
+            out.append((raw, e))
     schema = next(iter(data.schemas.values()), None)
     return out, schema
 
@@ -94,21 +93,17 @@ def asked_turns(raw: dict, sample: Sample) -> list[ReadRow]:
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """The lines of a predictions file; VlmkitError naming the file and line of one that is not JSON."""
+    """The rows of a predictions file (JSON Lines as `vlmkit infer --input` writes, or a JSON array), read by
+    the dataset readers; VlmkitError naming the file and line of one that is not a JSON object."""
+    from vlmkit.data import read_rows
+
     if not path.is_file():
         raise VlmkitError(f"--predictions {path} not found")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise VlmkitError(
-                f"{path}:{number}: not a JSON line ({e.msg}); expected one prediction per line"
-            ) from None
-        if not isinstance(row, dict):
-            raise VlmkitError(f"{path}:{number}: expected a JSON object with response and references/labels")
+    for _, row in read_rows(path):
+        if isinstance(row, DataError):
+            raise VlmkitError(f"{row}; expected one prediction (a JSON object with response and "
+                              "references/labels) per line") from None  # fmt: skip
         rows.append(row)
     return rows
 

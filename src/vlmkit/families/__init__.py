@@ -24,8 +24,8 @@ class Family:
     name: how users write it (`qwen2-vl`); model_type: `config.json`'s `model_type`.
     special_tokens: (token, special) pairs in the real tokenizer's order, starting at
     `first_special_id`; `special=False` tokens are kept when decoding.
-    make_template(model_dir, tokenizer, **settings) -> a template object (see
-    `vlmkit.families.qwen2_vl.template.QwenVLTemplate` for the interface); `settings` are only fields of
+    make_template(model_dir, tokenizer, **settings) -> a template object (the interface:
+    `vlmkit.families.interface.Template`); `settings` are only fields of
     `vlmkit.settings.EncodingSettings` named in `encoding_options`. Callers use `Family.load_template`,
     which refuses the others first.
     tiny_config(vocab_size, special_ids) -> the model's `config.json` dict at toy size.
@@ -50,6 +50,16 @@ class Family:
     processor_limits: (file name, its config, vlmkit.json settings) -> the config with the settings'
     resolution limits written the way transformers' processors read them, for checkpoints and exports
     (`vlmkit.processor_files`); None keeps the files as they are.
+
+    chat_cache: the template can split an `encode` output per image (`interface.SplitsMedia`), so a chat
+    turn reuses the model's cache of the turns before (`vlmkit.chat_cache`); False re-encodes every turn.
+    chat_positions(model, template, encoded) -> the position ids of a chat prompt that continues a cache,
+    for families whose positions are not plain 1-D (`vlmkit.chat_cache.ChatPositions`); None: 1-D
+    positions from the cache length.
+    vllm_processor_kwargs(settings) -> the `--mm-processor-kwargs` of `vlmkit serve --backend vllm` for
+    the template settings; None: {} (vLLM's processor defaults).
+    tiny_vocabulary() -> the `tokenizers.Tokenizer` (before special tokens) of the family's tiny models,
+    whose size is `first_special_id` (the real checkpoints' ids); None: only `--small-vocab` tiny models.
     """
 
     name: str
@@ -78,6 +88,10 @@ class Family:
     remote_code: bool = False
     train_refusal: str | None = None
     processor_limits: Callable[[str, dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+    chat_cache: bool = False
+    chat_positions: Callable[[Any, Any, dict[str, Any]], Any] | None = None
+    vllm_processor_kwargs: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    tiny_vocabulary: Callable[[], Any] | None = None
 
     def load_template(self, model_dir: str | Path, tokenizer: Any, encoding: Any = None, **options: Any) -> Any:
         """The family's template of `model_dir` with `encoding` (a `vlmkit.settings.EncodingSettings`, or its

@@ -247,16 +247,13 @@ def _check_pixels(height: int, width: int, where: str, what: str, policy: MediaP
 
 
 def _check_video(data: Any, where: str, template: Any, config: ServerConfig) -> None:
-    """Frame size and sampled frame count from the container header, as the template samples it."""
+    """Frame size and sampled frame count from the container header, as the template samples it (a
+    template without video refuses the request when it encodes it)."""
     from vlmkit.video import probe_video
 
-    probe = probe_video(
-        data,
-        where,
-        fps=getattr(template, "fps", 2.0),
-        nframes=getattr(template, "nframes", None),
-        max_frames=getattr(template, "max_frames", 768),
-    )
+    if template.video_sampling is None:
+        return
+    probe = probe_video(data, where, **template.video_sampling)
     _check_pixels(probe.height, probe.width, where, "each video frame", config.policy)
     if len(probe.timestamps) > config.max_video_frames:
         raise MediaTooLargeError(

@@ -5,9 +5,9 @@
     batch = collate_packed(template, [dataset[0], dataset[1]])
 
 Per-sample correctness comes from the position ids, which the family's template gives for each
-sample on its own (`template.packing_position_ids`, families with `Family.packing`): for the
-Qwen-VL families the 4-row form transformers accepts, row 0 the text positions 0..T_i-1, rows
-1-3 the M-RoPE (temporal, height, width) positions, each sample starting at 0.
+sample on its own (`template.packing_position_ids`, families with `Family.packing`): row 0 the
+text positions 0..T_i-1, further rows the family's own (e.g. M-RoPE's temporal, height and width
+rows), each sample starting at 0.
 With no `attention_mask`, transformers reads the restarts of row 0 as sample boundaries: SDPA
 and eager get a block-diagonal causal mask (`masking_utils.find_packed_sequence_indices`),
 flash-attention its variable-length path (cu_seqlens), so with `padding_free=True` the whole
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from vlmkit.encoding import IGNORE_INDEX, pad_sequences
+from vlmkit.encoding import IGNORE_INDEX
 from vlmkit.errors import VlmkitError
 
 # Attention implementations whose transformers path honours packed position ids without a mask.
@@ -84,24 +84,17 @@ class PackedDataset(torch.utils.data.Dataset):
 
 
 def pack_row(template, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """One packed row: input_ids, labels, mm_token_type_ids (T,), position_ids (R, T) from the
-    template's `packing_position_ids`, and the samples' pixel_values / image_grid_thw in order."""
-    labels = []
-    for s in samples:
-        sample_labels = s["labels"].clone()
-        sample_labels[0] = IGNORE_INDEX  # never predicted from the previous sample's last token
-        labels.append(sample_labels)
+    """One packed row, in `encode` form: each tensor of the samples concatenated in sample order (the
+    per-token ones (T,), the family's pixel inputs), position_ids (R, T) from the template's
+    `packing_position_ids`. Each sample's first label is ignored."""
     positions = [template.packing_position_ids(s) for s in samples]  # (R, T_i) each, text row first
-    row = {
-        "input_ids": torch.cat([s["input_ids"] for s in samples]),
-        "labels": torch.cat(labels),
-        "mm_token_type_ids": torch.cat([s["mm_token_type_ids"] for s in samples]),
-        "position_ids": torch.cat(positions, dim=1),
-    }
-    with_images = [s for s in samples if "pixel_values" in s]
-    if with_images:
-        row["pixel_values"] = torch.cat([s["pixel_values"] for s in with_images])
-        row["image_grid_thw"] = torch.cat([s["image_grid_thw"] for s in with_images])
+    row: dict[str, torch.Tensor] = {}
+    for key in dict.fromkeys(k for s in samples for k, v in s.items() if isinstance(v, torch.Tensor)):
+        row[key] = torch.cat([s[key] for s in samples if key in s])
+    starts = torch.tensor([0] + [s["input_ids"].shape[0] for s in samples[:-1]]).cumsum(0)
+    row["labels"] = row["labels"].clone()
+    row["labels"][starts] = IGNORE_INDEX  # never predicted from the previous sample's last token
+    row["position_ids"] = torch.cat(positions, dim=1)
     return row
 
 
@@ -111,9 +104,9 @@ def collate_packed(
     """Packs (lists of `encode` outputs) -> one model batch with no `attention_mask`.
 
     padding_free: all packs in one row (1, sum T) for flash-attention's varlen path; otherwise one
-    row per pack (B, T_max), right-padded with pad tokens whose positions restart at 0 so they form
-    a sequence of their own that no real token attends to. position_ids is (R, B, T), R the rows of
-    the template's `packing_position_ids` (4 for Qwen-VL), or (B, T) when R is 1.
+    row per pack (B, T_max), right-padded by the template's `collate`, with pad tokens whose positions
+    restart at 0 so they form a sequence of their own that no real token attends to. position_ids is
+    (R, B, T), R the rows of the template's `packing_position_ids`, or (B, T) when R is 1.
     `batch_stats` (popped by the trainer before the forward) counts samples, tokens and slots;
     `capacity` (the packing length) adds the packs' capacity, for the fill fraction.
     """
@@ -127,18 +120,10 @@ def collate_packed(
         n = r["input_ids"].shape[0]
         positions[:, b, :n] = r["position_ids"]
         positions[:, b, n:] = torch.arange(length - n)  # padding: a sequence of its own
-    batch: dict[str, Any] = {
-        "input_ids": pad_sequences([r["input_ids"] for r in rows], template.pad_token_id),
-        "labels": pad_sequences([r["labels"] for r in rows], IGNORE_INDEX),
-        "mm_token_type_ids": pad_sequences([r["mm_token_type_ids"] for r in rows], 0),
-        "position_ids": positions if positions.shape[0] > 1 else positions[0],  # (R, B, T) or (B, T)
-        # A cache makes transformers skip the packed-sequence mask (it assumes generation).
-        "use_cache": False,
-    }
-    with_images = [r for r in rows if "pixel_values" in r]
-    if with_images:
-        batch["pixel_values"] = torch.cat([r["pixel_values"] for r in with_images])
-        batch["image_grid_thw"] = torch.cat([r["image_grid_thw"] for r in with_images])
+    batch: dict[str, Any] = template.collate([{k: v for k, v in r.items() if k != "position_ids"} for r in rows])
+    del batch["attention_mask"]  # the restarts of the positions mark the samples instead
+    batch["position_ids"] = positions if positions.shape[0] > 1 else positions[0]  # (R, B, T) or (B, T)
+    batch["use_cache"] = False  # a cache makes transformers skip the packed-sequence mask (it assumes generation)
     tokens = sum(r["input_ids"].shape[0] for r in rows)
     stats = {"samples": n_samples, "tokens": tokens, "slots": batch["input_ids"].numel()}
     if capacity is not None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from vlmkit.errors import VlmkitError
 from vlmkit.loader import CHECKPOINT_RE, COMPLETE_MARKER, checkpoints, is_complete  # noqa: F401  (re-exported)
+from vlmkit.sample import is_local_path
 
 _RUN_RE = re.compile(r"^v(\d+)-")
 
@@ -199,7 +200,7 @@ def _portable_row(sample) -> dict[str, Any] | None:
                 source = part[kind]
                 if not isinstance(source, str):
                     return None
-                if "://" not in source and not source.startswith("data:"):
+                if is_local_path(source):
                     source = os.path.abspath(source)
                 part = {"type": kind, kind: source}
             content.append(part)

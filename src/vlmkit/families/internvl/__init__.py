@@ -6,6 +6,7 @@ from vlmkit.families import Family
 from vlmkit.families.internvl.boxes import BOX_FORMAT
 from vlmkit.families.internvl.template import InternVLTemplate, processor_limits
 from vlmkit.families.qwen2_5_vl import SPECIAL_TOKENS as QWEN2_5_VL_TOKENS
+from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 
 # The -hf checkpoints' tokenizer is Qwen2.5-VL's (added tokens 151643..151664) with
 # InternVL's tokens added after it: <img> = 151665, </img> = 151666, <IMG_CONTEXT> = 151667.
@@ -126,4 +127,6 @@ FAMILY = Family(
     ),
     tokenizer_extra=TOKENIZER_EXTRA,
     processor_config=PROCESSOR_CONFIG,
+    chat_cache=True,
+    tiny_vocabulary=qwen2_vocabulary,  # InternVL's language model here is Qwen2.5's
 )

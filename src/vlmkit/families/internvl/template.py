@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX, Segment, mark_text, pad_sequences, tokenize_segments
+from vlmkit.encoding import IGNORE_INDEX, Segment, collate_tokens, mark_text, tokenize_segments
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.families.internvl.boxes import BOX_FORMAT
 from vlmkit.grounding import needs_boxes, write_for_family
@@ -102,6 +102,7 @@ class InternVLTemplate:
 
     box_format = BOX_FORMAT  # grounding text, 0-1000 of the original image (`vlmkit.grounding`)
     limit_option = "--max-tiles"  # what `min_pixels` / `max_pixels` count here, as users set it
+    compact_images = False  # the encode cache stores `encode`'s own output
 
     def __init__(
         self,
@@ -258,21 +259,29 @@ class InternVLTemplate:
             tiles = np.concatenate([tiles, thumbnail[None]])
         return np.ascontiguousarray(tiles)
 
-    def _video_options(self) -> dict[str, Any]:
-        return {"fps": self.fps, "nframes": self.nframes, "max_frames": self.max_frames, "frame_factor": 1}
+    @property
+    def video_sampling(self) -> dict[str, Any]:
+        """How `vlmkit.video` samples a video's frames for this template (any count: frames are images)."""
+        return {
+            "fps": self.fps,
+            "nframes": self.nframes,
+            "min_frames": 4,
+            "max_frames": self.max_frames,
+            "frame_factor": 1,
+        }
 
     def _video_frames(self, source: Any, where: str) -> list[Image.Image]:
         """The sampled frames of a video, each resized to one tile (as InternVL's video processor does)."""
         from vlmkit.video import load_video
 
-        video = load_video(source, where, **self._video_options())
+        video = load_video(source, where, **self.video_sampling)
         size = self.tile_size
         return [frame.convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for frame in video.frames]
 
     def _video_frame_count(self, source: Any, where: str) -> int:
         from vlmkit.video import probe_video
 
-        return len(probe_video(source, where, **self._video_options()).timestamps)
+        return len(probe_video(source, where, **self.video_sampling).timestamps)
 
     # -- whole samples -----------------------------------------------------------------------------
 
@@ -421,17 +430,15 @@ class InternVLTemplate:
 
     def collate(self, encoded: list[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad a list of `encode` outputs into one batch (left padding for generation)."""
-        batch = {
-            "input_ids": pad_sequences([e["input_ids"] for e in encoded], self.pad_token_id, padding_side),
-            "attention_mask": pad_sequences(
-                [torch.ones_like(e["input_ids"]) for e in encoded], 0, padding_side
-            ),
-            "labels": pad_sequences([e["labels"] for e in encoded], IGNORE_INDEX, padding_side),
-        }
+        batch = collate_tokens(encoded, self.pad_token_id, padding_side)
         with_images = [e["pixel_values"] for e in encoded if "pixel_values" in e]
         if with_images:
             batch["pixel_values"] = torch.cat(with_images)
         return batch
+
+    def describe_image(self, encoded: dict[str, Any], k: int) -> str:
+        """Image `k` of an `encode` output for people: its tiles and sizes (`encode`'s image_notes)."""
+        return encoded["image_notes"][k]
 
     def split_media(self, encoded: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
         """Per image, (its image tokens, its own pixel entries in `encode` form), and the entries of all

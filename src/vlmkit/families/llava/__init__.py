@@ -4,6 +4,7 @@ from pathlib import Path
 
 from vlmkit.families import Family
 from vlmkit.families.llava.template import ClipCrop, LlavaTemplate, render_llava_1_5
+from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 
 # The real tokenizer's special tokens in id order: <unk> <s> </s> are ids 0-2 of the Llama vocabulary,
 # <image> and <pad> were added at 32000 and 32001. A tiny model's Qwen2 vocabulary (see vlmkit.tiny)
@@ -121,4 +122,6 @@ FAMILY = Family(
     tokenizer_extra={"image_token": "<image>"},
     processor_config=PROCESSOR_CONFIG,
     aliases=("llava-1.5", "llava1.5"),
+    chat_cache=True,
+    tiny_vocabulary=qwen2_vocabulary,  # tiny models: the Llama tokenizer is not offline; borrow the Qwen2 vocabulary
 )

@@ -21,7 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, mark_text, pad_sequences, tokenize_segments
+from vlmkit.encoding import (
+    IGNORE_INDEX,
+    Segment,
+    collate_tokens,
+    expand_tokens,
+    mark_text,
+    tokenize_segments,
+)
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.media import load_image, read_image_size
 from vlmkit.sample import Sample, refuse_requested_sizes
@@ -153,6 +160,9 @@ class LlavaTemplate:
     max_pixels = None
     limit_option = None  # no resolution option to name in messages
     video_token_id = None  # images only
+    video_sampling = None
+    box_format = None  # no grounding format of its own: boxes stay text
+    compact_images = False  # the encode cache stores `encode`'s own output
 
     def __init__(self, tokenizer, render, vision, *, family: str, system: str | None = None):
         self.tokenizer = tokenizer
@@ -281,18 +291,16 @@ class LlavaTemplate:
 
     def collate(self, encoded: list[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad a list of `encode` outputs into one batch (left padding for generation)."""
-        batch = {
-            "input_ids": pad_sequences([e["input_ids"] for e in encoded], self.pad_token_id, padding_side),
-            "attention_mask": pad_sequences(
-                [torch.ones_like(e["input_ids"]) for e in encoded], 0, padding_side
-            ),
-            "labels": pad_sequences([e["labels"] for e in encoded], IGNORE_INDEX, padding_side),
-        }
+        batch = collate_tokens(encoded, self.pad_token_id, padding_side)
         with_images = [e for e in encoded if "pixel_values" in e]
         if with_images:
             sizes = torch.cat([e["original_sizes"] for e in with_images]).tolist()
             batch.update(self.vision.collate([e["pixel_values"] for e in with_images], sizes))
         return batch
+
+    def describe_image(self, encoded: dict[str, Any], k: int) -> str:
+        """Image `k` of an `encode` output for people: its sizes (`encode`'s image_notes)."""
+        return encoded["image_notes"][k]
 
     def split_media(self, encoded: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
         """Per image, (its image tokens, its own pixel entries in `encode` form), and the entries of all

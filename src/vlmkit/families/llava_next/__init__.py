@@ -6,6 +6,7 @@ from vlmkit.families import Family
 from vlmkit.families.llava import CLIP_MEAN, CLIP_STD, PATCH_SIZE, SPECIAL_TOKENS, tiny_vision_config
 from vlmkit.families.llava.template import LlavaTemplate
 from vlmkit.families.llava_next.template import AnyRes, render_llava_next_mistral
+from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 
 GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 # As shipped in llava-hf/llava-v1.6-mistral-7b-hf's preprocessor_config.json.
@@ -103,4 +104,6 @@ FAMILY = Family(
     tokenizer_extra={"image_token": "<image>"},
     processor_config=PROCESSOR_CONFIG,
     aliases=("llava-1.6", "llava1.6", "llava-v1.6"),
+    chat_cache=True,
+    tiny_vocabulary=qwen2_vocabulary,  # tiny models: the Llama tokenizer is not offline; borrow the Qwen2 vocabulary
 )

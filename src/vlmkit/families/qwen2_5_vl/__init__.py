@@ -7,7 +7,14 @@ from vlmkit.families.qwen2_5_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen2_vl import PREPROCESSOR_CONFIG as QWEN2_VL_PREPROCESSOR
 from vlmkit.families.qwen2_vl import SPECIAL_TOKENS as QWEN2_VL_TOKENS
 from vlmkit.families.qwen2_vl import VIDEO_DEFAULTS as QWEN2_VL_VIDEO
-from vlmkit.families.qwen2_vl.template import QwenVLTemplate, processor_limits, render_qwen2_vl
+from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions
+from vlmkit.families.qwen2_vl.template import (
+    QwenVLTemplate,
+    processor_limits,
+    render_qwen2_vl,
+    vllm_processor_kwargs,
+)
+from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 
 SPECIAL_TOKENS = QWEN2_VL_TOKENS + (
     ("<tool_call>", False),
@@ -101,4 +108,8 @@ FAMILY = Family(
     packing=True,
     box_format=BOX_FORMAT,
     aliases=("qwen2-5-vl", "qwen25-vl", "qwen2.5vl"),
+    chat_cache=True,
+    chat_positions=mrope_chat_positions,
+    vllm_processor_kwargs=vllm_processor_kwargs,
+    tiny_vocabulary=qwen2_vocabulary,
 )

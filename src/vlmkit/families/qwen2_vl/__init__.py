@@ -4,7 +4,14 @@ from pathlib import Path
 
 from vlmkit.families import Family
 from vlmkit.families.qwen2_vl.boxes import BOX_FORMAT
-from vlmkit.families.qwen2_vl.template import QwenVLTemplate, processor_limits, render_qwen2_vl
+from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions
+from vlmkit.families.qwen2_vl.template import (
+    QwenVLTemplate,
+    processor_limits,
+    render_qwen2_vl,
+    vllm_processor_kwargs,
+)
+from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 
 # The real tokenizer's added tokens, in id order from 151643.
 SPECIAL_TOKENS = (
@@ -131,4 +138,8 @@ FAMILY = Family(
     packing=True,
     box_format=BOX_FORMAT,
     aliases=("qwen2vl",),
+    chat_cache=True,
+    chat_positions=mrope_chat_positions,
+    vllm_processor_kwargs=vllm_processor_kwargs,
+    tiny_vocabulary=qwen2_vocabulary,
 )

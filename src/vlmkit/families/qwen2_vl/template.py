@@ -15,7 +15,6 @@ sample fits a token budget; `encode(..., max_pixels=...)` then encodes it at tha
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, mark_text, pad_sequences, tokenize_segments
+from vlmkit.encoding import (
+    Segment,
+    collate_tokens,
+    expand_tokens,
+    mark_text,
+    tokenize_segments,
+)
 from vlmkit.errors import DataError, VlmkitError
+from vlmkit.families.qwen2_vl.resize import smart_resize
 from vlmkit.families.qwen2_vl.video import VIDEO_SETTINGS, encode_videos, video_settings, video_token_delta
 from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image_resized, read_image_size
@@ -97,34 +103,6 @@ def render_qwen3_vl(
     return segments
 
 
-def smart_resize(
-    height: int, width: int, factor: int, min_pixels: int, max_pixels: int, thin_side_floor: bool = False
-) -> tuple[int, int]:
-    """The size the model sees: sides multiples of `factor`, area in [min_pixels, max_pixels], aspect kept.
-
-    Images follow transformers' Qwen2-VL image processor (5.24, both backends): a side under half a
-    `factor` rounds to 0 and the min_pixels branch scales it up. `thin_side_floor=True` first raises
-    each rounded side to at least `factor`, as qwen-vl-utils does (vlmkit's video frames follow it).
-    ValueError over 200:1 (the processor raises there too).
-    """
-    if max(height, width) > 200 * min(height, width):
-        raise ValueError(
-            f"aspect ratio {max(height, width) / min(height, width):.0f}:1 is over the 200:1 limit"
-        )
-    floor = factor if thin_side_floor else 0
-    h = max(floor, round(height / factor) * factor)
-    w = max(floor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        scale = math.sqrt(height * width / max_pixels)
-        h = max(factor, math.floor(height / scale / factor) * factor)
-        w = max(factor, math.floor(width / scale / factor) * factor)
-    elif h * w < min_pixels:
-        scale = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * scale / factor) * factor
-        w = math.ceil(width * scale / factor) * factor
-    return h, w
-
-
 def _with_pixel_limits(config: dict[str, Any], low: int | None, high: int | None) -> dict[str, Any]:
     """A Qwen image/video processor config with min/max pixels written both ways transformers 5.24 reads
     them: `min_pixels`/`max_pixels` (which win when present) and `size` {shortest_edge, longest_edge}."""
@@ -154,10 +132,16 @@ def processor_limits(
     return config
 
 
+def vllm_processor_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """`Family.vllm_processor_kwargs` of the Qwen families: the image pixel limits, for vLLM's processor."""
+    return {k: settings[k] for k in ("min_pixels", "max_pixels") if settings.get(k) is not None}
+
+
 class QwenVLTemplate:
     """Encodes `Sample`s for a Qwen-VL family checkpoint; see the module docstring for shapes."""
 
     limit_option = "--max-pixels"  # the option `min_pixels` / `max_pixels` come from (messages)
+    compact_images = True  # `encode(..., patchify=False)` + `patchify_images` (the encode cache's form)
 
     def __init__(
         self,
@@ -286,6 +270,17 @@ class QwenVLTemplate:
             "max_pixels": self.max_pixels,
             "system": self.system,
             **{key: getattr(self, key) for key in VIDEO_SETTINGS},
+        }
+
+    @property
+    def video_sampling(self) -> dict[str, Any]:
+        """How `vlmkit.video` samples a video's frames for this template (qwen-vl-utils' rule)."""
+        return {
+            "fps": self.fps,
+            "nframes": self.nframes,
+            "min_frames": self.min_frames,
+            "max_frames": self.max_frames,
+            "frame_factor": self.temporal_patch_size,
         }
 
     # -- text --------------------------------------------------------------------------------------
@@ -573,14 +568,7 @@ class QwenVLTemplate:
 
     def collate(self, encoded: list[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad a list of `encode` outputs into one batch (left padding for generation)."""
-        batch = {
-            "input_ids": pad_sequences([e["input_ids"] for e in encoded], self.pad_token_id, padding_side),
-            "attention_mask": pad_sequences(
-                [torch.ones_like(e["input_ids"]) for e in encoded], 0, padding_side
-            ),
-            "labels": pad_sequences([e["labels"] for e in encoded], IGNORE_INDEX, padding_side),
-            "mm_token_type_ids": pad_sequences([e["mm_token_type_ids"] for e in encoded], 0, padding_side),
-        }
+        batch = collate_tokens(encoded, self.pad_token_id, padding_side, {"mm_token_type_ids": 0})
         with_images = [e for e in encoded if "pixel_values" in e]
         if with_images:
             batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
@@ -592,6 +580,12 @@ class QwenVLTemplate:
             if self.second_per_grid_ts:
                 batch["second_per_grid_ts"] = torch.cat([e["second_per_grid_ts"] for e in with_videos])
         return batch
+
+    def describe_image(self, encoded: dict[str, Any], k: int) -> str:
+        """Image `k` of an `encode` output for people: its patch grid and its model and original size."""
+        (oh, ow), (rh, rw) = encoded["image_sizes"][k]
+        t, h, w = encoded["image_grid_thw"][k].tolist()
+        return f"image {k + 1}: grid (t, h, w) = ({t}, {h}, {w}), resized to {rh}×{rw} from {oh}×{ow} (h×w)"
 
     def split_media(self, encoded: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
         """Per image, (its image tokens, its own pixel entries in `encode` form), and the entries of all

@@ -35,6 +35,7 @@ from PIL import Image
 
 from vlmkit.encoding import IGNORE_INDEX
 from vlmkit.errors import DataError
+from vlmkit.families.qwen2_vl.resize import smart_resize
 from vlmkit.video import VideoProbe, load_video, probe_video
 
 # The template settings that travel in vlmkit.json (see `QwenVLTemplate.settings`).
@@ -74,8 +75,6 @@ def video_settings(
 
 def video_frame_size(template, height: int, width: int, n_frames: int) -> tuple[int, int]:
     """(height, width) every one of `n_frames` frames of height x width is resized to."""
-    from vlmkit.families.qwen2_vl.template import smart_resize
-
     frame_max = max(
         min(template.video_max_pixels, template.video_total_pixels // n_frames),
         int(template.video_min_pixels * 1.05),
@@ -99,16 +98,6 @@ def group_timestamps(timestamps: list[float], temporal_patch_size: int) -> list[
         (padded[i] + padded[i + temporal_patch_size - 1]) / 2
         for i in range(0, len(padded), temporal_patch_size)
     ]
-
-
-def _sampling(template) -> dict[str, Any]:
-    return {
-        "fps": template.fps,
-        "nframes": template.nframes,
-        "min_frames": template.min_frames,
-        "max_frames": template.max_frames,
-        "frame_factor": template.temporal_patch_size,
-    }
 
 
 def video_replacement(template, grid: tuple[int, int, int], timestamps: list[float]) -> list[int]:
@@ -179,7 +168,7 @@ def encode_videos(
     all_patches, grids, replacements, seconds = [], [], [], []
     for k, source in enumerate(videos):
         item = f"{where}: video {k + 1}"
-        video = load_video(source, item, **_sampling(template))
+        video = load_video(source, item, **template.video_sampling)
         probe = VideoProbe(video.frames[0].height, video.frames[0].width, video.timestamps, video.sample_fps)
         try:
             grid = _grid(template, probe)
@@ -207,7 +196,7 @@ def video_token_delta(template, videos: list[Any], where: str, ids: list[int]) -
     total = 0
     for k, source in enumerate(videos):
         item = f"{where}: video {k + 1}"
-        probe = probe_video(source, item, **_sampling(template))
+        probe = probe_video(source, item, **template.video_sampling)
         try:
             grid = _grid(template, probe)
         except ValueError as e:

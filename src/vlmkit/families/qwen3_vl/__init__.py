@@ -5,7 +5,14 @@ from pathlib import Path
 
 from vlmkit.families import Family
 from vlmkit.families.qwen2_5_vl import SPECIAL_TOKENS as QWEN2_5_VL_TOKENS
-from vlmkit.families.qwen2_vl.template import QwenVLTemplate, processor_limits, render_qwen3_vl
+from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions
+from vlmkit.families.qwen2_vl.template import (
+    QwenVLTemplate,
+    processor_limits,
+    render_qwen3_vl,
+    vllm_processor_kwargs,
+)
+from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 from vlmkit.families.qwen3_vl.boxes import BOX_FORMAT
 
 SPECIAL_TOKENS = QWEN2_5_VL_TOKENS + (
@@ -127,4 +134,8 @@ FAMILY = Family(
     packing=True,
     box_format=BOX_FORMAT,
     aliases=("qwen3vl",),
+    chat_cache=True,
+    chat_positions=mrope_chat_positions,
+    vllm_processor_kwargs=vllm_processor_kwargs,
+    tiny_vocabulary=qwen2_vocabulary,
 )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from vlmkit.errors import VlmkitError
 from vlmkit.families import Family
+from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 from vlmkit.families.qwen_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen_vl.template import QwenVLChatTemplate
 
@@ -60,4 +61,5 @@ FAMILY = Family(
         "train Qwen2-VL or Qwen2.5-VL on the same data instead (Picture N: <img>..</img> and <ref>/<box> "
         "data are read as they are)"
     ),
+    tiny_vocabulary=qwen2_vocabulary,
 )

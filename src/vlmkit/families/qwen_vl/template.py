@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from vlmkit.encoding import IGNORE_INDEX, pad_sequences
+from vlmkit.encoding import IGNORE_INDEX, collate_tokens
 from vlmkit.errors import DataError, MediaError
 from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image, read_image_size
@@ -80,6 +80,8 @@ class QwenVLChatTemplate:
     limit_option = None
     video_token_id = None
     image_token_id = None  # the remote model finds its images by `<img>`; vlmkit expands nothing
+    video_sampling = None  # images only
+    compact_images = False
 
     def __init__(self, tokenizer, box_format, system: str | None = None):
         self.tokenizer = tokenizer
@@ -175,12 +177,10 @@ class QwenVLChatTemplate:
             sizes.append((size, size))
         return sizes
 
+    def describe_image(self, encoded: dict[str, Any], k: int) -> str:
+        """Nothing to say: the remote model resizes and expands its images itself."""
+        return f"image {k + 1}"
+
     def collate(self, encoded: list[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad a list of `encode` outputs into one batch (left padding for generation)."""
-        return {
-            "input_ids": pad_sequences([e["input_ids"] for e in encoded], self.pad_token_id, padding_side),
-            "attention_mask": pad_sequences(
-                [torch.ones_like(e["input_ids"]) for e in encoded], 0, padding_side
-            ),
-            "labels": pad_sequences([e["labels"] for e in encoded], IGNORE_INDEX, padding_side),
-        }
+        return collate_tokens(encoded, self.pad_token_id, padding_side)
