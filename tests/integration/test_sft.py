@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PEERS, random_image
+from conftest import PEERS, greedy_replies, random_image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 from typer.testing import CliRunner
@@ -515,6 +515,7 @@ def test_two_nodes_match_one_node_and_one_process(small_model, tmp_path):
 
 
 def test_cli_after_training_infer_ckpt_val_and_export(small_model, tmp_path, images):
+    import vlmkit
     from vlmkit.cli import app
 
     rows = seed_rows(images)["query-response"]
@@ -533,7 +534,8 @@ def test_cli_after_training_infer_ckpt_val_and_export(small_model, tmp_path, ima
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in preds.read_text().splitlines()]
     assert [line["labels"] for line in lines] == ["66666", "fffff"]
-    assert all(isinstance(line["response"], str) for line in lines)
+    tuned = vlmkit.load(ckpt=str(checkpoint))  # the checkpoint through the Python API
+    assert [line["response"] for line in lines] == greedy_replies(tuned, val, 3)
 
     chat = runner.invoke(
         app,
@@ -555,7 +557,13 @@ def test_cli_after_training_infer_ckpt_val_and_export(small_model, tmp_path, ima
     )
     assert exported.exit_code == 0, exported.output
     assert json.loads((tmp_path / "merged" / "vlmkit.json").read_text())["max_pixels"] == 3600
-    assert AutoModelForImageTextToText.from_pretrained(tmp_path / "merged") is not None
+    # plain transformers loads the merged export and computes what the checkpoint (base + adapter) does
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
+    prompt = {"messages": [{"role": "user", "content": "<image>What?"}], "images": [f"{images}/0.png"]}
+    batch = tuned.template.collate([tuned.encode(vlmkit.to_sample(prompt))])
+    batch.pop("labels")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, tuned.model(**batch).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_video_processor_configs_get_the_run_s_frame_limits():

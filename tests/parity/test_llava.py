@@ -236,29 +236,6 @@ def test_pixel_limits_and_video_are_refused(models, name, image_file):
         template.count_tokens(video)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_tiny_model_forward_and_batched_generation_equal_one_by_one(models, name):
-    import vlmkit
-
-    vlm = vlmkit.load(models[name, True])
-    samples = [
-        {
-            "messages": [{"role": "user", "content": "<image>Describe it."}],
-            "images": [random_image(300, 217, 1)],
-        },
-        {"messages": [{"role": "user", "content": "Say hello."}]},
-        {"messages": [{"role": "user", "content": "<image>And this?"}], "images": [random_image(50, 500, 2)]},
-    ]
-    batched = vlm.generate(samples, max_new_tokens=4)
-    assert batched == [vlm.generate([s], max_new_tokens=4)[0] for s in samples]
-    assert all(reply for reply in batched)
-    training = vlm.template.collate([vlm.template.encode(to_sample(CONVERSATIONS[1]))])
-    loss = vlm.model(
-        **{k: v.to(vlm.model.dtype) if v.is_floating_point() else v for k, v in training.items()}
-    ).loss
-    assert torch.isfinite(loss)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "tuner"), [("llava", "lora"), ("llava-next", "full")])
 def test_sft_export_and_infer_ckpt(models, tmp_path, name, tuner):

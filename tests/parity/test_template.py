@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jinja2
 import pytest
 import torch
@@ -55,9 +57,15 @@ CONVERSATIONS = [
 ]
 
 
+@functools.cache
+def tokenizer_of(path):
+    """The real-vocabulary tokenizer, loaded once per model (templates only read it)."""
+    return AutoTokenizer.from_pretrained(path)
+
+
 def load_template(tiny_models, name, **settings):
     path = tiny_models[name]
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = tokenizer_of(path)
     return family_by_name(name).load_template(path, tokenizer, **settings), tokenizer
 
 

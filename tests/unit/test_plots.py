@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 from PIL import Image
 
-from vlmkit.plots import COLOURS, MARGINS, SIZE, nice_ticks, save_histogram, save_line_plot
+from vlmkit.plots import COLOURS, MARGINS, SIZE, nice_ticks, plotted_series, save_histogram, save_line_plot
 
 
 def pixels_of(path, colour) -> tuple[np.ndarray, np.ndarray]:
@@ -68,23 +71,51 @@ def test_histogram_bars_sit_over_the_values(tmp_path):
 
 
 def test_empty_and_constant_data_still_draw(tmp_path):
-    assert Image.open(save_histogram([], tmp_path / "empty.png", "t", "x")).size == SIZE
-    assert Image.open(save_histogram([7, 7, 7], tmp_path / "same.png", "t", "x")).size == SIZE
-    assert Image.open(
-        save_line_plot({"a": [(1, float("nan")), (2, 1.0)]}, tmp_path / "one.png", "t", "x", "y")
-    )
+    left, top, right, bottom = MARGINS[0], MARGINS[1], SIZE[0] - MARGINS[2], SIZE[1] - MARGINS[3]
+    empty = save_histogram([], tmp_path / "empty.png", "t", "x")
+    assert Image.open(empty).size == SIZE and not len(pixels_of(empty, COLOURS[0])[0])  # no bar
+    ys, xs = pixels_of(empty, (40, 40, 40))  # the ink of the axes, ticks and the "no data" note
+    inside = (xs > left + 2) & (xs < right - 2) & (ys > top + 2) & (ys < bottom - 2)
+    assert inside.any() and abs(np.median(xs[inside]) - (left + right) / 2) < 40  # the note, centred
+
+    same = save_histogram([7, 7, 7], tmp_path / "same.png", "t", "x")
+    ys, xs = pixels_of(same, COLOURS[0])  # one bar, in the middle of a padded range, up to the top
+    assert len(xs) and abs(xs.mean() - (left + right) / 2) < (right - left) * 0.1
+    assert ys.max() >= bottom - 2 and ys.min() < top + (bottom - top) * 0.2
+
+    one = save_line_plot({"a": [(1, float("nan")), (2, 1.0)]}, tmp_path / "one.png", "t", "x", "y")
+    assert plotted_series(one) == {"t": {"a": [[2.0, 1.0]]}}  # the NaN point is left out
+    ys, xs = pixels_of(one, COLOURS[0])
+    dot = xs < right - 120  # the point's dot, not the legend's colour box
+    assert dot.any() and abs(xs[dot].mean() - (left + right) / 2) < 5 and abs(ys[dot].mean() - (top + bottom) / 2) < 5
 
 
-def test_write_is_atomic(tmp_path):
+def test_a_redraw_replaces_the_chart_and_a_failed_one_leaves_it_whole(tmp_path, monkeypatch):
+    """The chart is written to a temporary file and renamed over the old one: a write that dies half-way
+    (disk full, the run killed while training redraws loss.png) leaves the previous chart complete."""
     target = tmp_path / "sub" / "chart.png"
     save_line_plot({"a": [(0, 0), (1, 1)]}, target, "t", "x", "y")
     save_line_plot({"a": [(0, 1), (1, 0)]}, target, "t", "x", "y")  # replaces it
-    assert [p.name for p in target.parent.iterdir()] == ["chart.png"]
-    Image.open(target).verify()
+    assert [p.name for p in target.parent.iterdir()] == ["chart.png"]  # no temporary file left
+    assert plotted_series(target) == {"t": {"a": [[0.0, 1.0], [1.0, 0.0]]}}
+    before = target.read_bytes()
+
+    def dies_half_way(image, fp, *args, **kwargs):
+        Path(fp).write_bytes(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        save_line_plot({"a": [(0, 5), (1, 6)]}, target, "t", "x", "y")
+    monkeypatch.undo()
+    assert target.read_bytes() == before
+    with Image.open(target) as image:
+        image.load()  # decodes completely: not a half-written file
+    assert plotted_series(target) == {"t": {"a": [[0.0, 1.0], [1.0, 0.0]]}}
 
 
 def test_panels_store_the_points_they_plot_and_draw_each_panel(tmp_path):
-    from vlmkit.plots import plotted_series, save_line_panels
+    from vlmkit.plots import save_line_panels
 
     panels = [
         ("loss", {"train loss": [(1, 2.0), (2, 1.5)], "eval loss": [(2, 1.7)]}),
