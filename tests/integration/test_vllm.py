@@ -348,7 +348,7 @@ def test_eval_vllm_answers_through_the_offline_engine(small_model, fake_vllm, tm
 
 def test_remote_code_families_are_refused_for_vllm(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen", "visual": {"image_size": 448}}))
-    with pytest.raises(VlmkitError, match="qwen-vl checkpoints run Python code .* not pass on to vLLM yet"):
+    with pytest.raises(VlmkitError, match="qwen-vl-remote checkpoints run Python code .* not pass on to vLLM yet"):
         plan_vllm(str(tmp_path), None, {}, NONE, NAME)
 
 

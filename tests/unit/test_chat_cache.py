@@ -183,3 +183,13 @@ def test_a_turn_that_fails_while_generating_drops_the_cache(models, monkeypatch)
     reference.messages = list(chat.messages[:2])
     assert chat.tokens_run == len(vlm.encode(reference._sample("Three.", [], []))["input_ids"])
     assert reference.send("Three.", max_new_tokens=6) == reply
+
+
+def test_qwen_vl_cached_turns_give_the_replies_of_full_reencoding(qwen_vl_models):
+    """Qwen-VL (vlmkit's own implementation, real vocabulary: conftest's converted tiny model) too."""
+    vlm = vlmkit.load(str(qwen_vl_models["native"]), device="cpu", dtype="fp32")
+    full_replies, full_work = converse(vlm, reuse=False)
+    replies, work = converse(vlm, reuse=True)
+    assert replies == full_replies
+    assert [images for _, images in work] == [1, 1, 0, 1] and [images for _, images in full_work] == [1, 2, 2, 3]
+    assert all(tokens < all_tokens for (tokens, _), (all_tokens, _) in zip(work[1:], full_work[1:], strict=True))

@@ -74,6 +74,7 @@ FAMILY = Family(
         "llm": ("model.language_model.", "lm_head."),
     },
     supports=("image",),
+    chat_cache=True,
     aliases=("qwen-vl-chat", "qwenvl"),
     box_format=REPLY_BOX_FORMAT,
     vision="448x448 (resized, aspect not kept), 256 tokens per image (resampler)",

@@ -178,6 +178,10 @@ class QwenVLTemplate:
         )
         return out
 
+    def describe_image(self, encoded: dict[str, Any], k: int) -> str:
+        """Image `k` of an `encode` output for people (`vlmkit data preview`): its sizes and tokens."""
+        return encoded["image_notes"][k]
+
     def count_tokens(
         self, sample: Sample, max_pixels: int | None = None, add_generation_prompt: bool = False
     ) -> int:
