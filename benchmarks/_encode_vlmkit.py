@@ -33,12 +33,16 @@ def main() -> None:
     parser.add_argument("--min-pixels", type=int, default=3136)
     parser.add_argument("--max-pixels", type=int, default=200704)
     parser.add_argument("--chunksize", type=int, default=8)
+    parser.add_argument("--image-cache-mb", type=float, default=64, help="0: every image decoded for every row")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
 
     from vlmkit.data import load_dataset
     from vlmkit.families import family_for_model_dir
+    from vlmkit.media import set_image_cache_mb
+
+    set_image_cache_mb(args.image_cache_mb)  # before the workers fork: they inherit it
 
     family = family_for_model_dir(args.model)
     tokenizer = AutoTokenizer.from_pretrained(args.model)

@@ -15,7 +15,7 @@ first, and reports the median over --repeats. Workloads:
    Where vlmkit has `vlmkit data encode`, that command into a cold cache is measured as well.
    The rows draw their images from --unique-images files (400 by default: each image in about 10
    rows, as in VQA-style data); vlmkit's per-process cache of resized images decodes a repeated
-   image once, so its pool is measured a second time with that cache off (VLMKIT_IMAGE_CACHE_MB=0:
+   image once, so its pool is measured a second time with that cache off (--image-cache-mb 0:
    every image decoded for every row, as ms-swift does and as data without repeats gets).
 2. startup: `sft --help`, and the time from launching `sft` to its first logged training step
    (wall and CPU seconds, taken from the LoRA training runs of workload 3).
@@ -350,7 +350,7 @@ def preprocess(sides: Sides, dataset: Path, work: Path, repeats: int) -> dict:
                 "rows_per_s_no_image_cache": summary["rows"] / summary["seconds"],
             }
             if side == "vlmkit":  # again without its cache of resized images: each image decoded per row
-                plain = run(command, {**env, "VLMKIT_IMAGE_CACHE_MB": "0"})["output"]
+                plain = run([*command, "--image-cache-mb", "0"], env)["output"]
                 plain_summary = json.loads([x for x in plain.splitlines() if x.startswith("{")][-1])
                 x["rows_per_s_no_image_cache"] = plain_summary["rows"] / plain_summary["seconds"]
             if side == "vlmkit" and has_cli:

@@ -41,6 +41,24 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def global_options(
+    image_cache_mb: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Memory (MiB per process) for resized images of local files, so an image asked about in several "
+            "rows is decoded once; 0 turns it off. Applies to this run only.",
+        ),
+    ] = 64,
+) -> None:
+    """Options for every command, given before it (`vlmkit --image-cache-mb 0 sft ...`)."""
+    if image_cache_mb != 64:
+        from vlmkit.media import set_image_cache_mb
+
+        set_image_cache_mb(image_cache_mb)
+
+
 @app.command("tiny-model")
 def tiny_model(
     family: Annotated[str, typer.Argument(help="Model family, as `vlmkit families` lists them: qwen2-vl, qwen2.5-vl, qwen3-vl, internvl, ...; or an original (remote-code) layout, for `vlmkit convert`: internvl-remote (OpenGVLab's InternVL-Chat-V1.5: InternLM2), internvl2-remote (InternVL2-1B: Qwen2), always with the 600-token BPE.")],

@@ -30,7 +30,7 @@ from urllib.parse import urljoin, urlsplit
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from vlmkit.errors import MediaError, MediaTooLargeError
+from vlmkit.errors import MediaError, MediaTooLargeError, VlmkitError
 
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _DATA_URL = re.compile(r"^data:(image|video)/[\w.+-]+(;[^,;]*)*;base64,", re.IGNORECASE)
@@ -129,7 +129,8 @@ class _ResizedImages:
     """Resized images of local files, least recently used dropped first beyond `max_bytes`: a dataset that
     asks about one image in several rows (VQA, grounding) decodes it once per process. Keyed by the
     file's path, size and modification time and the size resized to, so a changed file or other pixel
-    limits miss. `VLMKIT_IMAGE_CACHE_MB` sets the budget per process (default 64; 0 turns it off).
+    limits miss. The budget is per process: IMAGE_CACHE_MB by default, `vlmkit --image-cache-mb N COMMAND`
+    (`set_image_cache_mb`) to change it, 0 to turn it off; it is saved nowhere.
     Thread-safe (the server and batch inference encode in threads)."""
 
     def __init__(self, max_bytes: int):
@@ -157,7 +158,18 @@ class _ResizedImages:
                 self.used -= dropped.nbytes
 
 
-RESIZED_IMAGES = _ResizedImages(int(float(os.environ.get("VLMKIT_IMAGE_CACHE_MB", "64")) * 2**20))
+IMAGE_CACHE_MB = 64
+RESIZED_IMAGES = _ResizedImages(IMAGE_CACHE_MB * 2**20)
+
+
+def set_image_cache_mb(mb: float) -> None:
+    """The resized-image cache's budget for this process (and the workers it forks), in MiB; 0 turns it off."""
+    if mb < 0:
+        raise VlmkitError(f"--image-cache-mb {mb:g}: give a size in MiB, 0 or more (0 turns the cache off)")
+    with RESIZED_IMAGES.lock:
+        RESIZED_IMAGES.max_bytes = int(mb * 2**20)
+        RESIZED_IMAGES.entries.clear()
+        RESIZED_IMAGES.used = 0
 
 
 def _resized_key(image: Image.Image, target_size: Callable, jpeg_draft: bool) -> tuple | None:

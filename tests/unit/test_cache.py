@@ -279,7 +279,7 @@ def test_an_image_used_by_several_rows_is_decoded_once(tmp_path, monkeypatch):
     expected = np.asarray(load_image(path).resize((200, 150), Image.Resampling.BICUBIC))
     assert np.array_equal(changed, expected) and not np.array_equal(changed, first)
     assert images.used <= images.max_bytes and len(images.entries) == 2  # the least recent was dropped
-    monkeypatch.setattr(media, "RESIZED_IMAGES", media._ResizedImages(max_bytes=0))  # VLMKIT_IMAGE_CACHE_MB=0
+    monkeypatch.setattr(media, "RESIZED_IMAGES", media._ResizedImages(max_bytes=0))  # --image-cache-mb 0
     assert (
         load_image_resized(path, lambda h, w: (150, 200))[0]
         is not load_image_resized(path, lambda h, w: (150, 200))[0]
@@ -330,3 +330,22 @@ def test_a_family_without_a_compact_form_is_cached_as_its_encode_output(media, t
     again = EncodeCache(tmp_path / "cache", template)
     assert_same_inputs(again.encode(sample), template.encode(sample))
     assert (again.hits, again.misses) == (1, 0)
+
+
+def test_image_cache_budget_is_a_flag_of_the_run():
+    """`vlmkit --image-cache-mb N COMMAND` sets this process's budget (0: off); no environment variable does."""
+    from typer.testing import CliRunner
+
+    from vlmkit import media
+    from vlmkit.cli import app
+
+    try:
+        assert media.RESIZED_IMAGES.max_bytes == 64 * 2**20
+        result = CliRunner().invoke(app, ["--image-cache-mb", "0", "families"])
+        assert result.exit_code == 0, result.output
+        assert media.RESIZED_IMAGES.max_bytes == 0
+        result = CliRunner().invoke(app, ["--image-cache-mb", "-1", "families"])
+        assert result.exit_code == 2 and "--image-cache-mb" in result.output  # a usage error
+        assert "--image-cache-mb" in CliRunner().invoke(app, ["--help"]).output
+    finally:
+        media.set_image_cache_mb(media.IMAGE_CACHE_MB)
