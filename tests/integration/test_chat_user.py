@@ -212,19 +212,41 @@ def test_ctrl_c_stops_the_streaming_reply_and_a_second_ctrl_c_leaves(endless_mod
         [sys.executable, "-m", "vlmkit", "infer", "--model", str(endless_model), "--max-new-tokens", "1000000"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
+    import threading
+    import time
+
+    shown = bytearray()  # stdout read as a terminal reads it: all the time, so a streaming reply never blocks
+
+    def terminal() -> None:
+        while chunk := os.read(chat.stdout.fileno(), 4096):
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=terminal, daemon=True)
+    reader.start()
+
+    def shown_after(marker: bytes, count: int, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(bytes(shown).partition(marker)[2]) >= count:
+                return True
+            time.sleep(0.05)
+        return False
+
     try:
         chat.stdin.write(b"Hi\n")
         chat.stdin.flush()
-        out = read_until(chat.stdout, lambda out: len(out.partition(b"<<< Hi\n")[2]) >= 10)  # streaming
+        assert shown_after(b"<<< Hi\n", 10)  # streaming
         chat.send_signal(signal.SIGINT)
         err = read_until(chat.stderr, lambda err: b"[reply stopped" in err)
         chat.send_signal(signal.SIGINT)  # at the prompt: leave
-        rest, more = chat.communicate(timeout=60)
+        chat.wait(timeout=60)
+        more = chat.stderr.read()
+        reader.join(timeout=10)
     finally:
         chat.kill()
     err = (err + more).decode()
     assert chat.returncode == 130
-    assert (out + rest).decode(errors="replace").endswith("\n<<< ")  # back at the prompt before leaving
+    assert bytes(shown).decode(errors="replace").endswith("\n<<< ")  # back at the prompt before leaving
     assert "[reply stopped; the turn is not kept. Ctrl-C again or Ctrl-D leaves]" in err
     assert "terminate called" not in err and "Traceback" not in err
 
