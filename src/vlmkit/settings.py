@@ -102,3 +102,29 @@ def check_encoding(family: Any, encoding: EncodingSettings) -> dict[str, Any]:
                 "leave it out"
             )
     return given
+
+
+# (lower, upper) limit pairs: giving only the upper limit below a saved lower one lowers that too
+LIMIT_PAIRS = (("min_pixels", "max_pixels"), ("min_tiles", "max_tiles"))
+# settings that replace each other: giving either drops the saved value of the other
+EXCLUSIVE = ("fps", "nframes")
+
+
+def resolve_encoding(family: Any, given: EncodingSettings, saved: dict[str, Any]) -> dict[str, Any]:
+    """The one merge of encoding settings: `given` (options, API arguments) over `saved` (the vlmkit.json of
+    the model folder or checkpoint), as keyword arguments for `family`'s template, which fills what is
+    still missing from the checkpoint's own config or its defaults. Options the family does not take are
+    refused (`check_encoding`); saved settings it does not take are ignored (written by another version).
+
+    Two rules make a partial override mean what users expect: giving `fps` or `nframes` drops the saved
+    value of the other (they replace each other), and giving only an upper limit (`max_pixels`) below the
+    saved lower one (`min_pixels`) lowers that to it."""
+    explicit = check_encoding(family, given)
+    merged = {k: v for k, v in saved.items() if k in family.encoding_options and v is not None}
+    if any(k in explicit for k in EXCLUSIVE):
+        for k in EXCLUSIVE:
+            merged.pop(k, None)
+    for lower, upper in LIMIT_PAIRS:
+        if upper in explicit and lower not in explicit and lower in merged:
+            merged[lower] = min(merged[lower], explicit[upper])
+    return {**merged, **explicit}

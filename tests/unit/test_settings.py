@@ -11,7 +11,13 @@ from typer.testing import CliRunner
 
 from vlmkit.errors import VlmkitError
 from vlmkit.families import family_by_name
-from vlmkit.settings import ENCODING_FIELDS, EncodingSettings, check_encoding, encoding_settings
+from vlmkit.settings import (
+    ENCODING_FIELDS,
+    EncodingSettings,
+    check_encoding,
+    encoding_settings,
+    resolve_encoding,
+)
 
 REFUSAL = (
     "--max-tiles does not apply to qwen2-vl models (its encoding options: --min-pixels --max-pixels --fps "
@@ -46,6 +52,28 @@ def test_given_beats_saved_beats_checkpoint_default(small_model, tmp_path):
     given = template(folder, EncodingSettings(max_pixels=7000, nframes=4))
     # given wins field by field; what is not given stays as saved (nframes replaces the saved fps)
     assert (given.max_pixels, given.system, given.fps, given.nframes) == (7000, "Saved.", None, 4)
+
+
+def test_an_upper_limit_given_below_the_saved_lower_one_lowers_it(small_model, tmp_path):
+    folder = linked_copy(small_model, tmp_path / "m")
+    (folder / "vlmkit.json").write_text(json.dumps({"min_pixels": 8000, "max_pixels": 20_000}))
+    lowered = template(folder, EncodingSettings(max_pixels=5000))
+    assert (lowered.min_pixels, lowered.max_pixels) == (5000, 5000)
+    assert template(folder, EncodingSettings(max_pixels=10_000)).min_pixels == 8000  # above it: kept
+
+
+def test_one_merge_for_every_family():
+    """`resolve_encoding` is the only place saved settings meet given ones; a family's template gets the
+    result. Saved settings of another family (an old or hand-written vlmkit.json) are ignored."""
+    internvl = family_by_name("internvl")
+    saved = {"min_tiles": 4, "max_tiles": 12, "fps": None, "nframes": 8, "system": "S", "min_pixels": 5}
+    assert resolve_encoding(internvl, EncodingSettings(), saved) == {
+        "min_tiles": 4, "max_tiles": 12, "nframes": 8, "system": "S"
+    }
+    given = EncodingSettings(max_tiles=2, fps=1.0)
+    assert resolve_encoding(internvl, given, saved) == {"min_tiles": 2, "max_tiles": 2, "fps": 1.0, "system": "S"}
+    with pytest.raises(VlmkitError, match="--max-pixels does not apply to internvl"):
+        resolve_encoding(internvl, EncodingSettings(max_pixels=5), saved)
 
 
 def test_python_keywords_convert_to_the_one_type():

@@ -45,8 +45,9 @@ class Family:
     `first_special_id`; `special=False` tokens are kept when decoding.
     make_template(model_dir, tokenizer, **settings) -> a template object (the interface:
     `vlmkit.families.interface.Template`); `settings` are only fields of
-    `vlmkit.settings.EncodingSettings` named in `encoding_options`. Callers use `Family.load_template`,
-    which refuses the others first.
+    `vlmkit.settings.EncodingSettings` named in `encoding_options`, already merged with the settings saved
+    in `model_dir` (given > saved); the template fills the rest from the checkpoint's config or its
+    defaults. Callers use `Family.load_template`, which refuses the others first.
     tiny_config(vocab_size, special_ids) -> the model's `config.json` dict at toy size.
     module_groups: parameter-name prefixes of the parts users freeze or tune separately:
     "vit" (vision tower), "aligner" (vision-to-text projector), "llm" (language model and
@@ -130,10 +131,12 @@ class Family:
 
     def load_template(self, model_dir: str | Path, tokenizer: Any, encoding: Any = None, **options: Any) -> Any:
         """The family's template of `model_dir` with `encoding` (a `vlmkit.settings.EncodingSettings`, or its
-        fields as keyword arguments); an option the family does not take is refused with one line."""
-        from vlmkit.settings import check_encoding, encoding_settings
+        fields as keyword arguments) over the settings saved in `model_dir` (vlmkit.json), merged by
+        `vlmkit.settings.resolve_encoding`; an option the family does not take is refused with one line."""
+        from vlmkit.settings import encoding_settings, read_settings, resolve_encoding
 
-        return self.make_template(model_dir, tokenizer, **check_encoding(self, encoding_settings(encoding, **options)))
+        given = encoding_settings(encoding, **options)
+        return self.make_template(model_dir, tokenizer, **resolve_encoding(self, given, read_settings(model_dir)))
 
     @property
     def resolution_options(self) -> tuple[str, ...]:

@@ -19,7 +19,6 @@ from vlmkit.encoding import Segment, collate_tokens, expand_tokens, mark_text, t
 from vlmkit.errors import DataError
 from vlmkit.media import load_image
 from vlmkit.sample import Sample
-from vlmkit.settings import read_settings
 
 IMAGE_TOKEN = "<image>"
 
@@ -64,14 +63,13 @@ class VipLlavaTemplate:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, tokenizer, system: str | None = None) -> VipLlavaTemplate:
         config = json.loads((Path(model_dir) / "preprocessor_config.json").read_text())
-        saved = read_settings(model_dir)
         return cls(
             tokenizer,
             size=config["crop_size"]["height"],
             patch_size=config["patch_size"],
             mean=config["image_mean"],
             std=config["image_std"],
-            system=system if system is not None else saved.get("system"),
+            system=system,  # given over the saved vlmkit.json (`Family.load_template`)
         )
 
     @property

@@ -172,22 +172,22 @@ class InternVLTemplate:
     ) -> InternVLTemplate:
         """Numbers from the checkpoint's preprocessor_config.json and config.json (or, in a checkpoint
         folder without config.json, processor_config.json's image_seq_length). Tile limits, system prompt
-        and video sampling from, in order: the arguments, the vlmkit.json saved with the model, the
-        preprocessor config (tiles) or InternVL's own demo (8 frames per video, at most 32).
+        and video sampling from the arguments (given options over the saved vlmkit.json:
+        `Family.load_template`), else the preprocessor config (tiles) or InternVL's own demo (8 frames per
+        video, at most 32).
         Options of other families (min_pixels, video_max_pixels, ...) are refused by `Family.load_template`."""
         model_dir = Path(model_dir)
         config = json.loads((model_dir / "preprocessor_config.json").read_text())
-        saved = read_settings(model_dir)
+        saved = read_settings(model_dir)  # the prompt format of a converted checkpoint (not encoding settings)
         size = config.get("size") or {}
         tile_size = size.get("height", 448)
         if size.get("width", tile_size) != tile_size:
             raise VlmkitError(f"{model_dir}/preprocessor_config.json: tiles must be square, got {size}")
-        default_min = _first(saved.get("min_tiles"), config.get("min_patches"), 1)
-        max_tiles = _first(max_tiles, saved.get("max_tiles"), config.get("max_patches"), 12)
+        default_min = _first(config.get("min_patches"), 1)
+        max_tiles = _first(max_tiles, config.get("max_patches"), 12)
         if min_tiles is None:  # lowering only the maximum below the default minimum lowers both
             min_tiles = min(default_min, max_tiles)
         video = {"fps": None, "nframes": 8, "max_frames": 32}
-        video.update({k: saved[k] for k in video if k in saved})
         if fps is not None or nframes is not None:
             video.update(fps=fps, nframes=nframes)
         if max_frames is not None:
@@ -200,7 +200,7 @@ class InternVLTemplate:
             image_std=config["image_std"],
             min_tiles=min_tiles,
             max_tiles=max_tiles,
-            system=system if system is not None else saved.get("system"),
+            system=system,
             # the prompt format of a checkpoint converted from OpenGVLab's layout (convert.py)
             turn_end=saved.get("turn_end", TURN_END),
             bos=saved.get("bos"),

@@ -32,7 +32,6 @@ from vlmkit.encoding import (
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.media import load_image, read_image_size
 from vlmkit.sample import Sample, refuse_requested_sizes
-from vlmkit.settings import read_settings
 
 IMAGE_TOKEN = "<image>"
 
@@ -192,16 +191,9 @@ class LlavaTemplate:
         system: str | None = None,
     ) -> LlavaTemplate:
         """Numbers from the checkpoint's preprocessor_config.json (`make_vision(config)`); the system prompt
-        from the argument, else the vlmkit.json saved with a fine-tuned model."""
+        from the argument (given over the saved vlmkit.json: `Family.load_template`)."""
         config = json.loads((Path(model_dir) / "preprocessor_config.json").read_text())
-        saved = read_settings(model_dir)
-        return cls(
-            tokenizer,
-            render,
-            make_vision(config),
-            family=family,
-            system=system if system is not None else saved.get("system"),
-        )
+        return cls(tokenizer, render, make_vision(config), family=family, system=system)
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -35,7 +35,6 @@ from vlmkit.families.qwen2_vl.video import VIDEO_SETTINGS, encode_videos, video_
 from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image_resized, read_image_size
 from vlmkit.sample import Sample
-from vlmkit.settings import read_settings
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -237,13 +236,13 @@ class QwenVLTemplate:
         video_max_pixels: int | None = None,
         video_defaults: dict[str, Any] | None = None,
     ) -> QwenVLTemplate:
-        """Numbers from the checkpoint's preprocessor_config.json; pixel limits and system prompt from, in
-        order: the arguments, the vlmkit.json saved with a fine-tuned model, the preprocessor config."""
+        """Numbers from the checkpoint's preprocessor_config.json; pixel limits and system prompt from the
+        arguments (given options over the saved vlmkit.json: `Family.load_template`), else the
+        preprocessor config."""
         config = json.loads((Path(model_dir) / "preprocessor_config.json").read_text())
-        saved = read_settings(model_dir)
         size = config.get("size") or {}
-        default_min = saved.get("min_pixels") or size.get("shortest_edge") or config["min_pixels"]
-        default_max = saved.get("max_pixels") or size.get("longest_edge") or config["max_pixels"]
+        default_min = size.get("shortest_edge") or config["min_pixels"]
+        default_max = size.get("longest_edge") or config["max_pixels"]
         if min_pixels is None:
             # Lowering only the maximum below the default minimum lowers the minimum with it.
             min_pixels = min(default_min, max_pixels) if max_pixels is not None else default_min
@@ -257,8 +256,8 @@ class QwenVLTemplate:
             image_std=config["image_std"],
             min_pixels=min_pixels,
             max_pixels=max_pixels if max_pixels is not None else default_max,
-            system=system if system is not None else saved.get("system"),
-            **video_settings(model_dir, saved, video_defaults, fps, nframes, max_frames, video_max_pixels),
+            system=system,
+            **video_settings(model_dir, video_defaults, fps, nframes, max_frames, video_max_pixels),
             box_format=box_format,
         )
 

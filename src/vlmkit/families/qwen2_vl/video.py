@@ -44,7 +44,6 @@ VIDEO_SETTINGS = ("fps", "nframes", "max_frames", "video_max_pixels")
 
 def video_settings(
     model_dir: str | Path,
-    saved: dict[str, Any],
     defaults: dict[str, Any] | None,
     fps: float | None,
     nframes: int | None,
@@ -52,8 +51,8 @@ def video_settings(
     video_max_pixels: int | None,
 ) -> dict[str, Any]:
     """Video keyword arguments for `QwenVLTemplate`, from (later wins) the family's defaults, the
-    checkpoint's video_preprocessor_config.json (fps, min/max frames), the saved vlmkit.json and the
-    arguments. `fps` and `nframes` replace each other: giving either drops the other's saved value."""
+    checkpoint's video_preprocessor_config.json (fps, min/max frames) and the arguments (given options over
+    the saved vlmkit.json). `fps` and `nframes` replace each other: giving either drops the other's default."""
     settings = dict(defaults or {})
     config_path = Path(model_dir) / "video_preprocessor_config.json"
     if config_path.is_file():
@@ -61,7 +60,6 @@ def video_settings(
         settings.update(
             {k: config[k] for k in ("fps", "min_frames", "max_frames") if config.get(k) is not None}
         )
-    settings.update({k: saved[k] for k in VIDEO_SETTINGS if k in saved})
     if fps is not None or nframes is not None:
         settings.update(fps=fps, nframes=nframes)
     if max_frames is not None:

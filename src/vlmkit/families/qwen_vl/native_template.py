@@ -28,7 +28,6 @@ from vlmkit.errors import DataError
 from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image, read_image_size
 from vlmkit.sample import Sample, refuse_requested_sizes
-from vlmkit.settings import read_settings
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 IMAGE_PAD = "<imgpad>"
@@ -109,10 +108,7 @@ class QwenVLTemplate:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, tokenizer, box_format, system: str | None = None):
         config = json.loads((Path(model_dir) / "preprocessor_config.json").read_text())
-        saved = read_settings(model_dir)
-        return cls(
-            tokenizer, box_format, config, system=system if system is not None else saved.get("system")
-        )
+        return cls(tokenizer, box_format, config, system=system)  # `system`: given over saved (`Family.load_template`)
 
     @property
     def settings(self) -> dict[str, Any]:

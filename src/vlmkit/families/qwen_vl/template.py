@@ -33,7 +33,6 @@ from vlmkit.errors import DataError, MediaError
 from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image, read_image_size
 from vlmkit.sample import Sample, refuse_requested_sizes
-from vlmkit.settings import read_settings
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -94,8 +93,7 @@ class QwenVLChatTemplate:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, tokenizer, box_format, system: str | None = None):
-        saved = read_settings(model_dir)
-        return cls(tokenizer, box_format, system=system if system is not None else saved.get("system"))
+        return cls(tokenizer, box_format, system=system)  # `system`: given over saved (`Family.load_template`)
 
     @property
     def settings(self) -> dict[str, Any]:
