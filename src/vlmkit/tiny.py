@@ -1,7 +1,7 @@
 """Tiny random models of each family, for tests, demos and trying the CLI offline.
 
 `build_tiny_model(family, output_dir)` writes a folder that plain transformers loads
-(`AutoModelForImageTextToText`, `AutoTokenizer`, `AutoImageProcessor`): a randomly
+(the family's `auto_class`, `AutoTokenizer`, `AutoImageProcessor`): a randomly
 initialised model at toy size, the family's real chat template and image-processor
 config, and a tokenizer whose special tokens have the real checkpoints' ids.
 
@@ -88,7 +88,7 @@ def build_tiny_model(
     """Write a tiny random `family` model to `output_dir`; returns the folder."""
     import torch
     import transformers
-    from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
+    from transformers import AutoConfig, GenerationConfig
 
     transformers.utils.logging.disable_progress_bar()
     if family.write_tiny_model is not None:
@@ -110,7 +110,7 @@ def build_tiny_model(
     model_type = config_dict.pop("model_type")
     config = AutoConfig.for_model(model_type, **config_dict)
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model = getattr(transformers, family.auto_class).from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids[family.eos_token], ids[family.pad_token]],
         pad_token_id=ids[family.pad_token],

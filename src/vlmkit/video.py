@@ -6,7 +6,9 @@ indices first (`smart_nframes`, qwen-vl-utils' rule, then evenly spaced indices 
 far-away index and decodes forward only to it. Memory is the sampled RGB frames plus
 the decoder's own buffers, whatever the length of the video (benchmarks/video_memory.py).
 
-Resizing the frames to a pixel budget is family-specific and is left to the template.
+Resizing the frames to a pixel budget is family-specific and is left to the template, and so are the
+sampling numbers: every function takes them from its caller (a template's `video_sampling`), none has
+a default of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from PIL import Image
 from vlmkit.errors import MediaError
 from vlmkit.media import MediaPolicy, fetch_media, load_image, read_image_size
 
+# A list of frame images carries no frame rate: with fps None its frames are taken as this many per
+# second apart (the convention of the frame-list video format, as qwen-vl-utils writes it).
+FRAME_LIST_FPS = 2.0
 # Decode forward instead of seeking when the next sampled frame is at most this many seconds on.
 _SEEK_GAP_SECONDS = 2.0
 
@@ -55,11 +60,11 @@ def smart_nframes(
     total_frames: int,
     video_fps: float,
     *,
-    fps: float | None = 2.0,
-    nframes: int | None = None,
-    min_frames: int = 4,
-    max_frames: int = 768,
-    frame_factor: int = 2,
+    fps: float | None,
+    nframes: int | None,
+    min_frames: int,
+    max_frames: int,
+    frame_factor: int,
 ) -> int:
     """How many frames to sample from a video of `total_frames` at `video_fps` (qwen-vl-utils' rule).
 
@@ -96,17 +101,17 @@ def load_video(
     source: Any,
     where: str,
     *,
-    fps: float | None = 2.0,
-    nframes: int | None = None,
-    min_frames: int = 4,
-    max_frames: int = 768,
-    frame_factor: int = 2,
+    fps: float | None,
+    nframes: int | None,
+    min_frames: int,
+    max_frames: int,
+    frame_factor: int,
 ) -> VideoFrames:
     """Sampled frames of `source`: a path, `file://` or http(s) URL, bytes, or a list of frames.
 
     A video is sampled by `smart_nframes` (see there for fps / nframes / bounds). A list of frame
     images (paths, URLs or PIL images) is taken as already sampled at `fps` frames per second
-    (2.0 when fps is None); with `nframes`, or more than `max_frames` frames, it is thinned to
+    (`FRAME_LIST_FPS` when fps is None); with `nframes`, or more than `max_frames` frames, it is thinned to
     that many evenly spaced frames. Every failure is a one-line MediaError naming `where`.
     """
     if isinstance(source, (list, tuple)):
@@ -132,11 +137,11 @@ def probe_video(
     source: Any,
     where: str,
     *,
-    fps: float | None = 2.0,
-    nframes: int | None = None,
-    min_frames: int = 4,
-    max_frames: int = 768,
-    frame_factor: int = 2,
+    fps: float | None,
+    nframes: int | None,
+    min_frames: int,
+    max_frames: int,
+    frame_factor: int,
 ) -> VideoProbe:
     """The size and sampled timestamps `load_video` gives for the same arguments, read from the
     container header (or the first frame's image header) without decoding any pixels."""
@@ -202,7 +207,7 @@ def _frame_list_plan(
     count: int, fps: float | None, nframes: int | None, max_frames: int
 ) -> tuple[list[int], float]:
     """(indices kept of a list of `count` frames, the list's frame rate)."""
-    rate = fps if fps is not None else 2.0
+    rate = fps if fps is not None else FRAME_LIST_FPS
     keep = min(count if nframes is None else max(nframes, 1), count, max_frames)
     return (sample_indices(count, keep) if keep < count else list(range(count))), rate
 
