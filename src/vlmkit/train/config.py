@@ -3,6 +3,8 @@
 The CLI, a YAML file (`--config run.yaml`, keys spelled as the flags: `lora-rank` or
 `lora_rank`) and Python callers all fill this one dataclass; flags given on the command
 line override the file. The resolved config is saved as `args.json` in the run folder.
+Its encoding fields (`min_pixels`, ..., `system`) are not written here: they are those of
+`vlmkit.settings.EncodingSettings`, added by `with_encoding_fields`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,18 @@ FSDP = (None, "full_shard", "shard_grad_op")
 REPORT_TO = ("auto", "tensorboard", "wandb", "swanlab", "mlflow", "none")
 
 
+def with_encoding_fields(cls: type) -> type:
+    """Give `cls` one field per `EncodingSettings` field (`min_pixels`, ..., default None: not given) before
+    `@dataclass` reads it, so the encoding options are declared once, in `vlmkit.settings`, and an option
+    added there is a run setting too (YAML key, args.json, `SFTConfig(min_pixels=...)`)."""
+    for f in dataclasses.fields(EncodingSettings):
+        cls.__annotations__[f.name] = f.type
+        setattr(cls, f.name, None)
+    return cls
+
+
 @dataclass
+@with_encoding_fields
 class SFTConfig:
     model: str = ""
     dataset: list[str] = field(default_factory=list)
@@ -49,15 +62,6 @@ class SFTConfig:
     group_by_length: bool = False
     truncation: str = "delete"
     max_bad_fraction: float = 0.01
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    min_tiles: int | None = None
-    max_tiles: int | None = None
-    fps: float | None = None
-    nframes: int | None = None
-    max_frames: int | None = None
-    video_max_pixels: int | None = None
-    system: str | None = None
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 1
@@ -186,8 +190,8 @@ class SFTConfig:
 
     @property
     def encoding(self) -> EncodingSettings:
-        """The encoding fields above as one `EncodingSettings` (flat here: YAML keys, args.json and the
-        keyword arguments of `SFTConfig(...)` name them one by one)."""
+        """The encoding fields (`with_encoding_fields`) as one `EncodingSettings` (flat here: YAML keys,
+        args.json and the keyword arguments of `SFTConfig(...)` name them one by one)."""
         return EncodingSettings(**{name: getattr(self, name) for name in ENCODING_FIELDS})
 
     def to_dict(self) -> dict[str, Any]:
