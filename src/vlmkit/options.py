@@ -125,6 +125,10 @@ ENCODING_OPTIONS: dict[str, Any] = {
         int | None,
         typer.Option(help=f"Most frames sampled from one video. {_SAVED}, else 768. Saved with a run."),
     ],
+    "min_frames": Annotated[
+        int | None,
+        typer.Option(help=f"Fewest frames sampled from one video by --fps. {_SAVED}, else 4. Saved with a run."),
+    ],
     "video_max_pixels": Annotated[
         int | None,
         typer.Option(

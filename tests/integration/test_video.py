@@ -292,6 +292,23 @@ def test_frame_size_follows_the_published_budget_rules(models):
     assert math.prod(video_frame_size(lowered, 1080, 1920, 4)) <= 128 * 28 * 28 * 2
 
 
+def test_min_frames_raises_the_frames_sampled_by_fps_and_travels(models, tmp_path):
+    """--min-frames (added by one field, one option and the Qwen families' encoding_options)."""
+    path = make_video(tmp_path / "v.mp4", count=100, fps=10)  # 10 s: 1 frame at --fps 0.1, raised to the minimum
+    default = video_template(models["qwen2-vl"], fps=0.1)
+    assert len(load_video(str(path), "v", **default.video_sampling).frames) == 4  # qwen-vl-utils' minimum
+    raised = video_template(models["qwen2-vl"], fps=0.1, min_frames=8)
+    assert len(load_video(str(path), "v", **raised.video_sampling).frames) == 8
+    model = tmp_path / "model"
+    shutil.copytree(models["qwen2-vl"], model)
+    (model / "vlmkit.json").write_text(json.dumps(raised.settings))
+    assert video_template(model).video_sampling["min_frames"] == 8  # saved with a run, read back
+    with pytest.raises(DataError, match="--min-frames 0: must be at least 1"):
+        video_template(models["qwen2-vl"], min_frames=0)
+    with pytest.raises(VlmkitError, match="--min-frames does not apply to llava"):
+        family_by_name("llava").load_template(models["qwen2-vl"], None, min_frames=8)  # refused before loading
+
+
 def test_video_settings_travel_and_are_validated(models, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(models["qwen2-vl"], model)

@@ -21,7 +21,7 @@ from vlmkit.settings import (
 
 REFUSAL = (
     "--max-tiles does not apply to qwen2-vl models (its encoding options: --min-pixels --max-pixels --fps "
-    "--nframes --max-frames --video-max-pixels --system); leave it out"
+    "--nframes --max-frames --min-frames --video-max-pixels --system); leave it out"
 )
 
 

@@ -104,7 +104,7 @@ FAMILY = Family(
         "llm": ("model.language_model.", "lm_head."),
     },
     supports=("image", "video"),
-    encoding_options=("min_pixels", "max_pixels", "fps", "nframes", "max_frames", "video_max_pixels", "system"),
+    encoding_options=("min_pixels", "max_pixels", "fps", "nframes", "max_frames", "min_frames", "video_max_pixels", "system"),
     packing=True,
     box_format=BOX_FORMAT,
     aliases=("qwen2-5-vl", "qwen25-vl", "qwen2.5vl"),

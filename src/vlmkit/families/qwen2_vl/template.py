@@ -125,7 +125,7 @@ def processor_limits(
         return _with_pixel_limits(config, settings.get("min_pixels"), settings.get("max_pixels"))
     if name != "video_preprocessor_config.json":
         return config
-    config = dict(config) | {k: settings[k] for k in ("fps", "max_frames") if settings.get(k) is not None}
+    config = dict(config) | {k: settings[k] for k in ("fps", "min_frames", "max_frames") if settings.get(k) is not None}
     if video_pixels_per_frame and settings.get("video_max_pixels") is not None:
         config = _with_pixel_limits(config, None, settings["video_max_pixels"])
     return config
@@ -200,6 +200,8 @@ class QwenVLTemplate:
             raise DataError(f"--nframes {nframes}: must be at least 1")
         if max_frames < 1:
             raise DataError(f"--max-frames {max_frames}: must be at least 1")
+        if min_frames < 1:
+            raise DataError(f"--min-frames {min_frames}: must be at least 1")
         if video_max_pixels < video_min_pixels:
             raise DataError(
                 f"--video-max-pixels {video_max_pixels} is below the video minimum of {video_min_pixels} pixels"
@@ -233,6 +235,7 @@ class QwenVLTemplate:
         fps: float | None = None,
         nframes: int | None = None,
         max_frames: int | None = None,
+        min_frames: int | None = None,
         video_max_pixels: int | None = None,
         video_defaults: dict[str, Any] | None = None,
     ) -> QwenVLTemplate:
@@ -257,7 +260,7 @@ class QwenVLTemplate:
             min_pixels=min_pixels,
             max_pixels=max_pixels if max_pixels is not None else default_max,
             system=system,
-            **video_settings(model_dir, video_defaults, fps, nframes, max_frames, video_max_pixels),
+            **video_settings(model_dir, video_defaults, fps, nframes, max_frames, min_frames, video_max_pixels),
             box_format=box_format,
         )
 

@@ -39,7 +39,7 @@ from vlmkit.families.qwen2_vl.resize import smart_resize
 from vlmkit.video import VideoProbe, load_video, probe_video
 
 # The template settings that travel in vlmkit.json (see `QwenVLTemplate.settings`).
-VIDEO_SETTINGS = ("fps", "nframes", "max_frames", "video_max_pixels")
+VIDEO_SETTINGS = ("fps", "nframes", "max_frames", "min_frames", "video_max_pixels")
 
 
 def video_settings(
@@ -48,6 +48,7 @@ def video_settings(
     fps: float | None,
     nframes: int | None,
     max_frames: int | None,
+    min_frames: int | None,
     video_max_pixels: int | None,
 ) -> dict[str, Any]:
     """Video keyword arguments for `QwenVLTemplate`, from (later wins) the family's defaults, the
@@ -64,6 +65,8 @@ def video_settings(
         settings.update(fps=fps, nframes=nframes)
     if max_frames is not None:
         settings["max_frames"] = max_frames
+    if min_frames is not None:
+        settings["min_frames"] = min_frames
     if video_max_pixels is not None:
         settings["video_max_pixels"] = video_max_pixels
     if "video_max_pixels" in settings and settings["video_max_pixels"] < settings.get("video_min_pixels", 0):
