@@ -66,8 +66,8 @@ with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the c
     f.write("5")
 before = status("VmRSS")
 start = time.perf_counter()
-frames = video.load_video(sys.argv[1], "bench", fps=None, nframes=int(sys.argv[2]), min_frames=4, max_frames=768,
-                          frame_factor=2)  # qwen-vl-utils' numbers
+sampling = video.FrameSampling(fps=None, nframes=int(sys.argv[2]), min_frames=4, max_frames=768, frame_factor=2)
+frames = video.load_video(sys.argv[1], "bench", sampling)  # qwen-vl-utils' numbers
 seconds = time.perf_counter() - start
 peak = status("VmHWM")
 print(json.dumps({"baseline_mb": before / 1024, "peak_mb": peak / 1024, "delta_mb": (peak - before) / 1024,

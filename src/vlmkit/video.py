@@ -35,6 +35,23 @@ FRAME_LIST_FPS = 2.0
 _SEEK_GAP_SECONDS = 2.0
 
 
+@dataclass(frozen=True)
+class FrameSampling:
+    """How many frames of a video are sampled, and which: a template's `video_sampling` (no defaults here:
+    the numbers are the family's).
+
+    fps: frames per second of video (None: every frame); nframes: exactly this many instead (wins over fps);
+    min_frames / max_frames: bounds on the count sampled by fps; frame_factor: the count is a multiple of it
+    (the frames the model merges in time, e.g. 2; 1 for none).
+    """
+
+    fps: float | None
+    nframes: int | None
+    min_frames: int
+    max_frames: int
+    frame_factor: int
+
+
 @dataclass
 class VideoFrames:
     frames: list[Image.Image]  # RGB, in time order, at the video's own size
@@ -56,16 +73,7 @@ def _video_errors(function):
     return reading_video
 
 
-def smart_nframes(
-    total_frames: int,
-    video_fps: float,
-    *,
-    fps: float | None,
-    nframes: int | None,
-    min_frames: int,
-    max_frames: int,
-    frame_factor: int,
-) -> int:
+def smart_nframes(total_frames: int, video_fps: float, sampling: FrameSampling) -> int:
     """How many frames to sample from a video of `total_frames` at `video_fps` (qwen-vl-utils' rule).
 
     `nframes` (which wins over `fps`) is rounded to a multiple of `frame_factor`; otherwise
@@ -74,6 +82,7 @@ def smart_nframes(
     never raises for a short video: one with fewer than `frame_factor` frames gives all its frames
     (the template pads them). `fps=None` and `nframes=None` take every frame, up to max_frames.
     """
+    fps, nframes, frame_factor = sampling.fps, sampling.nframes, sampling.frame_factor
     if total_frames < 1:
         raise ValueError("the video has no frames")
     if total_frames < frame_factor:
@@ -82,8 +91,8 @@ def smart_nframes(
         n = max(frame_factor, round(nframes / frame_factor) * frame_factor)
     else:
         rate = fps if fps is not None else video_fps
-        low = math.ceil(min_frames / frame_factor) * frame_factor
-        high = math.floor(min(max_frames, total_frames) / frame_factor) * frame_factor
+        low = math.ceil(sampling.min_frames / frame_factor) * frame_factor
+        high = math.floor(min(sampling.max_frames, total_frames) / frame_factor) * frame_factor
         n = min(max(total_frames / video_fps * rate, low), high, total_frames)
         n = max(frame_factor, math.floor(n / frame_factor) * frame_factor)
     return min(n, math.floor(total_frames / frame_factor) * frame_factor)
@@ -97,16 +106,7 @@ def sample_indices(total_frames: int, n: int) -> list[int]:
 
 
 @_video_errors
-def load_video(
-    source: Any,
-    where: str,
-    *,
-    fps: float | None,
-    nframes: int | None,
-    min_frames: int,
-    max_frames: int,
-    frame_factor: int,
-) -> VideoFrames:
+def load_video(source: Any, where: str, sampling: FrameSampling) -> VideoFrames:
     """Sampled frames of `source`: a path, `file://` or http(s) URL, bytes, or a list of frames.
 
     A video is sampled by `smart_nframes` (see there for fps / nframes / bounds). A list of frame
@@ -115,11 +115,11 @@ def load_video(
     that many evenly spaced frames. Every failure is a one-line MediaError naming `where`.
     """
     if isinstance(source, (list, tuple)):
-        return _from_frames(list(source), where, fps, nframes, max_frames)
+        return _from_frames(list(source), where, sampling)
     if isinstance(source, Image.Image):
         raise MediaError(f"{where}: a single image is not a video; give a list of frames or a video file")
     with _local_copy(source, where) as (path, named):
-        return _decode(path, named, fps, nframes, min_frames, max_frames, frame_factor)
+        return _decode(path, named, sampling)
 
 
 @dataclass
@@ -133,22 +133,13 @@ class VideoProbe:
 
 
 @_video_errors
-def probe_video(
-    source: Any,
-    where: str,
-    *,
-    fps: float | None,
-    nframes: int | None,
-    min_frames: int,
-    max_frames: int,
-    frame_factor: int,
-) -> VideoProbe:
+def probe_video(source: Any, where: str, sampling: FrameSampling) -> VideoProbe:
     """The size and sampled timestamps `load_video` gives for the same arguments, read from the
     container header (or the first frame's image header) without decoding any pixels."""
     if isinstance(source, (list, tuple)):
         if not source:
             raise MediaError(f"{where}: the list of frames is empty")
-        indices, rate = _frame_list_plan(len(source), fps, nframes, max_frames)
+        indices, rate = _frame_list_plan(len(source), sampling)
         # every kept frame's header: frames of different sizes stop `load_video`, so they stop here too
         sizes = {read_image_size(source[i], where=f"{where}: frame {i + 1}") for i in indices}
         if len(sizes) > 1:
@@ -159,28 +150,16 @@ def probe_video(
         raise MediaError(f"{where}: a single image is not a video; give a list of frames or a video file")
     with _local_copy(source, where) as (path, named), _open(path, named) as container:
         stream = container.streams.video[0]
-        indices, total, video_fps = _frame_plan(
-            container, stream, named, fps, nframes, min_frames, max_frames, frame_factor
-        )
+        indices, total, video_fps = _frame_plan(container, stream, named, sampling)
         return VideoProbe(
             stream.height, stream.width, [i / video_fps for i in indices], len(indices) / total * video_fps
         )
 
 
-def _frame_plan(
-    container, stream, where: str, fps, nframes, min_frames: int, max_frames: int, frame_factor: int
-) -> tuple[list[int], int, float]:
+def _frame_plan(container, stream, where: str, sampling: FrameSampling) -> tuple[list[int], int, float]:
     """(the sampled frame indices, the video's frame count, its fps): `smart_nframes` then `sample_indices`."""
     total, video_fps = _frame_count(container, stream, where)
-    n = smart_nframes(
-        total,
-        video_fps,
-        fps=fps,
-        nframes=nframes,
-        min_frames=min_frames,
-        max_frames=max_frames,
-        frame_factor=frame_factor,
-    )
+    n = smart_nframes(total, video_fps, sampling)
     return sample_indices(total, n), total, video_fps
 
 
@@ -203,21 +182,17 @@ def _local_copy(source: Any, where: str) -> Iterator[tuple[Path, str]]:
         os.unlink(tmp)
 
 
-def _frame_list_plan(
-    count: int, fps: float | None, nframes: int | None, max_frames: int
-) -> tuple[list[int], float]:
+def _frame_list_plan(count: int, sampling: FrameSampling) -> tuple[list[int], float]:
     """(indices kept of a list of `count` frames, the list's frame rate)."""
-    rate = fps if fps is not None else FRAME_LIST_FPS
-    keep = min(count if nframes is None else max(nframes, 1), count, max_frames)
+    rate = sampling.fps if sampling.fps is not None else FRAME_LIST_FPS
+    keep = min(count if sampling.nframes is None else max(sampling.nframes, 1), count, sampling.max_frames)
     return (sample_indices(count, keep) if keep < count else list(range(count))), rate
 
 
-def _from_frames(
-    sources: list, where: str, fps: float | None, nframes: int | None, max_frames: int
-) -> VideoFrames:
+def _from_frames(sources: list, where: str, sampling: FrameSampling) -> VideoFrames:
     if not sources:
         raise MediaError(f"{where}: the list of frames is empty")
-    indices, rate = _frame_list_plan(len(sources), fps, nframes, max_frames)
+    indices, rate = _frame_list_plan(len(sources), sampling)
     frames = [load_image(sources[i], where=f"{where}: frame {i + 1}") for i in indices]
     sizes = {f.size for f in frames}
     if len(sizes) > 1:
@@ -276,22 +251,12 @@ def _frame_count(container, stream, where: str) -> tuple[int, float]:
     return total, video_fps
 
 
-def _decode(
-    path: Path,
-    where: str,
-    fps: float | None,
-    nframes: int | None,
-    min_frames: int,
-    max_frames: int,
-    frame_factor: int,
-) -> VideoFrames:
+def _decode(path: Path, where: str, sampling: FrameSampling) -> VideoFrames:
     av = _av()
     with _open(path, where) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        indices, total, video_fps = _frame_plan(
-            container, stream, where, fps, nframes, min_frames, max_frames, frame_factor
-        )
+        indices, total, video_fps = _frame_plan(container, stream, where, sampling)
         try:
             frames = _seek_and_decode(container, stream, indices, video_fps)
         except av.FFmpegError as e:

@@ -31,7 +31,7 @@ from vlmkit.families import family_by_name
 from vlmkit.families.qwen2_vl.template import smart_resize
 from vlmkit.families.qwen2_vl.video import group_timestamps, video_frame_size
 from vlmkit.sample import to_sample
-from vlmkit.video import load_video, probe_video, sample_indices, smart_nframes
+from vlmkit.video import FrameSampling, load_video, probe_video, sample_indices, smart_nframes
 
 DEMO = PEERS / "llamafactory" / "mllm_demo_data"
 PEER_VIDEOS = [DEMO / "3.mp4", DEMO / "4.mp4", DEMO / "2.avi"]
@@ -41,9 +41,9 @@ PEER_VIDEOS = [DEMO / "3.mp4", DEMO / "4.mp4", DEMO / "2.avi"]
 QWEN_SAMPLING = {"fps": 2.0, "nframes": None, "min_frames": 4, "max_frames": 768, "frame_factor": 2}
 
 
-def qwen(**changed) -> dict:
-    """`vlmkit.video`'s keyword arguments: qwen-vl-utils' numbers with `changed` ones."""
-    return {**QWEN_SAMPLING, **changed}
+def qwen(**changed) -> FrameSampling:
+    """qwen-vl-utils' sampling numbers with `changed` ones."""
+    return FrameSampling(**{**QWEN_SAMPLING, **changed})
 
 
 def frame_index(image: Image.Image, count: int) -> int:
@@ -63,23 +63,23 @@ def all_frames(path: Path) -> list[np.ndarray]:
 
 def test_smart_nframes_follows_qwen_vl_utils():
     # duration * fps, floored to even, within [min_frames, max_frames] and the total
-    assert smart_nframes(300, 30.0, **qwen(fps=2.0)) == 20
-    assert smart_nframes(301, 30.0, **qwen(fps=2.0)) == 20
-    assert smart_nframes(300, 30.0, **qwen(fps=0.1)) == 4  # 1 frame, raised to min_frames
-    assert smart_nframes(300, 30.0, **qwen(fps=2.0, max_frames=9)) == 8  # max_frames floored to even
-    assert smart_nframes(300, 30.0, **qwen(fps=2.0, min_frames=5)) == 20
-    assert smart_nframes(3000, 30.0, **qwen(fps=2.0, min_frames=5, max_frames=11)) == 10
-    assert smart_nframes(7, 30.0, **qwen(fps=2.0)) == 4  # 0.47 frames -> min 4
-    assert smart_nframes(5, 30.0, **qwen(fps=30.0, min_frames=8)) == 4  # never more than the (even) total
+    assert smart_nframes(300, 30.0, qwen(fps=2.0)) == 20
+    assert smart_nframes(301, 30.0, qwen(fps=2.0)) == 20
+    assert smart_nframes(300, 30.0, qwen(fps=0.1)) == 4  # 1 frame, raised to min_frames
+    assert smart_nframes(300, 30.0, qwen(fps=2.0, max_frames=9)) == 8  # max_frames floored to even
+    assert smart_nframes(300, 30.0, qwen(fps=2.0, min_frames=5)) == 20
+    assert smart_nframes(3000, 30.0, qwen(fps=2.0, min_frames=5, max_frames=11)) == 10
+    assert smart_nframes(7, 30.0, qwen(fps=2.0)) == 4  # 0.47 frames -> min 4
+    assert smart_nframes(5, 30.0, qwen(fps=30.0, min_frames=8)) == 4  # never more than the (even) total
     # nframes wins over fps and is rounded to the factor, then capped by the total
-    assert smart_nframes(300, 30.0, **qwen(fps=2.0, nframes=7)) == 8
-    assert smart_nframes(300, 30.0, **qwen(nframes=5)) == 4  # round(2.5) = 2 (banker's), as qwen-vl-utils
-    assert smart_nframes(300, 30.0, **qwen(nframes=1000)) == 300
-    assert smart_nframes(301, 30.0, **qwen(nframes=1000)) == 300
-    assert smart_nframes(1, 30.0, **qwen(fps=2.0)) == 1  # shorter than one temporal patch: all of it
-    assert smart_nframes(300, 30.0, **qwen(fps=None)) == 300  # every frame
+    assert smart_nframes(300, 30.0, qwen(fps=2.0, nframes=7)) == 8
+    assert smart_nframes(300, 30.0, qwen(nframes=5)) == 4  # round(2.5) = 2 (banker's), as qwen-vl-utils
+    assert smart_nframes(300, 30.0, qwen(nframes=1000)) == 300
+    assert smart_nframes(301, 30.0, qwen(nframes=1000)) == 300
+    assert smart_nframes(1, 30.0, qwen(fps=2.0)) == 1  # shorter than one temporal patch: all of it
+    assert smart_nframes(300, 30.0, qwen(fps=None)) == 300  # every frame
     with pytest.raises(ValueError, match="no frames"):
-        smart_nframes(0, 30.0, **qwen())
+        smart_nframes(0, 30.0, qwen())
 
 
 def test_sample_indices_match_transformers_qwen3_sampler():
@@ -98,12 +98,12 @@ def test_sample_indices_match_transformers_qwen3_sampler():
 @pytest.mark.parametrize("gop", [1, 10, 250])
 def test_load_video_picks_the_sampled_frames_with_seeks(tmp_path, gop):
     path = make_video(tmp_path / "v.mp4", count=200, fps=10, gop=gop)  # 20 s: targets 4 s apart seek
-    video = load_video(str(path), "test", **qwen(nframes=6))
+    video = load_video(str(path), "test", qwen(nframes=6))
     assert [frame_index(f, 200) for f in video.frames] == sample_indices(200, 6) == [0, 40, 80, 119, 159, 199]
     assert video.timestamps == pytest.approx([i / 10 for i in [0, 40, 80, 119, 159, 199]])
     assert video.sample_fps == pytest.approx(6 / 200 * 10)
     assert all(f.size == (64, 48) and f.mode == "RGB" for f in video.frames)
-    dense = load_video(str(path), "test", **qwen(fps=2.0))  # 40 frames, 0.5 s apart: decoded forward
+    dense = load_video(str(path), "test", qwen(fps=2.0))  # 40 frames, 0.5 s apart: decoded forward
     assert [frame_index(f, 200) for f in dense.frames] == sample_indices(200, 40)
 
 
@@ -111,7 +111,7 @@ def test_load_video_bytes_file_url_and_mpeg4(tmp_path):
     path = make_video(tmp_path / "v.avi", count=30, fps=10, codec="mpeg4")
     expected = sample_indices(30, 4)
     for source in (path, str(path), path.as_uri(), path.read_bytes()):
-        video = load_video(source, "clip", **qwen(nframes=4))
+        video = load_video(source, "clip", qwen(nframes=4))
         assert [frame_index(f, 30) for f in video.frames] == expected
 
 
@@ -123,13 +123,13 @@ def test_peer_videos_sample_exactly_the_frames_of_a_full_decode(path):
         total, video_fps = stream.frames, float(stream.average_rate)
     assert len(reference) == total
     for kwargs in ({"nframes": 8}, {"fps": 2.0}):
-        video = load_video(str(path), "peer", **qwen(**kwargs))
-        n = smart_nframes(total, video_fps, **qwen(**{"fps": None, **kwargs}))
+        video = load_video(str(path), "peer", qwen(**kwargs))
+        n = smart_nframes(total, video_fps, qwen(**{"fps": None, **kwargs}))
         indices = sample_indices(total, n)
         assert len(video.frames) == n
         for image, index in zip(video.frames, indices, strict=True):
             assert np.array_equal(np.asarray(image), reference[index]), index
-        probe = probe_video(str(path), "peer", **qwen(**kwargs))
+        probe = probe_video(str(path), "peer", qwen(**kwargs))
         assert (probe.height, probe.width) == (video.frames[0].height, video.frames[0].width)
         assert probe.timestamps == video.timestamps == [i / video_fps for i in indices]
         assert probe.sample_fps == video.sample_fps == pytest.approx(n / total * video_fps)
@@ -142,37 +142,37 @@ def test_frame_lists(tmp_path):
         image.save(tmp_path / f"{i}.png")
         paths.append(str(tmp_path / f"{i}.png"))
     for source in (images, paths):
-        video = load_video(source, "frames", **qwen(fps=4.0))
+        video = load_video(source, "frames", qwen(fps=4.0))
         assert [frame_index(f, 5) for f in video.frames] == [0, 1, 2, 3, 4]  # all kept, in order
         assert video.timestamps == [0.0, 0.25, 0.5, 0.75, 1.0] and video.sample_fps == 4.0
-    thinned = load_video(paths, "frames", **qwen(fps=4.0, nframes=3))
+    thinned = load_video(paths, "frames", qwen(fps=4.0, nframes=3))
     assert [frame_index(f, 5) for f in thinned.frames] == [0, 2, 4]
     assert thinned.timestamps == [0.0, 0.5, 1.0]
-    assert probe_video(paths, "frames", **qwen(fps=4.0, nframes=3)).timestamps == thinned.timestamps
-    assert len(load_video(paths, "frames", **qwen(max_frames=2)).frames) == 2
+    assert probe_video(paths, "frames", qwen(fps=4.0, nframes=3)).timestamps == thinned.timestamps
+    assert len(load_video(paths, "frames", qwen(max_frames=2)).frames) == 2
 
 
 def test_video_errors_name_the_item_and_file(tmp_path):
     with pytest.raises(MediaError, match=r"^row 3: video 1: file not found: .*nope\.mp4$"):
-        load_video(str(tmp_path / "nope.mp4"), "row 3: video 1", **qwen())
+        load_video(str(tmp_path / "nope.mp4"), "row 3: video 1", qwen())
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x01 not a video" * 100)
     for call in (load_video, probe_video):
         with pytest.raises(MediaError, match=r"^row 3: video 1: .*corrupt\.mp4: not a readable video"):
-            call(str(corrupt), "row 3: video 1", **qwen())
+            call(str(corrupt), "row 3: video 1", qwen())
     audio = tmp_path / "audio.wav"
     with wave.open(str(audio), "wb") as f:  # a real media file without a video stream
         f.setnchannels(1), f.setsampwidth(2), f.setframerate(8000), f.writeframes(b"\0\0" * 800)
     with pytest.raises(MediaError, match="audio.wav: the file has no video stream"):
-        load_video(str(audio), "clip", **qwen())
+        load_video(str(audio), "clip", qwen())
     with pytest.raises(MediaError, match="clip: the list of frames is empty"):
-        load_video([], "clip", **qwen())
+        load_video([], "clip", qwen())
     with pytest.raises(MediaError, match="frames differ in size"):
-        load_video([Image.new("RGB", (4, 4)), Image.new("RGB", (5, 4))], "clip", **qwen())
+        load_video([Image.new("RGB", (4, 4)), Image.new("RGB", (5, 4))], "clip", qwen())
     with pytest.raises(MediaError, match="a single image is not a video"):
-        load_video(Image.new("RGB", (4, 4)), "clip", **qwen())
+        load_video(Image.new("RGB", (4, 4)), "clip", qwen())
     with pytest.raises(MediaError, match="clip: frame 2: file not found"):
-        load_video([Image.new("RGB", (4, 4)), str(tmp_path / "missing.png")], "clip", **qwen())
+        load_video([Image.new("RGB", (4, 4)), str(tmp_path / "missing.png")], "clip", qwen())
 
 
 # -- Qwen-VL encoding --------------------------------------------------------------------------------
@@ -296,13 +296,13 @@ def test_min_frames_raises_the_frames_sampled_by_fps_and_travels(models, tmp_pat
     """--min-frames (added by one field, one option and the Qwen families' encoding_options)."""
     path = make_video(tmp_path / "v.mp4", count=100, fps=10)  # 10 s: 1 frame at --fps 0.1, raised to the minimum
     default = video_template(models["qwen2-vl"], fps=0.1)
-    assert len(load_video(str(path), "v", **default.video_sampling).frames) == 4  # qwen-vl-utils' minimum
+    assert len(load_video(str(path), "v", default.video_sampling).frames) == 4  # qwen-vl-utils' minimum
     raised = video_template(models["qwen2-vl"], fps=0.1, min_frames=8)
-    assert len(load_video(str(path), "v", **raised.video_sampling).frames) == 8
+    assert len(load_video(str(path), "v", raised.video_sampling).frames) == 8
     model = tmp_path / "model"
     shutil.copytree(models["qwen2-vl"], model)
     (model / "vlmkit.json").write_text(json.dumps(raised.settings))
-    assert video_template(model).video_sampling["min_frames"] == 8  # saved with a run, read back
+    assert video_template(model).video_sampling.min_frames == 8  # saved with a run, read back
     with pytest.raises(DataError, match="--min-frames 0: must be at least 1"):
         video_template(models["qwen2-vl"], min_frames=0)
     with pytest.raises(VlmkitError, match="--min-frames does not apply to llava"):

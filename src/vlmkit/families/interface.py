@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from vlmkit.sample import Sample
+from vlmkit.video import FrameSampling
 
 
 @runtime_checkable
@@ -35,9 +36,9 @@ class Template(Protocol):
     per-row image resolution limit `count_tokens`/`fit_max_pixels` work with, for messages
     ("--max-pixels", "--max-tiles"); None: the image size is fixed by the checkpoint, nothing to shrink.
     min_pixels / max_pixels: that limit's lower and upper bound in the unit of `limit_option`
-    (None when `limit_option` is None). video_sampling: the keyword arguments that sample a video's
-    frames as `encode` does (`vlmkit.video.probe_video`: fps, nframes, min_frames, max_frames,
-    frame_factor); None for a template that takes no video.
+    (None when `limit_option` is None). video_sampling: how a video's frames are sampled as `encode`
+    does (`vlmkit.video.FrameSampling`, for `load_video`/`probe_video`); None for a template that takes
+    no video.
     compact_images: `encode(..., patchify=False)` returns resized uint8 images (`resized_images`) that
     `patchify_images` turns into the `encode` output; the encode cache stores that compact form.
     False: the cache stores `encode`'s own output.
@@ -51,7 +52,7 @@ class Template(Protocol):
     video_token_id: int | None
     box_format: Any
     limit_option: str | None
-    video_sampling: dict[str, Any] | None
+    video_sampling: FrameSampling | None
     compact_images: bool
 
     @property

@@ -253,7 +253,7 @@ def _check_video(data: Any, where: str, template: Any, config: ServerConfig) -> 
 
     if template.video_sampling is None:
         return
-    probe = probe_video(data, where, **template.video_sampling)
+    probe = probe_video(data, where, template.video_sampling)
     _check_pixels(probe.height, probe.width, where, "each video frame", config.policy)
     if len(probe.timestamps) > config.max_video_frames:
         raise MediaTooLargeError(

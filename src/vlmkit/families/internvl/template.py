@@ -35,6 +35,7 @@ from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image, read_image_size
 from vlmkit.sample import Sample, refuse_requested_sizes
 from vlmkit.settings import read_settings
+from vlmkit.video import FrameSampling
 
 IMAGE_START, IMAGE_END, IMAGE_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 VIDEO = "<video>"
@@ -282,28 +283,22 @@ class InternVLTemplate:
         return np.ascontiguousarray(tiles)
 
     @property
-    def video_sampling(self) -> dict[str, Any]:
+    def video_sampling(self) -> FrameSampling:
         """How `vlmkit.video` samples a video's frames for this template (any count: frames are images)."""
-        return {
-            "fps": self.fps,
-            "nframes": self.nframes,
-            "min_frames": 4,
-            "max_frames": self.max_frames,
-            "frame_factor": 1,
-        }
+        return FrameSampling(self.fps, self.nframes, min_frames=4, max_frames=self.max_frames, frame_factor=1)
 
     def _video_frames(self, source: Any, where: str) -> list[Image.Image]:
         """The sampled frames of a video, each resized to one tile (as InternVL's video processor does)."""
         from vlmkit.video import load_video
 
-        video = load_video(source, where, **self.video_sampling)
+        video = load_video(source, where, self.video_sampling)
         size = self.tile_size
         return [frame.convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for frame in video.frames]
 
     def _video_frame_count(self, source: Any, where: str) -> int:
         from vlmkit.video import probe_video
 
-        return len(probe_video(source, where, **self.video_sampling).timestamps)
+        return len(probe_video(source, where, self.video_sampling).timestamps)
 
     # -- whole samples -----------------------------------------------------------------------------
 

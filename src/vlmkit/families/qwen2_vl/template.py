@@ -35,6 +35,7 @@ from vlmkit.families.qwen2_vl.video import VIDEO_SETTINGS, encode_videos, video_
 from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image_resized, read_image_size
 from vlmkit.sample import Sample
+from vlmkit.video import FrameSampling
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -275,15 +276,9 @@ class QwenVLTemplate:
         }
 
     @property
-    def video_sampling(self) -> dict[str, Any]:
+    def video_sampling(self) -> FrameSampling:
         """How `vlmkit.video` samples a video's frames for this template (qwen-vl-utils' rule)."""
-        return {
-            "fps": self.fps,
-            "nframes": self.nframes,
-            "min_frames": self.min_frames,
-            "max_frames": self.max_frames,
-            "frame_factor": self.temporal_patch_size,
-        }
+        return FrameSampling(self.fps, self.nframes, self.min_frames, self.max_frames, self.temporal_patch_size)
 
     # -- text --------------------------------------------------------------------------------------
 

@@ -169,7 +169,7 @@ def encode_videos(
     all_patches, grids, replacements, seconds = [], [], [], []
     for k, source in enumerate(videos):
         item = f"{where}: video {k + 1}"
-        video = load_video(source, item, **template.video_sampling)
+        video = load_video(source, item, template.video_sampling)
         probe = VideoProbe(video.frames[0].height, video.frames[0].width, video.timestamps, video.sample_fps)
         try:
             grid = _grid(template, probe)
@@ -197,7 +197,7 @@ def video_token_delta(template, videos: list[Any], where: str, ids: list[int]) -
     total = 0
     for k, source in enumerate(videos):
         item = f"{where}: video {k + 1}"
-        probe = probe_video(source, item, **template.video_sampling)
+        probe = probe_video(source, item, template.video_sampling)
         try:
             grid = _grid(template, probe)
         except ValueError as e:

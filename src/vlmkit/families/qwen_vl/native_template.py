@@ -25,11 +25,10 @@ from PIL import Image
 
 from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, mark_text, pad_sequences, tokenize_segments
 from vlmkit.errors import DataError
-from vlmkit.grounding import needs_boxes, write_for_family
+from vlmkit.families.qwen_vl.template import qwen_vl_messages
 from vlmkit.media import load_image, read_image_size
 from vlmkit.sample import Sample, refuse_requested_sizes
 
-DEFAULT_SYSTEM = "You are a helpful assistant."
 IMAGE_PAD = "<imgpad>"
 TOKENS_PER_IMAGE = 256
 
@@ -115,13 +114,7 @@ class QwenVLTemplate:
         return {"system": self.system}
 
     def _messages(self, sample: Sample) -> list[dict]:
-        if needs_boxes(sample):
-            sample = write_for_family(sample, self.box_format, self.image_sizes(sample))
-        messages = sample.messages
-        if not messages or messages[0]["role"] != "system":
-            system = self.system if self.system is not None else DEFAULT_SYSTEM
-            messages = [{"role": "system", "content": [{"type": "text", "text": system}]}, *messages]
-        return messages
+        return qwen_vl_messages(self, sample)
 
     def render_text(self, sample: Sample, add_generation_prompt: bool = False) -> str:
         """The prompt text with one `<imgpad>` per image."""

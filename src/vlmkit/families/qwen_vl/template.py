@@ -35,6 +35,19 @@ from vlmkit.media import load_image, read_image_size
 from vlmkit.sample import Sample, refuse_requested_sizes
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+def qwen_vl_messages(template: Any, sample: Sample) -> list[dict]:
+    """`sample`'s messages as both Qwen-VL templates render them: boxes written in Qwen-VL's markup at the
+    template's image sizes, and a system message first when there is none (the template's, else
+    `DEFAULT_SYSTEM`, as Qwen-VL-Chat's `make_context`)."""
+    if needs_boxes(sample):
+        sample = write_for_family(sample, template.box_format, template.image_sizes(sample))
+    messages = sample.messages
+    if not messages or messages[0]["role"] != "system":
+        system = template.system if template.system is not None else DEFAULT_SYSTEM
+        messages = [{"role": "system", "content": [{"type": "text", "text": system}]}, *messages]
+    return messages
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 # The remote tokenizer refuses a source longer than its 256-token image span (one byte per token).
 MAX_SOURCE_BYTES = 256
@@ -125,13 +138,7 @@ class QwenVLChatTemplate:
         return str(path)
 
     def _messages(self, sample: Sample) -> list[dict]:
-        if needs_boxes(sample):
-            sample = write_for_family(sample, self.box_format, self.image_sizes(sample))
-        messages = sample.messages
-        if not messages or messages[0]["role"] != "system":
-            system = self.system if self.system is not None else DEFAULT_SYSTEM
-            messages = [{"role": "system", "content": [{"type": "text", "text": system}]}, *messages]
-        return messages
+        return qwen_vl_messages(self, sample)
 
     def render_text(self, sample: Sample, add_generation_prompt: bool = False) -> str:
         """The prompt text exactly as Qwen-VL-Chat's `make_context` writes it."""
