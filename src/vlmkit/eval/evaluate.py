@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,38 +67,89 @@ def evaluate(
     Under `torchrun --nproc-per-node N -m vlmkit eval ...` every rank answers a share of the rows
     (`vlmkit.infer.run_batch`); rank 0 alone prints, scores and writes, and the other ranks return {}."""
     from vlmkit.batch_output import is_main_process
-    from vlmkit.eval.metrics import metric_names
-    from vlmkit.eval.report import text_table, write_report
-    from vlmkit.eval.rows import read_predictions
-    from vlmkit.eval.run import file_stem, model_label, score_predictions
-    from vlmkit.vllm_args import refuse_vllm_options
 
     encoding = encoding_settings(encoding, **encoding_options)
+    models, ckpts = list(models), list(ckpts)
+    vllm = _vllm_options(backend, tensor_parallel_size, vllm_args, len(models) + len(ckpts), encoding,
+                         device=device, attn_impl=attn_impl, device_map=device_map,
+                         trust_remote_code=trust_remote_code)  # fmt: skip
+    output = Path(output)
+    pairs = [(str(m), None) for m in models] + [(None, Path(c)) for c in ckpts]
+    plan = _plan(dataset, pairs, [Path(p) for p in predictions], benchmark, benchmark_path, limit, metric, output,
+                 columns, prompt)  # fmt: skip
+    main = is_main_process()
+    if not main:
+        echo = _silent
+    output.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    answered = []
+    if pairs:
+        placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
+        load_options = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "encoding": encoding,
+                        "dtype": dtype, "device": device, "attn_impl": attn_impl,
+                        "trust_remote_code": trust_remote_code, "vllm": vllm, "placement": placement}  # fmt: skip
+        answered = _answer(plan, pairs, benchmark_path, media_root, columns, prompt, output, taken, echo,
+                           load_options)  # fmt: skip
+    if not main:  # this rank's share of the rows is answered; rank 0 scores all of them
+        return {}
+    return _score(plan, answered + _given(plan, output, taken), output, echo)
+
+
+@dataclass
+class _Plan:
+    """What `evaluate` was asked, checked before any model loads."""
+
+    dataset: str | None  # the rows to answer (DATASET#N with --limit); the benchmark's source once read
+    predictions: dict[Path, list[dict]]  # given predictions files and their lines
+    preset: Any  # the --benchmark preset (`vlmkit.eval.benchmarks.Benchmark`) or None
+    limit: int | None
+    metrics: list[str] | None  # None: auto, chosen from the first model's rows
+    metric_reason: str
+    schema: str | None = None  # the dataset's schema line, once read
+
+
+@dataclass
+class _Scored:
+    """One predictions file in the output folder to score, with the report's images and questions."""
+
+    label: str
+    source: str
+    path: Path
+    images: list[Any]
+    questions: list[str]
+
+
+def _vllm_options(backend, tensor_parallel_size, vllm_args, n_models, encoding, **options) -> dict | None:
+    """The vLLM engine options when `backend` is vllm (after refusing what vLLM would drop), else None."""
+    from vlmkit.vllm_args import refuse_vllm_options
+
     if backend not in ("transformers", "vllm"):
         raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
     refuse_vllm_options(backend, tensor_parallel_size, vllm_args)
-    vllm = None
-    if backend == "vllm":
-        from vlmkit.vllm_args import VLLM_PASSES
-        from vlmkit.vllm_offline import refuse_for_vllm
+    if backend != "vllm":
+        return None
+    from vlmkit.vllm_args import VLLM_PASSES
+    from vlmkit.vllm_offline import refuse_for_vllm
 
-        refuse_for_vllm(device=None if device == "auto" else device, attn_impl=None if attn_impl == "sdpa" else attn_impl,
-                        device_map=device_map,
-                        **{k: v for k, v in encoding.given().items() if k not in VLLM_PASSES},
-                        trust_remote_code=trust_remote_code)  # fmt: skip
-        vllm = {"tensor_parallel_size": tensor_parallel_size, "vllm_args": vllm_args}
-        models, ckpts = list(models), list(ckpts)
-        if len(models) + len(ckpts) > 1:  # vllm-project/vllm#3281, #21073: a second engine runs out of memory
-            raise VlmkitError(
-                "--backend vllm answers with one --model/--ckpt per run: vLLM does not free the GPU between "
-                "engines in one process; run vlmkit eval once per model, then compare the runs with "
-                "vlmkit eval --predictions A.predictions.jsonl --predictions B.predictions.jsonl"
-            )
-    output = Path(output)
-    predictions = [Path(p) for p in predictions]
-    pairs: list[tuple[str | None, Path | None]] = [(str(m), None) for m in models] + [
-        (None, Path(c)) for c in ckpts
-    ]
+    refuse_for_vllm(device=None if options["device"] == "auto" else options["device"],
+                    attn_impl=None if options["attn_impl"] == "sdpa" else options["attn_impl"],
+                    device_map=options["device_map"],
+                    **{k: v for k, v in encoding.given().items() if k not in VLLM_PASSES},
+                    trust_remote_code=options["trust_remote_code"])  # fmt: skip
+    if n_models > 1:  # vllm-project/vllm#3281, #21073: a second engine runs out of memory
+        raise VlmkitError(
+            "--backend vllm answers with one --model/--ckpt per run: vLLM does not free the GPU between "
+            "engines in one process; run vlmkit eval once per model, then compare the runs with "
+            "vlmkit eval --predictions A.predictions.jsonl --predictions B.predictions.jsonl"
+        )
+    return {"tensor_parallel_size": tensor_parallel_size, "vllm_args": vllm_args}
+
+
+def _plan(dataset, pairs, predictions, benchmark, benchmark_path, limit, metric, output, columns, prompt) -> _Plan:
+    """Check the request (one line for each mistake), before any model loads or file is written."""
+    from vlmkit.eval.metrics import metric_names
+    from vlmkit.eval.rows import read_predictions
+
     if not pairs and not predictions:
         raise VlmkitError("give --model, --ckpt or --predictions (what to evaluate)")
     preset = _benchmark(benchmark, benchmark_path, dataset, bool(pairs), columns, prompt)
@@ -115,80 +167,85 @@ def evaluate(
         raise VlmkitError(
             f"--output {output} already holds an evaluation (metrics.json); choose another folder"
         )
-    names = None if metric.strip() == "auto" else metric_names(metric)
+    names, reason = (None if metric.strip() == "auto" else metric_names(metric)), "given with --metric"
     if names is None and preset is not None:
-        names, preset_reason = metric_names(preset.metric), f"the {preset.name} benchmark's metric"
+        names, reason = metric_names(preset.metric), f"the {preset.name} benchmark's metric"
     _check_eval_extra(names)
     given_lines = {given: read_predictions(given) for given in predictions}  # checked before any work
-    main = is_main_process()
-    if not main:
-        echo = _silent
-    output.mkdir(parents=True, exist_ok=True)
+    return _Plan(dataset, given_lines, preset, limit, names, reason)
 
-    taken: set[str] = set()
-    to_score: list[tuple[str, str, Path]] = []  # (label, source, predictions file in output)
-    images: dict[str, list[Any]] = {}
-    questions: dict[str, list[str]] = {}
-    schema = None
-    if pairs:
-        from vlmkit.eval.rows import read_dataset
 
-        if preset is not None:
-            from vlmkit.eval.benchmarks import read_benchmark
+def _answer(plan, pairs, benchmark_path, media_root, columns, prompt, output, taken, echo, load_options) -> list[_Scored]:
+    """Read the rows once, then answer them with each model in turn into OUTPUT/LABEL.predictions.jsonl."""
+    from vlmkit.eval.rows import read_dataset
+    from vlmkit.eval.run import file_stem, model_label
 
-            rows, line = read_benchmark(preset, _str(benchmark_path), limit, media_root)
-            dataset = str(benchmark_path or preset.source)
-            echo(line)
-        else:
-            rows, schema = read_dataset(dataset, media_root, columns, prompt)
-            if schema:
-                echo(f"{dataset}: {schema}")
-        row_images = [_last_image(sample) for _, sample in rows]
-        row_questions = [_question(sample) for _, sample in rows]
-        for model_name, checkpoint in pairs:
-            label = model_label(model_name, checkpoint, taken)
-            path = output / f"{file_stem(label)}.predictions.jsonl"
-            placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
-            counts = _predict(model_name, checkpoint, dataset, rows, path, batch_size, max_new_tokens, encoding,
-                              dtype, device, attn_impl, trust_remote_code, vllm, placement)  # fmt: skip
-            echo(f"{label}: answered {counts['ok']} rows ({counts['failed']} failed) -> {path}")
-            to_score.append((label, str(checkpoint or model_name), path))
-            images[label], questions[label] = row_images, row_questions
-    if not main:  # this rank's share of the rows is answered; rank 0 scores all of them
-        return {}
-    for given in predictions:
+    if plan.preset is not None:
+        from vlmkit.eval.benchmarks import read_benchmark
+
+        rows, line = read_benchmark(plan.preset, _str(benchmark_path), plan.limit, media_root)
+        plan.dataset = str(benchmark_path or plan.preset.source)
+        echo(line)
+    else:
+        rows, plan.schema = read_dataset(plan.dataset, media_root, columns, prompt)
+        if plan.schema:
+            echo(f"{plan.dataset}: {plan.schema}")
+    images = [_last_image(sample) for _, sample in rows]
+    questions = [_question(sample) for _, sample in rows]
+    answered = []
+    for model_name, checkpoint in pairs:
+        label = model_label(model_name, checkpoint, taken)
+        path = output / f"{file_stem(label)}.predictions.jsonl"
+        counts = _predict(model_name, checkpoint, plan.dataset, rows, path, **load_options)
+        echo(f"{label}: answered {counts['ok']} rows ({counts['failed']} failed) -> {path}")
+        answered.append(_Scored(label, str(checkpoint or model_name), path, images, questions))
+    return answered
+
+
+def _given(plan: _Plan, output: Path, taken: set[str]) -> list[_Scored]:
+    """The given predictions files, copied into `output` (scores are added to the copy; the given file
+    stays as it is)."""
+    from vlmkit.eval.run import file_stem, model_label
+
+    scored = []
+    for given, lines in plan.predictions.items():
         label = model_label(str(given.with_suffix("")), None, taken)
         path = output / f"{file_stem(label)}.predictions.jsonl"
-        shutil.copyfile(given, path)  # scores are added to the copy; the given file stays as it is
-        to_score.append((label, str(given), path))
-        lines = given_lines[given]
-        images[label] = [_image_of_line(line, given.parent) for line in lines]
-        questions[label] = [str(line.get("query", "")) for line in lines]
+        shutil.copyfile(given, path)
+        images = [_image_of_line(line, given.parent) for line in lines]
+        scored.append(_Scored(label, str(given), path, images, [str(line.get("query", "")) for line in lines]))
+    return scored
 
-    results, reason = [], "given with --metric"
-    if preset is not None and metric.strip() == "auto":
-        reason = preset_reason
-    for label, source, path in to_score:
-        result, chosen, why = score_predictions(path, names, schema, label, source)
+
+def _score(plan: _Plan, to_score: list[_Scored], output: Path, echo: Callable[[str], Any]) -> dict[str, Any]:
+    """Score every predictions file with the same metrics, print the table, write metrics.json and report.md."""
+    from vlmkit.eval.report import text_table, write_report
+    from vlmkit.eval.run import score_predictions
+
+    names, reason = plan.metrics, plan.metric_reason
+    results = []
+    for item in to_score:
+        result, chosen, why = score_predictions(item.path, names, plan.schema, item.label, item.source)
         if names is None:  # auto: chosen from the first model's rows, then the same for all
             names, reason = chosen, why
         results.append(result)
     echo(f"metrics: {', '.join(names)} ({reason})")
-    table = text_table(results, names)
-    echo(table)
+    echo(text_table(results, names))
     for result in results:
         if result.failed:
             print(f"warning: {result.label}: {result.failed} of {result.rows} rows failed and are not scored "
                   f"(first: {result.failures[0]})", file=sys.stderr)  # fmt: skip
     summary = {
-        "dataset": dataset,
-        **({"benchmark": preset.name} if preset is not None else {}),
+        "dataset": plan.dataset,
+        **({"benchmark": plan.preset.name} if plan.preset is not None else {}),
         "metrics": names,
         "metric_choice": reason,
         "models": {r.label: r.to_json() for r in results},
     }
     (output / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    report = write_report(output, str(dataset or "predictions"), results, names, reason, images, questions)
+    images = {item.label: item.images for item in to_score}
+    questions = {item.label: item.questions for item in to_score}
+    report = write_report(output, str(plan.dataset or "predictions"), results, names, reason, images, questions)
     echo(f"wrote {output / 'metrics.json'} and {report}")
     return summary
 
@@ -270,8 +327,8 @@ def _image_of_line(line: dict, folder: Path) -> Any:
     return path if path.is_file() else None
 
 
-def _predict(model, checkpoint, dataset, rows, path, batch_size, max_new_tokens, encoding, dtype, device, attn_impl,
-             trust_remote_code, vllm, placement) -> dict[str, int]:  # fmt: skip
+def _predict(model, checkpoint, dataset, rows, path, *, batch_size, max_new_tokens, encoding, dtype, device,
+             attn_impl, trust_remote_code, vllm, placement) -> dict[str, int]:  # fmt: skip
     """Load one model (with vLLM when `vllm` holds its options), answer `rows` through `vlmkit infer`'s
     batch path into `path`, free the model."""
     from vlmkit.batch_output import join_ranks
