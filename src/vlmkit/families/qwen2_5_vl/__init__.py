@@ -4,6 +4,7 @@ from pathlib import Path
 
 from vlmkit.families import Family
 from vlmkit.families.qwen2_5_vl.boxes import BOX_FORMAT
+from vlmkit.families.qwen2_vl import ENCODING_OPTIONS as QWEN2_VL_OPTIONS
 from vlmkit.families.qwen2_vl import PREPROCESSOR_CONFIG as QWEN2_VL_PREPROCESSOR
 from vlmkit.families.qwen2_vl import SPECIAL_TOKENS as QWEN2_VL_TOKENS
 from vlmkit.families.qwen2_vl import VIDEO_DEFAULTS as QWEN2_VL_VIDEO
@@ -104,7 +105,7 @@ FAMILY = Family(
         "llm": ("model.language_model.", "lm_head."),
     },
     supports=("image", "video"),
-    encoding_options=("min_pixels", "max_pixels", "fps", "nframes", "max_frames", "min_frames", "video_max_pixels", "system"),
+    encoding_options=QWEN2_VL_OPTIONS,
     packing=True,
     box_format=BOX_FORMAT,
     aliases=("qwen2-5-vl", "qwen25-vl", "qwen2.5vl"),

@@ -55,6 +55,8 @@ PREPROCESSOR_CONFIG = {
 # transformers' Qwen2VLVideoProcessor defaults with qwen-vl-utils' total-pixel cap (the checkpoints ship
 # no video_preprocessor_config.json): 128..768 tokens of 28x28 pixels per frame, and at most 90% of a
 # 128k context over the whole video (x2: two frames share a temporal patch).
+# The encoding options of the Qwen2/2.5/3-VL templates (`Family.encoding_options`).
+ENCODING_OPTIONS = ("min_pixels", "max_pixels", "fps", "nframes", "max_frames", "min_frames", "video_max_pixels", "system")
 VIDEO_DEFAULTS = {
     "fps": 2.0,
     "min_frames": 4,
@@ -134,7 +136,7 @@ FAMILY = Family(
         "llm": ("model.language_model.", "lm_head."),
     },
     supports=("image", "video"),
-    encoding_options=("min_pixels", "max_pixels", "fps", "nframes", "max_frames", "min_frames", "video_max_pixels", "system"),
+    encoding_options=ENCODING_OPTIONS,
     packing=True,
     box_format=BOX_FORMAT,
     aliases=("qwen2vl",),

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from vlmkit.families import Family
 from vlmkit.families.qwen2_5_vl import SPECIAL_TOKENS as QWEN2_5_VL_TOKENS
+from vlmkit.families.qwen2_vl import ENCODING_OPTIONS as QWEN_OPTIONS
 from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions
 from vlmkit.families.qwen2_vl.template import (
     QwenVLTemplate,
@@ -130,7 +131,7 @@ FAMILY = Family(
         "llm": ("model.language_model.", "lm_head."),
     },
     supports=("image", "video"),
-    encoding_options=("min_pixels", "max_pixels", "fps", "nframes", "max_frames", "min_frames", "video_max_pixels", "system"),
+    encoding_options=QWEN_OPTIONS,
     packing=True,
     box_format=BOX_FORMAT,
     aliases=("qwen3vl",),
