@@ -121,7 +121,7 @@ def test_a_change_invalidates_exactly_what_it_touches(small_model, media, tmp_pa
     assert cache.misses == before + 1
 
     # a per-row limit (--truncation shrink) and the template's settings
-    assert cache.key(samples[1], max_pixels=10_000) != keys[1]
+    assert cache.key(samples[1], limit=10_000) != keys[1]
     for other in (
         make_template(small_model, max_pixels=30_000),
         make_template(small_model, max_pixels=20_000, system="Be brief."),
