@@ -186,6 +186,32 @@ def test_parallel_encode_fills_the_same_entries_as_serial_and_skips_bad_rows(sma
     assert not list((tmp_path / "parallel").rglob("*.tmp"))
 
 
+def test_a_shrunk_row_is_encoded_and_cached_at_its_fitted_limit(small_model, media, tmp_path):
+    """--truncation shrink: `check_dataset`'s `GoodRow.limit` reaches the encode cache and the training
+    dataset, which encode that row at its limit (shorter than at the template's own) and no other row."""
+    from vlmkit.data.check import check_dataset
+    from vlmkit.train.encoded import EncodedDataset
+
+    template = make_template(small_model, max_pixels=20_000)
+    dataset = load_dataset(write_jsonl(tmp_path / "train.jsonl", rows(media)))
+    full = template.count_tokens(dataset[0])
+    report = check_dataset(dataset, template, max_length=full - 1, truncation="shrink", progress=False)
+    limits = {g.index: g.limit for g in report.good if g.limit}
+    assert list(limits) == [0] and template.min_limit <= limits[0] < template.max_limit
+    at_limit = template.encode(dataset[0], limit=limits[0])
+    assert len(at_limit["input_ids"]) <= full - 1 < len(template.encode(dataset[0])["input_ids"])
+
+    stats = encode_dataset(dataset, template, [g.index for g in report.good], limits, cache_dir=tmp_path / "c")
+    cache = EncodeCache(tmp_path / "c", template)
+    assert stats.encoded == 3 and cache.path(cache.key(dataset[0], limits[0])).exists()
+    assert not cache.path(cache.key(dataset[0])).exists()  # stored under its limit only
+    for with_cache in (None, cache):
+        trained = EncodedDataset(dataset, template, [0, 1, 2], limits, with_cache)
+        expected = {k: v for k, v in at_limit.items() if k != "image_sizes"}  # for people; training drops it
+        assert_same_inputs(trained[0], expected)
+        assert torch.equal(trained[1]["input_ids"], template.encode(dataset[1])["input_ids"])
+
+
 @pytest.mark.slow
 def test_sft_reads_the_cache_and_a_second_run_encodes_nothing(small_model, media, tmp_path, monkeypatch):
     from vlmkit.train import SFTConfig, sft
