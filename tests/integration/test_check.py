@@ -281,6 +281,25 @@ def test_check_command_exit_codes_and_files(small_model, mixed, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("family", "option"), [("qwen2-vl", ["--max-pixels", "20000"]), ("internvl", ["--max-tiles", "3"])]
+)
+def test_check_histogram_names_the_resolution_limit_in_the_model_s_unit(
+    small_model, tiny_models, tmp_path, monkeypatch, family, option
+):
+    """The length histogram's axis says at which limit rows were measured: pixels for Qwen, tiles for InternVL."""
+    import vlmkit.plots
+
+    axes = []
+    monkeypatch.setattr(vlmkit.plots, "save_histogram", lambda values, path, title, xlabel, **_: axes.append(xlabel))
+    random_image(60, 80).save(tmp_path / "a.png")
+    (tmp_path / "d.jsonl").write_text(json.dumps(image_row(tmp_path / "a.png")) + "\n")
+    model = small_model if family == "qwen2-vl" else tiny_models[family]
+    result = CliRunner().invoke(app, ["check", "--model", str(model), "--dataset", str(tmp_path / "d.jsonl"), *option])
+    assert result.exit_code == 0, result.output
+    assert axes == [f"tokens per row (images at {' '.join(option)})"]
+
+
 def test_preview_marks_replies_and_collapses_image_tokens(tiny_models, tmp_path):
     random_image(60, 80).save(tmp_path / "a.png")
     (tmp_path / "d.json").write_text(json.dumps([image_row("a.png", reply="It is red.")]))
