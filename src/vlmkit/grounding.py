@@ -423,11 +423,12 @@ def decode_reply(tokenizer, ids, keep_tokens: tuple[str, ...]) -> str:
 
 
 def objects_in_reply(
-    template, sample: Sample, reply: str, max_pixels: int | None = None
+    template, sample: Sample, reply: str, limit: int | None = None
 ) -> list[dict[str, Any]]:
     """The boxes of a reply to `sample` (the prompt) as `parse_reply` gives them, using the family
-    template's box format and its resize of the sample's images; [] for a family without grounding."""
+    template's box format and its resize of the sample's images (at the resolution `limit` the prompt
+    was encoded with; None: the template's); [] for a family without grounding."""
     box_format = template.box_format  # None for a family without grounding
     if box_format is None or not sample.media("image"):
         return []
-    return parse_reply(reply, box_format, template.image_sizes(sample, max_pixels))
+    return parse_reply(reply, box_format, template.image_sizes(sample, limit))

@@ -35,22 +35,22 @@ def image_row(*images, text="<image>What is it?", reply="A square."):
     return {"messages": messages, "images": [str(i) for i in images]}
 
 
-# -- count_tokens / fit_max_pixels -------------------------------------------------------------------
+# -- count_tokens / fit_limit ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-@pytest.mark.parametrize("max_pixels", [None, 3136, 40_000])
-def test_count_tokens_equals_encoded_length(tiny_models, tmp_path, name, max_pixels):
+@pytest.mark.parametrize("limit", [None, 3136, 40_000])
+def test_count_tokens_equals_encoded_length(tiny_models, tmp_path, name, limit):
     template = template_for(
         tiny_models[name], min_pixels=3136 if name != "qwen3-vl" else 4096, max_pixels=300_000
     )
-    max_pixels = max(max_pixels, template.min_pixels) if max_pixels else None
+    limit = max(limit, template.min_limit) if limit else None
     for k, (height, width) in enumerate([(28, 28), (300, 217), (50, 500), (1080, 1920), (17, 913)]):
         path = tmp_path / f"{k}.png"
         random_image(height, width, seed=k).save(path)
         sample = to_sample(image_row(path, path, text="Compare <image> with <image>."))
-        encoded = template.encode(sample, max_pixels=max_pixels)
-        assert template.count_tokens(sample, max_pixels=max_pixels) == len(encoded["input_ids"])
+        encoded = template.encode(sample, limit=limit)
+        assert template.count_tokens(sample, limit=limit) == len(encoded["input_ids"])
     text_only = to_sample({"messages": [{"role": "user", "content": "Hi"}]})
     generation = template.encode(text_only, add_generation_prompt=True)
     assert template.count_tokens(text_only, add_generation_prompt=True) == len(generation["input_ids"])
@@ -65,9 +65,9 @@ def test_exif_rotated_jpeg_is_counted_upright(small, tmp_path):
         read_image_size(str(path)) == (200, 60) == (load_image(str(path)).height, load_image(str(path)).width)
     )
     sample = to_sample(image_row(path))
-    encoded = small.encode(sample, max_pixels=5000)
+    encoded = small.encode(sample, limit=5000)
     assert encoded["image_sizes"][0][0] == (200, 60)
-    assert small.count_tokens(sample, max_pixels=5000) == len(encoded["input_ids"])
+    assert small.count_tokens(sample, limit=5000) == len(encoded["input_ids"])
 
 
 def test_count_tokens_reads_only_the_header(small, tmp_path):
@@ -75,35 +75,35 @@ def test_count_tokens_reads_only_the_header(small, tmp_path):
     random_image(300, 400).save(path, quality=95)
     path.write_bytes(path.read_bytes()[:2000])  # the header parses; the pixels do not
     sample = to_sample(image_row(path), where="r:1")
-    assert small.count_tokens(sample) > small.count_tokens(sample, max_pixels=3136)
+    assert small.count_tokens(sample) > small.count_tokens(sample, limit=3136)
     with pytest.raises(MediaError, match="^r:1: image 1: .*truncated.jpg: not a readable image"):
         small.encode(sample)
 
 
-def test_encode_takes_a_per_call_max_pixels(small, image_file):
+def test_encode_takes_a_per_call_limit(small, image_file):
     sample = to_sample(image_row(image_file))
     assert (
         small.encode(sample)["input_ids"].tolist() == small.encode(sample, False, None)["input_ids"].tolist()
     )
-    assert small.encode(sample, max_pixels=3136)["image_grid_thw"].tolist() == [[1, 2, 4]]  # 60x80 -> 28x56
+    assert small.encode(sample, limit=3136)["image_grid_thw"].tolist() == [[1, 2, 4]]  # 60x80 -> 28x56
     with pytest.raises(DataError, match="max_pixels 1000 is below min_pixels 3136"):
-        small.count_tokens(sample, max_pixels=1000)
+        small.count_tokens(sample, limit=1000)
 
 
-def test_fit_max_pixels_is_the_largest_that_fits(small, tmp_path):
+def test_fit_limit_is_the_largest_that_fits(small, tmp_path):
     path = tmp_path / "big.png"
     random_image(448, 448).save(path)
     sample = to_sample(image_row(path))
     full = small.count_tokens(sample)
-    assert small.fit_max_pixels(sample, full) == small.max_pixels  # fits already
-    fitted = small.fit_max_pixels(sample, full - 100)
-    assert small.min_pixels <= fitted < small.max_pixels
-    assert len(small.encode(sample, max_pixels=fitted)["input_ids"]) <= full - 100
-    assert small.count_tokens(sample, max_pixels=fitted + 1) > full - 100
-    at_least = small.count_tokens(sample, max_pixels=small.min_pixels)
-    assert small.fit_max_pixels(sample, at_least - 1) is None
+    assert small.fit_limit(sample, full) == small.max_limit == small.max_pixels  # fits already
+    fitted = small.fit_limit(sample, full - 100)
+    assert small.min_limit <= fitted < small.max_limit
+    assert len(small.encode(sample, limit=fitted)["input_ids"]) <= full - 100
+    assert small.count_tokens(sample, limit=fitted + 1) > full - 100
+    at_least = small.count_tokens(sample, limit=small.min_limit)
+    assert small.fit_limit(sample, at_least - 1) is None
     assert (
-        small.fit_max_pixels(to_sample(image_row(text="Hi", reply="Hello")), 3) is None
+        small.fit_limit(to_sample(image_row(text="Hi", reply="Hello")), 3) is None
     )  # nothing to shrink
 
 
@@ -172,7 +172,7 @@ def test_check_with_delete_reports_every_problem(small, mixed):
         "too long", "too long",
     ]  # fmt: skip
     assert report.bad[2].row == image_row("corrupt.png") and report.bad[0].row is None
-    assert [(g.index, g.where, g.length, g.max_pixels) for g in report.good] == [
+    assert [(g.index, g.where, g.length, g.limit) for g in report.good] == [
         (0, f"{mixed}:1", short, None)
     ]
     assert report.total == 8 and report.bad_fraction == 7 / 8 and report.formats == {str(mixed): "messages"}
@@ -186,7 +186,7 @@ def test_check_with_shrink_keeps_rows_that_fit_at_a_lower_resolution(small, mixe
     dataset = load_dataset(mixed)
     short, long, longer = lengths(small, dataset)
     report = check_dataset(dataset, small, max_length=200, truncation="shrink", progress=False)
-    at_min = small.count_tokens(dataset[6], max_pixels=small.min_pixels)
+    at_min = small.count_tokens(dataset[6], limit=small.min_limit)
     assert at_min > 200
     assert [(b.where, b.reason) for b in report.bad] == expected_bad(
         mixed,
@@ -198,8 +198,8 @@ def test_check_with_shrink_keeps_rows_that_fit_at_a_lower_resolution(small, mixe
         ],
     )
     kept = report.good[1]
-    assert (kept.index, kept.where) == (5, f"{mixed}:7") and kept.max_pixels < small.max_pixels
-    encoded = small.encode(dataset[kept.index], max_pixels=kept.max_pixels)
+    assert (kept.index, kept.where) == (5, f"{mixed}:7") and kept.limit < small.max_limit
+    encoded = small.encode(dataset[kept.index], limit=kept.limit)
     assert kept.length == len(encoded["input_ids"]) <= 200
     summary = report.summary()
     assert summary.startswith(
@@ -210,7 +210,7 @@ def test_check_with_shrink_keeps_rows_that_fit_at_a_lower_resolution(small, mixe
         "no assistant reply 1, too long 1\nfirst bad rows:\n" in summary
     )
     assert f"\n  {mixed}:2: invalid JSON" in summary and "\n  ... and 1 more\n" in summary
-    assert f"\nshrunk to fit --max-length 200: 1 row (smallest --max-pixels {kept.max_pixels})\n" in summary
+    assert f"\nshrunk to fit --max-length 200: 1 row (smallest --max-pixels {kept.limit})\n" in summary
     mean = (short + long + longer) / 3
     assert summary.endswith(
         f"token lengths (3 rows, at the model's resolution): min {short}, mean {mean:.1f}, median {long}, "
@@ -279,6 +279,25 @@ def test_check_command_exit_codes_and_files(small_model, mixed, tmp_path):
     assert isinstance(result.exception, VlmkitError) and "nope.jsonl: dataset file not found" in str(
         result.exception
     )
+
+
+@pytest.mark.parametrize(
+    ("family", "option"), [("qwen2-vl", ["--max-pixels", "20000"]), ("internvl", ["--max-tiles", "3"])]
+)
+def test_check_histogram_names_the_resolution_limit_in_the_model_s_unit(
+    small_model, tiny_models, tmp_path, monkeypatch, family, option
+):
+    """The length histogram's axis says at which limit rows were measured: pixels for Qwen, tiles for InternVL."""
+    import vlmkit.plots
+
+    axes = []
+    monkeypatch.setattr(vlmkit.plots, "save_histogram", lambda values, path, title, xlabel, **_: axes.append(xlabel))
+    random_image(60, 80).save(tmp_path / "a.png")
+    (tmp_path / "d.jsonl").write_text(json.dumps(image_row(tmp_path / "a.png")) + "\n")
+    model = small_model if family == "qwen2-vl" else tiny_models[family]
+    result = CliRunner().invoke(app, ["check", "--model", str(model), "--dataset", str(tmp_path / "d.jsonl"), *option])
+    assert result.exit_code == 0, result.output
+    assert axes == [f"tokens per row (images at {' '.join(option)})"]
 
 
 def test_preview_marks_replies_and_collapses_image_tokens(tiny_models, tmp_path):

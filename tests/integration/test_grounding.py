@@ -243,7 +243,7 @@ def test_changing_max_pixels_moves_the_written_box_with_the_image(tiny_models, c
         assert box == [round(138 * rw / w), round(136 * rh / h), round(235 * rw / w), round(359 * rh / h)]
         assert template.count_tokens(sample) == len(encoded["input_ids"])
     # and the same template encodes at a lower limit on request (as --truncation shrink does)
-    encoded = template.encode(sample, max_pixels=50_176)
+    encoded = template.encode(sample, limit=50_176)
     assert encoded["image_sizes"][0][1] == (168, 252)  # sqrt(307200 / 50176) = 2.474 -> 6 x 9 patches of 28
     text = template.tokenizer.decode(encoded["input_ids"].tolist())
     assert 'Find {"bbox_2d": [54, 48, 93, 126]}<|im_end|>' in text

@@ -204,15 +204,18 @@ def test_fit_lowers_the_tile_limit_until_a_row_fits(real):
         }
     )
     full = template.count_tokens(sample)  # 1080x1920 at 12 tiles: a 4x2 grid + thumbnail = 9 tiles
-    assert full == template.count_tokens(sample, max_pixels=12)
-    fitted = template.fit_max_pixels(sample, full - 1)
+    assert full == template.count_tokens(sample, limit=12)
+    fitted = template.fit_limit(sample, full - 1)
     assert fitted is not None and fitted < 12
-    assert template.count_tokens(sample, max_pixels=fitted) <= full - 1
-    assert len(template.encode(sample, max_pixels=fitted)["input_ids"]) == template.count_tokens(
-        sample, max_pixels=fitted
+    assert template.count_tokens(sample, limit=fitted) <= full - 1
+    assert len(template.encode(sample, limit=fitted)["input_ids"]) == template.count_tokens(
+        sample, limit=fitted
     )
-    assert template.fit_max_pixels(sample, 100) is None  # one tile is 258 tokens already
-    assert template.fit_max_pixels(sample, full) == 12
+    assert template.fit_limit(sample, 100) is None  # one tile is 258 tokens already
+    assert template.fit_limit(sample, full) == 12
+    # the limit's bounds are tile counts under the interface's names, not under pixel names
+    assert (template.min_limit, template.max_limit) == (template.min_tiles, template.max_tiles) == (1, 12)
+    assert not hasattr(template, "min_pixels") and not hasattr(template, "max_pixels")
 
 
 def test_data_check_names_the_tile_option_when_shrinking(real, tmp_path):

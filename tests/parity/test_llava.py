@@ -216,7 +216,7 @@ def test_count_tokens_reads_headers_only(models, name, tmp_path):
         }
     )
     assert template.count_tokens(sample) == len(template.encode(sample)["input_ids"])
-    assert template.fit_max_pixels(sample, 10) is None  # a fixed image size cannot shrink
+    assert template.fit_limit(sample, 10) is None  # a fixed image size cannot shrink
 
 
 @pytest.mark.parametrize("name", FAMILIES)

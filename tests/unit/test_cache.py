@@ -121,7 +121,7 @@ def test_a_change_invalidates_exactly_what_it_touches(small_model, media, tmp_pa
     assert cache.misses == before + 1
 
     # a per-row limit (--truncation shrink) and the template's settings
-    assert cache.key(samples[1], max_pixels=10_000) != keys[1]
+    assert cache.key(samples[1], limit=10_000) != keys[1]
     for other in (
         make_template(small_model, max_pixels=30_000),
         make_template(small_model, max_pixels=20_000, system="Be brief."),
@@ -184,6 +184,32 @@ def test_parallel_encode_fills_the_same_entries_as_serial_and_skips_bad_rows(sma
     again = encode_dataset(dataset, template, workers=2, cache_dir=tmp_path / "parallel")
     assert (again.encoded, again.cached) == (0, 6)
     assert not list((tmp_path / "parallel").rglob("*.tmp"))
+
+
+def test_a_shrunk_row_is_encoded_and_cached_at_its_fitted_limit(small_model, media, tmp_path):
+    """--truncation shrink: `check_dataset`'s `GoodRow.limit` reaches the encode cache and the training
+    dataset, which encode that row at its limit (shorter than at the template's own) and no other row."""
+    from vlmkit.data.check import check_dataset
+    from vlmkit.train.encoded import EncodedDataset
+
+    template = make_template(small_model, max_pixels=20_000)
+    dataset = load_dataset(write_jsonl(tmp_path / "train.jsonl", rows(media)))
+    full = template.count_tokens(dataset[0])
+    report = check_dataset(dataset, template, max_length=full - 1, truncation="shrink", progress=False)
+    limits = {g.index: g.limit for g in report.good if g.limit}
+    assert list(limits) == [0] and template.min_limit <= limits[0] < template.max_limit
+    at_limit = template.encode(dataset[0], limit=limits[0])
+    assert len(at_limit["input_ids"]) <= full - 1 < len(template.encode(dataset[0])["input_ids"])
+
+    stats = encode_dataset(dataset, template, [g.index for g in report.good], limits, cache_dir=tmp_path / "c")
+    cache = EncodeCache(tmp_path / "c", template)
+    assert stats.encoded == 3 and cache.path(cache.key(dataset[0], limits[0])).exists()
+    assert not cache.path(cache.key(dataset[0])).exists()  # stored under its limit only
+    for with_cache in (None, cache):
+        trained = EncodedDataset(dataset, template, [0, 1, 2], limits, with_cache)
+        expected = {k: v for k, v in at_limit.items() if k != "image_sizes"}  # for people; training drops it
+        assert_same_inputs(trained[0], expected)
+        assert torch.equal(trained[1]["input_ids"], template.encode(dataset[1])["input_ids"])
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ docs/adding-a-family.md.
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,19 @@ ALLOWED = {
     # The demo builds a tiny model of one family on purpose: its walk-through and recorded figures
     # (README, benchmarks) are for that family. It asks the registry by name, it branches on nothing.
     ("demo.py", "qwen2-vl"),
+}
+
+# The per-row image resolution limit has the template interface's neutral names in shared code (`limit`,
+# `fit_limit`, `min_limit`, `max_limit`: pixels for Qwen, tiles for InternVL). Qwen's pixel names appear
+# only as the names users give the options, in these files (each with its reason):
+PIXEL_LIMIT_NAMES = {"min_pixels", "max_pixels", "fit_max_pixels"}
+OPTION_NAME_FILES = {
+    "settings.py": "EncodingSettings' fields: the options as users name them",
+    "options.py": "the CLI options --min-pixels / --max-pixels, declared once",
+    "train/config.py": "SFTConfig's encoding fields (the sft options)",
+    "vllm_args.py": "the options passed on to vLLM's processor under their own names",
+    "sample.py": "a dataset row's per-image min_pixels / max_pixels keys (qwen-vl-utils' format), refused by name",
+    "demo.py": "calls the Python API with the user-facing keyword arguments",
 }
 
 
@@ -95,6 +109,29 @@ def _findings(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+def _pixel_limit_names(path: Path) -> list[tuple[int, str]]:
+    """(line, name) of every use of a pixel name for the resolution limit in `path`'s code (names,
+    attributes, parameters, keyword arguments, definitions, string constants; not prose)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = _docstrings(tree)
+    found = []
+    for node in ast.walk(tree):
+        name = None
+        if isinstance(node, ast.Name):
+            name = node.id
+        elif isinstance(node, ast.Attribute):
+            name = node.attr
+        elif isinstance(node, (ast.keyword, ast.arg)):
+            name = node.arg
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = node.name
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            name = node.value
+        if name in PIXEL_LIMIT_NAMES:
+            found.append((node.lineno, name))
+    return found
+
+
 def test_shared_code_names_no_family_tensor_name_or_number():
     shared = [p for p in sorted(SRC.rglob("*.py")) if FAMILIES_DIR not in p.parents]
     assert len(shared) > 30  # the scan sees the package
@@ -131,6 +168,34 @@ def test_the_scan_finds_what_it_looks_for(tmp_path):
     }
 
 
+def test_shared_code_calls_the_resolution_limit_by_its_interface_names():
+    """Shared code asks templates for `limit` / `fit_limit` / `min_limit` / `max_limit`, never for Qwen's
+    pixel names (which are tile counts for InternVL); the option plumbing keeps the users' names. A new
+    file of option plumbing goes in OPTION_NAME_FILES with its reason."""
+    shared = [p for p in sorted(SRC.rglob("*.py")) if FAMILIES_DIR not in p.parents]
+    problems = [
+        f"{path.relative_to(SRC)}:{line}: {name}"
+        for path in shared
+        if path.relative_to(SRC).as_posix() not in OPTION_NAME_FILES
+        for line, name in _pixel_limit_names(path)
+    ]
+    assert not problems, "pixel names for the template's resolution limit in shared code:\n" + "\n".join(problems)
+
+
+def test_the_limit_scan_finds_what_it_looks_for(tmp_path):
+    module = tmp_path / "bad.py"
+    module.write_text(
+        '"""Docstrings may say max_pixels."""\n'
+        "def f(template, sample, max_pixels):  # comments may say min_pixels\n"
+        "    fitted = template.fit_max_pixels(sample, 10)\n"
+        "    template.encode(sample, max_pixels=fitted)\n"
+        '    return template.min_pixels, {"max_pixels": 1}, template.max_limit\n'
+    )
+    assert sorted(_pixel_limit_names(module)) == [
+        (2, "max_pixels"), (3, "fit_max_pixels"), (4, "max_pixels"), (5, "max_pixels"), (5, "min_pixels"),
+    ]  # fmt: skip
+
+
 def test_allowed_exceptions_are_still_needed():
     """An allow-list entry whose finding is gone is removed, so the list stays the true exceptions."""
     for file, text in ALLOWED:
@@ -154,6 +219,10 @@ def test_every_template_has_the_written_interface(family, tmp_path, request):
         tokenizer = build_tokenizer(family, small_vocab=True)
     template = family.load_template(folder, tokenizer)
     assert isinstance(template, Template)
+    for method in (template.encode, template.count_tokens, *([template.image_sizes] if template.box_format else [])):
+        assert "limit" in inspect.signature(method).parameters, method  # the interface's name for the limit
+    bounds = (template.min_limit, template.max_limit)
+    assert bounds == (None, None) if template.limit_option is None else bounds[0] <= bounds[1]
     assert isinstance(template, SplitsMedia) == family.chat_cache
     assert isinstance(template, Packs) == family.packing
     assert (template.box_format is None) == (family.box_format is None)

@@ -40,7 +40,7 @@ def template(tmp_path_factory):
     )
 
 
-def where_of(self, row, max_pixels):  # stands in for encoding: the rows' locations are what is checked here
+def where_of(self, row, limit):  # stands in for encoding: the rows' locations are what is checked here
     return {"where": row.where}
 
 
@@ -133,6 +133,37 @@ def test_a_resumed_stream_trains_the_rows_of_an_uninterrupted_one(template, tmp_
         resumed = TrainingStream(stream, template, **options, start={0: position})
         rest = [item for _, item in zip(range(30 - stop), resumed, strict=False)]
         assert wheres(rest) == wheres(whole[stop:]), stop
+
+
+def test_a_streamed_row_over_max_length_trains_at_its_fitted_limit(small_model, tmp_path):
+    """--streaming --truncation shrink: a row too long at the template's limit is encoded at the largest
+    limit that fits (`fit_limit`), as without streaming; a row that fits is encoded as it is."""
+    from conftest import random_image
+    from transformers import AutoTokenizer
+
+    from vlmkit.sample import to_sample
+
+    template = family_by_name("qwen2-vl").load_template(
+        small_model, AutoTokenizer.from_pretrained(small_model), max_pixels=20_000
+    )
+    random_image(300, 400).save(tmp_path / "big.png")
+    rows = [
+        {"messages": [{"role": "user", "content": "<image>What?"}, {"role": "assistant", "content": "A"}],
+         "images": [str(tmp_path / "big.png")]},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "B"}]},
+    ]  # fmt: skip
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    big = to_sample(rows[0])
+    max_length = template.count_tokens(big) - 1
+    limit = template.fit_limit(big, max_length)
+    assert limit is not None and limit < template.max_limit
+    data = TrainingStream(open_stream([str(tmp_path / "d.jsonl")]), template, max_length=max_length,
+                          truncation="shrink", capacity=None, rank=0, world_size=1, seed=0)  # fmt: skip
+    [([first], _), ([second], _)] = [item for _, item in zip(range(2), data, strict=False)]
+    assert torch.equal(first["input_ids"], template.encode(big, limit=limit)["input_ids"])
+    assert torch.equal(first["pixel_values"], template.encode(big, limit=limit)["pixel_values"])
+    assert len(first["input_ids"]) <= max_length
+    assert torch.equal(second["input_ids"], template.encode(to_sample(rows[1]))["input_ids"])
 
 
 def test_bad_rows_are_skipped_listed_and_stop_the_run_past_the_limit(template, tmp_path):

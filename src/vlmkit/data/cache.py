@@ -14,7 +14,7 @@ re-encoded with a warning.
 
 The key of an entry is a SHA-256 over: the sample (messages, objects, extra; not where it came
 from, so moving a row does not invalidate it), each local media file's size and modification
-time, the per-sample max_pixels, and the template's fingerprint (`template_fingerprint`: its
+time, the per-sample resolution limit (`limit` of `template.encode`), and the template's fingerprint (`template_fingerprint`: its
 class, the code of its family folder and of vlmkit's shared encoding modules, so a new vlmkit
 encodes afresh; its tokenizer; and every setting it holds: pixel limits, system prompt, patch
 sizes, normalisation ...). Entries live under `<cache_dir>/<fingerprint[:16]>/`, with a
@@ -86,7 +86,7 @@ def template_fingerprint(template) -> dict[str, Any]:
     """Everything about `template` that can change what it encodes, as a JSON-able dict: vlmkit's
     encoding version, the template class, the source code of its family folder and of vlmkit's
     shared encoding modules, a hash of the tokenizer, and every attribute (settings such as
-    min/max_pixels and the system prompt, patch sizes, normalisation, render functions)."""
+    the resolution limits and the system prompt, patch sizes, normalisation, render functions)."""
     import vlmkit
 
     shared = Path(vlmkit.__file__).parent
@@ -136,13 +136,14 @@ def _media_stamp(source: Any) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def sample_key(sample, fingerprint: str, max_pixels: int | None = None) -> str:
-    """The cache key (hex SHA-256) of `sample` encoded for training by the template of `fingerprint`."""
+def sample_key(sample, fingerprint: str, limit: int | None = None) -> str:
+    """The cache key (hex SHA-256) of `sample` encoded for training by the template of `fingerprint` at
+    the per-sample resolution `limit` (None: the template's)."""
     content = {
         "messages": sample.messages,
         "objects": sample.objects,
         "extra": sample.extra,
-        "max_pixels": max_pixels,
+        "limit": limit,
         "media": [_media_stamp(s) for kind in ("image", "video") for s in sample.media(kind)],
     }
     text = json.dumps(content, sort_keys=True, default=_json_default, ensure_ascii=False)
@@ -217,7 +218,7 @@ def _from_file(key: str, data: bytes) -> dict[str, Any]:
 class EncodeCache:
     """Encoded samples of one template under `cache_dir`; see the module docstring.
 
-    `encode(sample, max_pixels)` returns what `template.encode(sample, max_pixels=max_pixels)`
+    `encode(sample, limit)` returns what `template.encode(sample, limit=limit)`
     returns, reading the entry when there is one and writing it when not. `hits` and `misses`
     count this process's lookups.
     """
@@ -243,8 +244,8 @@ class EncodeCache:
         # (e.g. tiling families) are stored as their `encode` output, float pixel values included.
         self.compact = template.compact_images
 
-    def key(self, sample, max_pixels: int | None = None) -> str:
-        return sample_key(sample, self.fingerprint, max_pixels)
+    def key(self, sample, limit: int | None = None) -> str:
+        return sample_key(sample, self.fingerprint, limit)
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / (key + SUFFIX)
@@ -287,27 +288,27 @@ class EncodeCache:
                 )
             self.write_failed = True
 
-    def stored(self, sample, max_pixels: int | None = None) -> tuple[dict[str, Any], bool]:
+    def stored(self, sample, limit: int | None = None) -> tuple[dict[str, Any], bool]:
         """(the stored form of `sample`, whether it came from the cache)."""
-        key = self.key(sample, max_pixels)
+        key = self.key(sample, limit)
         stored = self.read(key)
         if stored is not None:
             self.hits += 1
             return stored, True
         self.misses += 1
-        stored = self.encode_fresh(sample, max_pixels)
+        stored = self.encode_fresh(sample, limit)
         self.write(key, stored)
         return stored, False
 
-    def encode_fresh(self, sample, max_pixels: int | None = None) -> dict[str, Any]:
+    def encode_fresh(self, sample, limit: int | None = None) -> dict[str, Any]:
         """The stored form of `sample`, encoded now (no cache lookup)."""
         if self.compact:
-            return self.template.encode(sample, max_pixels=max_pixels, patchify=False)
-        return self.template.encode(sample, max_pixels=max_pixels)
+            return self.template.encode(sample, limit=limit, patchify=False)
+        return self.template.encode(sample, limit=limit)
 
-    def encode(self, sample, max_pixels: int | None = None) -> dict[str, Any]:
-        """Model inputs of `sample` (as `template.encode(sample, max_pixels=...)`), via the cache."""
-        stored = self.stored(sample, max_pixels)[0]
+    def encode(self, sample, limit: int | None = None) -> dict[str, Any]:
+        """Model inputs of `sample` (as `template.encode(sample, limit=...)`), via the cache."""
+        stored = self.stored(sample, limit)[0]
         return self.template.patchify_images(stored) if self.compact else stored
 
 
@@ -342,13 +343,13 @@ class EncodeStats:
 _WORK: dict[str, Any] = {}
 
 
-def _start_worker(dataset, template, cache_dir: str | None, max_pixels: dict[int, int]) -> None:
+def _start_worker(dataset, template, cache_dir: str | None, limits: dict[int, int]) -> None:
     torch.set_num_threads(1)  # one core per worker process; the pool is the parallelism
     _WORK.update(
         dataset=dataset,
         template=template,
         cache=EncodeCache(cache_dir, template) if cache_dir is not None else None,
-        max_pixels=max_pixels,
+        limits=limits,
     )
 
 
@@ -357,16 +358,16 @@ def _encode_row(row: int) -> tuple[str, str | None]:
     from vlmkit.errors import VlmkitError
 
     dataset, template, cache = _WORK["dataset"], _WORK["template"], _WORK["cache"]
-    max_pixels = _WORK["max_pixels"].get(row)
+    limit = _WORK["limits"].get(row)
     try:
         sample = dataset[row]
         if cache is None:
-            template.encode(sample, max_pixels=max_pixels)
+            template.encode(sample, limit=limit)
             return "encoded", None
-        key = cache.key(sample, max_pixels)
+        key = cache.key(sample, limit)
         if cache.path(key).exists():  # read back (and re-encoded if corrupt) when training uses it
             return "cached", None
-        cache.write(key, cache.encode_fresh(sample, max_pixels))
+        cache.write(key, cache.encode_fresh(sample, limit))
         return "encoded", None
     except VlmkitError as e:
         return "failed", str(e)
@@ -376,7 +377,7 @@ def encode_dataset(
     dataset,
     template,
     rows: list[int] | None = None,
-    max_pixels: dict[int, int] | None = None,
+    limits: dict[int, int] | None = None,
     workers: int = 1,
     cache_dir: str | Path | None = None,
     chunksize: int = 4,
@@ -386,12 +387,13 @@ def encode_dataset(
 
     With `cache_dir`, each row missing from the cache is encoded and stored (rows already there
     are only looked up); without it, rows are encoded to model inputs and dropped (a throughput
-    measurement). `max_pixels` maps a row to its own limit (from `--truncation shrink`). Memory
-    stays flat: workers take row indices and send back only a status. Rows that fail (bad data,
-    missing image) are listed in `failed` as (where, reason) and do not stop the others.
+    measurement). `limits` maps a row to its own resolution limit (`GoodRow.limit`, from
+    `--truncation shrink`). Memory stays flat: workers take row indices and send back only a
+    status. Rows that fail (bad data, missing image) are listed in `failed` as (where, reason)
+    and do not stop the others.
     """
     rows = list(range(len(dataset))) if rows is None else list(rows)
-    max_pixels = max_pixels or {}
+    limits = limits or {}
     cache = str(cache_dir) if cache_dir is not None else None
     stats = EncodeStats(rows=len(rows))
     bar = None
@@ -402,7 +404,7 @@ def encode_dataset(
     start = time.perf_counter()
     if workers <= 1:
         threads = torch.get_num_threads()
-        _start_worker(dataset, template, cache, max_pixels)
+        _start_worker(dataset, template, cache, limits)
         try:
             results = map(_encode_row, rows)
             _tally(stats, rows, results, dataset, bar)
@@ -412,7 +414,7 @@ def encode_dataset(
     else:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with context.Pool(workers, _start_worker, (dataset, template, cache, max_pixels)) as pool:
+        with context.Pool(workers, _start_worker, (dataset, template, cache, limits)) as pool:
             _tally(stats, rows, pool.imap(_encode_row, rows, chunksize=chunksize), dataset, bar)
     stats.seconds = time.perf_counter() - start
     if bar is not None:
@@ -437,7 +439,7 @@ def open_training_cache(
     template,
     dataset,
     rows: list[int],
-    max_pixels: dict[int, int],
+    limits: dict[int, int],
     workers: int = 0,
     is_main: bool = True,
 ) -> EncodeCache:
@@ -448,6 +450,6 @@ def open_training_cache(
     if is_main:
         print(f"encode cache: {cache.root}")
     if workers > 0 and is_main:
-        stats = encode_dataset(dataset, template, rows, max_pixels, workers=workers, cache_dir=cache_dir)
+        stats = encode_dataset(dataset, template, rows, limits, workers=workers, cache_dir=cache_dir)
         print(f"encode cache filled: {stats.summary()}")
     return cache

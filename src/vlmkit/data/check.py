@@ -6,7 +6,7 @@
     report = check_dataset(load_datasets(["train.jsonl"]), template, max_length=2048, truncation="shrink")
     print(report.summary())
     report.write_bad_samples("bad_samples.jsonl")
-    keep = dataset.select([g.index for g in report.good])  # g.max_pixels: None or the fitted limit
+    keep = dataset.select([g.index for g in report.good])  # g.limit: None or the fitted limit
 
 A row is bad, with the first of these reasons that applies (`BadRow.kind` in brackets):
 it is not a JSON object [invalid JSON]; it cannot be converted to a Sample [bad row], or
@@ -25,8 +25,8 @@ they usually mean a dataset was saved with a chat template already applied.
 
 Over-long rows are never truncated (a cut through image tokens breaks the model
 inputs): with truncation="delete" they are bad; with "shrink" the row keeps its images
-at the largest `max_pixels` that fits (the template's `fit_max_pixels`) and is bad only
-when even `min_pixels` does not fit. A row with more text than `max_length` tokens could hold
+at the largest resolution limit that fits (the template's `fit_limit`, in the unit of its
+`limit_option`: pixels, tiles) and is bad only when even its `min_limit` does not fit. A row with more text than `max_length` tokens could hold
 (`MAX_CHARS_PER_TOKEN` characters each) is too long without being tokenized, so one huge line
 costs no more than a row of `max_length` tokens. Rows are checked one at a time and images are
 decoded one at a time and let go, so memory does not grow with the dataset.
@@ -61,13 +61,13 @@ MAX_CHARS_PER_TOKEN = 128
 
 class GoodRow(NamedTuple):
     """A row to train on: `index` into `dataset.rows`, its token `length` as it will be encoded,
-    `max_pixels`: None to encode at the template's limit, else the smaller limit that makes it fit,
-    and whether it holds a video."""
+    `limit`: None to encode at the template's limit, else the smaller limit that makes it fit (the
+    `limit` of `template.encode`, in the unit of `template.limit_option`), and whether it holds a video."""
 
     index: int
     where: str
     length: int
-    max_pixels: int | None
+    limit: int | None
     has_video: bool = False
 
 
@@ -85,12 +85,12 @@ class BadRow(NamedTuple):
 class CheckReport:
     """What `check_dataset` found. `good` is in dataset order, `bad` in file order (file:line).
     `lengths` holds the token length of every row that could be measured, at the template's
-    max_pixels (over-long rows included, so a histogram shows them)."""
+    max_limit (over-long rows included, so a histogram shows them)."""
 
     formats: dict[str, str]
     max_length: int
     truncation: str
-    limit_option: str | None = "--max-pixels"  # what a GoodRow's max_pixels is, in messages
+    limit_option: str | None = "--max-pixels"  # what a GoodRow's limit is, in messages
     good: list[GoodRow] = field(default_factory=list)
     bad: list[BadRow] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
@@ -148,7 +148,7 @@ class CheckReport:
                 f"{n} row{'s' * (n != 1)} write control tokens in their text (first: {where}: {token}); "
                 "they are trained as plain text, not as the template's tokens"
             )
-        shrunk = [g.max_pixels for g in self.good if g.max_pixels is not None]
+        shrunk = [g.limit for g in self.good if g.limit is not None]
         if shrunk:
             lines.append(
                 f"shrunk to fit --max-length {self.max_length}: {len(shrunk)} row{'s' * (len(shrunk) != 1)} "
@@ -228,7 +228,7 @@ def _check_row(
     pattern=None,
     decode_images: bool = True,
 ) -> tuple[GoodRow | BadRow, int | None]:
-    """(GoodRow or BadRow, length at the template's max_pixels or None when not measured); a row whose
+    """(GoodRow or BadRow, length at the template's max_limit or None when not measured); a row whose
     text writes a control token (`pattern`) is noted in `report.typed_tokens`."""
     where = row.where
 
@@ -273,22 +273,22 @@ def _check_row(
     if not shrink:
         hint = " or use --truncation shrink to lower its image resolution" if has_images else ""
         return bad(f"{over}; raise --max-length{hint}", "too long"), length
-    max_pixels = template.fit_max_pixels(sample, max_length)
-    if max_pixels is None:
+    limit = template.fit_limit(sample, max_length)
+    if limit is None:
         if not has_images:
             return bad(f"{over} without images to shrink; raise --max-length", "too long"), length
         if template.limit_option is None:  # the checkpoint fixes the image size: nothing to shrink
             return bad(f"{over}; this model's images have a fixed size, raise --max-length", "too long"), length
-        smallest = template.count_tokens(sample, max_pixels=template.min_pixels)
+        smallest = template.count_tokens(sample, limit=template.min_limit)
         return (
             bad(
-                f"{over}, and {smallest} even at {template.limit_option} {template.min_pixels}; raise --max-length",
+                f"{over}, and {smallest} even at {template.limit_option} {template.min_limit}; raise --max-length",
                 "too long",
             ),
             length,
         )
-    length_fitted = template.count_tokens(sample, max_pixels=max_pixels)
-    return GoodRow(index, where, length_fitted, max_pixels, bool(sample.media("video"))), length
+    length_fitted = template.count_tokens(sample, limit=limit)
+    return GoodRow(index, where, length_fitted, limit, bool(sample.media("video"))), length
 
 
 def check_dataset(
@@ -301,8 +301,8 @@ def check_dataset(
 ) -> CheckReport:
     """Check every row of `dataset` (and list its unparsable `dataset.bad` rows) against `template`.
 
-    template: a family template (`vlmkit.families.interface.Template`: `count_tokens`, `fit_max_pixels`,
-    its resolution limits).
+    template: a family template (`vlmkit.families.interface.Template`: `count_tokens`, `fit_limit`,
+    `limit_option`, `min_limit`).
     max_length: the most tokens a row may have; truncation: "delete" drops longer rows, "shrink"
     lowers their image resolution to fit (see the module docstring). progress: a tqdm bar on stderr.
     decode_images: decode every image fully (catches truncated pixel data, ~10 ms a photo) instead of

@@ -131,7 +131,7 @@ def check(
             report.lengths,
             histogram,
             f"Token lengths of {len(report.lengths)} rows",
-            f"tokens per row (images at {template.limit_option} {template.max_pixels})"
+            f"tokens per row (images at {template.limit_option} {template.max_limit})"
             if template.limit_option
             else "tokens per row",
             vlines={"--max-length": max_length},
@@ -248,8 +248,8 @@ def encode(
     # encoding decodes every image anyway, and lists the ones that fail
     report = check_dataset(data, template, max_length, truncation, progress=show, decode_images=False)
     rows = [g.index for g in report.good]
-    pixels = {g.index: g.max_pixels for g in report.good if g.max_pixels}
-    stats = encode_dataset(data, template, rows, pixels, workers=workers, cache_dir=cache_dir, progress=show)
+    limits = {g.index: g.limit for g in report.good if g.limit}
+    stats = encode_dataset(data, template, rows, limits, workers=workers, cache_dir=cache_dir, progress=show)
     typer.echo(f"{cache_dir}: {stats.summary()}")
     for bad in report.bad[:5]:
         typer.echo(f"bad row {bad.where}: {bad.reason}")

@@ -33,12 +33,13 @@ class Template(Protocol):
     video_token_id: the same for video (None: no video tokens of their own; e.g. InternVL writes
     frames as images). box_format: how boxes are written and read (`vlmkit.grounding.BoxFormat`; None:
     no grounding, `objects` are refused or left as text). limit_option: the CLI option that sets the
-    per-row image resolution limit `count_tokens`/`fit_max_pixels` work with, for messages
-    ("--max-pixels", "--max-tiles"); None: the image size is fixed by the checkpoint, nothing to shrink.
-    min_pixels / max_pixels: that limit's lower and upper bound in the unit of `limit_option`
-    (None when `limit_option` is None). video_sampling: how a video's frames are sampled as `encode`
-    does (`vlmkit.video.FrameSampling`, for `load_video`/`probe_video`); None for a template that takes
-    no video.
+    per-row image resolution limit (`limit` of `encode` / `count_tokens`, found by `fit_limit`), for
+    messages ("--max-pixels", "--max-tiles"); None: the image size is fixed by the checkpoint, nothing
+    to shrink. min_limit / max_limit: the lower and upper bound of that limit in the unit of
+    `limit_option` (pixels of area, tiles per image, ...; None when `limit_option` is None); a family
+    keeps its own names for them (e.g. `min_pixels`, `max_tiles`). video_sampling: how a video's frames
+    are sampled as `encode` does (`vlmkit.video.FrameSampling`, for `load_video`/`probe_video`); None for
+    a template that takes no video.
     compact_images: `encode(..., patchify=False)` returns resized uint8 images (`resized_images`) that
     `patchify_images` turns into the `encode` output; the encode cache stores that compact form.
     False: the cache stores `encode`'s own output.
@@ -52,6 +53,8 @@ class Template(Protocol):
     video_token_id: int | None
     box_format: Any
     limit_option: str | None
+    min_limit: int | None
+    max_limit: int | None
     video_sampling: FrameSampling | None
     compact_images: bool
 
@@ -65,7 +68,7 @@ class Template(Protocol):
         """The prompt text as the checkpoint's chat template writes it, one placeholder per image/video."""
         ...
 
-    def encode(self, sample: Sample, add_generation_prompt: bool = False, max_pixels: int | None = None) -> dict:
+    def encode(self, sample: Sample, add_generation_prompt: bool = False, limit: int | None = None) -> dict:
         """Sample -> the model inputs of one sequence, unbatched.
 
         Always: input_ids (T,) long; labels (T,) long, the input id on supervised tokens (the assistant
@@ -73,8 +76,9 @@ class Template(Protocol):
         With images: the family's pixel inputs (e.g. pixel_values and its grid or size tensors) and
         image_sizes [((orig_h, orig_w), (model_h, model_w))] per image, for mapping boxes; per-token
         inputs of the family (e.g. token type ids) are (T,) tensors too.
-        add_generation_prompt: end with the assistant header (inference). max_pixels: this call's
-        resolution limit in the unit of `limit_option` (from `fit_max_pixels`); None: the template's.
+        add_generation_prompt: end with the assistant header (inference). limit: this call's
+        resolution limit in the unit of `limit_option` (from `fit_limit`); None: the template's
+        `max_limit`. A template without a limit (`limit_option` None) refuses any other value.
         Raises DataError / MediaError (one line naming `sample.where`) for a sample it cannot encode.
         """
         ...
@@ -86,14 +90,15 @@ class Template(Protocol):
         The result goes to the model's `forward` / `generate` as keyword arguments."""
         ...
 
-    def count_tokens(self, sample: Sample, max_pixels: int | None = None, add_generation_prompt: bool = False) -> int:
-        """`len(encode(sample, add_generation_prompt, max_pixels)["input_ids"])`, from image and video
+    def count_tokens(self, sample: Sample, limit: int | None = None, add_generation_prompt: bool = False) -> int:
+        """`len(encode(sample, add_generation_prompt, limit)["input_ids"])`, from image and video
         headers only (no pixels decoded); raises what `encode` raises for a bad sample."""
         ...
 
-    def fit_max_pixels(self, sample: Sample, max_length: int, add_generation_prompt: bool = False) -> int | None:
-        """The largest resolution limit (unit of `limit_option`) at which `sample` has at most `max_length`
-        tokens; None when it does not fit even at `min_pixels` or the image size is fixed."""
+    def fit_limit(self, sample: Sample, max_length: int, add_generation_prompt: bool = False) -> int | None:
+        """The largest resolution limit in [min_limit, max_limit] (unit of `limit_option`) at which `sample`
+        has at most `max_length` tokens; None when it does not fit even at `min_limit` or the image size
+        is fixed."""
         ...
 
     def describe_image(self, encoded: dict[str, Any], k: int) -> str:
@@ -106,9 +111,9 @@ class Template(Protocol):
 class Grounds(Protocol):
     """What a template whose `box_format` is not None also has (`vlmkit.grounding`)."""
 
-    def image_sizes(self, sample: Sample, max_pixels: int | None = None) -> list[tuple[tuple[int, int], ...]]:
+    def image_sizes(self, sample: Sample, limit: int | None = None) -> list[tuple[tuple[int, int], ...]]:
         """((orig_h, orig_w), (model_h, model_w)) per image of `sample`, from the headers, as `encode`
-        resizes them (what grounding boxes are mapped between)."""
+        resizes them at `limit` (as in `encode`; what grounding boxes are mapped between)."""
         ...
 
 

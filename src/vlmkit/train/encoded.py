@@ -32,7 +32,7 @@ class EncodedDataset(torch.utils.data.Dataset):
         dataset,
         template,
         rows: list[int],
-        max_pixels: dict[int, int] | None = None,
+        limits: dict[int, int] | None = None,
         cache=None,
         bad_file: Path | None = None,
         max_bad: int = 0,
@@ -40,7 +40,7 @@ class EncodedDataset(torch.utils.data.Dataset):
         self.dataset = dataset
         self.template = template
         self.rows = rows
-        self.max_pixels = max_pixels or {}
+        self.limits = limits or {}  # row -> its resolution limit (`template.encode`'s `limit`) when shrunk
         self.cache = cache
         self.bad_file = bad_file
         self.max_bad = max_bad
@@ -57,9 +57,9 @@ class EncodedDataset(torch.utils.data.Dataset):
         try:
             sample = self.dataset[row]
             if self.cache is not None:
-                encoded = self.cache.encode(sample, self.max_pixels.get(row))
-            elif row in self.max_pixels:
-                encoded = self.template.encode(sample, max_pixels=self.max_pixels[row])
+                encoded = self.cache.encode(sample, self.limits.get(row))
+            elif row in self.limits:
+                encoded = self.template.encode(sample, limit=self.limits[row])
             else:
                 encoded = self.template.encode(sample)
         except MEDIA_FAILURES as e:

@@ -101,7 +101,7 @@ def _make_run_dir(config: SFTConfig, resume_from: Path | None) -> Path:
 
 
 def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is_main: bool):
-    """Check every row before training; returns (row indices, {row: max_pixels}, token lengths, whether any
+    """Check every row before training; returns (row indices, {row: its resolution limit}, token lengths, whether any
     row holds a video) to train on."""
     from vlmkit.data.check import check_dataset
 
@@ -129,7 +129,7 @@ def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is
         raise VlmkitError(f"no usable {name} rows left after validation; see {bad_file}")
     return (
         [good.index for good in report.good],
-        {g.index: g.max_pixels for g in report.good if g.max_pixels},
+        {g.index: g.limit for g in report.good if g.limit},
         [good.length for good in report.good],
         any(good.has_video for good in report.good),
     )
@@ -267,7 +267,7 @@ def _training_sets(config: SFTConfig, base: _Base, run: _Run) -> _Sets:
     template, run_dir, is_main = base.template, run.dir, run.is_main
     if config.streaming:
         return _streamed_set(config, base, run)
-    train_rows, train_pixels, train_lengths, has_video = _validate(
+    train_rows, train_limits, train_lengths, has_video = _validate(
         run.train_data, template, config, run_dir, "train", is_main
     )
     cache = None
@@ -276,20 +276,20 @@ def _training_sets(config: SFTConfig, base: _Base, run: _Run) -> _Sets:
 
         cache_dir = config.cache_dir or str(Path(config.output_dir) / "encode_cache")
         cache = open_training_cache(
-            cache_dir, template, run.train_data, train_rows, train_pixels, config.encode_workers, is_main
+            cache_dir, template, run.train_data, train_rows, train_limits, config.encode_workers, is_main
         )
     train_set = EncodedDataset(
         run.train_data,
         template,
         train_rows,
-        train_pixels,
+        train_limits,
         cache,
         bad_file=run_dir / "bad_samples.jsonl",
         max_bad=max(1, int(config.max_bad_fraction * len(run.train_data))),
     )
     val_set, val_rows, val_lengths = None, [], None
     if run.val_data is not None:
-        val_rows, val_pixels, val_lengths, val_video = _validate(
+        val_rows, val_limits, val_lengths, val_video = _validate(
             run.val_data, template, config, run_dir, "val", is_main
         )
         has_video = has_video or val_video
@@ -297,7 +297,7 @@ def _training_sets(config: SFTConfig, base: _Base, run: _Run) -> _Sets:
             run.val_data,
             template,
             val_rows,
-            val_pixels,
+            val_limits,
             cache,
             bad_file=run_dir / "bad_samples_val.jsonl",
             max_bad=max(1, int(config.max_bad_fraction * len(run.val_data))),

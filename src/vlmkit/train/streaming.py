@@ -87,7 +87,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
             epoch, start, done = epoch + 1, 0, 0
 
     def _groups(self, window: list, seed: int) -> list[list[tuple]]:
-        """The window's usable rows as packs (or one by one): lists of (row, sample, max_pixels)."""
+        """The window's usable rows as packs (or one by one): lists of (row, its resolution limit or None)."""
         from vlmkit.data.check import CheckReport, GoodRow, _check_row
         from vlmkit.train.packing import pack_lengths
 
@@ -106,19 +106,18 @@ class TrainingStream(torch.utils.data.IterableDataset):
             if self.capacity is not None and result.has_video:
                 raise VlmkitError(f"--streaming: {row.where} has a video, and video rows cannot be packed yet; "
                                   "use --no-packing")  # fmt: skip
-            good.append((row, result.max_pixels))
+            good.append((row, result.limit))
             lengths.append(result.length)
         if self.capacity is None:
             return [[item] for item in good]
         return [[good[i] for i in pack] for pack in pack_lengths(lengths, self.capacity, seed=seed)]
 
-    def _encode(self, row, max_pixels: int | None) -> dict[str, Any] | None:
+    def _encode(self, row, limit: int | None) -> dict[str, Any] | None:
         from vlmkit.data.formats import row_to_sample
 
         try:
             sample = row_to_sample(row.data, row.format, row.where, row.base_dirs)
-            encoded = (self.template.encode(sample, max_pixels=max_pixels) if max_pixels
-                       else self.template.encode(sample))  # fmt: skip
+            encoded = self.template.encode(sample, limit=limit) if limit else self.template.encode(sample)
         except MEDIA_FAILURES as e:
             self._skip(row, "failed while training", str(e).removeprefix(f"{row.where}: "))
             return None

@@ -47,7 +47,7 @@ class VipLlavaTemplate:
     video_token_id = None
     box_format = None
     limit_option = None  # the image size is fixed by the checkpoint
-    min_pixels = max_pixels = None
+    min_limit = max_limit = None
     video_sampling = None
     compact_images = False
 
@@ -94,9 +94,9 @@ class VipLlavaTemplate:
         counts = [self.tokens_per_image] * len(sample.media("image"))
         return expand_tokens(ids, labels, self.image_token_id, counts)
 
-    def encode(self, sample: Sample, add_generation_prompt: bool = False, max_pixels: int | None = None) -> dict:
-        if max_pixels is not None:
-            raise DataError("max_pixels does not apply to VipLLaVA (its image size is fixed)")
+    def encode(self, sample: Sample, add_generation_prompt: bool = False, limit: int | None = None) -> dict:
+        if limit is not None:
+            raise DataError("a resolution limit does not apply to VipLLaVA (its image size is fixed)")
         ids, labels = self._tokens(sample, add_generation_prompt)
         out: dict[str, Any] = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
         images = [load_image(s, f"{sample.where}: image {k + 1}") for k, s in enumerate(sample.media("image"))]
@@ -118,10 +118,10 @@ class VipLlavaTemplate:
             batch["pixel_values"] = torch.cat(with_images)
         return batch
 
-    def count_tokens(self, sample: Sample, max_pixels: int | None = None, add_generation_prompt: bool = False) -> int:
+    def count_tokens(self, sample: Sample, limit: int | None = None, add_generation_prompt: bool = False) -> int:
         return len(self._tokens(sample, add_generation_prompt)[0])
 
-    def fit_max_pixels(self, sample: Sample, max_length: int, add_generation_prompt: bool = False) -> None:
+    def fit_limit(self, sample: Sample, max_length: int, add_generation_prompt: bool = False) -> None:
         return None  # nothing to shrink
 
     def describe_image(self, encoded: dict[str, Any], k: int) -> str:

@@ -13,9 +13,10 @@ becomes `Frame1: <img>...</img>\\nFrame2: ...`, one tile per frame.
 pixel shuffle 0.5), read from the checkpoint's config.
 
 Shared code (data/check.py, train/finetune.py) passes a per-row resolution limit back
-into `encode` / `count_tokens` under the name `max_pixels` and reads `min_pixels` /
-`max_pixels`; for this family that limit is a number of tiles: `max_pixels` is the most
-tiles per image and `fit_max_pixels` lowers it until a row fits a token budget.
+into `encode` / `count_tokens` as `limit` and reads its bounds as `min_limit` /
+`max_limit` (`vlmkit.families.interface.Template`); for this family that limit is the
+most tiles per image (`min_tiles` / `max_tiles`), and `fit_limit` lowers it until a row
+fits a token budget.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class InternVLTemplate:
     """Encodes `Sample`s for an InternVL checkpoint; see the module docstring for shapes."""
 
     box_format = BOX_FORMAT  # grounding text, 0-1000 of the original image (`vlmkit.grounding`)
-    limit_option = "--max-tiles"  # what `min_pixels` / `max_pixels` count here, as users set it
+    limit_option = "--max-tiles"  # what `min_limit` / `max_limit` count here (tiles), as users set it
     compact_images = False  # the encode cache stores `encode`'s own output
 
     def __init__(
@@ -225,13 +226,13 @@ class InternVLTemplate:
         """The original conversation format of a converted OpenGVLab checkpoint; {} for the -hf one."""
         return {"turn_end": self.turn_end, "bos": self.bos} if (self.turn_end, self.bos) != (TURN_END, None) else {}
 
-    # The names shared code uses for the per-row resolution limit (here: tiles per image).
+    # The interface's names for the bounds of the per-row resolution limit (here: tiles per image).
     @property
-    def min_pixels(self) -> int:
+    def min_limit(self) -> int:
         return self.min_tiles
 
     @property
-    def max_pixels(self) -> int:
+    def max_limit(self) -> int:
         return self.max_tiles
 
     # -- text --------------------------------------------------------------------------------------
@@ -327,15 +328,16 @@ class InternVLTemplate:
             )
 
     def encode(
-        self, sample: Sample, add_generation_prompt: bool = False, max_pixels: int | None = None
+        self, sample: Sample, add_generation_prompt: bool = False, limit: int | None = None
     ) -> dict[str, Any]:
         """Sample -> model inputs for one sequence.
 
         Returns input_ids, labels (T,), and when the sample has images or videos pixel_values
         (n_tiles, 3, tile_size, tile_size), `image_tiles` (tiles per image or video frame, in order)
-        and `image_notes` (a line per image or frame for people). `max_pixels` is the most tiles per image for this call (from `fit_max_pixels`).
+        and `image_notes` (a line per image or frame for people). `limit` is the most tiles per image for
+        this call (from `fit_limit`; None: `max_tiles`).
         """
-        max_tiles = self._max_tiles(max_pixels)
+        max_tiles = self._max_tiles(limit)
         sample = self._with_objects(sample)
         messages = mark_text(self._messages(sample))
         tiles: list[np.ndarray] = []
@@ -382,9 +384,9 @@ class InternVLTemplate:
             out["image_notes"] = notes
         return out
 
-    def image_sizes(self, sample: Sample, max_pixels: int | None = None) -> list[tuple[tuple[int, int], ...]]:
+    def image_sizes(self, sample: Sample, limit: int | None = None) -> list[tuple[tuple[int, int], ...]]:
         """((orig_h, orig_w), (orig_h, orig_w)) per image: InternVL boxes are 0-1000 of the original image,
-        whatever the tiling."""
+        whatever the tiling (so `limit`, the most tiles, changes nothing)."""
         sizes = []
         for k, source in enumerate(sample.media("image")):
             size = read_image_size(source, where=f"{sample.where}: image {k + 1}")
@@ -429,18 +431,18 @@ class InternVLTemplate:
         return sum(self.image_tiles(h, w, max_tiles) * self.tokens_per_tile + 2 for _, h, w in sizes)
 
     def count_tokens(
-        self, sample: Sample, max_pixels: int | None = None, add_generation_prompt: bool = False
+        self, sample: Sample, limit: int | None = None, add_generation_prompt: bool = False
     ) -> int:
-        """`len(encode(sample, add_generation_prompt, max_pixels)["input_ids"])` from image headers only;
-        `max_pixels` is the most tiles per image."""
+        """`len(encode(sample, add_generation_prompt, limit)["input_ids"])` from image headers only;
+        `limit` is the most tiles per image."""
         text_tokens, sizes = self._measure(sample, add_generation_prompt)
-        return text_tokens + self._image_tokens(sizes, self._max_tiles(max_pixels))
+        return text_tokens + self._image_tokens(sizes, self._max_tiles(limit))
 
-    def fit_max_pixels(
+    def fit_limit(
         self, sample: Sample, max_length: int, add_generation_prompt: bool = False
     ) -> int | None:
         """The most tiles per image in [min_tiles, max_tiles] at which `sample` has at most `max_length`
-        tokens; None when it does not fit even at min_tiles. (Named as the shared code asks for it.)"""
+        tokens; None when it does not fit even at min_tiles."""
         text_tokens, sizes = self._measure(sample, add_generation_prompt)
         for max_tiles in range(self.max_tiles, self.min_tiles - 1, -1):
             if text_tokens + self._image_tokens(sizes, max_tiles) <= max_length:

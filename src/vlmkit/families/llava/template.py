@@ -7,7 +7,7 @@ many tokens an image of a given size takes and turns a PIL image into `pixel_val
 
 Unlike Qwen, the image size seen by the model is fixed by the checkpoint (336x336 crops), so there
 are no pixel limits: the families refuse `--min-pixels/--max-pixels` (their `resolution_options` are
-empty) and `fit_max_pixels` never shrinks a sample.
+empty) and `fit_limit` never shrinks a sample.
 """
 
 from __future__ import annotations
@@ -155,8 +155,8 @@ class LlavaTemplate:
     model_w))] and image_notes (one line per image, shown by `vlmkit data preview`).
     """
 
-    min_pixels = None  # the image size is fixed by the checkpoint (see the module docstring)
-    max_pixels = None
+    min_limit = None  # the image size is fixed by the checkpoint (see the module docstring)
+    max_limit = None
     limit_option = None  # no resolution option to name in messages
     video_token_id = None  # images only
     video_sampling = None
@@ -230,15 +230,15 @@ class LlavaTemplate:
 
     # -- whole samples -----------------------------------------------------------------------------
 
-    def _no_pixel_limit(self, max_pixels: int | None) -> None:
-        if max_pixels is not None:
-            raise DataError(f"max_pixels does not apply to {self.family} (its image size is fixed)")
+    def _no_limit(self, limit: int | None) -> None:
+        if limit is not None:
+            raise DataError(f"a resolution limit does not apply to {self.family} (its image size is fixed)")
 
     def encode(
-        self, sample: Sample, add_generation_prompt: bool = False, max_pixels: int | None = None
+        self, sample: Sample, add_generation_prompt: bool = False, limit: int | None = None
     ) -> dict[str, Any]:
         """Sample -> model inputs for one sequence (see the class docstring)."""
-        self._no_pixel_limit(max_pixels)
+        self._no_limit(limit)
         ids, labels = self._tokens(sample, add_generation_prompt)
         out: dict[str, Any] = {}
         images = sample.media("image")
@@ -264,10 +264,10 @@ class LlavaTemplate:
         return out
 
     def count_tokens(
-        self, sample: Sample, max_pixels: int | None = None, add_generation_prompt: bool = False
+        self, sample: Sample, limit: int | None = None, add_generation_prompt: bool = False
     ) -> int:
         """`len(encode(sample, add_generation_prompt)["input_ids"])`, reading only image headers."""
-        self._no_pixel_limit(max_pixels)
+        self._no_limit(limit)
         ids, _ = self._tokens(sample, add_generation_prompt)
         total = len(ids) - ids.count(self.image_token_id)
         for k, source in enumerate(sample.media("image")):
@@ -275,7 +275,7 @@ class LlavaTemplate:
             total += self.vision.token_count(height, width)
         return total
 
-    def fit_max_pixels(
+    def fit_limit(
         self, sample: Sample, max_length: int, add_generation_prompt: bool = False
     ) -> int | None:
         """None: a sample over `max_length` cannot be shrunk to fit, the image size being fixed."""

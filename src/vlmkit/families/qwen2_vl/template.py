@@ -8,8 +8,9 @@ patches laid out as the vision tower expects: `pixel_values` is (sum of h*w patc
 `grid_t * grid_h * grid_w / merge_size**2` `<|image_pad|>` tokens.
 
 `count_tokens` gives the length of `encode`'s `input_ids` from the image headers alone
-(no pixels decoded), and `fit_max_pixels` finds the largest `max_pixels` at which a
-sample fits a token budget; `encode(..., max_pixels=...)` then encodes it at that size.
+(no pixels decoded), and `fit_limit` finds the largest `max_pixels` at which a sample
+fits a token budget; `encode(..., limit=...)` then encodes it at that size. (`limit`,
+`min_limit`, `max_limit` are the template interface's names for this family's pixel limits.)
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def vllm_processor_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
 class QwenVLTemplate:
     """Encodes `Sample`s for a Qwen-VL family checkpoint; see the module docstring for shapes."""
 
-    limit_option = "--max-pixels"  # the option `min_pixels` / `max_pixels` come from (messages)
+    limit_option = "--max-pixels"  # the option `min_limit` / `max_limit` (pixels of area) come from
     compact_images = True  # `encode(..., patchify=False)` + `patchify_images` (the encode cache's form)
 
     def __init__(
@@ -276,6 +277,16 @@ class QwenVLTemplate:
         }
 
     @property
+    def min_limit(self) -> int:
+        """The interface's lower bound of the per-call limit: `min_pixels`."""
+        return self.min_pixels
+
+    @property
+    def max_limit(self) -> int:
+        """The interface's upper bound of the per-call limit: `max_pixels`."""
+        return self.max_pixels
+
+    @property
     def video_sampling(self) -> FrameSampling:
         """How `vlmkit.video` samples a video's frames for this template (qwen-vl-utils' rule)."""
         return FrameSampling(self.fps, self.nframes, self.min_frames, self.max_frames, self.temporal_patch_size)
@@ -390,16 +401,16 @@ class QwenVLTemplate:
     # -- whole samples -----------------------------------------------------------------------------
 
     def image_sizes(
-        self, sample: Sample, max_pixels: int | None = None
+        self, sample: Sample, limit: int | None = None
     ) -> list[tuple[tuple[int, int], tuple[int, int]]]:
         """((orig_h, orig_w), (resized_h, resized_w)) per image of `sample`, from the headers, as `encode`
-        resizes them."""
+        resizes them; `limit` is this call's max_pixels (None: the template's)."""
         sizes = []
         for k, (source, requested) in enumerate(zip(sample.media("image"), sample.requested_sizes(), strict=True)):
             where = f"{sample.where}: image {k + 1}"
             height, width = read_image_size(source, where=where)
             try:
-                sizes.append(((height, width), self.target_size(height, width, max_pixels, requested)))
+                sizes.append(((height, width), self.target_size(height, width, limit, requested)))
             except ValueError as e:
                 raise DataError(f"{where}: {e}") from None
         return sizes
@@ -415,7 +426,7 @@ class QwenVLTemplate:
         self,
         sample: Sample,
         add_generation_prompt: bool = False,
-        max_pixels: int | None = None,
+        limit: int | None = None,
         patchify: bool = True,
     ) -> dict[str, Any]:
         """Sample -> model inputs for one sequence.
@@ -423,12 +434,12 @@ class QwenVLTemplate:
         Returns input_ids, labels, mm_token_type_ids (T,), and when the sample has images
         pixel_values (N_patches, D) and image_grid_thw (n_images, 3); `image_sizes` lists
         ((orig_h, orig_w), (resized_h, resized_w)) per image for mapping boxes.
-        `max_pixels` overrides the template's for this call (e.g. from `fit_max_pixels`).
+        `limit` is this call's max_pixels, overriding the template's (e.g. from `fit_limit`).
         With `patchify=False` the images come as `resized_images`, a list of (H, W, 3) uint8 arrays
         (8x smaller than pixel_values; what the encode cache stores) instead of `pixel_values`;
         `patchify_images` finishes them.
         """
-        max_pixels = self._max_pixels(max_pixels)
+        max_pixels = self._max_pixels(limit)
         sample = self._with_objects(sample, max_pixels)
         segments = self.render(mark_text(self._messages(sample)), add_generation_prompt, sample.where)
         ids, labels = tokenize_segments(self.tokenizer, segments, self._live_tokens)
@@ -491,17 +502,18 @@ class QwenVLTemplate:
         return total
 
     def count_tokens(
-        self, sample: Sample, max_pixels: int | None = None, add_generation_prompt: bool = False
+        self, sample: Sample, limit: int | None = None, add_generation_prompt: bool = False
     ) -> int:
-        """`len(encode(sample, add_generation_prompt, max_pixels)["input_ids"])`, reading only image headers.
+        """`len(encode(sample, add_generation_prompt, limit)["input_ids"])`, reading only image headers;
+        `limit` is this call's max_pixels (None: the template's).
 
         Raises what `encode` raises for a bad sample, a missing or unreadable image (a file whose
         pixels are corrupt past a valid header is only caught by `encode`).
         """
-        text_tokens, sizes = self._measure(sample, add_generation_prompt, max_pixels)
-        return text_tokens + self._image_tokens(sizes, self._max_pixels(max_pixels))
+        text_tokens, sizes = self._measure(sample, add_generation_prompt, limit)
+        return text_tokens + self._image_tokens(sizes, self._max_pixels(limit))
 
-    def fit_max_pixels(
+    def fit_limit(
         self, sample: Sample, max_length: int, add_generation_prompt: bool = False
     ) -> int | None:
         """The largest max_pixels in [min_pixels, the template's max_pixels] at which `sample` has at

@@ -86,8 +86,8 @@ class QwenVLTemplate:
     `vlmkit.families.llava.template.LlavaTemplate`): `encode` -> input_ids, labels (T,), and with images
     pixel_values (n, 3, 448, 448), original_sizes (n, 2) as (h, w), image_sizes and image_notes."""
 
-    min_pixels = None  # every image is resized to 448x448 (the checkpoint's image_size)
-    max_pixels = None
+    min_limit = None  # every image is resized to 448x448 (the checkpoint's image_size)
+    max_limit = None
     limit_option = None
     video_token_id = None
     video_sampling = None  # images only
@@ -133,15 +133,15 @@ class QwenVLTemplate:
                             f"{len(sample.media('image'))} images")  # fmt: skip
         return ids, labels
 
-    def _no_pixel_limit(self, max_pixels: int | None) -> None:
-        if max_pixels is not None:
-            raise DataError("max_pixels does not apply to Qwen-VL (every image is 448x448)")
+    def _no_limit(self, limit: int | None) -> None:
+        if limit is not None:
+            raise DataError("a resolution limit does not apply to Qwen-VL (every image is 448x448)")
 
     def encode(
-        self, sample: Sample, add_generation_prompt: bool = False, max_pixels: int | None = None
+        self, sample: Sample, add_generation_prompt: bool = False, limit: int | None = None
     ) -> dict[str, Any]:
         """Sample -> model inputs for one sequence (see the class docstring)."""
-        self._no_pixel_limit(max_pixels)
+        self._no_limit(limit)
         ids, labels = self._tokens(sample, add_generation_prompt)
         out: dict[str, Any] = {}
         images = sample.media("image")
@@ -172,16 +172,16 @@ class QwenVLTemplate:
         return encoded["image_notes"][k]
 
     def count_tokens(
-        self, sample: Sample, max_pixels: int | None = None, add_generation_prompt: bool = False
+        self, sample: Sample, limit: int | None = None, add_generation_prompt: bool = False
     ) -> int:
-        self._no_pixel_limit(max_pixels)
+        self._no_limit(limit)
         ids, _ = self._tokens(sample, add_generation_prompt)
         return len(ids) + (TOKENS_PER_IMAGE - 1) * ids.count(self.image_token_id)
 
-    def fit_max_pixels(self, sample: Sample, max_length: int, add_generation_prompt: bool = False) -> None:
+    def fit_limit(self, sample: Sample, max_length: int, add_generation_prompt: bool = False) -> None:
         return None  # the image size is fixed by the model
 
-    def image_sizes(self, sample: Sample, max_pixels: int | None = None) -> list[tuple[tuple[int, int], ...]]:
+    def image_sizes(self, sample: Sample, limit: int | None = None) -> list[tuple[tuple[int, int], ...]]:
         """((orig_h, orig_w), (orig_h, orig_w)) per image: Qwen-VL boxes are 0-1000 of the original image."""
         sizes = []
         for k, source in enumerate(sample.media("image")):

@@ -87,8 +87,8 @@ class QwenVLChatTemplate:
     """Encodes prompts for a Qwen-VL-Chat checkpoint; the interface of the other family templates, for
     inference only. `encode` returns input_ids and labels (T,) (labels all -100: nothing is trained)."""
 
-    min_pixels = None  # the remote model resizes every image to 448x448 itself
-    max_pixels = None
+    min_limit = None  # the remote model resizes every image to 448x448 itself
+    max_limit = None
     limit_option = None
     video_token_id = None
     image_token_id = None  # the remote model finds its images by `<img>`; vlmkit expands nothing
@@ -150,11 +150,11 @@ class QwenVLChatTemplate:
         return render_qwen_vl_chat(self._messages(sample), sources, add_generation_prompt, sample.where)
 
     def encode(
-        self, sample: Sample, add_generation_prompt: bool = False, max_pixels: int | None = None
+        self, sample: Sample, add_generation_prompt: bool = False, limit: int | None = None
     ) -> dict[str, Any]:
         """Sample -> {input_ids, labels} (T,) for a prompt; a sample to train on is refused."""
-        if max_pixels is not None:
-            raise DataError(f"{sample.where}: max_pixels does not apply to Qwen-VL (images are 448x448)")
+        if limit is not None:
+            raise DataError(f"{sample.where}: a resolution limit does not apply to Qwen-VL (images are 448x448)")
         if not add_generation_prompt:
             raise DataError(
                 f"{sample.where}: Qwen-VL (first generation) is inference only in vlmkit; "
@@ -167,14 +167,14 @@ class QwenVLChatTemplate:
         }
 
     def count_tokens(
-        self, sample: Sample, max_pixels: int | None = None, add_generation_prompt: bool = True
+        self, sample: Sample, limit: int | None = None, add_generation_prompt: bool = True
     ) -> int:
-        return len(self.encode(sample, add_generation_prompt, max_pixels)["input_ids"])
+        return len(self.encode(sample, add_generation_prompt, limit)["input_ids"])
 
-    def fit_max_pixels(self, sample: Sample, max_length: int, add_generation_prompt: bool = False) -> None:
+    def fit_limit(self, sample: Sample, max_length: int, add_generation_prompt: bool = False) -> None:
         return None  # the image size is fixed by the model
 
-    def image_sizes(self, sample: Sample, max_pixels: int | None = None) -> list[tuple[tuple[int, int], ...]]:
+    def image_sizes(self, sample: Sample, limit: int | None = None) -> list[tuple[tuple[int, int], ...]]:
         """((orig_h, orig_w), (orig_h, orig_w)) per image: Qwen-VL boxes are 0-1000 of the original image."""
         sizes = []
         for k, source in enumerate(sample.media("image")):
