@@ -570,12 +570,13 @@ def test_video_processor_configs_get_the_run_s_frame_limits():
     from vlmkit.families import family_by_name
     from vlmkit.processor_files import with_limits
 
-    settings = {"min_pixels": 3136, "max_pixels": 50_176, "fps": 1.0, "max_frames": 16, "video_max_pixels": 40_000}
+    settings = {"min_pixels": 3136, "max_pixels": 50_176, "fps": 1.0, "max_frames": 16, "min_frames": 8,
+                "video_max_pixels": 40_000}
     video = {"size": {"shortest_edge": 100_352, "longest_edge": 602_112}, "fps": 2.0, "max_frames": 768}
     name = "video_preprocessor_config.json"
     qwen2 = with_limits(family_by_name("qwen2-vl"), name, video, settings)
     assert qwen2["size"] == {"shortest_edge": 40_000, "longest_edge": 40_000}
-    assert (qwen2["max_pixels"], qwen2["fps"], qwen2["max_frames"]) == (40_000, 1.0, 16)
+    assert (qwen2["max_pixels"], qwen2["fps"], qwen2["max_frames"], qwen2["min_frames"]) == (40_000, 1.0, 16, 8)
     # Qwen3-VL's video size is over all frames, not per frame: only fps and frame count change
     qwen3 = with_limits(family_by_name("qwen3-vl"), name, video, settings)
     assert qwen3["size"] == video["size"] and (qwen3["fps"], qwen3["max_frames"]) == (1.0, 16)

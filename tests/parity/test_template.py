@@ -328,7 +328,7 @@ def test_saved_settings_travel_with_the_model(tiny_models, tmp_path):
         "min_pixels": 1000,
         "max_pixels": 20_000,
         "system": "Trained prompt.",
-        **{"fps": 2.0, "nframes": None, "max_frames": 768, "video_max_pixels": 768 * 28 * 28},  # video defaults
+        **{"fps": 2.0, "nframes": None, "max_frames": 768, "min_frames": 4, "video_max_pixels": 768 * 28 * 28},
     }
     assert template.render_text(to_sample({"messages": [{"role": "user", "content": "x"}]})).startswith(
         "<|im_start|>system\nTrained prompt.<|im_end|>"
