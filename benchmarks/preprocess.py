@@ -114,7 +114,7 @@ def measure(
     from vlmkit.data import load_dataset
     from vlmkit.data.cache import EncodeCache, encode_dataset
     from vlmkit.families import family_for_model_dir
-    from vlmkit.families.qwen2_vl.template import render_qwen2_vl
+    from vlmkit.families.qwen2_vl.render import render_qwen2_vl
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     family = family_for_model_dir(model)

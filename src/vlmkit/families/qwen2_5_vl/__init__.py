@@ -9,12 +9,9 @@ from vlmkit.families.qwen2_vl import PREPROCESSOR_CONFIG as QWEN2_VL_PREPROCESSO
 from vlmkit.families.qwen2_vl import SPECIAL_TOKENS as QWEN2_VL_TOKENS
 from vlmkit.families.qwen2_vl import VIDEO_DEFAULTS as QWEN2_VL_VIDEO
 from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions
-from vlmkit.families.qwen2_vl.template import (
-    QwenVLTemplate,
-    processor_limits,
-    render_qwen2_vl,
-    vllm_processor_kwargs,
-)
+from vlmkit.families.qwen2_vl.processor import processor_limits, vllm_processor_kwargs
+from vlmkit.families.qwen2_vl.render import render_qwen2_vl
+from vlmkit.families.qwen2_vl.template import QwenVLTemplate
 from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 
 SPECIAL_TOKENS = QWEN2_VL_TOKENS + (

@@ -5,12 +5,9 @@ from pathlib import Path
 from vlmkit.families import Family
 from vlmkit.families.qwen2_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions
-from vlmkit.families.qwen2_vl.template import (
-    QwenVLTemplate,
-    processor_limits,
-    render_qwen2_vl,
-    vllm_processor_kwargs,
-)
+from vlmkit.families.qwen2_vl.processor import processor_limits, vllm_processor_kwargs
+from vlmkit.families.qwen2_vl.render import render_qwen2_vl
+from vlmkit.families.qwen2_vl.template import QwenVLTemplate
 from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 
 # The real tokenizer's added tokens, in id order from 151643.

@@ -1,7 +1,7 @@
 """The Qwen-VL prompt format and vision preprocessing (Qwen2-VL, Qwen2.5-VL, Qwen3-VL).
 
-Rendering follows the checkpoints' chat templates (`chat_template.jinja` in each family
-folder; tests compare the two). Images are resized with `smart_resize` to multiples of
+Rendering is `render.py`'s (the checkpoints' chat templates as segments); processor configs and vLLM
+arguments are `processor.py`'s; videos are `video.py`'s. Images are resized with `smart_resize` to multiples of
 patch_size * merge_size within [min_pixels, max_pixels], normalised, and cut into
 patches laid out as the vision tower expects: `pixel_values` is (sum of h*w patches,
 3 * temporal_patch_size * patch_size**2) and each image becomes
@@ -24,7 +24,6 @@ import torch
 from PIL import Image
 
 from vlmkit.encoding import (
-    Segment,
     collate_tokens,
     expand_tokens,
     mark_text,
@@ -37,105 +36,6 @@ from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image_resized, read_image_size
 from vlmkit.sample import Sample
 from vlmkit.video import FrameSampling
-
-IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
-VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
-DEFAULT_SYSTEM = "You are a helpful assistant."
-
-
-def _content_text(content: list[dict], where: str, media: bool = True) -> str:
-    out = []
-    for part in content:
-        if part["type"] == "text":
-            out.append(part["text"])
-        elif not media:
-            raise DataError(f"{where}: this family's template cannot place an {part['type']} in this message")
-        else:
-            out.append(IMAGE if part["type"] == "image" else VIDEO)
-    return "".join(out)
-
-
-def _turn(role: str, body: str) -> list[Segment]:
-    """One `<|im_start|>role\\n...<|im_end|>\\n` block; assistant text and its end token are supervised."""
-    supervised = role == "assistant"
-    return [
-        Segment(f"<|im_start|>{role}\n"),
-        Segment(body + "<|im_end|>", supervised),
-        Segment("\n"),
-    ]
-
-
-def render_qwen2_vl(
-    messages: list[dict], add_generation_prompt: bool, where: str = "sample"
-) -> list[Segment]:
-    """Qwen2-VL / Qwen2.5-VL: a default system prompt when the first message is not a system one."""
-    segments: list[Segment] = []
-    if messages and messages[0]["role"] != "system":
-        segments += _turn("system", DEFAULT_SYSTEM)
-    for message in messages:
-        segments += _turn(message["role"], _content_text(message["content"], where))
-    if add_generation_prompt:
-        segments.append(Segment("<|im_start|>assistant\n"))
-    return segments
-
-
-def render_qwen3_vl(
-    messages: list[dict], add_generation_prompt: bool, where: str = "sample"
-) -> list[Segment]:
-    """Qwen3-VL Instruct: no default system prompt; assistant turns carry text only; tool results as user turns."""
-    segments: list[Segment] = []
-    for i, message in enumerate(messages):
-        role = message["role"]
-        if role == "system":
-            if i != 0:
-                raise DataError(f"{where}: Qwen3-VL accepts a system message only as the first message")
-            segments += _turn("system", _content_text(message["content"], where, media=False))
-        elif role == "tool":
-            first = i == 0 or messages[i - 1]["role"] != "tool"
-            last = i == len(messages) - 1 or messages[i + 1]["role"] != "tool"
-            body = "\n<tool_response>\n" + _content_text(message["content"], where) + "\n</tool_response>"
-            segments.append(
-                Segment(("<|im_start|>user" if first else "") + body + ("<|im_end|>\n" if last else ""))
-            )
-        else:
-            segments += _turn(role, _content_text(message["content"], where, media=role != "assistant"))
-    if add_generation_prompt:
-        segments.append(Segment("<|im_start|>assistant\n"))
-    return segments
-
-
-def _with_pixel_limits(config: dict[str, Any], low: int | None, high: int | None) -> dict[str, Any]:
-    """A Qwen image/video processor config with min/max pixels written both ways transformers 5.24 reads
-    them: `min_pixels`/`max_pixels` (which win when present) and `size` {shortest_edge, longest_edge}."""
-    config, size = dict(config), dict(config.get("size") or {})
-    if high is not None:
-        config["max_pixels"] = size["longest_edge"] = int(high)
-        low = min(low if low is not None else size.get("shortest_edge", high), high)
-    if low is not None:
-        config["min_pixels"] = size["shortest_edge"] = int(low)
-    config["size"] = size
-    return config
-
-
-def processor_limits(
-    name: str, config: dict[str, Any], settings: dict[str, Any], video_pixels_per_frame: bool = True
-) -> dict[str, Any]:
-    """`Family.processor_limits` of the Qwen families: the image limits into preprocessor_config.json;
-    fps, max frames and (where the video processor's size is per frame, not Qwen3-VL) the frame pixel
-    limit into video_preprocessor_config.json."""
-    if name == "preprocessor_config.json":
-        return _with_pixel_limits(config, settings.get("min_pixels"), settings.get("max_pixels"))
-    if name != "video_preprocessor_config.json":
-        return config
-    config = dict(config) | {k: settings[k] for k in ("fps", "min_frames", "max_frames") if settings.get(k) is not None}
-    if video_pixels_per_frame and settings.get("video_max_pixels") is not None:
-        config = _with_pixel_limits(config, None, settings["video_max_pixels"])
-    return config
-
-
-def vllm_processor_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
-    """`Family.vllm_processor_kwargs` of the Qwen families: the image pixel limits, for vLLM's processor."""
-    return {k: settings[k] for k in ("min_pixels", "max_pixels") if settings.get(k) is not None}
 
 
 class QwenVLTemplate:

@@ -7,12 +7,9 @@ from vlmkit.families import Family
 from vlmkit.families.qwen2_5_vl import SPECIAL_TOKENS as QWEN2_5_VL_TOKENS
 from vlmkit.families.qwen2_vl import ENCODING_OPTIONS as QWEN_OPTIONS
 from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions
-from vlmkit.families.qwen2_vl.template import (
-    QwenVLTemplate,
-    processor_limits,
-    render_qwen3_vl,
-    vllm_processor_kwargs,
-)
+from vlmkit.families.qwen2_vl.processor import processor_limits, vllm_processor_kwargs
+from vlmkit.families.qwen2_vl.render import render_qwen3_vl
+from vlmkit.families.qwen2_vl.template import QwenVLTemplate
 from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 from vlmkit.families.qwen3_vl.boxes import BOX_FORMAT
 
