@@ -228,3 +228,15 @@ def test_every_template_has_the_written_interface(family, tmp_path, request):
     assert (template.box_format is None) == (family.box_format is None)
     assert isinstance(template, Grounds) or template.box_format is None
     assert (template.video_sampling is not None) == ("video" in family.supports)
+
+
+def test_every_template_pads_its_tokens_through_the_one_collate_core():
+    """`vlmkit.encoding.collate_tokens` is the padding core of every `collate`; no family pads input_ids,
+    attention masks or labels on its own (the Qwen-VL native template did, a copy of the core)."""
+    copies = [
+        str(path.relative_to(SRC)) for path in FAMILIES_DIR.rglob("*.py") if "pad_sequences(" in path.read_text()
+    ]
+    assert copies == []
+    calls = [path.name for path in FAMILIES_DIR.rglob("template.py") if "collate_tokens(" in path.read_text()]
+    assert len(calls) >= 4, calls  # qwen2_vl, internvl, llava, qwen_vl (and native_template.py below)
+    assert "collate_tokens(" in (FAMILIES_DIR / "qwen_vl" / "native_template.py").read_text()

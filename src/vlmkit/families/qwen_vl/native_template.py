@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX, Segment, expand_tokens, mark_text, pad_sequences, tokenize_segments
+from vlmkit.encoding import Segment, collate_tokens, expand_tokens, mark_text, tokenize_segments
 from vlmkit.errors import DataError
-from vlmkit.families.qwen_vl.template import qwen_vl_messages
-from vlmkit.media import load_image, read_image_size
+from vlmkit.families.qwen_vl.template import original_image_sizes, qwen_vl_messages
+from vlmkit.media import load_image
 from vlmkit.sample import Sample, refuse_requested_sizes
 
 IMAGE_PAD = "<imgpad>"
@@ -182,22 +182,11 @@ class QwenVLTemplate:
         return None  # the image size is fixed by the model
 
     def image_sizes(self, sample: Sample, limit: int | None = None) -> list[tuple[tuple[int, int], ...]]:
-        """((orig_h, orig_w), (orig_h, orig_w)) per image: Qwen-VL boxes are 0-1000 of the original image."""
-        sizes = []
-        for k, source in enumerate(sample.media("image")):
-            size = read_image_size(source, where=f"{sample.where}: image {k + 1}")
-            sizes.append((size, size))
-        return sizes
+        return original_image_sizes(sample)
 
     def collate(self, encoded: list[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad a list of `encode` outputs into one batch (left padding for generation)."""
-        batch = {
-            "input_ids": pad_sequences([e["input_ids"] for e in encoded], self.pad_token_id, padding_side),
-            "attention_mask": pad_sequences(
-                [torch.ones_like(e["input_ids"]) for e in encoded], 0, padding_side
-            ),
-            "labels": pad_sequences([e["labels"] for e in encoded], IGNORE_INDEX, padding_side),
-        }
+        batch = collate_tokens(encoded, self.pad_token_id, padding_side)
         with_images = [e["pixel_values"] for e in encoded if "pixel_values" in e]
         if with_images:
             batch["pixel_values"] = torch.cat(with_images)

@@ -37,6 +37,16 @@ from vlmkit.sample import Sample, refuse_requested_sizes
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
 
+def original_image_sizes(sample: Sample) -> list[tuple[tuple[int, int], ...]]:
+    """`Grounds.image_sizes` of both Qwen-VL templates: ((orig_h, orig_w), (orig_h, orig_w)) per image, as
+    Qwen-VL boxes are 0-1000 of the original image, whatever size the model sees."""
+    sizes = []
+    for k, source in enumerate(sample.media("image")):
+        size = read_image_size(source, where=f"{sample.where}: image {k + 1}")
+        sizes.append((size, size))
+    return sizes
+
+
 def qwen_vl_messages(template: Any, sample: Sample) -> list[dict]:
     """`sample`'s messages as both Qwen-VL templates render them: boxes written in Qwen-VL's markup at the
     template's image sizes, and a system message first when there is none (the template's, else
@@ -175,12 +185,7 @@ class QwenVLChatTemplate:
         return None  # the image size is fixed by the model
 
     def image_sizes(self, sample: Sample, limit: int | None = None) -> list[tuple[tuple[int, int], ...]]:
-        """((orig_h, orig_w), (orig_h, orig_w)) per image: Qwen-VL boxes are 0-1000 of the original image."""
-        sizes = []
-        for k, source in enumerate(sample.media("image")):
-            size = read_image_size(source, where=f"{sample.where}: image {k + 1}")
-            sizes.append((size, size))
-        return sizes
+        return original_image_sizes(sample)
 
     def describe_image(self, encoded: dict[str, Any], k: int) -> str:
         """Nothing to say: the remote model resizes and expands its images itself."""
