@@ -53,7 +53,8 @@ class EncodingSettings:
     min_pixels / max_pixels: smallest / largest image area in pixels after resizing (Qwen families).
     min_tiles / max_tiles: fewest / most 448 px tiles an image is cut into, thumbnail not counted (InternVL).
     fps: video frames sampled per second of video; nframes: exactly this many frames instead (they replace
-    each other); max_frames / min_frames: most / fewest frames per video (sampling by fps); video_max_pixels: largest area of one video frame.
+    each other); max_frames / min_frames: most / fewest frames per video (sampling by fps);
+    video_max_pixels: largest area of one video frame.
     system: the system prompt put before every conversation that has none.
     """
 
