@@ -14,8 +14,8 @@ re-encoded with a warning.
 
 The key of an entry is a SHA-256 over: the sample (messages, objects, extra; not where it came
 from, so moving a row does not invalidate it), each local media file's size and modification
-time, the per-sample resolution limit (`limit` of `template.encode`), and the template's fingerprint (`template_fingerprint`: its
-class, the code of its family folder and of vlmkit's shared encoding modules, so a new vlmkit
+time, the per-sample resolution limit (`limit` of `template.encode`), and the template's
+fingerprint (`template_fingerprint`: its class, the code of its family folder and of vlmkit's shared encoding modules, so a new vlmkit
 encodes afresh; its tokenizer; and every setting it holds: pixel limits, system prompt, patch
 sizes, normalisation ...). Entries live under `<cache_dir>/<fingerprint[:16]>/`, with a
 `template.json` describing the settings, so the entries of old settings can be deleted as one

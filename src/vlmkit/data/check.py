@@ -26,7 +26,8 @@ they usually mean a dataset was saved with a chat template already applied.
 Over-long rows are never truncated (a cut through image tokens breaks the model
 inputs): with truncation="delete" they are bad; with "shrink" the row keeps its images
 at the largest resolution limit that fits (the template's `fit_limit`, in the unit of its
-`limit_option`: pixels, tiles) and is bad only when even its `min_limit` does not fit. A row with more text than `max_length` tokens could hold
+`limit_option`: pixels, tiles) and is bad only when even its `min_limit` does not fit. A row
+with more text than `max_length` tokens could hold
 (`MAX_CHARS_PER_TOKEN` characters each) is too long without being tokenized, so one huge line
 costs no more than a row of `max_length` tokens. Rows are checked one at a time and images are
 decoded one at a time and let go, so memory does not grow with the dataset.

@@ -175,7 +175,9 @@ def _plan(dataset, pairs, predictions, benchmark, benchmark_path, limit, metric,
     return _Plan(dataset, given_lines, preset, limit, names, reason)
 
 
-def _answer(plan, pairs, benchmark_path, media_root, columns, prompt, output, taken, echo, load_options) -> list[_Scored]:
+def _answer(
+    plan, pairs, benchmark_path, media_root, columns, prompt, output, taken, echo, load_options
+) -> list[_Scored]:
     """Read the rows once, then answer them with each model in turn into OUTPUT/LABEL.predictions.jsonl."""
     from vlmkit.eval.rows import read_dataset
     from vlmkit.eval.run import file_stem, model_label

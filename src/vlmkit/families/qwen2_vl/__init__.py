@@ -53,7 +53,9 @@ PREPROCESSOR_CONFIG = {
 # no video_preprocessor_config.json): 128..768 tokens of 28x28 pixels per frame, and at most 90% of a
 # 128k context over the whole video (x2: two frames share a temporal patch).
 # The encoding options of the Qwen2/2.5/3-VL templates (`Family.encoding_options`).
-ENCODING_OPTIONS = ("min_pixels", "max_pixels", "fps", "nframes", "max_frames", "min_frames", "video_max_pixels", "system")
+ENCODING_OPTIONS = (
+    "min_pixels", "max_pixels", "fps", "nframes", "max_frames", "min_frames", "video_max_pixels", "system"
+)
 VIDEO_DEFAULTS = {
     "fps": 2.0,
     "min_frames": 4,
