@@ -154,12 +154,21 @@ class Family:
 
 
 def _families() -> dict[str, Family]:
-    from vlmkit.families import internvl, llava, llava_next, qwen2_5_vl, qwen2_vl, qwen3_vl, qwen_vl
+    from vlmkit.families import (
+        internvl,
+        llava,
+        llava_next,
+        qwen2_5_vl,
+        qwen2_vl,
+        qwen3_vl,
+        qwen3_vl_moe,
+        qwen_vl,
+    )
 
     return {
         f.model_type: f
         for f in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY, internvl.FAMILY, llava.FAMILY, llava_next.FAMILY)
-        + (qwen_vl.FAMILY, qwen_vl.REMOTE_FAMILY)
+        + (qwen_vl.FAMILY, qwen_vl.REMOTE_FAMILY, qwen3_vl_moe.FAMILY)
     }
 
 
