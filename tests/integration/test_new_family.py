@@ -92,3 +92,47 @@ def test_a_new_family_through_the_cli(model_dir, tmp_path):
         app, ["infer", "--model", str(model_dir), "--input", str(tmp_path / "d.json"), "--max-pixels", "50000"]
     )
     assert "--max-pixels does not apply to vipllava models" in str(refused.exception)  # exit 2 under `vlmkit`
+
+
+def test_a_qwen_shaped_family_qwen3_vl_moe_trains_exports_and_answers_through_the_cli(tmp_path):
+    """docs/adding-a-family.md followed for a real Qwen-shaped family: Qwen3-VL MoE is its folder
+    (src/vlmkit/families/qwen3_vl_moe/: the Qwen3-VL record with its model type and toy config) plus its
+    registry line. `vlmkit sft` with LoRA trains it (the experts are fused parameters, so the adapter is on
+    the attention projections), and the merged export answers as the checkpoint does."""
+    from safetensors.torch import load_file
+
+    from vlmkit.cli import app
+
+    family = family_by_name("qwen3-vl-moe")
+    assert family.model_type == "qwen3_vl_moe" and family_by_name("qwen3-vl").model_type == "qwen3_vl"
+    model = build_tiny_model(family, tmp_path / "moe", small_vocab=True)
+    assert json.loads((model / "config.json").read_text())["text_config"]["num_local_experts"] == 4
+    random_image(40, 60).save(tmp_path / "a.png")
+    row = {"messages": [{"role": "user", "content": "<image>What colour?"},
+                        {"role": "assistant", "content": "红色。\nA red square."}], "images": ["a.png"]}  # fmt: skip
+    (tmp_path / "d.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n")
+    runner = CliRunner()
+    trained = runner.invoke(app, ["sft", "--model", str(model), "--dataset", str(tmp_path / "d.jsonl"),
+                                  "--output-dir", str(tmp_path / "run"), "--max-steps", "3", "--lr", "0.05",
+                                  "--warmup-ratio", "0", "--save-steps", "3", "--no-progress"])  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    [checkpoint] = list((tmp_path / "run").glob("*/v0-*/checkpoint-3"))
+    adapter = load_file(checkpoint / "adapter_model.safetensors")
+    assert adapter and all("self_attn" in name for name in adapter)  # attention projections, no experts
+    assert max(float(v.abs().max()) for name, v in adapter.items() if "lora_B" in name) > 0  # it learned
+    exported = runner.invoke(app, ["export", "--ckpt", str(checkpoint), "--output", str(tmp_path / "merged"),
+                                   "--merge-lora"])  # fmt: skip
+    assert exported.exit_code == 0, exported.output
+    output = tmp_path / "out.jsonl"
+    answered = runner.invoke(app, ["infer", "--model", str(tmp_path / "merged"), "--input",
+                                   str(tmp_path / "d.jsonl"), "--output", str(output), "--max-new-tokens", "6"])  # fmt: skip
+    assert answered.exit_code == 0, answered.output
+    assert "response" in json.loads(output.read_text())
+    # the merged export is the base model plus the adapter: the same logits on the training row
+    tuned, merged = vlmkit.load(ckpt=str(checkpoint), dtype="fp32"), vlmkit.load(str(tmp_path / "merged"), dtype="fp32")
+    batch = merged.template.collate([merged.encode(to_sample(row, base_dirs=(tmp_path,)))])
+    batch.pop("labels")
+    with torch.no_grad():
+        torch.testing.assert_close(merged.model(**batch).logits, tuned.model(**batch).logits, atol=1e-4, rtol=1e-4)
+        base = vlmkit.load(str(model), dtype="fp32").model(**batch).logits
+    assert not torch.allclose(base, merged.model(**batch).logits, atol=1e-4)  # the training changed the model
