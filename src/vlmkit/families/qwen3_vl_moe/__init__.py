@@ -39,5 +39,5 @@ FAMILY = replace(
     description="Qwen3-VL MoE (30B-A3B, 235B-A22B): Qwen3-VL's vision and prompt over a mixture-of-experts LLM",
     folder=Path(__file__).parent,
     tiny_config=tiny_config,
-    aliases=("qwen3vl-moe", "qwen3-vl-30b-a3b"),
+    aliases=("qwen3vl-moe",),
 )
