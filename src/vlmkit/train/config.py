@@ -30,8 +30,10 @@ def with_encoding_fields(cls: type) -> type:
     """Give `cls` one field per `EncodingSettings` field (`min_pixels`, ..., default None: not given) before
     `@dataclass` reads it, so the encoding options are declared once, in `vlmkit.settings`, and an option
     added there is a run setting too (YAML key, args.json, `SFTConfig(min_pixels=...)`)."""
-    for f in dataclasses.fields(EncodingSettings):
-        cls.__annotations__[f.name] = f.type
+    encoding = dataclasses.fields(EncodingSettings)
+    # assigned, not updated in place: on Python 3.14 a class's annotations may be computed afresh from its body
+    cls.__annotations__ = {**cls.__annotations__, **{f.name: f.type for f in encoding}}
+    for f in encoding:
         setattr(cls, f.name, None)
     return cls
 
