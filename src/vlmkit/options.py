@@ -1,22 +1,22 @@
 """Option types shared by the commands (each documented once, so `--help` reads the same everywhere).
 
-The encoding options (`vlmkit.settings.EncodingSettings`, one option per field) are declared once in
-`ENCODING_OPTIONS` and added to a command by `with_encoding_options`: the command declares one parameter
-`encoding: EncodingSettings` and receives the options it stands for as that one value.
+Option groups (`vlmkit.groups`: `EncodingSettings`, ...) become a command's options through `with_options`:
+the command declares one parameter per group (`encoding: EncodingSettings`) and receives the options it
+stands for as that one value.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 import typer
 
-from vlmkit.settings import ENCODING_FIELDS, EncodingSettings
+from vlmkit.groups import OptionInfo, field_default, group_options, is_group
 
 DType = Annotated[
     str, typer.Option(help="Weights dtype: auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32.")
@@ -92,106 +92,70 @@ VllmArg = Annotated[
 ]
 
 
-# -- encoding options: one per `EncodingSettings` field, in its order ------------------------------------
-
-_SAVED = "Default: saved with the model or run (vlmkit.json), else the checkpoint's"
-ENCODING_OPTIONS: dict[str, Any] = {
-    "min_pixels": Annotated[
-        int | None,
-        typer.Option(help=f"Smallest image area in pixels after resizing (Qwen families). {_SAVED}. Saved with a run."),
-    ],
-    "max_pixels": Annotated[
-        int | None,
-        typer.Option(
-            help="Largest image area in pixels after resizing (fewer pixels = fewer image tokens; Qwen families). "
-            f"{_SAVED}. Saved with a run."
-        ),
-    ],
-    "fps": Annotated[
-        float | None,
-        typer.Option(
-            help="Video frames sampled per second of video (within the family's min/max frame counts). "
-            f"{_SAVED}, else 2. Saved with a run."
-        ),
-    ],
-    "nframes": Annotated[
-        int | None,
-        typer.Option(
-            help="Sample exactly this many frames per video instead of --fps (at most the video's; Qwen families "
-            "round it to an even count). Saved with a run."
-        ),
-    ],
-    "max_frames": Annotated[
-        int | None,
-        typer.Option(help=f"Most frames sampled from one video. {_SAVED}, else 768. Saved with a run."),
-    ],
-    "min_frames": Annotated[
-        int | None,
-        typer.Option(help=f"Fewest frames sampled from one video by --fps. {_SAVED}, else 4. Saved with a run."),
-    ],
-    "video_max_pixels": Annotated[
-        int | None,
-        typer.Option(
-            help="Largest area of one video frame after resizing (frames also share a total-pixel budget). "
-            "Default: the family's. Saved with a run."
-        ),
-    ],
-    "min_tiles": Annotated[
-        int | None,
-        typer.Option(
-            help=f"Tiling families (InternVL): fewest 448 px tiles an image is cut into. {_SAVED} (1). Saved with a run."
-        ),
-    ],
-    "max_tiles": Annotated[
-        int | None,
-        typer.Option(
-            help="Tiling families (InternVL): most tiles per image, not counting the thumbnail (fewer tiles = "
-            f"fewer image tokens). {_SAVED} (12). Saved with a run."
-        ),
-    ],
-    "system": Annotated[
-        str | None,
-        typer.Option(help="System prompt for every conversation without one. Default: the one saved with the "
-                     "model or run, else the family's. Saved with a run."),
-    ],
-}
-assert tuple(ENCODING_OPTIONS) == ENCODING_FIELDS, "one option per EncodingSettings field"
+# -- option groups: one CLI option per field --------------------------------------------------------------
 
 
-def _in_panel(option: Any, panel: str | None) -> Any:
-    if panel is None:
-        return option
-    base, info = get_args(option)
-    info = copy.copy(info)
-    info.rich_help_panel = panel
-    return Annotated[base, info]
+def _typer_option(f: dataclasses.Field, info: OptionInfo, hint: Any, panel: str | None) -> tuple[Any, Any]:
+    """(annotation, default) of the typer parameter for group field `f`."""
+    default = f.default
+    if f.default_factory is not dataclasses.MISSING:  # a list: typer's "not given" is None
+        hint, default = hint | None, None
+    declared = typer.Option(*info.flags, help=info.help, rich_help_panel=info.panel or panel, metavar=info.metavar)
+    return Annotated[hint, declared], default
 
 
-def with_encoding_options(panel: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a typer command whose parameter `encoding: EncodingSettings` stands for the encoding options:
-    typer sees one option per `EncodingSettings` field in its place (help from `ENCODING_OPTIONS`, in
-    `panel` of `--help` when given), and the command gets them as one `EncodingSettings`."""
+def with_options(
+    panels: dict[str, str] | None = None, omit: dict[str, tuple[str, ...]] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a typer command whose parameters annotated with an option group (`vlmkit.groups`), e.g.
+    `loading: LoadOptions`, stand for that group's options: typer sees one option per field in their place
+    (`--field-name`, the field's default and help, in `--help` section `panels[parameter]` when given;
+    fields in `omit[parameter]` are not options of this command and keep their defaults), and the command
+    gets each group as one value, checked (`group.check()`, where it has one) before it runs. Other
+    parameters are typer's as usual."""
+    panels, omit = panels or {}, omit or {}
 
     def add(command: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(command, eval_str=True)
-        params = []
+        params, groups = [], {}
         for param in signature.parameters.values():
-            if param.name == "encoding":
-                params += [
-                    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                      annotation=_in_panel(option, panel))
-                    for name, option in ENCODING_OPTIONS.items()
-                ]  # fmt: skip
+            if is_group(param.annotation):
+                groups[param.name] = param.annotation
+                for f, info, hint in group_options(param.annotation):
+                    if f.name in omit.get(param.name, ()):
+                        continue
+                    annotation, default = _typer_option(f, info, hint, panels.get(param.name))
+                    params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                                    annotation=annotation))  # fmt: skip
             else:  # typer passes every option by name
                 params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+        names = [p.name for p in params]
+        assert len(names) == len(set(names)), f"{command.__name__}: two options named alike in {names}"
 
         @functools.wraps(command)
         def run(**options: Any) -> Any:
-            encoding = EncodingSettings(**{name: options.pop(name) for name in ENCODING_FIELDS})
-            return command(encoding=encoding, **options)
+            for name, cls in groups.items():
+                values = {}
+                for f, _, _ in group_options(cls):
+                    if f.name in omit.get(name, ()):
+                        continue
+                    value = options.pop(f.name)
+                    if value is None and f.default_factory is not dataclasses.MISSING:  # a list not given
+                        value = field_default(f)
+                    values[f.name] = value
+                group = cls(**values)
+                if hasattr(group, "check"):
+                    group.check()
+                options[name] = group
+            return command(**options)
 
         run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
         run.__annotations__ = {p.name: p.annotation for p in params}
         return run
 
     return add
+
+
+def with_encoding_options(panel: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`with_options` for a command whose one group is `encoding: EncodingSettings`."""
+    return with_options(panels={"encoding": panel} if panel else None)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
+from vlmkit.groups import option
 
 SETTINGS_FILE = "vlmkit.json"
 
@@ -41,13 +42,16 @@ def write_settings(folder: str | Path, settings: dict[str, Any]) -> Path:
     return path
 
 
+_SAVED = "Default: saved with the model or run (vlmkit.json), else the checkpoint's"
+
+
 @dataclass(frozen=True)
 class EncodingSettings:
     """How images, videos and the system prompt become tokens: every command and the Python API take this.
 
     None means "not given": the value saved with the model or run (vlmkit.json) applies, else the
     checkpoint's (its image-processor config) or the family's default. Each field is one CLI option
-    (`--min-pixels`, ...), declared once in `vlmkit.options.ENCODING_OPTIONS`; a family takes the fields
+    (`--min-pixels`, ...) with its help here (`vlmkit.groups.option`); a family takes the fields
     named in its `encoding_options` and refuses the others (`check_encoding`).
 
     min_pixels / max_pixels: smallest / largest image area in pixels after resizing (Qwen families).
@@ -58,16 +62,47 @@ class EncodingSettings:
     system: the system prompt put before every conversation that has none.
     """
 
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    fps: float | None = None
-    nframes: int | None = None
-    max_frames: int | None = None
-    min_frames: int | None = None
-    video_max_pixels: int | None = None
-    min_tiles: int | None = None
-    max_tiles: int | None = None
-    system: str | None = None
+    min_pixels: int | None = option(
+        None, f"Smallest image area in pixels after resizing (Qwen families). {_SAVED}. Saved with a run."
+    )
+    max_pixels: int | None = option(
+        None,
+        "Largest image area in pixels after resizing (fewer pixels = fewer image tokens; Qwen families). "
+        f"{_SAVED}. Saved with a run.",
+    )
+    fps: float | None = option(
+        None,
+        "Video frames sampled per second of video (within the family's min/max frame counts). "
+        f"{_SAVED}, else 2. Saved with a run.",
+    )
+    nframes: int | None = option(
+        None,
+        "Sample exactly this many frames per video instead of --fps (at most the video's; Qwen families "
+        "round it to an even count). Saved with a run.",
+    )
+    max_frames: int | None = option(None, f"Most frames sampled from one video. {_SAVED}, else 768. Saved with a run.")
+    min_frames: int | None = option(
+        None, f"Fewest frames sampled from one video by --fps. {_SAVED}, else 4. Saved with a run."
+    )
+    video_max_pixels: int | None = option(
+        None,
+        "Largest area of one video frame after resizing (frames also share a total-pixel budget). "
+        "Default: the family's. Saved with a run.",
+    )
+    min_tiles: int | None = option(
+        None,
+        f"Tiling families (InternVL): fewest 448 px tiles an image is cut into. {_SAVED} (1). Saved with a run.",
+    )
+    max_tiles: int | None = option(
+        None,
+        "Tiling families (InternVL): most tiles per image, not counting the thumbnail (fewer tiles = "
+        f"fewer image tokens). {_SAVED} (12). Saved with a run.",
+    )
+    system: str | None = option(
+        None,
+        "System prompt for every conversation without one. Default: the one saved with the model or run, "
+        "else the family's. Saved with a run.",
+    )
 
     def given(self) -> dict[str, Any]:
         """The fields that were set, by name: `EncodingSettings(max_tiles=2).given() == {"max_tiles": 2}`."""
