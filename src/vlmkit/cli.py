@@ -308,9 +308,9 @@ def infer(
         typer.echo(f"wrote {counts['ok'] + counts['failed']} rows to {output} ({counts['failed']} failed)")
 
 
+from vlmkit.commands.sft import ManyValuesCommand, sft_command  # noqa: E402  (a light module: options only)
 from vlmkit.data.commands import app as data_app  # noqa: E402
 from vlmkit.eval.command import eval_command  # noqa: E402  (a light module: options only)
-from vlmkit.train.command import ManyValuesCommand, sft_command  # noqa: E402  (a light module: options only)
 
 app.command("sft", cls=ManyValuesCommand, context_settings={"help_option_names": ["-h", "--help"]})(sft_command)
 app.command("eval")(eval_command)

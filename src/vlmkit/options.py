@@ -105,14 +105,15 @@ def _typer_option(f: dataclasses.Field, info: OptionInfo, hint: Any, panel: str 
 
 
 def with_options(
-    panels: dict[str, str] | None = None, omit: dict[str, tuple[str, ...]] | None = None
+    panels: dict[str, str] | None = None, omit: dict[str, tuple[str, ...]] | None = None, check: bool = True
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a typer command whose parameters annotated with an option group (`vlmkit.groups`), e.g.
     `loading: LoadOptions`, stand for that group's options: typer sees one option per field in their place
     (`--field-name`, the field's default and help, in `--help` section `panels[parameter]` when given;
     fields in `omit[parameter]` are not options of this command and keep their defaults), and the command
-    gets each group as one value, checked (`group.check()`, where it has one) before it runs. Other
-    parameters are typer's as usual."""
+    gets each group as one value, checked (`group.check()`, where it has one) before it runs, unless `check`
+    is False (a command that merges the groups with a file first, as sft's `--config`, checks the result).
+    Other parameters are typer's as usual."""
     panels, omit = panels or {}, omit or {}
 
     def add(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -144,7 +145,7 @@ def with_options(
                         value = field_default(f)
                     values[f.name] = value
                 group = cls(**values)
-                if hasattr(group, "check"):
+                if check and hasattr(group, "check"):
                     group.check()
                 options[name] = group
             return command(**options)

@@ -99,6 +99,17 @@ def _temporary_offload_folder() -> str:
     return folder
 
 
+def refuse_launcher() -> None:
+    """`--device-map` spreads one copy of the model over the GPUs of one process: refused in each process of
+    torchrun / accelerate launch (they set WORLD_SIZE), where every process would spread its own copy."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise VlmkitError(
+            f"--device-map: this is process {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']} (torchrun / "
+            "accelerate launch); every process would spread its own copy of the model over all the GPUs: run "
+            "without a launcher, or drop --device-map"
+        )
+
+
 def from_pretrained_placement(
     device_map: str | dict[str, Any] | None,
     max_memory: str | dict[Any, Any] | None = None,
@@ -110,11 +121,7 @@ def from_pretrained_placement(
         if max_memory is not None or offload_folder is not None:
             raise VlmkitError("--max-memory and --offload-folder place layers for --device-map; give --device-map too")
         return {}
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun / accelerate launch
-        raise VlmkitError(
-            f"--device-map: this is process {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']} (torchrun); "
-            "every process would spread its own copy over all the GPUs: run without torchrun, or drop --device-map"
-        )
+    refuse_launcher()
     placement = parse_device_map(device_map)
     memory = parse_max_memory(max_memory)
     if isinstance(placement, dict) and memory is not None:

@@ -161,9 +161,8 @@ def test_sft_device_map_under_torchrun_is_refused_before_any_run_folder(small_mo
     result = sft(small_model, two_rows, tmp_path / "out", "--device-map", "auto", env={"WORLD_SIZE": "2", "RANK": "0"})
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: --device-map: this is process 0 of 2 (torchrun / accelerate launch); --device-map splits the model "
-        "over the GPUs of one process: run `vlmkit sft --device-map ...` without a launcher, or drop --device-map "
-        "for data-parallel training"
+        "error: --device-map: this is process 0 of 2 (torchrun / accelerate launch); every process would spread its "
+        "own copy of the model over all the GPUs: run without a launcher, or drop --device-map"
     )
     assert not (tmp_path / "out").exists()
 

@@ -153,7 +153,7 @@ def test_warmup_takes_at_most_a_third_of_the_run(wanted, total, expected):
 
 
 def test_several_values_after_one_dataset_flag():
-    from vlmkit.train.command import repeat_many_values
+    from vlmkit.commands.sft import repeat_many_values
 
     assert repeat_many_values(["--dataset", "a.jsonl", "b.json#2000", "--lr", "1", "--val-dataset", "c", "d"]) == [
         "--dataset", "a.jsonl", "--dataset", "b.json#2000", "--lr", "1", "--val-dataset", "c", "--val-dataset", "d",

@@ -95,6 +95,6 @@ def test_device_map_under_torchrun_is_refused(monkeypatch):
     with pytest.raises(VlmkitError) as e:
         from_pretrained_placement("auto")
     assert str(e.value) == (
-        "--device-map: this is process 1 of 2 (torchrun); every process would spread its own copy over all the "
-        "GPUs: run without torchrun, or drop --device-map"
+        "--device-map: this is process 1 of 2 (torchrun / accelerate launch); every process would spread its own "
+        "copy of the model over all the GPUs: run without a launcher, or drop --device-map"
     )
