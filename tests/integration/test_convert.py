@@ -110,3 +110,42 @@ def test_folder_with_only_internlm2_tokenizer_model_converts_and_chats(tmp_path)
     saved = json.loads((converted / "vlmkit.json").read_text())
     assert (saved["bos"], saved["turn_end"]) == ("<s>", "<|im_end|>")
     assert json.loads((converted / "config.json").read_text())["image_token_id"] == 402  # tokenizer_config's <IMG_CONTEXT>
+
+
+def test_bpe_files_of_another_tokenizer_class_are_refused(tmp_path):
+    source = config_only(tmp_path / "src")
+    (source / "vocab.json").write_text(json.dumps({"a": 0}))
+    (source / "merges.txt").write_text("#version: 0.2\n")
+    (source / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
+    done = CliRunner().invoke(app, ["convert", "--model", str(source), "--output", str(tmp_path / "out")])
+    assert isinstance(done.exception, VlmkitError), done.output
+    assert "tokenizer_class 'GPT2Tokenizer' with vocab.json + merges.txt is not converted" in str(done.exception)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_qwen2_checkpoint_with_vocab_and_merges_converts_on_load_and_chats(tmp_path):
+    """InternVL2-1B as published: vocab.json + merges.txt, no tokenizer.json. `vlmkit infer --model ORIGINAL`
+    converts it; the written tokenizer encodes as transformers' Qwen2Tokenizer does on those files. ~25 s."""
+    import subprocess
+    import sys
+
+    from conftest import random_image
+    from transformers import AutoTokenizer, Qwen2Tokenizer
+
+    from vlmkit.families.internvl.remote import use_bpe_files
+
+    source = tmp_path / "InternVL2-1B"
+    assert CliRunner().invoke(app, ["tiny-model", "internvl2-remote", str(source)]).exit_code == 0
+    use_bpe_files(source)
+    random_image(448, 448).save(tmp_path / "cat.png")
+    done = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "infer", "--model", str(source), "--max-new-tokens", "3"],
+        input="<image>Describe this image.\ncat.png\nexit\n", capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "image 1: 1 tile(s) of 448×448" in done.stderr + done.stdout
+    written = AutoTokenizer.from_pretrained(tmp_path / "InternVL2-1B-vlmkit-hf")
+    original = Qwen2Tokenizer.from_pretrained(source)
+    for text in ("<|im_start|>user\n<img><IMG_CONTEXT></img>\n第一行\n  second line 123<|im_end|>\n", "It's 4096 px."):
+        assert written(text)["input_ids"] == original(text)["input_ids"], text

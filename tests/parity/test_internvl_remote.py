@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoTokenizer
+from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2Tokenizer
 from typer.testing import CliRunner
 
 import vlmkit
 from vlmkit.cli import app
+from vlmkit.families.internvl.remote import use_bpe_files
 from vlmkit.model import GenerationOptions
 from vlmkit.sample import to_sample
 
@@ -37,19 +38,28 @@ IMAGE_MEAN, IMAGE_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @pytest.fixture(
     scope="module",
-    # InternVL-Chat-V1.5's layout in the fast tier; InternVL2-1B's (Qwen2) in the slow one (~25 s more)
-    params=["internlm2", pytest.param("qwen2", marks=pytest.mark.slow)],
+    # InternVL-Chat-V1.5's layout in the fast tier; InternVL2-1B's (Qwen2) in the slow one (~25 s more each), with
+    # the tokenizer as tokenizer.json and as InternVL2-1B ships it, vocab.json + merges.txt (the same BPE, so the
+    # same vectors: the original's tokenizer gives the recorded prompt ids on both, checked below)
+    params=["internlm2", pytest.param("qwen2", marks=pytest.mark.slow), pytest.param("qwen2-bpe-files", marks=pytest.mark.slow)],
 )
 def converted(tmp_path_factory, request) -> tuple[Path, Path, dict]:
     """(the tiny original-layout checkpoint, its conversion, the reference vectors), made through the CLI."""
+    llm = request.param.removesuffix("-bpe-files")
     root = tmp_path_factory.mktemp(f"internvl_remote_{request.param}")
     runner = CliRunner()
-    built = runner.invoke(app, ["tiny-model", LAYOUTS[request.param], str(root / "remote"), "--seed", "0"])
+    built = runner.invoke(app, ["tiny-model", LAYOUTS[llm], str(root / "remote"), "--seed", "0"])
     assert built.exit_code == 0, built.output
+    if request.param.endswith("-bpe-files"):
+        use_bpe_files(root / "remote")
+        reference = VECTORS[llm]["cases"]["image_448_seed0"]
+        original = Qwen2Tokenizer.from_pretrained(root / "remote")  # what the original code loads these files with
+        query = reference["query"].replace("<IMG_CONTEXT>*N", "")
+        assert original(query)["input_ids"] == reference["input_ids_without_image_span"]
     done = runner.invoke(app, ["convert", "--model", str(root / "remote"), "--output", str(root / "hf")])
     assert done.exit_code == 0, done.output
     assert f"converted {root / 'remote'} to {root / 'hf'}" in done.output
-    return root / "remote", root / "hf", VECTORS[request.param]
+    return root / "remote", root / "hf", VECTORS[llm]
 
 
 def image_448() -> Image.Image:

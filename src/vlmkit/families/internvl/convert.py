@@ -6,7 +6,8 @@ says, shard by shard in the source dtype), with the tokenizer (InternVL's image 
 way `InternVLProcessor` reads them), a chat template of the original conversation format,
 `preprocessor_config.json` / `processor_config.json` (tiles and tokens per tile from the source
 config) and vlmkit.json (family, prompt format, default system message, tile limits, and what it
-was converted from).
+was converted from). The tokenizer comes from tokenizer.json, Qwen2's vocab.json + merges.txt (read by
+transformers' Qwen2Tokenizer) or InternLM2's sentencepiece tokenizer.model (`spm_tokenizer.py`).
 
 `converted_copy(source)` is the conversion on load (`vlmkit infer/sft/serve --model SOURCE`): the
 converted folder lives next to the source, `<source>-vlmkit-hf`, is made once (one line on
@@ -52,19 +53,47 @@ def fingerprint(source: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+# vocab.json + merges.txt (InternVL2-1B/2B, InternVL2.5-1B: Qwen2's BPE) load with the class tokenizer_config.json
+# names; only Qwen2's is known to be these files (its pre-tokenizer and normaliser come with the class).
+BPE_FILE_CLASSES = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
+
+
+def _tokenizer_file(source: Path) -> str:
+    """Which of the tokenizer layouts `source` has (the first of tokenizer.json, vocab.json + merges.txt, tokenizer.model)."""
+    if (source / "tokenizer.json").is_file():
+        return "tokenizer.json"
+    if (source / "vocab.json").is_file() and (source / "merges.txt").is_file():
+        return "vocab.json"
+    if (source / "tokenizer.model").is_file():
+        return "tokenizer.model"
+    raise VlmkitError(
+        f"{source}: no tokenizer.json, vocab.json + merges.txt or tokenizer.model; copy the tokenizer files from "
+        "the original checkpoint"
+    )
+
+
 def _load_tokenizer(source: Path):
-    """The source's tokenizer without its remote code: tokenizer.json when there is one; else InternLM2's
-    sentencepiece tokenizer.model (`spm_tokenizer.py`)."""
+    """The source's tokenizer without its remote code: tokenizer.json as it is; Qwen2's vocab.json + merges.txt
+    with the class tokenizer_config.json names; InternLM2's sentencepiece tokenizer.model (`spm_tokenizer.py`)."""
+    import transformers
     from transformers import PreTrainedTokenizerFast
 
     from vlmkit.families.internvl.spm_tokenizer import sentencepiece_tokenizer
 
     # Not AutoTokenizer: it follows the checkpoint's auto_map to the remote code and asks to run it.
-    if (source / "tokenizer.json").is_file():
+    layout = _tokenizer_file(source)
+    if layout == "tokenizer.json":
         return PreTrainedTokenizerFast.from_pretrained(source)
-    if (source / "tokenizer.model").is_file():
+    if layout == "tokenizer.model":
         return sentencepiece_tokenizer(source)
-    raise VlmkitError(f"{source}: no tokenizer.json or tokenizer.model; copy the tokenizer files from the original checkpoint")
+    config_file = source / "tokenizer_config.json"
+    named = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+    if named not in BPE_FILE_CLASSES:
+        raise VlmkitError(
+            f"{config_file}: tokenizer_class {named!r} with vocab.json + merges.txt is not converted "
+            f"(Qwen2's {BPE_FILE_CLASSES[0]} is); add the checkpoint's tokenizer.json"
+        )
+    return getattr(transformers, named).from_pretrained(source)
 
 
 def _convert_weights(source: Path, output: Path, config: dict[str, Any]) -> set[str]:
