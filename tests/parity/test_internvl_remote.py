@@ -216,3 +216,20 @@ def test_vllm_backend_gets_the_original_prompt_format(converted, tmp_path):
     )
     sample = to_sample({"messages": [{"role": "user", "content": "<image>" + vectors["question"]}], "images": [image_448()]})
     assert rendered == vlm.template.render_text(sample, add_generation_prompt=True)
+
+
+def test_internlm2_user_defined_control_pieces_and_nfkc_equal_the_original():
+    """Issue 27 #2: a tokenizer.model holding `<|im_start|>`, `<img>` ... as user-defined pieces (tokenizer_config.json
+    adds only <unk>, <s>, </s>) and normalising as sentencepiece does by default (nmt_nfkc: newlines are spaces, spaces
+    trimmed and collapsed, full-width letters folded): the converted tokenizer gives OpenGVLab's InternLM2Tokenizer's
+    ids (recorded with transformers 4.45.2; vectors/README.md) on the internlm2-chat prompt, CJK, runs of spaces,
+    tabs and newlines; each control token is one id."""
+    from vlmkit.families.internvl.convert import _load_tokenizer
+
+    reference = json.loads((SPM / "reference_ids_user_defined.json").read_text())
+    tokenizer = _load_tokenizer(SPM / "user_defined_nmt_nfkc")
+    for text, ids in zip(reference["texts"], reference["ids"], strict=True):
+        assert tokenizer(text)["input_ids"] == ids, text
+    prompt = tokenizer(reference["texts"][0])["input_ids"]
+    assert prompt[:2] == [1, tokenizer.convert_tokens_to_ids("<|im_start|>")]
+    assert prompt.count(tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")) == 2
