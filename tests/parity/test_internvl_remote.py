@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoTokenizer
+from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2Tokenizer
 from typer.testing import CliRunner
 
 import vlmkit
 from vlmkit.cli import app
+from vlmkit.families.internvl.remote import use_bpe_files
 from vlmkit.model import GenerationOptions
 from vlmkit.sample import to_sample
 
@@ -37,19 +38,28 @@ IMAGE_MEAN, IMAGE_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @pytest.fixture(
     scope="module",
-    # InternVL-Chat-V1.5's layout in the fast tier; InternVL2-1B's (Qwen2) in the slow one (~25 s more)
-    params=["internlm2", pytest.param("qwen2", marks=pytest.mark.slow)],
+    # InternVL-Chat-V1.5's layout in the fast tier; InternVL2-1B's (Qwen2) in the slow one (~25 s more each), with
+    # the tokenizer as tokenizer.json and as InternVL2-1B ships it, vocab.json + merges.txt (the same BPE, so the
+    # same vectors: the original's tokenizer gives the recorded prompt ids on both, checked below)
+    params=["internlm2", pytest.param("qwen2", marks=pytest.mark.slow), pytest.param("qwen2-bpe-files", marks=pytest.mark.slow)],
 )
 def converted(tmp_path_factory, request) -> tuple[Path, Path, dict]:
     """(the tiny original-layout checkpoint, its conversion, the reference vectors), made through the CLI."""
+    llm = request.param.removesuffix("-bpe-files")
     root = tmp_path_factory.mktemp(f"internvl_remote_{request.param}")
     runner = CliRunner()
-    built = runner.invoke(app, ["tiny-model", LAYOUTS[request.param], str(root / "remote"), "--seed", "0"])
+    built = runner.invoke(app, ["tiny-model", LAYOUTS[llm], str(root / "remote"), "--seed", "0"])
     assert built.exit_code == 0, built.output
+    if request.param.endswith("-bpe-files"):
+        use_bpe_files(root / "remote")
+        reference = VECTORS[llm]["cases"]["image_448_seed0"]
+        original = Qwen2Tokenizer.from_pretrained(root / "remote")  # what the original code loads these files with
+        query = reference["query"].replace("<IMG_CONTEXT>*N", "")
+        assert original(query)["input_ids"] == reference["input_ids_without_image_span"]
     done = runner.invoke(app, ["convert", "--model", str(root / "remote"), "--output", str(root / "hf")])
     assert done.exit_code == 0, done.output
     assert f"converted {root / 'remote'} to {root / 'hf'}" in done.output
-    return root / "remote", root / "hf", VECTORS[request.param]
+    return root / "remote", root / "hf", VECTORS[llm]
 
 
 def image_448() -> Image.Image:
@@ -206,3 +216,20 @@ def test_vllm_backend_gets_the_original_prompt_format(converted, tmp_path):
     )
     sample = to_sample({"messages": [{"role": "user", "content": "<image>" + vectors["question"]}], "images": [image_448()]})
     assert rendered == vlm.template.render_text(sample, add_generation_prompt=True)
+
+
+def test_internlm2_user_defined_control_pieces_and_nfkc_equal_the_original():
+    """Issue 27 #2: a tokenizer.model holding `<|im_start|>`, `<img>` ... as user-defined pieces (tokenizer_config.json
+    adds only <unk>, <s>, </s>) and normalising as sentencepiece does by default (nmt_nfkc: newlines are spaces, spaces
+    trimmed and collapsed, full-width letters folded): the converted tokenizer gives OpenGVLab's InternLM2Tokenizer's
+    ids (recorded with transformers 4.45.2; vectors/README.md) on the internlm2-chat prompt, CJK, runs of spaces,
+    tabs and newlines; each control token is one id."""
+    from vlmkit.families.internvl.convert import _load_tokenizer
+
+    reference = json.loads((SPM / "reference_ids_user_defined.json").read_text())
+    tokenizer = _load_tokenizer(SPM / "user_defined_nmt_nfkc")
+    for text, ids in zip(reference["texts"], reference["ids"], strict=True):
+        assert tokenizer(text)["input_ids"] == ids, text
+    prompt = tokenizer(reference["texts"][0])["input_ids"]
+    assert prompt[:2] == [1, tokenizer.convert_tokens_to_ids("<|im_start|>")]
+    assert prompt.count(tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")) == 2

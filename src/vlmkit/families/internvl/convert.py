@@ -6,7 +6,10 @@ says, shard by shard in the source dtype), with the tokenizer (InternVL's image 
 way `InternVLProcessor` reads them), a chat template of the original conversation format,
 `preprocessor_config.json` / `processor_config.json` (tiles and tokens per tile from the source
 config) and vlmkit.json (family, prompt format, default system message, tile limits, and what it
-was converted from).
+was converted from). The tokenizer comes from tokenizer.json, Qwen2's vocab.json + merges.txt (read by
+transformers' Qwen2Tokenizer) or InternLM2's sentencepiece tokenizer.model (`spm_tokenizer.py`); the one
+written is checked on the conversation's own strings and sample texts against the original (for
+tokenizer.model the `sentencepiece` package on the file itself) and refused in one line if it differs.
 
 `converted_copy(source)` is the conversion on load (`vlmkit infer/sft/serve --model SOURCE`): the
 converted folder lives next to the source, `<source>-vlmkit-hf`, is made once (one line on
@@ -38,7 +41,7 @@ from vlmkit.families.internvl.remote_names import (
 from vlmkit.families.internvl.template import IMAGE_CONTEXT, IMAGE_END, IMAGE_START
 
 CONVERTED_SUFFIX = "-vlmkit-hf"
-CONVERSION_VERSION = 1  # bump when the output changes, so cached copies are made again
+CONVERSION_VERSION = 2  # bump when the output changes, so cached copies are made again (2: tokenizer.model carried exactly)
 IMAGE_TOKENS = {"start_image_token": IMAGE_START, "end_image_token": IMAGE_END, "context_image_token": IMAGE_CONTEXT}
 
 
@@ -52,19 +55,98 @@ def fingerprint(source: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+# vocab.json + merges.txt (InternVL2-1B/2B, InternVL2.5-1B: Qwen2's BPE) load with the class tokenizer_config.json
+# names; only Qwen2's is known to be these files (its pre-tokenizer and normaliser come with the class).
+BPE_FILE_CLASSES = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
+# Text users send, beside the conversation's own strings, for the tokenizer check (`_check_tokenizer`).
+SAMPLE_TEXTS = [
+    "Hello world",
+    " leading space",
+    "trailing space ",
+    "a\n\nb  c\t d\r\n",
+    "你好，世界。这是一只猫🐱",
+    "The square is red. 1452 + 45304 = 46766",
+    "<|im_end|> x",
+]
+
+
+def _tokenizer_file(source: Path) -> str:
+    """Which of the tokenizer layouts `source` has (the first of tokenizer.json, vocab.json + merges.txt, tokenizer.model)."""
+    if (source / "tokenizer.json").is_file():
+        return "tokenizer.json"
+    if (source / "vocab.json").is_file() and (source / "merges.txt").is_file():
+        return "vocab.json"
+    if (source / "tokenizer.model").is_file():
+        return "tokenizer.model"
+    raise VlmkitError(
+        f"{source}: no tokenizer.json, vocab.json + merges.txt or tokenizer.model; copy the tokenizer files from "
+        "the original checkpoint"
+    )
+
+
 def _load_tokenizer(source: Path):
-    """The source's tokenizer without its remote code: tokenizer.json when there is one; else InternLM2's
-    sentencepiece tokenizer.model (`spm_tokenizer.py`)."""
+    """The source's tokenizer without its remote code: tokenizer.json as it is; Qwen2's vocab.json + merges.txt
+    with the class tokenizer_config.json names; InternLM2's sentencepiece tokenizer.model (`spm_tokenizer.py`)."""
+    import transformers
     from transformers import PreTrainedTokenizerFast
 
     from vlmkit.families.internvl.spm_tokenizer import sentencepiece_tokenizer
 
     # Not AutoTokenizer: it follows the checkpoint's auto_map to the remote code and asks to run it.
-    if (source / "tokenizer.json").is_file():
+    layout = _tokenizer_file(source)
+    if layout == "tokenizer.json":
         return PreTrainedTokenizerFast.from_pretrained(source)
-    if (source / "tokenizer.model").is_file():
+    if layout == "tokenizer.model":
         return sentencepiece_tokenizer(source)
-    raise VlmkitError(f"{source}: no tokenizer.json or tokenizer.model; copy the tokenizer files from the original checkpoint")
+    config_file = source / "tokenizer_config.json"
+    named = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+    if named not in BPE_FILE_CLASSES:
+        raise VlmkitError(
+            f"{config_file}: tokenizer_class {named!r} with vocab.json + merges.txt is not converted "
+            f"(Qwen2's {BPE_FILE_CLASSES[0]} is); add the checkpoint's tokenizer.json"
+        )
+    return getattr(transformers, named).from_pretrained(source)
+
+
+def _probe_texts(config: dict[str, Any]) -> list[str]:
+    """The conversation's own strings (the prompt `chat()` builds, with the image span, and a second turn after a
+    reply; the same as vlmkit's template renders them) and text users send: CJK, newlines, runs of spaces, digits."""
+    from vlmkit.families.internvl.template import render_internvl
+
+    conversation = CONVERSATIONS[config["template"]]
+    system, end = config.get("system_message", conversation["system"]), conversation["turn_end"]
+    question, reply = "Describe this image.\n请用中文回答。", "A red square  on a mat.\n第二行：一只猫。"
+    span = f"{IMAGE_START}{IMAGE_CONTEXT * 3}{IMAGE_END}\n"
+    prompt = f"<|im_start|>system\n{system}{end}<|im_start|>user\n{span}{question}{end}<|im_start|>assistant\n"
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+        {"role": "assistant", "content": [{"type": "text", "text": reply}]},
+        {"role": "user", "content": [{"type": "text", "text": "And the count?"}]},
+    ]
+    rendered = "".join(s.text for s in render_internvl(messages, True, None, end))
+    return [prompt, prompt + reply + end, rendered] + SAMPLE_TEXTS
+
+
+def _check_tokenizer(source: Path, output: Path, tokenizer, config: dict[str, Any]) -> None:
+    """Refuse, in one line, a written tokenizer that encodes the probe texts otherwise than the original: for
+    tokenizer.model the `sentencepiece` package on the model file itself, else the source files as loaded."""
+    from transformers import AutoTokenizer
+
+    from vlmkit.families.internvl.spm_tokenizer import original_ids
+
+    texts = _probe_texts(config)
+    layout = _tokenizer_file(source)
+    expected = original_ids(source, texts) if layout == "tokenizer.model" else [tokenizer(t)["input_ids"] for t in texts]
+    written = AutoTokenizer.from_pretrained(output)
+    for text, want in zip(texts, expected, strict=True):
+        got = written(text)["input_ids"]
+        if got != want:
+            at = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
+            raise VlmkitError(
+                f"{source}/{layout}: the converted tokenizer encodes {text[:40]!r}... otherwise than the original (ids "
+                f"{got[at : at + 3]} where it gives {want[at : at + 3]}, token {at}); not converted, please report it"
+            )
 
 
 def _convert_weights(source: Path, output: Path, config: dict[str, Any]) -> set[str]:
@@ -137,6 +219,7 @@ def convert_checkpoint(source: str | Path, output: str | Path, force: bool = Fal
     try:
         _check_names(native, _convert_weights(source, tmp, config), source)
         _write_files(source, tmp, config, native, tokenizer)
+        _check_tokenizer(source, tmp, tokenizer, config)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -313,3 +313,29 @@ def build_tiny_remote(output_dir: str | Path, llm: str = "internlm2", seed: int 
         output_dir.rmdir()
     tmp.rename(output_dir)
     return output_dir
+
+
+def use_bpe_files(folder: str | Path) -> None:
+    """Replace a toy Qwen2 checkpoint's tokenizer.json with the files InternVL2-1B / InternVL2.5-1B ship instead:
+    vocab.json and merges.txt (the BPE), tokenizer_config.json naming `Qwen2Tokenizer` with the added tokens."""
+    folder = Path(folder)
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    (folder / "vocab.json").write_text(json.dumps(saved["model"]["vocab"], ensure_ascii=False) + "\n")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in saved["model"]["merges"]]
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config = {
+        "added_tokens_decoder": {str(t["id"]): {"content": t["content"]} | flags for t in saved["added_tokens"]},
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": config["eos_token"],
+        "errors": "replace",
+        "model_max_length": config["model_max_length"],
+        "pad_token": config["pad_token"],
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / "tokenizer.json").unlink()
