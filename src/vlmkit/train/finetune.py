@@ -203,6 +203,7 @@ def _resolve_base(config: SFTConfig) -> _Base:
     from vlmkit import loader, placement
 
     files = loader.resolve_model(config.model)
+    loader.check_weights(files.model_dir)  # a cut-short download: one line now, not a traceback after the data
     if files.family.train_refusal is not None:
         raise VlmkitError(f"--model {config.model}: {files.family.train_refusal}")
     check_training(files.model_dir, f"--model {config.model}", config.tuner, config.quant)  # GPTQ / AWQ checkpoints
