@@ -116,6 +116,10 @@ class VlmTrainer(Trainer):
             self.args.warmup_steps = warmup  # a count (an int >= 1, or 0): the trainer uses it as it is
         return super().create_scheduler(num_training_steps, optimizer)
 
+    def planned_steps(self) -> int:
+        """The optimizer steps this run trains to (--max-steps, or --epochs over the data), as `train` counts them."""
+        return self.set_initial_training_values(self.args, self.get_train_dataloader())[-1]
+
     def _save_checkpoint(self, model, trial) -> None:
         """As the Trainer's, but a full disk ends the run with one line naming the last complete checkpoint, and
         a checkpoint saved again (a resume from an earlier one) is unmarked first: a crash while its files are

@@ -189,12 +189,18 @@ def sft(config: SFTConfig) -> Path:
     set_seed(config.seed)
     base = _resolve_base(config)
     run = _start_run(config, base)
-    sets = _training_sets(config, base, run)  # every row validated before any GPU hour is spent
-    model = _load_model(config, base)
-    _print_run_summary(config, model, run, sets)
-    trainer = _make_trainer(config, base, run, sets, model)
-    _train(config, run, trainer)
-    _after_training(config, base, run, sets, trainer)
+    try:
+        sets = _training_sets(config, base, run)  # every row validated before any GPU hour is spent
+        model = _load_model(config, base)
+        _print_run_summary(config, model, run, sets)
+        trainer = _make_trainer(config, base, run, sets, model)
+        if _train(config, run, trainer):
+            _after_training(config, base, run, sets, trainer)
+        elif run.is_main:
+            print_result(run.dir)
+    finally:
+        if run.lock is not None:  # released now, also when refused: `sft` may be called again in this process
+            run.lock.close()
     return run.dir
 
 
@@ -427,8 +433,18 @@ def _make_trainer(config: SFTConfig, base: _Base, run: _Run, sets: _Sets, model)
     return trainer
 
 
-def _train(config: SFTConfig, run: _Run, trainer) -> None:
-    """Train (resuming from the checkpoint when given), with the experiment tracker open on the main process."""
+def _train(config: SFTConfig, run: _Run, trainer) -> bool:
+    """Train (resuming from the checkpoint when given), with the experiment tracker open on the main process;
+    False when the resumed checkpoint is the end of the run (nothing trained, nothing written)."""
+    if run.resume_from is not None:
+        done, planned = _resumed_step(run.resume_from), trainer.planned_steps()
+        if done >= planned:
+            if run.is_main:
+                print(
+                    f"the run is complete: {run.resume_from} is at step {done} of {planned}; nothing left to train "
+                    "(to train longer, start a new run, or raise --max-steps with --allow-changed-args)"
+                )
+            return False
     finish_tracker = (
         start_tracker(config.report_to, run.dir, run.dir.parent.name, saved_args(config.to_dict()))
         if run.is_main
@@ -437,6 +453,11 @@ def _train(config: SFTConfig, run: _Run, trainer) -> None:
     trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
     if finish_tracker is not None:
         finish_tracker()
+    return True
+
+
+def _resumed_step(checkpoint: Path) -> int:
+    return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
 
 
 def _after_training(config: SFTConfig, base: _Base, run: _Run, sets: _Sets, trainer) -> None:
