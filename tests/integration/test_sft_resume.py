@@ -213,14 +213,14 @@ def test_a_dataset_changed_in_place_is_refused_unless_allowed(
 ):
     run = copy_of(finished, tmp_path, died_after=3)
     data = restored_data
-    recorded = json.loads((run / "data_fingerprint.json").read_text())["dataset"][str(data)]
-    assert recorded.startswith("6 rows, sha256 ")
     os.utime(data)  # touched, not changed: no objection
     lines = data.read_text(encoding="utf-8").splitlines()
     data.write_text("\n".join(EDITS[edit](lines)) + "\n", encoding="utf-8")
     argv = cli_args(small_model, data, tmp_path / "out", "--resume", "latest")
     code, out, err = vlmkit_main(argv, monkeypatch, capsys)
-    assert code == 2
+    assert code == 2, out
+    recorded = json.loads((run / "data_fingerprint.json").read_text())["dataset"][str(data)]
+    assert recorded.startswith("6 rows, sha256 ")
     [line] = err.strip().splitlines()
     now = len(EDITS[edit](lines))
     assert line.startswith(f"error: --resume latest: the data changed since the run started ({data}: {recorded} -> "
