@@ -141,9 +141,10 @@ def data_fingerprint(dataset) -> dict[str, str]:
 
     hashes: dict[str, Any] = {}
     counts: dict[str, int] = {}
+    keys: dict[str, str] = {}  # source as the rows name it -> absolute (one lookup on disk per source)
     for row in dataset.rows:
         source, _, place = row.where.rpartition(":")
-        key = _absolute(source) or source
+        key = keys.get(source) or keys.setdefault(source, _absolute(source) or source)
         text = json.dumps(row.data, sort_keys=True, ensure_ascii=False, default=_digest_value)
         hashes.setdefault(key, hashlib.sha256()).update(f"{place}\t{text}\n".encode())
         counts[key] = counts.get(key, 0) + 1
