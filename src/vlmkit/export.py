@@ -49,6 +49,9 @@ def export(
     model_dir, ckpt_dir, settings, family, is_adapter = (
         files.model_dir, files.ckpt_dir, files.settings, files.family, files.is_adapter
     )
+    loader.check_weights(model_dir)  # a cut-short file: one line, not a traceback from deep in the loader
+    if ckpt_dir != model_dir:
+        loader.check_weights(ckpt_dir)  # the adapter's weights
     if dtype == "auto":  # keep the base model's dtype
         saved = json.loads((model_dir / "config.json").read_text()).get("dtype") or "float32"
         torch_dtype = getattr(torch, saved, torch.float32)

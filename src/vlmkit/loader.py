@@ -170,21 +170,32 @@ def check_weights(model_dir: Path) -> None:
             "download or copy the model again"
         )
     for file in files:
-        size = file.stat().st_size
-        try:
-            with file.open("rb") as f:
-                (header_size,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(header_size)) if 8 + header_size <= size else None
-        except (struct.error, ValueError):
-            header = None
-        ends = [t["data_offsets"][1] for k, t in (header or {}).items() if k != "__metadata__"]
-        expected = 8 + header_size + max(ends, default=0) if header is not None else None
-        if expected != size:
-            raise VlmkitError(
-                f"{file}: truncated or corrupt safetensors file ({size:,} bytes"
-                + (f", its header says {expected:,})" if expected else ")")
-                + "; download or copy it again"
-            )
+        problem = safetensors_problem(file)
+        if problem is not None:
+            raise VlmkitError(f"{file}: {problem}; download or copy it again")
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """What is wrong with a safetensors file whose size is not the one its header describes (cut short,
+    zeroed, or not safetensors at all), or None. Reads the header only, not the tensors."""
+    size = file.stat().st_size
+    header_size = 0
+    try:
+        with file.open("rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_size)) if 8 + header_size <= size else None
+    except (struct.error, ValueError):
+        header = None
+    try:
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"] if header else []
+    except (AttributeError, KeyError, IndexError, TypeError):  # JSON, but not a safetensors header
+        header = None
+    expected = 8 + header_size + max(ends, default=0) if header is not None else None
+    if expected == size:
+        return None
+    return f"truncated or corrupt safetensors file ({size:,} bytes" + (
+        f", its header says {expected:,})" if expected else ")"
+    )
 
 
 # -- tokenizer and template -------------------------------------------------------------------------

@@ -129,8 +129,12 @@ def _save_png(image: Image.Image, path: str | Path, series: dict | None = None) 
     if series is not None:
         info = PngInfo()
         info.add_text("vlmkit-series", json.dumps(series))
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    try:
+        image.save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no half-written temporary file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -9,6 +9,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from transformers import Trainer, TrainerCallback
 from vlmkit.encoding import IGNORE_INDEX
 from vlmkit.errors import VlmkitError
 from vlmkit.train.checkpoints import disk_full_error, is_disk_full
-from vlmkit.train.run import read_log
+from vlmkit.train.run import COMPLETE_MARKER, read_log
 from vlmkit.train.sampler import BatchStats
 
 
@@ -115,15 +116,23 @@ class VlmTrainer(Trainer):
             self.args.warmup_steps = warmup  # a count (an int >= 1, or 0): the trainer uses it as it is
         return super().create_scheduler(num_training_steps, optimizer)
 
+    def planned_steps(self) -> int:
+        """The optimizer steps this run trains to (--max-steps, or --epochs over the data), as `train` counts them."""
+        return self.set_initial_training_values(self.args, self.get_train_dataloader())[-1]
+
     def _save_checkpoint(self, model, trial) -> None:
-        """As the Trainer's, but a full disk ends the run with one line naming the last complete checkpoint."""
+        """As the Trainer's, but a full disk ends the run with one line naming the last complete checkpoint, and
+        a checkpoint saved again (a resume from an earlier one) is unmarked first: a crash while its files are
+        rewritten must not leave a mix that is still marked complete."""
+        checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        if self.is_world_process_zero():
+            (checkpoint / COMPLETE_MARKER).unlink(missing_ok=True)
         try:
             super()._save_checkpoint(model, trial)
         except Exception as e:
             run_dir = Path(self.args.output_dir)
             if not is_disk_full(e, run_dir):
                 raise
-            checkpoint = run_dir / f"checkpoint-{self.state.global_step}"
             raise disk_full_error(run_dir, checkpoint, remove=self.is_world_process_zero()) from None
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -261,13 +270,9 @@ class RunLog(TrainerCallback):
             tokens = (state.num_input_tokens_seen or 0) - self.start[2]
             if tokens:
                 record["tokens_per_second"] = round(tokens / elapsed, 1)
-        try:
+        with self._disk_full_is_one_line():
             with (self.run_dir / "train_log.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
-        except OSError as e:
-            if is_disk_full(e, self.run_dir):
-                raise disk_full_error(self.run_dir, None) from None
-            raise
         self._add_point(record)
         if not self.progress:  # plain lines for logs and non-interactive runs
             shown = {k: v for k, v in record.items() if k in _SHOWN or _is_generated_metric(k)}
@@ -285,7 +290,18 @@ class RunLog(TrainerCallback):
                 tokens_s=record.get("tokens_per_second"),
                 **{key: record[key] for key in ("padding_fraction", "fill_fraction") if key in record},
             )
-        self._plot()
+        with self._disk_full_is_one_line():
+            self._plot()
+
+    @contextmanager
+    def _disk_full_is_one_line(self):
+        """A write to the run folder that fails for lack of space ends the run with `disk_full_error`'s line."""
+        try:
+            yield
+        except OSError as e:
+            if is_disk_full(e, self.run_dir):
+                raise disk_full_error(self.run_dir, None) from None
+            raise
 
     def _plot(self) -> None:
         from vlmkit.plots import save_line_panels

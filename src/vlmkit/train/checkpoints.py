@@ -91,6 +91,9 @@ def remove_old_checkpoints(
             continue
         suffix = folder.name.split("-", 1)[1]
         if folder in complete or (suffix.isdigit() and int(suffix) < step):
+            # unmarked first: a crash halfway through the deletion leaves an incomplete folder, never a
+            # half-deleted checkpoint that still says it is complete
+            (folder / COMPLETE_MARKER).unlink(missing_ok=True)
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -129,6 +132,9 @@ def disk_full_error(run_dir: Path, checkpoint: Path | None, remove: bool = True)
         if checkpoint is not None
         else f"writing to {run_dir}"
     )
-    return VlmkitError(
-        f"disk full while {writing}; {last}; free space on that disk and run the same command with --resume latest"
+    again = (
+        "run the same command with --resume latest"
+        if complete
+        else "run the same command again (without --resume: there is nothing to resume from)"
     )
+    return VlmkitError(f"disk full while {writing}; {last}; free space on that disk and {again}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,7 @@ from vlmkit.train.arguments import save_best_by, training_arguments
 from vlmkit.train.config import SFTConfig
 from vlmkit.train.encoded import EncodedDataset
 from vlmkit.train.packing import PackedDataset, collate_packed, pack_lengths, resolve_packing
+from vlmkit.train.resume import data_fingerprint, loadable_checkpoint, stream_fingerprint, write_fingerprint
 from vlmkit.train.run import (
     check_resumed_args,
     lock_run_dir,
@@ -160,6 +162,7 @@ class _Run:
     train_data: Any
     val_data: Any
     lock: Any  # held until training ends
+    data_prints: dict[str, dict[str, str]]  # the data's fingerprint (main process; `vlmkit.train.resume`)
 
 
 @dataclass
@@ -189,12 +192,18 @@ def sft(config: SFTConfig) -> Path:
     set_seed(config.seed)
     base = _resolve_base(config)
     run = _start_run(config, base)
-    sets = _training_sets(config, base, run)  # every row validated before any GPU hour is spent
-    model = _load_model(config, base)
-    _print_run_summary(config, model, run, sets)
-    trainer = _make_trainer(config, base, run, sets, model)
-    _train(config, run, trainer)
-    _after_training(config, base, run, sets, trainer)
+    try:
+        sets = _training_sets(config, base, run)  # every row validated before any GPU hour is spent
+        model = _load_model(config, base)
+        _print_run_summary(config, model, run, sets)
+        trainer = _make_trainer(config, base, run, sets, model)
+        if _train(config, run, trainer):
+            _after_training(config, base, run, sets, trainer)
+        elif run.is_main:
+            print_result(run.dir)
+    finally:
+        if run.lock is not None:  # released now, also when refused: `sft` may be called again in this process
+            run.lock.close()
     return run.dir
 
 
@@ -203,6 +212,7 @@ def _resolve_base(config: SFTConfig) -> _Base:
     from vlmkit import loader, placement
 
     files = loader.resolve_model(config.model)
+    loader.check_weights(files.model_dir)  # a cut-short download: one line now, not a traceback after the data
     if files.family.train_refusal is not None:
         raise VlmkitError(f"--model {config.model}: {files.family.train_refusal}")
     check_training(files.model_dir, f"--model {config.model}", config.tuner, config.quant)  # GPTQ / AWQ checkpoints
@@ -223,7 +233,13 @@ def _start_run(config: SFTConfig, base: _Base) -> _Run:
     from vlmkit.data.columns import parse_columns
     from vlmkit.settings import write_settings
 
-    resume_from = resolve_resume(config.resume, config.output_dir, config.model) if config.resume else None
+    resume_from, resume_notes = None, []
+    if config.resume:
+        resume_from, resume_notes = loadable_checkpoint(
+            resolve_resume(config.resume, config.output_dir, config.model),
+            latest=config.resume == "latest",
+            optimizer_files=not (config.deepspeed or config.fsdp),
+        )
     columns = parse_columns(config.columns)
     read = {"media_root": config.media_root, "seed": config.seed, "columns": columns, "prompt": config.prompt}
     if config.streaming:  # read as training goes (vlmkit.train.streaming); opened here to detect its format
@@ -242,6 +258,8 @@ def _start_run(config: SFTConfig, base: _Base) -> _Run:
         args.logging_dir = str(run_dir / "runs")
     is_main = args.process_index == 0
     run_lock = lock_run_dir(run_dir) if is_main else None
+    for line in resume_notes if is_main else []:
+        print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout, flush=True)
     model_dir = base.files.model_dir
     settings = {
         "family": base.files.family.name,
@@ -252,12 +270,25 @@ def _start_run(config: SFTConfig, base: _Base) -> _Run:
     }
     if is_main and base.no_packing_reason:
         print(f"packing off: {base.no_packing_reason}")
+    data_prints = _data_fingerprint(config, train_data, val_data) if is_main else {}
     if is_main and resume_from is None:
         (run_dir / "args.json").write_text(json.dumps(saved_args(config.to_dict()), indent=2) + "\n")
+        write_fingerprint(run_dir, data_prints)
         write_settings(run_dir, settings)
     if is_main and config.split_ratio:
         write_val_rows(val_data, run_dir / "val_split.jsonl")
-    return _Run(run_dir, args, is_main, resume_from, settings, train_data, val_data, run_lock)
+    return _Run(run_dir, args, is_main, resume_from, settings, train_data, val_data, run_lock, data_prints)
+
+
+def _data_fingerprint(config: SFTConfig, train_data, val_data) -> dict[str, dict[str, str]]:
+    """What a resume checks the data against: the rows as read, or with --streaming (nothing read up front)
+    the data files' sizes and modification times."""
+    if config.streaming:
+        return {"dataset": stream_fingerprint(config.dataset)}
+    prints = {"dataset": data_fingerprint(train_data)}
+    if val_data is not None:
+        prints["val_dataset"] = data_fingerprint(val_data)
+    return prints
 
 
 def _training_sets(config: SFTConfig, base: _Base, run: _Run) -> _Sets:
@@ -311,7 +342,7 @@ def _training_sets(config: SFTConfig, base: _Base, run: _Run) -> _Sets:
             if run.resume_from is None:
                 (run_dir / "args.json").write_text(json.dumps(saved_args(config.to_dict()), indent=2) + "\n")
     if is_main and run.resume_from is not None:
-        check_resumed_args(config, run_dir, run.resume_from)
+        check_resumed_args(config, run_dir, run.resume_from, run.data_prints)
         write_settings(run_dir, run.settings)
     train_set, val_set, train_sampler, collate = _batching(
         config, template, train_set, train_lengths, val_set, val_lengths if val_set else None, is_main
@@ -325,7 +356,7 @@ def _streamed_set(config: SFTConfig, base: _Base, run: _Run) -> _Sets:
     from vlmkit.train.streaming import streaming_batches
 
     if run.is_main and run.resume_from is not None:
-        check_resumed_args(config, run.dir, run.resume_from)
+        check_resumed_args(config, run.dir, run.resume_from, run.data_prints)
         write_settings(run.dir, run.settings)
     train_set, collate, stream_options = streaming_batches(
         config, base.template, run.train_data, run.args, run.dir, run.resume_from, run.is_main
@@ -426,8 +457,18 @@ def _make_trainer(config: SFTConfig, base: _Base, run: _Run, sets: _Sets, model)
     return trainer
 
 
-def _train(config: SFTConfig, run: _Run, trainer) -> None:
-    """Train (resuming from the checkpoint when given), with the experiment tracker open on the main process."""
+def _train(config: SFTConfig, run: _Run, trainer) -> bool:
+    """Train (resuming from the checkpoint when given), with the experiment tracker open on the main process;
+    False when the resumed checkpoint is the end of the run (nothing trained, nothing written)."""
+    if run.resume_from is not None:
+        done, planned = _resumed_step(run.resume_from), trainer.planned_steps()
+        if done >= planned:
+            if run.is_main:
+                print(
+                    f"the run is complete: {run.resume_from} is at step {done} of {planned}; nothing left to train "
+                    "(to train longer, start a new run, or raise --max-steps with --allow-changed-args)"
+                )
+            return False
     finish_tracker = (
         start_tracker(config.report_to, run.dir, run.dir.parent.name, saved_args(config.to_dict()))
         if run.is_main
@@ -436,6 +477,11 @@ def _train(config: SFTConfig, run: _Run, trainer) -> None:
     trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
     if finish_tracker is not None:
         finish_tracker()
+    return True
+
+
+def _resumed_step(checkpoint: Path) -> int:
+    return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
 
 
 def _after_training(config: SFTConfig, base: _Base, run: _Run, sets: _Sets, trainer) -> None:

@@ -185,13 +185,14 @@ class CheckpointOptions:
         None,
         "Continue from a checkpoint folder, or 'latest' (newest complete checkpoint of the newest run of this "
         "model): same data order, RNG, optimizer and scheduler state. Refused when the options that shape "
-        "training (data, model, steps, learning rate, ...) differ from the run's args.json, unless "
-        "--allow-changed-args.",
+        "training (data, model, steps, learning rate, ...) differ from the run's args.json, or the data's rows "
+        "changed since the run started, unless --allow-changed-args. A checkpoint file cut short or corrupt is "
+        "named; 'latest' then goes on from the newest checkpoint that loads.",
     )
     allow_changed_args: bool = option(
         False,
-        "With --resume: continue although training options differ from the run's (the differences are printed, "
-        "the old args.json is kept as args.before-step-N.json).",
+        "With --resume: continue although training options or the data's rows differ from the run's (the "
+        "differences are printed, the old args.json and data_fingerprint.json are kept as *.before-step-N.json).",
         flags=("--allow-changed-args",),
     )
 

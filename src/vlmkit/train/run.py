@@ -2,6 +2,7 @@
 
 OUTPUT_DIR/<model-name>/v<N>-<YYYYMMDD-HHMMSS>/
     args.json            the resolved SFTConfig, local paths absolute (a resume must match it)
+    data_fingerprint.json  the rows trained on, per source file (a resume must match it; `vlmkit.train.resume`)
     vlmkit.json          family, base model, tuner, pixel limits, system prompt
     train_log.jsonl      one line per logging step (loss, lr, throughput) and eval
     loss.png             loss, learning rate and grad norm, redrawn as training runs
@@ -243,21 +244,39 @@ def print_result(run_dir: Path) -> None:
     print(f"chat with it: vlmkit infer --ckpt {shlex.quote(str(chosen))}")
 
 
-def check_resumed_args(config, run_dir: Path, resume_from: Path) -> None:
-    """Refuse to resume with other training options than the run's args.json (one line listing them),
-    unless --allow-changed-args; then keep the old args.json beside the new one."""
+def check_resumed_args(
+    config, run_dir: Path, resume_from: Path, data_prints: dict[str, dict[str, str]] | None = None
+) -> None:
+    """Refuse to resume with other training options than the run's args.json, or with data whose rows changed
+    since the run started (`data_prints`, as `vlmkit.train.resume` makes them, against the run's
+    data_fingerprint.json), in one line listing them, unless --allow-changed-args; then keep the old args.json
+    and fingerprint beside the new ones."""
+    from vlmkit.train.resume import data_changes, read_fingerprint, write_fingerprint
+
     args_file = run_dir / "args.json"
     now = saved_args(config.to_dict())
     before = json.loads(args_file.read_text()) if args_file.is_file() else {}
     before = saved_args(before) if before else {}
     changes = changed_args(before, now)
-    if changes and not config.allow_changed_args:
+    old_prints = read_fingerprint(run_dir)
+    same_sources = all(before.get(name) == now.get(name) for name in ("dataset", "val_dataset"))
+    # a run from before fingerprints were kept has none to compare; other data files are listed as options
+    changed_data = data_changes(old_prints, data_prints) if old_prints and data_prints and same_sources else []
+    problems = [f"these options differ from the run's {args_file}: {'; '.join(changes)}"] if changes else []
+    if changed_data:
+        problems.append(f"the data changed since the run started ({'; '.join(changed_data)})")
+    if problems and not config.allow_changed_args:
         raise VlmkitError(
-            f"--resume {config.resume}: these options differ from the run's {args_file}: {'; '.join(changes)}; "
-            "resume with the run's options, start a new run, or pass --allow-changed-args to continue anyway"
+            f"--resume {config.resume}: {'; and '.join(problems)}; resume with the run's options and data, start a "
+            "new run, or pass --allow-changed-args to continue anyway"
         )
+    step = resume_from.name.split("-")[-1]
     if changes:
-        step = resume_from.name.split("-")[-1]
         print(f"resuming with changed options (--allow-changed-args): {'; '.join(changes)}")
         shutil.copy(args_file, run_dir / f"args.before-step-{step}.json")
+    if changed_data:
+        print(f"resuming with changed data (--allow-changed-args): {'; '.join(changed_data)}")
+        shutil.copy(run_dir / "data_fingerprint.json", run_dir / f"data_fingerprint.before-step-{step}.json")
     args_file.write_text(json.dumps(now, indent=2) + "\n")
+    if data_prints:
+        write_fingerprint(run_dir, data_prints)
