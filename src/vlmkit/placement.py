@@ -99,6 +99,37 @@ def _temporary_offload_folder() -> str:
     return folder
 
 
+def refuse_under_launcher(advice: str, launcher: str = "torchrun") -> None:
+    """The one refusal of `--device-map` in a process that torchrun or accelerate launch started (one of
+    several): `advice` says what the command's user should do instead."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun / accelerate launch
+        raise VlmkitError(
+            f"--device-map: this is process {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']} ({launcher}); "
+            + advice
+        )
+
+
+def check_placement(
+    device_map: str | dict[str, Any] | None,
+    max_memory: str | dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
+) -> tuple[str | dict[str, Any] | None, dict[Any, int] | None]:
+    """The placement options checked and parsed: (device map, max memory in bytes per device); one line
+    naming the option when they do not parse or do not go together."""
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise VlmkitError("--max-memory and --offload-folder place layers for --device-map; give --device-map too")
+        return None, None
+    refuse_under_launcher("every process would spread its own copy over all the GPUs: run without torchrun, or "
+                          "drop --device-map")  # fmt: skip
+    placement = parse_device_map(device_map)
+    memory = parse_max_memory(max_memory)
+    if isinstance(placement, dict) and memory is not None:
+        raise VlmkitError("--max-memory limits what --device-map auto/balanced/sequential place; a JSON map "
+                          "places every module itself: leave one out")
+    return placement, memory
+
+
 def from_pretrained_placement(
     device_map: str | dict[str, Any] | None,
     max_memory: str | dict[Any, Any] | None = None,
@@ -106,20 +137,9 @@ def from_pretrained_placement(
 ) -> dict[str, Any]:
     """The `from_pretrained` arguments (`loader.load_weights(**...)`) of the placement options; {} without
     `--device-map` (the model then loads on the CPU and the caller moves it)."""
-    if device_map is None:
-        if max_memory is not None or offload_folder is not None:
-            raise VlmkitError("--max-memory and --offload-folder place layers for --device-map; give --device-map too")
+    placement, memory = check_placement(device_map, max_memory, offload_folder)
+    if placement is None:
         return {}
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun / accelerate launch
-        raise VlmkitError(
-            f"--device-map: this is process {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']} (torchrun); "
-            "every process would spread its own copy over all the GPUs: run without torchrun, or drop --device-map"
-        )
-    placement = parse_device_map(device_map)
-    memory = parse_max_memory(max_memory)
-    if isinstance(placement, dict) and memory is not None:
-        raise VlmkitError("--max-memory limits what --device-map auto/balanced/sequential place; a JSON map "
-                          "places every module itself: leave one out")
     kwargs: dict[str, Any] = {"device_map": placement, "offload_folder": str(offload_folder or _temporary_offload_folder())}
     if memory is not None:
         kwargs["max_memory"] = memory

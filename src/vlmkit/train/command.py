@@ -7,10 +7,12 @@ from __future__ import annotations
 import typer
 from typer.core import TyperCommand
 
-from vlmkit.options import TrustRemoteCode, with_encoding_options
+from vlmkit.commands.options import field_option, with_encoding_options
+from vlmkit.loader import LoadOptions
 from vlmkit.settings import EncodingSettings
 from vlmkit.train import sft_options as opt
 
+TrustRemoteCode = field_option(LoadOptions, "trust_remote_code")
 # Options that take several values after one flag, as `vlmkit data check` does: --dataset a.jsonl b.json#2000.
 MANY_VALUES = ("--dataset", "-d", "--val-dataset")
 

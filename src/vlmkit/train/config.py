@@ -10,7 +10,6 @@ Its encoding fields (`min_pixels`, ..., `system`) are not written here: they are
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,12 +162,12 @@ class SFTConfig:
                                   (self.group_by_length, "--group-by-length")):  # fmt: skip
                 if given:
                     raise VlmkitError(f"{option} needs every row up front; drop it with --streaming")
-        if self.device_map and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun / accelerate launch
-            raise VlmkitError(
-                f"--device-map: this is process {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']} "
-                "(torchrun / accelerate launch); --device-map splits the model over the GPUs of one process: run "
-                "`vlmkit sft --device-map ...` without a launcher, or drop --device-map for data-parallel training"
-            )
+        if self.device_map:
+            from vlmkit.placement import refuse_under_launcher
+
+            refuse_under_launcher("--device-map splits the model over the GPUs of one process: run `vlmkit sft "
+                                  "--device-map ...` without a launcher, or drop --device-map for data-parallel "
+                                  "training", launcher="torchrun / accelerate launch")  # fmt: skip
         if self.eval_metric:
             from vlmkit.eval.metrics import metric_names
 

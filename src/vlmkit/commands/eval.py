@@ -3,7 +3,7 @@ answers with the task's metrics and write DIR/LABEL.predictions.jsonl (each row 
 DIR/metrics.json and DIR/report.md; the side-by-side table is printed too.
 
 Inference is `vlmkit infer --input`'s (`vlmkit.infer.run_batch`: same encoding, batching and error rows),
-greedy. A light module: heavy imports happen inside the command.
+greedy (`vlmkit.eval.evaluate`). A light module: heavy imports happen inside the command.
 """
 
 from __future__ import annotations
@@ -13,25 +13,14 @@ from typing import Annotated
 
 import typer
 
-from vlmkit.options import (
-    AttnImpl,
-    Backend,
-    Columns,
-    Device,
-    DeviceMap,
-    DType,
-    MaxMemory,
-    OffloadFolder,
-    Prompt,
-    TensorParallelSize,
-    TrustRemoteCode,
-    VllmArg,
-    with_encoding_options,
-)
+from vlmkit.commands.options import with_options
+from vlmkit.data.options import DatasetOptions
+from vlmkit.loader import LoadOptions
 from vlmkit.settings import EncodingSettings
+from vlmkit.vllm_args import BackendOptions
 
 
-@with_encoding_options()
+@with_options(omit={"backend": ("data_parallel_size",)})
 def eval_command(
     model: Annotated[
         list[str] | None,
@@ -98,22 +87,10 @@ def eval_command(
     ] = Path("eval"),
     batch_size: Annotated[int, typer.Option(help="Rows generated together.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens generated per answer.")] = 256,
-    media_root: Annotated[
-        Path | None, typer.Option(help="Extra folder to resolve relative image paths against.")
-    ] = None,
-    columns: Columns = None,
-    prompt: Prompt = None,
+    reading: DatasetOptions = DatasetOptions(),
     encoding: EncodingSettings = EncodingSettings(),
-    dtype: DType = "auto",
-    device: Device = "auto",
-    device_map: DeviceMap = None,
-    max_memory: MaxMemory = None,
-    offload_folder: OffloadFolder = None,
-    attn_impl: AttnImpl = "sdpa",
-    trust_remote_code: TrustRemoteCode = False,
-    backend: Backend = "transformers",
-    tensor_parallel_size: TensorParallelSize = 1,
-    vllm_arg: VllmArg = None,
+    loading: LoadOptions = LoadOptions(),
+    backend: BackendOptions = BackendOptions(),
 ) -> None:
     """Score models on a dataset with the task's metrics: one table, side by side (base vs fine-tuned).
 
@@ -124,34 +101,11 @@ def eval_command(
 
         typer.echo(benchmark_table())
         return
-    from vlmkit.data.columns import parse_columns
     from vlmkit.eval.evaluate import evaluate
 
     evaluate(
-        dataset,
-        models=model or [],
-        ckpts=ckpt or [],
-        predictions=predictions or [],
-        benchmark=benchmark,
-        benchmark_path=benchmark_path,
-        limit=limit,
-        metric=metric,
-        output=output,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        media_root=media_root,
-        columns=parse_columns(columns),
-        prompt=prompt,
-        encoding=encoding,
-        dtype=dtype,
-        device=device,
-        device_map=device_map,
-        max_memory=max_memory,
-        offload_folder=offload_folder,
-        attn_impl=attn_impl,
-        trust_remote_code=trust_remote_code,
-        backend=backend,
-        tensor_parallel_size=tensor_parallel_size,
-        vllm_args=vllm_arg,
-        echo=typer.echo,
-    )
+        dataset, models=model or [], ckpts=ckpt or [], predictions=predictions or [], benchmark=benchmark,
+        benchmark_path=benchmark_path, limit=limit, metric=metric, output=output, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, media_root=reading.media_root, columns=reading.column_map(),
+        prompt=reading.prompt, encoding=encoding, loading=loading, backend=backend, echo=typer.echo,
+    )  # fmt: skip
