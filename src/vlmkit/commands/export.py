@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -10,8 +11,11 @@ import typer
 from vlmkit.commands.options import with_options
 from vlmkit.loader import LoadOptions
 
+# export takes the placement options of loading only (it has its own --dtype: the export's)
+PLACEMENT = ("device_map", "max_memory", "offload_folder")
 
-@with_options(omit={"loading": ("dtype", "device", "attn_impl", "trust_remote_code")})  # export has its own dtype
+
+@with_options(omit={"loading": tuple(f.name for f in fields(LoadOptions) if f.name not in PLACEMENT)})
 def export_command(
     ckpt: Annotated[Path, typer.Option(help="The checkpoint to export (RUN/checkpoint-N).")],
     output: Annotated[
