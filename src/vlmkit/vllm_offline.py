@@ -37,7 +37,7 @@ from vlmkit.vllm_args import VLLM_MISSING, VllmPlan
 def sampling_kwargs(options: GenerationOptions, stop_token_ids: list[int]) -> dict[str, Any]:
     """`vllm.SamplingParams` keyword arguments for vlmkit's generation options (temperature 0: greedy;
     top-k 0, no limit, is vLLM's -1, which every vLLM version accepts)."""
-    options.kwargs()  # the same range checks as the transformers backend
+    options.check()  # the same range checks as the transformers backend
     return {
         "max_tokens": options.max_new_tokens,
         "temperature": options.temperature,
