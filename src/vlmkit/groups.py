@@ -75,9 +75,11 @@ def field_default(f: dataclasses.Field) -> Any:
     return f.default
 
 
-def from_keywords(cls: type, keywords: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """(`cls` built from the keywords that name its fields, the other keywords): the one converter from the
-    flat keyword arguments the Python API keeps accepting to a group."""
+def from_keywords(cls: type, keywords: dict[str, Any], given: Any = None) -> tuple[Any, dict[str, Any]]:
+    """(`given` (or `cls()`) with the keywords that name its fields over it, the other keywords): the one
+    converter from the flat keyword arguments the Python API keeps accepting (`vlmkit.load(path, dtype="fp32")`)
+    to a group."""
     names = {f.name for f in fields(cls)}
     mine = {k: v for k, v in keywords.items() if k in names}
-    return cls(**mine), {k: v for k, v in keywords.items() if k not in names}
+    group = dataclasses.replace(given, **mine) if given is not None else cls(**mine)
+    return group, {k: v for k, v in keywords.items() if k not in names}

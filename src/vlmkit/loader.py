@@ -6,7 +6,10 @@
 
 Every command goes through here (infer, sft, export, data, serve, the vLLM translation), so a model
 folder, a hub id, a checkpoint and a run folder are found, checked and loaded the same way everywhere.
-Checkpoint resolution lives here, not in training: inference never imports `vlmkit.train`.
+Checkpoint resolution lives here, not in training: inference never imports `vlmkit.train`. The options of
+model loading are one group, `LoadOptions` (what `vlmkit.load` and the infer/eval/serve commands take).
+This module imports nothing heavy at the top (the families import torch), so the CLI reads `LoadOptions`
+from here at once.
 """
 
 from __future__ import annotations
@@ -19,17 +22,75 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmkit.errors import VlmkitError
-from vlmkit.families import Family, family_by_name, family_for_model_dir
+from vlmkit.groups import option
 from vlmkit.settings import EncodingSettings, read_settings
+
+if TYPE_CHECKING:
+    from vlmkit.families import Family
 
 COMPLETE_MARKER = "vlmkit_complete"  # written into a checkpoint folder once its save has finished
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 ATTN_IMPLS = ("sdpa", "eager", "flash_attention_2")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a model's weights load: their dtype, the device (or a placement over several: `device_map`,
+    `max_memory`, `offload_folder`, see `vlmkit.placement`), the attention kernel, and whether the
+    checkpoint's own Python code may run. From Python, `device_map` and `max_memory` may also be dicts."""
+
+    dtype: str = option("auto", "Weights dtype: auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32.")
+    device: str = option("auto", "auto (cuda when available), cpu, cuda or cuda:N.")
+    device_map: str | None = option(
+        None,
+        "Spread the model over devices with accelerate's big-model loading (for models larger than one "
+        "GPU): auto or balanced (evenly over the GPUs), balanced_low_0, sequential (fill GPU 0 first); layers "
+        "that do not fit go to the CPU, then to disk. Or a JSON object (or .json file) {module name: GPU index, "
+        "\"cpu\" or \"disk\"}. Replaces --device.",
+    )
+    max_memory: str | None = option(
+        None,
+        "With --device-map auto/balanced/sequential: most memory per device, e.g. 0=20GiB,1=20GiB,cpu=60GiB "
+        "(or a JSON object); layers beyond go to the next device, and to disk last. Default: what is free.",
+    )
+    offload_folder: Path | None = option(
+        None,
+        "With --device-map: folder for layers offloaded to disk that must be re-saved (another dtype than "
+        "the checkpoint's, or not safetensors). Default: a temporary folder, removed at exit.",
+    )
+    attn_impl: str = option("sdpa", "Attention kernel: sdpa, eager, or flash_attention_2 (needs flash-attn).")
+    trust_remote_code: bool = option(
+        False,
+        "Let transformers run Python code shipped with the checkpoint (auto_map in config.json) of a "
+        "supported family. Only for checkpoints you trust; untested (none can be loaded offline). Needed to "
+        "chat with Qwen-VL (first generation, e.g. Qwen/Qwen-VL-Chat; inference only).",
+    )
+
+    def check(self) -> None:
+        """Refuse, before anything loads, a dtype, device or attention kernel vlmkit does not know, and
+        placement options that do not parse or do not go together (`vlmkit.placement.check_placement`)."""
+        from vlmkit import placement
+
+        check_dtype(self.dtype)
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise VlmkitError(f"--device {self.device}: choose one of {', '.join(DEVICES)} (or cuda:N)")
+        check_attn(self.attn_impl)
+        if self.device_map is not None and self.device != "auto":
+            raise VlmkitError(
+                f"--device {self.device} and --device-map {self.device_map}: give one (--device-map places the layers)"
+            )
+        placement.check_placement(self.device_map, self.max_memory, self.offload_folder)
+
+    def placement(self) -> dict[str, Any]:
+        """The `from_pretrained` arguments of the placement options (`vlmkit.placement`); {} without a device map."""
+        from vlmkit import placement
+
+        return placement.from_pretrained_placement(self.device_map, self.max_memory, self.offload_folder)
 
 
 @dataclass(frozen=True)
@@ -150,6 +211,8 @@ def resolve_checkpoint(ckpt: str | Path) -> tuple[Path, Path, dict[str, Any]]:
 
 def resolve_model(model: str | Path | None = None, ckpt: str | Path | None = None) -> ModelFiles:
     """`--model` (a folder or hub id) or `--ckpt` (a vlmkit checkpoint or run folder) -> its `ModelFiles`."""
+    from vlmkit.families import family_by_name, family_for_model_dir
+
     if (model is None) == (ckpt is None):
         raise VlmkitError("give either --model or --ckpt")
     if ckpt is not None:
@@ -236,11 +299,15 @@ def load_tokenizer_and_template(
 # -- weights ----------------------------------------------------------------------------------------
 
 
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise VlmkitError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+
+
 def torch_dtype(dtype: str, device: str):
     import torch
 
-    if dtype not in DTYPES:
-        raise VlmkitError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    check_dtype(dtype)
     if dtype == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -21,26 +21,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmkit.errors import VlmkitError
-from vlmkit.families import Family
+from vlmkit.groups import from_keywords, option
+from vlmkit.loader import LoadOptions
 from vlmkit.sample import Sample, to_sample
 from vlmkit.settings import EncodingSettings, check_encoding, encoding_settings
 
 if TYPE_CHECKING:
     from vlmkit.chat import Chat
+    from vlmkit.families import Family
 
 
 @dataclass(frozen=True)
 class GenerationOptions:
     """Sampling settings; temperature 0 means greedy decoding."""
 
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
+    max_new_tokens: int = option(512, "Most tokens generated per reply.")
+    temperature: float = option(0.0, "0 = greedy (deterministic); > 0 samples.")
+    top_p: float = option(1.0, "Nucleus sampling mass (with --temperature > 0).")
+    top_k: int = option(0, "Sample among the k most likely tokens; 0 = no limit.")
+    repetition_penalty: float = option(1.0, "> 1 discourages repeating tokens.")
+    seed: int | None = option(None, "Random seed for sampling.")
 
-    def kwargs(self) -> dict[str, Any]:
+    def check(self) -> None:
         if self.max_new_tokens < 1:
             raise VlmkitError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
@@ -48,6 +50,10 @@ class GenerationOptions:
                 "generation options out of range: need temperature >= 0, 0 < top-p <= 1, top-k >= 0, "
                 "repetition-penalty > 0"
             )
+
+    def kwargs(self) -> dict[str, Any]:
+        """transformers' `generate` arguments (after `check`)."""
+        self.check()
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,
             "repetition_penalty": self.repetition_penalty,
@@ -222,44 +228,39 @@ def load(
     *,
     ckpt: str | Path | None = None,
     merge_lora: bool = False,
-    dtype: str = "auto",
-    device: str = "auto",
-    attn_impl: str = "sdpa",
+    loading: LoadOptions | None = None,
     encoding: EncodingSettings | None = None,
-    trust_remote_code: bool = False,
-    device_map: str | dict[str, Any] | None = None,
-    max_memory: str | dict[Any, Any] | None = None,
-    offload_folder: str | Path | None = None,
-    **encoding_options: Any,
+    **keywords: Any,
 ) -> VLM:
     """Load a model folder or hub id, or a vlmkit checkpoint (`ckpt`: base model + LoRA adapter, or full
-    weights; a run folder: its newest checkpoint). `encoding` (`vlmkit.settings.EncodingSettings`, or its
-    fields as keyword arguments: `min_pixels=...`, `system=...`) defaults to the settings saved with the model
-    or checkpoint (vlmkit.json), then to the checkpoint's image-processor config. `trust_remote_code` lets
+    weights; a run folder: its newest checkpoint). `loading` (`vlmkit.loader.LoadOptions`: dtype, device,
+    attn_impl, trust_remote_code, and the placement over devices `device_map`, `max_memory`, `offload_folder`)
+    and `encoding` (`vlmkit.settings.EncodingSettings`) may also be given as their fields, keyword arguments
+    (`dtype="fp32"`, `min_pixels=...`, `system=...`). Encoding defaults to the settings saved with the model or
+    checkpoint (vlmkit.json), then to the checkpoint's image-processor config. `trust_remote_code` lets
     transformers run Python code shipped in the model folder (untested here); the family still comes from
     config.json. `device_map` (auto, balanced, sequential, or {module: device}), with `max_memory` ("0=20GiB,
     cpu=60GiB" or {device: size}) and `offload_folder`, spreads the model over GPUs, CPU and disk
     (`vlmkit.placement`) instead of putting it on `device`."""
     from vlmkit import loader, placement
 
-    encoding = encoding_settings(encoding, **encoding_options)
+    loading, keywords = from_keywords(LoadOptions, keywords, loading)
+    encoding = encoding_settings(encoding, **keywords)
+    loading.check()
     files = loader.resolve_model(model, ckpt)
-    loader.check_trust(files, trust_remote_code)
-    if device_map is not None and device != "auto":
-        raise VlmkitError(f"--device {device} and --device-map {device_map}: give one (--device-map places the layers)")
-    placed = placement.from_pretrained_placement(device_map, max_memory, offload_folder)
-    device = loader.pick_device(device)
-    torch_dtype = loader.torch_dtype(dtype, device)
-    loader.check_attn(attn_impl)
+    loader.check_trust(files, loading.trust_remote_code)
+    placed = loading.placement()
+    device = loader.pick_device(loading.device)
+    torch_dtype = loader.torch_dtype(loading.dtype, device)
     check_encoding(files.family, encoding)  # before the slow part
     loader.check_weights(files.model_dir)
     if files.ckpt_dir is not None and files.ckpt_dir != files.model_dir:
         loader.check_weights(files.ckpt_dir)  # the adapter's weights
-    tokenizer, template = loader.load_tokenizer_and_template(files, encoding, trust_remote_code)
+    tokenizer, template = loader.load_tokenizer_and_template(files, encoding, loading.trust_remote_code)
     hf_model = loader.load_weights(
-        files, dtype=torch_dtype, attn_impl=attn_impl, trust_remote_code=trust_remote_code, merge_lora=merge_lora,
-        **placed,
-    )
+        files, dtype=torch_dtype, attn_impl=loading.attn_impl, trust_remote_code=loading.trust_remote_code,
+        merge_lora=merge_lora, **placed,
+    )  # fmt: skip
     if placed:  # accelerate placed the layers; its hooks move each layer's inputs
         device = placement.input_device(hf_model)
     else:

@@ -110,6 +110,26 @@ def refuse_launcher() -> None:
         )
 
 
+def check_placement(
+    device_map: str | dict[str, Any] | None,
+    max_memory: str | dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
+) -> tuple[str | dict[str, Any] | None, dict[Any, int] | None]:
+    """The placement options checked and parsed: (device map, max memory in bytes per device); one line
+    naming the option when they do not parse or do not go together."""
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise VlmkitError("--max-memory and --offload-folder place layers for --device-map; give --device-map too")
+        return None, None
+    refuse_launcher()
+    placement = parse_device_map(device_map)
+    memory = parse_max_memory(max_memory)
+    if isinstance(placement, dict) and memory is not None:
+        raise VlmkitError("--max-memory limits what --device-map auto/balanced/sequential place; a JSON map "
+                          "places every module itself: leave one out")
+    return placement, memory
+
+
 def from_pretrained_placement(
     device_map: str | dict[str, Any] | None,
     max_memory: str | dict[Any, Any] | None = None,
@@ -117,16 +137,9 @@ def from_pretrained_placement(
 ) -> dict[str, Any]:
     """The `from_pretrained` arguments (`loader.load_weights(**...)`) of the placement options; {} without
     `--device-map` (the model then loads on the CPU and the caller moves it)."""
-    if device_map is None:
-        if max_memory is not None or offload_folder is not None:
-            raise VlmkitError("--max-memory and --offload-folder place layers for --device-map; give --device-map too")
+    placement, memory = check_placement(device_map, max_memory, offload_folder)
+    if placement is None:
         return {}
-    refuse_launcher()
-    placement = parse_device_map(device_map)
-    memory = parse_max_memory(max_memory)
-    if isinstance(placement, dict) and memory is not None:
-        raise VlmkitError("--max-memory limits what --device-map auto/balanced/sequential place; a JSON map "
-                          "places every module itself: leave one out")
     kwargs: dict[str, Any] = {"device_map": placement, "offload_folder": str(offload_folder or _temporary_offload_folder())}
     if memory is not None:
         kwargs["max_memory"] = memory

@@ -26,17 +26,18 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmkit.errors import VlmkitError
-from vlmkit.families import Family
+from vlmkit.groups import option
 from vlmkit.settings import EncodingSettings, encoding_settings
+
+if TYPE_CHECKING:
+    from vlmkit.families import Family
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
 DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-# The encoding settings the plan passes on (the chat template's system prompt, the processor's pixel
-# limits); the vLLM backend refuses the others rather than run with settings it dropped.
-VLLM_PASSES = ("min_pixels", "max_pixels", "system")
+BACKENDS = ("transformers", "vllm")
 
 _TRANSLATED = "vlmkit sets it from the model and the run"
 # Engine options a --vllm-arg may not set: each would make vLLM encode or answer otherwise than the
@@ -68,6 +69,54 @@ REFUSED_VLLM_ARGS: dict[str, str] = {
     "allowed_local_media_path": "use --allow-media-dir",
 }
 _KEY = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Which engine generates (`vlmkit infer/eval/serve --backend`), and the vLLM engine's own options:
+    tensor and data parallelism (`data_parallel_size`: `vlmkit serve` only) and the other engine options
+    passed on as they are (`vllm_args`, KEY=VALUE; `parse_vllm_args`)."""
+
+    backend: str = option(
+        "transformers",
+        "transformers (here), or vllm: vLLM's engine with the same template, pixel limits and LoRA "
+        "adapter (GPU, vllm installed; what it cannot apply is refused).",
+    )
+    tensor_parallel_size: int = option(1, "With --backend vllm: GPUs one model is split across (vLLM tensor parallelism).")
+    data_parallel_size: int = option(
+        1, "With --backend vllm: copies of the model serving requests (vLLM data parallelism)."
+    )
+    vllm_args: list[str] = option(
+        help="With --backend vllm: KEY=VALUE for a vLLM engine option vlmkit does not translate (repeatable; "
+        "e.g. gpu-memory-utilization=0.8, max-model-len=8192, limit-mm-per-prompt='{\"image\": 4}'). "
+        "Options that would override the template, pixel limits, LoRA setup or dtype are refused.",
+        flags=("--vllm-arg",),
+        default_factory=list,
+    )
+
+    @property
+    def vllm(self) -> bool:
+        return self.backend == "vllm"
+
+    def check(self) -> None:
+        """Refuse an unknown backend, and the vLLM-only options with another backend (they would be ignored)."""
+        if self.backend not in BACKENDS:
+            raise VlmkitError(f"--backend {self.backend}: choose transformers or vllm")
+        if self.vllm:
+            return
+        given = [name for name, on in (("--tensor-parallel-size", self.tensor_parallel_size != 1),
+                                       ("--data-parallel-size", self.data_parallel_size != 1),
+                                       ("--vllm-arg", bool(self.vllm_args))) if on]  # fmt: skip
+        if given:
+            raise VlmkitError(f"{', '.join(given)}: vLLM options; add --backend vllm (GPU, vLLM installed)")
+
+
+def not_passed_to_vllm(family: Family, encoding: EncodingSettings) -> list[str]:
+    """The encoding settings given that the vLLM backend would drop for `family`, by name: the plan passes on
+    the system prompt (in the chat template) and the family's `vllm_encoding_options` (its processor
+    arguments); the vLLM backend refuses the others rather than run with settings it dropped."""
+    passed = ("system", *family.vllm_encoding_options)
+    return [name for name in encoding.given() if name not in passed]
 
 
 @dataclass(frozen=True)
@@ -181,9 +230,9 @@ def plan_vllm(
         encoding = encoding_settings(**(encoding or {}))
     if dtype not in DTYPES:
         raise VlmkitError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    for option, size in (("--tensor-parallel-size", tensor_parallel_size), ("--data-parallel-size", data_parallel_size)):
+    for flag, size in (("--tensor-parallel-size", tensor_parallel_size), ("--data-parallel-size", data_parallel_size)):
         if size < 1:
-            raise VlmkitError(f"{option} must be at least 1, got {size}")
+            raise VlmkitError(f"{flag} must be at least 1, got {size}")
     passed_on = parse_vllm_args(vllm_args or [])
     files = resolve_model(model, ckpt)
     model_dir, files_dir, family = files.model_dir, files.files_dir, files.family
@@ -285,17 +334,6 @@ def serve_command_line(
     if plan.adapters:
         args += ["--lora-modules", *(f"{name}={folder.resolve()}" for name, folder in plan.adapters.items())]
     return args
-
-
-def refuse_vllm_options(backend: str, tensor_parallel_size: int, vllm_args: list[str] | None, data_parallel_size: int = 1) -> None:
-    """The vLLM-only options, refused with another backend (they would be ignored)."""
-    if backend == "vllm":
-        return
-    given = [name for name, on in (("--tensor-parallel-size", tensor_parallel_size != 1),
-                                   ("--data-parallel-size", data_parallel_size != 1),
-                                   ("--vllm-arg", bool(vllm_args))) if on]  # fmt: skip
-    if given:
-        raise VlmkitError(f"{', '.join(given)}: vLLM options; add --backend vllm (GPU, vLLM installed)")
 
 
 def run_vllm(args: list[str]) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import DataError, VlmkitError
+from vlmkit.loader import LoadOptions
 from vlmkit.model import VLM, GenerationOptions
 from vlmkit.sample import Sample
 from vlmkit.settings import EncodingSettings
@@ -36,7 +37,7 @@ from vlmkit.vllm_args import VLLM_MISSING, VllmPlan
 def sampling_kwargs(options: GenerationOptions, stop_token_ids: list[int]) -> dict[str, Any]:
     """`vllm.SamplingParams` keyword arguments for vlmkit's generation options (temperature 0: greedy;
     top-k 0, no limit, is vLLM's -1, which every vLLM version accepts)."""
-    options.kwargs()  # the same range checks as the transformers backend
+    options.check()  # the same range checks as the transformers backend
     return {
         "max_tokens": options.max_new_tokens,
         "temperature": options.temperature,
@@ -120,7 +121,7 @@ def load_vllm(
     encoding: EncodingSettings | None = None,
 ) -> VllmVLM:
     """Open vLLM's offline engine on a model or vlmkit checkpoint (GPU, vllm installed). `encoding`: the
-    settings given (only VLLM_PASSES are passed on; refuse the others first, `refuse_for_vllm`).
+    settings given (only those the family passes on reach vLLM; refuse the others first, `refuse_for_vllm`).
     VlmkitError with one line when vLLM is missing or the model cannot be run as trained."""
     import importlib.util
 
@@ -142,9 +143,22 @@ def load_vllm(
     return VllmVLM(vlm=vlm, llm=LLM(**plan.engine_args), lora=LoRARequest(*lora) if lora else None)
 
 
-def refuse_for_vllm(**given: Any) -> None:
-    """Options of the transformers backend that vLLM cannot apply, refused when given (not None/False)."""
-    names = [name for name, value in given.items() if value not in (None, False)]
+def refuse_for_vllm(
+    model: str | Path | None, ckpt: str | Path | None, loading: LoadOptions, encoding: EncodingSettings,
+    merge_lora: bool = False,
+) -> None:
+    """Options of the transformers backend that vLLM cannot apply, refused in one line when given: the
+    loading options vLLM does not take and the encoding settings the model's family does not pass on
+    (`vlmkit.vllm_args.not_passed_to_vllm`)."""
+    from vlmkit.loader import resolve_model
+    from vlmkit.vllm_args import not_passed_to_vllm
+
+    encoding_given = [k for k in encoding.given() if k != "system"]  # the family is needed only for these
+    dropped = not_passed_to_vllm(resolve_model(model, ckpt).family, encoding) if encoding_given else []
+    given = {"merge_lora": merge_lora, "device": loading.device != "auto", "device_map": loading.device_map is not None,
+             "attn_impl": loading.attn_impl != "sdpa", **dict.fromkeys(dropped, True),
+             "trust_remote_code": loading.trust_remote_code}  # fmt: skip
+    names = [name for name, on in given.items() if on]
     if names:
         raise VlmkitError(
             f"{', '.join('--' + n.replace('_', '-') for n in names)}: not passed on to vLLM (yet); "

@@ -10,9 +10,9 @@ from PIL import Image
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
+from vlmkit.commands.data import app
 from vlmkit.data import load_dataset
 from vlmkit.data.check import check_dataset
-from vlmkit.data.commands import app
 from vlmkit.errors import DataError, MediaError, VlmkitError
 from vlmkit.families import family_for_model_dir
 from vlmkit.media import load_image, read_image_size

@@ -319,9 +319,9 @@ def test_sft_export_and_infer_ckpt(models, tmp_path, name, tuner):
     ],
 )
 def test_preview_and_check_describe_fixed_size_images(models, tmp_path, name, note):
+    from vlmkit.commands.data import format_tokens
     from vlmkit.data import load_datasets
     from vlmkit.data.check import check_dataset
-    from vlmkit.data.commands import format_tokens
 
     template = template_of(models[name, True])
     random_image(300, 217).save(tmp_path / "a.png")

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from vlmkit.options import with_options
+from vlmkit.commands.options import with_options
 from vlmkit.settings import EncodingSettings
 from vlmkit.train.config import SFTConfig, read_yaml_config
 from vlmkit.train.options import (

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
+from vlmkit.groups import from_keywords
+from vlmkit.loader import LoadOptions
 from vlmkit.settings import EncodingSettings, encoding_settings
+from vlmkit.vllm_args import BackendOptions
 
 
 def evaluate(
@@ -41,40 +44,36 @@ def evaluate(
     media_root: str | Path | None = None,
     columns: dict[str, str] | None = None,
     prompt: str | None = None,
+    loading: LoadOptions | None = None,
+    backend: BackendOptions | str | None = None,
     encoding: EncodingSettings | None = None,
-    dtype: str = "auto",
-    device: str = "auto",
-    device_map: str | dict[str, Any] | None = None,
-    max_memory: str | dict[Any, Any] | None = None,
-    offload_folder: str | Path | None = None,
-    attn_impl: str = "sdpa",
-    trust_remote_code: bool = False,
-    backend: str = "transformers",
-    tensor_parallel_size: int = 1,
-    vllm_args: list[str] | None = None,
     echo: Callable[[str], Any] = print,
-    **encoding_options: Any,
+    **keywords: Any,
 ) -> dict[str, Any]:
     """Evaluate `models` and `ckpts` on `dataset` (or a `benchmark` preset, `vlmkit.eval.benchmarks`,
     read from `benchmark_path` when given) and/or score `predictions` files; `limit`: N rows sampled.
     Returns what metrics.json holds ({"dataset", "metrics", "metric_choice", "models": {label: {...}}}).
-    `echo` gets the lines the command prints (schema, progress, the table). `encoding` (or its fields as
-    keyword arguments: `max_pixels=...`) applies to every model and checkpoint, over their saved settings;
-    `device_map`, `max_memory`, `offload_folder` place each one as `vlmkit.load` does.
-    With `backend` "vllm", models answer through vLLM's offline engine (`vlmkit.vllm_offline`;
-    `tensor_parallel_size`, `vllm_args`).
+    `echo` gets the lines the command prints (schema, progress, the table). `loading` (`vlmkit.loader.LoadOptions`)
+    loads each model and checkpoint as `vlmkit.load` does; `encoding` applies to every one, over their saved
+    settings. With `backend` (`vlmkit.vllm_args.BackendOptions`) "vllm", models answer through vLLM's offline
+    engine (`vlmkit.vllm_offline`). The groups may also be given as their fields, keyword arguments
+    (`dtype="fp32"`, `max_pixels=...`, `backend="vllm"`, `tensor_parallel_size=2`).
 
     Under `torchrun --nproc-per-node N -m vlmkit eval ...` every rank answers a share of the rows
     (`vlmkit.infer.run_batch`); rank 0 alone prints, scores and writes, and the other ranks return {}."""
     from vlmkit.batch_output import is_main_process
 
-    encoding = encoding_settings(encoding, **encoding_options)
+    if isinstance(backend, str):  # the backend's name, as before the groups
+        backend, keywords = None, {**keywords, "backend": backend}
+    loading, keywords = from_keywords(LoadOptions, keywords, loading)
+    backend, keywords = from_keywords(BackendOptions, keywords, backend)
+    encoding = encoding_settings(encoding, **keywords)
+    backend.check()
     models, ckpts = list(models), list(ckpts)
-    vllm = _vllm_options(backend, tensor_parallel_size, vllm_args, len(models) + len(ckpts), encoding,
-                         device=device, attn_impl=attn_impl, device_map=device_map,
-                         trust_remote_code=trust_remote_code)  # fmt: skip
     output = Path(output)
     pairs = [(str(m), None) for m in models] + [(None, Path(c)) for c in ckpts]
+    if backend.vllm:
+        _refuse_for_vllm(pairs, loading, encoding)
     plan = _plan(dataset, pairs, [Path(p) for p in predictions], benchmark, benchmark_path, limit, metric, output,
                  columns, prompt)  # fmt: skip
     main = is_main_process()
@@ -84,15 +83,22 @@ def evaluate(
     taken: set[str] = set()
     answered = []
     if pairs:
-        placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
-        load_options = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "encoding": encoding,
-                        "dtype": dtype, "device": device, "attn_impl": attn_impl,
-                        "trust_remote_code": trust_remote_code, "vllm": vllm, "placement": placement}  # fmt: skip
-        answered = _answer(plan, pairs, benchmark_path, media_root, columns, prompt, output, taken, echo,
-                           load_options)  # fmt: skip
+        loaded = _Loading(batch_size, max_new_tokens, encoding, loading, backend)
+        answered = _answer(plan, pairs, benchmark_path, media_root, columns, prompt, output, taken, echo, loaded)
     if not main:  # this rank's share of the rows is answered; rank 0 scores all of them
         return {}
     return _score(plan, answered + _given(plan, output, taken), output, echo)
+
+
+@dataclass(frozen=True)
+class _Loading:
+    """How each model is loaded and answers."""
+
+    batch_size: int
+    max_new_tokens: int
+    encoding: EncodingSettings
+    loading: LoadOptions
+    backend: BackendOptions
 
 
 @dataclass
@@ -119,30 +125,18 @@ class _Scored:
     questions: list[str]
 
 
-def _vllm_options(backend, tensor_parallel_size, vllm_args, n_models, encoding, **options) -> dict | None:
-    """The vLLM engine options when `backend` is vllm (after refusing what vLLM would drop), else None."""
-    from vlmkit.vllm_args import refuse_vllm_options
-
-    if backend not in ("transformers", "vllm"):
-        raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
-    refuse_vllm_options(backend, tensor_parallel_size, vllm_args)
-    if backend != "vllm":
-        return None
-    from vlmkit.vllm_args import VLLM_PASSES
+def _refuse_for_vllm(pairs, loading: LoadOptions, encoding: EncodingSettings) -> None:
+    """With the vLLM backend: refuse what vLLM would drop, and a second model (one engine per process)."""
     from vlmkit.vllm_offline import refuse_for_vllm
 
-    refuse_for_vllm(device=None if options["device"] == "auto" else options["device"],
-                    attn_impl=None if options["attn_impl"] == "sdpa" else options["attn_impl"],
-                    device_map=options["device_map"],
-                    **{k: v for k, v in encoding.given().items() if k not in VLLM_PASSES},
-                    trust_remote_code=options["trust_remote_code"])  # fmt: skip
-    if n_models > 1:  # vllm-project/vllm#3281, #21073: a second engine runs out of memory
+    if pairs:
+        refuse_for_vllm(*pairs[0], loading, encoding)
+    if len(pairs) > 1:  # vllm-project/vllm#3281, #21073: a second engine runs out of memory
         raise VlmkitError(
             "--backend vllm answers with one --model/--ckpt per run: vLLM does not free the GPU between "
             "engines in one process; run vlmkit eval once per model, then compare the runs with "
             "vlmkit eval --predictions A.predictions.jsonl --predictions B.predictions.jsonl"
         )
-    return {"tensor_parallel_size": tensor_parallel_size, "vllm_args": vllm_args}
 
 
 def _plan(dataset, pairs, predictions, benchmark, benchmark_path, limit, metric, output, columns, prompt) -> _Plan:
@@ -176,7 +170,7 @@ def _plan(dataset, pairs, predictions, benchmark, benchmark_path, limit, metric,
 
 
 def _answer(
-    plan, pairs, benchmark_path, media_root, columns, prompt, output, taken, echo, load_options
+    plan, pairs, benchmark_path, media_root, columns, prompt, output, taken, echo, loaded: _Loading
 ) -> list[_Scored]:
     """Read the rows once, then answer them with each model in turn into OUTPUT/LABEL.predictions.jsonl."""
     from vlmkit.eval.rows import read_dataset
@@ -198,7 +192,7 @@ def _answer(
     for model_name, checkpoint in pairs:
         label = model_label(model_name, checkpoint, taken)
         path = output / f"{file_stem(label)}.predictions.jsonl"
-        counts = _predict(model_name, checkpoint, plan.dataset, rows, path, **load_options)
+        counts = _predict(model_name, checkpoint, plan.dataset, rows, path, loaded)
         echo(f"{label}: answered {counts['ok']} rows ({counts['failed']} failed) -> {path}")
         answered.append(_Scored(label, str(checkpoint or model_name), path, images, questions))
     return answered
@@ -329,25 +323,25 @@ def _image_of_line(line: dict, folder: Path) -> Any:
     return path if path.is_file() else None
 
 
-def _predict(model, checkpoint, dataset, rows, path, *, batch_size, max_new_tokens, encoding, dtype, device,
-             attn_impl, trust_remote_code, vllm, placement) -> dict[str, int]:  # fmt: skip
-    """Load one model (with vLLM when `vllm` holds its options), answer `rows` through `vlmkit infer`'s
-    batch path into `path`, free the model."""
+def _predict(model, checkpoint, dataset, rows, path, loaded: _Loading) -> dict[str, int]:
+    """Load one model (with vLLM when the backend is vllm), answer `rows` through `vlmkit infer`'s batch path
+    into `path`, free the model."""
     from vlmkit.batch_output import join_ranks
     from vlmkit.infer import run_batch
     from vlmkit.model import GenerationOptions, load
 
-    join_ranks(device, "vllm" if vllm is not None else "transformers")  # under torchrun: before the model loads
-    if vllm is not None:
+    backend = loaded.backend
+    join_ranks(loaded.loading.device, backend.backend)  # under torchrun: before the model loads
+    if backend.vllm:
         from vlmkit.vllm_offline import load_vllm
 
-        vlm = load_vllm(model, ckpt=checkpoint, dtype=dtype, encoding=encoding, **vllm)
+        vlm = load_vllm(model, ckpt=checkpoint, dtype=loaded.loading.dtype, encoding=loaded.encoding,
+                        tensor_parallel_size=backend.tensor_parallel_size, vllm_args=backend.vllm_args)  # fmt: skip
     else:
-        vlm = load(model, ckpt=checkpoint, dtype=dtype, device=device, attn_impl=attn_impl, encoding=encoding,
-                   trust_remote_code=trust_remote_code, **placement)  # fmt: skip
-    options = GenerationOptions(max_new_tokens=max_new_tokens)  # greedy: scores repeat run to run
+        vlm = load(model, ckpt=checkpoint, loading=loaded.loading, encoding=loaded.encoding)
+    options = GenerationOptions(max_new_tokens=loaded.max_new_tokens)  # greedy: scores repeat run to run
     counts = run_batch(
-        vlm, dataset, path, options, batch_size=batch_size, progress=sys.stderr.isatty(), rows=rows
+        vlm, dataset, path, options, batch_size=loaded.batch_size, progress=sys.stderr.isatty(), rows=rows
     )
     del vlm
     gc.collect()

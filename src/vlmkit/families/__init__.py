@@ -88,7 +88,9 @@ class Family:
     for families whose positions are not plain 1-D (`vlmkit.chat_cache.ChatPositions`); None: 1-D
     positions from the cache length.
     vllm_processor_kwargs(settings) -> the `--mm-processor-kwargs` of `vlmkit serve --backend vllm` for
-    the template settings; None: {} (vLLM's processor defaults).
+    the template settings; None: {} (vLLM's processor defaults). vllm_encoding_options: the encoding options
+    (`EncodingSettings` fields) it passes on; with `--backend vllm` the others are refused (the system prompt
+    always passes, in the chat template).
     tiny_vocabulary() -> the `tokenizers.Tokenizer` (before special tokens) of the family's tiny models,
     whose size is `first_special_id` (the real checkpoints' ids); None: only `--small-vocab` tiny models.
     """
@@ -127,6 +129,7 @@ class Family:
     chat_cache: bool = False
     chat_positions: Callable[[Any, Any, dict[str, Any]], Any] | None = None
     vllm_processor_kwargs: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    vllm_encoding_options: tuple[str, ...] = ()
     tiny_vocabulary: Callable[[], Any] | None = None
 
     def load_template(self, model_dir: str | Path, tokenizer: Any, encoding: Any = None, **options: Any) -> Any:

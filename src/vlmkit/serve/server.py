@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
-from vlmkit.loader import CHECKPOINT_RE, is_complete, load_template
-from vlmkit.media import MediaPolicy
+from vlmkit.groups import from_keywords
+from vlmkit.loader import CHECKPOINT_RE, LoadOptions, is_complete, load_template
 from vlmkit.model import VLM, load
+from vlmkit.serve.options import MediaAccess, ServeLimits, media_policy
 from vlmkit.settings import EncodingSettings, encoding_settings
-from vlmkit.vllm_args import refuse_vllm_options
+from vlmkit.vllm_args import BackendOptions
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -109,119 +110,67 @@ def serve(
     port: int = 8000,
     api_key: str | None = None,
     served_model_name: str | None = None,
-    allow_media_dir: list[Path] | None = None,
-    allow_private_urls: bool = False,
-    max_request_bytes: int = 16 * 2**20,
-    max_media_bytes: int = 32 * 2**20,
-    media_timeout: float = 10.0,
-    max_image_pixels: int = 64 * 2**20,
-    max_tokens: int = 512,
-    max_total_tokens: int = 8192,
-    max_prompt_tokens: int | None = None,
-    max_video_frames: int = 128,
-    max_batch_size: int = 16,
-    encoding: EncodingSettings | None = None,
-    trust_remote_code: bool = False,
-    dtype: str = "auto",
-    device: str = "auto",
-    device_map: str | dict[str, Any] | None = None,
-    max_memory: str | dict[Any, Any] | None = None,
-    offload_folder: str | Path | None = None,
-    attn_impl: str = "sdpa",
     log_level: str = "info",
-    backend: str = "transformers",
-    tensor_parallel_size: int = 1,
-    data_parallel_size: int = 1,
-    vllm_args: list[str] | None = None,
-    **encoding_options: Any,
+    loading: LoadOptions | None = None,
+    limits: ServeLimits | None = None,
+    media: MediaAccess | None = None,
+    backend: BackendOptions | str | None = None,
+    encoding: EncodingSettings | None = None,
+    **keywords: Any,
 ) -> None:
-    """Load the model and serve it until interrupted (see `vlmkit serve --help` for the options).
-    `encoding` (or its fields as keyword arguments) applies to the model and to every adapter that is a
-    vlmkit checkpoint, over their saved settings. `tensor_parallel_size`, `data_parallel_size` and
-    `vllm_args` (KEY=VALUE) are for backend "vllm"."""
-    import uvicorn
-
-    from vlmkit.serve.app import ServerConfig, create_app, is_loopback_name
-    from vlmkit.serve.engine import Engine
-    from vlmkit.serve.protocol import TimedH11Protocol
-
+    """Load the model and serve it until interrupted (see `vlmkit serve --help` for the options). The option
+    groups (`loading`, `limits`, `media`, `backend`: `vlmkit.serve.options`, `vlmkit.loader.LoadOptions`,
+    `vlmkit.vllm_args.BackendOptions`) may also be given as their fields, keyword arguments (`max_tokens=256`,
+    `backend="vllm"`, `vllm_args=[...]`). `encoding` (or its fields as keyword arguments) applies to the model
+    and to every adapter that is a vlmkit checkpoint, over their saved settings."""
+    if isinstance(backend, str):  # the backend's name, as before the groups
+        backend, keywords = None, {**keywords, "backend": backend}
+    loading, keywords = from_keywords(LoadOptions, keywords, loading)
+    limits, keywords = from_keywords(ServeLimits, keywords, limits)
+    media, keywords = from_keywords(MediaAccess, keywords, media)
+    backend, keywords = from_keywords(BackendOptions, keywords, backend)
+    encoding = encoding_settings(encoding, **keywords)
     if api_key is not None and not api_key.strip():
         raise VlmkitError(
             "--api-key is empty, which would protect nothing; give a key, or leave the option out"
         )
     if not 1 <= port <= 65535:
         raise VlmkitError(f"--port {port}: choose a port from 1 to 65535")
-    for folder in allow_media_dir or []:
-        if not Path(folder).is_dir():
-            raise VlmkitError(f"--allow-media-dir {folder}: no such folder")
-    for option, value in (
-        ("--max-request-bytes", max_request_bytes),
-        ("--max-media-bytes", max_media_bytes),
-        ("--max-tokens", max_tokens),
-        ("--max-total-tokens", max_total_tokens),
-        ("--max-prompt-tokens", max_prompt_tokens or 1),
-        ("--max-video-frames", max_video_frames),
-        ("--max-image-pixels", max_image_pixels),
-        ("--max-batch-size", max_batch_size),
-    ):
-        if value < 1:
-            raise VlmkitError(f"{option} must be at least 1, got {value}")
-    if max_tokens > max_total_tokens:
-        raise VlmkitError(
-            f"--max-tokens {max_tokens} is over --max-total-tokens {max_total_tokens}; every request would be refused"
-        )
-    if media_timeout <= 0:
-        raise VlmkitError(f"--media-timeout must be above 0, got {media_timeout}")
+    for group in (media, limits, backend, loading):
+        group.check()
     adapters = adapters or {}
-    encoding = encoding_settings(encoding, **encoding_options)
-    if backend not in ("transformers", "vllm"):
-        raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
-    if backend == "vllm" and device_map is not None:
-        raise VlmkitError("--device-map is for --backend transformers; vLLM spreads a model over GPUs itself")
-    refuse_vllm_options(backend, tensor_parallel_size, vllm_args, data_parallel_size)
-    if backend == "vllm":
-        from vlmkit.vllm_args import VLLM_PASSES
-
-        given = [k for k in encoding.given() if k not in VLLM_PASSES]
-        if given or trust_remote_code:
-            names = ", ".join(
-                "--" + k.replace("_", "-") for k in given + ["trust_remote_code"] * trust_remote_code
-            )
-            raise VlmkitError(f"{names}: not passed on to vLLM yet; serve with --backend transformers")
-        _serve_vllm(
-            model, ckpt, adapters, encoding, served_model_name, host, port, api_key, allow_media_dir, dtype,
-            tensor_parallel_size, data_parallel_size, vllm_args,
-        )  # fmt: skip
+    if backend.vllm:
+        _refuse_for_vllm(model, ckpt, loading, encoding)
+        name = served_model_name or served_name(model, ckpt)
+        _serve_vllm(model, ckpt, adapters, encoding, name, host, port, api_key, media, loading.dtype, backend)
         return
-    vlm = load(
-        model, ckpt=ckpt, dtype=dtype, device=device, attn_impl=attn_impl, encoding=encoding,
-        trust_remote_code=trust_remote_code, device_map=device_map, max_memory=max_memory,
-        offload_folder=offload_folder,
-    )
-    if device_map is not None:
+    vlm = load(model, ckpt=ckpt, loading=loading, encoding=encoding)
+    if loading.device_map is not None:
         from vlmkit.placement import describe
 
         print(describe(vlm.model), flush=True)
     # Adapters that are vlmkit checkpoints load their own template with the same explicit options.
-    main_name = served_model_name or served_name(model, ckpt)
-    models, peft_names = load_served(vlm, main_name, adapters, encoding)
-    policy = MediaPolicy(
-        timeout=media_timeout,
-        max_bytes=max_media_bytes,
-        allow_private_urls=allow_private_urls,
-        allow_local_files=bool(allow_media_dir),
-        media_dirs=tuple(Path(d) for d in allow_media_dir or ()),
-        max_image_pixels=max_image_pixels,
-    )
+    models, peft_names = load_served(vlm, served_model_name or served_name(model, ckpt), adapters, encoding)
+    _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits, media)
+
+
+def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits, media) -> None:
+    """Serve the loaded models with uvicorn until interrupted."""
+    import uvicorn
+
+    from vlmkit.serve.app import ServerConfig, create_app, is_loopback_name
+    from vlmkit.serve.engine import Engine
+    from vlmkit.serve.protocol import TimedH11Protocol
+
     config = ServerConfig(
         api_key=api_key,
-        max_request_bytes=max_request_bytes,
-        max_tokens=max_tokens,
-        max_tokens_limit=max(max_tokens, 4096),
-        max_total_tokens=max_total_tokens,
-        max_prompt_tokens=max_prompt_tokens or context_length(vlm),
-        max_video_frames=max_video_frames,
-        policy=policy,
+        max_request_bytes=limits.max_request_bytes,
+        max_tokens=limits.max_tokens,
+        max_tokens_limit=max(limits.max_tokens, 4096),
+        max_total_tokens=limits.max_total_tokens,
+        max_prompt_tokens=limits.max_prompt_tokens or context_length(vlm),
+        max_video_frames=limits.max_video_frames,
+        policy=media_policy(limits, media),
         loopback_only=api_key is None and is_loopback_name(host),
     )
     server: uvicorn.Server | None = None
@@ -230,7 +179,7 @@ def serve(
         if server is not None:
             server.should_exit = True
 
-    engine = Engine(vlm, peft_names, max_batch_rows=max_batch_size, on_failure=engine_failed)
+    engine = Engine(vlm, peft_names, max_batch_rows=limits.max_batch_size, on_failure=engine_failed)
     app = create_app(engine, models, config)
     logging.getLogger("vlmkit.serve").setLevel(log_level.upper())
     server = uvicorn.Server(
@@ -252,6 +201,21 @@ def serve(
         raise VlmkitError(f"the generation thread stopped ({engine.failure}); the server exited, restart it")
 
 
+def _refuse_for_vllm(model, ckpt, loading: LoadOptions, encoding: EncodingSettings) -> None:
+    """What `vllm serve` would drop: the placement over devices, the encoding settings the family does not pass
+    on (`vlmkit.vllm_args.not_passed_to_vllm`), remote code."""
+    from vlmkit.loader import resolve_model
+    from vlmkit.vllm_args import not_passed_to_vllm
+
+    if loading.device_map is not None:
+        raise VlmkitError("--device-map is for --backend transformers; vLLM spreads a model over GPUs itself")
+    encoding_given = [k for k in encoding.given() if k != "system"]  # the family is needed only for these
+    given = not_passed_to_vllm(resolve_model(model, ckpt).family, encoding) if encoding_given else []
+    if given or loading.trust_remote_code:
+        names = ", ".join("--" + k.replace("_", "-") for k in given + ["trust_remote_code"] * loading.trust_remote_code)
+        raise VlmkitError(f"{names}: not passed on to vLLM yet; serve with --backend transformers")
+
+
 def _connection_limit() -> int:
     """Connections served at once (503 beyond): half the open-files limit, so /health stays reachable."""
     import resource
@@ -267,17 +231,14 @@ def context_length(vlm: VLM) -> int:
     return int(getattr(text, "max_position_embeddings", None) or 32768)
 
 
-def _serve_vllm(
-    model, ckpt, adapters, encoding, served_model_name, host, port, api_key, allow_media_dir, dtype,
-    tensor_parallel_size, data_parallel_size, vllm_args,
-):  # fmt: skip
+def _serve_vllm(model, ckpt, adapters, encoding, name, host, port, api_key, media: MediaAccess, dtype,
+                backend: BackendOptions) -> None:  # fmt: skip
     import shlex
     import sys
     import tempfile
 
     from vlmkit.vllm_args import plan_vllm, run_vllm, serve_command_line
 
-    name = served_model_name or served_name(model, ckpt)
     plan = plan_vllm(
         model,
         ckpt,
@@ -285,9 +246,9 @@ def _serve_vllm(
         encoding,
         name,
         dtype=dtype,
-        tensor_parallel_size=tensor_parallel_size,
-        data_parallel_size=data_parallel_size,
-        vllm_args=vllm_args,
+        tensor_parallel_size=backend.tensor_parallel_size,
+        data_parallel_size=backend.data_parallel_size,
+        vllm_args=backend.vllm_args,
     )
     args = serve_command_line(
         plan,
@@ -296,7 +257,7 @@ def _serve_vllm(
         host=host,
         port=port,
         api_key=api_key,
-        allow_media_dir=allow_media_dir,
+        allow_media_dir=media.allow_media_dir,
     )
     print(
         "warning: with --backend vllm, vLLM fetches media URLs itself: --allow-private-urls, --max-media-bytes, "

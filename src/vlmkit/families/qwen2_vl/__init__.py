@@ -5,7 +5,7 @@ from pathlib import Path
 from vlmkit.families import Family
 from vlmkit.families.qwen2_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions
-from vlmkit.families.qwen2_vl.processor import processor_limits, vllm_processor_kwargs
+from vlmkit.families.qwen2_vl.processor import VLLM_ENCODING_OPTIONS, processor_limits, vllm_processor_kwargs
 from vlmkit.families.qwen2_vl.render import render_qwen2_vl
 from vlmkit.families.qwen2_vl.template import QwenVLTemplate
 from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
@@ -142,5 +142,6 @@ FAMILY = Family(
     chat_cache=True,
     chat_positions=mrope_chat_positions,
     vllm_processor_kwargs=vllm_processor_kwargs,
+    vllm_encoding_options=VLLM_ENCODING_OPTIONS,
     tiny_vocabulary=qwen2_vocabulary,
 )

@@ -35,6 +35,10 @@ def processor_limits(
     return config
 
 
+# `Family.vllm_encoding_options` of the Qwen families: what `vllm_processor_kwargs` passes on
+VLLM_ENCODING_OPTIONS = ("min_pixels", "max_pixels")
+
+
 def vllm_processor_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
     """`Family.vllm_processor_kwargs` of the Qwen families: the image pixel limits, for vLLM's processor."""
-    return {k: settings[k] for k in ("min_pixels", "max_pixels") if settings.get(k) is not None}
+    return {k: settings[k] for k in VLLM_ENCODING_OPTIONS if settings.get(k) is not None}

@@ -1,8 +1,7 @@
-"""Option types shared by the commands (each documented once, so `--help` reads the same everywhere).
-
-Option groups (`vlmkit.groups`: `EncodingSettings`, ...) become a command's options through `with_options`:
-the command declares one parameter per group (`encoding: EncodingSettings`) and receives the options it
-stands for as that one value.
+"""Option groups (`vlmkit.groups`: `EncodingSettings`, `LoadOptions`, ...) become a command's options through
+`with_options`: the command declares one parameter per group (`loading: LoadOptions`) and receives the
+options it stands for as that one value, checked. Each option is documented once, on its group's field, so
+`--help` reads the same in every command.
 """
 
 from __future__ import annotations
@@ -11,86 +10,11 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from vlmkit.groups import OptionInfo, field_default, group_options, is_group
-
-DType = Annotated[
-    str, typer.Option(help="Weights dtype: auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32.")
-]
-Device = Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N.")]
-AttnImpl = Annotated[
-    str, typer.Option(help="Attention kernel: sdpa, eager, or flash_attention_2 (needs flash-attn).")
-]
-DeviceMap = Annotated[
-    str | None,
-    typer.Option(
-        help="Spread the model over devices with accelerate's big-model loading (for models larger than one "
-        "GPU): auto or balanced (evenly over the GPUs), balanced_low_0, sequential (fill GPU 0 first); layers "
-        "that do not fit go to the CPU, then to disk. Or a JSON object (or .json file) {module name: GPU index, "
-        "\"cpu\" or \"disk\"}. Replaces --device.",
-    ),
-]
-MaxMemory = Annotated[
-    str | None,
-    typer.Option(
-        help="With --device-map auto/balanced/sequential: most memory per device, e.g. 0=20GiB,1=20GiB,cpu=60GiB "
-        "(or a JSON object); layers beyond go to the next device, and to disk last. Default: what is free.",
-    ),
-]
-OffloadFolder = Annotated[
-    Path | None,
-    typer.Option(
-        help="With --device-map: folder for layers offloaded to disk that must be re-saved (another dtype than "
-        "the checkpoint's, or not safetensors). Default: a temporary folder, removed at exit.",
-    ),
-]
-TrustRemoteCode = Annotated[
-    bool,
-    typer.Option(
-        help="Let transformers run Python code shipped with the checkpoint (auto_map in config.json) of a "
-        "supported family. Only for checkpoints you trust; untested (none can be loaded offline). Needed to "
-        "chat with Qwen-VL (first generation, e.g. Qwen/Qwen-VL-Chat; inference only)."
-    ),
-]
-Columns = Annotated[
-    str | None,
-    typer.Option(
-        help="Which dataset column is which field, for columns vlmkit does not recognise by name: e.g. "
-        "image=img,query=question,response=answer (fields: image, video, query, response, system, boxes, "
-        "labels). `vlmkit data check` shows the mapping it uses."
-    ),
-]
-Prompt = Annotated[
-    str | None,
-    typer.Option(
-        help="User turn for column datasets without a question column (seed 003: 'COCO Yes:'). Default by "
-        "schema: OCR 'Transcribe the text in the image.', caption 'Describe the image.', grounding "
-        "'Find <ref-object>'."
-    ),
-]
-Backend = Annotated[
-    str,
-    typer.Option(
-        help="transformers (here), or vllm: vLLM's engine with the same template, pixel limits and LoRA "
-        "adapter (GPU, vllm installed; what it cannot apply is refused)."
-    ),
-]
-TensorParallelSize = Annotated[
-    int, typer.Option(help="With --backend vllm: GPUs one model is split across (vLLM tensor parallelism).")
-]
-VllmArg = Annotated[
-    list[str] | None,
-    typer.Option(
-        help="With --backend vllm: KEY=VALUE for a vLLM engine option vlmkit does not translate (repeatable; "
-        "e.g. gpu-memory-utilization=0.8, max-model-len=8192, limit-mm-per-prompt='{\"image\": 4}'). "
-        "Options that would override the template, pixel limits, LoRA setup or dtype are refused."
-    ),
-]
-
 
 # -- option groups: one CLI option per field --------------------------------------------------------------
 
@@ -160,3 +84,12 @@ def with_options(
 def with_encoding_options(panel: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`with_options` for a command whose one group is `encoding: EncodingSettings`."""
     return with_options(panels={"encoding": panel} if panel else None)
+
+
+def field_option(cls: type, name: str) -> Any:
+    """The typer annotation of group `cls`'s field `name` alone (its help and spellings), for a command that
+    takes that one option and not the group."""
+    for f, info, hint in group_options(cls):
+        if f.name == name:
+            return _typer_option(f, info, hint, None)[0]
+    raise KeyError(f"{cls.__name__} has no option {name}")

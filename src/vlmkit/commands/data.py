@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
+from vlmkit.commands.options import with_options
+from vlmkit.data.options import DatasetOptions
 from vlmkit.errors import VlmkitError
-from vlmkit.options import Columns, Prompt, with_encoding_options
 from vlmkit.settings import EncodingSettings
 
 app = typer.Typer(
@@ -40,12 +41,6 @@ Datasets = Annotated[
         "SOURCE#N samples N rows. Repeat the flag or list several after one --dataset.",
     ),
 ]
-MediaRoot = Annotated[
-    Path | None,
-    typer.Option(
-        help="Extra folder to resolve relative media paths against (after the dataset file's folder)."
-    ),
-]
 
 
 def _datasets(ctx: typer.Context, dataset: list[str]) -> list[str]:
@@ -55,12 +50,12 @@ def _datasets(ctx: typer.Context, dataset: list[str]) -> list[str]:
     return [*dataset, *ctx.args]
 
 
-def _load(ctx: typer.Context, dataset: list[str], media_root: Path | None, columns: str | None, prompt: str | None):
+def _load(ctx: typer.Context, dataset: list[str], reading: DatasetOptions):
     """The dataset(s) of the command line; prints the column schema of each source that has one."""
     from vlmkit.data import load_datasets
-    from vlmkit.data.columns import parse_columns
 
-    data = load_datasets(_datasets(ctx, dataset), media_root=media_root, columns=parse_columns(columns), prompt=prompt)
+    data = load_datasets(_datasets(ctx, dataset), media_root=reading.media_root, columns=reading.column_map(),
+                         prompt=reading.prompt)  # fmt: skip
     for source, line in data.schemas.items():
         typer.echo(f"{source}: {line}")
     return data
@@ -74,14 +69,12 @@ def load_template(model: str, encoding: EncodingSettings) -> Any:
 
 
 @app.command("check", context_settings=MANY_DATASETS)
-@with_encoding_options()
+@with_options()
 def check(
     ctx: typer.Context,
     model: Model,
     dataset: Datasets,
-    media_root: MediaRoot = None,
-    columns: Columns = None,
-    prompt: Prompt = None,
+    reading: DatasetOptions = DatasetOptions(),
     max_length: Annotated[
         int, typer.Option(help="Most tokens per row, image tokens included (as training's --max-length).")
     ] = 2048,
@@ -120,7 +113,7 @@ def check(
     from vlmkit.data.check import check_dataset
     from vlmkit.plots import save_histogram
 
-    data = _load(ctx, dataset, media_root, columns, prompt)
+    data = _load(ctx, dataset, reading)
     template = load_template(model, encoding)
     report = check_dataset(
         data, template, max_length, truncation, progress=progress and sys.stderr.isatty(), decode_images=decode_images
@@ -176,22 +169,20 @@ def format_tokens(template: Any, encoded: dict[str, Any], colour: bool = False) 
 
 
 @app.command("preview", context_settings=MANY_DATASETS)
-@with_encoding_options()
+@with_options()
 def preview(
     ctx: typer.Context,
     model: Model,
     dataset: Datasets,
     n: Annotated[int, typer.Option("-n", "--rows", help="How many rows to show, from the start.")] = 3,
-    media_root: MediaRoot = None,
-    columns: Columns = None,
-    prompt: Prompt = None,
+    reading: DatasetOptions = DatasetOptions(),
     encoding: EncodingSettings = EncodingSettings(),
 ) -> None:
     """Print the first rows exactly as the model sees them: the decoded input ids with each image's
     run of pad tokens collapsed (count, grid and resized size), the supervised tokens in [[...]]
     (green on a terminal), then the token count and the supervised-token count. Exit status 1 when
     a shown row does not encode (its error is printed in its place)."""
-    data = _load(ctx, dataset, media_root, columns, prompt)
+    data = _load(ctx, dataset, reading)
     template = load_template(model, encoding)
     colour = sys.stdout.isatty()
     failed = 0
@@ -211,7 +202,7 @@ def preview(
 
 
 @app.command("encode", context_settings=MANY_DATASETS)
-@with_encoding_options()
+@with_options()
 def encode(
     ctx: typer.Context,
     model: Model,
@@ -221,9 +212,7 @@ def encode(
         typer.Option(help="Encode cache folder; `vlmkit sft` reads OUTPUT_DIR/encode_cache (its --cache-dir)."),
     ] = Path("output/encode_cache"),
     workers: Annotated[int, typer.Option(help="Encoding processes (one core each).")] = 1,
-    media_root: MediaRoot = None,
-    columns: Columns = None,
-    prompt: Prompt = None,
+    reading: DatasetOptions = DatasetOptions(),
     max_length: Annotated[
         int, typer.Option(help="As training's --max-length: rows over it are skipped or shrunk.")
     ] = 2048,
@@ -242,7 +231,7 @@ def encode(
 
     if workers < 1:
         raise VlmkitError(f"--workers {workers}: must be 1 or more")
-    data = _load(ctx, dataset, media_root, columns, prompt)
+    data = _load(ctx, dataset, reading)
     template = load_template(model, encoding)
     show = progress and sys.stderr.isatty()
     # encoding decodes every image anyway, and lists the ones that fail
