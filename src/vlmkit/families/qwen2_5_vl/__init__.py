@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from vlmkit.families import Family
+from vlmkit.families.family import Family
 from vlmkit.families.qwen2_5_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen2_vl import ENCODING_OPTIONS as QWEN2_VL_OPTIONS
 from vlmkit.families.qwen2_vl import PREPROCESSOR_CONFIG as QWEN2_VL_PREPROCESSOR

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from vlmkit.families import Family
+from vlmkit.families.family import Family
 from vlmkit.families.qwen2_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions
 from vlmkit.families.qwen2_vl.processor import processor_limits, vllm_processor_kwargs

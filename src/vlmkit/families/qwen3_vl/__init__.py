@@ -3,7 +3,7 @@
 import functools
 from pathlib import Path
 
-from vlmkit.families import Family
+from vlmkit.families.family import Family
 from vlmkit.families.qwen2_5_vl import SPECIAL_TOKENS as QWEN2_5_VL_TOKENS
 from vlmkit.families.qwen2_vl import ENCODING_OPTIONS as QWEN_OPTIONS
 from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions

@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from vlmkit.errors import VlmkitError
-from vlmkit.families import Family
+from vlmkit.families.family import Family
 from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 from vlmkit.families.qwen_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen_vl.checkpoint import (
