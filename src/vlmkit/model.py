@@ -22,41 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from vlmkit.errors import VlmkitError
 from vlmkit.families import Family
+from vlmkit.generation import GenerationOptions
 from vlmkit.sample import Sample, to_sample
 from vlmkit.settings import EncodingSettings, check_encoding, encoding_settings
 
 if TYPE_CHECKING:
     from vlmkit.chat import Chat
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    """Sampling settings; temperature 0 means greedy decoding."""
-
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-
-    def kwargs(self) -> dict[str, Any]:
-        if self.max_new_tokens < 1:
-            raise VlmkitError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
-            raise VlmkitError(
-                "generation options out of range: need temperature >= 0, 0 < top-p <= 1, top-k >= 0, "
-                "repetition-penalty > 0"
-            )
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "repetition_penalty": self.repetition_penalty,
-        }
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kwargs
 
 
 @dataclass
