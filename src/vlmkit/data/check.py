@@ -219,7 +219,7 @@ def _typed_token(sample: Sample, pattern) -> str | None:
     return None
 
 
-def _check_row(
+def check_row(
     index: int,
     row: Row,
     template: Any,
@@ -324,7 +324,7 @@ def check_dataset(
     pattern = control_token_pattern(template.tokenizer, live)
     rows = tqdm(dataset.rows, desc="checking rows", unit="row", file=sys.stderr, disable=not progress)
     for index, row in enumerate(rows):
-        result, length = _check_row(
+        result, length = check_row(
             index, row, template, max_length, truncation == "shrink", report, pattern, decode_images
         )
         (report.good if isinstance(result, GoodRow) else report.bad).append(result)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from vlmkit.errors import DataError, MediaTooLargeError, VlmkitError
 from vlmkit.media import MediaPolicy, fetch_media, read_image_size
 from vlmkit.model import GenerationOptions
-from vlmkit.sample import ROLES, Sample, _content_part
+from vlmkit.sample import ROLES, Sample, to_content_part
 
 _SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -205,7 +205,7 @@ def request_sample(messages: list[Message]) -> Sample:
             )
         content = "" if message.content is None else message.content
         raw = [content] if isinstance(content, str) else content
-        parts = [_content_part(part, f"request: message {i}", j) for j, part in enumerate(raw)]
+        parts = [to_content_part(part, f"request: message {i}", j) for j, part in enumerate(raw)]
         out.append({"role": message.role, "content": [p for p in parts if p["type"] != "text" or p["text"]]})
     if not any(m["role"] != "system" for m in out):
         raise DataError("request: the conversation has no user or assistant message")
