@@ -9,7 +9,7 @@ from vlmkit.families.qwen2_vl import ENCODING_OPTIONS as QWEN_OPTIONS
 from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions
 from vlmkit.families.qwen2_vl.processor import processor_limits, vllm_processor_kwargs
 from vlmkit.families.qwen2_vl.render import render_qwen3_vl
-from vlmkit.families.qwen2_vl.template import QwenVLTemplate
+from vlmkit.families.qwen2_vl.template import Qwen2VLTemplate
 from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 from vlmkit.families.qwen3_vl.boxes import BOX_FORMAT
 
@@ -98,8 +98,8 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
     }
 
 
-def load_template(model_dir, tokenizer, **settings) -> QwenVLTemplate:
-    return QwenVLTemplate.from_pretrained(
+def load_template(model_dir, tokenizer, **settings) -> Qwen2VLTemplate:
+    return Qwen2VLTemplate.from_pretrained(
         model_dir,
         tokenizer,
         render=render_qwen3_vl,

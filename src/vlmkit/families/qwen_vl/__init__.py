@@ -42,9 +42,9 @@ def register_classes() -> None:
 
 def load_native_template(model_dir, tokenizer, system: str | None = None):
     """The template of a `qwen_vl` folder (images are 448x448: no resolution options)."""
-    from vlmkit.families.qwen_vl.native_template import QwenVLTemplate
+    from vlmkit.families.qwen_vl.native_template import NativeQwenVLTemplate
 
-    return QwenVLTemplate.from_pretrained(model_dir, tokenizer, REPLY_BOX_FORMAT, system=system)
+    return NativeQwenVLTemplate.from_pretrained(model_dir, tokenizer, REPLY_BOX_FORMAT, system=system)
 
 
 def load_remote_template(model_dir, tokenizer, system: str | None = None):
