@@ -28,6 +28,7 @@ from vlmkit.settings import EncodingSettings, check_encoding, encoding_settings
 
 if TYPE_CHECKING:
     from vlmkit.chat import Chat
+    from vlmkit.families.interface import Template
 
 
 @dataclass
@@ -36,7 +37,7 @@ class VLM:
 
     model: Any
     tokenizer: Any
-    template: Any
+    template: Template
     family: Family
     path: Path
     device: str

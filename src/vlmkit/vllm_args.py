@@ -26,11 +26,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmkit.errors import VlmkitError
 from vlmkit.families import Family
 from vlmkit.settings import EncodingSettings, encoding_settings
+
+if TYPE_CHECKING:
+    from vlmkit.families.interface import Template
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
 DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -83,7 +86,7 @@ class VllmPlan:
     files_dir: Path
     family: Family
     tokenizer: Any
-    template: Any
+    template: Template
     settings: dict[str, Any]
     adapters: dict[str, Path]
     main_adapter: str | None

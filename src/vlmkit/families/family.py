@@ -20,6 +20,7 @@ from vlmkit.errors import VlmkitError
 
 if TYPE_CHECKING:
     from vlmkit.families.interface import Template
+    from vlmkit.grounding import BoxFormat
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class Family:
     module_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     supports: tuple[str, ...] = ("image",)
     aliases: tuple[str, ...] = field(default=())
-    box_format: Any = None
+    box_format: BoxFormat | None = None
     encoding_options: tuple[str, ...] = ("system",)
     vision: str = ""
     tokenizer_extra: dict[str, str] = field(default_factory=dict)
