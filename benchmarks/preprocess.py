@@ -69,7 +69,7 @@ def make_data(work: Path, rows: int, seed: int = 0) -> Path:
 
 
 def _old_template_class():
-    """QwenVLTemplate as of the last commit, or None outside a git checkout."""
+    """Qwen2VLTemplate as of the last commit, or None outside a git checkout."""
     try:
         source = subprocess.run(
             ["git", "show", "HEAD:src/vlmkit/families/qwen2_vl/template.py"],
@@ -82,7 +82,7 @@ def _old_template_class():
         return None
     namespace = {"__name__": "vlmkit_template_before"}
     exec(compile(source, "template_before.py", "exec"), namespace)
-    return namespace["QwenVLTemplate"]
+    return namespace["Qwen2VLTemplate"]
 
 
 TEMPLATE = None

@@ -167,7 +167,7 @@ async def run_adversarial(base: str, clients: int, requests: int, slow_url: str)
 def main(args) -> None:
     import sys
 
-    from serve_load import free_port, start_server
+    from serve_process import free_port, start_server
 
     slow = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _TrickledHeaders)
     slow.daemon_threads = True

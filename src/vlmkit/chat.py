@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vlmkit.model import VLM, GenerationOptions
+from vlmkit.generation import GenerationOptions
 from vlmkit.sample import Sample, to_sample
+
+if TYPE_CHECKING:
+    from vlmkit.model import VLM
 
 
 @dataclass

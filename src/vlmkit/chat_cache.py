@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import transformers
 from packaging.version import Version
+
+if TYPE_CHECKING:
+    from vlmkit.families.interface import SplitsMedia, Template
 
 # transformers 5.24 renamed the cache argument and output field `past_key_values` to `cache`; the old name
 # still works there but warns on every use
@@ -91,7 +94,7 @@ def _digest(entries: dict[str, Any]) -> bytes:
     return digest.digest()
 
 
-def media_of(template: Any, encoded: dict[str, Any]) -> Media:
+def media_of(template: SplitsMedia, encoded: dict[str, Any]) -> Media:
     images, videos = template.split_media(encoded)
     return Media(
         image_tokens=[count for count, _ in images],
@@ -100,7 +103,7 @@ def media_of(template: Any, encoded: dict[str, Any]) -> Media:
     )
 
 
-def resume_point(template: Any, encoded: dict[str, Any], media: Media, cache: TurnCache) -> Resume:
+def resume_point(template: Template, encoded: dict[str, Any], media: Media, cache: TurnCache) -> Resume:
     """How much of `cache` the prompt `encoded` (with `media`) can keep (the module docstring, steps 1-2)."""
     ids = encoded["input_ids"]
     cached = torch.tensor(cache.ids[: len(ids) - 1], dtype=ids.dtype)  # the last prompt token always runs

@@ -3,9 +3,12 @@ start, and each new image's original and resized size and token count before its
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmkit.model import VLM
+
+if TYPE_CHECKING:
+    from vlmkit.families.interface import Template
 
 
 def describe_model(vlm: VLM, system_option: str | None) -> list[str]:
@@ -28,7 +31,7 @@ def describe_model(vlm: VLM, system_option: str | None) -> list[str]:
     ]
 
 
-def describe_images(template: Any, encoded: dict[str, Any], first: int = 0) -> list[str]:
+def describe_images(template: Template, encoded: dict[str, Any], first: int = 0) -> list[str]:
     """One line per image of the encoded prompt from image `first` (0-based) on: its original and resized
     size and how many tokens it became."""
     token = template.image_token_id

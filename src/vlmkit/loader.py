@@ -30,6 +30,7 @@ from vlmkit.settings import EncodingSettings, read_settings
 
 if TYPE_CHECKING:
     from vlmkit.families import Family
+    from vlmkit.families.interface import Template
 
 COMPLETE_MARKER = "vlmkit_complete"  # written into a checkpoint folder once its save has finished
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -274,7 +275,7 @@ def load_tokenizer(files: ModelFiles, trust_remote_code: bool = False) -> Any:
 
 def load_template(
     files: ModelFiles | Path, tokenizer: Any, family: Family, encoding: EncodingSettings | None = None
-) -> Any:
+) -> Template:
     """`family`'s template of a folder (`ModelFiles.files_dir`, or an adapter folder) with `encoding`
     given > saved with the folder (vlmkit.json) > the checkpoint's defaults; refuses options `family` does
     not take (`vlmkit.settings.check_encoding`)."""
@@ -290,7 +291,7 @@ def load_template(
 
 def load_tokenizer_and_template(
     files: ModelFiles, encoding: EncodingSettings | None = None, trust_remote_code: bool = False
-) -> tuple[Any, Any]:
+) -> tuple[Any, Template]:
     """The tokenizer and family template of `files` (no weights: `vlmkit data` answers in seconds)."""
     tokenizer = load_tokenizer(files, trust_remote_code)
     return tokenizer, load_template(files, tokenizer, files.family, encoding)

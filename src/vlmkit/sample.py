@@ -170,7 +170,7 @@ def _url_of(value: Any) -> Any:
     return value.get("url") if isinstance(value, dict) else value
 
 
-def _content_part(part: Any, where: str, index: int) -> dict:
+def to_content_part(part: Any, where: str, index: int) -> dict:
     """One OpenAI-style or vlmkit content part -> a vlmkit part."""
     if isinstance(part, str):
         return {"type": "text", "text": part}
@@ -250,7 +250,7 @@ def to_sample(
         if isinstance(content, list):
             parts = []
             for j, part in enumerate(content):
-                new = _content_part(part, f"{where}: message {i}", j)
+                new = to_content_part(part, f"{where}: message {i}", j)
                 if new["type"] == "text" and media_tags:
                     parts.extend(_split_placeholders(new["text"], queues, counts, where))
                 elif new["type"] == "text":

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from vlmkit.errors import VlmkitError
-from vlmkit.families import Family
+from vlmkit.families.family import Family
 
 SMALL_VOCAB_SIZE = 600
 _SMALL_CORPUS = (
@@ -32,7 +32,9 @@ _SMALL_CORPUS = (
 )
 
 
-def _small_backend():
+def small_vocab_backend():
+    """A byte-level BPE of `SMALL_VOCAB_SIZE` tokens trained on a small English corpus (a
+    `tokenizers.Tokenizer`, before any special token): the `small_vocab` vocabulary."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     backend = Tokenizer(models.BPE())
@@ -51,7 +53,7 @@ def build_tokenizer(family: Family, small_vocab: bool = False):
     from transformers import PreTrainedTokenizerFast
 
     if small_vocab:
-        backend = _small_backend()
+        backend = small_vocab_backend()
     elif family.tiny_vocabulary is None:
         raise VlmkitError(f"{family.name} has no tiny-model vocabulary of its own; pass --small-vocab")
     else:

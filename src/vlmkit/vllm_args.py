@@ -34,6 +34,7 @@ from vlmkit.settings import EncodingSettings, encoding_settings
 
 if TYPE_CHECKING:
     from vlmkit.families import Family
+    from vlmkit.families.interface import Template
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
 DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -132,7 +133,7 @@ class VllmPlan:
     files_dir: Path
     family: Family
     tokenizer: Any
-    template: Any
+    template: Template
     settings: dict[str, Any]
     adapters: dict[str, Path]
     main_adapter: str | None

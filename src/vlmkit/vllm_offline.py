@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.loader import LoadOptions
@@ -32,6 +32,9 @@ from vlmkit.model import VLM, GenerationOptions
 from vlmkit.sample import Sample
 from vlmkit.settings import EncodingSettings
 from vlmkit.vllm_args import VLLM_MISSING, VllmPlan
+
+if TYPE_CHECKING:
+    from vlmkit.families.interface import Template
 
 
 def sampling_kwargs(options: GenerationOptions, stop_token_ids: list[int]) -> dict[str, Any]:
@@ -60,7 +63,7 @@ class VllmVLM:
     lora: Any = None
 
     @property
-    def template(self) -> Any:
+    def template(self) -> Template:
         return self.vlm.template
 
     @property

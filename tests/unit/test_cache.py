@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from vlmkit.data import load_dataset
 from vlmkit.data.cache import EncodeCache, encode_dataset
 from vlmkit.families import family_for_model_dir
-from vlmkit.families.qwen2_vl.template import QwenVLTemplate
+from vlmkit.families.qwen2_vl.template import Qwen2VLTemplate
 from vlmkit.media import load_image, load_image_resized
 from vlmkit.sample import to_sample
 
@@ -217,13 +217,13 @@ def test_sft_reads_the_cache_and_a_second_run_encodes_nothing(small_model, media
     from vlmkit.train import SFTConfig, sft
 
     calls = []
-    original = QwenVLTemplate.encode
+    original = Qwen2VLTemplate.encode
 
     def counting(self, sample, *args, **kwargs):
         calls.append(sample.where)
         return original(self, sample, *args, **kwargs)
 
-    monkeypatch.setattr(QwenVLTemplate, "encode", counting)
+    monkeypatch.setattr(Qwen2VLTemplate, "encode", counting)
     dataset = write_jsonl(tmp_path / "train.jsonl", rows(media))
     options = dict(
         model=str(small_model),

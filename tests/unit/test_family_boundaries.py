@@ -240,3 +240,73 @@ def test_every_template_pads_its_tokens_through_the_one_collate_core():
     calls = [path.name for path in FAMILIES_DIR.rglob("template.py") if "collate_tokens(" in path.read_text()]
     assert len(calls) >= 4, calls  # qwen2_vl, internvl, llava, qwen_vl (and native_template.py below)
     assert "collate_tokens(" in (FAMILIES_DIR / "qwen_vl" / "native_template.py").read_text()
+
+
+def _annotation_is_any(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.Name) and node.id == "Any" or isinstance(node, ast.Constant) and node.value == "Any"
+
+
+def _untyped_templates(path: Path, root: Path = SRC) -> list[str]:
+    """Where `path` types a template as `Any`: a parameter or field named `template`, or a function whose name
+    ends in `template` returning `Any`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            found += [f"{node.name}({a.arg})" for a in args if a.arg == "template" and _annotation_is_any(a.annotation)]
+            if node.name.endswith("template") and _annotation_is_any(node.returns):
+                found.append(f"{node.name}() -> Any")
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "template":
+            found += ["template: Any"] if _annotation_is_any(node.annotation) else []
+    return [f"{path.relative_to(root)}:{where}" for where in found]
+
+
+def test_code_types_templates_with_the_interface():
+    """A template passed around or returned is typed `Template` (`vlmkit.families.interface`, a
+    TYPE_CHECKING import) or the family's own class, never `Any`: the Protocol is what the code says."""
+    assert [hit for path in sorted(SRC.rglob("*.py")) for hit in _untyped_templates(path)] == []
+
+
+def test_the_template_type_scan_finds_what_it_looks_for(tmp_path):
+    path = tmp_path / "example.py"
+    path.write_text(
+        "class A:\n    template: Any\n"
+        "def f(template: Any, other: Any): ...\n"
+        "def load_template(x) -> Any: ...\n"
+        "def g(template: Template) -> Template: ...\n"
+    )
+    assert sorted(_untyped_templates(path, root=tmp_path)) == [
+        "example.py:f(template)",
+        "example.py:load_template() -> Any",
+        "example.py:template: Any",
+    ]
+
+
+def test_template_classes_have_distinct_names():
+    """Two families' template classes never share a name (Qwen2VLTemplate for Qwen2-VL..Qwen3-VL,
+    NativeQwenVLTemplate for the first-generation Qwen-VL), so a name says which one is meant."""
+    names = [
+        node.name
+        for path in sorted(FAMILIES_DIR.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Template")
+    ]
+    assert sorted(name for name in set(names) if names.count(name) > 1) == []
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in FAMILIES_DIR.glob("*/__init__.py")))
+def test_every_family_record_is_written_as_one_family_call(folder):
+    """Each `FAMILY` (and `*_FAMILY`) of a folder is a `Family(...)` call listing its fields, never derived from
+    another record (`dataclasses.replace(OTHER, ...)`): docs/adding-a-family.md, section 2."""
+    tree = ast.parse((FAMILIES_DIR / folder / "__init__.py").read_text())
+    records = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and (t.id == "FAMILY" or t.id.endswith("_FAMILY")) for t in node.targets)
+    ]
+    assert records, f"{folder}/__init__.py has no FAMILY"
+    for value in records:
+        assert isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "Family", (
+            f"{folder}/__init__.py: {ast.unparse(value)[:60]}"
+        )

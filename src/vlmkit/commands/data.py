@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,6 +16,9 @@ from vlmkit.commands.options import with_options
 from vlmkit.data.options import DatasetOptions
 from vlmkit.errors import VlmkitError
 from vlmkit.settings import EncodingSettings
+
+if TYPE_CHECKING:
+    from vlmkit.families.interface import Template
 
 app = typer.Typer(
     help="Check datasets, preview rows exactly as the model sees them, and encode them into the encode cache.",
@@ -61,7 +64,7 @@ def _load(ctx: typer.Context, dataset: list[str], reading: DatasetOptions):
     return data
 
 
-def load_template(model: str, encoding: EncodingSettings) -> Any:
+def load_template(model: str, encoding: EncodingSettings) -> Template:
     """The family template of `model` with its tokenizer; the weights are not loaded."""
     from vlmkit.loader import load_tokenizer_and_template, resolve_model
 
@@ -137,7 +140,7 @@ def check(
         raise typer.Exit(1)
 
 
-def format_tokens(template: Any, encoded: dict[str, Any], colour: bool = False) -> str:
+def format_tokens(template: Template, encoded: dict[str, Any], colour: bool = False) -> str:
     """The decoded text of `encoded["input_ids"]`: each run of image pad tokens collapsed to
     `<|image_pad|>×N [the template's `describe_image` line]`, supervised text in [[...]]."""
     tokenizer = template.tokenizer

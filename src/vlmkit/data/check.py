@@ -42,7 +42,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tqdm import tqdm
 
@@ -54,6 +54,9 @@ from vlmkit.errors import DataError, MediaError, PlaceholderError, VlmkitError
 from vlmkit.grounding import LITERAL_TOKENS
 from vlmkit.media import verify_image
 from vlmkit.sample import Sample, missing_media
+
+if TYPE_CHECKING:
+    from vlmkit.families.interface import Template
 
 TRUNCATIONS = ("delete", "shrink")
 # More characters than any token of the supported tokenizers spells (Qwen2's longest: 128 spaces).
@@ -219,10 +222,10 @@ def _typed_token(sample: Sample, pattern) -> str | None:
     return None
 
 
-def _check_row(
+def check_row(
     index: int,
     row: Row,
-    template: Any,
+    template: Template,
     max_length: int,
     shrink: bool,
     report: CheckReport,
@@ -294,7 +297,7 @@ def _check_row(
 
 def check_dataset(
     dataset: Dataset,
-    template: Any,
+    template: Template,
     max_length: int,
     truncation: str = "delete",
     progress: bool = True,
@@ -324,7 +327,7 @@ def check_dataset(
     pattern = control_token_pattern(template.tokenizer, live)
     rows = tqdm(dataset.rows, desc="checking rows", unit="row", file=sys.stderr, disable=not progress)
     for index, row in enumerate(rows):
-        result, length = _check_row(
+        result, length = check_row(
             index, row, template, max_length, truncation == "shrink", report, pattern, decode_images
         )
         (report.good if isinstance(result, GoodRow) else report.bad).append(result)

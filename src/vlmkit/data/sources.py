@@ -312,3 +312,13 @@ def concat_rows(parts: list[Sequence]) -> Sequence:
     if all(isinstance(p, list) for p in parts):
         return [row for p in parts for row in p]
     return ConcatRows(parts)
+
+
+def absolute_source(value: str | None) -> str | None:
+    """A local dataset path (or PATH#N) made absolute; anything else (a hub id) as given."""
+    if not value:
+        return value
+    path, hash_, count = value.rpartition("#") if "#" in value else (value, "", "")
+    if Path(path).expanduser().exists():
+        return str(Path(path).expanduser().resolve()) + hash_ + count
+    return value

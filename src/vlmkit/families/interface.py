@@ -8,17 +8,22 @@ template is the family's own business. Optional capabilities are not discovered 
 `box_format = None`) or as fields of the `Family` record (`vlmkit.families.Family`: `packing`,
 `chat_cache`, `chat_positions`, ...).
 
-`tests/unit/test_family_interface.py` checks every registered family's template against this Protocol.
+Shared code names this Protocol in its type hints (`template: Template`), imported under `TYPE_CHECKING`:
+at run time nothing imports this module but the tests. `tests/unit/test_family_boundaries.py` checks every
+registered family's template against it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
 from vlmkit.sample import Sample
 from vlmkit.video import FrameSampling
+
+if TYPE_CHECKING:
+    from vlmkit.grounding import BoxFormat
 
 
 @runtime_checkable
@@ -51,7 +56,7 @@ class Template(Protocol):
     stop_token_ids: list[int]
     image_token_id: int | None
     video_token_id: int | None
-    box_format: Any
+    box_format: BoxFormat | None
     limit_option: str | None
     min_limit: int | None
     max_limit: int | None

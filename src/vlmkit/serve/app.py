@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -33,6 +33,9 @@ from vlmkit import __version__
 from vlmkit.serve.engine import ENGINE_STOPPED, Engine, Job
 from vlmkit.serve.request import APIError, ChatRequest, ServerConfig, has_media, parse, prepare
 
+if TYPE_CHECKING:
+    from vlmkit.families.interface import Template
+
 __all__ = ["APIError", "ServedModel", "ServerConfig", "create_app"]
 
 log = logging.getLogger("vlmkit.serve")
@@ -43,7 +46,7 @@ class ServedModel:
     """One name in /v1/models: the template it encodes with (its own saved settings) and its path."""
 
     name: str
-    template: Any
+    template: Template
     root: str
     parent: str | None = None
 

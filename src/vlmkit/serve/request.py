@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vlmkit.errors import DataError, MediaTooLargeError, VlmkitError
 from vlmkit.media import MediaPolicy, fetch_media, read_image_size
 from vlmkit.model import GenerationOptions
-from vlmkit.sample import ROLES, Sample, _content_part
+from vlmkit.sample import ROLES, Sample, to_content_part
+
+if TYPE_CHECKING:
+    from vlmkit.families.interface import Template
 
 _SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -138,7 +141,7 @@ def has_media(chat: ChatRequest) -> bool:
 
 
 def prepare(
-    chat: ChatRequest, template: Any, config: ServerConfig
+    chat: ChatRequest, template: Template, config: ServerConfig
 ) -> tuple[dict[str, Any], GenerationOptions, tuple[str, ...]]:
     """Check the sampling options and budgets, read the media under the server's policy and encode the
     prompt with `template`. Runs in a worker thread (media fetching blocks)."""
@@ -205,14 +208,14 @@ def request_sample(messages: list[Message]) -> Sample:
             )
         content = "" if message.content is None else message.content
         raw = [content] if isinstance(content, str) else content
-        parts = [_content_part(part, f"request: message {i}", j) for j, part in enumerate(raw)]
+        parts = [to_content_part(part, f"request: message {i}", j) for j, part in enumerate(raw)]
         out.append({"role": message.role, "content": [p for p in parts if p["type"] != "text" or p["text"]]})
     if not any(m["role"] != "system" for m in out):
         raise DataError("request: the conversation has no user or assistant message")
     return Sample(messages=out, where="request")
 
 
-def fetch_sample_media(sample: Sample, template: Any, config: ServerConfig) -> Sample:
+def fetch_sample_media(sample: Sample, template: Template, config: ServerConfig) -> Sample:
     """The sample with every image and video fetched under the server's policy (bytes, or a checked local
     path) and checked against the pixel and frame limits from its header, before anything is decoded:
     the template then never reads a client-given path or URL itself."""
@@ -246,7 +249,7 @@ def _check_pixels(height: int, width: int, where: str, what: str, policy: MediaP
         )
 
 
-def _check_video(data: Any, where: str, template: Any, config: ServerConfig) -> None:
+def _check_video(data: Any, where: str, template: Template, config: ServerConfig) -> None:
     """Frame size and sampled frame count from the container header, as the template samples it (a
     template without video refuses the request when it encodes it)."""
     from vlmkit.video import probe_video

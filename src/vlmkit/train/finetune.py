@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,6 +38,9 @@ from vlmkit.train.run import (
     write_val_rows,
 )
 from vlmkit.train.trackers import check_tracker, start_tracker
+
+if TYPE_CHECKING:
+    from vlmkit.families.interface import Template
 
 
 def _check_environment(config: SFTConfig) -> None:
@@ -143,7 +146,7 @@ class _Base:
 
     files: Any  # loader.ModelFiles
     tokenizer: Any
-    template: Any
+    template: Template
     torch_dtype: Any
     placed: dict[str, Any]  # from_pretrained's placement arguments (--device-map), {} without
     packing_requested: bool | None  # --packing as given (config.packing is then resolved)

@@ -137,14 +137,14 @@ def data_fingerprint(dataset) -> dict[str, str]:
     each row's place and content, in order. Edited, added, removed or reordered rows change it; copying or
     touching the file does not. Costs one pass over the rows' data (their images are hashed as stored in a
     table, not opened when they are files): the run checks every row up front anyway."""
-    from vlmkit.train.run import _absolute
+    from vlmkit.data.sources import absolute_source
 
     hashes: dict[str, Any] = {}
     counts: dict[str, int] = {}
     keys: dict[str, str] = {}  # source as the rows name it -> absolute (one lookup on disk per source)
     for row in dataset.rows:
         source, _, place = row.where.rpartition(":")
-        key = keys.get(source) or keys.setdefault(source, _absolute(source) or source)
+        key = keys.get(source) or keys.setdefault(source, absolute_source(source) or source)
         text = json.dumps(row.data, sort_keys=True, ensure_ascii=False, default=_digest_value)
         hashes.setdefault(key, hashlib.sha256()).update(f"{place}\t{text}\n".encode())
         counts[key] = counts.get(key, 0) + 1

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vlmkit.data.sources import absolute_source
 from vlmkit.errors import VlmkitError
 from vlmkit.loader import CHECKPOINT_RE, COMPLETE_MARKER, checkpoints, is_complete  # noqa: F401  (re-exported)
 from vlmkit.sample import is_local_path
@@ -133,25 +134,15 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
-def _absolute(value: str | None) -> str | None:
-    """A local path (or PATH#N) made absolute; anything else (a hub id) as given."""
-    if not value:
-        return value
-    path, hash_, count = value.rpartition("#") if "#" in value else (value, "", "")
-    if Path(path).expanduser().exists():
-        return str(Path(path).expanduser().resolve()) + hash_ + count
-    return value
-
-
 def saved_args(options: dict[str, Any]) -> dict[str, Any]:
     """The run's options as args.json keeps them: local paths absolute, so the run's files can be found
     from any folder later (`vlmkit infer --ckpt ... --val`, `--resume`)."""
     saved = dict(options)
     for name in ("model", "media_root", "output_dir", "cache_dir", "resume"):
         if name != "resume" or saved.get(name) != "latest":
-            saved[name] = _absolute(saved.get(name))
+            saved[name] = absolute_source(saved.get(name))
     for name in ("dataset", "val_dataset"):
-        saved[name] = [_absolute(spec) for spec in saved.get(name) or []]
+        saved[name] = [absolute_source(spec) for spec in saved.get(name) or []]
     return saved
 
 

@@ -88,7 +88,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
 
     def _groups(self, window: list, seed: int) -> list[list[tuple]]:
         """The window's usable rows as packs (or one by one): lists of (row, its resolution limit or None)."""
-        from vlmkit.data.check import CheckReport, GoodRow, _check_row
+        from vlmkit.data.check import CheckReport, GoodRow, check_row
         from vlmkit.train.packing import pack_lengths
 
         report = CheckReport({}, self.max_length, "delete")
@@ -98,7 +98,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
             if isinstance(row.data, Exception):
                 self._skip(row, "invalid JSON", str(row.data).removeprefix(f"{row.where}: "))
                 continue
-            result, _ = _check_row(index, row, self.template, self.max_length, self.shrink, report,
+            result, _ = check_row(index, row, self.template, self.max_length, self.shrink, report,
                                    decode_images=False)  # fmt: skip
             if not isinstance(result, GoodRow):
                 self._skip(row, result.kind, result.reason)

@@ -6,7 +6,7 @@ FAMILY)`, the one registry line) to show that a non-Qwen family needs only its f
 
 from pathlib import Path
 
-from vlmkit.families import Family
+from vlmkit.families.family import Family
 
 from .template import VipLlavaTemplate
 

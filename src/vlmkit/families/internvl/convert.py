@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
-from vlmkit.families import read_model_config
+from vlmkit.families.family import read_model_config
 from vlmkit.families.internvl.remote_names import (
     CONVERSATIONS,
     chat_template,
@@ -232,7 +232,7 @@ def convert_checkpoint(source: str | Path, output: str | Path, force: bool = Fal
 def _write_files(source: Path, output: Path, config: dict[str, Any], native: dict[str, Any], tokenizer) -> None:
     from transformers import PreTrainedTokenizerFast
 
-    from vlmkit.families.internvl import PREPROCESSOR_CONFIG
+    from vlmkit.families.internvl.checkpoint import PREPROCESSOR_CONFIG
     from vlmkit.settings import write_settings
 
     conversation = CONVERSATIONS[config["template"]]

@@ -261,10 +261,10 @@ def build_tokenizer(llm: str):
     from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
 
-    from vlmkit.tiny import _small_backend
+    from vlmkit.tiny import small_vocab_backend
 
     spec = LLMS[llm]
-    backend = _small_backend()
+    backend = small_vocab_backend()
     backend.add_tokens([AddedToken(t, special=True, normalized=False) for t in spec["specials"] + INTERNVL_TOKENS])
     if spec["bos"]:
         bos = spec["bos"]

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from vlmkit.families import Family
+from vlmkit.families.family import Family
 from vlmkit.families.llava.template import ClipCrop, LlavaTemplate, render_llava_1_5
 from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 

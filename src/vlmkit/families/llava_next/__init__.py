@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from vlmkit.families import Family
+from vlmkit.families.family import Family
 from vlmkit.families.llava import CLIP_MEAN, CLIP_STD, PATCH_SIZE, SPECIAL_TOKENS, tiny_vision_config
 from vlmkit.families.llava.template import LlavaTemplate
 from vlmkit.families.llava_next.template import AnyRes, render_llava_next_mistral

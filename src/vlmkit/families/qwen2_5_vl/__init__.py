@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from vlmkit.families import Family
+from vlmkit.families.family import Family
 from vlmkit.families.qwen2_5_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen2_vl import ENCODING_OPTIONS as QWEN2_VL_OPTIONS
 from vlmkit.families.qwen2_vl import PREPROCESSOR_CONFIG as QWEN2_VL_PREPROCESSOR
@@ -11,7 +11,7 @@ from vlmkit.families.qwen2_vl import VIDEO_DEFAULTS as QWEN2_VL_VIDEO
 from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions
 from vlmkit.families.qwen2_vl.processor import VLLM_ENCODING_OPTIONS, processor_limits, vllm_processor_kwargs
 from vlmkit.families.qwen2_vl.render import render_qwen2_vl
-from vlmkit.families.qwen2_vl.template import QwenVLTemplate
+from vlmkit.families.qwen2_vl.template import Qwen2VLTemplate
 from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 
 SPECIAL_TOKENS = QWEN2_VL_TOKENS + (
@@ -72,8 +72,8 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
     }
 
 
-def load_template(model_dir, tokenizer, **settings) -> QwenVLTemplate:
-    return QwenVLTemplate.from_pretrained(
+def load_template(model_dir, tokenizer, **settings) -> Qwen2VLTemplate:
+    return Qwen2VLTemplate.from_pretrained(
         model_dir,
         tokenizer,
         render=render_qwen2_vl,

@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from vlmkit.families import Family
+from vlmkit.families.family import Family
 from vlmkit.families.qwen2_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions
 from vlmkit.families.qwen2_vl.processor import VLLM_ENCODING_OPTIONS, processor_limits, vllm_processor_kwargs
 from vlmkit.families.qwen2_vl.render import render_qwen2_vl
-from vlmkit.families.qwen2_vl.template import QwenVLTemplate
+from vlmkit.families.qwen2_vl.template import Qwen2VLTemplate
 from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 
 # The real tokenizer's added tokens, in id order from 151643.
@@ -105,8 +105,8 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
     }
 
 
-def load_template(model_dir, tokenizer, **settings) -> QwenVLTemplate:
-    return QwenVLTemplate.from_pretrained(
+def load_template(model_dir, tokenizer, **settings) -> Qwen2VLTemplate:
+    return Qwen2VLTemplate.from_pretrained(
         model_dir,
         tokenizer,
         render=render_qwen2_vl,

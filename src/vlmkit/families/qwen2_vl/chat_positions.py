@@ -8,9 +8,12 @@ reply (`vlmkit.chat_cache.prefill`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from vlmkit.families.interface import Template
 
 # The `collate` outputs `get_rope_index` takes besides input_ids.
 _ROPE_INPUTS = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask")
@@ -36,7 +39,7 @@ class MropePositions:
         self.rope_model.rope_deltas = self.rope_deltas.to(device)
 
 
-def mrope_chat_positions(model: Any, template: Any, encoded: dict[str, Any]) -> MropePositions:
+def mrope_chat_positions(model: Any, template: Template, encoded: dict[str, Any]) -> MropePositions:
     """`Family.chat_positions` of the Qwen-VL families: `model` (a transformers Qwen-VL model, or peft's
     wrapper of one), `encoded` a whole chat prompt from `template.encode`."""
     from peft import PeftModel  # imported on use: loading the family registry stays light

@@ -38,8 +38,10 @@ from vlmkit.sample import Sample
 from vlmkit.video import FrameSampling
 
 
-class QwenVLTemplate:
-    """Encodes `Sample`s for a Qwen-VL family checkpoint; see the module docstring for shapes."""
+class Qwen2VLTemplate:
+    """Encodes `Sample`s for a Qwen2-VL, Qwen2.5-VL or Qwen3-VL checkpoint (the three families differ in the
+    `render`, `box_format` and `video_defaults` they pass); see the module docstring for shapes. Not the
+    first-generation Qwen-VL's (`vlmkit.families.qwen_vl`)."""
 
     limit_option = "--max-pixels"  # the option `min_limit` / `max_limit` (pixels of area) come from
     compact_images = True  # `encode(..., patchify=False)` + `patchify_images` (the encode cache's form)
@@ -140,7 +142,7 @@ class QwenVLTemplate:
         min_frames: int | None = None,
         video_max_pixels: int | None = None,
         video_defaults: dict[str, Any] | None = None,
-    ) -> QwenVLTemplate:
+    ) -> Qwen2VLTemplate:
         """Numbers from the checkpoint's preprocessor_config.json; pixel limits and system prompt from the
         arguments (given options over the saved vlmkit.json: `Family.load_template`), else the
         preprocessor config."""

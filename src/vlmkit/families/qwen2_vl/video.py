@@ -1,4 +1,4 @@
-"""Qwen-VL video encoding (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), used by `QwenVLTemplate`.
+"""Qwen-VL video encoding (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), used by `Qwen2VLTemplate`.
 
 Frames come from `vlmkit.video` (sampled by qwen-vl-utils' `smart_nframes`). Every frame of
 a video is resized to one size by `smart_resize`, under a per-frame pixel limit that shrinks
@@ -38,7 +38,7 @@ from vlmkit.errors import DataError
 from vlmkit.families.qwen2_vl.resize import smart_resize
 from vlmkit.video import VideoProbe, load_video, probe_video
 
-# The template settings that travel in vlmkit.json (see `QwenVLTemplate.settings`).
+# The template settings that travel in vlmkit.json (see `Qwen2VLTemplate.settings`).
 VIDEO_SETTINGS = ("fps", "nframes", "max_frames", "min_frames", "video_max_pixels")
 
 
@@ -51,7 +51,7 @@ def video_settings(
     min_frames: int | None,
     video_max_pixels: int | None,
 ) -> dict[str, Any]:
-    """Video keyword arguments for `QwenVLTemplate`, from (later wins) the family's defaults, the
+    """Video keyword arguments for `Qwen2VLTemplate`, from (later wins) the family's defaults, the
     checkpoint's video_preprocessor_config.json (fps, min/max frames) and the arguments (given options over
     the saved vlmkit.json). `fps` and `nframes` replace each other: giving either drops the other's default."""
     settings = dict(defaults or {})

@@ -3,13 +3,14 @@
 import functools
 from pathlib import Path
 
-from vlmkit.families import Family
+from vlmkit.families.family import Family
 from vlmkit.families.qwen2_5_vl import SPECIAL_TOKENS as QWEN2_5_VL_TOKENS
 from vlmkit.families.qwen2_vl import ENCODING_OPTIONS as QWEN_OPTIONS
 from vlmkit.families.qwen2_vl.chat_positions import mrope_chat_positions
-from vlmkit.families.qwen2_vl.processor import VLLM_ENCODING_OPTIONS, processor_limits, vllm_processor_kwargs
+from vlmkit.families.qwen2_vl.processor import VLLM_ENCODING_OPTIONS, vllm_processor_kwargs
+from vlmkit.families.qwen2_vl.processor import processor_limits as qwen_processor_limits
 from vlmkit.families.qwen2_vl.render import render_qwen3_vl
-from vlmkit.families.qwen2_vl.template import QwenVLTemplate
+from vlmkit.families.qwen2_vl.template import Qwen2VLTemplate
 from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 from vlmkit.families.qwen3_vl.boxes import BOX_FORMAT
 
@@ -49,6 +50,10 @@ VIDEO_DEFAULTS = {
     "video_total_pixels": 25165824,
     "video_timestamps": True,
 }
+
+# Qwen3-VL's video processor limits the pixels of all frames together (video_total_pixels), not of each
+# frame, so exports write no per-frame pixel limit into video_preprocessor_config.json.
+processor_limits = functools.partial(qwen_processor_limits, video_pixels_per_frame=False)
 
 
 def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
@@ -98,8 +103,8 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
     }
 
 
-def load_template(model_dir, tokenizer, **settings) -> QwenVLTemplate:
-    return QwenVLTemplate.from_pretrained(
+def load_template(model_dir, tokenizer, **settings) -> Qwen2VLTemplate:
+    return Qwen2VLTemplate.from_pretrained(
         model_dir,
         tokenizer,
         render=render_qwen3_vl,
@@ -120,7 +125,7 @@ FAMILY = Family(
     pad_token="<|endoftext|>",
     preprocessor_config=PREPROCESSOR_CONFIG,
     make_template=load_template,
-    processor_limits=functools.partial(processor_limits, video_pixels_per_frame=False),
+    processor_limits=processor_limits,
     tiny_config=tiny_config,
     module_groups={
         "vit": ("model.visual.",),

@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from vlmkit.errors import VlmkitError
-from vlmkit.families import Family
+from vlmkit.families.family import Family
 from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 from vlmkit.families.qwen_vl.boxes import BOX_FORMAT
 from vlmkit.families.qwen_vl.checkpoint import (
@@ -42,9 +42,9 @@ def register_classes() -> None:
 
 def load_native_template(model_dir, tokenizer, system: str | None = None):
     """The template of a `qwen_vl` folder (images are 448x448: no resolution options)."""
-    from vlmkit.families.qwen_vl.native_template import QwenVLTemplate
+    from vlmkit.families.qwen_vl.native_template import NativeQwenVLTemplate
 
-    return QwenVLTemplate.from_pretrained(model_dir, tokenizer, REPLY_BOX_FORMAT, system=system)
+    return NativeQwenVLTemplate.from_pretrained(model_dir, tokenizer, REPLY_BOX_FORMAT, system=system)
 
 
 def load_remote_template(model_dir, tokenizer, system: str | None = None):

@@ -81,10 +81,12 @@ def image_pixels(image: Image.Image, size: int, mean: list[float], std: list[flo
     return torch.from_numpy((pixels - mean_) / std_)
 
 
-class QwenVLTemplate:
-    """Encodes `Sample`s for a `qwen_vl` folder; the interface of the other family templates (see
-    `vlmkit.families.llava.template.LlavaTemplate`): `encode` -> input_ids, labels (T,), and with images
-    pixel_values (n, 3, 448, 448), original_sizes (n, 2) as (h, w), image_sizes and image_notes."""
+class NativeQwenVLTemplate:
+    """Encodes `Sample`s for a `qwen_vl` folder (vlmkit's own Qwen-VL implementation, family `qwen-vl`; an
+    original remote-code checkpoint's prompts are `template.QwenVLChatTemplate`'s); the interface of the
+    other family templates (see `vlmkit.families.llava.template.LlavaTemplate`): `encode` -> input_ids,
+    labels (T,), and with images pixel_values (n, 3, 448, 448), original_sizes (n, 2) as (h, w),
+    image_sizes and image_notes."""
 
     min_limit = None  # every image is resized to 448x448 (the checkpoint's image_size)
     max_limit = None

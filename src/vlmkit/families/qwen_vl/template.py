@@ -24,7 +24,7 @@ import hashlib
 import io
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,9 @@ from vlmkit.errors import DataError, MediaError
 from vlmkit.grounding import needs_boxes, write_for_family
 from vlmkit.media import load_image, read_image_size
 from vlmkit.sample import Sample, refuse_requested_sizes
+
+if TYPE_CHECKING:
+    from vlmkit.families.qwen_vl.native_template import NativeQwenVLTemplate
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
@@ -47,7 +50,7 @@ def original_image_sizes(sample: Sample) -> list[tuple[tuple[int, int], ...]]:
     return sizes
 
 
-def qwen_vl_messages(template: Any, sample: Sample) -> list[dict]:
+def qwen_vl_messages(template: NativeQwenVLTemplate | QwenVLChatTemplate, sample: Sample) -> list[dict]:
     """`sample`'s messages as both Qwen-VL templates render them: boxes written in Qwen-VL's markup at the
     template's image sizes, and a system message first when there is none (the template's, else
     `DEFAULT_SYSTEM`, as Qwen-VL-Chat's `make_context`)."""
