@@ -40,7 +40,7 @@ def main() -> None:
 
     from vlmkit.data import load_dataset
     from vlmkit.families import family_for_model_dir
-    from vlmkit.media import set_image_cache_mb
+    from vlmkit.media.images import set_image_cache_mb
 
     set_image_cache_mb(args.image_cache_mb)  # before the workers fork: they inherit it
 

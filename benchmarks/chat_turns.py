@@ -1,4 +1,4 @@
-"""A multi-turn chat with and without reusing the KV cache of earlier turns (`vlmkit.chat_cache`).
+"""A multi-turn chat with and without reusing the KV cache of earlier turns (`vlmkit.backends.chat_cache`).
 
     python benchmarks/chat_turns.py --turns 8 --image-size 448 --repeats 3
 
@@ -82,7 +82,7 @@ def main() -> None:
         model = args.model
         if model is None:
             from vlmkit.families import family_by_name
-            from vlmkit.tiny import build_tiny_model
+            from vlmkit.families.tiny import build_tiny_model
 
             model = build_tiny_model(family_by_name("qwen2-vl"), Path(tmp) / "tiny", small_vocab=True)
             if args.width:

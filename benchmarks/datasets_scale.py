@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from vlmkit.families import family_by_name
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.workdir / "model"

@@ -268,7 +268,7 @@ def train_case(
 
 def infer_case(model, family, tokenizer, template, args, device) -> dict:
     """Single-image latency to a 128-token reply, and batch throughput, through `VLM.generate_encoded`."""
-    from vlmkit.model import VLM, GenerationOptions
+    from vlmkit.backends.transformers_backend import VLM, GenerationOptions
     from vlmkit.sample import to_sample
 
     model.eval()
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoTokenizer
 
     from vlmkit.families import family_by_name
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
 
     transformers.utils.logging.disable_progress_bar()
     if args.toy:

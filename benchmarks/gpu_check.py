@@ -170,7 +170,7 @@ def build_model(work: Path, dry_run: bool, device: str = "cuda") -> Path:
     """The check's model folder: the tiny test model (dry run), else the 0.5B-shaped one in bf16 (built on
     `device` by benchmarks/gpu.py's builder, the family's tiny config grown to CHECK_SHAPE)."""
     from vlmkit.families import family_by_name
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
 
     family = family_by_name("qwen2-vl")
     folder = build_tiny_model(family, work / "model", small_vocab=dry_run)

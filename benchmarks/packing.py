@@ -103,7 +103,7 @@ def main() -> None:
         model = args.model
         if model is None:
             from vlmkit.families import family_by_name
-            from vlmkit.tiny import build_tiny_model
+            from vlmkit.families.tiny import build_tiny_model
 
             model = str(build_tiny_model(family_by_name("qwen2-vl"), tmp / "model", small_vocab=True))
         data = make_dataset(tmp / "data", args.rows, args.seed)

@@ -169,7 +169,7 @@ def main() -> None:
         return
 
     from vlmkit.families import family_by_name
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
 
     args.work.mkdir(parents=True, exist_ok=True)
     model = args.work / "tiny-qwen2-vl"

@@ -108,7 +108,7 @@ def main() -> None:
         model = args.model
         if model is None:
             from vlmkit.families import family_by_name
-            from vlmkit.tiny import build_tiny_model
+            from vlmkit.families.tiny import build_tiny_model
 
             model = build_tiny_model(family_by_name("qwen2-vl"), Path(tmp) / "tiny", small_vocab=True)
         port = free_port()

@@ -1,4 +1,4 @@
-"""Peak memory of sampling frames from a long video with `vlmkit.video.load_video`.
+"""Peak memory of sampling frames from a long video with `vlmkit.media.video.load_video`.
 
 Makes (once, cached) a 1920x1080 H.264 video of the given length at a low bitrate, then in a
 fresh Python process imports vlmkit, resets the kernel's peak-RSS mark (/proc/self/clear_refs),
@@ -53,7 +53,7 @@ def make_video(path: Path, minutes: float, fps: int, gop: int) -> None:
 
 MEASURE = """
 import json, resource, sys, time
-import av, PIL.Image, vlmkit.video as video  # imported first: the baseline holds them
+import av, PIL.Image, vlmkit.media.video as video  # imported first: the baseline holds them
 
 
 def status(key):  # kB, from the kernel's view of this process

@@ -50,7 +50,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Pa
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Family name -> folder of a tiny model with the real Qwen2 vocabulary (built lazily)."""
     from vlmkit.families import family_by_name
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
 
     class Lazy(dict):
         def __missing__(self, name: str) -> Path:
@@ -68,7 +68,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 def small_model(tmp_path_factory) -> Path:
     """A Qwen2-VL tiny model with the 600-token BPE: the fastest model to load."""
     from vlmkit.families import family_by_name
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
 
     return built_once(
         tmp_path_factory, "small", lambda folder: build_tiny_model(family_by_name("qwen2-vl"), folder, small_vocab=True)

@@ -36,8 +36,8 @@ def build_scripted_model(family: str, output_dir: str | Path, reply: str, small_
     """Write a tiny `family` model (a name as in `vlmkit families`) that answers `reply` to anything."""
     import vlmkit
     from vlmkit.families import family_by_name
+    from vlmkit.families.tiny import build_tiny_model
     from vlmkit.sample import to_sample
-    from vlmkit.tiny import build_tiny_model
 
     path = build_tiny_model(family_by_name(family), output_dir, small_vocab=small_vocab)
     vlm = vlmkit.load(str(path))

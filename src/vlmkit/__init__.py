@@ -13,9 +13,9 @@ def load(model: str | None = None, **kwargs):
     """Load a model folder or hub id (or `ckpt=RUN/checkpoint-N`) for chat and batch inference.
 
     `vlmkit.load(path, encoding=vlmkit.EncodingSettings(max_pixels=...))` or, the same,
-    `vlmkit.load(path, max_pixels=...)`. See `vlmkit.model.load` for the options; imported lazily so that `import vlmkit`
+    `vlmkit.load(path, max_pixels=...)`. See `vlmkit.backends.transformers_backend.load` for the options; imported lazily so that `import vlmkit`
     stays fast and torch is only imported when a model is needed.
     """
-    from vlmkit.model import load as _load
+    from vlmkit.backends.transformers_backend import load as _load
 
     return _load(model, **kwargs)

@@ -48,7 +48,7 @@ def global_options(
 ) -> None:
     """Options for every command, given before it (`vlmkit --image-cache-mb 0 sft ...`)."""
     if image_cache_mb != 64:
-        from vlmkit.media import set_image_cache_mb
+        from vlmkit.media.images import set_image_cache_mb
 
         set_image_cache_mb(image_cache_mb)
 
@@ -70,7 +70,7 @@ app.command("serve")(serve_command)
 def main() -> None:
     """Entry point: user mistakes print one `error:` line and exit 2; bugs keep their traceback; Ctrl-C
     exits 130 at once (`leave_at_once`)."""
-    from vlmkit.peer_env import command_encodes, ignored_variable_warnings
+    from vlmkit.commands.peer_env import command_encodes, ignored_variable_warnings
 
     if command_encodes(sys.argv[1:]):
         for line in ignored_variable_warnings():

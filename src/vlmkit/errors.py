@@ -21,7 +21,7 @@ class PlaceholderError(DataError):
 class MediaError(VlmkitError):
     """An image or video that cannot be read: missing, corrupt, unreachable or too large.
 
-    media: "image", or "video" for an error raised while reading a video (`vlmkit.video`), frames included.
+    media: "image", or "video" for an error raised while reading a video (`vlmkit.media.video`), frames included.
     """
 
     media = "image"

@@ -12,7 +12,7 @@ import pytest
 from scripted import MULTILINE_CJK_REPLY
 
 import vlmkit
-from vlmkit.peer_env import PEER_VARIABLES
+from vlmkit.commands.peer_env import PEER_VARIABLES
 
 SEPARATOR = "-" * 50
 

@@ -15,7 +15,7 @@ from vlmkit.data import load_dataset
 from vlmkit.data.check import check_dataset
 from vlmkit.errors import DataError, MediaError, VlmkitError
 from vlmkit.families import family_for_model_dir
-from vlmkit.media import load_image, read_image_size
+from vlmkit.media.images import load_image, read_image_size
 from vlmkit.sample import to_sample
 
 
@@ -288,10 +288,10 @@ def test_check_histogram_names_the_resolution_limit_in_the_model_s_unit(
     small_model, tiny_models, tmp_path, monkeypatch, family, option
 ):
     """The length histogram's axis says at which limit rows were measured: pixels for Qwen, tiles for InternVL."""
-    import vlmkit.plots
+    import vlmkit.train.plots
 
     axes = []
-    monkeypatch.setattr(vlmkit.plots, "save_histogram", lambda values, path, title, xlabel, **_: axes.append(xlabel))
+    monkeypatch.setattr(vlmkit.train.plots, "save_histogram", lambda values, path, title, xlabel, **_: axes.append(xlabel))
     random_image(60, 80).save(tmp_path / "a.png")
     (tmp_path / "d.jsonl").write_text(json.dumps(image_row(tmp_path / "a.png")) + "\n")
     model = small_model if family == "qwen2-vl" else tiny_models[family]

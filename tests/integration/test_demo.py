@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from vlmkit.demo import DemoRecipe, run_demo
+from vlmkit.commands.demo_run import DemoRecipe, run_demo
 
 
 def test_demo_runs_end_to_end_and_records_its_figures(tmp_path, capsys):

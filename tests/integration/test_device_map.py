@@ -17,7 +17,7 @@ from scripted import MULTILINE_CJK_REPLY
 
 import vlmkit
 from vlmkit.errors import VlmkitError
-from vlmkit.export import export
+from vlmkit.models.export import export
 
 SEPARATOR = "-" * 50
 

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from vlmkit.data import row_to_sample
-from vlmkit.draw import PALETTE, draw_boxes
 from vlmkit.errors import DataError
 from vlmkit.families.internvl.boxes import BOX_FORMAT as INTERNVL
 from vlmkit.families.qwen2_5_vl.boxes import BOX_FORMAT as QWEN2_5_VL
@@ -21,7 +20,8 @@ from vlmkit.families.qwen2_vl.boxes import BOX_FORMAT as QWEN2_VL
 from vlmkit.families.qwen2_vl.template import smart_resize
 from vlmkit.families.qwen3_vl.boxes import BOX_FORMAT as QWEN3_VL
 from vlmkit.families.qwen_vl.boxes import BOX_FORMAT as QWEN_VL
-from vlmkit.grounding import (
+from vlmkit.media.draw import PALETTE, draw_boxes
+from vlmkit.media.grounding import (
     decode_reply,
     grid_unit,
     parse_objects,
@@ -388,8 +388,8 @@ def test_batch_infer_writes_objects_and_draws(small_model, tmp_path, monkeypatch
     """`vlmkit infer --input --output --draw` on a tiny model whose replies are replaced by grounding text."""
     from typer.testing import CliRunner
 
+    from vlmkit.backends.transformers_backend import VLM
     from vlmkit.cli import app
-    from vlmkit.model import VLM
 
     random_image(300, 400).save(tmp_path / "a.png")
     rows = [
@@ -436,9 +436,9 @@ def test_batch_infer_draws_the_reference_boxes_beside_the_predicted_ones(small_m
     """Issue 11: `--draw` shows the row's own `objects` (another colour, a legend) next to the reply's."""
     from typer.testing import CliRunner
 
+    from vlmkit.backends.transformers_backend import VLM
     from vlmkit.cli import app
-    from vlmkit.draw import REFERENCE_COLOUR
-    from vlmkit.model import VLM
+    from vlmkit.media.draw import REFERENCE_COLOUR
 
     Image.new("RGB", (400, 300), (255, 255, 255)).save(tmp_path / "a.png")
     row = {"query": "Find <ref-object>", "response": "<bbox>", "images": ["a.png"],
@@ -458,7 +458,7 @@ def test_batch_infer_draws_the_reference_boxes_beside_the_predicted_ones(small_m
 
 
 def test_cjk_labels_draw_real_glyphs():
-    from vlmkit.draw import cjk_font_path
+    from vlmkit.media.draw import cjk_font_path
 
     if cjk_font_path() is None:
         pytest.skip("no font with CJK glyphs installed (apt-get install fonts-noto-cjk)")
@@ -475,7 +475,7 @@ def test_cjk_labels_draw_real_glyphs():
 def test_without_a_cjk_font_labels_fall_back_and_warn_once(monkeypatch):
     import warnings
 
-    from vlmkit import draw
+    from vlmkit.media import draw
 
     monkeypatch.setattr(draw, "cjk_font_path", lambda: None)
     draw._warn_no_cjk_font.cache_clear()
@@ -497,8 +497,8 @@ def test_chat_draw_saves_the_turns_image_with_its_boxes(small_model, tmp_path, m
     import io
 
     import vlmkit
-    from vlmkit.infer import run_chat
-    from vlmkit.model import VLM, GenerationOptions
+    from vlmkit.backends.transformers_backend import VLM, GenerationOptions
+    from vlmkit.infer.batch import run_chat
 
     random_image(100, 200).save(tmp_path / "a.png")
     reply = "<|box_start|>(100,200),(500,800)<|box_end|>"  # as a stream shows it: no ref tokens needed

@@ -11,9 +11,9 @@ import torch
 from conftest import PEERS, random_image
 
 import vlmkit
+from vlmkit.backends.transformers_backend import GenerationOptions
 from vlmkit.errors import VlmkitError
-from vlmkit.infer import run_batch
-from vlmkit.model import GenerationOptions
+from vlmkit.infer.batch import run_batch
 
 
 def vlmkit_cli(*args: str, stdin: str = "", timeout: int = 120) -> subprocess.CompletedProcess:
@@ -184,7 +184,7 @@ def test_sampling_with_a_seed_is_reproducible(vlm):
 
 
 def test_loading_options(small_model, monkeypatch):
-    from vlmkit.model import load
+    from vlmkit.backends.transformers_backend import load
 
     bf16 = load(str(small_model), dtype="bf16", device="cpu")
     assert bf16.model.dtype == torch.bfloat16

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 import vlmkit
 from vlmkit.families import FAMILIES, family_by_name
 from vlmkit.families.interface import Template
+from vlmkit.families.tiny import build_tiny_model
 from vlmkit.sample import to_sample
-from vlmkit.tiny import build_tiny_model
 
 
 @pytest.fixture

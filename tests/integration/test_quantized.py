@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from vlmkit.errors import VlmkitError
-from vlmkit.quantized import check_quantized, check_training, quant_method
+from vlmkit.models.quantized import check_quantized, check_training, quant_method
 
 GPTQ_CONFIG = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True}
 AWQ_CONFIG = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}

@@ -406,7 +406,7 @@ def test_url_fetching_limits_with_private_urls_allowed(base_vlm):
     """The URL limits, through an in-process app (a second server process would only add start-up time)."""
     from fastapi.testclient import TestClient
 
-    from vlmkit.media import MediaPolicy
+    from vlmkit.media.images import MediaPolicy
     from vlmkit.serve.app import ServedModel, ServerConfig, create_app
     from vlmkit.serve.engine import Engine
 
@@ -457,7 +457,7 @@ def test_a_client_that_stops_reading_does_not_block_others(server, client):
 def test_engine_batches_compatible_requests_and_survives_a_failing_batch(base_vlm):
     import asyncio
 
-    from vlmkit.model import GenerationOptions
+    from vlmkit.backends.transformers_backend import GenerationOptions
     from vlmkit.serve.engine import Engine, Job
 
     async def run(engine: Engine, options: list[GenerationOptions]) -> list[list[tuple]]:

@@ -314,7 +314,7 @@ def test_an_empty_api_key_is_refused(small_model):
 
 def test_the_url_filter_vets_the_address_before_any_connection():
     from vlmkit.errors import MediaError
-    from vlmkit.media import MediaPolicy, fetch_media
+    from vlmkit.media.images import MediaPolicy, fetch_media
 
     policy = MediaPolicy(allow_private_urls=False, allow_local_files=False, timeout=2)
     for host in ("[::127.0.0.1]", "[::ffff:0:7f00:1]", "[64:ff9b::a9fe:a9fe]", "[2002:7f00:1::]", "[fec0::1]",
@@ -477,7 +477,7 @@ def test_a_request_abandoned_in_the_queue_ends_its_handler(small_model):
     """A job whose client left while it was queued is skipped, and its handler is told so: it used to wait
     for ever (one task leaked per such request, and a graceful shutdown never ended)."""
     import vlmkit
-    from vlmkit.model import GenerationOptions
+    from vlmkit.backends.transformers_backend import GenerationOptions
     from vlmkit.serve.engine import CLIENT_GONE, Engine, Job
     from vlmkit.serve.request import Message, request_sample
 

@@ -308,7 +308,7 @@ def test_full_tuning_trains_exactly_the_unfrozen_groups(small_model, tmp_path, i
 def test_merged_export_equals_base_plus_adapter(small_model, tmp_path, images):
     from peft import PeftModel
 
-    from vlmkit.export import export
+    from vlmkit.models.export import export
 
     data = write_jsonl(tmp_path / "d.jsonl", seed_rows(images)["query-response"] * 3)
     run_dir = run(small_model, [str(data)], tmp_path, lr=5e-2, max_steps=4, lora_dropout=0.0)
@@ -396,7 +396,7 @@ def test_export_carries_the_trained_limits_for_plain_transformers(small_model, t
 def test_internvl_export_carries_the_trained_tile_limits(tiny_models, tmp_path):
     from transformers import AutoImageProcessor
 
-    from vlmkit.export import export
+    from vlmkit.models.export import export
 
     (tmp_path / "imgs").mkdir()
     random_image(60, 80).save(tmp_path / "imgs" / "0.png")
@@ -568,7 +568,7 @@ def test_cli_after_training_infer_ckpt_val_and_export(small_model, tmp_path, ima
 
 def test_video_processor_configs_get_the_run_s_frame_limits():
     from vlmkit.families import family_by_name
-    from vlmkit.processor_files import with_limits
+    from vlmkit.models.processor_files import with_limits
 
     settings = {"min_pixels": 3136, "max_pixels": 50_176, "fps": 1.0, "max_frames": 16, "min_frames": 8,
                 "video_max_pixels": 40_000}

@@ -119,7 +119,7 @@ def test_readme_lora_command_on_a_small_dataset_trains_and_says_what_it_made(sma
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert [line["learning_rate"] for line in log if "loss" in line] == [1e-4]  # full lr, no warm-up to 0
     # loss.png shows loss, learning rate and grad norm: the plotted points are the logged ones.
-    from vlmkit.plots import plotted_series
+    from vlmkit.train.plots import plotted_series
 
     plotted = plotted_series(run_dir / "loss.png")
     assert plotted["learning rate"]["learning rate"] == [[1.0, 1e-4]]

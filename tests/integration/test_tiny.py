@@ -12,7 +12,7 @@ from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTo
 
 from vlmkit.errors import VlmkitError
 from vlmkit.families import family_by_name
-from vlmkit.tiny import build_tiny_model
+from vlmkit.families.tiny import build_tiny_model
 
 # Ids of the real checkpoints' tokenizers (Qwen2-VL-7B-Instruct, Qwen2.5-VL-7B-Instruct, Qwen3-VL-8B-Instruct).
 REAL_IDS = {

@@ -1,4 +1,4 @@
-"""Video: frame sampling and decoding (vlmkit.video), Qwen-VL video encoding, infer / sft / data check.
+"""Video: frame sampling and decoding (vlmkit.media.video), Qwen-VL video encoding, infer / sft / data check.
 
 Videos are generated in the test with PyAV: frame i is a solid colour that encodes i, so a
 test can tell which frames were sampled. The peers' real files come from LLaMA-Factory's demo
@@ -30,8 +30,8 @@ from vlmkit.errors import DataError, MediaError, VlmkitError
 from vlmkit.families import family_by_name
 from vlmkit.families.qwen2_vl.template import smart_resize
 from vlmkit.families.qwen2_vl.video import group_timestamps, video_frame_size
+from vlmkit.media.video import FrameSampling, load_video, probe_video, sample_indices, smart_nframes
 from vlmkit.sample import to_sample
-from vlmkit.video import FrameSampling, load_video, probe_video, sample_indices, smart_nframes
 
 DEMO = PEERS / "llamafactory" / "mllm_demo_data"
 PEER_VIDEOS = [DEMO / "3.mp4", DEMO / "4.mp4", DEMO / "2.avi"]
@@ -181,7 +181,7 @@ def test_video_errors_name_the_item_and_file(tmp_path):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """Family name -> a tiny model with the 600-token BPE (fast to build and load; same special tokens)."""
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("video-models")
     return {
@@ -376,8 +376,8 @@ def test_chat_asks_for_a_video_and_survives_a_missing_one(models):
     import io
 
     import vlmkit
-    from vlmkit.infer import SEPARATOR, run_chat
-    from vlmkit.model import GenerationOptions
+    from vlmkit.backends.transformers_backend import GenerationOptions
+    from vlmkit.infer.batch import SEPARATOR, run_chat
 
     vlm = vlmkit.load(str(models["qwen2-vl"]), nframes=4, video_max_pixels=12_000, device="cpu", dtype="fp32")
     stdin = io.StringIO(f"<video>What happens?\n{DEMO / '4.mp4'}\n<video>And here?\n/nope.mp4\nexit\n")
@@ -586,8 +586,8 @@ def test_serve_counts_a_videos_frames_as_its_family_samples_them(tmp_path):
     frame count (5 with --nframes 5), not Qwen's even counts (4), so a 5-frame video is over a limit of 4."""
     from vlmkit.errors import MediaTooLargeError
     from vlmkit.families.internvl.template import InternVLTemplate
+    from vlmkit.families.tiny import build_tokenizer
     from vlmkit.serve.request import ServerConfig, _check_video
-    from vlmkit.tiny import build_tokenizer
 
     video = make_video(tmp_path / "clip.mp4", 30)
     tokenizer = build_tokenizer(family_by_name("internvl"), small_vocab=True)

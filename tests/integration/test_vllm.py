@@ -16,9 +16,9 @@ from conftest import random_image
 from typer.testing import CliRunner
 
 import vlmkit
+from vlmkit.backends.vllm_args import parse_vllm_args, plan_vllm, serve_command_line
 from vlmkit.errors import VlmkitError
 from vlmkit.sample import to_sample
-from vlmkit.vllm_args import parse_vllm_args, plan_vllm, serve_command_line
 
 NAME = "tiny"
 NONE = {"min_pixels": None, "max_pixels": None, "system": None}
@@ -158,7 +158,7 @@ def test_vllm_command_keeps_template_settings_and_adapters(adapter, small_model,
 def test_vllm_refuses_what_it_cannot_serve(adapter, small_model, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from vlmkit.vllm_args import run_vllm
+    from vlmkit.backends.vllm_args import run_vllm
 
     # The adapter's run used max_pixels 4000 and its own system prompt; vLLM has one setting for all.
     with pytest.raises(VlmkitError, match="--adapters brief=.*its run used other settings: max_pixels=4000"):

@@ -28,9 +28,9 @@ from transformers import AutoImageProcessor, AutoTokenizer
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
 import vlmkit
+from vlmkit.backends.transformers_backend import VLM
 from vlmkit.errors import VlmkitError
 from vlmkit.families import FAMILIES, family_by_name, family_for_model_dir
-from vlmkit.model import VLM
 from vlmkit.sample import to_sample
 
 FAMILY_PARAMS = [
@@ -50,7 +50,7 @@ REPLY = "A red square."
 def tiny_model(name: str, root: Path) -> tuple[Path, VLM] | str:
     """(folder, `vlmkit.load` of it) for the tiny `name` model (600-token vocabulary where the family has
     one), or why there is none to test."""
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
 
     family = family_by_name(name)
     try:

@@ -23,8 +23,8 @@ import vlmkit
 from vlmkit.errors import VlmkitError
 from vlmkit.families import family_by_name, resolution_settings
 from vlmkit.families.internvl.template import tile_grid
+from vlmkit.families.tiny import build_tiny_model
 from vlmkit.sample import to_sample
-from vlmkit.tiny import build_tiny_model
 from vlmkit.train import SFTConfig, sft
 
 FAMILY = family_by_name("internvl")

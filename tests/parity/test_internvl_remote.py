@@ -23,9 +23,9 @@ from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2Tokeni
 from typer.testing import CliRunner
 
 import vlmkit
+from vlmkit.backends.transformers_backend import GenerationOptions
 from vlmkit.cli import app
 from vlmkit.families.internvl.remote import use_bpe_files
-from vlmkit.model import GenerationOptions
 from vlmkit.sample import to_sample
 
 # language model -> (tiny-model name, the recorded vectors)
@@ -202,7 +202,7 @@ def test_internlm2_sentencepiece_tokenizer_equals_the_original(dummy_prefix, tmp
 def test_vllm_backend_gets_the_original_prompt_format(converted, tmp_path):
     """`vlmkit serve --backend vllm --model REMOTE_FOLDER`: vLLM serves the converted copy with a chat template
     that renders what vlmkit's template encodes (the original conversation format, not the -hf one)."""
-    from vlmkit.vllm_args import plan_vllm, serve_command_line
+    from vlmkit.backends.vllm_args import plan_vllm, serve_command_line
 
     remote, _, vectors = converted
     plan = plan_vllm(str(remote), None, {}, None, "internvl")

@@ -55,7 +55,7 @@ CONVERSATIONS = [
 def models(tmp_path_factory) -> dict[tuple[str, bool], Path]:
     """(family, small_vocab) -> folder. Small vocabulary: a whole tiny model, built on first use. Real
     Qwen2 vocabulary: the tokenizer and processor files only (no weights), which is all parity needs."""
-    from vlmkit.tiny import build_tiny_model, build_tokenizer
+    from vlmkit.families.tiny import build_tiny_model, build_tokenizer
 
     root = tmp_path_factory.mktemp("llava")
 

@@ -373,7 +373,7 @@ def test_load_and_generate_through_remote_code(standin, image_file):
     assert reply == REPLY  # grounding tags survive decoding; generation stopped at <|im_end|>
     prompt = vlm.template.render_text(to_sample(row), add_generation_prompt=True)
     assert model_class.prompts == [[vlm.tokenizer(prompt)["input_ids"]]]
-    from vlmkit.grounding import objects_in_reply
+    from vlmkit.media.grounding import objects_in_reply
 
     [found] = objects_in_reply(vlm.template, to_sample(row), reply)
     # 0-1000 of the 80x60 (w x h) image: (100,200),(500,600) -> (8, 12), (40, 36)

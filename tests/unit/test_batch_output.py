@@ -1,4 +1,4 @@
-"""The resumable partial output of batch inference (`vlmkit.batch_output`), without a model."""
+"""The resumable partial output of batch inference (`vlmkit.infer.output`), without a model."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from vlmkit.batch_output import PartialOutput, input_description, join_ranks
+from vlmkit.backends.transformers_backend import GenerationOptions
 from vlmkit.errors import VlmkitError
-from vlmkit.model import GenerationOptions
+from vlmkit.infer.output import PartialOutput, input_description, join_ranks
 
 
 def test_a_torn_last_line_is_answered_again_and_rows_answered_twice_are_written_once(tmp_path):

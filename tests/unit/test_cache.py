@@ -18,7 +18,7 @@ from vlmkit.data import load_dataset
 from vlmkit.data.cache import EncodeCache, encode_dataset
 from vlmkit.families import family_for_model_dir
 from vlmkit.families.qwen2_vl.template import Qwen2VLTemplate
-from vlmkit.media import load_image, load_image_resized
+from vlmkit.media.images import load_image, load_image_resized
 from vlmkit.sample import to_sample
 
 
@@ -282,7 +282,7 @@ def test_decode_once_gives_the_pixels_of_load_then_resize(tmp_path):
 
 
 def test_an_image_used_by_several_rows_is_decoded_once(tmp_path, monkeypatch):
-    from vlmkit import media
+    from vlmkit.media import images as media
 
     images = media._ResizedImages(max_bytes=150 * 200 * 3 * 2)  # room for two 150x200 images
     monkeypatch.setattr(media, "RESIZED_IMAGES", images)
@@ -345,7 +345,7 @@ def test_patchify_equals_the_float_arithmetic_it_replaced(small_model):
 def test_a_family_without_a_compact_form_is_cached_as_its_encode_output(media, tmp_path):
     """Tiling families (InternVL) have no `patchify_images`: their entries hold the float pixel values."""
     from vlmkit.families import family_by_name
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
 
     model = build_tiny_model(family_by_name("internvl"), tmp_path / "internvl", small_vocab=True)
     template = make_template(model)
@@ -362,8 +362,8 @@ def test_image_cache_budget_is_a_flag_of_the_run():
     """`vlmkit --image-cache-mb N COMMAND` sets this process's budget (0: off); no environment variable does."""
     from typer.testing import CliRunner
 
-    from vlmkit import media
     from vlmkit.cli import app
+    from vlmkit.media import images as media
 
     try:
         assert media.RESIZED_IMAGES.max_bytes == 64 * 2**20

@@ -1,4 +1,4 @@
-"""Chat turns reuse the KV cache of the turns before (`vlmkit.chat_cache`): same replies as re-running the
+"""Chat turns reuse the KV cache of the turns before (`vlmkit.backends.chat_cache`): same replies as re-running the
 whole conversation, with only the new tokens and images put through the model."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from conftest import random_image
 
 import vlmkit
-from vlmkit import chat_cache
+from vlmkit.backends import chat_cache
 from vlmkit.families import FAMILIES as REGISTERED
 from vlmkit.families import family_by_name
 
@@ -22,7 +22,7 @@ FAMILIES = [f.name for f in REGISTERED.values() if not f.remote_code and f.write
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """Family name -> a tiny model with the 600-token BPE (fast to build and load), built when first used."""
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("chat-cache-models")
 

@@ -226,6 +226,54 @@ def test_no_private_names_imported_across_packages():
     )
 
 
+# The layers of src/vlmkit, bottom up: a module imports only from its own layer or those below. The layout
+# says where a thing goes: a new medium in media/, a new backend in backends/, a new command in commands/.
+LAYERS = (
+    # the core values; the package itself (`vlmkit/__init__.py`: __version__ and the core's names; its `load`
+    # defers to the backend) is imported by anything
+    ("vlmkit", "vlmkit.errors", "vlmkit.groups", "vlmkit.settings", "vlmkit.sample"),
+    ("vlmkit.media",),  # images, video, boxes, drawing, synthetic shapes
+    ("vlmkit.families",),  # one folder per family, the template interface, tiny models from their recipes
+    ("vlmkit.models",),  # model folders in and out: load, place, quantize, export
+    ("vlmkit.backends",),  # engines that generate: transformers, vLLM
+    ("vlmkit.data", "vlmkit.infer", "vlmkit.eval", "vlmkit.train", "vlmkit.serve"),  # features
+    ("vlmkit.commands", "vlmkit.cli", "vlmkit.__main__"),  # the CLI
+)
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of the longest prefix that names `module` or its package (the bare root package
+    `vlmkit` names only itself)."""
+    matches = [
+        (len(prefix), index)
+        for index, prefixes in enumerate(LAYERS)
+        for prefix in prefixes
+        if module == prefix or (prefix != ROOT_PACKAGE and module.startswith(prefix + "."))
+    ]
+    assert matches, f"{module} is in no layer: add its package to LAYERS"
+    return max(matches)[1]
+
+
+def imports_up(modules: dict[str, Path]) -> list[str]:
+    """Every import from a lower layer up into a higher one (the package's own `vlmkit/__init__.py`, the
+    public API, may import anything)."""
+    return [
+        f"{imp.importer}:{imp.line} imports {imp.module} (layer {layer_of(imp.module)} over {layer_of(imp.importer)})"
+        for module in modules
+        if module != ROOT_PACKAGE
+        for imp in imports_of(module, modules)
+        if layer_of(imp.module) > layer_of(imp.importer)
+    ]
+
+
+def test_every_module_sits_in_a_layer_and_imports_nothing_above_it():
+    """No import runs back up: the core, media, families, models and backends never import a feature
+    package (data, infer, eval, train, serve) or a command; features never import a command. Among the
+    features imports go any way that makes no circle (eval answers through infer; train scores through eval)."""
+    modules = find_modules()
+    assert not imports_up(modules), "imports that run back up a layer:\n  " + "\n  ".join(imports_up(modules))
+
+
 def test_the_graph_reader_sees_deferred_imports_and_skips_type_checking_ones(tmp_path):
     package = tmp_path / "pkg"
     (package / "sub").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""vlmkit.loader: a model folder, a checkpoint and a run folder are found and loaded one way."""
+"""vlmkit.models.loader: a model folder, a checkpoint and a run folder are found and loaded one way."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vlmkit.errors import VlmkitError
-from vlmkit.loader import COMPLETE_MARKER, load_tokenizer_and_template, load_weights, resolve_model
+from vlmkit.models.loader import COMPLETE_MARKER, load_tokenizer_and_template, load_weights, resolve_model
 
 
 def adapter_checkpoint(run: Path, step: int, base: Path, complete: bool = True) -> Path:
@@ -59,7 +59,7 @@ def test_full_checkpoint_is_its_own_base(small_model):
 
 def test_inference_does_not_import_training():
     code = (
-        "import sys, vlmkit.model, vlmkit.loader, vlmkit.infer, vlmkit.export, vlmkit.serve.server, vlmkit.vllm_args, vlmkit.vllm_offline;"
+        "import sys, vlmkit.backends.transformers_backend, vlmkit.models.loader, vlmkit.infer.batch, vlmkit.models.export, vlmkit.serve.server, vlmkit.backends.vllm_args, vlmkit.backends.vllm_offline;"
         "print([m for m in sys.modules if m.startswith('vlmkit.train')])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

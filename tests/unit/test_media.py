@@ -1,4 +1,4 @@
-"""vlmkit.media: every source kind, the policy refusals and the pixel fix-ups.
+"""vlmkit.media.images: every source kind, the policy refusals and the pixel fix-ups.
 
 HTTP tests use a ThreadingHTTPServer on 127.0.0.1; nothing leaves the machine.
 """
@@ -16,9 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from vlmkit import media
 from vlmkit.errors import MediaError
-from vlmkit.media import MediaPolicy, fetch_media, load_image
+from vlmkit.media import images as media
+from vlmkit.media.images import MediaPolicy, fetch_media, load_image
 
 WHERE = "data.jsonl:3: image 1"
 

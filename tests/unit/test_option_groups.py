@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import pytest
 
+from vlmkit.backends.vllm_args import BackendOptions
 from vlmkit.errors import VlmkitError
 from vlmkit.groups import from_keywords
-from vlmkit.loader import LoadOptions
+from vlmkit.models.loader import LoadOptions
 from vlmkit.serve.options import MediaAccess, ServeLimits
 from vlmkit.settings import EncodingSettings
-from vlmkit.vllm_args import BackendOptions
 
 
 def test_flat_keywords_become_the_group_over_the_given_one():
@@ -48,8 +48,8 @@ def test_defaults_pass_their_checks():
 
 
 def test_what_reaches_vllm_of_the_encoding_settings_is_the_familys_rule():
+    from vlmkit.backends.vllm_args import not_passed_to_vllm
     from vlmkit.families import family_by_name
-    from vlmkit.vllm_args import not_passed_to_vllm
 
     qwen = family_by_name("qwen2-vl")
     given = EncodingSettings(min_pixels=3136, max_pixels=50176, system="Be brief.", fps=1.0)

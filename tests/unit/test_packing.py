@@ -16,10 +16,10 @@ import torch
 from conftest import random_image
 from typer.testing import CliRunner
 
-from vlmkit.encoding import IGNORE_INDEX
 from vlmkit.errors import VlmkitError
 from vlmkit.families import FAMILIES as REGISTERED
 from vlmkit.families import family_by_name
+from vlmkit.families.encoding import IGNORE_INDEX
 from vlmkit.sample import Sample
 from vlmkit.train.packing import PackedDataset, collate_packed, pack_lengths, resolve_packing
 from vlmkit.train.sampler import BatchStats, LengthGroupedSampler, collate_padded
@@ -136,7 +136,7 @@ def _samples(folder: Path) -> list[Sample]:
 @pytest.fixture(scope="module")
 def small_models(tmp_path_factory) -> dict[str, Path]:
     """Each Qwen-VL family's tiny model with the 600-token BPE (fast: a small output layer)."""
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("small_packing")
     return {

@@ -1,4 +1,4 @@
-"""`vlmkit.placement`: the --device-map and --max-memory values users write, and their refusals."""
+"""`vlmkit.models.placement`: the --device-map and --max-memory values users write, and their refusals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vlmkit.errors import VlmkitError
-from vlmkit.placement import (
+from vlmkit.models.placement import (
     check_trainable,
     describe,
     from_pretrained_placement,

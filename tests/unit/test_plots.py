@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmkit.plots import COLOURS, MARGINS, SIZE, nice_ticks, plotted_series, save_histogram, save_line_plot
+from vlmkit.train.plots import (
+    COLOURS,
+    MARGINS,
+    SIZE,
+    nice_ticks,
+    plotted_series,
+    save_histogram,
+    save_line_plot,
+)
 
 
 def pixels_of(path, colour) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +123,7 @@ def test_a_redraw_replaces_the_chart_and_a_failed_one_leaves_it_whole(tmp_path, 
 
 
 def test_panels_store_the_points_they_plot_and_draw_each_panel(tmp_path):
-    from vlmkit.plots import save_line_panels
+    from vlmkit.train.plots import save_line_panels
 
     panels = [
         ("loss", {"train loss": [(1, 2.0), (2, 1.5)], "eval loss": [(2, 1.7)]}),

@@ -35,7 +35,7 @@ def linked_copy(model: Path, folder: Path) -> Path:
 
 
 def template(folder: Path, encoding: EncodingSettings | None = None):
-    from vlmkit.loader import load_tokenizer_and_template, resolve_model
+    from vlmkit.models.loader import load_tokenizer_and_template, resolve_model
 
     return load_tokenizer_and_template(resolve_model(folder), encoding)[1]
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vlmkit.data import load_dataset
-from vlmkit.shapes import (
+from vlmkit.media.shapes import (
     COLORS,
     COUNTS,
     QUESTION_KINDS,

@@ -30,7 +30,7 @@ def write_jsonl(path: Path, n: int) -> Path:
 def template(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
 
     model_dir = build_tiny_model(
         family_by_name("qwen2-vl"), tmp_path_factory.mktemp("m") / "m", small_vocab=True

@@ -66,7 +66,7 @@ def _load(ctx: typer.Context, dataset: list[str], reading: DatasetOptions):
 
 def load_template(model: str, encoding: EncodingSettings) -> Template:
     """The family template of `model` with its tokenizer; the weights are not loaded."""
-    from vlmkit.loader import load_tokenizer_and_template, resolve_model
+    from vlmkit.models.loader import load_tokenizer_and_template, resolve_model
 
     return load_tokenizer_and_template(resolve_model(model), encoding)[1]
 
@@ -114,7 +114,7 @@ def check(
     Exit status: 0 when every row is good, 1 when some rows are bad (so scripts can stop on it),
     2 for a mistake in the options or an unreadable dataset file."""
     from vlmkit.data.check import check_dataset
-    from vlmkit.plots import save_histogram
+    from vlmkit.train.plots import save_histogram
 
     data = _load(ctx, dataset, reading)
     template = load_template(model, encoding)

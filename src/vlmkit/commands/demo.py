@@ -25,6 +25,6 @@ def demo(
 ) -> None:
     """Offline, on a CPU, in a few minutes: build a tiny Qwen2-VL, make a coloured-shapes dataset, measure
     held-out accuracy, fine-tune with `vlmkit sft`, measure again and chat with the result."""
-    from vlmkit.demo import QUICK_RECIPE, run_demo
+    from vlmkit.commands.demo_run import QUICK_RECIPE, run_demo
 
     run_demo(output_dir, recipe=QUICK_RECIPE if quick else None, progress=progress)

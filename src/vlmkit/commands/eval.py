@@ -2,7 +2,7 @@
 answers with the task's metrics and write DIR/LABEL.predictions.jsonl (each row with its scores),
 DIR/metrics.json and DIR/report.md; the side-by-side table is printed too.
 
-Inference is `vlmkit infer --input`'s (`vlmkit.infer.run_batch`: same encoding, batching and error rows),
+Inference is `vlmkit infer --input`'s (`vlmkit.infer.batch.run_batch`: same encoding, batching and error rows),
 greedy (`vlmkit.eval.evaluate`). A light module: heavy imports happen inside the command.
 """
 
@@ -13,11 +13,11 @@ from typing import Annotated
 
 import typer
 
+from vlmkit.backends.vllm_args import BackendOptions
 from vlmkit.commands.options import with_options
 from vlmkit.data.options import DatasetOptions
-from vlmkit.loader import LoadOptions
+from vlmkit.models.loader import LoadOptions
 from vlmkit.settings import EncodingSettings
-from vlmkit.vllm_args import BackendOptions
 
 
 @with_options(omit={"backend": ("data_parallel_size",)})

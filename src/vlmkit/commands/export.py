@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from vlmkit.commands.options import with_options
-from vlmkit.loader import LoadOptions
+from vlmkit.models.loader import LoadOptions
 
 # export takes the placement options of loading only (it has its own --dtype: the export's)
 PLACEMENT = ("device_map", "max_memory", "offload_folder")
@@ -43,7 +43,7 @@ def export_command(
     """Export a checkpoint as a complete Hugging Face folder (safetensors weights, config, tokenizer,
     image-processor config with the trained resolution limits, chat template, vlmkit.json with the
     resolution settings)."""
-    from vlmkit.export import export
+    from vlmkit.models.export import export
 
     path = export(
         ckpt, output, merge_lora=merge_lora, dtype=dtype, force=force, device_map=loading.device_map,

@@ -10,13 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
+from vlmkit.backends.transformers_backend import GenerationOptions
+from vlmkit.backends.vllm_args import BackendOptions
 from vlmkit.commands.options import with_options
 from vlmkit.data.options import DatasetOptions
 from vlmkit.errors import VlmkitError
-from vlmkit.loader import LoadOptions
-from vlmkit.model import GenerationOptions
+from vlmkit.models.loader import LoadOptions
 from vlmkit.settings import EncodingSettings
-from vlmkit.vllm_args import BackendOptions
 
 
 @with_options(omit={"backend": ("data_parallel_size",)})
@@ -66,7 +66,7 @@ def infer(
 
     In the chat, each <image> or <video> in your message asks for a path or URL; 'clear' resets the
     history; 'exit', 'quit' or end of input leave. Piped input works, so chats can be scripted."""
-    from vlmkit.infer import run_batch, run_chat
+    from vlmkit.infer.batch import run_batch, run_chat
 
     if val:
         input, reading = _val_input(ckpt, input), _run_reading(ckpt, reading)
@@ -79,7 +79,7 @@ def infer(
         vlm, input, output, generation, batch_size=batch_size, media_root=reading.media_root,
         columns=reading.column_map(), prompt=reading.prompt, progress=sys.stderr.isatty(), draw_dir=draw,
     )  # fmt: skip
-    from vlmkit.batch_output import is_main_process
+    from vlmkit.infer.output import is_main_process
 
     if is_main_process():  # one line for a torchrun run, not one per rank
         typer.echo(f"wrote {counts['ok'] + counts['failed']} rows to {output} ({counts['failed']} failed)")
@@ -88,22 +88,22 @@ def infer(
 def _load(model, ckpt, merge_lora, input, loading: LoadOptions, encoding, backend: BackendOptions) -> Any:
     """The model, loaded by the chosen backend (vLLM: batch inference only, with the options it applies)."""
     if input is not None:
-        from vlmkit.batch_output import join_ranks
+        from vlmkit.infer.output import join_ranks
 
         join_ranks(loading.device, backend.backend)  # under torchrun: before the model loads, so each rank takes its own GPU
     if backend.vllm:
-        from vlmkit.vllm_offline import load_vllm, refuse_for_vllm
+        from vlmkit.backends.vllm_offline import load_vllm, refuse_for_vllm
 
         if input is None:
             raise VlmkitError("--backend vllm runs batch inference (--input FILE); to chat, use vlmkit serve --backend vllm")
         refuse_for_vllm(model, ckpt, loading, encoding, merge_lora=merge_lora)
         return load_vllm(model, ckpt=ckpt, dtype=loading.dtype, tensor_parallel_size=backend.tensor_parallel_size,
                          vllm_args=backend.vllm_args, encoding=encoding)  # fmt: skip
-    from vlmkit.model import load
+    from vlmkit.backends.transformers_backend import load
 
     vlm = load(model, ckpt=ckpt, merge_lora=merge_lora, loading=loading, encoding=encoding)
     if loading.device_map is not None:
-        from vlmkit.placement import describe
+        from vlmkit.models.placement import describe
 
         typer.echo(describe(vlm.model), err=True)
     return vlm

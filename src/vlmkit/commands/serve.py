@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
+from vlmkit.backends.vllm_args import BackendOptions
 from vlmkit.commands.options import with_options
 from vlmkit.errors import VlmkitError
-from vlmkit.loader import LoadOptions
+from vlmkit.models.loader import LoadOptions
 from vlmkit.serve.options import MediaAccess, ServeLimits
 from vlmkit.settings import EncodingSettings
-from vlmkit.vllm_args import BackendOptions
 
 
 @with_options()

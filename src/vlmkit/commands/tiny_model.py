@@ -22,7 +22,7 @@ def tiny_model(
     """Write a tiny randomly initialised model of FAMILY (real chat template, image-processor config and
     special-token ids) to OUTPUT_DIR, for tests and trying vlmkit offline."""
     from vlmkit.families import family_by_name, family_for_model_dir, original_layout
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
 
     layout = original_layout(family)
     if layout is not None:  # a checkpoint as its authors ship it (remote code), for `vlmkit convert`

@@ -19,7 +19,7 @@ header does not [unreadable video]; the template refuses it (a family without vi
 ratio, ...) [cannot encode]; it has more than `max_length` tokens [too long].
 
 Text that writes a control or media token (`<|im_end|>`, `<|image_pad|>`, ...) is not refused: every
-template tokenizes a row's text as text (`vlmkit.encoding.mark_text`), so such a row trains on the
+template tokenizes a row's text as text (`vlmkit.families.encoding.mark_text`), so such a row trains on the
 characters, never on a forged turn or image. The report counts these rows and names the first, as
 they usually mean a dataset was saved with a chat template already applied.
 
@@ -49,10 +49,10 @@ from tqdm import tqdm
 from vlmkit.data.formats import row_to_sample
 from vlmkit.data.readers import Dataset, Row, file_position
 from vlmkit.data.values import jsonable
-from vlmkit.encoding import control_token_pattern
 from vlmkit.errors import DataError, MediaError, PlaceholderError, VlmkitError
-from vlmkit.grounding import LITERAL_TOKENS
-from vlmkit.media import verify_image
+from vlmkit.families.encoding import control_token_pattern
+from vlmkit.media.grounding import LITERAL_TOKENS
+from vlmkit.media.images import verify_image
 from vlmkit.sample import Sample, missing_media
 
 if TYPE_CHECKING:

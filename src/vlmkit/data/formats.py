@@ -17,7 +17,7 @@ lists, optional `system`), then handed to it. Formats, by the key that marks the
 
 In every format, media written inline in the text (Qwen-VL `Picture 1: <img>PATH</img>`,
 the self-llm tutorial's `<|vision_start|>PATH<|vision_end|>`) become a placeholder plus
-that path, in order of appearance (see `vlmkit.data.inline`). `objects` (grounding
+that path, in order of appearance (see `vlmkit.sample.inline`). `objects` (grounding
 boxes; a JSON string in ms-swift rows) is parsed and kept on the Sample as given.
 
 A row that lists media but has no placeholder (or inline tag) of that kind at all gets
@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.data.columns import SCHEMAS, ColumnSchema, detect_schema, to_query_response
-from vlmkit.data.inline import has_media_tag, message_texts
 from vlmkit.data.values import media_source
 from vlmkit.errors import DataError
 from vlmkit.sample import Sample, to_sample
+from vlmkit.sample.inline import has_media_tag, message_texts
 
 # format name -> the key that marks a row as that format, checked in this order
 FORMAT_KEYS = {

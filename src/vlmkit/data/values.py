@@ -1,6 +1,6 @@
 """Media as dataset values: what Parquet, Arrow and hub datasets put in an image or video column.
 
-`media_source(value, base_dirs)` turns one value into a source `vlmkit.media` opens:
+`media_source(value, base_dirs)` turns one value into a source `vlmkit.media.images` opens:
 
 - a `datasets.Image` / `datasets.Video` dict `{"bytes": ..., "path": ...}`: its bytes when it has
   them (the `path` of an embedded image is often the name it had on another machine), else its path;
@@ -49,7 +49,7 @@ def decode_base64(text: str) -> bytes | None:
 
 
 def media_source(value: Any, base_dirs: tuple[Path, ...] = ()) -> Any:
-    """One media value of a dataset row -> a source for `vlmkit.media` (see the module docstring).
+    """One media value of a dataset row -> a source for `vlmkit.media.images` (see the module docstring).
 
     Anything not recognised (None, a PIL image, a URL) is returned as it is, so the media loader
     names the problem with the row's location.

@@ -37,11 +37,11 @@ def score_generated(
     """Answer `samples` (each ending with its reference reply) and score them: {"eval_NAME": value}.
     A row that cannot be encoded or generated is left out; `eval_generated_rows` says how many counted.
     Each answered row is appended to `examples` when given."""
+    from vlmkit.backends.transformers_backend import GenerationOptions
     from vlmkit.errors import VlmkitError
     from vlmkit.eval.rows import asked_turns
-    from vlmkit.grounding import objects_in_reply
-    from vlmkit.infer import split_reference
-    from vlmkit.model import GenerationOptions
+    from vlmkit.infer.batch import split_reference
+    from vlmkit.media.grounding import objects_in_reply
 
     asked = [turn for sample in samples for turn in asked_turns({}, sample)]
     rows: list[Row] = []

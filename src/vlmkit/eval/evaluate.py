@@ -5,7 +5,7 @@ files), score the answers, write DIR/LABEL.predictions.jsonl, DIR/metrics.json a
     summary = evaluate("val.parquet", models=["base"], ckpts=["runs/x/checkpoint-100"], output="eval/ocr")
     summary["models"]["base"]["scores"]["cer"]["value"]
 
-Inference is `vlmkit infer --input`'s (`vlmkit.infer.run_batch`: same encoding, batching and error rows),
+Inference is `vlmkit infer --input`'s (`vlmkit.infer.batch.run_batch`: same encoding, batching and error rows),
 greedy.
 """
 
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlmkit.backends.vllm_args import BackendOptions
 from vlmkit.errors import VlmkitError
 from vlmkit.groups import from_keywords
-from vlmkit.loader import LoadOptions
+from vlmkit.models.loader import LoadOptions
 from vlmkit.settings import EncodingSettings, encoding_settings
-from vlmkit.vllm_args import BackendOptions
 
 
 def evaluate(
@@ -53,15 +53,15 @@ def evaluate(
     """Evaluate `models` and `ckpts` on `dataset` (or a `benchmark` preset, `vlmkit.eval.benchmarks`,
     read from `benchmark_path` when given) and/or score `predictions` files; `limit`: N rows sampled.
     Returns what metrics.json holds ({"dataset", "metrics", "metric_choice", "models": {label: {...}}}).
-    `echo` gets the lines the command prints (schema, progress, the table). `loading` (`vlmkit.loader.LoadOptions`)
+    `echo` gets the lines the command prints (schema, progress, the table). `loading` (`vlmkit.models.loader.LoadOptions`)
     loads each model and checkpoint as `vlmkit.load` does; `encoding` applies to every one, over their saved
-    settings. With `backend` (`vlmkit.vllm_args.BackendOptions`) "vllm", models answer through vLLM's offline
-    engine (`vlmkit.vllm_offline`). The groups may also be given as their fields, keyword arguments
+    settings. With `backend` (`vlmkit.backends.vllm_args.BackendOptions`) "vllm", models answer through vLLM's offline
+    engine (`vlmkit.backends.vllm_offline`). The groups may also be given as their fields, keyword arguments
     (`dtype="fp32"`, `max_pixels=...`, `backend="vllm"`, `tensor_parallel_size=2`).
 
     Under `torchrun --nproc-per-node N -m vlmkit eval ...` every rank answers a share of the rows
-    (`vlmkit.infer.run_batch`); rank 0 alone prints, scores and writes, and the other ranks return {}."""
-    from vlmkit.batch_output import is_main_process
+    (`vlmkit.infer.batch.run_batch`); rank 0 alone prints, scores and writes, and the other ranks return {}."""
+    from vlmkit.infer.output import is_main_process
 
     if isinstance(backend, str):  # the backend's name, as before the groups
         backend, keywords = None, {**keywords, "backend": backend}
@@ -127,7 +127,7 @@ class _Scored:
 
 def _refuse_for_vllm(pairs, loading: LoadOptions, encoding: EncodingSettings) -> None:
     """With the vLLM backend: refuse what vLLM would drop, and a second model (one engine per process)."""
-    from vlmkit.vllm_offline import refuse_for_vllm
+    from vlmkit.backends.vllm_offline import refuse_for_vllm
 
     if pairs:
         refuse_for_vllm(*pairs[0], loading, encoding)
@@ -293,7 +293,7 @@ def _check_eval_extra(names: list[str] | None) -> None:
 
 def _question(sample: Any) -> str:
     """The user text of a prompt with its `<ref-object>`s filled in, for the report."""
-    from vlmkit.grounding import REF_PLACEHOLDER, parse_objects
+    from vlmkit.media.grounding import REF_PLACEHOLDER, parse_objects
 
     if isinstance(sample, Exception):
         return ""
@@ -326,14 +326,14 @@ def _image_of_line(line: dict, folder: Path) -> Any:
 def _predict(model, checkpoint, dataset, rows, path, loaded: _Loading) -> dict[str, int]:
     """Load one model (with vLLM when the backend is vllm), answer `rows` through `vlmkit infer`'s batch path
     into `path`, free the model."""
-    from vlmkit.batch_output import join_ranks
-    from vlmkit.infer import run_batch
-    from vlmkit.model import GenerationOptions, load
+    from vlmkit.backends.transformers_backend import GenerationOptions, load
+    from vlmkit.infer.batch import run_batch
+    from vlmkit.infer.output import join_ranks
 
     backend = loaded.backend
     join_ranks(loaded.loading.device, backend.backend)  # under torchrun: before the model loads
     if backend.vllm:
-        from vlmkit.vllm_offline import load_vllm
+        from vlmkit.backends.vllm_offline import load_vllm
 
         vlm = load_vllm(model, ckpt=checkpoint, dtype=loaded.loading.dtype, encoding=loaded.encoding,
                         tensor_parallel_size=backend.tensor_parallel_size, vllm_args=backend.vllm_args)  # fmt: skip

@@ -56,7 +56,7 @@ def _picture(image: Any, line: dict, out_dir: Path, stem: str) -> str | None:
     from PIL import ImageDraw
 
     from vlmkit.errors import VlmkitError
-    from vlmkit.media import load_image
+    from vlmkit.media.images import load_image
 
     if image is None:
         return None

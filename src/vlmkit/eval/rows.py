@@ -14,7 +14,7 @@ from typing import Any
 
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.eval.metrics import Row
-from vlmkit.grounding import BOX_PLACEHOLDER, REF_PLACEHOLDER, parse_objects
+from vlmkit.media.grounding import BOX_PLACEHOLDER, REF_PLACEHOLDER, parse_objects
 from vlmkit.sample import Sample
 
 ReadRow = tuple[dict, Sample | DataError]
@@ -23,7 +23,7 @@ ReadRow = tuple[dict, Sample | DataError]
 def read_dataset(
     spec: str, media_root: str | Path | None, columns: dict[str, str] | None, prompt: str | None
 ) -> tuple[list[ReadRow], str | None]:
-    """(rows in file order, one per asked turn, as `vlmkit.infer.run_batch` takes them; the column schema
+    """(rows in file order, one per asked turn, as `vlmkit.infer.batch.run_batch` takes them; the column schema
     line of the dataset or None)."""
     from vlmkit.data import load_dataset
     from vlmkit.data.readers import samples_in_order

@@ -95,7 +95,7 @@ def _mlflow(mlflow, step: int, shown: list[Example], pictures: list) -> None:
 def _picture(source: Any):
     """An HWC uint8 array of an image source (at most 256 px a side), or None when it cannot be opened."""
     from vlmkit.errors import VlmkitError
-    from vlmkit.media import load_image
+    from vlmkit.media.images import load_image
 
     if source is None:
         return None

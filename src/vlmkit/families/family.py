@@ -20,7 +20,7 @@ from vlmkit.errors import VlmkitError
 
 if TYPE_CHECKING:
     from vlmkit.families.interface import Template
-    from vlmkit.grounding import BoxFormat
+    from vlmkit.media.grounding import BoxFormat
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Family:
     packing: the template has `packing_position_ids` (each sample's position ids on its own, text
     row first) and the model honours them without an attention mask, so `vlmkit sft` can pack
     samples (`vlmkit.train.packing`); False keeps packing off for the family.
-    box_format: how the family writes and reads grounding boxes (`vlmkit.grounding.BoxFormat`; from
+    box_format: how the family writes and reads grounding boxes (`vlmkit.media.grounding.BoxFormat`; from
     the family folder's `boxes.py`), None for a family without grounding.
     auto_class: the transformers auto class that loads the checkpoint's weights.
     remote_code: the checkpoints run Python code shipped with them (`--trust-remote-code`); such a family
@@ -75,7 +75,7 @@ class Family:
     to do instead (the family is inference only).
     processor_limits: (file name, its config, vlmkit.json settings) -> the config with the settings'
     resolution limits written the way transformers' processors read them, for checkpoints and exports
-    (`vlmkit.processor_files`); None keeps the files as they are.
+    (`vlmkit.models.processor_files`); None keeps the files as they are.
     register_classes: for a model transformers does not ship (vlmkit's own implementation), makes its
     auto classes know the model type; called once when the family is looked up (`family_by_name`,
     `family_for_config`), so before any checkpoint of it loads.
@@ -89,9 +89,9 @@ class Family:
     encodes with them (vLLM's); None: `chat_template` whatever the settings.
 
     chat_cache: the template can split an `encode` output per image (`interface.SplitsMedia`), so a chat
-    turn reuses the model's cache of the turns before (`vlmkit.chat_cache`); False re-encodes every turn.
+    turn reuses the model's cache of the turns before (`vlmkit.backends.chat_cache`); False re-encodes every turn.
     chat_positions(model, template, encoded) -> the position ids of a chat prompt that continues a cache,
-    for families whose positions are not plain 1-D (`vlmkit.chat_cache.ChatPositions`); None: 1-D
+    for families whose positions are not plain 1-D (`vlmkit.backends.chat_cache.ChatPositions`); None: 1-D
     positions from the cache length.
     vllm_processor_kwargs(settings) -> the `--mm-processor-kwargs` of `vlmkit serve --backend vllm` for
     the template settings; None: {} (vLLM's processor defaults). vllm_encoding_options: the encoding options

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+from vlmkit.media.video import FrameSampling
 from vlmkit.sample import Sample
-from vlmkit.video import FrameSampling
 
 if TYPE_CHECKING:
-    from vlmkit.grounding import BoxFormat
+    from vlmkit.media.grounding import BoxFormat
 
 
 @runtime_checkable
@@ -36,14 +36,14 @@ class Template(Protocol):
     stop_token_ids: generation stops at any of them. image_token_id: the token that stands for image
     content in `encode`'s input_ids (None: the family expands no image tokens itself).
     video_token_id: the same for video (None: no video tokens of their own; e.g. InternVL writes
-    frames as images). box_format: how boxes are written and read (`vlmkit.grounding.BoxFormat`; None:
+    frames as images). box_format: how boxes are written and read (`vlmkit.media.grounding.BoxFormat`; None:
     no grounding, `objects` are refused or left as text). limit_option: the CLI option that sets the
     per-row image resolution limit (`limit` of `encode` / `count_tokens`, found by `fit_limit`), for
     messages ("--max-pixels", "--max-tiles"); None: the image size is fixed by the checkpoint, nothing
     to shrink. min_limit / max_limit: the lower and upper bound of that limit in the unit of
     `limit_option` (pixels of area, tiles per image, ...; None when `limit_option` is None); a family
     keeps its own names for them (e.g. `min_pixels`, `max_tiles`). video_sampling: how a video's frames
-    are sampled as `encode` does (`vlmkit.video.FrameSampling`, for `load_video`/`probe_video`); None for
+    are sampled as `encode` does (`vlmkit.media.video.FrameSampling`, for `load_video`/`probe_video`); None for
     a template that takes no video.
     compact_images: `encode(..., patchify=False)` returns resized uint8 images (`resized_images`) that
     `patchify_images` turns into the `encode` output; the encode cache stores that compact form.
@@ -77,7 +77,7 @@ class Template(Protocol):
         """Sample -> the model inputs of one sequence, unbatched.
 
         Always: input_ids (T,) long; labels (T,) long, the input id on supervised tokens (the assistant
-        replies and their end token) and -100 (`vlmkit.encoding.IGNORE_INDEX`) elsewhere.
+        replies and their end token) and -100 (`vlmkit.families.encoding.IGNORE_INDEX`) elsewhere.
         With images: the family's pixel inputs (e.g. pixel_values and its grid or size tensors) and
         image_sizes [((orig_h, orig_w), (model_h, model_w))] per image, for mapping boxes; per-token
         inputs of the family (e.g. token type ids) are (T,) tensors too.
@@ -90,7 +90,7 @@ class Template(Protocol):
 
     def collate(self, encoded: list[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """`encode` outputs -> one model batch: input_ids, attention_mask, labels (B, T_max) padded on
-        `padding_side` ("left" for generation) through `vlmkit.encoding.collate_tokens`, the family's
+        `padding_side` ("left" for generation) through `vlmkit.families.encoding.collate_tokens`, the family's
         per-token inputs padded alike, and the pixel inputs of all samples concatenated in order.
         The result goes to the model's `forward` / `generate` as keyword arguments."""
         ...
@@ -114,7 +114,7 @@ class Template(Protocol):
 
 @runtime_checkable
 class Grounds(Protocol):
-    """What a template whose `box_format` is not None also has (`vlmkit.grounding`)."""
+    """What a template whose `box_format` is not None also has (`vlmkit.media.grounding`)."""
 
     def image_sizes(self, sample: Sample, limit: int | None = None) -> list[tuple[tuple[int, int], ...]]:
         """((orig_h, orig_w), (model_h, model_w)) per image of `sample`, from the headers, as `encode`
@@ -124,7 +124,7 @@ class Grounds(Protocol):
 
 @runtime_checkable
 class SplitsMedia(Protocol):
-    """What a template of a family with `Family.chat_cache` also has (`vlmkit.chat_cache`)."""
+    """What a template of a family with `Family.chat_cache` also has (`vlmkit.backends.chat_cache`)."""
 
     def split_media(self, encoded: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
         """Per image, (its image tokens, its own pixel entries in `encode` form), and the entries of all

@@ -4,7 +4,7 @@
     serve("Qwen/Qwen2-VL-2B-Instruct", adapters={"latex": Path("runs/.../checkpoint-200")}, port=8000)
 
 app.py: routes, schema and errors; engine.py: the queue and dynamic batcher; server.py: loading
-and adapters. `--backend vllm` is translated by vlmkit.vllm_args (shared with `vlmkit infer`). FastAPI
+and adapters. `--backend vllm` is translated by vlmkit.backends.vllm_args (shared with `vlmkit infer`). FastAPI
 and uvicorn are imported only when a server is built (pip install vlmkit[serve]).
 """
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from vlmkit.model import VLM, GenerationOptions
+from vlmkit.backends.transformers_backend import VLM, GenerationOptions
 
 log = logging.getLogger("vlmkit.serve")
 

@@ -1,5 +1,5 @@
 """The option groups of `vlmkit serve`: what one request may ask for (`ServeLimits`) and which media a
-client may name (`MediaAccess`). Both become the server's `vlmkit.media.MediaPolicy` (`media_policy`)."""
+client may name (`MediaAccess`). Both become the server's `vlmkit.media.images.MediaPolicy` (`media_policy`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vlmkit.errors import VlmkitError
 from vlmkit.groups import option
-from vlmkit.media import MediaPolicy
+from vlmkit.media.images import MediaPolicy
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class MediaAccess:
 
 
 def media_policy(limits: ServeLimits, media: MediaAccess) -> MediaPolicy:
-    """What the server's requests may read (`vlmkit.media.MediaPolicy`)."""
+    """What the server's requests may read (`vlmkit.media.images.MediaPolicy`)."""
     return MediaPolicy(
         timeout=limits.media_timeout,
         max_bytes=limits.max_media_bytes,

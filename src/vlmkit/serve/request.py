@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vlmkit.backends.transformers_backend import GenerationOptions
 from vlmkit.errors import DataError, MediaTooLargeError, VlmkitError
-from vlmkit.media import MediaPolicy, fetch_media, read_image_size
-from vlmkit.model import GenerationOptions
+from vlmkit.media.images import MediaPolicy, fetch_media, read_image_size
 from vlmkit.sample import ROLES, Sample, to_content_part
 
 if TYPE_CHECKING:
@@ -252,7 +252,7 @@ def _check_pixels(height: int, width: int, where: str, what: str, policy: MediaP
 def _check_video(data: Any, where: str, template: Template, config: ServerConfig) -> None:
     """Frame size and sampled frame count from the container header, as the template samples it (a
     template without video refuses the request when it encodes it)."""
-    from vlmkit.video import probe_video
+    from vlmkit.media.video import probe_video
 
     if template.video_sampling is None:
         return

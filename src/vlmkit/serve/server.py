@@ -15,13 +15,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from vlmkit.backends.transformers_backend import VLM, load
+from vlmkit.backends.vllm_args import BackendOptions
 from vlmkit.errors import VlmkitError
 from vlmkit.groups import from_keywords
-from vlmkit.loader import CHECKPOINT_RE, LoadOptions, is_complete, load_template
-from vlmkit.model import VLM, load
+from vlmkit.models.loader import CHECKPOINT_RE, LoadOptions, is_complete, load_template
 from vlmkit.serve.options import MediaAccess, ServeLimits, media_policy
 from vlmkit.settings import EncodingSettings, encoding_settings
-from vlmkit.vllm_args import BackendOptions
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -72,7 +72,7 @@ def load_served(
     """
     from peft import PeftModel
 
-    from vlmkit.loader import peft_quietly
+    from vlmkit.models.loader import peft_quietly
     from vlmkit.serve.app import ServedModel
 
     models = {main_name: ServedModel(main_name, vlm.template, str(vlm.path))}
@@ -119,8 +119,8 @@ def serve(
     **keywords: Any,
 ) -> None:
     """Load the model and serve it until interrupted (see `vlmkit serve --help` for the options). The option
-    groups (`loading`, `limits`, `media`, `backend`: `vlmkit.serve.options`, `vlmkit.loader.LoadOptions`,
-    `vlmkit.vllm_args.BackendOptions`) may also be given as their fields, keyword arguments (`max_tokens=256`,
+    groups (`loading`, `limits`, `media`, `backend`: `vlmkit.serve.options`, `vlmkit.models.loader.LoadOptions`,
+    `vlmkit.backends.vllm_args.BackendOptions`) may also be given as their fields, keyword arguments (`max_tokens=256`,
     `backend="vllm"`, `vllm_args=[...]`). `encoding` (or its fields as keyword arguments) applies to the model
     and to every adapter that is a vlmkit checkpoint, over their saved settings."""
     if isinstance(backend, str):  # the backend's name, as before the groups
@@ -146,7 +146,7 @@ def serve(
         return
     vlm = load(model, ckpt=ckpt, loading=loading, encoding=encoding)
     if loading.device_map is not None:
-        from vlmkit.placement import describe
+        from vlmkit.models.placement import describe
 
         print(describe(vlm.model), flush=True)
     # Adapters that are vlmkit checkpoints load their own template with the same explicit options.
@@ -203,9 +203,9 @@ def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits,
 
 def _refuse_for_vllm(model, ckpt, loading: LoadOptions, encoding: EncodingSettings) -> None:
     """What `vllm serve` would drop: the placement over devices, the encoding settings the family does not pass
-    on (`vlmkit.vllm_args.not_passed_to_vllm`), remote code."""
-    from vlmkit.loader import resolve_model
-    from vlmkit.vllm_args import not_passed_to_vllm
+    on (`vlmkit.backends.vllm_args.not_passed_to_vllm`), remote code."""
+    from vlmkit.backends.vllm_args import not_passed_to_vllm
+    from vlmkit.models.loader import resolve_model
 
     if loading.device_map is not None:
         raise VlmkitError("--device-map is for --backend transformers; vLLM spreads a model over GPUs itself")
@@ -237,7 +237,7 @@ def _serve_vllm(model, ckpt, adapters, encoding, name, host, port, api_key, medi
     import sys
     import tempfile
 
-    from vlmkit.vllm_args import plan_vllm, run_vllm, serve_command_line
+    from vlmkit.backends.vllm_args import plan_vllm, run_vllm, serve_command_line
 
     plan = plan_vllm(
         model,

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
-from vlmkit.encoding import IGNORE_INDEX
 from vlmkit.errors import VlmkitError
+from vlmkit.families.encoding import IGNORE_INDEX
 from vlmkit.train.checkpoints import disk_full_error, is_disk_full
 from vlmkit.train.run import COMPLETE_MARKER, read_log
 from vlmkit.train.sampler import BatchStats
@@ -304,7 +304,7 @@ class RunLog(TrainerCallback):
             raise
 
     def _plot(self) -> None:
-        from vlmkit.plots import save_line_panels
+        from vlmkit.train.plots import save_line_panels
 
         panels = [
             ("loss", {name: self.curves[name] for name in ("train loss", "eval loss") if self.curves[name]}),
@@ -315,7 +315,7 @@ class RunLog(TrainerCallback):
         if panels:
             save_line_panels(panels, self.run_dir / "loss.png", xlabel="step")
         if self.metric_curves:
-            from vlmkit.plots import save_line_plot
+            from vlmkit.train.plots import save_line_plot
 
             path = self.run_dir / "metrics.png"
             save_line_plot(self.metric_curves, path, title="eval metrics", xlabel="step", ylabel="value")

@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 
 from vlmkit.errors import VlmkitError
 from vlmkit.families import family_by_name
-from vlmkit.processor_files import write_processor_files
+from vlmkit.models.processor_files import write_processor_files
 from vlmkit.settings import write_settings
 from vlmkit.train.run import COMPLETE_MARKER, best_checkpoint, checkpoints
 

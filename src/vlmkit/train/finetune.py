@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vlmkit.errors import VlmkitError
-from vlmkit.quantized import check_training
+from vlmkit.models.quantized import check_training
 from vlmkit.train.arguments import save_best_by, training_arguments
 from vlmkit.train.config import SFTConfig
 from vlmkit.train.encoded import EncodedDataset
@@ -186,7 +186,7 @@ def sft(config: SFTConfig) -> Path:
     import transformers
     from transformers import set_seed
 
-    from vlmkit import loader
+    from vlmkit.models import loader
 
     transformers.utils.logging.disable_progress_bar()
     config.validate()
@@ -212,7 +212,7 @@ def sft(config: SFTConfig) -> Path:
 
 def _resolve_base(config: SFTConfig) -> _Base:
     """The model files, family checks, packing, tokenizer, template, dtype and placement."""
-    from vlmkit import loader, placement
+    from vlmkit.models import loader, placement
 
     files = loader.resolve_model(config.model)
     loader.check_weights(files.model_dir)  # a cut-short download: one line now, not a traceback after the data
@@ -369,7 +369,7 @@ def _streamed_set(config: SFTConfig, base: _Base, run: _Run) -> _Sets:
 
 def _load_model(config: SFTConfig, base: _Base):
     """The weights (quantized with --quant, placed with --device-map), frozen and wrapped as asked."""
-    from vlmkit import loader, placement
+    from vlmkit.models import loader, placement
     from vlmkit.train.tuning import apply_tuning
 
     quantization = None
@@ -528,10 +528,10 @@ def _write_best_checkpoint(state, run_dir: Path, config: SFTConfig) -> None:
 
 def _generated_metrics(tokenizer, template, family, model_dir, val_data, rows, config):
     """`--eval-metric`: model -> {"eval_NAME": value} on the first --eval-metric-rows validation rows."""
+    from vlmkit.backends.transformers_backend import VLM
     from vlmkit.eval.during_training import score_generated
     from vlmkit.eval.metrics import metric_names
     from vlmkit.eval.trackers import log_prediction_table
-    from vlmkit.model import VLM
 
     names = metric_names(config.eval_metric, "--eval-metric")
     samples = [val_data[row] for row in rows[: config.eval_metric_rows]]
@@ -552,8 +552,8 @@ def _log_val_generations(
     model, tokenizer, template, family, model_dir, val_data, rows, n, max_new_tokens: int, run_dir: Path
 ) -> None:
     """Greedy answers for the first `n` validation rows, next to their references (log and console)."""
-    from vlmkit.infer import split_reference
-    from vlmkit.model import VLM, GenerationOptions
+    from vlmkit.backends.transformers_backend import VLM, GenerationOptions
+    from vlmkit.infer.batch import split_reference
 
     vlm = VLM(
         model=model.eval(),

@@ -279,7 +279,7 @@ class EngineOptions:
     )
 
     def check(self) -> None:
-        from vlmkit.placement import refuse_launcher
+        from vlmkit.models.placement import refuse_launcher
 
         refuse([
             (self.deepspeed in DEEPSPEED, f"--deepspeed {self.deepspeed}: choose zero2 or zero3"),

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from vlmkit.encoding import IGNORE_INDEX
 from vlmkit.errors import VlmkitError
+from vlmkit.families.encoding import IGNORE_INDEX
 
 # Attention implementations whose transformers path honours packed position ids without a mask.
 PACKING_ATTN = ("sdpa", "eager", "flash_attention_2")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
-from vlmkit.loader import CHECKPOINT_RE, checkpoints, safetensors_problem
+from vlmkit.models.loader import CHECKPOINT_RE, checkpoints, safetensors_problem
 
 # Files the Trainer reads when it resumes; without trainer_state.json it would silently start again at step 0,
 # without optimizer.pt / scheduler.pt with a fresh optimizer (DeepSpeed and FSDP keep theirs elsewhere).

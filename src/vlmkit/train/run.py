@@ -25,7 +25,7 @@ from typing import Any
 
 from vlmkit.data.sources import absolute_source
 from vlmkit.errors import VlmkitError
-from vlmkit.loader import CHECKPOINT_RE, COMPLETE_MARKER, checkpoints, is_complete  # noqa: F401  (re-exported)
+from vlmkit.models.loader import CHECKPOINT_RE, COMPLETE_MARKER, checkpoints, is_complete  # noqa: F401  (re-exported)
 from vlmkit.sample import is_local_path
 
 _RUN_RE = re.compile(r"^v(\d+)-")

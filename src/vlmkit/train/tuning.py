@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from vlmkit.errors import VlmkitError
-from vlmkit.loader import peft_quietly
+from vlmkit.models.loader import peft_quietly
 from vlmkit.train.config import SFTConfig
 
 ALL_LINEAR = ("all-linear", "all", "all_linear")

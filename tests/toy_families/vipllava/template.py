@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import Segment, collate_tokens, expand_tokens, mark_text, tokenize_segments
 from vlmkit.errors import DataError
-from vlmkit.media import load_image
+from vlmkit.families.encoding import Segment, collate_tokens, expand_tokens, mark_text, tokenize_segments
+from vlmkit.media.images import load_image
 from vlmkit.sample import Sample
 
 IMAGE_TOKEN = "<image>"

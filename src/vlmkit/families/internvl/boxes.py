@@ -1,7 +1,7 @@
 """InternVL grounding text: `<ref>REF</ref><box>[[x1, y1, x2, y2]]</box>` on a 0-1000 grid (several boxes
 of one ref in one tag: `<box>[[...], [...]]</box>`), as InternVL's grounding data and evaluation write it."""
 
-from vlmkit.grounding import BoxFormat, parse_markup
+from vlmkit.media.grounding import BoxFormat, parse_markup
 
 REF_RE = r"<ref>(.*?)</ref>"
 BOX_RE = r"<box>(.*?)</box>"

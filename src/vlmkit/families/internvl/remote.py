@@ -261,7 +261,7 @@ def build_tokenizer(llm: str):
     from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
 
-    from vlmkit.tiny import small_vocab_backend
+    from vlmkit.families.tiny import small_vocab_backend
 
     spec = LLMS[llm]
     backend = small_vocab_backend()

@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX, Segment, collate_tokens, mark_text, tokenize_segments
 from vlmkit.errors import DataError, VlmkitError
+from vlmkit.families.encoding import IGNORE_INDEX, Segment, collate_tokens, mark_text, tokenize_segments
 from vlmkit.families.internvl.boxes import BOX_FORMAT
-from vlmkit.grounding import needs_boxes, write_for_family
-from vlmkit.media import load_image, read_image_size
+from vlmkit.media.grounding import needs_boxes, write_for_family
+from vlmkit.media.images import load_image, read_image_size
+from vlmkit.media.video import FrameSampling
 from vlmkit.sample import Sample, refuse_requested_sizes
 from vlmkit.settings import read_settings
-from vlmkit.video import FrameSampling
 
 IMAGE_START, IMAGE_END, IMAGE_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 VIDEO = "<video>"
@@ -110,7 +110,7 @@ def render_internvl(
 class InternVLTemplate:
     """Encodes `Sample`s for an InternVL checkpoint; see the module docstring for shapes."""
 
-    box_format = BOX_FORMAT  # grounding text, 0-1000 of the original image (`vlmkit.grounding`)
+    box_format = BOX_FORMAT  # grounding text, 0-1000 of the original image (`vlmkit.media.grounding`)
     limit_option = "--max-tiles"  # what `min_limit` / `max_limit` count here (tiles), as users set it
     compact_images = False  # the encode cache stores `encode`'s own output
 
@@ -285,19 +285,19 @@ class InternVLTemplate:
 
     @property
     def video_sampling(self) -> FrameSampling:
-        """How `vlmkit.video` samples a video's frames for this template (any count: frames are images)."""
+        """How `vlmkit.media.video` samples a video's frames for this template (any count: frames are images)."""
         return FrameSampling(self.fps, self.nframes, min_frames=4, max_frames=self.max_frames, frame_factor=1)
 
     def _video_frames(self, source: Any, where: str) -> list[Image.Image]:
         """The sampled frames of a video, each resized to one tile (as InternVL's video processor does)."""
-        from vlmkit.video import load_video
+        from vlmkit.media.video import load_video
 
         video = load_video(source, where, self.video_sampling)
         size = self.tile_size
         return [frame.convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for frame in video.frames]
 
     def _video_frame_count(self, source: Any, where: str) -> int:
-        from vlmkit.video import probe_video
+        from vlmkit.media.video import probe_video
 
         return len(probe_video(source, where, self.video_sampling).timestamps)
 
@@ -464,7 +464,7 @@ class InternVLTemplate:
     def split_media(self, encoded: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
         """Per image, (its image tokens, its own pixel entries in `encode` form), and the entries of all
         videos together (none: video frames are images here): what a chat turn that reuses the cached start of its conversation passes for the
-        media after that start (`vlmkit.chat_cache`)."""
+        media after that start (`vlmkit.backends.chat_cache`)."""
         images, start = [], 0
         for tiles in encoded.get("image_tiles", []):
             entries = {"pixel_values": encoded["pixel_values"][start : start + tiles], "image_tiles": [tiles]}

@@ -7,7 +7,7 @@ from vlmkit.families.llava.template import ClipCrop, LlavaTemplate, render_llava
 from vlmkit.families.qwen2_vl.vocab import qwen2_vocabulary
 
 # The real tokenizer's special tokens in id order: <unk> <s> </s> are ids 0-2 of the Llama vocabulary,
-# <image> and <pad> were added at 32000 and 32001. A tiny model's Qwen2 vocabulary (see vlmkit.tiny)
+# <image> and <pad> were added at 32000 and 32001. A tiny model's Qwen2 vocabulary (see vlmkit.families.tiny)
 # already holds the strings <unk> <s> </s> (ids 128244, 128245, 128247; kept whole as special tokens),
 # so, as in the real one, only <image> and <pad> come after it: 151643 and 151644.
 SPECIAL_TOKENS = (("<unk>", True), ("<s>", True), ("</s>", True), ("<image>", True), ("<pad>", True))
@@ -105,7 +105,7 @@ FAMILY = Family(
     description="LLaVA-1.5 (-hf, 7B/13B): CLIP 336 px, one crop per image, Llama/Vicuna",
     folder=Path(__file__).parent,
     special_tokens=SPECIAL_TOKENS,
-    first_special_id=151643,  # tiny models: after the Qwen2 vocabulary (see vlmkit.tiny)
+    first_special_id=151643,  # tiny models: after the Qwen2 vocabulary (see vlmkit.families.tiny)
     eos_token="</s>",
     pad_token="<pad>",
     bos_token="<s>",

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import (
+from vlmkit.errors import DataError, VlmkitError
+from vlmkit.families.encoding import (
     IGNORE_INDEX,
     Segment,
     collate_tokens,
@@ -29,8 +30,7 @@ from vlmkit.encoding import (
     mark_text,
     tokenize_segments,
 )
-from vlmkit.errors import DataError, VlmkitError
-from vlmkit.media import load_image, read_image_size
+from vlmkit.media.images import load_image, read_image_size
 from vlmkit.sample import Sample, refuse_requested_sizes
 
 IMAGE_TOKEN = "<image>"
@@ -297,7 +297,7 @@ class LlavaTemplate:
     def split_media(self, encoded: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
         """Per image, (its image tokens, its own pixel entries in `encode` form), and the entries of all
         videos together (none: images only): what a chat turn that reuses the cached start of its conversation passes for the
-        media after that start (`vlmkit.chat_cache`)."""
+        media after that start (`vlmkit.backends.chat_cache`)."""
         sizes = encoded.get("original_sizes", torch.empty(0, 2, dtype=torch.long))
         return [
             (

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import Segment
 from vlmkit.errors import DataError
+from vlmkit.families.encoding import Segment
 from vlmkit.families.llava.template import IMAGE_TOKEN, ClipCrop
 
 

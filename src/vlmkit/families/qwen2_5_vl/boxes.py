@@ -5,7 +5,7 @@ the same JSON on a 0-1000 grid and reuses these functions."""
 import json
 import re
 
-from vlmkit.grounding import BoxFormat
+from vlmkit.media.grounding import BoxFormat
 
 _OBJECT_RE = re.compile(r"\{[^{}]*\"bbox_2d\"[^{}]*\}", re.S)
 _BOX_RE = re.compile(r"\"bbox_2d\"\s*:\s*\[([^\[\]]*)\]")

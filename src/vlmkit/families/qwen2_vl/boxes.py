@@ -1,7 +1,7 @@
 """Qwen2-VL grounding text: `<|object_ref_start|>REF<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`,
 coordinates on a 0-1000 grid of the image (Qwen's process_bbox notebook, ms-swift's qwen2_vl template)."""
 
-from vlmkit.grounding import BoxFormat, parse_markup
+from vlmkit.media.grounding import BoxFormat, parse_markup
 
 REF_RE = r"<\|object_ref_start\|>(.*?)<\|object_ref_end\|>"
 BOX_RE = r"<\|box_start\|>(.*?)<\|box_end\|>"

@@ -3,7 +3,7 @@
 The Qwen-VL models compute their 3-D positions (`get_rope_index`) from the whole prompt, and `generate`
 adds `rope_deltas` to the text positions it makes. A turn that runs only the part of the prompt after
 its cached start gets those positions from the full prompt, and leaves the deltas on the model for the
-reply (`vlmkit.chat_cache.prefill`).
+reply (`vlmkit.backends.chat_cache.prefill`).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ folder; tests/parity compares the two). Assistant replies and their end token ar
 
 from __future__ import annotations
 
-from vlmkit.encoding import Segment
 from vlmkit.errors import DataError
+from vlmkit.families.encoding import Segment
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"

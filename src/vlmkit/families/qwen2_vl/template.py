@@ -23,19 +23,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import (
+from vlmkit.errors import DataError, VlmkitError
+from vlmkit.families.encoding import (
     collate_tokens,
     expand_tokens,
     mark_text,
     tokenize_segments,
 )
-from vlmkit.errors import DataError, VlmkitError
 from vlmkit.families.qwen2_vl.resize import smart_resize
 from vlmkit.families.qwen2_vl.video import VIDEO_SETTINGS, encode_videos, video_settings, video_token_delta
-from vlmkit.grounding import needs_boxes, write_for_family
-from vlmkit.media import load_image_resized, read_image_size
+from vlmkit.media.grounding import needs_boxes, write_for_family
+from vlmkit.media.images import load_image_resized, read_image_size
+from vlmkit.media.video import FrameSampling
 from vlmkit.sample import Sample
-from vlmkit.video import FrameSampling
 
 
 class Qwen2VLTemplate:
@@ -117,7 +117,7 @@ class Qwen2VLTemplate:
         self.video_total_pixels = int(video_total_pixels)
         self.video_timestamps = video_timestamps
         self.second_per_grid_ts = second_per_grid_ts
-        self.box_format = box_format  # vlmkit.grounding.BoxFormat: how boxes are written; None: left as text
+        self.box_format = box_format  # vlmkit.media.grounding.BoxFormat: how boxes are written; None: left as text
         vocab = tokenizer.get_vocab()
         self.image_token_id = vocab["<|image_pad|>"]
         self.video_token_id = vocab["<|video_pad|>"]
@@ -190,7 +190,7 @@ class Qwen2VLTemplate:
 
     @property
     def video_sampling(self) -> FrameSampling:
-        """How `vlmkit.video` samples a video's frames for this template (qwen-vl-utils' rule)."""
+        """How `vlmkit.media.video` samples a video's frames for this template (qwen-vl-utils' rule)."""
         return FrameSampling(self.fps, self.nframes, self.min_frames, self.max_frames, self.temporal_patch_size)
 
     # -- text --------------------------------------------------------------------------------------
@@ -319,7 +319,7 @@ class Qwen2VLTemplate:
 
     def _with_objects(self, sample: Sample, max_pixels: int | None) -> Sample:
         """`sample` with its grounding placeholders and box text written in this family's format, for
-        images at the size this call resizes them to (`vlmkit.grounding`)."""
+        images at the size this call resizes them to (`vlmkit.media.grounding`)."""
         if self.box_format is None or not needs_boxes(sample):
             return sample
         return write_for_family(sample, self.box_format, self.image_sizes(sample, max_pixels))
@@ -501,7 +501,7 @@ class Qwen2VLTemplate:
     def split_media(self, encoded: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
         """Per image, (its image tokens, its own pixel entries in `encode` form), and the entries of all
         videos together: what a chat turn that reuses the cached start of its conversation passes for the
-        media after that start (`vlmkit.chat_cache`)."""
+        media after that start (`vlmkit.backends.chat_cache`)."""
         images, start = [], 0
         for grid in encoded.get("image_grid_thw", torch.empty(0, 3, dtype=torch.long)):
             rows = int(grid.prod())

@@ -1,6 +1,6 @@
 """Qwen-VL video encoding (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), used by `Qwen2VLTemplate`.
 
-Frames come from `vlmkit.video` (sampled by qwen-vl-utils' `smart_nframes`). Every frame of
+Frames come from `vlmkit.media.video` (sampled by qwen-vl-utils' `smart_nframes`). Every frame of
 a video is resized to one size by `smart_resize`, under a per-frame pixel limit that shrinks
 as frames are added (qwen-vl-utils' rule, = transformers' video processors with
 `cap_pixels_per_frame=True`):
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import IGNORE_INDEX
 from vlmkit.errors import DataError
+from vlmkit.families.encoding import IGNORE_INDEX
 from vlmkit.families.qwen2_vl.resize import smart_resize
-from vlmkit.video import VideoProbe, load_video, probe_video
+from vlmkit.media.video import VideoProbe, load_video, probe_video
 
 # The template settings that travel in vlmkit.json (see `Qwen2VLTemplate.settings`).
 VIDEO_SETTINGS = ("fps", "nframes", "max_frames", "min_frames", "video_max_pixels")

@@ -8,7 +8,7 @@
 - `qwen-vl-remote` (model_type `qwen`): an original checkpoint folder as published, run through its own
   remote code (`--trust-remote-code`, prompt rendering in `template.py`), inference only.
 
-The data side is shared: `Picture N: <img>PATH</img>` in conversations (`vlmkit.data.inline`) and the
+The data side is shared: `Picture N: <img>PATH</img>` in conversations (`vlmkit.sample.inline`) and the
 grounding text of `boxes.py`.
 """
 

@@ -1,6 +1,6 @@
 """Qwen-VL (first generation) grounding text: `<ref>REF</ref><box>(x1,y1),(x2,y2)</box>` on a 0-1000 grid."""
 
-from vlmkit.grounding import BoxFormat, parse_markup
+from vlmkit.media.grounding import BoxFormat, parse_markup
 
 REF_RE = r"<ref>(.*?)</ref>"
 BOX_RE = r"<box>(.*?)</box>"

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmkit.encoding import Segment, collate_tokens, expand_tokens, mark_text, tokenize_segments
 from vlmkit.errors import DataError
+from vlmkit.families.encoding import Segment, collate_tokens, expand_tokens, mark_text, tokenize_segments
 from vlmkit.families.qwen_vl.template import original_image_sizes, qwen_vl_messages
-from vlmkit.media import load_image
+from vlmkit.media.images import load_image
 from vlmkit.sample import Sample, refuse_requested_sizes
 
 IMAGE_PAD = "<imgpad>"
@@ -196,7 +196,7 @@ class NativeQwenVLTemplate:
 
     def split_media(self, encoded: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
         """Per image, (its 256 tokens, its own entries in `encode` form), and no video entries: for a chat
-        turn that reuses the cached start of its conversation (`vlmkit.chat_cache`)."""
+        turn that reuses the cached start of its conversation (`vlmkit.backends.chat_cache`)."""
         sizes = encoded.get("original_sizes", torch.empty(0, 2, dtype=torch.long))
         return [
             (

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vlmkit.encoding import IGNORE_INDEX, collate_tokens
 from vlmkit.errors import DataError, MediaError
-from vlmkit.grounding import needs_boxes, write_for_family
-from vlmkit.media import load_image, read_image_size
+from vlmkit.families.encoding import IGNORE_INDEX, collate_tokens
+from vlmkit.media.grounding import needs_boxes, write_for_family
+from vlmkit.media.images import load_image, read_image_size
 from vlmkit.sample import Sample, refuse_requested_sizes
 
 if TYPE_CHECKING:

@@ -5,11 +5,11 @@ resets the history, `exit` / `quit` / end of input leave. Works with piped input
 
 Batch: every row of a dataset file (any format `vlmkit.data` reads) becomes one output
 line, in input order: the input fields plus `response`, and `objects`: the boxes parsed out of
-the response in original-image pixels (`vlmkit.grounding`; an input `objects` is kept as
+the response in original-image pixels (`vlmkit.media.grounding`; an input `objects` is kept as
 `labels_objects`). With `draw_dir`, each row's images are saved there with those boxes drawn.
 When a row ends with an assistant reply, that reply is the reference: it is kept as `labels`
 and the model answers the turns before it. A row that cannot be encoded gets an `error` field, and
-the run goes on. Rows go to a resumable `<output>.partial/` first (`vlmkit.batch_output`): a stopped run
+the run goes on. Rows go to a resumable `<output>.partial/` first (`vlmkit.infer.output`): a stopped run
 is finished by the same call, and under torchrun the processes share the rows and write one output.
 """
 
@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from vlmkit.describe import describe_images, describe_model
+from vlmkit.backends.transformers_backend import VLM, GenerationOptions
 from vlmkit.errors import DataError, VlmkitError
-from vlmkit.model import VLM, GenerationOptions
+from vlmkit.infer.describe import describe_images, describe_model
 from vlmkit.sample import Sample
 
 if TYPE_CHECKING:
-    from vlmkit.batch_output import PartialOutput
+    from vlmkit.infer.output import PartialOutput
 
 SEPARATOR = "-" * 50
 PROMPTS = {"<image>": "Input an image path or URL <<< ", "<video>": "Input a video path or URL <<< "}
@@ -180,12 +180,12 @@ def run_batch(
     rows (of the whole output, on every rank). `rows`: (raw row, Sample or its DataError) already read from
     `input_path` (`vlmkit eval` splits grounding rows into one row per box); by default they are read here.
 
-    Rows are written as they are answered to `<output>.partial/` (`vlmkit.batch_output`), which becomes
+    Rows are written as they are answered to `<output>.partial/` (`vlmkit.infer.output`), which becomes
     `output_path` when every row is there: an existing file is never left half-overwritten, a run that
     stops is resumed by the same call (only the rows not yet answered), and under torchrun the ranks share
     the rows and write one output.
     """
-    from vlmkit.batch_output import PartialOutput, input_description
+    from vlmkit.infer.output import PartialOutput, input_description
 
     if batch_size < 1:
         raise VlmkitError(f"--batch-size must be at least 1, got {batch_size}")
@@ -228,7 +228,7 @@ def _write_batches(
     draw_dir: str | Path | None,
 ) -> None:
     """Generate for `chunks` of (input index, raw row, Sample or DataError) and write one row per input row
-    to `partial` (`vlmkit.batch_output.PartialOutput`), flushed after each batch."""
+    to `partial` (`vlmkit.infer.output.PartialOutput`), flushed after each batch."""
     from tqdm import tqdm
 
     with (
@@ -284,7 +284,7 @@ def _add_objects(
 ) -> None:
     """Put the reply's boxes on `result` as `objects` (an input `objects` moves to `labels_objects`) and
     draw them when asked; a problem here is recorded on the row, not raised."""
-    from vlmkit.grounding import objects_in_reply, reference_objects
+    from vlmkit.media.grounding import objects_in_reply, reference_objects
 
     try:
         objects = objects_in_reply(vlm.template, prompt, reply)
@@ -292,7 +292,7 @@ def _add_objects(
             result["labels_objects"] = result.pop("objects")
         result["objects"] = objects
         if draw_dir is not None:
-            from vlmkit.draw import save_drawn
+            from vlmkit.media.draw import save_drawn
 
             reference = reference_objects(vlm.template, prompt)  # the row's own boxes, drawn beside
             save_drawn(prompt.media("image"), objects, Path(draw_dir), f"row{row_number + 1:05d}", reference)
@@ -302,8 +302,8 @@ def _add_objects(
 
 def _draw_chat_turn(vlm: VLM, chat, draw_dir: Path, stdout: TextIO) -> None:
     """Draw the last reply's boxes on the conversation's images (the prompt's last image by default)."""
-    from vlmkit.draw import save_drawn
-    from vlmkit.grounding import objects_in_reply
+    from vlmkit.media.draw import save_drawn
+    from vlmkit.media.grounding import objects_in_reply
 
     prompt = Sample(messages=chat.messages[:-1], where="chat")
     reply = "".join(p.get("text", "") for p in chat.messages[-1]["content"] if p["type"] == "text")

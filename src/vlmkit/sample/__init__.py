@@ -7,7 +7,7 @@ is one of
     {"type": "image", "image": SOURCE}
     {"type": "video", "video": SOURCE}
 
-and SOURCE is whatever `vlmkit.media` can open (a path, an http(s) or `data:` URL,
+and SOURCE is whatever `vlmkit.media.images` can open (a path, an http(s) or `data:` URL,
 bytes, or a PIL image). Media sit in the content exactly where the model sees them,
 so the family templates never have to match placeholders against lists.
 
@@ -20,7 +20,7 @@ so the family templates never have to match placeholders against lists.
 
 Inline media, one rule everywhere a person writes text for vlmkit (dataset rows, the chat, `chat.send`,
 `vlm.generate`): `<img>SRC</img>` (also `Picture N: <img>SRC</img>`) and `<|vision_start|>SRC<|vision_end|>`
-in a text are the image or video SRC at that place, as `vlmkit.data.inline` reads them. Only the OpenAI
+in a text are the image or video SRC at that place, as `vlmkit.sample.inline` reads them. Only the OpenAI
 API (`vlmkit serve`) passes `media_tags=False`: its text parts are text, and its media come as parts.
 
 Other dataset formats (query/response, ShareGPT, ...) are converted to these by
@@ -223,7 +223,7 @@ def to_sample(
     if not isinstance(raw_messages, list) or not raw_messages:
         raise DataError(f"{where}: no 'messages' list (or it is empty)")
     if media_tags:
-        from vlmkit.data.inline import inline_media  # here: vlmkit.data imports this module
+        from vlmkit.sample.inline import inline_media  # here: vlmkit.data imports this module
 
         lists = {key: _media_list(row, key, where) for key in ("images", "videos")}
         row = inline_media({**row, **lists}, where)

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlmkit.generation import GenerationOptions
+from vlmkit.backends.generation import GenerationOptions
 from vlmkit.groups import from_keywords
-from vlmkit.loader import LoadOptions
+from vlmkit.models.loader import LoadOptions
 from vlmkit.sample import Sample, to_sample
 from vlmkit.settings import EncodingSettings, check_encoding, encoding_settings
 
 if TYPE_CHECKING:
-    from vlmkit.chat import Chat
+    from vlmkit.backends.chat import Chat
     from vlmkit.families import Family
     from vlmkit.families.interface import Template
 
@@ -90,7 +90,7 @@ class VLM:
         token_ids = next((token_ids[:i] for i, t in enumerate(token_ids) if t in stops), token_ids)
         box_format = self.family.box_format
         if box_format is not None and box_format.keep_tokens:  # grounding tokens stay in the reply
-            from vlmkit.grounding import decode_reply
+            from vlmkit.media.grounding import decode_reply
 
             return decode_reply(self.tokenizer, token_ids, box_format.keep_tokens)
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
@@ -150,9 +150,9 @@ class VLM:
             raise errors[0]
 
     def chat(self, system: str | None = None, reuse_cache: bool = True) -> Chat:
-        """A conversation (`vlmkit.chat.Chat`); with `reuse_cache` each turn runs only what it adds through
-        the model (see `vlmkit.chat_cache`), otherwise the whole history every turn."""
-        from vlmkit.chat import Chat
+        """A conversation (`vlmkit.backends.chat.Chat`); with `reuse_cache` each turn runs only what it adds through
+        the model (see `vlmkit.backends.chat_cache`), otherwise the whole history every turn."""
+        from vlmkit.backends.chat import Chat
 
         return Chat(self, system=system, reuse_cache=reuse_cache)
 
@@ -200,7 +200,7 @@ def load(
     **keywords: Any,
 ) -> VLM:
     """Load a model folder or hub id, or a vlmkit checkpoint (`ckpt`: base model + LoRA adapter, or full
-    weights; a run folder: its newest checkpoint). `loading` (`vlmkit.loader.LoadOptions`: dtype, device,
+    weights; a run folder: its newest checkpoint). `loading` (`vlmkit.models.loader.LoadOptions`: dtype, device,
     attn_impl, trust_remote_code, and the placement over devices `device_map`, `max_memory`, `offload_folder`)
     and `encoding` (`vlmkit.settings.EncodingSettings`) may also be given as their fields, keyword arguments
     (`dtype="fp32"`, `min_pixels=...`, `system=...`). Encoding defaults to the settings saved with the model or
@@ -208,8 +208,8 @@ def load(
     transformers run Python code shipped in the model folder (untested here); the family still comes from
     config.json. `device_map` (auto, balanced, sequential, or {module: device}), with `max_memory` ("0=20GiB,
     cpu=60GiB" or {device: size}) and `offload_folder`, spreads the model over GPUs, CPU and disk
-    (`vlmkit.placement`) instead of putting it on `device`."""
-    from vlmkit import loader, placement
+    (`vlmkit.models.placement`) instead of putting it on `device`."""
+    from vlmkit.models import loader, placement
 
     loading, keywords = from_keywords(LoadOptions, keywords, loading)
     encoding = encoding_settings(encoding, **keywords)

@@ -1,9 +1,9 @@
 """How a reply is generated: `GenerationOptions` (sampling settings) -> the keyword arguments of transformers'
 `generate`.
 
-A module of its own so that the modules built on `vlmkit.model` (`vlmkit.chat`, serving, batch inference)
-can take the options without `vlmkit.model` and them importing each other; `vlmkit.model` imports it and
-`from vlmkit.model import GenerationOptions` still works.
+A module of its own so that the modules built on `vlmkit.backends.transformers_backend` (`vlmkit.backends.chat`, serving, batch inference)
+can take the options without `vlmkit.backends.transformers_backend` and them importing each other; `vlmkit.backends.transformers_backend` imports it and
+`from vlmkit.backends.transformers_backend import GenerationOptions` still works.
 """
 
 from __future__ import annotations

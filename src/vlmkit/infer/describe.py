@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vlmkit.model import VLM
+from vlmkit.backends.transformers_backend import VLM
 
 if TYPE_CHECKING:
     from vlmkit.families.interface import Template

@@ -1,13 +1,13 @@
 """`vlmkit infer/eval --backend vllm`: batch inference with vLLM's offline engine (`vllm.LLM`).
 
-`load_vllm` returns a `VllmVLM`, which does for `vlmkit.infer.run_batch` what a loaded VLM does
+`load_vllm` returns a `VllmVLM`, which does for `vlmkit.infer.batch.run_batch` what a loaded VLM does
 (`template`, `encode`, `generate_encoded`), so rows are read, ordered, written and scored by the
 same code as with the transformers backend. What differs, and how it is kept equal to training:
 
 - the prompt text is rendered by vlmkit's own family template (system prompt included), one
   placeholder per image as the chat template writes it; vLLM expands the placeholders itself;
 - images are opened by vlmkit (EXIF orientation applied, transparency on white) and resized by
-  vLLM's image processor with the run's pixel limits (`mm_processor_kwargs`, `vlmkit.vllm_args`);
+  vLLM's image processor with the run's pixel limits (`mm_processor_kwargs`, `vlmkit.backends.vllm_args`);
 - a LoRA --ckpt is applied to every row as a LoRARequest;
 - replies are decoded from the generated ids by vlmkit (grounding tokens kept, cut at the family's
   stop tokens, which are also vLLM's `stop_token_ids`).
@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vlmkit.backends.transformers_backend import VLM, GenerationOptions
+from vlmkit.backends.vllm_args import VLLM_MISSING, VllmPlan
 from vlmkit.errors import DataError, VlmkitError
-from vlmkit.loader import LoadOptions
-from vlmkit.model import VLM, GenerationOptions
+from vlmkit.models.loader import LoadOptions
 from vlmkit.sample import Sample
 from vlmkit.settings import EncodingSettings
-from vlmkit.vllm_args import VLLM_MISSING, VllmPlan
 
 if TYPE_CHECKING:
     from vlmkit.families.interface import Template
@@ -89,7 +89,7 @@ class VllmVLM:
 
 def vllm_prompt(vlm: VLM, sample: Sample, add_generation_prompt: bool = True) -> dict[str, Any]:
     """`sample` as vLLM's offline engine takes it, rendered with the run's template (see the module docstring)."""
-    from vlmkit.media import load_image
+    from vlmkit.media.images import load_image
 
     if sample.media("video"):
         raise DataError(
@@ -128,7 +128,7 @@ def load_vllm(
     VlmkitError with one line when vLLM is missing or the model cannot be run as trained."""
     import importlib.util
 
-    from vlmkit.vllm_args import plan_vllm
+    from vlmkit.backends.vllm_args import plan_vllm
 
     encoding = encoding or EncodingSettings()
     name = Path(str(ckpt)).name if ckpt is not None else "model"
@@ -152,9 +152,9 @@ def refuse_for_vllm(
 ) -> None:
     """Options of the transformers backend that vLLM cannot apply, refused in one line when given: the
     loading options vLLM does not take and the encoding settings the model's family does not pass on
-    (`vlmkit.vllm_args.not_passed_to_vllm`)."""
-    from vlmkit.loader import resolve_model
-    from vlmkit.vllm_args import not_passed_to_vllm
+    (`vlmkit.backends.vllm_args.not_passed_to_vllm`)."""
+    from vlmkit.backends.vllm_args import not_passed_to_vllm
+    from vlmkit.models.loader import resolve_model
 
     encoding_given = [k for k in encoding.given() if k != "system"]  # the family is needed only for these
     dropped = not_passed_to_vllm(resolve_model(model, ckpt).family, encoding) if encoding_given else []

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import VlmkitError
-from vlmkit.processor_files import write_processor_files
+from vlmkit.models.processor_files import write_processor_files
 from vlmkit.settings import write_settings
 
 
@@ -36,10 +36,10 @@ def export(
     """Write `ckpt` (a vlmkit checkpoint) to the new folder `output` (default: `default_output`); returns
     it. An existing non-empty `output` is refused unless `force`, which replaces it once the new folder
     is complete. `device_map`, `max_memory`, `offload_folder`: load (and merge) a model larger than the
-    memory at hand across GPUs, CPU and disk (`vlmkit.placement`)."""
+    memory at hand across GPUs, CPU and disk (`vlmkit.models.placement`)."""
     import torch
 
-    from vlmkit import loader, placement
+    from vlmkit.models import loader, placement
 
     output = Path(output) if output is not None else default_output(ckpt, merge_lora)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not force:

@@ -26,7 +26,7 @@ from typing import Any
 from PIL import Image
 
 from vlmkit.errors import MediaError
-from vlmkit.media import MediaPolicy, fetch_media, load_image, read_image_size
+from vlmkit.media.images import MediaPolicy, fetch_media, load_image, read_image_size
 
 # A list of frame images carries no frame rate: with fps None its frames are taken as this many per
 # second apart (the convention of the frame-list video format, as qwen-vl-utils writes it).

@@ -1,7 +1,7 @@
 """`vlmkit demo`: the whole product on an embedded task, offline, on a CPU, in a few minutes.
 
 1. build a tiny random Qwen2-VL (`vlmkit tiny-model`),
-2. generate a coloured-shapes dataset it can learn (`vlmkit.shapes`),
+2. generate a coloured-shapes dataset it can learn (`vlmkit.media.shapes`),
 3. fine-tune it with `vlmkit sft`,
 4. score the base model and the saved checkpoint on the held-out rows with `vlmkit eval`
    (exact_match; one side-by-side table, DIR/eval/report.md),
@@ -64,8 +64,8 @@ def run_demo(
     import vlmkit
     from vlmkit.data import load_dataset
     from vlmkit.families import family_by_name
-    from vlmkit.shapes import chance_accuracy, make_shapes_dataset
-    from vlmkit.tiny import build_tiny_model
+    from vlmkit.families.tiny import build_tiny_model
+    from vlmkit.media.shapes import chance_accuracy, make_shapes_dataset
     from vlmkit.train import SFTConfig, sft
 
     recipe = recipe or DemoRecipe()

@@ -6,7 +6,7 @@
         print(piece, end="", flush=True)
 
 Each turn is encoded in full by the family template (as training encodes); the keys and values of the
-turns before are reused where they match (`vlmkit.chat_cache`).
+turns before are reused where they match (`vlmkit.backends.chat_cache`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vlmkit.generation import GenerationOptions
+from vlmkit.backends.generation import GenerationOptions
 from vlmkit.sample import Sample, to_sample
 
 if TYPE_CHECKING:
-    from vlmkit.model import VLM
+    from vlmkit.backends.transformers_backend import VLM
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Chat:
     """A multi-turn conversation; a turn that fails (bad image, ...) leaves the history unchanged.
 
     Each turn is encoded in full (`template.encode`, as everywhere); with `reuse_cache` the model's keys and
-    values of the turns before are kept, so only the new tokens and new images run (`vlmkit.chat_cache`).
+    values of the turns before are kept, so only the new tokens and new images run (`vlmkit.backends.chat_cache`).
     `tokens_run` and `images_run` count what the last turn put through the model; `prompt` is its encoding
     (`template.encode`: token ids, pixel inputs, per-image sizes)."""
 
@@ -71,7 +71,7 @@ class Chat:
         `<image>` in the text are put before it. The turn is encoded at once (a bad image raises here, and
         `prompt` then holds the encoded turn); it joins the history when its reply is complete, so a reply
         cut short (Ctrl-C, or the iterator closed) leaves the history as it was."""
-        from vlmkit import chat_cache
+        from vlmkit.backends import chat_cache
 
         options = options or GenerationOptions(**kw)
         text = self._add_media_placeholders(text, list(images), list(videos))
@@ -95,7 +95,7 @@ class Chat:
         return self._reply(sample, batch, options, media if reuse else None)
 
     def _reply(self, sample: Sample, batch: dict[str, Any], options: GenerationOptions, media: Any) -> Iterator[str]:
-        from vlmkit import chat_cache
+        from vlmkit.backends import chat_cache
 
         result: dict[str, Any] = {}
         extra = {"return_dict_in_generate": True} if media is not None else {}

@@ -1,6 +1,6 @@
 """Draw grounding boxes on images: `vlmkit infer --draw DIR`.
 
-Boxes come in original-image pixels (`vlmkit.grounding.parse_reply`); each predicted box is outlined in
+Boxes come in original-image pixels (`vlmkit.media.grounding.parse_reply`); each predicted box is outlined in
 a colour of `PALETTE` (in turn) with its label written in a filled tag above its top-left corner. The
 reference boxes of a dataset row (its `objects`) are drawn too, all in `REFERENCE_COLOUR` with thinner
 lines, and a legend in the bottom-left corner says which is which.
@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from vlmkit.media import load_image
+from vlmkit.media.images import load_image
 
 PALETTE = [(255, 0, 0), (0, 200, 0), (0, 90, 255), (255, 160, 0), (200, 0, 200), (0, 200, 200)]
 REFERENCE_COLOUR = (255, 255, 0)  # not in PALETTE

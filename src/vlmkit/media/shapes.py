@@ -18,7 +18,7 @@ see the image is right one time in four at best: chance is 25%. `chance_accuracy
 measures the best blind guesser on a given set; on a few hundred rows it comes out a
 little above 25%, because it picks each question text's commonest answer after the fact.
 
-    from vlmkit.shapes import make_shapes_dataset, score
+    from vlmkit.media.shapes import make_shapes_dataset, score
     train = make_shapes_dataset("runs/shapes/train", 4000, seed=0)   # -> runs/shapes/train/data.jsonl
     test = make_shapes_dataset("runs/shapes/test", 200, seed=1)      # held out: another seed
     score(["Red.", " 3"], ["red", "3"])                               # -> 1.0

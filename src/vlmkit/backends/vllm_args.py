@@ -3,7 +3,7 @@
 `plan_vllm` turns vlmkit's options into vLLM engine arguments (`vllm.LLM(**engine_args)`, the same
 names as `vllm serve`'s flags with `_` for `-`). Two users read the plan: `vlmkit serve --backend
 vllm` renders it as a `vllm serve` command line (`serve_command_line`), and `vlmkit infer/eval
---backend vllm` opens vLLM's offline engine with it (`vlmkit.vllm_offline`). The plan keeps what
+--backend vllm` opens vLLM's offline engine with it (`vlmkit.backends.vllm_offline`). The plan keeps what
 peers lose:
 
 - the chat template is the family's own, with the system prompt saved with the model or run
@@ -225,7 +225,7 @@ def plan_vllm(
     whose run saved other settings than the main model's is refused rather than served wrongly.
     A LoRA --ckpt becomes an adapter named `served_model_name` on its base model.
     """
-    from vlmkit.loader import load_template, load_tokenizer_and_template, resolve_model
+    from vlmkit.models.loader import load_template, load_tokenizer_and_template, resolve_model
 
     if not isinstance(encoding, EncodingSettings):
         encoding = encoding_settings(**(encoding or {}))

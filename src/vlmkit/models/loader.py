@@ -42,7 +42,7 @@ ATTN_IMPLS = ("sdpa", "eager", "flash_attention_2")
 @dataclass(frozen=True)
 class LoadOptions:
     """How a model's weights load: their dtype, the device (or a placement over several: `device_map`,
-    `max_memory`, `offload_folder`, see `vlmkit.placement`), the attention kernel, and whether the
+    `max_memory`, `offload_folder`, see `vlmkit.models.placement`), the attention kernel, and whether the
     checkpoint's own Python code may run. From Python, `device_map` and `max_memory` may also be dicts."""
 
     dtype: str = option("auto", "Weights dtype: auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32.")
@@ -74,8 +74,8 @@ class LoadOptions:
 
     def check(self) -> None:
         """Refuse, before anything loads, a dtype, device or attention kernel vlmkit does not know, and
-        placement options that do not parse or do not go together (`vlmkit.placement.check_placement`)."""
-        from vlmkit import placement
+        placement options that do not parse or do not go together (`vlmkit.models.placement.check_placement`)."""
+        from vlmkit.models import placement
 
         check_dtype(self.dtype)
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
@@ -88,8 +88,8 @@ class LoadOptions:
         placement.check_placement(self.device_map, self.max_memory, self.offload_folder)
 
     def placement(self) -> dict[str, Any]:
-        """The `from_pretrained` arguments of the placement options (`vlmkit.placement`); {} without a device map."""
-        from vlmkit import placement
+        """The `from_pretrained` arguments of the placement options (`vlmkit.models.placement`); {} without a device map."""
+        from vlmkit.models import placement
 
         return placement.from_pretrained_placement(self.device_map, self.max_memory, self.offload_folder)
 
@@ -380,13 +380,13 @@ def load_weights(
     adapter applied (`adapter`; and merged with `merge_lora`). `dtype`: a torch dtype, None for the
     checkpoint's; `attn_impl` None leaves transformers' choice; `from_pretrained`: further arguments of
     `from_pretrained` (quantization_config, ...; device placement belongs here too: `device_map`,
-    `max_memory`, `offload_folder` from `vlmkit.placement`). Without a `device_map` the model stays on the
+    `max_memory`, `offload_folder` from `vlmkit.models.placement`). Without a `device_map` the model stays on the
     CPU: the caller moves it."""
     import logging
 
     import transformers
 
-    from vlmkit.quantized import check_quantized
+    from vlmkit.models.quantized import check_quantized
 
     check_quantized(
         files.model_dir, str(files.model_dir), merge_lora=merge_lora and adapter and files.is_adapter
@@ -410,7 +410,7 @@ def load_weights(
     if adapter and files.is_adapter:
         from peft import PeftModel
 
-        from vlmkit.placement import check_adapter_fits
+        from vlmkit.models.placement import check_adapter_fits
 
         check_adapter_fits(hf_model, files.ckpt_dir)
 

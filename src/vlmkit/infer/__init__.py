@@ -1,0 +1,1 @@
+"""Batch inference over a dataset and the interactive chat of `vlmkit infer`."""

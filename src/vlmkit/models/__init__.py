@@ -1,0 +1,1 @@
+"""Model folders in and out: resolve and load checkpoints, place them on devices, quantized weights, export."""
