@@ -812,9 +812,9 @@ def test_eval_scores_grounding_rows_by_iou_and_reverse_grounding_rows_by_their_c
     write_jsonl(tmp_path / "reverse.jsonl", reverse)
     write_jsonl(tmp_path / "mixed.jsonl", [r for pair in zip(grounding, reverse, strict=True) for r in pair])
     # a model that boxes the quarter and one that names it: each right on its own kind of row
-    boxes = build_scripted_model("qwen2-vl", tmp_path / "boxes",
-                                 "<|object_ref_start|>一只羊<|object_ref_end|><|box_start|>(0,0),(500,500)<|box_end|>")
-    words = build_scripted_model("qwen2-vl", tmp_path / "words", "一只羊")  # fmt: skip
+    boxes = build_scripted_model("qwen2-vl", tmp_path / "boxes", small_vocab=True,
+                                 reply="<|object_ref_start|>一只羊<|object_ref_end|><|box_start|>(0,0),(500,500)<|box_end|>")
+    words = build_scripted_model("qwen2-vl", tmp_path / "words", "一只羊", small_vocab=True)  # fmt: skip
 
     # a perfect predictions file: `vlmkit infer` of each model on the rows it answers right
     cli("infer", "-m", boxes, "--input", tmp_path / "grounding.jsonl", "--output", tmp_path / "g.jsonl")
