@@ -735,23 +735,29 @@ def test_eval_predictions_in_vqav2_textvqa_docvqa_schemas_score_against_every_an
         {"question_type": "how many", "multiple_choice_answer": "2", "image_id": 262148, "answer_type": "number",
          "question_id": 262148000 + i, "question": "How many dogs?", "response": reply,
          "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k, a in enumerate(answers)]}
-        for i, (reply, answers) in enumerate([("two", ["2"] * 4 + ["3"] * 6), ("3", ["2"] * 4 + ["3"] * 6),
+        for i, (reply, answers) in enumerate([("two", ["2"] * 2 + ["3"] * 8), ("3", ["2"] * 2 + ["3"] * 8),
                                               ("none", ["0"] * 10)])
     ]  # fmt: skip
-    textvqa = [textvqa_row(0, ["nokia"] * 2 + ["nokia 3310"] * 8), textvqa_row(1, ["stop"] * 10)]
+    textvqa = [textvqa_row(0, ["nokia"] * 7 + ["nokia 3310"] * 3), textvqa_row(1, ["stop"] * 10)]
     docvqa = [docvqa_row(0, ["$1,000", "1,000", "1000"]), docvqa_row(1, ["Jan. 5, 1998", "January 5, 1998"])]
     for row, reply in zip(textvqa + docvqa, ["Nokia 3310", "STOP!", "1000.", "January 5 1998"], strict=True):
         row.update(response=reply, image=f"{row['question']}.png")
     # expected: the official VQA formula over the ten answers (min(#humans that said it / 3, 1) averaged over
     # the ten leave-one-out subsets), worked out by hand; ANLS: 1 - Levenshtein / longer length, 0 from 0.5
     expected = {
-        "vqav2": ("vqa_accuracy", [(4 * 1 + 6 * 1) / 10, (6 * 1 + 4 * 1) / 10, 1.0]),
-        "textvqa": ("vqa_accuracy", [(8 * 1 + 2 * 1) / 10, 1.0]),  # "stop!" -> "stop" (punctuation)
+        # leaving out one of the two "2"s leaves 1 match (1/3), leaving out a "3" leaves 2 (2/3)
+        "vqav2": ("vqa_accuracy", [(2 / 3 + 8 * 2 / 3) / 10, (2 * 1 + 8 * 1) / 10, 1.0]),
+        "textvqa": ("vqa_accuracy", [(3 * 2 / 3 + 7 * 1) / 10, 1.0]),  # "stop!" -> "stop" (punctuation)
         "docvqa": ("anls", [1 - 1 / 5, 1 - 1 / 15]),  # "1000." vs "1000"; "january 5 1998" vs "january 5, 1998"
     }
+    # captions in an `answers` list: CIDEr's idf and each row's score come from all of them
+    captions = [("a red square on a table", ["a red square on a wooden table", "a small red square"]),
+                ("two dogs on the beach", ["two dogs running on a beach", "dogs playing in the sand"])]  # fmt: skip
+    expected["captions"] = ("cider", [s.value for s in cider_d([Row(r, a) for r, a in captions])])
     given = [write_jsonl(tmp_path / f"{name}.jsonl", rows) for name, rows in
-             (("vqav2", vqav2), ("textvqa", textvqa), ("docvqa", docvqa))]  # fmt: skip
-    eval_cli(*[a for path in given for a in ("--predictions", path)], "--metric", "vqa_accuracy,anls",
+             (("vqav2", vqav2), ("textvqa", textvqa), ("docvqa", docvqa),
+              ("captions", [{"response": r, "answers": a} for r, a in captions]))]  # fmt: skip
+    eval_cli(*[a for path in given for a in ("--predictions", path)], "--metric", "vqa_accuracy,anls,cider",
              "-o", tmp_path / "ev")  # fmt: skip
     models = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]
     for name, (metric, values) in expected.items():
@@ -879,3 +885,20 @@ def test_eval_predictions_read_boxes_written_as_text_in_every_syntax_vlmkit_trai
     result = eval_cli("--predictions", tmp_path / "text.jsonl", "--metric", "iou,exact_match", "-o", tmp_path / "t")
     assert "iou          -" in result.stdout and "exact_match  1.000" in result.stdout
     assert "warning: text: iou scored none of the 1 rows: no row is answered with boxes" in result.stderr
+
+
+@pytest.mark.slow
+def test_sft_eval_metric_scores_reverse_grounding_answers_by_their_caption(tmp_path, monkeypatch):
+    for i in range(2):
+        (tmp_path / f"{i}.png").write_bytes(png(i))
+    grounding, reverse = msswift_grounding_rows(2, ["一只羊", "一只羊"])
+    write_jsonl(tmp_path / "val.jsonl", [*grounding, *reverse])
+    model = build_scripted_model("qwen2-vl", tmp_path / "m", "一只羊", small_vocab=True)
+    monkeypatch.chdir(tmp_path)
+    cli("sft", "-m", model, "--dataset", "val.jsonl", "--val-dataset", "val.jsonl", "--max-steps", 1,
+        "--eval-steps", 1, "--eval-metric", "exact_match,iou", "--eval-generate", 0, "--output-dir", "run",
+        "--no-progress", "--report-to", "none", "--max-pixels", 3136)  # fmt: skip
+    log = [json.loads(x) for x in next(tmp_path.glob("run/*/*/train_log.jsonl")).read_text().splitlines()]
+    (scored,) = [x for x in log if "eval_exact_match" in x]
+    # the two reverse-grounding answers are the ref, not "<ref-object>"; the two boxes are missed (no box)
+    assert scored["eval_exact_match"] == 1.0 and scored["eval_iou"] == 0.0 and scored["eval_generated_rows"] == 4
