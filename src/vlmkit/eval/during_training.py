@@ -26,6 +26,18 @@ class Example:
     references: list[str]
 
 
+def _asked(sample: Sample) -> list[tuple[dict, Sample]]:
+    """The turns `vlmkit eval` asks of a validation row; none for a row whose answer cannot be read (its
+    boxes), which `eval_generated_rows` then leaves out."""
+    from vlmkit.errors import DataError
+    from vlmkit.eval.rows import asked_turns
+
+    try:
+        return [(raw, turn) for raw, turn in asked_turns({}, sample) if isinstance(turn, Sample)]
+    except DataError:
+        return []
+
+
 def score_generated(
     vlm: Any,
     samples: list[Sample],
@@ -38,12 +50,11 @@ def score_generated(
     A row that cannot be encoded or generated is left out; `eval_generated_rows` says how many counted.
     Each answered row is appended to `examples` when given."""
     from vlmkit.errors import VlmkitError
-    from vlmkit.eval.rows import asked_turns
     from vlmkit.grounding import objects_in_reply
     from vlmkit.infer import split_reference
     from vlmkit.model import GenerationOptions
 
-    asked = [turn for sample in samples for turn in asked_turns({}, sample)]
+    asked = [turn for sample in samples for turn in _asked(sample)]
     rows: list[Row] = []
     options = GenerationOptions(max_new_tokens=max_new_tokens)
     for start in range(0, len(asked), batch_size):

@@ -80,6 +80,8 @@ def asked_turns(raw: dict, sample: Sample) -> list[ReadRow]:
         if message["role"] != "assistant" or user is None:
             continue
         answer_boxes = range(boxes_seen - text.count(BOX_PLACEHOLDER), boxes_seen)
+        if boxes_seen > len(objects.boxes):
+            raise DataError(f"{sample.where}: {boxes_seen} <bbox> placeholders but {len(objects.boxes)} bbox(es) in objects")
         if objects.bbox_type != "real" and len(answer_boxes):
             return [
                 (
