@@ -842,7 +842,7 @@ def test_eval_scores_grounding_rows_by_iou_and_reverse_grounding_rows_by_their_c
     assert '- references: ["一只羊"]' in report
 
     # the same rows answered by both models through `vlmkit eval --model --dataset`
-    result = eval_cli("-m", boxes, "-m", words, "-d", "mixed.jsonl", "-o", "both", "--max-new-tokens", 24,
+    result = eval_cli("-m", boxes, "-m", words, "-d", "mixed.jsonl", "-o", "both", "--max-new-tokens", 64,
                       cwd=tmp_path)  # fmt: skip
     models = json.loads((tmp_path / "both" / "metrics.json").read_text())["models"]
     assert models["boxes"]["scores"]["iou"]["value"] == 1.0 and models["boxes"]["scores"]["exact_match"]["value"] == 0.0
