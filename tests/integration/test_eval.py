@@ -711,3 +711,194 @@ def test_eval_extra_is_needed_only_by_the_metrics_that_use_it(tmp_path, monkeypa
         cli("eval", "--predictions", tmp_path / "p.jsonl", "--metric", "anls", "-o", tmp_path / "b")
     with pytest.raises(VlmkitError, match="needs rapidfuzz"):  # auto may pick any metric
         cli("eval", "--predictions", tmp_path / "p.jsonl", "-o", tmp_path / "c")
+
+
+# -- what each row's answer is: the answers list of VQA datasets, boxes or text in grounding files ------
+
+
+def eval_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    """`vlmkit eval ARGS` as the user runs it (a subprocess); fails the test on a non-zero exit."""
+    result = subprocess.run([sys.executable, "-m", "vlmkit", "eval", *map(str, args)], capture_output=True,
+                            text=True, timeout=300, cwd=cwd)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def write_jsonl(path, rows: list[dict]):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_eval_predictions_in_vqav2_textvqa_docvqa_schemas_score_against_every_answer(tmp_path):
+    # each line: the dataset's row as its HF version lays it out, plus the model's `response`
+    vqav2 = [  # HuggingFaceM4/VQAv2: ten {"answer", "answer_confidence", "answer_id"}, multiple_choice_answer
+        {"question_type": "how many", "multiple_choice_answer": "2", "image_id": 262148, "answer_type": "number",
+         "question_id": 262148000 + i, "question": "How many dogs?", "response": reply,
+         "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k, a in enumerate(answers)]}
+        for i, (reply, answers) in enumerate([("two", ["2"] * 2 + ["3"] * 8), ("3", ["2"] * 2 + ["3"] * 8),
+                                              ("none", ["0"] * 10)])
+    ]  # fmt: skip
+    textvqa = [textvqa_row(0, ["nokia"] * 7 + ["nokia 3310"] * 3), textvqa_row(1, ["stop"] * 10)]
+    docvqa = [docvqa_row(0, ["$1,000", "1,000", "1000"]), docvqa_row(1, ["Jan. 5, 1998", "January 5, 1998"])]
+    for row, reply in zip(textvqa + docvqa, ["Nokia 3310", "STOP!", "1000.", "January 5 1998"], strict=True):
+        row.update(response=reply, image=f"{row['question']}.png")
+    # expected: the official VQA formula over the ten answers (min(#humans that said it / 3, 1) averaged over
+    # the ten leave-one-out subsets), worked out by hand; ANLS: 1 - Levenshtein / longer length, 0 from 0.5
+    expected = {
+        # leaving out one of the two "2"s leaves 1 match (1/3), leaving out a "3" leaves 2 (2/3)
+        "vqav2": ("vqa_accuracy", [(2 / 3 + 8 * 2 / 3) / 10, (2 * 1 + 8 * 1) / 10, 1.0]),
+        "textvqa": ("vqa_accuracy", [(3 * 2 / 3 + 7 * 1) / 10, 1.0]),  # "stop!" -> "stop" (punctuation)
+        "docvqa": ("anls", [1 - 1 / 5, 1 - 1 / 15]),  # "1000." vs "1000"; "january 5 1998" vs "january 5, 1998"
+    }
+    # captions in an `answers` list: CIDEr's idf and each row's score come from all of them
+    captions = [("a red square on a table", ["a red square on a wooden table", "a small red square"]),
+                ("two dogs on the beach", ["two dogs running on a beach", "dogs playing in the sand"])]  # fmt: skip
+    expected["captions"] = ("cider", [s.value for s in cider_d([Row(r, a) for r, a in captions])])
+    given = [write_jsonl(tmp_path / f"{name}.jsonl", rows) for name, rows in
+             (("vqav2", vqav2), ("textvqa", textvqa), ("docvqa", docvqa),
+              ("captions", [{"response": r, "answers": a} for r, a in captions]))]  # fmt: skip
+    eval_cli(*[a for path in given for a in ("--predictions", path)], "--metric", "vqa_accuracy,anls,cider",
+             "-o", tmp_path / "ev")  # fmt: skip
+    models = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]
+    for name, (metric, values) in expected.items():
+        assert models[name]["failed"] == 0, models[name]["first_failures"]
+        assert models[name]["scores"][metric]["value"] == pytest.approx(np.mean(values)), name
+        lines = [json.loads(x) for x in (tmp_path / "ev" / f"{name}.predictions.jsonl").read_text().splitlines()]
+        assert [x["scores"][metric] for x in lines] == pytest.approx(values), name
+
+
+def test_eval_dataset_rows_with_an_answers_list_beside_their_reply_use_every_answer(tmp_path):
+    # DocVQA rows written for training as ms-swift rows (query / response: the first answer), keeping the
+    # dataset's `answers` list: eval scores against every accepted answer, not only the trained reply
+    rows = [
+        {"query": "<image>What is the date?", "response": "Jan. 5, 1998", "images": ["0.png"],
+         "answers": ["Jan. 5, 1998", "January 5, 1998", "5 January 1998"]},
+        {"query": "<image>总金额是多少?", "response": "$1,000", "images": ["1.png"], "answers": ["$1,000", "1,000"]},
+    ]  # fmt: skip
+    for i in range(2):
+        (tmp_path / f"{i}.png").write_bytes(png(i))
+    write_jsonl(tmp_path / "docvqa.jsonl", rows)
+    model = build_scripted_model("qwen2-vl", tmp_path / "m", "January 5, 1998", small_vocab=True)
+    eval_cli("-m", model, "-d", "docvqa.jsonl", "--metric", "anls,exact_match", "-o", "ev", "--max-new-tokens", 16,
+             cwd=tmp_path)  # fmt: skip
+    scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]["m"]["scores"]
+    # row 1: "January 5, 1998" is one of the answers; row 2: ANLS 0 against "$1,000" and "1,000"
+    assert scores["exact_match"]["value"] == 0.5 and scores["anls"]["value"] == 0.5
+    # a reply field that is not among the answers is a contradiction: a failed row naming both fields
+    write_jsonl(tmp_path / "odd.jsonl", [{"response": "x", "labels": "blue", "answers": ["red", "red"]},
+                                         {"response": "x", "labels": "x", "answers": [{"id": 3}]}])  # fmt: skip
+    result = eval_cli("--predictions", tmp_path / "odd.jsonl", "--metric", "exact_match", "-o", tmp_path / "odd")
+    failures = json.loads((tmp_path / "odd" / "metrics.json").read_text())["models"]["odd"]["first_failures"]
+    assert failures[0] == "line 1: labels 'blue' is not one of its answers ['red', 'red']; which is the reference? keep one of the two fields"
+    assert failures[1].startswith("line 2: answers [{'id': 3}] holds no answer text")
+    assert "warning: odd: 2 of 2 rows failed" in result.stderr
+
+
+def msswift_grounding_rows(n: int, refs: list[str]) -> tuple[list[dict], list[dict]]:
+    """ms-swift's grounding rows ("Find <ref-object>" -> "<bbox>") and reverse-grounding rows ("<bbox>" in
+    the question, the answer "<ref-object>": a caption), each on image i.png (64 x 48) with its box
+    [0, 0, 32, 24] (the top-left quarter)."""
+    def row(i, question, answer):
+        return {"messages": [{"role": "user", "content": f"<image>{question}"},
+                             {"role": "assistant", "content": answer}],
+                "images": [f"{i}.png"], "objects": {"ref": [refs[i]], "bbox": [[0, 0, 32, 24]]}}  # fmt: skip
+
+    grounding = [row(i, "Find <ref-object>", "<bbox>") for i in range(n)]
+    reverse = [row(i, "这个框里是什么？<bbox>", "<ref-object>") for i in range(n)]
+    return grounding, reverse
+
+
+@pytest.mark.slow
+def test_eval_scores_grounding_rows_by_iou_and_reverse_grounding_rows_by_their_caption(tmp_path):
+    refs = ["一只羊", "一只羊", "一只羊", "一只羊"]
+    for i in range(4):
+        (tmp_path / f"{i}.png").write_bytes(png(i))
+    grounding, reverse = msswift_grounding_rows(4, refs)
+    write_jsonl(tmp_path / "grounding.jsonl", grounding)
+    write_jsonl(tmp_path / "reverse.jsonl", reverse)
+    write_jsonl(tmp_path / "mixed.jsonl", [r for pair in zip(grounding, reverse, strict=True) for r in pair])
+    # a model that boxes the quarter and one that names it: each right on its own kind of row
+    boxes = build_scripted_model("qwen2-vl", tmp_path / "boxes", small_vocab=True,
+                                 reply="<|object_ref_start|>一只羊<|object_ref_end|><|box_start|>(0,0),(500,500)<|box_end|>")
+    words = build_scripted_model("qwen2-vl", tmp_path / "words", "一只羊", small_vocab=True)  # fmt: skip
+
+    # a perfect predictions file: `vlmkit infer` of each model on the rows it answers right
+    cli("infer", "-m", boxes, "--input", tmp_path / "grounding.jsonl", "--output", tmp_path / "g.jsonl")
+    cli("infer", "-m", words, "--input", tmp_path / "reverse.jsonl", "--output", tmp_path / "r.jsonl")
+    answered = [(tmp_path / name).read_text(encoding="utf-8").splitlines() for name in ("g.jsonl", "r.jsonl")]
+    (tmp_path / "perfect.jsonl").write_text("".join(g + "\n" + r + "\n" for g, r in zip(*answered, strict=True)))
+    result = eval_cli("--predictions", "perfect.jsonl", "-o", "ev", cwd=tmp_path)
+    assert ("metrics: iou@0.5, iou, exact_match, anls (iou for the 4 rows answered with boxes (grounding), "
+            "exact_match, anls for the 4 answered with text: one short reference answer per row)") in result.stdout
+    scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]["perfect"]["scores"]
+    for name in ("iou@0.5", "iou", "exact_match", "anls"):
+        assert (scores[name]["value"], scores[name]["scored"], scores[name]["unparsed"]) == (1.0, 4, 0), name
+    assert "warning" not in result.stderr  # correct input is silent
+    lines = [json.loads(x) for x in (tmp_path / "ev" / "perfect.predictions.jsonl").read_text().splitlines()]
+    assert lines[1]["scores"] == {"exact_match": 1.0, "anls": 1.0}  # a caption, not a box
+    assert lines[0]["scores"] == {"iou@0.5": 1.0, "iou": 1.0}
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "### Best rows by iou@0.5" in report and "### Best rows by exact_match" in report
+    assert '- references: ["一只羊"]' in report
+
+    # the same rows answered by both models through `vlmkit eval --model --dataset`
+    result = eval_cli("-m", boxes, "-m", words, "-d", "mixed.jsonl", "-o", "both", "--max-new-tokens", 64,
+                      cwd=tmp_path)  # fmt: skip
+    models = json.loads((tmp_path / "both" / "metrics.json").read_text())["models"]
+    assert models["boxes"]["scores"]["iou"]["value"] == 1.0 and models["boxes"]["scores"]["exact_match"]["value"] == 0.0
+    assert models["words"]["scores"]["exact_match"]["value"] == 1.0
+    assert models["words"]["scores"]["iou"]["value"] == 0.0 and models["words"]["scores"]["iou"]["unparsed"] == 4
+    assert "warning: words: iou: no reply of the 4 rows holds a box vlmkit can read" in result.stderr
+    line = json.loads((tmp_path / "both" / "words.predictions.jsonl").read_text().splitlines()[1])
+    assert line["references"] == ["一只羊"] and line["reference_boxes"] == []
+
+
+def test_eval_predictions_read_boxes_written_as_text_in_every_syntax_vlmkit_trains_on(tmp_path):
+    # predictions made elsewhere (no `objects` parsed by `vlmkit infer`): the answer and the reply write their
+    # boxes as text on the 0-1000 grid of the line's image (64 x 48): (0,0),(500,500) is [0, 0, 32, 24]
+    (tmp_path / "a.png").write_bytes(png(0))
+    qwen2_vl = "<|object_ref_start|>羊<|object_ref_end|><|box_start|>({}),({})<|box_end|>"
+    qwen_vl = "<ref>羊</ref><box>({}),({})</box>"
+    lines = [
+        {"labels": qwen2_vl.format("0,0", "500,500"), "response": qwen2_vl.format("0,0", "500,250")},  # half
+        {"labels": qwen_vl.format("0,0", "500,500"), "response": qwen_vl.format("0,0", "250,500")},  # half
+        {"labels": "<ref>羊</ref><box>[[0, 0, 500, 500]]</box>", "response": "<box>[[0, 0, 500, 500]]</box>"},  # InternVL
+        {"labels": "<bbox>", "objects": None, "labels_objects": {"ref": ["羊"], "bbox": [[0, 0, 32, 24]]},
+         "messages": [{"role": "user", "content": "<image>Find <ref-object>"}], "response": qwen_vl.format("0,0", "500,500")},
+        {"labels": qwen_vl.format("0,0", "500,500"), "response": "I cannot see it"},  # a miss, unparsed
+        {"labels": qwen_vl.format("0,0", "500,500"), "response": '{"bbox_2d": [0, 0, 32, 24], "label": "羊"}'},
+    ]  # fmt: skip
+    for line in lines:
+        line["images"] = ["a.png"]
+        line.pop("objects", None)
+    write_jsonl(tmp_path / "boxes.jsonl", lines)
+    result = eval_cli("--predictions", tmp_path / "boxes.jsonl", "--metric", "iou", "-o", tmp_path / "ev")
+    scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]["boxes"]
+    assert [json.loads(x).get("scores", {}).get("iou") for x in (tmp_path / "ev" / "boxes.predictions.jsonl")
+            .read_text().splitlines()] == [0.5, 0.5, 1.0, 1.0, 0.0, None]  # fmt: skip
+    assert scores["scores"]["iou"]["value"] == pytest.approx(3 / 5) and scores["scores"]["iou"]["unparsed"] == 1
+    # JSON boxes' grid depends on the model (Qwen2.5-VL: resized pixels, Qwen3-VL: 0-1000): not guessed
+    assert scores["failed"] == 1 and "the response writes JSON bbox_2d boxes" in scores["first_failures"][0]
+
+    # never a 0 where nothing was read: a box metric on text answers scores no row and says so
+    write_jsonl(tmp_path / "text.jsonl", [{"response": "a cat", "labels": "a cat", "images": ["a.png"]}])
+    result = eval_cli("--predictions", tmp_path / "text.jsonl", "--metric", "iou,exact_match", "-o", tmp_path / "t")
+    assert "iou          -" in result.stdout and "exact_match  1.000" in result.stdout
+    assert "warning: text: iou scored none of the 1 rows: no row is answered with boxes" in result.stderr
+
+
+@pytest.mark.slow
+def test_sft_eval_metric_scores_reverse_grounding_answers_by_their_caption(tmp_path, monkeypatch):
+    for i in range(2):
+        (tmp_path / f"{i}.png").write_bytes(png(i))
+    grounding, reverse = msswift_grounding_rows(2, ["一只羊", "一只羊"])
+    write_jsonl(tmp_path / "val.jsonl", [*grounding, *reverse])
+    model = build_scripted_model("qwen2-vl", tmp_path / "m", "一只羊", small_vocab=True)
+    monkeypatch.chdir(tmp_path)
+    cli("sft", "-m", model, "--dataset", "val.jsonl", "--val-dataset", "val.jsonl", "--max-steps", 1,
+        "--eval-steps", 1, "--eval-metric", "exact_match,iou", "--eval-generate", 0, "--output-dir", "run",
+        "--no-progress", "--report-to", "none", "--max-pixels", 3136)  # fmt: skip
+    log = [json.loads(x) for x in next(tmp_path.glob("run/*/*/train_log.jsonl")).read_text().splitlines()]
+    (scored,) = [x for x in log if "eval_exact_match" in x]
+    # the two reverse-grounding answers are the ref, not "<ref-object>"; the two boxes are missed (no box)
+    assert scored["eval_exact_match"] == 1.0 and scored["eval_iou"] == 0.0 and scored["eval_generated_rows"] == 4

@@ -604,3 +604,21 @@ def test_trust_remote_code_reaches_transformers(small_model, monkeypatch, tmp_pa
     (tmp_path / "qwen-vl" / "config.json").write_text(json.dumps({"model_type": "qwen", "auto_map": {}}))
     with pytest.raises(VlmkitError, match="qwen-vl-remote checkpoints run Python code .* pass --trust-remote-code"):
         vlmkit.load(str(tmp_path / "qwen-vl"))
+
+
+def test_boxes_written_as_text_are_read_in_every_syntax_datasets_use():
+    """What `vlmkit eval` reads in answers and in replies made elsewhere: the markup training data may write
+    (0-1000 grid), and a text answer as the model is taught to write it (refs filled in)."""
+    from vlmkit.media.grounding import answer_text, literal_boxes, norm1000_to_pixels
+
+    qwen2_vl = "<|object_ref_start|>羊<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
+    assert literal_boxes(qwen2_vl) == [[1, 2, 3, 4]]
+    qwen_vl_and_internvl = "<ref>a</ref><box>(1,2),(3,4)</box> and <box>[[5, 6, 7, 8], [9, 10, 11, 12]]</box>"
+    assert literal_boxes(qwen_vl_and_internvl) == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+    with pytest.raises(DataError, match=r"labels: box text '\(1,2\)' does not hold"):
+        literal_boxes("<box>(1,2)</box>", "labels")
+    assert literal_boxes("<box>(1,2)</box> <box>(0,0),(10,10)</box>", strict=False) == [[0, 0, 10, 10]]
+    assert norm1000_to_pixels([0, 0, 500, 500], (48, 64)) == [0, 0, 32, 24]
+    assert answer_text("这是<ref-object>和<ref>狗</ref>", ["一只羊"]) == "这是一只羊和狗"
+    with pytest.raises(DataError, match=r"row: 2 <ref-object> placeholder\(s\) in the answer but 1 ref"):
+        answer_text("<ref-object> and <ref-object>", ["a"], "row")

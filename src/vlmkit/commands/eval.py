@@ -33,7 +33,8 @@ def eval_command(
     predictions: Annotated[
         list[Path] | None,
         typer.Option(help="Score an existing predictions file (JSONL as `vlmkit infer --input` writes: response, "
-                     "references or labels, objects; reference_boxes or labels_objects for grounding) without a model."),
+                     "references, answers or labels, objects; reference_boxes or labels_objects for grounding; boxes "
+            "written as text are read on the 0-1000 grid of the line's image) without a model."),
     ] = None,
     dataset: Annotated[
         str | None,

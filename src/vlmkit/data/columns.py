@@ -165,7 +165,7 @@ def map_row(raw: dict[str, Any], schema: ColumnSchema) -> dict[str, Any]:
     return row
 
 
-def _texts(value: Any) -> list[str]:
+def answer_texts(value: Any) -> list[str]:
     """An answer/caption value -> its texts: a string, a list of strings, or dicts holding one."""
     items = value if isinstance(value, (list, tuple)) else [value]
     texts = []
@@ -198,7 +198,7 @@ def _grounding(row: dict[str, Any], prompt: str, where: str) -> tuple[list[list[
         )
     if all(isinstance(v, (int, float)) for v in boxes):
         boxes = [list(boxes)]
-    refs = _texts(labels)
+    refs = answer_texts(labels)
     if not refs:
         raise DataError(f"{where}: no ref/label text for the boxes")
     if len(boxes) == 1 and len(refs) > 1:
@@ -237,7 +237,7 @@ def to_query_response(row: dict[str, Any], where: str) -> dict[str, Any]:
         out["history"], (out["query"], out["response"]) = turns[:-1], turns[-1]
         return out
     out["query"] = query
-    references = _texts(row.get("response"))
+    references = answer_texts(row.get("response"))
     if references:
         out["response"] = Counter(references).most_common(1)[0][0]  # ties: the first seen
         if isinstance(row.get("response"), (list, tuple)):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmkit.eval.metrics import CORPUS_METRICS, METRICS, Row, aggregate
+from vlmkit.eval.metrics import CORPUS_METRICS, METRICS, Row, aggregate, scores_row
 from vlmkit.sample import Sample
 
 
@@ -24,6 +24,18 @@ class Example:
     question: str
     prediction: str
     references: list[str]
+
+
+def _asked(sample: Sample) -> list[tuple[dict, Sample]]:
+    """The turns `vlmkit eval` asks of a validation row; none for a row whose answer cannot be read (its
+    boxes), which `eval_generated_rows` then leaves out."""
+    from vlmkit.errors import DataError
+    from vlmkit.eval.rows import asked_turns
+
+    try:
+        return [(raw, turn) for raw, turn in asked_turns({}, sample) if isinstance(turn, Sample)]
+    except DataError:
+        return []
 
 
 def score_generated(
@@ -39,11 +51,10 @@ def score_generated(
     Each answered row is appended to `examples` when given."""
     from vlmkit.backends.transformers_backend import GenerationOptions
     from vlmkit.errors import VlmkitError
-    from vlmkit.eval.rows import asked_turns
     from vlmkit.infer.batch import split_reference
     from vlmkit.media.grounding import objects_in_reply
 
-    asked = [turn for sample in samples for turn in asked_turns({}, sample)]
+    asked = [turn for sample in samples for turn in _asked(sample)]
     rows: list[Row] = []
     options = GenerationOptions(max_new_tokens=max_new_tokens)
     for start in range(0, len(asked), batch_size):
@@ -53,7 +64,9 @@ def score_generated(
         except VlmkitError:
             continue  # a row the model cannot take; eval_generated_rows shows it
         for (raw, sample, prompt, reference), reply in zip(chunk, replies, strict=True):
-            references = sample.extra.get("references") or ([reference] if reference is not None else [])
+            # a grounding turn answered with text (reverse grounding) has its caption in `references`
+            given = raw.get("references") or sample.extra.get("references")
+            references = given or ([reference] if reference is not None else [])
             boxes = [o["bbox"] for o in objects_in_reply(vlm.template, prompt, reply)]
             rows.append(Row(reply, list(references), boxes, raw.get("reference_boxes", [])))
             if examples is not None:
@@ -63,10 +76,11 @@ def score_generated(
                 )
     scores: dict[str, float] = {"eval_generated_rows": float(len(rows))}
     for name in names:
+        scored = [row for row in rows if scores_row(name, row)]  # box metrics: box answers; text: the rest
         if name in CORPUS_METRICS:
-            row_scores = CORPUS_METRICS[name](rows)
+            row_scores = CORPUS_METRICS[name](scored)
         else:
-            row_scores = [METRICS[name](row) for row in rows]
+            row_scores = [METRICS[name](row) for row in scored]
         stats = np.array([s.stats for s in row_scores], dtype=float)
         scores[f"eval_{name}"] = aggregate(name, stats)
     return scores

@@ -123,6 +123,7 @@ class _Scored:
     path: Path
     images: list[Any]
     questions: list[str]
+    media_folder: Path | None = None  # where a given file's relative image paths start
 
 
 def _refuse_for_vllm(pairs, loading: LoadOptions, encoding: EncodingSettings) -> None:
@@ -209,7 +210,8 @@ def _given(plan: _Plan, output: Path, taken: set[str]) -> list[_Scored]:
         path = output / f"{file_stem(label)}.predictions.jsonl"
         shutil.copyfile(given, path)
         images = [_image_of_line(line, given.parent) for line in lines]
-        scored.append(_Scored(label, str(given), path, images, [str(line.get("query", "")) for line in lines]))
+        questions = [str(line.get("query", "")) for line in lines]
+        scored.append(_Scored(label, str(given), path, images, questions, media_folder=given.parent))
     return scored
 
 
@@ -221,7 +223,9 @@ def _score(plan: _Plan, to_score: list[_Scored], output: Path, echo: Callable[[s
     names, reason = plan.metrics, plan.metric_reason
     results = []
     for item in to_score:
-        result, chosen, why = score_predictions(item.path, names, plan.schema, item.label, item.source)
+        result, chosen, why = score_predictions(
+            item.path, names, plan.schema, item.label, item.source, item.media_folder
+        )
         if names is None:  # auto: chosen from the first model's rows, then the same for all
             names, reason = chosen, why
         results.append(result)
@@ -231,6 +235,8 @@ def _score(plan: _Plan, to_score: list[_Scored], output: Path, echo: Callable[[s
         if result.failed:
             print(f"warning: {result.label}: {result.failed} of {result.rows} rows failed and are not scored "
                   f"(first: {result.failures[0]})", file=sys.stderr)  # fmt: skip
+        for warning in _score_warnings(result):
+            print(f"warning: {result.label}: {warning}", file=sys.stderr)
     summary = {
         "dataset": plan.dataset,
         **({"benchmark": plan.preset.name} if plan.preset is not None else {}),
@@ -244,6 +250,24 @@ def _score(plan: _Plan, to_score: list[_Scored], output: Path, echo: Callable[[s
     report = write_report(output, str(plan.dataset or "predictions"), results, names, reason, images, questions)
     echo(f"wrote {output / 'metrics.json'} and {report}")
     return summary
+
+
+def _score_warnings(result: Any) -> list[str]:
+    """What a metric's value does not say: it scored none of the rows (they are answered the other way:
+    boxes or text), or no reply of its rows could be read (the value is a miss on every row)."""
+    from vlmkit.eval.metrics import BOX_METRICS
+
+    answered = result.rows - result.failed
+    out = []
+    for name, score in result.scores.items():
+        kind = "boxes" if name in BOX_METRICS else "text"
+        if score["scored"] == 0 and answered:
+            out.append(f"{name} scored none of the {answered} rows: no row is answered with {kind}")
+        elif score["unparsed"] == score["scored"] > 0:
+            what = "a box" if kind == "boxes" else "an answer"
+            out.append(f"{name}: no reply of the {score['scored']} rows holds {what} vlmkit can read; "
+                       f"{name} counts each as a miss")  # fmt: skip
+    return out
 
 
 def _silent(*_: Any) -> None:

@@ -21,7 +21,9 @@ Definitions (each tested against its reference on fixed inputs in tests/integrat
     rouge_l         pycocoevalcap's ROUGE-L: LCS precision and recall, max over references, F with beta 1.2
     cider           pycocoevalcap's CIDEr-D (`cider_d`; idf from the references of all rows, so a corpus metric)
     iou, iou@0.5    IoU of the reply's first box with the reference box (pixels of the original image; no
-                    box in the reply is IoU 0 and counted unparsed), and the share of rows with IoU >= 0.5
+                    box in the reply is IoU 0 and counted unparsed), and the share of rows with IoU >= 0.5.
+                    They score the rows answered with boxes, the other metrics the rows answered with text
+                    (`scores_row`)
     choice          multiple choice: the letter the reply picks (see `choice_letter`) == the reference letter
 
 Lower is better for cer, wer and ned; `LOWER_IS_BETTER` lists them.
@@ -356,7 +358,14 @@ METRICS: dict[str, Callable[[Row], Score]] = {
 # Metrics whose row values depend on all rows (CIDEr's idf): a function of the list of rows.
 CORPUS_METRICS: dict[str, Callable[[list[Row]], list[Score]]] = {"cider": cider_d}
 LOWER_IS_BETTER = {"cer", "wer", "ned"}
+BOX_METRICS = {"iou", "iou@0.5"}
 _RATIO_OF_SUMS = {"cer", "wer"}
+
+
+def scores_row(name: str, row: Row) -> bool:
+    """Whether metric `name` scores `row`: box metrics the rows whose answer is boxes, text metrics the
+    others (a reverse-grounding row's answer is a caption, not the box in its question)."""
+    return (name in BOX_METRICS) == bool(row.reference_boxes)
 
 
 def aggregate(name: str, stats: np.ndarray) -> float:

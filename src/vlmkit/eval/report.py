@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vlmkit.eval.metrics import BOX_METRICS
 from vlmkit.eval.run import Result, file_stem
 
 SHOWN_ROWS = 3  # best and worst rows per model in the report
@@ -116,29 +117,38 @@ def write_report(
         "",
     ]
     text += [markdown_table(results, names), ""]
-    metric = names[0]
+    # rows answered with boxes and with text are ranked apart, each by the first metric that scores them
+    leads = [names[0], *[n for n in names if (n in BOX_METRICS) != (names[0] in BOX_METRICS)][:1]]
     for result in results:
         lines = [
             json.loads(x) for x in result.predictions.read_text(encoding="utf-8").splitlines() if x.strip()
         ]
-        scored = [(i, line) for i, line in enumerate(lines) if "scores" in line]
-        lower = result.scores[metric]["lower_is_better"]
-        scored.sort(key=lambda item: item[1]["scores"][metric], reverse=not lower)
-        shown = min(SHOWN_ROWS, (len(scored) + 1) // 2)  # few rows: split between best and worst
-        best, worst = scored[:shown], scored[shown:][-SHOWN_ROWS:][::-1]
         text += [f"## {result.label}", "", f"Predictions: `{result.predictions.name}`.", ""]
         if result.failures:
             text += [f"{result.failed} failed row(s), first: " + "; ".join(result.failures), ""]
-        for title, chosen in (("Best rows", best), ("Worst rows", worst)):
-            if not chosen:
-                continue
-            text += [f"### {title}", ""]
-            for i, line in chosen:
-                image = images.get(result.label, [None] * len(lines))[i]
-                question = questions.get(result.label, [""] * len(lines))[i]
-                text.append(
-                    _row_block(line, i + 1, metric, image, question, out_dir, file_stem(result.label))
-                )
+        for metric in leads:
+            text += _ranked_rows(result, lines, metric, images, questions, out_dir, len(leads) > 1)
     path = out_dir / "report.md"
     path.write_text("\n".join(text) + "\n", encoding="utf-8")
     return path
+
+
+def _ranked_rows(result, lines, metric, images, questions, out_dir, name_metric: bool) -> list[str]:
+    """The best and worst rows of `result` by `metric`, as Markdown blocks."""
+    text: list[str] = []
+    scored = [(i, line) for i, line in enumerate(lines) if metric in line.get("scores", {})]
+    lower = result.scores[metric]["lower_is_better"]
+    scored.sort(key=lambda item: item[1]["scores"][metric], reverse=not lower)
+    shown = min(SHOWN_ROWS, (len(scored) + 1) // 2)  # few rows: split between best and worst
+    best, worst = scored[:shown], scored[shown:][-SHOWN_ROWS:][::-1]
+    for title, chosen in (("Best rows", best), ("Worst rows", worst)):
+        if not chosen:
+            continue
+        text += [f"### {title}" + (f" by {metric}" if name_metric else ""), ""]
+        for i, line in chosen:
+            image = images.get(result.label, [None] * len(lines))[i]
+            question = questions.get(result.label, [""] * len(lines))[i]
+            text.append(
+                _row_block(line, i + 1, metric, image, question, out_dir, file_stem(result.label))
+            )
+    return text

@@ -4,7 +4,10 @@ lines (as `vlmkit infer --input` writes them) as metric `Row`s.
 A grounding row asks several boxes in turns ("Find <ref-object>" -> "<bbox>", one turn per box or per
 referring expression). Answered as one conversation, the model would see the earlier reference boxes in
 its history, so eval asks each turn alone (the row's images, that turn's question) and keeps that turn's
-boxes as `reference_boxes`, in pixels of the original image.
+boxes as `reference_boxes`, in pixels of the original image. Each turn is scored by what its answer is:
+boxes (`<bbox>`, or box markup written in the text: `reference_boxes`) or text (reverse grounding,
+"Find <bbox>" -> "<ref-object>": `references` holds the answer with its refs filled in, and
+`reference_boxes` is empty).
 """
 
 from __future__ import annotations
@@ -12,9 +15,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlmkit.data.columns import answer_texts
 from vlmkit.errors import DataError, VlmkitError
-from vlmkit.eval.metrics import Row
-from vlmkit.media.grounding import BOX_PLACEHOLDER, REF_PLACEHOLDER, parse_objects
+from vlmkit.eval.metrics import Row, normalize_text
+from vlmkit.media.grounding import (
+    BOX_PLACEHOLDER,
+    REF_PLACEHOLDER,
+    Objects,
+    answer_text,
+    literal_boxes,
+    needs_boxes,
+    norm1000_to_pixels,
+    parse_objects,
+)
 from vlmkit.sample import Sample
 
 ReadRow = tuple[dict, Sample | DataError]
@@ -44,11 +57,13 @@ def _text(message: dict) -> str:
 
 
 def asked_turns(raw: dict, sample: Sample) -> list[ReadRow]:
-    """A row with grounding `objects` -> one (raw row + `reference_boxes`, single-turn sample) per
-    assistant turn; any other row is returned as it is (the model answers its last turn)."""
+    """A row with grounding `objects` or box markup in its text -> one (raw row + `reference_boxes`, and
+    `references` for a text answer; single-turn sample) per assistant turn; any other row is returned as
+    it is (the model answers its last turn)."""
     objects = parse_objects(sample.objects, sample.where) if sample.objects else None
-    if objects is None:
+    if objects is None and not needs_boxes(sample):
         return [(raw, sample)]
+    objects = objects or Objects(refs=[], boxes=[], image_ids=[])
     system = [m for m in sample.messages if m["role"] == "system"]
     earlier_media: list[dict] = []
     refs_seen = boxes_seen = 0
@@ -65,6 +80,8 @@ def asked_turns(raw: dict, sample: Sample) -> list[ReadRow]:
         if message["role"] != "assistant" or user is None:
             continue
         answer_boxes = range(boxes_seen - text.count(BOX_PLACEHOLDER), boxes_seen)
+        if boxes_seen > len(objects.boxes):
+            raise DataError(f"{sample.where}: {boxes_seen} <bbox> placeholders but {len(objects.boxes)} bbox(es) in objects")
         if objects.bbox_type != "real" and len(answer_boxes):
             return [
                 (
@@ -74,6 +91,7 @@ def asked_turns(raw: dict, sample: Sample) -> list[ReadRow]:
                     ),
                 )
             ]
+        where = f"{sample.where} turn {len(out) + 1}"
         turn_objects = {
             "ref": objects.refs[user_refs:refs_seen],
             "bbox": objects.boxes[user_boxes:boxes_seen],
@@ -83,13 +101,30 @@ def asked_turns(raw: dict, sample: Sample) -> list[ReadRow]:
         asked = Sample(
             messages=[*system, {"role": "user", "content": media_before + user["content"]}, message],
             objects=turn_objects,
-            where=f"{sample.where} turn {len(out) + 1}",
+            where=where,
             extra=sample.extra,
         )
         reference_boxes = [box for k in answer_boxes for box in objects.boxes[k]]
-        out.append(({**raw, "turn": len(out) + 1, "reference_boxes": reference_boxes}, asked))
+        written = literal_boxes(text, where)
+        if written:  # box markup in the answer's text, on the 0-1000 grid of the turn's last image
+            original = _last_image_size(asked, where)
+            reference_boxes += [norm1000_to_pixels(box, original) for box in written]
+        answer: dict[str, Any] = {"reference_boxes": reference_boxes}
+        if not reference_boxes:  # a text answer (reverse grounding: "Find <bbox>" -> "<ref-object>")
+            answer_refs = objects.refs[refs_seen - text.count(REF_PLACEHOLDER) : refs_seen]
+            answer["references"] = [answer_text(text, answer_refs, where)]
+        out.append(({**raw, "turn": len(out) + 1, **answer}, asked))
         user = None
     return out or [(raw, sample)]
+
+
+def _last_image_size(sample: Sample, where: str) -> tuple[int, int]:
+    from vlmkit.media.images import read_image_size
+
+    images = sample.media("image")
+    if not images:
+        raise DataError(f"{where}: box markup in the answer but no image to place it on")
+    return read_image_size(images[-1], where=f"{where}: image {len(images)}")
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
@@ -109,37 +144,122 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
 
 
 def references_of(prediction: dict[str, Any]) -> list[str]:
-    """A prediction line's reference answers: `references` (all answers of a column dataset) or `labels`."""
+    """A prediction line's reference answers: `references` (written by vlmkit: every answer of a column
+    dataset, a grounding turn's text answer), else `answers` (VQAv2's ten `{"answer": ...}`, TextVQA's and
+    DocVQA's strings), else `labels` (its `<ref-object>`s filled from `labels_objects`). DataError for
+    `answers` that hold no text, or `labels` that are not among the `answers`."""
     references = prediction.get("references")
     if isinstance(references, list) and references:
         return [str(r) for r in references]
     labels = prediction.get("labels")
-    return [str(labels)] if isinstance(labels, str) else []
-
-
-def reference_boxes_of(prediction: dict[str, Any]) -> list[list[float]]:
-    """`reference_boxes` (written by eval), else the boxes of the answered turn in the input's `objects`
-    (`labels_objects`, as `vlmkit infer --input` keeps them)."""
-    if prediction.get("reference_boxes"):
-        return [list(map(float, b)) for b in prediction["reference_boxes"]]
-    objects = parse_objects(prediction.get("labels_objects")) if prediction.get("labels_objects") else None
-    if objects is None or objects.bbox_type != "real":
+    if "answers" in prediction:
+        answers = answer_texts(prediction["answers"])
+        if not answers:
+            raise DataError(
+                f"answers {prediction['answers']!r} holds no answer text; expected a list of "
+                'strings (TextVQA, DocVQA) or of {"answer": ...} (VQAv2)'
+            )
+        if isinstance(labels, str) and normalize_text(labels) not in {normalize_text(a) for a in answers}:
+            raise DataError(
+                f"labels {labels!r} is not one of its answers {answers[:10]}; which is the reference? "
+                "keep one of the two fields"
+            )
+        return answers
+    if not isinstance(labels, str):
         return []
-    # the answered turn is the last: its boxes are the last `<bbox>`es of the row (as many as in `labels`)
-    asked = str(prediction.get("labels", "")).count(BOX_PLACEHOLDER)
-    groups = objects.boxes[-asked:] if asked else objects.boxes
-    return [box for group in groups for box in group]
+    objects = _labels_objects(prediction)
+    asked = labels.count(REF_PLACEHOLDER)  # the last `<ref-object>`s of the row, as for boxes below
+    refs = objects.refs[len(objects.refs) - asked :] if asked else []
+    return [answer_text(labels, refs, "labels")]
 
 
-def metric_row(prediction: dict[str, Any]) -> Row | str:
-    """A prediction line -> a metric `Row`, or why it cannot be scored (an `error`, no response/reference)."""
+def _labels_objects(prediction: dict[str, Any]) -> Objects:
+    """The input row's `objects` (kept as `labels_objects` by `vlmkit infer`), or none."""
+    value = prediction.get("labels_objects")
+    objects = parse_objects(value, "labels_objects") if value else None
+    return objects or Objects(refs=[], boxes=[], image_ids=[])
+
+
+def reference_boxes_of(prediction: dict[str, Any], folder: Path | None = None) -> list[list[float]]:
+    """`reference_boxes` (written by eval for each asked turn; [] for a text answer), else the boxes of the
+    answered turn: its `<bbox>`es in `labels_objects` (as `vlmkit infer --input` keeps the input's
+    `objects`) and the box markup written in `labels` (0-1000 of the line's image, under `folder`)."""
+    if "reference_boxes" in prediction:
+        return [list(map(float, b)) for b in prediction["reference_boxes"] or []]
+    labels = prediction.get("labels")
+    objects = _labels_objects(prediction)
+    # the answered turn is the last: its boxes are the last `<bbox>`es of the row (as many as in `labels`);
+    # a line without `labels` (the input had no answer) takes all of them
+    asked = len(objects.boxes) if not isinstance(labels, str) else labels.count(BOX_PLACEHOLDER)
+    groups = objects.boxes[len(objects.boxes) - asked :] if asked else []
+    if groups and objects.bbox_type != "real":
+        original = _line_image_size(prediction, folder, f"labels_objects (bbox_type {objects.bbox_type})")
+        groups = [[_norm1_to_pixels(box, original) for box in group] for group in groups]
+    boxes = [box for group in groups for box in group]
+    written = literal_boxes(labels, "labels") if isinstance(labels, str) else []
+    if written:
+        original = _line_image_size(prediction, folder, "box markup in labels")
+        boxes += [norm1000_to_pixels(box, original) for box in written]
+    return boxes
+
+
+def predicted_boxes_of(prediction: dict[str, Any], folder: Path | None = None) -> list[list[float]]:
+    """The reply's boxes: `objects` as `vlmkit infer` parsed them with the model family's own box format;
+    for a line without it (predictions made elsewhere), the box markup of every syntax vlmkit reads in
+    training data (0-1000 of the line's image). DataError for boxes whose grid the line does not say
+    (JSON `bbox_2d`: pixels of the resized image for Qwen2.5-VL, 0-1000 for Qwen3-VL)."""
+    if isinstance(prediction.get("objects"), list):
+        return [o["bbox"] for o in prediction["objects"] if isinstance(o, dict) and "bbox" in o]
+    response = prediction["response"]
+    written = literal_boxes(response, strict=False)
+    if written:
+        original = _line_image_size(prediction, folder, "box markup in the response")
+        return [norm1000_to_pixels(box, original) for box in written]
+    if '"bbox_2d"' in response:
+        raise DataError(
+            "the response writes JSON bbox_2d boxes, whose grid depends on the model (Qwen2.5-VL: pixels "
+            "of the resized image, Qwen3-VL: 0-1000); score `vlmkit infer` output (objects) or use vlmkit eval --model"
+        )
+    return []
+
+
+def _norm1_to_pixels(box: list[float], original: tuple[int, int]) -> list[float]:
+    (h, w) = original
+    return [box[0] * w, box[1] * h, box[2] * w, box[3] * h]
+
+
+def _line_image_size(prediction: dict[str, Any], folder: Path | None, what: str) -> tuple[int, int]:
+    """(height, width) of a prediction line's last image (`images` or `image`: a path, relative to the
+    predictions file's `folder`, or {"path": ...}); DataError saying `what` needs it."""
+    from vlmkit.media.images import read_image_size
+
+    found = prediction.get("images", prediction.get("image"))
+    last = found[-1] if isinstance(found, list) and found else found
+    if isinstance(last, dict):
+        last = last.get("path")
+    if not isinstance(last, str) or not last:
+        raise DataError(f"{what} needs the line's image (images or image) to measure them on; it has none")
+    local = Path(last)
+    if folder is not None and not local.is_absolute() and "://" not in last and not last.startswith("data:"):
+        local = folder / local
+    return read_image_size(str(local) if local.exists() else last, where=f"{what}: image {last}")
+
+
+def metric_row(prediction: dict[str, Any], folder: Path | None = None) -> Row | str:
+    """A prediction line -> a metric `Row`, or why it cannot be scored (an `error`, no response/reference,
+    a reference that cannot be read). A row whose answer is boxes has `reference_boxes` and no text
+    references; a text answer the reverse. `folder`: where the line's relative image paths start."""
     if "error" in prediction:
         return str(prediction["error"])
     if not isinstance(prediction.get("response"), str):
         return "no response"
-    reference_boxes = reference_boxes_of(prediction)
-    references = references_of(prediction)
-    if not references and not reference_boxes:
-        return "no reference (references, labels or reference_boxes)"
-    predicted = [o["bbox"] for o in prediction.get("objects") or [] if isinstance(o, dict) and "bbox" in o]
-    return Row(prediction["response"], references, predicted_boxes=predicted, reference_boxes=reference_boxes)
+    try:
+        reference_boxes = reference_boxes_of(prediction, folder)
+        if reference_boxes:
+            return Row(prediction["response"], [], predicted_boxes_of(prediction, folder), reference_boxes)
+        references = references_of(prediction)
+    except VlmkitError as e:
+        return str(e)
+    if not references:
+        return "no reference (references, answers, labels or reference_boxes)"
+    return Row(prediction["response"], references)

@@ -2,7 +2,9 @@
 
 Each model (or checkpoint, or given predictions file) gets `DIR/LABEL.predictions.jsonl`: the lines of
 `vlmkit infer --input` plus `scores` (metric -> that row's value). Rows that could not be read, encoded or
-generated (`error`), or have no reference, are left out of the metrics and counted as `failed`. A reply
+generated (`error`), or have no reference, are left out of the metrics and counted as `failed`. Each row
+is scored by what its answer is: a row answered with boxes by the box metrics (iou), a text answer by the
+text metrics (`metrics.scores_row`), so a file of grounding and reverse-grounding rows gets both. A reply
 that can be read for no box or option letter is scored as a miss and counted as `unparsed`.
 """
 
@@ -26,6 +28,7 @@ from vlmkit.eval.metrics import (
     aggregate,
     bootstrap_interval,
     choice_letter,
+    scores_row,
 )
 from vlmkit.eval.rows import metric_row
 
@@ -54,9 +57,21 @@ class Result:
 
 
 def choose_metrics(rows: list[Row], schema: str | None) -> tuple[list[str], str]:
-    """`--metric auto`: (metric names, why) from the references (and the dataset's column schema)."""
-    if any(r.reference_boxes for r in rows):
+    """`--metric auto`: (metric names, why) from the references (and the dataset's column schema): box
+    metrics for rows answered with boxes, text metrics for the others, both for a mix."""
+    boxes = sum(1 for r in rows if r.reference_boxes)
+    if boxes == len(rows) and rows:
         return ["iou@0.5", "iou"], "rows have reference boxes (grounding)"
+    names, reason = _text_metrics([r for r in rows if not r.reference_boxes], schema)
+    if boxes:
+        return ["iou@0.5", "iou", *names], (
+            f"iou for the {boxes} rows answered with boxes (grounding), {', '.join(names)} for the "
+            f"{len(rows) - boxes} answered with text: {reason}"
+        )
+    return names, reason
+
+
+def _text_metrics(rows: list[Row], schema: str | None) -> tuple[list[str], str]:
     if schema is not None and schema.startswith("ocr "):
         return ["cer", "exact_match"], "OCR schema (image + text)"
     references = [ref for r in rows for ref in r.references]
@@ -76,14 +91,20 @@ def choose_metrics(rows: list[Row], schema: str | None) -> tuple[list[str], str]
 
 
 def score_predictions(
-    path: Path, names: list[str] | None, schema: str | None, label: str, source: str
+    path: Path,
+    names: list[str] | None,
+    schema: str | None,
+    label: str,
+    source: str,
+    media_folder: Path | None = None,
 ) -> tuple[Result, list[str], str]:
     """Score the predictions file `path` in place (adds `scores` to each line, atomically); returns the
-    result, the metrics used and why they were chosen (`names` None = auto)."""
+    result, the metrics used and why they were chosen (`names` None = auto). `media_folder`: where the
+    lines' relative image paths start (the given file's folder), for boxes written as text."""
     from vlmkit.eval.rows import read_predictions
 
     predictions = read_predictions(path)
-    parsed = [metric_row(p) for p in predictions]
+    parsed = [metric_row(p, media_folder) for p in predictions]
     rows = [r for r in parsed if isinstance(r, Row)]
     reason = "given with --metric"
     if names is None:
@@ -105,7 +126,13 @@ def score_predictions(
     with tmp.open("w", encoding="utf-8") as out:
         for i, prediction in enumerate(predictions):
             if isinstance(parsed[i], Row):
-                prediction["scores"] = {name: round(per_row[name][i].value, 6) for name in names}
+                # what the row was scored against, where the line did not say it (boxes written as text,
+                # a caption's <ref-object> filled in, a dataset's answers): the report shows it
+                row = parsed[i]
+                reference = {"reference_boxes": row.reference_boxes} if row.reference_boxes else {"references": row.references}
+                prediction.update({k: v for k, v in reference.items() if k not in prediction})
+                row_scores = {name: per_row[name][i] for name in names}
+                prediction["scores"] = {n: round(s.value, 6) for n, s in row_scores.items() if s is not None}
             out.write(json.dumps(prediction, ensure_ascii=False) + "\n")
     tmp.replace(path)
     return result, names, reason
@@ -116,11 +143,12 @@ def _number(value: float) -> float | None:
 
 
 def _row_scores(name: str, parsed: list[Row | str]) -> list[Score | None]:
-    """Metric `name` of each row (None for a row that cannot be scored)."""
+    """Metric `name` of each row (None for a row it does not score: failed, or another kind of answer)."""
+    scored = [isinstance(r, Row) and scores_row(name, r) for r in parsed]
     if name in CORPUS_METRICS:
-        scores = iter(CORPUS_METRICS[name]([r for r in parsed if isinstance(r, Row)]))
-        return [next(scores) if isinstance(r, Row) else None for r in parsed]
-    return [METRICS[name](r) if isinstance(r, Row) else None for r in parsed]
+        scores = iter(CORPUS_METRICS[name]([r for r, s in zip(parsed, scored, strict=True) if s]))
+        return [next(scores) if s else None for s in scored]
+    return [METRICS[name](r) if s else None for r, s in zip(parsed, scored, strict=True)]
 
 
 def model_label(model: str | None, ckpt: Path | None, taken: set[str]) -> str:

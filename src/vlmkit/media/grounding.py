@@ -260,6 +260,41 @@ def parse_markup(text: str, ref_re: str, box_re: str) -> list[tuple[str | None, 
     return out
 
 
+def literal_boxes(text: str, where: str = "text", strict: bool = True) -> list[Box]:
+    """The boxes of literal grounding markup in `text` (every syntax dataset text may use: Qwen2-VL's box
+    tokens, Qwen-VL's and InternVL's `<box>` tags), on the 0-1000 grid, in order. A box tag whose text is
+    not 4 numbers per box raises DataError naming `where`, or is skipped when not `strict` (a reply)."""
+    out: list[Box] = []
+    for match in _LITERAL_RE.finditer(text):
+        if match["b"] is None:
+            continue
+        try:
+            out += boxes_in(match["box"] if match["box"] is not None else match["box2"], where)
+        except DataError:
+            if strict:
+                raise
+    return out
+
+
+def answer_text(text: str, refs: list[str], where: str = "text") -> str:
+    """A text answer as the model is taught to write it: each `<ref-object>` filled with the next of
+    `refs`, literal ref markup (`<ref>cat</ref>`) as its ref text. DataError naming `where` when there are
+    more placeholders than refs."""
+    if text.count(REF_PLACEHOLDER) > len(refs):
+        raise DataError(
+            f"{where}: {text.count(REF_PLACEHOLDER)} <ref-object> placeholder(s) in the answer but "
+            f"{len(refs)} ref(s) in its objects to fill them"
+        )
+    filled = iter(refs)
+    text = re.sub(re.escape(REF_PLACEHOLDER), lambda _: next(filled), text)
+    return _LITERAL_RE.sub(lambda m: m["ref"] if m["ref"] is not None else (m["ref2"] or ""), text)
+
+
+def norm1000_to_pixels(box: Box, original: Size) -> Box:
+    """A box on the 0-1000 grid -> pixels of the `original` (height, width) image (2 decimals)."""
+    return from_family(box, "norm1000", original, original)
+
+
 # -- writing a sample for a family -----------------------------------------------------------------
 
 

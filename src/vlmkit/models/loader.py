@@ -399,7 +399,7 @@ def load_weights(
     if attn_impl is not None and not (files.family.remote_code and attn_impl == "sdpa"):
         kwargs["attn_implementation"] = attn_impl
     # accelerate warns that offloaded parameters sit on the meta device: that is what offloading means here
-    # (`vlmkit.placement.describe` says where the layers went)
+    # (`vlmkit.models.placement.describe` says where the layers went)
     offload_log = logging.getLogger("accelerate.big_modeling")
     level = offload_log.level
     offload_log.setLevel(logging.ERROR)
