@@ -53,6 +53,13 @@ def option(
     return field(default=default, metadata={GROUP_FIELD: info})
 
 
+def same_option(cls: type, name: str) -> Any:
+    """A field declared as field `name` of group `cls` is (default and CLI declaration), for another group
+    that takes the same option: `trust_remote_code: bool = same_option(LoadOptions, "trust_remote_code")`."""
+    f = cls.__dataclass_fields__[name]
+    return field(default=f.default, default_factory=f.default_factory, metadata=f.metadata)
+
+
 def is_group(cls: Any) -> bool:
     """Whether `cls` is an option group: a dataclass type with at least one `option` field."""
     return (

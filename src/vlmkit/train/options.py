@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlmkit.errors import VlmkitError
-from vlmkit.groups import option
+from vlmkit.groups import option, same_option
+from vlmkit.models.loader import LoadOptions
 
 TUNERS = ("lora", "full")
 TRUNCATION = ("delete", "shrink")
@@ -241,12 +242,7 @@ class TrackingOptions:
 class EngineOptions:
     dtype: str = option("auto", "auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32.")
     attn_impl: str = option("sdpa", "sdpa, eager, or flash_attention_2.")
-    trust_remote_code: bool = option(
-        False,
-        "Let transformers run Python code shipped with the checkpoint (auto_map in config.json) of a "
-        "supported family. Only for checkpoints you trust; untested (none can be loaded offline). Needed to "
-        "chat with Qwen-VL (first generation, e.g. Qwen/Qwen-VL-Chat; inference only).",
-    )
+    trust_remote_code: bool = same_option(LoadOptions, "trust_remote_code")
     num_workers: int | None = option(
         None, "DataLoader worker processes encoding rows while the model trains (default: 4 on GPU, 0 on CPU)."
     )
