@@ -146,3 +146,22 @@ def test_sft_trains_the_good_rows_and_lists_each_hostile_row(small_model, hostil
         where, _, reason = expected(folder, kind, line).partition(": ")
         assert listed[where].startswith(reason), (kind, listed)
 
+
+@pytest.mark.slow  # two `vlmkit sft --streaming` subprocesses, ~40 s
+def test_streaming_sft_resumed_lists_each_hostile_row_once(small_model, hostile):
+    """Issue 27 #15: every pass over a stream, and every resume (which reads its window again), appended the same
+    bad rows to bad_samples.jsonl again."""
+    folder, at = hostile
+    common = ["--streaming", "--no-packing", "--batch-size", "4", "--max-steps", "4", "--save-steps", "2",
+              "--save-total-limit", "5", "--max-pixels", "4000", "--max-bad-fraction", "0.6", "--no-progress",
+              "--report-to", "none", "--eval-generate", "0"]  # fmt: skip
+    args = ["sft", "-m", str(small_model), "-d", "d.jsonl", "--output-dir", "stream", *common]
+    done = vlmkit(*args, cwd=folder)  # 8 good rows, 2 steps a pass: 2 passes over every bad row
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = next((folder / "stream" / small_model.name).iterdir())
+    shutil.rmtree(run_dir / "checkpoint-4")  # as if killed after step 2
+    done = vlmkit(*args, "--resume", "latest", cwd=folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (run_dir / "checkpoint-4").is_dir()
+    listed = [json.loads(line)["where"] for line in open(run_dir / "bad_samples.jsonl")]
+    assert sorted(listed) == sorted(f"d.jsonl:{line}" for line in at.values())

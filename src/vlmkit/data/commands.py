@@ -7,12 +7,13 @@ they answer in seconds on any machine.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from vlmkit.errors import VlmkitError
+from vlmkit.errors import DataError, VlmkitError
 from vlmkit.options import Columns, Prompt, with_encoding_options
 from vlmkit.settings import EncodingSettings
 
@@ -66,6 +67,39 @@ def _load(ctx: typer.Context, dataset: list[str], media_root: Path | None, colum
     return data
 
 
+def _rows_to_check(ctx: typer.Context, dataset: list[str], media_root: Path | None, columns: str | None,
+                   prompt: str | None) -> Iterator[Any]:
+    """The rows of the command line's dataset(s) in file order, read as they are checked (a stream, as
+    `sft --streaming` reads: memory does not grow with the row count, and a Parquet file is not copied into
+    `datasets`' Arrow cache first). A source with #N is loaded as training loads it: its N rows are drawn at
+    random, which needs the row count. Prints the column schema of each source that has one."""
+    from vlmkit.data.columns import parse_columns
+    from vlmkit.data.sources import parse_source
+    from vlmkit.data.streaming import open_stream
+
+    specs = _datasets(ctx, dataset)
+    if any(parse_source(spec).count is not None for spec in specs):
+        data = _load(ctx, dataset, media_root, columns, prompt)
+        return _in_file_order(data)
+    stream = open_stream(specs, media_root, columns=parse_columns(columns), prompt=prompt)
+    for source, line in stream.schemas.items():
+        typer.echo(f"{source}: {line}")
+    return (row for _, row in stream.rows())
+
+
+def _in_file_order(data: Any) -> Iterator[Any]:
+    """The rows of a loaded `Dataset` with its unparsable lines (`data.bad`) in their place, as a stream has them."""
+    from vlmkit.data.readers import Row, file_position
+
+    if not data.bad:
+        yield from data.rows
+        return
+    files = {row.where.rpartition(":")[0]: None for row in data.rows}
+    order = {path: i for i, path in enumerate(files)}
+    bad = [Row(where, DataError(f"{where}: {reason}"), data.format, ()) for where, reason in data.bad]
+    yield from sorted([*data.rows, *bad], key=lambda row: file_position(row.where, order))  # JSON rows: a list
+
+
 def load_template(model: str, encoding: EncodingSettings) -> Any:
     """The family template of `model` with its tokenizer; the weights are not loaded."""
     from vlmkit.loader import load_tokenizer_and_template, resolve_model
@@ -117,13 +151,13 @@ def check(
 
     Exit status: 0 when every row is good, 1 when some rows are bad (so scripts can stop on it),
     2 for a mistake in the options or an unreadable dataset file."""
-    from vlmkit.data.check import check_dataset
+    from vlmkit.data.check import check_rows
     from vlmkit.plots import save_histogram
 
-    data = _load(ctx, dataset, media_root, columns, prompt)
+    rows = _rows_to_check(ctx, dataset, media_root, columns, prompt)
     template = load_template(model, encoding)
-    report = check_dataset(
-        data, template, max_length, truncation, progress=progress and sys.stderr.isatty(), decode_images=decode_images
+    report = check_rows(
+        rows, template, max_length, truncation, progress=progress and sys.stderr.isatty(), decode_images=decode_images
     )
     typer.echo(report.summary())
     if report.lengths:
