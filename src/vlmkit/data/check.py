@@ -8,6 +8,8 @@
     report.write_bad_samples("bad_samples.jsonl")
     keep = dataset.select([g.index for g in report.good])  # g.limit: None or the fitted limit
 
+    report = check_rows((row for _, row in open_stream(["big.parquet"]).rows()), template, 2048)  # a stream
+
 A row is bad, with the first of these reasons that applies (`BadRow.kind` in brackets):
 it is not a JSON object [invalid JSON]; it cannot be converted to a Sample [bad row], or
 its `<image>` placeholders and listed images disagree [placeholder mismatch]; it has no

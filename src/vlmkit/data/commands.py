@@ -94,9 +94,12 @@ def _in_file_order(data: Any) -> Iterator[Any]:
     if not data.bad:
         yield from data.rows
         return
-    files = {row.where.rpartition(":")[0]: None for row in data.rows}
-    order = {path: i for i, path in enumerate(files)}
-    bad = [Row(where, DataError(f"{where}: {reason}"), data.format, ()) for where, reason in data.bad]
+    formats = {row.where.rpartition(":")[0]: row.format for row in data.rows}
+    order = {path: i for i, path in enumerate(formats)}
+    bad = [
+        Row(where, DataError(f"{where}: {reason}"), formats.get(where.rpartition(":")[0], data.format), ())
+        for where, reason in data.bad
+    ]
     yield from sorted([*data.rows, *bad], key=lambda row: file_position(row.where, order))  # JSON rows: a list
 
 
