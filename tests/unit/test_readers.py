@@ -592,3 +592,43 @@ def test_batch_inference_and_eval_answer_rows_in_file_order_bad_lines_in_place(t
 
     assert names(samples_in_order(load_dataset(folder))) == expected
     assert names(read_dataset(str(folder), None, None, None)[0]) == expected
+
+
+GOOD_LINE = '{"query": "q", "response": "r"}'
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "invalid JSON (nested too deeply"),
+        ('{"query": "a \\ud800", "response": "r"}', "a string holds an unpaired UTF-16 surrogate"),
+        ('{"query": "1" , "response": 1' + "0" * 5000 + "}", "invalid JSON (Exceeds the limit"),
+    ],
+    ids=["100,000 deep", "lone surrogate", "5,000-digit number"],
+)
+@pytest.mark.parametrize("layout", ["jsonl", "json array"])
+def test_a_row_python_cannot_read_is_one_bad_row_the_others_load(tmp_path, line, reason, layout):
+    """Issue 27 #14: each raised out of the reader (RecursionError, a tokenizer's TypeError later, ValueError)."""
+    if layout == "jsonl":
+        path = tmp_path / "d.jsonl"
+        path.write_text("\n".join([GOOD_LINE, line, GOOD_LINE]) + "\n")
+    else:
+        path = tmp_path / "d.json"
+        path.write_text("[\n" + ",\n".join([GOOD_LINE, line, GOOD_LINE]) + "\n]\n")
+    ds = load_dataset(path)
+    first = 1 if layout == "jsonl" else 2
+    assert [r.where for r in ds.rows] == [f"{path}:{first}", f"{path}:{first + 2}"]
+    assert [where for where, _ in ds.bad] == [f"{path}:{first + 1}"]
+    assert ds.bad[0][1].startswith(reason), ds.bad
+
+
+@pytest.mark.parametrize("value", ["NaN", "5", "true", '{"text": "x"}'])
+def test_content_that_is_not_text_is_refused_not_written_out(tmp_path, value):
+    """Issue 27 #14: `"content": NaN` trained on the text "nan", `5` on "5"."""
+    messages, sharegpt = tmp_path / "messages.jsonl", tmp_path / "sharegpt.jsonl"
+    messages.write_text('{"messages": [{"role": "user", "content": "How many?"}, {"role": "assistant", "content": '
+                        + value + "}]}\n")  # fmt: skip
+    sharegpt.write_text('{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": ' + value + "}]}\n")
+    for path, what in ((messages, "messages"), (sharegpt, "conversations")):
+        with pytest.raises(DataError, match=rf"^{path}:1: {what} turn 1 is (a number|true/false|an object).*; expected text"):
+            load_dataset(path)[0]

@@ -7,6 +7,7 @@ they answer in seconds on any machine.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,7 +15,7 @@ import typer
 
 from vlmkit.commands.options import with_options
 from vlmkit.data.options import DatasetOptions
-from vlmkit.errors import VlmkitError
+from vlmkit.errors import DataError, VlmkitError
 from vlmkit.settings import EncodingSettings
 
 if TYPE_CHECKING:
@@ -62,6 +63,40 @@ def _load(ctx: typer.Context, dataset: list[str], reading: DatasetOptions):
     for source, line in data.schemas.items():
         typer.echo(f"{source}: {line}")
     return data
+
+
+def _rows_to_check(ctx: typer.Context, dataset: list[str], reading: DatasetOptions) -> Iterator[Any]:
+    """The rows of the command line's dataset(s) in file order, read as they are checked (a stream, as
+    `sft --streaming` reads: memory does not grow with the row count, and a Parquet file is not copied into
+    `datasets`' Arrow cache first). A source with #N is loaded as training loads it: its N rows are drawn at
+    random, which needs the row count. Prints the column schema of each source that has one."""
+    from vlmkit.data.sources import parse_source
+    from vlmkit.data.streaming import open_stream
+
+    specs = _datasets(ctx, dataset)
+    if any(parse_source(spec).count is not None for spec in specs):
+        data = _load(ctx, dataset, reading)
+        return _in_file_order(data)
+    stream = open_stream(specs, reading.media_root, columns=reading.column_map(), prompt=reading.prompt)
+    for source, line in stream.schemas.items():
+        typer.echo(f"{source}: {line}")
+    return (row for _, row in stream.rows())
+
+
+def _in_file_order(data: Any) -> Iterator[Any]:
+    """The rows of a loaded `Dataset` with its unparsable lines (`data.bad`) in their place, as a stream has them."""
+    from vlmkit.data.readers import Row, file_position
+
+    if not data.bad:
+        yield from data.rows
+        return
+    formats = {row.where.rpartition(":")[0]: row.format for row in data.rows}
+    order = {path: i for i, path in enumerate(formats)}
+    bad = [
+        Row(where, DataError(f"{where}: {reason}"), formats.get(where.rpartition(":")[0], data.format), ())
+        for where, reason in data.bad
+    ]
+    yield from sorted([*data.rows, *bad], key=lambda row: file_position(row.where, order))  # JSON rows: a list
 
 
 def load_template(model: str, encoding: EncodingSettings) -> Template:
@@ -113,13 +148,13 @@ def check(
 
     Exit status: 0 when every row is good, 1 when some rows are bad (so scripts can stop on it),
     2 for a mistake in the options or an unreadable dataset file."""
-    from vlmkit.data.check import check_dataset
+    from vlmkit.data.check import check_rows
     from vlmkit.train.plots import save_histogram
 
-    data = _load(ctx, dataset, reading)
+    rows = _rows_to_check(ctx, dataset, reading)
     template = load_template(model, encoding)
-    report = check_dataset(
-        data, template, max_length, truncation, progress=progress and sys.stderr.isatty(), decode_images=decode_images
+    report = check_rows(
+        rows, template, max_length, truncation, progress=progress and sys.stderr.isatty(), decode_images=decode_images
     )
     typer.echo(report.summary())
     if report.lengths:

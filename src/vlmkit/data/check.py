@@ -8,6 +8,8 @@
     report.write_bad_samples("bad_samples.jsonl")
     keep = dataset.select([g.index for g in report.good])  # g.limit: None or the fitted limit
 
+    report = check_rows((row for _, row in open_stream(["big.parquet"]).rows()), template, 2048)  # a stream
+
 A row is bad, with the first of these reasons that applies (`BadRow.kind` in brackets):
 it is not a JSON object [invalid JSON]; it cannot be converted to a Sample [bad row], or
 its `<image>` placeholders and listed images disagree [placeholder mismatch]; it has no
@@ -40,6 +42,7 @@ import math
 import os
 import statistics
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -237,7 +240,7 @@ def check_row(
     where = row.where
 
     def bad(reason: str, kind: str) -> BadRow:
-        return BadRow(where, reason, kind, row.data)
+        return BadRow(where, reason, kind, jsonable(row.data))  # embedded media described, not kept
 
     try:
         sample = row_to_sample(row.data, row.format, where, row.base_dirs)
@@ -295,15 +298,17 @@ def check_row(
     return GoodRow(index, where, length_fitted, limit, bool(sample.media("video"))), length
 
 
-def check_dataset(
-    dataset: Dataset,
+def check_rows(
+    rows: Iterable[Row],
     template: Template,
     max_length: int,
     truncation: str = "delete",
     progress: bool = True,
     decode_images: bool = True,
 ) -> CheckReport:
-    """Check every row of `dataset` (and list its unparsable `dataset.bad` rows) against `template`.
+    """Check `rows` against `template`, one at a time as they come (a `RowStream`'s rows are read as they are
+    checked: memory does not grow with the dataset, only the report's ~100 bytes a row). A row whose data is
+    a `DataError` (a line that is not a JSON object) is bad [invalid JSON]. `GoodRow.index` counts `rows`.
 
     template: a family template (`vlmkit.families.interface.Template`: `count_tokens`, `fit_limit`,
     `limit_option`, `min_limit`).
@@ -317,22 +322,39 @@ def check_dataset(
         raise VlmkitError(f"--truncation {truncation}: choose one of {', '.join(TRUNCATIONS)}")
     if max_length < 1:
         raise VlmkitError(f"--max-length {max_length}: must be at least 1")
-    formats = {row.where.rpartition(":")[0]: row.format for row in dataset.rows}
     report = CheckReport(
-        formats=formats, max_length=max_length, truncation=truncation, limit_option=template.limit_option
+        formats={}, max_length=max_length, truncation=truncation, limit_option=template.limit_option
     )
-    report.bad += [BadRow(where, reason, "invalid JSON", None) for where, reason in dataset.bad]
     box_format = template.box_format
     live = (box_format.keep_tokens if box_format else ()) + LITERAL_TOKENS  # grounding markup is data
     pattern = control_token_pattern(template.tokenizer, live)
-    rows = tqdm(dataset.rows, desc="checking rows", unit="row", file=sys.stderr, disable=not progress)
+    rows = tqdm(rows, desc="checking rows", unit="row", file=sys.stderr, disable=not progress)
     for index, row in enumerate(rows):
+        report.formats.setdefault(row.where.rpartition(":")[0], row.format)
+        if isinstance(row.data, DataError):
+            report.bad.append(BadRow(row.where, _reason(row.data, row.where), "invalid JSON", None))
+            continue
         result, length = check_row(
             index, row, template, max_length, truncation == "shrink", report, pattern, decode_images
         )
         (report.good if isinstance(result, GoodRow) else report.bad).append(result)
         if length is not None:
             report.lengths.append(length)
-    files = {path: i for i, path in enumerate(formats)}
+    return report
+
+
+def check_dataset(
+    dataset: Dataset,
+    template: Template,
+    max_length: int,
+    truncation: str = "delete",
+    progress: bool = True,
+    decode_images: bool = True,
+) -> CheckReport:
+    """`check_rows` of every row of `dataset`, with its unparsable `dataset.bad` rows listed in their place
+    (`GoodRow.index` is an index into `dataset.rows`)."""
+    report = check_rows(dataset.rows, template, max_length, truncation, progress, decode_images)
+    report.bad += [BadRow(where, reason, "invalid JSON", None) for where, reason in dataset.bad]
+    files = {path: i for i, path in enumerate(report.formats)}
     report.bad.sort(key=lambda bad: file_position(bad.where, files))
     return report

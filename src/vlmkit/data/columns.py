@@ -22,6 +22,7 @@ expressions for one object) becomes one turn per ref.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -172,8 +173,8 @@ def answer_texts(value: Any) -> list[str]:
     for item in items:
         if isinstance(item, dict):
             item = next((item[k] for k in _TEXT_KEYS if isinstance(item.get(k), str)), None)
-        if isinstance(item, (int, float)) and not isinstance(item, bool):
-            item = str(item)
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item):
+            item = str(item)  # a numeric answer column; NaN is a missing value (pandas), never the text "nan"
         if isinstance(item, str):
             texts.append(item)
     return texts

@@ -38,7 +38,7 @@ from typing import Any
 from vlmkit.data.columns import SCHEMAS, ColumnSchema, detect_schema, to_query_response
 from vlmkit.data.values import media_source
 from vlmkit.errors import DataError
-from vlmkit.sample import Sample, to_sample
+from vlmkit.sample import Sample, not_text, to_sample
 from vlmkit.sample.inline import has_media_tag, message_texts
 
 # format name -> the key that marks a row as that format, checked in this order
@@ -119,14 +119,13 @@ def choose_format(
 
 
 def _text(value: Any, where: str, what: str) -> Any:
-    """A turn's content: text (numbers become text), a list of content parts, or ''."""
+    """A turn's content: text, a list of content parts, or '' for null. A number is refused rather than
+    written out: `"content": NaN` would train on the text "nan", `5` on "5", where a string was meant."""
     if value is None:
         return ""
     if isinstance(value, (str, list)):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise DataError(f"{where}: {what} is {type(value).__name__}; expected text")
+    raise DataError(f"{where}: {what} is {not_text(value)}; expected text (a JSON string, in quotes)")
 
 
 def _media(row: dict, plural: str, singular: str | None, where: str) -> list[Any]:
@@ -260,6 +259,8 @@ def _objects(row: dict, where: str) -> Any:
             raise DataError(
                 f"{where}: 'objects' is a string but not valid JSON ({e.msg} at column {e.colno})"
             ) from None
+        except (ValueError, RecursionError):  # nested too deeply, an integer too long to convert
+            raise DataError(f"{where}: 'objects' is a string but not JSON that Python reads") from None
     return value if value else None
 
 

@@ -43,14 +43,61 @@ _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a num
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # a string (skipped whole) or a bracket
+TOO_DEEP = "invalid JSON (nested too deeply: Python's JSON parser reads about 1,000 levels)"
+LONE_SURROGATE = (
+    "a string holds an unpaired UTF-16 surrogate (an escape \\ud800-\\udfff without its pair), which is no "
+    "character; fix or remove that escape"
+)
+
+
+def _invalid_json(error: ValueError | RecursionError) -> str:
+    """Why `json.loads` refused a text, in a few words."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"invalid JSON ({error.msg} at column {error.colno})"
+    if isinstance(error, RecursionError):
+        return TOO_DEEP
+    return f"invalid JSON ({error})"  # e.g. an integer of more digits than Python converts
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether a string (or key) of parsed JSON holds an unpaired surrogate: only a `\\u` escape makes one, and
+    no tokenizer takes it nor UTF-8 file holds it (`vlmkit infer` could not write the row back)."""
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if _LONE_SURROGATE.search(value):
+                return True
+        elif isinstance(value, dict):
+            stack += [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            stack += value
+    return False
+
+
 def _parse_object(text: str, where: str) -> dict | DataError:
     try:
         row = json.loads(text)
-    except json.JSONDecodeError as e:
-        return DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        return DataError(f"{where}: {_invalid_json(e)}")
     if not isinstance(row, dict):
         return DataError(f"{where}: expected a JSON object, got {_JSON_TYPES.get(type(row), 'null')}")
+    if "\\u" in text and has_lone_surrogate(row):
+        return DataError(f"{where}: {LONE_SURROGATE}")
     return row
+
+
+def _skip_nested(text: str, index: int) -> int:
+    """The index after the array or object that starts at `index`, found by counting brackets outside
+    strings: how an array item nested too deeply to parse is stepped over."""
+    depth = 0
+    for token in _JSON_TOKEN.finditer(text, index):
+        depth += 1 if token[0] in ("[", "{") else -1 if token[0] in ("]", "}") else 0
+        if depth == 0:
+            return token.end()
+    return len(text)
 
 
 def _json_lines(lines: Iterator[bytes | str], name: str) -> Iterator[tuple[str, dict | DataError]]:
@@ -76,11 +123,12 @@ def _read_jsonl(path: Path, name: str) -> Iterator[tuple[str, dict | DataError]]
 def _json_array(text: str, name: str) -> list[tuple[str, dict | DataError]]:
     """Parse a top-level array object by object, keeping where each one starts."""
     decoder = json.JSONDecoder()
-    items: list[tuple[int, Any]] = []  # (line where it starts, value)
+    items: list[tuple[int, Any]] = []  # (line where it starts, value, or the reason it is bad)
     index = _WHITESPACE.match(text, text.index("[") + 1).end()
     line, counted = 1, 0
     while text[index : index + 1] != "]":
         line, counted = line + text.count("\n", counted, index), index
+        start = index
         try:
             value, index = decoder.raw_decode(text, index)
         except json.JSONDecodeError as e:
@@ -88,6 +136,10 @@ def _json_array(text: str, name: str) -> list[tuple[str, dict | DataError]]:
                 f"{name}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno}); the file is one JSON array, "
                 f"so none of it was read"
             ) from None
+        except (ValueError, RecursionError) as e:  # the item is bad, and where it ends is known
+            value, index = DataError(_invalid_json(e)), _skip_nested(text, start)
+        if isinstance(value, dict) and text.find("\\u", start, index) != -1 and has_lone_surrogate(value):
+            value = DataError(LONE_SURROGATE)
         items.append((line, value))
         index = _WHITESPACE.match(text, index).end()
         if text[index : index + 1] == ",":
@@ -101,7 +153,9 @@ def _json_array(text: str, name: str) -> list[tuple[str, dict | DataError]]:
     rows = []
     for i, (line, value) in enumerate(items):
         where = f"{name}:{line}" if distinct_lines else f"{name}:#{i}"
-        if not isinstance(value, dict):
+        if isinstance(value, DataError):  # why the item could not be read, to be located
+            value = DataError(f"{where}: {value}")
+        elif not isinstance(value, dict):
             value = DataError(f"{where}: expected a JSON object, got {_JSON_TYPES.get(type(value), 'null')}")
         rows.append((where, value))
     return rows
@@ -123,13 +177,15 @@ def _read_json(path: Path, name: str) -> Iterator[tuple[str, dict | DataError]]:
         )
     try:
         row = json.loads(text)
-        return iter([(f"{name}:{text.count(chr(10), 0, text.index('{')) + 1}", row)])  # one object
-    except json.JSONDecodeError as e:
+        where = f"{name}:{text.count(chr(10), 0, text.index('{')) + 1}"
+        return iter([(where, DataError(f"{where}: {LONE_SURROGATE}") if has_lone_surrogate(row) else row)])
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         lines = text.split("\n")  # not splitlines(): JSON strings may hold U+2028 and friends
         first_lines = [line for line in lines[:5] if line.strip()]
-        if e.msg == "Extra data" or any(isinstance(_parse_object(s, ""), dict) for s in first_lines):
+        if getattr(e, "msg", "") == "Extra data" or any(isinstance(_parse_object(s, ""), dict) for s in first_lines):
             return _json_lines(iter(lines), name)
-        raise DataError(f"{name}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        at = f":{e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise DataError(f"{name}{at}: {_invalid_json(e)}") from None
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[str, dict | DataError]]:

@@ -40,6 +40,9 @@ from vlmkit.data.sources import (
 )
 from vlmkit.errors import DataError
 
+# Bytes of a Parquet column chunk read at a time: a row group is read page by page, not whole (a file written as one
+# row group of 8,000 embedded images otherwise held all of them at once).
+READ_BUFFER = 1 << 20
 # Stored batches: (index of the batch's first row in the part, its row count, take), where take(offsets) reads
 # those rows of the batch as [(where, raw row or DataError), ...].
 Batches = Iterator[tuple[int, int, Callable[[list[int]], list[tuple[str, Any]]]]]
@@ -90,12 +93,13 @@ def _parquet_batches(files: list[Path], names: list[str]) -> Batches:
     """Batches of local Parquet files read by pyarrow itself, rows named by file (`FILE:#INDEX_IN_FILE`).
     Not through `datasets`: its Parquet reader (pyarrow's dataset scanner) reads row groups ahead in the
     background whether they are asked for or not (a 600 MB file's stream grew to 1 GB of heap in 8 s while
-    training had read 300 rows), and pyarrow's pre-buffering keeps what it read; neither is used here."""
+    training had read 300 rows), and pyarrow's pre-buffering keeps what it read; neither is used here, and
+    column chunks are read through a buffer (`READ_BUFFER`)."""
     import pyarrow.parquet as pq
 
     start = 0
     for file, name in zip(files, names, strict=True):
-        with pq.ParquetFile(file, pre_buffer=False) as reader:
+        with pq.ParquetFile(file, pre_buffer=False, buffer_size=READ_BUFFER) as reader:
             offset = 0
             for batch in reader.iter_batches(batch_size=ITER_CHUNK):
                 yield start, batch.num_rows, partial(_take_arrow, batch, name, offset)

@@ -27,6 +27,7 @@ misplaces a box.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,9 +102,9 @@ def _box_group(value: Any, where: str) -> list[Box]:
     if (
         not isinstance(value, (list, tuple))
         or len(value) != 4
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    ):
-        raise DataError(f"{where}: a bbox must be 4 numbers [x1, y1, x2, y2], got {value!r}")
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ):  # NaN passes every comparison below (JSON readers take NaN and Infinity)
+        raise DataError(f"{where}: a bbox must be 4 finite numbers [x1, y1, x2, y2], got {value!r}")
     x1, y1, x2, y2 = (float(v) for v in value)
     if x2 < x1 or y2 < y1 or min(x1, y1) < 0:
         raise DataError(

@@ -231,6 +231,15 @@ def _open(path: Path, where: str):
     if container.format.name in _STILL_IMAGE_FORMATS or container.format.name.endswith("_pipe"):
         container.close()
         raise MediaError(f"{where}: a still image, not a video; list it under images (or give a list of frames)")
+    if container.format.flags & av.format.Flags.no_timestamps.value:
+        # a raw stream (Annex-B H.264 named .h264 or .mp4, ...): no frame times, no index to seek in, and a
+        # frame rate FFmpeg guesses (25); sampling it would pick the wrong frames
+        name = container.format.name
+        container.close()
+        raise MediaError(
+            f"{where}: a raw {name} stream without a container, so its frame times are unknown; put it in "
+            f"one first, e.g. ffmpeg -framerate FPS -i FILE -c copy OUT.mp4"
+        )
     return container
 
 
@@ -244,8 +253,11 @@ def _frame_count(container, stream, where: str) -> tuple[int, float]:
     if not total and stream.duration is not None and stream.time_base is not None:
         total = round(float(stream.duration * stream.time_base) * video_fps)
     if not total:
-        total = sum(1 for p in container.demux(stream) if p.size)  # no decoding; then rewind
-        container.seek(0, stream=stream)
+        try:
+            total = sum(1 for p in container.demux(stream) if p.size)  # no decoding; then rewind
+            container.seek(0, stream=stream)
+        except _av().FFmpegError as e:
+            raise MediaError(f"{where}: the video is corrupt or cannot be seeked in ({_reason(e)})") from None
     if total < 1:
         raise MediaError(f"{where}: the video has no frames")
     return total, video_fps

@@ -166,6 +166,15 @@ def _split_placeholders(text: str, queues: dict[str, list], counts: dict[str, in
     return parts
 
 
+def not_text(value: Any) -> str:
+    """What a value that should be text is, for an error: "a number (nan)", "true/false", "an object"."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    return {dict: "an object", list: "a list", type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def _url_of(value: Any) -> Any:
     return value.get("url") if isinstance(value, dict) else value
 
@@ -180,7 +189,10 @@ def to_content_part(part: Any, where: str, index: int) -> dict:
         )
     kind = part.get("type")
     if kind == "text" or (kind is None and "text" in part):
-        return {"type": "text", "text": str(part.get("text", ""))}
+        text = part.get("text", "")
+        if not isinstance(text, str):  # never str(): NaN would become the text "nan"
+            raise DataError(f"{where}: content part {index} text is {not_text(text)}; expected a string")
+        return {"type": "text", "text": text}
     if kind == "image_url" or (kind is None and "image_url" in part):
         return {"type": "image", "image": _url_of(part.get("image_url"))}
     if kind == "video_url" or (kind is None and "video_url" in part):
@@ -234,7 +246,9 @@ def to_sample(
     counts = {"image": 0, "video": 0}
     messages: list[dict] = []
     if row.get("system"):
-        messages.append({"role": "system", "content": [{"type": "text", "text": str(row["system"])}]})
+        if not isinstance(row["system"], str):
+            raise DataError(f"{where}: 'system' is {not_text(row['system'])}; expected text")
+        messages.append({"role": "system", "content": [{"type": "text", "text": row["system"]}]})
 
     for i, message in enumerate(raw_messages):
         if not isinstance(message, dict) or "role" not in message:

@@ -56,6 +56,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
         self.max_bad_fraction = max_bad_fraction
         self.read = 0
         self.bad = 0
+        self.listed: set[str] | None = None  # rows `bad_file` lists, read when the first bad row comes
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -125,9 +126,23 @@ class TrainingStream(torch.utils.data.IterableDataset):
         return encoded
 
     def _skip(self, row, kind: str, reason: str) -> None:
+        """Count a bad row and list it in `bad_file` once: the next pass over the data, or a resumed run that
+        reads its window again, meets the same row again."""
+        self.bad += 1
+        if self.listed is None:
+            self.listed = listed_rows(self.bad_file)
+        if row.where not in self.listed:
+            self.listed.add(row.where)
+            self._list(row, kind, reason)
+        if self.bad > max(1, int(self.max_bad_fraction * max(self.read, WINDOW))):
+            raise VlmkitError(
+                f"{self.bad} of {self.read} rows read by one reader are bad (more than --max-bad-fraction "
+                f"{self.max_bad_fraction:.1%}); see {self.bad_file}; run `vlmkit data check` on the data and fix them"
+            )
+
+    def _list(self, row, kind: str, reason: str) -> None:
         from vlmkit.data.values import jsonable
 
-        self.bad += 1
         if self.bad_file is not None:
             line = {"where": row.where, "kind": kind, "reason": reason,
                     "row": None if isinstance(row.data, Exception) else row.data}  # fmt: skip
@@ -136,11 +151,20 @@ class TrainingStream(torch.utils.data.IterableDataset):
             ) as f:  # one short append: workers never interleave
                 f.write(json.dumps(line, ensure_ascii=False, default=jsonable) + "\n")
         print(f"skipped {row.where}: {reason} (listed in {self.bad_file})", file=sys.stderr, flush=True)
-        if self.bad > max(1, int(self.max_bad_fraction * max(self.read, WINDOW))):
-            raise VlmkitError(
-                f"{self.bad} of {self.read} rows read by one reader are bad (more than --max-bad-fraction "
-                f"{self.max_bad_fraction:.1%}); see {self.bad_file}; run `vlmkit data check` on the data and fix them"
-            )
+
+
+def listed_rows(bad_file: Path | None) -> set[str]:
+    """The `where` of every row a bad-samples file lists (a line cut short by a killed run is passed over)."""
+    listed: set[str] = set()
+    if bad_file is None or not bad_file.is_file():
+        return listed
+    with open(bad_file, encoding="utf-8") as f:
+        for line in f:
+            try:
+                listed.add(json.loads(line)["where"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return listed
 
 
 def collate_stream(collate, packing: bool, items: list) -> dict[str, Any]:
