@@ -1,16 +1,19 @@
 """`vlmkit infer`: an interactive chat (like `swift infer`) and batch inference over a dataset file.
 
-Chat: type a message; each `<image>` / `<video>` in it asks for a path or URL. `clear`
-resets the history, `exit` / `quit` / end of input leave. Works with piped input.
+Chat: type a message; a message of several lines (a paste) goes between two lines of three double
+quotes (`BLOCK`). Each `<image>` / `<video>` in it asks for a path or URL (an answer that is neither
+is refused and asked again). `clear` resets the history, `exit` / `quit` / end of input leave. Works
+with piped input.
 
 Batch: every row of a dataset file (any format `vlmkit.data` reads) becomes one output
 line, in input order: the input fields plus `response`, and `objects`: the boxes parsed out of
 the response in original-image pixels (`vlmkit.grounding`; an input `objects` is kept as
 `labels_objects`). With `draw_dir`, each row's images are saved there with those boxes drawn.
 When a row ends with an assistant reply, that reply is the reference: it is kept as `labels`
-and the model answers the turns before it. A row that cannot be encoded gets an `error` field, and
-the run goes on. Rows go to a resumable `<output>.partial/` first (`vlmkit.batch_output`): a stopped run
-is finished by the same call, and under torchrun the processes share the rows and write one output.
+and the model answers the turns before it. A row that cannot be read, encoded or generated gets an
+`error` field and no `response` (its reference stays in `labels`), and the run goes on. Rows go to a
+resumable `<output>.partial/` first (`vlmkit.batch_output`): a stopped run is finished by the same
+call, and under torchrun the processes share the rows and write one output.
 """
 
 from __future__ import annotations
@@ -249,7 +252,7 @@ def _write_batches(
                 replies = _generate_or_one_by_one(vlm, [e for _, _, e in pending], options)
                 for (i, prompt, _), reply in zip(pending, replies, strict=True):
                     if isinstance(reply, Exception):
-                        results[i]["error"] = f"generation failed: {type(reply).__name__}: {reply}"
+                        mark_failed(results[i], f"generation failed: {type(reply).__name__}: {reply}")
                     else:
                         results[i]["response"] = reply
                         _add_objects(vlm, prompt, reply, results[i], draw_dir, row_number=indices[i])
@@ -275,8 +278,19 @@ def _encode_batch(vlm: VLM, chunk: list) -> tuple[list[dict[str, Any]], list[tup
                 results[i]["references"] = sample.extra["references"]
             pending.append((i, prompt, vlm.encode(prompt)))
         except VlmkitError as e:
-            results[i]["error"] = str(e)
+            mark_failed(results[i], str(e))
     return results, pending
+
+
+def mark_failed(result: dict[str, Any], error: str) -> None:
+    """Make `result` (an output row, the input's fields so far) a failed row: `error` and no `response`.
+    An input's `response` is its reference (ms-swift query/response rows): it moves to `labels`, where an
+    answered row keeps the reference, unless the row already has them; left in `response` it would read
+    as a perfect answer to a scorer that ignores `error`."""
+    reference = result.pop("response", None)
+    if reference is not None:
+        result.setdefault("labels", reference)
+    result["error"] = error
 
 
 def _add_objects(
