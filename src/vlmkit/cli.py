@@ -179,7 +179,8 @@ def infer(
         typer.Option(
             "--output",
             "-o",
-            help="Where batch inference writes one JSON line per input row. Default: INPUT with .preds.jsonl.",
+            help="Where batch inference writes one JSON line per input row. Default: INPUT with .preds.jsonl "
+            "(with --val: CKPT.val.preds.jsonl beside the checkpoint, one file per checkpoint).",
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Rows generated together in batch inference.")] = 8,
@@ -244,6 +245,7 @@ def infer(
     options.kwargs()  # validate before the slow model load
     if val:
         input = _val_input(ckpt, input)
+        output = output or _val_output(ckpt)
         columns, prompt = _run_columns(ckpt, columns, prompt)
     if backend not in ("transformers", "vllm"):
         raise VlmkitError(f"--backend {backend}: choose transformers or vllm")
@@ -349,6 +351,13 @@ def _default_output(input: Path) -> Path:
         return Path(spec[4:].split(":")[0].split("@")[0].replace("/", "_") + ".preds.jsonl")
     path = Path(spec)
     return path.with_suffix(".preds.jsonl") if path.is_file() else path.with_name(path.name + ".preds.jsonl")
+
+
+def _val_output(ckpt: Path) -> Path:
+    """RUN/checkpoint-N.val.preds.jsonl: one predictions file per checkpoint, beside it (not in it: a later
+    save may rotate the checkpoint away), so comparing checkpoints never overwrites one's predictions."""
+    ckpt = Path(ckpt).resolve()
+    return ckpt.with_name(f"{ckpt.name}.val.preds.jsonl")
 
 
 def _run_columns(ckpt: Path, columns: str | None, prompt: str | None) -> tuple[str | None, str | None]:
