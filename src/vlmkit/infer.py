@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 SEPARATOR = "-" * 50
 PROMPTS = {"<image>": "Input an image path or URL <<< ", "<video>": "Input a video path or URL <<< "}
+BLOCK = '"""'  # a line starting with it opens a message of several lines, one ending with it closes it
+SEVERAL_LINES = f"a message of several lines goes between two lines of {BLOCK}"
+CHAT_HELP = f"chat: {SEVERAL_LINES}; <image> or <video> in a message asks for its path or URL; clear; exit"
 
 
 def _ask(prompt: str, stdin: TextIO, stdout: TextIO) -> str | None:
@@ -48,9 +51,29 @@ def _ask(prompt: str, stdin: TextIO, stdout: TextIO) -> str | None:
     return line
 
 
+def read_message(stdin: TextIO, stdout: TextIO, stderr: TextIO) -> str | None:
+    """One message typed at the prompt: a line, or the lines between a line starting with `BLOCK` (three
+    double quotes) and one ending with it (a pasted text: its newlines kept, one turn); None at end of
+    input."""
+    line = _ask("<<< ", stdin, stdout)
+    if line is None or not line.lstrip().startswith(BLOCK):
+        return line
+    first = line.lstrip()[len(BLOCK) :]
+    if first.rstrip().endswith(BLOCK):  # the block opened and closed on one line
+        return first.rstrip()[: -len(BLOCK)]
+    lines = [first] if first.strip() else []
+    while (line := _ask("... ", stdin, stdout)) is not None:
+        if line.rstrip().endswith(BLOCK):
+            last = line.rstrip()[: -len(BLOCK)]
+            return "\n".join(lines + ([last] if last.strip() else []))
+        lines.append(line)
+    stderr.write(f'error: end of input inside a message of several lines (no closing {BLOCK}); it was not sent\n')
+    return None
+
+
 def media_answer(answer: str) -> str:
     """A path or URL typed at the image prompt as people give them: a file dragged into a terminal comes
-    quoted ('...' or "...") when its name has spaces, or as a file:// URL (percent-encoded)."""
+    quoted ('...' or "...") when its name has spaces, or as a file:// URL (percent-encoded); ~ is home."""
     from urllib.parse import unquote, urlparse
 
     answer = answer.strip()
@@ -58,7 +81,18 @@ def media_answer(answer: str) -> str:
         answer = answer[1:-1].strip()
     if answer.startswith("file://"):
         answer = unquote(urlparse(answer).path)
-    return answer
+    return str(Path(answer).expanduser()) if answer.startswith("~") else answer
+
+
+def is_media_source(answer: str) -> bool:
+    """Whether an answer at the image/video prompt can be media: an existing file, an http(s) or data: URL.
+    Anything else is most likely the next line of a message (a paste), never a path to try."""
+    if answer.lower().startswith(("http://", "https://", "data:")):
+        return True
+    try:
+        return Path(answer).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
 
 
 def run_chat(
@@ -88,10 +122,10 @@ def run_chat(
             stderr.write("".join(line + "\n" for line in lines))
             stderr.flush()
 
-    note(describe_model(vlm, system_option))
+    note([*describe_model(vlm, system_option), CHAT_HELP])
     chat = vlm.chat(system=system)
     while True:
-        query = _ask("<<< ", stdin, stdout)
+        query = read_message(stdin, stdout, stderr)
         if query is None or query.strip() in ("exit", "quit"):
             return
         if query.strip() == "clear":
@@ -100,7 +134,7 @@ def run_chat(
             continue
         if not query.strip():
             continue
-        media = _ask_media(query, stdin, stdout)
+        media = _ask_media(query, stdin, stdout, stderr)
         if media is None:
             return
         if not media:
@@ -131,19 +165,34 @@ def run_chat(
         stdout.flush()
 
 
-def _ask_media(query: str, stdin: TextIO, stdout: TextIO) -> dict[str, list[str]] | None:
+def _ask_media(query: str, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> dict[str, list[str]] | None:
     """A path or URL asked for each `<image>` / `<video>` of `query`, in order; {} when an answer is empty
     (the turn is cancelled), None at end of input."""
     media: dict[str, list[str]] = {"<image>": [], "<video>": []}
     for tag in sorted(media, key=query.find):
         for _ in range(query.count(tag)):
-            answer = _ask(PROMPTS[tag], stdin, stdout)
+            answer = _ask_source(tag, stdin, stdout, stderr)
             if answer is None:
                 return None
-            if not media_answer(answer):
+            if not answer:
                 return {}
-            media[tag].append(media_answer(answer))
+            media[tag].append(answer)
     return media
+
+
+def _ask_source(tag: str, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> str | None:
+    """The answer to `tag`'s prompt, asked again until it is a file or URL (`is_media_source`) or empty;
+    None at end of input. A refused answer is one line on stderr; the message waits."""
+    while (answer := _ask(PROMPTS[tag], stdin, stdout)) is not None:
+        answer = media_answer(answer)
+        if not answer or is_media_source(answer):
+            return answer
+        stderr.write(
+            f"error: {answer[:200]!r} is not a file, an http(s) URL or a data: URL; the message is kept: give "
+            f"the {tag[1:-1]}'s path or URL, or an empty line to cancel ({SEVERAL_LINES})\n"
+        )
+        stderr.flush()
+    return None
 
 
 def split_reference(sample: Sample) -> tuple[Sample, str | None]:

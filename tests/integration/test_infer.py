@@ -28,20 +28,22 @@ def vlm(small_model):
 
 
 def test_piped_chat_streams_a_reply_and_survives_a_missing_image(small_model, image_file, tmp_path):
-    script = (
-        f"<image>What is this?\n{image_file}\nclear\n<image>And this?\n{tmp_path / 'missing.png'}\nHi\nexit\n"
-    )
+    missing = tmp_path / "missing.png"
+    script = f"<image>What is this?\n{image_file}\nclear\n<image>And this?\n{missing}\n{image_file}\nHi\nexit\n"
     result = vlmkit_cli("infer", "--model", str(small_model), "--max-new-tokens", "8", stdin=script)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert out.count("Input an image path or URL <<< ") == 2
+    assert out.count("Input an image path or URL <<< ") == 3  # the missing file is asked again
     assert "History cleared." in out
-    # Two replies (first image turn and "Hi"), each closed by the separator; the failed turn has none.
-    assert out.count("-" * 50) == 2
+    # Three replies (both image turns and "Hi"), each closed by the separator.
+    assert out.count("-" * 50) == 3
     reply = out.split("Input an image path or URL <<< ")[1].split("\n", 1)[1].split("-" * 50)[0]
     assert reply.strip(), "the reply is empty"
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: chat: image 1: file not found: {tmp_path / 'missing.png'}"]
+    assert errors == [
+        f"error: {str(missing)!r} is not a file, an http(s) URL or a data: URL; the message is kept: give the "
+        """image's path or URL, or an empty line to cancel (a message of several lines goes between two lines of \"\"\")"""
+    ]
 
 
 def test_chat_ends_at_end_of_input(small_model):

@@ -372,7 +372,7 @@ def test_tiny_models_train_step_and_generate_on_video(models, family):
     assert replies == [vlm.generate([prompt], max_new_tokens=3)[0] for prompt in prompts]
 
 
-def test_chat_asks_for_a_video_and_survives_a_missing_one(models):
+def test_chat_asks_for_a_video_and_survives_a_missing_one(models, tmp_path):
     import io
 
     import vlmkit
@@ -380,12 +380,16 @@ def test_chat_asks_for_a_video_and_survives_a_missing_one(models):
     from vlmkit.model import GenerationOptions
 
     vlm = vlmkit.load(str(models["qwen2-vl"]), nframes=4, video_max_pixels=12_000, device="cpu", dtype="fp32")
-    stdin = io.StringIO(f"<video>What happens?\n{DEMO / '4.mp4'}\n<video>And here?\n/nope.mp4\nexit\n")
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"junk" * 50)
+    script = f"<video>What happens?\n{DEMO / '4.mp4'}\n<video>And here?\n/nope.mp4\n{corrupt}\nexit\n"
     stdout, stderr = io.StringIO(), io.StringIO()
-    run_chat(vlm, GenerationOptions(max_new_tokens=3), stdin=stdin, stdout=stdout, stderr=stderr, quiet=True)
-    assert stdout.getvalue().count("Input a video path or URL <<< ") == 2
+    run_chat(vlm, GenerationOptions(max_new_tokens=3), stdin=io.StringIO(script), stdout=stdout, stderr=stderr, quiet=True)
+    assert stdout.getvalue().count("Input a video path or URL <<< ") == 3  # /nope.mp4 is no file: asked again
     assert stdout.getvalue().count(SEPARATOR) == 1  # the first turn answered, the second refused
-    assert stderr.getvalue() == "error: chat: video 2: file not found: /nope.mp4\n"  # 2nd of the chat
+    errors = stderr.getvalue().splitlines()
+    assert len(errors) == 2 and errors[0].startswith("error: '/nope.mp4' is not a file, an http(s) URL")
+    assert errors[1].startswith("error: chat: video 2: ") and "not a readable video" in errors[1]  # 2nd of the chat
 
 
 # -- commands ----------------------------------------------------------------------------------------
