@@ -604,8 +604,9 @@ def test_video_processor_configs_get_the_run_s_frame_limits():
     qwen2 = with_limits(family_by_name("qwen2-vl"), name, video, settings)
     assert qwen2["size"] == {"shortest_edge": 40_000, "longest_edge": 40_000}
     assert (qwen2["max_pixels"], qwen2["fps"], qwen2["max_frames"], qwen2["min_frames"]) == (40_000, 1.0, 16, 8)
-    # Qwen3-VL's video size is over all frames, not per frame: only fps and frame count change
+    # Qwen3-VL's video size is over all frames (the family's budget); the frame limit is in 32x32-pixel tokens
     qwen3 = with_limits(family_by_name("qwen3-vl"), name, video, settings)
-    assert qwen3["size"] == video["size"] and (qwen3["fps"], qwen3["max_frames"]) == (1.0, 16)
+    assert qwen3["size"] == {"shortest_edge": 4096, "longest_edge": 25165824}
+    assert (qwen3["fps"], qwen3["max_frames"], qwen3["max_video_tokens"]) == (1.0, 16, 40_000 // 1024)
     nested = with_limits(family_by_name("qwen2-vl"), "processor_config.json", {"image_processor": {}}, settings)
     assert nested["image_processor"]["size"] == {"shortest_edge": 3136, "longest_edge": 50_176}

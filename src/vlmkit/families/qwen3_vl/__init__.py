@@ -120,7 +120,7 @@ FAMILY = Family(
     pad_token="<|endoftext|>",
     preprocessor_config=PREPROCESSOR_CONFIG,
     make_template=load_template,
-    processor_limits=functools.partial(processor_limits, video_pixels_per_frame=False),
+    processor_limits=functools.partial(processor_limits, video_defaults=VIDEO_DEFAULTS, video_pixels_per_frame=False),
     tiny_config=tiny_config,
     module_groups={
         "vit": ("model.visual.",),
