@@ -64,6 +64,7 @@ def video_processor_config(config: dict[str, Any], video: dict[str, Any], pixels
         return _with_pixel_limits(config, low, video["video_max_pixels"])
     factor = config.get("patch_size", 16) * config.get("merge_size", 2)
     config["size"] = {"shortest_edge": low, "longest_edge": video["video_total_pixels"]}
+    # whole tokens only: a --video-max-pixels between two multiples of factor**2 is written as the lower one
     config["max_video_tokens"] = video["video_max_pixels"] // factor**2
     return config
 
