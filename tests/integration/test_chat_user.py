@@ -13,6 +13,7 @@ from scripted import MULTILINE_CJK_REPLY
 
 import vlmkit
 from vlmkit.commands.peer_env import PEER_VARIABLES
+from vlmkit.infer.batch import CHAT_HELP
 
 SEPARATOR = "-" * 50
 
@@ -153,7 +154,8 @@ def test_chat_describes_the_model_and_settings_once_at_start(scripted_model, pic
     assert lines[0] == f"model: {scripted_model} (family qwen2-vl, device cpu, dtype float32)"
     assert lines[1].startswith("resolution: min_pixels=3136, max_pixels=20000, fps=2.0")
     assert lines[2] == "system prompt: --system"
-    assert lines[3:] == ["image 1: 80×60 resized to 84×56 (w×h), 6 tokens"]  # once: the 2nd turn adds none
+    assert lines[3] == CHAT_HELP  # how to write a message of several lines
+    assert lines[4:] == ["image 1: 80×60 resized to 84×56 (w×h), 6 tokens"]  # once: the 2nd turn adds none
 
     quiet = cli(
         "infer", "--model", str(scripted_model), "--quiet", "--max-new-tokens", "1", stdin=f"<image>What?\n{picture}\n"
@@ -172,6 +174,36 @@ def test_image_prompt_takes_dragged_in_paths_and_an_empty_answer_cancels_the_tur
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(SEPARATOR) == 3  # three turns answered
     assert result.stderr.splitlines() == ["error: no path or URL given; the message was not sent (type it again)"]
+
+
+PASTED = "<image>请描述这张图片。\n图里有几只猫？它们是什么颜色？\n\n回答请用中文。"  # a prompt pasted whole
+
+
+def test_a_pasted_multiline_cjk_message_with_an_image_is_one_turn(scripted_model, picture):
+    script = f'"""\n{PASTED}\n"""\n{picture}\n再说一遍\n'
+    result = cli("infer", "--model", str(scripted_model), stdin=script)
+    assert result.returncode == 0, result.stderr
+    pasted = "".join(f"... {line}\n" for line in PASTED.split("\n"))
+    turn = f"{MULTILINE_CJK_REPLY}\n{SEPARATOR}\n"
+    assert result.stdout == (
+        f'<<< """\n{pasted}... """\nInput an image path or URL <<< {picture}\n{turn}<<< 再说一遍\n{turn}<<< '
+    )  # two turns: the pasted message with its image, then the next line
+    assert result.stderr.splitlines()[3:] == [CHAT_HELP, "image 1: 80×60 resized to 84×56 (w×h), 6 tokens"]
+
+
+def test_message_text_at_the_image_prompt_is_refused_and_the_message_kept(scripted_model, picture):
+    """A paste without the quotes: its second line arrives at the image prompt. It is not a file, so it is
+    refused in one line and the image is asked for again; the message is sent with the image given next."""
+    script = "\n".join(PASTED.split("\n")[:2]) + f"\n{picture}\n"
+    result = cli("infer", "--model", str(scripted_model), "--quiet", stdin=script)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: '图里有几只猫？它们是什么颜色？' is not a file, an http(s) URL or a data: URL; the message is kept: "
+        "give the image's path or URL, or an empty line to cancel (a message of several lines goes between "
+        'two lines of """)'
+    ]
+    assert result.stdout.count("Input an image path or URL <<< ") == 2  # the refused line, then the path
+    assert result.stdout.count(SEPARATOR) == 1  # the message answered once, with the picture
 
 
 # -- Ctrl-C ------------------------------------------------------------------------------------------------

@@ -28,20 +28,22 @@ def vlm(small_model):
 
 
 def test_piped_chat_streams_a_reply_and_survives_a_missing_image(small_model, image_file, tmp_path):
-    script = (
-        f"<image>What is this?\n{image_file}\nclear\n<image>And this?\n{tmp_path / 'missing.png'}\nHi\nexit\n"
-    )
+    missing = tmp_path / "missing.png"
+    script = f"<image>What is this?\n{image_file}\nclear\n<image>And this?\n{missing}\n{image_file}\nHi\nexit\n"
     result = vlmkit_cli("infer", "--model", str(small_model), "--max-new-tokens", "8", stdin=script)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert out.count("Input an image path or URL <<< ") == 2
+    assert out.count("Input an image path or URL <<< ") == 3  # the missing file is asked again
     assert "History cleared." in out
-    # Two replies (first image turn and "Hi"), each closed by the separator; the failed turn has none.
-    assert out.count("-" * 50) == 2
+    # Three replies (both image turns and "Hi"), each closed by the separator.
+    assert out.count("-" * 50) == 3
     reply = out.split("Input an image path or URL <<< ")[1].split("\n", 1)[1].split("-" * 50)[0]
     assert reply.strip(), "the reply is empty"
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: chat: image 1: file not found: {tmp_path / 'missing.png'}"]
+    assert errors == [
+        f"error: {str(missing)!r} is not a file, an http(s) URL or a data: URL; the message is kept: give the "
+        """image's path or URL, or an empty line to cancel (a message of several lines goes between two lines of \"\"\")"""
+    ]
 
 
 def test_chat_ends_at_end_of_input(small_model):
@@ -120,6 +122,36 @@ def test_batch_failed_rows_get_an_error_and_the_run_continues(vlm, tmp_path, ima
     ok = [{"messages": [{"role": "user", "content": "<image>Hi"}], "images": [str(image_file)]},
           {"messages": [{"role": "user", "content": "Plain"}]}]  # fmt: skip
     assert [rows[0]["response"], rows[4]["response"]] == vlm.generate(ok, max_new_tokens=3)
+
+
+def test_a_failed_row_has_no_response_and_keeps_its_reference_in_labels(scripted_model, tmp_path, image_file):
+    """ms-swift query/response rows (seed 000) keep the reference in `response`: a row that fails must not
+    leave it there, where a scorer that ignores `error` reads a perfect answer; `vlmkit eval` on the
+    predictions counts such rows failed, not correct."""
+    from scripted import MULTILINE_CJK_REPLY
+
+    rows = [
+        {"query": "<image>图里有什么？", "response": MULTILINE_CJK_REPLY, "images": [str(image_file)]},
+        {"query": "<image>图里有什么？", "response": "两只猫。\n都在睡觉。", "images": [str(tmp_path / "gone.png")]},
+        {"query": "<image>还有呢？", "response": "没有了。", "history": ["不是一对"], "images": [str(image_file)]},
+    ]
+    data = tmp_path / "val.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    preds = tmp_path / "preds.jsonl"
+    result = vlmkit_cli("infer", "--model", str(scripted_model), "--input", str(data), "--output", str(preds), timeout=300)
+    assert result.returncode == 0 and result.stdout == f"wrote 3 rows to {preds} (2 failed)\n", result.stderr
+    out = [json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines()]
+    assert [("error" in r, "response" in r) for r in out] == [(False, True), (True, False), (True, False)]
+    assert [r["labels"] for r in out] == [row["response"] for row in rows]  # every reference, where answered rows keep it
+    assert out[0]["response"] == MULTILINE_CJK_REPLY
+    assert [r.get("response") == r["labels"] for r in out] == [True, False, False]  # a scorer ignoring `error`
+
+    scored = vlmkit_cli(
+        "eval", "--predictions", str(preds), "--metric", "exact_match", "--output", str(tmp_path / "ev"), timeout=300
+    )
+    assert scored.returncode == 0, scored.stderr
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"]["preds"]
+    assert (metrics["rows"], metrics["failed"], metrics["scores"]["exact_match"]["value"]) == (3, 2, 1.0)
 
 
 def test_batch_refuses_to_overwrite_its_input(vlm, tmp_path):

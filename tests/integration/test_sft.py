@@ -566,6 +566,33 @@ def test_cli_after_training_infer_ckpt_val_and_export(small_model, tmp_path, ima
         torch.testing.assert_close(merged(**batch).logits, tuned.model(**batch).logits, atol=1e-4, rtol=1e-4)
 
 
+def test_infer_val_writes_one_predictions_file_per_checkpoint(small_model, tmp_path, images):
+    """Comparing checkpoints: `vlmkit infer --ckpt CKPT --val` twice gives two files (each beside its
+    checkpoint, named after it, said on stdout), not one file beside the data that the second overwrites."""
+    import vlmkit
+
+    rows = seed_rows(images)["query-response"]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    val = write_jsonl(tmp_path / "val.jsonl", rows[:2])
+    run_dir = run(small_model, [str(train)], tmp_path, val_dataset=[str(val)], save_steps=1)
+    wrote = {}
+    for step in (1, 2):
+        checkpoint = run_dir / f"checkpoint-{step}"
+        result = subprocess.run(
+            [sys.executable, "-m", "vlmkit", "infer", "--ckpt", str(checkpoint), "--val", "--max-new-tokens", "3"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        wrote[step] = run_dir / f"checkpoint-{step}.val.preds.jsonl"
+        assert result.stdout == f"wrote 2 rows to {wrote[step]} (0 failed)\n"
+    assert not (tmp_path / "val.preds.jsonl").exists()
+    for step, path in wrote.items():  # each file holds its own checkpoint's replies
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [line["labels"] for line in lines] == ["66666", "fffff"]
+        tuned = vlmkit.load(ckpt=str(run_dir / f"checkpoint-{step}"))
+        assert [line["response"] for line in lines] == greedy_replies(tuned, val, 3)
+
+
 def test_video_processor_configs_get_the_run_s_frame_limits():
     from vlmkit.families import family_by_name
     from vlmkit.models.processor_files import with_limits
@@ -577,8 +604,9 @@ def test_video_processor_configs_get_the_run_s_frame_limits():
     qwen2 = with_limits(family_by_name("qwen2-vl"), name, video, settings)
     assert qwen2["size"] == {"shortest_edge": 40_000, "longest_edge": 40_000}
     assert (qwen2["max_pixels"], qwen2["fps"], qwen2["max_frames"], qwen2["min_frames"]) == (40_000, 1.0, 16, 8)
-    # Qwen3-VL's video size is over all frames, not per frame: only fps and frame count change
+    # Qwen3-VL's video size is over all frames (the family's budget); the frame limit is in 32x32-pixel tokens
     qwen3 = with_limits(family_by_name("qwen3-vl"), name, video, settings)
-    assert qwen3["size"] == video["size"] and (qwen3["fps"], qwen3["max_frames"]) == (1.0, 16)
+    assert qwen3["size"] == {"shortest_edge": 4096, "longest_edge": 25165824}
+    assert (qwen3["fps"], qwen3["max_frames"], qwen3["max_video_tokens"]) == (1.0, 16, 40_000 // 1024)
     nested = with_limits(family_by_name("qwen2-vl"), "processor_config.json", {"image_processor": {}}, settings)
     assert nested["image_processor"]["size"] == {"shortest_edge": 3136, "longest_edge": 50_176}

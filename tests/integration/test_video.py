@@ -372,7 +372,7 @@ def test_tiny_models_train_step_and_generate_on_video(models, family):
     assert replies == [vlm.generate([prompt], max_new_tokens=3)[0] for prompt in prompts]
 
 
-def test_chat_asks_for_a_video_and_survives_a_missing_one(models):
+def test_chat_asks_for_a_video_and_survives_a_missing_one(models, tmp_path):
     import io
 
     import vlmkit
@@ -380,12 +380,16 @@ def test_chat_asks_for_a_video_and_survives_a_missing_one(models):
     from vlmkit.infer.batch import SEPARATOR, run_chat
 
     vlm = vlmkit.load(str(models["qwen2-vl"]), nframes=4, video_max_pixels=12_000, device="cpu", dtype="fp32")
-    stdin = io.StringIO(f"<video>What happens?\n{DEMO / '4.mp4'}\n<video>And here?\n/nope.mp4\nexit\n")
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"junk" * 50)
+    script = f"<video>What happens?\n{DEMO / '4.mp4'}\n<video>And here?\n/nope.mp4\n{corrupt}\nexit\n"
     stdout, stderr = io.StringIO(), io.StringIO()
-    run_chat(vlm, GenerationOptions(max_new_tokens=3), stdin=stdin, stdout=stdout, stderr=stderr, quiet=True)
-    assert stdout.getvalue().count("Input a video path or URL <<< ") == 2
+    run_chat(vlm, GenerationOptions(max_new_tokens=3), stdin=io.StringIO(script), stdout=stdout, stderr=stderr, quiet=True)
+    assert stdout.getvalue().count("Input a video path or URL <<< ") == 3  # /nope.mp4 is no file: asked again
     assert stdout.getvalue().count(SEPARATOR) == 1  # the first turn answered, the second refused
-    assert stderr.getvalue() == "error: chat: video 2: file not found: /nope.mp4\n"  # 2nd of the chat
+    errors = stderr.getvalue().splitlines()
+    assert len(errors) == 2 and errors[0].startswith("error: '/nope.mp4' is not a file, an http(s) URL")
+    assert errors[1].startswith("error: chat: video 2: ") and "not a readable video" in errors[1]  # 2nd of the chat
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -599,3 +603,59 @@ def test_serve_counts_a_videos_frames_as_its_family_samples_them(tmp_path):
     with pytest.raises(MediaTooLargeError, match="gives 5 sampled frames"):
         _check_video(str(video), "request", template, ServerConfig(max_video_frames=4))
     _check_video(str(video), "request", template, ServerConfig(max_video_frames=5))
+
+
+# -- export: what plain transformers and vLLM read ------------------------------------------------------
+
+
+def vlmkit_cli(*args: str) -> str:
+    """`python -m vlmkit ARGS` as a user runs it; its stdout (a failure shows stderr)."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "vlmkit", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.slow  # a 1-step video run and an export per family: ~15 s each on 2 cores
+@pytest.mark.parametrize(
+    ("family", "sampling"),
+    [("qwen2-vl", ("--fps", "1.0")), ("qwen2.5-vl", ("--nframes", "4")), ("qwen3-vl", ("--nframes", "4"))],
+)
+def test_an_export_samples_video_as_the_run_did(models, tmp_path, family, sampling):
+    """A video run's --fps/--nframes, --min/--max-frames and --video-max-pixels reach the export's video
+    processor config as transformers reads it (Qwen2/2.5-VL ship none: transformers would read the image
+    config instead, take every frame given and size frames by the image limits)."""
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    clip = make_video(tmp_path / "clip.mp4", count=30, fps=10)
+    rows = [{"messages": [{"role": "user", "content": "<video>她在做什么？"}, {"role": "assistant", "content": "做饭。"}],
+             "videos": [str(clip)]}]  # fmt: skip
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    frame_pixels = 50_176  # whole tokens of both 28x28 (Qwen2/2.5-VL) and 32x32 (Qwen3-VL) pixels
+    vlmkit_cli(
+        "sft", "--model", str(models[family]), "--dataset", str(data), "--output-dir", str(tmp_path / "run"),
+        "--max-steps", "1", "--save-steps", "1", "--no-progress", "--report-to", "none", *sampling,
+        "--min-frames", "2", "--max-frames", "6", "--video-max-pixels", str(frame_pixels),
+    )  # fmt: skip
+    checkpoint = next((tmp_path / "run").glob("*/v0-*/checkpoint-1"))
+    vlmkit_cli("export", "--ckpt", str(checkpoint), "--merge-lora", "--output", str(tmp_path / "export"))
+    run = json.loads((tmp_path / "export" / "vlmkit.json").read_text())
+    assert (run["min_frames"], run["max_frames"], run["video_max_pixels"]) == (2, 6, frame_pixels)
+
+    # what AutoVideoProcessor builds its Qwen2VL/Qwen3VLVideoProcessor from (the class itself needs torchvision)
+    config, _ = BaseVideoProcessor.get_video_processor_dict(str(tmp_path / "export"))
+    assert config["do_sample_frames"] is True  # Qwen2-VL's default is False: every frame given
+    assert (config["fps"], config["num_frames"]) == (run["fps"], run["nframes"])
+    assert (config["min_frames"], config["max_frames"]) == (2, 6)
+    assert config["cap_pixels_per_frame"] is True  # qwen-vl-utils' per-frame share, as vlmkit encodes
+    if family == "qwen3-vl":  # size is over all frames; the per-frame cap is in tokens of 32x32 pixels
+        assert config["max_video_tokens"] * 32 * 32 == frame_pixels
+        assert config["size"] == {"shortest_edge": 4096, "longest_edge": 25165824}
+    else:  # Qwen2VLVideoProcessor.__init__: min_pixels/max_pixels override size; both say the same
+        assert config["size"] == {"shortest_edge": frame_pixels, "longest_edge": frame_pixels}
+        assert (config["min_pixels"], config["max_pixels"]) == (frame_pixels, frame_pixels)
+    # and vlmkit loads the export with the run's sampling
+    exported, trained = vlmkit.load(str(tmp_path / "export")), vlmkit.load(ckpt=str(checkpoint))
+    assert exported.template.video_sampling == trained.template.video_sampling

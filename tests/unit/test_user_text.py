@@ -77,3 +77,27 @@ def test_grounding_tokens_written_in_data_stay_live(tiny_models, tmp_path):
     encoded = template.encode(sample)
     live = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>")
     assert counts(template, encoded["input_ids"], live) == dict.fromkeys(live, 1)
+
+
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [
+        ("一行\nnext\n", "一行"),  # a line is a message
+        ('"""\n第一行\n\n  第三行\n"""\nnext\n', "第一行\n\n  第三行"),  # lines between quotes: one message
+        ('"""<image>第一行\n第二行"""\nnext\n', "<image>第一行\n第二行"),  # text on the quote lines
+        ('"""一行"""\nnext\n', "一行"),
+        ('"""\n没有结尾\n', None),  # end of input inside the block: nothing is sent
+    ],
+)
+def test_chat_reads_a_message_of_several_lines_between_quotes(typed, message):
+    """What the chat reads as one message (`vlmkit infer`'s prompt); a pasted text keeps its newlines."""
+    import io
+
+    from vlmkit.infer.batch import read_message
+
+    stdin, stdout, stderr = io.StringIO(typed), io.StringIO(), io.StringIO()
+    assert read_message(stdin, stdout, stderr) == message
+    if message is None:
+        assert stderr.getvalue() == 'error: end of input inside a message of several lines (no closing """); it was not sent\n'
+    else:
+        assert stdin.readline() == "next\n"  # the message's lines, and no more, were read

@@ -43,7 +43,8 @@ def infer(
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Where batch inference writes one JSON line per input row. Default: "
-                     "INPUT with .preds.jsonl."),
+                     "INPUT with .preds.jsonl (with --val: CKPT.val.preds.jsonl beside the checkpoint, one file "
+                     "per checkpoint)."),
     ] = None,  # fmt: skip
     batch_size: Annotated[int, typer.Option(help="Rows generated together in batch inference.")] = 8,
     reading: DatasetOptions = DatasetOptions(),
@@ -70,6 +71,7 @@ def infer(
 
     if val:
         input, reading = _val_input(ckpt, input), _run_reading(ckpt, reading)
+        output = output or _val_output(ckpt)
     vlm = _load(model, ckpt, merge_lora, input, loading, encoding, backend)
     if input is None:
         run_chat(vlm, generation, draw_dir=draw, quiet=quiet, system_option=encoding.system)
@@ -116,6 +118,13 @@ def _default_output(input: Path) -> Path:
         return Path(spec[4:].split(":")[0].split("@")[0].replace("/", "_") + ".preds.jsonl")
     path = Path(spec)
     return path.with_suffix(".preds.jsonl") if path.is_file() else path.with_name(path.name + ".preds.jsonl")
+
+
+def _val_output(ckpt: Path) -> Path:
+    """RUN/checkpoint-N.val.preds.jsonl: one predictions file per checkpoint, beside it (not in it: a later
+    save may rotate the checkpoint away), so comparing checkpoints never overwrites one's predictions."""
+    ckpt = Path(ckpt).resolve()
+    return ckpt.with_name(f"{ckpt.name}.val.preds.jsonl")
 
 
 def _run_reading(ckpt: Path, reading: DatasetOptions) -> DatasetOptions:

@@ -1,16 +1,19 @@
 """`vlmkit infer`: an interactive chat (like `swift infer`) and batch inference over a dataset file.
 
-Chat: type a message; each `<image>` / `<video>` in it asks for a path or URL. `clear`
-resets the history, `exit` / `quit` / end of input leave. Works with piped input.
+Chat: type a message; a message of several lines (a paste) goes between two lines of three double
+quotes (`BLOCK`). Each `<image>` / `<video>` in it asks for a path or URL (an answer that is neither
+is refused and asked again). `clear` resets the history, `exit` / `quit` / end of input leave. Works
+with piped input.
 
 Batch: every row of a dataset file (any format `vlmkit.data` reads) becomes one output
 line, in input order: the input fields plus `response`, and `objects`: the boxes parsed out of
 the response in original-image pixels (`vlmkit.media.grounding`; an input `objects` is kept as
 `labels_objects`). With `draw_dir`, each row's images are saved there with those boxes drawn.
 When a row ends with an assistant reply, that reply is the reference: it is kept as `labels`
-and the model answers the turns before it. A row that cannot be encoded gets an `error` field, and
-the run goes on. Rows go to a resumable `<output>.partial/` first (`vlmkit.infer.output`): a stopped run
-is finished by the same call, and under torchrun the processes share the rows and write one output.
+and the model answers the turns before it. A row that cannot be read, encoded or generated gets an
+`error` field and no `response` (its reference stays in `labels`), and the run goes on. Rows go to a
+resumable `<output>.partial/` first (`vlmkit.infer.output`): a stopped run is finished by the same
+call, and under torchrun the processes share the rows and write one output.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
 
 SEPARATOR = "-" * 50
 PROMPTS = {"<image>": "Input an image path or URL <<< ", "<video>": "Input a video path or URL <<< "}
+BLOCK = '"""'  # a line starting with it opens a message of several lines, one ending with it closes it
+SEVERAL_LINES = f"a message of several lines goes between two lines of {BLOCK}"
+CHAT_HELP = f"chat: {SEVERAL_LINES}; <image> or <video> in a message asks for its path or URL; clear; exit"
 
 
 def _ask(prompt: str, stdin: TextIO, stdout: TextIO) -> str | None:
@@ -45,9 +51,29 @@ def _ask(prompt: str, stdin: TextIO, stdout: TextIO) -> str | None:
     return line
 
 
+def read_message(stdin: TextIO, stdout: TextIO, stderr: TextIO) -> str | None:
+    """One message typed at the prompt: a line, or the lines between a line starting with `BLOCK` (three
+    double quotes) and one ending with it (a pasted text: its newlines kept, one turn); None at end of
+    input."""
+    line = _ask("<<< ", stdin, stdout)
+    if line is None or not line.lstrip().startswith(BLOCK):
+        return line
+    first = line.lstrip()[len(BLOCK) :]
+    if first.rstrip().endswith(BLOCK):  # the block opened and closed on one line
+        return first.rstrip()[: -len(BLOCK)]
+    lines = [first] if first.strip() else []
+    while (line := _ask("... ", stdin, stdout)) is not None:
+        if line.rstrip().endswith(BLOCK):
+            last = line.rstrip()[: -len(BLOCK)]
+            return "\n".join(lines + ([last] if last.strip() else []))
+        lines.append(line)
+    stderr.write(f'error: end of input inside a message of several lines (no closing {BLOCK}); it was not sent\n')
+    return None
+
+
 def media_answer(answer: str) -> str:
     """A path or URL typed at the image prompt as people give them: a file dragged into a terminal comes
-    quoted ('...' or "...") when its name has spaces, or as a file:// URL (percent-encoded)."""
+    quoted ('...' or "...") when its name has spaces, or as a file:// URL (percent-encoded); ~ is home."""
     from urllib.parse import unquote, urlparse
 
     answer = answer.strip()
@@ -55,7 +81,18 @@ def media_answer(answer: str) -> str:
         answer = answer[1:-1].strip()
     if answer.startswith("file://"):
         answer = unquote(urlparse(answer).path)
-    return answer
+    return str(Path(answer).expanduser()) if answer.startswith("~") else answer
+
+
+def is_media_source(answer: str) -> bool:
+    """Whether an answer at the image/video prompt can be media: an existing file, an http(s) or data: URL.
+    Anything else is most likely the next line of a message (a paste), never a path to try."""
+    if answer.lower().startswith(("http://", "https://", "data:")):
+        return True
+    try:
+        return Path(answer).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
 
 
 def run_chat(
@@ -85,10 +122,10 @@ def run_chat(
             stderr.write("".join(line + "\n" for line in lines))
             stderr.flush()
 
-    note(describe_model(vlm, system_option))
+    note([*describe_model(vlm, system_option), CHAT_HELP])
     chat = vlm.chat(system=system)
     while True:
-        query = _ask("<<< ", stdin, stdout)
+        query = read_message(stdin, stdout, stderr)
         if query is None or query.strip() in ("exit", "quit"):
             return
         if query.strip() == "clear":
@@ -97,7 +134,7 @@ def run_chat(
             continue
         if not query.strip():
             continue
-        media = _ask_media(query, stdin, stdout)
+        media = _ask_media(query, stdin, stdout, stderr)
         if media is None:
             return
         if not media:
@@ -128,19 +165,34 @@ def run_chat(
         stdout.flush()
 
 
-def _ask_media(query: str, stdin: TextIO, stdout: TextIO) -> dict[str, list[str]] | None:
+def _ask_media(query: str, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> dict[str, list[str]] | None:
     """A path or URL asked for each `<image>` / `<video>` of `query`, in order; {} when an answer is empty
     (the turn is cancelled), None at end of input."""
     media: dict[str, list[str]] = {"<image>": [], "<video>": []}
     for tag in sorted(media, key=query.find):
         for _ in range(query.count(tag)):
-            answer = _ask(PROMPTS[tag], stdin, stdout)
+            answer = _ask_source(tag, stdin, stdout, stderr)
             if answer is None:
                 return None
-            if not media_answer(answer):
+            if not answer:
                 return {}
-            media[tag].append(media_answer(answer))
+            media[tag].append(answer)
     return media
+
+
+def _ask_source(tag: str, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> str | None:
+    """The answer to `tag`'s prompt, asked again until it is a file or URL (`is_media_source`) or empty;
+    None at end of input. A refused answer is one line on stderr; the message waits."""
+    while (answer := _ask(PROMPTS[tag], stdin, stdout)) is not None:
+        answer = media_answer(answer)
+        if not answer or is_media_source(answer):
+            return answer
+        stderr.write(
+            f"error: {answer[:200]!r} is not a file, an http(s) URL or a data: URL; the message is kept: give "
+            f"the {tag[1:-1]}'s path or URL, or an empty line to cancel ({SEVERAL_LINES})\n"
+        )
+        stderr.flush()
+    return None
 
 
 def split_reference(sample: Sample) -> tuple[Sample, str | None]:
@@ -249,7 +301,7 @@ def _write_batches(
                 replies = _generate_or_one_by_one(vlm, [e for _, _, e in pending], options)
                 for (i, prompt, _), reply in zip(pending, replies, strict=True):
                     if isinstance(reply, Exception):
-                        results[i]["error"] = f"generation failed: {type(reply).__name__}: {reply}"
+                        mark_failed(results[i], f"generation failed: {type(reply).__name__}: {reply}")
                     else:
                         results[i]["response"] = reply
                         _add_objects(vlm, prompt, reply, results[i], draw_dir, row_number=indices[i])
@@ -275,8 +327,19 @@ def _encode_batch(vlm: VLM, chunk: list) -> tuple[list[dict[str, Any]], list[tup
                 results[i]["references"] = sample.extra["references"]
             pending.append((i, prompt, vlm.encode(prompt)))
         except VlmkitError as e:
-            results[i]["error"] = str(e)
+            mark_failed(results[i], str(e))
     return results, pending
+
+
+def mark_failed(result: dict[str, Any], error: str) -> None:
+    """Make `result` (an output row, the input's fields so far) a failed row: `error` and no `response`.
+    An input's `response` is its reference (ms-swift query/response rows): it moves to `labels`, where an
+    answered row keeps the reference, unless the row already has them; left in `response` it would read
+    as a perfect answer to a scorer that ignores `error`."""
+    reference = result.pop("response", None)
+    if reference is not None:
+        result.setdefault("labels", reference)
+    result["error"] = error
 
 
 def _add_objects(

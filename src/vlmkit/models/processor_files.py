@@ -22,6 +22,9 @@ PROCESSOR_FILES = (
 )
 # transformers 5 may nest the image and video processor configs inside processor_config.json.
 NESTED = {"image_processor": "preprocessor_config.json", "video_processor": "video_preprocessor_config.json"}
+# What transformers reads for a config a folder lacks (`BaseVideoProcessor.get_video_processor_dict`: with no
+# video_preprocessor_config.json, e.g. the Qwen2-VL and Qwen2.5-VL checkpoints, the image one).
+FALLBACK = {"video_preprocessor_config.json": "preprocessor_config.json"}
 
 
 def with_limits(family, name: str, config: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -40,15 +43,27 @@ def with_limits(family, name: str, config: dict[str, Any], settings: dict[str, A
 
 def write_processor_files(family, sources: list[Path], dest: Path, settings: dict[str, Any]) -> None:
     """Copy each processor file from the first folder of `sources` that has it into `dest`, with the
-    image/video limits of `settings` (a vlmkit.json's contents) written into the JSON ones."""
+    image/video limits of `settings` (a vlmkit.json's contents) written into the JSON ones. A config the
+    sources lack is written when the family's limits change what transformers would read in its place
+    (`FALLBACK`): a Qwen2-VL run's video sampling gets its own video_preprocessor_config.json."""
     for name in PROCESSOR_FILES:
-        source = next((folder / name for folder in sources if (folder / name).is_file()), None)
-        if source is None:
-            continue
-        if not name.endswith(".json"):
+        source = _first(sources, name)
+        if source is not None and not name.endswith(".json"):
             shutil.copy(source, dest / name)
-            continue
-        config = with_limits(family, name, json.loads(source.read_text()), settings)
-        tmp = dest / f"{name}.tmp"
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        tmp.replace(dest / name)
+        elif source is not None:
+            _write_json(dest / name, with_limits(family, name, json.loads(source.read_text()), settings))
+        elif name in FALLBACK and (fallback := _first(sources, FALLBACK[name])) is not None:
+            base = json.loads(fallback.read_text())
+            config = with_limits(family, name, base, settings)
+            if config != base:
+                _write_json(dest / name, config)
+
+
+def _first(folders: list[Path], name: str) -> Path | None:
+    return next((folder / name for folder in folders if (folder / name).is_file()), None)
+
+
+def _write_json(path: Path, config: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

@@ -1,5 +1,6 @@
 """Qwen2.5-VL (Qwen/Qwen2.5-VL-*-Instruct): Qwen2-VL's prompt format, windowed-attention ViT."""
 
+import functools
 from pathlib import Path
 
 from vlmkit.families.family import Family
@@ -94,7 +95,7 @@ FAMILY = Family(
     pad_token="<|endoftext|>",
     preprocessor_config=PREPROCESSOR_CONFIG,
     make_template=load_template,
-    processor_limits=processor_limits,
+    processor_limits=functools.partial(processor_limits, video_defaults=VIDEO_DEFAULTS),
     tiny_config=tiny_config,
     module_groups={
         "vit": ("model.visual.",),

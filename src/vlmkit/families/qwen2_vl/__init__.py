@@ -1,5 +1,6 @@
 """Qwen2-VL (Qwen/Qwen2-VL-*-Instruct): native-resolution ViT, 14px patches, 2x2 merge, M-RoPE."""
 
+import functools
 from pathlib import Path
 
 from vlmkit.families.family import Family
@@ -127,7 +128,7 @@ FAMILY = Family(
     pad_token="<|endoftext|>",
     preprocessor_config=PREPROCESSOR_CONFIG,
     make_template=load_template,
-    processor_limits=processor_limits,
+    processor_limits=functools.partial(processor_limits, video_defaults=VIDEO_DEFAULTS),
     tiny_config=tiny_config,
     module_groups={
         "vit": ("model.visual.",),

@@ -53,7 +53,7 @@ VIDEO_DEFAULTS = {
 
 # Qwen3-VL's video processor limits the pixels of all frames together (video_total_pixels), not of each
 # frame, so exports write no per-frame pixel limit into video_preprocessor_config.json.
-processor_limits = functools.partial(qwen_processor_limits, video_pixels_per_frame=False)
+processor_limits = functools.partial(qwen_processor_limits, video_defaults=VIDEO_DEFAULTS, video_pixels_per_frame=False)
 
 
 def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
