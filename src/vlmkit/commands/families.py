@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import typer
 
 
@@ -27,3 +29,21 @@ def families() -> None:
                 f"  {layout.name:<10} model_type={layout.model_type}: {layout.checkpoints}; converted to {f.name} "
                 f"by `vlmkit convert` or on load; every command works on them; verified: {layout.verified}"
             )
+
+
+def family_titles() -> list[str]:
+    """The families' names for `vlmkit --help` ("Qwen2-VL", "InternVL2.5 / InternVL3 -hf", ...): the start of
+    each `Family(description=...)` in the family folders, read from their source, since importing the
+    registry imports torch (seconds) and `--help` must answer at once. A description that starts in lower
+    case is a variant of a family already named (the remote-code Qwen-VL) and is left out."""
+    import ast
+    from pathlib import Path
+
+    titles = []
+    for init in sorted((Path(__file__).parents[1] / "families").glob("*/__init__.py")):
+        for node in ast.walk(ast.parse(init.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Family":
+                description = next((k.value for k in node.keywords if k.arg == "description"), None)
+                if isinstance(description, ast.Constant) and description.value[:1].isupper():
+                    titles.append(re.split(r" \(|:|,", description.value, maxsplit=1)[0].strip())
+    return titles

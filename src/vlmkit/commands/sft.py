@@ -12,6 +12,7 @@ import typer
 from typer.core import TyperCommand
 
 from vlmkit.commands.options import with_options
+from vlmkit.commands.peers import target_modules_warning
 from vlmkit.settings import EncodingSettings
 from vlmkit.train.config import SFTConfig, read_yaml_config
 from vlmkit.train.options import (
@@ -106,5 +107,8 @@ def sft_command(
     from vlmkit.train.finetune import sft
 
     groups = [data, encoding, tuning, optim, checkpoints, evaluation, tracking, engine]
-    run_dir = sft(sft_config(ctx, groups, config))
+    run_config = sft_config(ctx, groups, config)
+    if warning := target_modules_warning(run_config.target_modules):
+        typer.echo(warning, err=True)
+    run_dir = sft(run_config)
     typer.echo(f"done: {run_dir}")

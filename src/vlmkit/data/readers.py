@@ -188,6 +188,32 @@ def _read_json(path: Path, name: str) -> Iterator[tuple[str, dict | DataError]]:
         raise DataError(f"{name}{at}: {_invalid_json(e)}") from None
 
 
+# ms-swift's names for datasets on ModelScope (seed 000), which ms-swift resolves itself
+MS_SWIFT_DATASETS = {
+    "latex-ocr-print": "AI-ModelScope/LaTeX_OCR",
+    "coco-en-mini": "modelscope/coco_2014_caption",
+    "coco-en-2-mini": "modelscope/coco_2014_caption",
+    "refcoco-unofficial-grounding": "swift/refcoco",
+    "video-chatgpt": "swift/VideoChatGPT",
+}
+
+
+def _not_found_hint(path: Path) -> str:
+    """What a missing dataset file may have been meant as: a hub id (ORG/NAME) or a bare name as ms-swift
+    and LLaMA-Factory take them (`latex-ocr-print`), which vlmkit does not resolve."""
+    name = str(path)
+    if name.count("/") == 1 and not path.suffix:
+        return f"; for a hub dataset write hf::{name} (or ms::{name})"
+    if "/" in name or "\\" in name or path.suffix:
+        return ""
+    where = f" (ms-swift's {name} is ModelScope's {MS_SWIFT_DATASETS[name]})" if name in MS_SWIFT_DATASETS else ""
+    return (
+        f"; a bare name is ms-swift's or LLaMA-Factory's way to name a dataset: vlmkit reads files (.jsonl, "
+        f".json, .parquet, .arrow, .csv, .tsv, or a folder of them) or hub datasets written hf::ORG/NAME or "
+        f"ms::ORG/NAME{where}"
+    )
+
+
 def read_rows(path: str | Path) -> Iterator[tuple[str, dict | DataError]]:
     """(where, row) for every row of a .json / .jsonl file; a row that is not a JSON object
     comes as a `DataError` instead. Lazy for JSON Lines.
@@ -196,8 +222,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict | DataError]]:
     """
     path = Path(path)
     if not path.is_file():
-        hint = f"; for a hub dataset write hf::{path} (or ms::{path})" if str(path).count("/") == 1 else ""
-        raise DataError(f"{path}: dataset file not found{hint}")
+        raise DataError(f"{path}: dataset file not found{_not_found_hint(path)}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _read_jsonl(path, str(path))
