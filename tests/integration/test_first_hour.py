@@ -128,3 +128,28 @@ def test_help_names_every_family_without_importing_torch():
             title = family.description.split(" (")[0].split(":")[0].split(",")[0]
             assert title in help_text, family.name
     assert "Qwen3-VL MoE" in help_text and "Qwen-VL / Qwen-VL-Chat" in help_text
+
+
+@pytest.mark.slow
+def test_an_original_qwen_vl_folder_converts_on_load_once_like_internvl(tmp_path):
+    """`vlmkit sft --model ORIGINAL_QWEN_VL` used to be refused ("convert it first") while an original InternVL
+    folder converted on load: now both convert once, beside the original, with one line, and train."""
+    original = tmp_path / "Qwen-VL-Chat"
+    built = vlmkit_cli("tiny-model", "qwen-vl", str(original))
+    assert built.returncode == 0, built.stderr
+    assert json.loads((original / "config.json").read_text())["model_type"] == "qwen"  # the original layout
+    random_image(40, 50).save(tmp_path / "cat.png")
+    row = {"messages": [{"role": "user", "content": "<image>图里有什么？"}, {"role": "assistant", "content": "一只猫。\nA cat."}],
+           "images": ["cat.png"]}  # fmt: skip
+    (tmp_path / "train.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n")
+    args = ("sft", "--model", str(original), "--dataset", str(tmp_path / "train.jsonl"), "--max-steps", "1",
+            "--no-progress", "--report-to", "none")  # fmt: skip
+    first = vlmkit_cli(*args, "--output-dir", str(tmp_path / "out1"))
+    assert first.returncode == 0, first.stderr
+    copy = original.with_name("Qwen-VL-Chat-vlmkit")
+    assert f"converting the original Qwen-VL checkpoint {original} to {copy} (once)" in first.stderr.splitlines()
+    assert any((tmp_path / "out1").rglob("adapter_model.safetensors"))
+    second = vlmkit_cli(*args, "--output-dir", str(tmp_path / "out2"))
+    assert second.returncode == 0, second.stderr
+    assert f"using {copy} (converted from the original Qwen-VL checkpoint {original})" in second.stderr.splitlines()
+    assert not any("converting" in line for line in second.stderr.splitlines())

@@ -214,7 +214,7 @@ def load(
     loading, keywords = from_keywords(LoadOptions, keywords, loading)
     encoding = encoding_settings(encoding, **keywords)
     loading.check()
-    files = loader.resolve_model(model, ckpt)
+    files = loader.resolve_model(model, ckpt, remote_code=loading.trust_remote_code)
     loader.check_trust(files, loading.trust_remote_code)
     placed = loading.placement()
     device = loader.pick_device(loading.device)

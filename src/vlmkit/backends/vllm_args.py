@@ -235,7 +235,7 @@ def plan_vllm(
         if size < 1:
             raise VlmkitError(f"{flag} must be at least 1, got {size}")
     passed_on = parse_vllm_args(vllm_args or [])
-    files = resolve_model(model, ckpt)
+    files = resolve_model(model, ckpt, remote_code=True)  # kept as it is: refused below, not converted for nothing
     model_dir, files_dir, family = files.model_dir, files.files_dir, files.family
     if family.remote_code:
         raise VlmkitError(

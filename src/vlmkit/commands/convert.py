@@ -19,7 +19,7 @@ def convert_command(
     transformers-native layout (InternVLForConditionalGeneration, as the -hf repos), with tokenizer, chat
     template, image-processor config and vlmkit.json, so every vlmkit command, plain transformers and vLLM
     load it without --trust-remote-code. (vlmkit infer/sft/serve --model also convert on load, once, into
-    MODEL-vlmkit-hf beside it.)"""
+    MODEL-vlmkit-hf beside it; an original Qwen-VL into MODEL-vlmkit unless --trust-remote-code.)"""
     from vlmkit.families import family_for_model_dir, original_layout, read_model_config
 
     model_type = read_model_config(model).get("model_type")

@@ -83,14 +83,29 @@ def original_layout(name_or_model_type: str) -> OriginalLayout | None:
     return None
 
 
-def native_model_dir(model_dir: Path) -> Path:
-    """`model_dir`, or for a checkpoint in an original layout vlmkit converts, its converted copy."""
+def native_model_dir(model_dir: Path, remote_code: bool = False) -> Path:
+    """`model_dir`, or for a checkpoint in an original layout vlmkit converts, its converted copy: one rule
+    for every family (OpenGVLab's InternVL, the original Qwen-VL), so that `sft`, `export`, `infer` and
+    `serve` take such a folder alike. A remote-code family's folder (Qwen-VL's model_type `qwen`) is kept as
+    it is only when `remote_code` is asked for (`--trust-remote-code`: run the checkpoint's own code)."""
     try:
         model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):
         return model_dir  # family_for_model_dir says what is wrong with it
-    layout = original_layout(model_type) if isinstance(model_type, str) else None
-    return layout.converted_copy(model_dir) if layout is not None else model_dir
+    if not isinstance(model_type, str):
+        return model_dir
+    layout = original_layout(model_type)
+    if layout is not None:
+        return layout.converted_copy(model_dir)
+    family = FAMILIES.get(model_type)
+    if family is None or family.converted_copy is None or remote_code:
+        return model_dir
+    try:
+        return family.converted_copy(model_dir)
+    except VlmkitError as e:  # a folder that is not the layout converted, or is incomplete
+        raise VlmkitError(
+            f"{e}; to run the checkpoint's own code instead (inference only), pass --trust-remote-code"
+        ) from None
 
 
 def family_for_config(config: dict[str, Any], where: str = "config.json") -> Family:

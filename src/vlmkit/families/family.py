@@ -83,6 +83,9 @@ class Family:
     `tiny_config` (e.g. written in an original checkpoint layout to convert).
     convert_checkpoint: (model_dir, output_dir, force) -> folder, for an original layout that `vlmkit convert`
     turns into a family vlmkit loads natively; None where there is nothing to convert.
+    converted_copy: model_dir -> the converted copy used on load (made once, with a line on stderr), for a
+    remote-code family whose checkpoints every command converts unless remote code is asked for
+    (`vlmkit.families.native_model_dir`), as an `OriginalLayout` does; None: loaded as they are.
     original_layouts: checkpoints of the family in another layout that vlmkit converts to this one
     (`OriginalLayout`: `vlmkit convert`, conversion on load, `vlmkit tiny-model NAME`).
     chat_template_for: (the template's settings) -> the Jinja chat template that renders what the template
@@ -130,6 +133,7 @@ class Family:
     register_classes: Callable[[], None] | None = None
     write_tiny_model: Callable[[Path, int], Path] | None = None
     convert_checkpoint: Callable[..., Path] | None = None
+    converted_copy: Callable[[Path], Path] | None = None
     original_layouts: tuple[OriginalLayout, ...] = ()
     chat_template_for: Callable[[dict[str, Any]], str] | None = None
     chat_cache: bool = False

@@ -119,13 +119,14 @@ class ModelFiles:
 # -- finding the folders ----------------------------------------------------------------------------
 
 
-def resolve_model_dir(model: str | Path) -> Path:
+def resolve_model_dir(model: str | Path, remote_code: bool = False) -> Path:
     """A local model folder, or a hub id (`org/name`) downloaded to the hub cache; one clear line otherwise.
-    A checkpoint in an original layout vlmkit converts (OpenGVLab's remote-code InternVL) becomes its
-    converted copy (`vlmkit.families.native_model_dir`): every command loads through here."""
+    A checkpoint in an original layout vlmkit converts (OpenGVLab's remote-code InternVL, the original
+    Qwen-VL unless `remote_code` is asked for) becomes its converted copy
+    (`vlmkit.families.native_model_dir`): every command loads through here."""
     from vlmkit.families import native_model_dir
 
-    return native_model_dir(_find_model_dir(model))
+    return native_model_dir(_find_model_dir(model), remote_code)
 
 
 def _find_model_dir(model: str | Path) -> Path:
@@ -210,8 +211,11 @@ def resolve_checkpoint(ckpt: str | Path) -> tuple[Path, Path, dict[str, Any]]:
     return resolve_model_dir(base), ckpt, settings
 
 
-def resolve_model(model: str | Path | None = None, ckpt: str | Path | None = None) -> ModelFiles:
-    """`--model` (a folder or hub id) or `--ckpt` (a vlmkit checkpoint or run folder) -> its `ModelFiles`."""
+def resolve_model(
+    model: str | Path | None = None, ckpt: str | Path | None = None, remote_code: bool = False
+) -> ModelFiles:
+    """`--model` (a folder or hub id) or `--ckpt` (a vlmkit checkpoint or run folder) -> its `ModelFiles`;
+    `remote_code`: a remote-code checkpoint runs its own code instead of being converted on load."""
     from vlmkit.families import family_by_name, family_for_model_dir
 
     if (model is None) == (ckpt is None):
@@ -220,7 +224,7 @@ def resolve_model(model: str | Path | None = None, ckpt: str | Path | None = Non
         model_dir, ckpt_dir, settings = resolve_checkpoint(ckpt)
         family = family_by_name(settings["family"]) if settings.get("family") else family_for_model_dir(model_dir)
         return ModelFiles(model_dir, ckpt_dir, ckpt_dir, family, settings)
-    model_dir = resolve_model_dir(model)
+    model_dir = resolve_model_dir(model, remote_code)
     return ModelFiles(model_dir, model_dir, None, family_for_model_dir(model_dir), {})
 
 

@@ -23,6 +23,7 @@ from vlmkit.families.qwen_vl.checkpoint import (
     FIRST_SPECIAL_ID,
     SPECIAL_TOKENS,
     convert_checkpoint,
+    converted_copy,
     write_tiny_original,
 )
 
@@ -103,6 +104,7 @@ REMOTE_FAMILY = Family(
     auto_class="AutoModelForCausalLM",
     remote_code=True,
     convert_checkpoint=convert_checkpoint,
+    converted_copy=converted_copy,  # every command but a --trust-remote-code one converts on load
     train_refusal=(
         "an original Qwen-VL checkpoint runs remote code, which vlmkit does not train; convert it first "
         "(vlmkit convert --model PATH --output DIR) and train the converted folder"
