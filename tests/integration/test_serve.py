@@ -341,11 +341,11 @@ def refusal_cases(media: dict[str, Path]) -> list[tuple[str, bytes | dict, int, 
         ("file URL escape", {**chat, "messages": user("x", image_part(f"file://{root}/secret.png"))}, 400,
          "outside the allowed media directories"),
         ("loopback URL", {**chat, "messages": user("x", image_part("http://127.0.0.1:9/a.png"))}, 400,
-         "not a public address"),
+         "not a public address; only public URLs are allowed here; a server started with --allow-private-urls"),
         ("link-local URL", {**chat, "messages": user("x", image_part("http://169.254.169.254/a.png"))}, 400,
-         "not a public address"),
+         "not a public address; only public URLs are allowed here; a server started with --allow-private-urls"),
         ("private URL", {**chat, "messages": user("x", image_part("http://10.0.0.1/a.png"))}, 400,
-         "not a public address"),
+         "not a public address; only public URLs are allowed here; a server started with --allow-private-urls"),
         ("not an image", {**chat, "messages": user("x", image_part("data:image/png;base64,aGVsbG8="))}, 400,
          "not an image"),
         ("bad video", {**chat, "messages": user("x", {"type": "video_url", "video_url": {"url": str(ok / "clip.mp4")}})},
@@ -536,3 +536,4 @@ def test_cli_refuses_bad_adapters_before_loading(small_model, tmp_path):
             CliRunner().invoke(
                 app, ["serve", "--model", str(small_model), "--adapters", value], catch_exceptions=False
             )
+
