@@ -537,3 +537,19 @@ def test_cli_refuses_bad_adapters_before_loading(small_model, tmp_path):
                 app, ["serve", "--model", str(small_model), "--adapters", value], catch_exceptions=False
             )
 
+
+def test_busy_port_is_one_error_before_the_model_loads(small_model):
+    """Another server holds the port: one line naming it and --port, exit 2, and no "serving ..." line."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "vlmkit", "serve", "--model", str(small_model), "--port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "serving" not in done.stdout
+    assert done.stderr.strip() == (
+        f"error: port {port} on 127.0.0.1 is already in use (another server?); choose another with --port"
+    )
