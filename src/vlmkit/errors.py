@@ -29,3 +29,7 @@ class MediaError(VlmkitError):
 
 class MediaTooLargeError(MediaError):
     """Media over a size limit (bytes or pixels, e.g. a decompression bomb); `vlmkit serve` answers 413."""
+
+
+class PrivateUrlError(MediaError):
+    """A media URL refused because its host is not at a public address (`MediaPolicy.allow_private_urls`)."""

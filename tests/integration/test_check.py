@@ -138,7 +138,7 @@ def expected_bad(path, last):
     d = path.parent
     return [
         (f"{path}:2", "invalid JSON (Expecting property name enclosed in double quotes at column 2)"),
-        (f"{path}:3", f"image 1 not found: {d}/gone.png (relative paths are looked up in {d})"),
+        (f"{path}:3", f"image 1 not found: {d}/gone.png (relative paths are looked up in {d}; name the folder they are relative to with --media-root)"),
         (f"{path}:4", f"image 1: {d}/corrupt.png: not an image file (or not a format Pillow can read)"),
         (
             f"{path}:5",
@@ -249,7 +249,8 @@ def test_peer_data_all_good_and_missing_videos(small):
         (
             line,
             "missing video",
-            f"video 1 not found: {folder / name} (relative paths are looked up in {folder})",
+            f"video 1 not found: {folder / name} (relative paths are looked up in {folder}; name the folder they "
+            "are relative to with --media-root)",
         )
         for line, name in [
             ("2", "v_7bUu05RIksU.mp4"),
@@ -514,3 +515,24 @@ def test_check_of_a_parquet_with_embedded_images_does_not_grow_with_its_rows(sma
                                      "--no-decode-images", "--max-length", "512", cwd=tmp_path)  # fmt: skip
         assert f"checked {n} rows in 1 file: {n} good, 0 bad" in done.stdout
     assert peaks[8000] - peaks[2000] < 45, peaks  # ~20 MB: the report's lengths and the allocators' pools
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava", "llava-next"])
+def test_over_long_rows_of_fixed_size_models_are_told_what_can_fit_them(tiny_models, tmp_path, family):
+    """LLaVA's images have no resolution option: --truncation shrink cannot shorten a row, so neither
+    check's `delete` nor its `shrink` suggests it; both name a larger --max-length or shorter text."""
+    random_image(60, 80).save(tmp_path / "a.png")
+    row = image_row("a.png", text="<image>" + "这张图里有什么？\n请详细描述。" * 20, reply="一个红色的方块。\n在左上角。")
+    (tmp_path / "d.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    for truncation in ("delete", "shrink"):
+        done = subprocess.run(
+            [sys.executable, "-m", "vlmkit", "data", "check", "--model", str(tiny_models[family]),
+             "--dataset", "d.jsonl", "--max-length", "64", "--truncation", truncation],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stdout + done.stderr
+        [line] = [line for line in done.stdout.splitlines() if line.strip().startswith("d.jsonl:1")]
+        assert "over --max-length 64; this model's images have a fixed size, raise --max-length or shorten the " \
+               "text" in line, line
+        assert "--truncation shrink" not in done.stdout, truncation

@@ -274,6 +274,26 @@ def test_seed001_batch_inference_answers_every_row_in_full(scripted_model, tmp_p
     assert [p["labels"] for p in preds] == ["42", "The colours.", "A baby reads.", "2019"]
 
 
+def test_seed001_playground_layout_names_media_root(small_model, tmp_path):
+    """PaddleMIX's playground/: annotations in opensource_json/, image paths relative to data/. data check
+    says where it looked and names --media-root; with it, every row is good."""
+    images, annotations = tmp_path / "playground" / "data", tmp_path / "playground" / "opensource_json"
+    (images / "chartqa").mkdir(parents=True)
+    annotations.mkdir()
+    rows = paddlemix_rows(images / "chartqa")[:2]
+    for row in rows:
+        row["image"] = [f"chartqa/{name}" for name in row["image"]] if isinstance(row["image"], list) else f"chartqa/{row['image']}"
+    (annotations / "chartqa_train.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    dataset = "playground/opensource_json/chartqa_train.json"
+    bad = vlmkit("data", "check", "--model", str(small_model), "--dataset", dataset, cwd=tmp_path, ok=False)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f"image 1 not found: {annotations / 'chartqa' / 'chart0.png'} (relative paths are looked up in " \
+           "playground/opensource_json; name the folder they are relative to with --media-root)" in bad.stdout
+    good = vlmkit("data", "check", "--model", str(small_model), "--dataset", dataset,
+                  "--media-root", "playground/data", cwd=tmp_path)  # fmt: skip
+    assert "checked 2 rows in 1 file: 2 good, 0 bad" in good.stdout
+
+
 @pytest.fixture(scope="module")
 def paddlemix_lora(tmp_path_factory, small_model):
     """PaddleMIX's `baseline_2b_lora` run on its LaTeX_OCR/chartqa-style annotations, with the vision

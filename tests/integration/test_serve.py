@@ -341,11 +341,11 @@ def refusal_cases(media: dict[str, Path]) -> list[tuple[str, bytes | dict, int, 
         ("file URL escape", {**chat, "messages": user("x", image_part(f"file://{root}/secret.png"))}, 400,
          "outside the allowed media directories"),
         ("loopback URL", {**chat, "messages": user("x", image_part("http://127.0.0.1:9/a.png"))}, 400,
-         "not a public address"),
+         "not a public address; only public URLs are allowed here; a server started with --allow-private-urls"),
         ("link-local URL", {**chat, "messages": user("x", image_part("http://169.254.169.254/a.png"))}, 400,
-         "not a public address"),
+         "not a public address; only public URLs are allowed here; a server started with --allow-private-urls"),
         ("private URL", {**chat, "messages": user("x", image_part("http://10.0.0.1/a.png"))}, 400,
-         "not a public address"),
+         "not a public address; only public URLs are allowed here; a server started with --allow-private-urls"),
         ("not an image", {**chat, "messages": user("x", image_part("data:image/png;base64,aGVsbG8="))}, 400,
          "not an image"),
         ("bad video", {**chat, "messages": user("x", {"type": "video_url", "video_url": {"url": str(ok / "clip.mp4")}})},
@@ -536,3 +536,20 @@ def test_cli_refuses_bad_adapters_before_loading(small_model, tmp_path):
             CliRunner().invoke(
                 app, ["serve", "--model", str(small_model), "--adapters", value], catch_exceptions=False
             )
+
+
+def test_busy_port_is_one_error_before_the_model_loads(small_model):
+    """Another server holds the port: one line naming it and --port, exit 2, and no "serving ..." line."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "vlmkit", "serve", "--model", str(small_model), "--port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "serving" not in done.stdout
+    assert done.stderr.strip() == (
+        f"error: port {port} on 127.0.0.1 is already in use (another server?); choose another with --port"
+    )

@@ -346,3 +346,54 @@ def test_disk_full_during_a_save_is_one_line_naming_the_last_complete_checkpoint
         "with --resume latest"
     ]
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-1"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_where_training_stands_and_a_run_folder_resumes(small_model, data):
+    """Ctrl-C names the last complete checkpoint and the --resume latest command; --resume RUN_FOLDER takes the
+    run's newest complete checkpoint, and every resume prints the checkpoint it resumed from."""
+    common = ["sft", "--model", str(small_model), "--dataset", "a.jsonl", "--output-dir", "out", "--max-pixels", "4000",
+              "--save-steps", "1", "--report-to", "none", "--no-progress", "--no-cache"]  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-m", "vlmkit", *common, "--max-steps", "100000"],
+        cwd=data,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.time() + 120
+        while not list((data / "out").glob("*/*/checkpoint-*/vlmkit_complete")):
+            assert first.poll() is None and time.time() < deadline, "the first run did not save a checkpoint"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    run_dir = next((data / "out" / small_model.name).iterdir()).relative_to(data)
+    last = max((p.parent for p in (data / run_dir).glob("checkpoint-*/vlmkit_complete")), key=lambda p: int(p.name[11:]))
+    assert first.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"stopped; the last complete checkpoint is {run_dir / last.name}: run the same command with --resume latest "
+        "to continue from it"
+    )
+    step = int(last.name.split("-")[1])
+    from_folder = vlmkit_cli(*common, "--max-steps", str(step + 1), "--allow-changed-args", "--resume", str(run_dir),
+                             cwd=data)  # fmt: skip
+    assert from_folder.returncode == 0, from_folder.stdout + from_folder.stderr
+    assert (f"--resume {run_dir}: a run folder; resuming from its newest complete checkpoint, {run_dir / last.name}"
+            in from_folder.stdout.splitlines())  # fmt: skip
+    latest = vlmkit_cli(*common, "--max-steps", str(step + 2), "--allow-changed-args", "--resume", "latest", cwd=data)
+    assert latest.returncode == 0, latest.stdout + latest.stderr
+    assert f"--resume latest: resuming from {run_dir / f'checkpoint-{step + 1}'}" in latest.stdout.splitlines()
+
+
+def test_a_run_refused_before_training_leaves_no_run_folder(small_model, data):
+    """--target-modules that match nothing, found after the run folder is made: no empty vN-<time>/ is left."""
+    refused = vlmkit_cli("sft", "--model", str(small_model), "--dataset", "a.jsonl", "--output-dir", "out",
+                         "--max-pixels", "4000", "--max-steps", "1", "--report-to", "none", "--no-progress",
+                         "--target-modules", "no_such_layer", cwd=data)  # fmt: skip
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: --target-modules no_such_layer: matches no Linear")
+    assert list((data / "out" / small_model.name).iterdir()) == []

@@ -92,3 +92,22 @@ def test_family_names_as_users_write_them():
     for written in ("qwen2.5-vl", "Qwen2.5-VL", "qwen2_5_vl"):
         assert family_by_name(written).model_type == "qwen2_5_vl"
     assert family_by_name("qwen3-vl").model_type == "qwen3_vl"
+
+
+def test_tiny_model_refusals_list_exactly_what_it_builds(tmp_path):
+    """The list comes from the registry: families vlmkit builds offline and the original layouts; never a
+    remote-code family it refuses."""
+    builds = ("tiny-model builds: qwen2-vl, qwen2.5-vl, qwen3-vl, internvl, llava, llava-next, qwen-vl, "
+              "qwen3-vl-moe, internvl-remote, internvl2-remote")  # fmt: skip
+    expected = {
+        "gpt-4v": f"error: unknown model family 'gpt-4v'; {builds}",
+        "qwen-vl-remote": "error: qwen-vl-remote has no tiny model (its model is remote code shipped with the "
+        f"checkpoints); {builds}",
+    }
+    for family, line in expected.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "vlmkit", "tiny-model", family, str(tmp_path / family)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2 and done.stderr.strip() == line, done.stderr
+        assert not (tmp_path / family).exists()

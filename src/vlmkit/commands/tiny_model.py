@@ -21,7 +21,8 @@ def tiny_model(
 ) -> None:
     """Write a tiny randomly initialised model of FAMILY (real chat template, image-processor config and
     special-token ids) to OUTPUT_DIR, for tests and trying vlmkit offline."""
-    from vlmkit.families import family_by_name, family_for_model_dir, original_layout
+    from vlmkit.errors import VlmkitError
+    from vlmkit.families import family_by_name, family_for_model_dir, original_layout, tiny_model_names
     from vlmkit.families.tiny import build_tiny_model
 
     layout = original_layout(family)
@@ -29,7 +30,13 @@ def tiny_model(
         path = layout.build_tiny(output_dir, seed=seed)
         typer.echo(f"wrote a tiny {layout.name} checkpoint (original layout, remote code not included) to {path}")
         return
-    wanted = family_by_name(family)
+    builds = f"tiny-model builds: {', '.join(tiny_model_names())}"
+    try:
+        wanted = family_by_name(family)
+    except VlmkitError:
+        raise VlmkitError(f"unknown model family {family!r}; {builds}") from None
+    if wanted.name not in tiny_model_names():
+        raise VlmkitError(f"{wanted.name} has no tiny model (its model is remote code shipped with the checkpoints); {builds}")
     path = build_tiny_model(wanted, output_dir, small_vocab=small_vocab, seed=seed)
     written = family_for_model_dir(path)
     if written is wanted:

@@ -277,6 +277,8 @@ def check_row(
         return GoodRow(index, where, length, None, bool(sample.media("video"))), length
     over = f"{length} tokens, over --max-length {max_length}"
     has_images = bool(sample.media("image"))
+    if has_images and template.limit_option is None:  # the checkpoint fixes the image size: nothing to shrink
+        return bad(f"{over}; this model's images have a fixed size, raise --max-length or shorten the text", "too long"), length
     if not shrink:
         hint = " or use --truncation shrink to lower its image resolution" if has_images else ""
         return bad(f"{over}; raise --max-length{hint}", "too long"), length
@@ -284,8 +286,6 @@ def check_row(
     if limit is None:
         if not has_images:
             return bad(f"{over} without images to shrink; raise --max-length", "too long"), length
-        if template.limit_option is None:  # the checkpoint fixes the image size: nothing to shrink
-            return bad(f"{over}; this model's images have a fixed size, raise --max-length", "too long"), length
         smallest = template.count_tokens(sample, limit=template.min_limit)
         return (
             bad(

@@ -29,6 +29,7 @@ __all__ = [
     "original_layout",
     "read_model_config",
     "resolution_settings",
+    "tiny_model_names",
 ]
 
 
@@ -72,6 +73,13 @@ def family_by_name(name: str) -> Family:
             return _registered(family)
     known = ", ".join(f.name for f in FAMILIES.values())
     raise VlmkitError(f"unknown model family {name!r}; known families: {known}")
+
+
+def tiny_model_names() -> list[str]:
+    """What `vlmkit tiny-model` builds, as it accepts them: every family whose tiny model vlmkit writes
+    offline (not a remote-code model), then the original layouts that `vlmkit convert` reads."""
+    families = [f.name for f in FAMILIES.values() if f.write_tiny_model is not None or not f.remote_code]
+    return families + [layout.name for f in FAMILIES.values() for layout in f.original_layouts]
 
 
 def original_layout(name_or_model_type: str) -> OriginalLayout | None:

@@ -30,7 +30,7 @@ from urllib.parse import urljoin, urlsplit
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from vlmkit.errors import MediaError, MediaTooLargeError, VlmkitError
+from vlmkit.errors import MediaError, MediaTooLargeError, PrivateUrlError, VlmkitError
 
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _DATA_URL = re.compile(r"^data:(image|video)/[\w.+-]+(;[^,;]*)*;base64,", re.IGNORECASE)
@@ -331,6 +331,10 @@ class _FetchError(Exception):
     """Why one fetch failed; `_fetch` turns it into a MediaError naming the item and URL."""
 
 
+class _NotPublic(_FetchError):
+    """A hop's host is not at a public address; `_fetch` raises a PrivateUrlError, which the caller can explain."""
+
+
 def _fetch(url: str, where: str, policy: MediaPolicy) -> bytes:
     """GET `url`, following at most `policy.max_redirects` redirects, each hop checked, all within one
     deadline of `policy.timeout` seconds (connect, headers and body of every hop together)."""
@@ -356,18 +360,18 @@ def _fetch(url: str, where: str, policy: MediaPolicy) -> bytes:
                     raise _FetchError(f"redirect to a non-http(s) URL {current}") from None
         raise _FetchError(f"more than {policy.max_redirects} redirects")
     except _FetchError as e:
-        reason = str(e)
+        reason, error = str(e), PrivateUrlError if isinstance(e, _NotPublic) else MediaError
     except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
         cause = e.reason if isinstance(e, urllib.error.URLError) else e
-        reason = _one_line(cause)
+        reason, error = _one_line(cause), MediaError
         if isinstance(cause, _FetchError):
-            reason = str(cause)
+            reason, error = str(cause), PrivateUrlError if isinstance(cause, _NotPublic) else MediaError
         elif deadline.expired() or isinstance(cause, TimeoutError):
             reason = f"timed out after {policy.timeout:g} s"
     finally:
         deadline.cancel()
     hop = f" (redirected to {current})" if current != url else ""
-    raise MediaError(f"{where}: could not fetch {url}{hop}: {reason}")
+    raise error(f"{where}: could not fetch {url}{hop}: {reason}")
 
 
 def _read_limited(response: Any, deadline: _Deadline, policy: MediaPolicy) -> bytes:
@@ -458,7 +462,7 @@ def _check_public_address(host: str, address: str) -> None:
             embedded.extend(ip.teredo)
     for candidate in (ip, *embedded):
         if not candidate.is_global or candidate.is_multicast:  # private, loopback, link-local, reserved...
-            raise _FetchError(
+            raise _NotPublic(
                 f"{host} is at {address}, not a public address; only public URLs are allowed here"
             )
 

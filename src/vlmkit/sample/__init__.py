@@ -124,8 +124,10 @@ def missing_media(sample: Sample, base_dirs: tuple[Path, ...] = ()) -> tuple[str
     ]
     if not missing:
         return None
-    tried = " then ".join(str(d) for d in base_dirs)
-    hint = f" (relative paths are looked up in {tried})" if tried else ""
+    hint = ""
+    if base_dirs:  # annotations kept apart from their images (PaddleMIX: opensource_json/ beside data/)
+        tried = " then ".join(str(d) for d in base_dirs)
+        hint = f" (relative paths are looked up in {tried}; name the folder they are relative to with --media-root)"
     return missing[0][0], "; ".join(reason for _, reason in missing) + hint
 
 

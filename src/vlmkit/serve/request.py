@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vlmkit.backends.transformers_backend import GenerationOptions
-from vlmkit.errors import DataError, MediaTooLargeError, VlmkitError
+from vlmkit.errors import DataError, MediaTooLargeError, PrivateUrlError, VlmkitError
 from vlmkit.media.images import MediaPolicy, fetch_media, read_image_size
 from vlmkit.sample import ROLES, Sample, to_content_part
 
@@ -229,7 +229,7 @@ def fetch_sample_media(sample: Sample, template: Template, config: ServerConfig)
             if kind in counts:
                 counts[kind] += 1
                 where = f"{sample.where}: {kind} {counts[kind]}"
-                data = fetch_media(part[kind], where, policy)
+                data = _fetch(part[kind], where, policy)
                 if kind == "image":
                     height, width = read_image_size(data, where, headers_only)
                     _check_pixels(height, width, where, "image", policy)
@@ -239,6 +239,13 @@ def fetch_sample_media(sample: Sample, template: Template, config: ServerConfig)
             parts.append(part)
         messages.append({**message, "content": parts})
     return Sample(messages=messages, objects=sample.objects, where=sample.where)
+
+
+def _fetch(source: Any, where: str, policy: MediaPolicy) -> Any:
+    try:
+        return fetch_media(source, where, policy)
+    except PrivateUrlError as e:  # the operator may mean it: name the flag that allows it
+        raise PrivateUrlError(f"{e}; a server started with --allow-private-urls fetches such URLs") from None
 
 
 def _check_pixels(height: int, width: int, where: str, what: str, policy: MediaPolicy) -> None:

@@ -138,6 +138,7 @@ def serve(
         raise VlmkitError(f"--port {port}: choose a port from 1 to 65535")
     for group in (media, limits, backend, loading):
         group.check()
+    _check_port_free(host, port)  # before loading the model: a busy port is found in a second, not minutes
     adapters = adapters or {}
     if backend.vllm:
         _refuse_for_vllm(model, ckpt, loading, encoding)
@@ -214,6 +215,26 @@ def _refuse_for_vllm(model, ckpt, loading: LoadOptions, encoding: EncodingSettin
     if given or loading.trust_remote_code:
         names = ", ".join("--" + k.replace("_", "-") for k in given + ["trust_remote_code"] * loading.trust_remote_code)
         raise VlmkitError(f"{names}: not passed on to vLLM yet; serve with --backend transformers")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind `host:port` for a moment, as uvicorn will (SO_REUSEADDR, so a port in TIME_WAIT is free)."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except socket.gaierror as e:
+        raise VlmkitError(f"--host {host}: cannot listen there ({e.strerror}); give an address of this machine") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise VlmkitError(f"port {port} on {host} is already in use (another server?); choose another with --port") from None
+        if e.errno == errno.EACCES:
+            raise VlmkitError(f"port {port} needs administrator rights; choose one above 1023 with --port") from None
+        raise VlmkitError(f"cannot listen on {host}:{port} ({e.strerror}); check --host and --port") from None
 
 
 def _connection_limit() -> int:

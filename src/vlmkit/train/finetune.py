@@ -30,10 +30,13 @@ from vlmkit.train.packing import PackedDataset, collate_packed, pack_lengths, re
 from vlmkit.train.resume import data_fingerprint, loadable_checkpoint, stream_fingerprint, write_fingerprint
 from vlmkit.train.run import (
     check_resumed_args,
+    interrupted_line,
     lock_run_dir,
     new_run_dir,
     print_result,
+    remove_unstarted_run,
     resolve_resume,
+    resuming_line,
     saved_args,
     write_val_rows,
 )
@@ -195,15 +198,23 @@ def sft(config: SFTConfig) -> Path:
     set_seed(config.seed)
     base = _resolve_base(config)
     run = _start_run(config, base)
+    started = False
     try:
         sets = _training_sets(config, base, run)  # every row validated before any GPU hour is spent
         model = _load_model(config, base)
         _print_run_summary(config, model, run, sets)
         trainer = _make_trainer(config, base, run, sets, model)
+        started = True
         if _train(config, run, trainer):
             _after_training(config, base, run, sets, trainer)
         elif run.is_main:
             print_result(run.dir)
+    except (VlmkitError, KeyboardInterrupt) as e:
+        if run.is_main and not started and run.resume_from is None:  # refused: no empty run folder left behind
+            remove_unstarted_run(run.dir)
+        if run.is_main and isinstance(e, KeyboardInterrupt):  # printed before the CLI leaves at once
+            print(f"\n{interrupted_line(run.dir, config.resume)}", file=sys.stderr, flush=True)
+        raise
     finally:
         if run.lock is not None:  # released now, also when refused: `sft` may be called again in this process
             run.lock.close()
@@ -238,11 +249,12 @@ def _start_run(config: SFTConfig, base: _Base) -> _Run:
 
     resume_from, resume_notes = None, []
     if config.resume:
+        named = resolve_resume(config.resume, config.output_dir, config.model)
         resume_from, resume_notes = loadable_checkpoint(
-            resolve_resume(config.resume, config.output_dir, config.model),
-            latest=config.resume == "latest",
-            optimizer_files=not (config.deepspeed or config.fsdp),
+            named, latest=config.resume == "latest", optimizer_files=not (config.deepspeed or config.fsdp)
         )
+        if resume_from == named:  # a fallback to an earlier checkpoint names it itself
+            resume_notes.insert(0, resuming_line(config.resume, resume_from))
     columns = parse_columns(config.columns)
     read = {"media_root": config.media_root, "seed": config.seed, "columns": columns, "prompt": config.prompt}
     if config.streaming:  # read as training goes (vlmkit.train.streaming); opened here to detect its format

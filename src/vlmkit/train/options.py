@@ -184,8 +184,8 @@ class CheckpointOptions:
     save_total_limit: int | None = option(2, "Keep at most N checkpoints (oldest removed).")
     resume: str | None = option(
         None,
-        "Continue from a checkpoint folder, or 'latest' (newest complete checkpoint of the newest run of this "
-        "model): same data order, RNG, optimizer and scheduler state. Refused when the options that shape "
+        "Continue from a checkpoint folder, a run folder (its newest complete checkpoint), or 'latest' (newest "
+        "complete checkpoint of the newest run of this model), printing which: same data order, RNG, optimizer and scheduler state. Refused when the options that shape "
         "training (data, model, steps, learning rate, ...) differ from the run's args.json, or the data's rows "
         "changed since the run started, unless --allow-changed-args. A checkpoint file cut short or corrupt is "
         "named; 'latest' then goes on from the newest checkpoint that loads.",

@@ -51,11 +51,17 @@ def new_run_dir(output_dir: str | Path, model: str) -> Path:
 
 
 def resolve_resume(resume: str, output_dir: str | Path, model: str) -> Path:
-    """`latest` -> the newest complete checkpoint of the newest run of this model; else a checkpoint path."""
+    """`latest` -> the newest complete checkpoint of the newest run of this model; a run folder -> its newest
+    complete checkpoint (as `infer --ckpt` takes it); else a checkpoint path."""
     if resume != "latest":
         path = Path(resume)
         if not path.is_dir():
             raise VlmkitError(f"--resume {resume}: no such checkpoint folder")
+        if not CHECKPOINT_RE.match(path.name) and any(CHECKPOINT_RE.match(p.name) for p in path.iterdir()):
+            complete = checkpoints(path)  # a run folder
+            if not complete:
+                raise VlmkitError(f"--resume {resume}: this run has no complete checkpoint yet; start a new run")
+            return complete[-1]
         if not is_complete(path):
             raise VlmkitError(
                 f"--resume {resume}: this checkpoint is incomplete (its save was interrupted); "
@@ -73,6 +79,35 @@ def resolve_resume(resume: str, output_dir: str | Path, model: str) -> Path:
         if complete:
             return complete[-1]
     raise VlmkitError(f"--resume latest: no complete checkpoint under {parent}")
+
+
+def resuming_line(resume: str, checkpoint: Path) -> str:
+    """What `sft --resume` prints: the checkpoint it resumes from, and why that one when the user named none."""
+    if resume == "latest":
+        return f"--resume latest: resuming from {checkpoint}"
+    if Path(resume).resolve() != checkpoint.resolve():
+        return f"--resume {resume}: a run folder; resuming from its newest complete checkpoint, {checkpoint}"
+    return f"resuming from {checkpoint}"
+
+
+def interrupted_line(run_dir: Path, resume: str | None) -> str:
+    """What `sft` prints on Ctrl-C: the last complete checkpoint and how to continue from it, or that none was
+    saved yet."""
+    if not run_dir.is_dir():  # refused or stopped before training started: the folder was removed
+        return "stopped before training started; nothing was saved"
+    complete = checkpoints(run_dir)
+    if not complete:
+        return f"stopped; no checkpoint of {run_dir} was saved yet, so there is nothing to resume from"
+    again = "run the same command again" if resume == "latest" else "run the same command with --resume latest"
+    return f"stopped; the last complete checkpoint is {complete[-1]}: {again} to continue from it"
+
+
+def remove_unstarted_run(run_dir: Path) -> None:
+    """Remove a new run folder refused before training started, unless it holds checkpoints or the bad rows
+    that the refusal points to: an empty `vN-<time>/` would only hide the runs that count."""
+    kept = [p for p in run_dir.iterdir() if CHECKPOINT_RE.match(p.name) or p.name.startswith("bad_samples")]
+    if not kept:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
