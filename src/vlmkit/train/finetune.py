@@ -14,8 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +24,9 @@ from vlmkit.errors import VlmkitError
 from vlmkit.models.quantized import check_training
 from vlmkit.train.arguments import save_best_by, training_arguments
 from vlmkit.train.config import SFTConfig
-from vlmkit.train.encoded import EncodedDataset
-from vlmkit.train.packing import PackedDataset, collate_packed, pack_lengths, resolve_packing
-from vlmkit.train.resume import data_fingerprint, loadable_checkpoint, stream_fingerprint, write_fingerprint
+from vlmkit.train.packing import resolve_packing
+from vlmkit.train.resume import loadable_checkpoint, write_fingerprint
 from vlmkit.train.run import (
-    check_resumed_args,
     interrupted_line,
     lock_run_dir,
     new_run_dir,
@@ -40,6 +37,7 @@ from vlmkit.train.run import (
     saved_args,
     write_val_rows,
 )
+from vlmkit.train.sets import TrainingSets, data_fingerprints, training_sets
 from vlmkit.train.trackers import check_tracker, start_tracker
 
 if TYPE_CHECKING:
@@ -67,33 +65,6 @@ def _check_environment(config: SFTConfig) -> None:
     check_tracker(config.report_to)
 
 
-def _batching(config: SFTConfig, template, train_set, train_lengths, val_set, val_lengths, is_main: bool):
-    """(train set, val set, train sampler or None, collator): packed sequences with --packing, else
-    padded batches, length-grouped with --group-by-length."""
-    from vlmkit.train.sampler import LengthGroupedSampler, collate_padded
-
-    if not config.packing:
-        sampler = (
-            LengthGroupedSampler(train_lengths, config.batch_size, config.seed) if config.group_by_length else None
-        )
-        return train_set, val_set, sampler, partial(collate_padded, template)
-    packs = pack_lengths(train_lengths, config.max_length, seed=config.seed)
-    if is_main:
-        fill = sum(train_lengths) / (len(packs) * config.max_length)
-        print(
-            f"packing: {len(train_lengths)} rows into {len(packs)} sequences of up to {config.max_length} "
-            f"tokens ({fill:.1%} full)"
-        )
-    train_set = PackedDataset(train_set, packs)
-    if val_set is not None:
-        val_set = PackedDataset(val_set, pack_lengths(val_lengths, config.max_length))
-    # flash-attention takes the whole batch as one padding-free row; SDPA/eager one padded row per pack.
-    padding_free = config.attn_impl == "flash_attention_2"
-    return train_set, val_set, None, partial(
-        collate_packed, template, padding_free=padding_free, capacity=config.max_length
-    )
-
-
 def _make_run_dir(config: SFTConfig, resume_from: Path | None) -> Path:
     """The run folder: the resumed checkpoint's run, or a new one made by the main process for all."""
     from accelerate import PartialState
@@ -106,41 +77,6 @@ def _make_run_dir(config: SFTConfig, resume_from: Path | None) -> Path:
     if state.num_processes > 1:
         broadcast_object_list(holder)
     return Path(holder[0])
-
-
-def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is_main: bool):
-    """Check every row before training; returns (row indices, {row: its resolution limit}, token lengths, whether any
-    row holds a video) to train on."""
-    from vlmkit.data.check import check_dataset
-
-    report = check_dataset(
-        dataset,
-        template,
-        max_length=config.max_length,
-        truncation=config.truncation,
-        progress=config.progress and is_main,
-    )
-    bad_file = run_dir / f"bad_samples{'' if name == 'train' else '_' + name}.jsonl"
-    if report.bad and is_main:
-        report.write_bad_samples(bad_file)
-    if is_main:
-        for source, line in dataset.schemas.items():
-            print(f"{source}: {line}")
-        print(report.summary())
-    fraction = len(report.bad) / max(report.total, 1)
-    if fraction > config.max_bad_fraction:
-        raise VlmkitError(
-            f"{len(report.bad)} of {report.total} {name} rows are bad ({fraction:.1%} > --max-bad-fraction "
-            f"{config.max_bad_fraction:.1%}); see {run_dir / 'bad_samples.jsonl'} and fix them, or raise the limit"
-        )
-    if not report.good:
-        raise VlmkitError(f"no usable {name} rows left after validation; see {bad_file}")
-    return (
-        [good.index for good in report.good],
-        {g.index: g.limit for g in report.good if g.limit},
-        [good.length for good in report.good],
-        any(good.has_video for good in report.good),
-    )
 
 
 @dataclass
@@ -171,19 +107,6 @@ class _Run:
     data_prints: dict[str, dict[str, str]]  # the data's fingerprint (main process; `vlmkit.train.resume`)
 
 
-@dataclass
-class _Sets:
-    """The validated rows, as the Trainer takes them."""
-
-    train_set: Any
-    val_set: Any
-    train_sampler: Any
-    collate: Any
-    train_rows: list[int] | None  # None when streamed
-    val_rows: list[int]
-    stream_options: dict[str, Any] = field(default_factory=dict)  # StreamingTrainer's, with --streaming
-
-
 def sft(config: SFTConfig) -> Path:
     """Fine-tune `config.model` on `config.dataset`; returns the run folder."""
     import transformers
@@ -200,7 +123,7 @@ def sft(config: SFTConfig) -> Path:
     run = _start_run(config, base)
     started = False
     try:
-        sets = _training_sets(config, base, run)  # every row validated before any GPU hour is spent
+        sets = training_sets(config, base, run)  # every row validated before any GPU hour is spent
         model = _load_model(config, base)
         _print_run_summary(config, model, run, sets)
         trainer = _make_trainer(config, base, run, sets, model)
@@ -285,7 +208,7 @@ def _start_run(config: SFTConfig, base: _Base) -> _Run:
     }
     if is_main and base.no_packing_reason:
         print(f"packing off: {base.no_packing_reason}")
-    data_prints = _data_fingerprint(config, train_data, val_data) if is_main else {}
+    data_prints = data_fingerprints(config, train_data, val_data) if is_main else {}
     if is_main and resume_from is None:
         (run_dir / "args.json").write_text(json.dumps(saved_args(config.to_dict()), indent=2) + "\n")
         write_fingerprint(run_dir, data_prints)
@@ -293,90 +216,6 @@ def _start_run(config: SFTConfig, base: _Base) -> _Run:
     if is_main and config.split_ratio:
         write_val_rows(val_data, run_dir / "val_split.jsonl")
     return _Run(run_dir, args, is_main, resume_from, settings, train_data, val_data, run_lock, data_prints)
-
-
-def _data_fingerprint(config: SFTConfig, train_data, val_data) -> dict[str, dict[str, str]]:
-    """What a resume checks the data against: the rows as read, or with --streaming (nothing read up front)
-    the data files' sizes and modification times."""
-    if config.streaming:
-        return {"dataset": stream_fingerprint(config.dataset)}
-    prints = {"dataset": data_fingerprint(train_data)}
-    if val_data is not None:
-        prints["val_dataset"] = data_fingerprint(val_data)
-    return prints
-
-
-def _training_sets(config: SFTConfig, base: _Base, run: _Run) -> _Sets:
-    """Validate every row (bad ones skipped and listed), open the encode cache, and batch: packed or padded."""
-    from vlmkit.settings import write_settings
-
-    template, run_dir, is_main = base.template, run.dir, run.is_main
-    if config.streaming:
-        return _streamed_set(config, base, run)
-    train_rows, train_limits, train_lengths, has_video = _validate(
-        run.train_data, template, config, run_dir, "train", is_main
-    )
-    cache = None
-    if config.encode_cache:
-        from vlmkit.data.cache import open_training_cache
-
-        cache_dir = config.cache_dir or str(Path(config.output_dir) / "encode_cache")
-        cache = open_training_cache(
-            cache_dir, template, run.train_data, train_rows, train_limits, config.encode_workers, is_main
-        )
-    train_set = EncodedDataset(
-        run.train_data,
-        template,
-        train_rows,
-        train_limits,
-        cache,
-        bad_file=run_dir / "bad_samples.jsonl",
-        max_bad=max(1, int(config.max_bad_fraction * len(run.train_data))),
-    )
-    val_set, val_rows, val_lengths = None, [], None
-    if run.val_data is not None:
-        val_rows, val_limits, val_lengths, val_video = _validate(
-            run.val_data, template, config, run_dir, "val", is_main
-        )
-        has_video = has_video or val_video
-        val_set = EncodedDataset(
-            run.val_data,
-            template,
-            val_rows,
-            val_limits,
-            cache,
-            bad_file=run_dir / "bad_samples_val.jsonl",
-            max_bad=max(1, int(config.max_bad_fraction * len(run.val_data))),
-        )
-    if config.packing and has_video:  # known from validation: no second pass over the rows
-        if base.packing_requested:
-            raise VlmkitError("--packing: the data has video rows, which cannot be packed yet; use --no-packing")
-        config.packing = False
-        if is_main:
-            print("packing off: the data has video rows, which cannot be packed yet")
-            if run.resume_from is None:
-                (run_dir / "args.json").write_text(json.dumps(saved_args(config.to_dict()), indent=2) + "\n")
-    if is_main and run.resume_from is not None:
-        check_resumed_args(config, run_dir, run.resume_from, run.data_prints)
-        write_settings(run_dir, run.settings)
-    train_set, val_set, train_sampler, collate = _batching(
-        config, template, train_set, train_lengths, val_set, val_lengths if val_set else None, is_main
-    )
-    return _Sets(train_set, val_set, train_sampler, collate, train_rows, val_rows)
-
-
-def _streamed_set(config: SFTConfig, base: _Base, run: _Run) -> _Sets:
-    """--streaming: rows checked, packed and encoded as training reads them (`vlmkit.train.streaming`)."""
-    from vlmkit.settings import write_settings
-    from vlmkit.train.streaming import streaming_batches
-
-    if run.is_main and run.resume_from is not None:
-        check_resumed_args(config, run.dir, run.resume_from, run.data_prints)
-        write_settings(run.dir, run.settings)
-    train_set, collate, stream_options = streaming_batches(
-        config, base.template, run.train_data, run.args, run.dir, run.resume_from, run.is_main
-    )
-    return _Sets(train_set, None, None, collate, None, [], stream_options)
 
 
 def _load_model(config: SFTConfig, base: _Base):
@@ -417,7 +256,7 @@ def _load_model(config: SFTConfig, base: _Base):
     return apply_tuning(model, config, base.files.family.module_groups)
 
 
-def _print_run_summary(config: SFTConfig, model, run: _Run, sets: _Sets) -> None:
+def _print_run_summary(config: SFTConfig, model, run: _Run, sets: TrainingSets) -> None:
     """The run folder, trainable parameters and row counts (main process)."""
     from vlmkit.train.tuning import count_parameters
 
@@ -432,7 +271,7 @@ def _print_run_summary(config: SFTConfig, model, run: _Run, sets: _Sets) -> None
         )
 
 
-def _make_trainer(config: SFTConfig, base: _Base, run: _Run, sets: _Sets, model):
+def _make_trainer(config: SFTConfig, base: _Base, run: _Run, sets: TrainingSets, model):
     """transformers' Trainer with vlmkit's run log, complete-checkpoint saving and change check."""
     from transformers.trainer_callback import PrinterCallback
 
@@ -499,7 +338,7 @@ def _resumed_step(checkpoint: Path) -> int:
     return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
 
 
-def _after_training(config: SFTConfig, base: _Base, run: _Run, sets: _Sets, trainer) -> None:
+def _after_training(config: SFTConfig, base: _Base, run: _Run, sets: TrainingSets, trainer) -> None:
     """On the main process: a few validation answers, the best checkpoint's name, the result lines."""
     if not run.is_main:
         return
