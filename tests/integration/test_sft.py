@@ -610,3 +610,14 @@ def test_video_processor_configs_get_the_run_s_frame_limits():
     assert (qwen3["fps"], qwen3["max_frames"], qwen3["max_video_tokens"]) == (1.0, 16, 40_000 // 1024)
     nested = with_limits(family_by_name("qwen2-vl"), "processor_config.json", {"image_processor": {}}, settings)
     assert nested["image_processor"]["size"] == {"shortest_edge": 3136, "longest_edge": 50_176}
+
+
+def test_export_prints_one_line_and_no_progress_bars(small_model, tmp_path):
+    """transformers' "Loading weights" / "Writing model shards" bars are noise on a few-second export (issue 28 #5d)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "export", "--ckpt", str(small_model), "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.splitlines() == [f"exported {small_model} to {tmp_path / 'out'}"]

@@ -391,6 +391,7 @@ def load_weights(
     check_quantized(
         files.model_dir, str(files.model_dir), merge_lora=merge_lora and adapter and files.is_adapter
     )
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars (export, the Python API)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **from_pretrained}
     if dtype is not None:
         kwargs["dtype"] = dtype
