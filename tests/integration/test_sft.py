@@ -621,3 +621,25 @@ def test_export_prints_one_line_and_no_progress_bars(small_model, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert result.stdout.splitlines() == [f"exported {small_model} to {tmp_path / 'out'}"]
+
+
+def test_options_that_do_nothing_are_named_in_one_warning_line_each(small_model, tmp_path):
+    """--top-p / --top-k with --temperature 0, and --merge-lora on a full model, were accepted silently
+    (issue 28 #5f); the chat still runs."""
+    result = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "infer", "-m", str(small_model), "--quiet", "--top-p", "0.8", "--top-k", "5",
+         "--merge-lora"],
+        input="exit\n", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: --top-p does nothing with --temperature 0 (greedy decoding); give --temperature > 0 to sample",
+        "warning: --top-k does nothing with --temperature 0 (greedy decoding); give --temperature > 0 to sample",
+        f"warning: --merge-lora does nothing: {small_model} is a full model, not a LoRA adapter checkpoint",
+    ]
+    sampled = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "infer", "-m", str(small_model), "--quiet", "--top-p", "0.8",
+         "--temperature", "0.7"],
+        input="exit\n", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert sampled.returncode == 0 and sampled.stderr == "", sampled.stderr
