@@ -536,3 +536,32 @@ def test_over_long_rows_of_fixed_size_models_are_told_what_can_fit_them(tiny_mod
         assert "over --max-length 64; this model's images have a fixed size, raise --max-length or shorten the " \
                "text" in line, line
         assert "--truncation shrink" not in done.stdout, truncation
+
+
+def test_preview_names_the_bad_json_lines_it_skips_with_their_columns(small_model, tmp_path):
+    """`data preview` passed over unparsable lines without a word (issue 28 #5e); the column counts characters
+    (CJK ones too) from 1, as an editor shows it."""
+    good = json.dumps({"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "嗨"}]},
+                      ensure_ascii=False)  # fmt: skip
+    lines = [
+        good,
+        '  {"messages": [{"role": "user", "content": "hi"} {"role": "assistant", "content": "yo"}]}',
+        '{"messages": [{"role": "user", "content": "图中有什么？"}, {"role": "assistant", "content": "猫" x]}',
+        good,
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    columns = [lines[1].index("} {") + 3, lines[2].index(" x]") + 2]  # 1-based: the "{" and the "x"
+    result = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "data", "preview", "-m", str(small_model), "-d", str(tmp_path / "d.jsonl"),
+         "-n", "2"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    shown = [line for line in result.stdout.splitlines() if line.startswith("--- ") and "tokens" not in line]
+    name = tmp_path / "d.jsonl"
+    assert shown == [
+        f"--- {name}:1 (messages) ---",
+        f"--- {name}:2: skipped, invalid JSON (Expecting ',' delimiter at column {columns[0]}) ---",
+        f"--- {name}:3: skipped, invalid JSON (Expecting ',' delimiter at column {columns[1]}) ---",
+        f"--- {name}:4 (messages) ---",
+    ], result.stdout
+    assert result.returncode == 1  # as for a shown row that does not encode

@@ -487,6 +487,36 @@ def test_hub_ids_offline_fail_in_one_line_naming_a_local_copy(small_model, tmp_p
             load_dataset("ms::AI-ModelScope/LaTeX_OCR")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command",
+    [["data", "check", "-d", "hf::AI-ModelScope/LaTeX_OCR:full@train"], ["eval", "--benchmark", "chartqa", "-o", "ev"]],
+    ids=["data-check", "eval-benchmark"],
+)
+def test_hub_ids_without_a_network_fail_at_once_in_one_line(small_model, tmp_path, command):
+    """No network (a hub endpoint nothing listens on, so the test never leaves the machine): one error line at
+    once, not 5 printed retries over about 25 s first (issue 28 #5b)."""
+    import time
+
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        env.pop(name, None)
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "vlmkit", *command, "-m", str(small_model)],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cannot load from the Hugging Face Hub (no answer from http://127.0.0.1:9: " in lines[0] or (
+        "cannot stream from the Hugging Face Hub (no answer from http://127.0.0.1:9: " in lines[0]
+    )
+    assert "--local-dir DIR) and pass --" in lines[0]
+    assert elapsed < 22  # the retries alone slept 23 s (start-up is the rest)
+
+
 def test_folder_of_shards_and_hub_copy_with_splits(tmp_path):
     folder = tmp_path / "LaTeX_OCR"  # the layout of `hf download --repo-type dataset --local-dir`
     write(latex_ocr(3), "parquet", folder / "data", "train-00000-of-00002")

@@ -472,25 +472,56 @@ def test_cjk_labels_draw_real_glyphs():
     assert tag("中文") != tag("ab")
 
 
-def test_without_a_cjk_font_labels_fall_back_and_warn_once(monkeypatch):
-    import warnings
-
+def test_without_a_cjk_font_labels_fall_back_and_warn_once(monkeypatch, capsys):
     from vlmkit.media import draw
 
     monkeypatch.setattr(draw, "cjk_font_path", lambda: None)
     draw._warn_no_cjk_font.cache_clear()
     image = Image.new("RGB", (300, 200), (255, 255, 255))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        draw_boxes(image, [{"ref": "cat", "bbox": [50, 100, 250, 190]}])
-        assert caught == []  # a Latin label needs no CJK font
-        for _ in range(2):
-            draw_boxes(image, [{"ref": "猫", "bbox": [50, 100, 250, 190]}])
-    assert [str(w.message) for w in caught] == [
-        "no font with CJK glyphs found: CJK labels are drawn as empty boxes; install one "
-        "(Debian/Ubuntu: apt-get install fonts-noto-cjk)"
-    ]
+    draw_boxes(image, [{"ref": "cat", "bbox": [50, 100, 250, 190]}])
+    assert capsys.readouterr().err == ""  # a Latin label needs no CJK font
+    for _ in range(2):
+        draw_boxes(image, [{"ref": "猫", "bbox": [50, 100, 250, 190]}])
+    assert capsys.readouterr().err == (
+        "warning: no font with CJK glyphs found: CJK labels are drawn as empty boxes; install one "
+        "(Debian/Ubuntu: apt-get install fonts-noto-cjk)\n"
+    )
     draw._warn_no_cjk_font.cache_clear()
+
+
+# `vlmkit ...` with no CJK font, whatever the machine has (the font search is patched before the CLI starts).
+WITHOUT_CJK_FONT = (
+    "import runpy, vlmkit.media.draw as d; d.cjk_font_path = lambda: None; "
+    "runpy.run_module('vlmkit', run_name='__main__')"
+)
+
+
+@pytest.mark.slow
+def test_chat_draw_without_a_cjk_font_warns_once_on_its_own_line(tmp_path):
+    """The warning is one `warning:` line of its own, not a Python warning glued to the reply (issue 28 #5a)."""
+    import subprocess
+    import sys
+
+    from scripted import build_scripted_model
+
+    reply = "<|object_ref_start|>猫<|object_ref_end|><|box_start|>(100,200),(500,800)<|box_end|>"
+    model = build_scripted_model("qwen2-vl", tmp_path / "model", reply)
+    random_image(100, 200).save(tmp_path / "a.png")
+    script = f"<image>Where is the cat?\n{tmp_path / 'a.png'}\nAgain\nexit\n"
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_CJK_FONT, "infer", "-m", str(model), "--quiet", "--max-pixels", "20000",
+         "--draw", str(tmp_path / "drawn")],
+        input=script, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+    )  # stderr merged into stdout, as a terminal shows them
+    assert run.returncode == 0, run.stdout
+    lines = run.stdout.splitlines()
+    warning = (
+        "warning: no font with CJK glyphs found: CJK labels are drawn as empty boxes; install one "
+        "(Debian/Ubuntu: apt-get install fonts-noto-cjk)"
+    )
+    assert lines.count(warning) == 1, run.stdout  # once, on a line of its own
+    assert "Warning" not in run.stdout and "draw.py" not in run.stdout
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["chat001_image0.png", "chat002_image0.png"]
 
 
 def test_chat_draw_saves_the_turns_image_with_its_boxes(small_model, tmp_path, monkeypatch):

@@ -610,3 +610,36 @@ def test_video_processor_configs_get_the_run_s_frame_limits():
     assert (qwen3["fps"], qwen3["max_frames"], qwen3["max_video_tokens"]) == (1.0, 16, 40_000 // 1024)
     nested = with_limits(family_by_name("qwen2-vl"), "processor_config.json", {"image_processor": {}}, settings)
     assert nested["image_processor"]["size"] == {"shortest_edge": 3136, "longest_edge": 50_176}
+
+
+def test_export_prints_one_line_and_no_progress_bars(small_model, tmp_path):
+    """transformers' "Loading weights" / "Writing model shards" bars are noise on a few-second export (issue 28 #5d)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "export", "--ckpt", str(small_model), "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.splitlines() == [f"exported {small_model} to {tmp_path / 'out'}"]
+
+
+def test_options_that_do_nothing_are_named_in_one_warning_line_each(small_model, tmp_path):
+    """--top-p / --top-k with --temperature 0, and --merge-lora on a full model, were accepted silently
+    (issue 28 #5f); the chat still runs."""
+    result = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "infer", "-m", str(small_model), "--quiet", "--top-p", "0.8", "--top-k", "5",
+         "--merge-lora"],
+        input="exit\n", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: --top-p does nothing with --temperature 0 (greedy decoding); give --temperature > 0 to sample",
+        "warning: --top-k does nothing with --temperature 0 (greedy decoding); give --temperature > 0 to sample",
+        f"warning: --merge-lora does nothing: {small_model} is a full model, not a LoRA adapter checkpoint",
+    ]
+    sampled = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "infer", "-m", str(small_model), "--quiet", "--top-p", "0.8",
+         "--temperature", "0.7"],
+        input="exit\n", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert sampled.returncode == 0 and sampled.stderr == "", sampled.stderr

@@ -153,6 +153,22 @@ def test_training_row_is_the_prompt_then_the_supervised_reply(loaded, name):
 
 
 @pytest.mark.parametrize("name", FAMILY_PARAMS)
+def test_templates_take_the_row_dicts_generate_takes(loaded, name):
+    """`vlm.template.encode({...})` as `vlm.generate([{...}])` takes it (issue 28 #6)."""
+    _, vlm = loaded(name)
+    row = {**PROMPTS[0], "messages": [*PROMPTS[0]["messages"], {"role": "assistant", "content": REPLY}]}
+    expected = vlm.template.encode(to_sample(row))
+    encoded = vlm.template.encode(row)
+    assert encoded["input_ids"].tolist() == expected["input_ids"].tolist()
+    assert encoded["labels"].tolist() == expected["labels"].tolist()
+    assert vlm.template.count_tokens(row) == len(expected["input_ids"])
+    assert vlm.template.render_text(row) == vlm.template.render_text(to_sample(row))
+    assert vlm.encode(PROMPTS[0])["input_ids"].tolist() == vlm.encode(to_sample(PROMPTS[0]))["input_ids"].tolist()
+    with pytest.raises(TypeError, match=r"vlmkit\.to_sample"):
+        vlm.template.encode("Describe it.")
+
+
+@pytest.mark.parametrize("name", FAMILY_PARAMS)
 def test_collate_padding_changes_no_rows_logits(loaded, name):
     _, vlm = loaded(name)
     rows = [

@@ -35,6 +35,15 @@ class GenerationOptions:
                 "repetition-penalty > 0"
             )
 
+    def ignored(self) -> list[str]:
+        """One line per option given that does nothing (the CLI prints each as a warning): sampling options
+        with --temperature 0, which decodes greedily. Not refused: API and HTTP clients send them by habit."""
+        if self.temperature > 0:
+            return []
+        given = [name for name, value in (("--top-p", self.top_p != 1.0), ("--top-k", self.top_k != 0)) if value]
+        return [f"{name} does nothing with --temperature 0 (greedy decoding); give --temperature > 0 to sample"
+                for name in given]  # fmt: skip
+
     def kwargs(self) -> dict[str, Any]:
         """transformers' `generate` arguments (after `check`)."""
         self.check()

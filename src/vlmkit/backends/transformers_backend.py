@@ -43,7 +43,7 @@ class VLM:
     path: Path
     device: str
 
-    def encode(self, sample: Sample, add_generation_prompt: bool = True) -> dict[str, Any]:
+    def encode(self, sample: Sample | dict, add_generation_prompt: bool = True) -> dict[str, Any]:
         return self.template.encode(sample, add_generation_prompt=add_generation_prompt)
 
     def _inputs(self, encoded: list[dict[str, Any]]) -> dict[str, Any]:

@@ -218,13 +218,16 @@ def preview(
 ) -> None:
     """Print the first rows exactly as the model sees them: the decoded input ids with each image's
     run of pad tokens collapsed (count, grid and resized size), the supervised tokens in [[...]]
-    (green on a terminal), then the token count and the supervised-token count. Exit status 1 when
-    a shown row does not encode (its error is printed in its place)."""
+    (green on a terminal), then the token count and the supervised-token count. A line that is not a JSON
+    object is named where it was skipped. Exit status 1 when a shown row does not encode (its error is printed
+    in its place) or a line was skipped."""
     data = _load(ctx, dataset, reading)
     template = load_template(model, encoding)
     colour = sys.stdout.isatty()
     failed = 0
+    skipped = _skipped_before(data, n)
     for index, row in enumerate(data.rows[:n]):
+        failed += _say_skipped(next(skipped))
         typer.echo(f"--- {row.where} ({row.format}) ---")
         try:
             encoded = template.encode(data[index])
@@ -235,8 +238,33 @@ def preview(
         typer.echo(format_tokens(template, encoded, colour))
         supervised = int((encoded["labels"] != -100).sum())
         typer.echo(f"--- {len(encoded['input_ids'])} tokens, {supervised} supervised ---")
+    failed += _say_skipped(next(skipped))  # after the last shown row, when the dataset has fewer than n
     if failed:  # a script that previews a dataset must see that rows do not encode
         raise typer.Exit(1)
+
+
+def _say_skipped(lines: list[tuple[str, str]]) -> int:
+    for where, reason in lines:
+        typer.echo(f"--- {where}: skipped, {reason} ---")
+    return len(lines)
+
+
+def _skipped_before(data: Any, n: int) -> Iterator[list[tuple[str, str]]]:
+    """For each of the first `n` rows of `data` in turn, the unreadable lines (`data.bad`: not JSON objects)
+    just before it in file order; then, once, those after the last of them when the dataset has fewer than `n`
+    rows (else none). Preview says where it skipped a line rather than pass over it."""
+    from vlmkit.data.readers import file_position
+
+    files: dict[str, int] = {}
+    for where in [row.where for row in data.rows] + [where for where, _ in data.bad]:
+        files.setdefault(where.rpartition(":")[0], len(files))
+    bad = sorted(data.bad, key=lambda item: file_position(item[0], files))
+    for row in data.rows[:n]:
+        here = file_position(row.where, files)
+        before = [item for item in bad if file_position(item[0], files) < here]
+        bad = bad[len(before) :]
+        yield before
+    yield bad if len(data.rows) < n else []
 
 
 @app.command("encode", context_settings=MANY_DATASETS)

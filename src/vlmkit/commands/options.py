@@ -71,6 +71,8 @@ def with_options(
                 group = cls(**values)
                 if check and hasattr(group, "check"):
                     group.check()
+                for line in group.ignored() if check and hasattr(group, "ignored") else []:
+                    typer.echo(f"warning: {line}", err=True)
                 options[name] = group
             return command(**options)
 

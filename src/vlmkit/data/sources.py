@@ -96,6 +96,28 @@ def _datasets(what: str):
     return datasets
 
 
+def offline_unless_hub_answers(datasets: Any, location: str) -> str | None:
+    """Hub requests made offline from here on when one request for `location`'s info gets no answer at all
+    (no network, a firewall): `datasets` would retry each of its requests 5 times over about 25 s, printing
+    every retry, before failing. Offline, a cached copy still loads and anything else fails at once. An
+    HTTP answer (unknown name, gated, rate limit) means the hub is reachable: nothing changes.
+    Returns why the hub is taken as unreachable (for the error line), else None."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        huggingface_hub.dataset_info(location, timeout=10)
+    except HfHubHTTPError:
+        return None
+    except Exception as e:  # no answer: a connection refused, a name that does not resolve, a timeout
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        datasets.config.HF_HUB_OFFLINE = True
+        return f"no answer from {huggingface_hub.constants.ENDPOINT}: {_first_line(e)}"
+    return None
+
+
 def _one_split(loaded: Any, split: str | None, name: str) -> Any:
     """A Dataset out of what `datasets` returned: the given split, else `train` or the only one."""
     if not isinstance(loaded, dict):  # a Dataset (DatasetDict is a dict)
@@ -132,11 +154,12 @@ def _load_hub(source: Source, spec: str) -> Any:
         except Exception as e:  # network, auth, unknown name: one line for people
             raise DataError(f"{spec}: cannot load from ModelScope ({_first_line(e)})") from None
     datasets = _datasets(spec)
+    unreachable = offline_unless_hub_answers(datasets, source.location)
     try:
         loaded = _load_split(datasets, source.location, source)
     except Exception as e:  # offline, unknown name, gated: one line that says what to do
         raise DataError(
-            f"{spec}: cannot load from the Hugging Face Hub ({_first_line(e)}); without a network, copy it "
+            f"{spec}: cannot load from the Hugging Face Hub ({unreachable or _first_line(e)}); without a network, copy it "
             f"where there is one (hf download {source.location} --repo-type dataset --local-dir DIR) and "
             "pass --dataset DIR"
         ) from None

@@ -36,6 +36,7 @@ from vlmkit.data.sources import (
     _datasets,
     _first_line,
     _one_split,
+    offline_unless_hub_answers,
     parse_source,
 )
 from vlmkit.errors import DataError
@@ -145,6 +146,7 @@ def _stream_table(source: Source, spec: str) -> Any:
         raise DataError(
             f"{spec}: ModelScope datasets are not streamed; download it and pass the folder, or drop --streaming"
         )
+    unreachable = offline_unless_hub_answers(datasets, source.location) if source.hub else None
     try:
         path = Path(source.location)
         if (
@@ -173,7 +175,7 @@ def _stream_table(source: Source, spec: str) -> Any:
     except Exception as e:  # offline, unknown name, a corrupt file: one line that says what to do
         if source.hub:
             raise DataError(
-                f"{spec}: cannot stream from the Hugging Face Hub ({_first_line(e)}); without a network, copy it "
+                f"{spec}: cannot stream from the Hugging Face Hub ({unreachable or _first_line(e)}); without a network, copy it "
                 f"where there is one (hf download {source.location} --repo-type dataset --local-dir DIR) and "
                 "pass --dataset DIR"
             ) from None

@@ -74,7 +74,8 @@ class Template(Protocol):
         ...
 
     def encode(self, sample: Sample, add_generation_prompt: bool = False, limit: int | None = None) -> dict:
-        """Sample -> the model inputs of one sequence, unbatched.
+        """Sample -> the model inputs of one sequence, unbatched. `sample` may be a row dict, read by
+        `vlmkit.sample.as_sample` (every template's encode, count_tokens and render_text begin with it).
 
         Always: input_ids (T,) long; labels (T,) long, the input id on supervised tokens (the assistant
         replies and their end token) and -100 (`vlmkit.families.encoding.IGNORE_INDEX`) elsewhere.

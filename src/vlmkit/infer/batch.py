@@ -373,13 +373,15 @@ def _draw_chat_turn(vlm: VLM, chat, draw_dir: Path, stdout: TextIO) -> None:
     if not prompt.media("image"):
         return
     turn = sum(m["role"] == "assistant" for m in chat.messages)
+    stdout.write("\n")  # the reply's line ends before drawing, so a warning on stderr gets its own line
+    stdout.flush()
     try:
         objects = objects_in_reply(vlm.template, prompt, reply)
         paths = save_drawn(prompt.media("image"), objects, Path(draw_dir), f"chat{turn:03d}")
     except VlmkitError as e:
-        stdout.write(f"\n[boxes not drawn: {e}]")
+        stdout.write(f"[boxes not drawn: {e}]")
         return
-    stdout.write(f"\n[{len(objects)} box(es) drawn: {', '.join(map(str, paths))}]")
+    stdout.write(f"[{len(objects)} box(es) drawn: {', '.join(map(str, paths))}]")
 
 
 def _generate_or_one_by_one(

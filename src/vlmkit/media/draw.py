@@ -7,7 +7,7 @@ lines, and a legend in the bottom-left corner says which is which.
 
 Labels are written with a font that has CJK glyphs when the system has one (Debian/Ubuntu:
 `fonts-noto-cjk` or `fonts-wqy-microhei`; macOS and Windows ship one), else with Pillow's default font,
-which draws CJK as empty boxes: then vlmkit warns once, naming the package to install.
+which draws CJK as empty boxes: then vlmkit warns once (one `warning:` line on stderr), naming the package to install.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
-import warnings
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +73,13 @@ def _is_cjk(text: str) -> bool:
 
 @functools.cache
 def _warn_no_cjk_font() -> None:
-    warnings.warn(
-        "no font with CJK glyphs found: CJK labels are drawn as empty boxes; install one "
+    # One `warning:` line on stderr, like vlmkit's other warnings (a Python warning would show this file's path
+    # and source line to the user).
+    print(
+        "warning: no font with CJK glyphs found: CJK labels are drawn as empty boxes; install one "
         "(Debian/Ubuntu: apt-get install fonts-noto-cjk)",
-        stacklevel=3,
+        file=sys.stderr,
+        flush=True,
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -395,6 +396,10 @@ def load_weights(
     check_quantized(
         files.model_dir, str(files.model_dir), merge_lora=merge_lora and adapter and files.is_adapter
     )
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars (export, the Python API)
+    if merge_lora and not files.is_adapter:  # accepted silently, it would do nothing
+        print(f"warning: --merge-lora does nothing: {files.model_dir} is a full model, not a LoRA adapter "
+              "checkpoint", file=sys.stderr)  # fmt: skip
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **from_pretrained}
     if dtype is not None:
         kwargs["dtype"] = dtype

@@ -30,6 +30,7 @@ Other dataset formats (query/response, ShareGPT, ...) are converted to these by
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,4 +294,18 @@ def to_sample(
         raise DataError(f"{where}: the conversation has no user or assistant message")
     return Sample(
         messages=messages, objects=objects if objects is not None else row.get("objects"), where=where
+    )
+
+
+def as_sample(sample: Sample | Mapping[str, Any], where: str = "sample") -> Sample:
+    """`sample` itself, or a row dict (`messages` with placeholders or content parts) read by `to_sample`, so
+    that every method taking a `Sample` (templates' `encode`, `count_tokens`, `render_text`; `VLM.encode`) takes
+    the dicts `VLM.generate` takes. Anything else is a TypeError naming `vlmkit.to_sample`."""
+    if isinstance(sample, Sample):
+        return sample
+    if isinstance(sample, Mapping):
+        return to_sample(dict(sample), where=where)
+    raise TypeError(
+        f"expected a vlmkit Sample or a row dict with 'messages', got {type(sample).__name__}; "
+        "build a Sample with vlmkit.to_sample(row)"
     )

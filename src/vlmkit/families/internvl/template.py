@@ -35,7 +35,7 @@ from vlmkit.families.internvl.boxes import BOX_FORMAT
 from vlmkit.media.grounding import needs_boxes, write_for_family
 from vlmkit.media.images import load_image, read_image_size
 from vlmkit.media.video import FrameSampling
-from vlmkit.sample import Sample, refuse_requested_sizes
+from vlmkit.sample import Sample, as_sample, refuse_requested_sizes
 from vlmkit.settings import read_settings
 
 IMAGE_START, IMAGE_END, IMAGE_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
@@ -245,6 +245,7 @@ class InternVLTemplate:
 
     def render_text(self, sample: Sample, add_generation_prompt: bool = False) -> str:
         """The prompt text with one placeholder per image or video, as the chat template writes it."""
+        sample = as_sample(sample)
         return "".join(s.text for s in render_internvl(self._messages(sample), add_generation_prompt, None, self.turn_end, self.bos))
 
     # -- images ------------------------------------------------------------------------------------
@@ -337,6 +338,7 @@ class InternVLTemplate:
         and `image_notes` (a line per image or frame for people). `limit` is the most tiles per image for
         this call (from `fit_limit`; None: `max_tiles`).
         """
+        sample = as_sample(sample)
         max_tiles = self._max_tiles(limit)
         sample = self._with_objects(sample)
         messages = mark_text(self._messages(sample))
@@ -435,6 +437,7 @@ class InternVLTemplate:
     ) -> int:
         """`len(encode(sample, add_generation_prompt, limit)["input_ids"])` from image headers only;
         `limit` is the most tiles per image."""
+        sample = as_sample(sample)
         text_tokens, sizes = self._measure(sample, add_generation_prompt)
         return text_tokens + self._image_tokens(sizes, self._max_tiles(limit))
 

@@ -31,7 +31,7 @@ from vlmkit.families.encoding import (
     tokenize_segments,
 )
 from vlmkit.media.images import load_image, read_image_size
-from vlmkit.sample import Sample, refuse_requested_sizes
+from vlmkit.sample import Sample, as_sample, refuse_requested_sizes
 
 IMAGE_TOKEN = "<image>"
 
@@ -210,6 +210,7 @@ class LlavaTemplate:
 
     def render_text(self, sample: Sample, add_generation_prompt: bool = False) -> str:
         """The prompt text with one `<image>` per image, exactly as the chat template writes it."""
+        sample = as_sample(sample)
         segments = self.render(self._messages(sample), add_generation_prompt, sample.where)
         return "".join(s.text for s in segments)
 
@@ -238,6 +239,7 @@ class LlavaTemplate:
         self, sample: Sample, add_generation_prompt: bool = False, limit: int | None = None
     ) -> dict[str, Any]:
         """Sample -> model inputs for one sequence (see the class docstring)."""
+        sample = as_sample(sample)
         self._no_limit(limit)
         ids, labels = self._tokens(sample, add_generation_prompt)
         out: dict[str, Any] = {}
@@ -267,6 +269,7 @@ class LlavaTemplate:
         self, sample: Sample, limit: int | None = None, add_generation_prompt: bool = False
     ) -> int:
         """`len(encode(sample, add_generation_prompt)["input_ids"])`, reading only image headers."""
+        sample = as_sample(sample)
         self._no_limit(limit)
         ids, _ = self._tokens(sample, add_generation_prompt)
         total = len(ids) - ids.count(self.image_token_id)

@@ -35,7 +35,7 @@ from vlmkit.families.qwen2_vl.video import VIDEO_SETTINGS, encode_videos, video_
 from vlmkit.media.grounding import needs_boxes, write_for_family
 from vlmkit.media.images import load_image_resized, read_image_size
 from vlmkit.media.video import FrameSampling
-from vlmkit.sample import Sample
+from vlmkit.sample import Sample, as_sample
 
 
 class Qwen2VLTemplate:
@@ -208,6 +208,7 @@ class Qwen2VLTemplate:
 
     def render_text(self, sample: Sample, add_generation_prompt: bool = False) -> str:
         """The prompt text with one placeholder token per image, as the chat template writes it."""
+        sample = as_sample(sample)
         return "".join(
             s.text for s in self.render(self._messages(sample), add_generation_prompt, sample.where)
         )
@@ -341,6 +342,7 @@ class Qwen2VLTemplate:
         (8x smaller than pixel_values; what the encode cache stores) instead of `pixel_values`;
         `patchify_images` finishes them.
         """
+        sample = as_sample(sample)
         max_pixels = self._max_pixels(limit)
         sample = self._with_objects(sample, max_pixels)
         segments = self.render(mark_text(self._messages(sample)), add_generation_prompt, sample.where)
@@ -412,6 +414,7 @@ class Qwen2VLTemplate:
         Raises what `encode` raises for a bad sample, a missing or unreadable image (a file whose
         pixels are corrupt past a valid header is only caught by `encode`).
         """
+        sample = as_sample(sample)
         text_tokens, sizes = self._measure(sample, add_generation_prompt, limit)
         return text_tokens + self._image_tokens(sizes, self._max_pixels(limit))
 

@@ -27,7 +27,7 @@ from vlmkit.errors import DataError
 from vlmkit.families.encoding import Segment, collate_tokens, expand_tokens, mark_text, tokenize_segments
 from vlmkit.families.qwen_vl.template import original_image_sizes, qwen_vl_messages
 from vlmkit.media.images import load_image
-from vlmkit.sample import Sample, refuse_requested_sizes
+from vlmkit.sample import Sample, as_sample, refuse_requested_sizes
 
 IMAGE_PAD = "<imgpad>"
 TOKENS_PER_IMAGE = 256
@@ -120,6 +120,7 @@ class NativeQwenVLTemplate:
 
     def render_text(self, sample: Sample, add_generation_prompt: bool = False) -> str:
         """The prompt text with one `<imgpad>` per image."""
+        sample = as_sample(sample)
         return "".join(
             s.text for s in render_segments(self._messages(sample), add_generation_prompt, sample.where)
         )
@@ -143,6 +144,7 @@ class NativeQwenVLTemplate:
         self, sample: Sample, add_generation_prompt: bool = False, limit: int | None = None
     ) -> dict[str, Any]:
         """Sample -> model inputs for one sequence (see the class docstring)."""
+        sample = as_sample(sample)
         self._no_limit(limit)
         ids, labels = self._tokens(sample, add_generation_prompt)
         out: dict[str, Any] = {}
@@ -176,6 +178,7 @@ class NativeQwenVLTemplate:
     def count_tokens(
         self, sample: Sample, limit: int | None = None, add_generation_prompt: bool = False
     ) -> int:
+        sample = as_sample(sample)
         self._no_limit(limit)
         ids, _ = self._tokens(sample, add_generation_prompt)
         return len(ids) + (TOKENS_PER_IMAGE - 1) * ids.count(self.image_token_id)

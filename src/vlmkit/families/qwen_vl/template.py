@@ -32,7 +32,7 @@ from vlmkit.errors import DataError, MediaError
 from vlmkit.families.encoding import IGNORE_INDEX, collate_tokens
 from vlmkit.media.grounding import needs_boxes, write_for_family
 from vlmkit.media.images import load_image, read_image_size
-from vlmkit.sample import Sample, refuse_requested_sizes
+from vlmkit.sample import Sample, as_sample, refuse_requested_sizes
 
 if TYPE_CHECKING:
     from vlmkit.families.qwen_vl.native_template import NativeQwenVLTemplate
@@ -155,6 +155,7 @@ class QwenVLChatTemplate:
 
     def render_text(self, sample: Sample, add_generation_prompt: bool = False) -> str:
         """The prompt text exactly as Qwen-VL-Chat's `make_context` writes it."""
+        sample = as_sample(sample)
         refuse_requested_sizes(sample, "Qwen-VL")
         sources = [
             self.image_source(s, where=f"{sample.where}: image {k + 1}")
@@ -166,6 +167,7 @@ class QwenVLChatTemplate:
         self, sample: Sample, add_generation_prompt: bool = False, limit: int | None = None
     ) -> dict[str, Any]:
         """Sample -> {input_ids, labels} (T,) for a prompt; a sample to train on is refused."""
+        sample = as_sample(sample)
         if limit is not None:
             raise DataError(f"{sample.where}: a resolution limit does not apply to Qwen-VL (images are 448x448)")
         if not add_generation_prompt:
@@ -182,6 +184,7 @@ class QwenVLChatTemplate:
     def count_tokens(
         self, sample: Sample, limit: int | None = None, add_generation_prompt: bool = True
     ) -> int:
+        sample = as_sample(sample)
         return len(self.encode(sample, add_generation_prompt, limit)["input_ids"])
 
     def fit_limit(self, sample: Sample, max_length: int, add_generation_prompt: bool = False) -> None:
