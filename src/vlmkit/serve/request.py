@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vlmkit.backends.transformers_backend import GenerationOptions
+from vlmkit.data.readers import has_lone_surrogate
 from vlmkit.errors import DataError, MediaTooLargeError, PrivateUrlError, VlmkitError
 from vlmkit.media.images import MediaPolicy, fetch_media, read_image_size
 from vlmkit.sample import ROLES, Sample, to_content_part
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from vlmkit.families.interface import Template
 
 _SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Message(BaseModel):
@@ -103,7 +102,7 @@ def parse(body: bytes) -> ChatRequest:
         raise APIError(400, f"request body is not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
-    if "\\u" in text and _has_lone_surrogate(data):  # only a \u escape can make one
+    if "\\u" in text and has_lone_surrogate(data):  # only a \u escape can make one
         raise APIError(400, "request body has an unpaired UTF-16 surrogate (\\ud800-\\udfff) in a string")
     try:
         return ChatRequest.model_validate(data)
@@ -111,22 +110,6 @@ def parse(body: bytes) -> ChatRequest:
         first = e.errors()[0]
         param = ".".join(str(p) for p in first["loc"])
         raise APIError(400, f"{param}: {first['msg']}", param=param) from None
-
-
-def _has_lone_surrogate(data: Any) -> bool:
-    """Whether any string (or key) of parsed JSON holds an unpaired surrogate, which no tokenizer takes."""
-    stack = [data]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            if _LONE_SURROGATE.search(value):
-                return True
-        elif isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-    return False
 
 
 def has_media(chat: ChatRequest) -> bool:
