@@ -11,12 +11,6 @@ import sys
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
-
-try:
-    from typer._click.exceptions import NoSuchOption  # newer typer carries its own copy of click
-except ImportError:
-    from click.exceptions import NoSuchOption
 
 from vlmkit import __version__
 from vlmkit.commands.convert import convert_command
@@ -26,44 +20,11 @@ from vlmkit.commands.eval import eval_command
 from vlmkit.commands.export import export_command
 from vlmkit.commands.families import families, family_titles
 from vlmkit.commands.infer import infer
-from vlmkit.commands.peers import peer_option_hint
+from vlmkit.commands.peers import PeerAwareGroup
 from vlmkit.commands.serve import serve_command
 from vlmkit.commands.sft import ManyValuesCommand, sft_command
 from vlmkit.commands.tiny_model import tiny_model
 from vlmkit.errors import VlmkitError
-
-
-class PeerAwareGroup(TyperGroup):
-    """The app's command group: an unknown option that is another tool's spelling (ms-swift's --sft_type,
-    LLaMA-Factory's --cutoff_len, `--a_b` for `--a-b`) gets one `error:` line naming vlmkit's flag instead of
-    click's guess by spelling (`vlmkit.commands.peers`). Every command, nested ones too, is parsed inside
-    this group's `invoke`."""
-
-    def invoke(self, ctx: typer.Context):
-        args = [*ctx._protected_args, *ctx.args]  # the command line after the group's own options
-        try:
-            return super().invoke(ctx)
-        except NoSuchOption as e:
-            hint = peer_option_hint(e.option_name, _value_after(e.option_name, args), _known_options(e.ctx))
-            if hint is None:
-                raise
-            raise VlmkitError(hint) from None
-
-
-def _value_after(option: str, args: list[str]) -> str | None:
-    """The value given to `option` in `args` (`--opt value` or `--opt=value`), or None."""
-    for i, arg in enumerate(args):
-        if arg.startswith(option + "="):
-            return arg.partition("=")[2]
-        if arg == option:
-            following = args[i + 1] if i + 1 < len(args) else None
-            return None if following is None or following.startswith("--") else following
-    return None
-
-
-def _known_options(ctx: typer.Context | None) -> set[str]:
-    command = ctx.command if ctx is not None else None
-    return {flag for param in getattr(command, "params", ()) for flag in (*param.opts, *param.secondary_opts)}
 
 
 def show_version(value: bool) -> None:
@@ -77,7 +38,7 @@ app = typer.Typer(
     cls=PeerAwareGroup,
     help="Chat with, fine-tune, export and serve vision-language models ("
     + ", ".join(family_titles())
-    + ", and every image-text-to-text model transformers knows).",
+    + ").",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -4,10 +4,20 @@ click's own answer to an unknown option is a guess by spelling (`--sft_type` -> 
 --dtype"), which sends an ms-swift user the wrong way. `peer_option_hint` answers instead with one line
 that names the peer and the vlmkit flag that does the job, with the value the user gave
 ("--sft_type is ms-swift's; vlmkit: --tuner lora"); the CLI uses it for every command's unknown option
-(`vlmkit.cli.PeerAwareGroup`). The environment variables ms-swift reads are in `peer_env.py`.
+(`PeerAwareGroup`, below). The environment variables ms-swift reads are in `peer_env.py`.
 """
 
 from __future__ import annotations
+
+import typer
+from typer.core import TyperGroup
+
+try:
+    from typer._click.exceptions import NoSuchOption  # newer typer carries its own copy of click
+except ImportError:
+    from click.exceptions import NoSuchOption
+
+from vlmkit.errors import VlmkitError
 
 # peer flag -> (whose it is, what to write in vlmkit); "{value}" is the value the user gave after the flag
 PEER_FLAGS: dict[str, tuple[str, str]] = {
@@ -68,3 +78,36 @@ def target_modules_warning(target_modules: str) -> str | None:
         "that train (the language model unless --no-freeze-vit / --no-freeze-aligner); ms-swift's ALL also "
         "wraps the vision tower's layers: add --no-freeze-vit to train those too"
     )
+
+
+class PeerAwareGroup(TyperGroup):
+    """The app's command group: an unknown option that is another tool's spelling (ms-swift's --sft_type,
+    LLaMA-Factory's --cutoff_len, `--a_b` for `--a-b`) gets one `error:` line naming vlmkit's flag instead of
+    click's guess by spelling (`vlmkit.commands.peers`). Every command, nested ones too, is parsed inside
+    this group's `invoke`."""
+
+    def invoke(self, ctx: typer.Context):
+        args = [*ctx._protected_args, *ctx.args]  # the command line after the group's own options
+        try:
+            return super().invoke(ctx)
+        except NoSuchOption as e:
+            hint = peer_option_hint(e.option_name, _value_after(e.option_name, args), _known_options(e.ctx))
+            if hint is None:
+                raise
+            raise VlmkitError(hint) from None
+
+
+def _value_after(option: str, args: list[str]) -> str | None:
+    """The value given to `option` in `args` (`--opt value` or `--opt=value`), or None."""
+    for i, arg in enumerate(args):
+        if arg.startswith(option + "="):
+            return arg.partition("=")[2]
+        if arg == option:
+            following = args[i + 1] if i + 1 < len(args) else None
+            return None if following is None or following.startswith("--") else following
+    return None
+
+
+def _known_options(ctx: typer.Context | None) -> set[str]:
+    command = ctx.command if ctx is not None else None
+    return {flag for param in getattr(command, "params", ()) for flag in (*param.opts, *param.secondary_opts)}
