@@ -280,7 +280,7 @@ def test_qwen_vl_picture_row_trains_qwen2_5_vl_with_absolute_coordinates(tiny_mo
     [
         (
             {"ref": ["a"], "bbox": [[1, 2, 3]]},
-            r"bbox 0: a bbox must be 4 numbers \[x1, y1, x2, y2\], got \[1, 2, 3\]",
+            r"bbox 0: a bbox must be 4 finite numbers \[x1, y1, x2, y2\], got \[1, 2, 3\]",
         ),
         (
             {"bbox": [[5, 2, 3, 4]]},

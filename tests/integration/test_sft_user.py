@@ -103,7 +103,10 @@ def test_readme_lora_command_on_a_small_dataset_trains_and_says_what_it_made(sma
         t.rsplit(".", 1)[-1] for t in targets
     } and not any("lm_head" in t or "visual" in t for t in targets)
 
-    assert "warn" not in output.lower(), output  # correct input is silent (no is_gradient_checkpointing)
+    # correct input is silent (no is_gradient_checkpointing), but for the one line that says how ms-swift's ALL
+    # differs (issue 28 #1)
+    noise = [line for line in output.splitlines() if "warn" in line.lower() and "--target-modules ALL" not in line]
+    assert not noise, output
     assert "train rows=6 (in 1 packed sequences), val rows=2" in output  # rows counted as rows
     assert "step 1: eval loss " in output  # shown while the progress bar runs
     assert f"last checkpoint: out/{small_model.name}/{run_dir.name}/checkpoint-1" in output
