@@ -8,8 +8,10 @@ import typer
 
 
 def families() -> None:
-    """List the supported model families and what each supports."""
+    """List the supported model families and what each supports: the curated ones (a folder each), then the
+    generic path that takes any other transformers VLM with a chat template, its limits and the model types it takes."""
     from vlmkit.families import FAMILIES
+    from vlmkit.families.generic import LIMITS, image_text_model_types
 
     for f in FAMILIES.values():
         pre = f.preprocessor_config
@@ -29,6 +31,13 @@ def families() -> None:
                 f"  {layout.name:<10} model_type={layout.model_type}: {layout.checkpoints}; converted to {f.name} "
                 f"by `vlmkit convert` or on load; every command works on them; verified: {layout.verified}"
             )
+    generic = [t for t in image_text_model_types() if t not in FAMILIES]
+    typer.echo(
+        f"{'generic':<14} any other model type transformers loads with AutoModelForImageTextToText, when its folder has a "
+        "chat template: encoded by the checkpoint's own processor and chat template (chat, infer, eval, serve, sft, "
+        f"export); {LIMITS}"
+    )
+    typer.echo(f"  model types that take the generic path ({len(generic)}): {', '.join(generic)}")
 
 
 def family_titles() -> list[str]:

@@ -11,6 +11,7 @@ re-exported here.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = [
     "Family",
     "OriginalLayout",
     "family_by_name",
+    "family_for_checkpoint",
     "family_for_config",
     "family_for_model_dir",
     "native_model_dir",
@@ -116,17 +118,37 @@ def native_model_dir(model_dir: Path, remote_code: bool = False) -> Path:
         ) from None
 
 
-def family_for_config(config: dict[str, Any], where: str = "config.json") -> Family:
-    """The family of a checkpoint, from its `config.json` contents."""
+def family_for_config(config: dict[str, Any], where: str = "config.json", model_dir: str | Path | None = None) -> Family:
+    """The family of a checkpoint, from its `config.json` contents; a model type with no folder takes the generic
+    path (`vlmkit.families.generic`) when the checkpoint's folder `model_dir` is given."""
     model_type = config.get("model_type")
     if model_type in FAMILIES:
         return _registered(FAMILIES[model_type])
     known = ", ".join(FAMILIES)
+    if model_dir is not None:
+        return _generic_family(str(Path(model_dir).resolve()), (Path(model_dir) / "config.json").stat().st_mtime_ns, where)
     raise VlmkitError(f"{where}: model_type {model_type!r} is not a supported family (supported: {known})")
 
 
+@functools.lru_cache(maxsize=8)
+def _generic_family(model_dir: str, stamp: int, where: str) -> Family:
+    """One generic record per model folder (and version of its config.json): building it reads the model class."""
+    from vlmkit.families.generic import generic_family
+
+    return generic_family(Path(model_dir), read_model_config(model_dir), where, ", ".join(FAMILIES))
+
+
 def family_for_model_dir(model_dir: str | Path) -> Family:
-    return family_for_config(read_model_config(model_dir), where=str(Path(model_dir) / "config.json"))
+    where = str(Path(model_dir) / "config.json")
+    return family_for_config(read_model_config(model_dir), where=where, model_dir=model_dir)
+
+
+def family_for_checkpoint(saved: str | None, model_dir: str | Path) -> Family:
+    """The family of a vlmkit checkpoint: the one its vlmkit.json names (`saved`), or, for a model type on the
+    generic path (whose name is not a folder's) or no name at all, that of its base model folder `model_dir`."""
+    if saved and any(saved == f.name for f in FAMILIES.values()):
+        return family_by_name(saved)
+    return family_for_model_dir(model_dir)
 
 
 def resolution_settings(family: Family, **given: Any) -> dict[str, Any]:

@@ -217,14 +217,13 @@ def resolve_model(
 ) -> ModelFiles:
     """`--model` (a folder or hub id) or `--ckpt` (a vlmkit checkpoint or run folder) -> its `ModelFiles`;
     `remote_code`: a remote-code checkpoint runs its own code instead of being converted on load."""
-    from vlmkit.families import family_by_name, family_for_model_dir
+    from vlmkit.families import family_for_checkpoint, family_for_model_dir
 
     if (model is None) == (ckpt is None):
         raise VlmkitError("give either --model or --ckpt")
     if ckpt is not None:
         model_dir, ckpt_dir, settings = resolve_checkpoint(ckpt)
-        family = family_by_name(settings["family"]) if settings.get("family") else family_for_model_dir(model_dir)
-        return ModelFiles(model_dir, ckpt_dir, ckpt_dir, family, settings)
+        return ModelFiles(model_dir, ckpt_dir, ckpt_dir, family_for_checkpoint(settings.get("family"), model_dir), settings)
     model_dir = resolve_model_dir(model, remote_code)
     return ModelFiles(model_dir, model_dir, None, family_for_model_dir(model_dir), {})
 

@@ -19,6 +19,7 @@ PROCESSOR_FILES = (
     "video_preprocessor_config.json",
     "processor_config.json",
     "chat_template.jinja",
+    "chat_template.json",  # the older place of a processor's chat template (the generic path reads it)
 )
 # transformers 5 may nest the image and video processor configs inside processor_config.json.
 NESTED = {"image_processor": "preprocessor_config.json", "video_processor": "video_preprocessor_config.json"}

@@ -17,7 +17,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from vlmkit.errors import VlmkitError
-from vlmkit.families import family_by_name
+from vlmkit.families import family_for_checkpoint
 from vlmkit.models.processor_files import write_processor_files
 from vlmkit.settings import write_settings
 from vlmkit.train.run import COMPLETE_MARKER, best_checkpoint, checkpoints
@@ -72,7 +72,8 @@ class CompleteCheckpoints(TrainerCallback):
 
     def _complete(self, checkpoint: Path, step: int) -> None:
         # the base model's processor files, with the limits this run trains at (for plain transformers)
-        write_processor_files(family_by_name(self.settings["family"]), [self.model_dir], checkpoint, self.settings)
+        family = family_for_checkpoint(self.settings["family"], self.model_dir)
+        write_processor_files(family, [self.model_dir], checkpoint, self.settings)
         write_settings(checkpoint, {**self.settings, "step": step})
         (checkpoint / COMPLETE_MARKER).write_text(json.dumps({"step": step}) + "\n")
 
