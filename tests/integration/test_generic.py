@@ -1,0 +1,227 @@
+"""The generic path (`vlmkit.families.generic`) on two model types vlmkit has no folder for, built with
+transformers alone (`tests/generic_models.py`): Idefics3 (reply spans found by rendering with and without each
+reply) and Aya Vision. What a user of such a checkpoint relies on: the prompt ids and pixels are the checkpoint's
+own processor's, `vlmkit infer` answers as plain transformers' `generate` does, `vlmkit sft --tuner lora` trains
+the replies only, and what the generic path cannot do is refused in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import random_image
+from generic_models import BUILDERS, build_idefics3
+
+TYPES = list(BUILDERS)
+CJK_REPLY = "红色的方块。\n在左上角。"
+
+
+def vlmkit_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vlmkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("generic")
+    for k, (h, w) in enumerate([(30, 40), (50, 20), (64, 64)]):
+        random_image(h, w, seed=k).save(root / f"img{k}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(root) -> dict[str, Path]:
+    return {name: build(root / name) for name, build in BUILDERS.items()}
+
+
+def conversation(root: Path, case: str) -> list[dict]:
+    """A user's conversation in vlmkit's messages format (image parts with a path)."""
+    image = lambda k: {"type": "image", "image": str(root / f"img{k}.png")}  # noqa: E731
+    text = lambda t: {"type": "text", "text": t}  # noqa: E731
+    if case == "text-only":
+        return [{"role": "user", "content": [text("Say hello.")]}, {"role": "assistant", "content": [text("Hello!")]}]
+    if case == "single image":
+        return [{"role": "user", "content": [image(0), text("What color is the square?")]},
+                {"role": "assistant", "content": [text(CJK_REPLY)]}]  # fmt: skip
+    return [
+        {"role": "user", "content": [image(0), image(1), text("Compare them.")]},
+        {"role": "assistant", "content": [text("The first is wider.")]},
+        {"role": "user", "content": [image(2), text("And this one?")]},
+        {"role": "assistant", "content": [text(CJK_REPLY)]},
+    ]
+
+
+def processor_messages(messages: list[dict]) -> list[dict]:
+    """The same conversation as transformers' processors take it (images as `path` parts)."""
+    return [
+        {"role": m["role"], "content": [{"type": "image", "path": p["image"]} if p["type"] == "image" else p
+                                        for p in m["content"]]}
+        for m in messages
+    ]  # fmt: skip
+
+
+def template_of(folder: Path):
+    from vlmkit.models.loader import load_tokenizer_and_template, resolve_model
+
+    return load_tokenizer_and_template(resolve_model(str(folder)))[1]
+
+
+@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("case", ["single image", "several images", "text-only"])
+def test_prompt_ids_and_pixels_are_the_processors(models, root, name, case):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(models[name])
+    template = template_of(models[name])
+    messages = conversation(root, case)
+    for prompt in (messages, messages[:-1]):  # a training row, and the prompt of its last reply
+        ours = template.encode({"messages": prompt}, add_generation_prompt=prompt is not messages)
+        theirs = processor.apply_chat_template(
+            processor_messages(prompt), add_generation_prompt=prompt is not messages, tokenize=True,
+            return_dict=True, return_tensors="pt",
+        )  # fmt: skip
+        assert torch.equal(ours["input_ids"], theirs["input_ids"][0])
+        pixel_keys = sorted(k for k in theirs if k not in ("input_ids", "attention_mask"))
+        assert pixel_keys == ([] if case == "text-only" else sorted(k for k in ours if k.startswith("pixel")))
+        for key in pixel_keys:
+            assert torch.equal(ours[key], theirs[key]), key
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_labels_are_the_assistant_replies(models, root, name):
+    """Supervised: each reply's text and the tokens its turn ends with, nothing else (no prompt, no image)."""
+    template = template_of(models[name])
+    encoded = template.encode({"messages": conversation(root, "several images")})
+    ids, labels = encoded["input_ids"], encoded["labels"]
+    supervised = (labels != -100).nonzero().flatten().tolist()
+    runs = [[supervised[0]]]
+    for k in supervised[1:]:
+        runs[-1 if k == runs[-1][-1] + 1 else len(runs) :] = [runs[-1] + [k]] if k == runs[-1][-1] + 1 else [[k]]
+    decoded = [template.tokenizer.decode(ids[run]) for run in runs]
+    end = {"idefics3": "<end_of_utterance>", "aya_vision": "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>"}[name]
+    space = " " if name == "idefics3" else ""  # Idefics3's generation prompt ends at "Assistant:", before the space
+    assert decoded == [f"{space}The first is wider.{end}", f"{space}{CJK_REPLY}{end}"]
+    assert torch.equal(labels[supervised], ids[supervised])
+
+
+def test_labels_equal_transformers_assistant_mask_with_generation_marks(root, tmp_path):
+    """The same conversation through a chat template with `{% generation %}` marks: vlmkit's labels (read from the
+    marks) are transformers' own `return_assistant_tokens_mask`, and equal to those found without marks."""
+    from transformers import AutoProcessor
+
+    marked = (
+        "<|begin_of_text|>{% for message in messages %}{{message['role'].capitalize()}}"
+        "{% if message['role'] == 'assistant' %}{{':'}}{% generation %}{{' '}}{% for line in message['content'] %}"
+        "{{line['text']}}{% endfor %}<end_of_utterance>{% endgeneration %}{% else %}"
+        "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+        "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+        "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>{% endif %}"
+        "{{ '\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+    )
+    folder = build_idefics3(tmp_path / "marked", chat_template=marked)
+    plain = build_idefics3(tmp_path / "plain")
+    messages = conversation(root, "several images")
+    template = template_of(folder)
+    assert template.marks_replies
+    ours = template.encode({"messages": messages})
+    theirs = AutoProcessor.from_pretrained(folder).apply_chat_template(
+        processor_messages(messages), tokenize=True, return_dict=True, return_tensors="pt",
+        return_assistant_tokens_mask=True,
+    )  # fmt: skip
+    assert torch.equal(ours["input_ids"], theirs["input_ids"][0])
+    assert torch.equal((ours["labels"] != -100).long(), torch.as_tensor(theirs["assistant_masks"][0]).long())
+    assert torch.equal(template_of(plain).encode({"messages": messages})["labels"], ours["labels"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TYPES)
+def test_infer_replies_equal_plain_transformers_generate(models, root, name, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    rows = [{"messages": conversation(root, case)} for case in ("single image", "several images", "text-only")]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    preds = tmp_path / "preds.jsonl"
+    result = vlmkit_cli("infer", "--model", models[name], "--input", data, "--output", preds, "--max-new-tokens", 6)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    replies = [json.loads(line)["response"] for line in preds.read_text(encoding="utf-8").splitlines()]
+
+    processor = AutoProcessor.from_pretrained(models[name])
+    model = AutoModelForImageTextToText.from_pretrained(models[name]).eval()
+    expected = []
+    for row in rows:
+        inputs = processor.apply_chat_template(
+            processor_messages(row["messages"][:-1]), add_generation_prompt=True, tokenize=True, return_dict=True,
+            return_tensors="pt",
+        )  # fmt: skip
+        out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        expected.append(processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+    assert replies == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TYPES)
+def test_sft_lora_trains_the_adapter_on_the_replies(models, root, name, tmp_path):
+    from safetensors.torch import load_file
+
+    rows = [{"messages": conversation(root, case)} for case in ("single image", "several images", "text-only")]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    preview = vlmkit_cli("data", "preview", "--model", models[name], "--dataset", data, "-n", 1)
+    assert preview.returncode == 0, preview.stderr
+    assert "[[" in preview.stdout and "What color" not in preview.stdout.split("[[", 1)[1]  # prompt unsupervised
+    out = tmp_path / "run"
+    result = vlmkit_cli("sft", "--model", models[name], "--dataset", data, "--tuner", "lora", "--max-steps", 2,
+                        "--learning-rate", "1e-2", "--output-dir", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    adapter = load_file(out / "checkpoint-2" / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # LoRA's B starts at zero: every one moved
+    assert not any("vision" in k for k in adapter)  # the vision tower frozen by default
+    settings = json.loads((out / "checkpoint-2" / "vlmkit.json").read_text())
+    assert settings["family"] == name
+    reply = vlmkit_cli("infer", "--ckpt", out / "checkpoint-2", "--input", data, "--output", tmp_path / "p.jsonl",
+                       "--max-new-tokens", 3)  # fmt: skip
+    assert reply.returncode == 0, reply.stderr
+
+
+@pytest.mark.slow
+def test_what_the_generic_path_cannot_do_is_refused_in_one_line(models, tmp_path):
+    template_free = build_idefics3(tmp_path / "no-template")
+    (template_free / "chat_template.jinja").unlink()
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        config = json.loads((template_free / name).read_text())
+        config.pop("chat_template", None)
+        (template_free / name).write_text(json.dumps(config))
+    text_only = tmp_path / "bert"
+    text_only.mkdir()
+    (text_only / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    cases = {
+        (template_free,): "model_type 'idefics3' runs on vlmkit's generic path, which needs the checkpoint's chat template",
+        (text_only,): "model_type 'bert' has no vlmkit family",
+        (models["aya_vision"], "--max-pixels", "50000"): "--max-pixels does not apply to aya_vision models",
+    }
+    for (model, *options), message in cases.items():
+        result = vlmkit_cli("infer", "--model", model, "--input", tmp_path / "none.jsonl", *options)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_families_lists_generic_with_its_limits():
+    result = vlmkit_cli("families")
+    assert result.returncode == 0, result.stderr
+    generic = [line for line in result.stdout.splitlines() if line.startswith("generic")]
+    assert generic and "no resolution options" in generic[0] and "no packing" in generic[0]
+    types = result.stdout.split("model types that take the generic path", 1)[1]
+    assert "idefics3" in types and "aya_vision" in types and "qwen2_vl," not in types
