@@ -170,30 +170,93 @@ def test_infer_replies_equal_plain_transformers_generate(models, root, name, tmp
     assert replies == expected
 
 
+def train_rows(root: Path, folder: Path) -> Path:
+    rows = [{"messages": conversation(root, case)} for case in ("single image", "several images", "text-only")]
+    data = folder / "train.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return data
+
+
+@pytest.fixture(scope="module")
+def lora_run(models, root) -> Path:
+    """`vlmkit sft --tuner lora` on Aya Vision, 2 steps: the run the export and serve tests use."""
+    out = root / "run"
+    result = vlmkit_cli("sft", "--model", models["aya_vision"], "--dataset", train_rows(root, root), "--tuner", "lora",
+                        "--max-steps", 2, "--lr", "1e-2", "--output-dir", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return next(out.glob("*/*/checkpoint-2"))  # OUTPUT/MODEL/RUN/checkpoint-2
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", TYPES)
-def test_sft_lora_trains_the_adapter_on_the_replies(models, root, name, tmp_path):
+def test_sft_lora_trains_the_adapter_on_the_replies(models, root, lora_run, tmp_path):
     from safetensors.torch import load_file
 
-    rows = [{"messages": conversation(root, case)} for case in ("single image", "several images", "text-only")]
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    preview = vlmkit_cli("data", "preview", "--model", models[name], "--dataset", data, "-n", 1)
+    preview = vlmkit_cli("data", "preview", "--model", models["idefics3"], "--dataset", train_rows(root, tmp_path), "-n", 1)
     assert preview.returncode == 0, preview.stderr
-    assert "[[" in preview.stdout and "What color" not in preview.stdout.split("[[", 1)[1]  # prompt unsupervised
-    out = tmp_path / "run"
-    result = vlmkit_cli("sft", "--model", models[name], "--dataset", data, "--tuner", "lora", "--max-steps", 2,
-                        "--learning-rate", "1e-2", "--output-dir", out)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    adapter = load_file(out / "checkpoint-2" / "adapter_model.safetensors")
+    assert f"[[ {CJK_REPLY}<end_of_utterance>]]" in preview.stdout  # the reply and its end: supervised
+    assert "[[" not in preview.stdout.split("Assistant:", 1)[0]  # the prompt (and its image) not
+    adapter = load_file(lora_run / "adapter_model.safetensors")
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # LoRA's B starts at zero: every one moved
-    assert not any("vision" in k for k in adapter)  # the vision tower frozen by default
-    settings = json.loads((out / "checkpoint-2" / "vlmkit.json").read_text())
-    assert settings["family"] == name
-    reply = vlmkit_cli("infer", "--ckpt", out / "checkpoint-2", "--input", data, "--output", tmp_path / "p.jsonl",
-                       "--max-new-tokens", 3)  # fmt: skip
-    assert reply.returncode == 0, reply.stderr
+    assert not any("vision_tower" in k for k in adapter)  # the vision tower is frozen by default
+    assert json.loads((lora_run / "vlmkit.json").read_text())["family"] == "aya_vision"
+
+
+@pytest.fixture(scope="module")
+def merged(lora_run, root) -> Path:
+    out = root / "merged"
+    result = vlmkit_cli("export", "--ckpt", lora_run, "--merge-lora", "--output", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_merged_export_loads_in_plain_transformers_and_answers_the_same(merged, lora_run, root, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(merged)
+    model = AutoModelForImageTextToText.from_pretrained(merged).eval()
+    messages = conversation(root, "single image")[:1]
+    inputs = processor.apply_chat_template(
+        processor_messages(messages), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    plain = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"messages": messages}) + "\n")
+    for flag, folder in (("--ckpt", lora_run), ("--model", merged)):
+        result = vlmkit_cli("infer", flag, folder, "--input", data, "--output", tmp_path / "p.jsonl", "--max-new-tokens", 6)
+        assert result.returncode == 0, result.stderr
+        assert json.loads((tmp_path / "p.jsonl").read_text())["response"] == plain, flag
+
+
+@pytest.mark.slow
+def test_serve_answers_an_openai_image_request(merged, root):
+    import base64
+
+    import httpx
+    from test_serve import start_server, stop_server
+
+    proc, url = start_server("--model", str(merged), "--served-model-name", "aya", log=root / "serve.log")
+    try:
+        image = base64.b64encode((root / "img0.png").read_bytes()).decode()
+        request = {
+            "model": "aya",
+            "max_tokens": 4,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+                {"type": "text", "text": "What color is the square?"},
+            ]}],
+        }  # fmt: skip
+        reply = httpx.post(f"{url}/v1/chat/completions", json=request, timeout=120).json()
+    finally:
+        stop_server(proc)
+    from vlmkit import load
+
+    vlm = load(str(merged))
+    expected = vlm.generate([{"messages": conversation(root, "single image")[:1]}], max_new_tokens=4)[0]
+    assert reply["choices"][0]["message"]["content"] == expected
 
 
 @pytest.mark.slow
@@ -225,3 +288,17 @@ def test_families_lists_generic_with_its_limits():
     assert generic and "no resolution options" in generic[0] and "no packing" in generic[0]
     types = result.stdout.split("model types that take the generic path", 1)[1]
     assert "idefics3" in types and "aya_vision" in types and "qwen2_vl," not in types
+
+
+def test_vllm_translation_passes_the_checkpoints_own_chat_template(models, tmp_path):
+    """`vlmkit serve --backend vllm` on a generic model: vLLM gets the folder and the checkpoint's own chat template
+    (vLLM's own processor for the model type encodes), no processor options of vlmkit's."""
+    from transformers import AutoProcessor
+
+    from vlmkit.backends.vllm_args import plan_vllm, serve_command_line
+
+    plan = plan_vllm(str(models["aya_vision"]), None, {}, None, "aya")
+    assert plan.engine_args["model"] == str(models["aya_vision"]) and plan.engine_args["mm_processor_kwargs"] == {}
+    args = serve_command_line(plan, served_model_name="aya", template_dir=tmp_path)
+    template = Path(args[args.index("--chat-template") + 1]).read_text()
+    assert template == AutoProcessor.from_pretrained(models["aya_vision"]).chat_template
