@@ -283,7 +283,7 @@ def test_what_the_generic_path_cannot_do_is_refused_in_one_line(models, tmp_path
 
 def test_families_lists_generic_with_its_limits():
     result = vlmkit_cli("families")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 and result.stderr == "", result.stderr
     generic = [line for line in result.stdout.splitlines() if line.startswith("generic")]
     assert generic and "no resolution options" in generic[0] and "no packing" in generic[0]
     types = result.stdout.split("model types that take the generic path", 1)[1]
