@@ -302,3 +302,41 @@ def test_vllm_translation_passes_the_checkpoints_own_chat_template(models, tmp_p
     args = serve_command_line(plan, served_model_name="aya", template_dir=tmp_path)
     template = Path(args[args.index("--chat-template") + 1]).read_text()
     assert template == AutoProcessor.from_pretrained(models["aya_vision"]).chat_template
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_module_groups_are_the_model_classes_parts(models, name):
+    """`--freeze-vit` and friends act on the checkpoint's own vision tower, projector and language model."""
+    from vlmkit.families import family_for_model_dir
+
+    groups = family_for_model_dir(models[name]).module_groups
+    assert groups == {
+        "idefics3": {"vit": ("model.vision_model.",), "aligner": ("model.connector.",),
+                     "llm": ("model.text_model.", "lm_head.")},
+        "aya_vision": {"vit": ("model.vision_tower.",), "aligner": ("model.multi_modal_projector.",),
+                       "llm": ("model.language_model.", "lm_head.")},
+    }[name]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_full_sft_with_the_vision_tower_unfrozen_trains_it_and_keeps_the_aligner(models, root, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "full"
+    result = vlmkit_cli("sft", "--model", models["idefics3"], "--dataset", train_rows(root, tmp_path), "--tuner", "full",
+                        "--no-freeze-vit", "--max-steps", 1, "--lr", "1e-3", "--output-dir", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    trained = load_file(next(out.glob("*/*/checkpoint-1")) / "model.safetensors")
+    base = load_file(models["idefics3"] / "model.safetensors")
+    moved = {k.split(".")[1] for k in base if not torch.equal(base[k], trained[k])}
+    assert {"vision_model", "text_model"} <= moved and "connector" not in moved  # the aligner: frozen by default
+
+
+@pytest.mark.slow
+def test_eval_scores_the_base_and_the_lora_run(models, root, lora_run, tmp_path):
+    out = tmp_path / "ev"
+    result = vlmkit_cli("eval", "--model", models["aya_vision"], "--ckpt", lora_run, "--dataset", train_rows(root, tmp_path),
+                        "--metric", "exact_match", "--max-new-tokens", 4, "--output", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    scored = json.loads((out / "metrics.json").read_text())["models"]
+    assert len(scored) == 2 and all(m["rows"] == 3 and m["failed"] == 0 for m in scored.values())

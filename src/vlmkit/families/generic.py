@@ -19,6 +19,13 @@ whose text for the earlier turns changes when a reply is added (so no such span 
 training in one line naming the model type, never trained on its prompt. The spans become tokens on the text
 before the processor expands the image placeholders, then move onto the processor's ids through the text tokens
 the two share (`_move_labels`).
+
+Decided where the issue was silent: the supervised span of a reply ends with the tokens that close its turn
+(e.g. `<end_of_utterance>`), so the model learns to stop; generation stops at the base model's generation config's
+end tokens, as plain `generate` does; `count_tokens` runs the processor (there is no size rule to read from image
+headers). Text typed in a message reaches the chat template as it is, as with the processor itself: a control
+token typed by a user is that token (the curated families keep user text text); an image placeholder typed
+without its image is refused by the processor's own count check.
 """
 
 from __future__ import annotations
@@ -120,7 +127,7 @@ def _chat_template_of(model_dir: Path, settings: dict[str, Any]) -> str:
     return _template_text(AutoProcessor.from_pretrained(model_dir), model_dir)
 
 
-def _template_text(processor: Any, where: Path) -> str:
+def _template_text(processor: Any, where: Path | str) -> str:
     template = processor.chat_template
     if isinstance(template, dict):  # named templates: the default one renders chats
         template = template.get("default")
@@ -196,12 +203,14 @@ class GenericTemplate:
         self.tokenizer = tokenizer
         self.model_type = model_type
         self.system = system
-        self.chat_template = _template_text(processor, Path(model_type))
+        self.chat_template = _template_text(processor, model_type)
         self.marks_replies = GENERATION_MARK.search(self.chat_template) is not None
         image_token = getattr(processor, "image_token", None)
         self.image_token_id = getattr(processor, "image_token_id", None) or (
             tokenizer.convert_tokens_to_ids(image_token) if image_token else None
         )
+        if not stop_token_ids:
+            raise VlmkitError(f"{model_type}: neither the generation config nor the tokenizer names an end token")
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_token_ids[0]
         self.stop_token_ids = stop_token_ids
 
