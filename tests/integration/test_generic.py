@@ -340,3 +340,37 @@ def test_eval_scores_the_base_and_the_lora_run(models, root, lora_run, tmp_path)
     assert result.returncode == 0, result.stderr
     scored = json.loads((out / "metrics.json").read_text())["models"]
     assert len(scored) == 2 and all(m["rows"] == 3 and m["failed"] == 0 for m in scored.values())
+
+
+@pytest.mark.slow
+def test_chat_second_turn_equals_plain_generate_on_the_whole_conversation(models, root):
+    """The interactive chat re-encodes the conversation each turn (no chat cache on the generic path): the second
+    reply is plain `generate`'s on the processor's encoding of the first turn, its reply and the new message."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    folder = models["idefics3"]
+    image = root / "img0.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "infer", "--model", str(folder), "--max-new-tokens", "5"],
+        input=f"<image>What color?\n{image}\nAnd now?\nexit\n", capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    turns = [t for t in result.stdout.split("-" * 50) if "<<<" in t or t.strip()]
+    first = turns[0].rstrip("\n").rsplit("\n", 1)[-1]
+    second = turns[1].rstrip("\n").rsplit("\n", 1)[-1]
+
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    messages = [{"role": "user", "content": [{"type": "image", "path": str(image)}, {"type": "text", "text": "What color?"}]}]
+    replies = []
+    for follow_up in ("And now?", None):
+        inputs = processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+        out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        replies.append(processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+        if follow_up:
+            messages += [{"role": "assistant", "content": [{"type": "text", "text": replies[-1]}]},
+                         {"role": "user", "content": [{"type": "text", "text": follow_up}]}]  # fmt: skip
+    assert [first.strip(), second.strip()] == [r.strip() for r in replies]
