@@ -90,8 +90,9 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
 
 
 def processor_limits(name: str, config: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """The run's pan-and-scan settings into preprocessor_config.json, under the image processor's names, so
-    that transformers' `Gemma3Processor` of an export crops as vlmkit trained."""
+    """The run's pan-and-scan settings into preprocessor_config.json under the image processor's names, which
+    transformers' `Gemma3ImageProcessor` reads (its `Gemma3Processor` does not: its own defaults win unless
+    the call passes them)."""
     if name != "preprocessor_config.json":
         return config
     return {**config, **{key: settings[name] for name, key in PROCESSOR_KEYS.items() if name in settings}}
