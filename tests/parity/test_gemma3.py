@@ -107,6 +107,7 @@ def test_pan_and_scan_crops_as_gemma3_processor(gemma, case):
     crops = expected["pixel_values"].shape[0] - 2
     assert crops >= 2 and vlm.template.count_tokens(row, add_generation_prompt=True) == expected["input_ids"].shape[1]
     assert vlm.template.settings | ours == vlm.template.settings  # what vlmkit.json saves
+    assert len(encoded["image_notes"]) == len(expected["pixel_values"])  # `data preview`: a line per view
 
 
 def reply_spans(text: str) -> list[tuple[int, int]]:

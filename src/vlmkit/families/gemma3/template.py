@@ -89,7 +89,7 @@ class Gemma3Template:
 
     `encode` returns input_ids, labels and token_type_ids (T,), and with images pixel_values
     (n_views, 3, H, W) (each image, then its pan-and-scan crops), image_sizes [((orig_h, orig_w),
-    (model_h, model_w))] and image_notes (one line per image, for `vlmkit data preview`).
+    (model_h, model_w))] and image_notes (one line per view, for `vlmkit data preview`).
     """
 
     min_limit = None  # the image size is fixed by the checkpoint: nothing to shrink
@@ -192,11 +192,7 @@ class Gemma3Template:
         if images:
             out["pixel_values"] = torch.cat(views)
             out["image_sizes"] = [((i.height, i.width), self.vision.size) for i in images]  # for people
-            out["image_notes"] = [
-                f"image {k + 1}: {i.height}×{i.width} (h×w) resized to {self.vision.size[0]}×{self.vision.size[1]}"
-                + (f", {len(v) - 1} pan-and-scan crops" if len(v) > 1 else "")
-                for k, (i, v) in enumerate(zip(images, views, strict=True))
-            ]
+            out["image_notes"] = [note for k, (i, v) in enumerate(zip(images, views, strict=True)) for note in self._notes(k, i, len(v) - 1)]
         return out
 
     def count_tokens(self, sample: Sample, limit: int | None = None, add_generation_prompt: bool = False) -> int:
@@ -221,6 +217,15 @@ class Gemma3Template:
             batch["pixel_values"] = torch.cat(pixels)
         return batch
 
+    def _notes(self, k: int, image, crops: int) -> list[str]:
+        """One line per run of image tokens of image `k` (the whole image, then each crop), for people."""
+        h, w = self.vision.size
+        whole = f"image {k + 1}: {image.height}×{image.width} (h×w) resized to {h}×{w}"
+        if not crops:
+            return [whole]
+        return [f"{whole}, then {crops} pan-and-scan crops"] + [f"image {k + 1}: crop {c + 1} of {crops}" for c in range(crops)]
+
     def describe_image(self, encoded: dict[str, Any], k: int) -> str:
+        """Run `k` of image tokens (each image's whole view and each of its pan-and-scan crops is one run)."""
         return encoded["image_notes"][k]
 
