@@ -147,6 +147,14 @@ def test_labels_are_the_replies_of_the_chat_template(gemma, name):
             {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
             "alternate user/assistant",
         ),
+        (
+            {
+                "messages": [{"role": "user", "content": "<image>Find <ref-object>"}, {"role": "assistant", "content": "<bbox>"}],
+                "images": [random_image(32, 32)],
+                "objects": {"ref": ["cat"], "bbox": [[1, 2, 30, 40]]},
+            },
+            "Gemma 3 has no box format",
+        ),
     ],
 )
 def test_what_gemma3_cannot_take_is_one_clear_error(gemma, row, message):

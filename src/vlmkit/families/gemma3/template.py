@@ -25,6 +25,7 @@ import torch
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.families.encoding import Segment, collate_tokens, mark_text, tokenize_segments
 from vlmkit.families.gemma3.vision import SiglipSquare
+from vlmkit.media.grounding import BOX_PLACEHOLDER, REF_PLACEHOLDER
 from vlmkit.media.images import load_image, read_image_size
 from vlmkit.sample import Sample, as_sample, refuse_requested_sizes
 
@@ -158,6 +159,12 @@ class Gemma3Template:
         if sample.media("video"):
             raise DataError(f"{sample.where}: Gemma 3 takes images only; video input is not supported")
         refuse_requested_sizes(sample, "Gemma 3")
+        if any(mark in sample.text() for mark in (REF_PLACEHOLDER, BOX_PLACEHOLDER)):
+            raise DataError(
+                f"{sample.where}: Gemma 3 has no box format (PaliGemma's <locNNNN> tokens are another model's), so "
+                f"{REF_PLACEHOLDER}/{BOX_PLACEHOLDER} grounding rows cannot be written for it; use a family with "
+                "grounding (vlmkit families)"
+            )
         images = [self.image_text(n) for n in crops]
         segments = render_gemma3(
             mark_text(trimmed(self._messages(sample))), add_generation_prompt, self.tokenizer.bos_token, images, sample.where
