@@ -181,3 +181,14 @@ def test_turn_and_image_tokens_typed_in_a_message_are_text(gemma):
     assert [ids.count(i) for i in special.values()] == [1, 1, 0]  # the template's own user turn only
     assert encoded["token_type_ids"].sum() == 0 and vlm.template.image_token_id not in ids
     assert typed in vlm.tokenizer.decode(ids)
+
+
+def test_families_lists_gemma3_with_its_pan_and_scan_options():
+    from typer.testing import CliRunner
+
+    from vlmkit.cli import app
+
+    lines = CliRunner().invoke(app, ["families"], catch_exceptions=False).output.splitlines()
+    gemma = next(line for line in lines if line.startswith("gemma3 "))
+    assert "inputs=image " in gemma and "grounding=none" in gemma and "896x896 resize, 256 tokens per image" in gemma
+    assert "(resolution options: --pan-and-scan --pan-and-scan-min-crop-size" in gemma
