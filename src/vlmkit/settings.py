@@ -56,6 +56,7 @@ class EncodingSettings:
 
     min_pixels / max_pixels: smallest / largest image area in pixels after resizing (Qwen families).
     min_tiles / max_tiles: fewest / most 448 px tiles an image is cut into, thumbnail not counted (InternVL).
+    pan_and_scan, pan_and_scan_*: whether and how elongated images are also cut into crops (Gemma 3).
     fps: video frames sampled per second of video; nframes: exactly this many frames instead (they replace
     each other); max_frames / min_frames: most / fewest frames per video (sampling by fps);
     video_max_pixels: largest area of one video frame.
@@ -98,6 +99,23 @@ class EncodingSettings:
         "Tiling families (InternVL): most tiles per image, not counting the thumbnail (fewer tiles = "
         f"fewer image tokens). {_SAVED} (12). Saved with a run.",
     )
+    pan_and_scan: bool | None = option(
+        None,
+        "Pan-and-scan families (Gemma 3): also cut an elongated image into crops along its long side, each "
+        f"its own 256 tokens. {_SAVED} (off). Saved with a run.",
+        flags=("--pan-and-scan/--no-pan-and-scan",),
+    )
+    pan_and_scan_min_crop_size: int | None = option(
+        None, f"Pan-and-scan families (Gemma 3): smallest crop side in pixels. {_SAVED} (256). Saved with a run."
+    )
+    pan_and_scan_max_num_crops: int | None = option(
+        None, f"Pan-and-scan families (Gemma 3): most crops per image. {_SAVED} (4). Saved with a run."
+    )
+    pan_and_scan_min_ratio_to_activate: float | None = option(
+        None,
+        "Pan-and-scan families (Gemma 3): crop only images whose long side is at least this many times "
+        f"their short side. {_SAVED} (1.2). Saved with a run.",
+    )
     system: str | None = option(
         None,
         "System prompt for every conversation without one. Default: the one saved with the model or run, "
@@ -110,7 +128,10 @@ class EncodingSettings:
 
 
 ENCODING_FIELDS = tuple(f.name for f in fields(EncodingSettings))
-RESOLUTION_FIELDS = ("min_pixels", "max_pixels", "min_tiles", "max_tiles")  # what `vlmkit families` lists
+RESOLUTION_FIELDS = (  # what `vlmkit families` lists
+    "min_pixels", "max_pixels", "min_tiles", "max_tiles",
+    "pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops", "pan_and_scan_min_ratio_to_activate",
+)
 
 
 def encoding_settings(encoding: EncodingSettings | None = None, **options: Any) -> EncodingSettings:

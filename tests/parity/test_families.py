@@ -111,7 +111,11 @@ def processor_inputs(name: str, folder: Path, row: dict) -> dict[str, torch.Tens
         pytest.skip(f"transformers has no processor for {family_by_name(name).model_type}")
     text = processor.apply_chat_template(sample.messages, tokenize=False, add_generation_prompt=True)
     images = [part["image"] for m in sample.messages for part in m["content"] if part["type"] == "image"]
-    return dict(processor(text=text, images=images or None, return_tensors="pt"))
+    # as the processor's own `apply_chat_template(tokenize=True)` does: a template that writes the bos
+    # token itself (Gemma's) is not given a second one by the tokenizer
+    bos = processor.tokenizer.bos_token
+    add_special_tokens = not (bos is not None and text.startswith(bos))
+    return dict(processor(text=text, images=images or None, return_tensors="pt", add_special_tokens=add_special_tokens))
 
 
 def assert_same_inputs(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:

@@ -114,5 +114,6 @@ def test_every_command_takes_every_encoding_option():
     for command in (["infer"], ["serve"], ["sft"], ["eval"], ["data", "check"], ["data", "preview"], ["data", "encode"]):
         shown = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"}).output
         for name in ENCODING_FIELDS:
-            declared = re.findall(rf"^  --{name.replace('_', '-')}\b", shown, flags=re.MULTILINE)
+            # the whole name: --pan-and-scan is not --pan-and-scan-min-crop-size
+            declared = re.findall(rf"^  --{name.replace('_', '-')}(?![\w-])", shown, flags=re.MULTILINE)
             assert len(declared) == 1, (command, name)

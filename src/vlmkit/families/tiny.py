@@ -113,8 +113,11 @@ def build_tiny_model(
     config = AutoConfig.for_model(model_type, **config_dict)
     torch.manual_seed(seed)
     model = getattr(transformers, family.auto_class).from_config(config, dtype=torch.float32)
+    # the stop tokens: those the tiny config lists (as an instruction-tuned checkpoint's config.json
+    # does, e.g. <eos> and <end_of_turn>), else the eos and pad tokens
+    stops = config_dict.get("eos_token_id") or [ids[family.eos_token], ids[family.pad_token]]
     model.generation_config = GenerationConfig(
-        eos_token_id=[ids[family.eos_token], ids[family.pad_token]],
+        eos_token_id=stops,
         pad_token_id=ids[family.pad_token],
         bos_token_id=ids.get(family.bos_token),
         do_sample=False,
