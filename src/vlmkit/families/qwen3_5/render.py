@@ -72,14 +72,16 @@ def _reply(text: str) -> tuple[str, str]:
 
 
 def _assistant(content: list[dict], where: str, thinks: bool) -> list[Segment]:
-    reasoning, reply = _reply(_plain(_content(content, where, "assistant")))
-    reply = TEXT_START + reply + TEXT_END  # dataset text: tokenized as text (encoding.mark_text)
+    text = _content(content, where, "assistant")
+    reasoning, reply = _reply(_plain(text))
+    if TEXT_START in text:  # marked as dataset text (encoding.mark_text): keep the split pieces marked
+        reasoning, reply = (TEXT_START + part + TEXT_END if part else part for part in (reasoning, reply))
     head = Segment("<|im_start|>assistant\n")
     if not thinks:
         return [head, Segment(reply + "<|im_end|>", True), Segment("\n")]
     if not reasoning:  # the empty think block the generation prompt ends with
         return [head, Segment(EMPTY_THINK), Segment(reply + "<|im_end|>", True), Segment("\n")]
-    think = "<think>\n" + TEXT_START + reasoning + TEXT_END + "\n</think>\n\n"
+    think = "<think>\n" + reasoning + "\n</think>\n\n"
     return [head, Segment(think + reply + "<|im_end|>", True), Segment("\n")]
 
 
