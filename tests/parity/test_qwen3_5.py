@@ -172,3 +172,19 @@ def test_several_images_at_the_run_pixel_limits_encode_as_the_processor(tiny_mod
     assert batch["mm_token_type_ids"].tolist() == expected["mm_token_type_ids"].tolist()
     for _, h, w in batch["image_grid_thw"].tolist():  # the limits bind: the large image was shrunk
         assert limits["min_pixels"] <= h * w * 16 * 16 <= limits["max_pixels"]
+
+
+def test_packing_would_leak_one_sample_into_the_next(qwen35):
+    """Why --packing is refused: with per-sample positions (what packing gives the full-attention layers), the
+    second of two packed samples still gets other logits than alone; its linear-attention layer ran over the
+    first (a Qwen3-VL gets the same logits that way: tests/unit/test_packing.py)."""
+    first, second = (
+        qwen35.template.encode(to_sample({"messages": [{"role": "user", "content": text}]}))["input_ids"]
+        for text in ("第一个问题：这是什么？", "A second, unrelated question?")
+    )
+    ids = torch.cat([first, second])[None]  # (1, T)
+    positions = torch.cat([torch.arange(len(first)), torch.arange(len(second))]).expand(4, 1, -1)  # (4, 1, T)
+    with torch.no_grad():
+        packed = qwen35.model(input_ids=ids, position_ids=positions).logits[0, len(first) :]
+        alone = qwen35.model(input_ids=second[None]).logits[0]
+    assert not torch.allclose(packed, alone, atol=1e-3)

@@ -146,6 +146,7 @@ def load_template(model_dir, tokenizer, **settings) -> Qwen3_5Template:
 
 
 FOLDER = Path(__file__).parent
+NO_PACKING_REASON = "its linear-attention layers would carry one packed sample's state into the next"
 MODULE_GROUPS = {
     "vit": ("model.visual.",),
     "aligner": ("model.visual.merger.",),
@@ -161,7 +162,10 @@ def chat_template_for(settings: dict) -> str:
 FAMILY = Family(
     name="qwen3.5",
     model_type="qwen3_5",
-    description="Qwen3.5 (0.8B-27B dense): Qwen3-VL's vision over a hybrid linear/full-attention LLM, non-thinking mode",
+    description=(
+        "Qwen3.5 (0.8B-27B dense): Qwen3-VL's vision over a hybrid linear/full-attention LLM; non-thinking mode, "
+        "no packing or chat cache (linear attention)"
+    ),
     folder=FOLDER,
     special_tokens=SPECIAL_TOKENS,
     first_special_id=FIRST_SPECIAL_ID,
@@ -174,7 +178,8 @@ FAMILY = Family(
     module_groups=MODULE_GROUPS,
     supports=("image", "video"),
     encoding_options=QWEN_OPTIONS,
-    packing=False,  # linear attention would carry state across packed samples (module docstring)
+    packing=False,
+    no_packing_reason=NO_PACKING_REASON,
     box_format=BOX_FORMAT,
     aliases=("qwen3_5", "qwen35"),
     chat_cache=False,  # a recurrent state cannot be cropped to a shared prefix (Qwen3_5Template)

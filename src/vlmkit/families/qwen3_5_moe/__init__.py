@@ -36,7 +36,10 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
 FAMILY = Family(
     name="qwen3.5-moe",
     model_type="qwen3_5_moe",
-    description="Qwen3.5 MoE (35B-A3B, 122B-A10B, 397B-A17B): Qwen3.5's vision and prompt over a mixture-of-experts LLM",
+    description=(
+        "Qwen3.5 MoE (35B-A3B, 122B-A10B, 397B-A17B): Qwen3.5's vision and prompt over a mixture-of-experts LLM; "
+        "non-thinking mode, no packing or chat cache (linear attention)"
+    ),
     folder=Path(__file__).parent,
     special_tokens=QWEN3_5.special_tokens,
     first_special_id=QWEN3_5.first_special_id,
@@ -50,6 +53,7 @@ FAMILY = Family(
     supports=QWEN3_5.supports,
     encoding_options=QWEN3_5.encoding_options,
     packing=False,
+    no_packing_reason=QWEN3_5.no_packing_reason,
     box_format=QWEN3_5.box_format,
     aliases=("qwen3_5_moe", "qwen35-moe"),
     chat_cache=False,
