@@ -3,8 +3,9 @@ done for Qwen3.5 as its user types them: chat and batch inference, LoRA sft at a
 export that plain transformers loads and resizes as trained, grounding boxes back in the original image's
 pixels, video, the vLLM command line; and the one-line refusal of --packing (linear attention).
 
-The tiny Qwen3.5 has the real 248k vocabulary (tiny_models); where a reply is checked, a scripted model
-(tests/scripted.py) answers a known text.
+The tiny Qwen3.5 here has the 600-token vocabulary (fast to load in every command; the real 248k one is
+checked in tests/parity/test_qwen3_5.py); where a reply is checked, a scripted model (tests/scripted.py)
+answers a known text.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ MAX_PIXELS = 32 * 32 * 16  # 16 patches of 32x32 (4 image tokens each side at mo
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_models):
+def model(tmp_path_factory) -> Path:
+    from vlmkit.families import family_by_name
+    from vlmkit.families.tiny import build_tiny_model
+
+    return build_tiny_model(family_by_name("qwen3.5"), tmp_path_factory.mktemp("q35") / "m", small_vocab=True)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, model):
     """`vlmkit sft --tuner lora --max-pixels` on image rows with multi-line CJK replies, then
     `vlmkit export --merge-lora`: (work folder, checkpoint, merged folder)."""
     work = tmp_path_factory.mktemp("qwen3_5")
@@ -35,7 +44,7 @@ def trained(tmp_path_factory, tiny_models):
         random_image(200 + 40 * i, 300, seed=i).save(work / "images" / f"{i}.png")
         rows.append({"query": "<image>这是什么？", "response": REPLY, "images": [f"images/{i}.png"]})
     write_jsonl(work / "train.jsonl", rows)
-    vlmkit("sft", "--model", str(tiny_models["qwen3.5"]), "--tuner", "lora", "--dataset", "train.jsonl",
+    vlmkit("sft", "--model", str(model), "--tuner", "lora", "--dataset", "train.jsonl",
            "--max-pixels", str(MAX_PIXELS), "--max-steps", "3", "--lr", "0.05", "--output-dir", "out", cwd=work)  # fmt: skip
     ckpt = checkpoints(work / "out")[-1]
     vlmkit("export", "--ckpt", str(ckpt), "--merge-lora", "--output", "merged", cwd=work)
@@ -73,9 +82,9 @@ def test_lora_export_carries_the_pixel_limit_and_answers_as_the_python_api(train
 
 
 @pytest.mark.slow
-def test_packing_is_refused_in_one_line(tiny_models, tmp_path):
+def test_packing_is_refused_in_one_line(model, tmp_path):
     write_jsonl(tmp_path / "d.jsonl", [{"query": "Hi", "response": REPLY}])
-    done = vlmkit("sft", "--model", str(tiny_models["qwen3.5"]), "--dataset", "d.jsonl", "--packing",
+    done = vlmkit("sft", "--model", str(model), "--dataset", "d.jsonl", "--packing",
                   "--output-dir", "out", cwd=tmp_path, ok=False)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip() == (
@@ -128,14 +137,14 @@ def test_chat_answers_each_turn_without_a_cache_to_reuse(grounding_model, tmp_pa
 
 
 @pytest.mark.slow
-def test_video_rows_answer_as_the_python_api(tiny_models, tmp_path):
+def test_video_rows_answer_as_the_python_api(model, tmp_path):
     make_video(tmp_path / "clip.mp4", count=12, fps=4, size=(64, 96))
     rows = [{"query": "<video>视频里发生了什么？", "response": REPLY, "videos": ["clip.mp4"]}]
     write_jsonl(tmp_path / "videos.jsonl", rows)
-    vlmkit("infer", "--model", str(tiny_models["qwen3.5"]), "--input", "videos.jsonl", "--output", "preds.jsonl",
+    vlmkit("infer", "--model", str(model), "--input", "videos.jsonl", "--output", "preds.jsonl",
            "--fps", "2", "--max-new-tokens", "5", cwd=tmp_path)  # fmt: skip
     (pred,) = read_jsonl(tmp_path / "preds.jsonl")
-    vlm = vlmkit_api.load(str(tiny_models["qwen3.5"]), fps=2)
+    vlm = vlmkit_api.load(str(model), fps=2)
     assert [pred["response"]] == greedy_replies(vlm, tmp_path / "videos.jsonl", 5)
     encoded = vlm.encode(
         {"messages": [{"role": "user", "content": "<video>Hi"}], "videos": [str(tmp_path / "clip.mp4")]}
@@ -144,10 +153,9 @@ def test_video_rows_answer_as_the_python_api(tiny_models, tmp_path):
     assert vlm.tokenizer.decode(encoded["input_ids"]).count(" seconds>") == 3  # Qwen3-VL's timestamps
 
 
-def test_vllm_serves_it_under_its_architecture_with_the_non_thinking_template(tiny_models, tmp_path):
+def test_vllm_serves_it_under_its_architecture_with_the_non_thinking_template(model, tmp_path):
     from vlmkit.backends.vllm_args import plan_vllm, serve_command_line
 
-    model = tiny_models["qwen3.5"]
     # vLLM's registered names for the two families' checkpoints
     assert json.loads((model / "config.json").read_text())["architectures"] == [
         "Qwen3_5ForConditionalGeneration"
