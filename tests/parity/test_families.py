@@ -101,7 +101,10 @@ def transformers_processor(name: str, folder: Path):
     if getattr(tokenizer, "video_token", None) is None:
         tokenizer.video_token = "<video>"  # InternVL's processor reads it; no image uses it
     image_processor = AutoImageProcessor.from_pretrained(folder)
-    return ImagesOnly(image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template, **settings)
+    # the checkpoint's template as vlmkit renders it (`Family.chat_template_for`: e.g. Qwen3.5 non-thinking)
+    chosen = family.chat_template_for({}) if family.chat_template_for is not None else None
+    chat_template = chosen or tokenizer.chat_template
+    return ImagesOnly(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **settings)
 
 
 def processor_inputs(name: str, folder: Path, row: dict) -> dict[str, torch.Tensor]:
@@ -217,4 +220,4 @@ def test_batched_replies_equal_transformers_generate(loaded, name):
 def test_every_family_is_covered_or_skipped_with_a_reason():
     names = [p if isinstance(p, str) else p.values[0] for p in FAMILY_PARAMS]
     assert names == [f.name for f in FAMILIES.values()]
-    assert {"qwen2-vl", "qwen2.5-vl", "qwen3-vl", "internvl", "llava", "llava-next"} <= set(names)
+    assert {"qwen2-vl", "qwen2.5-vl", "qwen3-vl", "internvl", "llava", "llava-next", "qwen3.5", "qwen3.5-moe"} <= set(names)

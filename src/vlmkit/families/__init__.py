@@ -43,6 +43,8 @@ def _families() -> dict[str, Family]:
         llava_next,
         qwen2_5_vl,
         qwen2_vl,
+        qwen3_5,
+        qwen3_5_moe,
         qwen3_vl,
         qwen3_vl_moe,
         qwen_vl,
@@ -51,7 +53,7 @@ def _families() -> dict[str, Family]:
     return {
         f.model_type: f
         for f in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY, internvl.FAMILY, llava.FAMILY, llava_next.FAMILY)
-        + (qwen_vl.FAMILY, qwen_vl.REMOTE_FAMILY, qwen3_vl_moe.FAMILY, gemma3.FAMILY)
+        + (qwen_vl.FAMILY, qwen_vl.REMOTE_FAMILY, qwen3_vl_moe.FAMILY, qwen3_5.FAMILY, qwen3_5_moe.FAMILY, gemma3.FAMILY)
     }
 
 

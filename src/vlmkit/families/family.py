@@ -65,7 +65,8 @@ class Family:
     processor_config: the checkpoint's `processor_config.json`, when it has one.
     packing: the template has `packing_position_ids` (each sample's position ids on its own, text
     row first) and the model honours them without an attention mask, so `vlmkit sft` can pack
-    samples (`vlmkit.train.packing`); False keeps packing off for the family.
+    samples (`vlmkit.train.packing`); False keeps packing off for the family. no_packing_reason: why not,
+    for the line that refuses `--packing` (None: nothing more to say).
     box_format: how the family writes and reads grounding boxes (`vlmkit.media.grounding.BoxFormat`; from
     the family folder's `boxes.py`), None for a family without grounding.
     auto_class: the transformers auto class that loads the checkpoint's weights.
@@ -126,6 +127,7 @@ class Family:
     # The token a tiny model's tokenizer puts before every text, as Llama tokenizers do; None: nothing.
     bos_token: str | None = None
     packing: bool = False
+    no_packing_reason: str | None = None
     auto_class: str = "AutoModelForImageTextToText"
     remote_code: bool = False
     train_refusal: str | None = None

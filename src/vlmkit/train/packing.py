@@ -142,7 +142,8 @@ def resolve_packing(requested: bool | None, family, attn_impl: str) -> tuple[boo
     """
     reasons = []
     if not family.packing:
-        reasons.append(f"the {family.name} family does not support packing")
+        why = f" ({family.no_packing_reason})" if family.no_packing_reason else ""
+        reasons.append(f"the {family.name} family does not support packing{why}")
     if attn_impl not in PACKING_ATTN:
         reasons.append(f"--attn-impl {attn_impl} cannot mask packed rows (use {', '.join(PACKING_ATTN)})")
     if requested and reasons:
