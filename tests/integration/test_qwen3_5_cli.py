@@ -141,8 +141,11 @@ def test_video_rows_answer_as_the_python_api(model, tmp_path):
     make_video(tmp_path / "clip.mp4", count=12, fps=4, size=(64, 96))
     rows = [{"query": "<video>视频里发生了什么？", "response": REPLY, "videos": ["clip.mp4"]}]
     write_jsonl(tmp_path / "videos.jsonl", rows)
-    vlmkit("infer", "--model", str(model), "--input", "videos.jsonl", "--output", "preds.jsonl",
-           "--fps", "2", "--max-new-tokens", "5", cwd=tmp_path)  # fmt: skip
+    done = vlmkit("infer", "--model", str(model), "--input", "videos.jsonl", "--output", "preds.jsonl",
+                  "--fps", "2", "--max-new-tokens", "5", cwd=tmp_path)  # fmt: skip
+    # the normal path is silent: no "falling back to its reference PyTorch implementation" lines for the
+    # linear-attention kernels, which run on GPUs only (vlmkit.models.loader.quiet_cpu_kernel_fallbacks)
+    assert "falling back" not in done.stderr, done.stderr
     (pred,) = read_jsonl(tmp_path / "preds.jsonl")
     vlm = vlmkit_api.load(str(model), fps=2)
     assert [pred["response"]] == greedy_replies(vlm, tmp_path / "videos.jsonl", 5)

@@ -15,6 +15,7 @@ from here at once.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import struct
 import sys
@@ -370,6 +371,23 @@ def peft_quietly() -> Iterator[None]:
         yield
 
 
+class _CpuKernelFallbacks(logging.Filter):
+    """Drops transformers' "`causal_conv1d_fn` is falling back to its reference PyTorch implementation" lines
+    (Qwen3.5's linear-attention layers, once per kernel): the kernels it names (causal-conv1d,
+    flash-linear-attention) run on GPUs only, so on a machine without one the line names nothing to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "falling back to its reference PyTorch implementation" not in record.getMessage()
+
+
+def quiet_cpu_kernel_fallbacks() -> None:
+    import torch
+
+    hub_kernels = logging.getLogger("transformers.integrations.hub_kernels")
+    if not torch.cuda.is_available() and not any(isinstance(f, _CpuKernelFallbacks) for f in hub_kernels.filters):
+        hub_kernels.addFilter(_CpuKernelFallbacks())
+
+
 def load_weights(
     files: ModelFiles,
     *,
@@ -386,8 +404,6 @@ def load_weights(
     `from_pretrained` (quantization_config, ...; device placement belongs here too: `device_map`,
     `max_memory`, `offload_folder` from `vlmkit.models.placement`). Without a `device_map` the model stays on the
     CPU: the caller moves it."""
-    import logging
-
     import transformers
 
     from vlmkit.models.quantized import check_quantized
@@ -396,6 +412,7 @@ def load_weights(
         files.model_dir, str(files.model_dir), merge_lora=merge_lora and adapter and files.is_adapter
     )
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars (export, the Python API)
+    quiet_cpu_kernel_fallbacks()
     if merge_lora and not files.is_adapter:  # accepted silently, it would do nothing
         print(f"warning: --merge-lora does nothing: {files.model_dir} is a full model, not a LoRA adapter "
               "checkpoint", file=sys.stderr)  # fmt: skip
