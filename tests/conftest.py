@@ -48,7 +48,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Pa
 
 @pytest.fixture(scope="session", autouse=True)
 def vocabulary_cache(tmp_path_factory) -> Path:
-    """vlmkit keeps the real Qwen2 vocabulary it rebuilds (~4 CPU s each time) in `$VLMKIT_CACHE`: here one
+    """vlmkit keeps the real Qwen2 vocabulary it rebuilds (half a minute each time) in `$VLMKIT_CACHE`: here one
     folder for the whole test run, shared by the xdist workers and the vlmkit processes the tests start (they
     inherit the variable), so the run converts it once and writes nothing outside its temporary folders."""
     root = tmp_path_factory.getbasetemp()

@@ -1,6 +1,6 @@
 """The rebuilt Qwen2 vocabulary is kept in the cache folder (`$VLMKIT_CACHE`): converted once, then read back
 as the very same tokenizer; a damaged or unwritable cache is passed over. On a small ranks file in the
-tiktoken format (the real one takes seconds to convert)."""
+tiktoken format (the real one takes half a minute to convert)."""
 
 from __future__ import annotations
 

