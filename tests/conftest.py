@@ -46,20 +46,6 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Pa
     return Path(done.read_text())
 
 
-@pytest.fixture(scope="session", autouse=True)
-def vocabulary_cache(tmp_path_factory) -> Path:
-    """vlmkit keeps the real Qwen2 vocabulary it rebuilds (half a minute each time) in `$VLMKIT_CACHE`: here one
-    folder for the whole test run, shared by the xdist workers and the vlmkit processes the tests start (they
-    inherit the variable), so the run converts it once and writes nothing outside its temporary folders."""
-    root = tmp_path_factory.getbasetemp()
-    if "PYTEST_XDIST_WORKER" in os.environ:
-        root = root.parent
-    folder = root / "vlmkit-cache"
-    folder.mkdir(exist_ok=True)
-    os.environ["VLMKIT_CACHE"] = str(folder)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Family name -> folder of a tiny model with the real Qwen2 vocabulary (built lazily)."""
