@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -22,8 +23,14 @@ from vlmkit.media.images import load_image, read_image_size
 from vlmkit.sample import to_sample
 
 
+@functools.cache
+def tokenizer_of(path):
+    """One tokenizer per (read-only, session) model folder: the real-vocabulary ones take seconds to load."""
+    return AutoTokenizer.from_pretrained(path)
+
+
 def template_for(path, **settings):
-    return family_for_model_dir(path).load_template(path, AutoTokenizer.from_pretrained(path), **settings)
+    return family_for_model_dir(path).load_template(path, tokenizer_of(path), **settings)
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,13 @@ def hf_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
 
 
+@pytest.fixture(scope="module")
+def red_cat(tmp_path_factory):
+    """A scripted model that answers "red cat" to anything, in a folder named `right` (eval names its rows and
+    images after it); built once for the tests that train from it or score it (they only read it)."""
+    return build_scripted_model("qwen2-vl", tmp_path_factory.mktemp("red_cat") / "right", "red cat", small_vocab=True)
+
+
 # -- metrics on fixed inputs (expected values worked out by hand from each metric's definition) ------
 
 
@@ -214,13 +221,13 @@ def test_eval_predictions_file_scores_rows_and_counts_failed_and_unparsed(tmp_pa
         cli("eval", "--predictions", given, "--output", tmp_path / "out")
 
 
-def test_eval_two_models_side_by_side_on_a_vqa_parquet(tmp_path):
+def test_eval_two_models_side_by_side_on_a_vqa_parquet(tmp_path, red_cat):
     rows = [
         {"question": f"What is shown {i}?", "answers": ["a red cat", "red cat"], "image": {"bytes": png(i)}}
         for i in range(3)
     ]
     data = parquet(rows, tmp_path / "vqa.parquet")
-    right = build_scripted_model("qwen2-vl", tmp_path / "right", "red cat", small_vocab=True)
+    right = red_cat
     wrong = build_scripted_model("qwen2-vl", tmp_path / "wrong", "a blue dog", small_vocab=True)
     out = cli(
         "eval",
@@ -413,13 +420,13 @@ def test_eval_multiple_choice_predictions_and_option_mistakes(tmp_path):
         cli("eval", "--predictions", bad, "-o", tmp_path / "v")
 
 
-def test_sft_eval_metric_scores_generated_answers_at_each_eval(tmp_path, monkeypatch):
+def test_sft_eval_metric_scores_generated_answers_at_each_eval(tmp_path, monkeypatch, red_cat):
     rows = [
         {"question": f"What is it {i}?", "answers": ["red cat", "a red cat"], "image": {"bytes": png(i)}}
         for i in range(4)
     ]
     data = parquet(rows, tmp_path / "vqa.parquet")
-    model = build_scripted_model("qwen2-vl", tmp_path / "m", "red cat", small_vocab=True)
+    model = red_cat
     monkeypatch.chdir(tmp_path)
     tracker = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"  # the `train` extra
     out = cli("sft", "-m", model, "--dataset", data, "--val-dataset", data, "--max-steps", 2, "--eval-steps", 1,
@@ -450,10 +457,10 @@ def test_sft_eval_metric_scores_generated_answers_at_each_eval(tmp_path, monkeyp
     )
 
 
-def test_sft_save_best_keeps_the_best_scored_checkpoint_besides_the_last(tmp_path, monkeypatch):
+def test_sft_save_best_keeps_the_best_scored_checkpoint_besides_the_last(tmp_path, monkeypatch, red_cat):
     rows = [{"question": "What is it?", "answers": ["red cat"], "image": {"bytes": png(i)}} for i in range(2)]
     data = parquet(rows, tmp_path / "vqa.parquet")
-    model = build_scripted_model("qwen2-vl", tmp_path / "m", "red cat", small_vocab=True)
+    model = red_cat
     monkeypatch.chdir(tmp_path)
     common = ["-m", model, "--dataset", data, "--val-dataset", data, "--max-steps", 3, "--eval-steps", 1,
               "--save-steps", 1, "--eval-metric", "anls", "--eval-metric-rows", 2, "--eval-generate", 0,
@@ -483,13 +490,13 @@ def test_sft_save_best_keeps_the_best_scored_checkpoint_besides_the_last(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tracker", ["wandb", "mlflow", "swanlab"])
-def test_sft_eval_metric_prediction_table_reaches_each_tracker_offline(tmp_path, monkeypatch, tracker):
+def test_sft_eval_metric_prediction_table_reaches_each_tracker_offline(tmp_path, monkeypatch, red_cat, tracker):
     pytest.importorskip(tracker)
     rows = [
         {"question": f"What is it {i}?", "answers": ["red cat"], "image": {"bytes": png(i)}} for i in range(2)
     ]
     data = parquet(rows, tmp_path / "vqa.parquet")
-    model = build_scripted_model("qwen2-vl", tmp_path / "m", "red cat", small_vocab=True)
+    model = red_cat
     monkeypatch.chdir(tmp_path)
     # each tracker's own offline setting (their environment variables, not vlmkit's)
     monkeypatch.setenv("WANDB_MODE", "offline")
