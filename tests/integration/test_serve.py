@@ -7,6 +7,7 @@ import concurrent.futures
 import http.server
 import io
 import json
+import resource
 import socket
 import subprocess
 import sys
@@ -35,11 +36,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(*args: str, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(*args: str, log: Path, open_files: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`vlmkit serve ARGS` on a free port; `open_files` sets its open-files limit (soft and hard)."""
     port = free_port()
     cmd = [sys.executable, "-m", "vlmkit", "serve", "--port", str(port), "--log-level", "warning", *args]
     out = log.open("w")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    limit = None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

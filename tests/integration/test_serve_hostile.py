@@ -502,3 +502,94 @@ def test_a_request_abandoned_in_the_queue_ends_its_handler(small_model):
     first, events = asyncio.run(run())
     assert first == ("error", CLIENT_GONE)
     assert [e[0] for e in events] == ["delta", "finish", "done"]
+
+
+# -- 8. stalled bodies, one client holding every connection, shutdown ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def crowded(small_model, tmp_path_factory):
+    """A server whose connection limit is 64 (open-files limit 128), 24 connections per client address and
+    a 2 s body deadline; each test here connects from its own loopback addresses (127.0.0.x)."""
+    log = tmp_path_factory.mktemp("log") / "server.log"
+    proc, url = start_server(
+        "--model", str(small_model), "--served-model-name", NAME, "--max-tokens", "8",
+        "--max-connections-per-client", "24", "--body-timeout", "2",
+        log=log, open_files=128,
+    )  # fmt: skip
+    yield proc, url
+    stop_server(proc)
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def stalled_body(url: str, source: str) -> tuple[socket.socket, bytes]:
+    """A connection from `source` that sends a chat request's headers, waits for the server's first answer,
+    then sends 10 of its 1000 body bytes and nothing more. Returns it and that answer: "HTTP/1.1 100" once
+    the handler reads the body (the request holds its connection), a 503 at the limit, b"" if closed."""
+    sock = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), source_address=(source, 0))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n")  # fmt: skip
+    sock.settimeout(30)
+    try:
+        first = sock.recv(12)
+    except ConnectionResetError:
+        first = b""
+    if first == b"HTTP/1.1 100":
+        sock.recv(65536)  # the rest of the 100 Continue
+        sock.sendall(b'{"messages"')
+    return sock, first
+
+
+def answer(sock: socket.socket, timeout: float) -> bytes:
+    """What the server sends before it closes (b"" when it closes without a word), within `timeout` s."""
+    sock.settimeout(timeout)
+    reply = b""
+    try:
+        while chunk := sock.recv(65536):
+            reply += chunk
+    except ConnectionResetError:
+        pass
+    return reply
+
+
+def test_a_stalled_request_body_is_answered_408_at_the_body_timeout(crowded):
+    """A request whose body stalls after its headers used to hold its connection for ever."""
+    _, url = crowded
+    start = time.monotonic()
+    sock, first = stalled_body(url, "127.0.0.1")
+    with sock:
+        reply = answer(sock, timeout=30).decode()
+    assert first == b"HTTP/1.1 100" and time.monotonic() - start < 10, "not cut at --body-timeout 2"
+    assert reply.startswith("HTTP/1.1 408"), reply
+    message = json.loads(reply.split("\r\n\r\n", 1)[1])["error"]["message"]
+    assert message == "the request body did not arrive within 2 s (--body-timeout); send it at once"
+
+
+def test_one_client_cannot_fill_the_server_and_health_always_answers(crowded):
+    """127 stalled connections from one client made /health and chat answer 503 for as long as they were held,
+    and reconnecting kept them held. Now one address holds 24 at most (more are closed at once), /health
+    answers even when clients at three addresses fill the limit of 64, and the stalled ones end at 2 s."""
+    _, url = crowded
+    local = {address: httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30)
+             for address in ("127.0.0.5", "127.0.0.6")}  # fmt: skip
+    chat = {"model": NAME, "messages": user("hi"), "max_tokens": 2}
+    opened = {address: [stalled_body(url, address) for _ in range(24)] for address in ("127.0.0.2", "127.0.0.3")}
+    try:
+        assert all(first == b"HTTP/1.1 100" for address in opened for _, first in opened[address])
+        one_too_many, first = stalled_body(url, "127.0.0.2")
+        with one_too_many:
+            assert first == b""  # closed at once, nothing read
+        opened["127.0.0.4"] = [stalled_body(url, "127.0.0.4") for _ in range(24)]
+        assert b"HTTP/1.1 503" in [first for _, first in opened["127.0.0.4"]]  # the limit of 64 is reached
+        assert local["127.0.0.5"].get(f"{url}/health").json()["status"] == "ok"
+        assert local["127.0.0.6"].post(f"{url}/v1/chat/completions", json=chat).status_code == 503
+        held = [sock for address in opened for sock, first in opened[address] if first == b"HTTP/1.1 100"]
+        assert 60 <= len(held) <= 64
+        assert all(answer(sock, timeout=30).startswith(b"HTTP/1.1 408") for sock in held)
+        reply = local["127.0.0.6"].post(f"{url}/v1/chat/completions", json=chat)
+        assert reply.status_code == 200 and reply.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    finally:
+        for sock, _ in (pair for pairs in opened.values() for pair in pairs):
+            sock.close()
+        for client_ in local.values():
+            client_.close()

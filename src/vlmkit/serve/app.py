@@ -28,6 +28,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from vlmkit import __version__
 from vlmkit.serve.engine import ENGINE_STOPPED, Engine, Job
@@ -258,11 +259,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if length.isdigit() and int(length) > limit:
         raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or cut at --body-timeout (the protocol has answered 408)
+        raise APIError(400, "the client disconnected before sending the whole request body") from None
     return b"".join(chunks)
 
 

@@ -30,10 +30,14 @@ class ServeLimits:
     )
     max_video_frames: int = option(128, "Most frames sampled from one video of a request (413 beyond).")
     max_batch_size: int = option(16, "Most sequences generated together.")
+    body_timeout: float = option(60.0, "Seconds allowed to receive a request body once its headers are in (408 beyond).")
+    max_connections_per_client: int = option(
+        128, "Connections one client address may hold open at once; more are closed at once."
+    )
 
     def check(self) -> None:
         for name in ("max_request_bytes", "max_media_bytes", "max_tokens", "max_total_tokens", "max_prompt_tokens",
-                     "max_video_frames", "max_image_pixels", "max_batch_size"):  # fmt: skip
+                     "max_video_frames", "max_image_pixels", "max_batch_size", "max_connections_per_client"):  # fmt: skip
             value = getattr(self, name) or (1 if name == "max_prompt_tokens" else 0)  # None: the context length
             if value < 1:
                 raise VlmkitError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -42,8 +46,9 @@ class ServeLimits:
                 f"--max-tokens {self.max_tokens} is over --max-total-tokens {self.max_total_tokens}; every request "
                 "would be refused"
             )
-        if self.media_timeout <= 0:
-            raise VlmkitError(f"--media-timeout must be above 0, got {self.media_timeout}")
+        for name in ("media_timeout", "body_timeout"):
+            if getattr(self, name) <= 0:
+                raise VlmkitError(f"--{name.replace('_', '-')} must be above 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits,
 
     from vlmkit.serve.app import ServerConfig, create_app, is_loopback_name
     from vlmkit.serve.engine import Engine
-    from vlmkit.serve.protocol import TimedH11Protocol
+    from vlmkit.serve.protocol import timed_protocol
 
     config = ServerConfig(
         api_key=api_key,
@@ -190,7 +190,8 @@ def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits,
             port=port,
             log_level=log_level,
             server_header=False,
-            http=TimedH11Protocol,  # a deadline for request headers, and malformed requests in OpenAI's shape
+            # deadlines for request headers and bodies, connections per client, malformed requests in OpenAI's shape
+            http=timed_protocol(limits.body_timeout, limits.max_connections_per_client),
             timeout_keep_alive=5,  # idle keep-alive connections are closed (they hold file descriptors)
             h11_max_incomplete_event_size=64 * 1024,  # request line and headers
             limit_concurrency=_connection_limit(),
@@ -238,10 +239,16 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _connection_limit() -> int:
-    """Connections served at once (503 beyond): half the open-files limit, so /health stays reachable."""
+    """Connections served at once (503 beyond, /health excepted): half the open-files limit, so the model's
+    files can still be opened, at most 1000. The soft open-files limit is raised to the hard one first (up to
+    8192, as Go programs do), since a default of 256 or 1024 would let a few clients fill the server."""
     import resource
 
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
     return max(32, min(1000, soft // 2)) if soft != resource.RLIM_INFINITY else 1000
 
 
