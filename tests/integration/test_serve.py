@@ -321,6 +321,13 @@ def bomb_data_url() -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def eps_data_url() -> str:
+    """An EPS file sent as a PNG: Pillow would run Ghostscript on its PostScript (issue 26 #B3)."""
+    buffer = io.BytesIO()
+    random_image(20, 20).save(buffer, format="EPS")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def refusal_cases(media: dict[str, Path]) -> list[tuple[str, bytes | dict, int, str]]:
     ok, root = media["allowed"], media["root"]
     chat = {"model": NAME, "max_tokens": 2}
@@ -351,6 +358,8 @@ def refusal_cases(media: dict[str, Path]) -> list[tuple[str, bytes | dict, int, 
          "not a public address; only public URLs are allowed here; a server started with --allow-private-urls"),
         ("not an image", {**chat, "messages": user("x", image_part("data:image/png;base64,aGVsbG8="))}, 400,
          "not an image"),
+        ("EPS image", {**chat, "messages": user("x", image_part(eps_data_url()))}, 400,
+         "not an image file, or not in a format read here (JPEG, PNG, WEBP, GIF, BMP, TIFF"),
         ("bad video", {**chat, "messages": user("x", {"type": "video_url", "video_url": {"url": str(ok / "clip.mp4")}})},
          400, "video"),
         ("decompression bomb", {**chat, "messages": user("x", image_part(bomb_data_url()))}, 413, "pixels"),

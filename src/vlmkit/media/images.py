@@ -35,6 +35,10 @@ from vlmkit.errors import MediaError, MediaTooLargeError, PrivateUrlError, Vlmki
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _DATA_URL = re.compile(r"^data:(image|video)/[\w.+-]+(;[^,;]*)*;base64,", re.IGNORECASE)
 _REDIRECTS = (301, 302, 303, 307, 308)
+# The only image formats decoded (Pillow's names): what cameras, phones, browsers and datasets produce. Pillow
+# reads some 40 more, each a parser of untrusted bytes, and EPS runs Ghostscript on the file's PostScript.
+# HEIF is read only when the pillow-heif plugin is registered; an MPO (a camera's multi-picture JPEG) is a JPEG.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
 
 
 @dataclass(frozen=True)
@@ -236,12 +240,13 @@ def _open_checked(source: Any, where: str, policy: MediaPolicy) -> tuple[Image.I
     try:
         with warnings.catch_warnings():  # our own pixel limit replaces Pillow's warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+            image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data, formats=_readable_formats())
     except Image.DecompressionBombError:
         limit = min(policy.max_image_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0))
         raise MediaTooLargeError(f"{where}: image is over the limit of {limit} pixels") from None
     except Image.UnidentifiedImageError:
-        raise MediaError(f"{where}: not an image file (or not a format Pillow can read)") from None
+        names = ", ".join(_readable_formats())
+        raise MediaError(f"{where}: not an image file, or not in a format read here ({names}); convert it to PNG or JPEG") from None
     except Exception as e:
         raise MediaError(f"{where}: not a readable image ({_one_line(e)})") from None
     if image.width * image.height > policy.max_image_pixels:
@@ -251,6 +256,12 @@ def _open_checked(source: Any, where: str, policy: MediaPolicy) -> tuple[Image.I
             f"{policy.max_image_pixels} pixels"
         )
     return image, where
+
+
+def _readable_formats() -> tuple[str, ...]:
+    """IMAGE_FORMATS that this Pillow can open (Image.open refuses a name it does not know)."""
+    Image.init()
+    return tuple(name for name in IMAGE_FORMATS if name in Image.OPEN)
 
 
 def _upright_size(image: Image.Image, header_only: bool = True) -> tuple[int, int]:
