@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import json
 import socket
 import socketserver
@@ -268,6 +269,69 @@ def test_slow_media_never_holds_up_text_only_requests(server, client, slow_media
     assert reply.choices[0].message.content is not None
     assert waited < 8, f"a text-only request waited {waited:.1f} s behind slow media fetches"
     assert statuses == [400] * 45
+
+
+def test_dns_is_within_the_media_timeout_and_idn_hosts_are_fetched(small_model, monkeypatch):
+    """A slow DNS answer used to be waited for outside --media-timeout (5.1 s against 2 s), and a host name
+    in another script failed with a latin-1 codec error. In-process server; the resolver is replaced: a
+    name that takes 5 s to resolve, and the punycode name of bücher.test that resolves to a local server."""
+    import http.server
+
+    from conftest import random_image
+    from fastapi.testclient import TestClient
+
+    import vlmkit
+    from vlmkit.media.images import MediaPolicy
+    from vlmkit.serve.app import ServedModel, ServerConfig, create_app
+    from vlmkit.serve.engine import Engine
+
+    png = io.BytesIO()
+    random_image(30, 30).save(png, format="PNG")
+    hosts = []
+
+    class Media(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            hosts.append(self.headers["Host"])
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(png.getvalue())))
+            self.end_headers()
+            self.wfile.write(png.getvalue())
+
+        def log_message(self, *args):
+            pass
+
+    media_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Media)
+    threading.Thread(target=media_server.serve_forever, daemon=True).start()
+    port = media_server.server_address[1]
+    real = socket.getaddrinfo
+
+    def resolver(host, *args, **kwargs):
+        if host == "slow-dns.test":
+            time.sleep(5)
+        if host in ("slow-dns.test", "xn--bcher-kva.test"):
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    vlm = vlmkit.load(str(small_model))
+    policy = MediaPolicy(timeout=1, allow_private_urls=True, allow_local_files=False)
+    app = create_app(Engine(vlm, {NAME: None}), {NAME: ServedModel(NAME, vlm.template, "m")},
+                     ServerConfig(max_tokens=2, policy=policy))  # fmt: skip
+    try:
+        with TestClient(app) as test_client:
+            start = time.monotonic()
+            slow = test_client.post("/v1/chat/completions", json={"messages": user("x", image_part(f"http://slow-dns.test:{port}/a.png"))})
+            assert time.monotonic() - start < 3
+            assert slow.status_code == 400
+            assert slow.json()["error"]["message"] == (
+                f"request: image 1: could not fetch http://slow-dns.test:{port}/a.png: timed out after 1 s "
+                "(resolving slow-dns.test)"
+            )
+            idn = test_client.post("/v1/chat/completions", json={"messages": user("x", image_part(f"http://bücher.test:{port}/ä.png"))})
+            assert idn.status_code == 200, idn.text
+            assert idn.json()["usage"]["prompt_tokens"] > 10 and hosts == [f"xn--bcher-kva.test:{port}"]
+    finally:
+        media_server.shutdown()
 
 
 # -- 5. browsers, DNS rebinding, the URL filter, idle connections ----------------------------------------
