@@ -257,6 +257,9 @@ def test_n_choices_seed_and_stop(client):
 def test_model_field_picks_the_adapter_with_its_own_settings(client, adapter, base_vlm):
     listed = {m.id: m for m in client.models.list().data}
     assert set(listed) == {NAME, "brief"}
+    assert (listed["brief"].root, listed["brief"].parent, listed[NAME].root) == ("brief", NAME, NAME)
+    shown = client.models.with_raw_response.list().text
+    assert str(adapter) not in shown and str(base_vlm.path) not in shown  # were the roots: paths on the server
     messages = [{"role": "user", "content": "Hello"}]
     served_base = client.chat.completions.create(model=NAME, messages=messages, max_tokens=8)
     served_adapter = client.chat.completions.create(model="brief", messages=messages, max_tokens=8)

@@ -44,7 +44,8 @@ log = logging.getLogger("vlmkit.serve")
 
 @dataclass
 class ServedModel:
-    """One name in /v1/models: the template it encodes with (its own saved settings) and its path."""
+    """One name in /v1/models: the template it encodes with (its own saved settings) and its folder (`root`,
+    never shown to clients: /v1/models gives names only, the server's file system is not theirs to see)."""
 
     name: str
     template: Template
@@ -125,7 +126,7 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
                 "object": "model",
                 "created": created,
                 "owned_by": "vlmkit",
-                "root": m.root,
+                "root": m.name,
                 "parent": m.parent,
             }
             for m in models.values()
