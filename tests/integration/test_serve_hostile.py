@@ -182,6 +182,9 @@ def test_every_budget_is_refused_naming_its_flag(client):
          openai.BadRequestError, "limit of 4096 tokens per request .--max-prompt-tokens."),
         ("image over the pixel limit", dict(messages=user("x", image_part(big_image_url(1001)))),
          openai.APIStatusError, "image is 1001 x 1001, over this server's limit of 1000000 pixels .--max-image-pixels."),
+        # 400 M pixels: over Pillow's own bomb limit, which refused it naming Pillow's number (issue 26 #B10)
+        ("image over Pillow's limit", dict(messages=user("x", image_part(big_image_url(20_000)))),
+         openai.APIStatusError, "image is over this server's limit of 1000000 pixels .--max-image-pixels."),
         ("video frames over the pixel limit", dict(messages=user("x", video_part(mp4_data_url(4, 1008)))),
          openai.APIStatusError, "each video frame is 1008 x 1008, over this server's limit of 1000000 pixels"),
         ("too many frames", dict(messages=user("x", video_part(mp4_data_url(40, 56)))),

@@ -203,7 +203,6 @@ def fetch_sample_media(sample: Sample, template: Template, config: ServerConfig)
     path) and checked against the pixel and frame limits from its header, before anything is decoded:
     the template then never reads a client-given path or URL itself."""
     policy = config.policy
-    headers_only = replace(policy, max_image_pixels=2**62)  # the size is checked below, naming the flag
     messages, counts = [], {"image": 0, "video": 0}
     for message in sample.messages:
         parts = []
@@ -214,8 +213,7 @@ def fetch_sample_media(sample: Sample, template: Template, config: ServerConfig)
                 where = f"{sample.where}: {kind} {counts[kind]}"
                 data = _fetch(part[kind], where, policy)
                 if kind == "image":
-                    height, width = read_image_size(data, where, headers_only)
-                    _check_pixels(height, width, where, "image", policy)
+                    _check_image(data, where, policy)
                 else:
                     _check_video(data, where, template, config)
                 part = {"type": kind, kind: data}
@@ -229,6 +227,17 @@ def _fetch(source: Any, where: str, policy: MediaPolicy) -> Any:
         return fetch_media(source, where, policy)
     except PrivateUrlError as e:  # the operator may mean it: name the flag that allows it
         raise PrivateUrlError(f"{e}; a server started with --allow-private-urls fetches such URLs") from None
+
+
+def _check_image(data: Any, where: str, policy: MediaPolicy) -> None:
+    """The image's size from its header, within --max-image-pixels."""
+    try:
+        height, width = read_image_size(data, where, replace(policy, max_image_pixels=2**62))  # checked below
+    except MediaTooLargeError:  # Pillow's own decompression-bomb check (set above ours at start), before the size
+        raise MediaTooLargeError(
+            f"{where}: image is over this server's limit of {policy.max_image_pixels} pixels (--max-image-pixels)"
+        ) from None
+    _check_pixels(height, width, where, "image", policy)
 
 
 def _check_pixels(height: int, width: int, where: str, what: str, policy: MediaPolicy) -> None:

@@ -174,6 +174,11 @@ def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits,
         policy=media_policy(limits, media),
         loopback_only=api_key is None and is_loopback_name(host),
     )
+    # Pillow refuses images over twice its own limit before vlmkit reads their size: keep that above ours, so
+    # --max-image-pixels is the limit a client meets and the one its 413 names
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limits.max_image_pixels)
     server: uvicorn.Server | None = None
 
     def engine_failed() -> None:  # from the engine thread: stop serving, so the process exits non-zero
