@@ -203,6 +203,24 @@ def test_every_budget_is_refused_naming_its_flag(client):
     assert still.usage.prompt_tokens > 20  # a short video is within every limit
 
 
+def test_huge_text_is_refused_before_it_is_tokenized(client):
+    """4 MB of text, or thousands of messages, used to be tokenized whole (seconds of CPU each, 25-39 s for
+    the real vocabulary) before the prompt budget refused them; now the characters and the message count are
+    checked first (--max-prompt-chars, default 8 per token of the 4096-token budget)."""
+    cases = [
+        (user("词语 word\n" * 500_000), "the text is 4000000 characters, over this server's limit of 32768 "
+         "characters per request .--max-prompt-chars.; send less text"),
+        ([{"role": "user", "content": "x"}] * 5000, "5000 messages cannot fit this server's limit of 4096 tokens "
+         "per request .--max-prompt-tokens.; send fewer"),
+    ]  # fmt: skip
+    for messages, message in cases:
+        start = time.monotonic()
+        with pytest.raises(openai.BadRequestError, match=message) as caught:
+            client.chat.completions.create(model=NAME, messages=messages, max_tokens=2)
+        assert caught.value.code == "context_length_exceeded"
+        assert time.monotonic() - start < 10
+
+
 def test_an_abandoned_request_stops_generating(server, client):
     """A non-streamed request whose client has gone stops at its next token: the next request does not wait
     for thousands of tokens nobody will read."""

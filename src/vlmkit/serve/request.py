@@ -64,6 +64,7 @@ class ServerConfig:
     max_n: int = 8
     max_total_tokens: int = 8192  # n x max_tokens
     max_prompt_tokens: int = 32768
+    max_prompt_chars: int = 8 * 32768  # text characters, checked before tokenizing
     max_video_frames: int = 128
     media_workers: int = 8  # requests fetching media at once; text-only requests never wait for them
     policy: MediaPolicy = field(
@@ -147,6 +148,7 @@ def prepare(
     stop = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or [])
     if len(stop) > 4 or not all(stop):
         raise APIError(400, "stop: give up to 4 non-empty strings", param="stop")
+    _check_text_size(chat, config)
     if chat.messages[-1].role == "assistant":
         raise APIError(
             400, "messages: the last message is from the assistant; end with a user turn", param="messages"
@@ -167,6 +169,41 @@ def prepare(
         max_new_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p, seed=chat.seed
     )
     return encoded, options, tuple(stop)
+
+
+def _check_text_size(chat: ChatRequest, config: ServerConfig) -> None:
+    """Refuse a prompt that cannot fit before tokenizing it (a few MB of text cost seconds of CPU each): every
+    message takes at least one token, and the text at most --max-prompt-chars characters."""
+    if len(chat.messages) > config.max_prompt_tokens:
+        raise APIError(
+            400,
+            f"messages: {len(chat.messages)} messages cannot fit this server's limit of {config.max_prompt_tokens} "
+            "tokens per request (--max-prompt-tokens); send fewer",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    chars = sum(_text_chars(m.content) for m in chat.messages)
+    if chars > config.max_prompt_chars:
+        raise APIError(
+            400,
+            f"messages: the text is {chars} characters, over this server's limit of {config.max_prompt_chars} "
+            "characters per request (--max-prompt-chars); send less text",
+            param="messages",
+            code="context_length_exceeded",
+        )
+
+
+def _text_chars(content: Any) -> int:
+    """Characters of text in a message's content (a string, or parts whose text is counted)."""
+    if isinstance(content, str):
+        return len(content)
+    if not isinstance(content, list):
+        return 0
+    return sum(
+        len(part) if isinstance(part, str)
+        else len(part["text"]) if isinstance(part, dict) and isinstance(part.get("text"), str) else 0
+        for part in content
+    )  # fmt: skip
 
 
 def _check_prompt(tokens: int, config: ServerConfig) -> None:

@@ -23,6 +23,9 @@ from vlmkit.models.loader import CHECKPOINT_RE, LoadOptions, is_complete, load_t
 from vlmkit.serve.options import MediaAccess, ServeLimits, media_policy
 from vlmkit.settings import EncodingSettings, encoding_settings
 
+# The default --max-prompt-chars per token of --max-prompt-tokens: text runs 3-5 characters a token, code with
+# long runs of spaces rarely more than 8; a longer text is refused before it is tokenized (seconds of CPU a MB).
+PROMPT_CHARS_PER_TOKEN = 8
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
@@ -163,13 +166,15 @@ def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits,
     from vlmkit.serve.engine import Engine
     from vlmkit.serve.protocol import timed_protocol
 
+    prompt_tokens = limits.max_prompt_tokens or context_length(vlm)
     config = ServerConfig(
         api_key=api_key,
         max_request_bytes=limits.max_request_bytes,
         max_tokens=limits.max_tokens,
         max_tokens_limit=max(limits.max_tokens, 4096),
         max_total_tokens=limits.max_total_tokens,
-        max_prompt_tokens=limits.max_prompt_tokens or context_length(vlm),
+        max_prompt_tokens=prompt_tokens,
+        max_prompt_chars=limits.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * prompt_tokens,
         max_video_frames=limits.max_video_frames,
         policy=media_policy(limits, media),
         loopback_only=api_key is None and is_loopback_name(host),
