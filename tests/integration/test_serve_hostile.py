@@ -286,9 +286,14 @@ def test_slow_media_never_holds_up_text_only_requests(server, client, slow_media
         start = time.monotonic()
         reply = client.chat.completions.create(model=NAME, messages=user("ping"), max_tokens=2)
         waited = time.monotonic() - start
+        start = time.monotonic()  # an inline image needs no fetch: it used to wait in the same 8 workers (13 s)
+        inline = client.chat.completions.create(model=NAME, messages=user("x", image_part(data_url(
+            Image.new("RGB", (56, 56), "red")))), max_tokens=2)  # fmt: skip
+        waited_inline = time.monotonic() - start
         statuses = [f.result().status_code for f in slow]
-    assert reply.choices[0].message.content is not None
+    assert reply.choices[0].message.content is not None and inline.usage.prompt_tokens > 10
     assert waited < 8, f"a text-only request waited {waited:.1f} s behind slow media fetches"
+    assert waited_inline < 8, f"an inline image waited {waited_inline:.1f} s behind slow media fetches"
     assert statuses == [400] * 45
 
 

@@ -32,7 +32,7 @@ from starlette.requests import ClientDisconnect
 
 from vlmkit import __version__
 from vlmkit.serve.engine import ENGINE_STOPPED, Engine, Job
-from vlmkit.serve.request import APIError, ChatRequest, ServerConfig, has_media, parse, prepare
+from vlmkit.serve.request import APIError, ChatRequest, ServerConfig, fetches_urls, parse, prepare
 
 if TYPE_CHECKING:
     from vlmkit.families.interface import Template
@@ -154,8 +154,9 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
                 param="model",
                 code="model_not_found",
             )
-        # Media fetches wait on slow servers: they get their own workers, so text-only requests never queue behind them.
-        limiter = media_workers if has_media(chat) else text_workers
+        # URL fetches wait on slow servers: they get their own workers, so that text-only requests and inline media
+        # (decoded here, as text is tokenized here) never queue behind them.
+        limiter = media_workers if fetches_urls(chat) else text_workers
         encoded, options, stop = await anyio.to_thread.run_sync(
             prepare, chat, models[name].template, config, limiter=limiter
         )

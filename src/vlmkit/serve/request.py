@@ -113,15 +113,20 @@ def parse(body: bytes) -> ChatRequest:
         raise APIError(400, f"{param}: {first['msg']}", param=param) from None
 
 
-def has_media(chat: ChatRequest) -> bool:
-    """Whether any message has a part other than text (such requests fetch media, in their own pool)."""
-    return any(
-        isinstance(m.content, list)
-        and any(
-            not (isinstance(p, str) or (isinstance(p, dict) and p.get("type") == "text")) for p in m.content
-        )
-        for m in chat.messages
-    )
+def fetches_urls(chat: ChatRequest) -> bool:
+    """Whether a media part names an http(s) URL: such a request waits on another server, so it is prepared
+    in its own workers, and neither text-only requests nor inline (data:) media queue behind it."""
+    return any(isinstance(m.content, list) and any(_names_url(p) for p in m.content) for m in chat.messages)
+
+
+def _names_url(value: Any) -> bool:
+    if isinstance(value, str):
+        return value[:8].lower().startswith(("http://", "https://"))
+    if isinstance(value, dict):  # {"type": "image_url", "image_url": {"url": ...}}; a text part's text is text
+        return any(_names_url(v) for k, v in value.items() if k != "text")
+    if isinstance(value, list):  # a video given as a list of frames
+        return any(_names_url(v) for v in value)
+    return False
 
 
 def prepare(
