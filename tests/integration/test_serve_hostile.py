@@ -221,6 +221,26 @@ def test_huge_text_is_refused_before_it_is_tokenized(client):
         assert time.monotonic() - start < 10
 
 
+def test_a_video_of_many_tiny_frames_and_a_raw_h264_stream_are_refused_in_one_line(client, tmp_path):
+    """Decoding cost follows the frames read, not the frames kept: 6,000 frames of 16 x 16 in 2 s (4 sampled)
+    were all decoded (300,000 such frames took 26 s). Now more than 300 frames decoded per frame sampled is a
+    413. A raw H.264 stream (no container) is a 400 naming it (issue 27 #14 for data check, sft and infer)."""
+    import base64
+
+    from test_hostile_rows import write_raw_h264
+
+    cases = [
+        (mp4_data_url(6000, 16, rate=3000), openai.APIStatusError,
+         "video 1: sampling 4 frames needs more than 1200 frames decoded .a very high frame rate or keyframes far apart."),
+        ("data:video/mp4;base64," + base64.b64encode(write_raw_h264(tmp_path / "clip.h264").read_bytes()).decode(),
+         openai.BadRequestError, "video 1: a raw h264 stream without a container"),
+    ]  # fmt: skip
+    for url, error, message in cases:
+        with pytest.raises(error, match=message) as caught:
+            client.chat.completions.create(model=NAME, messages=user("x", video_part(url)), max_tokens=2)
+        assert caught.value.status_code in (400, 413)
+
+
 def test_an_abandoned_request_stops_generating(server, client):
     """A non-streamed request whose client has gone stops at its next token: the next request does not wait
     for thousands of tokens nobody will read."""
