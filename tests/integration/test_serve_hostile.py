@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import io
 import json
+import signal
 import socket
 import socketserver
 import threading
@@ -703,3 +704,27 @@ def test_one_client_cannot_fill_the_server_and_health_always_answers(crowded):
             sock.close()
         for client_ in local.values():
             client_.close()
+
+
+def test_sigterm_answers_requests_in_flight_and_exits_in_seconds(crowded):
+    """After SIGTERM the server used to wait for every generation in flight (still running at 240 s). Now they
+    stop at their next token, each request is answered 503 saying why, and the process exits. (This test
+    stops the module's `crowded` server: it comes last.)"""
+    proc, url = crowded
+    body = {"model": NAME, "messages": user("long"), "max_tokens": 4000, "n": 2}  # minutes on this model
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        plain = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=120)
+        streamed = pool.submit(
+            lambda: httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=120).text
+        )
+        time.sleep(3)  # both are generating
+        start = time.monotonic()
+        proc.terminate()
+        proc.wait(timeout=30)
+        exited = time.monotonic() - start
+        reply, events = plain.result(timeout=30), streamed.result(timeout=30)
+    message = "the server is shutting down; this request was not finished, send it again"
+    assert reply.status_code == 503 and reply.json()["error"]["message"] == message
+    assert message in events and events.endswith("data: [DONE]\n\n")
+    assert exited < 10, f"still running {exited:.0f} s after SIGTERM"
+    assert proc.returncode in (0, -signal.SIGTERM)  # uvicorn raises the signal again once it has shut down

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from vlmkit import __version__
-from vlmkit.serve.engine import ENGINE_STOPPED, Engine, Job
+from vlmkit.serve.engine import ENGINE_STOPPED, SHUTTING_DOWN, Engine, Job
 from vlmkit.serve.request import APIError, ChatRequest, ServerConfig, fetches_urls, parse, prepare
 
 if TYPE_CHECKING:
@@ -344,7 +344,7 @@ async def _reply(job: Job, request_id: str, model: str, texts: dict, finishes: d
             usage = event[1]
             break
         else:
-            raise APIError(503 if event[1] == ENGINE_STOPPED else 500, event[1], "server_error")
+            raise APIError(503 if event[1] in (ENGINE_STOPPED, SHUTTING_DOWN) else 500, event[1], "server_error")
     choices = [
         {
             "index": i,

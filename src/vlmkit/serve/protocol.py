@@ -1,5 +1,5 @@
 """uvicorn's HTTP/1.1 protocol with the changes `vlmkit serve` needs against slow and greedy clients, and
-malformed requests answered in OpenAI's error shape.
+malformed requests answered in OpenAI's error shape; uvicorn's server that stops generating when it shuts down.
 
 uvicorn closes a keep-alive connection that stays idle after a response (`timeout_keep_alive`), but
 not a new connection that never sends a request, nor one that sends its headers a byte at a time, nor
@@ -17,11 +17,29 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Callable
 
 import h11
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 HEADER_TIMEOUT = 10.0
+# After SIGTERM, requests still running this long (a body or a media fetch arriving) are cancelled.
+SHUTDOWN_GRACE = 3.0
+
+
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server, which on SIGTERM or Ctrl-C waits for every request in flight to finish: here the
+    engine's `shut_down` is called first, so generations stop at their next token and their requests are
+    answered 503 at once, and the process exits in seconds instead of after the longest generation."""
+
+    def __init__(self, config: uvicorn.Config, shut_down: Callable[[], None]):
+        super().__init__(config)
+        self.shut_down = shut_down
+
+    async def shutdown(self, sockets: list | None = None) -> None:
+        self.shut_down()
+        await super().shutdown(sockets)
 
 
 def timed_protocol(body_timeout: float, max_connections_per_client: int) -> type[TimedH11Protocol]:

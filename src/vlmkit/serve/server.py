@@ -164,7 +164,7 @@ def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits,
 
     from vlmkit.serve.app import ServerConfig, create_app, is_loopback_name
     from vlmkit.serve.engine import Engine
-    from vlmkit.serve.protocol import timed_protocol
+    from vlmkit.serve.protocol import SHUTDOWN_GRACE, StoppingServer, timed_protocol
 
     prompt_tokens = limits.max_prompt_tokens or context_length(vlm)
     config = ServerConfig(
@@ -193,7 +193,7 @@ def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits,
     engine = Engine(vlm, peft_names, max_batch_rows=limits.max_batch_size, on_failure=engine_failed)
     app = create_app(engine, models, config)
     logging.getLogger("vlmkit.serve").setLevel(log_level.upper())
-    server = uvicorn.Server(
+    server = StoppingServer(
         uvicorn.Config(
             app,
             host=host,
@@ -205,7 +205,9 @@ def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits,
             timeout_keep_alive=5,  # idle keep-alive connections are closed (they hold file descriptors)
             h11_max_incomplete_event_size=64 * 1024,  # request line and headers
             limit_concurrency=_connection_limit(),
-        )
+            timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        ),
+        shut_down=engine.shut_down,
     )
     print(f"serving {', '.join(models)} on http://{host}:{port}/v1", flush=True)
     server.run()
