@@ -146,7 +146,7 @@ def expected_bad(path, last):
     return [
         (f"{path}:2", "invalid JSON (Expecting property name enclosed in double quotes at column 2)"),
         (f"{path}:3", f"image 1 not found: {d}/gone.png (relative paths are looked up in {d}; name the folder they are relative to with --media-root)"),
-        (f"{path}:4", f"image 1: {d}/corrupt.png: not an image file (or not a format Pillow can read)"),
+        (f"{path}:4", f"image 1: {d}/corrupt.png: not an image file, or not in a format read here (JPEG, PNG, WEBP, GIF, BMP, TIFF, AVIF); convert it to PNG or JPEG"),
         (
             f"{path}:5",
             "2 <image> placeholder(s) in the messages but 1 image(s) listed in 'images'; make them match",

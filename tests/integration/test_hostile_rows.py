@@ -1,7 +1,9 @@
 """Issue 27 #14: one hostile row among good ones (a raw H.264 stream named .h264 or .mp4, a NaN box, a lone
 surrogate, 100,000-deep JSON, a number where text goes) is one line naming file:line in `vlmkit data check`,
 `vlmkit sft` (and `--streaming`, resumed) and `vlmkit infer --input`; the other rows are checked, trained and
-answered. Each used to stop the whole command with a traceback, or, for a number, train on its digits."""
+answered. Each used to stop the whole command with a traceback, or, for a number, train on its digits.
+Issue 26 #B3: an image in a format outside the allowlist (EPS, which made Pillow run Ghostscript on the file's
+PostScript; PCX, one of some 40 other formats Pillow reads) is refused the same way, and Ghostscript never runs."""
 
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ GOOD = {
 }
 
 
+def image_row(name: str) -> str:
+    return json.dumps({**GOOD, "images": [name]}, ensure_ascii=False)
+
+
 def video_row(name: str) -> str:
     row = {"messages": [{"role": "user", "content": "<video>What happens?"}, {"role": "assistant", "content": "Nothing."}]}
     return json.dumps({**row, "videos": [name]})
@@ -35,6 +41,8 @@ def video_row(name: str) -> str:
 KINDS = {
     "raw H.264 named .h264": (video_row("clip.h264"), "video 1: {folder}/clip.h264: a raw h264 stream without a container"),
     "raw H.264 named .mp4": (video_row("clip.mp4"), "video 1: {folder}/clip.mp4: a raw h264 stream without a container"),
+    "EPS image": (image_row("drawing.eps"), "image 1: {folder}/drawing.eps: not an image file, or not in a format read here"),
+    "PCX image named .png": (image_row("scan.png"), "image 1: {folder}/scan.png: not an image file, or not in a format read here"),
     "NaN box": (
         '{"messages": [{"role": "user", "content": "<image>What is at <bbox>?"}, {"role": "assistant", "content": '
         '"<ref-object>"}], "images": ["square.png"], "objects": {"ref": ["cat"], "bbox": [[NaN, 1, 20, 30]]}}',
@@ -80,6 +88,8 @@ def hostile(tmp_path_factory) -> tuple[Path, dict[str, int]]:
     random_image(56, 56).save(folder / "square.png")
     write_raw_h264(folder / "clip.h264")
     shutil.copy(folder / "clip.h264", folder / "clip.mp4")  # the same raw stream under a container's name
+    random_image(56, 56).save(folder / "drawing.eps", format="EPS")
+    random_image(56, 56).save(folder / "scan.png", format="PCX")
     lines, at = [json.dumps(GOOD, ensure_ascii=False)], {}
     for kind, (line, _) in KINDS.items():
         at[kind] = len(lines) + 1
@@ -89,11 +99,17 @@ def hostile(tmp_path_factory) -> tuple[Path, dict[str, int]]:
 
 
 def vlmkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run vlmkit with a `gs` first on PATH that leaves a file `ghostscript-ran` when run."""
+    fake = cwd / "fake-bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "gs").write_text(f"#!/bin/sh\ntouch '{cwd / 'ghostscript-ran'}'\nexit 1\n")
+    (fake / "gs").chmod(0o755)
     done = subprocess.run(
         [sys.executable, "-m", "vlmkit", *args], cwd=cwd, capture_output=True, text=True, timeout=400,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"},
     )  # fmt: skip
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert not (cwd / "ghostscript-ran").exists(), "Pillow ran Ghostscript on a client's EPS file"
     return done
 
 

@@ -7,6 +7,7 @@ import concurrent.futures
 import http.server
 import io
 import json
+import resource
 import socket
 import subprocess
 import sys
@@ -35,11 +36,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(*args: str, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(*args: str, log: Path, open_files: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`vlmkit serve ARGS` on a free port; `open_files` sets its open-files limit (soft and hard)."""
     port = free_port()
     cmd = [sys.executable, "-m", "vlmkit", "serve", "--port", str(port), "--log-level", "warning", *args]
     out = log.open("w")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    limit = None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -254,6 +257,9 @@ def test_n_choices_seed_and_stop(client):
 def test_model_field_picks_the_adapter_with_its_own_settings(client, adapter, base_vlm):
     listed = {m.id: m for m in client.models.list().data}
     assert set(listed) == {NAME, "brief"}
+    assert (listed["brief"].root, listed["brief"].parent, listed[NAME].root) == ("brief", NAME, NAME)
+    shown = client.models.with_raw_response.list().text
+    assert str(adapter) not in shown and str(base_vlm.path) not in shown  # were the roots: paths on the server
     messages = [{"role": "user", "content": "Hello"}]
     served_base = client.chat.completions.create(model=NAME, messages=messages, max_tokens=8)
     served_adapter = client.chat.completions.create(model="brief", messages=messages, max_tokens=8)
@@ -318,6 +324,13 @@ def bomb_data_url() -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def eps_data_url() -> str:
+    """An EPS file sent as a PNG: Pillow would run Ghostscript on its PostScript (issue 26 #B3)."""
+    buffer = io.BytesIO()
+    random_image(20, 20).save(buffer, format="EPS")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def refusal_cases(media: dict[str, Path]) -> list[tuple[str, bytes | dict, int, str]]:
     ok, root = media["allowed"], media["root"]
     chat = {"model": NAME, "max_tokens": 2}
@@ -348,6 +361,8 @@ def refusal_cases(media: dict[str, Path]) -> list[tuple[str, bytes | dict, int, 
          "not a public address; only public URLs are allowed here; a server started with --allow-private-urls"),
         ("not an image", {**chat, "messages": user("x", image_part("data:image/png;base64,aGVsbG8="))}, 400,
          "not an image"),
+        ("EPS image", {**chat, "messages": user("x", image_part(eps_data_url()))}, 400,
+         "not an image file, or not in a format read here (JPEG, PNG, WEBP, GIF, BMP, TIFF"),
         ("bad video", {**chat, "messages": user("x", {"type": "video_url", "video_url": {"url": str(ok / "clip.mp4")}})},
          400, "video"),
         ("decompression bomb", {**chat, "messages": user("x", image_part(bomb_data_url()))}, 413, "pixels"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import json
+import signal
 import socket
 import socketserver
 import threading
@@ -181,6 +183,9 @@ def test_every_budget_is_refused_naming_its_flag(client):
          openai.BadRequestError, "limit of 4096 tokens per request .--max-prompt-tokens."),
         ("image over the pixel limit", dict(messages=user("x", image_part(big_image_url(1001)))),
          openai.APIStatusError, "image is 1001 x 1001, over this server's limit of 1000000 pixels .--max-image-pixels."),
+        # 400 M pixels: over Pillow's own bomb limit, which refused it naming Pillow's number (issue 26 #B10)
+        ("image over Pillow's limit", dict(messages=user("x", image_part(big_image_url(20_000)))),
+         openai.APIStatusError, "image is over this server's limit of 1000000 pixels .--max-image-pixels."),
         ("video frames over the pixel limit", dict(messages=user("x", video_part(mp4_data_url(4, 1008)))),
          openai.APIStatusError, "each video frame is 1008 x 1008, over this server's limit of 1000000 pixels"),
         ("too many frames", dict(messages=user("x", video_part(mp4_data_url(40, 56)))),
@@ -197,6 +202,44 @@ def test_every_budget_is_refused_naming_its_flag(client):
         model=NAME, messages=user("x", video_part(mp4_data_url(8, 56))), max_tokens=2
     )
     assert still.usage.prompt_tokens > 20  # a short video is within every limit
+
+
+def test_huge_text_is_refused_before_it_is_tokenized(client):
+    """4 MB of text, or thousands of messages, used to be tokenized whole (seconds of CPU each, 25-39 s for
+    the real vocabulary) before the prompt budget refused them; now the characters and the message count are
+    checked first (--max-prompt-chars, default 8 per token of the 4096-token budget)."""
+    cases = [
+        (user("词语 word\n" * 500_000), "the text is 4000000 characters, over this server's limit of 32768 "
+         "characters per request .--max-prompt-chars.; send less text"),
+        ([{"role": "user", "content": "x"}] * 5000, "5000 messages cannot fit this server's limit of 4096 tokens "
+         "per request .--max-prompt-tokens.; send fewer"),
+    ]  # fmt: skip
+    for messages, message in cases:
+        start = time.monotonic()
+        with pytest.raises(openai.BadRequestError, match=message) as caught:
+            client.chat.completions.create(model=NAME, messages=messages, max_tokens=2)
+        assert caught.value.code == "context_length_exceeded"
+        assert time.monotonic() - start < 10
+
+
+def test_a_video_of_many_tiny_frames_and_a_raw_h264_stream_are_refused_in_one_line(client, tmp_path):
+    """Decoding cost follows the frames read, not the frames kept: 6,000 frames of 16 x 16 in 2 s (4 sampled)
+    were all decoded (300,000 such frames took 26 s). Now more than 300 frames decoded per frame sampled is a
+    413. A raw H.264 stream (no container) is a 400 naming it (issue 27 #14 for data check, sft and infer)."""
+    import base64
+
+    from test_hostile_rows import write_raw_h264
+
+    cases = [
+        (mp4_data_url(6000, 16, rate=3000), openai.APIStatusError,
+         "video 1: sampling 4 frames needs more than 1200 frames decoded .a very high frame rate or keyframes far apart."),
+        ("data:video/mp4;base64," + base64.b64encode(write_raw_h264(tmp_path / "clip.h264").read_bytes()).decode(),
+         openai.BadRequestError, "video 1: a raw h264 stream without a container"),
+    ]  # fmt: skip
+    for url, error, message in cases:
+        with pytest.raises(error, match=message) as caught:
+            client.chat.completions.create(model=NAME, messages=user("x", video_part(url)), max_tokens=2)
+        assert caught.value.status_code in (400, 413)
 
 
 def test_an_abandoned_request_stops_generating(server, client):
@@ -253,7 +296,7 @@ def test_slow_media_never_holds_up_text_only_requests(server, client, slow_media
     in, and a text-only request waited for them."""
     body = {"model": NAME, "messages": user("x", image_part(slow_media)), "max_tokens": 2}
     _TrickledHeaders.connections = 0
-    with concurrent.futures.ThreadPoolExecutor(45) as pool:
+    with concurrent.futures.ThreadPoolExecutor(46) as pool:
         slow = [
             pool.submit(httpx.post, f"{server}/v1/chat/completions", json=body, timeout=120)
             for _ in range(45)
@@ -261,13 +304,84 @@ def test_slow_media_never_holds_up_text_only_requests(server, client, slow_media
         while _TrickledHeaders.connections < 8:  # the media workers are all busy (and every worker, before)
             time.sleep(0.1)
         time.sleep(2.0)  # the other requests arrive meanwhile
-        start = time.monotonic()
-        reply = client.chat.completions.create(model=NAME, messages=user("ping"), max_tokens=2)
-        waited = time.monotonic() - start
+
+        def timed(messages: list[dict]) -> tuple[float, openai.types.chat.ChatCompletion]:
+            start = time.monotonic()
+            reply = client.chat.completions.create(model=NAME, messages=messages, max_tokens=2)
+            return time.monotonic() - start, reply
+
+        # an inline image needs no fetch, but it waited in the same 8 workers as the 37 slow fetches queued
+        inline = pool.submit(timed, user("x", image_part(data_url(Image.new("RGB", (56, 56), "red")))))
+        waited, reply = timed(user("ping"))
+        waited_inline, inline_reply = inline.result()
         statuses = [f.result().status_code for f in slow]
-    assert reply.choices[0].message.content is not None
+    assert reply.choices[0].message.content is not None and inline_reply.usage.prompt_tokens > 10
     assert waited < 8, f"a text-only request waited {waited:.1f} s behind slow media fetches"
+    assert waited_inline < 5, f"an inline image waited {waited_inline:.1f} s behind slow media fetches"
     assert statuses == [400] * 45
+
+
+def test_dns_is_within_the_media_timeout_and_idn_hosts_are_fetched(small_model, monkeypatch):
+    """A slow DNS answer used to be waited for outside --media-timeout (5.1 s against 2 s), and a host name
+    in another script failed with a latin-1 codec error. In-process server; the resolver is replaced: a
+    name that takes 5 s to resolve, and the punycode name of bücher.test that resolves to a local server."""
+    import http.server
+
+    from conftest import random_image
+    from fastapi.testclient import TestClient
+
+    import vlmkit
+    from vlmkit.media.images import MediaPolicy
+    from vlmkit.serve.app import ServedModel, ServerConfig, create_app
+    from vlmkit.serve.engine import Engine
+
+    png = io.BytesIO()
+    random_image(30, 30).save(png, format="PNG")
+    hosts = []
+
+    class Media(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            hosts.append(self.headers["Host"])
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(png.getvalue())))
+            self.end_headers()
+            self.wfile.write(png.getvalue())
+
+        def log_message(self, *args):
+            pass
+
+    media_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Media)
+    threading.Thread(target=media_server.serve_forever, daemon=True).start()
+    port = media_server.server_address[1]
+    real = socket.getaddrinfo
+
+    def resolver(host, *args, **kwargs):
+        if host == "slow-dns.test":
+            time.sleep(5)
+        if host in ("slow-dns.test", "xn--bcher-kva.test"):
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    vlm = vlmkit.load(str(small_model))
+    policy = MediaPolicy(timeout=1, allow_private_urls=True, allow_local_files=False)
+    app = create_app(Engine(vlm, {NAME: None}), {NAME: ServedModel(NAME, vlm.template, "m")},
+                     ServerConfig(max_tokens=2, policy=policy))  # fmt: skip
+    try:
+        with TestClient(app) as test_client:
+            start = time.monotonic()
+            slow = test_client.post("/v1/chat/completions", json={"messages": user("x", image_part(f"http://slow-dns.test:{port}/a.png"))})
+            assert time.monotonic() - start < 3
+            assert slow.status_code == 400
+            assert slow.json()["error"]["message"] == (
+                f"request: image 1: could not fetch http://slow-dns.test:{port}/a.png: timed out after 1 s "
+                "(resolving slow-dns.test)"
+            )
+            idn = test_client.post("/v1/chat/completions", json={"messages": user("x", image_part(f"http://bücher.test:{port}/ä.png"))})
+            assert idn.status_code == 200, idn.text
+            assert idn.json()["usage"]["prompt_tokens"] > 10 and hosts == [f"xn--bcher-kva.test:{port}"]
+    finally:
+        media_server.shutdown()
 
 
 # -- 5. browsers, DNS rebinding, the URL filter, idle connections ----------------------------------------
@@ -502,3 +616,118 @@ def test_a_request_abandoned_in_the_queue_ends_its_handler(small_model):
     first, events = asyncio.run(run())
     assert first == ("error", CLIENT_GONE)
     assert [e[0] for e in events] == ["delta", "finish", "done"]
+
+
+# -- 8. stalled bodies, one client holding every connection, shutdown ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def crowded(small_model, tmp_path_factory):
+    """A server whose connection limit is 64 (open-files limit 128), 24 connections per client address and
+    a 2 s body deadline; each test here connects from its own loopback addresses (127.0.0.x)."""
+    log = tmp_path_factory.mktemp("log") / "server.log"
+    proc, url = start_server(
+        "--model", str(small_model), "--served-model-name", NAME, "--max-tokens", "8",
+        "--max-connections-per-client", "24", "--body-timeout", "2",
+        log=log, open_files=128,
+    )  # fmt: skip
+    yield proc, url
+    stop_server(proc)
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def stalled_body(url: str, source: str) -> tuple[socket.socket, bytes]:
+    """A connection from `source` that sends a chat request's headers, waits for the server's first answer,
+    then sends 10 of its 1000 body bytes and nothing more. Returns it and that answer: "HTTP/1.1 100" once
+    the handler reads the body (the request holds its connection), a 503 at the limit, b"" if closed."""
+    sock = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), source_address=(source, 0))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n")  # fmt: skip
+    sock.settimeout(30)
+    try:
+        first = sock.recv(12)
+    except ConnectionResetError:
+        first = b""
+    if first == b"HTTP/1.1 100":
+        sock.recv(65536)  # the rest of the 100 Continue
+        sock.sendall(b'{"messages"')
+    return sock, first
+
+
+def answer(sock: socket.socket, timeout: float) -> bytes:
+    """What the server sends before it closes (b"" when it closes without a word), within `timeout` s."""
+    sock.settimeout(timeout)
+    reply = b""
+    try:
+        while chunk := sock.recv(65536):
+            reply += chunk
+    except ConnectionResetError:
+        pass
+    return reply
+
+
+def test_a_stalled_request_body_is_answered_408_at_the_body_timeout(crowded):
+    """A request whose body stalls after its headers used to hold its connection for ever."""
+    _, url = crowded
+    start = time.monotonic()
+    sock, first = stalled_body(url, "127.0.0.1")
+    with sock:
+        reply = answer(sock, timeout=30).decode()
+    assert first == b"HTTP/1.1 100" and time.monotonic() - start < 10, "not cut at --body-timeout 2"
+    assert reply.startswith("HTTP/1.1 408"), reply
+    message = json.loads(reply.split("\r\n\r\n", 1)[1])["error"]["message"]
+    assert message == "the request body did not arrive within 2 s (--body-timeout); send it at once"
+
+
+def test_one_client_cannot_fill_the_server_and_health_always_answers(crowded):
+    """127 stalled connections from one client made /health and chat answer 503 for as long as they were held,
+    and reconnecting kept them held. Now one address holds 24 at most (more are closed at once), /health
+    answers even when clients at three addresses fill the limit of 64, and the stalled ones end at 2 s."""
+    _, url = crowded
+    local = {address: httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30)
+             for address in ("127.0.0.5", "127.0.0.6")}  # fmt: skip
+    chat = {"model": NAME, "messages": user("hi"), "max_tokens": 2}
+    opened = {address: [stalled_body(url, address) for _ in range(24)] for address in ("127.0.0.2", "127.0.0.3")}
+    try:
+        assert all(first == b"HTTP/1.1 100" for address in opened for _, first in opened[address])
+        one_too_many, first = stalled_body(url, "127.0.0.2")
+        with one_too_many:
+            assert first == b""  # closed at once, nothing read
+        opened["127.0.0.4"] = [stalled_body(url, "127.0.0.4") for _ in range(24)]
+        assert b"HTTP/1.1 503" in [first for _, first in opened["127.0.0.4"]]  # the limit of 64 is reached
+        assert local["127.0.0.5"].get(f"{url}/health").json()["status"] == "ok"
+        assert local["127.0.0.6"].post(f"{url}/v1/chat/completions", json=chat).status_code == 503
+        held = [sock for address in opened for sock, first in opened[address] if first == b"HTTP/1.1 100"]
+        assert 60 <= len(held) <= 64
+        assert all(answer(sock, timeout=30).startswith(b"HTTP/1.1 408") for sock in held)
+        reply = local["127.0.0.6"].post(f"{url}/v1/chat/completions", json=chat)
+        assert reply.status_code == 200 and reply.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    finally:
+        for sock, _ in (pair for pairs in opened.values() for pair in pairs):
+            sock.close()
+        for client_ in local.values():
+            client_.close()
+
+
+def test_sigterm_answers_requests_in_flight_and_exits_in_seconds(crowded):
+    """After SIGTERM the server used to wait for every generation in flight (still running at 240 s). Now they
+    stop at their next token, each request is answered 503 saying why, and the process exits. (This test
+    stops the module's `crowded` server: it comes last.)"""
+    proc, url = crowded
+    body = {"model": NAME, "messages": user("long"), "max_tokens": 4000, "n": 2}  # minutes on this model
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        plain = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=120)
+        streamed = pool.submit(
+            lambda: httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=120).text
+        )
+        time.sleep(3)  # both are generating
+        start = time.monotonic()
+        proc.terminate()
+        proc.wait(timeout=30)
+        exited = time.monotonic() - start
+        reply, events = plain.result(timeout=30), streamed.result(timeout=30)
+    message = "the server is shutting down; this request was not finished, send it again"
+    assert reply.status_code == 503 and reply.json()["error"]["message"] == message
+    assert message in events and events.endswith("data: [DONE]\n\n")
+    assert exited < 10, f"still running {exited:.0f} s after SIGTERM"
+    assert proc.returncode in (0, -signal.SIGTERM)  # uvicorn raises the signal again once it has shut down

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -35,6 +35,10 @@ from vlmkit.errors import MediaError, MediaTooLargeError, PrivateUrlError, Vlmki
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _DATA_URL = re.compile(r"^data:(image|video)/[\w.+-]+(;[^,;]*)*;base64,", re.IGNORECASE)
 _REDIRECTS = (301, 302, 303, 307, 308)
+# The only image formats decoded (Pillow's names): what cameras, phones, browsers and datasets produce. Pillow
+# reads some 40 more, each a parser of untrusted bytes, and EPS runs Ghostscript on the file's PostScript.
+# HEIF is read only when the pillow-heif plugin is registered; an MPO (a camera's multi-picture JPEG) is a JPEG.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
 
 
 @dataclass(frozen=True)
@@ -236,12 +240,13 @@ def _open_checked(source: Any, where: str, policy: MediaPolicy) -> tuple[Image.I
     try:
         with warnings.catch_warnings():  # our own pixel limit replaces Pillow's warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+            image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data, formats=_readable_formats())
     except Image.DecompressionBombError:
         limit = min(policy.max_image_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0))
         raise MediaTooLargeError(f"{where}: image is over the limit of {limit} pixels") from None
     except Image.UnidentifiedImageError:
-        raise MediaError(f"{where}: not an image file (or not a format Pillow can read)") from None
+        names = ", ".join(_readable_formats())
+        raise MediaError(f"{where}: not an image file, or not in a format read here ({names}); convert it to PNG or JPEG") from None
     except Exception as e:
         raise MediaError(f"{where}: not a readable image ({_one_line(e)})") from None
     if image.width * image.height > policy.max_image_pixels:
@@ -251,6 +256,12 @@ def _open_checked(source: Any, where: str, policy: MediaPolicy) -> tuple[Image.I
             f"{policy.max_image_pixels} pixels"
         )
     return image, where
+
+
+def _readable_formats() -> tuple[str, ...]:
+    """IMAGE_FORMATS that this Pillow can open (Image.open refuses a name it does not know)."""
+    Image.init()
+    return tuple(name for name in IMAGE_FORMATS if name in Image.OPEN)
 
 
 def _upright_size(image: Image.Image, header_only: bool = True) -> tuple[int, int]:
@@ -348,7 +359,7 @@ def _fetch(url: str, where: str, policy: MediaPolicy) -> bytes:
     try:
         for _ in range(policy.max_redirects + 1):
             try:
-                with opener.open(current, timeout=deadline.left()) as response:
+                with opener.open(_ascii_url(current), timeout=deadline.left()) as response:
                     return _read_limited(response, deadline, policy)
             except urllib.error.HTTPError as e:
                 e.close()
@@ -427,17 +438,46 @@ def _resolve(host: str, port: int) -> list[str]:
     return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
-def _vetted_address(host: str, port: int) -> str:
-    """Resolve `host` once and check every address it has; the caller connects to the address returned,
-    so DNS that answers otherwise later cannot send the connection elsewhere. Nothing is connected to
-    before the check, so refusals do not tell open ports from closed ones."""
+def _resolve_within(host: str, port: int, deadline: _Deadline) -> list[str]:
+    """`host`'s addresses, looked up within the fetch's deadline. The system resolver takes no timeout, so it
+    runs in a thread that the fetch stops waiting for at the deadline (the thread ends at the resolver's own)."""
+    answer: dict[str, Any] = {}
+
+    def lookup() -> None:
+        try:
+            answer["addresses"] = _resolve(host, port)
+        except (OSError, UnicodeError) as e:
+            answer["error"] = e
+
+    thread = threading.Thread(target=lookup, name="vlmkit-resolve", daemon=True)
+    thread.start()
+    thread.join(deadline.left())
+    if thread.is_alive():
+        raise _FetchError(f"timed out after {deadline.seconds:g} s (resolving {host})")
+    if "error" in answer:
+        error = answer["error"]
+        raise _FetchError(f"cannot resolve {host} ({getattr(error, 'strerror', None) or _one_line(error)})")
+    return answer["addresses"]
+
+
+def _ascii_url(url: str) -> str:
+    """`url` as it goes on the wire: an internationalised host name in its IDNA (punycode) form, other
+    non-ASCII characters percent-encoded (http.client sends only ASCII)."""
+    if url.isascii():
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
     try:
-        addresses = _resolve(host, port)
-    except socket.gaierror as e:
-        raise _FetchError(f"cannot resolve {host} ({e.strerror})") from None
-    for address in addresses:
-        _check_public_address(host, address)
-    return addresses[0]
+        netloc = f"[{host}]" if ":" in host else host.encode("idna").decode("ascii")  # an IPv6 address is ASCII
+    except UnicodeError:
+        raise _FetchError(f"{host!r} is not a valid host name") from None
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    if "@" in parts.netloc:
+        netloc = parts.netloc.rsplit("@", 1)[0] + "@" + netloc
+    safe = "/%:@!$&'()*+,;=?~-._"
+    return urlunsplit((parts.scheme, quote(netloc, safe=safe + "[]"), quote(parts.path, safe=safe),
+                       quote(parts.query, safe=safe), quote(parts.fragment, safe=safe)))  # fmt: skip
 
 
 # IPv6 ranges that carry an IPv4 address in their last 32 bits: IPv4-compatible (::a.b.c.d), IPv4-mapped,
@@ -484,12 +524,25 @@ class _DeadlineConnection:
         self._create_connection = self._open_socket  # what http.client's `connect` opens its socket with
 
     def _open_socket(self, address: tuple[str, int], timeout: Any = None, source_address: Any = None) -> socket.socket:
+        """Resolve the host once, within the deadline, check every address when vetting (nothing is connected
+        to before the check, so refusals do not tell open ports from closed ones), then connect to those
+        addresses in turn: DNS that answers otherwise later cannot send the connection elsewhere. HTTPS still
+        checks the certificate against the URL's host."""
         host, port = address
+        addresses = _resolve_within(host, port, self.deadline)
         if self.vet:
-            host = _vetted_address(host, port)  # HTTPS still checks the certificate against the URL's host
-        sock = socket.create_connection((host, port), timeout=self.deadline.left(), source_address=source_address)
-        self.deadline.guard(sock)
-        return sock
+            for ip in addresses:
+                _check_public_address(host, ip)
+        for ip in addresses:
+            try:
+                sock = socket.create_connection((ip, port), timeout=self.deadline.left(), source_address=source_address)
+            except OSError:
+                if ip == addresses[-1]:
+                    raise
+                continue
+            self.deadline.guard(sock)
+            return sock
+        raise _FetchError(f"{host} has no address")
 
 
 class _DeadlineHTTPConnection(_DeadlineConnection, http.client.HTTPConnection):

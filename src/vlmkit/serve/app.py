@@ -28,10 +28,11 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from vlmkit import __version__
-from vlmkit.serve.engine import ENGINE_STOPPED, Engine, Job
-from vlmkit.serve.request import APIError, ChatRequest, ServerConfig, has_media, parse, prepare
+from vlmkit.serve.engine import ENGINE_STOPPED, SHUTTING_DOWN, Engine, Job
+from vlmkit.serve.request import APIError, ChatRequest, ServerConfig, fetches_urls, parse, prepare
 
 if TYPE_CHECKING:
     from vlmkit.families.interface import Template
@@ -43,7 +44,8 @@ log = logging.getLogger("vlmkit.serve")
 
 @dataclass
 class ServedModel:
-    """One name in /v1/models: the template it encodes with (its own saved settings) and its path."""
+    """One name in /v1/models: the template it encodes with (its own saved settings) and its folder (`root`,
+    never shown to clients: /v1/models gives names only, the server's file system is not theirs to see)."""
 
     name: str
     template: Template
@@ -124,7 +126,7 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
                 "object": "model",
                 "created": created,
                 "owned_by": "vlmkit",
-                "root": m.root,
+                "root": m.name,
                 "parent": m.parent,
             }
             for m in models.values()
@@ -152,8 +154,9 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
                 param="model",
                 code="model_not_found",
             )
-        # Media fetches wait on slow servers: they get their own workers, so text-only requests never queue behind them.
-        limiter = media_workers if has_media(chat) else text_workers
+        # URL fetches wait on slow servers: they get their own workers, so that text-only requests and inline media
+        # (decoded here, as text is tokenized here) never queue behind them.
+        limiter = media_workers if fetches_urls(chat) else text_workers
         encoded, options, stop = await anyio.to_thread.run_sync(
             prepare, chat, models[name].template, config, limiter=limiter
         )
@@ -258,11 +261,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if length.isdigit() and int(length) > limit:
         raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or cut at --body-timeout (the protocol has answered 408)
+        raise APIError(400, "the client disconnected before sending the whole request body") from None
     return b"".join(chunks)
 
 
@@ -338,7 +344,7 @@ async def _reply(job: Job, request_id: str, model: str, texts: dict, finishes: d
             usage = event[1]
             break
         else:
-            raise APIError(503 if event[1] == ENGINE_STOPPED else 500, event[1], "server_error")
+            raise APIError(503 if event[1] in (ENGINE_STOPPED, SHUTTING_DOWN) else 500, event[1], "server_error")
     choices = [
         {
             "index": i,

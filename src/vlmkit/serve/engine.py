@@ -32,6 +32,7 @@ ENGINE_STOPPED = (
     "the server's generation thread has stopped (see the server log); the server is shutting down"
 )
 CLIENT_GONE = "the client disconnected before generation began"
+SHUTTING_DOWN = "the server is shutting down; this request was not finished, send it again"
 # A job joins a batch only while its longest prompt is at most twice its shortest plus this many tokens.
 _PADDING_SLACK = 256
 
@@ -165,14 +166,25 @@ class Engine:
         if self.thread.is_alive():
             self.thread.join(timeout=30)
 
+    def shut_down(self) -> None:
+        """Stop generating now (the server is exiting): every queued and running request gets SHUTTING_DOWN at
+        once, the running batch ends at its next token, and later requests are refused the same way."""
+        with self.ready:
+            self.stopping = True
+            jobs, self.queue = self.running + list(self.queue), deque()
+            self.ready.notify_all()
+        for job in jobs:
+            job.cancelled = True  # its rows end at the next token (see _RowTracker)
+            job.emit("error", SHUTTING_DOWN)
+
     @property
     def alive(self) -> bool:
         return self.failure is None and self.thread.is_alive()
 
     def submit(self, job: Job) -> None:
         with self.ready:
-            if self.failure is not None:
-                job.emit("error", ENGINE_STOPPED)
+            if self.failure is not None or self.stopping:
+                job.emit("error", ENGINE_STOPPED if self.failure is not None else SHUTTING_DOWN)
                 return
             self.queue.append(job)
             self.ready.notify()
@@ -193,6 +205,7 @@ class Engine:
                 self.ready.wait(left)
             taken = {id(job) for job in batch}
             self.queue = deque(job for job in self.queue if id(job) not in taken)
+            self.running = batch  # under the lock: `shut_down` sees every job as queued or running
             return batch
 
     def _compatible(self) -> tuple[list[Job], int]:
@@ -217,7 +230,6 @@ class Engine:
     def _run(self) -> None:
         try:
             while (batch := self._take_batch()) is not None:
-                self.running = batch
                 self._run_batch(batch)
                 self.running = []
         except BaseException as e:  # a bug in the loop itself: fail loudly rather than hang every client

@@ -28,13 +28,22 @@ class ServeLimits:
     max_prompt_tokens: int | None = option(
         None, "Most prompt tokens (text and media) of one request (400 beyond). Default: the model's context length."
     )
+    max_prompt_chars: int | None = option(
+        None, "Most characters of text in one request's messages, checked before tokenizing (400 beyond). "
+        "Default: 8 per token of --max-prompt-tokens."
+    )
     max_video_frames: int = option(128, "Most frames sampled from one video of a request (413 beyond).")
     max_batch_size: int = option(16, "Most sequences generated together.")
+    body_timeout: float = option(60.0, "Seconds allowed to receive a request body once its headers are in (408 beyond).")
+    max_connections_per_client: int = option(
+        128, "Connections one client address may hold open at once; more are closed at once."
+    )
 
     def check(self) -> None:
         for name in ("max_request_bytes", "max_media_bytes", "max_tokens", "max_total_tokens", "max_prompt_tokens",
-                     "max_video_frames", "max_image_pixels", "max_batch_size"):  # fmt: skip
-            value = getattr(self, name) or (1 if name == "max_prompt_tokens" else 0)  # None: the context length
+                     "max_prompt_chars", "max_video_frames", "max_image_pixels", "max_batch_size", "max_connections_per_client"):  # fmt: skip
+            value = getattr(self, name)
+            value = 1 if value is None else value  # None: derived from the model's context length
             if value < 1:
                 raise VlmkitError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.max_tokens > self.max_total_tokens:
@@ -42,8 +51,9 @@ class ServeLimits:
                 f"--max-tokens {self.max_tokens} is over --max-total-tokens {self.max_total_tokens}; every request "
                 "would be refused"
             )
-        if self.media_timeout <= 0:
-            raise VlmkitError(f"--media-timeout must be above 0, got {self.media_timeout}")
+        for name in ("media_timeout", "body_timeout"):
+            if getattr(self, name) <= 0:
+                raise VlmkitError(f"--{name.replace('_', '-')} must be above 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

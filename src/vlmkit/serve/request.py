@@ -64,6 +64,7 @@ class ServerConfig:
     max_n: int = 8
     max_total_tokens: int = 8192  # n x max_tokens
     max_prompt_tokens: int = 32768
+    max_prompt_chars: int = 8 * 32768  # text characters, checked before tokenizing
     max_video_frames: int = 128
     media_workers: int = 8  # requests fetching media at once; text-only requests never wait for them
     policy: MediaPolicy = field(
@@ -112,15 +113,20 @@ def parse(body: bytes) -> ChatRequest:
         raise APIError(400, f"{param}: {first['msg']}", param=param) from None
 
 
-def has_media(chat: ChatRequest) -> bool:
-    """Whether any message has a part other than text (such requests fetch media, in their own pool)."""
-    return any(
-        isinstance(m.content, list)
-        and any(
-            not (isinstance(p, str) or (isinstance(p, dict) and p.get("type") == "text")) for p in m.content
-        )
-        for m in chat.messages
-    )
+def fetches_urls(chat: ChatRequest) -> bool:
+    """Whether a media part names an http(s) URL: such a request waits on another server, so it is prepared
+    in its own workers, and neither text-only requests nor inline (data:) media queue behind it."""
+    return any(isinstance(m.content, list) and any(_names_url(p) for p in m.content) for m in chat.messages)
+
+
+def _names_url(value: Any) -> bool:
+    if isinstance(value, str):
+        return value[:8].lower().startswith(("http://", "https://"))
+    if isinstance(value, dict):  # {"type": "image_url", "image_url": {"url": ...}}; a text part's text is text
+        return any(_names_url(v) for k, v in value.items() if k != "text")
+    if isinstance(value, list):  # a video given as a list of frames
+        return any(_names_url(v) for v in value)
+    return False
 
 
 def prepare(
@@ -147,6 +153,7 @@ def prepare(
     stop = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop or [])
     if len(stop) > 4 or not all(stop):
         raise APIError(400, "stop: give up to 4 non-empty strings", param="stop")
+    _check_text_size(chat, config)
     if chat.messages[-1].role == "assistant":
         raise APIError(
             400, "messages: the last message is from the assistant; end with a user turn", param="messages"
@@ -167,6 +174,41 @@ def prepare(
         max_new_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p, seed=chat.seed
     )
     return encoded, options, tuple(stop)
+
+
+def _check_text_size(chat: ChatRequest, config: ServerConfig) -> None:
+    """Refuse a prompt that cannot fit before tokenizing it (a few MB of text cost seconds of CPU each): every
+    message takes at least one token, and the text at most --max-prompt-chars characters."""
+    if len(chat.messages) > config.max_prompt_tokens:
+        raise APIError(
+            400,
+            f"messages: {len(chat.messages)} messages cannot fit this server's limit of {config.max_prompt_tokens} "
+            "tokens per request (--max-prompt-tokens); send fewer",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    chars = sum(_text_chars(m.content) for m in chat.messages)
+    if chars > config.max_prompt_chars:
+        raise APIError(
+            400,
+            f"messages: the text is {chars} characters, over this server's limit of {config.max_prompt_chars} "
+            "characters per request (--max-prompt-chars); send less text",
+            param="messages",
+            code="context_length_exceeded",
+        )
+
+
+def _text_chars(content: Any) -> int:
+    """Characters of text in a message's content (a string, or parts whose text is counted)."""
+    if isinstance(content, str):
+        return len(content)
+    if not isinstance(content, list):
+        return 0
+    return sum(
+        len(part) if isinstance(part, str)
+        else len(part["text"]) if isinstance(part, dict) and isinstance(part.get("text"), str) else 0
+        for part in content
+    )  # fmt: skip
 
 
 def _check_prompt(tokens: int, config: ServerConfig) -> None:
@@ -203,7 +245,6 @@ def fetch_sample_media(sample: Sample, template: Template, config: ServerConfig)
     path) and checked against the pixel and frame limits from its header, before anything is decoded:
     the template then never reads a client-given path or URL itself."""
     policy = config.policy
-    headers_only = replace(policy, max_image_pixels=2**62)  # the size is checked below, naming the flag
     messages, counts = [], {"image": 0, "video": 0}
     for message in sample.messages:
         parts = []
@@ -214,8 +255,7 @@ def fetch_sample_media(sample: Sample, template: Template, config: ServerConfig)
                 where = f"{sample.where}: {kind} {counts[kind]}"
                 data = _fetch(part[kind], where, policy)
                 if kind == "image":
-                    height, width = read_image_size(data, where, headers_only)
-                    _check_pixels(height, width, where, "image", policy)
+                    _check_image(data, where, policy)
                 else:
                     _check_video(data, where, template, config)
                 part = {"type": kind, kind: data}
@@ -229,6 +269,17 @@ def _fetch(source: Any, where: str, policy: MediaPolicy) -> Any:
         return fetch_media(source, where, policy)
     except PrivateUrlError as e:  # the operator may mean it: name the flag that allows it
         raise PrivateUrlError(f"{e}; a server started with --allow-private-urls fetches such URLs") from None
+
+
+def _check_image(data: Any, where: str, policy: MediaPolicy) -> None:
+    """The image's size from its header, within --max-image-pixels."""
+    try:
+        height, width = read_image_size(data, where, replace(policy, max_image_pixels=2**62))  # checked below
+    except MediaTooLargeError:  # Pillow's own decompression-bomb check (set above ours at start), before the size
+        raise MediaTooLargeError(
+            f"{where}: image is over this server's limit of {policy.max_image_pixels} pixels (--max-image-pixels)"
+        ) from None
+    _check_pixels(height, width, where, "image", policy)
 
 
 def _check_pixels(height: int, width: int, where: str, what: str, policy: MediaPolicy) -> None:

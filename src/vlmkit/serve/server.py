@@ -23,6 +23,9 @@ from vlmkit.models.loader import CHECKPOINT_RE, LoadOptions, is_complete, load_t
 from vlmkit.serve.options import MediaAccess, ServeLimits, media_policy
 from vlmkit.settings import EncodingSettings, encoding_settings
 
+# The default --max-prompt-chars per token of --max-prompt-tokens: text runs 3-5 characters a token, code with
+# long runs of spaces rarely more than 8; a longer text is refused before it is tokenized (seconds of CPU a MB).
+PROMPT_CHARS_PER_TOKEN = 8
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
@@ -161,19 +164,26 @@ def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits,
 
     from vlmkit.serve.app import ServerConfig, create_app, is_loopback_name
     from vlmkit.serve.engine import Engine
-    from vlmkit.serve.protocol import TimedH11Protocol
+    from vlmkit.serve.protocol import SHUTDOWN_GRACE, StoppingServer, timed_protocol
 
+    prompt_tokens = limits.max_prompt_tokens or context_length(vlm)
     config = ServerConfig(
         api_key=api_key,
         max_request_bytes=limits.max_request_bytes,
         max_tokens=limits.max_tokens,
         max_tokens_limit=max(limits.max_tokens, 4096),
         max_total_tokens=limits.max_total_tokens,
-        max_prompt_tokens=limits.max_prompt_tokens or context_length(vlm),
+        max_prompt_tokens=prompt_tokens,
+        max_prompt_chars=limits.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * prompt_tokens,
         max_video_frames=limits.max_video_frames,
         policy=media_policy(limits, media),
         loopback_only=api_key is None and is_loopback_name(host),
     )
+    # Pillow refuses images over twice its own limit before vlmkit reads their size: keep that above ours, so
+    # --max-image-pixels is the limit a client meets and the one its 413 names
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limits.max_image_pixels)
     server: uvicorn.Server | None = None
 
     def engine_failed() -> None:  # from the engine thread: stop serving, so the process exits non-zero
@@ -183,18 +193,21 @@ def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits,
     engine = Engine(vlm, peft_names, max_batch_rows=limits.max_batch_size, on_failure=engine_failed)
     app = create_app(engine, models, config)
     logging.getLogger("vlmkit.serve").setLevel(log_level.upper())
-    server = uvicorn.Server(
+    server = StoppingServer(
         uvicorn.Config(
             app,
             host=host,
             port=port,
             log_level=log_level,
             server_header=False,
-            http=TimedH11Protocol,  # a deadline for request headers, and malformed requests in OpenAI's shape
+            # deadlines for request headers and bodies, connections per client, malformed requests in OpenAI's shape
+            http=timed_protocol(limits.body_timeout, limits.max_connections_per_client),
             timeout_keep_alive=5,  # idle keep-alive connections are closed (they hold file descriptors)
             h11_max_incomplete_event_size=64 * 1024,  # request line and headers
             limit_concurrency=_connection_limit(),
-        )
+            timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        ),
+        shut_down=engine.shut_down,
     )
     print(f"serving {', '.join(models)} on http://{host}:{port}/v1", flush=True)
     server.run()
@@ -238,10 +251,16 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _connection_limit() -> int:
-    """Connections served at once (503 beyond): half the open-files limit, so /health stays reachable."""
+    """Connections served at once (503 beyond, /health excepted): half the open-files limit, so the model's
+    files can still be opened, at most 1000. The soft open-files limit is raised to the hard one first (up to
+    8192, as Go programs do), since a default of 256 or 1024 would let a few clients fill the server."""
     import resource
 
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
     return max(32, min(1000, soft // 2)) if soft != resource.RLIM_INFINITY else 1000
 
 

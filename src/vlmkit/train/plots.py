@@ -140,7 +140,7 @@ def _save_png(image: Image.Image, path: str | Path, series: dict | None = None) 
 
 def plotted_series(path: str | Path) -> dict[str, dict[str, list[list[float]]]]:
     """The points a line plot drew, as stored in it: {title: {series name: [[x, y], ...]}}."""
-    with Image.open(path) as image:
+    with Image.open(path, formats=["PNG"]) as image:  # our own plot; images from users go through vlmkit.media
         return json.loads(image.text.get("vlmkit-series", "{}"))
 
 
