@@ -10,7 +10,7 @@ setting runs a fresh process that times `--steps` full fine-tuning steps (forwar
 - default: torch as installed (one intra-op thread per core, OpenMP's default wait policy),
 - passive: OMP_WAIT_POLICY=passive (threads sleep at a barrier instead of spinning),
 - 1 thread: OMP_NUM_THREADS=1,
-- vlmkit: no variable set; vlmkit's own choice at start (`vlmkit.commands.threads.choose_threads`).
+- vlmkit: no variable set; vlmkit's own choice at start (`vlmkit.commands.threads.choose_wait_policy`).
 
 The load average (`uptime`) is printed before and after each group: the machine may be shared.
 """
@@ -32,7 +32,7 @@ import sys, time, json
 from pathlib import Path
 import vlmkit.commands.threads
 if sys.argv[3] == "vlmkit":
-    vlmkit.commands.threads.choose_threads()  # before torch is imported, as the CLI does
+    vlmkit.commands.threads.choose_wait_policy()  # before torch is imported, as the CLI does
 import torch
 from vlmkit.families import family_by_name
 from vlmkit.data import load_dataset

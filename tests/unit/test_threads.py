@@ -1,23 +1,18 @@
-"""vlmkit's thread count on a busy machine (issue 28 #8): torch's one thread per core waits at every parallel
-region for threads that other processes keep off the cores; as many threads as cores are free instead."""
+"""How torch's threads wait on a busy machine (issue 28 #8): spinning OpenMP threads burn the CPU time that
+the threads they wait for need; on a busy machine they sleep (OMP_WAIT_POLICY=passive)."""
 
-from vlmkit.commands.threads import choose_threads
+from vlmkit.commands.threads import choose_wait_policy
 
 
-def test_a_busy_machine_gets_as_many_threads_as_cores_are_free():
-    for busy, threads in [(0.1, None), (0.6, None), (0.8, "1"), (1.9, "1")]:
+def test_threads_sleep_while_they_wait_on_a_busy_machine_only():
+    for busy, policy in [(0.1, None), (0.6, None), (0.8, "passive"), (1.9, "passive")]:
         environ: dict[str, str] = {}
-        choose_threads(environ, cores=2, busy=busy)
-        assert environ.get("OMP_NUM_THREADS") == threads, busy
-    environ = {}
-    choose_threads(environ, cores=16, busy=3.2)
-    assert environ == {"OMP_NUM_THREADS": "13", "OMP_WAIT_POLICY": "passive"}
-    environ = {"OMP_WAIT_POLICY": "active"}
-    choose_threads(environ, cores=2, busy=1.0)
-    assert environ == {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "active"}
+        choose_wait_policy(environ, busy=busy)
+        assert environ.get("OMP_WAIT_POLICY") == policy, busy
 
 
-def test_the_user_s_thread_count_is_kept():
-    environ = {"OMP_NUM_THREADS": "2"}
-    choose_threads(environ, cores=2, busy=2.0)
-    assert environ == {"OMP_NUM_THREADS": "2"}
+def test_the_user_s_openmp_settings_are_kept():
+    for mine in ({"OMP_WAIT_POLICY": "active"}, {"OMP_NUM_THREADS": "2"}):
+        environ = dict(mine)
+        choose_wait_policy(environ, busy=2.0)
+        assert environ == mine

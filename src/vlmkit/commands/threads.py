@@ -1,12 +1,12 @@
-"""How many threads torch computes with, chosen once as a command that runs a model starts (before torch is
-imported).
+"""How torch's threads wait, chosen once as a command that runs a model starts (before torch is imported).
 
-torch runs one intra-op thread per core, and each parallel region waits at an OpenMP barrier for all of
-them. On cores that other processes keep busy, one of those threads is often not running, and every
-region waits for it: a step of `vlmkit demo`'s training took 17 s instead of 0.06 s beside other jobs on 2
-cores (benchmarks/RESULTS.md, "A busy machine"). With as many threads as cores are free, a busy machine
-costs vlmkit its fair share instead. A thread count the user set (OMP_NUM_THREADS; torchrun sets it for
-several processes) is always kept.
+torch runs one intra-op thread per core, and at the end of each parallel region OpenMP's threads spin,
+waiting for the others. On cores that other processes keep busy, the thread they wait for is often not
+running, and the spinning burns the CPU time it needs: a training step of `vlmkit demo` took 17 s instead
+of 0.06 s beside other jobs on 2 cores, and 0.35-0.8 s with the threads sleeping while they wait
+(OMP_WAIT_POLICY=passive), faster than with one thread (0.7-2.1 s); benchmarks/RESULTS.md, "A busy
+machine". Sleeping threads use only the CPU time the work needs, so a busy machine costs vlmkit (and costs
+the others) a fair share. A user's OMP_WAIT_POLICY or OMP_NUM_THREADS is kept.
 """
 
 from __future__ import annotations
@@ -37,21 +37,12 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
     return cores * (1 - (idle2 - idle) / max(1, total2 - total))
 
 
-def free_cores(cores: int, busy: float) -> int:
-    """Cores left by processes that use `busy` cores' worth of CPU (a core counts as taken from 3/4 used)."""
-    return max(1, min(cores, cores - int(busy + 0.25)))
-
-
-def choose_threads(environ: dict[str, str] | None = None, cores: int | None = None, busy: float | None = None) -> None:
-    """On a busy machine, set OMP_NUM_THREADS (read by torch at import) to the free cores and OMP_WAIT_POLICY
-    to passive (threads sleep at a barrier instead of spinning on cores others need), unless the user set
-    them; on a quiet machine nothing is set (torch's default: one thread per core, spinning, the fastest
-    there)."""
+def choose_wait_policy(environ: dict[str, str] | None = None, busy: float | None = None) -> None:
+    """Set OMP_WAIT_POLICY=passive (read by torch's OpenMP at import) when other processes use at least 3/4
+    of a core and the user has set neither it nor OMP_NUM_THREADS; on a quiet machine nothing is set
+    (spinning is the fastest there)."""
     environ = os.environ if environ is None else environ
-    if "OMP_NUM_THREADS" in environ:
+    if "OMP_WAIT_POLICY" in environ or "OMP_NUM_THREADS" in environ:
         return
-    cores = len(os.sched_getaffinity(0)) if cores is None else cores
-    threads = free_cores(cores, busy_cores() if busy is None else busy)
-    if threads < cores:
-        environ["OMP_NUM_THREADS"] = str(threads)
-        environ.setdefault("OMP_WAIT_POLICY", "passive")
+    if (busy_cores() if busy is None else busy) >= 0.75:
+        environ["OMP_WAIT_POLICY"] = "passive"
