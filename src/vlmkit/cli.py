@@ -85,7 +85,11 @@ def main() -> None:
     """Entry point: user mistakes print one `error:` line and exit 2; bugs keep their traceback; Ctrl-C
     exits 130 at once (`leave_at_once`)."""
     from vlmkit.commands.peer_env import command_encodes, ignored_variable_warnings
+    from vlmkit.commands.threads import COMMANDS as THREADED_COMMANDS
+    from vlmkit.commands.threads import choose_wait_policy
 
+    if sys.argv[1:2] and sys.argv[1] in THREADED_COMMANDS:
+        choose_wait_policy()  # before the command imports torch
     if command_encodes(sys.argv[1:]):
         for line in ignored_variable_warnings():
             typer.echo(line, err=True)

@@ -286,6 +286,57 @@ def test_ctrl_c_stops_the_streaming_reply_and_a_second_ctrl_c_leaves(endless_mod
     assert "terminate called" not in err and "Traceback" not in err
 
 
+# The chat as a busy machine runs it: once Ctrl-C has asked generation to stop, the step under way takes
+# seconds more (here: 30 s, so the test does not depend on the machine's speed). The generating thread says
+# when it has seen the request, so the second Ctrl-C lands while the chat waits for it.
+SLOW_STOP = """
+import sys, time
+from vlmkit.backends import transformers_backend
+seen = transformers_backend._Cancelled.__call__
+def slow(self, input_ids, scores, **kwargs):
+    if self.event.is_set():
+        sys.stderr.write("[test: stopping]\\n"); sys.stderr.flush()
+        time.sleep(30)
+    return seen(self, input_ids, scores, **kwargs)
+transformers_backend._Cancelled.__call__ = slow
+from vlmkit.cli import main
+sys.argv = ["vlmkit", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_second_ctrl_c_while_the_reply_stops_leaves(endless_model):
+    """Ctrl-C during a reply, and Ctrl-C again while the reply is still stopping (on a busy machine the step
+    under way takes seconds): the user asked to leave, and the chat leaves at once with 130. It used to
+    swallow the second Ctrl-C while it waited for generation to stop (and Python 3.11's interrupted
+    `Thread.join` then took the running thread for stopped), print the prompt and wait there."""
+    import signal
+    import time
+
+    chat = subprocess.Popen(
+        [sys.executable, "-c", SLOW_STOP, "infer", "--model", str(endless_model), "--max-new-tokens", "1000000"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        chat.stdin.write(b"Hi\n")
+        chat.stdin.flush()
+        assert read_until(chat.stdout, lambda out: len(out.partition(b"<<< Hi\n")[2]) >= 10)  # streaming
+        chat.send_signal(signal.SIGINT)
+        err = read_until(chat.stderr, lambda err: b"[test: stopping]" in err)
+        assert b"[test: stopping]" in err
+        chat.send_signal(signal.SIGINT)  # while the chat waits for the step under way
+        started = time.monotonic()
+        code = chat.wait(timeout=20)
+        left_after = time.monotonic() - started
+        out = chat.stdout.read().decode(errors="replace")
+        err = (err + chat.stderr.read()).decode()
+    finally:
+        chat.kill()
+    assert code == 130 and left_after < 10  # not after the 30 s step: it leaves with the process
+    assert not out.endswith("<<< ")  # no new prompt
+    assert "Traceback" not in err and "terminate called" not in err
+
+
 def test_a_reply_closed_half_way_stops_generation_and_is_not_kept(endless_model):
     import threading
 

@@ -153,3 +153,43 @@ def test_an_original_qwen_vl_folder_converts_on_load_once_like_internvl(tmp_path
     assert second.returncode == 0, second.stderr
     assert f"using {copy} (converted from the original Qwen-VL checkpoint {original})" in second.stderr.splitlines()
     assert not any("converting" in line for line in second.stderr.splitlines())
+
+
+@pytest.mark.slow
+def test_sft_on_a_converted_internvl_prints_no_token_alignment_warning(tmp_path):
+    """Every `sft` on a converted InternVL printed transformers' "The tokenizer has new PAD/BOS/EOS tokens ...
+    Updated tokens: {'bos_token_id': ...}": the converted generation_config.json had no bos_token_id although
+    the config and the tokenizer agree on it. Converted now with it; a folder converted before is filled in at
+    load. The ids are the original tokenizer's."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    original = tmp_path / "InternVL-Chat-V1-5"
+    built = vlmkit_cli("tiny-model", "internvl-remote", str(original))
+    assert built.returncode == 0, built.stderr
+    random_image(64, 64).save(tmp_path / "cat.png")  # square: one tile (a 40x50 image is 7 tiles + thumbnail)
+    row = {"messages": [{"role": "user", "content": "<image>图里有什么？"}, {"role": "assistant", "content": "一只猫。\nA cat."}],
+           "images": ["cat.png"]}  # fmt: skip
+    (tmp_path / "train.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n")
+    args = ("sft", "--dataset", str(tmp_path / "train.jsonl"), "--max-steps", "1", "--no-progress",
+            "--report-to", "none")  # fmt: skip
+    first = vlmkit_cli(*args, "--model", str(original), "--output-dir", str(tmp_path / "out1"))
+    assert first.returncode == 0, first.stderr
+    assert "PAD/BOS/EOS" not in first.stderr, first.stderr
+
+    copy = original.with_name("InternVL-Chat-V1-5-vlmkit-hf")
+    source = PreTrainedTokenizerFast.from_pretrained(original)  # the original layout's own tokenizer
+    converted = AutoTokenizer.from_pretrained(copy)
+    text = json.loads((copy / "config.json").read_text())["text_config"]
+    generation = json.loads((copy / "generation_config.json").read_text())
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        assert getattr(converted, name) == getattr(source, name) is not None, name
+        assert text[name] == getattr(source, name), name
+    assert generation["bos_token_id"] == source.bos_token_id and generation["pad_token_id"] == source.pad_token_id
+    assert source.eos_token_id in generation["eos_token_id"]
+
+    # a folder converted before this fix (no bos_token_id in its generation_config.json) trains as quietly
+    del generation["bos_token_id"]
+    (copy / "generation_config.json").write_text(json.dumps(generation))
+    second = vlmkit_cli(*args, "--model", str(copy), "--output-dir", str(tmp_path / "out2"))
+    assert second.returncode == 0, second.stderr
+    assert "PAD/BOS/EOS" not in second.stderr, second.stderr

@@ -55,10 +55,11 @@ def test_stream_reads_each_reader_s_rows_from_a_start(tmp_path):
     assert [w for _, w in everything[:2]] == [f"{parquet}:#0", f"{parquet}:#1"]
     assert len(everything) == 306 and everything[300][1].endswith("d.jsonl:1")  # #N: the first N rows
     assert isinstance(list(stream.rows())[-1][1].data, Exception)  # "not json": a bad row, not an error
-    for start, step, offset in [(0, 3, 2), (299, 4, 1), (257, 2, 0)]:
-        assert [(i, r.where) for i, r in stream.rows(start, step, offset)] == [
-            (i, w) for i, w in everything if i >= start and i % step == offset
-        ]
+    for start, step, offset in [(0, 3, 2), (74, 4, 1), (128, 2, 0)]:
+        # one shard each: reader `offset` of `step` keeps the rows j % step == offset of each source (j: the
+        # row's place in it), numbered across the sources from 0
+        share = [w for i, w in everything if (i if i < 300 else i - 300) % step == offset]
+        assert [(k, r.where) for k, r in stream.rows(start, step, offset)] == list(enumerate(share))[start:]
     assert stream.parts[0].format == "ocr" and stream.parts[1].format == "messages"
 
 
@@ -115,6 +116,74 @@ def test_readers_take_every_row_once_per_pass(template, tmp_path, monkeypatch):
     assert sorted(rows) == sorted(f"{tmp_path / 'ocr.parquet'}:#{i}" for i in range(37))  # all, none twice
     for reader, where in seen:
         assert int(where.rpartition("#")[2]) % 4 == reader  # process r, worker w read rows i % 4 == 2r + w
+
+
+def arrow_shards(folder: Path, n: int, shards: int) -> Path:
+    """A folder of `shards` Arrow files of LaTeX_OCR rows, as a hub dataset's files: `datasets` streams it
+    through the same builder (`as_streaming_dataset`) as an hf:: dataset."""
+    import datasets
+
+    ocr = datasets.Dataset.from_parquet(str(write_ocr_parquet(folder.with_suffix(".parquet"), n)))
+    ocr.save_to_disk(str(folder), num_shards=shards)
+    for written in ("state.json", "dataset_info.json"):  # not a save_to_disk folder: files, as on the hub
+        (folder / written).unlink()
+    return folder
+
+
+def first_pass(data: TrainingStream) -> list[str]:
+    rows = []
+    for group, (_, position) in data:
+        if position[0] > 0:
+            return rows
+        rows += [e["where"] for e in group]
+
+
+def test_readers_split_a_sharded_source_by_shard_and_see_every_row_once(template, tmp_path, monkeypatch):
+    """Two processes stream a dataset stored in 4 shards (hub files; local Parquet shards): each shard is read
+    by one of them alone (a hub stream was downloaded whole by every reader), and together they train every
+    row once per pass."""
+    from vlmkit.data import streaming as data_streaming
+
+    monkeypatch.setattr(TrainingStream, "_encode", where_of)
+    monkeypatch.setattr(streaming, "WINDOW", 4)
+    opened: list[str] = []  # what a reader opens: a table by name, Parquet files by name
+    table_batches, parquet_batches = data_streaming._table_batches, data_streaming._parquet_batches
+    monkeypatch.setattr(data_streaming, "_table_batches", lambda t, name: (opened.append(name), table_batches(t, name))[1])
+    monkeypatch.setattr(data_streaming, "_parquet_batches", lambda files, names: (opened.extend(names), parquet_batches(files, names))[1])  # fmt: skip
+    hub_like = arrow_shards(tmp_path / "hub", 22, shards=4)
+    (tmp_path / "parquet").mkdir()
+    for k in range(4):
+        write_ocr_parquet(tmp_path / "parquet" / f"train-0000{k}-of-00004.parquet", 5 + k)
+    for source, rows in [(hub_like, 22), (tmp_path / "parquet", 26)]:
+        stream = open_stream([str(source)])
+        everything = [row.where for _, row in stream.rows()]
+        assert len(everything) == rows
+        seen, read_by = [], {}
+        for rank in range(2):
+            opened.clear()
+            data = TrainingStream(stream, template, max_length=300, truncation="delete", capacity=None, rank=rank,
+                                  world_size=2, seed=1)  # fmt: skip
+            seen += first_pass(data)
+            for shard in set(opened):
+                read_by.setdefault(shard, []).append(rank)
+        assert len(read_by) == 4 and all(len(ranks) == 1 for ranks in read_by.values()), read_by
+        assert len(seen) == len(set(seen)) == rows  # every row once in a pass
+        if source == tmp_path / "parquet":
+            assert sorted(seen) == sorted(everything)  # rows named by their file, as read by one reader
+
+
+def test_a_resumed_reader_of_a_sharded_source_continues_at_its_row(template, tmp_path, monkeypatch):
+    monkeypatch.setattr(TrainingStream, "_encode", where_of)
+    monkeypatch.setattr(streaming, "WINDOW", 4)
+    stream = open_stream([str(arrow_shards(tmp_path / "hub", 14, shards=4))])
+    options = dict(max_length=160, truncation="delete", capacity=160, rank=1, world_size=2, seed=3)
+    whole = [item for _, item in zip(range(12), TrainingStream(stream, template, **options), strict=False)]
+    assert all("(shard 2 of 4)" in w or "(shard 4 of 4)" in w for group in wheres(whole) for w in group)
+    for stop in (1, 2, 5, 9):
+        position = whole[stop - 1][1][1]
+        resumed = TrainingStream(stream, template, **options, start={1: position})
+        rest = [item for _, item in zip(range(12 - stop), resumed, strict=False)]
+        assert wheres(rest) == wheres(whole[stop:]), stop
 
 
 @pytest.mark.parametrize("capacity", [None, 160])

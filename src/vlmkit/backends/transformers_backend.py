@@ -117,7 +117,8 @@ class VLM:
         """Yield the reply to the `generate` inputs `batch` piece by piece; `generate`'s return value is put
         in `result["output"]` once the reply is complete. Closing the iterator, or an exception such as
         KeyboardInterrupt (Ctrl-C) while it waits for a piece, stops generation at the next token and waits
-        for the generating thread to end (a thread left inside torch aborts the process at exit)."""
+        for the generating thread to end (a thread left inside torch aborts the process at exit); a second
+        Ctrl-C during that wait raises `LeaveRequested` (`_wait_for`)."""
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
@@ -126,6 +127,8 @@ class VLM:
         cancel = threading.Event()
         stopping = StoppingCriteriaList([*generate_kwargs.pop("stopping_criteria", []), _Cancelled(cancel)])
         kwargs = {**self._generate_kwargs(options), **generate_kwargs, "stopping_criteria": stopping}
+
+        done = threading.Event()  # set as the generating thread ends; waited on instead of Thread.join (`_wait_for`)
 
         def run() -> None:
             try:
@@ -136,16 +139,17 @@ class VLM:
             except BaseException as e:  # re-raised in the caller's thread below
                 errors.append(e)
                 streamer.end()
+            finally:
+                done.set()
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         try:
             yield from (piece for piece in streamer if piece)
         except BaseException:  # KeyboardInterrupt, GeneratorExit (the caller stopped reading), ...
-            cancel.set()
-            _join(thread)
+            _wait_for(thread, done, cancel)
             raise
-        _join(thread)
+        _wait_for(thread, done)  # the reply is complete: the thread is ending
         if errors:
             raise errors[0]
 
@@ -169,13 +173,24 @@ class _Cancelled:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def _join(thread: threading.Thread) -> None:
-    """Wait for `thread`; a Ctrl-C meanwhile does not cut the wait short (the thread is about to stop)."""
-    while thread.is_alive():
-        try:
-            thread.join()
-        except KeyboardInterrupt:
-            pass
+class LeaveRequested(KeyboardInterrupt):
+    """A second Ctrl-C while a reply stopped by the first was still stopping: the user asks to leave, not to
+    stop the reply again (the chat leaves on it; anything else treats it as the Ctrl-C it is)."""
+
+
+def _wait_for(thread: threading.Thread, done: threading.Event, cancel: threading.Event | None = None) -> None:
+    """Wait until the generating `thread` has ended (`done`), first asking it to stop at its next token when
+    `cancel` is given. On a busy machine the step under way can take seconds: a Ctrl-C meanwhile raises
+    `LeaveRequested`, and the thread, a daemon, stops on its own or with the process. (The Event first, then
+    the join of a thread past its work: Python 3.11's join, interrupted by Ctrl-C, marks a still running
+    thread as stopped.)"""
+    try:
+        if cancel is not None:
+            cancel.set()
+        done.wait()
+        thread.join()
+    except KeyboardInterrupt:
+        raise LeaveRequested from None
 
 
 class _ReplyDecoder:

@@ -12,9 +12,13 @@ and print a before/after line with the run folder and loss plot.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 from vlmkit.errors import VlmkitError
 
@@ -37,10 +41,48 @@ class DemoRecipe:
     lr: float = 1e-3
     adam_beta2: float = 0.95
     warmup_ratio: float = 0.05
+    step_seconds: float = 0.06  # one training step on 2 quiet cores (benchmarks/RESULTS.md, `vlmkit demo`)
 
 
 # `vlmkit demo --quick`: the same steps at toy size, to check an install (the figures mean nothing).
-QUICK_RECIPE = DemoRecipe(train_rows=64, test_rows=16, max_steps=8, batch_size=8)
+# Its step time is a margin over the full recipe's, not a measurement (a slow-step warning needs 5x it).
+QUICK_RECIPE = DemoRecipe(train_rows=64, test_rows=16, max_steps=8, batch_size=8, step_seconds=0.05)
+
+SLOW_FACTOR = 5  # steps this many times slower than the recipe's figure are worth a line
+step_clock = time.perf_counter  # what SlowStepsNote times steps with
+
+
+class SlowStepsNote(TrainerCallback):
+    """One warning line when the demo's training steps run much slower than on a quiet machine. Timed from
+    the end of step 1 (which also starts the data workers) to the end of step `after` (or the last step),
+    once: a demo that would take an hour instead of minutes says so early, with the likely cause."""
+
+    def __init__(self, expected: float, after: int = 21):
+        self.expected, self.after = expected, after
+        self.started: float | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            self.started = step_clock()
+        elif self.started is not None and state.global_step == min(self.after, state.max_steps):
+            each = (step_clock() - self.started) / (state.global_step - 1)
+            self.started = None
+            if each > SLOW_FACTOR * self.expected:
+                print(slow_steps_line(each, self.expected, state.max_steps - state.global_step), file=sys.stderr,
+                      flush=True)  # fmt: skip
+
+
+def slow_steps_line(each: float, expected: float, steps_left: int) -> str:
+    load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    return (
+        f"warning: training steps take {each:.2f} s each, {each / expected:.0f} times the {expected:.2f} s of a "
+        f"quiet 2-core machine: other processes are likely using the CPU (load average {load:.1f} on {cores} "
+        f"cores); training needs about {duration(each * steps_left)} more"
+    )
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} minutes" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def _held_out_accuracy(model_dir: Path, checkpoint: Path, test_file: Path, output: Path, pixels: int):
@@ -112,7 +154,8 @@ def run_demo(
             progress=progress,
             eval_generate=0,
             seed=0,
-        )
+        ),
+        callbacks=[SlowStepsNote(recipe.step_seconds)],
     )
     train_seconds = time.perf_counter() - train_started
     checkpoint = run_dir / f"checkpoint-{recipe.max_steps}"

@@ -11,9 +11,13 @@ through `datasets` streaming (`IterableDataset`, read as Arrow batches, media le
 the sources one after another. `SOURCE#N` streams the first N rows (not N sampled at random: a stream
 has no length to sample from). A row that is not a JSON object comes with a `DataError` as its data.
 
-`rows(start, step, offset)` gives the rows `index >= start` with `index % step == offset`: one reader
-of `step` (a process or DataLoader worker) reads its own rows; rows before `start` and the other
-readers' rows are skipped as whole Arrow batches or parsed lines, never converted or decoded.
+`rows(start, step, offset)` gives reader `offset` of `step` (a process or DataLoader worker) its share,
+numbered from 0 and from row `start` of it on. A source stored in shards (the files of a hub dataset or of a
+local folder) whose shard count is a multiple of `step` is split by shard, as `datasets`'
+`split_dataset_by_node` does: shard s is read by reader s % step alone, so a hub stream is downloaded once
+over all readers, not once per reader. Any other source is read by every reader, each keeping its rows
+`j % step == offset` (j: the row's place in the source); the other readers' rows, and the reader's rows
+before `start`, are skipped as whole Arrow batches or parsed lines, never converted or decoded.
 """
 
 from __future__ import annotations
@@ -51,8 +55,9 @@ Batches = Iterator[tuple[int, int, Callable[[list[int]], list[tuple[str, Any]]]]
 
 @dataclass(frozen=True)
 class StreamPart:
-    """One source: its name, detected format and column schema, media folders, row limit (#N), and
-    `batches()`, which yields (first row, row count, take) per stored batch; take(offsets) reads rows."""
+    """One source: its name, detected format and column schema, media folders, row limit (#N),
+    `batches()`, which yields (first row, row count, take) per stored batch (take(offsets) reads rows), and
+    `shards`: the same rows as one `batches` per stored shard, in order."""
 
     name: str
     format: str
@@ -60,6 +65,13 @@ class StreamPart:
     base_dirs: tuple[Path, ...]
     count: int | None
     batches: Callable[[], Batches]
+    shards: tuple[Callable[[], Batches], ...]
+
+    def split_by_shard(self, readers: int) -> bool:
+        """Whether `readers` readers split this source by shard (each reads only its own shards): more than
+        one reader, shards a multiple of them (even shares, as `datasets` requires), and no #N (its first
+        N rows cross shards that other readers read)."""
+        return readers > 1 and self.count is None and len(self.shards) % readers == 0
 
 
 def _json_batches(path: Path) -> Batches:
@@ -194,12 +206,20 @@ def _peek(batches: Batches) -> list[Any]:
     return found[:PEEK_ROWS]
 
 
-def _part(name, batches, count, base_dirs, columns, prompt) -> StreamPart:
+def _table_shards(table: Any, name: str) -> tuple[Callable[[], Batches], ...]:
+    """One `batches` per shard of a `datasets.IterableDataset` (its data files), rows named by shard."""
+    n = table.num_shards
+    return tuple(
+        partial(_table_batches, table.shard(num_shards=n, index=k), f"{name} (shard {k + 1} of {n})") for k in range(n)
+    )
+
+
+def _part(name, batches, count, base_dirs, columns, prompt, shards=None) -> StreamPart:
     first = _peek(batches())
     if not first:
         raise DataError(f"{name}: no dataset rows found")
     fmt, schema = choose_format(first, columns, prompt, name)
-    return StreamPart(name, fmt, schema, base_dirs, count, batches)
+    return StreamPart(name, fmt, schema, base_dirs, count, batches, shards or (batches,))
 
 
 def open_stream(
@@ -241,9 +261,11 @@ def open_stream(
         parquet = _local_parquet(source, str(spec))
         if parquet is not None:
             batches = partial(_parquet_batches, *parquet)
+            shards = tuple(partial(_parquet_batches, [f], [n]) for f, n in zip(*parquet, strict=True))
         else:
-            batches = partial(_table_batches, _stream_table(source, str(spec)), name)
-        parts.append(_part(name, batches, source.count, dirs + extra, columns, prompt))
+            table = _stream_table(source, str(spec))
+            batches, shards = partial(_table_batches, table, name), _table_shards(table, name)
+        parts.append(_part(name, batches, source.count, dirs + extra, columns, prompt, shards))
     return RowStream(parts)
 
 
@@ -262,26 +284,39 @@ class RowStream:
             f"{p.name}{f' (first {p.count} rows)' if p.count else ''}: {p.format}" for p in self.parts
         )
 
+    def split_notes(self, readers: int) -> list[str]:
+        """One line per source on how `readers` readers share it."""
+        notes = []
+        for part in self.parts:
+            n = len(part.shards)
+            if part.split_by_shard(readers):
+                notes.append(f"{part.name}: {n} shards, {n // readers} read by each reader")
+            elif readers > 1:
+                why = "#N is given" if part.count is not None else f"its {n} shard(s) do not divide among {readers} readers"
+                notes.append(f"{part.name}: read whole by each of the {readers} readers ({why}), each keeping "
+                             f"1 row in {readers}")  # fmt: skip
+        return notes
+
     def rows(self, start: int = 0, step: int = 1, offset: int = 0) -> Iterator[tuple[int, Row]]:
-        """(index, Row) for rows index >= start with index % step == offset, in stored order; a row
-        that is not a JSON object has a `DataError` as its data."""
-        base = 0  # index of the part's first row
+        """(k, Row) for reader `offset` of `step`: its k-th row (k >= start) in stored order (see the module
+        docstring for each reader's share); a row that is not a JSON object has a `DataError` as its data."""
+        k = 0  # rows of this reader's share before the batch
         for part in self.parts:
             convert = partial(map_row, schema=part.schema) if part.schema is not None else None
-            read = 0
-            batches = part.batches()
-            for first, n, take in batches:
-                if part.count is not None:
-                    n = min(n, part.count - first)
-                wanted = [
-                    i for i in range(max(0, start - base - first), n) if (base + first + i) % step == offset
-                ]
-                for i, (where, raw) in zip(wanted, take(wanted) if wanted else [], strict=True):
-                    data = convert(raw) if convert is not None and isinstance(raw, dict) else raw
-                    yield base + first + i, Row(where, data, part.format, part.base_dirs)
-                read = first + n
-                if part.count is not None and read >= part.count:
-                    break
-            if hasattr(batches, "close"):
-                batches.close()
-            base += read
+            by_shard = part.split_by_shard(step)
+            for shard in part.shards[offset::step] if by_shard else (part.batches,):
+                batches = shard()
+                for first, n, take in batches:
+                    if part.count is not None:
+                        n = min(n, part.count - first)
+                    mine = list(range(n)) if by_shard else [i for i in range(n) if (first + i) % step == offset]
+                    wanted = mine[max(0, start - k) :]
+                    for i, (where, raw) in zip(range(k + len(mine) - len(wanted), k + len(mine)),
+                                               take(wanted) if wanted else [], strict=True):  # fmt: skip
+                        data = convert(raw) if convert is not None and isinstance(raw, dict) else raw
+                        yield i, Row(where, data, part.format, part.base_dirs)
+                    k += len(mine)
+                    if part.count is not None and first + n >= part.count:
+                        break
+                if hasattr(batches, "close"):
+                    batches.close()

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from vlmkit.backends.transformers_backend import VLM, GenerationOptions
+from vlmkit.backends.transformers_backend import VLM, GenerationOptions, LeaveRequested
 from vlmkit.errors import DataError, VlmkitError
 from vlmkit.infer.describe import describe_images, describe_model
 from vlmkit.sample import Sample
@@ -152,9 +152,11 @@ def run_chat(
             stderr.write(f"error: {e}\n")
             stderr.flush()
             continue
+        except LeaveRequested:  # Ctrl-C again while the reply was stopping
+            raise
         except KeyboardInterrupt:
             if reply is not None:
-                reply.close()  # stops generation (see VLM._stream)
+                reply.close()  # stops generation (see VLM._stream); Ctrl-C again meanwhile leaves
             stdout.write("\n")
             stderr.write("[reply stopped; the turn is not kept. Ctrl-C again or Ctrl-D leaves]\n")
             stderr.flush()

@@ -388,6 +388,21 @@ def quiet_cpu_kernel_fallbacks() -> None:
         hub_kernels.addFilter(_CpuKernelFallbacks())
 
 
+def fill_generation_tokens(hf_model: Any) -> None:
+    """Give the generation config the bos/pad ids its model config declares where it has none, as transformers
+    does for a checkpoint without generation_config.json. InternVL folders converted before issue 28 have no
+    bos_token_id there, and the Trainer's `align_special_tokens` then "updates" it from the tokenizer with a
+    "new PAD/BOS/EOS tokens" warning on every sft although config and tokenizer agree. An id the tokenizer
+    really disagrees with still warns there."""
+    generation = getattr(hf_model, "generation_config", None)
+    if generation is None:
+        return
+    text = hf_model.config.get_text_config()
+    for name in ("bos_token_id", "pad_token_id"):
+        if getattr(generation, name, None) is None and getattr(text, name, None) is not None:
+            setattr(generation, name, getattr(text, name))
+
+
 def load_weights(
     files: ModelFiles,
     *,
@@ -432,6 +447,7 @@ def load_weights(
         hf_model = getattr(transformers, files.family.auto_class).from_pretrained(files.model_dir, **kwargs)
     finally:
         offload_log.setLevel(level)
+    fill_generation_tokens(hf_model)
     if adapter and files.is_adapter:
         from peft import PeftModel
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,8 +108,9 @@ class _Run:
     data_prints: dict[str, dict[str, str]]  # the data's fingerprint (main process; `vlmkit.train.resume`)
 
 
-def sft(config: SFTConfig) -> Path:
-    """Fine-tune `config.model` on `config.dataset`; returns the run folder."""
+def sft(config: SFTConfig, callbacks: Sequence[Any] = ()) -> Path:
+    """Fine-tune `config.model` on `config.dataset`; returns the run folder. `callbacks`: more transformers
+    `TrainerCallback`s for the Trainer (the demo's slow-step check)."""
     import transformers
     from transformers import set_seed
 
@@ -127,6 +129,8 @@ def sft(config: SFTConfig) -> Path:
         model = _load_model(config, base)
         _print_run_summary(config, model, run, sets)
         trainer = _make_trainer(config, base, run, sets, model)
+        for callback in callbacks:
+            trainer.add_callback(callback)
         started = True
         if _train(config, run, trainer):
             _after_training(config, base, run, sets, trainer)

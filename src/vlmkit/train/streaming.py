@@ -1,12 +1,14 @@
 """`vlmkit sft --streaming`: train from rows read as training goes (`vlmkit.data.streaming`), packed as they
 arrive, split across processes and DataLoader workers, and resumable at the row.
 
-Readers: process r of R with DataLoader worker w of W is reader c = r * W + w of C = R * W, and reads the rows
-whose index % C == c, so no row is read by two readers in a pass over the data. A reader takes its rows in
+Readers: process r of R with DataLoader worker w of W is reader c = r * W + w of C = R * W, and reads its share
+of the data (`RowStream.rows`: whole shards when a source's shards divide among the readers, else every Cth
+row), so no row is read by two readers in a pass over the data. A reader takes its rows in
 windows of WINDOW: each row is checked as `vlmkit data check` does (images not decoded; a row that fails to
 encode later is skipped then), its tokens counted from image headers, the window packed best-fit
 (`pack_lengths`, seeded by the window) or, without packing, taken row by row, and each pack is encoded and
-yielded with the reader's position after it: (pass, first row of the window, packs of the window done). When
+yielded with the reader's position after it: (pass, first row of the window in the reader's share, packs of the
+window done). When
 a reader's rows end, its next pass starts from the top: the stream never ends and --max-steps stops training.
 
 The trainer notes the position of each batch it trains (`StreamingTrainer.compute_loss`) and every checkpoint
@@ -82,7 +84,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
             if from_top and not yielded:
                 raise VlmkitError(
                     f"--streaming: process {self.rank} (DataLoader worker {worker}) found no usable row in a whole "
-                    f"pass over its share of the data (every {readers}th row); see {self.bad_file}, or use fewer "
+                    f"pass over its share of the data (1 of {readers} readers); see {self.bad_file}, or use fewer "
                     "processes or --num-workers"
                 )
             epoch, start, done = epoch + 1, 0, 0
@@ -269,6 +271,8 @@ def streaming_batches(config, template, stream, args, run_dir: Path, resume_from
             f"streaming {stream.describe()}; {readers} reader(s) ({args.world_size} process(es) x {workers} "
             f"DataLoader worker(s)), {where}"
         )
+        for line in stream.split_notes(readers):
+            print(f"  {line}")
     train_set = TrainingStream(
         stream,
         template,

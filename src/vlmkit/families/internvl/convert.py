@@ -244,7 +244,11 @@ def _write_files(source: Path, output: Path, config: dict[str, Any], native: dic
     stop = [tokenizer.convert_tokens_to_ids(turn_end.strip())]
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
         stop.append(tokenizer.eos_token_id)
-    generation = {"eos_token_id": stop, "pad_token_id": native["text_config"].get("pad_token_id"), "do_sample": False}
+    # bos and pad as the config declares them: a generation config without one makes the Trainer "align" it
+    # with the tokenizer and print transformers' "new PAD/BOS/EOS tokens" warning on every sft
+    text = native["text_config"]
+    generation = {"bos_token_id": text.get("bos_token_id"), "eos_token_id": stop,
+                  "pad_token_id": text.get("pad_token_id"), "do_sample": False}  # fmt: skip
     (output / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer.backend_tokenizer,
