@@ -267,3 +267,20 @@ def test_bad_rows_are_skipped_listed_and_stop_the_run_past_the_limit(template, t
 def test_streaming_refuses_what_needs_every_row_up_front(options, message):
     with pytest.raises(VlmkitError, match=message):
         SFTConfig(model="m", dataset=["d.parquet"], streaming=True, **options).validate()
+
+
+def test_positions_of_an_older_numbering_are_refused_for_several_readers(tmp_path):
+    """A checkpoint whose positions counted rows in the whole source (before readers counted their own share)
+    would resume several readers at other rows: refused in one line; one reader's share is the whole source,
+    so its positions mean the same rows and resume."""
+    from vlmkit.train.streaming import POSITION_FILE, read_positions, write_positions
+
+    old = {"readers": 2, "positions": {"0": [0, 256, 1], "1": [0, 257, 0]}}
+    (tmp_path / POSITION_FILE).write_text(json.dumps(old))
+    with pytest.raises(VlmkitError, match="older vlmkit.*would train other rows") as refused:
+        read_positions(tmp_path, 2)
+    assert "\n" not in str(refused.value)
+    (tmp_path / POSITION_FILE).write_text(json.dumps({"readers": 1, "positions": {"0": [1, 512, 3]}}))
+    assert read_positions(tmp_path, 1) == {0: (1, 512, 3)}
+    write_positions(tmp_path, 2, {0: (0, 128, 1), 1: (0, 128, 0)})
+    assert read_positions(tmp_path, 2) == {0: (0, 128, 1), 1: (0, 128, 0)}

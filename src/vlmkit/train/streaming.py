@@ -231,8 +231,17 @@ class StreamingTrainer(VlmTrainer):
             write_positions(folder, self.readers, positions)
 
 
+# Positions count rows of the reader's own share (issue 28 #10); before, a window's first row was its index in the
+# whole source. The files of that numbering have no "numbering" key.
+NUMBERING = "share"
+
+
 def write_positions(checkpoint: Path, readers: int, positions: dict[int, Position]) -> None:
-    data = {"readers": readers, "positions": {str(c): list(p) for c, p in sorted(positions.items())}}
+    data = {
+        "readers": readers,
+        "numbering": NUMBERING,
+        "positions": {str(c): list(p) for c, p in sorted(positions.items())},
+    }
     (checkpoint / POSITION_FILE).write_text(json.dumps(data) + "\n")
 
 
@@ -246,6 +255,12 @@ def read_positions(checkpoint: Path, readers: int) -> dict[int, Position]:
         raise VlmkitError(
             f"--resume {checkpoint}: it was streamed by {data['readers']} readers (processes x DataLoader workers), "
             f"this run has {readers}; resume with the same number of processes and --num-workers"
+        )
+    if readers > 1 and data.get("numbering") != NUMBERING:  # one reader's share is the whole source: same rows
+        raise VlmkitError(
+            f"--resume {checkpoint}: its {readers} readers' positions were saved by an older vlmkit, which counted "
+            "them in the whole source, not in each reader's share; resuming here would train other rows. Resume "
+            "it with the vlmkit version that wrote it"
         )
     return {int(c): tuple(p) for c, p in data["positions"].items()}
 
