@@ -130,10 +130,9 @@ def case(request, tmp_path_factory):
     data.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
     vlmkit("eval", "--model", str(base), "--ckpt", str(lora), "--dataset", str(data), "--metric", "exact_match",
            "--output", str(root / "reference"), "--dtype", "fp32", "--max-new-tokens", str(MAX_TOKENS))  # fmt: skip
-    reference = {}
-    for label in ("base", "lora"):
-        (path,) = (root / "reference").glob(f"{label}*.predictions.jsonl")
-        reference[label] = replies(path)
+    files = sorted((root / "reference").glob("*.predictions.jsonl"))  # base.*, and the checkpoint's DIR_lora.*
+    reference = {"base": replies(next(p for p in files if "lora" not in p.name)),
+                 "lora": replies(next(p for p in files if "lora" in p.name))}  # fmt: skip
     assert reference["base"] != reference["lora"], "the adapter must change some reply"
     return {"root": root, "base": base, "lora": lora, "data": data, "reference": reference}
 
