@@ -178,6 +178,12 @@ def openai_messages(row: dict, root: Path) -> list[dict]:
     return messages
 
 
+def whole_characters(reply: str) -> str:
+    """`reply` less a last character cut short (U+FFFD: the last tokens end inside a UTF-8 sequence, as a
+    tiny random model's byte tokens do): vLLM's server holds such bytes back, vlmkit's decode shows them."""
+    return reply.rstrip("\ufffd")
+
+
 def test_serve_with_adapters_answers_as_transformers(case):
     """`vlmkit serve --backend vllm --adapters lora=PATH --api-key`: the OpenAI client gets the transformers
     backend's replies from the base model and from the adapter, row by row."""
@@ -209,7 +215,7 @@ def test_serve_with_adapters_answers_as_transformers(case):
                                                max_tokens=MAX_TOKENS).choices[0].message.content
                 for row in ROWS
             ]  # fmt: skip
-            assert got == case["reference"][label], label
+            assert got == [whole_characters(reply) for reply in case["reference"][label]], label
     finally:
         server.terminate()
         try:
