@@ -38,7 +38,7 @@ PROCESSOR_CONFIG = {
 
 
 def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
-    """A 2-layer Mistral (hidden 64) behind a 2-layer CLIP tower at the real 336 px input."""
+    """A 2-layer Mistral (hidden 64, 2 heads of 32) behind a 2-layer CLIP tower at the real 336 px input."""
     return {
         "model_type": "llava_next",
         "architectures": ["LlavaNextForConditionalGeneration"],
@@ -48,8 +48,8 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
             "hidden_size": 64,
             "intermediate_size": 128,
             "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
             "max_position_embeddings": 8192,
             "sliding_window": None,
             "tie_word_embeddings": False,

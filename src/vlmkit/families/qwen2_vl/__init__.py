@@ -68,7 +68,9 @@ VIDEO_DEFAULTS = {
 
 
 def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
-    """A ~0.2M-parameter (plus embeddings) Qwen2-VL: hidden 64, 4 heads -> head_dim 16 -> mrope [4, 2, 2]."""
+    """A ~0.2M-parameter (plus embeddings) Qwen2-VL: hidden 64, 2 heads -> head_dim 32 -> mrope [8, 4, 4].
+
+    Head size 32, not 16: vLLM's CPU attention refuses head sizes under 32, and tiny models run on every backend."""
     return {
         "model_type": "qwen2_vl",
         "architectures": ["Qwen2VLForConditionalGeneration"],
@@ -78,10 +80,10 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
             "hidden_size": 64,
             "intermediate_size": 128,
             "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
             "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 2, 2]},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 4, 4]},
             "tie_word_embeddings": False,
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],

@@ -57,7 +57,7 @@ processor_limits = functools.partial(qwen_processor_limits, video_defaults=VIDEO
 
 
 def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
-    """Toy Qwen3-VL: 2 text layers (head_dim 16, interleaved mrope [4, 2, 2]), 2 ViT blocks, DeepStack at block 1."""
+    """Toy Qwen3-VL: 2 text layers (head_dim 32, interleaved mrope [8, 4, 4]), 2 ViT blocks, DeepStack at block 1."""
     return {
         "model_type": "qwen3_vl",
         "architectures": ["Qwen3VLForConditionalGeneration"],
@@ -67,14 +67,14 @@ def tiny_config(vocab_size: int, ids: dict[str, int]) -> dict:
             "hidden_size": 64,
             "intermediate_size": 128,
             "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
             "max_position_embeddings": 4096,
             "rope_parameters": {
                 "rope_type": "default",
                 "rope_theta": 5000000.0,
-                "mrope_section": [4, 2, 2],
+                "mrope_section": [8, 4, 4],
                 "mrope_interleaved": True,
             },
             "tie_word_embeddings": False,
