@@ -64,6 +64,11 @@ class LLM:
         self.answered = 0
 
     def generate(self, prompts, sampling_params, use_tqdm=True, lora_request=None):
+        _record("generate", len(prompts))
+        if self.replies == "dead":  # the engine core process is gone, as vLLM's LLM.generate reports it
+            from vllm.v1.engine.exceptions import EngineDeadError
+
+            raise EngineDeadError()
         out = []
         for prompt in prompts:
             images = [list(image.size) for image in prompt.get("multi_modal_data", {}).get("image", [])]
@@ -72,6 +77,18 @@ class LLM:
             out.append(_Output(self.replies[self.answered % len(self.replies)]))
             self.answered += 1
         return out
+'''
+
+
+# vllm/v1/engine/exceptions.py as vLLM has it (the class and its message; vLLM's own code, Apache-2.0)
+ENGINE_EXCEPTIONS = '''
+class EngineDeadError(Exception):
+    """Raised when the EngineCore dies. Unrecoverable."""
+
+    def __init__(self, *args, suppress_context: bool = False, **kwargs):
+        ENGINE_DEAD_MESSAGE = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+        super().__init__(ENGINE_DEAD_MESSAGE, *args, **kwargs)
+        self.__suppress_context__ = suppress_context
 '''
 
 
@@ -85,11 +102,15 @@ def fake_vllm(tmp_path) -> Path:
     (root / "vllm" / "lora" / "request.py").write_text(
         "class LoRARequest:\n    def __init__(self, *args):\n        self.args = list(args)\n"
     )
+    (root / "vllm" / "v1" / "engine").mkdir(parents=True)
+    (root / "vllm" / "v1" / "__init__.py").write_text("")
+    (root / "vllm" / "v1" / "engine" / "__init__.py").write_text("")
+    (root / "vllm" / "v1" / "engine" / "exceptions.py").write_text(ENGINE_EXCEPTIONS)
     return root
 
 
 def calls(fake: Path) -> dict[str, list]:
-    out: dict[str, list] = {"llm": [], "sampling": [], "prompt": []}
+    out: dict[str, list] = {"llm": [], "sampling": [], "prompt": [], "generate": []}
     for line in (fake / "vllm" / "calls.jsonl").read_text().splitlines():
         (kind, value), = json.loads(line).items()
         out[kind].append(value)
@@ -344,6 +365,31 @@ def test_eval_vllm_answers_through_the_offline_engine(small_model, fake_vllm, tm
     (model,) = metrics["models"].values()
     assert model["rows"] == 3 and model["failed"] == 2  # the video row, and the row with no reference
     assert model["scores"]["exact_match"]["value"] == 1.0  # the row with a reference, answered "a square"
+
+
+@vllm_installed
+def test_infer_vllm_stops_at_once_when_the_engine_dies(small_model, fake_vllm, tmp_path, capsys):
+    """vLLM's engine core gone (EngineDeadError): one error line and a non-zero exit, not the same error
+    written on every row after retrying each against a dead engine."""
+    (fake_vllm / "vllm" / "replies.json").write_text(json.dumps("dead"))
+    random_image(60, 90, seed=1).save(tmp_path / "a.png")
+    rows = [{"messages": [{"role": "user", "content": f"<image>第{i}张图里\n有什么？"}], "images": ["a.png"]}
+            for i in range(4)]  # fmt: skip
+    data, out = tmp_path / "d.jsonl", tmp_path / "preds.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    code, stdout, stderr = run_cli(
+        ["infer", "--backend", "vllm", "--model", str(small_model), "--input", str(data), "--output", str(out),
+         "--batch-size", "2"],
+        capsys, fake=fake_vllm,
+    )  # fmt: skip
+    assert code == 2 and stdout == ""
+    assert stderr.strip() == (
+        "error: vLLM's engine died (EngineDeadError: EngineCore encountered an issue. See stack trace (above) for "
+        f"the root cause.); stopped: the rows answered so far are kept in {out}.partial: run the same command "
+        "again to answer the others"
+    )
+    assert calls(fake_vllm)["generate"] == [2]  # asked once; no row retried alone against the dead engine
+    assert not out.exists()
 
 
 def test_remote_code_families_are_refused_for_vllm(tmp_path):
