@@ -226,7 +226,7 @@ def test_serve_tensor_and_data_parallel_and_passthrough_flags(small_model, capsy
     assert json.loads(flags["--limit-mm-per-prompt"]) == {"image": 4}
     assert json.loads(flags["--mm-processor-kwargs"]) == {"min_pixels": 3136, "max_pixels": 50176}
     assert "--enforce-eager" in args and "--no-enable-prefix-caching" in args
-    assert flags["--dtype"] == "auto" and flags["--served-model-name"] == small_model.name
+    assert flags["--dtype"] == "float32" and flags["--served-model-name"] == small_model.name  # auto, on this CPU
     assert "--enable-lora" not in args and "--lora-modules" not in args
 
 
@@ -305,7 +305,7 @@ def test_infer_vllm_offline_engine_gets_the_runs_template_pixels_and_adapter(
     assert stdout.strip() == f"wrote 3 rows to {out} (1 failed)"
     seen = calls(fake_vllm)
     assert seen["llm"] == [{
-        "model": str(small_model.resolve()), "dtype": "auto", "tensor_parallel_size": 2,
+        "model": str(small_model.resolve()), "dtype": "float32", "tensor_parallel_size": 2,
         "mm_processor_kwargs": {"min_pixels": tuned.template.min_pixels, "max_pixels": 4000},
         "enable_lora": True, "max_lora_rank": 8, "max_loras": 1, "gpu_memory_utilization": 0.5,
     }]  # fmt: skip
@@ -326,6 +326,35 @@ def test_infer_vllm_offline_engine_gets_the_runs_template_pixels_and_adapter(
     assert lines[0]["response"] == "zz zz" and lines[0]["labels"] == "a square"  # cut at the stop token
     assert lines[1]["response"] == "hi"
     assert "videos are not sent to vLLM yet" in lines[2]["error"] and "response" not in lines[2]
+
+
+@vllm_installed
+def test_dtype_auto_gives_vllm_what_the_transformers_backend_runs(small_model, fake_vllm, tmp_path, capsys, monkeypatch):
+    """--dtype auto is one dtype for both backends ("bf16 on GPUs that support it, fp16 on older GPUs, fp32 on
+    the CPU"): vLLM gets it resolved, not its own `auto`, which runs bf16 on a CPU with avx512_bf16."""
+    import torch
+
+    from vlmkit.models.loader import torch_dtype
+
+    tokenizer = vlmkit.load(small_model).tokenizer
+    (fake_vllm / "vllm" / "replies.json").write_text(json.dumps([tokenizer.encode("hi")]))
+    data = _rows(tmp_path)
+
+    def dtype_given(*extra: str) -> str:
+        (fake_vllm / "vllm" / "calls.jsonl").unlink(missing_ok=True)
+        code, _, stderr = run_cli(["infer", "--backend", "vllm", "--model", str(small_model), "--input", str(data),
+                                   "--output", str(tmp_path / "p.jsonl"), *extra], capsys, fake=fake_vllm)  # fmt: skip
+        assert code == 0, stderr
+        return calls(fake_vllm)["llm"][0]["dtype"]
+
+    assert torch_dtype("auto", "cpu") == torch.float32
+    assert dtype_given() == dtype_given("--dtype", "auto") == "float32"  # this machine: the CPU
+    assert dtype_given("--dtype", "bf16") == "bfloat16" and dtype_given("--dtype", "fp16") == "float16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for bf16, expected in ((True, "bfloat16"), (False, "float16")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert dtype_given() == expected
+        assert torch_dtype("auto", "cuda") == getattr(torch, expected)  # what the transformers backend loads
 
 
 @vllm_installed

