@@ -6,6 +6,7 @@ when vLLM is missing. vLLM itself does not run here: a stand-in `vllm` package r
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -228,6 +229,76 @@ def test_serve_tensor_and_data_parallel_and_passthrough_flags(small_model, capsy
     assert "--enforce-eager" in args and "--no-enable-prefix-caching" in args
     assert flags["--dtype"] == "float32" and flags["--served-model-name"] == small_model.name  # auto, on this CPU
     assert "--enable-lora" not in args and "--lora-modules" not in args
+
+
+FAKE_VLLM_COMMAND = """#!{python}
+# A stand-in for the `vllm` command: records that its chat template is there, then ends as $FAKE_VLLM says.
+import os, pathlib, signal, sys, time
+args = sys.argv[1:]
+template = pathlib.Path(args[args.index("--chat-template") + 1])
+pathlib.Path(os.environ["FAKE_VLLM_RECORD"]).write_text(str(template) + " " + str(template.is_file()))
+if os.environ["FAKE_VLLM"] == "serve":  # serve until asked to stop, as vLLM does
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    time.sleep(300)
+sys.exit(int(os.environ["FAKE_VLLM"]))
+"""
+
+
+@pytest.mark.slow  # three `vlmkit serve` processes: ~20 s on 2 busy cores
+def test_serve_vllm_removes_its_template_folder_however_vllm_ends(small_model, fake_vllm, tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    bin_dir, tmp = tmp_path / "bin", tmp_path / "tmp"
+    bin_dir.mkdir(), tmp.mkdir()
+    (bin_dir / "vllm").write_text(FAKE_VLLM_COMMAND.format(python=sys.executable))
+    (bin_dir / "vllm").chmod(0o755)
+    record = tmp_path / "record.txt"
+
+    def serve(mode: str) -> subprocess.Popen:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(tmp),
+               "PYTHONPATH": os.pathsep.join([str(fake_vllm), *sys.path]), "FAKE_VLLM": mode,
+               "FAKE_VLLM_RECORD": str(record)}  # fmt: skip
+        record.unlink(missing_ok=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "vlmkit", "serve", "--backend", "vllm", "--model", str(small_model),
+             "--port", str(port)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def template_seen() -> Path:
+        folder, there = record.read_text().rsplit(" ", 1)
+        assert there == "True"  # vLLM found its chat template while it ran
+        return Path(folder).parent
+
+    done = serve("0")
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    assert template_seen().parent == tmp and "running: vllm serve" in out
+    assert list(tmp.iterdir()) == []  # the vlmkit-vllm-* folder went with vLLM
+
+    failed = serve("3")
+    _, err = failed.communicate(timeout=300)
+    assert failed.returncode == 2 and err.strip().splitlines()[-1] == (
+        "error: vllm serve exited with code 3 (its own messages are above)"
+    )
+    template_seen()
+    assert list(tmp.iterdir()) == []
+
+    stopped = serve("serve")  # a server stopped by its supervisor (SIGTERM to vlmkit, passed on to vLLM)
+    deadline = time.monotonic() + 300
+    while not record.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    template_seen()
+    stopped.send_signal(signal.SIGTERM)
+    _, err = stopped.communicate(timeout=60)
+    assert stopped.returncode == 0, err
+    assert list(tmp.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -343,15 +343,32 @@ def serve_command_line(
     return args
 
 
-def run_vllm(args: list[str]) -> None:
-    """Replace this process with `vllm serve` (vLLM must be installed: GPU machines only)."""
+def run_vllm(args: list[str]) -> int:
+    """Run `vllm serve` until it exits; its exit code (128 + N when signal N ended it), 0 when it was asked to
+    stop. It runs as a child in its own session, and SIGINT (Ctrl-C), SIGTERM and SIGHUP sent to vlmkit are
+    passed on to it once, so vlmkit outlives it and removes what it wrote for it (the chat template's folder)."""
     import importlib.util
-    import os
     import shutil
+    import signal
+    import subprocess
 
     if importlib.util.find_spec("vllm") is None or shutil.which("vllm") is None:
         raise VlmkitError(VLLM_MISSING)
-    os.execvp(args[0], args)
+    child = subprocess.Popen(args, start_new_session=True)
+    asked: list[int] = []  # the signals passed on: a server stopped on request has done its job
+
+    def pass_on(signum: int, _frame: Any) -> None:
+        asked.append(signum)
+        child.send_signal(signum)
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {s: signal.signal(s, pass_on) for s in signals}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    return 0 if asked else 128 - code if code < 0 else code
 
 
 VLLM_MISSING = (
