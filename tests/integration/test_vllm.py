@@ -301,6 +301,33 @@ def test_serve_vllm_removes_its_template_folder_however_vllm_ends(small_model, f
     assert list(tmp.iterdir()) == []
 
 
+def test_vllm_pixel_limits_reach_a_processor_made_from_the_models_folder(small_model):
+    """vLLM makes the model's processor with `mm_processor_kwargs` (from_pretrained) and calls it with them. The
+    limits stay `min_pixels`/`max_pixels` (a call with them warns that they are deprecated in favour of `size`):
+    `size` is overridden in from_pretrained by the min_pixels/max_pixels of the folder's preprocessor_config.json
+    (real Qwen2-VL checkpoints have them), and the caller's dict is changed in place, so vLLM would resize with
+    the folder's limits, not the run's (issue 25 #5: not moved while transformers does this)."""
+    import warnings
+
+    import torch
+    from transformers import AutoImageProcessor
+
+    kwargs = plan_vllm(str(small_model), None, {}, {**NONE, "max_pixels": 50176}, NAME).engine_args["mm_processor_kwargs"]
+    assert kwargs == {"min_pixels": 3136, "max_pixels": 50176}
+    images = [random_image(300, 500, seed=2), random_image(37, 61, seed=3)]
+    processor = AutoImageProcessor.from_pretrained(small_model, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation of this spelling in a call
+        grid = processor(images=images, return_tensors="pt", **kwargs)["image_grid_thw"]
+    vlm = vlmkit.load(small_model, max_pixels=50176)
+    encoded = [vlm.encode(to_sample({"messages": [{"role": "user", "content": "<image>Hi"}], "images": [image]}))
+               for image in images]  # fmt: skip
+    assert torch.equal(grid, torch.cat([e["image_grid_thw"] for e in encoded]))
+    size = {"shortest_edge": 3136, "longest_edge": 50176}
+    assert AutoImageProcessor.from_pretrained(small_model, size=size).size.longest_edge != 50176  # the folder's
+    assert size["longest_edge"] != 50176  # changed in place
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
