@@ -33,3 +33,8 @@ class MediaTooLargeError(MediaError):
 
 class PrivateUrlError(MediaError):
     """A media URL refused because its host is not at a public address (`MediaPolicy.allow_private_urls`)."""
+
+
+class EngineDeadError(VlmkitError):
+    """The generation engine stopped for good (vLLM's `EngineDeadError`): no later row can be answered, so
+    batch inference stops at once instead of writing the same error on every row."""

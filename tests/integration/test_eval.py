@@ -407,11 +407,13 @@ def test_eval_multiple_choice_predictions_and_option_mistakes(tmp_path):
     ]:
         with pytest.raises(VlmkitError, match=message):
             cli("eval", *args)
-    # rows without references: counted as failed, the table says "-" and metrics.json holds null, not NaN
+    # rows without references: counted as failed, the table says "-" and metrics.json holds null, not NaN; no
+    # row scored is an error, after the report is written
     unscored = tmp_path / "unscored.jsonl"
     unscored.write_text('{"response": "a"}\n')
-    out = cli("eval", "--predictions", unscored, "-o", tmp_path / "u").output
-    assert "exact_match  -" in out
+    result = CliRunner().invoke(app, ["eval", "--predictions", str(unscored), "-o", str(tmp_path / "u")])
+    assert "exact_match  -" in result.output
+    assert str(result.exception).startswith("unscored: all 1 rows failed, none is scored; first: line 1: no reference")
     text = (tmp_path / "u" / "metrics.json").read_text()
     assert "NaN" not in text and json.loads(text)["models"]["unscored"]["failed"] == 1
     bad = tmp_path / "bad.jsonl"

@@ -154,6 +154,31 @@ def test_a_failed_row_has_no_response_and_keeps_its_reference_in_labels(scripted
     assert (metrics["rows"], metrics["failed"], metrics["scores"]["exact_match"]["value"]) == (3, 2, 1.0)
 
 
+def test_infer_and_eval_exit_non_zero_when_every_row_failed(small_model, tmp_path):
+    """A run that answered no row is not a finished run: the rows and the report are still written (each
+    row's error is in it), then one error line and a non-zero exit, so a script does not go on with them."""
+    rows = [{"query": f"<image>图{i}里有什么？\n说说看。", "response": "一只猫。", "images": [f"gone{i}.png"]}
+            for i in range(3)]  # fmt: skip
+    data = tmp_path / "val.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    preds = tmp_path / "preds.jsonl"
+    result = vlmkit_cli("infer", "--model", str(small_model), "--input", str(data), "--output", str(preds))
+    assert result.returncode == 2 and result.stdout == f"wrote 3 rows to {preds} (3 failed)\n"
+    assert result.stderr.strip() == (
+        f"error: every row failed, none was answered; first error: {data}:1: image 1: file not found: "
+        f"{tmp_path / 'gone0.png'}"
+    )
+    assert [json.loads(line)["labels"] for line in preds.read_text(encoding="utf-8").splitlines()] == ["一只猫。"] * 3
+
+    scored = vlmkit_cli("eval", "--model", str(small_model), "--dataset", str(data), "--output", str(tmp_path / "ev"))
+    assert scored.returncode == 2
+    assert scored.stderr.strip().splitlines()[-1] == (
+        f"error: {small_model.name}: all 3 rows failed, none is scored; first: line 1: {data}:1: image 1: file not "
+        f"found: {tmp_path / 'gone0.png'}"
+    )
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["models"][small_model.name]["failed"] == 3
+
+
 def test_batch_refuses_to_overwrite_its_input(vlm, tmp_path):
     data = tmp_path / "in.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")

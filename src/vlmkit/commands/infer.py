@@ -81,10 +81,12 @@ def infer(
         vlm, input, output, generation, batch_size=batch_size, media_root=reading.media_root,
         columns=reading.column_map(), prompt=reading.prompt, progress=sys.stderr.isatty(), draw_dir=draw,
     )  # fmt: skip
-    from vlmkit.infer.output import is_main_process
+    from vlmkit.infer.output import first_error, is_main_process
 
     if is_main_process():  # one line for a torchrun run, not one per rank
         typer.echo(f"wrote {counts['ok'] + counts['failed']} rows to {output} ({counts['failed']} failed)")
+    if counts["failed"] and not counts["ok"]:  # a script must not read a file of errors as a finished run
+        raise VlmkitError(f"every row failed, none was answered; first error: {first_error(output)}")
 
 
 def _load(model, ckpt, merge_lora, input, loading: LoadOptions, encoding, backend: BackendOptions) -> Any:

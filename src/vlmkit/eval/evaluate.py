@@ -87,7 +87,19 @@ def evaluate(
         answered = _answer(plan, pairs, benchmark_path, media_root, columns, prompt, output, taken, echo, loaded)
     if not main:  # this rank's share of the rows is answered; rank 0 scores all of them
         return {}
-    return _score(plan, answered + _given(plan, output, taken), output, echo)
+    summary = _score(plan, answered + _given(plan, output, taken), output, echo)
+    _stop_if_nothing_scored(summary)
+    return summary
+
+
+def _stop_if_nothing_scored(summary: dict[str, Any]) -> None:
+    """One `error:` line (a non-zero exit; the report is written first) when every row of a model failed:
+    its column holds no score, and a script must not read it as a finished evaluation."""
+    for label, model in summary["models"].items():
+        if model["rows"] and model["failed"] == model["rows"]:
+            raise VlmkitError(
+                f"{label}: all {model['rows']} rows failed, none is scored; first: {model['first_failures'][0]}"
+            )
 
 
 @dataclass(frozen=True)

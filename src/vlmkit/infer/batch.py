@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from vlmkit.backends.transformers_backend import VLM, GenerationOptions, LeaveRequested
-from vlmkit.errors import DataError, VlmkitError
+from vlmkit.errors import DataError, EngineDeadError, VlmkitError
 from vlmkit.infer.describe import describe_images, describe_model
 from vlmkit.sample import Sample
 
@@ -269,6 +269,11 @@ def run_batch(
             print(f"\nstopped; the rows answered so far are kept in {partial.folder}: run the same command "
                   "again to answer the others", file=sys.stderr)  # fmt: skip
             raise
+        except EngineDeadError as e:  # every later row would fail the same way: stop with one line
+            raise EngineDeadError(
+                f"{e}; stopped: the rows answered so far are kept in {partial.folder}: run the same command "
+                "again to answer the others"
+            ) from e
         return partial.finish()
 
 
@@ -392,6 +397,8 @@ def _generate_or_one_by_one(
     """Generate for a batch; if the batch fails, retry each row alone so one bad row fails alone."""
     try:
         return list(vlm.generate_encoded(encoded, options))
+    except EngineDeadError:
+        raise  # the engine is gone, not the rows: retrying them one by one would fail each the same way
     except Exception as e:  # recorded on the row(s); the run continues
         if len(encoded) == 1:
             return [e]
@@ -399,6 +406,8 @@ def _generate_or_one_by_one(
     for item in encoded:
         try:
             results.append(vlm.generate_encoded([item], options)[0])
+        except EngineDeadError:
+            raise
         except Exception as e:  # recorded on the row; the run continues
             results.append(e)
     return results

@@ -210,6 +210,15 @@ class PartialOutput:
         return counts
 
 
+def first_error(output: Path) -> str:
+    """The `error` of the first failed row of a finished output file ('' when none failed)."""
+    with Path(output).open(encoding="utf-8") as f:
+        for line in f:
+            if "error" in (row := json.loads(line)):
+                return str(row["error"])
+    return ""
+
+
 def _part_rows(path: Path) -> Iterator[tuple[int, str]]:
     """(index, line) of each whole line of a part file; a torn last line (no newline: the process was
     killed while writing it) or an unreadable one is skipped, so that row is answered again."""

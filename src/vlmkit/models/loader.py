@@ -47,7 +47,10 @@ class LoadOptions:
     `max_memory`, `offload_folder`, see `vlmkit.models.placement`), the attention kernel, and whether the
     checkpoint's own Python code may run. From Python, `device_map` and `max_memory` may also be dicts."""
 
-    dtype: str = option("auto", "Weights dtype: auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32.")
+    dtype: str = option(
+        "auto", "Weights dtype: auto (bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU; the "
+        "same with --backend vllm), bf16, fp16, fp32."
+    )
     device: str = option("auto", "auto (cuda when available), cpu, cuda or cuda:N.")
     device_map: str | None = option(
         None,
@@ -310,15 +313,24 @@ def check_dtype(dtype: str) -> None:
         raise VlmkitError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
 
 
-def torch_dtype(dtype: str, device: str):
+def resolve_dtype(dtype: str, device: str) -> str:
+    """--dtype on `device` ("cuda", "cuda:1", "cpu", ...) as bf16, fp16 or fp32: auto is bf16 on a GPU that
+    supports it, fp16 on an older GPU, fp32 elsewhere. Both backends take it from here, so `auto` runs the
+    same dtype with transformers and with vLLM (vLLM's own auto would run bf16 on a CPU with avx512_bf16)."""
     import torch
 
     check_dtype(dtype)
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def torch_dtype(dtype: str, device: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[resolve_dtype(dtype, device)]
 
 
 def pick_device(device: str) -> str:

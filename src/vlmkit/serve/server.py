@@ -290,19 +290,22 @@ def _serve_vllm(model, ckpt, adapters, encoding, name, host, port, api_key, medi
         data_parallel_size=backend.data_parallel_size,
         vllm_args=backend.vllm_args,
     )
-    args = serve_command_line(
-        plan,
-        served_model_name=name,
-        template_dir=Path(tempfile.mkdtemp(prefix="vlmkit-vllm-")),
-        host=host,
-        port=port,
-        api_key=api_key,
-        allow_media_dir=media.allow_media_dir,
-    )
-    print(
-        "warning: with --backend vllm, vLLM fetches media URLs itself: --allow-private-urls, --max-media-bytes, "
-        "--media-timeout, --max-image-pixels and --max-request-bytes do not apply",
-        file=sys.stderr,
-    )
-    print(f"running: {shlex.join(args)}", flush=True)
-    run_vllm(args)
+    with tempfile.TemporaryDirectory(prefix="vlmkit-vllm-") as template_dir:  # removed however vLLM ends
+        args = serve_command_line(
+            plan,
+            served_model_name=name,
+            template_dir=Path(template_dir),
+            host=host,
+            port=port,
+            api_key=api_key,
+            allow_media_dir=media.allow_media_dir,
+        )
+        print(
+            "warning: with --backend vllm, vLLM fetches media URLs itself: --allow-private-urls, --max-media-bytes, "
+            "--media-timeout, --max-image-pixels and --max-request-bytes do not apply",
+            file=sys.stderr,
+        )
+        print(f"running: {shlex.join(args)}", flush=True)
+        code = run_vllm(args)
+    if code:
+        raise VlmkitError(f"vllm serve exited with code {code} (its own messages are above)")

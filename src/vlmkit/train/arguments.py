@@ -3,6 +3,7 @@ DDP over gloo on CPU) and what `--save-best` tracks."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -68,8 +69,7 @@ def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir
         max_steps=config.max_steps,
         lr_scheduler_type=config.scheduler,
         warmup_steps=config.warmup_ratio,
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        **_checkpointing_kwargs(TrainingArguments, config.gradient_checkpointing),
         bf16=torch_dtype == torch.bfloat16,
         fp16=torch_dtype == torch.float16,
         seed=config.seed,
@@ -98,6 +98,15 @@ def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir
         deepspeed=DEEPSPEED_PRESETS[config.deepspeed] if config.deepspeed else None,
         **fsdp_kwargs,
     )
+
+
+def _checkpointing_kwargs(arguments_class: type, on: bool) -> dict[str, Any]:
+    """--gradient-checkpointing in the spelling of the installed transformers: `activation_checkpointing`
+    from 5.23 on (where `gradient_checkpointing` is a deprecated alias that warns), `gradient_checkpointing`
+    before (vLLM pins transformers < 5.21, so both are in use)."""
+    names = {f.name for f in dataclasses.fields(arguments_class)}
+    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {prefix: on, f"{prefix}_kwargs": {"use_reentrant": False} if on else None}
 
 
 def save_best_by(config: SFTConfig) -> tuple[str, bool] | None:

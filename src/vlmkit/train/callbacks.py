@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, modeling_utils
 
 from vlmkit.errors import VlmkitError
 from vlmkit.families.encoding import IGNORE_INDEX
 from vlmkit.train.checkpoints import disk_full_error, is_disk_full
 from vlmkit.train.run import COMPLETE_MARKER, read_log
 from vlmkit.train.sampler import BatchStats
+
+# transformers' models take a boolean (B, T) `logits_to_keep` from 5.21 (`slice_logits_to_keep`); vLLM pins older
+MODELS_TAKE_A_LOGITS_MASK = hasattr(modeling_utils, "slice_logits_to_keep")
 
 
 def supervised_loss(model, inputs: dict[str, Any], num_items_in_batch=None) -> tuple[torch.Tensor, Any]:
@@ -36,7 +39,11 @@ def supervised_loss(model, inputs: dict[str, Any], num_items_in_batch=None) -> t
     labels = inputs.pop("labels")
     targets = labels[:, 1:]  # (B, T-1): the token each position predicts
     keep = torch.nn.functional.pad(targets != IGNORE_INDEX, (0, 1), value=False)  # (B, T)
-    outputs = model(**inputs, logits_to_keep=keep)
+    if MODELS_TAKE_A_LOGITS_MASK:
+        outputs = model(**inputs, logits_to_keep=keep)
+    else:  # every position's logits, then the supervised ones: the same values, more memory
+        outputs = model(**inputs)
+        outputs["logits"] = outputs.logits[keep.to(outputs.logits.device)]
     logits = outputs.logits.float()  # (N, V), rows in the mask's row-major order
     supervised = targets[targets != IGNORE_INDEX].to(logits.device)  # (N,), same order
     if num_items_in_batch is None:

@@ -33,11 +33,21 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.qwen2 import Qwen2Config, Qwen2Model
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
+
+
+def slice_logits_to_keep(hidden: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """transformers' `slice_logits_to_keep` (5.21 on; vLLM pins older ones) for the values vlmkit passes: an int
+    keeps the last n positions of hidden (B, T, H) (0: all); a boolean (B, T) mask keeps its True positions,
+    flattened to (N, H); other tensors are positions kept in every row."""
+    if isinstance(logits_to_keep, int):
+        return hidden[:, -logits_to_keep:, :] if logits_to_keep else hidden
+    if logits_to_keep.dtype == torch.bool and logits_to_keep.dim() == 2:
+        return hidden[logits_to_keep]  # (N, H)
+    return hidden[:, logits_to_keep, :]
 MODEL_TYPE = "qwen_vl"
 VISION_DEFAULTS = {
     "image_size": 448, "patch_size": 14, "width": 1664, "layers": 48, "heads": 16, "mlp_ratio": 4.9231,
