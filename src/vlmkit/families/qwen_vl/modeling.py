@@ -48,6 +48,8 @@ def slice_logits_to_keep(hidden: torch.Tensor, logits_to_keep: int | torch.Tenso
     if logits_to_keep.dtype == torch.bool and logits_to_keep.dim() == 2:
         return hidden[logits_to_keep]  # (N, H)
     return hidden[:, logits_to_keep, :]
+
+
 MODEL_TYPE = "qwen_vl"
 VISION_DEFAULTS = {
     "image_size": 448, "patch_size": 14, "width": 1664, "layers": 48, "heads": 16, "mlp_ratio": 4.9231,
