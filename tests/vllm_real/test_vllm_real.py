@@ -186,14 +186,10 @@ def whole_characters(reply: str) -> str:
     return reply.rstrip("\ufffd")
 
 
-def test_serve_with_adapters_answers_as_transformers(case, request):
+def test_serve_with_adapters_answers_as_transformers(case):
     """`vlmkit serve --backend vllm --adapters lora=PATH --api-key`: the OpenAI client gets the transformers
     backend's replies from the base model and from the adapter, row by row."""
     from openai import OpenAI
-
-    if case["family"] == "qwen3-vl":  # seen differing once, before whole_characters; not rerun since
-        request.applymarker(pytest.mark.xfail(strict=False, reason="issue 25: unverified on real vLLM since "
-                                              "whole_characters; its one earlier run differed on the base model"))
 
     root, port = case["root"], free_port()
     log = (root / "serve.log").open("w")
