@@ -98,7 +98,7 @@ def test_tiny_model_refusals_list_exactly_what_it_builds(tmp_path):
     """The list comes from the registry: families vlmkit builds offline and the original layouts; never a
     remote-code family it refuses."""
     builds = ("tiny-model builds: qwen2-vl, qwen2.5-vl, qwen3-vl, internvl, llava, llava-next, qwen-vl, "
-              "qwen3-vl-moe, qwen3.5, qwen3.5-moe, internvl-remote, internvl2-remote")  # fmt: skip
+              "qwen3-vl-moe, qwen3.5, qwen3.5-moe, gemma3, internvl-remote, internvl2-remote")  # fmt: skip
     expected = {
         "gpt-4v": f"error: unknown model family 'gpt-4v'; {builds}",
         "qwen-vl-remote": "error: qwen-vl-remote has no tiny model (its model is remote code shipped with the "
@@ -129,6 +129,7 @@ def test_every_tiny_model_has_a_head_size_vllm_runs(tmp_path, name):
     config = json.loads((path / "config.json").read_text())
     assert _text_head_size(config) >= 32
     text = config.get("text_config", config)
-    mrope = (text.get("rope_parameters") or {}).get("mrope_section")
-    if mrope is not None:
-        assert sum(mrope) == _text_head_size(config) // 2
+    rope = text.get("rope_parameters") or {}
+    if rope.get("mrope_section") is not None:  # the sections cover the rotated half of each head
+        rotated = int(_text_head_size(config) * rope.get("partial_rotary_factor", 1.0))
+        assert sum(rope["mrope_section"]) == rotated // 2
