@@ -796,7 +796,11 @@ def test_eval_dataset_rows_with_an_answers_list_beside_their_reply_use_every_ans
     # a reply field that is not among the answers is a contradiction: a failed row naming both fields
     write_jsonl(tmp_path / "odd.jsonl", [{"response": "x", "labels": "blue", "answers": ["red", "red"]},
                                          {"response": "x", "labels": "x", "answers": [{"id": 3}]}])  # fmt: skip
-    result = eval_cli("--predictions", tmp_path / "odd.jsonl", "--metric", "exact_match", "-o", tmp_path / "odd")
+    result = subprocess.run([sys.executable, "-m", "vlmkit", "eval", "--predictions", str(tmp_path / "odd.jsonl"),
+                             "--metric", "exact_match", "-o", str(tmp_path / "odd")],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    # every row failed: metrics.json still names each failure, and the run exits 2 (issue 25 #2)
+    assert result.returncode == 2 and result.stderr.splitlines()[-1].startswith("error: odd: all 2 rows failed")
     failures = json.loads((tmp_path / "odd" / "metrics.json").read_text())["models"]["odd"]["first_failures"]
     assert failures[0] == "line 1: labels 'blue' is not one of its answers ['red', 'red']; which is the reference? keep one of the two fields"
     assert failures[1].startswith("line 2: answers [{'id': 3}] holds no answer text")

@@ -110,6 +110,6 @@ def test_streaming_two_processes_train_as_one_with_both_batches(small_model, tmp
         saved = json.loads((run_dir / "checkpoint-4" / "stream_position.json").read_text())
         # (pass, window start, rows of the window done): 4 rows each of 2 readers, or 8 of one
         expected = {"0": [0, 0, 4], "1": [0, 0, 4]} if name == "two" else {"0": [0, 0, 8]}
-        assert saved == {"readers": len(expected), "positions": expected}
+        assert saved == {"readers": len(expected), "numbering": "share", "positions": expected}
     assert len(losses["two"]) == 4
     assert losses["two"] == pytest.approx(losses["one"], abs=1e-4)
