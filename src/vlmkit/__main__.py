@@ -1,3 +1,3 @@
-from vlmkit.cli import main
+from vlmkit.cli import run
 
-main()
+run()

@@ -106,6 +106,21 @@ def main() -> None:
         leave_at_once(130)
 
 
+def run() -> None:
+    """The `vlmkit` process (the console script and `python -m vlmkit`): `main`, then the exit without the
+    interpreter's teardown (`leave_at_once`) whatever the outcome, since nothing the teardown would do is left
+    to do once the command has returned: a finished `vlmkit infer` answers seconds sooner. `main` itself keeps
+    the ordinary exit, for callers in a process that goes on (tests, notebooks)."""
+    try:
+        main()
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            leave_at_once(e.code or 0)
+        typer.echo(str(e.code), err=True)  # sys.exit("message"): printed, exit 1, as the interpreter would
+        leave_at_once(1)
+    leave_at_once(0)
+
+
 def leave_at_once(code: int) -> None:
     """Exit with `code` without the interpreter's teardown, once nothing is left to finish. The teardown
     frees every object of torch and transformers one by one (garbage collection over ~400k objects): 4-7 s
@@ -129,4 +144,4 @@ def leave_at_once(code: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run()
