@@ -245,6 +245,7 @@ def test_a_non_loopback_host_without_a_key_is_refused():
 def test_a_lora_run_survives_a_reload_and_ends_done_with_its_curve(page, small_model, artifacts):
     page.goto(page.url.split("#")[0] + "#train")
     page.wait_for_selector("#train-form input[name=model]")
+    page.evaluate("document.querySelectorAll('#train-form details').forEach(d => d.open = true)")
     page.fill("input[name=model]", str(small_model))
     page.fill("input[name=dataset]", "train.jsonl")
     page.fill("input[name=max_steps]", "3")
