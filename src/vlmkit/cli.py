@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from vlmkit import __version__
+from vlmkit.commands.app import app_command
 from vlmkit.commands.convert import convert_command
 from vlmkit.commands.data import app as data_app
 from vlmkit.commands.demo import demo
@@ -78,6 +79,7 @@ app.add_typer(
 )
 app.command("demo")(demo)
 app.command("export")(export_command)
+app.command("app")(app_command)
 app.command("serve")(serve_command)
 
 

@@ -28,6 +28,7 @@ The blocks depend on each other, so the tests of this file run in README order; 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -168,7 +169,16 @@ SUBSTITUTIONS = [
     # No network in tests; another developer's server may hold port 8000.
     (r"https://example\.com/cat\.jpg", lambda ws: data_url(ws.dir / "cat.jpg")),
     (r"(?<=--port )8000\b|(?<=localhost:)8000\b|(?<=127\.0\.0\.1:)8000\b", lambda ws: str(ws.port)),
+    # `vlmkit app` beside the serve block's server, which is still running.
+    (r"(?<=--port )8001\b|(?<=localhost:)8001\b", lambda ws: str(second_port())),
 ]
+
+
+@functools.cache
+def second_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def substitute(code: str, ws: Workspace) -> str:

@@ -237,6 +237,7 @@ LAYERS = (
     ("vlmkit.models",),  # model folders in and out: load, place, quantize, export
     ("vlmkit.backends",),  # engines that generate: transformers, vLLM
     ("vlmkit.data", "vlmkit.infer", "vlmkit.eval", "vlmkit.train", "vlmkit.serve"),  # features
+    ("vlmkit.ui",),  # the page of `vlmkit app`: a client of the features
     ("vlmkit.commands", "vlmkit.cli", "vlmkit.__main__"),  # the CLI
 )
 

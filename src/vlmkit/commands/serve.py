@@ -44,18 +44,32 @@ def serve_command(
     encoding: EncodingSettings = EncodingSettings(),
     loading: LoadOptions = LoadOptions(),
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    ui: Annotated[
+        bool, typer.Option(help="Also serve `vlmkit app`'s page at / (chat, data, and training runs in ./runs).")
+    ] = False,
 ) -> None:
     """Serve a model (and named LoRA adapters) behind the OpenAI chat API: POST /v1/chat/completions
     (text, image_url, video_url; stream, n, max_tokens, temperature, top_p, stop, seed), GET /v1/models,
     GET /health. Requests are batched dynamically; the model's saved template and pixel limits apply."""
-    import importlib.util
-
-    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
-        raise VlmkitError("vlmkit serve needs fastapi and uvicorn: pip install 'vlmkit[serve]'")
+    require_serve_extra()
     from vlmkit.serve import parse_adapters, serve
+
+    page = None
+    if ui:
+        from vlmkit.ui import check_exposure, ui_routes
+
+        check_exposure(host, api_key)
+        page = ui_routes(Path("runs"))
 
     serve(
         model, ckpt=ckpt, adapters=parse_adapters(adapters or []), host=host, port=port, api_key=api_key,
         served_model_name=served_model_name, log_level=log_level, loading=loading, limits=limits, media=media,
-        backend=backend, encoding=encoding,
+        backend=backend, encoding=encoding, ui=page,
     )  # fmt: skip
+
+
+def require_serve_extra() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        raise VlmkitError("vlmkit serve needs fastapi and uvicorn: pip install 'vlmkit[serve]'")

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -58,9 +59,12 @@ def error_response(status: int, message: str, type_: str, param=None, code=None)
     return JSONResponse(body, status_code=status)
 
 
-def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerConfig) -> FastAPI:
+def create_app(
+    engine: Engine, models: dict[str, ServedModel], config: ServerConfig, extend: Callable | None = None
+) -> FastAPI:
     """The FastAPI app; `models` maps served names to templates (the first is the default), and
-    `engine` must know the same names. The engine is started and stopped with the app."""
+    `engine` must know the same names. The engine is started and stopped with the app. `extend(app, models,
+    config, check_key)` adds more routes (the page of `vlmkit app`, `vlmkit.ui`), behind the same key check."""
     default_model = next(iter(models))
     created = int(time.time())
     media_workers = anyio.CapacityLimiter(config.media_workers)
@@ -181,6 +185,8 @@ def create_app(engine: Engine, models: dict[str, ServedModel], config: ServerCon
             )
         return await _complete(job, request_id, name, request)
 
+    if extend is not None:
+        extend(app, models, config, check_key)
     return app
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +120,15 @@ def serve(
     media: MediaAccess | None = None,
     backend: BackendOptions | str | None = None,
     encoding: EncodingSettings | None = None,
+    ui: Callable | None = None,
     **keywords: Any,
 ) -> None:
     """Load the model and serve it until interrupted (see `vlmkit serve --help` for the options). The option
     groups (`loading`, `limits`, `media`, `backend`: `vlmkit.serve.options`, `vlmkit.models.loader.LoadOptions`,
     `vlmkit.backends.vllm_args.BackendOptions`) may also be given as their fields, keyword arguments (`max_tokens=256`,
     `backend="vllm"`, `vllm_args=[...]`). `encoding` (or its fields as keyword arguments) applies to the model
-    and to every adapter that is a vlmkit checkpoint, over their saved settings."""
+    and to every adapter that is a vlmkit checkpoint, over their saved settings. `ui`: routes added to the
+    app (`create_app`'s `extend`; `vlmkit app` and `serve --ui` pass the page's, `vlmkit.ui.ui_routes`)."""
     if isinstance(backend, str):  # the backend's name, as before the groups
         backend, keywords = None, {**keywords, "backend": backend}
     loading, keywords = from_keywords(LoadOptions, keywords, loading)
@@ -143,6 +146,8 @@ def serve(
         group.check()
     _check_port_free(host, port)  # before loading the model: a busy port is found in a second, not minutes
     adapters = adapters or {}
+    if backend.vllm and ui is not None:
+        raise VlmkitError("--ui is for --backend transformers (vLLM runs its own server)")
     if backend.vllm:
         _refuse_for_vllm(model, ckpt, loading, encoding)
         name = served_model_name or served_name(model, ckpt)
@@ -155,10 +160,10 @@ def serve(
         print(describe(vlm.model), flush=True)
     # Adapters that are vlmkit checkpoints load their own template with the same explicit options.
     models, peft_names = load_served(vlm, served_model_name or served_name(model, ckpt), adapters, encoding)
-    _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits, media)
+    _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits, media, ui)
 
 
-def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits, media) -> None:
+def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits, media, ui=None) -> None:
     """Serve the loaded models with uvicorn until interrupted."""
     import uvicorn
 
@@ -191,7 +196,7 @@ def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits,
             server.should_exit = True
 
     engine = Engine(vlm, peft_names, max_batch_rows=limits.max_batch_size, on_failure=engine_failed)
-    app = create_app(engine, models, config)
+    app = create_app(engine, models, config, extend=ui)
     logging.getLogger("vlmkit.serve").setLevel(log_level.upper())
     server = StoppingServer(
         uvicorn.Config(
@@ -210,6 +215,8 @@ def _run_server(vlm, models, peft_names, host, port, api_key, log_level, limits,
         shut_down=engine.shut_down,
     )
     print(f"serving {', '.join(models)} on http://{host}:{port}/v1", flush=True)
+    if ui is not None:
+        print(f"open the page: http://{host}:{port}/", flush=True)
     server.run()
     if engine.failure is not None:
         raise VlmkitError(f"the generation thread stopped ({engine.failure}); the server exited, restart it")
