@@ -5,6 +5,7 @@ checks it and trains."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -75,17 +76,20 @@ class ManyValuesCommand(TyperCommand):
         return super().parse_args(ctx, repeat_many_values(args))
 
 
-def sft_config(ctx: typer.Context, groups: list[Any], config_file: Path | None) -> SFTConfig:
-    """The run's config: the groups' values, overridden by `config_file`'s, overridden by the flags given on
-    the command line; checked (`SFTConfig.validate`)."""
+def sft_config(
+    ctx: typer.Context, groups: list[Any], config_file: Path | None, config_class: type = SFTConfig, command: str = "sft"
+) -> Any:
+    """The run's config (a `config_class`: SFTConfig, or `vlmkit dpo`'s DPOConfig): the groups' values, overridden
+    by `config_file`'s, overridden by the flags given on the command line; checked (`validate`)."""
     values = {name: value for group in groups for name, value in vars(group).items()}
     given = {
         name: value
         for name, value in values.items()
         if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
     }
-    from_file = read_yaml_config(config_file) if config_file is not None else {}
-    return SFTConfig(**{**values, **from_file, **given}).validate()
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    from_file = read_yaml_config(config_file, fields, command) if config_file is not None else {}
+    return config_class(**{**values, **from_file, **given}).validate()
 
 
 @with_options(panels=PANELS, check=False)  # checked once merged with --config (sft_config)

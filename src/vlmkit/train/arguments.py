@@ -46,17 +46,22 @@ DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir: str):
-    """transformers' TrainingArguments of `config` (`output_dir` is set again once the run folder exists)."""
+def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir: str, arguments: type | None = None):
+    """transformers' TrainingArguments of `config` (`output_dir` is set again once the run folder exists).
+    `arguments`: a subclass to build instead (TRL's config of its trainer), given the fields of its own that
+    `config.trainer_arguments()` sets; None: TrainingArguments."""
     from transformers import TrainingArguments
 
+    own = config.trainer_arguments() if arguments is not None else {}
+    arguments = arguments or TrainingArguments
     fsdp_kwargs: dict[str, Any] = {}
     if config.fsdp:
         fsdp_kwargs = {"fsdp": f"{config.fsdp} auto_wrap", "fsdp_config": {"use_orig_params": True}}
     workers = (
         config.num_workers if config.num_workers is not None else (4 if torch.cuda.is_available() else 0)
     )
-    return TrainingArguments(
+    return arguments(
+        **own,
         output_dir=output_dir,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
@@ -69,7 +74,7 @@ def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir
         max_steps=config.max_steps,
         lr_scheduler_type=config.scheduler,
         warmup_steps=config.warmup_ratio,
-        **_checkpointing_kwargs(TrainingArguments, config.gradient_checkpointing),
+        **_checkpointing_kwargs(arguments, config.gradient_checkpointing),
         bf16=torch_dtype == torch.bfloat16,
         fp16=torch_dtype == torch.float16,
         seed=config.seed,

@@ -52,56 +52,13 @@ def supervised_loss(model, inputs: dict[str, Any], num_items_in_batch=None) -> t
     return loss / num_items_in_batch, outputs
 
 
-class VlmTrainer(Trainer):
-    """Trainer with optimizer parameter groups from `parameter_groups(model, decay_names)`, an optional
-    training-order sampler (length grouping), padding / fill fractions from the collator's
-    `batch_stats` added to the training logs, and optional metrics of generated answers at each eval."""
+class TrainerParts:
+    """What every vlmkit trainer adds to its transformers or TRL trainer (listed first among its bases):
+    optimizer parameter groups (`self._parameter_groups(model, decay_names)`: --vit-lr, --aligner-lr, no decay
+    on biases and norms), warm-up capped for short runs, the planned step count (what a resume is checked
+    against), a full disk ending the run in one line, and full weights resumed by their checkpoint names."""
 
-    def __init__(
-        self,
-        *args,
-        parameter_groups: Callable[..., list[dict[str, Any]]],
-        train_sampler: torch.utils.data.Sampler | None = None,
-        generated_metrics: Callable[[torch.nn.Module, int, list], dict[str, float]] | None = None,
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self._parameter_groups = parameter_groups
-        self._train_sampler = train_sampler
-        self._generated_metrics = generated_metrics
-        self.batch_stats = BatchStats()
-
-    def evaluate(self, *args, **kwargs) -> dict[str, float]:
-        """Eval loss, then (`sft --eval-metric`) the metrics of generated answers, logged like it."""
-        metrics = super().evaluate(*args, **kwargs)
-        if self._generated_metrics is not None and self.is_world_process_zero():
-            training = self.model.training
-            step, callbacks = self.state.global_step, self.callback_handler.callbacks
-            scores = self._generated_metrics(self.model.eval(), step, callbacks)
-            self.model.train(training)
-            self.log(scores)
-            metrics.update(scores)
-        return metrics
-
-    def _get_train_sampler(self, train_dataset=None):
-        if self._train_sampler is not None:
-            return self._train_sampler
-        return super()._get_train_sampler(train_dataset)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        stats = inputs.pop("batch_stats", None)
-        if stats is not None and model.training:
-            self.batch_stats.add(stats)
-        loss, outputs = supervised_loss(model, inputs, num_items_in_batch)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            # As Trainer.compute_loss: num_items_in_batch counts every process's tokens, DDP averages.
-            loss = loss * self.accelerator.num_processes
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs or "train_loss" in logs:  # training logs, and the end-of-training summary
-            logs.update(self.batch_stats.log_fields())
-        super().log(logs, start_time)
+    _parameter_groups: Callable[..., list[dict[str, Any]]]
 
     def create_optimizer(self, model=None):
         model = self.model if model is None else model
@@ -161,6 +118,58 @@ class VlmTrainer(Trainer):
                 f"--resume {checkpoint}: its weights do not match the model "
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]}); resume with the same --model"
             )
+
+
+class VlmTrainer(TrainerParts, Trainer):
+    """Trainer with vlmkit's `TrainerParts` (optimizer parameter groups from `parameter_groups(model,
+    decay_names)`, ...), an optional training-order sampler (length grouping), padding / fill fractions from the collator's
+    `batch_stats` added to the training logs, and optional metrics of generated answers at each eval."""
+
+    def __init__(
+        self,
+        *args,
+        parameter_groups: Callable[..., list[dict[str, Any]]],
+        train_sampler: torch.utils.data.Sampler | None = None,
+        generated_metrics: Callable[[torch.nn.Module, int, list], dict[str, float]] | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self._parameter_groups = parameter_groups
+        self._train_sampler = train_sampler
+        self._generated_metrics = generated_metrics
+        self.batch_stats = BatchStats()
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        """Eval loss, then (`sft --eval-metric`) the metrics of generated answers, logged like it."""
+        metrics = super().evaluate(*args, **kwargs)
+        if self._generated_metrics is not None and self.is_world_process_zero():
+            training = self.model.training
+            step, callbacks = self.state.global_step, self.callback_handler.callbacks
+            scores = self._generated_metrics(self.model.eval(), step, callbacks)
+            self.model.train(training)
+            self.log(scores)
+            metrics.update(scores)
+        return metrics
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self._train_sampler is not None:
+            return self._train_sampler
+        return super()._get_train_sampler(train_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        stats = inputs.pop("batch_stats", None)
+        if stats is not None and model.training:
+            self.batch_stats.add(stats)
+        loss, outputs = supervised_loss(model, inputs, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # As Trainer.compute_loss: num_items_in_batch counts every process's tokens, DDP averages.
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs or "train_loss" in logs:  # training logs, and the end-of-training summary
+            logs.update(self.batch_stats.log_fields())
+        super().log(logs, start_time)
 
 
 def capped_warmup_steps(wanted: int, total: int) -> int:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from vlmkit.families.interface import Template
 
 
-def _check_environment(config: SFTConfig) -> None:
+def check_environment(config: SFTConfig) -> None:
     if config.quant:
         if not torch.cuda.is_available():
             raise VlmkitError(
@@ -111,6 +113,25 @@ class _Run:
 def sft(config: SFTConfig, callbacks: Sequence[Any] = ()) -> Path:
     """Fine-tune `config.model` on `config.dataset`; returns the run folder. `callbacks`: more transformers
     `TrainerCallback`s for the Trainer (the demo's slow-step check)."""
+    base = prepare_base(config)
+    run = start_run(config, base)
+    with run_guard(config, run) as guard:
+        sets = training_sets(config, base, run)  # every row validated before any GPU hour is spent
+        model = _load_model(config, base)
+        _print_run_summary(config, model, run, sets)
+        trainer = _make_trainer(config, base, run, sets, model)
+        for callback in callbacks:
+            trainer.add_callback(callback)
+        guard.started = True
+        if train_run(config, run, trainer):
+            _after_training(config, base, run, sets, trainer)
+        elif run.is_main:
+            print_result(run.dir)
+    return run.dir
+
+
+def prepare_base(config: SFTConfig) -> _Base:
+    """Check the config and the machine, seed, and resolve the base model (before any data is read)."""
     import transformers
     from transformers import set_seed
 
@@ -118,26 +139,21 @@ def sft(config: SFTConfig, callbacks: Sequence[Any] = ()) -> Path:
 
     transformers.utils.logging.disable_progress_bar()
     config.validate()
-    _check_environment(config)
+    check_environment(config)
     loader.check_attn(config.attn_impl)
     set_seed(config.seed)
-    base = _resolve_base(config)
-    run = _start_run(config, base)
-    started = False
+    return resolve_base(config)
+
+
+@contextmanager
+def run_guard(config: SFTConfig, run: _Run) -> Iterator[SimpleNamespace]:
+    """Around a run's training: a run refused before it started (`guard.started` still False) leaves no empty
+    run folder behind, an interrupt prints how to resume, and the run folder's lock is released at the end."""
+    guard = SimpleNamespace(started=False)
     try:
-        sets = training_sets(config, base, run)  # every row validated before any GPU hour is spent
-        model = _load_model(config, base)
-        _print_run_summary(config, model, run, sets)
-        trainer = _make_trainer(config, base, run, sets, model)
-        for callback in callbacks:
-            trainer.add_callback(callback)
-        started = True
-        if _train(config, run, trainer):
-            _after_training(config, base, run, sets, trainer)
-        elif run.is_main:
-            print_result(run.dir)
+        yield guard
     except (VlmkitError, KeyboardInterrupt) as e:
-        if run.is_main and not started and run.resume_from is None:  # refused: no empty run folder left behind
+        if run.is_main and not guard.started and run.resume_from is None:  # refused: no empty run folder left
             remove_unstarted_run(run.dir)
         if run.is_main and isinstance(e, KeyboardInterrupt):  # printed before the CLI leaves at once
             print(f"\n{interrupted_line(run.dir, config.resume)}", file=sys.stderr, flush=True)
@@ -145,10 +161,9 @@ def sft(config: SFTConfig, callbacks: Sequence[Any] = ()) -> Path:
     finally:
         if run.lock is not None:  # released now, also when refused: `sft` may be called again in this process
             run.lock.close()
-    return run.dir
 
 
-def _resolve_base(config: SFTConfig) -> _Base:
+def resolve_base(config: SFTConfig) -> _Base:
     """The model files, family checks, packing, tokenizer, template, dtype and placement."""
     from vlmkit.models import loader, placement
 
@@ -166,22 +181,11 @@ def _resolve_base(config: SFTConfig) -> _Base:
     return _Base(files, tokenizer, template, torch_dtype, placed, packing_requested, no_packing_reason)
 
 
-def _start_run(config: SFTConfig, base: _Base) -> _Run:
-    """Read the data, then make (or resume) the run folder and write the run's args and settings.
-
-    TrainingArguments come before the folder: they set up the process group its name is shared over."""
+def read_sft_data(config: SFTConfig):
+    """(training rows, validation rows or None) of `config`'s datasets, as `vlmkit sft` reads them."""
     from vlmkit.data import load_datasets, split_dataset
     from vlmkit.data.columns import parse_columns
-    from vlmkit.settings import write_settings
 
-    resume_from, resume_notes = None, []
-    if config.resume:
-        named = resolve_resume(config.resume, config.output_dir, config.model)
-        resume_from, resume_notes = loadable_checkpoint(
-            named, latest=config.resume == "latest", optimizer_files=not (config.deepspeed or config.fsdp)
-        )
-        if resume_from == named:  # a fallback to an earlier checkpoint names it itself
-            resume_notes.insert(0, resuming_line(config.resume, resume_from))
     columns = parse_columns(config.columns)
     read = {"media_root": config.media_root, "seed": config.seed, "columns": columns, "prompt": config.prompt}
     if config.streaming:  # read as training goes (vlmkit.train.streaming); opened here to detect its format
@@ -193,7 +197,28 @@ def _start_run(config: SFTConfig, base: _Base) -> _Run:
     val_data = load_datasets(config.val_dataset, **read) if config.val_dataset else None
     if config.split_ratio:
         train_data, val_data = split_dataset(train_data, config.split_ratio, seed=config.seed)
-    args = training_arguments(config, base.torch_dtype, val_data is not None, output_dir=config.output_dir)
+    return train_data, val_data
+
+
+def start_run(config: SFTConfig, base: _Base, read_data: Callable[[Any], tuple[Any, Any]] = read_sft_data,
+              arguments: type | None = None) -> _Run:  # fmt: skip
+    """Read the data (`read_data(config)` -> (train rows, validation rows or None)), then make (or resume) the
+    run folder and write the run's args and settings. `arguments`: the Trainer's arguments class when not
+    transformers' TrainingArguments (TRL's config of its trainer; `training_arguments`).
+
+    TrainingArguments come before the folder: they set up the process group its name is shared over."""
+    from vlmkit.settings import write_settings
+
+    resume_from, resume_notes = None, []
+    if config.resume:
+        named = resolve_resume(config.resume, config.output_dir, config.model)
+        resume_from, resume_notes = loadable_checkpoint(
+            named, latest=config.resume == "latest", optimizer_files=not (config.deepspeed or config.fsdp)
+        )
+        if resume_from == named:  # a fallback to an earlier checkpoint names it itself
+            resume_notes.insert(0, resuming_line(config.resume, resume_from))
+    train_data, val_data = read_data(config)
+    args = training_arguments(config, base.torch_dtype, val_data is not None, config.output_dir, arguments)
     run_dir = _make_run_dir(config, resume_from)
     args.output_dir = str(run_dir)
     if hasattr(args, "logging_dir"):
@@ -224,8 +249,14 @@ def _start_run(config: SFTConfig, base: _Base) -> _Run:
 
 def _load_model(config: SFTConfig, base: _Base):
     """The weights (quantized with --quant, placed with --device-map), frozen and wrapped as asked."""
-    from vlmkit.models import loader, placement
     from vlmkit.train.tuning import apply_tuning
+
+    return apply_tuning(load_base_weights(config, base), config, base.files.family.module_groups)
+
+
+def load_base_weights(config: SFTConfig, base: _Base):
+    """The base model's weights, quantized with --quant and placed with --device-map; nothing frozen yet."""
+    from vlmkit.models import loader, placement
 
     quantization = None
     if config.quant:
@@ -257,7 +288,7 @@ def _load_model(config: SFTConfig, base: _Base):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.gradient_checkpointing
         )
-    return apply_tuning(model, config, base.files.family.module_groups)
+    return model
 
 
 def _print_run_summary(config: SFTConfig, model, run: _Run, sets: TrainingSets) -> None:
@@ -315,7 +346,7 @@ def _make_trainer(config: SFTConfig, base: _Base, run: _Run, sets: TrainingSets,
     return trainer
 
 
-def _train(config: SFTConfig, run: _Run, trainer) -> bool:
+def train_run(config: SFTConfig, run: _Run, trainer) -> bool:
     """Train (resuming from the checkpoint when given), with the experiment tracker open on the main process;
     False when the resumed checkpoint is the end of the run (nothing trained, nothing written)."""
     if run.resume_from is not None:

@@ -61,27 +61,36 @@ def _validate(dataset, template, config: SFTConfig, run_dir: Path, name: str, is
         truncation=config.truncation,
         progress=config.progress and is_main,
     )
-    bad_file = run_dir / f"bad_samples{'' if name == 'train' else '_' + name}.jsonl"
-    if report.bad and is_main:
-        report.write_bad_samples(bad_file)
     if is_main:
         for source, line in dataset.schemas.items():
             print(f"{source}: {line}")
-        print(report.summary())
-    fraction = len(report.bad) / max(report.total, 1)
-    if fraction > config.max_bad_fraction:
-        raise VlmkitError(
-            f"{len(report.bad)} of {report.total} {name} rows are bad ({fraction:.1%} > --max-bad-fraction "
-            f"{config.max_bad_fraction:.1%}); see {run_dir / 'bad_samples.jsonl'} and fix them, or raise the limit"
-        )
-    if not report.good:
-        raise VlmkitError(f"no usable {name} rows left after validation; see {bad_file}")
+    judge_report(report, config, run_dir, name, is_main)
     return (
         [good.index for good in report.good],
         {g.index: g.limit for g in report.good if g.limit},
         [good.length for good in report.good],
         any(good.has_video for good in report.good),
     )
+
+
+def judge_report(report, config: SFTConfig, run_dir: Path, name: str, is_main: bool) -> None:
+    """List the bad rows of a `CheckReport` in bad_samples[_NAME].jsonl and print its summary (main process);
+    stop before training when more than --max-bad-fraction of the rows are bad, or none is good."""
+    bad_file = run_dir / f"bad_samples{'' if name == 'train' else '_' + name}.jsonl"
+    if report.bad and is_main:
+        report.write_bad_samples(bad_file)
+    if is_main:
+        print(report.summary())
+    fraction = len(report.bad) / max(report.total, 1)
+    if fraction > config.max_bad_fraction:
+        first = report.bad[0]
+        raise VlmkitError(
+            f"{len(report.bad)} of {report.total} {name} rows are bad ({fraction:.1%} > --max-bad-fraction "
+            f"{config.max_bad_fraction:.1%}), the first {first.where}: {first.reason}; see "
+            f"{run_dir / 'bad_samples.jsonl'} and fix them, or raise the limit"
+        )
+    if not report.good:
+        raise VlmkitError(f"no usable {name} rows left after validation; see {bad_file}")
 
 
 @dataclass

@@ -78,19 +78,26 @@ def apply_tuning(model: torch.nn.Module, config: SFTConfig, module_groups: dict[
         for name, param in model.named_parameters():
             param.requires_grad = group_of(name, module_groups) not in frozen
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    lora = LoraConfig(
+    lora = lora_config(model, config, module_groups)
+    for param in model.parameters():
+        param.requires_grad = False
+    with peft_quietly():
+        return get_peft_model(model, lora)
+
+
+def lora_config(model: torch.nn.Module, config: SFTConfig, module_groups: dict[str, tuple[str, ...]]):
+    """peft's `LoraConfig` of --lora-rank, --lora-alpha, --lora-dropout and the layers `lora_targets` names."""
+    from peft import LoraConfig
+
+    return LoraConfig(
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=lora_targets(model, config, module_groups),
         bias="none",
     )
-    for param in model.parameters():
-        param.requires_grad = False
-    with peft_quietly():
-        return get_peft_model(model, lora)
 
 
 def parameter_groups(
