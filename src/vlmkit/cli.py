@@ -17,6 +17,7 @@ from vlmkit.commands.app import app_command
 from vlmkit.commands.convert import convert_command
 from vlmkit.commands.data import app as data_app
 from vlmkit.commands.demo import demo
+from vlmkit.commands.dpo import dpo_command
 from vlmkit.commands.eval import eval_command
 from vlmkit.commands.export import export_command
 from vlmkit.commands.families import families, family_titles
@@ -73,6 +74,7 @@ app.command("convert")(convert_command)
 app.command("families")(families)
 app.command("infer")(infer)
 app.command("sft", cls=ManyValuesCommand, context_settings={"help_option_names": ["-h", "--help"]})(sft_command)
+app.command("dpo", cls=ManyValuesCommand, context_settings={"help_option_names": ["-h", "--help"]})(dpo_command)
 app.command("eval")(eval_command)
 app.add_typer(
     data_app, name="data", help="Check a dataset before training, preview rows as the model sees them, or encode it into the encode cache."

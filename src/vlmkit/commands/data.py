@@ -143,19 +143,29 @@ def check(
     """Check every row of the dataset(s) as training will read it: JSON, format, placeholders, images
     (missing, corrupt or cut-short files), an assistant reply to learn, and the token length.
 
+    Preference data (`vlmkit dpo`'s formats) is checked pair by pair: a pair is bad when either conversation
+    is, or does not fit --max-length (pairs are never cut).
+
     Prints the format of each file, counts per reason, the first bad rows (file:line and reason) and
     token-length statistics, and writes a histogram of the lengths.
 
     Exit status: 0 when every row is good, 1 when some rows are bad (so scripts can stop on it),
     2 for a mistake in the options or an unreadable dataset file."""
     from vlmkit.data.check import check_rows
+    from vlmkit.data.preference import check_pairs, is_preference_source, load_preference_datasets
     from vlmkit.train.plots import save_histogram
 
-    rows = _rows_to_check(ctx, dataset, reading)
-    template = load_template(model, encoding)
-    report = check_rows(
-        rows, template, max_length, truncation, progress=progress and sys.stderr.isatty(), decode_images=decode_images
-    )
+    specs, show = _datasets(ctx, dataset), progress and sys.stderr.isatty()
+    if is_preference_source(specs[0]):  # pairs, checked as `vlmkit dpo` trains them (never cut)
+        if truncation != "delete":
+            raise VlmkitError(f"--truncation {truncation}: preference pairs are never shrunk; leave it out")
+        pairs = load_preference_datasets(specs, reading.media_root)
+        template = load_template(model, encoding)
+        report = check_pairs(pairs, template, max_length, progress=show, decode_images=decode_images)
+    else:
+        rows = _rows_to_check(ctx, dataset, reading)
+        template = load_template(model, encoding)
+        report = check_rows(rows, template, max_length, truncation, progress=show, decode_images=decode_images)
     typer.echo(report.summary())
     if report.lengths:
         save_histogram(
