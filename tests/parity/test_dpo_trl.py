@@ -66,6 +66,7 @@ def sequence_logps(model, batch: dict) -> torch.Tensor:
     return (logps * batch["completion_mask"][:, 1:]).sum(-1)
 
 
+@pytest.mark.slow
 def test_loss_and_rewards_equal_trl_driven_directly_and_dpo_formula(setup, tmp_path):
     from datasets import Dataset
     from peft import LoraConfig
