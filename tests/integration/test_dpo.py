@@ -17,6 +17,10 @@ import torch
 from preference_rows import QUESTION, rlaif_v_parquet, rows_in_every_format, write_jsonl
 from safetensors.torch import load_file
 
+# TRL 1.16 reads transformers' renamed `is_gradient_checkpointing`; vlmkit.train.dpo_trainer silences it for runs,
+# and pytest resets warning filters per test
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
 
 def vlmkit_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vlmkit", *map(str, args)], capture_output=True, text=True,
