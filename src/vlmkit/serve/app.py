@@ -64,7 +64,7 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app; `models` maps served names to templates (the first is the default), and
     `engine` must know the same names. The engine is started and stopped with the app. `extend(app, models,
-    config, check_key)` adds more routes (the page of `vlmkit app`, `vlmkit.ui`), behind the same key check."""
+    config, check_key, engine)` adds more routes (the page of `vlmkit app`, `vlmkit.ui`), behind the same key check."""
     default_model = next(iter(models))
     created = int(time.time())
     media_workers = anyio.CapacityLimiter(config.media_workers)
@@ -186,7 +186,7 @@ def create_app(
         return await _complete(job, request_id, name, request)
 
     if extend is not None:
-        extend(app, models, config, check_key)
+        extend(app, models, config, check_key, engine)
     return app
 
 

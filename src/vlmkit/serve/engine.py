@@ -153,6 +153,7 @@ class Engine:
         self.stopping = False
         self.failure: str | None = None
         self.running: list[Job] = []  # the batch being generated
+        self.model_lock = threading.Lock()  # held while generating, and by `exclusive` (loading an adapter)
         self.batches = 0
         self.thread = threading.Thread(target=self._run, name="vlmkit-serve-engine", daemon=True)
 
@@ -176,6 +177,11 @@ class Engine:
         for job in jobs:
             job.cancelled = True  # its rows end at the next token (see _RowTracker)
             job.emit("error", SHUTTING_DOWN)
+
+    def exclusive(self, change: Callable[[], Any]) -> Any:
+        """Run `change` (e.g. loading an adapter onto the model) between batches, never during one."""
+        with self.model_lock:
+            return change()
 
     @property
     def alive(self) -> bool:
@@ -270,7 +276,7 @@ class Engine:
         options = replace(jobs[0].options, max_new_tokens=max(job.options.max_new_tokens for job in jobs))
         tracker = _RowTracker(rows, self.vlm.decode, self.vlm.template.stop_token_ids)
         encoded = [job.encoded for job in jobs for _ in range(job.n)]
-        with self._adapter(jobs[0].adapter):
+        with self.model_lock, self._adapter(jobs[0].adapter):
             self.vlm.generate_encoded(encoded, options, stopping_criteria=StoppingCriteriaList([tracker]))
         self.batches += 1
         for row in rows:

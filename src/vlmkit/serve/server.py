@@ -76,7 +76,6 @@ def load_served(
     """
     from peft import PeftModel
 
-    from vlmkit.models.loader import peft_quietly
     from vlmkit.serve.app import ServedModel
 
     models = {main_name: ServedModel(main_name, vlm.template, str(vlm.path))}
@@ -85,24 +84,36 @@ def load_served(
     for i, (name, folder) in enumerate(adapters.items()):
         if name in models:
             raise VlmkitError(f"--adapters {name}={folder}: {name!r} is already the main model's name")
-        peft_name = f"served_{i}"
-        try:
-            with peft_quietly():
-                if isinstance(vlm.model, PeftModel):
-                    vlm.model.load_adapter(str(folder), adapter_name=peft_name)
-                else:
-                    vlm.model = PeftModel.from_pretrained(vlm.model, str(folder), adapter_name=peft_name)
-        except Exception as e:  # peft raises many types for an adapter that does not fit the model
-            raise VlmkitError(
-                f"--adapters {name}={folder}: cannot load it onto {main_name} ({type(e).__name__}: {e})"
-            ) from None
-        vlm.model.eval()
-        template = vlm.template
-        if (folder / "preprocessor_config.json").is_file():  # a vlmkit checkpoint: its run's settings
-            template = load_template(folder, vlm.tokenizer, vlm.family, encoding)
-        models[name] = ServedModel(name, template, str(folder), parent=main_name)
-        peft_names[name] = peft_name
+        models[name] = attach_adapter(vlm, name, folder, f"served_{i}", main_name, encoding)
+        peft_names[name] = f"served_{i}"
     return models, peft_names
+
+
+def attach_adapter(
+    vlm: VLM, name: str, folder: Path, peft_name: str, main_name: str, encoding: EncodingSettings | None = None
+) -> Any:
+    """Load the LoRA checkpoint `folder` onto `vlm.model` as the peft adapter `peft_name`; returns its
+    `ServedModel` (a vlmkit checkpoint encodes with its run's own settings)."""
+    from peft import PeftModel
+
+    from vlmkit.models.loader import peft_quietly
+    from vlmkit.serve.app import ServedModel
+
+    try:
+        with peft_quietly():
+            if isinstance(vlm.model, PeftModel):
+                vlm.model.load_adapter(str(folder), adapter_name=peft_name)
+            else:
+                vlm.model = PeftModel.from_pretrained(vlm.model, str(folder), adapter_name=peft_name)
+    except Exception as e:  # peft raises many types for an adapter that does not fit the model
+        raise VlmkitError(
+            f"--adapters {name}={folder}: cannot load it onto {main_name} ({type(e).__name__}: {e})"
+        ) from None
+    vlm.model.eval()
+    template = vlm.template
+    if (folder / "preprocessor_config.json").is_file():  # a vlmkit checkpoint: its run's settings
+        template = load_template(folder, vlm.tokenizer, vlm.family, encoding)
+    return ServedModel(name, template, str(folder), parent=main_name)
 
 
 def serve(

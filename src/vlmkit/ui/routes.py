@@ -4,13 +4,17 @@ Chat goes through the server's own OpenAI API (`POST /v1/chat/completions`, stre
 client of any `vlmkit serve --ui`. The endpoints here add what the API has no place for:
 
     GET  /ui/api/info                 the served models, the runs folder, whether the family draws boxes
-    POST /ui/api/inspect              a chat request plus its reply -> per image its original and model size,
-                                      and the reply's boxes in original pixels (the family's own parser)
+    POST /ui/api/inspect              a chat request plus its reply -> per image its original and model size
+                                      and the tokens the model saw (the family's encoder), per video its
+                                      tokens, and the reply's boxes in original pixels (the family's parser)
     GET  /ui/api/data?path=&offset=   a page of a dataset's rows, images as small data: URLs, boxes
     GET  /ui/api/data/check?path=     `vlmkit data check`'s summary and the token lengths
     GET  /ui/api/train/form           the fields of sft's option groups
     POST /ui/api/train                {"values": {field: value}} -> launches `vlmkit sft`, returns the run id
     GET  /ui/api/runs, /ui/api/run?id=  runs from the disk (`vlmkit.ui.runs`); POST /ui/api/run/stop {"id"}
+    POST /ui/api/run/resume {"id"}    launches the stopped or failed run again with `--resume RUN_FOLDER`
+    POST /ui/api/run/chat {"id", "checkpoint"}  loads a LoRA checkpoint of a run onto the served model as
+                                      a new model name (between batches) and returns it, for the chat
     GET  /ui/api/evals, /ui/api/eval?path=  eval folders (metrics.json) and one's scores and first predictions
 
 Everything under /ui/api/ is behind the server's API key and its browser checks (`check_key`); the static
@@ -49,11 +53,12 @@ def ui_routes(runs_dir: Path, folder: Path | None = None) -> Callable:
     folder = (folder or Path.cwd()).resolve()
     runs = Runs(runs_dir.resolve(), folder)
 
-    def extend(app: FastAPI, models: dict[str, Any], config, check_key: Callable) -> None:
+    def extend(app: FastAPI, models: dict[str, Any], config, check_key: Callable, engine) -> None:
         _add_static(app)
         _add_chat(app, models, config, check_key, runs)
         _add_data(app, models, check_key, [folder, runs.root])
         _add_runs(app, check_key, runs)
+        _add_checkpoint_chat(app, models, check_key, runs, engine)
 
     return extend
 
@@ -89,7 +94,12 @@ def _add_chat(app: FastAPI, models: dict[str, Any], config, check_key: Callable,
         check_key(request)
         return {
             "models": [
-                {"name": m.name, "adapter": m.parent is not None, "grounding": m.template.box_format is not None}
+                {
+                    "name": m.name,
+                    "adapter": m.parent is not None,
+                    "grounding": m.template.box_format is not None,
+                    "video": m.template.video_sampling is not None,
+                }
                 for m in models.values()
             ],
             "runs": str(runs.root),
@@ -128,14 +138,40 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
 
 
 def _inspect(chat, template, config, reply: str) -> dict[str, Any]:
+    """Per image its original and model size and the tokens the model saw, per video its tokens, and the
+    reply's boxes: from the family's own `encode` of the request, as the server encoded it for the reply."""
     try:
         sample = fetch_sample_media(request_sample(chat.messages), template, config)
-        sizes = template.image_sizes(sample) if isinstance(template, Grounds) else []
+        encoded = template.encode(sample, add_generation_prompt=True)
         boxes = objects_in_reply(template, sample, reply)
     except VlmkitError as e:
         raise APIError(400, str(e), param="messages") from None
-    images = [{"original": list(original), "model": list(model)} for original, model in sizes]
-    return {"images": images, "boxes": boxes}
+    ids = encoded["input_ids"].tolist()
+    count = len(sample.media("image"))
+    sizes = template.image_sizes(sample) if isinstance(template, Grounds) else encoded.get("image_sizes")
+    if not isinstance(sizes, list) or len(sizes) != count:  # a family that lists no (original, model) sizes
+        sizes = [(None, None)] * count
+    image_tokens = media_tokens(ids, template.image_token_id, count)
+    video_tokens = media_tokens(ids, template.video_token_id, len(sample.media("video")))
+    images = [
+        {"original": original and list(original), "model": model and list(model), "tokens": tokens}
+        for (original, model), tokens in zip(sizes, image_tokens, strict=True)
+    ]
+    return {"images": images, "videos": [{"tokens": tokens} for tokens in video_tokens], "boxes": boxes}
+
+
+def media_tokens(ids: list[int], token_id: int | None, count: int) -> list[int | None]:
+    """The length of each run of `token_id` in `ids`: the tokens each of `count` images (or videos) became.
+    None for each when the runs do not match the media one to one (a family that expands no tokens of its
+    own, or writes one image as several runs): the page then shows no count rather than a wrong one."""
+    runs: list[int] = []
+    for previous, token in zip([None, *ids], ids, strict=False):
+        if token_id is not None and token == token_id:
+            if previous == token_id:
+                runs[-1] += 1
+            else:
+                runs.append(1)
+    return runs if len(runs) == count else [None] * count
 
 
 def _inside(path_text: str, roots: list[Path]) -> Path:
@@ -262,6 +298,71 @@ def _add_runs(app: FastAPI, check_key: Callable, runs: Runs) -> None:
         except VlmkitError as e:
             raise APIError(400, str(e), param="id") from None
         return {"stopped": True}
+
+    @app.post("/ui/api/run/resume")
+    async def resume(request: Request) -> dict[str, Any]:
+        check_key(request)
+        body = await _json_body(request, 4096)
+        try:
+            command = runs.resume(str(body.get("id", "")))
+        except VlmkitError as e:
+            raise APIError(400, str(e), param="id") from None
+        return {"resumed": True, "command": ["vlmkit", "sft", *command]}
+
+
+def _add_checkpoint_chat(app: FastAPI, models: dict[str, Any], check_key: Callable, runs: Runs, engine) -> None:
+    @app.post("/ui/api/run/chat")
+    async def chat_with_checkpoint(request: Request) -> dict[str, Any]:
+        check_key(request)
+        body = await _json_body(request, 4096)
+        from anyio import to_thread
+
+        try:
+            run = runs.find(str(body.get("id", "")))
+            name = await to_thread.run_sync(
+                load_checkpoint, models, engine, run, str(body.get("checkpoint", ""))
+            )
+        except VlmkitError as e:
+            raise APIError(400, str(e), param="checkpoint") from None
+        return {"model": name}
+
+
+def load_checkpoint(models: dict[str, Any], engine, run: dict[str, Any], checkpoint: str) -> str:
+    """Serve `checkpoint` of `run` (a LoRA checkpoint of the served model) as `<run folder>/<checkpoint>`: loaded
+    onto the model between batches, beside the models already served; returns the name. A full checkpoint, or
+    one of a run on another model, is refused (it would need its own server: `vlmkit app --ckpt`)."""
+    from vlmkit.serve.server import attach_adapter, parse_adapters
+
+    if checkpoint not in run["checkpoints"]:
+        raise VlmkitError(f"run {run['id']}: no checkpoint {checkpoint!r} (it has: {', '.join(run['checkpoints'])})")
+    folder = Path(run["folder"]) / checkpoint
+    name = f"{folder.parent.name}/{checkpoint}"
+    if name in models:
+        return name
+    main_name, main = next(iter(models.items()))
+    trained_on = json.loads((folder.parent / "args.json").read_text()).get("model")
+    if not (folder / "adapter_config.json").is_file() or not _same_model(trained_on, main.root):
+        raise VlmkitError(
+            f"{folder}: only a LoRA checkpoint of the served model ({main_name}) loads beside it; this run trained "
+            f"{trained_on} ({'LoRA' if (folder / 'adapter_config.json').is_file() else 'full'}): chat with it "
+            f"in its own app, `vlmkit app --ckpt {folder}`"
+        )
+    parse_adapters([f"{name}={folder}"])  # an incomplete checkpoint is refused as --adapters refuses it
+
+    def attach() -> None:
+        if name not in models:  # a second click that waited for the lock finds it loaded
+            peft_name = f"page_{len(engine.adapters)}"
+            models[name] = attach_adapter(engine.vlm, name, folder, peft_name, main_name)
+            engine.adapters[name] = peft_name
+
+    engine.exclusive(attach)
+    return name
+
+
+def _same_model(trained_on: str | None, served_root: str) -> bool:
+    if not trained_on:
+        return False
+    return trained_on == served_root or Path(trained_on).expanduser().resolve() == Path(served_root).resolve()
 
 
 def _summary(run: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,9 @@ still shows its error. A run folder belongs to a launch when its `.lock` names t
     state: "starting" (the process runs, no run folder yet), "running" (its run folder is locked),
            "done" (the log has the trainer's final line), "failed" (the process ended otherwise; `error`
            is the last error line of its output), "stopped" (by the stop button)
+
+A stopped or failed run is resumed as the CLI resumes it: the same arguments plus `--resume RUN_FOLDER` (its
+newest complete checkpoint, same data order, optimizer and scheduler), under the same launch id and log.
 """
 
 from __future__ import annotations
@@ -41,16 +44,36 @@ class Runs:
         """Start `vlmkit sft ARGS --output-dir RUNS` in its own session; returns the launch id."""
         self.launches.mkdir(parents=True, exist_ok=True)
         launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+        pid = self._start(launch_id, args, "wb")
+        record = {"id": launch_id, "pid": pid, "args": args, "started": time.time()}
+        (self.launches / f"{launch_id}.json").write_text(json.dumps(record) + "\n")
+        return launch_id
+
+    def _start(self, launch_id: str, args: list[str], mode: str) -> int:
         command = [sys.executable, "-m", "vlmkit", "sft", *args, "--output-dir", str(self.root), "--no-progress"]
-        with open(self.launches / f"{launch_id}.log", "wb") as log:
+        with open(self.launches / f"{launch_id}.log", mode) as log:
             child = subprocess.Popen(
                 command, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a stop signals its whole process group; it outlives the page
             )  # fmt: skip
         self.children[child.pid] = child
-        record = {"id": launch_id, "pid": child.pid, "args": args, "started": time.time()}
-        (self.launches / f"{launch_id}.json").write_text(json.dumps(record) + "\n")
-        return launch_id
+        return child.pid
+
+    def resume(self, run_id: str) -> list[str]:
+        """Launch a stopped or failed run again with `--resume RUN_FOLDER`; returns the arguments given to sft."""
+        run = self.find(run_id)
+        record = next((r for r in self.records() if r["id"] == run_id), None)
+        if record is None:
+            raise VlmkitError(f"run {run_id!r}: only runs launched from the page can be resumed here")
+        if run["state"] not in ("stopped", "failed"):
+            raise VlmkitError(f"run {run_id!r} is {run['state']}; only a stopped or failed run is resumed")
+        if not run["checkpoints"]:
+            raise VlmkitError(f"run {run_id!r} saved no checkpoint, so there is nothing to resume from; start it again")
+        args = [*_without_resume(record["args"]), "--resume", run["folder"]]
+        record |= {"pid": self._start(run_id, args, "ab"), "args": args, "folder": run["folder"], "resumed": time.time()}
+        record.pop("stopped", None)
+        (self.launches / f"{run_id}.json").write_text(json.dumps(record) + "\n")
+        return args
 
     def _alive(self, record: dict[str, Any]) -> bool:
         pid = record["pid"]
@@ -83,7 +106,7 @@ class Runs:
         by_pid = {_lock_pid(folder): folder for folder in folders}
         runs, seen = [], set()
         for record in self.records():
-            folder = by_pid.get(record["pid"])
+            folder = by_pid.get(record["pid"]) or (Path(record["folder"]) if record.get("folder") else None)
             if folder is not None and folder.stat().st_mtime + 1 < record["started"]:
                 folder = None  # an older run of a pid reused since
             seen.add(folder)
@@ -107,10 +130,10 @@ class Runs:
         tail = _tail(output) if output else []
         locked = folder is not None and _is_locked(folder)
         alive = record is not None and self._alive(record)
-        finished = any("train_runtime" in line for line in log)
+        finished = _finished(log)
         if record is not None and record.get("stopped"):
             state = "running" if alive else "stopped"
-        elif locked or (alive and not finished):
+        elif locked or alive:
             state = "running" if folder else "starting"
         elif finished:
             state = "done"
@@ -148,6 +171,27 @@ class Runs:
             os.killpg(record["pid"], signal.SIGTERM)
         except OSError:
             pass
+
+
+def _finished(log: list[dict[str, Any]]) -> bool:
+    """Whether the trainer's final line (train_runtime) comes after the last step: a stopped run writes one
+    too, and a resumed run's new steps follow it."""
+    ends = [i for i, line in enumerate(log) if "train_runtime" in line]
+    steps = [i for i, line in enumerate(log) if "loss" in line]
+    return bool(ends) and (not steps or ends[-1] > steps[-1])
+
+
+def _without_resume(args: list[str]) -> list[str]:
+    """The arguments less an earlier `--resume X` (a run resumed twice resumes from its folder once)."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        else:
+            out.append(arg)
+    return out
 
 
 def _lock_pid(folder: Path) -> int | None:

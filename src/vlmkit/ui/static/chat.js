@@ -1,6 +1,7 @@
-// Chat: images per turn (picked, dropped or pasted; large ones resized here before upload), the reply streamed
-// from /v1/chat/completions, rendered as safe Markdown, and grounding boxes drawn (/ui/api/inspect).
-import { post, streamChat } from "./api.js";
+// Chat: images and videos per turn (picked, dropped or pasted; large images resized here before upload; videos
+// go as they are, under the server's media limits), the reply streamed from /v1/chat/completions, rendered as
+// safe Markdown; per image its model size and tokens and the grounding boxes drawn (/ui/api/inspect).
+import { get, post, streamChat } from "./api.js";
 import { addBox } from "./draw.js";
 import { renderMarkdown } from "./markdown.js";
 
@@ -9,8 +10,8 @@ const MAX_UPLOAD = 2 * 2 ** 20; // and so are those over 2 MB as files
 const $ = id => document.getElementById(id);
 
 let models = [];
-let pending = [];   // attachments of the next turn: {url, width, height, note}
-let turns = [];     // [{role, content, images: [{url, width, height, frame}]}]
+let pending = [];   // attachments of the next turn: {kind: "image" | "video", url, width, height, note}
+let turns = [];     // [{role, content, images: [{kind, url, width, height, frame, caption}]}]
 
 function kb(bytes) { return bytes > 2 ** 20 ? (bytes / 2 ** 20).toFixed(1) + " MB" : Math.round(bytes / 1024) + " KB"; }
 
@@ -29,11 +30,11 @@ async function prepareImage(file) {
   const original = await readAsDataURL(file);
   let bitmap;
   try { bitmap = await createImageBitmap(file); }
-  catch (e) { return { url: original, width: 0, height: 0, note: `${file.name}: ${kb(file.size)}, not decoded by the browser; sent as is` }; }
+  catch (e) { return { kind: "image", url: original, width: 0, height: 0, note: `${file.name}: ${kb(file.size)}, not decoded by the browser; sent as is` }; }
   const { width, height } = bitmap;
   const scale = Math.min(1, MAX_SIDE / Math.max(width, height));
   if (scale === 1 && file.size <= MAX_UPLOAD) {
-    return { url: original, width, height, note: `${width}×${height}, ${kb(file.size)}` };
+    return { kind: "image", url: original, width, height, note: `${width}×${height}, ${kb(file.size)}` };
   }
   const canvas = document.createElement("canvas");
   canvas.width = Math.round(width * scale);
@@ -41,16 +42,28 @@ async function prepareImage(file) {
   canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
   const url = canvas.toDataURL("image/jpeg", 0.9);
   const bytes = Math.round((url.length - url.indexOf(",") - 1) * 3 / 4);
-  return { url, width: canvas.width, height: canvas.height,
+  return { kind: "image", url, width: canvas.width, height: canvas.height,
            note: `${width}×${height}, ${kb(file.size)} → resized to ${canvas.width}×${canvas.height}, ${kb(bytes)}` };
+}
+
+// A video is sent as it is (the server samples its frames by the family's rules and applies its limits).
+async function prepareVideo(file) {
+  return { kind: "video", url: await readAsDataURL(file), width: 0, height: 0, note: `${file.name}: video, ${kb(file.size)}` };
 }
 
 async function addFiles(files) {
   for (const file of files) {
-    if (!file.type.startsWith("image/") && file.type !== "") continue;
-    pending.push(await prepareImage(file));
+    if (file.type.startsWith("video/")) pending.push(await prepareVideo(file));
+    else if (file.type.startsWith("image/") || file.type === "") pending.push(await prepareImage(file));
   }
   showPending();
+}
+
+function preview(item) {
+  const el = document.createElement(item.kind === "video" ? "video" : "img");
+  el.src = item.url;
+  if (item.kind === "video") { el.muted = true; el.controls = true; } else el.alt = "image";
+  return el;
 }
 
 function showPending() {
@@ -58,9 +71,7 @@ function showPending() {
   box.replaceChildren();
   pending.forEach((image, k) => {
     const item = document.createElement("figure");
-    const img = document.createElement("img");
-    img.src = image.url;
-    img.alt = `attachment ${k + 1}`;
+    const img = preview(image);
     const caption = document.createElement("figcaption");
     caption.textContent = image.note;
     const remove = document.createElement("button");
@@ -89,10 +100,7 @@ function showTurn(turn) {
       const figure = document.createElement("figure");
       image.frame = document.createElement("div");
       image.frame.className = "boxed";
-      const img = document.createElement("img");
-      img.src = image.url;
-      img.alt = "image";
-      image.frame.append(img);
+      image.frame.append(preview(image));
       image.caption = document.createElement("figcaption");
       image.caption.textContent = image.note;
       figure.append(image.frame, image.caption);
@@ -118,7 +126,8 @@ function requestBody() {
   if (system) messages.push({ role: "system", content: system });
   for (const turn of turns) {
     if (turn.role === "user") {
-      const parts = turn.images.map(image => ({ type: "image_url", image_url: { url: image.url } }));
+      const parts = turn.images.map(m => m.kind === "video" ? { type: "video_url", video_url: { url: m.url } }
+                                                            : { type: "image_url", image_url: { url: m.url } });
       if (turn.content) parts.push({ type: "text", text: turn.content });
       messages.push({ role: "user", content: parts });
     } else {
@@ -131,15 +140,23 @@ function requestBody() {
   return body;
 }
 
-// Per image the size the model saw; the reply's boxes drawn on the image they are on.
+function tokens(n) { return n === null || n === undefined ? "" : `, ${n} tokens`; }
+
+// Per image the size and tokens the model saw, per video its tokens; the reply's boxes drawn on their image.
 async function inspect(body, reply) {
   const info = await post("/ui/api/inspect", { ...body, reply });
-  const images = turns.flatMap(t => t.images || []);
-  info.images.forEach((size, k) => {
+  const media = turns.flatMap(t => t.images || []);
+  const images = media.filter(m => m.kind === "image");
+  info.images.forEach((seen, k) => {
     const image = images[k];
     if (image && image.caption) {
-      image.caption.textContent = `${image.note}; model sees ${size.model[1]}×${size.model[0]}`;
+      const size = seen.model ? ` ${seen.model[1]}×${seen.model[0]}` : "";
+      image.caption.textContent = `${image.note}; model sees${size}${tokens(seen.tokens)}`;
     }
+  });
+  (info.videos || []).forEach((seen, k) => {
+    const video = media.filter(m => m.kind === "video")[k];
+    if (video && video.caption) video.caption.textContent = `${video.note}; model sees${tokens(seen.tokens)}`;
   });
   info.boxes.forEach((box, k) => {
     const image = images[box.image_id];
@@ -170,8 +187,7 @@ async function send() {
     target.classList.remove("streaming");
     target.replaceChildren(renderMarkdown(reply));
     turns.push({ role: "assistant", content: reply, images: [] });
-    const served = models.find(m => m.name === body.model);
-    if (served && served.grounding && body.messages.some(m => Array.isArray(m.content) && m.content.some(p => p.type === "image_url"))) {
+    if (body.messages.some(m => Array.isArray(m.content) && m.content.some(p => p.type !== "text"))) {
       await inspect(body, reply);
     }
   } catch (e) {
@@ -183,15 +199,26 @@ async function send() {
   }
 }
 
-export function initChat(info) {
+function showModels(info) {
   models = info.models;
-  const select = $("model");
-  select.replaceChildren(...models.map(m => {
+  $("files").accept = models.some(m => m.video) ? "image/*,video/*" : "image/*";
+  $("model").replaceChildren(...models.map(m => {
     const option = document.createElement("option");
     option.value = m.name;
     option.textContent = m.adapter ? `${m.name} (adapter)` : m.name;
     return option;
   }));
+}
+
+// Chat with a model the server has just loaded (a run's checkpoint, from the Train tab).
+export async function chatWith(name) {
+  showModels(await get("/ui/api/info"));
+  $("model").value = name;
+  location.hash = "#chat";
+}
+
+export function initChat(info) {
+  showModels(info);
   $("send").onclick = send;
   $("prompt").onkeydown = e => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) send(); };
   $("files").onchange = e => { addFiles([...e.target.files]); e.target.value = ""; };

@@ -1,6 +1,8 @@
 // Train: a form generated from sft's option groups (/ui/api/train/form), runs read from their folders,
-// live curves from train_log.jsonl, the output's tail, stop, and the error line of a failed run.
+// live curves from train_log.jsonl, the output's tail, stop and resume, the error line of a failed run, and a
+// chat with any LoRA checkpoint of a run (loaded by the server beside the served model).
 import { get, post } from "./api.js";
+import { chatWith } from "./chat.js";
 import { plot } from "./draw.js";
 
 const $ = id => document.getElementById(id);
@@ -117,6 +119,23 @@ function showRun(run) {
     stop.onclick = () => post("/ui/api/run/stop", { id: run.id }).then(refresh);
     box.append(stop);
   }
+  if ((run.state === "stopped" || run.state === "failed") && run.command && run.checkpoints.length) {
+    const resume = document.createElement("button");
+    resume.type = "button";
+    resume.className = "resume";
+    resume.textContent = `Resume from ${run.checkpoints[run.checkpoints.length - 1]}`;
+    resume.onclick = () => post("/ui/api/run/resume", { id: run.id }).then(refresh, showRunError);
+    box.append(resume);
+  }
+  for (const checkpoint of run.checkpoints) {
+    const chat = document.createElement("button");
+    chat.type = "button";
+    chat.className = "chat-checkpoint";
+    chat.textContent = `Chat with ${checkpoint}`;
+    chat.onclick = () => post("/ui/api/run/chat", { id: run.id, checkpoint })
+      .then(loaded => chatWith(loaded.model), showRunError);
+    box.append(chat);
+  }
   const series = key => run.points.filter(p => p[key] !== undefined).map(p => [p.step, p[key]]);
   const loss = document.createElement("canvas");
   loss.width = 420; loss.height = 180; loss.className = "curve loss-curve";
@@ -134,6 +153,13 @@ function showRun(run) {
   log.className = "log";
   log.textContent = run.output.join("\n");
   box.append(steps, log);
+}
+
+function showRunError(e) {
+  const error = document.createElement("p");
+  error.className = "error run-action-error";
+  error.textContent = e.message;
+  $("run").append(error);
 }
 
 async function refresh() {
