@@ -135,4 +135,7 @@ FAMILY = Family(
     encoding_options=ENCODING_OPTIONS,
     box_format=BOX_FORMAT,
     aliases=("glm-4.1v", "glm4.1v"),
+    verified=(
+        'ids, pixels, grids = Glm4vProcessor.apply_chat_template(tokenize=True) with the real template (sha256 of its JSON string 5232dbe7), pixel limits (tests/parity/test_glm4v.py); CLI infer = generate, LoRA sft, merged export read by plain transformers, grounding (test_glm4v_cli.py)'
+    ),
 )

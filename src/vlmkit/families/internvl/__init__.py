@@ -164,4 +164,7 @@ FAMILY = Family(
     chat_template_for=_chat_template_for,
     chat_cache=True,
     tiny_vocabulary=qwen2_vocabulary,  # InternVL's language model here is Qwen2.5's
+    verified=(
+        'prompts, tiles and pixels = InternVLProcessor with the real template and ids (tests/parity/test_internvl.py); CLI sft, infer, export, grounding, video, seed 004; InternVL3.5 -HF and original layouts (test_internvl3_5.py); real vLLM skipped (the tiny tokenizer has no video token)'
+    ),
 )

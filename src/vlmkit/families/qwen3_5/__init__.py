@@ -184,4 +184,7 @@ FAMILY = Family(
     vllm_processor_kwargs=vllm_processor_kwargs,
     vllm_encoding_options=(*VLLM_ENCODING_OPTIONS, "enable_thinking"),  # the chat template carries it
     tiny_vocabulary=qwen3_5_vocabulary,
+    verified=(
+        'prompts and pixels = Qwen3VLProcessor with the real template (sha256 a4aee8af) and the real 248k vocabulary, thinking on and off (tests/parity/test_qwen3_5.py); CLI LoRA sft, merged export, grounding, video, chat (tests/integration/test_qwen3_5_cli.py)'
+    ),
 )
