@@ -1,4 +1,4 @@
-"""The README's model table and `vlmkit families` say the same about every model type (issue 22 #4): every curated
+"""The README's model table and `vlmkit families` say the same about every model type (issue 22 #5): every curated
 family with what it was verified against (`Family.verified`), and model types on the generic path with what was
 tested or whether their processor can load without torchvision (`vlmkit.families.generic_checked`)."""
 
