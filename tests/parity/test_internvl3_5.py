@@ -53,6 +53,7 @@ def test_hf_layout_prompts_encode_as_the_processor(hf, prompt):
     assert_same_inputs(batch, processor_inputs("internvl", folder, PROMPTS[prompt]))
 
 
+@pytest.mark.slow
 def test_hf_layout_trains_on_the_reply_and_generates_as_transformers(hf):
     folder, vlm = hf
     row = to_sample({**PROMPTS[0], "messages": [*PROMPTS[0]["messages"], {"role": "assistant", "content": REPLY}]})
