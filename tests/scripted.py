@@ -41,8 +41,14 @@ def build_scripted_model(family: str, output_dir: str | Path, reply: str, small_
 
     path = build_tiny_model(family_by_name(family), output_dir, small_vocab=small_vocab)
     vlm = vlmkit.load(str(path))
-    prompt = vlm.encode(to_sample({"messages": [{"role": "user", "content": "Hi"}]}))["input_ids"]
-    tail = [int(t) for t in prompt[-PROMPT_TAIL:]]
+    prompt, other = (
+        vlm.encode(to_sample({"messages": [{"role": "user", "content": question}]}))["input_ids"].tolist()
+        for question in ("Hi", "Why?")
+    )
+    # the generation prompt's own last tokens (at most PROMPT_TAIL), which every question ends with: GLM's is
+    # two (<|assistant|> \n)
+    shared = next((n for n in range(PROMPT_TAIL) if prompt[-1 - n] != other[-1 - n]), PROMPT_TAIL)
+    tail = prompt[len(prompt) - shared :]
     reply_ids = vlm.tokenizer.encode(reply, add_special_tokens=False)
     if vlm.decode(reply_ids) != reply:
         raise ValueError(f"{reply!r} does not survive this tokenizer's round trip; pick another reply")

@@ -60,6 +60,7 @@ class EncodingSettings:
     fps: video frames sampled per second of video; nframes: exactly this many frames instead (they replace
     each other); max_frames / min_frames: most / fewest frames per video (sampling by fps);
     video_max_pixels: largest area of one video frame.
+    enable_thinking: whether the prompt lets the model reason before its reply (Qwen3.5).
     system: the system prompt put before every conversation that has none.
     """
 
@@ -115,6 +116,13 @@ class EncodingSettings:
         None,
         "Pan-and-scan families (Gemma 3): crop only images whose long side is at least this many times "
         f"their short side. {_SAVED} (1.2). Saved with a run.",
+    )
+    enable_thinking: bool | None = option(
+        None,
+        "Thinking families (Qwen3.5): the model reasons in a <think> block before each reply (the prompt ends "
+        "with '<think>\\n'); off, an empty think block ends the prompt and replies come without reasoning. "
+        f"{_SAVED} (off). Saved with a run; an export's chat template defaults to it.",
+        flags=("--enable-thinking/--no-enable-thinking",),
     )
     system: str | None = option(
         None,

@@ -81,6 +81,41 @@ def test_lora_export_carries_the_pixel_limit_and_answers_as_the_python_api(train
     )
 
 
+def plain_transformers_prompt(folder: Path) -> str:
+    """The prompt plain transformers renders for a question with the folder's own chat template, no arguments."""
+    from transformers import AutoTokenizer
+
+    messages = [{"role": "user", "content": [{"type": "text", "text": "这是什么？"}]}]
+    return AutoTokenizer.from_pretrained(folder).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def vlmkit_prompt(folder: Path) -> str:
+    return vlmkit_api.load(str(folder)).template.render_text(
+        {"messages": [{"role": "user", "content": "这是什么？"}]}, add_generation_prompt=True
+    )
+
+
+@pytest.mark.slow
+def test_exports_chat_template_renders_the_trained_thinking_mode(trained, model, tmp_path):
+    """The default run (no thinking) and an `--enable-thinking` run: the mode is saved with the checkpoint, the
+    export's vlmkit.json and its chat template, so vlmkit and plain transformers on the export render the same
+    prompt (`<think>\\n` open for reasoning, or the empty think block)."""
+    work, _, merged = trained
+    assert plain_transformers_prompt(merged) == vlmkit_prompt(merged)
+    assert vlmkit_prompt(merged).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    rows = [{"query": "这是什么？", "response": "<think>\n看颜色。\n</think>\n\n" + REPLY}]
+    write_jsonl(tmp_path / "think.jsonl", rows)
+    vlmkit("sft", "--model", str(model), "--tuner", "lora", "--dataset", "think.jsonl", "--enable-thinking",
+           "--max-steps", "1", "--output-dir", "out", cwd=tmp_path)  # fmt: skip
+    ckpt = checkpoints(tmp_path / "out")[-1]
+    assert json.loads((ckpt / "vlmkit.json").read_text())["enable_thinking"] is True
+    vlmkit("export", "--ckpt", str(ckpt), "--merge-lora", "--output", "thinking", cwd=tmp_path)
+    thinking = tmp_path / "thinking"
+    assert json.loads((thinking / "vlmkit.json").read_text())["enable_thinking"] is True
+    assert plain_transformers_prompt(thinking) == vlmkit_prompt(thinking)
+    assert vlmkit_prompt(thinking).endswith("<|im_start|>assistant\n<think>\n")
+
+
 @pytest.mark.slow
 def test_packing_is_refused_in_one_line(model, tmp_path):
     write_jsonl(tmp_path / "d.jsonl", [{"query": "Hi", "response": REPLY}])

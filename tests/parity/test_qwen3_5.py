@@ -97,6 +97,42 @@ def test_prompts_are_the_checkpoints_template_without_thinking(qwen35, conversat
     assert expected.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
 
+@pytest.fixture(scope="module")
+def thinking(tiny_models):
+    """The tiny Qwen3.5 loaded with `enable_thinking=True` (`--enable-thinking`)."""
+    return vlmkit.load(str(tiny_models["qwen3.5"]), enable_thinking=True)
+
+
+@pytest.mark.parametrize("conversation", range(len(CONVERSATIONS)))
+def test_thinking_mode_prompts_are_the_checkpoints_template_with_thinking(thinking, conversation):
+    """With `enable_thinking=True`: the real template's thinking mode, with and without the generation prompt,
+    and the template vLLM and exports get renders it with no arguments."""
+    assert thinking.template.settings["enable_thinking"] is True
+    served = family_by_name("qwen3.5").chat_template_for({"enable_thinking": True})
+    for generation in (False, True):
+        turns = CONVERSATIONS[conversation]
+        if generation and turns[-1]["role"] == "assistant":
+            turns = turns[:-1]
+        sample = to_sample({**rows(CONVERSATIONS[conversation]), "messages": turns})
+        expected = thinking.tokenizer.apply_chat_template(
+            jinja_messages(sample), chat_template=family_by_name("qwen3.5").chat_template, tokenize=False,
+            add_generation_prompt=generation, enable_thinking=True,
+        )  # fmt: skip
+        assert thinking.template.render_text(sample, add_generation_prompt=generation) == expected
+        assert thinking.tokenizer.apply_chat_template(
+            jinja_messages(sample), chat_template=served, tokenize=False, add_generation_prompt=generation
+        ) == expected  # fmt: skip
+    assert expected.endswith("<|im_start|>assistant\n<think>\n")
+
+
+def test_thinking_mode_supervises_the_reasoning_after_the_prompt(thinking):
+    row = rows(CONVERSATIONS[1])
+    assert supervised(thinking, row) == "A cat.<|im_end|>Look closer.\n</think>\n\n" + CJK_REPLY + "<|im_end|>"
+    prompt = thinking.encode(to_sample({**row, "messages": CONVERSATIONS[1][:-1]}))["input_ids"].tolist()
+    ids = thinking.template.encode(to_sample(row))["input_ids"].tolist()
+    assert ids[: len(prompt)] == prompt  # the training row is the thinking prompt, then the reasoning and reply
+
+
 def supervised(vlm, row: dict) -> str:
     encoded = vlm.template.encode(to_sample(row))
     labels = encoded["labels"]

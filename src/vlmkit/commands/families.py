@@ -12,6 +12,7 @@ def families() -> None:
     generic path that takes any other transformers VLM with a chat template, its limits and the model types it takes."""
     from vlmkit.families import FAMILIES
     from vlmkit.families.generic import LIMITS, image_text_model_types
+    from vlmkit.families.generic_checked import TESTED, generic_status, processor_needs_torchvision
 
     for f in FAMILIES.values():
         pre = f.preprocessor_config
@@ -31,6 +32,8 @@ def families() -> None:
                 f"  {layout.name:<10} model_type={layout.model_type}: {layout.checkpoints}; converted to {f.name} "
                 f"by `vlmkit convert` or on load; every command works on them; verified: {layout.verified}"
             )
+        if f.verified:
+            typer.echo(f"  verified: {f.verified}")
     generic = [t for t in image_text_model_types() if t not in FAMILIES]
     typer.echo(
         f"{'generic':<14} any other model type transformers loads with AutoModelForImageTextToText, when its folder has a "
@@ -38,6 +41,16 @@ def families() -> None:
         f"export); {LIMITS}"
     )
     typer.echo(f"  model types that take the generic path ({len(generic)}): {', '.join(generic)}")
+    for model_type in (t for t in generic if t in TESTED):
+        typer.echo(f"  {model_type}: {generic_status(model_type)}")
+    groups = {
+        False: "not tested, processor loads without torchvision",
+        True: "not tested, processor needs torchvision",
+        None: "not tested, no processor class in transformers' registry",
+    }
+    for needs, line in groups.items():
+        types = [t for t in generic if t not in TESTED and processor_needs_torchvision(t) is needs]
+        typer.echo(f"  {line} ({len(types)}): {', '.join(types)}")
 
 
 def family_titles() -> list[str]:

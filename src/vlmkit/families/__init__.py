@@ -38,6 +38,7 @@ __all__ = [
 def _families() -> dict[str, Family]:
     from vlmkit.families import (
         gemma3,
+        glm4v,
         internvl,
         llava,
         llava_next,
@@ -54,6 +55,7 @@ def _families() -> dict[str, Family]:
         f.model_type: f
         for f in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY, internvl.FAMILY, llava.FAMILY, llava_next.FAMILY)
         + (qwen_vl.FAMILY, qwen_vl.REMOTE_FAMILY, qwen3_vl_moe.FAMILY, qwen3_5.FAMILY, qwen3_5_moe.FAMILY, gemma3.FAMILY)
+        + (glm4v.FAMILY,)
     }
 
 

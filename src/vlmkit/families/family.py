@@ -101,6 +101,8 @@ class Family:
     the template settings; None: {} (vLLM's processor defaults). vllm_encoding_options: the encoding options
     (`EncodingSettings` fields) it passes on; with `--backend vllm` the others are refused (the system prompt
     always passes, in the chat template).
+    verified: one line for `vlmkit families` and the README's model table: what the family was checked against
+    here, and through which commands.
     tiny_vocabulary() -> the `tokenizers.Tokenizer` (before special tokens) of the family's tiny models,
     whose size is `first_special_id` (the real checkpoints' ids); None: only `--small-vocab` tiny models.
     """
@@ -143,6 +145,7 @@ class Family:
     vllm_processor_kwargs: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     vllm_encoding_options: tuple[str, ...] = ()
     tiny_vocabulary: Callable[[], Any] | None = None
+    verified: str = ""
 
     def load_template(
         self, model_dir: str | Path, tokenizer: Any, encoding: Any = None, **options: Any

@@ -31,6 +31,7 @@ without its image is refused by the processor's own count check.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 from functools import partial
@@ -121,7 +122,12 @@ def _no_tiny_model(model_type: str, *args: Any) -> dict[str, Any]:
 
 
 def _chat_template_of(model_dir: Path, settings: dict[str, Any]) -> str:
-    """The checkpoint's chat template (what vLLM renders requests with)."""
+    """The checkpoint's chat template (what vLLM renders requests with, and checkpoints and exports carry)."""
+    return _folder_template(model_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_template(model_dir: Path) -> str:
     from transformers import AutoProcessor
 
     return _template_text(AutoProcessor.from_pretrained(model_dir), model_dir)

@@ -46,10 +46,15 @@ def write_processor_files(family, sources: list[Path], dest: Path, settings: dic
     """Copy each processor file from the first folder of `sources` that has it into `dest`, with the
     image/video limits of `settings` (a vlmkit.json's contents) written into the JSON ones. A config the
     sources lack is written when the family's limits change what transformers would read in its place
-    (`FALLBACK`): a Qwen2-VL run's video sampling gets its own video_preprocessor_config.json."""
+    (`FALLBACK`): a Qwen2-VL run's video sampling gets its own video_preprocessor_config.json. The chat template
+    is the family's for `settings` (`Family.chat_template_for`), where it has one: plain transformers on the
+    folder then renders the prompts the run encoded."""
     for name in PROCESSOR_FILES:
         source = _first(sources, name)
-        if source is not None and not name.endswith(".json"):
+        if source is not None and name == "chat_template.jinja" and family.chat_template_for is not None:
+            # the template that renders what vlmkit encoded with these settings (e.g. Qwen3.5's thinking mode)
+            (dest / name).write_text(family.chat_template_for(settings) or source.read_text())
+        elif source is not None and not name.endswith(".json"):
             shutil.copy(source, dest / name)
         elif source is not None:
             _write_json(dest / name, with_limits(family, name, json.loads(source.read_text()), settings))

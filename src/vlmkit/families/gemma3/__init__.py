@@ -130,4 +130,7 @@ FAMILY = Family(
     processor_config=PROCESSOR_CONFIG,
     processor_limits=processor_limits,
     aliases=("gemma-3", "gemma3-it"),
+    verified=(
+        'ids, pixels, token types = Gemma3Processor.apply_chat_template(tokenize=True) with the real template, pan-and-scan (tests/parity/test_gemma3.py); CLI infer = generate, LoRA sft, merged export, serve (test_gemma3_cli.py)'
+    ),
 )

@@ -1,4 +1,6 @@
-"""InternVL2.5 / InternVL3 (OpenGVLab/InternVL3-*-hf): 448 px tiles + thumbnail, pixel shuffle 0.5, Qwen2.5 LLM."""
+"""InternVL2.5 / InternVL3 (OpenGVLab/InternVL3-*-hf): 448 px tiles + thumbnail, pixel shuffle 0.5, Qwen2.5 LLM.
+InternVL3.5 (OpenGVLab/InternVL3_5-*-HF: the same layout with a Qwen3 LLM) is this family too
+(tests/parity/test_internvl3_5.py); its -HF chat template's bytes are not checked against this one."""
 
 from pathlib import Path
 
@@ -87,7 +89,8 @@ def _build_tiny_remote_qwen2(output_dir, seed: int = 0) -> Path:
 # the one layout: V1.5's (InternViT-6B style + InternLM2) and InternVL2-1B's (InternViT-300M + Qwen2).
 _VECTORS = "tests/parity/vectors/internvl_remote_{}.json"
 _CHECKPOINTS = (
-    "InternVL-Chat-V1.5, Mini-InternVL-Chat-2B-V1.5, InternVL2 and InternVL2.5 with InternLM2, Qwen2 or Llama "
+    "InternVL-Chat-V1.5, Mini-InternVL-Chat-2B-V1.5, InternVL2, InternVL2.5 and InternVL3.5 (dense) with InternLM2, Qwen2, "
+    "Qwen3 or Llama "
     "language models (non -hf repos; not the Phi-3 ones: Mini-InternVL-Chat-4B-V1.5, InternVL2-4B)"
 )
 REMOTE_LAYOUTS = (
@@ -132,7 +135,7 @@ def load_template(model_dir, tokenizer, **settings) -> InternVLTemplate:
 FAMILY = Family(
     name="internvl",
     model_type="internvl",
-    description="InternVL2.5 / InternVL3 -hf: dynamic 448 px tiles + thumbnail, 256 tokens per tile",
+    description="InternVL2.5 / InternVL3 -hf (and InternVL3.5 -HF, Qwen3): dynamic 448 px tiles + thumbnail, 256 tokens per tile",
     folder=Path(__file__).parent,
     special_tokens=SPECIAL_TOKENS,
     first_special_id=151643,
@@ -161,4 +164,7 @@ FAMILY = Family(
     chat_template_for=_chat_template_for,
     chat_cache=True,
     tiny_vocabulary=qwen2_vocabulary,  # InternVL's language model here is Qwen2.5's
+    verified=(
+        'prompts, tiles and pixels = InternVLProcessor with the real template and ids (tests/parity/test_internvl.py); CLI sft, infer, export, grounding, video, seed 004; InternVL3.5 -HF and original layouts (test_internvl3_5.py); real vLLM skipped (the tiny tokenizer has no video token)'
+    ),
 )

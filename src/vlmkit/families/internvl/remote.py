@@ -2,7 +2,7 @@
 
 InternVL-Chat-V1.5, Mini-InternVL-Chat-*-V1.5, InternVL2 and InternVL2.5 (the non `-hf` repos)
 ship `config.json` with `model_type: internvl_chat`, a `vision_config` for InternViT, an
-`llm_config` for the language model (InternLM2, Qwen2, Phi-3 or Llama) and safetensors whose
+`llm_config` for the language model (InternLM2, Qwen2, Qwen3, Phi-3 or Llama) and safetensors whose
 keys are the original module names (`vision_model.encoder.layers.0.attn.qkv.weight`,
 `mlp1.1.weight`, `language_model.model.layers.0.attention.wqkv.weight`, ...). The model code
 itself lives in the checkpoint (`modeling_internvl_chat.py`, run with trust_remote_code);
@@ -50,7 +50,19 @@ LLMS = {
         "template": "internvl2_5",
         "vision": "intern_vit_300m",
     },
+    # InternVL3.5 (1B-8B, 38B): InternViT-300M/6B + Qwen3, the internvl2_5 prompt
+    "qwen3": {
+        "specials": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        "bos": None,
+        "eos": "<|im_end|>",
+        "pad": "<|endoftext|>",
+        "template": "internvl2_5",
+        "vision": "intern_vit_300m",
+    },
 }
+# Qwen3's attention heads are not hidden / heads wide (Qwen3-0.6B: 1024 hidden, 16 heads of 128): the toy's
+# neither (4 heads of 32 on 64 hidden).
+QWEN3_HEAD_DIM = 32
 
 
 def _vision_config(style: str) -> dict:
@@ -112,6 +124,16 @@ def _llm_config(llm: str, vocab_size: int, ids: dict[str, int]) -> dict:
             # max_position_embeddings, which the conversion must keep.
             "rope_scaling": {"type": "dynamic", "factor": 2.0},
             "attn_implementation": "eager",
+            **common,
+        }
+    if llm == "qwen3":
+        return {
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            "head_dim": QWEN3_HEAD_DIM,
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "rope_scaling": None,
             **common,
         }
     return {
@@ -199,8 +221,9 @@ def weight_shapes(config: dict) -> dict[str, tuple[int, ...]]:
 def _llm_shapes(llm: dict) -> dict[str, tuple[int, ...]]:
     h, f, v = llm["hidden_size"], llm["intermediate_size"], llm["vocab_size"]
     heads, kv = llm["num_attention_heads"], llm["num_key_value_heads"]
-    d = h // heads
+    d = llm.get("head_dim") or h // heads
     internlm2 = llm["architectures"][0] == "InternLM2ForCausalLM"
+    qwen3 = llm["architectures"][0] == "Qwen3ForCausalLM"
     embed = "tok_embeddings" if internlm2 else "embed_tokens"
     shapes: dict[str, tuple[int, ...]] = {f"language_model.model.{embed}.weight": (v, h)}
     for i in range(llm["num_hidden_layers"]):
@@ -215,14 +238,14 @@ def _llm_shapes(llm: dict) -> dict[str, tuple[int, ...]]:
                 p + "attention_norm.weight": (h,),
                 p + "ffn_norm.weight": (h,),
             }
-        else:  # Qwen2: biases on q/k/v
+        else:  # Qwen2: biases on q/k/v; Qwen3: none, a norm on each query and key head instead
+            for x, n in (("q", heads), ("k", kv), ("v", kv)):  # in this order: the seeded weights follow it
+                shapes[f"{p}self_attn.{x}_proj.weight"] = (n * d, h)
+                if not qwen3:
+                    shapes[f"{p}self_attn.{x}_proj.bias"] = (n * d,)
+            if qwen3:
+                shapes |= {p + "self_attn.q_norm.weight": (d,), p + "self_attn.k_norm.weight": (d,)}
             shapes |= {
-                p + "self_attn.q_proj.weight": (heads * d, h),
-                p + "self_attn.q_proj.bias": (heads * d,),
-                p + "self_attn.k_proj.weight": (kv * d, h),
-                p + "self_attn.k_proj.bias": (kv * d,),
-                p + "self_attn.v_proj.weight": (kv * d, h),
-                p + "self_attn.v_proj.bias": (kv * d,),
                 p + "self_attn.o_proj.weight": (h, heads * d),
                 p + "mlp.gate_proj.weight": (f, h),
                 p + "mlp.up_proj.weight": (f, h),

@@ -3,7 +3,7 @@
 `convert.py` writes the converted folder; this module says what each original tensor and setting becomes.
 
 Input: a folder in the original layout (`model_type: internvl_chat`; see `remote.py`):
-InternVL-Chat-V1.5, Mini-InternVL-Chat-*-V1.5, InternVL2, InternVL2.5 with an InternLM2, Qwen2 or
+InternVL-Chat-V1.5, Mini-InternVL-Chat-*-V1.5, InternVL2, InternVL2.5, InternVL3.5 with an InternLM2, Qwen2, Qwen3 or
 Llama language model. Output: a folder `InternVLForConditionalGeneration` loads with plain
 transformers (no remote code), with the tokenizer, image-processor and processor configs, a chat
 template and vlmkit.json, so every vlmkit command (and vLLM) runs on it.
@@ -15,7 +15,7 @@ converts in its own dtype within a shard's memory):
 - the projector `mlp1.{0,1,3}` -> `multi_modal_projector.{layer_norm,linear_1,linear_2}`.
 - InternLM2 -> Llama: `wqkv` holds, per key/value head, its query heads then its key and its value
   ((kv, groups + 2, head_dim, hidden)); it is cut into q/k/v; `w1/w3/w2` -> gate/up/down.
-- Qwen2 and Llama language models keep their names under `model.language_model.`.
+- Qwen2, Qwen3 and Llama language models keep their names under `model.language_model.`.
 The head is never tied: InternVLChatConfig unties it for every size, and InternVLConfig's default
 (tie_word_embeddings=True in transformers 5) would silently overwrite the head with the embeddings.
 
@@ -45,7 +45,9 @@ CONVERSATIONS = {
     "Hermes-2": {"turn_end": "<|im_end|>", "system": _INTERNVL_SYSTEM},
     "internvl2_5": {"turn_end": "<|im_end|>\n", "system": _INTERNVL2_5_SYSTEM},
 }
-LLM_ARCHITECTURES = ("InternLM2ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM")
+LLM_ARCHITECTURES = ("InternLM2ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM")
+# the transformers model type of each (InternLM2 is converted to Llama: the same computation)
+_TEXT_MODEL_TYPES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "LlamaForCausalLM": "llama"}
 
 _VISION_NAMES = {
     "embeddings.class_embedding": "embeddings.cls_token",
@@ -82,7 +84,7 @@ def check_convertible(config: dict[str, Any], where: str) -> None:
     arch = (config.get("llm_config", {}).get("architectures") or ["?"])[0]
     if arch not in LLM_ARCHITECTURES:
         raise VlmkitError(
-            f"{where}: llm_config architecture {arch} is not converted (vlmkit converts InternLM2, Qwen2 and Llama "
+            f"{where}: llm_config architecture {arch} is not converted (vlmkit converts InternLM2, Qwen2, Qwen3 and Llama "
             "language models; Phi-3 InternVL checkpoints use the phi3-chat prompt, which vlmkit does not render)"
         )
     template = config.get("template")
@@ -123,6 +125,7 @@ def _text_config(llm: dict[str, Any]) -> dict[str, Any]:
         "num_key_value_heads",
         "hidden_act",
         "max_position_embeddings",
+        "head_dim",
         "rms_norm_eps",
         "bos_token_id",
         "eos_token_id",
@@ -141,7 +144,7 @@ def _text_config(llm: dict[str, Any]) -> dict[str, Any]:
         text |= {"model_type": "llama", "attention_bias": bool(llm.get("bias", True)), "mlp_bias": False}
         text["head_dim"] = llm["hidden_size"] // heads
     else:
-        text["model_type"] = "qwen2" if arch == "Qwen2ForCausalLM" else "llama"
+        text["model_type"] = _TEXT_MODEL_TYPES[arch]
     return text
 
 

@@ -124,4 +124,7 @@ FAMILY = Family(
     aliases=("llava-1.5", "llava1.5"),
     chat_cache=True,
     tiny_vocabulary=qwen2_vocabulary,  # tiny models: the Llama tokenizer is not offline; borrow the Qwen2 vocabulary
+    verified=(
+        'prompts and pixels = LlavaProcessor with the real template (tests/parity/test_llava.py, test_families.py); CLI data check'
+    ),
 )

@@ -106,4 +106,7 @@ FAMILY = Family(
     aliases=("llava-1.6", "llava1.6", "llava-v1.6"),
     chat_cache=True,
     tiny_vocabulary=qwen2_vocabulary,  # tiny models: the Llama tokenizer is not offline; borrow the Qwen2 vocabulary
+    verified=(
+        'prompts and anyres tiles = LlavaNextProcessor with the real template (tests/parity/test_llava.py, test_families.py); CLI data check'
+    ),
 )

@@ -112,4 +112,7 @@ FAMILY = Family(
     vllm_processor_kwargs=vllm_processor_kwargs,
     vllm_encoding_options=VLLM_ENCODING_OPTIONS,
     tiny_vocabulary=qwen2_vocabulary,
+    verified=(
+        'prompts and pixels = Qwen2_5_VLProcessor with the real template (test_template.py, test_families.py); CLI sft, infer, grounding, video; seed workflows; real vLLM on the CPU (tests/vllm_real)'
+    ),
 )

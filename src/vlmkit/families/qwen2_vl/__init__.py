@@ -147,4 +147,7 @@ FAMILY = Family(
     vllm_processor_kwargs=vllm_processor_kwargs,
     vllm_encoding_options=VLLM_ENCODING_OPTIONS,
     tiny_vocabulary=qwen2_vocabulary,
+    verified=(
+        'prompts and pixels = Qwen2VLProcessor with the real template and the real Qwen2 vocabulary (tests/parity/test_template.py, test_families.py); CLI sft, infer, chat, eval, export, serve, grounding, video, packing (tests/integration); seed workflows; real vLLM on the CPU (tests/vllm_real)'
+    ),
 )

@@ -45,6 +45,12 @@ class Qwen2VLTemplate:
 
     limit_option = "--max-pixels"  # the option `min_limit` / `max_limit` (pixels of area) come from
     compact_images = True  # `encode(..., patchify=False)` + `patchify_images` (the encode cache's form)
+    # the tokens an image and a video expand, the tokens that end a reply, and the padding token when the
+    # tokenizer has none (a family reusing this class with other token names sets its own: GLM-4.1V)
+    image_token = "<|image_pad|>"
+    video_token = "<|video_pad|>"
+    stop_tokens = ("<|im_end|>", "<|endoftext|>")
+    pad_fallback = "<|endoftext|>"
 
     def __init__(
         self,
@@ -119,12 +125,10 @@ class Qwen2VLTemplate:
         self.second_per_grid_ts = second_per_grid_ts
         self.box_format = box_format  # vlmkit.media.grounding.BoxFormat: how boxes are written; None: left as text
         vocab = tokenizer.get_vocab()
-        self.image_token_id = vocab["<|image_pad|>"]
-        self.video_token_id = vocab["<|video_pad|>"]
-        self.pad_token_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else vocab["<|endoftext|>"]
-        )
-        self.stop_token_ids = [vocab["<|im_end|>"], vocab["<|endoftext|>"]]
+        self.image_token_id = vocab[self.image_token]
+        self.video_token_id = vocab[self.video_token]
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else vocab[self.pad_fallback]
+        self.stop_token_ids = [vocab[token] for token in self.stop_tokens]
 
     @classmethod
     def from_pretrained(
@@ -385,7 +389,7 @@ class Qwen2VLTemplate:
         placeholders = ids.count(self.image_token_id)
         if placeholders != len(images):
             raise DataError(
-                f"{sample.where}: {placeholders} <|image_pad|> tokens in the text for {len(images)} images"
+                f"{sample.where}: {placeholders} {self.image_token} tokens in the text for {len(images)} images"
             )
         sizes = []
         for k, (source, requested) in enumerate(zip(images, sample.requested_sizes(), strict=True)):

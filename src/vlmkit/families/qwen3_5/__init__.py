@@ -14,14 +14,16 @@ The preprocessor numbers are Qwen3-VL's (the processor class is the same, `Qwen3
 against the checkpoints' files (no download here).
 """
 
+import functools
 from pathlib import Path
+from typing import Any
 
 from vlmkit.families.family import Family
 from vlmkit.families.qwen2_vl import ENCODING_OPTIONS as QWEN_OPTIONS
 from vlmkit.families.qwen2_vl import SPECIAL_TOKENS as QWEN2_SPECIAL_TOKENS
 from vlmkit.families.qwen2_vl.processor import VLLM_ENCODING_OPTIONS, vllm_processor_kwargs
 from vlmkit.families.qwen2_vl.template import Qwen2VLTemplate
-from vlmkit.families.qwen3_5.render import non_thinking_chat_template, render_qwen3_5
+from vlmkit.families.qwen3_5.render import chat_template_in_mode, render_qwen3_5
 from vlmkit.families.qwen3_5.vocab import qwen3_5_vocabulary
 from vlmkit.families.qwen3_vl import PREPROCESSOR_CONFIG, VIDEO_DEFAULTS, processor_limits
 from vlmkit.families.qwen3_vl.boxes import BOX_FORMAT
@@ -119,17 +121,24 @@ class Qwen3_5Template(Qwen2VLTemplate):
 
     split_media = None
     packing_position_ids = None
+    enable_thinking = False  # the prompt ends with an empty think block (`render.py`)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings, "enable_thinking": self.enable_thinking}
 
 
-def load_template(model_dir, tokenizer, **settings) -> Qwen3_5Template:
-    return Qwen3_5Template.from_pretrained(
+def load_template(model_dir, tokenizer, enable_thinking: bool | None = None, **settings) -> Qwen3_5Template:
+    template = Qwen3_5Template.from_pretrained(
         model_dir,
         tokenizer,
-        render=render_qwen3_5,
+        render=functools.partial(render_qwen3_5, enable_thinking=bool(enable_thinking)),
         box_format=BOX_FORMAT,
         video_defaults=VIDEO_DEFAULTS,
         **settings,
     )
+    template.enable_thinking = bool(enable_thinking)
+    return template
 
 
 FOLDER = Path(__file__).parent
@@ -142,8 +151,9 @@ MODULE_GROUPS = {
 
 
 def chat_template_for(settings: dict) -> str:
-    """`Family.chat_template_for`: the checkpoint's template, non-thinking unless a request asks (what vlmkit encodes)."""
-    return non_thinking_chat_template((FOLDER / "chat_template.jinja").read_text())
+    """`Family.chat_template_for`: the checkpoint's template in the run's thinking mode (`enable_thinking`, off by
+    default) unless a request asks otherwise: what vlmkit encodes, for vLLM and in exports."""
+    return chat_template_in_mode((FOLDER / "chat_template.jinja").read_text(), bool(settings.get("enable_thinking")))
 
 
 FAMILY = Family(
@@ -164,7 +174,7 @@ FAMILY = Family(
     tiny_config=tiny_config,
     module_groups=MODULE_GROUPS,
     supports=("image", "video"),
-    encoding_options=QWEN_OPTIONS,
+    encoding_options=(*QWEN_OPTIONS, "enable_thinking"),
     packing=False,
     no_packing_reason=NO_PACKING_REASON,
     box_format=BOX_FORMAT,
@@ -172,6 +182,9 @@ FAMILY = Family(
     chat_cache=False,  # a recurrent state cannot be cropped to a shared prefix (Qwen3_5Template)
     chat_template_for=chat_template_for,
     vllm_processor_kwargs=vllm_processor_kwargs,
-    vllm_encoding_options=VLLM_ENCODING_OPTIONS,
+    vllm_encoding_options=(*VLLM_ENCODING_OPTIONS, "enable_thinking"),  # the chat template carries it
     tiny_vocabulary=qwen3_5_vocabulary,
+    verified=(
+        'prompts and pixels = Qwen3VLProcessor with the real template (sha256 a4aee8af) and the real 248k vocabulary, thinking on and off (tests/parity/test_qwen3_5.py); CLI LoRA sft, merged export, grounding, video, chat (tests/integration/test_qwen3_5_cli.py)'
+    ),
 )

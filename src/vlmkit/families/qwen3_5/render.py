@@ -8,9 +8,13 @@ What the template does that Qwen3-VL's does not, and vlmkit follows:
   assistant turns keep only their reply;
 - the generation prompt is `<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n` (non-thinking mode).
 
-vlmkit runs Qwen3.5 in non-thinking mode: replies come without reasoning (what chat, grounding and eval
-read), and a training row is its prompt followed by the reply, token for token. An empty think block is
+vlmkit runs Qwen3.5 in non-thinking mode by default: replies come without reasoning (what chat, grounding and
+eval read), and a training row is its prompt followed by the reply, token for token. An empty think block is
 part of the prompt (unsupervised), as at inference; a reply that brings its own reasoning supervises it.
+With `--enable-thinking` (saved with a run, `EncodingSettings.enable_thinking`) the prompt ends with
+`<think>\n`, as the template's thinking mode writes it, and the last turns' reasoning (`<think>...</think>`
+at the start of a dataset reply) is supervised after it; a reply without reasoning then trains an empty think
+block.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from vlmkit.families.qwen2_vl.render import IMAGE, VIDEO
 
 EMPTY_THINK = "<think>\n\n</think>\n\n"
 GENERATION_PROMPT = "<|im_start|>assistant\n" + EMPTY_THINK
+THINKING_PROMPT = "<|im_start|>assistant\n<think>\n"  # with --enable-thinking
 _MARKS = f"[{TEXT_START}{TEXT_END}]"
 _LEADING = re.compile(rf"^(?:{_MARKS}|\s)+")
 _TRAILING = re.compile(rf"(?:{_MARKS}|\s)+$")
@@ -71,7 +76,7 @@ def _reply(text: str) -> tuple[str, str]:
     return reasoning.strip(), text.split("</think>")[-1].lstrip("\n")
 
 
-def _assistant(content: list[dict], where: str, thinks: bool) -> list[Segment]:
+def _assistant(content: list[dict], where: str, thinks: bool, enable_thinking: bool) -> list[Segment]:
     text = _content(content, where, "assistant")
     reasoning, reply = _reply(_plain(text))
     if TEXT_START in text:  # marked as dataset text (encoding.mark_text): keep the split pieces marked
@@ -79,14 +84,20 @@ def _assistant(content: list[dict], where: str, thinks: bool) -> list[Segment]:
     head = Segment("<|im_start|>assistant\n")
     if not thinks:
         return [head, Segment(reply + "<|im_end|>", True), Segment("\n")]
+    if enable_thinking:  # the prompt ends with "<think>\n": the reasoning (empty or not) is the model's
+        think = reasoning + "\n</think>\n\n"
+        return [head, Segment("<think>\n"), Segment(think + reply + "<|im_end|>", True), Segment("\n")]
     if not reasoning:  # the empty think block the generation prompt ends with
         return [head, Segment(EMPTY_THINK), Segment(reply + "<|im_end|>", True), Segment("\n")]
     think = "<think>\n" + reasoning + "\n</think>\n\n"
     return [head, Segment(think + reply + "<|im_end|>", True), Segment("\n")]
 
 
-def render_qwen3_5(messages: list[dict], add_generation_prompt: bool, where: str = "sample") -> list[Segment]:
-    """Qwen3.5's chat template (enable_thinking=False) as segments; assistant replies and `<|im_end|>` supervised."""
+def render_qwen3_5(
+    messages: list[dict], add_generation_prompt: bool, where: str = "sample", enable_thinking: bool = False
+) -> list[Segment]:
+    """Qwen3.5's chat template as segments (rendered with `enable_thinking`); assistant replies and
+    `<|im_end|>` supervised, with the reasoning of the last turns when thinking."""
     if not messages:
         raise DataError(f"{where}: no messages")
     last_query = _last_query(messages, where)
@@ -104,7 +115,7 @@ def render_qwen3_5(messages: list[dict], add_generation_prompt: bool, where: str
                 Segment("<|im_start|>user\n" + _content(message["content"], where, role) + "<|im_end|>\n")
             )
         elif role == "assistant":
-            segments += _assistant(message["content"], where, thinks=i > last_query)
+            segments += _assistant(message["content"], where, i > last_query, enable_thinking)
         elif role == "tool":
             first = (
                 i > 0 and messages[i - 1]["role"] != "tool"
@@ -117,17 +128,20 @@ def render_qwen3_5(messages: list[dict], add_generation_prompt: bool, where: str
         else:
             raise DataError(f"{where}: Qwen3.5's template has no {role!r} role")
     if add_generation_prompt:
-        segments.append(Segment(GENERATION_PROMPT))
+        segments.append(Segment(THINKING_PROMPT if enable_thinking else GENERATION_PROMPT))
     return segments
 
 
-# vLLM and exports render requests with this: the checkpoint's template, non-thinking unless a request asks
-_NON_THINKING_DEFAULT = (
-    "{%- if enable_thinking is not defined %}{%- set enable_thinking = false %}{%- endif %}\n"
-)
+# vLLM and exports render requests with this: the checkpoint's template, in the run's mode unless a request asks
+_DEFAULT_MODE = "{%- if enable_thinking is not defined %}{%- set enable_thinking = MODE %}{%- endif %}\n"
+
+
+def chat_template_in_mode(chat_template: str, enable_thinking: bool = False) -> str:
+    """`chat_template` (the checkpoint's) with `enable_thinking` defaulting to the run's mode (a request may
+    still set it): what vlmkit encodes, for vLLM and for an export's users (`Family.chat_template_for`)."""
+    return _DEFAULT_MODE.replace("MODE", "true" if enable_thinking else "false") + chat_template
 
 
 def non_thinking_chat_template(chat_template: str) -> str:
-    """`chat_template` (the checkpoint's) with `enable_thinking` false unless a request sets it: the prompts
-    vlmkit encodes (`Family.chat_template_for`)."""
-    return _NON_THINKING_DEFAULT + chat_template
+    """`chat_template` with `enable_thinking` false unless a request sets it (vlmkit's default mode)."""
+    return chat_template_in_mode(chat_template, False)

@@ -61,4 +61,7 @@ FAMILY = Family(
     vllm_processor_kwargs=QWEN3_5.vllm_processor_kwargs,
     vllm_encoding_options=QWEN3_5.vllm_encoding_options,
     tiny_vocabulary=QWEN3_5.tiny_vocabulary,
+    verified=(
+        'as qwen3.5 (test_qwen3_5.py, test_families.py); CLI LoRA sft on the tiny MoE (test_qwen3_5_cli.py)'
+    ),
 )

@@ -142,4 +142,7 @@ FAMILY = Family(
     vllm_processor_kwargs=vllm_processor_kwargs,
     vllm_encoding_options=VLLM_ENCODING_OPTIONS,
     tiny_vocabulary=qwen2_vocabulary,
+    verified=(
+        'prompts and pixels = Qwen3VLProcessor with the real template (test_template.py, test_families.py); CLI sft, infer, grounding, video, chat cache; real vLLM on the CPU (tests/vllm_real)'
+    ),
 )

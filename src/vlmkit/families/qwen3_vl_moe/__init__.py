@@ -65,4 +65,7 @@ FAMILY = Family(
     vllm_processor_kwargs=vllm_processor_kwargs,
     vllm_encoding_options=VLLM_ENCODING_OPTIONS,
     tiny_vocabulary=qwen2_vocabulary,
+    verified=(
+        'the family checks on a tiny MoE model: prompts = Qwen3VLProcessor, reply labels, padding, greedy = generate (tests/parity/test_families.py)'
+    ),
 )

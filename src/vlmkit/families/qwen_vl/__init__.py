@@ -81,6 +81,10 @@ FAMILY = Family(
     vision="448x448 (resized, aspect not kept), 256 tokens per image (resampler)",
     register_classes=register_classes,
     write_tiny_model=lambda output_dir, seed: write_tiny_original(output_dir, seed=seed),
+    verified=(
+        "converted from the original layout: logits and greedy ids equal Qwen's remote code (reference vectors, "
+        "tests/parity/test_qwen_vl_native.py); CLI infer, sft, grounding, convert"
+    ),
 )
 
 REMOTE_FAMILY = Family(
@@ -110,4 +114,5 @@ REMOTE_FAMILY = Family(
         "(vlmkit convert --model PATH --output DIR) and train the converted folder"
     ),
     tiny_vocabulary=qwen2_vocabulary,
+    verified="the remote-code path on a stand-in model only (tests/parity/test_qwen_vl.py); no real checkpoint",
 )
