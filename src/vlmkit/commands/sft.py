@@ -75,9 +75,11 @@ class ManyValuesCommand(TyperCommand):
         return super().parse_args(ctx, repeat_many_values(args))
 
 
-def sft_config(ctx: typer.Context, groups: list[Any], config_file: Path | None) -> SFTConfig:
-    """The run's config: the groups' values, overridden by `config_file`'s, overridden by the flags given on
-    the command line; checked (`SFTConfig.validate`)."""
+def sft_config(
+    ctx: typer.Context, groups: list[Any], config_file: Path | None, config_class: type[SFTConfig] = SFTConfig
+) -> SFTConfig:
+    """The run's config (a `config_class`: `vlmkit grpo` makes its GRPOConfig): the groups' values, overridden
+    by `config_file`'s, overridden by the flags given on the command line; checked (`validate`)."""
     values = {name: value for group in groups for name, value in vars(group).items()}
     given = {
         name: value
@@ -85,7 +87,7 @@ def sft_config(ctx: typer.Context, groups: list[Any], config_file: Path | None) 
         if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
     }
     from_file = read_yaml_config(config_file) if config_file is not None else {}
-    return SFTConfig(**{**values, **from_file, **given}).validate()
+    return config_class(**{**values, **from_file, **given}).validate()
 
 
 @with_options(panels=PANELS, check=False)  # checked once merged with --config (sft_config)

@@ -46,8 +46,9 @@ DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir: str):
-    """transformers' TrainingArguments of `config` (`output_dir` is set again once the run folder exists)."""
+def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir: str, trainer_args=None, **extra):
+    """transformers' TrainingArguments of `config` (`output_dir` is set again once the run folder exists);
+    `trainer_args`: a subclass of it to make instead (TRL's GRPOConfig), given its own fields in `extra`."""
     from transformers import TrainingArguments
 
     fsdp_kwargs: dict[str, Any] = {}
@@ -56,7 +57,7 @@ def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir
     workers = (
         config.num_workers if config.num_workers is not None else (4 if torch.cuda.is_available() else 0)
     )
-    return TrainingArguments(
+    return (trainer_args or TrainingArguments)(
         output_dir=output_dir,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
@@ -88,7 +89,6 @@ def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir
         remove_unused_columns=False,
         label_names=["labels"],
         prediction_loss_only=True,  # evaluation reports the loss; logits are only kept where supervised
-        include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU use DDP over gloo
@@ -97,6 +97,7 @@ def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir
         else None,
         deepspeed=DEEPSPEED_PRESETS[config.deepspeed] if config.deepspeed else None,
         **fsdp_kwargs,
+        **{"include_num_input_tokens_seen": "non_padding", **extra},  # extra may set it (grpo counts its own)
     )
 
 

@@ -166,10 +166,11 @@ def _resolve_base(config: SFTConfig) -> _Base:
     return _Base(files, tokenizer, template, torch_dtype, placed, packing_requested, no_packing_reason)
 
 
-def _start_run(config: SFTConfig, base: _Base) -> _Run:
+def _start_run(config: SFTConfig, base: _Base, arguments=training_arguments) -> _Run:
     """Read the data, then make (or resume) the run folder and write the run's args and settings.
 
-    TrainingArguments come before the folder: they set up the process group its name is shared over."""
+    TrainingArguments come before the folder: they set up the process group its name is shared over.
+    `arguments(config, dtype, has_val, output_dir=)` makes them (`vlmkit grpo` makes TRL's)."""
     from vlmkit.data import load_datasets, split_dataset
     from vlmkit.data.columns import parse_columns
     from vlmkit.settings import write_settings
@@ -193,7 +194,7 @@ def _start_run(config: SFTConfig, base: _Base) -> _Run:
     val_data = load_datasets(config.val_dataset, **read) if config.val_dataset else None
     if config.split_ratio:
         train_data, val_data = split_dataset(train_data, config.split_ratio, seed=config.seed)
-    args = training_arguments(config, base.torch_dtype, val_data is not None, output_dir=config.output_dir)
+    args = arguments(config, base.torch_dtype, val_data is not None, output_dir=config.output_dir)
     run_dir = _make_run_dir(config, resume_from)
     args.output_dir = str(run_dir)
     if hasattr(args, "logging_dir"):

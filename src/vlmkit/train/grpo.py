@@ -1,0 +1,145 @@
+"""`vlmkit grpo`: reinforcement fine-tuning with verifiable rewards on TRL's GRPOTrainer, read top to bottom.
+
+    from vlmkit.train.grpo import grpo
+    from vlmkit.train.grpo_options import GRPOConfig
+    run_dir = grpo(GRPOConfig(model="Qwen/Qwen2.5-VL-3B-Instruct", dataset=["refcoco.jsonl"], reward="iou,format:0.2"))
+
+Steps, shared with `vlmkit sft` (`vlmkit.train.finetune`) where they are the same: resolve the model and
+template -> make (or resume) the run folder (args.json, vlmkit.json) -> read the prompts and their `solution`,
+refusing up front any row whose prompt (image tokens included) and longest completion do not fit
+--max-length -> load the model, freeze and wrap it -> train with TRL's GRPOTrainer, prompts encoded by the
+family template (`vlmkit.train.grpo_trainer`) -> checkpoints `vlmkit infer --ckpt`, export and serve read.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vlmkit.errors import DataError, VlmkitError
+from vlmkit.train.arguments import training_arguments
+from vlmkit.train.finetune import _check_environment, _load_model, _resolve_base, _start_run, _train
+from vlmkit.train.grpo_options import GRPOConfig
+from vlmkit.train.rewards import NEEDS_BOXES, parse_reward_spec
+from vlmkit.train.run import interrupted_line, print_result, remove_unstarted_run
+
+
+def grpo_arguments(config: GRPOConfig, torch_dtype, has_val: bool, output_dir: str):
+    """TRL's GRPOConfig: sft's TrainingArguments plus the GRPO options."""
+    from trl import GRPOConfig as TRLConfig
+
+    weights = [weight for _, _, weight in parse_reward_spec(config.reward)]
+    return training_arguments(
+        config, torch_dtype, False, output_dir, trainer_args=TRLConfig,
+        num_generations=config.num_generations, max_completion_length=config.max_completion_length,
+        temperature=config.temperature, beta=config.beta, epsilon=config.epsilon, loss_type=config.loss,
+        importance_sampling_level=config.importance_sampling_level, reward_weights=weights,
+        use_vllm=config.use_vllm, vllm_mode="colocate",
+        include_num_input_tokens_seen="no",  # TRL counts prompt and completion tokens itself
+    )  # fmt: skip
+
+
+def grpo(config: GRPOConfig, callbacks: Sequence[Any] = ()) -> Path:
+    """Train `config.model` with GRPO on `config.dataset`'s prompts and solutions; returns the run folder."""
+    import transformers
+    from transformers import set_seed
+
+    from vlmkit.models import loader
+
+    transformers.utils.logging.disable_progress_bar()
+    # TRL 1.16 asks every step for a name transformers 5 has deprecated; nothing the user can act on
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    config.validate()
+    rewards = parse_reward_spec(config.reward)  # a typo costs one line, before any weights load
+    _check_environment(config)
+    loader.check_attn(config.attn_impl)
+    if config.streaming or config.packing:
+        raise VlmkitError("vlmkit grpo reads every prompt up front and does not pack: drop --streaming / --packing")
+    config.packing = False
+    set_seed(config.seed)
+    base = _resolve_base(config)
+    needs_boxes = [name for name, _, _ in rewards if name in NEEDS_BOXES]
+    if needs_boxes and base.template.box_format is None:
+        raise VlmkitError(
+            f"--reward {needs_boxes[0]} reads boxes, but {base.files.family.name} has no grounding box format"
+        )
+    run = _start_run(config, base, arguments=grpo_arguments)
+    started = False
+    try:
+        prompts, rows = _read_prompts(config, base, run.train_data)
+        model = _load_model(config, base)
+        trainer = _make_trainer(config, base, run, prompts, rows, rewards, model)
+        for callback in callbacks:
+            trainer.add_callback(callback)
+        if run.is_main:
+            print(f"run folder: {run.dir}\nprompts={len(rows)}, rewards: {config.reward}, loss={config.loss}")
+        started = True
+        _train(config, run, trainer)
+        if run.is_main:
+            print_result(run.dir)
+    except (VlmkitError, KeyboardInterrupt) as e:
+        if run.is_main and not started and run.resume_from is None:
+            remove_unstarted_run(run.dir)
+        if run.is_main and isinstance(e, KeyboardInterrupt):
+            print(f"\n{interrupted_line(run.dir, config.resume)}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        if run.lock is not None:
+            run.lock.close()
+    return run.dir
+
+
+def _read_prompts(config: GRPOConfig, base, dataset):
+    """(Prompts, TRL rows) of the training data. Every row is checked first: it has a `solution`, and its
+    prompt (image tokens included) plus --max-completion-length fits --max-length; a row that does not is
+    refused in one line naming it (a cut image would train on a prompt the model never sees at inference)."""
+    from vlmkit.train.grpo_trainer import Prompts
+
+    solutions, rows = [], []
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        where = sample.where
+        raw = dataset.rows[index].data
+        if raw.get("solution") is None:
+            raise DataError(f"{where}: no 'solution' (the answer the rewards check the completions against)")
+        if sample.messages and sample.messages[-1]["role"] == "assistant":
+            raise DataError(f"{where}: ends with an assistant reply; a GRPO row is a prompt (and a solution)")
+        length = base.template.count_tokens(sample, add_generation_prompt=True)
+        if length + config.max_completion_length > config.max_length:
+            raise DataError(
+                f"{where}: the prompt is {length} tokens (image tokens included), which with "
+                f"--max-completion-length {config.max_completion_length} is over --max-length {config.max_length}; "
+                "image tokens are never cut: raise --max-length or lower --max-pixels"
+            )
+        solutions.append(raw["solution"])
+        rows.append({"prompt": sample.text("user"), "row": index})
+    return Prompts(dataset, base.template, solutions), rows
+
+
+def _make_trainer(config, base, run, prompts, rows, rewards, model):
+    """VlmGRPOTrainer with vlmkit's run log and complete-checkpoint saving."""
+    import datasets
+    from transformers.trainer_callback import PrinterCallback
+
+    from vlmkit.train.callbacks import RunLog
+    from vlmkit.train.checkpoints import CompleteCheckpoints
+    from vlmkit.train.grpo_trainer import VlmGRPOTrainer, trl_reward
+
+    trainer = VlmGRPOTrainer(
+        model=model,
+        reward_funcs=[trl_reward(name, function, prompts, base.tokenizer) for name, function, _ in rewards],
+        args=run.args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=base.tokenizer,
+        prompts=prompts,
+        callbacks=[
+            RunLog(run.dir, config.batch_size * config.grad_accum * run.args.world_size, config.progress),
+            CompleteCheckpoints(run.dir, Path(base.files.model_dir), run.settings, keep=config.save_total_limit),
+        ],
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
