@@ -86,7 +86,7 @@ def sft_config(
         for name, value in values.items()
         if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
     }
-    from_file = read_yaml_config(config_file) if config_file is not None else {}
+    from_file = read_yaml_config(config_file, config_class) if config_file is not None else {}
     return config_class(**{**values, **from_file, **given}).validate()
 
 

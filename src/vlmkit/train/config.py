@@ -96,8 +96,9 @@ FIELDS = {f.name: f for f in dataclasses.fields(SFTConfig)}
 assert set(ENCODING_FIELDS) <= set(FIELDS), "SFTConfig needs a field for every EncodingSettings field"
 
 
-def read_yaml_config(path: str | Path) -> dict[str, Any]:
-    """Options from a YAML file; keys as the flags (`lora-rank`) or as fields (`lora_rank`)."""
+def read_yaml_config(path: str | Path, config_class: type = SFTConfig) -> dict[str, Any]:
+    """Options from a YAML file; keys as the flags (`lora-rank`) or as fields (`lora_rank`) of `config_class`
+    (`vlmkit grpo`'s GRPOConfig has more)."""
     import yaml
 
     path = Path(path)
@@ -112,7 +113,7 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if name not in FIELDS:
+        if name not in {f.name for f in dataclasses.fields(config_class)}:
             raise VlmkitError(f"--config {path}: unknown option {key!r}; see `vlmkit sft --help`")
         if name in ("dataset", "val_dataset") and isinstance(value, str):
             value = [value]
