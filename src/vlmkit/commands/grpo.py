@@ -18,8 +18,16 @@ from vlmkit.train.options import (
     TunerOptions,
 )
 
+# sft's options that grpo does not take: no validation pass, no packing or streaming (every prompt is
+# checked up front), no truncation (a row that does not fit is refused), no encode cache (prompts are encoded
+# as their rollouts start; a bad row is refused, not skipped)
+NOT_GRPO = {
+    "data": ("val_dataset", "split_ratio", "streaming", "packing", "group_by_length", "truncation", "max_bad_fraction"),
+    "engine": ("encode_cache", "cache_dir", "encode_workers"),
+}
 
-@with_options(panels={**PANELS, "rl": "Rewards and rollouts"}, check=False)
+
+@with_options(panels={**PANELS, "rl": "Rewards and rollouts"}, omit=NOT_GRPO, check=False)
 def grpo_command(
     ctx: typer.Context,
     data: DataOptions,

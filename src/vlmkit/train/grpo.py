@@ -56,8 +56,11 @@ def grpo(config: GRPOConfig, callbacks: Sequence[Any] = ()) -> Path:
     rewards = parse_reward_spec(config.reward)  # a typo costs one line, before any weights load
     _check_environment(config)
     loader.check_attn(config.attn_impl)
-    if config.streaming or config.packing:
-        raise VlmkitError("vlmkit grpo reads every prompt up front and does not pack: drop --streaming / --packing")
+    if config.streaming or config.packing or config.val_dataset or config.split_ratio:
+        raise VlmkitError(
+            "vlmkit grpo reads every prompt up front, does not pack and has no validation pass: drop --streaming, "
+            "--packing, --val-dataset and --split-ratio"
+        )
     config.packing = False
     set_seed(config.seed)
     base = _resolve_base(config)
