@@ -48,7 +48,7 @@ def grpo_run(small_model, tmp_path_factory):
         "grpo", "--model", str(small_model), "--dataset", "prompts.jsonl", "--reward", "count,format:0.2,my_rewards:short:0.1",
         "--max-steps", "2", "--batch-size", "2", "--num-generations", "2", "--max-completion-length", "6",
         "--lr", "1e-3", "--save-steps", "2", "--output-dir", "out", "--report-to", "none", "--no-progress",
-        "--no-cache", "--seed", "0", cwd=folder,
+        "--seed", "0", cwd=folder,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return folder, done
