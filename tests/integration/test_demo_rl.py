@@ -17,12 +17,12 @@ pytestmark = pytest.mark.slow
 
 def test_demo_rl_quick_prints_both_accuracies_and_the_reward_curve(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "vlmkit", "demo", "--rl", "--quick", "--no-progress", "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "vlmkit", "demo", "--rl", "--quick", "--no-progress", "--output-dir", "runs"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,  # a relative --output-dir, as users give it
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"held-out accuracy \(8 questions\)\s+after SFT:\s+\d+\.\d%\s+after GRPO:\s+\d+\.\d%", done.stdout)
-    [root] = tmp_path.glob("rl-*")
+    [root] = (tmp_path / "runs").glob("rl-*")
     curve = json.loads((root / "reward_curve.json").read_text())
     assert [point["step"] for point in curve] == [1, 2]
     assert all(0.0 <= point["reward"] <= 1.0 for point in curve)

@@ -47,7 +47,7 @@ def _prompts_file(train_file: Path, out: Path) -> Path:
     for line in train_file.read_text().splitlines():
         row = json.loads(line)
         user, answer = row["messages"]
-        images = [str(train_file.parent / image) for image in row["images"]]
+        images = [str((train_file.parent / image).resolve()) for image in row["images"]]  # from another folder
         rows.append({"messages": [user], "images": images, "solution": answer["content"]})
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
