@@ -131,6 +131,10 @@ def _make_trainer(config, base, run, prompts, rows, rewards, model):
     from vlmkit.train.checkpoints import CompleteCheckpoints
     from vlmkit.train.grpo_trainer import VlmGRPOTrainer, trl_reward
 
+    if base.template.image_token_id is not None:
+        # a sampled image placeholder in a completion would leave more image tokens than image features in the
+        # scoring forward (the model refuses the batch): the rollouts never write one
+        run.args.generation_kwargs = {**(run.args.generation_kwargs or {}), "suppress_tokens": [base.template.image_token_id]}
     trainer = VlmGRPOTrainer(
         model=model,
         reward_funcs=[trl_reward(name, function, prompts, base.tokenizer) for name, function, _ in rewards],
