@@ -21,6 +21,7 @@ from vlmkit.commands.dpo import dpo_command
 from vlmkit.commands.eval import eval_command
 from vlmkit.commands.export import export_command
 from vlmkit.commands.families import families, family_titles
+from vlmkit.commands.grpo import grpo_command
 from vlmkit.commands.infer import infer
 from vlmkit.commands.peers import PeerAwareGroup
 from vlmkit.commands.serve import serve_command
@@ -75,6 +76,7 @@ app.command("families")(families)
 app.command("infer")(infer)
 app.command("sft", cls=ManyValuesCommand, context_settings={"help_option_names": ["-h", "--help"]})(sft_command)
 app.command("dpo", cls=ManyValuesCommand, context_settings={"help_option_names": ["-h", "--help"]})(dpo_command)
+app.command("grpo", cls=ManyValuesCommand, context_settings={"help_option_names": ["-h", "--help"]})(grpo_command)
 app.command("eval")(eval_command)
 app.add_typer(
     data_app, name="data", help="Check a dataset before training, preview rows as the model sees them, or encode it into the encode cache."

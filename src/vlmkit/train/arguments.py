@@ -49,7 +49,7 @@ DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
 def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir: str, arguments: type | None = None):
     """transformers' TrainingArguments of `config` (`output_dir` is set again once the run folder exists).
     `arguments`: a subclass to build instead (TRL's config of its trainer), given the fields of its own that
-    `config.trainer_arguments()` sets; None: TrainingArguments."""
+    `config.trainer_arguments()` sets (they win: grpo counts its input tokens itself); None: TrainingArguments."""
     from transformers import TrainingArguments
 
     own = config.trainer_arguments() if arguments is not None else {}
@@ -61,7 +61,6 @@ def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir
         config.num_workers if config.num_workers is not None else (4 if torch.cuda.is_available() else 0)
     )
     return arguments(
-        **own,
         output_dir=output_dir,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
@@ -93,7 +92,6 @@ def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir
         remove_unused_columns=False,
         label_names=["labels"],
         prediction_loss_only=True,  # evaluation reports the loss; logits are only kept where supervised
-        include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU use DDP over gloo
@@ -102,6 +100,7 @@ def training_arguments(config: SFTConfig, torch_dtype, has_val: bool, output_dir
         else None,
         deepspeed=DEEPSPEED_PRESETS[config.deepspeed] if config.deepspeed else None,
         **fsdp_kwargs,
+        **{"include_num_input_tokens_seen": "non_padding", **own},
     )
 
 
