@@ -5,18 +5,19 @@ transformers' continuous batching (`generate_batch`) does not take image inputs,
 attention kernels it ships; vLLM is the engine for scale. This is the small version on the model's own
 `forward` and transformers' `DynamicCache`:
 
-- `prefill` runs one prompt alone (vision encoder included) with the position ids `generate` would give it
-  (the model's `_prepare_position_ids_for_generation`: 1-D from the attention mask, or the Qwen-VL M-RoPE
-  rows); it returns the logits of the next token, the prompt's cache and its last positions;
+- `prefill` runs the prompts that arrived since the last step as one left-padded batch (vision encoder
+  included), with the position ids `generate` would give them (the model's own
+  `_prepare_position_ids_for_generation`: 1-D from the attention mask, or the Qwen-VL M-RoPE rows); it returns
+  the logits of their next tokens, their cache and their last positions;
 - `DecodeBatch.join` left-pads that cache (or the batch's) to a common length and stacks it under the batch,
   as `generate` left-pads a batch; the attention mask hides the padding and each row keeps its own positions,
-  so a row decodes as it would alone;
+  so a row decodes as in a batch of its own;
 - `DecodeBatch.step` runs one token of every row; `DecodeBatch.leave` drops finished rows at once and cuts
   the padding no row needs any more.
 
-Only caches made of plain `DynamicLayer`s can be padded and stacked; a model with other layers (sliding
-windows, linear attention) decodes each row in a batch of its own (`mergeable`), which is still scheduled per
-token.
+Only caches made of plain `DynamicLayer`s can be padded and stacked; with other layers (sliding windows,
+linear attention: `mergeable` False) the prompts prefilled together decode together, as one `generate` call
+would, and later prompts start a batch of their own; all are still scheduled per token.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ from vlmkit.backends.chat_cache import CACHE
 
 @dataclass
 class Prefilled:
-    """One prompt run through the model: `logits` (V,) of its next token, its `cache` (batch 1), and the
-    `positions` of its last token ((1, 1) or (K, 1, 1) for models with K position rows)."""
+    """K prompts run through the model together (left-padded): `logits` (K, V) of their next tokens, their
+    `cache` (K rows), its attention `mask` (K, L), and the `positions` of their last tokens ((K, 1), or
+    (P, K, 1) for models with P position rows)."""
 
     logits: torch.Tensor
     cache: Any
+    mask: torch.Tensor
     positions: torch.Tensor
-    length: int
 
 
 def _base(model: Any) -> Any:
@@ -48,18 +50,19 @@ def _base(model: Any) -> Any:
 
 
 def prefill(model: Any, batch: dict[str, Any]) -> Prefilled:
-    """Run one collated prompt (`batch`: input_ids (1, T), attention_mask, pixel inputs, ...) through `model`."""
+    """Run collated prompts (`batch`: input_ids (K, T) left-padded, attention_mask, pixel inputs, ...) through
+    `model`, as `generate` runs its first step."""
     base = _base(model)
-    # (1, T), or (K, 1, T) for models with K position rows (Qwen-VL: text + 3 M-RoPE rows)
+    # (K, T), or (P, K, T) for models with P position rows (Qwen-VL: text + 3 M-RoPE rows)
     positions = base._prepare_position_ids_for_generation(batch["input_ids"], dict(batch))
     keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
     with torch.inference_mode():
         out = model(**batch, position_ids=positions, use_cache=True, **keep)
     return Prefilled(
-        logits=out.logits[0, -1],
+        logits=out.logits[:, -1],
         cache=getattr(out, CACHE),
+        mask=batch["attention_mask"],
         positions=positions[..., -1:],
-        length=int(batch["input_ids"].shape[1]),
     )
 
 
@@ -93,22 +96,19 @@ class DecodeBatch:
     def _batch_dim(self) -> int:
         return 1 if self.positions.ndim == 3 else 0
 
-    def join(self, row: Any, prompt: Prefilled) -> None:
-        """Add `row`, whose prompt is `prompt`, at the end of the batch (the prompt's cache is copied, so one
-        prefill can join several times: the `n` choices of a request)."""
-        mask = torch.ones(1, prompt.length, dtype=torch.long, device=prompt.positions.device)
+    def join(self, rows: list[Any], prompt: Prefilled) -> None:
+        """Add `rows`, whose prompts `prompt` holds in the same order, at the end of the batch."""
         if not self.rows:
-            self.cache = _copy(prompt.cache)
-            self.mask, self.positions, self.rows = mask, prompt.positions.clone(), [row]
+            self.cache, self.mask, self.positions, self.rows = prompt.cache, prompt.mask, prompt.positions, rows
             return
-        length = max(self.mask.shape[1], prompt.length)
-        grow, pad = length - self.mask.shape[1], length - prompt.length
+        length = max(self.mask.shape[1], prompt.mask.shape[1])
+        grow, pad = length - self.mask.shape[1], length - prompt.mask.shape[1]
         for mine, theirs in zip(self.cache.layers, prompt.cache.layers, strict=True):
             mine.keys = torch.cat([_pad_left(mine.keys, grow, 2), _pad_left(theirs.keys, pad, 2)])
             mine.values = torch.cat([_pad_left(mine.values, grow, 2), _pad_left(theirs.values, pad, 2)])
-        self.mask = torch.cat([_pad_left(self.mask, grow, 1), _pad_left(mask, pad, 1)])
+        self.mask = torch.cat([_pad_left(self.mask, grow, 1), _pad_left(prompt.mask, pad, 1)])
         self.positions = torch.cat([self.positions, prompt.positions], dim=self._batch_dim)
-        self.rows.append(row)
+        self.rows += rows
 
     def leave(self, done: set[int]) -> None:
         """Drop the rows at batch indices `done`, and the leading padding that no row left needs."""
@@ -118,10 +118,15 @@ class DecodeBatch:
             self.cache = self.mask = self.positions = None
             return
         index = torch.tensor(keep, device=self.mask.device)
-        first = int(self.mask[index].any(dim=0).int().argmax())  # first position a remaining row uses
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[index, :, first:]
-            layer.values = layer.values[index, :, first:]
+        if mergeable(self.cache):
+            first = int(self.mask[index].any(dim=0).int().argmax())  # first position a remaining row uses
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[index, :, first:]
+                layer.values = layer.values[index, :, first:]
+        else:  # other layers keep their own lengths (a sliding window) or none (linear attention)
+            first = 0
+            for layer in self.cache.layers:
+                layer.batch_select_indices(index)
         self.mask = self.mask[index, first:]
         self.positions = self.positions.index_select(self._batch_dim, index)
 
@@ -140,16 +145,3 @@ class DecodeBatch:
                 **{CACHE: self.cache},
             )
         return out.logits[:, -1]
-
-
-def _copy(cache: Any) -> Any:
-    """A cache that `cache` does not share layer objects with: the batch rebinds its layers' tensors (`join`,
-    `leave`, and `DynamicLayer.update`, which concatenates), so the prompt's cache stays as it was for the next
-    choice of the request. Other layers may update in place: they are copied whole."""
-    import copy
-
-    if not mergeable(cache):
-        return copy.deepcopy(cache)
-    twin = copy.copy(cache)
-    twin.layers = [copy.copy(layer) for layer in cache.layers]
-    return twin

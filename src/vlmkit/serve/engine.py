@@ -37,6 +37,9 @@ GENERATION_FAILED = "generation failed (see the server log)"
 # Prompt tokens prefilled between two decoding steps (at least one request): new requests start promptly,
 # and the running rows wait at most about this many tokens' prefill for their next token.
 _PREFILL_TOKENS = 2048
+# Prompts are prefilled together only while the longest is at most twice the shortest plus this many tokens
+# (left padding a short prompt to a long one costs the padding's compute).
+_PADDING_SLACK = 256
 
 
 @dataclass(eq=False)  # compared by identity: the queue removes jobs, and `==` on tensor dicts raises
@@ -188,8 +191,8 @@ class Engine:
     def _run(self) -> None:
         try:
             while (jobs := self._admit()) is not None:
-                for job in jobs:
-                    self._start(job)
+                for adapter, group in _prefill_groups(jobs):
+                    self._start(adapter, group)
                 for adapter, batch in self.decoding:
                     self._step(adapter, batch)
                 self.decoding = [(adapter, batch) for adapter, batch in self.decoding if len(batch)]
@@ -220,34 +223,46 @@ class Engine:
             self.running += taken  # under the lock: `shut_down` sees every job as queued or running
             return taken
 
-    def _start(self, job: Job) -> None:
-        """Prefill `job`'s prompt, sample the first token of each of its rows, and put the rows that go on into
-        a decode batch."""
-        if job.cancelled:  # its client left while it was queued; end its handler, which may still wait
-            job.emit("error", CLIENT_GONE)
-            self._forget(job)
+    def _start(self, adapter: str | None, jobs: list[Job]) -> None:
+        """Prefill `jobs` (one adapter) together, sample the first token of each of their rows, and put the rows
+        that go on into a decode batch. If the prefill fails, each job is tried alone, so a bad one fails alone."""
+        for job in jobs:
+            if job.cancelled:  # its client left while it was queued; end its handler, which may still wait
+                job.emit("error", CLIENT_GONE)
+                self._forget(job)
+        jobs = [job for job in jobs if not job.cancelled]
+        if not jobs:
             return
         try:
-            with self._adapter(job.adapter):
-                prompt = decode_batch.prefill(self.vlm.model, self.vlm._inputs([job.encoded]))
-            job.sampler = RowSampler(job.options)
-        except Exception:  # a bug, a bad input the checks missed, out of memory: this request fails alone
-            log.exception("prefill failed")
-            self._abort(job)
+            with self._adapter(adapter):
+                prompt = decode_batch.prefill(self.vlm.model, self.vlm._inputs([j.encoded for j in jobs for _ in range(j.n)]))
+            for job in jobs:
+                job.sampler, job.rows_left = RowSampler(job.options), job.n
+        except Exception:  # a bug, a bad input the checks missed, out of memory
+            log.exception("prefill of %d requests failed", len(jobs))
+            for job in jobs:
+                if len(jobs) > 1:
+                    self._start(adapter, [job])
+                else:
+                    self._abort(job)
             return
-        job.rows_left = job.n
-        ids = job.encoded["input_ids"].tolist()
-        for choice in range(job.n):
-            row = _Row(job, choice, prompt=ids)
-            self._advance(row, prompt.logits)
-            if row.finish is None:
-                self._batch_for(job.adapter, prompt).join(row, prompt)
+        rows = [_Row(job, choice, prompt=job.encoded["input_ids"].tolist()) for job in jobs for choice in range(job.n)]
+        batch = self._batch_for(adapter, prompt)
+        first = len(batch)
+        batch.join(rows, prompt)
+        done = set()
+        for k, row in enumerate(rows):
+            self._advance(row, prompt.logits[k])
+            if row.finish is not None:
+                done.add(first + k)
+        if done:
+            batch.leave(done)
 
     def _batch_for(self, adapter: str | None, prompt: Prefilled) -> DecodeBatch:
-        """The decode batch that a row of `adapter` with the prefilled `prompt` joins (a new one if none fits)."""
+        """The decode batch that rows of `adapter` prefilled as `prompt` join (a new one if none can take them)."""
         if decode_batch.mergeable(prompt.cache):
             for own, batch in self.decoding:
-                if own == adapter and decode_batch.mergeable(batch.cache):
+                if own == adapter and batch.rows and decode_batch.mergeable(batch.cache):
                     return batch
         self.decoding.append((adapter, DecodeBatch()))
         return self.decoding[-1][1]
@@ -333,3 +348,19 @@ class Engine:
             return model.disable_adapter()
         model.set_adapter(peft_name)
         return contextlib.nullcontext()
+
+
+def _prefill_groups(jobs: list[Job]) -> list[tuple[str | None, list[Job]]]:
+    """`jobs` in groups prefilled together: one adapter, prompts of comparable length; oldest first."""
+    groups: list[tuple[str | None, list[Job], list[int]]] = []  # adapter, jobs, [shortest, longest]
+    for job in jobs:
+        length = job.prompt_tokens
+        for adapter, group, span in groups:
+            low, high = min(span[0], length), max(span[1], length)
+            if adapter == job.adapter and high <= 2 * low + _PADDING_SLACK:
+                group.append(job)
+                span[:] = [low, high]
+                break
+        else:
+            groups.append((job.adapter, [job], [length, length]))
+    return [(adapter, group) for adapter, group, _ in groups]
