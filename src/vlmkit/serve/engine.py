@@ -269,6 +269,8 @@ class Engine:
 
     def _step(self, adapter: str | None, batch: DecodeBatch) -> None:
         """One token for every row of `batch`; the rows that end leave it."""
+        if not batch.rows:  # every row it was given ended at its first token
+            return
         try:
             with self._adapter(adapter):
                 logits = batch.step(self.vlm.model, [row.tokens[-1] for row in batch.rows])  # (B, V)
