@@ -186,17 +186,24 @@ def _swift_deploy(python: str, model: Path, port: int, max_batch_size: int, log:
     cmd = [str(swift), "deploy", "--model", str(model), "--model_type", "qwen2_vl", "--template", "qwen2_vl",
            "--infer_backend", "transformers", "--port", str(port), "--host", "127.0.0.1",
            "--served_model_name", "bench", "--max_batch_size", str(max_batch_size), "--torch_dtype", "float32"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    # its own process group: `swift deploy` runs the server as a child, which outlives a terminated launcher
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     _wait_healthy(proc, f"http://127.0.0.1:{port}/v1/models", log)
     return proc
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+def _stop(proc: subprocess.Popen, group: bool = False) -> None:
+    """End the server (with `group`, its whole process group, children included)."""
+    import signal
+
+    def send(sig: int) -> None:
+        os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+
+    send(signal.SIGTERM)
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        send(signal.SIGKILL)
 
 
 def main(args) -> None:
@@ -225,7 +232,7 @@ def main(args) -> None:
                 s = asyncio.run(run_phases(f"http://127.0.0.1:{port}/v1", "bench", args.clients, args.requests,
                                            args.max_tokens))  # fmt: skip
             finally:
-                _stop(proc)
+                _stop(proc, group=True)
             results.append(("swift deploy", s))
     for name, r in results:
         print(f"{name}: {r}")
