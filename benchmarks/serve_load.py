@@ -2,10 +2,14 @@
 
     python benchmarks/serve_load.py --clients 64 --requests 512 --max-tokens 16
     python benchmarks/serve_load.py --profile adversarial --clients 8 --requests 64
+    python benchmarks/serve_load.py --profile mixed --clients 32 --requests 256 [--swift-python PY]
 
 The adversarial profile (see `run_adversarial`) sends short greedy text requests while heavy and
 hostile ones run beside them, and reports the short requests' p50/p95 against their p50/p95 alone,
-the server's peak RSS, unexpected answers (errors) and wrong replies.
+the server's peak RSS, unexpected answers (errors) and wrong replies. The mixed profile (see
+`serve_mixed.py`) compares throughput and short requests' latency with one sampling setting and with
+mixed settings (streaming, abandoning and image requests among them), optionally against ms-swift's
+`swift deploy` on the same model and requests.
 
 Starts `vlmkit serve` on a free loopback port (a tiny small-vocabulary Qwen2-VL unless --model
 is given), asks each prompt once alone for its greedy reference reply, then sends --requests
@@ -19,34 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import io
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import openai
-from PIL import Image
-from serve_process import free_port, start_server
-
-
-def prompts(count: int) -> list[list[dict]]:
-    """`count` distinct conversations; every fourth carries a small random image as a data: URL."""
-    out = []
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        content: list[dict] = [{"type": "text", "text": f"Question {i}: what do you see?"}]
-        if i % 4 == 0:
-            image = Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8))
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-            content.insert(0, {"type": "image_url", "image_url": {"url": url}})
-        out.append([{"role": "user", "content": content}])
-    return out
+from serve_process import free_port, prompts, start_server
 
 
 async def run_load(base_url: str, clients: int, requests: int, max_tokens: int, n_prompts: int) -> dict:
@@ -96,8 +80,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=16, help="distinct conversations")
     parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--profile", choices=["plain", "adversarial"], default="plain")
+    parser.add_argument("--profile", choices=["plain", "adversarial", "mixed"], default="plain")
+    parser.add_argument("--swift-python", help="mixed profile: python of a venv with ms-swift, to compare")
     args = parser.parse_args()
+    if args.profile == "mixed":
+        from serve_mixed import main as mixed
+
+        mixed(args)
+        return
     if args.profile == "adversarial":
         from serve_adversarial import main as adversarial
 

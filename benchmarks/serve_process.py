@@ -1,12 +1,14 @@
-"""`vlmkit serve` started for the serve benchmarks (serve_load.py and its adversarial profile,
-serve_adversarial.py): a free loopback port, the server as a subprocess, waited for until healthy.
+"""`vlmkit serve` started for the serve benchmarks (serve_load.py and its profiles, serve_adversarial.py and
+serve_mixed.py): a free loopback port, the server as a subprocess, waited for until healthy; and their prompts.
 
-A module of its own so that serve_load.py (which runs the adversarial profile) and serve_adversarial.py
-(which uses these) do not import each other.
+A module of its own so that serve_load.py (which runs the profiles) and the profiles (which use these) do not
+import each other.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import socket
 import subprocess
 import sys
@@ -14,6 +16,8 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
+from PIL import Image
 
 
 def free_port() -> int:
@@ -38,3 +42,19 @@ def start_server(model: Path, port: int, max_batch_size: int, log: Path, *extra:
             time.sleep(0.3)
     proc.kill()
     sys.exit("server did not start in 180 s")
+
+
+def prompts(count: int) -> list[list[dict]]:
+    """`count` distinct conversations; every fourth carries a small random image as a data: URL."""
+    out = []
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        content: list[dict] = [{"type": "text", "text": f"Question {i}: what do you see?"}]
+        if i % 4 == 0:
+            image = Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+            content.insert(0, {"type": "image_url", "image_url": {"url": url}})
+        out.append([{"role": "user", "content": content}])
+    return out

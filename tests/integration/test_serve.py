@@ -469,8 +469,9 @@ def test_a_client_that_stops_reading_does_not_block_others(server, client):
         assert time.monotonic() - start < 30
 
 
-def test_engine_batches_compatible_requests_and_survives_a_failing_batch(base_vlm):
+def test_engine_decodes_mixed_settings_in_one_batch_and_survives_a_failing_step(base_vlm):
     import asyncio
+    from dataclasses import replace
 
     from vlmkit.backends.transformers_backend import GenerationOptions
     from vlmkit.serve.engine import Engine, Job
@@ -492,23 +493,26 @@ def test_engine_batches_compatible_requests_and_survives_a_failing_batch(base_vl
         engine.stop()
         return results
 
-    greedy = [GenerationOptions(max_new_tokens=n) for n in (2, 3, 4)]  # max_tokens differs: still one batch
+    greedy = [GenerationOptions(max_new_tokens=n) for n in (2, 3, 4)]
     engine = Engine(base_vlm, {None: None})
     results = asyncio.run(run(engine, [*greedy, GenerationOptions(max_new_tokens=2, temperature=1.0)]))
-    assert engine.batches == 2  # the sampled request cannot share the greedy batch
+    assert engine.batches == 3  # one batch: the first token comes from the prefill, then 3 steps for 4 tokens
     assert [r[-1][1]["completion_tokens"] for r in results[:3]] == [2, 3, 4]
     assert [r[1] for r in results[:3]] == [("finish", 0, "length")] * 3
 
     class Broken:
-        """A model whose generate fails: every job gets an error event and the worker goes on."""
+        """A model whose forward fails: every job gets an error event and the worker goes on."""
 
-        template, decode = base_vlm.template, base_vlm.decode
-        model = base_vlm.model
+        def __init__(self, model):
+            self.model = model
 
-        def generate_encoded(self, *args, **kwargs):
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def __call__(self, *args, **kwargs):
             raise RuntimeError("out of memory")
 
-    engine = Engine(Broken(), {None: None})
+    engine = Engine(replace(base_vlm, model=Broken(base_vlm.model)), {None: None})
     results = asyncio.run(run(engine, greedy))
     assert [r[-1] for r in results] == [("error", "generation failed (see the server log)")] * 3
 

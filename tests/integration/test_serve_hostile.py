@@ -102,7 +102,7 @@ def test_a_dead_engine_fails_health_and_the_server_exits_non_zero(small_model, m
     def broken(self):
         raise RuntimeError("a bug in the batcher")
 
-    monkeypatch.setattr(Engine, "_take_batch", broken)
+    monkeypatch.setattr(Engine, "_admit", broken)
     vlm = vlmkit.load(str(small_model))
     app = create_app(Engine(vlm, {NAME: None}), {NAME: ServedModel(NAME, vlm.template, "m")}, ServerConfig())
     with TestClient(app) as test_client:

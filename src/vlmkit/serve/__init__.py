@@ -3,8 +3,9 @@
     from vlmkit.serve import serve
     serve("Qwen/Qwen2-VL-2B-Instruct", adapters={"latex": Path("runs/.../checkpoint-200")}, port=8000)
 
-app.py: routes, schema and errors; engine.py: the queue and dynamic batcher; server.py: loading
-and adapters. `--backend vllm` is translated by vlmkit.backends.vllm_args (shared with `vlmkit infer`). FastAPI
+app.py: routes, schema and errors; engine.py: the queue and the token-by-token scheduler;
+decode_batch.py: prefill and the decode batch rows join and leave; sampling.py: each row's sampling;
+server.py: loading and adapters. `--backend vllm` is translated by vlmkit.backends.vllm_args (shared with `vlmkit infer`). FastAPI
 and uvicorn are imported only when a server is built (pip install vlmkit[serve]).
 """
 

@@ -1,12 +1,13 @@
-"""The request queue and dynamic batcher behind `vlmkit serve` (transformers backend).
+"""The request queue and iteration-level scheduler behind `vlmkit serve` (transformers backend).
 
-Requests are encoded by the web handlers, then queued here. One worker thread owns the model:
-it takes the oldest request, adds every queued request that can share its `generate` call
-(same adapter and sampling settings; `n` choices are `n` rows) up to `max_batch_rows`, and
-generates them as one left-padded batch with `VLM.generate_encoded`. A stopping criterion
-follows every row token by token: it ends a row at its own `max_tokens`, at a stop string or
-when its client has gone, and pushes the new text of streaming rows to their queues. The
-worker never waits on a client, so a slow reader cannot hold up the others.
+Requests are encoded by the web handlers, then queued here. One worker thread owns the model and loops one
+token at a time (`vlmkit.serve.decode_batch`): between two decoding steps it prefills queued requests (up to
+`max_batch_rows` rows, and about `_PREFILL_TOKENS` prompt tokens per step, so that a burst of long prompts does
+not stall the rows already decoding for long), and they join the running batch at the next step; a row that
+ends (its own `max_tokens`, a stop token or string, its client gone) leaves the batch at once, and its reply is
+sent. Every row samples with its own settings and generator (`vlmkit.serve.sampling`), so requests with any
+sampling settings share the batch; rows of different adapters decode in separate batches (peft switches
+adapters per forward). The worker never waits on a client, so a slow reader cannot hold up the others.
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
-
 from vlmkit.backends.transformers_backend import VLM, GenerationOptions
+from vlmkit.serve import decode_batch
+from vlmkit.serve.decode_batch import DecodeBatch, Prefilled
+from vlmkit.serve.sampling import RowSampler
 
 log = logging.getLogger("vlmkit.serve")
 
@@ -33,7 +33,12 @@ ENGINE_STOPPED = (
 )
 CLIENT_GONE = "the client disconnected before generation began"
 SHUTTING_DOWN = "the server is shutting down; this request was not finished, send it again"
-# A job joins a batch only while its longest prompt is at most twice its shortest plus this many tokens.
+GENERATION_FAILED = "generation failed (see the server log)"
+# Prompt tokens prefilled between two decoding steps (at least one request): new requests start promptly,
+# and the running rows wait at most about this many tokens' prefill for their next token.
+_PREFILL_TOKENS = 2048
+# Prompts are prefilled together only while the longest is at most twice the shortest plus this many tokens
+# (left padding a short prompt to a long one costs the padding's compute).
 _PADDING_SLACK = 256
 
 
@@ -54,15 +59,15 @@ class Job:
     events: asyncio.Queue
     stream: bool = False
     cancelled: bool = False  # the client went away: its rows end at the next token
+    # set by the engine's worker
+    sampler: RowSampler | None = field(default=None, repr=False)  # made when the job is prefilled
+    rows_left: int = 0  # rows still generating
+    ended: list = field(default_factory=list, repr=False)  # its rows that have ended (_Row)
+    failed: bool = False  # it got an error: its other rows are dropped
 
     @property
     def prompt_tokens(self) -> int:
         return int(self.encoded["input_ids"].shape[0])
-
-    @property
-    def batch_key(self) -> tuple:
-        """Requests with equal keys can be generated together (max_tokens is followed per row)."""
-        return (self.adapter, replace(self.options, max_new_tokens=0))
 
     def emit(self, *event: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -72,28 +77,21 @@ class Job:
 class _Row:
     job: Job
     choice: int
+    prompt: list[int] = field(default_factory=list)  # the prompt's ids (the repetition penalty reads them)
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     sent: int = 0  # characters of `text` already streamed
     finish: str | None = None
 
 
-class _RowTracker(StoppingCriteria):
-    """Follows every row of a batch; returns which rows are done (transformers pads them from then on)."""
+class _RowTracker:
+    """Follows each row token by token: its text, where it ends, and what its client has been sent."""
 
-    def __init__(self, rows: list[_Row], decode: Any, stop_ids: list[int]):
-        self.rows = rows
+    def __init__(self, decode: Any, stop_ids: list[int]):
         self.decode = decode  # VLM.decode: the text `vlmkit infer` would show for these ids
         self.stop_ids = set(stop_ids)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        new_tokens = input_ids[:, -1].tolist()  # (B,)
-        for row, token in zip(self.rows, new_tokens, strict=True):
-            if row.finish is None:
-                self._advance(row, token)
-        return torch.tensor([row.finish is not None for row in self.rows], device=input_ids.device)
-
-    def _advance(self, row: _Row, token: int) -> None:
+    def advance(self, row: _Row, token: int) -> None:
         job = row.job
         row.tokens.append(token)
         if token in self.stop_ids:
@@ -108,9 +106,9 @@ class _RowTracker(StoppingCriteria):
             elif job.cancelled:
                 row.finish = "cancelled"
         if job.stream:
-            self._send(row)
+            self.send(row)
 
-    def _send(self, row: _Row) -> None:
+    def send(self, row: _Row) -> None:
         """Stream the text that is final: hold back an unfinished UTF-8 character and any tail that
         could still grow into a stop string."""
         end = len(row.text)
@@ -133,6 +131,7 @@ class Engine:
     is a LoRA checkpoint). A request that fails gets an error and the worker goes on; should the
     worker thread itself end (a bug), `failure` says why, every queued and later job gets an
     error, and `on_failure` is called (the server then exits non-zero so a supervisor restarts it).
+    `batches` counts the decoding steps run (one forward of a batch of rows each).
     """
 
     def __init__(
@@ -140,20 +139,20 @@ class Engine:
         vlm: VLM,
         adapters: dict[str | None, str | None],
         max_batch_rows: int = 16,
-        batch_wait: float = 0.005,
         on_failure: Callable[[], None] | None = None,
     ):
         self.vlm = vlm
         self.adapters = adapters
         self.max_batch_rows = max_batch_rows
-        self.batch_wait = batch_wait
         self.on_failure = on_failure
         self.queue: deque[Job] = deque()
         self.ready = threading.Condition()
         self.stopping = False
         self.failure: str | None = None
-        self.running: list[Job] = []  # the batch being generated
-        self.model_lock = threading.Lock()  # held while generating, and by `exclusive` (loading an adapter)
+        self.running: list[Job] = []  # jobs taken from the queue and not finished
+        self.decoding: list[tuple[str | None, DecodeBatch]] = []  # (adapter, its rows decoding together)
+        self.tracker = _RowTracker(vlm.decode, vlm.template.stop_token_ids)
+        self.model_lock = threading.Lock()  # held while the model runs (a step), and by `exclusive`
         self.batches = 0
         self.thread = threading.Thread(target=self._run, name="vlmkit-serve-engine", daemon=True)
 
@@ -169,17 +168,17 @@ class Engine:
 
     def shut_down(self) -> None:
         """Stop generating now (the server is exiting): every queued and running request gets SHUTTING_DOWN at
-        once, the running batch ends at its next token, and later requests are refused the same way."""
+        once, the worker stops after the step under way, and later requests are refused the same way."""
         with self.ready:
             self.stopping = True
             jobs, self.queue = self.running + list(self.queue), deque()
             self.ready.notify_all()
         for job in jobs:
-            job.cancelled = True  # its rows end at the next token (see _RowTracker)
+            job.cancelled = True
             job.emit("error", SHUTTING_DOWN)
 
     def exclusive(self, change: Callable[[], Any]) -> Any:
-        """Run `change` (e.g. loading an adapter onto the model) between batches, never during one."""
+        """Run `change` (e.g. loading an adapter onto the model) between two steps, never during one."""
         with self.model_lock:
             return change()
 
@@ -195,72 +194,146 @@ class Engine:
             self.queue.append(job)
             self.ready.notify()
 
-    def _take_batch(self) -> list[Job] | None:
-        """The oldest job and the queued jobs that can join it (waiting up to `batch_wait` for more)."""
-        with self.ready:
-            while not self.queue and not self.stopping:
-                self.ready.wait()
-            if self.stopping:
-                return None
-            deadline = time.monotonic() + self.batch_wait
-            while True:
-                batch, rows = self._compatible()
-                left = deadline - time.monotonic()
-                if rows >= self.max_batch_rows or left <= 0:
-                    break
-                self.ready.wait(left)
-            taken = {id(job) for job in batch}
-            self.queue = deque(job for job in self.queue if id(job) not in taken)
-            self.running = batch  # under the lock: `shut_down` sees every job as queued or running
-            return batch
-
-    def _compatible(self) -> tuple[list[Job], int]:
-        """The oldest job and the queued jobs that can share its `generate` call: same adapter and
-        sampling settings, and a prompt of comparable length (left padding a short prompt to a long one
-        would make every short request wait for the long prefill and pay for its padding)."""
-        first = self.queue[0]
-        batch, rows = [first], first.n
-        shortest = longest = first.prompt_tokens
-        for job in list(self.queue)[1:]:
-            low, high = min(shortest, job.prompt_tokens), max(longest, job.prompt_tokens)
-            if (
-                job.batch_key == first.batch_key
-                and rows + job.n <= self.max_batch_rows
-                and high <= 2 * low + _PADDING_SLACK
-            ):
-                batch.append(job)
-                rows += job.n
-                shortest, longest = low, high
-        return batch, rows
-
     def _run(self) -> None:
         try:
-            while (batch := self._take_batch()) is not None:
-                self._run_batch(batch)
-                self.running = []
+            while (jobs := self._admit()) is not None:
+                for adapter, group in _prefill_groups(jobs):
+                    self._start(adapter, group)
+                for adapter, batch in self.decoding:
+                    self._step(adapter, batch)
+                self.decoding = [(adapter, batch) for adapter, batch in self.decoding if len(batch)]
         except BaseException as e:  # a bug in the loop itself: fail loudly rather than hang every client
             log.exception("the engine thread stopped")
             self._fail(f"{type(e).__name__}: {e}")
 
-    def _run_batch(self, batch: list[Job]) -> None:
-        for job in batch:
+    def _rows(self) -> int:
+        return sum(len(batch) for _, batch in self.decoding)
+
+    def _admit(self) -> list[Job] | None:
+        """The queued jobs that start before the next step (None once stopping): oldest first, while their rows
+        fit `max_batch_rows` and their prompts `_PREFILL_TOKENS` (one at least); waits while there is nothing
+        to do."""
+        with self.ready:
+            while not self.queue and not self.decoding and not self.stopping:
+                self.ready.wait()
+            if self.stopping:
+                return None
+            taken: list[Job] = []
+            rows, tokens = self._rows(), 0
+            while self.queue and (rows == 0 or rows + self.queue[0].n <= self.max_batch_rows):
+                if taken and tokens + self.queue[0].prompt_tokens > _PREFILL_TOKENS:
+                    break
+                job = self.queue.popleft()
+                taken.append(job)
+                rows, tokens = rows + job.n, tokens + job.prompt_tokens
+            self.running += taken  # under the lock: `shut_down` sees every job as queued or running
+            return taken
+
+    def _start(self, adapter: str | None, jobs: list[Job]) -> None:
+        """Prefill `jobs` (one adapter) together, sample the first token of each of their rows, and put the rows
+        that go on into a decode batch. If the prefill fails, each job is tried alone, so a bad one fails alone."""
+        for job in jobs:
             if job.cancelled:  # its client left while it was queued; end its handler, which may still wait
                 job.emit("error", CLIENT_GONE)
-        live = [job for job in batch if not job.cancelled]
-        if not live:
+                self._forget(job)
+        jobs = [job for job in jobs if not job.cancelled]
+        if not jobs:
             return
         try:
-            self._generate(live)
-        except Exception:  # a bug or out of memory: retry each job alone, so one bad job fails alone
-            log.exception("batch of %d requests failed", len(live))
-            for job in live:
-                if len(live) > 1 and not job.stream:  # streamed text cannot be taken back: no retry
-                    try:
-                        self._generate([job])
-                        continue
-                    except Exception:
-                        log.exception("request failed on its own too")
-                job.emit("error", "generation failed (see the server log)")
+            with self.model_lock, self._adapter(adapter):
+                prompt = decode_batch.prefill(self.vlm.model, self.vlm._inputs([j.encoded for j in jobs for _ in range(j.n)]))
+            for job in jobs:
+                job.sampler, job.rows_left = RowSampler(job.options), job.n
+        except Exception:  # a bug, a bad input the checks missed, out of memory
+            log.exception("prefill of %d requests failed", len(jobs))
+            for job in jobs:
+                if len(jobs) > 1:
+                    self._start(adapter, [job])
+                else:
+                    self._abort(job)
+            return
+        rows = [_Row(job, choice, prompt=job.encoded["input_ids"].tolist()) for job in jobs for choice in range(job.n)]
+        batch = self._batch_for(adapter, prompt)
+        first = len(batch)
+        batch.join(rows, prompt)
+        done = set()
+        for k, row in enumerate(rows):
+            self._advance(row, prompt.logits[k])
+            if row.finish is not None:
+                done.add(first + k)
+        if done:
+            batch.leave(done)
+
+    def _batch_for(self, adapter: str | None, prompt: Prefilled) -> DecodeBatch:
+        """The decode batch that rows of `adapter` prefilled as `prompt` join (a new one if none can take them)."""
+        if decode_batch.mergeable(prompt.cache):
+            for own, batch in self.decoding:
+                if own == adapter and batch.rows and decode_batch.mergeable(batch.cache):
+                    return batch
+        self.decoding.append((adapter, DecodeBatch()))
+        return self.decoding[-1][1]
+
+    def _step(self, adapter: str | None, batch: DecodeBatch) -> None:
+        """One token for every row of `batch`; the rows that end leave it."""
+        if not batch.rows:  # every row it was given ended at its first token
+            return
+        try:
+            with self.model_lock, self._adapter(adapter):
+                logits = batch.step(self.vlm.model, [row.tokens[-1] for row in batch.rows])  # (B, V)
+        except Exception:  # out of memory or a bug: these requests fail, the others go on
+            log.exception("a decoding step of %d rows failed", len(batch))
+            for job in {id(row.job): row.job for row in batch.rows}.values():
+                self._abort(job)
+            batch.leave(set(range(len(batch))))
+            return
+        self.batches += 1
+        done = set()
+        for i, row in enumerate(batch.rows):
+            if row.job.failed:
+                done.add(i)
+                continue
+            self._advance(row, logits[i])
+            if row.finish is not None:
+                done.add(i)
+        if done:
+            batch.leave(done)
+
+    def _advance(self, row: _Row, logits: Any) -> None:
+        """Sample `row`'s next token from `logits` (V,); a row that ends is answered."""
+        sampler = row.job.sampler
+        ids = row.prompt + row.tokens if sampler.uses_ids else []
+        self.tracker.advance(row, sampler(ids, logits))
+        if row.finish is not None:
+            self._row_ended(row)
+
+    def _row_ended(self, row: _Row) -> None:
+        job = row.job
+        job.ended.append(row)
+        job.rows_left -= 1
+        if job.rows_left > 0 or self.stopping:
+            return
+        if not job.stream:
+            for row in sorted(job.ended, key=lambda r: r.choice):
+                job.emit("delta", row.choice, row.text)
+                job.emit("finish", row.choice, row.finish)
+        completion = sum(len(row.tokens) for row in job.ended)
+        usage = {
+            "prompt_tokens": job.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": job.prompt_tokens + completion,
+        }
+        job.emit("done", usage)
+        self._forget(job)
+
+    def _abort(self, job: Job) -> None:
+        if not job.failed:
+            job.failed = True
+            job.emit("error", GENERATION_FAILED)
+            self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        with self.ready:
+            self.running = [other for other in self.running if other is not job]
 
     def _fail(self, reason: str) -> None:
         with self.ready:
@@ -270,36 +343,6 @@ class Engine:
             job.emit("error", ENGINE_STOPPED)
         if self.on_failure is not None:
             self.on_failure()
-
-    def _generate(self, jobs: list[Job]) -> None:
-        rows = [_Row(job, choice) for job in jobs for choice in range(job.n)]
-        options = replace(jobs[0].options, max_new_tokens=max(job.options.max_new_tokens for job in jobs))
-        tracker = _RowTracker(rows, self.vlm.decode, self.vlm.template.stop_token_ids)
-        encoded = [job.encoded for job in jobs for _ in range(job.n)]
-        with self.model_lock, self._adapter(jobs[0].adapter):
-            self.vlm.generate_encoded(encoded, options, stopping_criteria=StoppingCriteriaList([tracker]))
-        self.batches += 1
-        for row in rows:
-            if row.finish is None:  # generate ended without the tracker seeing the last token
-                row.finish = "length"
-                if row.job.stream:
-                    tracker._send(row)
-        for job in jobs:
-            own = [row for row in rows if row.job is job]
-            if not job.stream:
-                for row in own:
-                    job.emit("delta", row.choice, row.text)
-                    job.emit("finish", row.choice, row.finish)
-            prompt = int(job.encoded["input_ids"].shape[0])
-            completion = sum(len(row.tokens) for row in own)
-            job.emit(
-                "done",
-                {
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "total_tokens": prompt + completion,
-                },
-            )
 
     def _adapter(self, served: str | None):
         """Context in which the model runs as the served model `served`."""
@@ -313,3 +356,19 @@ class Engine:
             return model.disable_adapter()
         model.set_adapter(peft_name)
         return contextlib.nullcontext()
+
+
+def _prefill_groups(jobs: list[Job]) -> list[tuple[str | None, list[Job]]]:
+    """`jobs` in groups prefilled together: one adapter, prompts of comparable length; oldest first."""
+    groups: list[tuple[str | None, list[Job], list[int]]] = []  # adapter, jobs, [shortest, longest]
+    for job in jobs:
+        length = job.prompt_tokens
+        for adapter, group, span in groups:
+            low, high = min(span[0], length), max(span[1], length)
+            if adapter == job.adapter and high <= 2 * low + _PADDING_SLACK:
+                group.append(job)
+                span[:] = [low, high]
+                break
+        else:
+            groups.append((job.adapter, [job], [length, length]))
+    return [(adapter, group) for adapter, group, _ in groups]

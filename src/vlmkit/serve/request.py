@@ -49,6 +49,9 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    # not OpenAI's: vLLM's extra sampling fields (`extra_body` in the openai client); top_k -1 or 0 = no limit
+    top_k: int = Field(0, ge=-1)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=_SEED_RANGE[0], le=_SEED_RANGE[1])
 
@@ -171,8 +174,9 @@ def prepare(
         raise APIError(400, str(e), param="messages") from None
     _check_prompt(len(encoded["input_ids"]), config)
     options = GenerationOptions(
-        max_new_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p, seed=chat.seed
-    )
+        max_new_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p, top_k=max(chat.top_k, 0),
+        repetition_penalty=chat.repetition_penalty, seed=chat.seed,
+    )  # fmt: skip
     return encoded, options, tuple(stop)
 
 
