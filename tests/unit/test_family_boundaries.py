@@ -51,6 +51,7 @@ ALLOWED = {
     # The demo builds a tiny model of one family on purpose: its walk-through and recorded figures
     # (README, benchmarks) are for that family. It asks the registry by name, it branches on nothing.
     ("commands/demo_run.py", "qwen2-vl"),
+    ("commands/demo_rl.py", "qwen2-vl"),  # the same demo's RL walk-through, on the same family
 }
 
 # The per-row image resolution limit has the template interface's neutral names in shared code (`limit`,
@@ -63,6 +64,7 @@ OPTION_NAME_FILES = {
     "backends/vllm_args.py": "the options passed on to vLLM's processor under their own names",
     "sample/__init__.py": "a dataset row's per-image min_pixels / max_pixels keys (qwen-vl-utils' format), refused by name",
     "commands/demo_run.py": "calls the Python API with the user-facing keyword arguments",
+    "commands/demo_rl.py": "calls the Python API with the user-facing keyword arguments",
 }
 
 

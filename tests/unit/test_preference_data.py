@@ -70,3 +70,14 @@ def test_rows_that_are_not_pairs_are_one_line_each(tmp_path):
         data[1]
     with pytest.raises(DataError, match=r"rlhf.jsonl:3: 'chosen' is empty"):
         data[2]
+
+
+def test_image_and_text_columns_of_an_ocr_set_are_not_taken_for_rlhf_v():
+    """LaTeX_OCR's rows (`image`, `text`: the formula) have RLHF-V's two columns; only a `text` that holds the pair
+    makes a row RLHF-V (`vlmkit data check` took every OCR row for a bad pair)."""
+    from vlmkit.data.preference import preference_format
+
+    ocr = {"image": {"bytes": b"\x89PNG", "path": None}, "text": r"\frac { a } { b }"}
+    assert preference_format([ocr]) is None
+    pair = {"image": ocr["image"], "text": json.dumps({"question": "q", "chosen": "a", "rejected": "b"})}
+    assert preference_format([pair]) == "rlhf-v"

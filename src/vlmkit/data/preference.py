@@ -32,7 +32,7 @@ from vlmkit.data.formats import row_to_sample
 from vlmkit.data.readers import JSON_SUFFIXES, read_rows, sample_indices
 from vlmkit.data.sources import Row, TableRows, concat_rows, load_table, parse_source, take_rows
 from vlmkit.data.values import jsonable
-from vlmkit.errors import DataError
+from vlmkit.errors import DataError, VlmkitError
 from vlmkit.sample import Sample
 
 if TYPE_CHECKING:
@@ -153,12 +153,24 @@ FORMATS: dict[str, tuple[frozenset[str], Callable[[dict, str], tuple[dict, dict]
 
 
 def preference_format(rows: Sequence[dict]) -> str | None:
-    """The preference format of the first rows (the first format whose keys a row has), or None."""
+    """The preference format of the first rows (the first format whose keys a row has), or None. `text` and
+    `image` are also the columns of plain image-caption and OCR sets (LaTeX_OCR): a row is RLHF-V only when its
+    `text` holds the pair."""
     for row in rows[:PEEK_ROWS]:
         for name, (keys, _) in FORMATS.items():
-            if isinstance(row, dict) and keys <= set(row):
+            if isinstance(row, dict) and keys <= set(row) and (name != "rlhf-v" or _holds_a_pair(row["text"])):
                 return name
     return None
+
+
+def _holds_a_pair(text: Any) -> bool:
+    """Whether an RLHF-V `text` value is (JSON of) an object with a question, a chosen and a rejected reply."""
+    if isinstance(text, str):
+        try:
+            text = json.loads(text)
+        except json.JSONDecodeError:
+            return False
+    return isinstance(text, dict) and {"question", "chosen", "rejected"} <= set(text)
 
 
 @dataclass
@@ -262,7 +274,7 @@ def is_preference_source(spec: str) -> bool:
     """Whether `spec`'s first rows are in a preference format (for `vlmkit data check`)."""
     try:
         _, rows, _ = _stored_rows(spec, ())
-    except DataError:
+    except VlmkitError:  # unreadable here (a hub id without a network too): the reader that follows says why
         return False
     return preference_format([rows[i].data for i in range(min(PEEK_ROWS, len(rows)))]) is not None
 

@@ -56,11 +56,13 @@ class Prompts:
         return media
 
 
-def _extend_per_token(media: dict[str, Any], prompt_length: int, total_length: int) -> dict[str, Any]:
-    """Per-token fields (B, prompt_length) padded with zeros (text) on the right to (B, total_length)."""
+def _extend_per_token(media: dict[str, Any], rows: int, prompt_length: int, total_length: int) -> dict[str, Any]:
+    """Per-token fields (rows, prompt_length) padded with zeros (text) on the right to (rows, total_length).
+    Per-image fields (one row per image, a few columns) never have a prompt's length: a prompt with an image
+    is longer than its image's few numbers."""
     out = {}
     for key, value in media.items():
-        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.size(1) == prompt_length and key != "image_grid_thw":
+        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == (rows, prompt_length):
             value = torch.cat([value, value.new_zeros(value.size(0), total_length - prompt_length)], dim=1)
         out[key] = value
     return out
@@ -93,7 +95,7 @@ class VlmGRPOTrainer(GRPOTrainer):
         if media:
             prompt_length, completion_length = output["prompt_ids"].size(1), output["completion_ids"].size(1)
             device = output["prompt_ids"].device
-            media = _extend_per_token(media, prompt_length, prompt_length + completion_length)
+            media = _extend_per_token(media, len(self._batch_rows), prompt_length, prompt_length + completion_length)
             output.update({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in media.items()})
         return output
 
@@ -102,7 +104,7 @@ class VlmGRPOTrainer(GRPOTrainer):
         rows have no images of their own)."""
         if self._pending_media and kwargs.get("pixel_values") is None:
             prompt_length = input_ids.size(1) - logits_to_keep
-            media = _extend_per_token(self._pending_media, prompt_length, input_ids.size(1))
+            media = _extend_per_token(self._pending_media, len(self._batch_rows), prompt_length, input_ids.size(1))
             kwargs.update({k: v.to(input_ids.device) if isinstance(v, torch.Tensor) else v for k, v in media.items()})
         return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
 
