@@ -99,3 +99,20 @@ def test_a_short_request_finishes_while_a_long_one_is_still_generating(client):
         assert long.result(timeout=120) == 300  # the tiny random model never stops early
     assert reply.usage.completion_tokens == 4
     assert long_chunks_by_then < 150, f"the short reply came after {long_chunks_by_then} of the long one's 300"
+
+
+def test_the_checkpoints_own_generation_config_applies_in_serve_as_in_infer(scripted_model, tmp_path):
+    """The scripted model answers through a `sequence_bias` in its generation_config.json, which `generate` (so
+    `vlmkit infer`) applies: the token-by-token engine must too, for greedy and sampled rows batched together
+    (it sampled from the bare logits: mojibake instead of the reply)."""
+    from scripted import MULTILINE_CJK_REPLY
+
+    proc, url = start_server("--model", str(scripted_model), "--served-model-name", NAME, log=tmp_path / "server.log")
+    try:
+        scripted = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        settings = [{"max_tokens": 200}, {"temperature": 0.7, "seed": 5, "max_tokens": 200}]
+        with concurrent.futures.ThreadPoolExecutor(len(settings)) as pool:
+            replies = list(pool.map(lambda kw: ask(scripted, "描述这张图。", **kw), settings))
+    finally:
+        stop_server(proc)
+    assert replies == [MULTILINE_CJK_REPLY, MULTILINE_CJK_REPLY]

@@ -243,7 +243,8 @@ class Engine:
             with self.model_lock, self._adapter(adapter):
                 prompt = decode_batch.prefill(self.vlm.model, self.vlm._inputs([j.encoded for j in jobs for _ in range(j.n)]))
             for job in jobs:
-                job.sampler, job.rows_left = RowSampler(job.options), job.n
+                prompt_length = int(job.encoded["input_ids"].shape[-1])
+                job.sampler, job.rows_left = RowSampler(job.options, self.vlm.model, prompt_length), job.n
         except Exception:  # a bug, a bad input the checks missed, out of memory
             log.exception("prefill of %d requests failed", len(jobs))
             for job in jobs:

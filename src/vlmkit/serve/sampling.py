@@ -4,7 +4,8 @@ and its own random generator, so requests with any settings share a batch.
 transformers' `generate` applies one set of logits processors, and one global RNG, to a whole batch; vLLM
 keeps sampling parameters and a generator per request. `RowSampler` does the latter with transformers' own
 processors, in the order and under the conditions `generate` uses them (`GenerationMixin._get_logits_processor`:
-repetition penalty, then temperature, top-k, top-p), on float32 logits, drawing with `torch.multinomial` as
+repetition penalty, then temperature, top-k, top-p, and whatever the checkpoint's generation config adds),
+on float32 logits, drawing with `torch.multinomial` as
 `generate` does. So a seeded row draws exactly what `generate` with `torch.manual_seed(seed)` draws for that
 prompt alone, whatever it is batched with; an unseeded row's generator starts from the OS's randomness, so one
 client's seed never makes another client's reply predictable.
@@ -12,37 +13,34 @@ client's seed never makes another client's reply predictable.
 
 from __future__ import annotations
 
+import copy
 import secrets
+from typing import Any
 
 import torch
-from transformers import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from vlmkit.backends.generation import GenerationOptions
 
 
 class RowSampler:
-    """The next-token rule of one request (all of its `n` rows draw from its one generator, in row order)."""
+    """The next-token rule of one request (all of its `n` rows draw from its one generator, in row order).
 
-    def __init__(self, options: GenerationOptions):
+    Its logits processors are the ones `generate` would build for the request (`model._get_logits_processor`
+    on the model's own generation config updated with the request's options), so whatever else the checkpoint's
+    `generation_config.json` asks for (a `sequence_bias`, `suppress_tokens`, `bad_words_ids`, a minimum
+    length ...) applies in serve exactly as in `vlmkit infer`."""
+
+    def __init__(self, options: GenerationOptions, model: Any, prompt_length: int):
         options.check()
         self.greedy = options.temperature == 0
-        self.processors = LogitsProcessorList()
-        self.uses_ids = options.repetition_penalty != 1.0  # the only processor that reads earlier tokens
-        if self.uses_ids:
-            self.processors.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))
-        if not self.greedy:
-            if options.temperature != 1.0:
-                self.processors.append(TemperatureLogitsWarper(options.temperature))
-            if options.top_k != 0:
-                self.processors.append(TopKLogitsWarper(top_k=options.top_k))
-            if options.top_p < 1.0:
-                self.processors.append(TopPLogitsWarper(top_p=options.top_p))
+        config = copy.deepcopy(model.generation_config)
+        config.update(**options.kwargs())
+        device = model.device
+        model._prepare_special_tokens(config, kwargs_has_attention_mask=True, device=device)
+        self.processors = model._get_logits_processor(
+            generation_config=config, input_ids_seq_length=prompt_length, device=device
+        )
+        self.uses_ids = len(self.processors) > 0  # a processor may read the tokens so far (repetition, biases)
         self.seed = options.seed if options.seed is not None else secrets.randbits(63)
         self.generator: torch.Generator | None = None  # made on the logits' device at the first draw
 
