@@ -204,7 +204,7 @@ def test_the_page_asks_for_the_key_and_names_a_wrong_one(browser, app_url, artif
     assert "needs its API key" in page.inner_text("#key-error")
     page.fill("#key-input", "wrong")
     page.click("#key-form button")
-    page.wait_for_function("document.querySelector('#key-error').textContent.includes('wrong API key')")
+    page.locator("#key-error", has_text="wrong API key").wait_for()  # no wait_for_function: the page's CSP forbids eval
     page.screenshot(path=artifacts / "key.png")
     page.fill("#key-input", KEY)
     page.click("#key-form button")
@@ -331,7 +331,7 @@ def test_a_video_in_chat_gets_a_reply_and_its_token_count(page, workdir):
     assert "clip.mp4: video" in page.inner_text("#attachments figcaption")
     assert "Found" in ask(page, "What happens in the video?")
     caption = page.locator(".message.user figcaption").last
-    page.wait_for_function("el => el.textContent.includes('tokens')", arg=caption.element_handle())
+    page.locator(".message.user figcaption", has_text="tokens").last.wait_for()
     # 8 frames at 4 fps, sampled at Qwen2-VL's 2 fps: 4 frames, 2 per temporal patch; 56x56 raised to the video
     # minimum of 336x336: grid (t, h, w) = (2, 24, 24), 2x2 merged -> 288 tokens
     assert "clip.mp4: video" in caption.inner_text() and "model sees, 288 tokens" in caption.inner_text()

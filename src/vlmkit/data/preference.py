@@ -272,10 +272,14 @@ def load_preference_datasets(
 
 def is_preference_source(spec: str) -> bool:
     """Whether `spec`'s first rows are in a preference format (for `vlmkit data check`)."""
-    try:
-        _, rows, _ = _stored_rows(spec, ())
-    except VlmkitError:  # unreadable here (a hub id without a network too): the reader that follows says why
-        return False
+    from vlmkit.data.streaming import first_stored_rows
+
+    if parse_source(spec).hub is None:
+        try:
+            return preference_format(first_stored_rows(spec)) is not None
+        except VlmkitError:  # unreadable: the reader that follows says why
+            return False
+    _, rows, _ = _stored_rows(spec, ())  # a hub id without a network: its one line, now
     return preference_format([rows[i].data for i in range(min(PEEK_ROWS, len(rows)))]) is not None
 
 

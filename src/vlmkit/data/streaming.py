@@ -222,6 +222,25 @@ def _part(name, batches, count, base_dirs, columns, prompt, shards=None) -> Stre
     return StreamPart(name, fmt, schema, base_dirs, count, batches, shards or (batches,))
 
 
+def first_stored_rows(spec: str) -> list[Any]:
+    """The first rows of one local source as stored (JSON objects only), reading no more of it than a stream's
+    format detection does: a parquet of embedded images is not loaded whole to look at its first rows. A
+    missing or unsupported file gives no rows (the reader that follows says why)."""
+    source = parse_source(spec)
+    path = Path(source.location)
+    if source.hub is None and path.suffix.lower() in JSON_SUFFIXES:
+        return _peek(_json_batches(path)) if path.is_file() else []
+    json_files = _json_folder(path) if source.hub is None and path.is_dir() else []
+    if json_files:
+        return _peek(_json_batches(json_files[0]))
+    if source.hub is None and not (path.is_dir() or path.suffix.lower() in TABLE_SUFFIXES and path.is_file()):
+        return []
+    parquet = _local_parquet(source, spec)
+    if parquet is not None:
+        return _peek(_parquet_batches(*parquet))
+    return _peek(_table_batches(_stream_table(source, spec), spec))
+
+
 def open_stream(
     specs: list[str],
     media_root: str | Path | None = None,
