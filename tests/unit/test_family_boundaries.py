@@ -51,7 +51,6 @@ ALLOWED = {
     # The demo builds a tiny model of one family on purpose: its walk-through and recorded figures
     # (README, benchmarks) are for that family. It asks the registry by name, it branches on nothing.
     ("commands/demo_run.py", "qwen2-vl"),
-    ("commands/demo_rl.py", "qwen2-vl"),  # the same demo's RL walk-through, on the same family
 }
 
 # The per-row image resolution limit has the template interface's neutral names in shared code (`limit`,

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlmkit.errors import VlmkitError
-
 
 @dataclass(frozen=True)
 class RLRecipe:
@@ -70,27 +68,18 @@ def _reward_curve(run_dir: Path) -> list[tuple[int, float]]:
 
 def run_rl_demo(output_dir: str | Path = "runs/demo", recipe: RLRecipe | None = None, progress: bool = True) -> dict:
     """Run the RL demo into a new folder under `output_dir`; returns the measured figures."""
+    from vlmkit.commands.demo_run import demo_inputs
     from vlmkit.eval import evaluate
-    from vlmkit.families import family_by_name
-    from vlmkit.families.tiny import build_tiny_model
-    from vlmkit.media.shapes import make_shapes_dataset
     from vlmkit.train import SFTConfig, sft
     from vlmkit.train.grpo import grpo
     from vlmkit.train.grpo_options import GRPOConfig
 
     recipe = recipe or RLRecipe()
     root = Path(output_dir) / time.strftime("rl-%Y%m%d-%H%M%S")
-    if root.exists():
-        raise VlmkitError(f"{root} already exists; wait a second and run again")
     started = time.perf_counter()
     say = print
-    say(f"[1/5] building a tiny Qwen2-VL in {root / 'model'}")
-    model_dir = build_tiny_model(family_by_name("qwen2-vl"), root / "model", small_vocab=True)
-    say(f"[2/5] generating {recipe.train_rows} training and {recipe.test_rows} held-out shape images")
-    shape = {"image_size": recipe.image_size, "grid": recipe.grid, "questions": recipe.questions}
-    train_file = make_shapes_dataset(root / "data" / "train", recipe.train_rows, seed=0, **shape)
-    test_file = make_shapes_dataset(root / "data" / "test", recipe.test_rows, seed=1, **shape)
-    prompts_file = _prompts_file(Path(train_file), root / "data" / "prompts.jsonl")
+    model_dir, train_file, test_file = demo_inputs(root, recipe, say)
+    prompts_file = _prompts_file(train_file, root / "data" / "prompts.jsonl")
     pixels = recipe.image_size**2
     common = {"min_pixels": pixels, "max_pixels": pixels, "report_to": "none", "progress": progress, "seed": 0,
               "tuner": "full", "freeze_vit": False, "freeze_aligner": False, "weight_decay": 0.0}  # fmt: skip

@@ -15,8 +15,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -99,30 +101,39 @@ def _held_out_accuracy(model_dir: Path, checkpoint: Path, test_file: Path, outpu
     return value[0], value[1], output / tuned["predictions"]
 
 
-def run_demo(
-    output_dir: str | Path = "runs/demo", recipe: DemoRecipe | None = None, progress: bool = True
-) -> dict:
-    """Run the demo into a new folder under `output_dir`; returns the measured figures."""
-    import vlmkit
-    from vlmkit.data import load_dataset
+def demo_inputs(root: Path, recipe: Any, say: Callable[[str], None]) -> tuple[Path, Path, Path]:
+    """Steps 1 and 2 of both demos (`vlmkit demo`, `--rl`), in the new folder `root`: a tiny Qwen2-VL and the
+    coloured-shapes training and held-out sets of `recipe`'s sizes; returns (model, train file, test file)."""
     from vlmkit.families import family_by_name
     from vlmkit.families.tiny import build_tiny_model
-    from vlmkit.media.shapes import chance_accuracy, make_shapes_dataset
-    from vlmkit.train import SFTConfig, sft
+    from vlmkit.media.shapes import make_shapes_dataset
 
-    recipe = recipe or DemoRecipe()
-    root = Path(output_dir) / time.strftime("%Y%m%d-%H%M%S")
     if root.exists():
         raise VlmkitError(f"{root} already exists; wait a second and run again")
-    started = time.perf_counter()
-    say = print
-
     say(f"[1/5] building a tiny Qwen2-VL in {root / 'model'}")
     model_dir = build_tiny_model(family_by_name("qwen2-vl"), root / "model", small_vocab=True)
     say(f"[2/5] generating {recipe.train_rows} training and {recipe.test_rows} held-out shape images")
     shape = {"image_size": recipe.image_size, "grid": recipe.grid, "questions": recipe.questions}
     train_file = make_shapes_dataset(root / "data" / "train", recipe.train_rows, seed=0, **shape)
     test_file = make_shapes_dataset(root / "data" / "test", recipe.test_rows, seed=1, **shape)
+    return Path(model_dir), Path(train_file), Path(test_file)
+
+
+def run_demo(
+    output_dir: str | Path = "runs/demo", recipe: DemoRecipe | None = None, progress: bool = True
+) -> dict:
+    """Run the demo into a new folder under `output_dir`; returns the measured figures."""
+    import vlmkit
+    from vlmkit.data import load_dataset
+    from vlmkit.media.shapes import chance_accuracy
+    from vlmkit.train import SFTConfig, sft
+
+    recipe = recipe or DemoRecipe()
+    root = Path(output_dir) / time.strftime("%Y%m%d-%H%M%S")
+    started = time.perf_counter()
+    say = print
+
+    model_dir, train_file, test_file = demo_inputs(root, recipe, say)
     rows = [json.loads(line) for line in Path(test_file).read_text().splitlines()]
     chance = chance_accuracy(
         [r["messages"][0]["content"] for r in rows], [r["messages"][1]["content"] for r in rows]
