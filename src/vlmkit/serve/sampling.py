@@ -18,8 +18,11 @@ import secrets
 from typing import Any
 
 import torch
+from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from vlmkit.backends.generation import GenerationOptions
+
+_READ_SCORES_ONLY = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
 
 class RowSampler:
@@ -40,7 +43,9 @@ class RowSampler:
         self.processors = model._get_logits_processor(
             generation_config=config, input_ids_seq_length=prompt_length, device=device
         )
-        self.uses_ids = len(self.processors) > 0  # a processor may read the tokens so far (repetition, biases)
+        # the tokens so far are made into a tensor each step only for a processor that reads them (repetition,
+        # biases, minimum lengths): the sampling warpers look at the scores alone
+        self.uses_ids = any(not isinstance(p, _READ_SCORES_ONLY) for p in self.processors)
         self.seed = options.seed if options.seed is not None else secrets.randbits(63)
         self.generator: torch.Generator | None = None  # made on the logits' device at the first draw
 
