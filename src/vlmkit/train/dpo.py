@@ -39,10 +39,7 @@ def dpo(config: DPOConfig) -> Path:
     base = prepare_base(config)
     run = start_run(config, base, read_preference_data, arguments=TrainerArguments)
     with run_guard(config, run) as guard:
-        train_rows = validated_pairs(run.train_data, config, base, run, "train")
-        val_rows = validated_pairs(run.val_data, config, base, run, "val") if run.val_data is not None else []
-        if run.is_main and run.resume_from is not None:
-            _check_resumed(config, run)
+        train_rows, val_rows = checked_rows(config, base, run)
         trainer = make_trainer(config, base, run, train_rows, val_rows)
         if run.is_main:
             print(f"run folder: {run.dir}\n{_parameters_line(trainer.model, config)}, train pairs={len(train_rows)}"
@@ -65,6 +62,16 @@ def read_preference_data(config: DPOConfig) -> tuple[Any, Any]:
         else None
     )
     return train, val
+
+
+def checked_rows(config: DPOConfig, base: _Base, run: _Run) -> tuple[list[int], list[int]]:
+    """(training, validation) row indices after `validated_pairs`; on a resume, the run's args and data
+    checked against the checkpoint's."""
+    train_rows = validated_pairs(run.train_data, config, base, run, "train")
+    val_rows = validated_pairs(run.val_data, config, base, run, "val") if run.val_data is not None else []
+    if run.is_main and run.resume_from is not None:
+        _check_resumed(config, run)
+    return train_rows, val_rows
 
 
 def validated_pairs(data, config: DPOConfig, base: _Base, run: _Run, name: str) -> list[int]:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vlmkit.train.dpo import _check_resumed, preference_trainer, validated_pairs
+from vlmkit.train.dpo import checked_rows, preference_trainer
 from vlmkit.train.finetune import prepare_base, run_guard, start_run, train_run
 from vlmkit.train.kto_config import KTOConfig
 from vlmkit.train.run import print_result
@@ -38,10 +38,7 @@ def kto(config: KTOConfig) -> Path:
     base = prepare_base(config)
     run = start_run(config, base, read_unpaired_data, arguments=TrainerArguments)
     with run_guard(config, run) as guard:
-        train_rows = validated_pairs(run.train_data, config, base, run, "train")
-        val_rows = validated_pairs(run.val_data, config, base, run, "val") if run.val_data is not None else []
-        if run.is_main and run.resume_from is not None:
-            _check_resumed(config, run)
+        train_rows, val_rows = checked_rows(config, base, run)
         random.Random(config.seed).shuffle(train_rows)  # once: TRL's KTO samples its rows in order
         desirable = sum(run.train_data.labels(train_rows))
         trainer = preference_trainer(VlmKTOTrainer, config, base, run, train_rows, val_rows,
