@@ -26,9 +26,10 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lora_run(small_model, root) -> Path:
-    """`vlmkit kto --tuner lora` on TRL's unpaired rows (4 desirable, 4 undesirable), 2 steps of 4 rows."""
+    """`vlmkit kto --tuner lora` on TRL's unpaired rows (4 desirable, 4 undesirable), 2 steps of 4 rows; validated
+    on 4 of LLaMA-Factory's sharegpt KTO rows."""
     result = vlmkit_cli("kto", "--model", small_model, "--dataset", root / "trl.jsonl", "--output-dir", root / "out",
-                        *QWEN, *dpo_args(2, 4))  # fmt: skip
+                        "--val-dataset", f"{root / 'sharegpt.jsonl'}#4", *QWEN, *dpo_args(2, 4))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr  # correct input is silent
     return next((root / "out").glob("*/*/checkpoint-2"))
@@ -44,6 +45,8 @@ def test_lora_kto_trains_the_adapter_and_infer_answers_with_it(lora_run, root, t
     assert abs(first["loss"] - 0.5) < 1e-3 and first["kl"] == 0.0  # policy == reference at step 1: 1 - sigmoid(0)
     assert {"rewards/chosen", "rewards/rejected", "logps/chosen", "kl"} <= set(second)
     assert second["rewards/chosen"] > second["rewards/rejected"]  # after one step at lr 1e-2
+    evaluated = next(line for line in logged if "eval_loss" in line)  # at the last step, on the validation rows
+    assert evaluated["step"] == 2 and "eval_kl" in evaluated
     settings = json.loads((lora_run / "vlmkit.json").read_text())
     assert settings["family"] == "qwen2-vl" and settings["max_pixels"] == 4000 and settings["tuner"] == "lora"
     questions = write_jsonl(tmp_path / "q.jsonl", [{"messages": [{"role": "user", "content": f"<image>{QUESTION}"}],

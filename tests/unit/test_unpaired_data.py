@@ -85,3 +85,13 @@ def test_rows_that_are_not_kto_rows_are_one_line_each(files, tmp_path):
         data[2]
     with pytest.raises(Exception, match="either unpaired"):
         load_unpaired_datasets([str(files["kto trl"]), str(files["pairs trl"])])
+
+
+def test_a_label_that_is_not_true_or_false_does_not_make_a_kto_row():
+    """`label` is also an answer column of sft's VQA rows: `vlmkit data check` must keep checking those as sft rows."""
+    from vlmkit.data.unpaired import unpaired_format
+
+    messages = [{"role": "user", "content": "<image>Which option?"}, {"role": "assistant", "content": "B"}]
+    assert unpaired_format([{"messages": messages, "label": "B"}]) is None
+    assert unpaired_format([{"messages": messages, "label": 1}]) is None
+    assert unpaired_format([{"messages": messages, "label": True}]) == "ms-swift"

@@ -41,8 +41,8 @@ SIDES = ("desirable", "undesirable")
 
 def _label(row: dict, key: str, where: str) -> bool:
     value = row[key]
-    if isinstance(value, bool) or value in (0, 1):  # JSON true/false, or 1/0 as some exports write it
-        return bool(value)
+    if isinstance(value, bool):
+        return value
     raise DataError(
         f"{where}: '{key}' is {value!r:.40}; expected true (a desirable reply) or false (undesirable)"
     )
@@ -80,12 +80,15 @@ FORMATS: dict[str, tuple[frozenset[str], Callable[[dict, str], tuple[dict, str, 
     "sharegpt": (frozenset({"conversations", "kto_tag"}), _as_stored("conversations", "kto_tag", "sharegpt")),
 }
 
+LABEL_KEYS = {"trl": "label", "ms-swift": "label", "sharegpt": "kto_tag"}
+
 
 def unpaired_format(rows: Sequence[dict]) -> str | None:
-    """The unpaired format of the first rows (the first format whose keys a row has), or None."""
+    """The unpaired format of the first rows (the first format whose keys a row has, its label a boolean), or
+    None. `label` is also a column of sft's VQA rows (an answer): only a true/false label makes a KTO row."""
     for row in rows[:PEEK_ROWS]:
         for name, (keys, _) in FORMATS.items():
-            if isinstance(row, dict) and keys <= set(row):
+            if isinstance(row, dict) and keys <= set(row) and isinstance(row[LABEL_KEYS[name]], bool):
                 return name
     return None
 
