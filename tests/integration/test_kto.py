@@ -1,6 +1,7 @@
 """`vlmkit kto` the way users run it: TRL's unpaired rows with images and CJK multi-line replies, through the CLI on
 a tiny Qwen2-VL (LoRA), the checkpoint answered by `vlmkit infer --ckpt`; a row over --max-length refused
-naming it (and counted by `vlmkit data check`); a file of desirable rows only trained with one warning line.
+naming it (and counted by `vlmkit data check`); a file of desirable rows only trained (a full fine-tune) with one
+warning line.
 The loss's parity with TRL driven directly is in tests/parity/test_kto_trl.py."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from preference_rows import QUESTION, unpaired_rows_in_every_format, write_jsonl
 from safetensors.torch import load_file
 from test_dpo import QWEN, dpo_args, vlmkit_cli, vlmkit_main
@@ -77,12 +79,16 @@ def test_a_row_that_does_not_fit_max_length_is_refused_naming_it(small_model, ro
 
 
 @pytest.mark.slow
-def test_desirable_rows_only_train_with_one_warning(small_model, root, tmp_path, monkeypatch, capsys):
+def test_desirable_rows_only_train_a_full_fine_tune_with_one_warning(small_model, root, tmp_path, monkeypatch, capsys):
+    """TRL's KTOTrainer trains on one label alone; the run says so in one line. With --tuner full the reference is
+    a frozen copy: the policy's weights move, the saved checkpoint is the policy's."""
     rows = [json.loads(line) for line in (root / "sharegpt.jsonl").read_text().splitlines() if '"kto_tag": true' in line]
     data = write_jsonl(tmp_path / "good.jsonl", [{**r, "images": [str(root / i) for i in r["images"]]} for r in rows])
     code, out, err = vlmkit_main(["kto", "--model", small_model, "--dataset", data, "--output-dir", tmp_path / "out",
-                                  *QWEN, *dpo_args(1)], monkeypatch, capsys)  # fmt: skip
+                                  "--tuner", "full", *QWEN, *dpo_args(1)], monkeypatch, capsys)  # fmt: skip
     assert code == 0, err
     assert err.splitlines() == ["warning: all 4 training rows are desirable; KTO trains on them, but rows of the other "
                                 "label teach it what to move away from (or towards)"]  # fmt: skip
-    assert next((tmp_path / "out").glob("*/*/checkpoint-1"))
+    checkpoint = next((tmp_path / "out").glob("*/*/checkpoint-1"))
+    base, trained = (load_file(p / "model.safetensors") for p in (small_model, checkpoint))
+    assert any(not torch.equal(trained[k], base[k]) for k in base)
