@@ -55,13 +55,13 @@ def read_preference_data(config: DPOConfig) -> tuple[Any, Any]:
     """(training pairs, validation pairs or None), read as they are stored (`vlmkit.data.preference`)."""
     from vlmkit.data.preference import load_preference_datasets
 
-    train = load_preference_datasets(config.dataset, config.media_root, config.seed)
-    val = (
-        load_preference_datasets(config.val_dataset, config.media_root, config.seed)
-        if config.val_dataset
-        else None
-    )
-    return train, val
+    return read_with(load_preference_datasets, config)
+
+
+def read_with(load: Callable[..., Any], config: DPOConfig) -> tuple[Any, Any]:
+    """(`load` of --dataset, of --val-dataset or None): `load(specs, media_root, seed)`."""
+    train = load(config.dataset, config.media_root, config.seed)
+    return train, load(config.val_dataset, config.media_root, config.seed) if config.val_dataset else None
 
 
 def checked_rows(config: DPOConfig, base: _Base, run: _Run) -> tuple[list[int], list[int]]:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vlmkit.train.dpo import checked_rows, preference_trainer
+from vlmkit.train.dpo import checked_rows, preference_trainer, read_with
 from vlmkit.train.finetune import prepare_base, run_guard, start_run, train_run
 from vlmkit.train.kto_config import KTOConfig
 from vlmkit.train.run import print_result
@@ -56,13 +56,7 @@ def read_unpaired_data(config: KTOConfig) -> tuple[Any, Any]:
     """(training rows, validation rows or None), read as they are stored (`vlmkit.data.unpaired`)."""
     from vlmkit.data.unpaired import load_unpaired_datasets
 
-    train = load_unpaired_datasets(config.dataset, config.media_root, config.seed)
-    val = (
-        load_unpaired_datasets(config.val_dataset, config.media_root, config.seed)
-        if config.val_dataset
-        else None
-    )
-    return train, val
+    return read_with(load_unpaired_datasets, config)
 
 
 def _print_start(config: KTOConfig, run, trainer, rows: int, desirable: int, val_rows: int) -> None:
