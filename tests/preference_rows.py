@@ -64,3 +64,26 @@ def rlaif_v_parquet(path: Path) -> Path:
     features["image"] = datasets.Image()
     datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
     return path
+
+
+def unpaired_rows_in_every_format(folder: Path) -> dict[str, list[dict]]:
+    """The same 4 pairs as `vlmkit kto`'s labelled rows, in each KTO format's own schema: row 2i the chosen
+    reply of pair i (desirable), row 2i+1 its rejected reply (undesirable). Images as paths beside the file."""
+    for i in range(4):
+        (folder / f"{i}.png").write_bytes(png_bytes(i))
+    replies = [(i, reply, label) for i in range(4) for reply, label in ((CHOSEN[i], True), (REJECTED[i], False))]
+    return {
+        # TRL's unpaired preference format (conversational, with images)
+        "trl": [{"images": [f"{i}.png"],
+                 "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
+                 "completion": [{"role": "assistant", "content": [{"type": "text", "text": reply}]}],
+                 "label": label} for i, reply, label in replies],
+        # ms-swift's KTO rows (also LLaMA-Factory's kto_en_demo.json)
+        "ms-swift": [{"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
+                                   {"role": "assistant", "content": reply}],
+                      "images": [f"{i}.png"], "label": label} for i, reply, label in replies],
+        # LLaMA-Factory's sharegpt rows with its kto_tag column
+        "sharegpt": [{"conversations": [{"from": "human", "value": f"<image>{QUESTION}"},
+                                        {"from": "gpt", "value": reply}],
+                      "kto_tag": label, "images": [f"{i}.png"]} for i, reply, label in replies],
+    }  # fmt: skip

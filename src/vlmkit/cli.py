@@ -23,6 +23,7 @@ from vlmkit.commands.export import export_command
 from vlmkit.commands.families import families, family_titles
 from vlmkit.commands.grpo import grpo_command
 from vlmkit.commands.infer import infer
+from vlmkit.commands.kto import kto_command
 from vlmkit.commands.peers import PeerAwareGroup
 from vlmkit.commands.serve import serve_command
 from vlmkit.commands.sft import ManyValuesCommand, sft_command
@@ -76,6 +77,7 @@ app.command("families")(families)
 app.command("infer")(infer)
 app.command("sft", cls=ManyValuesCommand, context_settings={"help_option_names": ["-h", "--help"]})(sft_command)
 app.command("dpo", cls=ManyValuesCommand, context_settings={"help_option_names": ["-h", "--help"]})(dpo_command)
+app.command("kto", cls=ManyValuesCommand, context_settings={"help_option_names": ["-h", "--help"]})(kto_command)
 app.command("grpo", cls=ManyValuesCommand, context_settings={"help_option_names": ["-h", "--help"]})(grpo_command)
 app.command("eval")(eval_command)
 app.add_typer(

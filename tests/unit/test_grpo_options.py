@@ -29,3 +29,21 @@ def test_yaml_config_takes_the_grpo_options(tmp_path):
     assert read_yaml_config(path, fields, "grpo") == {"reward": "iou,format:0.2", "num_generations": 8, "lr": 1e-6}
     with pytest.raises(VlmkitError, match="unknown option 'reward'"):
         read_yaml_config(path)  # sft's config has no reward
+
+
+def test_rloo_takes_its_own_options_and_refuses_grpos():
+    """--algorithm rloo runs TRL's RLOOTrainer: its RLOOConfig fields are set (--normalize-advantages), GRPO's
+    loss options are refused in one line rather than silently dropped."""
+    from trl import RLOOConfig
+
+    base = {"model": "m", "dataset": ["d.jsonl"], "reward": "accuracy", "batch_size": 4}
+    rloo = GRPOConfig(**base, algorithm="rloo", normalize_advantages=True).validate()
+    arguments = rloo.trainer_arguments()
+    assert arguments["normalize_advantages"] is True and "loss_type" not in arguments
+    assert set(arguments) - {"include_num_input_tokens_seen"} <= {f.name for f in dataclasses.fields(RLOOConfig)}
+    with pytest.raises(VlmkitError, match="--algorithm ppo: choose one of grpo, rloo"):
+        GRPOConfig(**base, algorithm="ppo").validate()
+    with pytest.raises(VlmkitError, match="--loss and --importance-sampling-level are GRPO's; --algorithm rloo"):
+        GRPOConfig(**base, algorithm="rloo", loss="dapo").validate()
+    with pytest.raises(VlmkitError, match="--normalize-advantages is for --algorithm rloo"):
+        GRPOConfig(**base, normalize_advantages=True).validate()

@@ -144,7 +144,7 @@ def check(
     (missing, corrupt or cut-short files), an assistant reply to learn, and the token length.
 
     Preference data (`vlmkit dpo`'s formats) is checked pair by pair: a pair is bad when either conversation
-    is, or does not fit --max-length (pairs are never cut).
+    is, or does not fit --max-length (pairs are never cut); `vlmkit kto`'s labelled rows likewise, row by row.
 
     Prints the format of each file, counts per reason, the first bad rows (file:line and reason) and
     token-length statistics, and writes a histogram of the lengths.
@@ -153,13 +153,16 @@ def check(
     2 for a mistake in the options or an unreadable dataset file."""
     from vlmkit.data.check import check_rows
     from vlmkit.data.preference import check_pairs, is_preference_source, load_preference_datasets
+    from vlmkit.data.unpaired import is_unpaired_source, load_unpaired_datasets
     from vlmkit.train.plots import save_histogram
 
     specs, show = _datasets(ctx, dataset), progress and sys.stderr.isatty()
-    if is_preference_source(specs[0]):  # pairs, checked as `vlmkit dpo` trains them (never cut)
+    unpaired = is_unpaired_source(specs[0])  # KTO's labelled rows, checked as `vlmkit kto` trains them
+    if unpaired or is_preference_source(specs[0]):  # pairs, checked as `vlmkit dpo` trains them (never cut)
         if truncation != "delete":
             raise VlmkitError(f"--truncation {truncation}: preference pairs are never shrunk; leave it out")
-        pairs = load_preference_datasets(specs, reading.media_root)
+        read = load_unpaired_datasets if unpaired else load_preference_datasets
+        pairs = read(specs, reading.media_root)
         template = load_template(model, encoding)
         report = check_pairs(pairs, template, max_length, progress=show, decode_images=decode_images)
     else:

@@ -36,6 +36,7 @@ from vlmkit.errors import DataError, VlmkitError
 from vlmkit.sample import Sample
 
 if TYPE_CHECKING:
+    from vlmkit.data.unpaired import UnpairedData
     from vlmkit.families.interface import Template
 
 PEEK_ROWS = 20
@@ -190,6 +191,7 @@ class PreferenceData:
     format: str
     rows: Sequence[Row]  # as stored; Row.format is the preference format
     bad: list[tuple[str, str]]  # (where, reason) of lines that are not JSON objects
+    unit = "pair"  # what one row is, in messages
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -208,6 +210,14 @@ class PreferenceData:
             Row(row.where, chosen, "messages", row.base_dirs),
             Row(row.where, rejected, "messages", row.base_dirs),
         )
+
+    def stored(self, index: int) -> Row:
+        """The stored row that `data[index]` is read from."""
+        return self.rows[index]
+
+    def sides(self, index: int) -> list[tuple[str, Row]]:
+        """The conversations `check_pairs` checks for row `index`, each named."""
+        return list(zip(("chosen", "rejected"), self.pair_rows(index), strict=True))
 
     def __getitem__(self, index: int) -> Pair:
         chosen, rejected = self.pair_rows(index)
@@ -284,15 +294,16 @@ def is_preference_source(spec: str) -> bool:
 
 
 def check_pairs(
-    data: PreferenceData,
+    data: PreferenceData | UnpairedData,
     template: Template,
     max_length: int,
     progress: bool = False,
     decode_images: bool = True,
 ) -> CheckReport:
-    """Check every pair as `vlmkit dpo` trains it: both conversations must be good rows (`check_row`: format,
-    media, a reply) of at most `max_length` tokens each. Nothing is ever cut: a pair longer than that would
-    lose tokens (its image tokens, or the end of a reply) and is refused (bad, "too long"), never trained on."""
+    """Check every pair as `vlmkit dpo` trains it (or every row of `vlmkit kto`'s `UnpairedData`, a
+    conversation each): its conversations (`data.sides(i)`) must be good rows (`check_row`: format, media, a
+    reply) of at most `max_length` tokens each. Nothing is ever cut: a row longer than that would lose tokens
+    (its image tokens, or the end of a reply) and is refused (bad, "too long"), never trained on."""
     from tqdm import tqdm
 
     report = CheckReport(
@@ -301,17 +312,17 @@ def check_pairs(
     for index in tqdm(
         range(len(data)), desc="checking pairs", unit="row", file=sys.stderr, disable=not progress
     ):
-        row = data.rows[index]
+        row = data.stored(index)
         report.formats.setdefault(row.where.rpartition(":")[0], f"{data.format} preference")
         try:
-            sides = data.pair_rows(index)
+            sides = data.sides(index)
         except DataError as e:
             report.bad.append(
                 BadRow(row.where, str(e).removeprefix(f"{row.where}: "), "bad row", jsonable(row.data))
             )
             continue
         results = []
-        for side, side_row in zip(("chosen", "rejected"), sides, strict=True):
+        for side, side_row in sides:
             result, length = check_row(
                 index, side_row, template, max_length, False, report, None, decode_images
             )
@@ -323,7 +334,7 @@ def check_pairs(
             side, first = failed[0]
             reason = f"{side} conversation: {first.reason}"
             if first.kind == "too long":
-                reason += " (vlmkit never cuts a pair: its image tokens or reply would be lost)"
+                reason += f" (vlmkit never cuts a {data.unit}: its image tokens or reply would be lost)"
             report.bad.append(BadRow(row.where, reason, first.kind, jsonable(row.data)))
         else:
             goods = [r for _, r in results]

@@ -15,6 +15,7 @@ copy loaded alongside.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,7 @@ def dpo(config: DPOConfig) -> Path:
     base = prepare_base(config)
     run = start_run(config, base, read_preference_data, arguments=TrainerArguments)
     with run_guard(config, run) as guard:
-        train_rows = validated_pairs(run.train_data, config, base, run, "train")
-        val_rows = validated_pairs(run.val_data, config, base, run, "val") if run.val_data is not None else []
-        if run.is_main and run.resume_from is not None:
-            _check_resumed(config, run)
+        train_rows, val_rows = checked_rows(config, base, run)
         trainer = make_trainer(config, base, run, train_rows, val_rows)
         if run.is_main:
             print(f"run folder: {run.dir}\n{_parameters_line(trainer.model, config)}, train pairs={len(train_rows)}"
@@ -57,13 +55,23 @@ def read_preference_data(config: DPOConfig) -> tuple[Any, Any]:
     """(training pairs, validation pairs or None), read as they are stored (`vlmkit.data.preference`)."""
     from vlmkit.data.preference import load_preference_datasets
 
-    train = load_preference_datasets(config.dataset, config.media_root, config.seed)
-    val = (
-        load_preference_datasets(config.val_dataset, config.media_root, config.seed)
-        if config.val_dataset
-        else None
-    )
-    return train, val
+    return read_with(load_preference_datasets, config)
+
+
+def read_with(load: Callable[..., Any], config: DPOConfig) -> tuple[Any, Any]:
+    """(`load` of --dataset, of --val-dataset or None): `load(specs, media_root, seed)`."""
+    train = load(config.dataset, config.media_root, config.seed)
+    return train, load(config.val_dataset, config.media_root, config.seed) if config.val_dataset else None
+
+
+def checked_rows(config: DPOConfig, base: _Base, run: _Run) -> tuple[list[int], list[int]]:
+    """(training, validation) row indices after `validated_pairs`; on a resume, the run's args and data
+    checked against the checkpoint's."""
+    train_rows = validated_pairs(run.train_data, config, base, run, "train")
+    val_rows = validated_pairs(run.val_data, config, base, run, "val") if run.val_data is not None else []
+    if run.is_main and run.resume_from is not None:
+        _check_resumed(config, run)
+    return train_rows, val_rows
 
 
 def validated_pairs(data, config: DPOConfig, base: _Base, run: _Run, name: str) -> list[int]:
@@ -87,12 +95,22 @@ def _check_resumed(config: DPOConfig, run: _Run) -> None:
 
 def make_trainer(config: DPOConfig, base: _Base, run: _Run, train_rows: list[int], val_rows: list[int]):
     """TRL's DPOTrainer (as `VlmDPOTrainer`) with the policy, its reference and vlmkit's run callbacks."""
+    from vlmkit.train.dpo_data import PairCollator
+    from vlmkit.train.dpo_trainer import VlmDPOTrainer
+
+    return preference_trainer(VlmDPOTrainer, config, base, run, train_rows, val_rows, PairCollator)
+
+
+def preference_trainer(trainer_class, config, base: _Base, run: _Run, train_rows: list[int], val_rows: list[int],
+                       collator: Callable[[Any, Any], Any]):  # fmt: skip
+    """`trainer_class` (a TRL preference trainer with `IndexedRows`) on the rows `train_rows` / `val_rows` of the
+    run's data, batched by `collator(data, template)`, with the policy, its reference (the base with the LoRA
+    adapter disabled, or a frozen copy with --tuner full) and vlmkit's run callbacks."""
     from transformers.trainer_callback import PrinterCallback
 
     from vlmkit.train.callbacks import ChangeCheck, RunLog
     from vlmkit.train.checkpoints import CompleteCheckpoints
-    from vlmkit.train.dpo_data import PairCollator
-    from vlmkit.train.dpo_trainer import VlmDPOTrainer, row_indices
+    from vlmkit.train.dpo_trainer import row_indices
     from vlmkit.train.tuning import apply_tuning, lora_config, parameter_groups
 
     groups = base.files.family.module_groups
@@ -105,15 +123,15 @@ def make_trainer(config: DPOConfig, base: _Base, run: _Run, train_rows: list[int
     else:
         model = apply_tuning(model, config, groups)
         ref_model = load_base_weights(config, base).eval().requires_grad_(False)
-    trainer = VlmDPOTrainer(
+    trainer = trainer_class(
         model=model,
         ref_model=ref_model,
         peft_config=peft_config,
         args=run.args,
         train_dataset=row_indices(train_rows),
         eval_dataset=row_indices(val_rows) if val_rows else None,
-        data_collator=PairCollator(run.train_data, base.template),
-        eval_collator=PairCollator(run.val_data, base.template) if val_rows else None,
+        data_collator=collator(run.train_data, base.template),
+        eval_collator=collator(run.val_data, base.template) if val_rows else None,
         processing_class=base.tokenizer,
         parameter_groups=lambda m, decay: parameter_groups(m, config, groups, decay),
         callbacks=[

@@ -55,19 +55,26 @@ class DPOConfig(SFTConfig):
     def validate(self) -> DPOConfig:
         super().validate()
         self.group(PreferenceOptions).check()
-        refuse([
-            (not self.streaming, "--streaming: vlmkit dpo checks every pair up front; drop --streaming"),
-            (not self.packing, "--packing: vlmkit dpo scores each conversation whole; use --no-packing"),
-            (not self.split_ratio, "--split-ratio: give vlmkit dpo a --val-dataset instead"),
-            (not self.eval_metric and not self.save_best, "--eval-metric/--save-best: not available for vlmkit dpo"),
-        ])  # fmt: skip
-        self.packing = False  # resolved: never packed (its default, None, means "by family" for sft)
+        refuse_unscored_options(self, "dpo")
         return self
 
     def trainer_arguments(self) -> dict[str, Any]:
         """The fields of TRL's `DPOConfig` this run sets besides the TrainingArguments (`training_arguments`).
         max_length None: TRL cuts nothing; pairs over --max-length are refused before training instead."""
         return {"beta": self.beta, "loss_type": [self.loss], "max_length": None}
+
+
+def refuse_unscored_options(config: SFTConfig, command: str) -> None:
+    """Refuse the shared options a preference run (`vlmkit dpo`, `vlmkit kto`) has no use for, set from a
+    --config file or the Python API (the CLI does not offer them), and resolve --packing to off."""
+    refuse([
+        (not config.streaming, f"--streaming: vlmkit {command} checks every row up front; drop --streaming"),
+        (not config.packing, f"--packing: vlmkit {command} scores each conversation whole; use --no-packing"),
+        (not config.split_ratio, f"--split-ratio: give vlmkit {command} a --val-dataset instead"),
+        (not config.eval_metric and not config.save_best,
+         f"--eval-metric/--save-best: not available for vlmkit {command}"),
+    ])  # fmt: skip
+    config.packing = False  # resolved: never packed (its default, None, means "by family" for sft)
 
 
 DPO_FIELDS = {f.name: f for f in dataclasses.fields(DPOConfig)}

@@ -15,6 +15,7 @@ sft supervises them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -53,23 +54,32 @@ def encode_side(template: Template, sample: Sample, side: str) -> tuple[dict[str
 def collate_pairs(template: Template, pairs: list[Pair]) -> dict[str, torch.Tensor]:
     """Pairs -> one DPOTrainer batch: input_ids, attention_mask, completion_mask (2B, T) and the family's
     model inputs, chosen rows first (module docstring)."""
-    sides = [encode_side(template, p.chosen, "chosen") for p in pairs]
-    sides += [encode_side(template, p.rejected, "rejected") for p in pairs]
+    return scored_batch(
+        template, [(p.chosen, "chosen") for p in pairs] + [(p.rejected, "rejected") for p in pairs]
+    )
+
+
+def scored_batch(template: Template, conversations: list[tuple[Sample, str]]) -> dict[str, torch.Tensor]:
+    """(sample, side name) conversations -> the collated batch (N, T) with `completion_mask` marking the reply
+    tokens after the prompt infer encodes (`encode_side`), and no labels."""
+    sides = [encode_side(template, sample, side) for sample, side in conversations]
     batch = template.collate([encoded for encoded, _ in sides])
-    labels = batch.pop("labels")  # (2B, T); TRL scores the tokens of completion_mask
-    prompt_lengths = torch.tensor([n for _, n in sides])  # (2B,)
-    after_prompt = torch.arange(labels.shape[1])[None, :] >= prompt_lengths[:, None]  # (2B, T)
+    labels = batch.pop("labels")  # (N, T); TRL scores the tokens of completion_mask
+    prompt_lengths = torch.tensor([n for _, n in sides])  # (N,)
+    after_prompt = torch.arange(labels.shape[1])[None, :] >= prompt_lengths[:, None]  # (N, T)
     batch["completion_mask"] = ((labels != IGNORE_INDEX) & after_prompt).long()
     return batch
 
 
 class PairCollator:
-    """DataLoader collator: rows `{"row": index}` of the trainer's index dataset -> `collate_pairs` of those
-    rows of `data` (encoded here, in the DataLoader's workers)."""
+    """DataLoader collator: rows `{"row": index}` of the trainer's index dataset -> `collate` (`collate_pairs`,
+    or `vlmkit.train.kto_data.collate_unpaired`) of those rows of `data`, encoded here, in the DataLoader's
+    workers."""
 
-    def __init__(self, data: PreferenceData, template: Template):
+    def __init__(self, data: PreferenceData, template: Template, collate: Callable = collate_pairs):
         self.data = data
         self.template = template
+        self.collate = collate
 
     def __call__(self, rows: list[dict[str, int]]) -> dict[str, torch.Tensor]:
-        return collate_pairs(self.template, [self.data[row["row"]] for row in rows])
+        return self.collate(self.template, [self.data[row["row"]] for row in rows])

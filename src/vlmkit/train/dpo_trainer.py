@@ -1,4 +1,4 @@
-"""TRL's DPOTrainer fed vlmkit's batches: the loss, the reference model and the logged rewards are TRL's own;
+"""TRL's DPOTrainer (and KTOTrainer) fed vlmkit's batches: the loss, the reference model and the logged rewards are TRL's own;
 the rows are encoded by vlmkit's family template (`vlmkit.train.dpo_data`) and the run has sft's trainer
 parts (`TrainerParts`: parameter groups, capped warm-up, complete checkpoints, resume)."""
 
@@ -8,7 +8,7 @@ import warnings
 from typing import Any
 
 import datasets
-from trl import DPOTrainer
+from trl import DPOTrainer, KTOTrainer
 
 from vlmkit.train.callbacks import TrainerParts
 from vlmkit.train.dpo_data import PairCollator
@@ -18,9 +18,10 @@ from vlmkit.train.dpo_data import PairCollator
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
-class VlmDPOTrainer(TrainerParts, DPOTrainer):
-    """DPOTrainer whose datasets are row indices (`row_indices`) that its collator (`PairCollator`, one per
-    split) encodes. `parameter_groups(model, decay_names)`: the optimizer's groups (`vlmkit.train.tuning`)."""
+class IndexedRows:
+    """What vlmkit's preference trainers add to TRL's (listed before it among their bases): datasets of row
+    indices (`row_indices`) that their collator (`PairCollator`, one per split) encodes, and
+    `parameter_groups(model, decay_names)`, the optimizer's groups (`vlmkit.train.tuning`)."""
 
     def __init__(self, *args, parameter_groups, eval_collator: PairCollator | None = None, **kwargs):
         self._parameter_groups = parameter_groups
@@ -45,6 +46,15 @@ class VlmDPOTrainer(TrainerParts, DPOTrainer):
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.data_collator = train_collator
+
+
+class VlmDPOTrainer(TrainerParts, IndexedRows, DPOTrainer):
+    """DPOTrainer on vlmkit's pairs (`IndexedRows`)."""
+
+
+class VlmKTOTrainer(TrainerParts, IndexedRows, KTOTrainer):
+    """KTOTrainer on vlmkit's labelled rows (`IndexedRows`, `vlmkit.train.kto_data`). Its rows are read in the
+    order given (TRL's KTO samples sequentially); `vlmkit kto` shuffles them once with --seed."""
 
 
 def row_indices(rows: list[int]) -> Any:

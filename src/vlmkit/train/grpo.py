@@ -26,8 +26,11 @@ from vlmkit.train.run import print_result
 
 
 def grpo(config: GRPOConfig, callbacks: Sequence[Any] = ()) -> Path:
-    """Train `config.model` with GRPO on `config.dataset`'s prompts and solutions; returns the run folder."""
-    from trl import GRPOConfig as TrainerArguments
+    """Train `config.model` with GRPO (or RLOO: --algorithm) on `config.dataset`'s prompts and solutions; returns
+    the run folder."""
+    import trl
+
+    TrainerArguments = trl.RLOOConfig if config.algorithm == "rloo" else trl.GRPOConfig  # noqa: N806
 
     # TRL 1.16 asks every step for a name transformers 5 has deprecated; nothing the user can act on
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -52,7 +55,8 @@ def grpo(config: GRPOConfig, callbacks: Sequence[Any] = ()) -> Path:
         for callback in callbacks:
             trainer.add_callback(callback)
         if run.is_main:
-            print(f"run folder: {run.dir}\nprompts={len(rows)}, rewards: {config.reward}, loss={config.loss}")
+            loss = "rloo" if config.algorithm == "rloo" else config.loss
+            print(f"run folder: {run.dir}\nprompts={len(rows)}, rewards: {config.reward}, loss={loss}")
         guard.started = True
         train_run(config, run, trainer)
         if run.is_main:
@@ -94,13 +98,14 @@ def _make_trainer(config, base, run, prompts, rows, rewards, model):
 
     from vlmkit.train.callbacks import RunLog
     from vlmkit.train.checkpoints import CompleteCheckpoints
-    from vlmkit.train.grpo_trainer import VlmGRPOTrainer, trl_reward
+    from vlmkit.train.grpo_trainer import VlmGRPOTrainer, VlmRLOOTrainer, trl_reward
 
     if base.template.image_token_id is not None:
         # a sampled image placeholder in a completion would leave more image tokens than image features in the
         # scoring forward (the model refuses the batch): the rollouts never write one
         run.args.generation_kwargs = {**(run.args.generation_kwargs or {}), "suppress_tokens": [base.template.image_token_id]}
-    trainer = VlmGRPOTrainer(
+    trainer_class = VlmRLOOTrainer if config.algorithm == "rloo" else VlmGRPOTrainer
+    trainer = trainer_class(
         model=model,
         reward_funcs=[trl_reward(name, function, prompts, base.tokenizer) for name, function, _ in rewards],
         args=run.args,

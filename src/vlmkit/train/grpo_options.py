@@ -10,12 +10,19 @@ from vlmkit.groups import option
 from vlmkit.train.config import SFTConfig, with_group_fields
 from vlmkit.train.options import refuse
 
+ALGORITHMS = ("grpo", "rloo")
 LOSSES = ("grpo", "dapo", "dr_grpo", "bnpo")
 IMPORTANCE_LEVELS = ("token", "sequence")
 
 
 @dataclass(frozen=True)
 class GRPOOptions:
+    algorithm: str = option(
+        "grpo",
+        "grpo (TRL's GRPOTrainer: advantages are rewards less their group's mean, over its std) or rloo "
+        "(TRL's RLOOTrainer, REINFORCE leave-one-out: each completion's baseline is the mean reward of the "
+        "group's other completions; the KL to the reference is taken off the reward).",
+    )
     reward: str | None = option(
         None,
         "Rewards, comma-separated, each NAME[:WEIGHT] (default weight 1): accuracy, count, iou, iou@0.5, format, "
@@ -30,6 +37,12 @@ class GRPOOptions:
     temperature: float = option(1.0, "Sampling temperature of the rollouts.")
     beta: float = option(0.04, "Weight of the KL penalty to the starting model (0: no reference model, no KL).")
     epsilon: float = option(0.2, "Clipping range of the importance ratio.")
+    normalize_advantages: bool = option(
+        False,
+        "--algorithm rloo: scale the advantages of each generation batch to mean 0 and std 1 (TRL's "
+        "normalize_advantages).",
+        flags=("--normalize-advantages/--no-normalize-advantages",),
+    )
     use_vllm: bool = option(
         False,
         "Roll out with vLLM colocated on the training GPU (TRL's use_vllm, vllm_mode colocate; GPU only, unverified "
@@ -38,7 +51,13 @@ class GRPOOptions:
     )
 
     def check(self) -> None:
+        rloo = self.algorithm == "rloo"
         refuse([
+            (self.algorithm in ALGORITHMS, f"--algorithm {self.algorithm}: choose one of {', '.join(ALGORITHMS)}"),
+            (not rloo or (self.loss, self.importance_sampling_level) == ("grpo", "token"),
+             "--loss and --importance-sampling-level are GRPO's; --algorithm rloo has its own loss (leave them out)"),
+            (rloo or not self.normalize_advantages,
+             "--normalize-advantages is for --algorithm rloo (GRPO divides by its group's std already)"),
             (bool(self.reward), "--reward is required: e.g. --reward accuracy or --reward iou,format:0.2"),
             (self.loss in LOSSES, f"--loss {self.loss}: choose one of {', '.join(LOSSES)}"),
             (self.importance_sampling_level in IMPORTANCE_LEVELS,
@@ -70,11 +89,13 @@ class GRPOConfig(SFTConfig):
         """The fields of TRL's `GRPOConfig` this run sets besides the TrainingArguments (`training_arguments`)."""
         from vlmkit.train.rewards import parse_reward_spec
 
-        return {
+        shared = {
             "num_generations": self.num_generations, "max_completion_length": self.max_completion_length,
-            "temperature": self.temperature, "beta": self.beta, "epsilon": self.epsilon, "loss_type": self.loss,
-            "importance_sampling_level": self.importance_sampling_level,
+            "temperature": self.temperature, "beta": self.beta, "epsilon": self.epsilon,
             "reward_weights": [weight for _, _, weight in parse_reward_spec(self.reward)],
             "use_vllm": self.use_vllm, "vllm_mode": "colocate",
             "include_num_input_tokens_seen": "no",  # TRL counts prompt and completion tokens itself
         }  # fmt: skip
+        if self.algorithm == "rloo":  # TRL's RLOOConfig
+            return {**shared, "normalize_advantages": self.normalize_advantages}
+        return {**shared, "loss_type": self.loss, "importance_sampling_level": self.importance_sampling_level}

@@ -1,5 +1,5 @@
-"""TRL's GRPOTrainer with vlmkit's encoding: the prompt the policy (and the reference model) sees is the
-family template's `encode(sample, add_generation_prompt=True)`, the same call `vlmkit infer` makes, so
+"""TRL's GRPOTrainer (and RLOOTrainer) with vlmkit's encoding: the prompt the policy (and the reference model)
+sees is the family template's `encode(sample, add_generation_prompt=True)`, the same call `vlmkit infer` makes, so
 training and inference see the same ids, image tokens and pixel budget.
 
 TRL reads prompts with a processor's chat template, which vlmkit does not use (one exact encoding per
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from trl import GRPOTrainer
+from trl import GRPOTrainer, RLOOTrainer
 
 from vlmkit.media.grounding import decode_reply
 from vlmkit.train.rewards import check_rewards
@@ -68,8 +68,9 @@ def _extend_per_token(media: dict[str, Any], rows: int, prompt_length: int, tota
     return out
 
 
-class VlmGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer whose prompts are encoded by vlmkit's family template (see the module docstring)."""
+class TemplatePrompts:
+    """What vlmkit adds to TRL's GRPOTrainer and RLOOTrainer (listed before it among their bases; both roll out
+    and score through the same hooks): prompts encoded by vlmkit's family template (the module docstring)."""
 
     def __init__(self, *args, prompts: Prompts, **kwargs):
         super().__init__(*args, **kwargs)
@@ -107,6 +108,15 @@ class VlmGRPOTrainer(GRPOTrainer):
             media = _extend_per_token(self._pending_media, len(self._batch_rows), prompt_length, input_ids.size(1))
             kwargs.update({k: v.to(input_ids.device) if isinstance(v, torch.Tensor) else v for k, v in media.items()})
         return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+
+
+class VlmGRPOTrainer(TemplatePrompts, GRPOTrainer):
+    """GRPOTrainer (GRPO, DAPO, Dr.GRPO, BNPO losses; GSPO) on prompts encoded by the family template."""
+
+
+class VlmRLOOTrainer(TemplatePrompts, RLOOTrainer):
+    """RLOOTrainer (REINFORCE leave-one-out: each completion's baseline is the mean reward of its group's other
+    completions) on prompts encoded by the family template."""
 
 
 def trl_reward(name: str, function: Callable, source: Prompts, tokenizer) -> Callable:
