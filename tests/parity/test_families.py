@@ -154,8 +154,9 @@ def test_training_row_is_the_prompt_then_the_supervised_reply(loaded, name):
     supervised = [label for label in labels if label != -100]
     assert labels[: len(prompt_ids)] == [-100] * len(prompt_ids)
     assert supervised == ids[len(prompt_ids) : len(prompt_ids) + len(supervised)]
-    # LLaVA's template writes "ASSISTANT: reply": the space after the prompt belongs to the reply
-    assert vlm.tokenizer.decode(supervised[:-1]) in (REPLY, " " + REPLY)
+    # LLaVA's template writes "ASSISTANT: reply": the space after the prompt belongs to the reply; GLM-4.5V/4.6V's
+    # model writes the think block that opens every reply (empty here) after its prompt
+    assert vlm.tokenizer.decode(supervised[:-1]) in (REPLY, " " + REPLY, "<think></think>\n" + REPLY)
     assert supervised[-1] in vlm.template.stop_token_ids
 
 
