@@ -25,6 +25,7 @@ import torch
 import transformers
 from conftest import random_image
 from transformers import AutoImageProcessor, AutoTokenizer
+from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING_NAMES
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
 import vlmkit
@@ -97,6 +98,8 @@ def transformers_processor(name: str, folder: Path):
     settings = {k: v for k, v in (family.processor_config or {}).items() if k in params}
     if "video_processor" in params:
         settings["video_processor"] = None
+    if "feature_extractor" in params:  # Gemma 4's audio feature extractor, at its defaults: images never use it
+        settings["feature_extractor"] = getattr(transformers, FEATURE_EXTRACTOR_MAPPING_NAMES[family.model_type])()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if getattr(tokenizer, "video_token", None) is None:
         tokenizer.video_token = "<video>"  # InternVL's processor reads it; no image uses it
