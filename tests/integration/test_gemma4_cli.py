@@ -1,16 +1,19 @@
 """Gemma 4 through the CLI as a user runs it (subprocesses), compared with plain transformers: `vlmkit infer
 --input` greedy replies equal `generate` on `Gemma4Processor`'s inputs; `vlmkit sft --tuner lora` on image rows
 with multi-line CJK replies trains an adapter, and the merged export answers in plain transformers as in
-`vlmkit infer`."""
+`vlmkit infer`; `vlmkit serve` answers an OpenAI image request with `vlmkit infer`'s reply."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
+import openai
 import pytest
 import torch
 from conftest import random_image
 from test_seeds import checkpoints, lora_b_max, read_jsonl, vlmkit, write_jsonl
+from test_serve import start_server, stop_server
 from transformers import AutoModelForImageTextToText, AutoTokenizer, Gemma4ImageProcessorPil, Gemma4Processor
 from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
 
@@ -74,10 +77,29 @@ def transformers_replies(model: Path, root: Path) -> list[str]:
     return replies
 
 
-def test_infer_equals_generate_and_the_lora_export_answers_as_trained(work):
+@pytest.fixture(scope="module")
+def merged_replies(work) -> list[str]:
+    return vlmkit_replies(work["merged"], work["root"], "merged.jsonl")
+
+
+def test_infer_equals_generate_and_the_lora_export_answers_as_trained(work, merged_replies):
     base = vlmkit_replies(work["model"], work["root"], "base.jsonl")
     assert base == transformers_replies(work["model"], work["root"]) and all(base)
     assert lora_b_max(work["checkpoint"]) > 0, "training left every lora_B at 0"
-    replies = vlmkit_replies(work["merged"], work["root"], "merged.jsonl")
-    assert replies == transformers_replies(work["merged"], work["root"])
-    assert replies != base  # the merged adapter changed the answers
+    assert merged_replies == transformers_replies(work["merged"], work["root"])
+    assert merged_replies != base  # the merged adapter changed the answers
+
+
+def test_serve_answers_an_openai_image_request(work, merged_replies):
+    proc, url = start_server("--model", str(work["merged"]), "--served-model-name", "gemma", log=work["root"] / "serve.log")
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        data = base64.b64encode((work["root"] / "0.png").read_bytes()).decode()
+        image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + data}}
+        reply = client.chat.completions.create(
+            model="gemma", max_tokens=NEW_TOKENS, temperature=0,
+            messages=[{"role": "user", "content": [image, {"type": "text", "text": "What colour is it?"}]}],
+        )  # fmt: skip
+    finally:
+        stop_server(proc)
+    assert reply.choices[0].message.content == merged_replies[0]

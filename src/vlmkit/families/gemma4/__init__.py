@@ -130,6 +130,6 @@ FAMILY = Family(
     processor_config=PROCESSOR_CONFIG,
     aliases=("gemma-4", "gemma4-it"),
     verified=(
-        "ids, pixels, position ids, token types = Gemma4Processor.apply_chat_template(tokenize=True) with llama.cpp's copy of the template (tests/parity/test_gemma4.py); CLI infer = generate, LoRA sft, merged export (test_gemma4_cli.py)"
+        "ids, pixels, position ids, token types = Gemma4Processor.apply_chat_template(tokenize=True) with llama.cpp's copy of the template (tests/parity/test_gemma4.py); CLI infer = generate, LoRA sft, merged export, serve (test_gemma4_cli.py)"
     ),
 )
