@@ -25,6 +25,7 @@ import torch
 import transformers
 from conftest import random_image
 from transformers import AutoImageProcessor, AutoTokenizer
+from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING_NAMES
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
 import vlmkit
@@ -97,6 +98,8 @@ def transformers_processor(name: str, folder: Path):
     settings = {k: v for k, v in (family.processor_config or {}).items() if k in params}
     if "video_processor" in params:
         settings["video_processor"] = None
+    if "feature_extractor" in params:  # Gemma 4's audio feature extractor, at its defaults: images never use it
+        settings["feature_extractor"] = getattr(transformers, FEATURE_EXTRACTOR_MAPPING_NAMES[family.model_type])()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if getattr(tokenizer, "video_token", None) is None:
         tokenizer.video_token = "<video>"  # InternVL's processor reads it; no image uses it
@@ -154,8 +157,9 @@ def test_training_row_is_the_prompt_then_the_supervised_reply(loaded, name):
     supervised = [label for label in labels if label != -100]
     assert labels[: len(prompt_ids)] == [-100] * len(prompt_ids)
     assert supervised == ids[len(prompt_ids) : len(prompt_ids) + len(supervised)]
-    # LLaVA's template writes "ASSISTANT: reply": the space after the prompt belongs to the reply
-    assert vlm.tokenizer.decode(supervised[:-1]) in (REPLY, " " + REPLY)
+    # LLaVA's template writes "ASSISTANT: reply": the space after the prompt belongs to the reply; GLM-4.5V/4.6V's
+    # model writes the think block that opens every reply (empty here) after its prompt
+    assert vlm.tokenizer.decode(supervised[:-1]) in (REPLY, " " + REPLY, "<think></think>\n" + REPLY)
     assert supervised[-1] in vlm.template.stop_token_ids
 
 

@@ -38,7 +38,9 @@ __all__ = [
 def _families() -> dict[str, Family]:
     from vlmkit.families import (
         gemma3,
+        gemma4,
         glm4v,
+        glm46v,
         internvl,
         llava,
         llava_next,
@@ -55,7 +57,7 @@ def _families() -> dict[str, Family]:
         f.model_type: f
         for f in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY, internvl.FAMILY, llava.FAMILY, llava_next.FAMILY)
         + (qwen_vl.FAMILY, qwen_vl.REMOTE_FAMILY, qwen3_vl_moe.FAMILY, qwen3_5.FAMILY, qwen3_5_moe.FAMILY, gemma3.FAMILY)
-        + (glm4v.FAMILY,)
+        + (gemma4.FAMILY, glm4v.FAMILY, glm46v.FAMILY, glm46v.MOE_FAMILY)
     }
 
 

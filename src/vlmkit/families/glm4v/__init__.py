@@ -2,8 +2,8 @@
 3-D rotary positions; images at any aspect ratio within pixel limits; grounding as 0-1000 boxes between
 `<|begin_of_box|>` and `<|end_of_box|>`. Images only in vlmkit (video: see `template.py`).
 
-GLM-4.5V / 4.6V (`glm4v_moe`, `glm46v`) share the image preprocessing but not the chat template (thinking
-switch, tools): they are not this family (the generic path takes them).
+GLM-4.5V / 4.6V (`glm4v_moe`, `glm46v`) share the image preprocessing and grounding but not the chat template
+(think blocks, tools): `vlmkit.families.glm46v` takes this family's pieces with its own prompt format.
 """
 
 from __future__ import annotations

@@ -19,17 +19,18 @@ IMAGE = "<|begin_of_image|><|image|><|end_of_image|>"
 END_OF_REPLY = "<|user|>"
 
 
-def _text(content: list[dict], where: str, role: str) -> str:
+def message_text(content: list[dict], where: str, role: str, model: str = "GLM-4.1V") -> str:
+    """A message's text with each image's placeholder; `model` names the checkpoints in the refusals."""
     parts = []
     for part in content:
         if part["type"] == "text":
             parts.append(part["text"])
         elif role != "user":
-            raise DataError(f"{where}: GLM-4.1V's template cannot place an {part['type']} in a {role} message")
+            raise DataError(f"{where}: {model}'s template cannot place an {part['type']} in a {role} message")
         elif part["type"] == "image":
             parts.append(IMAGE)
         else:
-            raise DataError(f"{where}: GLM-4.1V in vlmkit takes images only; video input is not supported")
+            raise DataError(f"{where}: {model} in vlmkit takes images only; video input is not supported")
     return "".join(parts)
 
 
@@ -39,7 +40,7 @@ def render_glm4v(messages: list[dict], add_generation_prompt: bool, where: str =
         raise DataError(f"{where}: no messages")
     segments = [Segment("[gMASK]<sop>")]
     for i, message in enumerate(messages):
-        role, text = message["role"], _text(message["content"], where, message["role"])
+        role, text = message["role"], message_text(message["content"], where, message["role"])
         after_reply = i > 0 and messages[i - 1]["role"] == "assistant"
         if role == "system":
             if i != 0:
