@@ -83,7 +83,7 @@ def test_lora_dpo_trains_the_adapter_and_infer_answers_with_it(lora_run, root, t
 
 
 @pytest.mark.slow
-def test_dpo_checkpoint_exports_and_serves_as_infer_answers(lora_run, root, tmp_path):
+def test_dpo_checkpoint_answers_alike_through_infer_its_export_and_serve(lora_run, root, tmp_path):
     assert_export_and_serve_answer_as_infer(lora_run, root / "1.png", QUESTION, tmp_path)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from checkpoint_answers import assert_export_and_serve_answer_as_infer
-from killed_runs import assert_same_weights, killed_and_resumed
+from killed_runs import assert_same_weights, killed_and_resumed, vlmkit_main
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -78,16 +78,6 @@ def test_grpo_logs_each_reward_component_kl_and_lengths(grpo_run):
     assert json.loads((run_dir / "args.json").read_text())["reward"] == "count,format:0.2,my_rewards:short:0.1"
 
 
-def test_grpo_checkpoint_answers_through_infer(grpo_run):
-    folder, _ = grpo_run
-    [checkpoint] = (folder / "out").glob("*/v*/checkpoint-2")
-    answered = vlmkit("infer", "--ckpt", str(checkpoint), "--input", "prompts.jsonl", "--output", "preds.jsonl",
-                      "--max-new-tokens", "3", cwd=folder)  # fmt: skip
-    assert answered.returncode == 0, answered.stderr[-2000:]
-    predictions = [json.loads(line) for line in (folder / "preds.jsonl").read_text().splitlines()]
-    assert len(predictions) == 4 and all("response" in p for p in predictions)
-
-
 def test_grpo_writes_sample_rollouts_with_their_images_to_the_run_folder_and_the_tracker(grpo_run):
     folder, _ = grpo_run
     [run_dir] = (folder / "out").glob("*/v*")
@@ -113,7 +103,7 @@ def test_grpo_writes_sample_rollouts_with_their_images_to_the_run_folder_and_the
     assert "train/sample_1" in events.Tags()["images"]
 
 
-def test_grpo_checkpoint_exports_and_serves_as_infer_answers(grpo_run, tmp_path):
+def test_grpo_checkpoint_answers_alike_through_infer_its_export_and_serve(grpo_run, tmp_path):
     folder, _ = grpo_run
     [checkpoint] = (folder / "out").glob("*/v*/checkpoint-2")
     assert_export_and_serve_answer_as_infer(checkpoint, folder / "img1.png", "有几个方块?\nHow many squares?", tmp_path)
@@ -203,17 +193,18 @@ def test_full_grpo_resumed_after_a_kill_samples_and_ends_as_the_uninterrupted_ru
     assert_same_weights(resumed / "checkpoint-3", full / "checkpoint-3", "model.safetensors")
 
 
-def test_lora_grpo_on_a_generic_family_model(tmp_path):
+def test_lora_grpo_on_a_generic_family_model(tmp_path, monkeypatch, capsys):
     from generic_models import BUILDERS
 
     model = BUILDERS["idefics3"](tmp_path / "idefics3")
     write_rows(tmp_path)
-    (tmp_path / "my_rewards.py").write_text(SHORT)
-    done = vlmkit("grpo", "--model", str(model), "--dataset", "prompts.jsonl", "--reward", "count,my_rewards:short",
-                  "--max-steps", "2", "--batch-size", "2", "--num-generations", "2", "--max-completion-length", "6",
-                  "--lr", "1e-2", "--save-steps", "2", "--output-dir", "out", "--report-to", "none", "--no-progress",
-                  cwd=tmp_path)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    (tmp_path / "short.py").write_text(SHORT)
+    code, _, err = vlmkit_main(["grpo", "--model", model, "--dataset", tmp_path / "prompts.jsonl", "--reward",
+                                f"count,{tmp_path / 'short.py'}:short", "--max-steps", 2, "--batch-size", 2,
+                                "--num-generations", 2, "--max-completion-length", 6, "--lr", "1e-2", "--save-steps", 2,
+                                "--output-dir", tmp_path / "out", "--report-to", "none", "--no-progress"],
+                               monkeypatch, capsys)  # fmt: skip
+    assert code == 0, err
     [checkpoint] = (tmp_path / "out").glob("*/v*/checkpoint-2")
     adapter = load_file(checkpoint / "adapter_model.safetensors")
     assert all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # every adapter moved
