@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_answers import assert_export_and_serve_answer_as_infer
+from killed_runs import assert_same_weights, killed_and_resumed, vlmkit_main
 from preference_rows import QUESTION, rlaif_v_parquet, rows_in_every_format, write_jsonl
 from safetensors.torch import load_file
 
@@ -25,18 +26,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 def vlmkit_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vlmkit", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-
-
-def vlmkit_main(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    """`vlmkit ...` run in this process, as tests/integration/test_sft_resume.py does (no second start-up of torch,
-    transformers and TRL): (exit code, stdout, stderr)."""
-    from vlmkit.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["vlmkit", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +48,9 @@ QWEN = ("--max-pixels", 4000)  # small images: few image tokens
 @pytest.fixture(scope="module")
 def lora_run(small_model, root) -> Path:
     """`vlmkit dpo --tuner lora` on a tiny Qwen2-VL, RLAIF-V rows as the hub stores them (Parquet), 2 steps;
-    validated on 2 pairs of TRL's format."""
+    validated on the 4 pairs of TRL's format."""
     data = rlaif_v_parquet(root / "rlaif_v.parquet")
-    result = vlmkit_cli("dpo", "--model", small_model, "--dataset", data, "--val-dataset", f"{root / 'trl.jsonl'}#2",
+    result = vlmkit_cli("dpo", "--model", small_model, "--dataset", data, "--val-dataset", root / "trl.jsonl",
                         "--output-dir", root / "out", *QWEN, *dpo_args())  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr  # correct input is silent
@@ -94,6 +83,32 @@ def test_lora_dpo_trains_the_adapter_and_infer_answers_with_it(lora_run, root, t
 
 
 @pytest.mark.slow
+def test_dpo_checkpoint_answers_alike_through_infer_its_export_and_serve(lora_run, root, tmp_path):
+    assert_export_and_serve_answer_as_infer(lora_run, root / "1.png", QUESTION, tmp_path)
+
+
+@pytest.mark.slow
+def test_infer_val_on_a_dpo_run_refuses_its_pairs_in_one_line(lora_run, root, monkeypatch, capsys):
+    """The run's --val-dataset holds pairs: read as conversations, each row would be answered against a wrong
+    reference (or fail); refused, naming the file and where the pairs' scores are."""
+    code, _, err = vlmkit_main(["infer", "--ckpt", lora_run, "--val"], monkeypatch, capsys)
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: --val: the run's --val-dataset {root / 'trl.jsonl'} holds preference pairs")
+    assert str(lora_run.parent / "train_log.jsonl") in line
+    assert not list(lora_run.parent.glob("*.val.preds.jsonl"))  # nothing written
+
+
+def test_dpo_help_promises_only_what_dpo_does_with_validation_data():
+    result = subprocess.run([sys.executable, "-m", "vlmkit", "dpo", "--help"], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.replace("│", " ").split())  # the help as one line, its table's wrapping undone
+    assert "--val-dataset <list[str]> Validation data, listed as for --dataset; its eval loss is logged every --eval-steps." in text
+    assert "answers" not in text  # dpo generates none
+
+
+@pytest.mark.slow
 def test_a_pair_that_does_not_fit_max_length_is_refused_naming_its_row(small_model, root, tmp_path, monkeypatch, capsys):
     rows = [json.loads(line) for line in (root / "ms-swift.jsonl").read_text().splitlines()]
     rows[2]["rejected_response"] = "很长的回答。" * 40  # the rejected conversation alone is over --max-length
@@ -122,21 +137,10 @@ def full_args(model: Path, root: Path, out: Path, *extra) -> list:
 
 @pytest.mark.slow
 def test_full_dpo_resumed_after_a_kill_equals_the_uninterrupted_run(small_model, root, tmp_path, monkeypatch, capsys):
-    code, _, err = vlmkit_main(full_args(small_model, root, tmp_path / "full"), monkeypatch, capsys)
-    assert code == 0, err
-    full_run = next((tmp_path / "full").glob("*/*/checkpoint-3")).parent
-    base, trained = (load_file(p / "model.safetensors") for p in (small_model, full_run / "checkpoint-3"))
+    full, resumed = killed_and_resumed(lambda out: full_args(small_model, root, out), tmp_path, monkeypatch, capsys)
+    base, trained = (load_file(p / "model.safetensors") for p in (small_model, full / "checkpoint-3"))
     assert any(not torch.equal(trained[k], base[k]) for k in base)  # the policy moved; its frozen copy did not
-    shutil.copytree(full_run.parent, tmp_path / "killed" / full_run.parent.name)
-    run = tmp_path / "killed" / full_run.parent.name / full_run.name
-    shutil.rmtree(run / "checkpoint-3")  # killed after step 2
-    code, out, err = vlmkit_main(full_args(small_model, root, tmp_path / "killed", "--resume", "latest"),
-                                 monkeypatch, capsys)  # fmt: skip
-    assert code == 0, err
-    assert f"resuming from {run / 'checkpoint-2'}" in out
-    resumed, expected = (load_file(p / "checkpoint-3" / "model.safetensors") for p in (run, full_run))
-    for name in expected:
-        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    assert_same_weights(resumed / "checkpoint-3", full / "checkpoint-3", "model.safetensors")
 
 
 # -- a generic-family model ------------------------------------------------------------------------------------

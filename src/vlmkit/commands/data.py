@@ -139,12 +139,22 @@ def check(
         ),
     ] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    max_completion_length: Annotated[
+        int,
+        typer.Option(
+            help="GRPO prompts (rows with a `solution` column): the tokens vlmkit grpo reserves for each "
+            "completion, counted with the prompt against --max-length (as vlmkit grpo's option)."
+        ),
+    ] = 128,
 ) -> None:
     """Check every row of the dataset(s) as training will read it: JSON, format, placeholders, images
     (missing, corrupt or cut-short files), an assistant reply to learn, and the token length.
 
     Preference data (`vlmkit dpo`'s formats) is checked pair by pair: a pair is bad when either conversation
     is, or does not fit --max-length (pairs are never cut); `vlmkit kto`'s labelled rows likewise, row by row.
+    GRPO prompts (`vlmkit grpo`'s: the first rows have a `solution` column) are checked as prompts: a row is bad
+    without a solution, when it ends with an assistant reply, or when its prompt plus --max-completion-length
+    does not fit --max-length (image tokens are never cut).
 
     Prints the format of each file, counts per reason, the first bad rows (file:line and reason) and
     token-length statistics, and writes a histogram of the lengths.
@@ -153,6 +163,7 @@ def check(
     2 for a mistake in the options or an unreadable dataset file."""
     from vlmkit.data.check import check_rows
     from vlmkit.data.preference import check_pairs, is_preference_source, load_preference_datasets
+    from vlmkit.data.prompts import check_prompts, is_prompt_source
     from vlmkit.data.unpaired import is_unpaired_source, load_unpaired_datasets
     from vlmkit.train.plots import save_histogram
 
@@ -165,6 +176,10 @@ def check(
         pairs = read(specs, reading.media_root)
         template = load_template(model, encoding)
         report = check_pairs(pairs, template, max_length, progress=show, decode_images=decode_images)
+    elif is_prompt_source(specs[0]):  # GRPO prompts, checked as `vlmkit grpo` refuses them
+        rows = _rows_to_check(ctx, dataset, reading)
+        template = load_template(model, encoding)
+        report = check_prompts(rows, template, max_length, max_completion_length, show, decode_images)
     else:
         rows = _rows_to_check(ctx, dataset, reading)
         template = load_template(model, encoding)

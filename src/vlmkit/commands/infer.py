@@ -157,4 +157,12 @@ def _val_input(ckpt: Path | None, given: Path | None) -> Path:
         )
     if len(args["val_dataset"]) > 1 or "#" in args["val_dataset"][0]:
         raise VlmkitError("--val supports a run with one plain --val-dataset file; pass --input FILE instead")
+    from vlmkit.data.preference import is_preference_source
+
+    if is_preference_source(args["val_dataset"][0]):  # its rows would be read as conversations, each wrongly
+        raise VlmkitError(
+            f"--val: the run's --val-dataset {args['val_dataset'][0]} holds preference pairs (a vlmkit dpo run), not "
+            f"questions with one reference answer; its eval loss and rewards are in {run_dir / 'train_log.jsonl'}; "
+            "to answer its questions, pass them with --input FILE"
+        )
     return Path(args["val_dataset"][0])

@@ -6,6 +6,7 @@ validation rows (image, question, prediction, references) go to every tracker th
     swanlab      `swanlab.Image`s captioned with question, prediction and references (`eval/predictions`)
     mlflow       a table artifact `eval_predictions/step_N.json` and the images beside it
 
+`vlmkit grpo` logs its sample rollouts the same way under `train/samples` (`vlmkit.train.grpo_samples`).
 Each tracker is found among the Trainer's callbacks (transformers' own integrations) and logged to
 only once it has started its run. Each is tested offline (TensorBoard, W&B offline, SwanLab offline, MLflow
 file store; tests/integration/test_eval.py).
@@ -23,8 +24,9 @@ TABLE_ROWS = 4
 COLUMNS = ["image", "question", "prediction", "references"]
 
 
-def log_prediction_table(callbacks: list, step: int, examples: list[Example]) -> None:
-    """Log the first `TABLE_ROWS` examples to the trackers among the Trainer's `callbacks`."""
+def log_prediction_table(callbacks: list, step: int, examples: list[Example], tag: str = "eval/predictions") -> None:
+    """Log the first `TABLE_ROWS` examples to the trackers among the Trainer's `callbacks`, under `tag`
+    (`vlmkit grpo`'s sample rollouts: `train/samples`, images `train/samples_K`)."""
     shown = examples[:TABLE_ROWS]
     if not shown:
         return
@@ -32,52 +34,52 @@ def log_prediction_table(callbacks: list, step: int, examples: list[Example]) ->
     for callback in callbacks:
         name = type(callback).__name__
         if name == "TensorBoardCallback" and getattr(callback, "tb_writer", None) is not None:
-            _tensorboard(callback.tb_writer, step, shown, pictures)
+            _tensorboard(callback.tb_writer, step, shown, pictures, tag)
         elif name == "WandbCallback" and getattr(callback, "_initialized", False):
-            _wandb(callback._wandb, shown, pictures)
+            _wandb(callback._wandb, shown, pictures, tag)
         elif name == "SwanLabCallback" and getattr(callback, "_initialized", False):
-            _swanlab(callback._swanlab, step, shown, pictures)
+            _swanlab(callback._swanlab, step, shown, pictures, tag)
         elif name == "MLflowCallback" and getattr(callback, "_initialized", False):
-            _mlflow(callback._ml_flow, step, shown, pictures)
+            _mlflow(callback._ml_flow, step, shown, pictures, tag)
 
 
 def _caption(example: Example) -> str:
     return f"Q: {example.question}\nprediction: {example.prediction}\nreferences: {' / '.join(example.references)}"
 
 
-def _tensorboard(writer, step: int, shown: list[Example], pictures: list) -> None:
+def _tensorboard(writer, step: int, shown: list[Example], pictures: list, tag: str) -> None:
     lines = ["| row | question | prediction | references |", "|---|---|---|---|"]
     for k, example in enumerate(shown):
         cells = [example.question, example.prediction, " / ".join(example.references)]
         lines.append(
             f"| {k + 1} | " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
         )
-    writer.add_text("eval/predictions", "\n".join(lines), step)
+    writer.add_text(tag, "\n".join(lines), step)
     for k, picture in enumerate(pictures):
         if picture is not None:
-            writer.add_image(f"eval/prediction_{k + 1}", picture, step, dataformats="HWC")
+            writer.add_image(f"{_singular(tag)}_{k + 1}", picture, step, dataformats="HWC")
     writer.flush()
 
 
-def _wandb(wandb, shown: list[Example], pictures: list) -> None:
+def _wandb(wandb, shown: list[Example], pictures: list, tag: str) -> None:
     if wandb.run is None:
         return
     data = [
         [wandb.Image(p) if p is not None else None, e.question, e.prediction, " / ".join(e.references)]
         for e, p in zip(shown, pictures, strict=True)
     ]
-    wandb.log({"eval/predictions": wandb.Table(columns=COLUMNS, data=data)}, commit=False)
+    wandb.log({tag: wandb.Table(columns=COLUMNS, data=data)}, commit=False)
 
 
-def _swanlab(swanlab, step: int, shown: list[Example], pictures: list) -> None:
+def _swanlab(swanlab, step: int, shown: list[Example], pictures: list, tag: str) -> None:
     images = [
         swanlab.Image(p, caption=_caption(e)) for e, p in zip(shown, pictures, strict=True) if p is not None
     ]
     if images:
-        swanlab.log({"eval/predictions": images}, step=step)
+        swanlab.log({tag: images}, step=step)
 
 
-def _mlflow(mlflow, step: int, shown: list[Example], pictures: list) -> None:
+def _mlflow(mlflow, step: int, shown: list[Example], pictures: list, tag: str) -> None:
     if mlflow.active_run() is None:
         return
     table = {
@@ -86,10 +88,16 @@ def _mlflow(mlflow, step: int, shown: list[Example], pictures: list) -> None:
         "prediction": [e.prediction for e in shown],
         "references": [" / ".join(e.references) for e in shown],
     }
-    mlflow.log_table(data=table, artifact_file=f"eval_predictions/step_{step}.json")
+    folder = tag.replace("/", "_")
+    mlflow.log_table(data=table, artifact_file=f"{folder}/step_{step}.json")
     for k, picture in enumerate(pictures):
         if picture is not None:
-            mlflow.log_image(picture, artifact_file=f"eval_predictions/step_{step}_row{k + 1}.png")
+            mlflow.log_image(picture, artifact_file=f"{folder}/step_{step}_row{k + 1}.png")
+
+
+def _singular(tag: str) -> str:
+    """The images' tag stem: eval/predictions -> eval/prediction (eval/prediction_1, ...); train/samples -> train/sample."""
+    return tag.removesuffix("s")
 
 
 def _picture(source: Any):

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import DataError, VlmkitError
-from vlmkit.train.finetune import _load_model, prepare_base, run_guard, start_run, train_run
+from vlmkit.settings import write_settings
+from vlmkit.train.finetune import _load_model, _resumed_step, prepare_base, run_guard, start_run, train_run
 from vlmkit.train.grpo_options import GRPOConfig
 from vlmkit.train.rewards import NEEDS_BOXES, parse_reward_spec
-from vlmkit.train.run import print_result
+from vlmkit.train.run import check_resumed_args, print_result
 
 
 def grpo(config: GRPOConfig, callbacks: Sequence[Any] = ()) -> Path:
@@ -50,6 +51,9 @@ def grpo(config: GRPOConfig, callbacks: Sequence[Any] = ()) -> Path:
     run = start_run(config, base, arguments=TrainerArguments)
     with run_guard(config, run) as guard:
         prompts, rows = _read_prompts(config, base, run.train_data)
+        if run.is_main and run.resume_from is not None:  # the same options and rows, or one line
+            check_resumed_args(config, run.dir, run.resume_from, run.data_prints)
+            write_settings(run.dir, run.settings)
         model = _load_model(config, base)
         trainer = _make_trainer(config, base, run, prompts, rows, rewards, model)
         for callback in callbacks:
@@ -65,27 +69,20 @@ def grpo(config: GRPOConfig, callbacks: Sequence[Any] = ()) -> Path:
 
 
 def _read_prompts(config: GRPOConfig, base, dataset):
-    """(Prompts, TRL rows) of the training data. Every row is checked first: it has a `solution`, and its
-    prompt (image tokens included) plus --max-completion-length fits --max-length; a row that does not is
-    refused in one line naming it (a cut image would train on a prompt the model never sees at inference)."""
+    """(Prompts, TRL rows) of the training data. Every row is checked first (`vlmkit.data.prompts.prompt_problem`,
+    as `vlmkit data check` counts them): it has a `solution`, and its prompt (image tokens included) plus
+    --max-completion-length fits --max-length; a row that does not is refused in one line naming it (a cut image
+    would train on a prompt the model never sees at inference)."""
+    from vlmkit.data.prompts import prompt_problem
     from vlmkit.train.grpo_trainer import Prompts
 
     solutions, rows = [], []
     for index in range(len(dataset)):
         sample = dataset[index]
-        where = sample.where
         raw = dataset.rows[index].data
-        if raw.get("solution") is None:
-            raise DataError(f"{where}: no 'solution' (the answer the rewards check the completions against)")
-        if sample.messages and sample.messages[-1]["role"] == "assistant":
-            raise DataError(f"{where}: ends with an assistant reply; a GRPO row is a prompt (and a solution)")
-        length = base.template.count_tokens(sample, add_generation_prompt=True)
-        if length + config.max_completion_length > config.max_length:
-            raise DataError(
-                f"{where}: the prompt is {length} tokens (image tokens included), which with "
-                f"--max-completion-length {config.max_completion_length} is over --max-length {config.max_length}; "
-                "image tokens are never cut: raise --max-length or lower --max-pixels"
-            )
+        problem, _ = prompt_problem(sample, raw, base.template, config.max_length, config.max_completion_length)
+        if problem is not None:
+            raise DataError(f"{sample.where}: {problem[0]}")
         solutions.append(raw["solution"])
         rows.append({"prompt": sample.text("user"), "row": index})
     return Prompts(dataset, base.template, solutions), rows
@@ -98,7 +95,9 @@ def _make_trainer(config, base, run, prompts, rows, rewards, model):
 
     from vlmkit.train.callbacks import RunLog
     from vlmkit.train.checkpoints import CompleteCheckpoints
+    from vlmkit.train.grpo_samples import SampleLog
     from vlmkit.train.grpo_trainer import VlmGRPOTrainer, VlmRLOOTrainer, trl_reward
+    from vlmkit.train.tuning import parameter_groups
 
     if base.template.image_token_id is not None:
         # a sampled image placeholder in a completion would leave more image tokens than image features in the
@@ -112,11 +111,15 @@ def _make_trainer(config, base, run, prompts, rows, rewards, model):
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=base.tokenizer,
         prompts=prompts,
+        parameter_groups=lambda m, decay: parameter_groups(m, config, base.files.family.module_groups, decay),
         callbacks=[
             RunLog(run.dir, config.batch_size * config.grad_accum * run.args.world_size, config.progress),
             CompleteCheckpoints(run.dir, Path(base.files.model_dir), run.settings, keep=config.save_total_limit),
         ],
     )
     trainer.remove_callback(PrinterCallback)
+    if run.is_main:
+        trainer.sample_log = SampleLog(run.dir, prompts)
+        trainer.sample_log.start(_resumed_step(run.resume_from) if run.resume_from else 0)
     return trainer
 

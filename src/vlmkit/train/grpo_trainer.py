@@ -1,5 +1,5 @@
-"""TRL's GRPOTrainer (and RLOOTrainer) with vlmkit's encoding: the prompt the policy (and the reference model)
-sees is the family template's `encode(sample, add_generation_prompt=True)`, the same call `vlmkit infer` makes, so
+"""TRL's GRPOTrainer with vlmkit's encoding: the prompt the policy (and the reference model) sees is the
+family template's `encode(sample, add_generation_prompt=True)`, the same call `vlmkit infer` makes, so
 training and inference see the same ids, image tokens and pixel budget.
 
 TRL reads prompts with a processor's chat template, which vlmkit does not use (one exact encoding per
@@ -18,6 +18,7 @@ import torch
 from trl import GRPOTrainer, RLOOTrainer
 
 from vlmkit.media.grounding import decode_reply
+from vlmkit.train.callbacks import TrainerParts
 from vlmkit.train.rewards import check_rewards
 
 NOT_MEDIA = ("input_ids", "attention_mask", "labels")
@@ -41,9 +42,12 @@ class Prompts:
         return self._encoded[row]
 
     def image_sizes(self, row: int) -> list:
+        """The row's [(original, resized) size per image] the box rewards map boxes through; [] for a template
+        without grounding (it has no boxes to map, nor `image_sizes`: the generic path's)."""
         if row not in self._sizes:
             sample = self.dataset[row]
-            self._sizes[row] = self.template.image_sizes(sample) if sample.media("image") else []
+            grounded = self.template.box_format is not None and sample.media("image")
+            self._sizes[row] = self.template.image_sizes(sample) if grounded else []
         return self._sizes[row]
 
     def media(self, rows: list[int]) -> dict[str, Any]:
@@ -69,13 +73,17 @@ def _extend_per_token(media: dict[str, Any], rows: int, prompt_length: int, tota
 
 
 class TemplatePrompts:
-    """What vlmkit adds to TRL's GRPOTrainer and RLOOTrainer (listed before it among their bases; both roll out
-    and score through the same hooks): prompts encoded by vlmkit's family template (the module docstring)."""
+    """What vlmkit adds to TRL's GRPOTrainer and RLOOTrainer (listed before it and sft's `TrainerParts` among their
+    bases; both roll out and score through the same hooks): prompts encoded by vlmkit's family template (the
+    module docstring), and sample rollouts for `sample_log`."""
 
-    def __init__(self, *args, prompts: Prompts, **kwargs):
+    def __init__(self, *args, prompts: Prompts, parameter_groups, **kwargs):
+        self._parameter_groups = parameter_groups
         super().__init__(*args, **kwargs)
         self.vlm_prompts = prompts
         self._pending_media: dict[str, Any] | None = None
+        self.sample_log = None  # a `vlmkit.train.grpo_samples.SampleLog` on the main process
+        self._rollouts: list = []  # the main process's latest scored rollouts, for `sample_log`
 
     def planned_steps(self) -> int:
         return self.args.max_steps
@@ -98,7 +106,33 @@ class TemplatePrompts:
             device = output["prompt_ids"].device
             media = _extend_per_token(media, len(self._batch_rows), prompt_length, prompt_length + completion_length)
             output.update({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in media.items()})
+        if self.sample_log is not None:
+            self._rollouts = self._scored_rollouts(output)
         return output
+
+    def _scored_rollouts(self, output: dict[str, Any]) -> list:
+        """The first `grpo_samples.SHOWN` rollouts of this batch. TRL's `_logs` hold the batch just scored,
+        gathered in process order: this (main) process's rows come first."""
+        from vlmkit.train.grpo_samples import SHOWN, Rollout
+
+        box_format = self.vlm_prompts.template.box_format
+        keep = box_format.keep_tokens if box_format is not None else ()
+        rewards = {name: list(self._logs["rewards"][name]) for name in self.reward_func_names}
+        weights = self.reward_weights.tolist()
+        rollouts = []
+        for k, row in enumerate(self._batch_rows[:SHOWN]):
+            ids = output["completion_ids"][k][output["completion_mask"][k].bool()].tolist()
+            values = {name: rewards[name][k] for name in self.reward_func_names}
+            total = sum(w * v for w, v in zip(weights, values.values(), strict=True))
+            completion = decode_reply(self.processing_class, ids, keep)
+            rollouts.append(Rollout(row, completion, values, total, float(output["advantages"][k])))
+        return rollouts
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        super().log(logs, start_time)
+        if self.sample_log is not None and self._rollouts and "loss" in logs:  # a training step's log
+            self.sample_log.write(self.state.global_step, self._rollouts, self.callback_handler.callbacks)
+            self._rollouts = []
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         """TRL's, with the rows' image inputs added while completions are scored (TRL passes none: its
@@ -110,13 +144,15 @@ class TemplatePrompts:
         return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
 
 
-class VlmGRPOTrainer(TemplatePrompts, GRPOTrainer):
-    """GRPOTrainer (GRPO, DAPO, Dr.GRPO, BNPO losses; GSPO) on prompts encoded by the family template."""
+class VlmGRPOTrainer(TemplatePrompts, TrainerParts, GRPOTrainer):
+    """GRPOTrainer (GRPO, DAPO, Dr.GRPO, BNPO losses; GSPO) on prompts encoded by the family template, with sft's
+    `TrainerParts` (parameter groups, capped warm-up, full weights resumed by their checkpoint names: without
+    it a resumed full fine-tune silently went on from the base weights)."""
 
 
-class VlmRLOOTrainer(TemplatePrompts, RLOOTrainer):
+class VlmRLOOTrainer(TemplatePrompts, TrainerParts, RLOOTrainer):
     """RLOOTrainer (REINFORCE leave-one-out: each completion's baseline is the mean reward of its group's other
-    completions) on prompts encoded by the family template."""
+    completions) on prompts encoded by the family template, with sft's `TrainerParts`."""
 
 
 def trl_reward(name: str, function: Callable, source: Prompts, tokenizer) -> Callable:

@@ -47,7 +47,7 @@ class DataOptions:
         default_factory=list,
     )
     val_dataset: list[str] = option(
-        help="Validation data, listed as for --dataset; eval loss every --eval-steps and sample answers at the end.",
+        help="Validation data, listed as for --dataset; its eval loss is logged every --eval-steps.",
         default_factory=list,
     )
     split_ratio: float = option(
