@@ -51,6 +51,9 @@ ALLOWED = {
     # The demo builds a tiny model of one family on purpose: its walk-through and recorded figures
     # (README, benchmarks) are for that family. It asks the registry by name, it branches on nothing.
     ("commands/demo_run.py", "qwen2-vl"),
+    # TRL's KTOTrainer reads the KL conversations' per-token type ids under these names only; kto_data refuses
+    # a model with any other per-token input rather than let TRL pair it with the wrong conversations.
+    ("train/kto_data.py", "mm_token_type_ids"),
 }
 
 # The per-row image resolution limit has the template interface's neutral names in shared code (`limit`,

@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vlmkit.errors import VlmkitError
 from vlmkit.sample import Sample
 from vlmkit.train.dpo_data import prompt_of, scored_batch
 
 if TYPE_CHECKING:
     from vlmkit.families.interface import Template
 
-# the per-token inputs TRL's KL forward takes from the KL batch (it reuses the images of the batch's own rows)
+# the per-token inputs TRL's KL forward takes from the KL batch, under the names TRL reads (it reuses the images
+# of the batch's own rows); any other per-token input would reach the KL forward at the labelled rows' width
 KL_KEYS = ("input_ids", "attention_mask", "completion_mask", "token_type_ids", "mm_token_type_ids")
 
 
@@ -43,6 +45,11 @@ def collate_unpaired(template: Template, rows: list[tuple[Sample, bool]]) -> dic
     sides = ["desirable" if desirable else "undesirable" for _, desirable in rows]
     batch = scored_batch(template, list(zip(samples, sides, strict=True)))
     kl = scored_batch(template, [(sample, "KL") for sample in mismatched(samples)])
+    width = kl["input_ids"].shape
+    unread = [k for k, v in kl.items() if k not in KL_KEYS and isinstance(v, torch.Tensor) and v.shape == width]
+    if unread:  # TRL would score the KL conversations with the labelled rows' per-token inputs: refuse, never guess
+        raise VlmkitError(f"vlmkit kto: this model's per-token inputs {unread} have no KL counterpart in TRL's "
+                          "KTOTrainer; use vlmkit dpo for this model")
     batch.update({f"KL_{key}": kl[key] for key in KL_KEYS if key in kl})
     batch["label"] = torch.tensor([desirable for _, desirable in rows])
     return batch
