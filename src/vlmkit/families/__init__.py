@@ -42,6 +42,7 @@ def _families() -> dict[str, Family]:
         internvl,
         llava,
         llava_next,
+        llava_onevision,
         qwen2_5_vl,
         qwen2_vl,
         qwen3_5,
@@ -56,6 +57,7 @@ def _families() -> dict[str, Family]:
         for f in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY, internvl.FAMILY, llava.FAMILY, llava_next.FAMILY)
         + (qwen_vl.FAMILY, qwen_vl.REMOTE_FAMILY, qwen3_vl_moe.FAMILY, qwen3_5.FAMILY, qwen3_5_moe.FAMILY, gemma3.FAMILY)
         + (glm4v.FAMILY,)
+        + (llava_onevision.FAMILY,)
     }
 
 
