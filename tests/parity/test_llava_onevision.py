@@ -153,11 +153,19 @@ def test_video_and_resolution_options_are_refused_in_one_line(ov):
         vlmkit.load(str(folder), max_pixels=200_000)
 
 
-def test_a_grid_changed_in_one_file_only_is_refused(ov, tmp_path):
+def test_a_grid_or_pooling_changed_in_one_file_only_is_refused(ov, tmp_path):
+    """The model reads the grid and the pooling limit from config.json, the processor from its own files."""
     folder, _, _ = ov
+    family, tokenizer = family_by_name("llava-onevision"), AutoTokenizer.from_pretrained(folder)
     copy = shutil.copytree(folder, tmp_path / "m", ignore=shutil.ignore_patterns("*.safetensors"))
-    config = json.loads((copy / "preprocessor_config.json").read_text())
-    config["image_grid_pinpoints"] = config["image_grid_pinpoints"][:9]
-    (copy / "preprocessor_config.json").write_text(json.dumps(config))
-    with pytest.raises(VlmkitError, match="image_grid_pinpoints differ between config.json"):
-        family_by_name("llava-onevision").load_template(copy, AutoTokenizer.from_pretrained(copy))
+    for name, key, value, line in (
+        ("preprocessor_config.json", "image_grid_pinpoints", [[384, 384]], "image_grid_pinpoints differ between config.json"),
+        ("processor_config.json", "vision_aspect_ratio", "anyres_max_4", "vision_aspect_ratio differs between config.json"),
+    ):
+        original = (copy / name).read_text()
+        (copy / name).write_text(json.dumps({**json.loads(original), key: value}))
+        with pytest.raises(VlmkitError, match=line):
+            family.load_template(copy, tokenizer)
+        (copy / name).write_text(original)
+    (copy / "config.json").unlink()  # an adapter's folder: the processor files alone
+    assert family.load_template(copy, tokenizer).vision.max_tiles == 9

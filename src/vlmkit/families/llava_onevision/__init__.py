@@ -97,7 +97,7 @@ def _max_tiles(aspect_ratio: str, where: str) -> int:
     return int(aspect_ratio[len("anyres_max_") :])
 
 
-def make_vision(config: dict, aspect_ratio: str = "anyres_max_9", where: str = "config.json") -> AnyResMax:
+def make_vision(config: dict, aspect_ratio: str = "anyres_max_9", where: str = "processor_config.json") -> AnyResMax:
     size = config["size"]
     if size.get("height") != size.get("width"):
         raise VlmkitError(f"preprocessor_config.json: size {size} is not square; LLaVA-OneVision's crops are")
@@ -107,18 +107,31 @@ def make_vision(config: dict, aspect_ratio: str = "anyres_max_9", where: str = "
     return AnyResMax(anyres, _max_tiles(aspect_ratio, where))
 
 
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def load_template(model_dir, tokenizer, system: str | None = None) -> LlavaOnevisionTemplate:
     """The template of a llava_onevision folder: the grid from preprocessor_config.json, the pooling limit from
-    config.json (what the model pools by); a folder whose two files disagree on the grid is refused."""
+    processor_config.json (the processor counts tokens with it). Where the folder has the model's config.json
+    too (not an adapter's folder), a grid or limit that differs from the model's is refused: the model would
+    get tiles or pooled features the prompt does not count."""
     model_dir = Path(model_dir)
     preprocessor = json.loads((model_dir / "preprocessor_config.json").read_text())
-    config = json.loads((model_dir / "config.json").read_text())
-    if [list(p) for p in config.get("image_grid_pinpoints", [])] != [list(p) for p in preprocessor["image_grid_pinpoints"]]:
-        raise VlmkitError(
-            f"{model_dir}: image_grid_pinpoints differ between config.json (the model's) and preprocessor_config.json "
-            "(the processor's); make them the same"
-        )
-    vision = make_vision(preprocessor, config.get("vision_aspect_ratio", "anyres_max_9"), str(model_dir / "config.json"))
+    aspect_ratio = _read(model_dir / "processor_config.json").get("vision_aspect_ratio", "anyres_max_9")
+    config = _read(model_dir / "config.json")
+    if config:
+        if [list(p) for p in config.get("image_grid_pinpoints", [])] != [list(p) for p in preprocessor["image_grid_pinpoints"]]:
+            raise VlmkitError(
+                f"{model_dir}: image_grid_pinpoints differ between config.json (the model's) and "
+                "preprocessor_config.json (the processor's); make them the same"
+            )
+        if config.get("vision_aspect_ratio", "anyres_max_9") != aspect_ratio:
+            raise VlmkitError(
+                f"{model_dir}: vision_aspect_ratio differs between config.json (the model's) and processor_config.json "
+                "(the processor's); make them the same"
+            )
+    vision = make_vision(preprocessor, aspect_ratio, str(model_dir / "processor_config.json"))
     return LlavaOnevisionTemplate(tokenizer, render_llava_onevision, vision, family="llava-onevision", system=system)
 
 
