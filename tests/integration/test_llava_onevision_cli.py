@@ -1,16 +1,20 @@
 """LLaVA-OneVision through the CLI as a user runs it (subprocesses), compared with plain transformers: `vlmkit infer
 --input` greedy replies (a row with one image, tiled, and a row with two, one crop each) equal `generate` on
 `LlavaOnevisionProcessor`'s inputs; `vlmkit sft --tuner lora` trains an adapter whose merged export plain
-transformers loads and answers with as `vlmkit infer` does; a video row gets one line."""
+transformers loads and answers with as `vlmkit infer` does, and `vlmkit serve` answers an OpenAI image request on
+it as `vlmkit infer` does; a video row gets one line."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
+import openai
 import pytest
 import torch
 from conftest import random_image
 from test_seeds import checkpoints, lora_b_max, read_jsonl, vlmkit, write_jsonl
+from test_serve import start_server, stop_server
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageTextToText,
@@ -87,11 +91,30 @@ def test_infer_greedy_replies_equal_transformers_generate(work, base_replies):
     assert all(base_replies)
 
 
-def test_lora_trains_and_the_merged_export_answers_as_in_transformers(work, base_replies):
+@pytest.fixture(scope="module")
+def merged_replies(work) -> list[str]:
+    return vlmkit_replies(work["merged"], work["root"], "merged.jsonl")
+
+
+def test_lora_trains_and_the_merged_export_answers_as_in_transformers(work, base_replies, merged_replies):
     assert lora_b_max(work["checkpoint"]) > 0, "training left every lora_B at 0"
-    replies = vlmkit_replies(work["merged"], work["root"], "merged.jsonl")
-    assert replies == transformers_replies(work["merged"], work["root"])
-    assert replies != base_replies  # the merged adapter changed the answers
+    assert merged_replies == transformers_replies(work["merged"], work["root"])
+    assert merged_replies != base_replies  # the merged adapter changed the answers
+
+
+def test_serve_answers_an_openai_image_request(work, merged_replies):
+    proc, url = start_server("--model", str(work["merged"]), "--served-model-name", "ov", log=work["root"] / "serve.log")
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        png = base64.b64encode((work["root"] / "0.png").read_bytes()).decode()  # the first row's image
+        image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png}}
+        reply = client.chat.completions.create(
+            model="ov", max_tokens=NEW_TOKENS, temperature=0,
+            messages=[{"role": "user", "content": [image, {"type": "text", "text": "What colour is it?"}]}],
+        )  # fmt: skip
+    finally:
+        stop_server(proc)
+    assert reply.choices[0].message.content == merged_replies[0]
 
 
 def test_a_video_row_is_refused_in_one_line(work):

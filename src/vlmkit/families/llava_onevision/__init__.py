@@ -162,6 +162,6 @@ FAMILY = Family(
         "ids, pixels, image_sizes, batch_num_images = LlavaOnevisionProcessor.apply_chat_template(tokenize=True) with "
         "the template of transformers' tests (sha256 of its JSON string 4df3f04c), one image tiled and pooled, several "
         "images, a tiny image, CJK (tests/parity/test_llava_onevision.py); CLI infer = generate, LoRA sft, merged "
-        "export read by plain transformers (test_llava_onevision_cli.py); no grounding (no box format); video refused"
+        "export read by plain transformers, serve (test_llava_onevision_cli.py); no grounding (no box format); video refused"
     ),
 )
