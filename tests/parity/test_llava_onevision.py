@@ -155,9 +155,9 @@ def test_video_and_resolution_options_are_refused_in_one_line(ov):
 
 def test_a_grid_or_pooling_changed_in_one_file_only_is_refused(ov, tmp_path):
     """The model reads the grid and the pooling limit from config.json, the processor from its own files."""
-    folder, _, _ = ov
-    family, tokenizer = family_by_name("llava-onevision"), AutoTokenizer.from_pretrained(folder)
-    copy = shutil.copytree(folder, tmp_path / "m", ignore=shutil.ignore_patterns("*.safetensors"))
+    folder, _, vlm = ov
+    family, tokenizer = family_by_name("llava-onevision"), vlm.tokenizer
+    copy = shutil.copytree(folder, tmp_path / "m", ignore=shutil.ignore_patterns("*.safetensors", "tokenizer*"))
     for name, key, value, line in (
         ("preprocessor_config.json", "image_grid_pinpoints", [[384, 384]], "image_grid_pinpoints differ between config.json"),
         ("processor_config.json", "vision_aspect_ratio", "anyres_max_4", "vision_aspect_ratio differs between config.json"),
