@@ -525,7 +525,7 @@ def test_check_of_a_parquet_with_embedded_images_does_not_grow_with_its_rows(sma
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llava", "llava-next"])
+@pytest.mark.parametrize("family", ["llava", "llava-next", "llava-onevision"])
 def test_over_long_rows_of_fixed_size_models_are_told_what_can_fit_them(tiny_models, tmp_path, family):
     """LLaVA's images have no resolution option: --truncation shrink cannot shorten a row, so neither
     check's `delete` nor its `shrink` suggests it; both name a larger --max-length or shorter text."""

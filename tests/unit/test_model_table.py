@@ -41,4 +41,4 @@ def test_families_prints_what_each_family_and_generic_type_was_verified_with():
     for model_type in TESTED:
         assert f"  {model_type}: {generic_status(model_type)}\n" in out
     needs = out.split("not tested, processor needs torchvision", 1)[1].splitlines()[0]
-    assert "llava_onevision" in needs and "mistral3" in needs and "idefics3" not in needs
+    assert "smolvlm" in needs and "mistral3" in needs and "idefics3" not in needs

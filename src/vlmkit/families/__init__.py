@@ -44,6 +44,7 @@ def _families() -> dict[str, Family]:
         internvl,
         llava,
         llava_next,
+        llava_onevision,
         qwen2_5_vl,
         qwen2_vl,
         qwen3_5,
@@ -57,7 +58,7 @@ def _families() -> dict[str, Family]:
         f.model_type: f
         for f in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY, internvl.FAMILY, llava.FAMILY, llava_next.FAMILY)
         + (qwen_vl.FAMILY, qwen_vl.REMOTE_FAMILY, qwen3_vl_moe.FAMILY, qwen3_5.FAMILY, qwen3_5_moe.FAMILY, gemma3.FAMILY)
-        + (gemma4.FAMILY, glm4v.FAMILY, glm46v.FAMILY, glm46v.MOE_FAMILY)
+        + (gemma4.FAMILY, glm4v.FAMILY, glm46v.FAMILY, glm46v.MOE_FAMILY, llava_onevision.FAMILY)
     }
 
 

@@ -231,6 +231,11 @@ class LlavaTemplate:
 
     # -- whole samples -----------------------------------------------------------------------------
 
+    def vision_for(self, images: int):
+        """How the images of a sample with `images` images are encoded (`vision`; LLaVA-OneVision's depends
+        on the count)."""
+        return self.vision
+
     def _no_limit(self, limit: int | None) -> None:
         if limit is not None:
             raise DataError(f"a resolution limit does not apply to {self.family} (its image size is fixed)")
@@ -245,20 +250,19 @@ class LlavaTemplate:
         out: dict[str, Any] = {}
         images = sample.media("image")
         if images:
+            vision = self.vision_for(len(images))
             pixels, counts, sizes = [], [], []
             for k, source in enumerate(images):
                 image = load_image(source, where=f"{sample.where}: image {k + 1}")
-                pixels.append(torch.from_numpy(self.vision.process(image)))
-                counts.append(self.vision.token_count(image.height, image.width))
-                sizes.append(((image.height, image.width), self.vision.model_size(image.height, image.width)))
+                pixels.append(torch.from_numpy(vision.process(image)))
+                counts.append(vision.token_count(image.height, image.width))
+                sizes.append(((image.height, image.width), vision.model_size(image.height, image.width)))
             ids, labels = expand_tokens(ids, labels, self.image_token_id, counts)
             out["pixel_values"] = self.vision.collate([p[None] for p in pixels], [s[0] for s in sizes])[
                 "pixel_values"
             ]
             out["image_sizes"] = sizes  # for people (preview); training drops it
-            out["image_notes"] = [
-                f"image {k + 1}: {self.vision.note(*size)}" for k, (size, _) in enumerate(sizes)
-            ]
+            out["image_notes"] = [f"image {k + 1}: {vision.note(*size)}" for k, (size, _) in enumerate(sizes)]
             out["original_sizes"] = torch.tensor([original for original, _ in sizes], dtype=torch.long)
         out.update(
             input_ids=torch.tensor(ids, dtype=torch.long), labels=torch.tensor(labels, dtype=torch.long)
@@ -273,9 +277,10 @@ class LlavaTemplate:
         self._no_limit(limit)
         ids, _ = self._tokens(sample, add_generation_prompt)
         total = len(ids) - ids.count(self.image_token_id)
+        vision = self.vision_for(len(sample.media("image")))
         for k, source in enumerate(sample.media("image")):
             height, width = read_image_size(source, where=f"{sample.where}: image {k + 1}")
-            total += self.vision.token_count(height, width)
+            total += vision.token_count(height, width)
         return total
 
     def fit_limit(
