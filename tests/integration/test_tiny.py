@@ -98,7 +98,7 @@ def test_tiny_model_refusals_list_exactly_what_it_builds(tmp_path):
     """The list comes from the registry: families vlmkit builds offline and the original layouts; never a
     remote-code family it refuses."""
     builds = ("tiny-model builds: qwen2-vl, qwen2.5-vl, qwen3-vl, internvl, llava, llava-next, qwen-vl, "
-              "qwen3-vl-moe, qwen3.5, qwen3.5-moe, gemma3, glm4v, llava-onevision, internvl-remote, internvl2-remote")  # fmt: skip
+              "qwen3-vl-moe, qwen3.5, qwen3.5-moe, gemma3, gemma4, glm4v, glm46v, glm4v-moe, llava-onevision, internvl-remote, internvl2-remote")  # fmt: skip
     expected = {
         "gpt-4v": f"error: unknown model family 'gpt-4v'; {builds}",
         "qwen-vl-remote": "error: qwen-vl-remote has no tiny model (its model is remote code shipped with the "
