@@ -43,7 +43,6 @@ class RLRecipe:
     prompts_per_step: int = 32
     num_generations: int = 4
     grpo_lr: float = 3e-4
-    grpo_warmup_ratio: float = 0.1
     grpo_loss: str = "grpo"
     temperature: float = 1.0
 
@@ -178,7 +177,7 @@ def run_rl_demo(
         model=str(warm), dataset=[str(prompts_file)], output_dir=str(root / "grpo"), reward="accuracy",
         max_steps=recipe.more_steps, batch_size=recipe.prompts_per_step * recipe.num_generations, lr=recipe.grpo_lr,
         num_generations=recipe.num_generations, max_completion_length=4, temperature=recipe.temperature,
-        beta=0.0, loss=recipe.grpo_loss, warmup_ratio=recipe.grpo_warmup_ratio, scheduler="constant",
+        beta=0.0, loss=recipe.grpo_loss, scheduler="constant",  # no warm-up: "constant" has none
         save_steps=recipe.more_steps, logging_steps=max(1, recipe.more_steps // 10), **common,
     ))  # fmt: skip
     tuned = grpo_dir / f"checkpoint-{recipe.more_steps}"
