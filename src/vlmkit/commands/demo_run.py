@@ -101,18 +101,21 @@ def _held_out_accuracy(model_dir: Path, checkpoint: Path, test_file: Path, outpu
     return value[0], value[1], output / tuned["predictions"]
 
 
-def demo_inputs(root: Path, recipe: Any, say: Callable[[str], None]) -> tuple[Path, Path, Path]:
+def demo_inputs(
+    root: Path, recipe: Any, say: Callable[[str], None], steps: int = 5
+) -> tuple[Path, Path, Path]:
     """Steps 1 and 2 of both demos (`vlmkit demo`, `--rl`), in the new folder `root`: a tiny Qwen2-VL and the
-    coloured-shapes training and held-out sets of `recipe`'s sizes; returns (model, train file, test file)."""
+    coloured-shapes training and held-out sets of `recipe`'s sizes; returns (model, train file, test file).
+    `steps`: how many steps the demo prints, for the "[1/5]" of each line."""
     from vlmkit.families import family_by_name
     from vlmkit.families.tiny import build_tiny_model
     from vlmkit.media.shapes import make_shapes_dataset
 
     if root.exists():
         raise VlmkitError(f"{root} already exists; wait a second and run again")
-    say(f"[1/5] building a tiny Qwen2-VL in {root / 'model'}")
+    say(f"[1/{steps}] building a tiny Qwen2-VL in {root / 'model'}")
     model_dir = build_tiny_model(family_by_name("qwen2-vl"), root / "model", small_vocab=True)
-    say(f"[2/5] generating {recipe.train_rows} training and {recipe.test_rows} held-out shape images")
+    say(f"[2/{steps}] generating {recipe.train_rows} training and {recipe.test_rows} held-out shape images")
     shape = {"image_size": recipe.image_size, "grid": recipe.grid, "questions": recipe.questions}
     train_file = make_shapes_dataset(root / "data" / "train", recipe.train_rows, seed=0, **shape)
     test_file = make_shapes_dataset(root / "data" / "test", recipe.test_rows, seed=1, **shape)
