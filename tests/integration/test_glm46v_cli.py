@@ -11,20 +11,18 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import random_image
-from test_seeds import checkpoints, lora_b_max, read_jsonl, refcoco_rows, vlmkit, write_jsonl
-from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, Glm46VProcessor
+from family_cli import lora_run_and_export, transformers_replies, vlmkit_replies
+from test_seeds import lora_b_max, read_jsonl, refcoco_rows, vlmkit, write_jsonl
+from transformers import AutoImageProcessor, AutoTokenizer, Glm46VProcessor
 
 from vlmkit.families import family_by_name
 from vlmkit.families.tiny import build_tiny_model
-from vlmkit.sample import to_sample
 
 pytestmark = pytest.mark.slow
 REPLY = "<think>看颜色。</think>\n红色的方块。\nA red square."
 BOX_REPLY = "<think>The man in red.</think>\n<|begin_of_box|>[216,283,367,748]<|end_of_box|>"
 MAX_PIXELS = 28 * 28 * 2 * 9  # 2 x height x width: at most 9 patches of 28x28
-NEW_TOKENS = 8
 
 
 class ImagesOnly(Glm46VProcessor):
@@ -40,51 +38,27 @@ def work(tmp_path_factory) -> dict[str, Path]:
     model = build_tiny_model(family_by_name("glm46v"), root / "tiny-glm46v", small_vocab=True)
     for i, (h, w) in enumerate(((300, 500), (64, 48))):
         random_image(h, w, i).save(root / f"{i}.png")
-    rows = [
-        {"query": "<image>What colour is it?", "response": REPLY, "images": [f"{i}.png"]} for i in range(2)
-    ]
-    write_jsonl(root / "train.jsonl", rows)
-    vlmkit("sft", "--model", str(model), "--dataset", "train.jsonl", "--tuner", "lora", "--max-pixels", str(MAX_PIXELS),
-           "--max-steps", "6", "--lr", "0.05", "--warmup-ratio", "0", "--output-dir", "run", cwd=root)  # fmt: skip
-    checkpoint = checkpoints(root / "run")[-1]
-    vlmkit("export", "--ckpt", str(checkpoint), "--merge-lora", "--output", "merged", cwd=root)
-    return {"root": root, "model": model, "checkpoint": checkpoint, "merged": root / "merged"}
+    rows = [{"query": "<image>What colour is it?", "response": REPLY, "images": [f"{i}.png"]} for i in range(2)]
+    return lora_run_and_export(root, model, rows, "--max-pixels", str(MAX_PIXELS))
 
 
-def vlmkit_replies(model: Path, root: Path, name: str) -> list[str]:
-    vlmkit("infer", "--model", str(model), "--input", "train.jsonl", "--output", name,
-           "--max-new-tokens", str(NEW_TOKENS), cwd=root)  # fmt: skip
-    return [row["response"] for row in read_jsonl(root / name)]
-
-
-def transformers_replies(model: Path, root: Path) -> list[str]:
-    """Plain transformers: the folder's tokenizer (chat template), image processor and model, greedy."""
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    processor = ImagesOnly(image_processor=AutoImageProcessor.from_pretrained(model), tokenizer=tokenizer,
-                           video_processor=None, chat_template=tokenizer.chat_template)  # fmt: skip
-    net = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32)
-    replies = []
-    for row in read_jsonl(root / "train.jsonl"):
-        prompt = {"messages": [{"role": "user", "content": row["query"]}], "images": row["images"]}
-        messages = to_sample(prompt, base_dirs=(root,)).messages
-        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True, return_tensors="pt")  # fmt: skip
-        with torch.no_grad():
-            out = net.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
-        replies.append(processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
-    return replies
+def processor(folder: Path) -> Glm46VProcessor:
+    """The folder's tokenizer (chat template) and image processor."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return ImagesOnly(image_processor=AutoImageProcessor.from_pretrained(folder), tokenizer=tokenizer,
+                      video_processor=None, chat_template=tokenizer.chat_template)  # fmt: skip
 
 
 def test_infer_equals_generate_and_the_lora_export_answers_as_trained(work):
     base = vlmkit_replies(work["model"], work["root"], "base.jsonl")
-    assert base == transformers_replies(work["model"], work["root"]) and all(base)
+    assert base == transformers_replies(processor(work["model"]), work["model"], work["root"]) and all(base)
     assert lora_b_max(work["checkpoint"]) > 0, "training left every lora_B at 0"
     assert (
         json.loads((work["merged"] / "preprocessor_config.json").read_text())["size"]["longest_edge"]
         == MAX_PIXELS
     )
     replies = vlmkit_replies(work["merged"], work["root"], "merged.jsonl")
-    assert replies == transformers_replies(work["merged"], work["root"])
+    assert replies == transformers_replies(processor(work["merged"]), work["merged"], work["root"])
     assert replies != base  # the merged adapter changed the answers
 
 
