@@ -2,8 +2,9 @@
 
 Requests are encoded by the web handlers, then queued here. One worker thread owns the model and loops one
 token at a time (`vlmkit.serve.decode_batch`): between two decoding steps it prefills queued requests (up to
-`max_batch_rows` rows, and about `_PREFILL_TOKENS` prompt tokens per step, so that a burst of long prompts does
-not stall the rows already decoding for long), and they join the running batch at the next step; a row that
+`max_batch_rows` rows, and about `_PREFILL_TOKENS` prompt tokens per step, so that a burst of prompts does
+not stall the rows already decoding for long; a prompt longer than `_PREFILL_CHUNK` tokens is prefilled alone,
+one chunk of that many tokens between two steps), and they join the running batch at the next step; a row that
 ends (its own `max_tokens`, a stop token or string, its client gone) leaves the batch at once, and its reply is
 sent. Every row samples with its own settings and generator (`vlmkit.serve.sampling`), so requests with any
 sampling settings share the batch; rows of different adapters decode in separate batches (peft switches
@@ -37,6 +38,9 @@ GENERATION_FAILED = "generation failed (see the server log)"
 # Prompt tokens prefilled between two decoding steps (at least one request): new requests start promptly,
 # and the running rows wait at most about this many tokens' prefill for their next token.
 _PREFILL_TOKENS = 2048
+# A longer prompt is prefilled this many tokens at a time, one chunk between two decoding steps (its media whole
+# in the first chunk): a long prompt delays each running row's next token by one chunk, not by the whole prompt.
+_PREFILL_CHUNK = 512
 # Prompts are prefilled together only while the longest is at most twice the shortest plus this many tokens
 # (left padding a short prompt to a long one costs the padding's compute).
 _PADDING_SLACK = 256
@@ -151,6 +155,7 @@ class Engine:
         self.failure: str | None = None
         self.running: list[Job] = []  # jobs taken from the queue and not finished
         self.decoding: list[tuple[str | None, DecodeBatch]] = []  # (adapter, its rows decoding together)
+        self.prefilling: deque[_Prefilling] = deque()  # long prompts prefilled a chunk per step, oldest first
         self.tracker = _RowTracker(vlm.decode, vlm.template.stop_token_ids)
         self.model_lock = threading.Lock()  # held while the model runs (a step), and by `exclusive`
         self.batches = 0
@@ -199,6 +204,8 @@ class Engine:
             while (jobs := self._admit()) is not None:
                 for adapter, group in _prefill_groups(jobs):
                     self._start(adapter, group)
+                if self.prefilling:
+                    self._prefill_chunk(self.prefilling[0])
                 for adapter, batch in self.decoding:
                     self._step(adapter, batch)
                 self.decoding = [(adapter, batch) for adapter, batch in self.decoding if len(batch)]
@@ -207,25 +214,26 @@ class Engine:
             self._fail(f"{type(e).__name__}: {e}")
 
     def _rows(self) -> int:
-        return sum(len(batch) for _, batch in self.decoding)
+        return sum(len(batch) for _, batch in self.decoding) + sum(p.job.n for p in self.prefilling)
 
     def _admit(self) -> list[Job] | None:
         """The queued jobs that start before the next step (None once stopping): oldest first, while their rows
         fit `max_batch_rows` and their prompts `_PREFILL_TOKENS` (one at least); waits while there is nothing
         to do."""
         with self.ready:
-            while not self.queue and not self.decoding and not self.stopping:
+            while not self.queue and not self.decoding and not self.prefilling and not self.stopping:
                 self.ready.wait()
             if self.stopping:
                 return None
             taken: list[Job] = []
             rows, tokens = self._rows(), 0
             while self.queue and (rows == 0 or rows + self.queue[0].n <= self.max_batch_rows):
-                if taken and tokens + self.queue[0].prompt_tokens > _PREFILL_TOKENS:
+                prompt = min(self.queue[0].prompt_tokens, _PREFILL_CHUNK)  # a longer one runs a chunk a step
+                if taken and tokens + prompt > _PREFILL_TOKENS:
                     break
                 job = self.queue.popleft()
                 taken.append(job)
-                rows, tokens = rows + job.n, tokens + job.prompt_tokens
+                rows, tokens = rows + job.n, tokens + prompt
             self.running += taken  # under the lock: `shut_down` sees every job as queued or running
             return taken
 
@@ -239,12 +247,13 @@ class Engine:
         jobs = [job for job in jobs if not job.cancelled]
         if not jobs:
             return
+        if len(jobs) == 1 and jobs[0].prompt_tokens > _PREFILL_CHUNK:
+            self._start_chunked(adapter, jobs[0])
+            return
         try:
             with self.model_lock, self._adapter(adapter):
-                prompt = decode_batch.prefill(self.vlm.model, self.vlm._inputs([j.encoded for j in jobs for _ in range(j.n)]))
-            for job in jobs:
-                prompt_length = int(job.encoded["input_ids"].shape[-1])
-                job.sampler, job.rows_left = RowSampler(job.options, self.vlm.model, prompt_length), job.n
+                prompt = decode_batch.prefill(self.vlm.model, self._inputs(jobs))
+            self._make_samplers(jobs)
         except Exception:  # a bug, a bad input the checks missed, out of memory
             log.exception("prefill of %d requests failed", len(jobs))
             for job in jobs:
@@ -253,6 +262,52 @@ class Engine:
                 else:
                     self._abort(job)
             return
+        self._join(adapter, jobs, prompt)
+
+    def _inputs(self, jobs: list[Job]) -> dict[str, Any]:
+        """The model inputs of `jobs`' rows (each job's prompt `n` times), left-padded into one batch."""
+        return self.vlm._inputs([job.encoded for job in jobs for _ in range(job.n)])
+
+    def _make_samplers(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            job.sampler, job.rows_left = RowSampler(job.options, self.vlm.model, job.prompt_tokens), job.n
+
+    def _start_chunked(self, adapter: str | None, job: Job) -> None:
+        """Queue a long prompt to be prefilled a chunk per step (`_prefill_chunk`)."""
+        try:
+            template = self.vlm.template
+            media = tuple(i for i in (template.image_token_id, template.video_token_id) if i is not None)
+            chunks = decode_batch.ChunkedPrefill(self.vlm.model, self._inputs([job]), _PREFILL_CHUNK, media)
+        except Exception:
+            log.exception("prefill of a request failed")
+            self._abort(job)
+            return
+        self.prefilling.append(_Prefilling(adapter, job, chunks))
+
+    def _prefill_chunk(self, pending: _Prefilling) -> None:
+        """Run the next chunk of the oldest long prompt; once its last chunk has run, its rows join a batch."""
+        job = pending.job
+        if job.cancelled:
+            self.prefilling.popleft()
+            job.emit("error", CLIENT_GONE)
+            self._forget(job)
+            return
+        try:
+            with self.model_lock, self._adapter(pending.adapter):
+                prompt = pending.chunks.advance(self.vlm.model)
+            if prompt is not None:
+                self._make_samplers([job])
+        except Exception:
+            log.exception("prefill of a request failed")
+            self.prefilling.popleft()
+            self._abort(job)
+            return
+        if prompt is not None:
+            self.prefilling.popleft()
+            self._join(pending.adapter, [job], prompt)
+
+    def _join(self, adapter: str | None, jobs: list[Job], prompt: Prefilled) -> None:
+        """Sample the first token of each row of `jobs` (prefilled as `prompt`); the rows that go on join a batch."""
         rows = [_Row(job, choice, prompt=job.encoded["input_ids"].tolist()) for job in jobs for choice in range(job.n)]
         batch = self._batch_for(adapter, prompt)
         first = len(batch)
@@ -359,14 +414,27 @@ class Engine:
         return contextlib.nullcontext()
 
 
+@dataclass
+class _Prefilling:
+    """A long prompt being prefilled a chunk per step."""
+
+    adapter: str | None
+    job: Job
+    chunks: decode_batch.ChunkedPrefill
+
+
 def _prefill_groups(jobs: list[Job]) -> list[tuple[str | None, list[Job]]]:
-    """`jobs` in groups prefilled together: one adapter, prompts of comparable length; oldest first."""
+    """`jobs` in groups prefilled together: one adapter, prompts of comparable length; oldest first. A prompt over
+    `_PREFILL_CHUNK` tokens is a group of its own (it is prefilled in chunks)."""
     groups: list[tuple[str | None, list[Job], list[int]]] = []  # adapter, jobs, [shortest, longest]
     for job in jobs:
         length = job.prompt_tokens
+        if length > _PREFILL_CHUNK:
+            groups.append((job.adapter, [job], [length, length]))
+            continue
         for adapter, group, span in groups:
             low, high = min(span[0], length), max(span[1], length)
-            if adapter == job.adapter and high <= 2 * low + _PADDING_SLACK:
+            if adapter == job.adapter and span[1] <= _PREFILL_CHUNK and high <= 2 * low + _PADDING_SLACK:
                 group.append(job)
                 span[:] = [low, high]
                 break
