@@ -77,6 +77,32 @@ class Job:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
+class _Outbox:
+    """The worker's events, held until the end of a step and then handed to each event loop in one call: one
+    wake-up of a loop per step, not one per token of each row (each wake-up is a write to the loop's socket and
+    a turn of the loop competing with the worker for the GIL)."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Job, tuple]] = []
+
+    def post(self, job: Job, *event: Any) -> None:
+        self.held.append((job, event))
+
+    def flush(self) -> None:
+        by_loop: dict[int, tuple[Any, list[tuple[asyncio.Queue, tuple]]]] = {}
+        for job, event in self.held:
+            by_loop.setdefault(id(job.loop), (job.loop, []))[1].append((job.events, event))
+        self.held = []
+        for loop, events in by_loop.values():
+            with contextlib.suppress(RuntimeError):  # that loop has closed: the server is exiting
+                loop.call_soon_threadsafe(_deliver, events)
+
+
+def _deliver(events: list[tuple[asyncio.Queue, tuple]]) -> None:
+    for queue, event in events:
+        queue.put_nowait(event)
+
+
 @dataclass
 class _Row:
     job: Job
@@ -91,17 +117,21 @@ class _Row:
 class _RowTracker:
     """Follows each row token by token: its text, where it ends, and what its client has been sent."""
 
-    def __init__(self, decode: Any, stop_ids: list[int]):
+    def __init__(self, decode: Any, stop_ids: list[int], outbox: _Outbox):
         self.decode = decode  # VLM.decode: the text `vlmkit infer` would show for these ids
         self.stop_ids = set(stop_ids)
+        self.outbox = outbox
 
     def advance(self, row: _Row, token: int) -> None:
         job = row.job
         row.tokens.append(token)
+        # the text so far is needed at each token only to stream it or to look for a stop string; else once, at the end
+        reads_text = job.stream or bool(job.stop)
         if token in self.stop_ids:
             row.finish = "stop"
         else:
-            row.text = self.decode(row.tokens)
+            if reads_text:
+                row.text = self.decode(row.tokens)
             cut = min((i for i in (row.text.find(s) for s in job.stop) if i >= 0), default=-1)
             if cut >= 0:
                 row.text, row.finish = row.text[:cut], "stop"
@@ -109,6 +139,8 @@ class _RowTracker:
                 row.finish = "length"
             elif job.cancelled:
                 row.finish = "cancelled"
+        if row.finish is not None and not reads_text:
+            row.text = self.decode(row.tokens)  # what decoding at every token would have left (stop ids dropped)
         if job.stream:
             self.send(row)
 
@@ -121,10 +153,10 @@ class _RowTracker:
             hold = max((len(s) - 1 for s in row.job.stop), default=0)
             end -= hold
         if end > row.sent:
-            row.job.emit("delta", row.choice, row.text[row.sent : end])
+            self.outbox.post(row.job, "delta", row.choice, row.text[row.sent : end])
             row.sent = end
         if row.finish is not None:
-            row.job.emit("finish", row.choice, row.finish)
+            self.outbox.post(row.job, "finish", row.choice, row.finish)
 
 
 class Engine:
@@ -156,7 +188,8 @@ class Engine:
         self.running: list[Job] = []  # jobs taken from the queue and not finished
         self.decoding: list[tuple[str | None, DecodeBatch]] = []  # (adapter, its rows decoding together)
         self.prefilling: deque[_Prefilling] = deque()  # long prompts prefilled a chunk per step, oldest first
-        self.tracker = _RowTracker(vlm.decode, vlm.template.stop_token_ids)
+        self.outbox = _Outbox()  # the worker's events to the clients' handlers, sent after each step
+        self.tracker = _RowTracker(vlm.decode, vlm.template.stop_token_ids, self.outbox)
         self.model_lock = threading.Lock()  # held while the model runs (a step), and by `exclusive`
         self.batches = 0
         self.thread = threading.Thread(target=self._run, name="vlmkit-serve-engine", daemon=True)
@@ -206,11 +239,15 @@ class Engine:
                     self._start(adapter, group)
                 if self.prefilling:
                     self._prefill_chunk(self.prefilling[0])
+                self.outbox.flush()
                 for adapter, batch in self.decoding:
                     self._step(adapter, batch)
+                    self.outbox.flush()
                 self.decoding = [(adapter, batch) for adapter, batch in self.decoding if len(batch)]
         except BaseException as e:  # a bug in the loop itself: fail loudly rather than hang every client
             log.exception("the engine thread stopped")
+            with contextlib.suppress(BaseException):
+                self.outbox.flush()  # the replies that were complete
             self._fail(f"{type(e).__name__}: {e}")
 
     def _rows(self) -> int:
@@ -242,7 +279,7 @@ class Engine:
         that go on into a decode batch. If the prefill fails, each job is tried alone, so a bad one fails alone."""
         for job in jobs:
             if job.cancelled:  # its client left while it was queued; end its handler, which may still wait
-                job.emit("error", CLIENT_GONE)
+                self.outbox.post(job, "error", CLIENT_GONE)
                 self._forget(job)
         jobs = [job for job in jobs if not job.cancelled]
         if not jobs:
@@ -289,7 +326,7 @@ class Engine:
         job = pending.job
         if job.cancelled:
             self.prefilling.popleft()
-            job.emit("error", CLIENT_GONE)
+            self.outbox.post(job, "error", CLIENT_GONE)
             self._forget(job)
             return
         try:
@@ -313,8 +350,8 @@ class Engine:
         first = len(batch)
         batch.join(rows, prompt)
         done = set()
-        for k, row in enumerate(rows):
-            self._advance(row, prompt.logits[k])
+        for k, (row, token) in enumerate(zip(rows, _next_tokens(rows, prompt.logits), strict=True)):
+            self._advance(row, token)
             if row.finish is not None:
                 done.add(first + k)
         if done:
@@ -344,21 +381,19 @@ class Engine:
             return
         self.batches += 1
         done = set()
-        for i, row in enumerate(batch.rows):
+        for i, (row, token) in enumerate(zip(batch.rows, _next_tokens(batch.rows, logits), strict=True)):
             if row.job.failed:
                 done.add(i)
                 continue
-            self._advance(row, logits[i])
+            self._advance(row, token)
             if row.finish is not None:
                 done.add(i)
         if done:
             batch.leave(done)
 
-    def _advance(self, row: _Row, logits: Any) -> None:
-        """Sample `row`'s next token from `logits` (V,); a row that ends is answered."""
-        sampler = row.job.sampler
-        ids = row.prompt + row.tokens if sampler.uses_ids else []
-        self.tracker.advance(row, sampler(ids, logits))
+    def _advance(self, row: _Row, token: int) -> None:
+        """`row`'s next token is `token`; a row that ends is answered."""
+        self.tracker.advance(row, token)
         if row.finish is not None:
             self._row_ended(row)
 
@@ -370,21 +405,21 @@ class Engine:
             return
         if not job.stream:
             for row in sorted(job.ended, key=lambda r: r.choice):
-                job.emit("delta", row.choice, row.text)
-                job.emit("finish", row.choice, row.finish)
+                self.outbox.post(job, "delta", row.choice, row.text)
+                self.outbox.post(job, "finish", row.choice, row.finish)
         completion = sum(len(row.tokens) for row in job.ended)
         usage = {
             "prompt_tokens": job.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": job.prompt_tokens + completion,
         }
-        job.emit("done", usage)
+        self.outbox.post(job, "done", usage)
         self._forget(job)
 
     def _abort(self, job: Job) -> None:
         if not job.failed:
             job.failed = True
-            job.emit("error", GENERATION_FAILED)
+            self.outbox.post(job, "error", GENERATION_FAILED)
             self._forget(job)
 
     def _forget(self, job: Job) -> None:
@@ -412,6 +447,21 @@ class Engine:
             return model.disable_adapter()
         model.set_adapter(peft_name)
         return contextlib.nullcontext()
+
+
+def _next_tokens(rows: list[_Row], logits: Any) -> list[int]:
+    """Each row's next token from its logits (`logits` (B, V), in row order): one argmax for all the greedy rows
+    that no logits processor changes, each other row by its own sampler (its own generator, in row order)."""
+    plain = [i for i, row in enumerate(rows) if row.job.sampler.plain_greedy]
+    tokens: list[int | None] = [None] * len(rows)
+    if plain:
+        for i, token in zip(plain, logits[plain].float().argmax(-1).tolist(), strict=True):
+            tokens[i] = token
+    for i, row in enumerate(rows):
+        if tokens[i] is None:
+            sampler = row.job.sampler
+            tokens[i] = sampler(row.prompt + row.tokens if sampler.uses_ids else [], logits[i])
+    return tokens
 
 
 @dataclass
