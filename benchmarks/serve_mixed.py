@@ -6,7 +6,7 @@
 Starts `vlmkit serve` (a tiny small-vocabulary Qwen2-VL unless --model; with --swift-python, the real-vocabulary
 tiny Qwen2-VL that ms-swift's template needs) and measures, in one run on one server:
 
-1. alone: short greedy requests ("Hi", 8 tokens) one at a time (their p50/p95 alone), and the greedy reply of
+1. alone: 40 short greedy requests ("Hi", 8 tokens) one at a time (their p50/p95 alone), and the greedy reply of
    every prompt alone (the references);
 2. same settings: --requests requests from --clients concurrent `openai.AsyncOpenAI` clients, all greedy;
 3. mixed settings: the same requests, but each with its own sampling settings (greedy, temperature/top_p,
@@ -83,7 +83,7 @@ async def run_phases(base_url: str, model: str, clients: int, requests: int, max
         return [texts[k] for k in sorted(texts)], 0
 
     short_alone = []
-    for _ in range(20):
+    for _ in range(40):  # p95 of 40: the third slowest, steadier than the second of 20 on a shared machine
         start = time.perf_counter()
         short_reference = (await ask(SHORT, SHORT_TOKENS))[0][0]
         short_alone.append(time.perf_counter() - start)
@@ -213,6 +213,7 @@ def main(args) -> None:
     from vlmkit.families.tiny import build_tiny_model
 
     results = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or build_tiny_model(
             family_by_name("qwen2-vl"), Path(tmp) / "tiny", small_vocab=args.swift_python is None
@@ -236,6 +237,8 @@ def main(args) -> None:
             results.append(("swift deploy", s))
     for name, r in results:
         print(f"{name}: {r}")
+    load = ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in zip(load_before, os.getloadavg(), strict=True))
+    print(f"command: python benchmarks/serve_load.py {' '.join(sys.argv[1:])}; load average (1, 5, 15 min) {load}")
     print(HEADER)
     for name, r in results:
         print(_row(name, args.clients, r))

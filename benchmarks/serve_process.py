@@ -31,7 +31,7 @@ def start_server(model: Path, port: int, max_batch_size: int, log: Path, *extra:
            "--served-model-name", "bench", "--log-level", "warning", "--max-batch-size", str(max_batch_size),
            *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600  # a busy 2-core machine can take minutes to load a model
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             sys.exit(f"server exited:\n{log.read_text()}")
@@ -41,7 +41,7 @@ def start_server(model: Path, port: int, max_batch_size: int, log: Path, *extra:
         except httpx.HTTPError:
             time.sleep(0.3)
     proc.kill()
-    sys.exit("server did not start in 180 s")
+    sys.exit("server did not start in 600 s")
 
 
 def prompts(count: int) -> list[list[dict]]:

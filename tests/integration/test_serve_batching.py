@@ -116,3 +116,56 @@ def test_the_checkpoints_own_generation_config_applies_in_serve_as_in_infer(scri
     finally:
         stop_server(proc)
     assert replies == [MULTILINE_CJK_REPLY, MULTILINE_CJK_REPLY]
+
+
+@pytest.mark.slow
+def test_a_long_prompt_is_prefilled_in_chunks_while_a_stream_keeps_decoding(small_model):
+    """A long prompt (an image and about 3,000 tokens of text) arriving while a reply streams is prefilled a chunk
+    at a time, the stream getting a token between two chunks; it used to be prefilled in one piece, between two
+    of the stream's tokens. Measured in the stream's tokens, not in seconds. The long prompt's greedy reply is
+    the one `generate` gives it (prefilled whole)."""
+    import types
+
+    from conftest import random_image
+
+    from vlmkit.backends.transformers_backend import GenerationOptions, load
+    from vlmkit.serve.engine import Engine, Job
+
+    vlm = load(small_model)
+    events: list[tuple[str, tuple]] = []  # (job, event), in the order the engine sent them
+    loop = types.SimpleNamespace(call_soon_threadsafe=lambda put, event: put(event))
+
+    def job(name: str, text: str, image=None, stream: bool = False, **options) -> Job:
+        content = [{"type": "image", "image": image}] * (image is not None) + [{"type": "text", "text": text}]
+        encoded = vlm.encode({"messages": [{"role": "user", "content": content}]})
+        queue = types.SimpleNamespace(put_nowait=lambda event: events.append((name, event)))
+        return Job(None, encoded, GenerationOptions(**options), 1, (), loop, queue, stream=stream)
+
+    def wait_for(condition) -> None:
+        deadline = time.monotonic() + 120
+        while not condition():
+            assert time.monotonic() < deadline, events[-5:]
+            time.sleep(0.01)
+
+    running = job("running", "a long story", stream=True, max_new_tokens=1000)
+    text = " ".join(f"line {i}: 東京 and more words" for i in range(300))
+    long = job("long", text, image=random_image(56, 56), stream=True, max_new_tokens=8)
+    assert long.prompt_tokens > 3000
+    engine = Engine(vlm, {None: None})
+    engine.start()
+    try:
+        engine.submit(running)
+        wait_for(lambda: sum(name == "running" for name, _ in events) >= 3)
+        sent = len(events)
+        engine.submit(long)
+        wait_for(lambda: ("long", ("done",)) in [(n, e[:1]) for n, e in events])
+        first = next(i for i, (name, _) in enumerate(events) if name == "long")  # its first token, streamed
+        between = sum(name == "running" and event[0] == "delta" for name, event in events[sent:first])
+        running.cancelled = True
+        wait_for(lambda: ("running", ("done",)) in [(n, e[:1]) for n, e in events])
+    finally:
+        engine.stop()
+    reply = "".join(event[2] for name, event in events if name == "long" and event[0] == "delta")
+    assert reply == vlm.generate_encoded([long.encoded], GenerationOptions(max_new_tokens=8))[0]
+    # 6 chunks of 512 tokens or more: a token of the stream between each two (it got 2 when prefilled whole)
+    assert between >= 5, f"the stream got {between} tokens while the long prompt was prefilled"

@@ -8,7 +8,8 @@ attention kernels it ships; vLLM is the engine for scale. This is the small vers
 - `prefill` runs the prompts that arrived since the last step as one left-padded batch (vision encoder
   included), with the position ids `generate` would give them (the model's own
   `_prepare_position_ids_for_generation`: 1-D from the attention mask, or the Qwen-VL M-RoPE rows); it returns
-  the logits of their next tokens, their cache and their last positions;
+  the logits of their next tokens, their cache and their last positions; `ChunkedPrefill` does the same for a
+  long prompt a chunk at a time, so that the running rows decode between its chunks;
 - `DecodeBatch.join` left-pads that cache (or the batch's) to a common length and stacks it under the batch,
   as `generate` left-pads a batch; the attention mask hides the padding and each row keeps its own positions,
   so a row decodes as in a batch of its own;
@@ -52,18 +53,62 @@ def _base(model: Any) -> Any:
 def prefill(model: Any, batch: dict[str, Any]) -> Prefilled:
     """Run collated prompts (`batch`: input_ids (K, T) left-padded, attention_mask, pixel inputs, ...) through
     `model`, as `generate` runs its first step."""
-    base = _base(model)
-    # (K, T), or (P, K, T) for models with P position rows (Qwen-VL: text + 3 M-RoPE rows)
-    positions = base._prepare_position_ids_for_generation(batch["input_ids"], dict(batch))
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
-    with torch.inference_mode():
-        out = model(**batch, position_ids=positions, use_cache=True, **keep)
-    return Prefilled(
-        logits=out.logits[:, -1],
-        cache=getattr(out, CACHE),
-        mask=batch["attention_mask"],
-        positions=positions[..., -1:],
-    )
+    chunks = ChunkedPrefill(model, batch, chunk=batch["input_ids"].shape[1])
+    return chunks.advance(model)
+
+
+class ChunkedPrefill:
+    """A prompt prefilled `chunk` tokens at a time, each chunk one forward that extends the cache, so that the
+    rows decoding meanwhile get a token between two chunks (vLLM's chunked prefill; transformers' `generate`
+    does the same with `prefill_chunk_size`, for text). The media go whole into the first chunk, which runs up
+    to the last media token (`media_ids`): the vision encoder runs once, and each image's features fill its
+    placeholders in one piece. Position ids are computed once for the whole prompt, as `generate` computes
+    them, and sliced per chunk; so are the attention mask and the token-type ids (up to the chunk's end, as
+    `generate`'s chunking slices them)."""
+
+    def __init__(self, model: Any, batch: dict[str, Any], chunk: int, media_ids: tuple[int, ...] = ()):
+        ids = batch["input_ids"]  # (K, T)
+        # (K, T), or (P, K, T) for models with P position rows (Qwen-VL: text + 3 M-RoPE rows)
+        self.positions = _base(model)._prepare_position_ids_for_generation(ids, dict(batch))
+        self.batch, self.length, self.done, self.cache = batch, ids.shape[1], 0, None
+        is_media = torch.isin(ids, torch.tensor(media_ids, device=ids.device)).any(dim=0) if media_ids else None
+        media_end = int(is_media.nonzero().max()) + 1 if is_media is not None and is_media.any() else 0
+        self.first = max(chunk, media_end)
+        self.chunk = chunk
+
+    @property
+    def left(self) -> int:
+        """Prompt tokens not yet run."""
+        return self.length - self.done
+
+    def advance(self, model: Any) -> Prefilled | None:
+        """Run the next chunk; the prompt's `Prefilled` once its last chunk has run, else None."""
+        start = self.done
+        end = min(self.length, start + (self.first if start == 0 else self.chunk))
+        ids = self.batch["input_ids"]
+        inputs = {"input_ids": ids[:, start:end], "position_ids": self.positions[..., start:end]}
+        for key, value in self.batch.items():
+            if key == "input_ids":
+                continue
+            if torch.is_tensor(value) and value.shape == ids.shape:  # per token: the mask, token types
+                inputs[key] = value[:, :end]
+            elif start == 0:  # the media (pixel values, grid sizes, ...), whole in the first chunk
+                inputs[key] = value
+        if self.cache is not None:
+            inputs[CACHE] = self.cache
+        base = _base(model)
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+        with torch.inference_mode():
+            out = model(**inputs, use_cache=True, **keep)
+        self.cache, self.done = getattr(out, CACHE), end
+        if end < self.length:
+            return None
+        return Prefilled(
+            logits=out.logits[:, -1],
+            cache=self.cache,
+            mask=self.batch["attention_mask"],
+            positions=self.positions[..., -1:],
+        )
 
 
 def mergeable(cache: Any) -> bool:

@@ -2,8 +2,9 @@
 
 Requests are encoded by the web handlers, then queued here. One worker thread owns the model and loops one
 token at a time (`vlmkit.serve.decode_batch`): between two decoding steps it prefills queued requests (up to
-`max_batch_rows` rows, and about `_PREFILL_TOKENS` prompt tokens per step, so that a burst of long prompts does
-not stall the rows already decoding for long), and they join the running batch at the next step; a row that
+`max_batch_rows` rows, and about `_PREFILL_TOKENS` prompt tokens per step, so that a burst of prompts does
+not stall the rows already decoding for long; a prompt longer than `_PREFILL_CHUNK` tokens is prefilled alone,
+one chunk of that many tokens between two steps), and they join the running batch at the next step; a row that
 ends (its own `max_tokens`, a stop token or string, its client gone) leaves the batch at once, and its reply is
 sent. Every row samples with its own settings and generator (`vlmkit.serve.sampling`), so requests with any
 sampling settings share the batch; rows of different adapters decode in separate batches (peft switches
@@ -37,6 +38,9 @@ GENERATION_FAILED = "generation failed (see the server log)"
 # Prompt tokens prefilled between two decoding steps (at least one request): new requests start promptly,
 # and the running rows wait at most about this many tokens' prefill for their next token.
 _PREFILL_TOKENS = 2048
+# A longer prompt is prefilled this many tokens at a time, one chunk between two decoding steps (its media whole
+# in the first chunk): a long prompt delays each running row's next token by one chunk, not by the whole prompt.
+_PREFILL_CHUNK = 512
 # Prompts are prefilled together only while the longest is at most twice the shortest plus this many tokens
 # (left padding a short prompt to a long one costs the padding's compute).
 _PADDING_SLACK = 256
@@ -73,6 +77,32 @@ class Job:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
+class _Outbox:
+    """The worker's events, held until the end of a step and then handed to each event loop in one call: one
+    wake-up of a loop per step, not one per token of each row (each wake-up is a write to the loop's socket and
+    a turn of the loop competing with the worker for the GIL)."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Job, tuple]] = []
+
+    def post(self, job: Job, *event: Any) -> None:
+        self.held.append((job, event))
+
+    def flush(self) -> None:
+        by_loop: dict[int, tuple[Any, list[tuple[asyncio.Queue, tuple]]]] = {}
+        for job, event in self.held:
+            by_loop.setdefault(id(job.loop), (job.loop, []))[1].append((job.events, event))
+        self.held = []
+        for loop, events in by_loop.values():
+            with contextlib.suppress(RuntimeError):  # that loop has closed: the server is exiting
+                loop.call_soon_threadsafe(_deliver, events)
+
+
+def _deliver(events: list[tuple[asyncio.Queue, tuple]]) -> None:
+    for queue, event in events:
+        queue.put_nowait(event)
+
+
 @dataclass
 class _Row:
     job: Job
@@ -87,17 +117,21 @@ class _Row:
 class _RowTracker:
     """Follows each row token by token: its text, where it ends, and what its client has been sent."""
 
-    def __init__(self, decode: Any, stop_ids: list[int]):
+    def __init__(self, decode: Any, stop_ids: list[int], outbox: _Outbox):
         self.decode = decode  # VLM.decode: the text `vlmkit infer` would show for these ids
         self.stop_ids = set(stop_ids)
+        self.outbox = outbox
 
     def advance(self, row: _Row, token: int) -> None:
         job = row.job
         row.tokens.append(token)
+        # the text so far is needed at each token only to stream it or to look for a stop string; else once, at the end
+        reads_text = job.stream or bool(job.stop)
         if token in self.stop_ids:
             row.finish = "stop"
         else:
-            row.text = self.decode(row.tokens)
+            if reads_text:
+                row.text = self.decode(row.tokens)
             cut = min((i for i in (row.text.find(s) for s in job.stop) if i >= 0), default=-1)
             if cut >= 0:
                 row.text, row.finish = row.text[:cut], "stop"
@@ -105,6 +139,8 @@ class _RowTracker:
                 row.finish = "length"
             elif job.cancelled:
                 row.finish = "cancelled"
+        if row.finish is not None and not reads_text:
+            row.text = self.decode(row.tokens)  # what decoding at every token would have left (stop ids dropped)
         if job.stream:
             self.send(row)
 
@@ -117,10 +153,10 @@ class _RowTracker:
             hold = max((len(s) - 1 for s in row.job.stop), default=0)
             end -= hold
         if end > row.sent:
-            row.job.emit("delta", row.choice, row.text[row.sent : end])
+            self.outbox.post(row.job, "delta", row.choice, row.text[row.sent : end])
             row.sent = end
         if row.finish is not None:
-            row.job.emit("finish", row.choice, row.finish)
+            self.outbox.post(row.job, "finish", row.choice, row.finish)
 
 
 class Engine:
@@ -151,7 +187,9 @@ class Engine:
         self.failure: str | None = None
         self.running: list[Job] = []  # jobs taken from the queue and not finished
         self.decoding: list[tuple[str | None, DecodeBatch]] = []  # (adapter, its rows decoding together)
-        self.tracker = _RowTracker(vlm.decode, vlm.template.stop_token_ids)
+        self.prefilling: deque[_Prefilling] = deque()  # long prompts prefilled a chunk per step, oldest first
+        self.outbox = _Outbox()  # the worker's events to the clients' handlers, sent after each step
+        self.tracker = _RowTracker(vlm.decode, vlm.template.stop_token_ids, self.outbox)
         self.model_lock = threading.Lock()  # held while the model runs (a step), and by `exclusive`
         self.batches = 0
         self.thread = threading.Thread(target=self._run, name="vlmkit-serve-engine", daemon=True)
@@ -199,33 +237,40 @@ class Engine:
             while (jobs := self._admit()) is not None:
                 for adapter, group in _prefill_groups(jobs):
                     self._start(adapter, group)
+                if self.prefilling:
+                    self._prefill_chunk(self.prefilling[0])
+                self.outbox.flush()
                 for adapter, batch in self.decoding:
                     self._step(adapter, batch)
+                    self.outbox.flush()
                 self.decoding = [(adapter, batch) for adapter, batch in self.decoding if len(batch)]
         except BaseException as e:  # a bug in the loop itself: fail loudly rather than hang every client
             log.exception("the engine thread stopped")
+            with contextlib.suppress(BaseException):
+                self.outbox.flush()  # the replies that were complete
             self._fail(f"{type(e).__name__}: {e}")
 
     def _rows(self) -> int:
-        return sum(len(batch) for _, batch in self.decoding)
+        return sum(len(batch) for _, batch in self.decoding) + sum(p.job.n for p in self.prefilling)
 
     def _admit(self) -> list[Job] | None:
         """The queued jobs that start before the next step (None once stopping): oldest first, while their rows
         fit `max_batch_rows` and their prompts `_PREFILL_TOKENS` (one at least); waits while there is nothing
         to do."""
         with self.ready:
-            while not self.queue and not self.decoding and not self.stopping:
+            while not self.queue and not self.decoding and not self.prefilling and not self.stopping:
                 self.ready.wait()
             if self.stopping:
                 return None
             taken: list[Job] = []
             rows, tokens = self._rows(), 0
             while self.queue and (rows == 0 or rows + self.queue[0].n <= self.max_batch_rows):
-                if taken and tokens + self.queue[0].prompt_tokens > _PREFILL_TOKENS:
+                prompt = min(self.queue[0].prompt_tokens, _PREFILL_CHUNK)  # a longer one runs a chunk a step
+                if taken and tokens + prompt > _PREFILL_TOKENS:
                     break
                 job = self.queue.popleft()
                 taken.append(job)
-                rows, tokens = rows + job.n, tokens + job.prompt_tokens
+                rows, tokens = rows + job.n, tokens + prompt
             self.running += taken  # under the lock: `shut_down` sees every job as queued or running
             return taken
 
@@ -234,17 +279,18 @@ class Engine:
         that go on into a decode batch. If the prefill fails, each job is tried alone, so a bad one fails alone."""
         for job in jobs:
             if job.cancelled:  # its client left while it was queued; end its handler, which may still wait
-                job.emit("error", CLIENT_GONE)
+                self.outbox.post(job, "error", CLIENT_GONE)
                 self._forget(job)
         jobs = [job for job in jobs if not job.cancelled]
         if not jobs:
             return
+        if len(jobs) == 1 and jobs[0].prompt_tokens > _PREFILL_CHUNK:
+            self._start_chunked(adapter, jobs[0])
+            return
         try:
             with self.model_lock, self._adapter(adapter):
-                prompt = decode_batch.prefill(self.vlm.model, self.vlm._inputs([j.encoded for j in jobs for _ in range(j.n)]))
-            for job in jobs:
-                prompt_length = int(job.encoded["input_ids"].shape[-1])
-                job.sampler, job.rows_left = RowSampler(job.options, self.vlm.model, prompt_length), job.n
+                prompt = decode_batch.prefill(self.vlm.model, self._inputs(jobs))
+            self._make_samplers(jobs)
         except Exception:  # a bug, a bad input the checks missed, out of memory
             log.exception("prefill of %d requests failed", len(jobs))
             for job in jobs:
@@ -253,13 +299,59 @@ class Engine:
                 else:
                     self._abort(job)
             return
+        self._join(adapter, jobs, prompt)
+
+    def _inputs(self, jobs: list[Job]) -> dict[str, Any]:
+        """The model inputs of `jobs`' rows (each job's prompt `n` times), left-padded into one batch."""
+        return self.vlm._inputs([job.encoded for job in jobs for _ in range(job.n)])
+
+    def _make_samplers(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            job.sampler, job.rows_left = RowSampler(job.options, self.vlm.model, job.prompt_tokens), job.n
+
+    def _start_chunked(self, adapter: str | None, job: Job) -> None:
+        """Queue a long prompt to be prefilled a chunk per step (`_prefill_chunk`)."""
+        try:
+            template = self.vlm.template
+            media = tuple(i for i in (template.image_token_id, template.video_token_id) if i is not None)
+            chunks = decode_batch.ChunkedPrefill(self.vlm.model, self._inputs([job]), _PREFILL_CHUNK, media)
+        except Exception:
+            log.exception("prefill of a request failed")
+            self._abort(job)
+            return
+        self.prefilling.append(_Prefilling(adapter, job, chunks))
+
+    def _prefill_chunk(self, pending: _Prefilling) -> None:
+        """Run the next chunk of the oldest long prompt; once its last chunk has run, its rows join a batch."""
+        job = pending.job
+        if job.cancelled:
+            self.prefilling.popleft()
+            self.outbox.post(job, "error", CLIENT_GONE)
+            self._forget(job)
+            return
+        try:
+            with self.model_lock, self._adapter(pending.adapter):
+                prompt = pending.chunks.advance(self.vlm.model)
+            if prompt is not None:
+                self._make_samplers([job])
+        except Exception:
+            log.exception("prefill of a request failed")
+            self.prefilling.popleft()
+            self._abort(job)
+            return
+        if prompt is not None:
+            self.prefilling.popleft()
+            self._join(pending.adapter, [job], prompt)
+
+    def _join(self, adapter: str | None, jobs: list[Job], prompt: Prefilled) -> None:
+        """Sample the first token of each row of `jobs` (prefilled as `prompt`); the rows that go on join a batch."""
         rows = [_Row(job, choice, prompt=job.encoded["input_ids"].tolist()) for job in jobs for choice in range(job.n)]
         batch = self._batch_for(adapter, prompt)
         first = len(batch)
         batch.join(rows, prompt)
         done = set()
-        for k, row in enumerate(rows):
-            self._advance(row, prompt.logits[k])
+        for k, (row, token) in enumerate(zip(rows, _next_tokens(rows, prompt.logits), strict=True)):
+            self._advance(row, token)
             if row.finish is not None:
                 done.add(first + k)
         if done:
@@ -289,21 +381,19 @@ class Engine:
             return
         self.batches += 1
         done = set()
-        for i, row in enumerate(batch.rows):
+        for i, (row, token) in enumerate(zip(batch.rows, _next_tokens(batch.rows, logits), strict=True)):
             if row.job.failed:
                 done.add(i)
                 continue
-            self._advance(row, logits[i])
+            self._advance(row, token)
             if row.finish is not None:
                 done.add(i)
         if done:
             batch.leave(done)
 
-    def _advance(self, row: _Row, logits: Any) -> None:
-        """Sample `row`'s next token from `logits` (V,); a row that ends is answered."""
-        sampler = row.job.sampler
-        ids = row.prompt + row.tokens if sampler.uses_ids else []
-        self.tracker.advance(row, sampler(ids, logits))
+    def _advance(self, row: _Row, token: int) -> None:
+        """`row`'s next token is `token`; a row that ends is answered."""
+        self.tracker.advance(row, token)
         if row.finish is not None:
             self._row_ended(row)
 
@@ -315,21 +405,21 @@ class Engine:
             return
         if not job.stream:
             for row in sorted(job.ended, key=lambda r: r.choice):
-                job.emit("delta", row.choice, row.text)
-                job.emit("finish", row.choice, row.finish)
+                self.outbox.post(job, "delta", row.choice, row.text)
+                self.outbox.post(job, "finish", row.choice, row.finish)
         completion = sum(len(row.tokens) for row in job.ended)
         usage = {
             "prompt_tokens": job.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": job.prompt_tokens + completion,
         }
-        job.emit("done", usage)
+        self.outbox.post(job, "done", usage)
         self._forget(job)
 
     def _abort(self, job: Job) -> None:
         if not job.failed:
             job.failed = True
-            job.emit("error", GENERATION_FAILED)
+            self.outbox.post(job, "error", GENERATION_FAILED)
             self._forget(job)
 
     def _forget(self, job: Job) -> None:
@@ -359,14 +449,42 @@ class Engine:
         return contextlib.nullcontext()
 
 
+def _next_tokens(rows: list[_Row], logits: Any) -> list[int]:
+    """Each row's next token from its logits (`logits` (B, V), in row order): one argmax for all the greedy rows
+    that no logits processor changes, each other row by its own sampler (its own generator, in row order)."""
+    plain = [i for i, row in enumerate(rows) if row.job.sampler.plain_greedy]
+    tokens: list[int | None] = [None] * len(rows)
+    if plain:
+        for i, token in zip(plain, logits[plain].float().argmax(-1).tolist(), strict=True):
+            tokens[i] = token
+    for i, row in enumerate(rows):
+        if tokens[i] is None:
+            sampler = row.job.sampler
+            tokens[i] = sampler(row.prompt + row.tokens if sampler.uses_ids else [], logits[i])
+    return tokens
+
+
+@dataclass
+class _Prefilling:
+    """A long prompt being prefilled a chunk per step."""
+
+    adapter: str | None
+    job: Job
+    chunks: decode_batch.ChunkedPrefill
+
+
 def _prefill_groups(jobs: list[Job]) -> list[tuple[str | None, list[Job]]]:
-    """`jobs` in groups prefilled together: one adapter, prompts of comparable length; oldest first."""
+    """`jobs` in groups prefilled together: one adapter, prompts of comparable length; oldest first. A prompt over
+    `_PREFILL_CHUNK` tokens is a group of its own (it is prefilled in chunks)."""
     groups: list[tuple[str | None, list[Job], list[int]]] = []  # adapter, jobs, [shortest, longest]
     for job in jobs:
         length = job.prompt_tokens
+        if length > _PREFILL_CHUNK:
+            groups.append((job.adapter, [job], [length, length]))
+            continue
         for adapter, group, span in groups:
             low, high = min(span[0], length), max(span[1], length)
-            if adapter == job.adapter and high <= 2 * low + _PADDING_SLACK:
+            if adapter == job.adapter and span[1] <= _PREFILL_CHUNK and high <= 2 * low + _PADDING_SLACK:
                 group.append(job)
                 span[:] = [low, high]
                 break

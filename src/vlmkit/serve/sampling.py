@@ -46,6 +46,8 @@ class RowSampler:
         # the tokens so far are made into a tensor each step only for a processor that reads them (repetition,
         # biases, minimum lengths): the sampling warpers look at the scores alone
         self.uses_ids = any(not isinstance(p, _READ_SCORES_ONLY) for p in self.processors)
+        # the argmax of the bare logits: the engine takes it for all such rows of a step at once
+        self.plain_greedy = self.greedy and not self.processors
         self.seed = options.seed if options.seed is not None else secrets.randbits(63)
         self.generator: torch.Generator | None = None  # made on the logits' device at the first draw
 
