@@ -18,6 +18,8 @@ from killed_runs import assert_same_weights, killed_and_resumed, vlmkit_main
 from preference_rows import QUESTION, rlaif_v_parquet, rows_in_every_format, write_jsonl
 from safetensors.torch import load_file
 
+from vlmkit.train.plots import plotted_series
+
 # TRL 1.16 reads transformers' renamed `is_gradient_checkpointing`; vlmkit.train.dpo_trainer silences it for runs,
 # and pytest resets warning filters per test
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -71,6 +73,11 @@ def test_lora_dpo_trains_the_adapter_and_infer_answers_with_it(lora_run, root, t
     assert second["rewards/margins"] > 0  # after one step at lr 1e-2, the chosen replies gained
     evaluated = next(line for line in logged if "eval_loss" in line)  # at the last step, on the validation pairs
     assert evaluated["step"] == 2 and "eval_rewards/margins" in evaluated
+    # loss.png draws the implicit rewards beside the loss: the plotted points are the logged ones
+    plotted = plotted_series(lora_run.parent / "loss.png")
+    trained = [line for line in logged if "loss" in line]
+    assert plotted["rewards"]["rewards/margins"] == [[line["step"], line["rewards/margins"]] for line in trained]
+    assert not (lora_run.parent / "README.md").exists()  # no TRL model card in the run folder
     settings = json.loads((lora_run / "vlmkit.json").read_text())
     assert settings["family"] == "qwen2-vl" and settings["max_pixels"] == 4000 and settings["tuner"] == "lora"
     questions = write_jsonl(tmp_path / "q.jsonl", [{"messages": [{"role": "user", "content": f"<image>{QUESTION}"}],

@@ -21,6 +21,8 @@ from killed_runs import assert_same_weights, killed_and_resumed, vlmkit_main
 from PIL import Image
 from safetensors.torch import load_file
 
+from vlmkit.train.plots import plotted_series
+
 pytestmark = pytest.mark.slow
 
 
@@ -73,6 +75,13 @@ def test_grpo_logs_each_reward_component_kl_and_lengths(grpo_run):
         assert key in first, sorted(first)
     assert "rewards/count/unparsed" in first  # replies without a number are counted
     assert first["completions/mean_length"] <= 6
+    # loss.png draws the reward and each component, the KL and the completions' length: the logged points
+    plotted, steps = plotted_series(run_dir / "loss.png"), [line for line in logs if "reward" in line]
+    assert plotted["reward"]["rewards/count/mean"] == [[line["step"], line["rewards/count/mean"]] for line in steps]
+    assert set(plotted["reward"]) == {"reward", "rewards/count/mean", "rewards/format/mean", "rewards/short/mean"}
+    assert plotted["KL"]["kl"] == [[line["step"], line["kl"]] for line in steps] and len(steps) == 2
+    assert "completions/mean_length" in plotted["completion length"]
+    assert not (run_dir / "README.md").exists()  # no TRL model card in the run folder
     settings = json.loads((run_dir / "vlmkit.json").read_text())
     assert settings["family"] == "qwen2-vl"
     assert json.loads((run_dir / "args.json").read_text())["reward"] == "count,format:0.2,my_rewards:short:0.1"

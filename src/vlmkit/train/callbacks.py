@@ -4,6 +4,7 @@ changed nothing. Checkpoint completion and rotation are in `vlmkit.train.checkpo
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import sys
@@ -56,9 +57,15 @@ class TrainerParts:
     """What every vlmkit trainer adds to its transformers or TRL trainer (listed first among its bases):
     optimizer parameter groups (`self._parameter_groups(model, decay_names)`: --vit-lr, --aligner-lr, no decay
     on biases and norms), warm-up capped for short runs, the planned step count (what a resume is checked
-    against), a full disk ending the run in one line, and full weights resumed by their checkpoint names."""
+    against), a full disk ending the run in one line, full weights resumed by their checkpoint names, and no
+    model card."""
 
     _parameter_groups: Callable[..., list[dict[str, Any]]]
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        # TRL's trainers write a README.md model card into the run folder at every save; a vlmkit run and its
+        # checkpoints describe themselves in args.json and vlmkit.json
+        return None
 
     def create_optimizer(self, model=None):
         model = self.model if model is None else model
@@ -227,10 +234,11 @@ class ChangeCheck(TrainerCallback):
 
 
 class RunLog(TrainerCallback):
-    """Appends every log to train_log.jsonl, redraws loss.png (loss, learning rate, grad norm), and shows a
-    progress bar with loss, lr, samples/s, tokens/s and ETA, and a line per evaluation."""
+    """Appends every log to train_log.jsonl, redraws loss.png (loss, learning rate, grad norm, and the method's
+    own `panels`: rewards, KL, completion lengths), and shows a progress bar with loss, lr, samples/s, tokens/s
+    and ETA, and a line per evaluation."""
 
-    def __init__(self, run_dir: Path, samples_per_step: int, progress: bool = True):
+    def __init__(self, run_dir: Path, samples_per_step: int, progress: bool = True, panels: Panels = ()):
         self.run_dir = run_dir
         self.samples_per_step = samples_per_step
         self.progress = progress
@@ -238,6 +246,8 @@ class RunLog(TrainerCallback):
         self.start: tuple[float, int, int] | None = None
         self.curves: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in _CURVES}
         self.metric_curves: dict[str, list[tuple[float, float]]] = {}  # sft --eval-metric: eval_NAME
+        self.panels = panels
+        self.panel_curves: dict[str, dict[str, list[tuple[float, float]]]] = {title: {} for title, _ in panels}
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -273,6 +283,11 @@ class RunLog(TrainerCallback):
             plotted = _is_generated_metric(key) and key not in ("eval_loss", "eval_generated_rows")
             if plotted and isinstance(value, (int, float)):
                 self.metric_curves.setdefault(key[len("eval_") :], []).append((logs["step"], value))
+        for title, patterns in self.panels:
+            for key, value in logs.items():
+                if any(fnmatch.fnmatchcase(key, p) for p in patterns) and isinstance(value, (int, float)):
+                    if math.isfinite(value):
+                        self.panel_curves[title].setdefault(key, []).append((logs["step"], float(value)))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -326,6 +341,7 @@ class RunLog(TrainerCallback):
             ("loss", {name: self.curves[name] for name in ("train loss", "eval loss") if self.curves[name]}),
             ("learning rate", {"learning rate": self.curves["learning rate"]}),
             ("grad norm", {"grad norm": self.curves["grad norm"]}),
+            *self.panel_curves.items(),
         ]
         panels = [(title, series) for title, series in panels if any(series.values())]
         if panels:
@@ -340,6 +356,21 @@ class RunLog(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
 
+
+# A method's own curves in loss.png: (panel title, the log keys drawn in it, as fnmatch patterns)
+Panels = tuple[tuple[str, tuple[str, ...]], ...]
+# GRPO and RLOO (TRL's log names): the weighted reward and each component's mean, the KL to the reference model,
+# the completions' mean length
+RL_PANELS: Panels = (
+    ("reward", ("reward", "rewards/*/mean")),
+    ("KL", ("kl",)),
+    ("completion length", ("completions/mean_length",)),
+)
+# DPO and KTO: the implicit rewards of the chosen (desirable) and rejected replies and their margin, KTO's KL estimate
+PREFERENCE_PANELS: Panels = (
+    ("rewards", ("rewards/chosen", "rewards/rejected", "rewards/margins")),
+    ("KL", ("kl",)),
+)
 
 _CURVES = (
     ("train loss", "loss"),

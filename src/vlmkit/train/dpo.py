@@ -108,7 +108,7 @@ def preference_trainer(trainer_class, config, base: _Base, run: _Run, train_rows
     adapter disabled, or a frozen copy with --tuner full) and vlmkit's run callbacks."""
     from transformers.trainer_callback import PrinterCallback
 
-    from vlmkit.train.callbacks import ChangeCheck, RunLog
+    from vlmkit.train.callbacks import PREFERENCE_PANELS, ChangeCheck, RunLog
     from vlmkit.train.checkpoints import CompleteCheckpoints
     from vlmkit.train.dpo_trainer import row_indices
     from vlmkit.train.tuning import apply_tuning, lora_config, parameter_groups
@@ -135,7 +135,7 @@ def preference_trainer(trainer_class, config, base: _Base, run: _Run, train_rows
         processing_class=base.tokenizer,
         parameter_groups=lambda m, decay: parameter_groups(m, config, groups, decay),
         callbacks=[
-            RunLog(run.dir, config.batch_size * config.grad_accum * run.args.world_size, config.progress),
+            RunLog(run.dir, config.batch_size * config.grad_accum * run.args.world_size, config.progress, PREFERENCE_PANELS),
             CompleteCheckpoints(
                 run.dir, Path(base.files.model_dir), run.settings, keep=config.save_total_limit
             ),

@@ -32,11 +32,6 @@ class IndexedRows:
         # TRL tokenizes text rows here with the processor; vlmkit's rows are encoded by the collator instead
         return dataset
 
-    def create_model_card(self, *args, **kwargs) -> None:
-        # TRL writes a README.md model card into the run folder at every save; a vlmkit run and its checkpoints
-        # describe themselves in args.json and vlmkit.json, as sft's do
-        return None
-
     def get_eval_dataloader(self, eval_dataset=None):
         """The validation rows index the validation data: they are collated by its own `PairCollator`."""
         if self._eval_collator is None:

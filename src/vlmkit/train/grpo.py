@@ -93,7 +93,7 @@ def _make_trainer(config, base, run, prompts, rows, rewards, model):
     import datasets
     from transformers.trainer_callback import PrinterCallback
 
-    from vlmkit.train.callbacks import RunLog
+    from vlmkit.train.callbacks import RL_PANELS, RunLog
     from vlmkit.train.checkpoints import CompleteCheckpoints
     from vlmkit.train.grpo_samples import SampleLog
     from vlmkit.train.grpo_trainer import VlmGRPOTrainer, VlmRLOOTrainer, trl_reward
@@ -113,7 +113,7 @@ def _make_trainer(config, base, run, prompts, rows, rewards, model):
         prompts=prompts,
         parameter_groups=lambda m, decay: parameter_groups(m, config, base.files.family.module_groups, decay),
         callbacks=[
-            RunLog(run.dir, config.batch_size * config.grad_accum * run.args.world_size, config.progress),
+            RunLog(run.dir, config.batch_size * config.grad_accum * run.args.world_size, config.progress, RL_PANELS),
             CompleteCheckpoints(run.dir, Path(base.files.model_dir), run.settings, keep=config.save_total_limit),
         ],
     )
