@@ -479,6 +479,20 @@ def test_a_huge_row_is_too_long_without_being_tokenized(small_model, tmp_path, m
     assert "first bad rows:\n  d.jsonl:2: 5000001 characters of text, more than 1024 tokens can hold; " in result.output
 
 
+def test_a_huge_grpo_prompt_is_too_long_without_being_tokenized(small_model, tmp_path, monkeypatch):
+    """The same guard for GRPO prompts (rows with a `solution`): checked as prompts, not tokenized."""
+    monkeypatch.chdir(tmp_path)
+    rows = [{"messages": [{"role": "user", "content": "Hi"}], "solution": "ok"},
+            {"messages": [{"role": "user", "content": "word " * 1_000_000}], "solution": "x"}]  # fmt: skip
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(
+        app, ["check", "--model", str(small_model), "--dataset", "p.jsonl", "--max-length", "1024"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "GRPO prompts" in result.output
+    assert "first bad rows:\n  p.jsonl:2: 5000000 characters of text, more than 1024 tokens can hold; " in result.output
+
+
 def test_a_dataset_given_by_a_relative_path_finds_its_relative_images(small_model, tmp_path, monkeypatch):
     """`--dataset data/train.jsonl` run from the folder above, rows naming `images/a.png` beside the file: the
     image is found (a relative path was once resolved against the dataset folder twice, then three times)."""

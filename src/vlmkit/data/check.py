@@ -225,6 +225,23 @@ def _typed_token(sample: Sample, pattern) -> str | None:
     return None
 
 
+def media_or_size_problem(sample: Sample, row: Row, max_length: int, decode_images: bool) -> tuple[str, str] | None:
+    """(reason, kind) of what makes `sample` unusable before it is tokenized: a missing media file, more text than
+    `max_length` tokens can hold (never tokenized: a huge row would cost gigabytes), an image that does not decode
+    (with `decode_images`); None when there is none."""
+    missing = missing_media(sample, row.base_dirs)
+    if missing:
+        return missing[1], f"missing {missing[0]}"
+    chars = _text_chars(sample)
+    if chars > MAX_CHARS_PER_TOKEN * max_length:
+        return (
+            f"{chars} characters of text, more than {max_length} tokens can hold; raise --max-length or split the row",
+            "too long",
+        )
+    undecodable = _undecodable(sample, row.where) if decode_images else None
+    return (undecodable[1], undecodable[0]) if undecodable is not None else None
+
+
 def check_row(
     index: int,
     row: Row,
@@ -254,19 +271,9 @@ def check_row(
             "no assistant reply to train on; a training row needs an assistant message with text",
             "no assistant reply",
         ), None
-    missing = missing_media(sample, row.base_dirs)
-    if missing:
-        return bad(missing[1], f"missing {missing[0]}"), None
-    chars = _text_chars(sample)
-    if chars > MAX_CHARS_PER_TOKEN * max_length:  # never tokenized: a huge row would cost gigabytes
-        return bad(
-            f"{chars} characters of text, more than {max_length} tokens can hold; raise --max-length or split the row",
-            "too long",
-        ), None
-    if decode_images:
-        undecodable = _undecodable(sample, where)
-        if undecodable is not None:
-            return bad(undecodable[1], undecodable[0]), None
+    problem = media_or_size_problem(sample, row, max_length, decode_images)
+    if problem is not None:
+        return bad(*problem), None
     try:
         length = template.count_tokens(sample)
     except MediaError as e:

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from vlmkit.data.check import BadRow, CheckReport, GoodRow, _reason, _undecodable
+from vlmkit.data.check import BadRow, CheckReport, GoodRow, _reason, media_or_size_problem
 from vlmkit.data.formats import row_to_sample
 from vlmkit.data.readers import Row
 from vlmkit.data.values import jsonable
 from vlmkit.errors import DataError, MediaError, VlmkitError
-from vlmkit.sample import Sample, missing_media
+from vlmkit.sample import Sample
 
 if TYPE_CHECKING:
     from vlmkit.families.interface import Template
@@ -75,12 +75,9 @@ def check_prompt(
 
     try:
         sample = row_to_sample(row.data, row.format, where, row.base_dirs)
-        missing = missing_media(sample, row.base_dirs)
-        if missing:
-            return bad(missing[1], f"missing {missing[0]}"), None
-        undecodable = _undecodable(sample, where) if decode_images else None
-        if undecodable is not None:
-            return bad(undecodable[1], undecodable[0]), None
+        unusable = media_or_size_problem(sample, row, max_length, decode_images)  # as sft's rows are checked
+        if unusable is not None:
+            return bad(*unusable), None
         problem, length = prompt_problem(sample, row.data, template, max_length, max_completion_length)
     except MediaError as e:
         return bad(_reason(e, where), f"unreadable {e.media}"), None
