@@ -23,6 +23,7 @@ from vlmkit.train.dpo_config import DPOConfig
 from vlmkit.train.finetune import (
     _Base,
     _Run,
+    check_resume,
     load_base_weights,
     prepare_base,
     run_guard,
@@ -69,8 +70,7 @@ def checked_rows(config: DPOConfig, base: _Base, run: _Run) -> tuple[list[int], 
     checked against the checkpoint's."""
     train_rows = validated_pairs(run.train_data, config, base, run, "train")
     val_rows = validated_pairs(run.val_data, config, base, run, "val") if run.val_data is not None else []
-    if run.is_main and run.resume_from is not None:
-        _check_resumed(config, run)
+    check_resume(config, run)
     return train_rows, val_rows
 
 
@@ -83,14 +83,6 @@ def validated_pairs(data, config: DPOConfig, base: _Base, run: _Run, name: str) 
     report = check_pairs(data, base.template, config.max_length, progress=config.progress and run.is_main)
     judge_report(report, config, run.dir, name, run.is_main)
     return [good.index for good in report.good]
-
-
-def _check_resumed(config: DPOConfig, run: _Run) -> None:
-    from vlmkit.settings import write_settings
-    from vlmkit.train.run import check_resumed_args
-
-    check_resumed_args(config, run.dir, run.resume_from, run.data_prints)
-    write_settings(run.dir, run.settings)
 
 
 def make_trainer(config: DPOConfig, base: _Base, run: _Run, train_rows: list[int], val_rows: list[int]):

@@ -30,6 +30,7 @@ from vlmkit.train.config import SFTConfig
 from vlmkit.train.packing import resolve_packing
 from vlmkit.train.resume import loadable_checkpoint, write_fingerprint
 from vlmkit.train.run import (
+    check_resumed_args,
     interrupted_line,
     lock_run_dir,
     new_run_dir,
@@ -143,6 +144,16 @@ def prepare_base(config: SFTConfig) -> _Base:
     loader.check_attn(config.attn_impl)
     set_seed(config.seed)
     return resolve_base(config)
+
+
+def check_resume(config: SFTConfig, run: _Run) -> None:
+    """On the main process of a resumed run: its options and data checked against the checkpoint's (one line
+    when they differ), and the run's settings written again."""
+    from vlmkit.settings import write_settings
+
+    if run.is_main and run.resume_from is not None:
+        check_resumed_args(config, run.dir, run.resume_from, run.data_prints)
+        write_settings(run.dir, run.settings)
 
 
 @contextmanager

@@ -19,11 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.errors import DataError, VlmkitError
-from vlmkit.settings import write_settings
-from vlmkit.train.finetune import _load_model, _resumed_step, prepare_base, run_guard, start_run, train_run
+from vlmkit.train.finetune import (
+    _load_model,
+    _resumed_step,
+    check_resume,
+    prepare_base,
+    run_guard,
+    start_run,
+    train_run,
+)
 from vlmkit.train.grpo_options import GRPOConfig
 from vlmkit.train.rewards import NEEDS_BOXES, parse_reward_spec
-from vlmkit.train.run import check_resumed_args, print_result
+from vlmkit.train.run import print_result
 
 
 def grpo(config: GRPOConfig, callbacks: Sequence[Any] = ()) -> Path:
@@ -51,9 +58,7 @@ def grpo(config: GRPOConfig, callbacks: Sequence[Any] = ()) -> Path:
     run = start_run(config, base, arguments=TrainerArguments)
     with run_guard(config, run) as guard:
         prompts, rows = _read_prompts(config, base, run.train_data)
-        if run.is_main and run.resume_from is not None:  # the same options and rows, or one line
-            check_resumed_args(config, run.dir, run.resume_from, run.data_prints)
-            write_settings(run.dir, run.settings)
+        check_resume(config, run)  # the same options and rows, or one line
         model = _load_model(config, base)
         trainer = _make_trainer(config, base, run, prompts, rows, rewards, model)
         for callback in callbacks:
